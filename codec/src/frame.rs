@@ -1,0 +1,160 @@
+//! Frames: one encoded chunk, self-describing and checksummed (see docs/format.md).
+//!
+//! ```text
+//! 0   4  magic "TGFR"
+//! 4   1  version (1)
+//! 5   1  codec: 0 stored, 1 zstd, 2 byte planes
+//! 6   1  plane width in bytes (1..=8; 1 unless codec is 2)
+//! 7   1  flags: bit 0 XOR delta against a base, bit 1 elements rotated left one bit
+//! 8   4  raw length, u32 little-endian
+//! 12  4  payload length, u32 little-endian
+//! 16  32 BLAKE3-256 of the raw bytes (checksum and content hash)
+//! 48  32 BLAKE3-256 of the base chunk's raw bytes, only when flag bit 0 is set
+//! ..     payload
+//! ```
+
+use crate::error::{CodecError, Result};
+use crate::hash::ContentHash;
+
+pub const MAGIC: [u8; 4] = *b"TGFR";
+pub const VERSION: u8 = 1;
+/// Size of the fixed part of the header; a delta frame adds 32 bytes of base hash.
+pub const FIXED_HEADER_LEN: usize = 48;
+pub const FLAG_DELTA: u8 = 1;
+pub const FLAG_ROTATED: u8 = 2;
+/// Largest raw length a frame may declare, so that a hostile header cannot make a decoder
+/// allocate without bound.
+pub const MAX_RAW_LEN: u32 = 64 << 20;
+
+/// How a frame's payload is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// The (delta-transformed) bytes as they are.
+    Stored,
+    /// One zstd frame over the (delta-transformed) bytes.
+    Zstd,
+    /// Byte planes, each stored or zstd-compressed (see `planes` and `encode`).
+    Planes,
+}
+
+impl Codec {
+    fn id(self) -> u8 {
+        match self {
+            Codec::Stored => 0,
+            Codec::Zstd => 1,
+            Codec::Planes => 2,
+        }
+    }
+
+    fn from_id(id: u8) -> Result<Codec> {
+        match id {
+            0 => Ok(Codec::Stored),
+            1 => Ok(Codec::Zstd),
+            2 => Ok(Codec::Planes),
+            other => Err(CodecError::FrameCodec(other)),
+        }
+    }
+}
+
+/// The decoded header of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub codec: Codec,
+    pub width: u8,
+    pub rotated: bool,
+    pub raw_len: u32,
+    pub payload_len: u32,
+    pub checksum: ContentHash,
+    pub base: Option<ContentHash>,
+}
+
+impl FrameHeader {
+    /// Bytes the header takes in front of the payload.
+    pub fn header_len(&self) -> usize {
+        FIXED_HEADER_LEN + if self.base.is_some() { 32 } else { 0 }
+    }
+
+    /// Bytes of the whole frame.
+    pub fn frame_len(&self) -> usize {
+        self.header_len() + self.payload_len as usize
+    }
+
+    /// Appends the header to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let flags = if self.base.is_some() { FLAG_DELTA } else { 0 } | if self.rotated { FLAG_ROTATED } else { 0 };
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&[VERSION, self.codec.id(), self.width, flags]);
+        out.extend_from_slice(&self.raw_len.to_le_bytes());
+        out.extend_from_slice(&self.payload_len.to_le_bytes());
+        out.extend_from_slice(&self.checksum.0);
+        if let Some(base) = self.base {
+            out.extend_from_slice(&base.0);
+        }
+    }
+
+    /// Reads and checks a header from the start of `frame`.
+    pub fn read(frame: &[u8]) -> Result<FrameHeader> {
+        let fixed = frame.get(..FIXED_HEADER_LEN).ok_or(CodecError::FrameTruncated)?;
+        if fixed[..4] != MAGIC {
+            return Err(CodecError::FrameMagic);
+        }
+        if fixed[4] != VERSION {
+            return Err(CodecError::FrameVersion(fixed[4]));
+        }
+        let codec = Codec::from_id(fixed[5])?;
+        let width = fixed[6];
+        let flags = fixed[7];
+        if !(1..=8).contains(&width) {
+            return Err(CodecError::FrameCorrupt("plane width out of range"));
+        }
+        if flags & !(FLAG_DELTA | FLAG_ROTATED) != 0 {
+            return Err(CodecError::FrameCorrupt("unknown flags"));
+        }
+        let raw_len = read_u32(&fixed[8..12]);
+        let payload_len = read_u32(&fixed[12..16]);
+        if raw_len > MAX_RAW_LEN || payload_len > MAX_RAW_LEN + 1024 {
+            return Err(CodecError::FrameCorrupt("length over the frame limit"));
+        }
+        let checksum = ContentHash(fixed[16..48].try_into().map_err(|_| CodecError::FrameTruncated)?);
+        let base = if flags & FLAG_DELTA != 0 {
+            let bytes = frame.get(FIXED_HEADER_LEN..FIXED_HEADER_LEN + 32).ok_or(CodecError::FrameTruncated)?;
+            Some(ContentHash(bytes.try_into().map_err(|_| CodecError::FrameTruncated)?))
+        } else {
+            None
+        };
+        Ok(FrameHeader { codec, width, rotated: flags & FLAG_ROTATED != 0, raw_len, payload_len, checksum, base })
+    }
+}
+
+/// Reads a little-endian u32 from a 4-byte slice (zero if shorter, which callers rule out).
+pub(crate) fn read_u32(bytes: &[u8]) -> u32 {
+    let mut word = [0u8; 4];
+    let len = bytes.len().min(4);
+    word[..len].copy_from_slice(&bytes[..len]);
+    u32::from_le_bytes(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips() {
+        let header = FrameHeader {
+            codec: Codec::Planes,
+            width: 2,
+            rotated: true,
+            raw_len: 1234,
+            payload_len: 99,
+            checksum: ContentHash([3; 32]),
+            base: Some(ContentHash([9; 32])),
+        };
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        assert_eq!(bytes.len(), header.header_len());
+        assert_eq!(FrameHeader::read(&bytes), Ok(header));
+        assert_eq!(FrameHeader::read(&bytes[..60]), Err(CodecError::FrameTruncated));
+        bytes[4] = 2;
+        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameVersion(2)));
+    }
+}
