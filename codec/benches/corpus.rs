@@ -1,0 +1,188 @@
+//! Codec benchmark on the real model corpus, side by side with zstd-3 and, where installed,
+//! bitx (`bitx` on PATH) and zipnn (Python package). Single-core figures unless noted.
+//!
+//! Run: `cargo bench -p tensorgate-codec --bench corpus` (corpus from `TENSORGATE_CORPUS`,
+//! default `../shared/corpus` beside the workspace).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use tensorgate_codec::{chunk_ranges, decode_frame, encode_chunk, parse_file, BaseChunk, ContentHash, FrameHeader};
+
+const PAIRS: &[(&str, &str)] = &[
+    ("base/minilm-l6.bf16.safetensors", "ft/ft-a-contrastive.bf16.safetensors"),
+    ("base/minilm-l6.bf16.safetensors", "ft/ft-b-mlm.bf16.safetensors"),
+    ("base/minilm-l6.bf16.safetensors", "ft/ft-c-cls.bf16.safetensors"),
+    ("base/minilm-l6.bf16.safetensors", "lora/lora-r8-qv-merged.bf16.safetensors"),
+    ("base/minilm-l6.f32.safetensors", "ft/ft-a-contrastive.f32.safetensors"),
+];
+
+fn corpus_dir() -> PathBuf {
+    std::env::var_os("TENSORGATE_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"))
+}
+
+/// Sizes and timings of encoding one file (optionally against a base file).
+struct Measure {
+    raw: usize,
+    encoded: usize,
+    encode_secs: f64,
+    decode_secs: f64,
+}
+
+/// Encodes every tensor of `file` in chunks (delta against the same-named tensor of `base`
+/// where dtype and shape match), on one core, then decodes and checks the bytes.
+fn measure(file: &[u8], base: Option<&[u8]>) -> Measure {
+    let layout = parse_file(file).expect("corpus file parses");
+    let data = &file[layout.data_start() as usize..];
+    let base_tensors: HashMap<String, &[u8]> = base
+        .map(|base| {
+            let base_layout = parse_file(base).expect("base parses");
+            let base_data = &base[base_layout.data_start() as usize..];
+            base_layout
+                .tensors
+                .iter()
+                .map(|t| (format!("{}{:?}{:?}", t.name, t.dtype, t.shape), &base_data[t.start as usize..t.end as usize]))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut jobs = Vec::new();
+    for tensor in &layout.tensors {
+        let bytes = &data[tensor.start as usize..tensor.end as usize];
+        let base_bytes = base_tensors.get(&format!("{}{:?}{:?}", tensor.name, tensor.dtype, tensor.shape));
+        for range in chunk_ranges(bytes.len(), tensorgate_codec::DEFAULT_CHUNK_SIZE) {
+            let base = base_bytes.map(|b| BaseChunk { hash: ContentHash::of(&b[range.clone()]), bytes: &b[range.clone()] });
+            jobs.push((&bytes[range], tensor.dtype, base));
+        }
+    }
+    let started = Instant::now();
+    let frames: Vec<Vec<u8>> = jobs.iter().map(|(raw, dtype, base)| encode_chunk(raw, *dtype, *base).unwrap()).collect();
+    let encode_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let decoded: Vec<Vec<u8>> = frames
+        .iter()
+        .zip(&jobs)
+        .map(|(frame, (_, _, base))| {
+            let wants_base = FrameHeader::read(frame).unwrap().base.is_some();
+            decode_frame(frame, if wants_base { *base } else { None }).unwrap()
+        })
+        .collect();
+    let decode_secs = started.elapsed().as_secs_f64();
+    for (bytes, (raw, _, _)) in decoded.iter().zip(&jobs) {
+        assert_eq!(bytes, raw, "round trip failed");
+    }
+    Measure {
+        raw: jobs.iter().map(|(raw, _, _)| raw.len()).sum(),
+        encoded: frames.iter().map(Vec::len).sum(),
+        encode_secs,
+        decode_secs,
+    }
+}
+
+fn zstd3(file: &[u8]) -> (usize, f64) {
+    let started = Instant::now();
+    let size = zstd::bulk::compress(file, 3).unwrap().len();
+    (size, started.elapsed().as_secs_f64())
+}
+
+/// Runs `bitx compress BASE FT -o OUT` when bitx is installed: (size, seconds).
+fn bitx(base: &Path, file: &Path) -> Option<(usize, f64)> {
+    let out = std::env::temp_dir().join("tensorgate-bench.bitx");
+    let started = Instant::now();
+    let status = Command::new("bitx").arg("compress").arg(base).arg(file).arg("-o").arg(&out).output().ok()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !status.status.success() {
+        return None;
+    }
+    Some((std::fs::metadata(&out).ok()?.len() as usize, secs))
+}
+
+/// Runs zipnn (bf16 byte grouping + Huffman) on a file when the Python package is installed:
+/// (size, compress seconds, decompress seconds).
+fn zipnn(file: &Path) -> Option<(usize, f64, f64)> {
+    let script = r#"
+import sys, time, zipnn
+data = open(sys.argv[1], 'rb').read()
+z = zipnn.ZipNN(bytearray_dtype='bfloat16', threads=1)
+copy = bytearray(data)
+t = time.perf_counter(); c = z.compress(copy); ct = time.perf_counter() - t
+t = time.perf_counter(); d = z.decompress(c); dt = time.perf_counter() - t
+assert bytes(d) == data
+print(len(c), ct, dt)
+"#;
+    let output = Command::new("python3").arg("-c").arg(script).arg(file).output().ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(output.stdout).ok()?;
+    let mut fields = text.split_whitespace();
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+fn mb_per_sec(bytes: usize, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs.max(1e-9)
+}
+
+fn main() {
+    let dir = corpus_dir();
+    println!("corpus: {}", dir.display());
+    println!("\n## Delta of a fine-tune against its base (one core)\n");
+    println!("| pair | raw MB | tensorgate % of raw | encode MB/s | decode MB/s | bitx % of raw | bitx MB/s | tensorgate / bitx size | zstd-3 % of raw |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (base_name, file_name) in PAIRS {
+        let base_path = dir.join(base_name);
+        let file_path = dir.join(file_name);
+        let base = std::fs::read(&base_path).expect("read base");
+        let file = std::fs::read(&file_path).expect("read fine-tune");
+        let ours = measure(&file, Some(&base));
+        let (zstd_size, _) = zstd3(&file);
+        let bitx_figures = bitx(&base_path, &file_path);
+        let (bitx_pct, bitx_speed, relative) = match bitx_figures {
+            Some((size, secs)) => (
+                format!("{:.1}", 100.0 * size as f64 / file.len() as f64),
+                format!("{:.0}", mb_per_sec(file.len(), secs)),
+                format!("{:.2}", ours.encoded as f64 / size as f64),
+            ),
+            None => ("n/a".into(), "n/a".into(), "n/a".into()),
+        };
+        println!(
+            "| {file_name} | {:.1} | {:.1} | {:.0} | {:.0} | {bitx_pct} | {bitx_speed} | {relative} | {:.1} |",
+            ours.raw as f64 / 1e6,
+            100.0 * ours.encoded as f64 / ours.raw as f64,
+            mb_per_sec(ours.raw, ours.encode_secs),
+            mb_per_sec(ours.raw, ours.decode_secs),
+            100.0 * zstd_size as f64 / file.len() as f64,
+        );
+    }
+    println!("\n## Standalone (one core)\n");
+    println!("| file | raw MB | tensorgate % of raw | encode MB/s | decode MB/s | zstd-3 % | zstd-3 MB/s | zipnn % | zipnn enc MB/s | zipnn dec MB/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for file_name in ["base/minilm-l6.bf16.safetensors", "ft/ft-b-mlm.bf16.safetensors", "base/minilm-l6.f32.safetensors", "base/minilm-l6.f16.safetensors"] {
+        let path = dir.join(file_name);
+        let file = std::fs::read(&path).expect("read file");
+        let ours = measure(&file, None);
+        let (zstd_size, zstd_secs) = zstd3(&file);
+        let zipnn_figures = if file_name.contains("bf16") { zipnn(&path) } else { None };
+        let zipnn_cells = match zipnn_figures {
+            Some((size, enc, dec)) => format!(
+                "{:.1} | {:.0} | {:.0}",
+                100.0 * size as f64 / file.len() as f64,
+                mb_per_sec(file.len(), enc),
+                mb_per_sec(file.len(), dec)
+            ),
+            None => "n/a | n/a | n/a".into(),
+        };
+        println!(
+            "| {file_name} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.0} | {zipnn_cells} |",
+            ours.raw as f64 / 1e6,
+            100.0 * ours.encoded as f64 / ours.raw as f64,
+            mb_per_sec(ours.raw, ours.encode_secs),
+            mb_per_sec(ours.raw, ours.decode_secs),
+            100.0 * zstd_size as f64 / file.len() as f64,
+            mb_per_sec(file.len(), zstd_secs),
+        );
+    }
+}
