@@ -1,1 +1,603 @@
+//! tensorgate-index: the sled index of objects, chunks, packs, uploads and background work.
+//!
+//! Every change to one object (its manifest, the reference counts of its chunks, the blobs and
+//! packs it frees) is a single sled transaction, so a crash leaves the old state or the new.
+//! Nothing here talks to the upstream: freed upstream keys go to the trash tree, which the
+//! gateway empties after a grace period.
 
+mod keys;
+mod records;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+pub use keys::ObjectKey;
+pub use records::*;
+
+/// Errors of the index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("record does not decode: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("chunk {0} is referenced but not stored")]
+    MissingChunk(String),
+    #[error("the object changed while this write was prepared")]
+    VersionChanged,
+    #[error("no such multipart upload")]
+    NoSuchUpload,
+}
+
+pub type Result<T> = std::result::Result<T, IndexError>;
+
+/// A chunk written to a pack by the write being committed, not yet in the index.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    pub hash: ChunkHash,
+    pub record: ChunkRecord,
+}
+
+/// A pack written by the write being committed.
+#[derive(Debug, Clone)]
+pub struct NewPack {
+    pub key: String,
+    pub total_bytes: u64,
+}
+
+/// What a commit requires of the object's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// Any state: a client's write replaces whatever is there.
+    Any,
+    /// The object must still be at this version (the packer's swap).
+    Version(&'a str),
+}
+
+/// Outcome of deleting a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketDeletion {
+    Deleted,
+    NotEmpty,
+    Missing,
+}
+
+/// The open index.
+pub struct Index {
+    db: sled::Db,
+    buckets: sled::Tree,
+    objects: sled::Tree,
+    chunks: sled::Tree,
+    packs: sled::Tree,
+    trash: sled::Tree,
+    queue: sled::Tree,
+    uploads: sled::Tree,
+    parts: sled::Tree,
+    tensors: sled::Tree,
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<IndexError>>;
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+fn tx_decode<T: DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
+    decode(bytes).map_err(ConflictableTransactionError::Abort)
+}
+
+fn abort<T>(error: IndexError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(error))
+}
+
+fn flatten<T>(result: std::result::Result<T, TransactionError<IndexError>>) -> Result<T> {
+    result.map_err(|error| match error {
+        TransactionError::Abort(error) => error,
+        TransactionError::Storage(error) => IndexError::Sled(error),
+    })
+}
+
+impl Index {
+    /// Opens (or creates) the index in `path`.
+    pub fn open(path: &Path) -> Result<Index> {
+        let db = sled::open(path)?;
+        Ok(Index {
+            buckets: db.open_tree("buckets")?,
+            objects: db.open_tree("objects")?,
+            chunks: db.open_tree("chunks")?,
+            packs: db.open_tree("packs")?,
+            trash: db.open_tree("trash")?,
+            queue: db.open_tree("queue")?,
+            uploads: db.open_tree("uploads")?,
+            parts: db.open_tree("parts")?,
+            tensors: db.open_tree("tensors")?,
+            db,
+        })
+    }
+
+    /// Flushes every tree to disk; called before a write is acknowledged.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // ---- buckets
+
+    /// Creates a bucket; false if it already existed.
+    pub fn create_bucket(&self, tenant: &str, bucket: &str, now_ms: i64) -> Result<bool> {
+        let record = encode(&BucketRecord { created_ms: now_ms });
+        let previous = self
+            .buckets
+            .compare_and_swap(keys::bucket(tenant, bucket), None as Option<&[u8]>, Some(record))?;
+        Ok(previous.is_ok())
+    }
+
+    pub fn bucket(&self, tenant: &str, bucket: &str) -> Result<Option<BucketRecord>> {
+        self.buckets.get(keys::bucket(tenant, bucket))?.map(|v| decode(&v)).transpose()
+    }
+
+    /// The tenant's buckets, sorted by name.
+    pub fn list_buckets(&self, tenant: &str) -> Result<Vec<(String, BucketRecord)>> {
+        let prefix = keys::tenant_prefix(tenant);
+        self.buckets
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry?;
+                let name = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                Ok((name, decode(&value)?))
+            })
+            .collect()
+    }
+
+    /// Deletes a bucket if it holds no objects and no uploads in progress.
+    pub fn delete_bucket(&self, tenant: &str, bucket: &str) -> Result<BucketDeletion> {
+        let bucket_key = keys::bucket(tenant, bucket);
+        let object_prefix = keys::object_prefix(tenant, bucket);
+        let result = (&self.buckets, &self.objects).transaction(|(buckets, _objects)| {
+            if buckets.get(&bucket_key)?.is_none() {
+                return Ok(BucketDeletion::Missing);
+            }
+            buckets.remove(bucket_key.as_slice())?;
+            Ok(BucketDeletion::Deleted)
+        });
+        let outcome = flatten(result)?;
+        if outcome == BucketDeletion::Deleted
+            && (self.objects.scan_prefix(&object_prefix).next().is_some() || self.has_uploads(tenant, bucket)?)
+        {
+            self.buckets.insert(bucket_key, encode(&BucketRecord { created_ms: 0 }))?;
+            return Ok(BucketDeletion::NotEmpty);
+        }
+        Ok(outcome)
+    }
+
+    fn has_uploads(&self, tenant: &str, bucket: &str) -> Result<bool> {
+        for entry in self.uploads.iter() {
+            let (_, value) = entry?;
+            let upload: UploadRecord = decode(&value)?;
+            if upload.tenant == tenant && upload.bucket == bucket {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    // ---- objects
+
+    pub fn object(&self, key: &ObjectKey) -> Result<Option<ObjectRecord>> {
+        self.objects.get(key.encode())?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Objects of a bucket whose key starts with `prefix`, in key order, from just after
+    /// `start_after` when given.
+    pub fn list_objects<'a>(
+        &'a self,
+        tenant: &str,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> impl Iterator<Item = Result<(String, ObjectRecord)>> + 'a {
+        let bucket_prefix = keys::object_prefix(tenant, bucket);
+        let mut scan_prefix = bucket_prefix.clone();
+        scan_prefix.extend_from_slice(prefix.as_bytes());
+        let mut start = scan_prefix.clone();
+        if let Some(after) = start_after {
+            let mut after_key = bucket_prefix.clone();
+            after_key.extend_from_slice(after.as_bytes());
+            after_key.push(0);
+            start = start.max(after_key);
+        }
+        self.objects
+            .range(start..)
+            .take_while(move |entry| entry.as_ref().map_or(true, |(key, _)| key.starts_with(&scan_prefix)))
+            .map(move |entry| {
+                let (key, value) = entry?;
+                let name = String::from_utf8_lossy(&key[bucket_prefix.len()..]).into_owned();
+                Ok((name, decode(&value)?))
+            })
+    }
+
+    pub fn chunk(&self, hash: &ChunkHash) -> Result<Option<ChunkRecord>> {
+        self.chunks.get(hash)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Makes `record` the object at `key`: takes references on its chunks (inserting the new
+    /// ones), releases the previous version's, and sends freed blobs to the trash, at once.
+    pub fn commit_object(
+        &self,
+        key: &ObjectKey,
+        record: &ObjectRecord,
+        new_chunks: &[NewChunk],
+        new_pack: Option<&NewPack>,
+        expect: Expect<'_>,
+        now_ms: i64,
+    ) -> Result<()> {
+        let new_chunks: HashMap<ChunkHash, &ChunkRecord> = new_chunks.iter().map(|c| (c.hash, &c.record)).collect();
+        let object_key = key.encode();
+        let trees = (&self.objects, &self.chunks, &self.packs, &self.trash);
+        let result = trees.transaction(|(objects, chunks, packs, trash)| {
+            let previous: Option<ObjectRecord> = objects.get(object_key.as_slice())?.map(|v| tx_decode(&v)).transpose()?;
+            if let Expect::Version(version) = expect {
+                if previous.as_ref().map(|p| p.version.as_str()) != Some(version) {
+                    return abort(IndexError::VersionChanged);
+                }
+            }
+            if let Some(pack) = new_pack {
+                let record = PackRecord { total_bytes: pack.total_bytes, live_bytes: 0 };
+                packs.insert(pack.key.as_bytes(), encode(&record))?;
+            }
+            for segment in &record.segments {
+                if let Segment::Chunk { hash, .. } = segment {
+                    acquire_chunk(chunks, packs, &new_chunks, hash)?;
+                }
+            }
+            if let Some(pack) = new_pack {
+                let stored: PackRecord = tx_decode(&packs.get(pack.key.as_bytes())?.unwrap_or_default())?;
+                if stored.live_bytes == 0 {
+                    packs.remove(pack.key.as_bytes())?;
+                    trash.insert(pack.key.as_bytes(), &now_ms.to_be_bytes())?;
+                }
+            }
+            if let Some(previous) = &previous {
+                release_segments(chunks, trash, &previous.segments, &record.segments, now_ms)?;
+            }
+            objects.insert(object_key.as_slice(), encode(record))?;
+            Ok(())
+        });
+        flatten(result)?;
+        self.flush()
+    }
+
+    /// Removes the object at `key`; false if there was none.
+    pub fn delete_object(&self, key: &ObjectKey, now_ms: i64) -> Result<bool> {
+        let object_key = key.encode();
+        let result = (&self.objects, &self.chunks, &self.trash).transaction(|(objects, chunks, trash)| {
+            let Some(previous) = objects.remove(object_key.as_slice())? else {
+                return Ok(false);
+            };
+            let previous: ObjectRecord = tx_decode(&previous)?;
+            release_segments(chunks, trash, &previous.segments, &[], now_ms)?;
+            Ok(true)
+        });
+        let deleted = flatten(result)?;
+        self.flush()?;
+        Ok(deleted)
+    }
+
+    // ---- multipart uploads
+
+    pub fn create_upload(&self, upload_id: &str, record: &UploadRecord) -> Result<()> {
+        self.uploads.insert(upload_id, encode(record))?;
+        self.flush()
+    }
+
+    pub fn upload(&self, upload_id: &str) -> Result<Option<UploadRecord>> {
+        self.uploads.get(upload_id)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Uploads in progress in a bucket, with their ids, sorted by key then id.
+    pub fn list_uploads(&self, tenant: &str, bucket: &str) -> Result<Vec<(String, UploadRecord)>> {
+        let mut uploads = Vec::new();
+        for entry in self.uploads.iter() {
+            let (id, value) = entry?;
+            let upload: UploadRecord = decode(&value)?;
+            if upload.tenant == tenant && upload.bucket == bucket {
+                uploads.push((String::from_utf8_lossy(&id).into_owned(), upload));
+            }
+        }
+        uploads.sort_by(|a, b| (&a.1.key, &a.0).cmp(&(&b.1.key, &b.0)));
+        Ok(uploads)
+    }
+
+    /// Records a part; a part uploaded again under the same number sends the old blob to the trash.
+    pub fn put_part(&self, upload_id: &str, number: u32, part: &PartRecord, now_ms: i64) -> Result<()> {
+        let part_key = keys::part(upload_id, number);
+        let result = (&self.uploads, &self.parts, &self.trash).transaction(|(uploads, parts, trash)| {
+            if uploads.get(upload_id)?.is_none() {
+                return abort(IndexError::NoSuchUpload);
+            }
+            if let Some(old) = parts.insert(part_key.as_slice(), encode(part))? {
+                let old: PartRecord = tx_decode(&old)?;
+                trash.insert(old.blob.as_bytes(), &now_ms.to_be_bytes())?;
+            }
+            Ok(())
+        });
+        flatten(result)?;
+        self.flush()
+    }
+
+    /// The parts of an upload, by part number.
+    pub fn parts(&self, upload_id: &str) -> Result<Vec<(u32, PartRecord)>> {
+        self.parts
+            .scan_prefix(keys::parts_prefix(upload_id))
+            .map(|entry| {
+                let (key, value) = entry?;
+                Ok((keys::part_number(&key), decode(&value)?))
+            })
+            .collect()
+    }
+
+    /// Ends an upload: commits `record` (whose blob segments are the chosen parts), drops the
+    /// upload, trashes parts not used, and queues the object for the packer, in one transaction.
+    pub fn complete_upload(&self, upload_id: &str, key: &ObjectKey, record: &ObjectRecord, now_ms: i64) -> Result<()> {
+        let object_key = key.encode();
+        let parts_prefix = keys::parts_prefix(upload_id);
+        let part_entries: Vec<(sled::IVec, sled::IVec)> =
+            self.parts.scan_prefix(&parts_prefix).collect::<std::result::Result<_, _>>()?;
+        let job = PackJob {
+            tenant: key.tenant.clone(),
+            bucket: key.bucket.clone(),
+            key: key.key.clone(),
+            version: record.version.clone(),
+        };
+        let used: Vec<&str> = record
+            .segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Blob { key, .. } => Some(key.as_str()),
+                _ => None,
+            })
+            .collect();
+        let trees = (&self.objects, &self.chunks, &self.trash, &self.queue, &self.uploads, &self.parts);
+        let result = trees.transaction(|(objects, chunks, trash, queue, uploads, parts)| {
+            if uploads.remove(upload_id)?.is_none() {
+                return abort(IndexError::NoSuchUpload);
+            }
+            for (part_key, value) in &part_entries {
+                parts.remove(part_key)?;
+                let part: PartRecord = tx_decode(value)?;
+                if !used.contains(&part.blob.as_str()) {
+                    trash.insert(part.blob.as_bytes(), &now_ms.to_be_bytes())?;
+                }
+            }
+            if let Some(previous) = objects.get(object_key.as_slice())? {
+                let previous: ObjectRecord = tx_decode(&previous)?;
+                release_segments(chunks, trash, &previous.segments, &record.segments, now_ms)?;
+            }
+            objects.insert(object_key.as_slice(), encode(record))?;
+            queue.insert(record.version.as_bytes(), encode(&job))?;
+            Ok(())
+        });
+        flatten(result)?;
+        self.flush()
+    }
+
+    /// Drops an upload and sends its parts to the trash.
+    pub fn abort_upload(&self, upload_id: &str, now_ms: i64) -> Result<()> {
+        let parts_prefix = keys::parts_prefix(upload_id);
+        let part_entries: Vec<(sled::IVec, sled::IVec)> =
+            self.parts.scan_prefix(&parts_prefix).collect::<std::result::Result<_, _>>()?;
+        let result = (&self.uploads, &self.parts, &self.trash).transaction(|(uploads, parts, trash)| {
+            if uploads.remove(upload_id)?.is_none() {
+                return abort(IndexError::NoSuchUpload);
+            }
+            for (part_key, value) in &part_entries {
+                parts.remove(part_key)?;
+                let part: PartRecord = tx_decode(value)?;
+                trash.insert(part.blob.as_bytes(), &now_ms.to_be_bytes())?;
+            }
+            Ok(())
+        });
+        flatten(result)?;
+        self.flush()
+    }
+
+    // ---- background work
+
+    /// The oldest pending pack job, if any.
+    pub fn next_pack_job(&self) -> Result<Option<PackJob>> {
+        self.queue.iter().next().transpose()?.map(|(_, v)| decode(&v)).transpose()
+    }
+
+    /// Removes a finished (or obsolete) pack job.
+    pub fn finish_pack_job(&self, job: &PackJob) -> Result<()> {
+        self.queue.remove(job.version.as_bytes())?;
+        self.flush()
+    }
+
+    pub fn pack_queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Upstream keys freed before `cutoff_ms`, which nothing references any more.
+    pub fn trash_before(&self, cutoff_ms: i64) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        for entry in self.trash.iter() {
+            let (key, value) = entry?;
+            if read_ms(&value) <= cutoff_ms {
+                keys.push(String::from_utf8_lossy(&key).into_owned());
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Forgets a trash entry once its upstream key is deleted.
+    pub fn forget_trash(&self, key: &str) -> Result<()> {
+        self.trash.remove(key)?;
+        Ok(())
+    }
+
+    /// Collects chunks dead since before `cutoff_ms`: removes them, takes their bytes off their
+    /// pack's live count (trashing packs with none left) and releases their bases.
+    /// Returns how many chunks were collected.
+    pub fn sweep_chunks(&self, cutoff_ms: i64, now_ms: i64) -> Result<usize> {
+        let mut collected = 0;
+        loop {
+            let mut candidates = Vec::new();
+            for entry in self.chunks.iter() {
+                let (hash, value) = entry?;
+                let record: ChunkRecord = decode(&value)?;
+                if record.refs == 0 && record.dead_since_ms.is_some_and(|t| t <= cutoff_ms) {
+                    candidates.push(hash);
+                }
+            }
+            if candidates.is_empty() {
+                break;
+            }
+            for hash in candidates {
+                let result = (&self.chunks, &self.packs, &self.trash).transaction(|(chunks, packs, trash)| {
+                    let Some(value) = chunks.get(&hash)? else { return Ok(false) };
+                    let record: ChunkRecord = tx_decode(&value)?;
+                    if record.refs != 0 {
+                        return Ok(false);
+                    }
+                    chunks.remove(&hash)?;
+                    if let Some(pack_value) = packs.get(record.pack.as_bytes())? {
+                        let mut pack: PackRecord = tx_decode(&pack_value)?;
+                        pack.live_bytes = pack.live_bytes.saturating_sub(u64::from(record.frame_len));
+                        if pack.live_bytes == 0 {
+                            packs.remove(record.pack.as_bytes())?;
+                            trash.insert(record.pack.as_bytes(), &now_ms.to_be_bytes())?;
+                        } else {
+                            packs.insert(record.pack.as_bytes(), encode(&pack))?;
+                        }
+                    }
+                    if let Some(base) = record.base {
+                        release_chunk(chunks, &base, now_ms)?;
+                    }
+                    Ok(true)
+                });
+                if flatten(result)? {
+                    collected += 1;
+                }
+            }
+            if cutoff_ms < now_ms {
+                break;
+            }
+        }
+        self.flush()?;
+        Ok(collected)
+    }
+
+    /// Upstream bytes held by live packs.
+    pub fn pack_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for entry in self.packs.iter() {
+            let (_, value) = entry?;
+            total += decode::<PackRecord>(&value)?.total_bytes;
+        }
+        Ok(total)
+    }
+
+    // ---- base selection by name
+
+    /// Remembers the chunks of the newest tensor stored under this name, dtype and shape.
+    pub fn remember_tensor(&self, tenant: &str, name: &str, signature: &str, chunks: &[ChunkHash]) -> Result<()> {
+        self.tensors.insert(keys::tensor(tenant, name, signature), encode(&chunks.to_vec()))?;
+        Ok(())
+    }
+
+    /// The chunks of the newest tensor stored under this name, dtype and shape.
+    pub fn tensor_chunks(&self, tenant: &str, name: &str, signature: &str) -> Result<Option<Vec<ChunkHash>>> {
+        self.tensors.get(keys::tensor(tenant, name, signature))?.map(|v| decode(&v)).transpose()
+    }
+}
+
+fn read_ms(bytes: &[u8]) -> i64 {
+    let mut word = [0u8; 8];
+    let len = bytes.len().min(8);
+    word[..len].copy_from_slice(&bytes[..len]);
+    i64::from_be_bytes(word)
+}
+
+/// Takes one reference on a chunk, inserting it from `new_chunks` (and referencing its base)
+/// if the index does not hold it yet.
+fn acquire_chunk(
+    chunks: &TransactionalTree,
+    packs: &TransactionalTree,
+    new_chunks: &HashMap<ChunkHash, &ChunkRecord>,
+    hash: &ChunkHash,
+) -> TxResult<()> {
+    if let Some(value) = chunks.get(hash)? {
+        let mut record: ChunkRecord = tx_decode(&value)?;
+        record.refs += 1;
+        record.dead_since_ms = None;
+        chunks.insert(hash, encode(&record))?;
+        return Ok(());
+    }
+    let Some(new) = new_chunks.get(hash) else {
+        return abort(IndexError::MissingChunk(hex(hash)));
+    };
+    let mut record = (*new).clone();
+    record.refs = 1;
+    record.dead_since_ms = None;
+    chunks.insert(hash, encode(&record))?;
+    let pack_value = packs.get(record.pack.as_bytes())?;
+    let Some(pack_value) = pack_value else {
+        return abort(IndexError::MissingChunk(hex(hash)));
+    };
+    let mut pack: PackRecord = tx_decode(&pack_value)?;
+    pack.live_bytes += u64::from(record.frame_len);
+    packs.insert(record.pack.as_bytes(), encode(&pack))?;
+    if let Some(base) = record.base {
+        acquire_chunk(chunks, packs, new_chunks, &base)?;
+    }
+    Ok(())
+}
+
+/// Drops one reference on a chunk, marking it dead when none is left.
+fn release_chunk(chunks: &TransactionalTree, hash: &ChunkHash, now_ms: i64) -> TxResult<()> {
+    let Some(value) = chunks.get(hash)? else { return Ok(()) };
+    let mut record: ChunkRecord = tx_decode(&value)?;
+    record.refs = record.refs.saturating_sub(1);
+    if record.refs == 0 {
+        record.dead_since_ms = Some(now_ms);
+    }
+    chunks.insert(hash, encode(&record))?;
+    Ok(())
+}
+
+/// Releases what `old` holds: chunk references, and blobs that `new` does not reuse.
+fn release_segments(
+    chunks: &TransactionalTree,
+    trash: &TransactionalTree,
+    old: &[Segment],
+    new: &[Segment],
+    now_ms: i64,
+) -> TxResult<()> {
+    for segment in old {
+        match segment {
+            Segment::Chunk { hash, .. } => release_chunk(chunks, hash, now_ms)?,
+            Segment::Blob { key, .. } => {
+                let reused = new.iter().any(|s| matches!(s, Segment::Blob { key: k, .. } if k == key));
+                if !reused {
+                    trash.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
+                }
+            }
+            Segment::Inline(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

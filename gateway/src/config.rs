@@ -1,0 +1,80 @@
+//! Configuration: one TOML file, every field optional. With no file, `tensorgate serve` listens
+//! on 127.0.0.1:9000 and keeps everything under ./tensorgate-data.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::upstream::S3UpstreamConfig;
+
+/// Access key used when the config names none; printed at startup.
+pub const DEFAULT_ACCESS_KEY: &str = "tensorgate";
+pub const DEFAULT_SECRET_KEY: &str = "tensorgate-secret";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the S3 endpoint listens on.
+    pub listen: SocketAddr,
+    /// Directory of the sled index (and of the local upstream when no S3 upstream is set).
+    pub data_dir: PathBuf,
+    /// Domains for virtual-host style requests (`bucket.localhost`).
+    pub domains: Vec<String>,
+    /// Access keys clients sign with.
+    pub access_keys: Vec<AccessKey>,
+    /// The S3 upstream; when absent, `data_dir/upstream` is used.
+    pub upstream: Option<S3UpstreamConfig>,
+    /// Objects under this many bytes are stored as they came.
+    pub min_model_bytes: u64,
+    /// Seconds before freed chunks and upstream objects are deleted.
+    pub gc_grace_secs: u64,
+    /// Seconds between garbage-collection runs.
+    pub gc_interval_secs: u64,
+    /// Bytes of decoded base chunks kept in memory for delta reads.
+    pub base_cache_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            data_dir: PathBuf::from("tensorgate-data"),
+            domains: vec!["localhost".to_owned()],
+            access_keys: Vec::new(),
+            upstream: None,
+            min_model_bytes: 64 * 1024,
+            gc_grace_secs: 600,
+            gc_interval_secs: 60,
+            base_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the config file, or the defaults when there is none.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if config.access_keys.is_empty() {
+            config.access_keys.push(AccessKey {
+                access_key: DEFAULT_ACCESS_KEY.to_owned(),
+                secret_key: DEFAULT_SECRET_KEY.to_owned(),
+            });
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,485 @@
+//! The PUT path. Bytes stream through once: they are hashed (MD5 for the ETag, plus the
+//! checksums the client announced) and either written upstream as they came, or, for a
+//! safetensors file, cut into chunks per tensor. A chunk already stored is only referenced;
+//! a new one is encoded on all cores (as a delta against the same-named tensor of the newest
+//! stored model when that is smaller) and appended as a frame to a new pack object.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use s3s::checksum::ChecksumHasher;
+use s3s::crypto::{Checksum as _, Md5};
+use tensorgate_codec::{
+    encode_parallel, parse_header, read_header_len, BaseChunk, ChunkJob, ContentHash, Dtype, FrameHeader, Layout,
+    Region, RegionKind, DEFAULT_CHUNK_SIZE,
+};
+use tensorgate_index::{ChunkHash, ChunkRecord, NewChunk, NewPack, Segment};
+
+use crate::reader;
+use crate::store::{new_id, Store};
+use crate::upstream::BlobWriter;
+
+/// Chunks encoded together on the blocking pool.
+const BATCH_CHUNKS: usize = 4;
+
+/// What a finished ingest produced, ready to commit.
+pub struct Ingested {
+    pub size: u64,
+    pub md5: [u8; 16],
+    pub checksums: s3s::dto::Checksum,
+    pub segments: Vec<Segment>,
+    pub new_chunks: Vec<NewChunk>,
+    pub new_pack: Option<NewPack>,
+    /// Tensors stored whole: (name, dtype+shape signature, chunk hashes), for base choice.
+    pub tensors: Vec<(String, String, Vec<ChunkHash>)>,
+    /// Upstream keys written (a blob or a pack), to delete if the write is not committed.
+    pub written: Vec<String>,
+}
+
+impl Ingested {
+    /// Deletes what this ingest wrote upstream; for writes that are not committed.
+    pub async fn discard(self, store: &Store) {
+        for key in self.written {
+            if let Err(error) = store.upstream.delete(&key).await {
+                tracing::warn!(%key, %error, "could not delete an uncommitted upstream object");
+            }
+        }
+    }
+
+    pub fn is_model(&self) -> bool {
+        self.segments.iter().any(|s| matches!(s, Segment::Chunk { .. }))
+    }
+}
+
+/// How to ingest.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestOptions {
+    /// The size the client announced, if any.
+    pub size_hint: Option<u64>,
+    pub mode: IngestMode,
+    /// Checksums to compute besides MD5.
+    pub checksums: ChecksumSelection,
+}
+
+/// What to do with the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestMode {
+    /// Store a safetensors file as chunks, anything else as it came (a client's PUT).
+    Sniff,
+    /// Store as it came, even when empty (a multipart part).
+    Plain,
+    /// Only models are wanted (the packer): anything else ends the ingest with `None`.
+    ModelsOnly,
+}
+
+/// Which `x-amz-checksum-*` to compute.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChecksumSelection {
+    pub crc32: bool,
+    pub crc32c: bool,
+    pub sha1: bool,
+    pub sha256: bool,
+    pub crc64nvme: bool,
+}
+
+impl ChecksumSelection {
+    fn hasher(self) -> ChecksumHasher {
+        ChecksumHasher {
+            crc32: self.crc32.then(Default::default),
+            crc32c: self.crc32c.then(Default::default),
+            sha1: self.sha1.then(Default::default),
+            sha256: self.sha256.then(Default::default),
+            crc64nvme: self.crc64nvme.then(Default::default),
+        }
+    }
+}
+
+/// Reads `body` to the end and stores it. On error, nothing written stays upstream.
+pub async fn ingest<S, E>(store: &Arc<Store>, tenant: &str, body: S, options: IngestOptions) -> anyhow::Result<Option<Ingested>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut ingester = Ingester::new(store.clone(), tenant, options);
+    let result = ingester.consume(body).await;
+    match result {
+        Ok(()) => ingester.finish().await,
+        Err(error) => {
+            ingester.abandon().await;
+            Err(error)
+        }
+    }
+}
+
+enum State {
+    /// Collecting the 8-byte prefix and the JSON header.
+    Sniff(BytesMut),
+    /// Stored as it came.
+    Plain { key: String, writer: Box<dyn BlobWriter> },
+    /// Nothing to store (an empty body so far).
+    Empty,
+    Model(Box<ModelState>),
+    /// The packer asked for models only and this is not one.
+    Declined,
+}
+
+struct ModelState {
+    layout: Layout,
+    regions: Vec<Region>,
+    /// Index into `regions` of the region being filled; past the end means trailing bytes.
+    region: usize,
+    /// Data-section offset of the next byte.
+    position: u64,
+    /// Data-section offset where the chunk being filled starts.
+    chunk_start: u64,
+    current: BytesMut,
+    pending: Vec<PendingChunk>,
+    /// Chunks of the tensor being filled, and the base tensor's chunks chosen for it.
+    tensor_chunks: Vec<ChunkHash>,
+    base_chunks: Option<Vec<ChunkHash>>,
+}
+
+struct PendingChunk {
+    raw: Bytes,
+    dtype: Dtype,
+    hash: ChunkHash,
+    base: Option<(ContentHash, Bytes)>,
+}
+
+struct Ingester {
+    store: Arc<Store>,
+    tenant: String,
+    options: IngestOptions,
+    md5: Md5,
+    hasher: ChecksumHasher,
+    size: u64,
+    state: State,
+    force_plain: bool,
+    segments: Vec<Segment>,
+    pack: Option<(String, Box<dyn BlobWriter>, u64)>,
+    new_chunks: Vec<NewChunk>,
+    seen: HashSet<ChunkHash>,
+    tensors: Vec<(String, String, Vec<ChunkHash>)>,
+}
+
+impl Ingester {
+    fn new(store: Arc<Store>, tenant: &str, options: IngestOptions) -> Ingester {
+        Ingester {
+            store,
+            tenant: tenant.to_owned(),
+            options,
+            md5: Md5::new(),
+            hasher: options.checksums.hasher(),
+            size: 0,
+            state: State::Sniff(BytesMut::new()),
+            force_plain: options.mode == IngestMode::Plain,
+            segments: Vec::new(),
+            pack: None,
+            new_chunks: Vec::new(),
+            seen: HashSet::new(),
+            tensors: Vec::new(),
+        }
+    }
+
+    async fn consume<S, E>(&mut self, mut body: S) -> anyhow::Result<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        while let Some(piece) = body.next().await {
+            let bytes = piece.map_err(|error| anyhow::anyhow!("reading the request body: {error}"))?;
+            self.md5.update(&bytes);
+            self.hasher.update(&bytes);
+            self.size += bytes.len() as u64;
+            self.push(bytes).await?;
+            if matches!(self.state, State::Declined) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, bytes: Bytes) -> anyhow::Result<()> {
+        match &mut self.state {
+            State::Sniff(buffer) => {
+                buffer.extend_from_slice(&bytes);
+                self.sniff(false).await
+            }
+            State::Plain { writer, .. } => writer.write(bytes).await,
+            State::Model(_) => self.feed_model(bytes).await,
+            State::Empty | State::Declined => Ok(()),
+        }
+    }
+
+    /// Decides between model and plain once enough bytes are in (or the body has ended).
+    async fn sniff(&mut self, ended: bool) -> anyhow::Result<()> {
+        let State::Sniff(buffer) = &mut self.state else { return Ok(()) };
+        let size_hint = self.options.size_hint;
+        let too_small = self.force_plain || size_hint.is_some_and(|size| size < self.store.config.min_model_bytes);
+        let header_len = match read_header_len(buffer) {
+            Ok(len) if !too_small && size_hint.is_none_or(|size| size >= 8 + len) && len >= 2 => len,
+            Err(_) if !ended && buffer.len() < 8 && !too_small => return Ok(()),
+            _ => return self.become_plain().await,
+        };
+        if buffer.len() > 8 && buffer[8] != b'{' {
+            return self.become_plain().await;
+        }
+        let header_end = 8 + header_len as usize;
+        if buffer.len() < header_end {
+            return if ended { self.become_plain().await } else { Ok(()) };
+        }
+        let data_len = size_hint.map(|size| size - header_end as u64);
+        let Ok(layout) = parse_header(&buffer[8..header_end], data_len) else {
+            return self.become_plain().await;
+        };
+        let buffered = buffer.split().freeze();
+        self.segments.push(Segment::Inline(buffered[..header_end].to_vec()));
+        let regions = layout.regions();
+        let mut model = ModelState {
+            layout,
+            regions,
+            region: 0,
+            position: 0,
+            chunk_start: 0,
+            current: BytesMut::new(),
+            pending: Vec::new(),
+            tensor_chunks: Vec::new(),
+            base_chunks: None,
+        };
+        model.base_chunks = self.base_for_region(&model)?;
+        self.state = State::Model(Box::new(model));
+        self.feed_model(buffered.slice(header_end..)).await
+    }
+
+    async fn become_plain(&mut self) -> anyhow::Result<()> {
+        let State::Sniff(buffer) = &mut self.state else { return Ok(()) };
+        let buffered = buffer.split().freeze();
+        if self.options.mode == IngestMode::ModelsOnly {
+            self.state = State::Declined;
+            return Ok(());
+        }
+        if buffered.is_empty() && self.size == 0 && !self.force_plain {
+            self.state = State::Empty;
+            return Ok(());
+        }
+        let key = format!("blobs/{}", new_id());
+        let mut writer = self.store.upstream.writer(&key).await?;
+        writer.write(buffered).await?;
+        self.state = State::Plain { key, writer };
+        Ok(())
+    }
+
+    /// The chunks of the newest stored tensor with the same name, dtype and shape as the
+    /// region's tensor: the base candidates for its chunks.
+    fn base_for_region(&self, model: &ModelState) -> anyhow::Result<Option<Vec<ChunkHash>>> {
+        let Some(Region { kind: RegionKind::Tensor(index), .. }) = model.regions.get(model.region) else {
+            return Ok(None);
+        };
+        let tensor = &model.layout.tensors[*index];
+        Ok(self.store.index.tensor_chunks(&self.tenant, &tensor.name, &signature(tensor))?)
+    }
+
+    async fn feed_model(&mut self, mut bytes: Bytes) -> anyhow::Result<()> {
+        while !bytes.is_empty() {
+            let State::Model(model) = &mut self.state else { return Ok(()) };
+            let chunk_end = model.chunk_end();
+            let take = ((chunk_end - model.position) as usize).min(bytes.len());
+            model.current.extend_from_slice(&bytes.split_to(take));
+            model.position += take as u64;
+            if model.position == chunk_end {
+                self.seal_chunk().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns the filled chunk into a segment, queues it for encoding unless already stored,
+    /// and moves on to the next chunk (and region).
+    async fn seal_chunk(&mut self) -> anyhow::Result<()> {
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        if model.current.is_empty() {
+            return Ok(());
+        }
+        let raw = model.current.split().freeze();
+        let hash = ContentHash::of(&raw).0;
+        let chunk_index = model.tensor_chunks.len();
+        let (dtype, region_end) = match model.regions.get(model.region) {
+            Some(Region { kind: RegionKind::Tensor(index), end, .. }) => (model.layout.tensors[*index].dtype, Some(*end)),
+            Some(Region { end, .. }) => (Dtype::U8, Some(*end)),
+            None => (Dtype::U8, None),
+        };
+        let base_hash = model.base_chunks.as_ref().and_then(|chunks| chunks.get(chunk_index)).copied();
+        model.tensor_chunks.push(hash);
+        model.chunk_start = model.position;
+        let region_done = region_end == Some(model.position);
+        self.segments.push(Segment::Chunk { hash, len: raw.len() as u32 });
+        let known = self.seen.contains(&hash) || self.store.index.chunk(&hash)?.is_some();
+        if !known {
+            self.seen.insert(hash);
+            let base = match base_hash.filter(|b| *b != hash) {
+                Some(base_hash) => self.base_bytes(base_hash, raw.len()).await?,
+                None => None,
+            };
+            let State::Model(model) = &mut self.state else { return Ok(()) };
+            model.pending.push(PendingChunk { raw, dtype, hash, base });
+            if model.pending.len() >= BATCH_CHUNKS {
+                self.encode_pending().await?;
+            }
+        }
+        if region_done {
+            self.finish_region()?;
+        }
+        Ok(())
+    }
+
+    /// The standalone chunk to take a delta against, if the candidate (or its own base) is
+    /// stored and has the same length.
+    async fn base_bytes(&self, candidate: ChunkHash, len: usize) -> anyhow::Result<Option<(ContentHash, Bytes)>> {
+        let Some(record) = self.store.index.chunk(&candidate)? else { return Ok(None) };
+        let base_hash = record.base.unwrap_or(candidate);
+        match reader::load_base(&self.store, &base_hash).await {
+            Ok(bytes) if bytes.len() == len => Ok(Some((ContentHash(base_hash), bytes))),
+            Ok(_) => Ok(None),
+            Err(error) => {
+                tracing::warn!(%error, "base chunk unreadable; encoding standalone");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records a finished tensor and picks the base candidates of the next region.
+    fn finish_region(&mut self) -> anyhow::Result<()> {
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        let chunks = std::mem::take(&mut model.tensor_chunks);
+        if let Some(Region { kind: RegionKind::Tensor(index), .. }) = model.regions.get(model.region) {
+            let tensor = &model.layout.tensors[*index];
+            self.tensors.push((tensor.name.clone(), signature(tensor), chunks));
+        }
+        model.region += 1;
+        let State::Model(model) = &self.state else { return Ok(()) };
+        let base_chunks = self.base_for_region(model)?;
+        if let State::Model(model) = &mut self.state {
+            model.base_chunks = base_chunks;
+        }
+        Ok(())
+    }
+
+    /// Encodes the queued chunks on all cores and appends their frames to the pack.
+    async fn encode_pending(&mut self) -> anyhow::Result<()> {
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        let pending = std::mem::take(&mut model.pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (pending, frames) = tokio::task::spawn_blocking(move || {
+            let jobs: Vec<ChunkJob<'_>> = pending
+                .iter()
+                .map(|chunk| ChunkJob {
+                    raw: &chunk.raw,
+                    dtype: chunk.dtype,
+                    base: chunk.base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes }),
+                })
+                .collect();
+            let frames = encode_parallel(&jobs);
+            drop(jobs);
+            (pending, frames)
+        })
+        .await?;
+        if self.pack.is_none() {
+            let key = format!("packs/{}", new_id());
+            let writer = self.store.upstream.writer(&key).await?;
+            self.pack = Some((key, writer, 0));
+        }
+        let Some((pack_key, writer, offset)) = &mut self.pack else { return Ok(()) };
+        for (chunk, frame) in pending.iter().zip(frames) {
+            let frame = frame.context("encoding a chunk")?;
+            let header = FrameHeader::read(&frame)?;
+            self.new_chunks.push(NewChunk {
+                hash: chunk.hash,
+                record: ChunkRecord {
+                    pack: pack_key.clone(),
+                    offset: *offset,
+                    frame_len: frame.len() as u32,
+                    raw_len: chunk.raw.len() as u32,
+                    base: header.base.map(|b| b.0),
+                    refs: 0,
+                    dead_since_ms: None,
+                },
+            });
+            *offset += frame.len() as u64;
+            writer.write(Bytes::from(frame)).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> anyhow::Result<Option<Ingested>> {
+        if matches!(self.state, State::Sniff(_)) {
+            self.sniff(true).await?;
+        }
+        if let State::Model(_) = &self.state {
+            self.seal_chunk().await?;
+            self.encode_pending().await?;
+        }
+        let mut written = Vec::new();
+        let state = std::mem::replace(&mut self.state, State::Empty);
+        match state {
+            State::Declined => {
+                self.abandon().await;
+                return Ok(None);
+            }
+            State::Plain { key, writer } => {
+                writer.finish().await?;
+                self.segments.push(Segment::Blob { key: key.clone(), offset: 0, len: self.size });
+                written.push(key);
+            }
+            _ => {}
+        }
+        let mut new_pack = None;
+        if let Some((key, writer, total)) = self.pack.take() {
+            writer.finish().await?;
+            written.push(key.clone());
+            new_pack = Some(NewPack { key, total_bytes: total });
+        }
+        let md5 = std::mem::replace(&mut self.md5, Md5::new()).finalize();
+        let hasher = std::mem::take(&mut self.hasher);
+        Ok(Some(Ingested {
+            size: self.size,
+            md5: md5.into(),
+            checksums: hasher.finalize(),
+            segments: self.segments,
+            new_chunks: self.new_chunks,
+            new_pack,
+            tensors: self.tensors,
+            written,
+        }))
+    }
+
+    /// Drops whatever was being written upstream.
+    async fn abandon(&mut self) {
+        if let State::Plain { writer, .. } = std::mem::replace(&mut self.state, State::Empty) {
+            writer.abort().await;
+        }
+        if let Some((_, writer, _)) = self.pack.take() {
+            writer.abort().await;
+        }
+    }
+}
+
+impl ModelState {
+    /// Data-section offset where the chunk being filled ends.
+    fn chunk_end(&self) -> u64 {
+        let limit = self.chunk_start + DEFAULT_CHUNK_SIZE as u64;
+        match self.regions.get(self.region) {
+            Some(region) => limit.min(region.end),
+            None => limit,
+        }
+    }
+}
+
+/// The dtype and shape of a tensor as one string: base candidates must match it exactly.
+fn signature(tensor: &tensorgate_codec::TensorInfo) -> String {
+    format!("{}{:?}", tensor.dtype.name(), tensor.shape)
+}

@@ -1,0 +1,13 @@
+//! tensorgate: an S3-compatible gateway that stores AI models deduplicated and delta-compressed.
+//!
+//! Read top-down: [`config`] -> [`server`] (listener and s3s wiring) -> [`service`] (the S3
+//! operations) -> [`ingest`] (PUT path) / [`reader`] (GET path) -> [`upstream`].
+
+pub mod background;
+pub mod config;
+pub mod ingest;
+pub mod reader;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,137 @@
+//! The GET path: which segments a range touches, and a stream that fetches only those frames
+//! and blob ranges, decodes frames on the blocking pool (a delta frame with its cached base),
+//! and yields the bytes in order with a bounded number of pieces in flight.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::stream::{self, Stream, StreamExt};
+use futures::SinkExt;
+use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader};
+use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
+
+use crate::store::Store;
+
+/// Blob ranges are fetched in pieces of at most this size, to bound memory.
+const BLOB_PIECE: u64 = 8 << 20;
+
+/// A part of the response: bytes of one segment.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Inline(Bytes),
+    Chunk { hash: ChunkHash, within: Range<usize> },
+    Blob { key: String, range: Range<u64> },
+}
+
+/// The pieces that make up bytes `range` of the object.
+pub fn plan(record: &ObjectRecord, range: Range<u64>) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut segment_start = 0u64;
+    for segment in &record.segments {
+        let segment_end = segment_start + segment.len();
+        let start = range.start.max(segment_start);
+        let end = range.end.min(segment_end);
+        if start < end {
+            let within = (start - segment_start)..(end - segment_start);
+            match segment {
+                Segment::Inline(bytes) => {
+                    pieces.push(Piece::Inline(Bytes::copy_from_slice(&bytes[within.start as usize..within.end as usize])))
+                }
+                Segment::Chunk { hash, .. } => {
+                    pieces.push(Piece::Chunk { hash: *hash, within: within.start as usize..within.end as usize })
+                }
+                Segment::Blob { key, offset, .. } => {
+                    let mut cursor = offset + within.start;
+                    let stop = offset + within.end;
+                    while cursor < stop {
+                        let next = (cursor + BLOB_PIECE).min(stop);
+                        pieces.push(Piece::Blob { key: key.clone(), range: cursor..next });
+                        cursor = next;
+                    }
+                }
+            }
+        }
+        segment_start = segment_end;
+    }
+    pieces
+}
+
+/// Streams the pieces' bytes in order. A task fetches and decodes a few pieces ahead; it
+/// stops at the first error (which ends the stream with it) or when the client goes away.
+pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync {
+    let prefetch = store.prefetch.get();
+    let (mut sender, receiver) = futures::channel::mpsc::channel(prefetch);
+    tokio::spawn(async move {
+        let mut fetched = stream::iter(pieces)
+            .map(move |piece| {
+                let store = store.clone();
+                async move { fetch_piece(&store, piece).await }
+            })
+            .buffered(prefetch);
+        while let Some(result) = fetched.next().await {
+            let failed = result.is_err();
+            if let Err(error) = &result {
+                tracing::error!(error = format!("{error:#}"), "read failed; ending the response early");
+            }
+            if sender.send(result.map_err(std::io::Error::other)).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
+    match piece {
+        Piece::Inline(bytes) => Ok(bytes),
+        Piece::Blob { key, range } => store.read_upstream(&key, range).await,
+        Piece::Chunk { hash, within } => {
+            let chunk = load_chunk(store, &hash).await?;
+            chunk.get(within.clone()).map(|_| chunk.slice(within)).context("chunk shorter than its segment")
+        }
+    }
+}
+
+/// Fetches and decodes one chunk (with its base when it is a delta).
+pub async fn load_chunk(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
+    let record = store
+        .index
+        .chunk(hash)?
+        .with_context(|| format!("chunk {} is not in the index", ContentHash(*hash)))?;
+    let frame = store
+        .read_upstream(&record.pack, record.offset..record.offset + u64::from(record.frame_len))
+        .await?;
+    let header = FrameHeader::read(&frame)?;
+    let base = match header.base {
+        Some(base_hash) => Some((base_hash, load_base(store, &base_hash.0).await?)),
+        None => None,
+    };
+    store.counters.frames_decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let decoded = tokio::task::spawn_blocking(move || {
+        let base = base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes });
+        decode_frame(&frame, base)
+    })
+    .await??;
+    Ok(Bytes::from(decoded))
+}
+
+/// A base chunk, from the cache or decoded (bases are always stored standalone).
+pub async fn load_base(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
+    if let Some(bytes) = store.base_cache.lock().map_err(|_| anyhow::anyhow!("base cache poisoned"))?.get(hash) {
+        return Ok(bytes);
+    }
+    let record = store
+        .index
+        .chunk(hash)?
+        .with_context(|| format!("base chunk {} is not in the index", ContentHash(*hash)))?;
+    anyhow::ensure!(record.base.is_none(), "base chunk {} is itself a delta", ContentHash(*hash));
+    let bytes = Box::pin(load_chunk(store, hash)).await?;
+    store
+        .base_cache
+        .lock()
+        .map_err(|_| anyhow::anyhow!("base cache poisoned"))?
+        .insert(*hash, bytes.clone());
+    Ok(bytes)
+}

@@ -1,0 +1,90 @@
+//! Starting a gateway: open the index and upstream, wire the S3 service with its keys and
+//! domains, spawn the background tasks and serve HTTP on the listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::host::MultiDomain;
+use s3s::service::S3ServiceBuilder;
+use tensorgate_index::Index;
+use tokio::net::TcpListener;
+
+use crate::background;
+use crate::config::Config;
+use crate::service::Gateway;
+use crate::store::Store;
+use crate::upstream::{LocalUpstream, S3Upstream, Upstream};
+
+/// A gateway that is serving.
+pub struct RunningGateway {
+    pub address: SocketAddr,
+    pub store: Arc<Store>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Stops serving and the background tasks.
+    pub fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens the store that `config` describes.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<Store>> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let index = Index::open(&config.data_dir.join("index")).context("opening the index")?;
+    let upstream: Arc<dyn Upstream> = match &config.upstream {
+        Some(s3) => Arc::new(S3Upstream::new(s3)?),
+        None => Arc::new(LocalUpstream::new(&config.data_dir.join("upstream"))?),
+    };
+    Ok(Arc::new(Store::new(index, upstream, config.clone())))
+}
+
+/// Binds the listener and starts serving in the background.
+pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
+    let store = open_store(&config)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let service = {
+        let mut builder = S3ServiceBuilder::new(Gateway::new(store.clone()));
+        let mut auth = SimpleAuth::new();
+        for key in &config.access_keys {
+            auth.register(key.access_key.clone(), key.secret_key.clone().into());
+        }
+        builder.set_auth(auth);
+        if !config.domains.is_empty() {
+            builder.set_host(MultiDomain::new(&config.domains).context("parsing domains")?);
+        }
+        builder.build()
+    };
+    tracing::info!(%address, upstream = store.upstream.describe(), "serving S3");
+    let accept = tokio::spawn(async move {
+        let http = ConnectionBuilder::new(TokioExecutor::new());
+        loop {
+            let socket = match listener.accept().await {
+                Ok((socket, _)) => socket,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            };
+            let connection = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+        }
+    });
+    let packer = tokio::spawn(background::run_packer(store.clone()));
+    let gc = tokio::spawn(background::run_gc(store.clone()));
+    Ok(RunningGateway { address, store, tasks: vec![accept, packer, gc] })
+}

@@ -1,0 +1,946 @@
+//! The S3 API. Each operation states what it does with the index and the upstream; the
+//! shared steps (finding a bucket, checking conditions, committing an ingest) are helpers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use s3s::dto::*;
+use s3s::crypto::{Checksum as _, Md5};
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
+use tensorgate_index::{BucketDeletion, Checksums, Expect, IndexError, ObjectKey, ObjectRecord, PartRecord, Segment, UploadRecord};
+use tracing::Instrument;
+
+use crate::ingest::{self, ChecksumSelection, IngestMode, IngestOptions, Ingested};
+use crate::reader;
+use crate::store::{new_id, now_ms, Store};
+
+/// The one tenant of this release; every configured key belongs to it.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Parts of a multipart upload other than the last must hold at least this many bytes.
+const MIN_PART_SIZE: u64 = 5 << 20;
+
+/// The S3 face of a [`Store`].
+#[derive(Clone)]
+pub struct Gateway {
+    store: Arc<Store>,
+}
+
+impl Gateway {
+    pub fn new(store: Arc<Store>) -> Gateway {
+        Gateway { store }
+    }
+
+    fn ensure_bucket(&self, bucket: &str) -> S3Result<()> {
+        match self.store.index.bucket(DEFAULT_TENANT, bucket).map_err(internal)? {
+            Some(_) => Ok(()),
+            None => Err(s3_error!(NoSuchBucket)),
+        }
+    }
+
+    fn find_object(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
+        self.ensure_bucket(bucket)?;
+        self.store
+            .index
+            .object(&ObjectKey::new(DEFAULT_TENANT, bucket, key))
+            .map_err(internal)?
+            .ok_or_else(|| s3_error!(NoSuchKey))
+    }
+
+    /// Reads a body to the end and verifies the digests the client sent with it.
+    async fn ingest_body(
+        &self,
+        body: Option<StreamingBlob>,
+        size_hint: Option<u64>,
+        claimed: &ClaimedDigests,
+    ) -> S3Result<Ingested> {
+        let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
+        let options = IngestOptions { size_hint, mode: IngestMode::Sniff, checksums: claimed.selection() };
+        let ingested = ingest::ingest(&self.store, DEFAULT_TENANT, body, options)
+            .await
+            .map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
+            .ok_or_else(|| s3_error!(InternalError, "ingest declined a client write"))?;
+        if let Some(size) = size_hint.filter(|size| *size != ingested.size) {
+            let error = s3_error!(IncompleteBody, "expected {size} bytes, got {}", ingested.size);
+            ingested.discard(&self.store).await;
+            return Err(error);
+        }
+        if let Err(error) = claimed.verify(&ingested) {
+            ingested.discard(&self.store).await;
+            return Err(error);
+        }
+        Ok(ingested)
+    }
+
+    /// Makes an ingested body the object at `key`, with the given attributes.
+    async fn commit(&self, bucket: &str, key: &str, ingested: Ingested, attributes: Attributes) -> S3Result<ObjectRecord> {
+        let record = ObjectRecord {
+            version: new_id(),
+            size: ingested.size,
+            etag: hex::encode(ingested.md5),
+            last_modified_ms: now_ms(),
+            content_type: attributes.content_type,
+            content_encoding: attributes.content_encoding,
+            content_disposition: attributes.content_disposition,
+            content_language: attributes.content_language,
+            cache_control: attributes.cache_control,
+            metadata: attributes.metadata,
+            checksums: checksums_of(&ingested.checksums),
+            part_sizes: Vec::new(),
+            segments: ingested.segments.clone(),
+        };
+        let object_key = ObjectKey::new(DEFAULT_TENANT, bucket, key);
+        let committed = self.store.index.commit_object(
+            &object_key,
+            &record,
+            &ingested.new_chunks,
+            ingested.new_pack.as_ref(),
+            Expect::Any,
+            now_ms(),
+        );
+        if let Err(error) = committed {
+            ingested.discard(&self.store).await;
+            return Err(internal(error));
+        }
+        for (name, signature, chunks) in &ingested.tensors {
+            self.store.index.remember_tensor(DEFAULT_TENANT, name, signature, chunks).map_err(internal)?;
+        }
+        tracing::info!(size = record.size, segments = record.segments.len(), model = ingested.is_model(), "stored");
+        Ok(record)
+    }
+}
+
+/// What clients may set on an object besides its bytes.
+#[derive(Default)]
+struct Attributes {
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    content_disposition: Option<String>,
+    content_language: Option<String>,
+    cache_control: Option<String>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Attributes {
+    fn of_record(record: &ObjectRecord) -> Attributes {
+        Attributes {
+            content_type: record.content_type.clone(),
+            content_encoding: record.content_encoding.clone(),
+            content_disposition: record.content_disposition.clone(),
+            content_language: record.content_language.clone(),
+            cache_control: record.cache_control.clone(),
+            metadata: record.metadata.clone(),
+        }
+    }
+}
+
+fn metadata_map(metadata: Option<Metadata>) -> BTreeMap<String, String> {
+    metadata.unwrap_or_default().into_iter().collect()
+}
+
+/// Digests a client sent with a body (headers or trailers), to check against what arrived.
+#[derive(Default)]
+struct ClaimedDigests {
+    content_md5: Option<String>,
+    algorithm: Option<String>,
+    checksums: Checksums,
+    trailers: Option<s3s::TrailingHeaders>,
+}
+
+impl ClaimedDigests {
+    fn selection(&self) -> ChecksumSelection {
+        let algorithm = self.algorithm.as_deref().unwrap_or_default().to_ascii_uppercase();
+        let named = |name: &str| algorithm == name;
+        ChecksumSelection {
+            crc32: self.checksums.crc32.is_some() || named("CRC32"),
+            crc32c: self.checksums.crc32c.is_some() || named("CRC32C"),
+            sha1: self.checksums.sha1.is_some() || named("SHA1"),
+            sha256: self.checksums.sha256.is_some() || named("SHA256"),
+            crc64nvme: self.checksums.crc64nvme.is_some() || named("CRC64NVME"),
+        }
+    }
+
+    fn verify(&self, ingested: &Ingested) -> S3Result<()> {
+        if let Some(content_md5) = &self.content_md5 {
+            let claimed = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, content_md5)
+                .map_err(|_| s3_error!(InvalidDigest))?;
+            if claimed != ingested.md5 {
+                return Err(s3_error!(BadDigest, "Content-MD5 does not match the body"));
+            }
+        }
+        let mut claimed = self.checksums.clone();
+        if let Some(trailers) = self.trailers.as_ref().and_then(|t| t.take()) {
+            let value = |name: &str| trailers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            claimed.crc32 = claimed.crc32.or(value("x-amz-checksum-crc32"));
+            claimed.crc32c = claimed.crc32c.or(value("x-amz-checksum-crc32c"));
+            claimed.sha1 = claimed.sha1.or(value("x-amz-checksum-sha1"));
+            claimed.sha256 = claimed.sha256.or(value("x-amz-checksum-sha256"));
+            claimed.crc64nvme = claimed.crc64nvme.or(value("x-amz-checksum-crc64nvme"));
+        }
+        let computed = checksums_of(&ingested.checksums);
+        let pairs = [
+            (&claimed.crc32, &computed.crc32),
+            (&claimed.crc32c, &computed.crc32c),
+            (&claimed.sha1, &computed.sha1),
+            (&claimed.sha256, &computed.sha256),
+            (&claimed.crc64nvme, &computed.crc64nvme),
+        ];
+        for (claimed, computed) in pairs {
+            if claimed.is_some() && claimed != computed {
+                return Err(s3_error!(BadDigest, "x-amz-checksum does not match the body"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn checksums_of(checksum: &Checksum) -> Checksums {
+    Checksums {
+        crc32: checksum.checksum_crc32.clone(),
+        crc32c: checksum.checksum_crc32c.clone(),
+        sha1: checksum.checksum_sha1.clone(),
+        sha256: checksum.checksum_sha256.clone(),
+        crc64nvme: checksum.checksum_crc64nvme.clone(),
+    }
+}
+
+fn internal(error: impl std::fmt::Display) -> S3Error {
+    tracing::error!(%error, "internal error");
+    S3Error::with_message(S3ErrorCode::InternalError, "internal error; see the gateway log")
+}
+
+/// AWS answers a part number past the object's parts with 416 InvalidPartNumber.
+fn invalid_part_number() -> S3Error {
+    let mut error = S3Error::with_message(S3ErrorCode::Custom("InvalidPartNumber".into()), "The requested partnumber is not satisfiable");
+    error.set_status_code(hyper::StatusCode::RANGE_NOT_SATISFIABLE);
+    error
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    Timestamp::from(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+}
+
+fn seconds(timestamp: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(timestamp.clone()).unix_timestamp()
+}
+
+fn etag_of(record: &ObjectRecord) -> ETag {
+    ETag::Strong(record.etag.clone())
+}
+
+fn etag_matches(condition: &ETagCondition, record: &ObjectRecord) -> bool {
+    match condition {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(etag) => etag.value() == record.etag,
+    }
+}
+
+/// The GET/HEAD preconditions, in the order and with the outcomes AWS documents.
+fn check_conditions(
+    record: &ObjectRecord,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> S3Result<()> {
+    let modified = record.last_modified_ms / 1000;
+    match if_match {
+        Some(condition) if !etag_matches(condition, record) => return Err(s3_error!(PreconditionFailed)),
+        None if if_unmodified_since.is_some_and(|t| modified > seconds(t)) => {
+            return Err(s3_error!(PreconditionFailed))
+        }
+        _ => {}
+    }
+    match if_none_match {
+        Some(condition) if etag_matches(condition, record) => Err(s3_error!(NotModified)),
+        None if if_modified_since.is_some_and(|t| modified <= seconds(t)) => Err(s3_error!(NotModified)),
+        _ => Ok(()),
+    }
+}
+
+/// Keys S3 refuses: empty, over 1024 bytes, or holding a NUL (which the index reserves).
+fn check_key(key: &str) -> S3Result<()> {
+    if key.is_empty() || key.contains('\0') {
+        return Err(s3_error!(InvalidArgument, "invalid object key"));
+    }
+    if key.len() > 1024 {
+        return Err(s3_error!(KeyTooLongError));
+    }
+    Ok(())
+}
+
+/// The byte range a GET asks for: a Range header or a part number.
+fn requested_range(record: &ObjectRecord, range: Option<&Range>, part_number: Option<i32>) -> S3Result<Option<std::ops::Range<u64>>> {
+    if let Some(number) = part_number {
+        if record.part_sizes.is_empty() {
+            return if number == 1 { Ok(None) } else { Err(invalid_part_number()) };
+        }
+        let index = usize::try_from(number - 1).map_err(|_| invalid_part_number())?;
+        let size = *record.part_sizes.get(index).ok_or_else(|| invalid_part_number())?;
+        let start: u64 = record.part_sizes[..index].iter().sum();
+        return Ok(Some(start..start + size));
+    }
+    match range {
+        Some(range) => Ok(Some(range.check(record.size).map_err(|_| s3_error!(InvalidRange))?)),
+        None => Ok(None),
+    }
+}
+
+fn to_u64(value: Option<i64>) -> Option<u64> {
+    value.and_then(|v| u64::try_from(v).ok())
+}
+
+/// The size a client announced: Content-Length, or the decoded length of an aws-chunked body.
+fn announced_size(headers: &hyper::HeaderMap, content_length: Option<i64>) -> Option<u64> {
+    headers
+        .get("x-amz-decoded-content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .or(to_u64(content_length))
+}
+
+fn trailer_algorithm(headers: &hyper::HeaderMap) -> Option<String> {
+    let trailer = headers.get("x-amz-trailer")?.to_str().ok()?;
+    trailer.strip_prefix("x-amz-checksum-").map(str::to_ascii_uppercase)
+}
+
+#[async_trait]
+impl S3 for Gateway {
+    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets = self.store.index.list_buckets(DEFAULT_TENANT).map_err(internal)?;
+        let buckets = buckets
+            .into_iter()
+            .map(|(name, record)| Bucket { name: Some(name), creation_date: Some(timestamp(record.created_ms)), bucket_region: None })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+    }
+
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        let bucket = &req.input.bucket;
+        if !self.store.index.create_bucket(DEFAULT_TENANT, bucket, now_ms()).map_err(internal)? {
+            return Err(s3_error!(BucketAlreadyOwnedByYou));
+        }
+        Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")), ..Default::default() }))
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.ensure_bucket(&req.input.bucket)?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.ensure_bucket(&req.input.bucket)?;
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        match self.store.index.delete_bucket(DEFAULT_TENANT, &req.input.bucket).map_err(internal)? {
+            BucketDeletion::Deleted => Ok(S3Response::new(DeleteBucketOutput::default())),
+            BucketDeletion::NotEmpty => Err(s3_error!(BucketNotEmpty)),
+            BucketDeletion::Missing => Err(s3_error!(NoSuchBucket)),
+        }
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let input = req.input;
+        let span = tracing::info_span!("put_object", tenant = DEFAULT_TENANT, bucket = %input.bucket, key = %input.key);
+        async move {
+            check_key(&input.key)?;
+            self.ensure_bucket(&input.bucket)?;
+            let claimed = ClaimedDigests {
+                content_md5: input.content_md5,
+                algorithm: input.checksum_algorithm.map(|a| a.as_str().to_owned()).or(trailer_algorithm(&req.headers)),
+                checksums: Checksums {
+                    crc32: input.checksum_crc32,
+                    crc32c: input.checksum_crc32c,
+                    sha1: input.checksum_sha1,
+                    sha256: input.checksum_sha256,
+                    crc64nvme: input.checksum_crc64nvme,
+                },
+                trailers: req.trailing_headers,
+            };
+            let size_hint = announced_size(&req.headers, input.content_length);
+            let ingested = self.ingest_body(input.body, size_hint, &claimed).await?;
+            let attributes = Attributes {
+                content_type: input.content_type,
+                content_encoding: input.content_encoding,
+                content_disposition: input.content_disposition,
+                content_language: input.content_language,
+                cache_control: input.cache_control,
+                metadata: metadata_map(input.metadata),
+            };
+            let record = self.commit(&input.bucket, &input.key, ingested, attributes).await?;
+            let checksums = record.checksums;
+            Ok(S3Response::new(PutObjectOutput {
+                e_tag: Some(ETag::Strong(record.etag)),
+                checksum_crc32: checksums.crc32,
+                checksum_crc32c: checksums.crc32c,
+                checksum_sha1: checksums.sha1,
+                checksum_sha256: checksums.sha256,
+                checksum_crc64nvme: checksums.crc64nvme,
+                ..Default::default()
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let span = tracing::info_span!("get_object", tenant = DEFAULT_TENANT, bucket = %input.bucket, key = %input.key);
+        let _entered = span.enter();
+        let record = self.find_object(&input.bucket, &input.key)?;
+        check_conditions(
+            &record,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
+        let whole = range.is_none();
+        let bytes = range.clone().unwrap_or(0..record.size);
+        let content_range = range.as_ref().map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), record.size));
+        let pieces = reader::plan(&record, bytes.clone());
+        let body = reader::stream(self.store.clone(), pieces);
+        tracing::info!(bytes = bytes.end - bytes.start, "serving");
+        let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(StreamingBlob::wrap(body)),
+            content_length: Some((bytes.end - bytes.start) as i64),
+            content_range,
+            accept_ranges: Some("bytes".to_owned()),
+            e_tag: Some(etag_of(&record)),
+            last_modified: Some(timestamp(record.last_modified_ms)),
+            content_type: record.content_type,
+            content_encoding: record.content_encoding,
+            content_disposition: record.content_disposition,
+            content_language: record.content_language,
+            cache_control: record.cache_control,
+            metadata: Some(record.metadata.into_iter().collect()),
+            parts_count: (!record.part_sizes.is_empty() && input.part_number.is_some()).then_some(record.part_sizes.len() as i32),
+            checksum_crc32: checksums.crc32,
+            checksum_crc32c: checksums.crc32c,
+            checksum_sha1: checksums.sha1,
+            checksum_sha256: checksums.sha256,
+            checksum_crc64nvme: checksums.crc64nvme,
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let record = self.find_object(&input.bucket, &input.key)?;
+        check_conditions(
+            &record,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let length = match requested_range(&record, input.range.as_ref(), input.part_number)? {
+            Some(range) => range.end - range.start,
+            None => record.size,
+        };
+        let checksums = if input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(length as i64),
+            accept_ranges: Some("bytes".to_owned()),
+            e_tag: Some(etag_of(&record)),
+            last_modified: Some(timestamp(record.last_modified_ms)),
+            content_type: record.content_type,
+            content_encoding: record.content_encoding,
+            content_disposition: record.content_disposition,
+            content_language: record.content_language,
+            cache_control: record.cache_control,
+            metadata: Some(record.metadata.into_iter().collect()),
+            parts_count: (!record.part_sizes.is_empty() && input.part_number.is_some()).then_some(record.part_sizes.len() as i32),
+            checksum_crc32: checksums.crc32,
+            checksum_crc32c: checksums.crc32c,
+            checksum_sha1: checksums.sha1,
+            checksum_sha256: checksums.sha256,
+            checksum_crc64nvme: checksums.crc64nvme,
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        self.ensure_bucket(&input.bucket)?;
+        let key = ObjectKey::new(DEFAULT_TENANT, &input.bucket, &input.key);
+        self.store.index.delete_object(&key, now_ms()).map_err(internal)?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        self.ensure_bucket(&input.bucket)?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for object in input.delete.objects {
+            let key = ObjectKey::new(DEFAULT_TENANT, &input.bucket, &object.key);
+            match self.store.index.delete_object(&key, now_ms()) {
+                Ok(_) if !quiet => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(%error, key = %object.key, "delete failed");
+                    errors.push(Error {
+                        key: Some(object.key),
+                        code: Some("InternalError".to_owned()),
+                        message: Some("internal error".to_owned()),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() }))
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
+            return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
+        };
+        check_key(&input.key)?;
+        self.ensure_bucket(&input.bucket)?;
+        let source = self.find_object(source_bucket, source_key)?;
+        check_conditions(
+            &source,
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+        )
+        .map_err(|error| if *error.code() == S3ErrorCode::NotModified { s3_error!(PreconditionFailed) } else { error })?;
+        let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let attributes = if replace {
+            Attributes {
+                content_type: input.content_type,
+                content_encoding: input.content_encoding,
+                content_disposition: input.content_disposition,
+                content_language: input.content_language,
+                cache_control: input.cache_control,
+                metadata: metadata_map(input.metadata),
+            }
+        } else {
+            Attributes::of_record(&source)
+        };
+        let pieces = reader::plan(&source, 0..source.size);
+        let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
+        let claimed = ClaimedDigests::default();
+        let ingested = self.ingest_body(Some(body), Some(source.size), &claimed).await?;
+        let mut record = self.commit(&input.bucket, &input.key, ingested, attributes).await?;
+        if source.etag.contains('-') {
+            record.etag = source.etag.clone();
+        }
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(record.etag)),
+                last_modified: Some(timestamp(record.last_modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        let listing = self.list(&input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys)?;
+        let next_marker = listing.is_truncated.then(|| listing.last.clone()).flatten();
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            marker: input.marker,
+            max_keys: Some(listing.max_keys),
+            is_truncated: Some(listing.is_truncated),
+            next_marker,
+            contents: Some(listing.contents),
+            common_prefixes: Some(listing.common_prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        let start_after = match &input.continuation_token {
+            Some(token) => Some(decode_token(token)?),
+            None => input.start_after.clone(),
+        };
+        let listing = self.list(&input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), start_after.as_deref(), input.max_keys)?;
+        let next_token = if listing.is_truncated { listing.last.as_deref().map(encode_token) } else { None };
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            max_keys: Some(listing.max_keys),
+            key_count: Some((listing.contents.len() + listing.common_prefixes.len()) as i32),
+            is_truncated: Some(listing.is_truncated),
+            continuation_token: input.continuation_token,
+            next_continuation_token: next_token,
+            start_after: input.start_after,
+            contents: Some(listing.contents),
+            common_prefixes: Some(listing.common_prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_object_versions(&self, req: S3Request<ListObjectVersionsInput>) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        let listing = self.list(&input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.key_marker.as_deref(), input.max_keys)?;
+        let versions = listing
+            .contents
+            .into_iter()
+            .map(|object| ObjectVersion {
+                key: object.key,
+                e_tag: object.e_tag,
+                size: object.size,
+                last_modified: object.last_modified,
+                is_latest: Some(true),
+                version_id: Some("null".to_owned()),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            key_marker: input.key_marker,
+            max_keys: Some(listing.max_keys),
+            is_truncated: Some(listing.is_truncated),
+            next_key_marker: if listing.is_truncated { listing.last } else { None },
+            versions: Some(versions),
+            common_prefixes: Some(listing.common_prefixes),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        check_key(&input.key)?;
+        self.ensure_bucket(&input.bucket)?;
+        let upload_id = new_id();
+        let record = UploadRecord {
+            tenant: DEFAULT_TENANT.to_owned(),
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            initiated_ms: now_ms(),
+            content_type: input.content_type,
+            content_encoding: input.content_encoding,
+            content_disposition: input.content_disposition,
+            content_language: input.content_language,
+            cache_control: input.cache_control,
+            metadata: metadata_map(input.metadata),
+        };
+        self.store.index.create_upload(&upload_id, &record).map_err(internal)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        let span = tracing::info_span!("upload_part", tenant = DEFAULT_TENANT, bucket = %input.bucket, key = %input.key, part = input.part_number);
+        async move {
+            let upload = self.find_upload(&input.upload_id, &input.bucket, &input.key)?;
+            if !(1..=10_000).contains(&input.part_number) {
+                return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
+            }
+            let claimed = ClaimedDigests {
+                content_md5: input.content_md5,
+                algorithm: input.checksum_algorithm.map(|a| a.as_str().to_owned()).or(trailer_algorithm(&req.headers)),
+                checksums: Checksums {
+                    crc32: input.checksum_crc32,
+                    crc32c: input.checksum_crc32c,
+                    sha1: input.checksum_sha1,
+                    sha256: input.checksum_sha256,
+                    crc64nvme: input.checksum_crc64nvme,
+                },
+                trailers: req.trailing_headers,
+            };
+            let size_hint = announced_size(&req.headers, input.content_length);
+            let part = self.store_part(input.body, size_hint, &claimed).await?;
+            let blob = part.blob.clone();
+            if let Err(error) = self.store.index.put_part(&input.upload_id, input.part_number as u32, &part, now_ms()) {
+                let _ = self.store.upstream.delete(&blob).await;
+                return Err(match error {
+                    IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
+                    other => internal(other),
+                });
+            }
+            tracing::info!(tenant = %upload.tenant, size = part.size, "part stored");
+            Ok(S3Response::new(UploadPartOutput {
+                e_tag: Some(ETag::Strong(part.etag)),
+                checksum_crc32: part.checksums.crc32,
+                checksum_crc32c: part.checksums.crc32c,
+                checksum_sha1: part.checksums.sha1,
+                checksum_sha256: part.checksums.sha256,
+                checksum_crc64nvme: part.checksums.crc64nvme,
+                ..Default::default()
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let upload = self.find_upload(&input.upload_id, &input.bucket, &input.key)?;
+        let stored: BTreeMap<u32, PartRecord> = self.store.index.parts(&input.upload_id).map_err(internal)?.into_iter().collect();
+        let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
+        if requested.is_empty() {
+            return Err(s3_error!(MalformedXML, "no parts given"));
+        }
+        let mut chosen = Vec::with_capacity(requested.len());
+        let mut previous = 0;
+        for part in &requested {
+            let number = part.part_number.unwrap_or(0);
+            if number <= previous {
+                return Err(s3_error!(InvalidPartOrder));
+            }
+            previous = number;
+            let record = stored.get(&(number as u32)).ok_or_else(|| s3_error!(InvalidPart))?;
+            if part.e_tag.as_ref().is_some_and(|etag| etag.value() != record.etag) {
+                return Err(s3_error!(InvalidPart, "ETag of part {number} does not match"));
+            }
+            chosen.push(record);
+        }
+        if chosen[..chosen.len() - 1].iter().any(|part| part.size < MIN_PART_SIZE) {
+            return Err(s3_error!(EntityTooSmall));
+        }
+        let record = multipart_record(&upload, &chosen);
+        let key = ObjectKey::new(DEFAULT_TENANT, &input.bucket, &input.key);
+        self.store
+            .index
+            .complete_upload(&input.upload_id, &key, &record, now_ms())
+            .map_err(|error| match error {
+                IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
+                other => internal(other),
+            })?;
+        tracing::info!(bucket = %input.bucket, key = %input.key, size = record.size, parts = chosen.len(), "multipart upload completed");
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(ETag::Strong(record.etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.find_upload(&input.upload_id, &input.bucket, &input.key)?;
+        self.store.index.abort_upload(&input.upload_id, now_ms()).map_err(|error| match error {
+            IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
+            other => internal(other),
+        })?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        self.find_upload(&input.upload_id, &input.bucket, &input.key)?;
+        let marker = input.part_number_marker.unwrap_or(0).max(0) as u32;
+        let max_parts = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+        let all: Vec<(u32, PartRecord)> = self
+            .store
+            .index
+            .parts(&input.upload_id)
+            .map_err(internal)?
+            .into_iter()
+            .filter(|(number, _)| *number > marker)
+            .collect();
+        let is_truncated = all.len() > max_parts;
+        let parts: Vec<Part> = all
+            .into_iter()
+            .take(max_parts)
+            .map(|(number, part)| Part {
+                part_number: Some(number as i32),
+                e_tag: Some(ETag::Strong(part.etag)),
+                size: Some(part.size as i64),
+                last_modified: Some(timestamp(part.last_modified_ms)),
+                ..Default::default()
+            })
+            .collect();
+        let next_marker = parts.last().and_then(|p| p.part_number);
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max_parts as i32),
+            is_truncated: Some(is_truncated),
+            next_part_number_marker: if is_truncated { next_marker } else { None },
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(&self, req: S3Request<ListMultipartUploadsInput>) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        self.ensure_bucket(&input.bucket)?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let uploads = self
+            .store
+            .index
+            .list_uploads(DEFAULT_TENANT, &input.bucket)
+            .map_err(internal)?
+            .into_iter()
+            .filter(|(_, upload)| upload.key.starts_with(&prefix))
+            .map(|(id, upload)| MultipartUpload {
+                key: Some(upload.key),
+                upload_id: Some(id),
+                initiated: Some(timestamp(upload.initiated_ms)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            uploads: Some(uploads),
+            is_truncated: Some(false),
+            ..Default::default()
+        }))
+    }
+}
+
+/// One page of a listing.
+struct Listing {
+    contents: Vec<Object>,
+    common_prefixes: Vec<CommonPrefix>,
+    is_truncated: bool,
+    /// The last key or common prefix of the page: where the next page starts after.
+    last: Option<String>,
+    max_keys: i32,
+}
+
+impl Gateway {
+    /// Lists a bucket in key order, rolling keys up to common prefixes at the delimiter.
+    fn list(&self, bucket: &str, prefix: Option<&str>, delimiter: Option<&str>, start_after: Option<&str>, max_keys: Option<i32>) -> S3Result<Listing> {
+        self.ensure_bucket(bucket)?;
+        let prefix = prefix.unwrap_or_default();
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
+        let mut listing = Listing { contents: Vec::new(), common_prefixes: Vec::new(), is_truncated: false, last: None, max_keys };
+        let mut last_prefix: Option<String> = None;
+        for entry in self.store.index.list_objects(DEFAULT_TENANT, bucket, prefix, start_after) {
+            let (key, record) = entry.map_err(internal)?;
+            let rolled = delimiter.and_then(|d| key[prefix.len()..].find(d).map(|at| key[..prefix.len() + at + d.len()].to_owned()));
+            if let (Some(rolled), Some(previous)) = (&rolled, &last_prefix) {
+                if rolled == previous {
+                    continue;
+                }
+            }
+            if let (Some(rolled), Some(after)) = (&rolled, start_after) {
+                if after.starts_with(rolled.as_str()) {
+                    continue;
+                }
+            }
+            if listing.contents.len() + listing.common_prefixes.len() >= max_keys as usize {
+                listing.is_truncated = true;
+                break;
+            }
+            match rolled {
+                Some(rolled) => {
+                    listing.common_prefixes.push(CommonPrefix { prefix: Some(rolled.clone()) });
+                    listing.last = Some(rolled.clone());
+                    last_prefix = Some(rolled);
+                }
+                None => {
+                    listing.last = Some(key.clone());
+                    listing.contents.push(Object {
+                        key: Some(key),
+                        size: Some(record.size as i64),
+                        e_tag: Some(etag_of(&record)),
+                        last_modified: Some(timestamp(record.last_modified_ms)),
+                        storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(listing)
+    }
+
+    fn find_upload(&self, upload_id: &str, bucket: &str, key: &str) -> S3Result<UploadRecord> {
+        self.ensure_bucket(bucket)?;
+        let upload = self.store.index.upload(upload_id).map_err(internal)?.ok_or_else(|| s3_error!(NoSuchUpload))?;
+        if upload.tenant != DEFAULT_TENANT || upload.bucket != bucket || upload.key != key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        Ok(upload)
+    }
+
+    /// Stores a part body as it came in its own upstream blob.
+    async fn store_part(&self, body: Option<StreamingBlob>, size_hint: Option<u64>, claimed: &ClaimedDigests) -> S3Result<PartRecord> {
+        let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
+        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection() };
+        let ingested = ingest::ingest(&self.store, DEFAULT_TENANT, body, options).await.map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
+            .ok_or_else(|| s3_error!(InternalError, "ingest declined a part"))?;
+        if let Some(size) = size_hint.filter(|size| *size != ingested.size) {
+            ingested.discard(&self.store).await;
+            return Err(s3_error!(IncompleteBody, "expected {size} bytes"));
+        }
+        if let Err(error) = claimed.verify(&ingested) {
+            ingested.discard(&self.store).await;
+            return Err(error);
+        }
+        let blob = match ingested.segments.first() {
+            Some(Segment::Blob { key, .. }) => key.clone(),
+            _ => String::new(),
+        };
+        Ok(PartRecord {
+            blob,
+            size: ingested.size,
+            etag: hex::encode(ingested.md5),
+            last_modified_ms: now_ms(),
+            checksums: checksums_of(&ingested.checksums),
+        })
+    }
+}
+
+/// The object a completed multipart upload makes: its parts in order, as they came.
+fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> ObjectRecord {
+    let mut digests = Vec::with_capacity(parts.len() * 16);
+    for part in parts {
+        digests.extend_from_slice(&hex::decode(&part.etag).unwrap_or_default());
+    }
+    let mut md5 = Md5::new();
+    md5.update(&digests);
+    let etag = format!("{}-{}", hex::encode(md5.finalize()), parts.len());
+    ObjectRecord {
+        version: new_id(),
+        size: parts.iter().map(|p| p.size).sum(),
+        etag,
+        last_modified_ms: now_ms(),
+        content_type: upload.content_type.clone(),
+        content_encoding: upload.content_encoding.clone(),
+        content_disposition: upload.content_disposition.clone(),
+        content_language: upload.content_language.clone(),
+        cache_control: upload.cache_control.clone(),
+        metadata: upload.metadata.clone(),
+        checksums: Checksums::default(),
+        part_sizes: parts.iter().map(|p| p.size).collect(),
+        segments: parts
+            .iter()
+            .filter(|p| p.size > 0)
+            .map(|p| Segment::Blob { key: p.blob.clone(), offset: 0, len: p.size })
+            .collect(),
+    }
+}
+
+fn encode_token(key: &str) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key)
+}
+
+fn decode_token(token: &str) -> S3Result<String> {
+    base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| s3_error!(InvalidArgument, "invalid continuation token"))
+}

@@ -1,0 +1,98 @@
+//! The store: the index, the upstream and what the read and write paths share.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tensorgate_index::{ChunkHash, Index};
+
+use crate::config::Config;
+use crate::upstream::Upstream;
+
+/// Counters that tests and operators read.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub upstream_reads: AtomicU64,
+    pub upstream_read_bytes: AtomicU64,
+    pub frames_decoded: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Decoded base chunks, least recently used first out, bounded in bytes.
+pub struct BaseCache {
+    entries: lru::LruCache<ChunkHash, Bytes>,
+    bytes: u64,
+    limit: u64,
+}
+
+impl BaseCache {
+    fn new(limit: u64) -> BaseCache {
+        BaseCache { entries: lru::LruCache::unbounded(), bytes: 0, limit }
+    }
+
+    pub fn get(&mut self, hash: &ChunkHash) -> Option<Bytes> {
+        self.entries.get(hash).cloned()
+    }
+
+    pub fn insert(&mut self, hash: ChunkHash, bytes: Bytes) {
+        if bytes.len() as u64 > self.limit {
+            return;
+        }
+        self.bytes += bytes.len() as u64;
+        if let Some(old) = self.entries.put(hash, bytes) {
+            self.bytes -= old.len() as u64;
+        }
+        while self.bytes > self.limit {
+            match self.entries.pop_lru() {
+                Some((_, evicted)) => self.bytes -= evicted.len() as u64,
+                None => break,
+            }
+        }
+    }
+}
+
+pub struct Store {
+    pub index: Index,
+    pub upstream: Arc<dyn Upstream>,
+    pub config: Config,
+    pub counters: Counters,
+    pub base_cache: Mutex<BaseCache>,
+    /// How many frames a GET decodes ahead of the bytes it sends.
+    pub prefetch: NonZeroUsize,
+}
+
+impl Store {
+    pub fn new(index: Index, upstream: Arc<dyn Upstream>, config: Config) -> Store {
+        let base_cache = Mutex::new(BaseCache::new(config.base_cache_bytes));
+        let prefetch = NonZeroUsize::new(std::thread::available_parallelism().map_or(2, |n| n.get()) + 1)
+            .unwrap_or(NonZeroUsize::MIN);
+        Store { index, upstream, config, counters: Counters::default(), base_cache, prefetch }
+    }
+
+    /// Reads a range of an upstream object, counting the read.
+    pub async fn read_upstream(&self, key: &str, range: std::ops::Range<u64>) -> anyhow::Result<Bytes> {
+        self.counters.upstream_reads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .upstream_read_bytes
+            .fetch_add(range.end.saturating_sub(range.start), Ordering::Relaxed);
+        self.upstream.read(key, range).await
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A fresh unique id for versions, blobs and packs.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

@@ -1,0 +1,68 @@
+//! Byte keys of the sled trees. Names are joined with a NUL byte, which S3 names never hold
+//! (the gateway refuses such keys), so that sled's byte order is S3's listing order.
+
+/// The full name of an object: tenant, bucket and key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub tenant: String,
+    pub bucket: String,
+    pub key: String,
+}
+
+impl ObjectKey {
+    pub fn new(tenant: &str, bucket: &str, key: &str) -> ObjectKey {
+        ObjectKey { tenant: tenant.to_owned(), bucket: bucket.to_owned(), key: key.to_owned() }
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut bytes = object_prefix(&self.tenant, &self.bucket);
+        bytes.extend_from_slice(self.key.as_bytes());
+        bytes
+    }
+}
+
+pub(crate) fn tenant_prefix(tenant: &str) -> Vec<u8> {
+    let mut bytes = tenant.as_bytes().to_vec();
+    bytes.push(0);
+    bytes
+}
+
+pub(crate) fn bucket(tenant: &str, bucket: &str) -> Vec<u8> {
+    let mut bytes = tenant_prefix(tenant);
+    bytes.extend_from_slice(bucket.as_bytes());
+    bytes
+}
+
+pub(crate) fn object_prefix(tenant: &str, bucket_name: &str) -> Vec<u8> {
+    let mut bytes = bucket(tenant, bucket_name);
+    bytes.push(0);
+    bytes
+}
+
+pub(crate) fn parts_prefix(upload_id: &str) -> Vec<u8> {
+    let mut bytes = upload_id.as_bytes().to_vec();
+    bytes.push(0);
+    bytes
+}
+
+pub(crate) fn part(upload_id: &str, number: u32) -> Vec<u8> {
+    let mut bytes = parts_prefix(upload_id);
+    bytes.extend_from_slice(&number.to_be_bytes());
+    bytes
+}
+
+pub(crate) fn part_number(key: &[u8]) -> u32 {
+    let mut word = [0u8; 4];
+    if key.len() >= 4 {
+        word.copy_from_slice(&key[key.len() - 4..]);
+    }
+    u32::from_be_bytes(word)
+}
+
+pub(crate) fn tensor(tenant: &str, name: &str, signature: &str) -> Vec<u8> {
+    let mut bytes = tenant_prefix(tenant);
+    bytes.extend_from_slice(name.as_bytes());
+    bytes.push(0);
+    bytes.extend_from_slice(signature.as_bytes());
+    bytes
+}

@@ -1,0 +1,129 @@
+//! The values the index stores, serialized with postcard.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A 32-byte BLAKE3 content hash of a chunk's raw bytes.
+pub type ChunkHash = [u8; 32];
+
+/// A virtual bucket of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRecord {
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// Where an object's bytes live: pieces that, concatenated in order, give the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Segment {
+    /// Bytes kept in the index itself (a safetensors header).
+    Inline(Vec<u8>),
+    /// A chunk stored as a frame in a pack; `len` raw bytes.
+    Chunk { hash: ChunkHash, len: u32 },
+    /// A byte range of an upstream blob, stored as it came.
+    Blob { key: String, offset: u64, len: u64 },
+}
+
+impl Segment {
+    /// Raw bytes this segment contributes to the object.
+    pub fn len(&self) -> u64 {
+        match self {
+            Segment::Inline(bytes) => bytes.len() as u64,
+            Segment::Chunk { len, .. } => u64::from(*len),
+            Segment::Blob { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Checksums a client sent with the object, kept to answer `x-amz-checksum-mode`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksums {
+    pub crc32: Option<String>,
+    pub crc32c: Option<String>,
+    pub sha1: Option<String>,
+    pub sha256: Option<String>,
+    pub crc64nvme: Option<String>,
+}
+
+/// Everything known of one object version: what clients see and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// Unique per write; the packer swaps a manifest only if the version is unchanged.
+    pub version: String,
+    pub size: u64,
+    /// ETag without quotes: the MD5 hex, or `md5-of-md5s-N` for multipart uploads.
+    pub etag: String,
+    pub last_modified_ms: i64,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    pub cache_control: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub checksums: Checksums,
+    /// Sizes of the parts of a multipart upload, for `partNumber` reads.
+    pub part_sizes: Vec<u64>,
+    pub segments: Vec<Segment>,
+}
+
+/// A chunk stored as a frame in a pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub pack: String,
+    pub offset: u64,
+    pub frame_len: u32,
+    pub raw_len: u32,
+    /// The base chunk of a delta frame; it holds a reference for as long as this chunk lives.
+    pub base: Option<ChunkHash>,
+    /// Object segments and delta frames that use this chunk.
+    pub refs: u64,
+    /// When `refs` fell to zero; the chunk is collected a grace period later.
+    pub dead_since_ms: Option<i64>,
+}
+
+/// A pack object upstream and how much of it is still referenced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRecord {
+    pub total_bytes: u64,
+    pub live_bytes: u64,
+}
+
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub tenant: String,
+    pub bucket: String,
+    pub key: String,
+    pub initiated_ms: i64,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    pub cache_control: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One uploaded part, stored as it came in an upstream blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub blob: String,
+    pub size: u64,
+    /// MD5 hex of the part.
+    pub etag: String,
+    pub last_modified_ms: i64,
+    pub checksums: Checksums,
+}
+
+/// A job of the background packer: re-encode this object version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackJob {
+    pub tenant: String,
+    pub bucket: String,
+    pub key: String,
+    pub version: String,
+}
