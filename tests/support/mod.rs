@@ -1,0 +1,260 @@
+//! Test support: a gateway on a loopback port over a local or a moto upstream, real clients
+//! (aws cli, boto3, rclone) run as processes, and model files built from the corpus.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use s3s::crypto::{Checksum as _, Md5};
+use tensorgate::config::Config;
+use tensorgate::server::{self, RunningGateway};
+use tensorgate::upstream::S3UpstreamConfig;
+
+pub const ACCESS_KEY: &str = "test-access";
+pub const SECRET_KEY: &str = "test-secret-key";
+
+/// The model corpus shipped beside the workspace (`../shared/corpus`), or `TENSORGATE_CORPUS`.
+pub fn corpus(relative: &str) -> PathBuf {
+    let root = std::env::var_os("TENSORGATE_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
+    root.join(relative)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Which upstream a test gateway stores into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    LocalDirectory,
+    Moto,
+}
+
+/// A moto S3 server, killed when dropped.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server must be installed (pip install 'moto[server]')");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let moto = Moto { child, endpoint };
+        wait_for_port(port);
+        let made = aws_command(&moto.endpoint, "moto", "moto").args(["s3", "mb", "s3://upstream"]).output().unwrap();
+        assert!(made.status.success(), "creating the moto bucket: {}", String::from_utf8_lossy(&made.stderr));
+        moto
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An in-process gateway on a loopback port with its own data directory.
+pub struct TestGateway {
+    pub gateway: Option<RunningGateway>,
+    pub runtime: tokio::runtime::Runtime,
+    pub endpoint: String,
+    pub dir: tempfile::TempDir,
+    _moto: Option<Moto>,
+}
+
+impl TestGateway {
+    pub fn start(kind: UpstreamKind) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let moto = (kind == UpstreamKind::Moto).then(Moto::start);
+        let mut config = Config::load(None).unwrap();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.data_dir = dir.path().join("data");
+        config.access_keys[0].access_key = ACCESS_KEY.to_owned();
+        config.access_keys[0].secret_key = SECRET_KEY.to_owned();
+        config.gc_grace_secs = 0;
+        config.gc_interval_secs = 3600;
+        config.upstream = moto.as_ref().map(|moto| S3UpstreamConfig {
+            endpoint: moto.endpoint.clone(),
+            region: "us-east-1".to_owned(),
+            bucket: "upstream".to_owned(),
+            prefix: "tg/".to_owned(),
+            access_key: Some("moto".to_owned()),
+            secret_key: Some("moto".to_owned()),
+            path_style: true,
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let gateway = runtime.block_on(server::start(config)).expect("gateway starts");
+        let endpoint = format!("http://{}", gateway.address);
+        TestGateway { gateway: Some(gateway), runtime, endpoint, dir, _moto: moto }
+    }
+
+    pub fn store(&self) -> &tensorgate::store::Store {
+        &self.gateway.as_ref().unwrap().store
+    }
+
+    /// `aws --endpoint-url … ARGS`, asserting success.
+    pub fn aws(&self, args: &[&str]) -> Output {
+        let output = self.aws_unchecked(args);
+        assert!(output.status.success(), "aws {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    pub fn aws_unchecked(&self, args: &[&str]) -> Output {
+        aws_command(&self.endpoint, ACCESS_KEY, SECRET_KEY).args(args).output().expect("aws cli must be installed")
+    }
+
+    /// boto3 through tests/clients/boto3_client.py, asserting success.
+    pub fn boto3(&self, args: &[&str]) -> Output {
+        let output = self.boto3_unchecked(args);
+        assert!(output.status.success(), "boto3 {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    pub fn boto3_unchecked(&self, args: &[&str]) -> Output {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/boto3_client.py");
+        Command::new("python3")
+            .arg(script)
+            .arg(&self.endpoint)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .output()
+            .expect("python3 with boto3 must be installed")
+    }
+
+    /// rclone with a remote named `tg` pointing at the gateway, asserting success.
+    pub fn rclone(&self, args: &[&str]) -> Output {
+        let output = Command::new("rclone")
+            .args(args)
+            .env("RCLONE_CONFIG_TG_TYPE", "s3")
+            .env("RCLONE_CONFIG_TG_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_TG_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("RCLONE_CONFIG_TG_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("RCLONE_CONFIG_TG_ENDPOINT", &self.endpoint)
+            .env("RCLONE_CONFIG_TG_REGION", "us-east-1")
+            .output()
+            .expect("rclone must be installed");
+        assert!(output.status.success(), "rclone {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    }
+
+    /// The ETag HEAD reports, without quotes.
+    pub fn etag(&self, bucket: &str, key: &str) -> String {
+        let output = self.aws(&["s3api", "head-object", "--bucket", bucket, "--key", key, "--query", "ETag", "--output", "text"]);
+        String::from_utf8_lossy(&output.stdout).trim().trim_matches('"').to_owned()
+    }
+
+    /// Runs the packer until its queue is empty.
+    pub fn drain_packer(&self) {
+        let store = self.gateway.as_ref().unwrap().store.clone();
+        self.runtime.block_on(async {
+            while tensorgate::background::pack_next(&store).await.expect("packing succeeds") {}
+        });
+    }
+
+    /// One garbage collection (the grace period is zero in tests).
+    pub fn collect_garbage(&self) -> tensorgate::background::GcReport {
+        self.runtime.block_on(tensorgate::background::collect_garbage(self.store())).expect("gc succeeds")
+    }
+
+    pub fn upstream_reads(&self) -> u64 {
+        self.store().counters.upstream_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.stop();
+        }
+    }
+}
+
+pub fn aws_command(endpoint: &str, access_key: &str, secret_key: &str) -> Command {
+    let mut command = Command::new("aws");
+    command
+        .arg("--endpoint-url")
+        .arg(endpoint)
+        .env("AWS_ACCESS_KEY_ID", access_key)
+        .env("AWS_SECRET_ACCESS_KEY", secret_key)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    command
+}
+
+pub fn md5_hex(bytes: &[u8]) -> String {
+    let mut md5 = Md5::new();
+    md5.update(bytes);
+    hex::encode(md5.finalize())
+}
+
+/// The ETag S3 gives a multipart upload of `bytes` in parts of `part_size`.
+pub fn multipart_etag(bytes: &[u8], part_size: usize) -> String {
+    let mut digests = Vec::new();
+    let parts: Vec<&[u8]> = bytes.chunks(part_size).collect();
+    for part in &parts {
+        let mut md5 = Md5::new();
+        md5.update(part);
+        digests.extend_from_slice(&md5.finalize());
+    }
+    format!("{}-{}", md5_hex(&digests), parts.len())
+}
+
+/// A bigger safetensors file: every tensor of `source` repeated `copies` times under new names
+/// (`copyN.<name>`), with `__metadata__`. Real weights, so it compresses like a real model.
+pub fn replicated_model(source: &Path, copies: usize) -> Vec<u8> {
+    let file = std::fs::read(source).unwrap();
+    let layout = tensorgate_codec::parse_file(&file).unwrap();
+    let data = &file[layout.data_start() as usize..];
+    let mut header = serde_json::Map::new();
+    let mut body = Vec::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt", "source": "tensorgate tests"}));
+    for copy in 0..copies {
+        for tensor in &layout.tensors {
+            let start = body.len();
+            body.extend_from_slice(&data[tensor.start as usize..tensor.end as usize]);
+            header.insert(
+                format!("copy{copy}.{}", tensor.name),
+                serde_json::json!({"dtype": tensor.dtype.name(), "shape": tensor.shape, "data_offsets": [start, body.len()]}),
+            );
+        }
+    }
+    let header = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Pseudo-random bytes (not a model) of a given length.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
