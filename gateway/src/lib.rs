@@ -3,6 +3,7 @@
 //! Read top-down: [`config`] -> [`server`] (listener and s3s wiring) -> [`service`] (the S3
 //! operations) -> [`ingest`] (PUT path) / [`reader`] (GET path) -> [`upstream`].
 
+pub mod auth;
 pub mod background;
 pub mod config;
 pub mod ingest;

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
-use s3s::auth::SimpleAuth;
 use s3s::host::MultiDomain;
 use s3s::service::S3ServiceBuilder;
 use tensorgate_index::Index;
 use tokio::net::TcpListener;
 
+use crate::auth::KeyRing;
 use crate::background;
 use crate::config::Config;
 use crate::service::Gateway;
@@ -55,11 +55,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
     let address = listener.local_addr()?;
     let service = {
         let mut builder = S3ServiceBuilder::new(Gateway::new(store.clone()));
-        let mut auth = SimpleAuth::new();
-        for key in &config.access_keys {
-            auth.register(key.access_key.clone(), key.secret_key.clone().into());
-        }
-        builder.set_auth(auth);
+        builder.set_auth(KeyRing::new(&config.access_keys));
         if !config.domains.is_empty() {
             builder.set_host(MultiDomain::new(&config.domains).context("parsing domains")?);
         }

@@ -153,6 +153,7 @@ impl TestGateway {
             .env("RCLONE_CONFIG_TG_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("RCLONE_CONFIG_TG_ENDPOINT", &self.endpoint)
             .env("RCLONE_CONFIG_TG_REGION", "us-east-1")
+            .env_remove("AWS_CA_BUNDLE")
             .output()
             .expect("rclone must be installed");
         assert!(output.status.success(), "rclone {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
