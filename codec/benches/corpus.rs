@@ -20,9 +20,16 @@ const PAIRS: &[(&str, &str)] = &[
 ];
 
 fn corpus_dir() -> PathBuf {
-    std::env::var_os("TENSORGATE_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"))
+    let candidates = [
+        std::env::var_os("TENSORGATE_CORPUS").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
+        Some(PathBuf::from("/work/shared/corpus")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|dir| dir.join("README.md").exists())
+        .expect("the model corpus: set TENSORGATE_CORPUS to the shared/corpus directory")
 }
 
 /// Sizes and timings of encoding one file (optionally against a base file).

@@ -16,11 +16,19 @@ use tensorgate::upstream::S3UpstreamConfig;
 pub const ACCESS_KEY: &str = "test-access";
 pub const SECRET_KEY: &str = "test-secret-key";
 
-/// The model corpus shipped beside the workspace (`../shared/corpus`), or `TENSORGATE_CORPUS`.
+/// A file of the model corpus: `TENSORGATE_CORPUS`, else `../shared/corpus` beside the
+/// workspace, else `/work/shared/corpus` (where CI machines keep it).
 pub fn corpus(relative: &str) -> PathBuf {
-    let root = std::env::var_os("TENSORGATE_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
+    let candidates = [
+        std::env::var_os("TENSORGATE_CORPUS").map(PathBuf::from),
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
+        Some(PathBuf::from("/work/shared/corpus")),
+    ];
+    let root = candidates
+        .into_iter()
+        .flatten()
+        .find(|dir| dir.join("README.md").exists())
+        .expect("the model corpus: set TENSORGATE_CORPUS to the shared/corpus directory");
     root.join(relative)
 }
 
