@@ -1,0 +1,73 @@
+//! A bounded fuzz harness (proptest) over the two decoders that see untrusted bytes: the
+//! safetensors layout parser and the frame decoder. It runs in CI with the rest of the tests;
+//! `PROPTEST_CASES=1000000 cargo test -p tensorgate-codec --release --test hostile_input` runs it
+//! for longer.
+
+use proptest::prelude::*;
+use tensorgate_codec::{decode_frame, encode_chunk, parse_file, BaseChunk, ContentHash, Dtype};
+
+/// A valid two-tensor file to mutate.
+fn sample_file() -> Vec<u8> {
+    let header = br#"{"__metadata__":{"format":"pt"},"a":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,12]},"b":{"dtype":"I64","shape":[2],"data_offsets":[12,28]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend((0..28u8).map(|i| i.wrapping_mul(37)));
+    file
+}
+
+/// Checks the promises of a layout the parser accepted: spans in bounds, sorted, disjoint.
+fn assert_layout_sound(file: &[u8]) {
+    if let Ok(layout) = parse_file(file) {
+        let data_len = file.len() as u64 - layout.data_start();
+        let mut previous_end = 0;
+        for tensor in layout.tensors.iter().filter(|t| !t.is_empty()) {
+            assert!(tensor.start >= previous_end && tensor.end <= data_len);
+            assert_eq!(tensor.len(), tensor.shape.iter().product::<u64>() * tensor.dtype.size() as u64);
+            previous_end = tensor.end;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn layout_parser_survives_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        assert_layout_sound(&bytes);
+    }
+
+    #[test]
+    fn layout_parser_survives_mutated_files(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+                                            cut in any::<usize>()) {
+        let mut file = sample_file();
+        for (position, value) in flips {
+            let len = file.len();
+            file[position % len] = value;
+        }
+        assert_layout_sound(&file);
+        let cut = cut % (file.len() + 1);
+        assert_layout_sound(&file[..cut]);
+    }
+
+    #[test]
+    fn frame_decoder_survives_mutated_frames(raw in proptest::collection::vec(any::<u8>(), 0..3000),
+                                             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+                                             cut in any::<usize>()) {
+        let base: Vec<u8> = raw.iter().map(|b| b ^ 1).collect();
+        let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+        let mut frame = encode_chunk(&raw, Dtype::BF16, Some(base_chunk)).unwrap();
+        let len = frame.len();
+        for (position, value) in flips {
+            frame[position % len] = value;
+        }
+        // A mutated frame either decodes to exactly the original bytes (the flip hit a byte
+        // that does not matter, such as a stored plane's unused value) or is refused.
+        if let Ok(decoded) = decode_frame(&frame, Some(base_chunk)) {
+            prop_assert_eq!(decoded, raw.clone());
+        }
+        let cut = cut % (len + 1);
+        if let Ok(decoded) = decode_frame(&frame[..cut], Some(base_chunk)) {
+            prop_assert_eq!(decoded, raw);
+        }
+    }
+}
