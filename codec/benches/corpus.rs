@@ -11,6 +11,10 @@ use std::time::Instant;
 
 use tensorgate_codec::{chunk_ranges, decode_frame, encode_chunk, parse_file, BaseChunk, ContentHash, FrameHeader};
 
+/// The gateway's allocator, so that buffers are reused as they are in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PAIRS: &[(&str, &str)] = &[
     ("base/minilm-l6.bf16.safetensors", "ft/ft-a-contrastive.bf16.safetensors"),
     ("base/minilm-l6.bf16.safetensors", "ft/ft-b-mlm.bf16.safetensors"),
@@ -65,19 +69,17 @@ fn measure(file: &[u8], base: Option<&[u8]>) -> Measure {
             jobs.push((&bytes[range], tensor.dtype, base));
         }
     }
-    let started = Instant::now();
-    let frames: Vec<Vec<u8>> = jobs.iter().map(|(raw, dtype, base)| encode_chunk(raw, *dtype, *base).unwrap()).collect();
-    let encode_secs = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    let decoded: Vec<Vec<u8>> = frames
-        .iter()
-        .zip(&jobs)
-        .map(|(frame, (_, _, base))| {
-            let wants_base = FrameHeader::read(frame).unwrap().base.is_some();
-            decode_frame(frame, if wants_base { *base } else { None }).unwrap()
-        })
-        .collect();
-    let decode_secs = started.elapsed().as_secs_f64();
+    let (encode_secs, frames) = best_of(|| jobs.iter().map(|(raw, dtype, base)| encode_chunk(raw, *dtype, *base).unwrap()).collect::<Vec<_>>());
+    let (decode_secs, decoded) = best_of(|| {
+        frames
+            .iter()
+            .zip(&jobs)
+            .map(|(frame, (_, _, base))| {
+                let wants_base = FrameHeader::read(frame).unwrap().base.is_some();
+                decode_frame(frame, if wants_base { *base } else { None }).unwrap()
+            })
+            .collect::<Vec<_>>()
+    });
     for (bytes, (raw, _, _)) in decoded.iter().zip(&jobs) {
         assert_eq!(bytes, raw, "round trip failed");
     }
@@ -89,34 +91,49 @@ fn measure(file: &[u8], base: Option<&[u8]>) -> Measure {
     }
 }
 
+/// Runs `work` several times and keeps the fastest run: this machine is a shared VM, and the
+/// fastest run is the one least disturbed by neighbours.
+fn best_of<T>(mut work: impl FnMut() -> T) -> (f64, T) {
+    let mut best = f64::MAX;
+    let mut result = None;
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let value = work();
+        best = best.min(started.elapsed().as_secs_f64());
+        result = Some(value);
+    }
+    (best, result.expect("RUNS is not zero"))
+}
+
+const RUNS: usize = 7;
+
 fn zstd3(file: &[u8]) -> (usize, f64) {
-    let started = Instant::now();
-    let size = zstd::bulk::compress(file, 3).unwrap().len();
-    (size, started.elapsed().as_secs_f64())
+    let (secs, compressed) = best_of(|| zstd::bulk::compress(file, 3).unwrap());
+    (compressed.len(), secs)
 }
 
 /// Runs `bitx compress BASE FT -o OUT` when bitx is installed: (size, seconds).
 fn bitx(base: &Path, file: &Path) -> Option<(usize, f64)> {
     let out = std::env::temp_dir().join("tensorgate-bench.bitx");
-    let started = Instant::now();
-    let status = Command::new("bitx").arg("compress").arg(base).arg(file).arg("-o").arg(&out).output().ok()?;
-    let secs = started.elapsed().as_secs_f64();
-    if !status.status.success() {
+    let (secs, status) = best_of(|| Command::new("bitx").arg("compress").arg(base).arg(file).arg("-o").arg(&out).output());
+    if !status.ok()?.status.success() {
         return None;
     }
     Some((std::fs::metadata(&out).ok()?.len() as usize, secs))
 }
 
 /// Runs zipnn (bf16 byte grouping + Huffman) on a file when the Python package is installed:
-/// (size, compress seconds, decompress seconds).
+/// (size, best compress seconds, best decompress seconds of seven runs).
 fn zipnn(file: &Path) -> Option<(usize, f64, f64)> {
     let script = r#"
 import sys, time, zipnn
 data = open(sys.argv[1], 'rb').read()
 z = zipnn.ZipNN(bytearray_dtype='bfloat16', threads=1)
-copy = bytearray(data)
-t = time.perf_counter(); c = z.compress(copy); ct = time.perf_counter() - t
-t = time.perf_counter(); d = z.decompress(c); dt = time.perf_counter() - t
+ct = dt = float('inf')
+for _ in range(7):
+    copy = bytearray(data)
+    t = time.perf_counter(); c = z.compress(copy); ct = min(ct, time.perf_counter() - t)
+    t = time.perf_counter(); d = z.decompress(c); dt = min(dt, time.perf_counter() - t)
 assert bytes(d) == data
 print(len(c), ct, dt)
 "#;

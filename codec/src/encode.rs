@@ -1,22 +1,21 @@
-//! Chunk encoding: an optional XOR delta against a base chunk, then byte planes or plain zstd,
+//! Chunk encoding: an optional delta against a base chunk, then byte planes or plain zstd,
 //! keeping whichever candidate is smallest, and the exact inverse.
+//!
+//! Floats against a base take an ordered-integer difference, grouped by the base's exponent;
+//! other dtypes against a base take the XOR of BitX. On their own, floats are rotated so the
+//! exponent is a byte of its own, split into planes and entropy-coded plane by plane.
 
 use crate::delta;
 use crate::dtype::Dtype;
+use crate::entropy::{self, PLANE_STORED, PLANE_ZSTD};
 use crate::error::{CodecError, Result};
 use crate::frame::{read_u32, Codec, FrameHeader, MAX_RAW_LEN};
 use crate::hash::ContentHash;
+use crate::ordered;
 use crate::planes;
-
-/// zstd level used for planes and whole chunks: level 1 is within a few percent of level 3 on
-/// tensor planes at several times the speed.
-pub const DEFAULT_LEVEL: i32 = 1;
 
 /// A delta keeps its encoding without trying standalone when it is at most this share of raw.
 const DELTA_GOOD_ENOUGH: f64 = 0.6;
-
-const PLANE_STORED: u8 = 0;
-const PLANE_ZSTD: u8 = 1;
 
 /// A decoded chunk that a delta frame is taken against, with its content hash.
 #[derive(Debug, Clone, Copy)]
@@ -25,39 +24,39 @@ pub struct BaseChunk<'a> {
     pub bytes: &'a [u8],
 }
 
-/// Encodes one chunk of raw tensor bytes as a frame. With a base, the frame is an XOR delta
-/// against it unless encoding on its own is smaller.
+/// Encodes one chunk of raw tensor bytes as a frame. With a base, the frame is a delta against
+/// it unless encoding on its own is smaller.
 pub fn encode_chunk(raw: &[u8], dtype: Dtype, base: Option<BaseChunk<'_>>) -> Result<Vec<u8>> {
     let raw_len = u32::try_from(raw.len())
         .ok()
         .filter(|len| *len <= MAX_RAW_LEN)
         .ok_or(CodecError::ChunkTooLarge(raw.len()))?;
-    let checksum = ContentHash::of(raw);
-    let standalone = || best_payload(raw, dtype);
-    let (payload, base_hash) = match base {
+    let payload = match base {
         Some(base) => {
-            let delta_payload = best_payload(&delta::xor(raw, base.bytes), dtype);
-            if (delta_payload.bytes.len() as f64) <= DELTA_GOOD_ENOUGH * raw.len() as f64 {
-                (delta_payload, Some(base.hash))
+            let delta = delta_payload(raw, dtype, base);
+            if (delta.bytes.len() as f64) <= DELTA_GOOD_ENOUGH * raw.len() as f64 {
+                delta
             } else {
-                let own = standalone();
-                if own.bytes.len() < delta_payload.bytes.len() {
-                    (own, None)
+                let own = standalone_payload(raw, dtype);
+                if own.bytes.len() < delta.bytes.len() {
+                    own
                 } else {
-                    (delta_payload, Some(base.hash))
+                    delta
                 }
             }
         }
-        None => (standalone(), None),
+        None => standalone_payload(raw, dtype),
     };
     let header = FrameHeader {
         codec: payload.codec,
         width: payload.width,
         rotated: payload.rotated,
+        subtract: payload.subtract,
+        grouped: payload.grouped,
         raw_len,
         payload_len: payload.bytes.len() as u32,
-        checksum,
-        base: base_hash,
+        checksum: ContentHash::of(raw),
+        base: payload.base,
     };
     let mut frame = Vec::with_capacity(header.frame_len());
     header.write(&mut frame);
@@ -72,18 +71,27 @@ pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>
         .get(header.header_len()..header.frame_len())
         .ok_or(CodecError::FrameTruncated)?;
     let raw_len = header.raw_len as usize;
+    let width = header.width as usize;
+    let ordered_planes = header.subtract && header.codec == Codec::Planes;
     let mut bytes = match header.codec {
         Codec::Stored => payload.to_vec(),
-        Codec::Zstd => decompress(payload, raw_len)?,
-        Codec::Planes => decode_planes(payload, raw_len, header.width as usize, header.rotated)?,
+        Codec::Zstd => entropy::decompress(payload, raw_len)?,
+        Codec::Planes => decode_planes(payload, raw_len, width, header.rotated, !ordered_planes)?,
     };
     if bytes.len() != raw_len {
         return Err(CodecError::FrameCorrupt("decoded length differs from raw length"));
     }
     if let Some(wanted) = header.base {
-        match base {
-            Some(base) if base.hash == wanted => delta::xor_in_place(&mut bytes, base.bytes),
+        let base = match base {
+            Some(base) if base.hash == wanted => base.bytes,
             _ => return Err(CodecError::BaseMismatch(wanted.to_hex())),
+        };
+        if header.subtract && header.grouped && ordered::supports(width) {
+            bytes = ordered::decode(&bytes, base, width);
+        } else if header.subtract || header.grouped {
+            return Err(CodecError::FrameCorrupt("unsupported delta flags"));
+        } else {
+            delta::xor_in_place(&mut bytes, base);
         }
     }
     if ContentHash::of(&bytes) != header.checksum {
@@ -97,72 +105,109 @@ struct Payload {
     codec: Codec,
     width: u8,
     rotated: bool,
+    subtract: bool,
+    grouped: bool,
+    base: Option<ContentHash>,
     bytes: Vec<u8>,
 }
 
-/// Tries the encodings that suit `dtype` and keeps the smallest, falling back to stored.
-fn best_payload(bytes: &[u8], dtype: Dtype) -> Payload {
-    let width = dtype.size();
-    let is_float = matches!(dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64);
-    let mut candidates = Vec::with_capacity(2);
-    if width > 1 {
-        let rotated = matches!(dtype, Dtype::BF16 | Dtype::F32);
-        candidates.push(Payload {
-            codec: Codec::Planes,
-            width: width as u8,
-            rotated,
-            bytes: encode_planes(bytes, width, rotated),
-        });
+impl Payload {
+    fn plain(codec: Codec, width: usize, bytes: Vec<u8>) -> Payload {
+        Payload { codec, width: width as u8, rotated: false, subtract: false, grouped: false, base: None, bytes }
     }
-    if width == 1 || !is_float {
-        candidates.push(Payload { codec: Codec::Zstd, width: 1, rotated: false, bytes: compress(bytes) });
-    }
-    let stored = Payload { codec: Codec::Stored, width: 1, rotated: false, bytes: Vec::new() };
-    let best = candidates
-        .into_iter()
-        .filter(|candidate| candidate.bytes.len() < bytes.len())
-        .min_by_key(|candidate| candidate.bytes.len());
-    best.unwrap_or(Payload { bytes: bytes.to_vec(), ..stored })
 }
 
-/// Planes payload: per plane a mode byte, a u32 length and the bytes; then the tail as is.
+fn is_float(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
+}
+
+/// The delta against `base`: ordered difference grouped by exponent for floats, XOR otherwise.
+fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
+    let width = dtype.size();
+    if is_float(dtype) && ordered::supports(width) {
+        let planes = ordered::encode(raw, base.bytes, width);
+        Payload {
+            codec: Codec::Planes,
+            width: width as u8,
+            rotated: false,
+            subtract: true,
+            grouped: true,
+            base: Some(base.hash),
+            bytes: compress_planes(&planes, width),
+        }
+    } else {
+        let mut payload = best_of(&delta::xor(raw, base.bytes), dtype, false);
+        payload.base = Some(base.hash);
+        payload
+    }
+}
+
+fn standalone_payload(raw: &[u8], dtype: Dtype) -> Payload {
+    best_of(raw, dtype, matches!(dtype, Dtype::BF16 | Dtype::F32))
+}
+
+/// Tries the layouts that suit `dtype` and keeps the smallest, falling back to stored.
+fn best_of(bytes: &[u8], dtype: Dtype, rotate: bool) -> Payload {
+    let width = dtype.size();
+    let mut candidates = Vec::with_capacity(2);
+    if width > 1 {
+        let mut planes = Payload::plain(Codec::Planes, width, encode_planes(bytes, width, rotate));
+        planes.rotated = rotate;
+        candidates.push(planes);
+    }
+    if width == 1 || !is_float(dtype) {
+        let (mode, compressed) = entropy::compress_plane(bytes);
+        if mode == PLANE_ZSTD {
+            candidates.push(Payload::plain(Codec::Zstd, width, compressed));
+        }
+    }
+    candidates
+        .into_iter()
+        .filter(|candidate| candidate.bytes.len() < bytes.len())
+        .min_by_key(|candidate| candidate.bytes.len())
+        .unwrap_or_else(|| Payload::plain(Codec::Stored, width, bytes.to_vec()))
+}
+
+/// Planes payload of `bytes` split into planes (see [`compress_planes`]).
 fn encode_planes(bytes: &[u8], width: usize, rotated: bool) -> Vec<u8> {
-    let split = planes::split(bytes, width, rotated);
-    let plane_len = bytes.len() / width;
-    let mut out = Vec::with_capacity(bytes.len() / 2 + 64);
-    for plane in split[..plane_len * width].chunks_exact(plane_len.max(1)).take(width) {
-        let compressed = compress(plane);
-        let (mode, body) = if compressed.len() < plane.len() {
-            (PLANE_ZSTD, compressed.as_slice())
-        } else {
-            (PLANE_STORED, plane)
-        };
-        out.push(mode);
-        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(body);
+    compress_planes(&planes::split(bytes, width, rotated), width)
+}
+
+/// Planes payload of bytes already split: per plane a mode byte, a u32 length and the
+/// compressed plane; then the tail as is.
+fn compress_planes(split: &[u8], width: usize) -> Vec<u8> {
+    let plane_len = split.len() / width;
+    let mut out = Vec::with_capacity(split.len() / 2 + 64);
+    if plane_len > 0 {
+        for plane in split[..plane_len * width].chunks_exact(plane_len) {
+            let (mode, body) = entropy::compress_plane(plane);
+            out.push(mode);
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&body);
+        }
     }
     out.extend_from_slice(&split[plane_len * width..]);
     out
 }
 
-fn decode_planes(payload: &[u8], raw_len: usize, width: usize, rotated: bool) -> Result<Vec<u8>> {
+/// Decompresses a planes payload; `join` puts elements back together, else the planes are
+/// returned as they are (for the ordered delta, which reads planes directly).
+fn decode_planes(payload: &[u8], raw_len: usize, width: usize, rotated: bool, join: bool) -> Result<Vec<u8>> {
     let plane_len = raw_len / width;
-    let mut split = Vec::with_capacity(raw_len);
+    let mut split = vec![0u8; raw_len];
     let mut cursor = 0usize;
     let plane_count = if plane_len == 0 { 0 } else { width };
-    for _ in 0..plane_count {
+    for plane in 0..plane_count {
         let head = payload.get(cursor..cursor + 5).ok_or(CodecError::FrameTruncated)?;
         let body_len = read_u32(&head[1..]) as usize;
         let body = payload
             .get(cursor + 5..cursor + 5 + body_len)
             .ok_or(CodecError::FrameTruncated)?;
+        let target = &mut split[plane * plane_len..(plane + 1) * plane_len];
         match head[0] {
-            PLANE_STORED if body_len == plane_len => split.extend_from_slice(body),
-            PLANE_ZSTD => split.extend_from_slice(&decompress(body, plane_len)?),
+            PLANE_STORED if body_len == plane_len => target.copy_from_slice(body),
+            PLANE_ZSTD => entropy::decompress_into(body, target)?,
             _ => return Err(CodecError::FrameCorrupt("bad plane header")),
-        }
-        if split.len() % plane_len != 0 {
-            return Err(CodecError::FrameCorrupt("plane length differs from raw length"));
         }
         cursor += 5 + body_len;
     }
@@ -170,21 +215,8 @@ fn decode_planes(payload: &[u8], raw_len: usize, width: usize, rotated: bool) ->
     if tail.len() != raw_len - plane_len * width {
         return Err(CodecError::FrameCorrupt("tail length differs from raw length"));
     }
-    split.extend_from_slice(tail);
-    Ok(planes::join(&split, width, rotated))
-}
-
-fn compress(bytes: &[u8]) -> Vec<u8> {
-    zstd::bulk::compress(bytes, DEFAULT_LEVEL).unwrap_or_default()
-}
-
-/// Decompresses one zstd frame that must hold exactly `raw_len` bytes.
-fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
-    let out = zstd::bulk::decompress(bytes, raw_len).map_err(|error| CodecError::Zstd(error.to_string()))?;
-    if out.len() != raw_len {
-        return Err(CodecError::FrameCorrupt("zstd output length differs from raw length"));
-    }
-    Ok(out)
+    split[plane_len * width..].copy_from_slice(tail);
+    Ok(if join { planes::join(&split, width, rotated) } else { split })
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! 4   1  version (1)
 //! 5   1  codec: 0 stored, 1 zstd, 2 byte planes
 //! 6   1  plane width in bytes (1..=8; 1 unless codec is 2)
-//! 7   1  flags: bit 0 XOR delta against a base, bit 1 elements rotated left one bit
+//! 7   1  flags: bit 0 delta against a base, bit 1 elements rotated left one bit,
+//!           bit 2 the delta is an ordered-integer difference (else XOR),
+//!           bit 3 elements grouped by base context
 //! 8   4  raw length, u32 little-endian
 //! 12  4  payload length, u32 little-endian
 //! 16  32 BLAKE3-256 of the raw bytes (checksum and content hash)
@@ -22,6 +24,9 @@ pub const VERSION: u8 = 1;
 pub const FIXED_HEADER_LEN: usize = 48;
 pub const FLAG_DELTA: u8 = 1;
 pub const FLAG_ROTATED: u8 = 2;
+pub const FLAG_SUBTRACT: u8 = 4;
+pub const FLAG_GROUPED: u8 = 8;
+const KNOWN_FLAGS: u8 = FLAG_DELTA | FLAG_ROTATED | FLAG_SUBTRACT | FLAG_GROUPED;
 /// Largest raw length a frame may declare, so that a hostile header cannot make a decoder
 /// allocate without bound.
 pub const MAX_RAW_LEN: u32 = 64 << 20;
@@ -62,6 +67,10 @@ pub struct FrameHeader {
     pub codec: Codec,
     pub width: u8,
     pub rotated: bool,
+    /// The delta is an ordered-integer difference (see `ordered`), not an XOR.
+    pub subtract: bool,
+    /// Elements are grouped by base context (see `ordered`).
+    pub grouped: bool,
     pub raw_len: u32,
     pub payload_len: u32,
     pub checksum: ContentHash,
@@ -81,7 +90,11 @@ impl FrameHeader {
 
     /// Appends the header to `out`.
     pub fn write(&self, out: &mut Vec<u8>) {
-        let flags = if self.base.is_some() { FLAG_DELTA } else { 0 } | if self.rotated { FLAG_ROTATED } else { 0 };
+        let flag = |set: bool, bit: u8| if set { bit } else { 0 };
+        let flags = flag(self.base.is_some(), FLAG_DELTA)
+            | flag(self.rotated, FLAG_ROTATED)
+            | flag(self.subtract, FLAG_SUBTRACT)
+            | flag(self.grouped, FLAG_GROUPED);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&[VERSION, self.codec.id(), self.width, flags]);
         out.extend_from_slice(&self.raw_len.to_le_bytes());
@@ -107,8 +120,11 @@ impl FrameHeader {
         if !(1..=8).contains(&width) {
             return Err(CodecError::FrameCorrupt("plane width out of range"));
         }
-        if flags & !(FLAG_DELTA | FLAG_ROTATED) != 0 {
+        if flags & !KNOWN_FLAGS != 0 {
             return Err(CodecError::FrameCorrupt("unknown flags"));
+        }
+        if flags & FLAG_DELTA == 0 && flags & (FLAG_SUBTRACT | FLAG_GROUPED) != 0 {
+            return Err(CodecError::FrameCorrupt("delta flags without a base"));
         }
         let raw_len = read_u32(&fixed[8..12]);
         let payload_len = read_u32(&fixed[12..16]);
@@ -122,7 +138,17 @@ impl FrameHeader {
         } else {
             None
         };
-        Ok(FrameHeader { codec, width, rotated: flags & FLAG_ROTATED != 0, raw_len, payload_len, checksum, base })
+        Ok(FrameHeader {
+            codec,
+            width,
+            rotated: flags & FLAG_ROTATED != 0,
+            subtract: flags & FLAG_SUBTRACT != 0,
+            grouped: flags & FLAG_GROUPED != 0,
+            raw_len,
+            payload_len,
+            checksum,
+            base,
+        })
     }
 }
 
@@ -144,6 +170,8 @@ mod tests {
             codec: Codec::Planes,
             width: 2,
             rotated: true,
+            subtract: true,
+            grouped: false,
             raw_len: 1234,
             payload_len: 99,
             checksum: ContentHash([3; 32]),

@@ -1,17 +1,19 @@
 //! tensorgate-codec: the pure, synchronous codec of tensorgate.
 //!
 //! It parses safetensors layouts, names chunks by content hash, and encodes chunks of tensor
-//! bytes as self-describing frames: byte planes and zstd on their own, or an XOR delta against
-//! a base chunk first (the BitX idea). It does no I/O and knows nothing of S3 or the index.
+//! bytes as self-describing frames: byte planes and entropy coding on their own, or a delta
+//! against a base chunk first (the BitX idea, with an ordered difference for floats). It does no I/O and knows nothing of S3 or the index.
 
 pub mod chunk;
 pub mod delta;
 pub mod dtype;
 pub mod encode;
+pub mod entropy;
 pub mod error;
 pub mod frame;
 pub mod hash;
 pub mod layout;
+pub mod ordered;
 pub mod planes;
 
 pub use chunk::{chunk_ranges, encode_parallel, ChunkJob, DEFAULT_CHUNK_SIZE};

@@ -1,0 +1,179 @@
+//! Entropy coding of one byte plane. Three candidates, all readable by a plain zstd decoder:
+//! stored; zstd level 1 (wins where there are runs, as in delta planes); and a zstd frame of
+//! Huffman-coded literals only, with no match search. Planes of float exponents are close to
+//! memoryless, where matches cost more than they save: literals alone reach the order-0 entropy
+//! (about 2 points of raw size better than zstd level 1 on BF16) at several times the speed.
+
+use std::cell::RefCell;
+
+use crate::error::{CodecError, Result};
+
+/// How a plane is stored in a frame.
+pub const PLANE_STORED: u8 = 0;
+pub const PLANE_ZSTD: u8 = 1;
+
+/// zstd level of the match-finding candidate.
+pub const ZSTD_LEVEL: i32 = 1;
+
+/// Share of the most common byte above which the plane probably has runs worth matching.
+const RUNS_LIKELY: f64 = 0.5;
+
+/// Order-0 entropy, in bits per byte, above which a plane is stored without trying to compress
+/// it (the low mantissa bytes of weights sit at about 7.95).
+const INCOMPRESSIBLE_BITS: f64 = 7.9;
+
+/// Compresses a plane with whichever candidate is smallest: (mode, bytes).
+pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
+    let histogram = Histogram::of(plane);
+    if histogram.entropy_bits() > INCOMPRESSIBLE_BITS {
+        return (PLANE_STORED, plane.to_vec());
+    }
+    let mut best = literals_only(plane);
+    if histogram.most_common_share() > RUNS_LIKELY {
+        if let Ok(matched) = zstd::bulk::compress(plane, ZSTD_LEVEL) {
+            if best.as_ref().is_none_or(|b| matched.len() < b.len()) {
+                best = Some(matched);
+            }
+        }
+    }
+    match best {
+        Some(bytes) if bytes.len() < plane.len() => (PLANE_ZSTD, bytes),
+        _ => (PLANE_STORED, plane.to_vec()),
+    }
+}
+
+/// Decompresses one zstd frame that must hold exactly `raw_len` bytes.
+pub fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+    let out = zstd::bulk::decompress(bytes, raw_len).map_err(|error| CodecError::Zstd(error.to_string()))?;
+    if out.len() != raw_len {
+        return Err(CodecError::FrameCorrupt("zstd output length differs from raw length"));
+    }
+    Ok(out)
+}
+
+/// Decompresses one zstd frame into `out`, which it must fill exactly.
+pub fn decompress_into(bytes: &[u8], out: &mut [u8]) -> Result<()> {
+    let written = zstd::bulk::decompress_to_buffer(bytes, out).map_err(|error| CodecError::Zstd(error.to_string()))?;
+    if written != out.len() {
+        return Err(CodecError::FrameCorrupt("zstd output length differs from raw length"));
+    }
+    Ok(())
+}
+
+/// Byte counts of a plane.
+struct Histogram {
+    counts: [u32; 256],
+    total: usize,
+}
+
+impl Histogram {
+    fn of(plane: &[u8]) -> Histogram {
+        let mut counts = [0u32; 256];
+        for byte in plane {
+            counts[*byte as usize] += 1;
+        }
+        Histogram { counts, total: plane.len() }
+    }
+
+    fn most_common_share(&self) -> f64 {
+        f64::from(self.counts.iter().max().copied().unwrap_or(0)) / self.total.max(1) as f64
+    }
+
+    /// Order-0 entropy in bits per byte.
+    fn entropy_bits(&self) -> f64 {
+        let total = self.total.max(1) as f64;
+        self.counts
+            .iter()
+            .filter(|count| **count > 0)
+            .map(|count| {
+                let p = f64::from(*count) / total;
+                -p * p.log2()
+            })
+            .sum()
+    }
+}
+
+/// A zstd compression context, made once per thread.
+struct Context(*mut zstd_sys::ZSTD_CCtx);
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from ZSTD_createCCtx and is freed once, here.
+        unsafe {
+            zstd_sys::ZSTD_freeCCtx(self.0);
+        }
+    }
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+/// A zstd frame holding `plane` as Huffman-coded literals with no matches, or None if zstd
+/// refused. Uses `ZSTD_compressSequences` with an empty sequence list (zstd's experimental API,
+/// pinned by the zstd-sys version).
+fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
+    CONTEXT.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            // SAFETY: ZSTD_createCCtx has no preconditions; null is checked below.
+            let pointer = unsafe { zstd_sys::ZSTD_createCCtx() };
+            if pointer.is_null() {
+                return None;
+            }
+            *slot = Some(Context(pointer));
+        }
+        let context = slot.as_ref()?.0;
+        // SAFETY: `context` is a live context owned by this thread. The destination has
+        // ZSTD_compressBound(len) bytes, the bound zstd documents for any input; the source
+        // pointer and length come from one slice; a null sequence array with count 0 is allowed.
+        unsafe {
+            zstd_sys::ZSTD_CCtx_reset(context, zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_and_parameters);
+            zstd_sys::ZSTD_CCtx_setParameter(context, zstd_sys::ZSTD_cParameter::ZSTD_c_compressionLevel, ZSTD_LEVEL);
+            let bound = zstd_sys::ZSTD_compressBound(plane.len());
+            let mut out = vec![0u8; bound];
+            let written = zstd_sys::ZSTD_compressSequences(
+                context,
+                out.as_mut_ptr().cast(),
+                bound,
+                std::ptr::null(),
+                0,
+                plane.as_ptr().cast(),
+                plane.len(),
+            );
+            if zstd_sys::ZSTD_isError(written) != 0 {
+                return None;
+            }
+            out.truncate(written);
+            Some(out)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn memoryless_planes_use_literals_and_runs_use_matches() {
+        let skewed: Vec<u8> = (0..100_000u32).map(|i| [120u8, 121, 122, 119, 123, 118][(i.wrapping_mul(2_654_435_761) >> 29) as usize % 6]).collect();
+        let (mode, bytes) = compress_plane(&skewed);
+        assert_eq!(mode, PLANE_ZSTD);
+        assert!(bytes.len() < skewed.len() * 35 / 100, "{} of {}", bytes.len(), skewed.len());
+        let runs = vec![0u8; 100_000];
+        let (_, bytes) = compress_plane(&runs);
+        assert!(bytes.len() < 100);
+    }
+
+    proptest! {
+        #[test]
+        fn planes_round_trip(plane in proptest::collection::vec(any::<u8>(), 0..3000), zeros in 0usize..3000) {
+            let mut plane = plane;
+            plane.extend(std::iter::repeat_n(0u8, zeros));
+            let (mode, bytes) = compress_plane(&plane);
+            let back = if mode == PLANE_ZSTD { decompress(&bytes, plane.len()).unwrap() } else { bytes };
+            prop_assert_eq!(back, plane);
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The delta of floats against a base: an ordered-integer difference, grouped by the base's
+//! exponent, written straight into byte planes (one pass each way).
+//!
+//! - Each element maps to an integer in the float's own order; the base's image is subtracted
+//!   (wrapping) and the result zigzag-encoded, so a small change of either sign is a small
+//!   number with zero high bytes. A fine-tune moves a weight by a few units in the last place,
+//!   which XOR (BitX) turns into many set bits whenever it crosses a power of two.
+//! - Elements are then grouped, stably, by a context both sides know: the top byte of the base
+//!   element rotated left one bit (its exponent, for BF16 and F32). How far a weight moves in
+//!   units in the last place depends on its magnitude, so like contexts compress together.
+//! - Byte `p` of every grouped element goes to plane `p`. Bytes past the whole elements that
+//!   target and base share are XORed with the base (where it has bytes) and kept as a tail.
+
+use crate::delta::xor_in_place;
+
+/// Planes (concatenated, then the tail) of the grouped difference of `target` against `base`.
+/// `width` is the element size: 2, 4 or 8.
+pub fn encode(target: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+    match width {
+        2 => encode_width::<2>(target, base),
+        4 => encode_width::<4>(target, base),
+        _ => encode_width::<8>(target, base),
+    }
+}
+
+/// The inverse of [`encode`] with the same base and width.
+pub fn decode(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+    match width {
+        2 => decode_width::<2>(planes, base),
+        4 => decode_width::<4>(planes, base),
+        _ => decode_width::<8>(planes, base),
+    }
+}
+
+/// Whether [`encode`] supports this element width.
+pub fn supports(width: usize) -> bool {
+    matches!(width, 2 | 4 | 8)
+}
+
+const fn mask<const W: usize>() -> u64 {
+    if W == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * W)) - 1
+    }
+}
+
+const fn sign<const W: usize>() -> u64 {
+    1u64 << (8 * W - 1)
+}
+
+fn load<const W: usize>(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word[..W].copy_from_slice(&bytes[..W]);
+    u64::from_le_bytes(word)
+}
+
+/// Maps a float's bits to an integer with the same order (negative floats below positive):
+/// negative values have every bit flipped, positive ones only the sign. Branch-free.
+fn sortable<const W: usize>(bits: u64) -> u64 {
+    let negative = (bits >> (8 * W - 1)) & 1;
+    bits ^ ((negative.wrapping_neg() | sign::<W>()) & mask::<W>())
+}
+
+fn unsortable<const W: usize>(value: u64) -> u64 {
+    let was_negative = !(value >> (8 * W - 1)) & 1;
+    value ^ ((was_negative.wrapping_neg() | sign::<W>()) & mask::<W>())
+}
+
+fn zigzag<const W: usize>(difference: u64) -> u64 {
+    let shift = 64 - 8 * W as u32;
+    let signed = ((difference << shift) as i64) >> shift;
+    ((signed << 1) ^ (signed >> 63)) as u64 & mask::<W>()
+}
+
+fn unzigzag<const W: usize>(value: u64) -> u64 {
+    ((value >> 1) ^ (value & 1).wrapping_neg()) & mask::<W>()
+}
+
+/// The grouping context of a base element: its top byte after rotating left one bit.
+fn context<const W: usize>(base_element: u64) -> usize {
+    ((base_element >> (8 * W - 9)) & 0xff) as usize
+}
+
+/// Where each context's run starts in the grouped order of the first `count` base elements.
+fn run_starts<const W: usize>(base: &[u8], count: usize) -> [usize; 256] {
+    let mut counts = [0usize; 256];
+    for element in base.chunks_exact(W).take(count) {
+        counts[context::<W>(load::<W>(element))] += 1;
+    }
+    let mut starts = [0usize; 256];
+    let mut total = 0;
+    for (start, count) in starts.iter_mut().zip(counts) {
+        *start = total;
+        total += count;
+    }
+    starts
+}
+
+/// Calls `visit(element index, slot)` for every whole element, in order, where the slot is the
+/// element's place in the grouped order.
+fn for_each_slot<const W: usize>(base: &[u8], count: usize, mut visit: impl FnMut(usize, usize)) {
+    let mut next = run_starts::<W>(base, count);
+    for (element, base_value) in base.chunks_exact(W).take(count).enumerate() {
+        let cursor = &mut next[context::<W>(load::<W>(base_value))];
+        visit(element, *cursor);
+        *cursor += 1;
+    }
+}
+
+fn encode_width<const W: usize>(target: &[u8], base: &[u8]) -> Vec<u8> {
+    let count = target.len().min(base.len()) / W;
+    let whole = count * W;
+    let mut out = vec![0u8; target.len()];
+    for_each_slot::<W>(base, count, |element, slot| {
+        let base_bits = load::<W>(&base[element * W..]);
+        let value = load::<W>(&target[element * W..]);
+        let bytes = zigzag::<W>(sortable::<W>(value).wrapping_sub(sortable::<W>(base_bits))).to_le_bytes();
+        for plane in 0..W {
+            out[plane * count + slot] = bytes[plane];
+        }
+    });
+    out[whole..].copy_from_slice(&target[whole..]);
+    xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
+    out
+}
+
+fn decode_width<const W: usize>(planes: &[u8], base: &[u8]) -> Vec<u8> {
+    let count = planes.len().min(base.len()) / W;
+    let whole = count * W;
+    let mut out = vec![0u8; planes.len()];
+    for_each_slot::<W>(base, count, |element, slot| {
+        let mut word = [0u8; 8];
+        for plane in 0..W {
+            word[plane] = planes[plane * count + slot];
+        }
+        let base_bits = load::<W>(&base[element * W..]);
+        let difference = unzigzag::<W>(u64::from_le_bytes(word));
+        let value = unsortable::<W>(sortable::<W>(base_bits).wrapping_add(difference) & mask::<W>());
+        out[element * W..(element + 1) * W].copy_from_slice(&value.to_le_bytes()[..W]);
+    });
+    out[whole..].copy_from_slice(&planes[whole..]);
+    xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn neighbouring_floats_differ_by_one() {
+        let base = 1.0f32.to_le_bytes();
+        let above = f32::from_bits(1.0f32.to_bits() + 1).to_le_bytes();
+        assert_eq!(encode(&above, &base, 4), [2, 0, 0, 0], "+1 zigzags to 2, all in plane 0");
+        let below = (-0.0f32).to_le_bytes();
+        assert_eq!(encode(&below, &0.0f32.to_le_bytes(), 4), [1, 0, 0, 0], "-0 is one step below +0");
+    }
+
+    #[test]
+    fn elements_are_grouped_by_base_exponent() {
+        let base: Vec<u8> = [1.0f32, 1000.0, 1.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let target: Vec<u8> = [1.0f32, 1000.0, 1.5].iter().flat_map(|v| f32::from_bits(v.to_bits() + 3).to_le_bytes()).collect();
+        let planes = encode(&target, &base, 4);
+        assert_eq!(&planes[..3], &[6, 6, 6], "every difference is +3");
+    }
+
+    proptest! {
+        #[test]
+        fn decode_inverts_encode(target in proptest::collection::vec(any::<u8>(), 0..400),
+                                 base in proptest::collection::vec(any::<u8>(), 0..400),
+                                 width in proptest::sample::select(vec![2usize, 4, 8])) {
+            prop_assert_eq!(decode(&encode(&target, &base, width), &base, width), target);
+        }
+    }
+}
