@@ -225,3 +225,39 @@ fn bad_signatures_and_digests_are_refused() {
     let missing = gateway.aws_unchecked(&["s3api", "head-object", "--bucket", "guarded", "--key", "k"]);
     assert!(!missing.status.success(), "a refused write left an object behind");
 }
+
+/// `tensorgate pack` / `unpack` round-trip a fine-tune against its base, and report the ratio.
+#[test]
+fn pack_and_unpack_commands_round_trip() {
+    let work = tempfile::tempdir().unwrap();
+    let base = corpus("base/minilm-l6.bf16.safetensors");
+    let tuned = corpus("ft/ft-a-contrastive.bf16.safetensors");
+    let packed = work.path().join("packed");
+    let unpacked = work.path().join("unpacked");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tensorgate")).args(args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let report = run(&["pack".as_ref(), "--base".as_ref(), base.as_os_str(), tuned.as_os_str(), "-o".as_ref(), packed.as_os_str()]);
+    assert!(report.contains("% of raw"), "{report}");
+    run(&["unpack".as_ref(), "--base".as_ref(), base.as_os_str(), packed.as_os_str(), "-o".as_ref(), unpacked.as_os_str()]);
+    assert_eq!(std::fs::read(&unpacked).unwrap(), std::fs::read(&tuned).unwrap());
+    assert!(std::fs::metadata(&packed).unwrap().len() * 5 < std::fs::metadata(&tuned).unwrap().len());
+}
+
+/// S3 behaviour in detail (conditions, copy, multipart, presigned and virtual-host requests,
+/// key limits, deletes), checked by boto3 in tests/clients/s3_semantics.py.
+#[test]
+fn s3_semantics_match_aws() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/s3_semantics.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&gateway.endpoint)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+}

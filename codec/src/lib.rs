@@ -5,6 +5,7 @@
 //! against a base chunk first (the BitX idea, with an ordered difference for floats). It does no I/O and knows nothing of S3 or the index.
 
 pub mod chunk;
+pub mod container;
 pub mod delta;
 pub mod dtype;
 pub mod encode;

@@ -34,6 +34,18 @@ pub struct Config {
     pub gc_interval_secs: u64,
     /// Bytes of decoded base chunks kept in memory for delta reads.
     pub base_cache_bytes: u64,
+    /// How a new tensor's base is chosen.
+    pub base_selection: BaseSelection,
+}
+
+/// How a new tensor's base is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseSelection {
+    /// The newest stored tensor with the same name, dtype and shape.
+    Name,
+    /// No deltas: every new chunk is stored on its own.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,7 +66,8 @@ impl Default for Config {
             min_model_bytes: 64 * 1024,
             gc_grace_secs: 600,
             gc_interval_secs: 60,
-            base_cache_bytes: 64 << 20,
+            base_cache_bytes: 32 << 20,
+            base_selection: BaseSelection::Name,
         }
     }
 }

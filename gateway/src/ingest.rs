@@ -18,12 +18,15 @@ use tensorgate_codec::{
 };
 use tensorgate_index::{ChunkHash, ChunkRecord, NewChunk, NewPack, Segment};
 
+use crate::config::BaseSelection;
 use crate::reader;
-use crate::store::{new_id, Store};
+use crate::store::{new_id, on_cores, Store};
 use crate::upstream::BlobWriter;
 
-/// Chunks encoded together on the blocking pool.
-const BATCH_CHUNKS: usize = 4;
+/// Chunks encoded together: one per core keeps every core busy while bounding memory.
+fn batch_chunks() -> usize {
+    rayon::current_num_threads().max(2)
+}
 
 /// What a finished ingest produced, ready to commit.
 pub struct Ingested {
@@ -278,6 +281,9 @@ impl Ingester {
         let Some(Region { kind: RegionKind::Tensor(index), .. }) = model.regions.get(model.region) else {
             return Ok(None);
         };
+        if self.store.config.base_selection == BaseSelection::None {
+            return Ok(None);
+        }
         let tensor = &model.layout.tensors[*index];
         Ok(self.store.index.tensor_chunks(&self.tenant, &tensor.name, &signature(tensor))?)
     }
@@ -325,7 +331,7 @@ impl Ingester {
             };
             let State::Model(model) = &mut self.state else { return Ok(()) };
             model.pending.push(PendingChunk { raw, dtype, hash, base });
-            if model.pending.len() >= BATCH_CHUNKS {
+            if model.pending.len() >= batch_chunks() {
                 self.encode_pending().await?;
             }
         }
@@ -374,7 +380,7 @@ impl Ingester {
         if pending.is_empty() {
             return Ok(());
         }
-        let (pending, frames) = tokio::task::spawn_blocking(move || {
+        let (pending, frames) = on_cores(move || {
             let jobs: Vec<ChunkJob<'_>> = pending
                 .iter()
                 .map(|chunk| ChunkJob {

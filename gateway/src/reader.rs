@@ -12,10 +12,10 @@ use futures::SinkExt;
 use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
 
-use crate::store::Store;
+use crate::store::{on_cores, Store};
 
 /// Blob ranges are fetched in pieces of at most this size, to bound memory.
-const BLOB_PIECE: u64 = 8 << 20;
+const BLOB_PIECE: u64 = 4 << 20;
 
 /// A part of the response: bytes of one segment.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ pub fn plan(record: &ObjectRecord, range: Range<u64>) -> Vec<Piece> {
 /// stops at the first error (which ends the stream with it) or when the client goes away.
 pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync {
     let prefetch = store.prefetch.get();
-    let (mut sender, receiver) = futures::channel::mpsc::channel(prefetch);
+    let (mut sender, receiver) = futures::channel::mpsc::channel(1);
     tokio::spawn(async move {
         let mut fetched = stream::iter(pieces)
             .map(move |piece| {
@@ -109,7 +109,7 @@ pub async fn load_chunk(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes
         None => None,
     };
     store.counters.frames_decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let decoded = tokio::task::spawn_blocking(move || {
+    let decoded = on_cores(move || {
         let base = base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes });
         decode_frame(&frame, base)
     })

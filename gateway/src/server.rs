@@ -7,13 +7,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
-use s3s::host::MultiDomain;
 use s3s::service::S3ServiceBuilder;
 use tensorgate_index::Index;
 use tokio::net::TcpListener;
 
 use crate::auth::KeyRing;
 use crate::background;
+use crate::domains::Domains;
 use crate::config::Config;
 use crate::service::Gateway;
 use crate::store::Store;
@@ -56,9 +56,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
     let service = {
         let mut builder = S3ServiceBuilder::new(Gateway::new(store.clone()));
         builder.set_auth(KeyRing::new(&config.access_keys));
-        if !config.domains.is_empty() {
-            builder.set_host(MultiDomain::new(&config.domains).context("parsing domains")?);
-        }
+        builder.set_host(Domains::new(&config.domains));
         builder.build()
     };
     tracing::info!(%address, upstream = store.upstream.describe(), "serving S3");

@@ -36,6 +36,9 @@ pub enum IndexError {
 
 pub type Result<T> = std::result::Result<T, IndexError>;
 
+/// sled's page cache: its default of 1 GiB would dominate the gateway's memory.
+const CACHE_BYTES: u64 = 64 << 20;
+
 /// A chunk written to a pack by the write being committed, not yet in the index.
 #[derive(Debug, Clone)]
 pub struct NewChunk {
@@ -109,7 +112,7 @@ fn flatten<T>(result: std::result::Result<T, TransactionError<IndexError>>) -> R
 impl Index {
     /// Opens (or creates) the index in `path`.
     pub fn open(path: &Path) -> Result<Index> {
-        let db = sled::open(path)?;
+        let db = sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()?;
         Ok(Index {
             buckets: db.open_tree("buckets")?,
             objects: db.open_tree("objects")?,

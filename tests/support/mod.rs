@@ -93,6 +93,11 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub fn start(kind: UpstreamKind) -> TestGateway {
+        TestGateway::start_with(kind, |_| {})
+    }
+
+    /// Starts a gateway after `adjust` has changed the test configuration.
+    pub fn start_with(kind: UpstreamKind, adjust: impl FnOnce(&mut Config)) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let moto = (kind == UpstreamKind::Moto).then(Moto::start);
         let mut config = Config::load(None).unwrap();
@@ -111,6 +116,7 @@ impl TestGateway {
             secret_key: Some("moto".to_owned()),
             path_style: true,
         });
+        adjust(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let gateway = runtime.block_on(server::start(config)).expect("gateway starts");
         let endpoint = format!("http://{}", gateway.address);
