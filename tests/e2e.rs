@@ -261,3 +261,43 @@ fn s3_semantics_match_aws() {
         .unwrap();
     assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
 }
+
+/// Fingerprints find bases with no names to go on: fine-tunes uploaded before their base, in
+/// shuffled order, under other keys and buckets, and a copy with every tensor renamed.
+#[test]
+fn fingerprints_find_bases_in_any_order_and_under_any_name() {
+    let work = tempfile::tempdir().unwrap();
+    let renamed = work.path().join("renamed.safetensors");
+    std::fs::write(&renamed, renamed_model(&corpus("ft/ft-b-mlm.bf16.safetensors"), "model.encoder.")).unwrap();
+    let uploads = [
+        ("zoo", "c.safetensors", corpus("ft/ft-c-cls.bf16.safetensors")),
+        ("hub", "x/weights", corpus("lora/lora-r8-qv-merged.bf16.safetensors")),
+        ("zoo", "a", corpus("ft/ft-a-contrastive.bf16.safetensors")),
+        ("hub", "base.safetensors", corpus("base/minilm-l6.bf16.safetensors")),
+        ("zoo", "renamed-b", renamed),
+    ];
+    let mut stored = Vec::new();
+    for selection in [tensorgate::config::BaseSelection::None, tensorgate::config::BaseSelection::Fingerprint] {
+        let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.base_selection = selection);
+        gateway.aws(&["s3", "mb", "s3://zoo"]);
+        gateway.aws(&["s3", "mb", "s3://hub"]);
+        let mut sizes = Vec::new();
+        for (bucket, key, path) in &uploads {
+            let before = gateway.store().index.pack_bytes().unwrap();
+            gateway.aws(&["s3api", "put-object", "--bucket", bucket, "--key", key, "--body", path.to_str().unwrap()]);
+            sizes.push(gateway.store().index.pack_bytes().unwrap() - before);
+            let out = work.path().join("back");
+            gateway.aws(&["s3", "cp", &format!("s3://{bucket}/{key}"), out.to_str().unwrap()]);
+            assert!(std::fs::read(&out).unwrap() == std::fs::read(path).unwrap(), "{key} read back differently");
+        }
+        stored.push(sizes);
+    }
+    let raw: u64 = uploads.iter().map(|(_, _, path)| std::fs::metadata(path).unwrap().len()).sum();
+    let (alone, fingerprint): (u64, u64) = (stored[0].iter().sum(), stored[1].iter().sum());
+    println!("raw {raw}, no delta {alone} {:?}, fingerprint {fingerprint} {:?}", stored[0], stored[1]);
+    assert!(fingerprint * 100 < alone * 55, "fingerprint {fingerprint} vs no delta {alone}");
+    for (index, (_, key, path)) in uploads.iter().enumerate().skip(1) {
+        let raw = std::fs::metadata(path).unwrap().len();
+        assert!(stored[1][index] * 100 < raw * 40, "{key}: {} of {raw} bytes, no base found", stored[1][index]);
+    }
+}

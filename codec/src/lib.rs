@@ -16,6 +16,7 @@ pub mod hash;
 pub mod layout;
 pub mod ordered;
 pub mod planes;
+pub mod sketch;
 
 pub use chunk::{chunk_ranges, encode_parallel, ChunkJob, DEFAULT_CHUNK_SIZE};
 pub use dtype::Dtype;
@@ -23,4 +24,5 @@ pub use encode::{decode_frame, encode_chunk, BaseChunk};
 pub use error::{CodecError, Result};
 pub use frame::FrameHeader;
 pub use hash::{ContentHash, StreamingHash};
+pub use sketch::Sketch;
 pub use layout::{parse_file, parse_header, read_header_len, Layout, Region, RegionKind, TensorInfo};

@@ -62,9 +62,7 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
     );
     match committed {
         Ok(()) => {
-            for (name, signature, chunks) in &ingested.tensors {
-                store.index.remember_tensor(&job.tenant, name, signature, chunks)?;
-            }
+            store.register_tensors(&job.tenant, &ingested.tensors)?;
             tracing::info!(size = record.size, "packed");
             Ok(())
         }

@@ -42,6 +42,9 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BaseSelection {
+    /// The stored tensor of the same dtype and shape with the nearest bit-level fingerprint
+    /// (any name, any bucket of the tenant), confirmed by trial encodes of a sample.
+    Fingerprint,
     /// The newest stored tensor with the same name, dtype and shape.
     Name,
     /// No deltas: every new chunk is stored on its own.
@@ -67,7 +70,7 @@ impl Default for Config {
             gc_grace_secs: 600,
             gc_interval_secs: 60,
             base_cache_bytes: 32 << 20,
-            base_selection: BaseSelection::Name,
+            base_selection: BaseSelection::Fingerprint,
         }
     }
 }

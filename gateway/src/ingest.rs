@@ -13,10 +13,10 @@ use futures::{Stream, StreamExt};
 use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum as _, Md5};
 use tensorgate_codec::{
-    encode_parallel, parse_header, read_header_len, BaseChunk, ChunkJob, ContentHash, Dtype, FrameHeader, Layout,
-    Region, RegionKind, DEFAULT_CHUNK_SIZE,
+    encode_chunk, encode_parallel, parse_header, read_header_len, BaseChunk, ChunkJob, ContentHash, Dtype, FrameHeader,
+    Layout, Region, RegionKind, Sketch, DEFAULT_CHUNK_SIZE,
 };
-use tensorgate_index::{ChunkHash, ChunkRecord, NewChunk, NewPack, Segment};
+use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack, Segment};
 
 use crate::config::BaseSelection;
 use crate::reader;
@@ -36,8 +36,8 @@ pub struct Ingested {
     pub segments: Vec<Segment>,
     pub new_chunks: Vec<NewChunk>,
     pub new_pack: Option<NewPack>,
-    /// Tensors stored whole: (name, dtype+shape signature, chunk hashes), for base choice.
-    pub tensors: Vec<(String, String, Vec<ChunkHash>)>,
+    /// Tensors stored whole, to register as base candidates once committed.
+    pub tensors: Vec<StoredTensor>,
     /// Upstream keys written (a blob or a pack), to delete if the write is not committed.
     pub written: Vec<String>,
 }
@@ -56,6 +56,20 @@ impl Ingested {
         self.segments.iter().any(|s| matches!(s, Segment::Chunk { .. }))
     }
 }
+
+/// A tensor an ingest stored whole.
+pub struct StoredTensor {
+    pub name: String,
+    /// Its dtype and shape: a base must match exactly.
+    pub signature: String,
+    pub chunks: Vec<ChunkHash>,
+    pub sketch: Sketch,
+}
+
+/// Base candidates tried on a sample of the first chunk, nearest fingerprints first.
+const TRIALS: usize = 3;
+/// Bytes of the first chunk a trial encodes.
+const TRIAL_BYTES: usize = 256 << 10;
 
 /// How to ingest.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +157,8 @@ struct ModelState {
     /// Chunks of the tensor being filled, and the base tensor's chunks chosen for it.
     tensor_chunks: Vec<ChunkHash>,
     base_chunks: Option<Vec<ChunkHash>>,
+    /// Fingerprint of the tensor being filled, taken from its first chunk.
+    sketch: Option<Sketch>,
 }
 
 struct PendingChunk {
@@ -165,7 +181,7 @@ struct Ingester {
     pack: Option<(String, Box<dyn BlobWriter>, u64)>,
     new_chunks: Vec<NewChunk>,
     seen: HashSet<ChunkHash>,
-    tensors: Vec<(String, String, Vec<ChunkHash>)>,
+    tensors: Vec<StoredTensor>,
 }
 
 impl Ingester {
@@ -251,6 +267,7 @@ impl Ingester {
             pending: Vec::new(),
             tensor_chunks: Vec::new(),
             base_chunks: None,
+            sketch: None,
         };
         model.base_chunks = self.base_for_region(&model)?;
         self.state = State::Model(Box::new(model));
@@ -281,7 +298,7 @@ impl Ingester {
         let Some(Region { kind: RegionKind::Tensor(index), .. }) = model.regions.get(model.region) else {
             return Ok(None);
         };
-        if self.store.config.base_selection == BaseSelection::None {
+        if self.store.config.base_selection != BaseSelection::Name {
             return Ok(None);
         }
         let tensor = &model.layout.tensors[*index];
@@ -312,11 +329,27 @@ impl Ingester {
         let raw = model.current.split().freeze();
         let hash = ContentHash::of(&raw).0;
         let chunk_index = model.tensor_chunks.len();
-        let (dtype, region_end) = match model.regions.get(model.region) {
-            Some(Region { kind: RegionKind::Tensor(index), end, .. }) => (model.layout.tensors[*index].dtype, Some(*end)),
-            Some(Region { end, .. }) => (Dtype::U8, Some(*end)),
-            None => (Dtype::U8, None),
+        let (dtype, region_end, tensor_signature) = match model.regions.get(model.region) {
+            Some(Region { kind: RegionKind::Tensor(index), end, .. }) => {
+                let tensor = &model.layout.tensors[*index];
+                (tensor.dtype, Some(*end), Some(signature(tensor)))
+            }
+            Some(Region { end, .. }) => (Dtype::U8, Some(*end), None),
+            None => (Dtype::U8, None, None),
         };
+        if let (0, Some(tensor_signature)) = (chunk_index, &tensor_signature) {
+            let sketch = Sketch::of(&raw, dtype);
+            let chosen = match self.store.config.base_selection {
+                BaseSelection::Fingerprint => self.choose_by_fingerprint(&raw, dtype, tensor_signature, &sketch).await?,
+                _ => None,
+            };
+            let State::Model(model) = &mut self.state else { return Ok(()) };
+            model.sketch = Some(sketch);
+            if chosen.is_some() {
+                model.base_chunks = chosen;
+            }
+        }
+        let State::Model(model) = &mut self.state else { return Ok(()) };
         let base_hash = model.base_chunks.as_ref().and_then(|chunks| chunks.get(chunk_index)).copied();
         model.tensor_chunks.push(hash);
         model.chunk_start = model.position;
@@ -341,6 +374,45 @@ impl Ingester {
         Ok(())
     }
 
+    /// The stored tensor of the same dtype and shape to take deltas against: the candidates with
+    /// the nearest fingerprints are tried on a sample of the first chunk, and the one giving
+    /// the smallest delta wins, if any delta beats encoding on its own.
+    async fn choose_by_fingerprint(
+        &self,
+        raw: &Bytes,
+        dtype: Dtype,
+        tensor_signature: &str,
+        sketch: &Sketch,
+    ) -> anyhow::Result<Option<Vec<ChunkHash>>> {
+        let mut ranked: Vec<(u32, BaseCandidate)> = self
+            .store
+            .index
+            .candidates(&self.tenant, tensor_signature)?
+            .into_iter()
+            .filter_map(|candidate| Some((Sketch::from_bytes(&candidate.sketch)?.distance(sketch), candidate)))
+            .collect();
+        ranked.sort_by_key(|(distance, _)| *distance);
+        let sample = raw.slice(..raw.len().min(TRIAL_BYTES));
+        let mut best: Option<(usize, Vec<ChunkHash>)> = None;
+        for (_, candidate) in ranked.into_iter().take(TRIALS) {
+            let Some(first) = candidate.chunks.first() else { continue };
+            let Some((hash, base)) = self.base_bytes(*first, raw.len()).await? else { continue };
+            let sample = sample.clone();
+            let trial = on_cores(move || {
+                let base = BaseChunk { hash, bytes: &base[..sample.len()] };
+                let frame = encode_chunk(&sample, dtype, Some(base))?;
+                Ok::<_, tensorgate_codec::CodecError>((frame.len(), FrameHeader::read(&frame)?.base.is_some()))
+            })
+            .await??;
+            if let (size, true) = trial {
+                if best.as_ref().is_none_or(|(smallest, _)| size < *smallest) {
+                    best = Some((size, candidate.chunks));
+                }
+            }
+        }
+        Ok(best.map(|(_, chunks)| chunks))
+    }
+
     /// The standalone chunk to take a delta against, if the candidate (or its own base) is
     /// stored and has the same length.
     async fn base_bytes(&self, candidate: ChunkHash, len: usize) -> anyhow::Result<Option<(ContentHash, Bytes)>> {
@@ -360,9 +432,10 @@ impl Ingester {
     fn finish_region(&mut self) -> anyhow::Result<()> {
         let State::Model(model) = &mut self.state else { return Ok(()) };
         let chunks = std::mem::take(&mut model.tensor_chunks);
-        if let Some(Region { kind: RegionKind::Tensor(index), .. }) = model.regions.get(model.region) {
+        let sketch = model.sketch.take();
+        if let (Some(Region { kind: RegionKind::Tensor(index), .. }), Some(sketch)) = (model.regions.get(model.region), sketch) {
             let tensor = &model.layout.tensors[*index];
-            self.tensors.push((tensor.name.clone(), signature(tensor), chunks));
+            self.tensors.push(StoredTensor { name: tensor.name.clone(), signature: signature(tensor), chunks, sketch });
         }
         model.region += 1;
         let State::Model(model) = &self.state else { return Ok(()) };

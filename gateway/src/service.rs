@@ -103,9 +103,7 @@ impl Gateway {
             ingested.discard(&self.store).await;
             return Err(internal(error));
         }
-        for (name, signature, chunks) in &ingested.tensors {
-            self.store.index.remember_tensor(DEFAULT_TENANT, name, signature, chunks).map_err(internal)?;
-        }
+        self.store.register_tensors(DEFAULT_TENANT, &ingested.tensors).map_err(internal)?;
         tracing::info!(size = record.size, segments = record.segments.len(), model = ingested.is_model(), "stored");
         Ok(record)
     }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tensorgate_index::{ChunkHash, Index};
+use tensorgate_index::{BaseCandidate, ChunkHash, Index};
+
+use crate::ingest::StoredTensor;
 
 use crate::config::Config;
 use crate::upstream::Upstream;
@@ -94,6 +96,19 @@ pub async fn on_cores<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
         let _ = sender.send(work());
     });
     receiver.await.map_err(|_| anyhow::anyhow!("codec work was dropped"))
+}
+
+impl Store {
+    /// Makes the whole tensors of a committed write findable as bases: by name (for the name
+    /// strategy) and by fingerprint.
+    pub fn register_tensors(&self, tenant: &str, tensors: &[StoredTensor]) -> anyhow::Result<()> {
+        for tensor in tensors {
+            self.index.remember_tensor(tenant, &tensor.name, &tensor.signature, &tensor.chunks)?;
+            let candidate = BaseCandidate { sketch: tensor.sketch.to_bytes(), chunks: tensor.chunks.clone() };
+            self.index.add_candidate(tenant, &tensor.signature, &candidate)?;
+        }
+        Ok(())
+    }
 }
 
 /// Milliseconds since the Unix epoch.

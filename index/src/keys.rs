@@ -66,3 +66,10 @@ pub(crate) fn tensor(tenant: &str, name: &str, signature: &str) -> Vec<u8> {
     bytes.extend_from_slice(signature.as_bytes());
     bytes
 }
+
+pub(crate) fn candidates_prefix(scope: &str, signature: &str) -> Vec<u8> {
+    let mut bytes = tenant_prefix(scope);
+    bytes.extend_from_slice(signature.as_bytes());
+    bytes.push(0);
+    bytes
+}

@@ -82,6 +82,7 @@ pub struct Index {
     uploads: sled::Tree,
     parts: sled::Tree,
     tensors: sled::Tree,
+    candidates: sled::Tree,
 }
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<IndexError>>;
@@ -123,6 +124,7 @@ impl Index {
             uploads: db.open_tree("uploads")?,
             parts: db.open_tree("parts")?,
             tensors: db.open_tree("tensors")?,
+            candidates: db.open_tree("candidates")?,
             db,
         })
     }
@@ -516,6 +518,24 @@ impl Index {
     pub fn remember_tensor(&self, tenant: &str, name: &str, signature: &str, chunks: &[ChunkHash]) -> Result<()> {
         self.tensors.insert(keys::tensor(tenant, name, signature), encode(&chunks.to_vec()))?;
         Ok(())
+    }
+
+    /// Registers a stored tensor as a base candidate for tensors of its dtype and shape
+    /// (`signature`) within `scope` (a tenant, or a group sharing dedup). Idempotent.
+    pub fn add_candidate(&self, scope: &str, signature: &str, candidate: &BaseCandidate) -> Result<()> {
+        let mut key = keys::candidates_prefix(scope, signature);
+        let identity: Vec<u8> = candidate.chunks.iter().flatten().copied().collect();
+        key.extend_from_slice(tensorgate_codec::ContentHash::of(&identity).0.as_slice());
+        self.candidates.insert(key, encode(candidate))?;
+        Ok(())
+    }
+
+    /// Every base candidate of this dtype and shape within `scope`.
+    pub fn candidates(&self, scope: &str, signature: &str) -> Result<Vec<BaseCandidate>> {
+        self.candidates
+            .scan_prefix(keys::candidates_prefix(scope, signature))
+            .map(|entry| decode(&entry?.1))
+            .collect()
     }
 
     /// The chunks of the newest tensor stored under this name, dtype and shape.

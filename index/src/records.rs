@@ -127,3 +127,12 @@ pub struct PackJob {
     pub key: String,
     pub version: String,
 }
+
+/// A stored tensor that new tensors of the same dtype and shape may be stored as deltas against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseCandidate {
+    /// The tensor's bit-level fingerprint (`tensorgate_codec::Sketch` bytes).
+    pub sketch: Vec<u8>,
+    /// The tensor's chunks, in order.
+    pub chunks: Vec<ChunkHash>,
+}

@@ -263,6 +263,24 @@ pub fn replicated_model(source: &Path, copies: usize) -> Vec<u8> {
     out
 }
 
+/// The same model with every tensor renamed `prefix + name`: the same bytes under new names.
+pub fn renamed_model(source: &Path, prefix: &str) -> Vec<u8> {
+    let file = std::fs::read(source).unwrap();
+    let layout = tensorgate_codec::parse_file(&file).unwrap();
+    let mut header = serde_json::Map::new();
+    for tensor in &layout.tensors {
+        header.insert(
+            format!("{prefix}{}", tensor.name),
+            serde_json::json!({"dtype": tensor.dtype.name(), "shape": tensor.shape, "data_offsets": [tensor.start, tensor.end]}),
+        );
+    }
+    let header = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&file[layout.data_start() as usize..]);
+    out
+}
+
 /// Pseudo-random bytes (not a model) of a given length.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

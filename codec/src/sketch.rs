@@ -1,0 +1,104 @@
+//! Bit-level fingerprints of tensors, in the spirit of TensorHub's TensorSketch: which bits are
+//! set in the top 16 bits of 256 elements sampled at fixed places. Two tensors of one family
+//! (a base and its fine-tunes) hold nearly the same values at the same places, so their
+//! sketches differ in few bits; an unrelated tensor of the same shape, however alike in value
+//! distribution, differs in about half. The Hamming distance thus predicts the size of a delta,
+//! which a distance between value statistics does not.
+//!
+//! Samples come from the first [`SAMPLED_BYTES`] of the tensor, so the sketch is ready when the
+//! first chunk has streamed in and a base can be chosen before anything is encoded.
+
+use crate::chunk::DEFAULT_CHUNK_SIZE;
+use crate::dtype::Dtype;
+
+/// Elements sampled per tensor.
+pub const SAMPLES: usize = 256;
+/// Bytes of a sketch: 16 bits per sample.
+pub const SKETCH_BYTES: usize = SAMPLES * 2;
+/// Samples are spread over this many leading bytes of the tensor (its first chunk).
+pub const SAMPLED_BYTES: usize = DEFAULT_CHUNK_SIZE;
+
+/// The fingerprint of one tensor.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sketch(pub [u64; SKETCH_BYTES / 8]);
+
+impl std::fmt::Debug for Sketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sketch({:016x}…)", self.0[0])
+    }
+}
+
+impl Sketch {
+    /// Sketches a tensor from its leading bytes (at least its first chunk, or all of it).
+    pub fn of(leading_bytes: &[u8], dtype: Dtype) -> Sketch {
+        let width = dtype.size();
+        let sampled = &leading_bytes[..leading_bytes.len().min(SAMPLED_BYTES)];
+        let count = sampled.len() / width;
+        let mut words = [0u64; SKETCH_BYTES / 8];
+        if count > 0 {
+            for sample in 0..SAMPLES {
+                let element = sample * count / SAMPLES;
+                let bytes = &sampled[element * width..(element + 1) * width];
+                let top = match width {
+                    1 => u16::from(bytes[0]) << 8,
+                    _ => u16::from_le_bytes([bytes[width - 2], bytes[width - 1]]),
+                };
+                words[sample / 4] |= u64::from(top) << (16 * (sample % 4));
+            }
+        }
+        Sketch(words)
+    }
+
+    /// Number of differing bits: 0 for identical samples, about 2048 for unrelated tensors.
+    pub fn distance(&self, other: &Sketch) -> u32 {
+        self.0.iter().zip(&other.0).map(|(a, b)| (a ^ b).count_ones()).sum()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.iter().flat_map(|word| word.to_le_bytes()).collect()
+    }
+
+    /// The inverse of [`Sketch::to_bytes`]; `None` if the length is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Sketch> {
+        if bytes.len() != SKETCH_BYTES {
+            return None;
+        }
+        let mut words = [0u64; SKETCH_BYTES / 8];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_le_bytes(chunk.try_into().ok()?);
+        }
+        Some(Sketch(words))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bf16(values: impl Iterator<Item = f32>) -> Vec<u8> {
+        values.flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn family_members_are_closer_than_lookalikes() {
+        let noise = |seed: u32| (0..20_000u32).map(move |i| ((i ^ seed).wrapping_mul(2_654_435_761) % 2001) as f32 / 1e5 - 0.01);
+        let base = bf16(noise(1));
+        let tuned = bf16(noise(1).enumerate().map(|(i, v)| if i % 3 == 0 { v * 1.01 } else { v }));
+        let lookalike = bf16(noise(7));
+        let base_sketch = Sketch::of(&base, Dtype::BF16);
+        assert_eq!(base_sketch.distance(&base_sketch), 0);
+        let tuned_distance = Sketch::of(&tuned, Dtype::BF16).distance(&base_sketch);
+        let lookalike_distance = Sketch::of(&lookalike, Dtype::BF16).distance(&base_sketch);
+        assert!(tuned_distance * 4 < lookalike_distance, "{tuned_distance} vs {lookalike_distance}");
+    }
+
+    proptest! {
+        #[test]
+        fn sketches_survive_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2000),
+                                  dtype in proptest::sample::select(Dtype::ALL.to_vec())) {
+            let sketch = Sketch::of(&bytes, dtype);
+            prop_assert_eq!(Sketch::from_bytes(&sketch.to_bytes()), Some(sketch));
+        }
+    }
+}
