@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use support::{corpus, TestGateway, UpstreamKind};
+use support::{corpus, renamed_model, TestGateway, UpstreamKind};
 use tensorgate::config::BaseSelection;
 
 /// Corpus files in upload order, each with its true base (for bitx).
@@ -32,21 +32,38 @@ const FILES: &[(&str, Option<&str>)] = &[
     ("other/akiki-vad.f32.safetensors", None),
 ];
 
-const STRATEGIES: &[(&str, BaseSelection)] = &[("tensorgate (name)", BaseSelection::Name), ("tensorgate (no delta)", BaseSelection::None)];
+/// (column, base selection, upload in reverse order with every tensor renamed per file).
+const STRATEGIES: &[(&str, BaseSelection, bool)] = &[
+    ("tensorgate (fingerprint)", BaseSelection::Fingerprint, false),
+    ("tensorgate (name)", BaseSelection::Name, false),
+    ("tensorgate (no delta)", BaseSelection::None, false),
+    ("fingerprint (reversed + renamed)", BaseSelection::Fingerprint, true),
+    ("name (reversed + renamed)", BaseSelection::Name, true),
+];
 
-/// Upstream bytes each file added when uploaded in order with `selection`.
-fn tensorgate_sizes(selection: BaseSelection) -> Vec<u64> {
+/// Upstream bytes each file added (in `FILES` order) when uploaded with `selection`, in order,
+/// or in reverse order with each file's tensors renamed (`m<index>.<name>`).
+fn tensorgate_sizes(selection: BaseSelection, reversed_and_renamed: bool) -> Vec<u64> {
     let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.base_selection = selection);
     gateway.aws(&["s3", "mb", "s3://corpus"]);
-    FILES
-        .iter()
-        .map(|(file, _)| {
-            let before = gateway.store().index.pack_bytes().unwrap();
-            let path = corpus(file);
-            gateway.aws(&["s3api", "put-object", "--bucket", "corpus", "--key", file, "--body", path.to_str().unwrap()]);
-            gateway.store().index.pack_bytes().unwrap() - before
-        })
-        .collect()
+    let mut order: Vec<usize> = (0..FILES.len()).collect();
+    if reversed_and_renamed {
+        order.reverse();
+    }
+    let mut sizes = vec![0; FILES.len()];
+    for index in order {
+        let file = FILES[index].0;
+        let mut path = corpus(file);
+        if reversed_and_renamed {
+            let renamed = gateway.dir.path().join(format!("renamed-{index}"));
+            std::fs::write(&renamed, renamed_model(&path, &format!("m{index}."))).unwrap();
+            path = renamed;
+        }
+        let before = gateway.store().index.pack_bytes().unwrap();
+        gateway.aws(&["s3api", "put-object", "--bucket", "corpus", "--key", file, "--body", path.to_str().unwrap()]);
+        sizes[index] = gateway.store().index.pack_bytes().unwrap() - before;
+    }
+    sizes
 }
 
 fn zstd3(path: &Path) -> u64 {
@@ -73,9 +90,9 @@ fn zipnn(path: &Path) -> Option<u64> {
 }
 
 fn main() {
-    let strategy_sizes: Vec<Vec<u64>> = STRATEGIES.iter().map(|(_, selection)| tensorgate_sizes(*selection)).collect();
+    let strategy_sizes: Vec<Vec<u64>> = STRATEGIES.iter().map(|(_, selection, shuffled)| tensorgate_sizes(*selection, *shuffled)).collect();
     let mut headers = vec!["file".to_owned(), "raw".to_owned()];
-    headers.extend(STRATEGIES.iter().map(|(name, _)| name.to_string()));
+    headers.extend(STRATEGIES.iter().map(|(name, _, _)| name.to_string()));
     headers.extend(["zstd-3", "zipnn", "bitx (true base)"].map(str::to_owned));
     let mut rows: Vec<Vec<Option<u64>>> = Vec::new();
     for (index, (file, base)) in FILES.iter().enumerate() {

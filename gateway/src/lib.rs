@@ -7,6 +7,7 @@ pub mod auth;
 pub mod background;
 pub mod config;
 pub mod domains;
+pub mod fsck;
 pub mod ingest;
 pub mod reader;
 pub mod server;

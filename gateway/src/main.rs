@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 use tensorgate::config::Config;
-use tensorgate::{background, server};
+use tensorgate::{background, fsck, server};
 use tensorgate_codec::container;
 
 /// mimalloc keeps freed chunk buffers for reuse instead of returning them to the kernel and
@@ -42,6 +42,13 @@ enum Command {
     },
     /// Run one garbage collection now and exit.
     Gc,
+    /// Check the index's invariants and that upstream holds every pack and blob it uses;
+    /// exits with status 1 if anything is wrong.
+    Fsck {
+        /// Also read and decode every frame, checking its checksum.
+        #[arg(long)]
+        verify_frames: bool,
+    },
     /// Encode a safetensors file with the codec (as a delta against BASE if given) and report
     /// the ratio and speed. Works in memory: for checking the codec on one's own models.
     Pack {
@@ -82,6 +89,22 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Pack { base, file, output } => convert(&file, base.as_deref(), &output, "packed", container::pack),
         Command::Unpack { base, file, output } => convert(&file, base.as_deref(), &output, "unpacked", container::unpack),
+        Command::Fsck { verify_frames } => runtime.block_on(async {
+            let store = server::open_store(&config)?;
+            let report = fsck::fsck(&store, verify_frames).await?;
+            println!(
+                "{} objects, {} chunks, {} packs, {} blobs, {} frames verified",
+                report.objects, report.chunks, report.packs, report.blobs, report.frames_verified
+            );
+            for problem in &report.problems {
+                println!("problem: {problem}");
+            }
+            if !report.problems.is_empty() {
+                std::process::exit(1);
+            }
+            println!("clean");
+            Ok(())
+        }),
         Command::Gc => runtime.block_on(async {
             let store = server::open_store(&config)?;
             let report = background::collect_garbage(&store).await?;

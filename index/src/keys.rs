@@ -73,3 +73,8 @@ pub(crate) fn candidates_prefix(scope: &str, signature: &str) -> Vec<u8> {
     bytes.push(0);
     bytes
 }
+
+/// An object key as `tenant/bucket/key`, for messages.
+pub(crate) fn display(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).replace('\0', "/")
+}

@@ -39,6 +39,18 @@ pub type Result<T> = std::result::Result<T, IndexError>;
 /// sled's page cache: its default of 1 GiB would dominate the gateway's memory.
 const CACHE_BYTES: u64 = 64 << 20;
 
+/// What [`Index::check`] found.
+#[derive(Debug, Default)]
+pub struct IndexReport {
+    pub objects: usize,
+    pub chunks: usize,
+    /// Every pack the index records, with its size.
+    pub packs: Vec<(String, u64)>,
+    /// Every blob an object uses, with the end of the bytes it uses.
+    pub blobs: Vec<(String, u64)>,
+    pub problems: Vec<String>,
+}
+
 /// A chunk written to a pack by the write being committed, not yet in the index.
 #[derive(Debug, Clone)]
 pub struct NewChunk {
@@ -510,6 +522,83 @@ impl Index {
             total += decode::<PackRecord>(&value)?.total_bytes;
         }
         Ok(total)
+    }
+
+    // ---- invariants
+
+    /// Checks the invariants between trees: every chunk an object or a delta uses is stored,
+    /// reference counts equal the references, every chunk's pack is known, and every pack's
+    /// live bytes equal the frames that reference it. Returns what is wrong, if anything.
+    pub fn check(&self) -> Result<IndexReport> {
+        let mut report = IndexReport::default();
+        let mut references: HashMap<ChunkHash, u64> = HashMap::new();
+        for entry in self.objects.iter() {
+            let (key, value) = entry?;
+            let record: ObjectRecord = decode(&value)?;
+            report.objects += 1;
+            for segment in &record.segments {
+                match segment {
+                    Segment::Chunk { hash, .. } => *references.entry(*hash).or_default() += 1,
+                    Segment::Blob { key: blob, offset, len } if *len > 0 => report.blobs.push((blob.clone(), offset + len)),
+                    Segment::Inline(_) | Segment::Blob { .. } => {}
+                }
+            }
+            let total: u64 = record.segments.iter().map(Segment::len).sum();
+            if total != record.size {
+                report.problems.push(format!("object {:?}: segments hold {total} bytes, size says {}", keys::display(&key), record.size));
+            }
+        }
+        let mut chunks: HashMap<ChunkHash, ChunkRecord> = HashMap::new();
+        for entry in self.chunks.iter() {
+            let (hash, value) = entry?;
+            let record: ChunkRecord = decode(&value)?;
+            let hash: ChunkHash = hash.as_ref().try_into().unwrap_or([0; 32]);
+            if let Some(base) = record.base {
+                *references.entry(base).or_default() += 1;
+            }
+            chunks.insert(hash, record);
+        }
+        report.chunks = chunks.len();
+        for (hash, count) in &references {
+            match chunks.get(hash) {
+                None => report.problems.push(format!("chunk {} is referenced {count} times but not stored", hex(hash))),
+                Some(record) if record.refs != *count => report.problems.push(format!(
+                    "chunk {} counts {} references, {count} found",
+                    hex(hash),
+                    record.refs
+                )),
+                Some(_) => {}
+            }
+        }
+        let mut live: HashMap<&str, u64> = HashMap::new();
+        for (hash, record) in &chunks {
+            if !references.contains_key(hash) && record.refs != 0 {
+                report.problems.push(format!("chunk {} counts {} references, none found", hex(hash), record.refs));
+            }
+            *live.entry(record.pack.as_str()).or_default() += u64::from(record.frame_len);
+        }
+        for entry in self.packs.iter() {
+            let (key, value) = entry?;
+            let pack: PackRecord = decode(&value)?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let found = live.remove(name.as_str()).unwrap_or(0);
+            if found != pack.live_bytes {
+                report.problems.push(format!("pack {name} counts {} live bytes, its chunks hold {found}", pack.live_bytes));
+            }
+            report.packs.push((name, pack.total_bytes));
+        }
+        for (pack, bytes) in live {
+            report.problems.push(format!("pack {pack} holds {bytes} bytes of chunks but is not recorded"));
+        }
+        Ok(report)
+    }
+
+    /// Every stored chunk with its record, for scrubbing.
+    pub fn all_chunks(&self) -> impl Iterator<Item = Result<(ChunkHash, ChunkRecord)>> + '_ {
+        self.chunks.iter().map(|entry| {
+            let (hash, value) = entry?;
+            Ok((hash.as_ref().try_into().unwrap_or([0; 32]), decode(&value)?))
+        })
     }
 
     // ---- base selection by name

@@ -27,7 +27,7 @@ def main():
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(files))])
     axis.set_xticklabels(files, rotation=35, ha="right", fontsize=8)
     axis.set_ylabel("MB stored")
-    axis.set_title("Upstream bytes per corpus file (uploaded in order; lower is better)")
+    axis.set_title("Upstream bytes per corpus file (lower is better)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(target, dpi=110)

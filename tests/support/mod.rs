@@ -281,6 +281,40 @@ pub fn renamed_model(source: &Path, prefix: &str) -> Vec<u8> {
     out
 }
 
+/// A model split into `shards` safetensors files named as Hugging Face names them, with the
+/// `model.safetensors.index.json` that maps each tensor to its shard.
+pub fn sharded_model(source: &Path, shards: usize) -> Vec<(String, Vec<u8>)> {
+    let file = std::fs::read(source).unwrap();
+    let layout = tensorgate_codec::parse_file(&file).unwrap();
+    let data = &file[layout.data_start() as usize..];
+    let per_shard = layout.tensors.len().div_ceil(shards);
+    let mut files = Vec::new();
+    let mut weight_map = serde_json::Map::new();
+    for (index, tensors) in layout.tensors.chunks(per_shard).enumerate() {
+        let name = format!("model-{:05}-of-{shards:05}.safetensors", index + 1);
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let mut body = Vec::new();
+        for tensor in tensors {
+            let start = body.len();
+            body.extend_from_slice(&data[tensor.start as usize..tensor.end as usize]);
+            header.insert(
+                tensor.name.clone(),
+                serde_json::json!({"dtype": tensor.dtype.name(), "shape": tensor.shape, "data_offsets": [start, body.len()]}),
+            );
+            weight_map.insert(tensor.name.clone(), serde_json::Value::String(name.clone()));
+        }
+        let header = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&body);
+        files.push((name, bytes));
+    }
+    let index = serde_json::json!({"metadata": {"total_size": data.len()}, "weight_map": weight_map});
+    files.push(("model.safetensors.index.json".to_owned(), serde_json::to_vec_pretty(&index).unwrap()));
+    files
+}
+
 /// Pseudo-random bytes (not a model) of a given length.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
