@@ -375,3 +375,58 @@ fn fsck_is_clean_and_corruption_is_detected_never_served() {
         .collect();
     assert!(downloads.contains(&false), "the corrupted object was served");
 }
+
+fn two_tenants(config: &mut tensorgate::config::Config) {
+    use tensorgate::config::{AccessKey, TenantConfig};
+    let key = |access: &str, secret: &str| AccessKey { access_key: access.to_owned(), secret_key: secret.to_owned() };
+    config.tenants = vec![
+        TenantConfig { name: "a".into(), access_keys: vec![key("tenant-a", "secret-a")], max_buckets: Some(3) },
+        TenantConfig { name: "b".into(), access_keys: vec![key("tenant-b", "secret-b"), key("tenant-b2", "secret-b2")], max_buckets: None },
+    ];
+}
+
+/// Tenant B attempts every S3 operation on tenant A's buckets, objects and uploads; each is
+/// refused as if A's data did not exist, and A's data is untouched.
+#[test]
+fn tenants_cannot_see_or_touch_each_other() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, two_tenants);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/tenants.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .args([gateway.endpoint.as_str(), "tenant-a", "secret-a", "tenant-b", "secret-b"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let quota = aws_command(&gateway.endpoint, "tenant-a", "secret-a").args(["s3", "mb", "s3://third"]).output().unwrap();
+    assert!(quota.status.success());
+    let over = aws_command(&gateway.endpoint, "tenant-a", "secret-a").args(["s3", "mb", "s3://fourth"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&over.stderr).contains("TooManyBuckets"), "{}", String::from_utf8_lossy(&over.stderr));
+}
+
+/// Within a tenant every key reaches the same buckets; across tenants identical models are
+/// stored once only when dedup is shared.
+#[test]
+fn dedup_is_per_tenant_unless_shared() {
+    let model = corpus("base/minilm-l6.bf16.safetensors");
+    for (scope, second_upload_is_free) in [(tensorgate::config::DedupScope::Tenant, false), (tensorgate::config::DedupScope::Shared, true)] {
+        let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
+            two_tenants(config);
+            config.dedup_scope = scope;
+        });
+        let mut added = Vec::new();
+        for (key, secret) in [("tenant-a", "secret-a"), ("tenant-b", "secret-b")] {
+            let aws = |args: &[&str]| {
+                let output = aws_command(&gateway.endpoint, key, secret).args(args).output().unwrap();
+                assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            };
+            aws(&["s3", "mb", "s3://models"]);
+            let before = gateway.store().index.pack_bytes().unwrap();
+            aws(&["s3", "cp", model.to_str().unwrap(), "s3://models/base.safetensors"]);
+            added.push(gateway.store().index.pack_bytes().unwrap() - before);
+        }
+        let other_key = aws_command(&gateway.endpoint, "tenant-b2", "secret-b2").args(["s3", "ls", "s3://models"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&other_key.stdout).contains("base.safetensors"), "a tenant's second key sees its buckets");
+        assert!(added[0] > 1_000_000);
+        assert_eq!(added[1] == 0, second_upload_is_free, "{scope:?}: second tenant's upload added {} bytes", added[1]);
+    }
+}

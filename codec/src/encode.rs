@@ -17,7 +17,8 @@ use crate::planes;
 /// A delta keeps its encoding without trying standalone when it is at most this share of raw.
 const DELTA_GOOD_ENOUGH: f64 = 0.6;
 
-/// A decoded chunk that a delta frame is taken against, with its content hash.
+/// A decoded chunk that a delta frame is taken against, with the id the frame records for it
+/// (its content hash, or a scoped id: see `ContentHash::scoped`).
 #[derive(Debug, Clone, Copy)]
 pub struct BaseChunk<'a> {
     pub hash: ContentHash,

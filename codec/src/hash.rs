@@ -1,9 +1,10 @@
 //! Content hashes: the dedup key of chunks and tensors.
 //!
-//! A hash is BLAKE3-256 of the raw bytes. A dedup hit returns the bytes of an earlier chunk with
-//! the same hash; that is safe because finding two inputs with one BLAKE3-256 hash takes about
-//! 2^128 work, and every frame also carries the hash of its decoded bytes, which the decoder
-//! checks, so a wrong frame is detected rather than served.
+//! A content hash is BLAKE3-256 of the raw bytes; a chunk's id (its dedup key) is the same hash
+//! keyed by its dedup scope. A dedup hit returns the bytes of an earlier chunk with the same id;
+//! that is safe because finding two inputs with one BLAKE3-256 hash takes about 2^128 work, and
+//! every frame also carries the content hash of its decoded bytes, which the decoder checks, so
+//! a wrong frame is detected rather than served.
 
 use std::fmt;
 
@@ -15,6 +16,14 @@ impl ContentHash {
     /// Hashes `bytes`.
     pub fn of(bytes: &[u8]) -> ContentHash {
         ContentHash(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The id of a chunk within a dedup scope (a tenant, or a group sharing storage): BLAKE3
+    /// keyed by the scope, so equal bytes in two scopes get unrelated ids and one scope can
+    /// never find, or learn of, another's chunks.
+    pub fn scoped(scope: &str, bytes: &[u8]) -> ContentHash {
+        let key = blake3::derive_key("tensorgate 2026-11 chunk dedup scope", scope.as_bytes());
+        ContentHash(*blake3::keyed_hash(&key, bytes).as_bytes())
     }
 
     /// Lower-case hex, as used in logs and upstream keys.

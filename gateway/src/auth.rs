@@ -1,31 +1,64 @@
-//! Access keys: which secret signs for which access key. An unknown key gets
-//! `InvalidAccessKeyId`, as AWS answers (s3s's own SimpleAuth says `NotSignedUp`).
+//! Access keys and tenants: which secret signs for which access key, and which tenant the key
+//! belongs to. An unknown key gets `InvalidAccessKeyId`, as AWS answers (s3s's own SimpleAuth
+//! says `NotSignedUp`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::{s3_error, S3Result};
 
-use crate::config::AccessKey;
+use crate::config::TenantConfig;
+
+/// A key's secret and its tenant.
+struct KeyEntry {
+    secret: SecretKey,
+    tenant: String,
+}
 
 pub struct KeyRing {
-    secrets: HashMap<String, SecretKey>,
+    keys: HashMap<String, KeyEntry>,
+    max_buckets: HashMap<String, usize>,
 }
 
 impl KeyRing {
-    pub fn new(keys: &[AccessKey]) -> KeyRing {
-        let secrets = keys.iter().map(|k| (k.access_key.clone(), SecretKey::from(k.secret_key.clone()))).collect();
-        KeyRing { secrets }
+    pub fn new(tenants: &[TenantConfig]) -> KeyRing {
+        let mut keys = HashMap::new();
+        let mut max_buckets = HashMap::new();
+        for tenant in tenants {
+            for key in &tenant.access_keys {
+                let entry = KeyEntry { secret: SecretKey::from(key.secret_key.clone()), tenant: tenant.name.clone() };
+                keys.insert(key.access_key.clone(), entry);
+            }
+            if let Some(limit) = tenant.max_buckets {
+                max_buckets.insert(tenant.name.clone(), limit);
+            }
+        }
+        KeyRing { keys, max_buckets }
+    }
+
+    /// The tenant an access key belongs to.
+    pub fn tenant(&self, access_key: &str) -> Option<&str> {
+        self.keys.get(access_key).map(|entry| entry.tenant.as_str())
+    }
+
+    /// How many buckets the tenant may own, if limited.
+    pub fn max_buckets(&self, tenant: &str) -> Option<usize> {
+        self.max_buckets.get(tenant).copied()
     }
 }
 
+/// The key ring as s3s's authenticator, shared with the service that maps keys to tenants.
+pub struct Authenticator(pub Arc<KeyRing>);
+
 #[async_trait]
-impl S3Auth for KeyRing {
+impl S3Auth for Authenticator {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
-        self.secrets
+        self.0
+            .keys
             .get(access_key)
-            .cloned()
+            .map(|entry| entry.secret.clone())
             .ok_or_else(|| s3_error!(InvalidAccessKeyId, "The AWS access key Id you provided does not exist in our records."))
     }
 }

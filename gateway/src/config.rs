@@ -22,8 +22,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Domains for virtual-host style requests (`bucket.localhost`).
     pub domains: Vec<String>,
-    /// Access keys clients sign with.
+    /// Access keys of the tenant named `default` (the single-tenant setup).
     pub access_keys: Vec<AccessKey>,
+    /// Tenants: each with its own keys and its own buckets, invisible to the others.
+    pub tenants: Vec<TenantConfig>,
+    /// Whether identical chunks are shared across tenants (`"shared"`) or deduplicated within
+    /// each tenant only (`"tenant"`, the default).
+    pub dedup_scope: DedupScope,
     /// The S3 upstream; when absent, `data_dir/upstream` is used.
     pub upstream: Option<S3UpstreamConfig>,
     /// Objects under this many bytes are stored as they came.
@@ -58,6 +63,27 @@ pub struct AccessKey {
     pub secret_key: String,
 }
 
+/// One tenant: a namespace of buckets reached with its own keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    pub access_keys: Vec<AccessKey>,
+    /// How many buckets the tenant may own; unlimited when absent.
+    pub max_buckets: Option<usize>,
+}
+
+/// Where chunk deduplication and base selection look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DedupScope {
+    Tenant,
+    Shared,
+}
+
+/// Name of the tenant that the top-level `access_keys` belong to.
+pub const DEFAULT_TENANT: &str = "default";
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -65,6 +91,8 @@ impl Default for Config {
             data_dir: PathBuf::from("tensorgate-data"),
             domains: vec!["localhost".to_owned()],
             access_keys: Vec::new(),
+            tenants: Vec::new(),
+            dedup_scope: DedupScope::Tenant,
             upstream: None,
             min_model_bytes: 64 * 1024,
             gc_grace_secs: 600,
@@ -85,12 +113,29 @@ impl Config {
             }
             None => Config::default(),
         };
-        if config.access_keys.is_empty() {
+        if config.access_keys.is_empty() && config.tenants.is_empty() {
             config.access_keys.push(AccessKey {
                 access_key: DEFAULT_ACCESS_KEY.to_owned(),
                 secret_key: DEFAULT_SECRET_KEY.to_owned(),
             });
         }
         Ok(config)
+    }
+
+    /// Every tenant, the top-level keys forming the tenant `default`.
+    pub fn all_tenants(&self) -> Vec<TenantConfig> {
+        let mut tenants = self.tenants.clone();
+        if !self.access_keys.is_empty() {
+            tenants.push(TenantConfig { name: DEFAULT_TENANT.to_owned(), access_keys: self.access_keys.clone(), max_buckets: None });
+        }
+        tenants
+    }
+
+    /// The dedup scope of a tenant's writes: the tenant itself, or one scope shared by all.
+    pub fn dedup_scope_of(&self, tenant: &str) -> String {
+        match self.dedup_scope {
+            DedupScope::Tenant => format!("tenant:{tenant}"),
+            DedupScope::Shared => "shared".to_owned(),
+        }
     }
 }

@@ -170,7 +170,8 @@ struct PendingChunk {
 
 struct Ingester {
     store: Arc<Store>,
-    tenant: String,
+    /// Where chunks deduplicate and bases are found (see `Config::dedup_scope_of`).
+    scope: String,
     options: IngestOptions,
     md5: Md5,
     hasher: ChecksumHasher,
@@ -187,8 +188,8 @@ struct Ingester {
 impl Ingester {
     fn new(store: Arc<Store>, tenant: &str, options: IngestOptions) -> Ingester {
         Ingester {
+            scope: store.config.dedup_scope_of(tenant),
             store,
-            tenant: tenant.to_owned(),
             options,
             md5: Md5::new(),
             hasher: options.checksums.hasher(),
@@ -302,7 +303,7 @@ impl Ingester {
             return Ok(None);
         }
         let tensor = &model.layout.tensors[*index];
-        Ok(self.store.index.tensor_chunks(&self.tenant, &tensor.name, &signature(tensor))?)
+        Ok(self.store.index.tensor_chunks(&self.scope, &tensor.name, &signature(tensor))?)
     }
 
     async fn feed_model(&mut self, mut bytes: Bytes) -> anyhow::Result<()> {
@@ -327,7 +328,7 @@ impl Ingester {
             return Ok(());
         }
         let raw = model.current.split().freeze();
-        let hash = ContentHash::of(&raw).0;
+        let hash = ContentHash::scoped(&self.scope, &raw).0;
         let chunk_index = model.tensor_chunks.len();
         let (dtype, region_end, tensor_signature) = match model.regions.get(model.region) {
             Some(Region { kind: RegionKind::Tensor(index), end, .. }) => {
@@ -387,7 +388,7 @@ impl Ingester {
         let mut ranked: Vec<(u32, BaseCandidate)> = self
             .store
             .index
-            .candidates(&self.tenant, tensor_signature)?
+            .candidates(&self.scope, tensor_signature)?
             .into_iter()
             .filter_map(|candidate| Some((Sketch::from_bytes(&candidate.sketch)?.distance(sketch), candidate)))
             .collect();

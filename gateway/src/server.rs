@@ -11,7 +11,7 @@ use s3s::service::S3ServiceBuilder;
 use tensorgate_index::Index;
 use tokio::net::TcpListener;
 
-use crate::auth::KeyRing;
+use crate::auth::{Authenticator, KeyRing};
 use crate::background;
 use crate::domains::Domains;
 use crate::config::Config;
@@ -54,8 +54,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
         .with_context(|| format!("listening on {}", config.listen))?;
     let address = listener.local_addr()?;
     let service = {
-        let mut builder = S3ServiceBuilder::new(Gateway::new(store.clone()));
-        builder.set_auth(KeyRing::new(&config.access_keys));
+        let keys = Arc::new(KeyRing::new(&config.all_tenants()));
+        let mut builder = S3ServiceBuilder::new(Gateway::new(store.clone(), keys.clone()));
+        builder.set_auth(Authenticator(keys));
         builder.set_host(Domains::new(&config.domains));
         builder.build()
     };

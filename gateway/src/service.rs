@@ -12,11 +12,9 @@ use tensorgate_index::{BucketDeletion, Checksums, Expect, IndexError, ObjectKey,
 use tracing::Instrument;
 
 use crate::ingest::{self, ChecksumSelection, IngestMode, IngestOptions, Ingested};
+use crate::auth::KeyRing;
 use crate::reader;
 use crate::store::{new_id, now_ms, Store};
-
-/// The one tenant of this release; every configured key belongs to it.
-pub const DEFAULT_TENANT: &str = "default";
 
 /// Parts of a multipart upload other than the last must hold at least this many bytes.
 const MIN_PART_SIZE: u64 = 5 << 20;
@@ -25,25 +23,33 @@ const MIN_PART_SIZE: u64 = 5 << 20;
 #[derive(Clone)]
 pub struct Gateway {
     store: Arc<Store>,
+    keys: Arc<KeyRing>,
 }
 
 impl Gateway {
-    pub fn new(store: Arc<Store>) -> Gateway {
-        Gateway { store }
+    pub fn new(store: Arc<Store>, keys: Arc<KeyRing>) -> Gateway {
+        Gateway { store, keys }
     }
 
-    fn ensure_bucket(&self, bucket: &str) -> S3Result<()> {
-        match self.store.index.bucket(DEFAULT_TENANT, bucket).map_err(internal)? {
+    /// The tenant whose key signed the request. Unsigned requests never reach here (s3s refuses
+    /// them when a key ring is set), but are refused again if they do.
+    fn tenant<T>(&self, req: &S3Request<T>) -> S3Result<String> {
+        let access_key = req.credentials.as_ref().map(|c| c.access_key.as_str()).ok_or_else(|| s3_error!(AccessDenied))?;
+        self.keys.tenant(access_key).map(str::to_owned).ok_or_else(|| s3_error!(InvalidAccessKeyId))
+    }
+
+    fn ensure_bucket(&self, tenant: &str, bucket: &str) -> S3Result<()> {
+        match self.store.index.bucket(&tenant, bucket).map_err(internal)? {
             Some(_) => Ok(()),
             None => Err(s3_error!(NoSuchBucket)),
         }
     }
 
-    fn find_object(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
-        self.ensure_bucket(bucket)?;
+    fn find_object(&self, tenant: &str, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
+        self.ensure_bucket(&tenant, bucket)?;
         self.store
             .index
-            .object(&ObjectKey::new(DEFAULT_TENANT, bucket, key))
+            .object(&ObjectKey::new(&tenant, bucket, key))
             .map_err(internal)?
             .ok_or_else(|| s3_error!(NoSuchKey))
     }
@@ -51,13 +57,14 @@ impl Gateway {
     /// Reads a body to the end and verifies the digests the client sent with it.
     async fn ingest_body(
         &self,
+        tenant: &str,
         body: Option<StreamingBlob>,
         size_hint: Option<u64>,
         claimed: &ClaimedDigests,
     ) -> S3Result<Ingested> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
         let options = IngestOptions { size_hint, mode: IngestMode::Sniff, checksums: claimed.selection() };
-        let ingested = ingest::ingest(&self.store, DEFAULT_TENANT, body, options)
+        let ingested = ingest::ingest(&self.store, &tenant, body, options)
             .await
             .map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
             .ok_or_else(|| s3_error!(InternalError, "ingest declined a client write"))?;
@@ -74,7 +81,7 @@ impl Gateway {
     }
 
     /// Makes an ingested body the object at `key`, with the given attributes.
-    async fn commit(&self, bucket: &str, key: &str, ingested: Ingested, attributes: Attributes) -> S3Result<ObjectRecord> {
+    async fn commit(&self, tenant: &str, bucket: &str, key: &str, ingested: Ingested, attributes: Attributes) -> S3Result<ObjectRecord> {
         let record = ObjectRecord {
             version: new_id(),
             size: ingested.size,
@@ -90,7 +97,7 @@ impl Gateway {
             part_sizes: Vec::new(),
             segments: ingested.segments.clone(),
         };
-        let object_key = ObjectKey::new(DEFAULT_TENANT, bucket, key);
+        let object_key = ObjectKey::new(&tenant, bucket, key);
         let committed = self.store.index.commit_object(
             &object_key,
             &record,
@@ -103,7 +110,7 @@ impl Gateway {
             ingested.discard(&self.store).await;
             return Err(internal(error));
         }
-        self.store.register_tensors(DEFAULT_TENANT, &ingested.tensors).map_err(internal)?;
+        self.store.register_tensors(&tenant, &ingested.tensors).map_err(internal)?;
         tracing::info!(size = record.size, segments = record.segments.len(), model = ingested.is_model(), "stored");
         Ok(record)
     }
@@ -305,8 +312,9 @@ fn trailer_algorithm(headers: &hyper::HeaderMap) -> Option<String> {
 
 #[async_trait]
 impl S3 for Gateway {
-    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
-        let buckets = self.store.index.list_buckets(DEFAULT_TENANT).map_err(internal)?;
+    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        let tenant = self.tenant(&req)?;
+        let buckets = self.store.index.list_buckets(&tenant).map_err(internal)?;
         let buckets = buckets
             .into_iter()
             .map(|(name, record)| Bucket { name: Some(name), creation_date: Some(timestamp(record.created_ms)), bucket_region: None })
@@ -315,25 +323,33 @@ impl S3 for Gateway {
     }
 
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        let tenant = self.tenant(&req)?;
         let bucket = &req.input.bucket;
-        if !self.store.index.create_bucket(DEFAULT_TENANT, bucket, now_ms()).map_err(internal)? {
+        let owned = self.store.index.list_buckets(&tenant).map_err(internal)?.len();
+        if self.keys.max_buckets(&tenant).is_some_and(|limit| owned >= limit) {
+            return Err(s3_error!(TooManyBuckets));
+        }
+        if !self.store.index.create_bucket(&tenant, bucket, now_ms()).map_err(internal)? {
             return Err(s3_error!(BucketAlreadyOwnedByYou));
         }
         Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")), ..Default::default() }))
     }
 
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
-        self.ensure_bucket(&req.input.bucket)?;
+        let tenant = self.tenant(&req)?;
+        self.ensure_bucket(&tenant, &req.input.bucket)?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
     async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        self.ensure_bucket(&req.input.bucket)?;
+        let tenant = self.tenant(&req)?;
+        self.ensure_bucket(&tenant, &req.input.bucket)?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
     async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
-        match self.store.index.delete_bucket(DEFAULT_TENANT, &req.input.bucket).map_err(internal)? {
+        let tenant = self.tenant(&req)?;
+        match self.store.index.delete_bucket(&tenant, &req.input.bucket).map_err(internal)? {
             BucketDeletion::Deleted => Ok(S3Response::new(DeleteBucketOutput::default())),
             BucketDeletion::NotEmpty => Err(s3_error!(BucketNotEmpty)),
             BucketDeletion::Missing => Err(s3_error!(NoSuchBucket)),
@@ -341,11 +357,12 @@ impl S3 for Gateway {
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        let span = tracing::info_span!("put_object", tenant = DEFAULT_TENANT, bucket = %input.bucket, key = %input.key);
+        let span = tracing::info_span!("put_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
         async move {
             check_key(&input.key)?;
-            self.ensure_bucket(&input.bucket)?;
+            self.ensure_bucket(&tenant, &input.bucket)?;
             let claimed = ClaimedDigests {
                 content_md5: input.content_md5,
                 algorithm: input.checksum_algorithm.map(|a| a.as_str().to_owned()).or(trailer_algorithm(&req.headers)),
@@ -359,7 +376,7 @@ impl S3 for Gateway {
                 trailers: req.trailing_headers,
             };
             let size_hint = announced_size(&req.headers, input.content_length);
-            let ingested = self.ingest_body(input.body, size_hint, &claimed).await?;
+            let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed).await?;
             let attributes = Attributes {
                 content_type: input.content_type,
                 content_encoding: input.content_encoding,
@@ -368,7 +385,7 @@ impl S3 for Gateway {
                 cache_control: input.cache_control,
                 metadata: metadata_map(input.metadata),
             };
-            let record = self.commit(&input.bucket, &input.key, ingested, attributes).await?;
+            let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes).await?;
             let checksums = record.checksums;
             Ok(S3Response::new(PutObjectOutput {
                 e_tag: Some(ETag::Strong(record.etag)),
@@ -385,10 +402,11 @@ impl S3 for Gateway {
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        let span = tracing::info_span!("get_object", tenant = DEFAULT_TENANT, bucket = %input.bucket, key = %input.key);
+        let span = tracing::info_span!("get_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
         let _entered = span.enter();
-        let record = self.find_object(&input.bucket, &input.key)?;
+        let record = self.find_object(&tenant, &input.bucket, &input.key)?;
         check_conditions(
             &record,
             input.if_match.as_ref(),
@@ -428,8 +446,9 @@ impl S3 for Gateway {
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        let record = self.find_object(&input.bucket, &input.key)?;
+        let record = self.find_object(&tenant, &input.bucket, &input.key)?;
         check_conditions(
             &record,
             input.if_match.as_ref(),
@@ -464,21 +483,23 @@ impl S3 for Gateway {
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.ensure_bucket(&input.bucket)?;
-        let key = ObjectKey::new(DEFAULT_TENANT, &input.bucket, &input.key);
+        self.ensure_bucket(&tenant, &input.bucket)?;
+        let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
         self.store.index.delete_object(&key, now_ms()).map_err(internal)?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.ensure_bucket(&input.bucket)?;
+        self.ensure_bucket(&tenant, &input.bucket)?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for object in input.delete.objects {
-            let key = ObjectKey::new(DEFAULT_TENANT, &input.bucket, &object.key);
+            let key = ObjectKey::new(&tenant, &input.bucket, &object.key);
             match self.store.index.delete_object(&key, now_ms()) {
                 Ok(_) if !quiet => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
                 Ok(_) => {}
@@ -497,13 +518,14 @@ impl S3 for Gateway {
     }
 
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
         let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
             return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
         };
         check_key(&input.key)?;
-        self.ensure_bucket(&input.bucket)?;
-        let source = self.find_object(source_bucket, source_key)?;
+        self.ensure_bucket(&tenant, &input.bucket)?;
+        let source = self.find_object(&tenant, source_bucket, source_key)?;
         check_conditions(
             &source,
             input.copy_source_if_match.as_ref(),
@@ -528,8 +550,8 @@ impl S3 for Gateway {
         let pieces = reader::plan(&source, 0..source.size);
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
         let claimed = ClaimedDigests::default();
-        let ingested = self.ingest_body(Some(body), Some(source.size), &claimed).await?;
-        let mut record = self.commit(&input.bucket, &input.key, ingested, attributes).await?;
+        let ingested = self.ingest_body(&tenant, Some(body), Some(source.size), &claimed).await?;
+        let mut record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes).await?;
         if source.etag.contains('-') {
             record.etag = source.etag.clone();
         }
@@ -544,8 +566,9 @@ impl S3 for Gateway {
     }
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        let listing = self.list(&input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys)?;
+        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys)?;
         let next_marker = listing.is_truncated.then(|| listing.last.clone()).flatten();
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
@@ -563,12 +586,13 @@ impl S3 for Gateway {
     }
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
         let start_after = match &input.continuation_token {
             Some(token) => Some(decode_token(token)?),
             None => input.start_after.clone(),
         };
-        let listing = self.list(&input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), start_after.as_deref(), input.max_keys)?;
+        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), start_after.as_deref(), input.max_keys)?;
         let next_token = if listing.is_truncated { listing.last.as_deref().map(encode_token) } else { None };
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
@@ -588,8 +612,9 @@ impl S3 for Gateway {
     }
 
     async fn list_object_versions(&self, req: S3Request<ListObjectVersionsInput>) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        let listing = self.list(&input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.key_marker.as_deref(), input.max_keys)?;
+        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.key_marker.as_deref(), input.max_keys)?;
         let versions = listing
             .contents
             .into_iter()
@@ -618,12 +643,13 @@ impl S3 for Gateway {
     }
 
     async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
         check_key(&input.key)?;
-        self.ensure_bucket(&input.bucket)?;
+        self.ensure_bucket(&tenant, &input.bucket)?;
         let upload_id = new_id();
         let record = UploadRecord {
-            tenant: DEFAULT_TENANT.to_owned(),
+            tenant: tenant.to_string(),
             bucket: input.bucket.clone(),
             key: input.key.clone(),
             initiated_ms: now_ms(),
@@ -644,10 +670,11 @@ impl S3 for Gateway {
     }
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        let span = tracing::info_span!("upload_part", tenant = DEFAULT_TENANT, bucket = %input.bucket, key = %input.key, part = input.part_number);
+        let span = tracing::info_span!("upload_part", tenant = %tenant, bucket = %input.bucket, key = %input.key, part = input.part_number);
         async move {
-            let upload = self.find_upload(&input.upload_id, &input.bucket, &input.key)?;
+            let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key)?;
             if !(1..=10_000).contains(&input.part_number) {
                 return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
             }
@@ -664,7 +691,7 @@ impl S3 for Gateway {
                 trailers: req.trailing_headers,
             };
             let size_hint = announced_size(&req.headers, input.content_length);
-            let part = self.store_part(input.body, size_hint, &claimed).await?;
+            let part = self.store_part(&tenant, input.body, size_hint, &claimed).await?;
             let blob = part.blob.clone();
             if let Err(error) = self.store.index.put_part(&input.upload_id, input.part_number as u32, &part, now_ms()) {
                 let _ = self.store.upstream.delete(&blob).await;
@@ -689,8 +716,9 @@ impl S3 for Gateway {
     }
 
     async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        let upload = self.find_upload(&input.upload_id, &input.bucket, &input.key)?;
+        let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key)?;
         let stored: BTreeMap<u32, PartRecord> = self.store.index.parts(&input.upload_id).map_err(internal)?.into_iter().collect();
         let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
         if requested.is_empty() {
@@ -714,7 +742,7 @@ impl S3 for Gateway {
             return Err(s3_error!(EntityTooSmall));
         }
         let record = multipart_record(&upload, &chosen);
-        let key = ObjectKey::new(DEFAULT_TENANT, &input.bucket, &input.key);
+        let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
         self.store
             .index
             .complete_upload(&input.upload_id, &key, &record, now_ms())
@@ -732,8 +760,9 @@ impl S3 for Gateway {
     }
 
     async fn abort_multipart_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.find_upload(&input.upload_id, &input.bucket, &input.key)?;
+        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key)?;
         self.store.index.abort_upload(&input.upload_id, now_ms()).map_err(|error| match error {
             IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
             other => internal(other),
@@ -742,8 +771,9 @@ impl S3 for Gateway {
     }
 
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.find_upload(&input.upload_id, &input.bucket, &input.key)?;
+        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key)?;
         let marker = input.part_number_marker.unwrap_or(0).max(0) as u32;
         let max_parts = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let all: Vec<(u32, PartRecord)> = self
@@ -780,13 +810,14 @@ impl S3 for Gateway {
     }
 
     async fn list_multipart_uploads(&self, req: S3Request<ListMultipartUploadsInput>) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.ensure_bucket(&input.bucket)?;
+        self.ensure_bucket(&tenant, &input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let uploads = self
             .store
             .index
-            .list_uploads(DEFAULT_TENANT, &input.bucket)
+            .list_uploads(&tenant, &input.bucket)
             .map_err(internal)?
             .into_iter()
             .filter(|(_, upload)| upload.key.starts_with(&prefix))
@@ -819,14 +850,14 @@ struct Listing {
 
 impl Gateway {
     /// Lists a bucket in key order, rolling keys up to common prefixes at the delimiter.
-    fn list(&self, bucket: &str, prefix: Option<&str>, delimiter: Option<&str>, start_after: Option<&str>, max_keys: Option<i32>) -> S3Result<Listing> {
-        self.ensure_bucket(bucket)?;
+    fn list(&self, tenant: &str, bucket: &str, prefix: Option<&str>, delimiter: Option<&str>, start_after: Option<&str>, max_keys: Option<i32>) -> S3Result<Listing> {
+        self.ensure_bucket(&tenant, bucket)?;
         let prefix = prefix.unwrap_or_default();
         let delimiter = delimiter.filter(|d| !d.is_empty());
         let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
         let mut listing = Listing { contents: Vec::new(), common_prefixes: Vec::new(), is_truncated: false, last: None, max_keys };
         let mut last_prefix: Option<String> = None;
-        for entry in self.store.index.list_objects(DEFAULT_TENANT, bucket, prefix, start_after) {
+        for entry in self.store.index.list_objects(&tenant, bucket, prefix, start_after) {
             let (key, record) = entry.map_err(internal)?;
             let rolled = delimiter.and_then(|d| key[prefix.len()..].find(d).map(|at| key[..prefix.len() + at + d.len()].to_owned()));
             if let (Some(rolled), Some(previous)) = (&rolled, &last_prefix) {
@@ -865,20 +896,20 @@ impl Gateway {
         Ok(listing)
     }
 
-    fn find_upload(&self, upload_id: &str, bucket: &str, key: &str) -> S3Result<UploadRecord> {
-        self.ensure_bucket(bucket)?;
+    fn find_upload(&self, tenant: &str, upload_id: &str, bucket: &str, key: &str) -> S3Result<UploadRecord> {
+        self.ensure_bucket(&tenant, bucket)?;
         let upload = self.store.index.upload(upload_id).map_err(internal)?.ok_or_else(|| s3_error!(NoSuchUpload))?;
-        if upload.tenant != DEFAULT_TENANT || upload.bucket != bucket || upload.key != key {
+        if upload.tenant != tenant || upload.bucket != bucket || upload.key != key {
             return Err(s3_error!(NoSuchUpload));
         }
         Ok(upload)
     }
 
     /// Stores a part body as it came in its own upstream blob.
-    async fn store_part(&self, body: Option<StreamingBlob>, size_hint: Option<u64>, claimed: &ClaimedDigests) -> S3Result<PartRecord> {
+    async fn store_part(&self, tenant: &str, body: Option<StreamingBlob>, size_hint: Option<u64>, claimed: &ClaimedDigests) -> S3Result<PartRecord> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
         let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection() };
-        let ingested = ingest::ingest(&self.store, DEFAULT_TENANT, body, options).await.map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
+        let ingested = ingest::ingest(&self.store, &tenant, body, options).await.map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
             .ok_or_else(|| s3_error!(InternalError, "ingest declined a part"))?;
         if let Some(size) = size_hint.filter(|size| *size != ingested.size) {
             ingested.discard(&self.store).await;

@@ -102,10 +102,11 @@ impl Store {
     /// Makes the whole tensors of a committed write findable as bases: by name (for the name
     /// strategy) and by fingerprint.
     pub fn register_tensors(&self, tenant: &str, tensors: &[StoredTensor]) -> anyhow::Result<()> {
+        let scope = self.config.dedup_scope_of(tenant);
         for tensor in tensors {
-            self.index.remember_tensor(tenant, &tensor.name, &tensor.signature, &tensor.chunks)?;
+            self.index.remember_tensor(&scope, &tensor.name, &tensor.signature, &tensor.chunks)?;
             let candidate = BaseCandidate { sketch: tensor.sketch.to_bytes(), chunks: tensor.chunks.clone() };
-            self.index.add_candidate(tenant, &tensor.signature, &candidate)?;
+            self.index.add_candidate(&scope, &tensor.signature, &candidate)?;
         }
         Ok(())
     }
