@@ -430,3 +430,20 @@ fn dedup_is_per_tenant_unless_shared() {
         assert_eq!(added[1] == 0, second_upload_is_free, "{scope:?}: second tenant's upload added {} bytes", added[1]);
     }
 }
+
+/// The shipped deployment config passes `tensorgate config check`; a broken one does not.
+#[test]
+fn deploy_config_passes_config_check() {
+    let check = |path: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tensorgate")).arg("--config").arg(path).args(["config", "check"]).output().unwrap()
+    };
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/tensorgate.toml");
+    let output = check(&shipped);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let work = tempfile::tempdir().unwrap();
+    let broken = work.path().join("broken.toml");
+    let text = std::fs::read_to_string(&shipped).unwrap() + "\n[[tenants]]\nname = \"models\"\n[[tenants.access_keys]]\naccess_key = \"x\"\nsecret_key = \"y\"\n";
+    std::fs::write(&broken, text).unwrap();
+    let output = check(&broken);
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("defined twice"));
+}

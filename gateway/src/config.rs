@@ -122,6 +122,32 @@ impl Config {
         Ok(config)
     }
 
+    /// Checks what parsing cannot: unique tenant names and access keys, tenants with keys, and
+    /// an upstream the S3 client accepts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let tenants = self.all_tenants();
+        let mut names = std::collections::HashSet::new();
+        let mut keys = std::collections::HashSet::new();
+        for tenant in &tenants {
+            anyhow::ensure!(!tenant.name.is_empty(), "a tenant has an empty name");
+            anyhow::ensure!(names.insert(tenant.name.as_str()), "tenant {:?} is defined twice", tenant.name);
+            anyhow::ensure!(!tenant.access_keys.is_empty(), "tenant {:?} has no access key", tenant.name);
+            for key in &tenant.access_keys {
+                anyhow::ensure!(keys.insert(key.access_key.as_str()), "access key {:?} is given twice", key.access_key);
+                anyhow::ensure!(!key.secret_key.is_empty(), "access key {:?} has an empty secret", key.access_key);
+            }
+        }
+        if let Some(upstream) = &self.upstream {
+            anyhow::ensure!(
+                upstream.endpoint.starts_with("http://") || upstream.endpoint.starts_with("https://"),
+                "upstream endpoint {:?} is not an http(s) URL",
+                upstream.endpoint
+            );
+            anyhow::ensure!(!upstream.bucket.is_empty(), "the upstream bucket is empty");
+        }
+        Ok(())
+    }
+
     /// Every tenant, the top-level keys forming the tenant `default`.
     pub fn all_tenants(&self) -> Vec<TenantConfig> {
         let mut tenants = self.tenants.clone();

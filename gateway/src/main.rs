@@ -42,6 +42,11 @@ enum Command {
     },
     /// Run one garbage collection now and exit.
     Gc,
+    /// Work with the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Check the index's invariants and that upstream holds every pack and blob it uses;
     /// exits with status 1 if anything is wrong.
     Fsck {
@@ -67,6 +72,12 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Parse and validate the config file, and print what it sets up.
+    Check,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +116,17 @@ fn main() -> anyhow::Result<()> {
             println!("clean");
             Ok(())
         }),
+        Command::Config { action: ConfigAction::Check } => {
+            config.validate()?;
+            let tenants = config.all_tenants();
+            let keys: usize = tenants.iter().map(|t| t.access_keys.len()).sum();
+            let upstream = config.upstream.as_ref().map_or_else(
+                || format!("local directory {}", config.data_dir.join("upstream").display()),
+                |s3| format!("S3 {} bucket {}", s3.endpoint, s3.bucket),
+            );
+            println!("config is valid: listen {}, {} tenants, {keys} keys, upstream {upstream}", config.listen, tenants.len());
+            Ok(())
+        }
         Command::Gc => runtime.block_on(async {
             let store = server::open_store(&config)?;
             let report = background::collect_garbage(&store).await?;
