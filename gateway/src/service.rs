@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use s3s::dto::*;
 use s3s::crypto::{Checksum as _, Md5};
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
-use tensorgate_index::{BucketDeletion, Checksums, Expect, IndexError, ObjectKey, ObjectRecord, PartRecord, Segment, UploadRecord};
+use tensorgate_index::{Attributes, BucketDeletion, Checksums, Expect, IndexError, ObjectKey, ObjectRecord, PartRecord, Segment, UploadRecord};
 use tracing::Instrument;
 
 use crate::ingest::{self, ChecksumSelection, IngestMode, IngestOptions, Ingested};
@@ -87,12 +87,7 @@ impl Gateway {
             size: ingested.size,
             etag: hex::encode(ingested.md5),
             last_modified_ms: now_ms(),
-            content_type: attributes.content_type,
-            content_encoding: attributes.content_encoding,
-            content_disposition: attributes.content_disposition,
-            content_language: attributes.content_language,
-            cache_control: attributes.cache_control,
-            metadata: attributes.metadata,
+            attributes,
             checksums: checksums_of(&ingested.checksums),
             part_sizes: Vec::new(),
             segments: ingested.segments.clone(),
@@ -116,32 +111,81 @@ impl Gateway {
     }
 }
 
-/// What clients may set on an object besides its bytes.
-#[derive(Default)]
-struct Attributes {
-    content_type: Option<String>,
-    content_encoding: Option<String>,
-    content_disposition: Option<String>,
-    content_language: Option<String>,
-    cache_control: Option<String>,
-    metadata: BTreeMap<String, String>,
-}
-
-impl Attributes {
-    fn of_record(record: &ObjectRecord) -> Attributes {
+/// The attributes a request sets (PutObject, CopyObject with REPLACE, CreateMultipartUpload).
+macro_rules! attributes_of {
+    ($input:expr) => {
         Attributes {
-            content_type: record.content_type.clone(),
-            content_encoding: record.content_encoding.clone(),
-            content_disposition: record.content_disposition.clone(),
-            content_language: record.content_language.clone(),
-            cache_control: record.cache_control.clone(),
-            metadata: record.metadata.clone(),
+            content_type: $input.content_type,
+            content_encoding: $input.content_encoding,
+            content_disposition: $input.content_disposition,
+            content_language: $input.content_language,
+            cache_control: $input.cache_control,
+            metadata: $input.metadata.unwrap_or_default().into_iter().collect(),
         }
-    }
+    };
 }
 
-fn metadata_map(metadata: Option<Metadata>) -> BTreeMap<String, String> {
-    metadata.unwrap_or_default().into_iter().collect()
+/// The headers GET and HEAD answer for an object: its attributes, ETag, dates, length,
+/// checksums and parts count, plus the fields given.
+macro_rules! object_output {
+    ($output:ident, $record:expr, $length:expr, $checksums:expr, $parts_count:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
+        let record: ObjectRecord = $record;
+        let checksums: Checksums = $checksums;
+        $output {
+            content_length: Some($length as i64),
+            accept_ranges: Some("bytes".to_owned()),
+            e_tag: Some(etag_of(&record)),
+            last_modified: Some(timestamp(record.last_modified_ms)),
+            content_type: record.attributes.content_type,
+            content_encoding: record.attributes.content_encoding,
+            content_disposition: record.attributes.content_disposition,
+            content_language: record.attributes.content_language,
+            cache_control: record.attributes.cache_control,
+            metadata: Some(record.attributes.metadata.into_iter().collect()),
+            parts_count: $parts_count,
+            checksum_crc32: checksums.crc32,
+            checksum_crc32c: checksums.crc32c,
+            checksum_sha1: checksums.sha1,
+            checksum_sha256: checksums.sha256,
+            checksum_crc64nvme: checksums.crc64nvme,
+            $($field: $value,)*
+            ..Default::default()
+        }
+    }};
+}
+
+/// The answer to a PutObject or UploadPart: the ETag and the checksums of what was stored.
+macro_rules! write_output {
+    ($output:ident, $etag:expr, $checksums:expr) => {{
+        let checksums: Checksums = $checksums;
+        $output {
+            e_tag: Some(ETag::Strong($etag)),
+            checksum_crc32: checksums.crc32,
+            checksum_crc32c: checksums.crc32c,
+            checksum_sha1: checksums.sha1,
+            checksum_sha256: checksums.sha256,
+            checksum_crc64nvme: checksums.crc64nvme,
+            ..Default::default()
+        }
+    }};
+}
+
+/// The digests a PutObject or UploadPart request announces, in headers or trailers.
+macro_rules! claimed_digests {
+    ($input:expr, $request:expr) => {
+        ClaimedDigests {
+            content_md5: $input.content_md5,
+            algorithm: $input.checksum_algorithm.map(|a| a.as_str().to_owned()).or(trailer_algorithm(&$request.headers)),
+            checksums: Checksums {
+                crc32: $input.checksum_crc32,
+                crc32c: $input.checksum_crc32c,
+                sha1: $input.checksum_sha1,
+                sha256: $input.checksum_sha256,
+                crc64nvme: $input.checksum_crc64nvme,
+            },
+            trailers: $request.trailing_headers,
+        }
+    };
 }
 
 /// Digests a client sent with a body (headers or trailers), to check against what arrived.
@@ -292,6 +336,11 @@ fn requested_range(record: &ObjectRecord, range: Option<&Range>, part_number: Op
     }
 }
 
+/// The parts count GET and HEAD report when a part was asked for (multipart objects only).
+fn parts_count(record: &ObjectRecord, part_number: Option<i32>) -> Option<i32> {
+    (!record.part_sizes.is_empty() && part_number.is_some()).then_some(record.part_sizes.len() as i32)
+}
+
 fn to_u64(value: Option<i64>) -> Option<u64> {
     value.and_then(|v| u64::try_from(v).ok())
 }
@@ -363,39 +412,13 @@ impl S3 for Gateway {
         async move {
             check_key(&input.key)?;
             self.ensure_bucket(&tenant, &input.bucket)?;
-            let claimed = ClaimedDigests {
-                content_md5: input.content_md5,
-                algorithm: input.checksum_algorithm.map(|a| a.as_str().to_owned()).or(trailer_algorithm(&req.headers)),
-                checksums: Checksums {
-                    crc32: input.checksum_crc32,
-                    crc32c: input.checksum_crc32c,
-                    sha1: input.checksum_sha1,
-                    sha256: input.checksum_sha256,
-                    crc64nvme: input.checksum_crc64nvme,
-                },
-                trailers: req.trailing_headers,
-            };
+            let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed).await?;
-            let attributes = Attributes {
-                content_type: input.content_type,
-                content_encoding: input.content_encoding,
-                content_disposition: input.content_disposition,
-                content_language: input.content_language,
-                cache_control: input.cache_control,
-                metadata: metadata_map(input.metadata),
-            };
+            let attributes = attributes_of!(input);
             let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes).await?;
             let checksums = record.checksums;
-            Ok(S3Response::new(PutObjectOutput {
-                e_tag: Some(ETag::Strong(record.etag)),
-                checksum_crc32: checksums.crc32,
-                checksum_crc32c: checksums.crc32c,
-                checksum_sha1: checksums.sha1,
-                checksum_sha256: checksums.sha256,
-                checksum_crc64nvme: checksums.crc64nvme,
-                ..Default::default()
-            }))
+            Ok(S3Response::new(write_output!(PutObjectOutput, record.etag, checksums)))
         }
         .instrument(span)
         .await
@@ -422,27 +445,11 @@ impl S3 for Gateway {
         let body = reader::stream(self.store.clone(), pieces);
         tracing::info!(bytes = bytes.end - bytes.start, "serving");
         let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
-        Ok(S3Response::new(GetObjectOutput {
+        let parts_count = parts_count(&record, input.part_number);
+        Ok(S3Response::new(object_output!(GetObjectOutput, record, bytes.end - bytes.start, checksums, parts_count, {
             body: Some(StreamingBlob::wrap(body)),
-            content_length: Some((bytes.end - bytes.start) as i64),
-            content_range,
-            accept_ranges: Some("bytes".to_owned()),
-            e_tag: Some(etag_of(&record)),
-            last_modified: Some(timestamp(record.last_modified_ms)),
-            content_type: record.content_type,
-            content_encoding: record.content_encoding,
-            content_disposition: record.content_disposition,
-            content_language: record.content_language,
-            cache_control: record.cache_control,
-            metadata: Some(record.metadata.into_iter().collect()),
-            parts_count: (!record.part_sizes.is_empty() && input.part_number.is_some()).then_some(record.part_sizes.len() as i32),
-            checksum_crc32: checksums.crc32,
-            checksum_crc32c: checksums.crc32c,
-            checksum_sha1: checksums.sha1,
-            checksum_sha256: checksums.sha256,
-            checksum_crc64nvme: checksums.crc64nvme,
-            ..Default::default()
-        }))
+            content_range: content_range,
+        })))
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
@@ -461,25 +468,8 @@ impl S3 for Gateway {
             None => record.size,
         };
         let checksums = if input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
-        Ok(S3Response::new(HeadObjectOutput {
-            content_length: Some(length as i64),
-            accept_ranges: Some("bytes".to_owned()),
-            e_tag: Some(etag_of(&record)),
-            last_modified: Some(timestamp(record.last_modified_ms)),
-            content_type: record.content_type,
-            content_encoding: record.content_encoding,
-            content_disposition: record.content_disposition,
-            content_language: record.content_language,
-            cache_control: record.cache_control,
-            metadata: Some(record.metadata.into_iter().collect()),
-            parts_count: (!record.part_sizes.is_empty() && input.part_number.is_some()).then_some(record.part_sizes.len() as i32),
-            checksum_crc32: checksums.crc32,
-            checksum_crc32c: checksums.crc32c,
-            checksum_sha1: checksums.sha1,
-            checksum_sha256: checksums.sha256,
-            checksum_crc64nvme: checksums.crc64nvme,
-            ..Default::default()
-        }))
+        let parts_count = parts_count(&record, input.part_number);
+        Ok(S3Response::new(object_output!(HeadObjectOutput, record, length, checksums, parts_count, {})))
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
@@ -535,18 +525,7 @@ impl S3 for Gateway {
         )
         .map_err(|error| if *error.code() == S3ErrorCode::NotModified { s3_error!(PreconditionFailed) } else { error })?;
         let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let attributes = if replace {
-            Attributes {
-                content_type: input.content_type,
-                content_encoding: input.content_encoding,
-                content_disposition: input.content_disposition,
-                content_language: input.content_language,
-                cache_control: input.cache_control,
-                metadata: metadata_map(input.metadata),
-            }
-        } else {
-            Attributes::of_record(&source)
-        };
+        let attributes = if replace { attributes_of!(input) } else { source.attributes.clone() };
         let pieces = reader::plan(&source, 0..source.size);
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
         let claimed = ClaimedDigests::default();
@@ -653,12 +632,7 @@ impl S3 for Gateway {
             bucket: input.bucket.clone(),
             key: input.key.clone(),
             initiated_ms: now_ms(),
-            content_type: input.content_type,
-            content_encoding: input.content_encoding,
-            content_disposition: input.content_disposition,
-            content_language: input.content_language,
-            cache_control: input.cache_control,
-            metadata: metadata_map(input.metadata),
+            attributes: attributes_of!(input),
         };
         self.store.index.create_upload(&upload_id, &record).map_err(internal)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
@@ -678,18 +652,7 @@ impl S3 for Gateway {
             if !(1..=10_000).contains(&input.part_number) {
                 return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
             }
-            let claimed = ClaimedDigests {
-                content_md5: input.content_md5,
-                algorithm: input.checksum_algorithm.map(|a| a.as_str().to_owned()).or(trailer_algorithm(&req.headers)),
-                checksums: Checksums {
-                    crc32: input.checksum_crc32,
-                    crc32c: input.checksum_crc32c,
-                    sha1: input.checksum_sha1,
-                    sha256: input.checksum_sha256,
-                    crc64nvme: input.checksum_crc64nvme,
-                },
-                trailers: req.trailing_headers,
-            };
+            let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let part = self.store_part(&tenant, input.body, size_hint, &claimed).await?;
             let blob = part.blob.clone();
@@ -701,15 +664,7 @@ impl S3 for Gateway {
                 });
             }
             tracing::info!(tenant = %upload.tenant, size = part.size, "part stored");
-            Ok(S3Response::new(UploadPartOutput {
-                e_tag: Some(ETag::Strong(part.etag)),
-                checksum_crc32: part.checksums.crc32,
-                checksum_crc32c: part.checksums.crc32c,
-                checksum_sha1: part.checksums.sha1,
-                checksum_sha256: part.checksums.sha256,
-                checksum_crc64nvme: part.checksums.crc64nvme,
-                ..Default::default()
-            }))
+            Ok(S3Response::new(write_output!(UploadPartOutput, part.etag, part.checksums)))
         }
         .instrument(span)
         .await
@@ -947,12 +902,7 @@ fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> ObjectRecor
         size: parts.iter().map(|p| p.size).sum(),
         etag,
         last_modified_ms: now_ms(),
-        content_type: upload.content_type.clone(),
-        content_encoding: upload.content_encoding.clone(),
-        content_disposition: upload.content_disposition.clone(),
-        content_language: upload.content_language.clone(),
-        cache_control: upload.cache_control.clone(),
-        metadata: upload.metadata.clone(),
+        attributes: upload.attributes.clone(),
         checksums: Checksums::default(),
         part_sizes: parts.iter().map(|p| p.size).collect(),
         segments: parts

@@ -50,6 +50,18 @@ pub struct Checksums {
     pub crc64nvme: Option<String>,
 }
 
+/// The headers a client sets on an object and gets back with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributes {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    pub cache_control: Option<String>,
+    /// User metadata (`x-amz-meta-*`).
+    pub metadata: BTreeMap<String, String>,
+}
+
 /// Everything known of one object version: what clients see and where its bytes are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRecord {
@@ -59,12 +71,7 @@ pub struct ObjectRecord {
     /// ETag without quotes: the MD5 hex, or `md5-of-md5s-N` for multipart uploads.
     pub etag: String,
     pub last_modified_ms: i64,
-    pub content_type: Option<String>,
-    pub content_encoding: Option<String>,
-    pub content_disposition: Option<String>,
-    pub content_language: Option<String>,
-    pub cache_control: Option<String>,
-    pub metadata: BTreeMap<String, String>,
+    pub attributes: Attributes,
     pub checksums: Checksums,
     /// Sizes of the parts of a multipart upload, for `partNumber` reads.
     pub part_sizes: Vec<u64>,
@@ -100,12 +107,7 @@ pub struct UploadRecord {
     pub bucket: String,
     pub key: String,
     pub initiated_ms: i64,
-    pub content_type: Option<String>,
-    pub content_encoding: Option<String>,
-    pub content_disposition: Option<String>,
-    pub content_language: Option<String>,
-    pub cache_control: Option<String>,
-    pub metadata: BTreeMap<String, String>,
+    pub attributes: Attributes,
 }
 
 /// One uploaded part, stored as it came in an upstream blob.
