@@ -447,3 +447,43 @@ fn deploy_config_passes_config_check() {
     let output = check(&broken);
     assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("defined twice"));
 }
+
+/// The README's first command: `tensorgate serve` with no config serves the embedded default
+/// (data under ./tensorgate-data, the printed default key), and `aws s3 cp` round-trips a model.
+#[test]
+fn serve_without_config_round_trips_a_model() {
+    let work = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tensorgate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(work.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    while !banner.contains("secret key") {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "serve exited: {banner}");
+        banner.push_str(&line);
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let key = tensorgate::config::DEFAULT_ACCESS_KEY;
+    let secret = tensorgate::config::DEFAULT_SECRET_KEY;
+    assert!(banner.contains(key) && banner.contains(secret), "{banner}");
+    let model = corpus("ft/ft-b-mlm.bf16.safetensors");
+    let out = work.path().join("back.safetensors");
+    for args in [
+        vec!["s3", "mb", "s3://models"],
+        vec!["s3", "cp", model.to_str().unwrap(), "s3://models/ft-b.safetensors"],
+        vec!["s3", "cp", "s3://models/ft-b.safetensors", out.to_str().unwrap()],
+    ] {
+        let output = aws_command(&endpoint, key, secret).args(&args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&model).unwrap());
+    assert!(work.path().join("tensorgate-data/upstream/packs").is_dir(), "the embedded upstream is ./tensorgate-data");
+}

@@ -1,9 +1,9 @@
-//! Bit-level fingerprints of tensors, in the spirit of TensorHub's TensorSketch: which bits are
-//! set in the top 16 bits of 256 elements sampled at fixed places. Two tensors of one family
-//! (a base and its fine-tunes) hold nearly the same values at the same places, so their
-//! sketches differ in few bits; an unrelated tensor of the same shape, however alike in value
-//! distribution, differs in about half. The Hamming distance thus predicts the size of a delta,
-//! which a distance between value statistics does not.
+//! Bit-level fingerprints of tensors, in the spirit of TensorHub's TensorSketch: the top 16 bits
+//! (sign, exponent, high mantissa) of 256 elements sampled at fixed places. Two tensors of one
+//! family (a base and its fine-tunes) hold nearly the same values at the same places, so the
+//! samples differ in their low bits only; an unrelated tensor of the same shape, however alike
+//! in value distribution, differs in most bits. The distance counts the bits each sample's
+//! difference needs, so it predicts the size of the delta, which value statistics do not.
 //!
 //! Samples come from the first [`SAMPLED_BYTES`] of the tensor, so the sketch is ready when the
 //! first chunk has streamed in and a base can be chosen before anything is encoded.
@@ -18,13 +18,14 @@ pub const SKETCH_BYTES: usize = SAMPLES * 2;
 /// Samples are spread over this many leading bytes of the tensor (its first chunk).
 pub const SAMPLED_BYTES: usize = DEFAULT_CHUNK_SIZE;
 
-/// The fingerprint of one tensor.
+/// The fingerprint of one tensor: the top 16 bits of each sample, mapped to integers in the
+/// order of the values they start (negative floats below positive ones).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Sketch(pub [u64; SKETCH_BYTES / 8]);
+pub struct Sketch(pub [u16; SAMPLES]);
 
 impl std::fmt::Debug for Sketch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sketch({:016x}…)", self.0[0])
+        write!(f, "Sketch({:04x} {:04x}…)", self.0[0], self.0[1])
     }
 }
 
@@ -34,28 +35,30 @@ impl Sketch {
         let width = dtype.size();
         let sampled = &leading_bytes[..leading_bytes.len().min(SAMPLED_BYTES)];
         let count = sampled.len() / width;
-        let mut words = [0u64; SKETCH_BYTES / 8];
+        let mut samples = [0u16; SAMPLES];
         if count > 0 {
-            for sample in 0..SAMPLES {
-                let element = sample * count / SAMPLES;
+            for (index, sample) in samples.iter_mut().enumerate() {
+                let element = index * count / SAMPLES;
                 let bytes = &sampled[element * width..(element + 1) * width];
                 let top = match width {
                     1 => u16::from(bytes[0]) << 8,
                     _ => u16::from_le_bytes([bytes[width - 2], bytes[width - 1]]),
                 };
-                words[sample / 4] |= u64::from(top) << (16 * (sample % 4));
+                *sample = if top & 0x8000 != 0 { !top } else { top ^ 0x8000 };
             }
         }
-        Sketch(words)
+        Sketch(samples)
     }
 
-    /// Number of differing bits: 0 for identical samples, about 2048 for unrelated tensors.
+    /// Sum over samples of the bit length of the difference between the two samples' top 16
+    /// bits, taken as order-preserving integers: about the bits a delta must spend on each
+    /// element. 0 for identical samples, about 3800 for unrelated tensors.
     pub fn distance(&self, other: &Sketch) -> u32 {
-        self.0.iter().zip(&other.0).map(|(a, b)| (a ^ b).count_ones()).sum()
+        self.0.iter().zip(&other.0).map(|(a, b)| 16 - a.abs_diff(*b).leading_zeros()).sum()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.0.iter().flat_map(|word| word.to_le_bytes()).collect()
+        self.0.iter().flat_map(|sample| sample.to_le_bytes()).collect()
     }
 
     /// The inverse of [`Sketch::to_bytes`]; `None` if the length is wrong.
@@ -63,11 +66,11 @@ impl Sketch {
         if bytes.len() != SKETCH_BYTES {
             return None;
         }
-        let mut words = [0u64; SKETCH_BYTES / 8];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-            *word = u64::from_le_bytes(chunk.try_into().ok()?);
+        let mut samples = [0u16; SAMPLES];
+        for (sample, pair) in samples.iter_mut().zip(bytes.chunks_exact(2)) {
+            *sample = u16::from_le_bytes([pair[0], pair[1]]);
         }
-        Some(Sketch(words))
+        Some(Sketch(samples))
     }
 }
 
