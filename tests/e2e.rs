@@ -487,3 +487,39 @@ fn serve_without_config_round_trips_a_model() {
     assert!(std::fs::read(&out).unwrap() == std::fs::read(&model).unwrap());
     assert!(work.path().join("tensorgate-data/upstream/packs").is_dir(), "the embedded upstream is ./tensorgate-data");
 }
+
+/// `x-amz-meta-tensorgate-base: bucket/key` names the base when a client knows it: used with
+/// base selection off, ignored when it names nothing, never needed for correct bytes.
+#[test]
+fn a_named_base_is_used_when_given() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
+        config.base_selection = tensorgate::config::BaseSelection::None;
+    });
+    gateway.aws(&["s3", "mb", "s3://bases"]);
+    gateway.aws(&["s3", "mb", "s3://tunes"]);
+    let base = corpus("base/minilm-l6.bf16.safetensors");
+    gateway.aws(&["s3", "cp", base.to_str().unwrap(), "s3://bases/base.safetensors"]);
+    let mut added = Vec::new();
+    let cases = [
+        ("unhinted", None, "ft/ft-b-mlm.bf16.safetensors"),
+        ("dangling", Some("bases/missing"), "ckpt/ft-a-contrastive.step0030.bf16.safetensors"),
+        ("hinted", Some("bases/base.safetensors"), "ft/ft-a-contrastive.bf16.safetensors"),
+    ];
+    for (key, hint, file) in cases {
+        let tuned = corpus(file);
+        let before = gateway.store().index.pack_bytes().unwrap();
+        let mut args = vec!["s3api", "put-object", "--bucket", "tunes", "--key", key, "--body", tuned.to_str().unwrap()];
+        let metadata = hint.map(|h| format!("tensorgate-base={h}"));
+        if let Some(metadata) = &metadata {
+            args.extend(["--metadata", metadata.as_str()]);
+        }
+        gateway.aws(&args);
+        added.push(gateway.store().index.pack_bytes().unwrap() - before);
+        let out = gateway.dir.path().join("back");
+        gateway.aws(&["s3", "cp", &format!("s3://tunes/{key}"), out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(&tuned).unwrap());
+    }
+    let raw = std::fs::metadata(corpus("ft/ft-a-contrastive.bf16.safetensors")).unwrap().len();
+    assert!(added[0] * 100 > raw * 50 && added[1] * 100 > raw * 50, "without a usable hint nothing is a delta: {added:?}");
+    assert!(added[2] * 100 < raw * 15, "the hinted base was not used: {added:?}");
+}

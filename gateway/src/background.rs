@@ -41,7 +41,7 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
         return Ok(());
     };
     let body = reader::stream(store.clone(), reader::plan(&record, 0..record.size));
-    let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ModelsOnly, checksums: Default::default() };
+    let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ModelsOnly, ..Default::default() };
     let Some(ingested) = ingest::ingest(store, &job.tenant, Box::pin(body), options).await? else {
         tracing::info!("not a model; kept as it came");
         return Ok(());

@@ -4,7 +4,7 @@
 //! a new one is encoded on all cores (as a delta against the same-named tensor of the newest
 //! stored model when that is smaller) and appended as a frame to a new pack object.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -16,7 +16,7 @@ use tensorgate_codec::{
     encode_chunk, encode_parallel, parse_header, read_header_len, BaseChunk, ChunkJob, ContentHash, Dtype, FrameHeader,
     Layout, Region, RegionKind, Sketch, DEFAULT_CHUNK_SIZE,
 };
-use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack, Segment};
+use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack, ObjectRecord, Segment};
 
 use crate::config::BaseSelection;
 use crate::reader;
@@ -72,19 +72,48 @@ const TRIALS: usize = 3;
 const TRIAL_BYTES: usize = 256 << 10;
 
 /// How to ingest.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct IngestOptions {
     /// The size the client announced, if any.
     pub size_hint: Option<u64>,
     pub mode: IngestMode,
     /// Checksums to compute besides MD5.
     pub checksums: ChecksumSelection,
+    /// Tensors of a model the client named as the base (`x-amz-meta-tensorgate-base`):
+    /// tried first, by name, dtype and shape.
+    pub base_hint: Option<Arc<ModelTensors>>,
+}
+
+/// The chunks of each tensor of a stored model, by name and signature.
+pub type ModelTensors = HashMap<(String, String), Vec<ChunkHash>>;
+
+/// The tensors of a stored model, from its manifest: the header's regions in order, each cut
+/// into chunks as ingest cuts them. `None` for an object that was not stored as a model.
+pub fn model_tensors(record: &ObjectRecord) -> Option<ModelTensors> {
+    let Some(Segment::Inline(header)) = record.segments.first() else { return None };
+    let header_len = usize::try_from(read_header_len(header).ok()?).ok()?;
+    let layout = parse_header(header.get(8..8 + header_len)?, None).ok()?;
+    let mut chunks = record.segments[1..].iter().map(|segment| match segment {
+        Segment::Chunk { hash, .. } => Some(*hash),
+        _ => None,
+    });
+    let mut tensors = HashMap::new();
+    for region in layout.regions() {
+        let count = (region.end - region.start).div_ceil(DEFAULT_CHUNK_SIZE as u64) as usize;
+        let hashes: Vec<ChunkHash> = chunks.by_ref().take(count).collect::<Option<_>>()?;
+        if let RegionKind::Tensor(index) = region.kind {
+            let tensor = &layout.tensors[index];
+            tensors.insert((tensor.name.clone(), signature(tensor)), hashes);
+        }
+    }
+    Some(tensors)
 }
 
 /// What to do with the bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IngestMode {
     /// Store a safetensors file as chunks, anything else as it came (a client's PUT).
+    #[default]
     Sniff,
     /// Store as it came, even when empty (a multipart part).
     Plain,
@@ -190,12 +219,12 @@ impl Ingester {
         Ingester {
             scope: store.config.dedup_scope_of(tenant),
             store,
-            options,
             md5: Md5::new(),
             hasher: options.checksums.hasher(),
+            force_plain: options.mode == IngestMode::Plain,
+            options,
             size: 0,
             state: State::Sniff(BytesMut::new()),
-            force_plain: options.mode == IngestMode::Plain,
             segments: Vec::new(),
             pack: None,
             new_chunks: Vec::new(),
@@ -333,16 +362,19 @@ impl Ingester {
         let (dtype, region_end, tensor_signature) = match model.regions.get(model.region) {
             Some(Region { kind: RegionKind::Tensor(index), end, .. }) => {
                 let tensor = &model.layout.tensors[*index];
-                (tensor.dtype, Some(*end), Some(signature(tensor)))
+                (tensor.dtype, Some(*end), Some((tensor.name.clone(), signature(tensor))))
             }
             Some(Region { end, .. }) => (Dtype::U8, Some(*end), None),
             None => (Dtype::U8, None, None),
         };
-        if let (0, Some(tensor_signature)) = (chunk_index, &tensor_signature) {
+        if let (0, Some(tensor_key)) = (chunk_index, tensor_signature) {
             let sketch = Sketch::of(&raw, dtype);
-            let chosen = match self.store.config.base_selection {
-                BaseSelection::Fingerprint => self.choose_by_fingerprint(&raw, dtype, tensor_signature, &sketch).await?,
-                _ => None,
+            let hinted = self.options.base_hint.as_ref().and_then(|hint| hint.get(&tensor_key).cloned());
+            let tensor_signature = &tensor_key.1;
+            let chosen = match (hinted, self.store.config.base_selection) {
+                (Some(chunks), _) => Some(chunks),
+                (None, BaseSelection::Fingerprint) => self.choose_by_fingerprint(&raw, dtype, tensor_signature, &sketch).await?,
+                (None, _) => None,
             };
             let State::Model(model) = &mut self.state else { return Ok(()) };
             model.sketch = Some(sketch);

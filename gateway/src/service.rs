@@ -11,10 +11,13 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tensorgate_index::{Attributes, BucketDeletion, Checksums, Expect, IndexError, ObjectKey, ObjectRecord, PartRecord, Segment, UploadRecord};
 use tracing::Instrument;
 
-use crate::ingest::{self, ChecksumSelection, IngestMode, IngestOptions, Ingested};
+use crate::ingest::{self, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
 use crate::auth::KeyRing;
 use crate::reader;
 use crate::store::{new_id, now_ms, Store};
+
+/// User metadata naming the base model of an upload (`x-amz-meta-tensorgate-base: bucket/key`).
+const BASE_HINT: &str = "tensorgate-base";
 
 /// Parts of a multipart upload other than the last must hold at least this many bytes.
 const MIN_PART_SIZE: u64 = 5 << 20;
@@ -61,9 +64,10 @@ impl Gateway {
         body: Option<StreamingBlob>,
         size_hint: Option<u64>,
         claimed: &ClaimedDigests,
+        base_hint: Option<Arc<ModelTensors>>,
     ) -> S3Result<Ingested> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
-        let options = IngestOptions { size_hint, mode: IngestMode::Sniff, checksums: claimed.selection() };
+        let options = IngestOptions { size_hint, mode: IngestMode::Sniff, checksums: claimed.selection(), base_hint };
         let ingested = ingest::ingest(&self.store, &tenant, body, options)
             .await
             .map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
@@ -78,6 +82,14 @@ impl Gateway {
             return Err(error);
         }
         Ok(ingested)
+    }
+
+    /// The tensors of the model a client names as the base with `x-amz-meta-tensorgate-base:
+    /// bucket/key` (in its own tenant). A hint that names nothing usable is ignored.
+    fn base_hint(&self, tenant: &str, metadata: Option<&Metadata>) -> Option<Arc<ModelTensors>> {
+        let (bucket, key) = metadata?.get(BASE_HINT)?.split_once('/')?;
+        let record = self.store.index.object(&ObjectKey::new(tenant, bucket, key)).ok()??;
+        ingest::model_tensors(&record).map(Arc::new)
     }
 
     /// Makes an ingested body the object at `key`, with the given attributes.
@@ -414,7 +426,8 @@ impl S3 for Gateway {
             self.ensure_bucket(&tenant, &input.bucket)?;
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
-            let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed).await?;
+            let base_hint = self.base_hint(&tenant, input.metadata.as_ref());
+            let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed, base_hint).await?;
             let attributes = attributes_of!(input);
             let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes).await?;
             let checksums = record.checksums;
@@ -529,7 +542,7 @@ impl S3 for Gateway {
         let pieces = reader::plan(&source, 0..source.size);
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
         let claimed = ClaimedDigests::default();
-        let ingested = self.ingest_body(&tenant, Some(body), Some(source.size), &claimed).await?;
+        let ingested = self.ingest_body(&tenant, Some(body), Some(source.size), &claimed, None).await?;
         let mut record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes).await?;
         if source.etag.contains('-') {
             record.etag = source.etag.clone();
@@ -863,7 +876,7 @@ impl Gateway {
     /// Stores a part body as it came in its own upstream blob.
     async fn store_part(&self, tenant: &str, body: Option<StreamingBlob>, size_hint: Option<u64>, claimed: &ClaimedDigests) -> S3Result<PartRecord> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
-        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection() };
+        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(), base_hint: None };
         let ingested = ingest::ingest(&self.store, &tenant, body, options).await.map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
             .ok_or_else(|| s3_error!(InternalError, "ingest declined a part"))?;
         if let Some(size) = size_hint.filter(|size| *size != ingested.size) {
