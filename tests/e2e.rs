@@ -523,3 +523,29 @@ fn a_named_base_is_used_when_given() {
     assert!(added[0] * 100 > raw * 50 && added[1] * 100 > raw * 50, "without a usable hint nothing is a delta: {added:?}");
     assert!(added[2] * 100 < raw * 15, "the hinted base was not used: {added:?}");
 }
+
+/// The JavaScript SDK streams PutObject as an aws-chunked body with a trailing CRC32 even over
+/// plain HTTP: the model must be stored as chunks, keep its MD5 ETag and read back whole.
+#[test]
+fn javascript_sdk_streams_aws_chunked_uploads() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    gateway.aws(&["s3", "mb", "s3://jsbucket"]);
+    let model = corpus("ft/ft-b-mlm.bf16.safetensors");
+    let out = gateway.dir.path().join("js-download");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/js/put_get.mjs");
+    let output = std::process::Command::new("node")
+        .arg(script)
+        .args([gateway.endpoint.as_str(), ACCESS_KEY, SECRET_KEY, "jsbucket", "model.safetensors"])
+        .arg(&model)
+        .arg(&out)
+        .output()
+        .expect("node must be installed (tests/run installs it)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let original = std::fs::read(&model).unwrap();
+    assert_eq!(reply["etag"].as_str().unwrap().trim_matches('"'), md5_hex(&original));
+    assert_eq!(reply["getEtag"], reply["etag"]);
+    assert!(reply["crc32"].is_string(), "the trailing checksum was verified and echoed: {reply}");
+    assert!(std::fs::read(&out).unwrap() == original);
+    assert!(gateway.store().index.pack_bytes().unwrap() > 0, "the streamed model was stored as chunks");
+}
