@@ -35,20 +35,35 @@ impl RunningGateway {
     }
 }
 
-/// Opens the store that `config` describes.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<Store>> {
-    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let index = Index::open(&config.data_dir.join("index")).context("opening the index")?;
-    let upstream: Arc<dyn Upstream> = match &config.upstream {
+/// The upstream that `config` describes.
+pub fn open_upstream(config: &Config) -> anyhow::Result<Arc<dyn Upstream>> {
+    Ok(match &config.upstream {
         Some(s3) => Arc::new(S3Upstream::new(s3)?),
         None => Arc::new(LocalUpstream::new(&config.data_dir.join("upstream"))?),
-    };
+    })
+}
+
+/// Opens the store that `config` describes, over `upstream`.
+pub fn open_store_with(config: &Config, upstream: Arc<dyn Upstream>) -> anyhow::Result<Arc<Store>> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let index = Index::open(&config.data_dir.join("index")).context("opening the index")?;
     Ok(Arc::new(Store::new(index, upstream, config.clone())))
+}
+
+/// Opens the store that `config` describes.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<Store>> {
+    open_store_with(config, open_upstream(config)?)
 }
 
 /// Binds the listener and starts serving in the background.
 pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
-    let store = open_store(&config)?;
+    let upstream = open_upstream(&config)?;
+    start_with(config, upstream).await
+}
+
+/// Starts serving over a given upstream (tests wrap the configured one to inject faults).
+pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::Result<RunningGateway> {
+    let store = open_store_with(&config, upstream)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

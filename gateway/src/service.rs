@@ -331,6 +331,23 @@ fn check_key(key: &str) -> S3Result<()> {
     Ok(())
 }
 
+/// Waits for the first piece of a response body, so that an upstream that cannot serve it gets
+/// the client a 503 rather than a 200 with a short body; later failures end the body early.
+async fn first_piece_or_unavailable<S>(mut body: S) -> S3Result<impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync + Unpin,
+{
+    let first = match futures::StreamExt::next(&mut body).await {
+        Some(Ok(bytes)) => Some(Ok(bytes)),
+        Some(Err(error)) => {
+            tracing::error!(%error, "upstream read failed before the response started");
+            return Err(s3_error!(ServiceUnavailable, "the storage behind this gateway is unavailable; retry"));
+        }
+        None => None,
+    };
+    Ok(futures::StreamExt::chain(futures::stream::iter(first), body))
+}
+
 /// The byte range a GET asks for: a Range header or a part number.
 fn requested_range(record: &ObjectRecord, range: Option<&Range>, part_number: Option<i32>) -> S3Result<Option<std::ops::Range<u64>>> {
     if let Some(number) = part_number {
@@ -456,6 +473,7 @@ impl S3 for Gateway {
         let content_range = range.as_ref().map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), record.size));
         let pieces = reader::plan(&record, bytes.clone());
         let body = reader::stream(self.store.clone(), pieces);
+        let body = first_piece_or_unavailable(body).await?;
         tracing::info!(bytes = bytes.end - bytes.start, "serving");
         let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
         let parts_count = parts_count(&record, input.part_number);

@@ -12,12 +12,24 @@ use crate::ingest::StoredTensor;
 use crate::config::Config;
 use crate::upstream::Upstream;
 
+/// Attempts of one upstream read before its error is returned.
+pub const READ_ATTEMPTS: u32 = 4;
+
+/// Pause before retry number `attempt`: 50 ms doubling each time, with up to half again of
+/// jitter so that many readers do not retry in step.
+fn backoff(attempt: u32) -> std::time::Duration {
+    let base = 50u64 << attempt.min(6);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    std::time::Duration::from_millis(base + u64::from(nanos) % (base / 2 + 1))
+}
+
 /// Counters that tests and operators read.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub upstream_reads: AtomicU64,
     pub upstream_read_bytes: AtomicU64,
     pub frames_decoded: AtomicU64,
+    pub upstream_retries: AtomicU64,
 }
 
 impl Counters {
@@ -77,13 +89,27 @@ impl Store {
         Store { index, upstream, config, counters: Counters::default(), base_cache, prefetch }
     }
 
-    /// Reads a range of an upstream object, counting the read.
+    /// Reads a range of an upstream object, counting the read. A failed or short read is
+    /// retried after a growing, jittered pause, up to [`READ_ATTEMPTS`] attempts in all.
     pub async fn read_upstream(&self, key: &str, range: std::ops::Range<u64>) -> anyhow::Result<Bytes> {
         self.counters.upstream_reads.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .upstream_read_bytes
-            .fetch_add(range.end.saturating_sub(range.start), Ordering::Relaxed);
-        self.upstream.read(key, range).await
+        let wanted = range.end.saturating_sub(range.start);
+        self.counters.upstream_read_bytes.fetch_add(wanted, Ordering::Relaxed);
+        let mut attempt = 1;
+        loop {
+            let error = match self.upstream.read(key, range.clone()).await {
+                Ok(bytes) if bytes.len() as u64 == wanted => return Ok(bytes),
+                Ok(bytes) => anyhow::anyhow!("upstream gave {} bytes of {key} where {wanted} were asked", bytes.len()),
+                Err(error) => error,
+            };
+            if attempt == READ_ATTEMPTS {
+                return Err(error);
+            }
+            self.counters.upstream_retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%key, attempt, error = format!("{error:#}"), "upstream read failed; retrying");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
+        }
     }
 }
 

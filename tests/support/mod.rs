@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -98,6 +100,15 @@ impl TestGateway {
 
     /// Starts a gateway after `adjust` has changed the test configuration.
     pub fn start_with(kind: UpstreamKind, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        TestGateway::start_wrapped(kind, adjust, |upstream| upstream)
+    }
+
+    /// Starts a gateway whose upstream is wrapped by `wrap` (to inject faults).
+    pub fn start_wrapped(
+        kind: UpstreamKind,
+        adjust: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(std::sync::Arc<dyn tensorgate::upstream::Upstream>) -> std::sync::Arc<dyn tensorgate::upstream::Upstream>,
+    ) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let moto = (kind == UpstreamKind::Moto).then(Moto::start);
         let mut config = Config::load(None).unwrap();
@@ -118,7 +129,8 @@ impl TestGateway {
         });
         adjust(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-        let gateway = runtime.block_on(server::start(config)).expect("gateway starts");
+        let upstream = wrap(server::open_upstream(&config).expect("upstream opens"));
+        let gateway = runtime.block_on(server::start_with(config, upstream)).expect("gateway starts");
         let endpoint = format!("http://{}", gateway.address);
         TestGateway { gateway: Some(gateway), runtime, endpoint, dir, _moto: moto }
     }
@@ -215,7 +227,8 @@ pub fn aws_command(endpoint: &str, access_key: &str, secret_key: &str) -> Comman
         .env("AWS_SECRET_ACCESS_KEY", secret_key)
         .env("AWS_DEFAULT_REGION", "us-east-1")
         .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_MAX_ATTEMPTS", "2");
     command
 }
 

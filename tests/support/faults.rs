@@ -1,0 +1,122 @@
+//! An upstream that fails on purpose: a share of calls error, return short reads, or stall, so
+//! that the gateway's answers under upstream faults can be checked. Deterministic per seed.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tensorgate::upstream::{BlobWriter, Upstream};
+
+/// What a call does.
+enum Fault {
+    None,
+    Error,
+    Short,
+    Stall,
+}
+
+pub struct FaultyUpstream {
+    inner: Arc<dyn Upstream>,
+    /// Faults per thousand calls.
+    per_mille: u64,
+    state: AtomicU64,
+    pub enabled: Arc<AtomicBool>,
+    /// Every read fails: the upstream is down.
+    pub down: Arc<AtomicBool>,
+    pub injected: Arc<AtomicU64>,
+}
+
+impl FaultyUpstream {
+    pub fn new(inner: Arc<dyn Upstream>, per_mille: u64) -> FaultyUpstream {
+        FaultyUpstream {
+            inner,
+            per_mille,
+            state: AtomicU64::new(0x0dd5eed),
+            enabled: Arc::new(AtomicBool::new(true)),
+            down: Arc::new(AtomicBool::new(false)),
+            injected: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn roll(&self) -> Fault {
+        let step = self.state.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        let draw = (step.wrapping_mul(0xbf58_476d_1ce4_e5b9) >> 40) % 1000;
+        if !self.enabled.load(Ordering::Relaxed) || draw >= self.per_mille {
+            return Fault::None;
+        }
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        match draw % 3 {
+            0 => Fault::Error,
+            1 => Fault::Short,
+            _ => Fault::Stall,
+        }
+    }
+}
+
+#[async_trait]
+impl Upstream for FaultyUpstream {
+    async fn writer(&self, key: &str) -> anyhow::Result<Box<dyn BlobWriter>> {
+        if let Fault::Error = self.roll() {
+            anyhow::bail!("injected fault: upstream refused to start {key}");
+        }
+        let inner = self.inner.writer(key).await?;
+        Ok(Box::new(FaultyWriter { inner, fail: matches!(self.roll(), Fault::Error | Fault::Short) }))
+    }
+
+    async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
+        if self.down.load(Ordering::Relaxed) {
+            anyhow::bail!("injected fault: upstream down");
+        }
+        match self.roll() {
+            Fault::Error => anyhow::bail!("injected fault: connection reset reading {key}"),
+            Fault::Short => {
+                let bytes = self.inner.read(key, range).await?;
+                Ok(bytes.slice(..bytes.len() / 2))
+            }
+            Fault::Stall => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.inner.read(key, range).await
+            }
+            Fault::None => self.inner.read(key, range).await,
+        }
+    }
+
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        if let Fault::Error = self.roll() {
+            anyhow::bail!("injected fault: delete of {key} timed out");
+        }
+        self.inner.delete(key).await
+    }
+
+    fn describe(&self) -> String {
+        format!("{} with {} faults per thousand calls", self.inner.describe(), self.per_mille)
+    }
+}
+
+/// A writer whose upload fails at the end when it drew a fault.
+struct FaultyWriter {
+    inner: Box<dyn BlobWriter>,
+    fail: bool,
+}
+
+#[async_trait]
+impl BlobWriter for FaultyWriter {
+    async fn write(&mut self, bytes: Bytes) -> anyhow::Result<()> {
+        self.inner.write(bytes).await
+    }
+
+    async fn finish(self: Box<Self>) -> anyhow::Result<u64> {
+        if self.fail {
+            self.inner.abort().await;
+            anyhow::bail!("injected fault: upstream upload failed");
+        }
+        self.inner.finish().await
+    }
+
+    async fn abort(self: Box<Self>) {
+        self.inner.abort().await;
+    }
+}
