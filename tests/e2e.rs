@@ -604,3 +604,25 @@ fn upstream_faults_never_corrupt_or_lose_acknowledged_writes() {
     let stderr = String::from_utf8_lossy(&unavailable.stderr);
     assert!(stderr.contains("ServiceUnavailable"), "a GET with the upstream down must get a 503: {stderr}");
 }
+
+/// Expired presigned URLs, requests signed with a skewed clock and signed requests replayed on
+/// another key are refused with the codes AWS gives.
+#[test]
+fn expired_skewed_and_replayed_signatures_are_refused() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("f");
+    std::fs::write(&file, b"signed bytes").unwrap();
+    gateway.aws(&["s3", "mb", "s3://signed"]);
+    gateway.aws(&["s3", "cp", file.to_str().unwrap(), "s3://signed/one"]);
+    gateway.aws(&["s3", "cp", file.to_str().unwrap(), "s3://signed/two"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/signatures.py");
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .args([gateway.endpoint.as_str(), "signed", "one", "two"])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+}
