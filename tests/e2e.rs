@@ -378,7 +378,7 @@ fn fsck_is_clean_and_corruption_is_detected_never_served() {
 
 fn two_tenants(config: &mut tensorgate::config::Config) {
     use tensorgate::config::{AccessKey, TenantConfig};
-    let key = |access: &str, secret: &str| AccessKey { access_key: access.to_owned(), secret_key: secret.to_owned() };
+    let key = AccessKey::new;
     config.tenants = vec![
         TenantConfig { name: "a".into(), access_keys: vec![key("tenant-a", "secret-a")], max_buckets: Some(3) },
         TenantConfig { name: "b".into(), access_keys: vec![key("tenant-b", "secret-b"), key("tenant-b2", "secret-b2")], max_buckets: None },
@@ -625,4 +625,50 @@ fn expired_skewed_and_replayed_signatures_are_refused() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+}
+
+/// Secrets can come from the environment or a file; SIGHUP reloads keys, so a revoked key is
+/// refused at once and a new one works, and a broken config is refused without harm.
+#[test]
+fn keys_come_from_env_or_files_and_reload_on_sighup() {
+    let work = tempfile::tempdir().unwrap();
+    let secret_file = work.path().join("secret");
+    std::fs::write(&secret_file, "file-secret\n").unwrap();
+    let config = work.path().join("tensorgate.toml");
+    let tenant = |keys: &str| format!("data_dir = {:?}\n[[tenants]]\nname = \"team\"\n{keys}", work.path().join("data"));
+    let env_key = "[[tenants.access_keys]]\naccess_key = \"from-env\"\nsecret_key_env = \"TG_TEST_SECRET\"\n";
+    let file_key = format!("[[tenants.access_keys]]\naccess_key = \"from-file\"\nsecret_key_file = {secret_file:?}\n");
+    std::fs::write(&config, tenant(&format!("{env_key}{file_key}"))).unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tensorgate"))
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("TG_TEST_SECRET", "env-secret")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let list = |key: &str, secret: &str| aws_command(&endpoint, key, secret).args(["s3", "ls"]).output().unwrap();
+    assert!(list("from-env", "env-secret").status.success());
+    assert!(list("from-file", "file-secret").status.success());
+    let hangup = || {
+        std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    std::fs::write(&config, tenant(&format!("{file_key}[[tenants.access_keys]]\naccess_key = \"new-key\"\nsecret_key = \"new-secret\"\n"))).unwrap();
+    hangup();
+    let revoked = list("from-env", "env-secret");
+    assert!(String::from_utf8_lossy(&revoked.stderr).contains("InvalidAccessKeyId"), "{}", String::from_utf8_lossy(&revoked.stderr));
+    assert!(list("new-key", "new-secret").status.success());
+    assert!(list("from-file", "file-secret").status.success());
+    std::fs::write(&config, "[[tenants]]\nname = \"x\"\naccess_keys = []\n").unwrap();
+    hangup();
+    assert!(list("new-key", "new-secret").status.success(), "a broken config replaced the keys in use");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -3,7 +3,7 @@
 //! says `NotSignedUp`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use s3s::auth::{S3Auth, SecretKey};
@@ -17,6 +17,7 @@ struct KeyEntry {
     tenant: String,
 }
 
+#[derive(Default)]
 pub struct KeyRing {
     keys: HashMap<String, KeyEntry>,
     max_buckets: HashMap<String, usize>,
@@ -49,13 +50,36 @@ impl KeyRing {
     }
 }
 
+/// The current key ring, replaced whole when the configuration is reloaded: a request sees
+/// either the old ring or the new one, and a revoked key is refused from the next request on.
+#[derive(Default)]
+pub struct Keys(RwLock<Arc<KeyRing>>);
+
+impl Keys {
+    pub fn new(ring: KeyRing) -> Keys {
+        Keys(RwLock::new(Arc::new(ring)))
+    }
+
+    pub fn current(&self) -> Arc<KeyRing> {
+        self.0.read().map(|ring| ring.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    pub fn replace(&self, ring: KeyRing) {
+        match self.0.write() {
+            Ok(mut current) => *current = Arc::new(ring),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(ring),
+        }
+    }
+}
+
 /// The key ring as s3s's authenticator, shared with the service that maps keys to tenants.
-pub struct Authenticator(pub Arc<KeyRing>);
+pub struct Authenticator(pub Arc<Keys>);
 
 #[async_trait]
 impl S3Auth for Authenticator {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
         self.0
+            .current()
             .keys
             .get(access_key)
             .map(|entry| entry.secret.clone())

@@ -60,7 +60,35 @@ pub enum BaseSelection {
 #[serde(deny_unknown_fields)]
 pub struct AccessKey {
     pub access_key: String,
+    /// The secret itself, or empty when it comes from `secret_key_env` or `secret_key_file`.
+    #[serde(default)]
     pub secret_key: String,
+    /// Environment variable holding the secret.
+    #[serde(default)]
+    pub secret_key_env: Option<String>,
+    /// File holding the secret (a trailing newline is dropped).
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
+}
+
+impl AccessKey {
+    pub fn new(access_key: &str, secret_key: &str) -> AccessKey {
+        AccessKey { access_key: access_key.to_owned(), secret_key: secret_key.to_owned(), secret_key_env: None, secret_key_file: None }
+    }
+
+    /// Fills `secret_key` from the environment or a file when the config names one.
+    fn resolve_secret(&mut self) -> anyhow::Result<()> {
+        let sources = usize::from(!self.secret_key.is_empty()) + usize::from(self.secret_key_env.is_some()) + usize::from(self.secret_key_file.is_some());
+        anyhow::ensure!(sources == 1, "access key {:?} needs exactly one of secret_key, secret_key_env, secret_key_file", self.access_key);
+        if let Some(variable) = &self.secret_key_env {
+            self.secret_key = std::env::var(variable).with_context(|| format!("reading the secret of {:?} from ${variable}", self.access_key))?;
+        }
+        if let Some(path) = &self.secret_key_file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading the secret of {:?} from {}", self.access_key, path.display()))?;
+            self.secret_key = text.trim_end_matches(['\n', '\r']).to_owned();
+        }
+        Ok(())
+    }
 }
 
 /// One tenant: a namespace of buckets reached with its own keys.
@@ -114,10 +142,11 @@ impl Config {
             None => Config::default(),
         };
         if config.access_keys.is_empty() && config.tenants.is_empty() {
-            config.access_keys.push(AccessKey {
-                access_key: DEFAULT_ACCESS_KEY.to_owned(),
-                secret_key: DEFAULT_SECRET_KEY.to_owned(),
-            });
+            config.access_keys.push(AccessKey::new(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY));
+        }
+        let tenant_keys = config.tenants.iter_mut().flat_map(|tenant| tenant.access_keys.iter_mut());
+        for key in config.access_keys.iter_mut().chain(tenant_keys) {
+            key.resolve_secret()?;
         }
         Ok(config)
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use clap::{Parser, Subcommand};
-use tensorgate::config::Config;
+use tensorgate::config::{Config, DEFAULT_ACCESS_KEY};
 use tensorgate::{background, fsck, server};
 use tensorgate_codec::container;
 
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { listen, data_dir } => {
             config.listen = listen.unwrap_or(config.listen);
             config.data_dir = data_dir.unwrap_or(config.data_dir);
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, cli.config))
         }
         Command::Pack { base, file, output } => convert(&file, base.as_deref(), &output, "packed", container::pack),
         Command::Unpack { base, file, output } => convert(&file, base.as_deref(), &output, "unpacked", container::unpack),
@@ -163,19 +163,45 @@ fn convert(
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// Serves until Ctrl-C; on SIGHUP, reloads the access keys and tenants from the config file.
+async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let gateway = server::start(config.clone()).await?;
-    let key = &config.access_keys[0];
     println!("tensorgate is serving S3 at http://{}", gateway.address);
     println!("  data directory: {}", config.data_dir.display());
     println!("  upstream:       {}", gateway.store.upstream.describe());
-    println!("  access key:     {}", key.access_key);
-    println!("  secret key:     {}", key.secret_key);
-    println!(
-        "  try: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} aws --endpoint-url http://{} s3 ls",
-        key.access_key, key.secret_key, gateway.address
-    );
-    tokio::signal::ctrl_c().await?;
+    let built_in = config.access_keys.iter().find(|key| key.access_key == DEFAULT_ACCESS_KEY && config.tenants.is_empty());
+    match built_in {
+        Some(key) => {
+            println!("  access key:     {}", key.access_key);
+            println!("  secret key:     {}", key.secret_key);
+            println!(
+                "  try: AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} aws --endpoint-url http://{} s3 ls",
+                key.access_key, key.secret_key, gateway.address
+            );
+        }
+        None => {
+            let tenants = config.all_tenants();
+            let keys: usize = tenants.iter().map(|t| t.access_keys.len()).sum();
+            println!("  access keys:    {keys} keys of {} tenants, from the config", tenants.len());
+        }
+    }
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => {
+                result?;
+                break;
+            }
+            _ = hangups.recv() => {
+                let reloaded = config_path.as_deref().map(|path| Config::load(Some(path)).and_then(|new| gateway.reload_keys(&new)));
+                match reloaded {
+                    Some(Ok(())) => tracing::info!("access keys reloaded"),
+                    Some(Err(error)) => tracing::error!(error = format!("{error:#}"), "reload refused; the keys in use are kept"),
+                    None => tracing::warn!("SIGHUP without --config: nothing to reload"),
+                }
+            }
+        }
+    }
     gateway.stop();
     Ok(())
 }

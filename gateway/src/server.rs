@@ -11,7 +11,7 @@ use s3s::service::S3ServiceBuilder;
 use tensorgate_index::Index;
 use tokio::net::TcpListener;
 
-use crate::auth::{Authenticator, KeyRing};
+use crate::auth::{Authenticator, KeyRing, Keys};
 use crate::background;
 use crate::domains::Domains;
 use crate::config::Config;
@@ -23,10 +23,19 @@ use crate::upstream::{LocalUpstream, S3Upstream, Upstream};
 pub struct RunningGateway {
     pub address: SocketAddr,
     pub store: Arc<Store>,
+    keys: Arc<Keys>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningGateway {
+    /// Takes the access keys and tenants of a reloaded configuration: added keys work and
+    /// removed keys are refused from the next request on. Other settings need a restart.
+    pub fn reload_keys(&self, config: &Config) -> anyhow::Result<()> {
+        config.validate()?;
+        self.keys.replace(KeyRing::new(&config.all_tenants()));
+        Ok(())
+    }
+
     /// Stops serving and the background tasks.
     pub fn stop(self) {
         for task in self.tasks {
@@ -64,14 +73,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
 /// Starts serving over a given upstream (tests wrap the configured one to inject faults).
 pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::Result<RunningGateway> {
     let store = open_store_with(&config, upstream)?;
+    let keys = Arc::new(Keys::new(KeyRing::new(&config.all_tenants())));
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let address = listener.local_addr()?;
     let service = {
-        let keys = Arc::new(KeyRing::new(&config.all_tenants()));
         let mut builder = S3ServiceBuilder::new(Gateway::new(store.clone(), keys.clone()));
-        builder.set_auth(Authenticator(keys));
+        builder.set_auth(Authenticator(keys.clone()));
         builder.set_host(Domains::new(&config.domains));
         builder.build()
     };
@@ -96,5 +105,5 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
     });
     let packer = tokio::spawn(background::run_packer(store.clone()));
     let gc = tokio::spawn(background::run_gc(store.clone()));
-    Ok(RunningGateway { address, store, tasks: vec![accept, packer, gc] })
+    Ok(RunningGateway { address, store, keys, tasks: vec![accept, packer, gc] })
 }

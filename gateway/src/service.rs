@@ -12,7 +12,7 @@ use tensorgate_index::{Attributes, BucketDeletion, Checksums, Expect, IndexError
 use tracing::Instrument;
 
 use crate::ingest::{self, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
-use crate::auth::KeyRing;
+use crate::auth::Keys;
 use crate::reader;
 use crate::store::{new_id, now_ms, Store};
 
@@ -26,11 +26,11 @@ const MIN_PART_SIZE: u64 = 5 << 20;
 #[derive(Clone)]
 pub struct Gateway {
     store: Arc<Store>,
-    keys: Arc<KeyRing>,
+    keys: Arc<Keys>,
 }
 
 impl Gateway {
-    pub fn new(store: Arc<Store>, keys: Arc<KeyRing>) -> Gateway {
+    pub fn new(store: Arc<Store>, keys: Arc<Keys>) -> Gateway {
         Gateway { store, keys }
     }
 
@@ -38,7 +38,7 @@ impl Gateway {
     /// them when a key ring is set), but are refused again if they do.
     fn tenant<T>(&self, req: &S3Request<T>) -> S3Result<String> {
         let access_key = req.credentials.as_ref().map(|c| c.access_key.as_str()).ok_or_else(|| s3_error!(AccessDenied))?;
-        self.keys.tenant(access_key).map(str::to_owned).ok_or_else(|| s3_error!(InvalidAccessKeyId))
+        self.keys.current().tenant(access_key).map(str::to_owned).ok_or_else(|| s3_error!(InvalidAccessKeyId))
     }
 
     fn ensure_bucket(&self, tenant: &str, bucket: &str) -> S3Result<()> {
@@ -404,7 +404,7 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let bucket = &req.input.bucket;
         let owned = self.store.index.list_buckets(&tenant).map_err(internal)?.len();
-        if self.keys.max_buckets(&tenant).is_some_and(|limit| owned >= limit) {
+        if self.keys.current().max_buckets(&tenant).is_some_and(|limit| owned >= limit) {
             return Err(s3_error!(TooManyBuckets));
         }
         if !self.store.index.create_bucket(&tenant, bucket, now_ms()).map_err(internal)? {
