@@ -672,3 +672,38 @@ fn keys_come_from_env_or_files_and_reload_on_sighup() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// With a certificate configured the gateway serves HTTPS; over HTTPS aws cli sends aws-chunked
+/// bodies with a trailing CRC32, which are verified, and both single and multipart uploads of a
+/// model round-trip.
+#[test]
+fn https_with_aws_chunked_uploads() {
+    let work = tempfile::tempdir().unwrap();
+    let certificate = work.path().join("cert.pem");
+    let private_key = work.path().join("key.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+        .arg(&private_key)
+        .arg("-out")
+        .arg(&certificate)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let tls = tensorgate::config::TlsConfig { certificate: certificate.clone(), private_key };
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.tls = Some(tls));
+    assert!(gateway.endpoint.starts_with("https://"));
+    let ca = certificate.to_str().unwrap();
+    let big = work.path().join("big.safetensors");
+    std::fs::write(&big, replicated_model(&corpus("ft/ft-a-contrastive.bf16.safetensors"), 4)).unwrap();
+    let small = corpus("base/minilm-l6.bf16.safetensors");
+    gateway.aws(&["--ca-bundle", ca, "s3", "mb", "s3://secure"]);
+    for (key, path) in [("small", &small), ("big", &big)] {
+        gateway.aws(&["--ca-bundle", ca, "s3", "cp", path.to_str().unwrap(), &format!("s3://secure/{key}")]);
+        let out = work.path().join(format!("{key}.back"));
+        gateway.aws(&["--ca-bundle", ca, "s3", "cp", &format!("s3://secure/{key}"), out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(path).unwrap(), "{key} differs over HTTPS");
+    }
+    let plain = aws_command(&gateway.endpoint.replace("https", "http"), ACCESS_KEY, SECRET_KEY).args(["s3", "ls"]).output().unwrap();
+    assert!(!plain.status.success(), "plain HTTP must not be served on the TLS port");
+}

@@ -20,6 +20,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of the sled index (and of the local upstream when no S3 upstream is set).
     pub data_dir: PathBuf,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
     /// Domains for virtual-host style requests (`bucket.localhost`).
     pub domains: Vec<String>,
     /// Access keys of the tenant named `default` (the single-tenant setup).
@@ -91,6 +93,14 @@ impl AccessKey {
     }
 }
 
+/// Certificate chain and private key, PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
 /// One tenant: a namespace of buckets reached with its own keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +127,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             data_dir: PathBuf::from("tensorgate-data"),
+            tls: None,
             domains: vec!["localhost".to_owned()],
             access_keys: Vec::new(),
             tenants: Vec::new(),

@@ -9,12 +9,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use s3s::service::S3ServiceBuilder;
 use tensorgate_index::Index;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Authenticator, KeyRing, Keys};
 use crate::background;
 use crate::domains::Domains;
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::service::Gateway;
 use crate::store::Store;
 use crate::upstream::{LocalUpstream, S3Upstream, Upstream};
@@ -52,6 +55,22 @@ pub fn open_upstream(config: &Config) -> anyhow::Result<Arc<dyn Upstream>> {
     })
 }
 
+/// The TLS acceptor for the configured certificate and key.
+fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
+    let certificates = CertificateDer::pem_file_iter(&tls.certificate)
+        .with_context(|| format!("reading {}", tls.certificate.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", tls.certificate.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.private_key).with_context(|| format!("reading {}", tls.private_key.display()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .context("the TLS certificate and key do not match")?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
 /// Opens the store that `config` describes, over `upstream`.
 pub fn open_store_with(config: &Config, upstream: Arc<dyn Upstream>) -> anyhow::Result<Arc<Store>> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
@@ -84,9 +103,9 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
         builder.set_host(Domains::new(&config.domains));
         builder.build()
     };
-    tracing::info!(%address, upstream = store.upstream.describe(), "serving S3");
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    tracing::info!(%address, tls = tls.is_some(), upstream = store.upstream.describe(), "serving S3");
     let accept = tokio::spawn(async move {
-        let http = ConnectionBuilder::new(TokioExecutor::new());
         loop {
             let socket = match listener.accept().await {
                 Ok((socket, _)) => socket,
@@ -95,9 +114,18 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
                     continue;
                 }
             };
-            let connection = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+            let service = service.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                let http = ConnectionBuilder::new(TokioExecutor::new());
+                let served = match tls {
+                    Some(acceptor) => match acceptor.accept(socket).await {
+                        Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
+                        Err(error) => Err(error.into()),
+                    },
+                    None => http.serve_connection(TokioIo::new(socket), service).await,
+                };
+                if let Err(error) = served {
                     tracing::debug!(%error, "connection ended with an error");
                 }
             });

@@ -130,8 +130,9 @@ impl TestGateway {
         adjust(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let upstream = wrap(server::open_upstream(&config).expect("upstream opens"));
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let gateway = runtime.block_on(server::start_with(config, upstream)).expect("gateway starts");
-        let endpoint = format!("http://{}", gateway.address);
+        let endpoint = format!("{scheme}://{}", gateway.address);
         TestGateway { gateway: Some(gateway), runtime, endpoint, dir, _moto: moto }
     }
 
