@@ -428,6 +428,15 @@ fn dedup_is_per_tenant_unless_shared() {
         assert!(String::from_utf8_lossy(&other_key.stdout).contains("base.safetensors"), "a tenant's second key sees its buckets");
         assert!(added[0] > 1_000_000);
         assert_eq!(added[1] == 0, second_upload_is_free, "{scope:?}: second tenant's upload added {} bytes", added[1]);
+        let usage = gateway.store().index.usage().unwrap();
+        let physical: Vec<u64> = usage.iter().map(|row| row.physical_bytes).collect();
+        let stored: u64 = physical.iter().sum();
+        let live = gateway.store().index.pack_bytes().unwrap();
+        assert!(usage.iter().all(|row| row.logical_bytes == std::fs::metadata(&model).unwrap().len()), "{usage:?}");
+        assert!(stored.abs_diff(live) * 100 <= live, "{scope:?}: attributed {stored} of {live} pack bytes");
+        if second_upload_is_free {
+            assert!(physical[0].abs_diff(physical[1]) * 100 <= physical[0], "shared chunks are split evenly: {usage:?}");
+        }
     }
 }
 

@@ -42,6 +42,16 @@ enum Command {
     },
     /// Run one garbage collection now and exit.
     Gc,
+    /// Logical and physical bytes per tenant and bucket.
+    Stats {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with the configuration.
     Config {
         #[command(subcommand)]
@@ -116,6 +126,28 @@ fn main() -> anyhow::Result<()> {
             println!("clean");
             Ok(())
         }),
+        Command::Stats { tenant, bucket, json } => {
+            let store = server::open_store(&config)?;
+            let rows: Vec<_> = store
+                .index
+                .usage()?
+                .into_iter()
+                .filter(|row| tenant.as_ref().is_none_or(|t| *t == row.tenant) && bucket.as_ref().is_none_or(|b| *b == row.bucket))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<16} {:<24} {:>8} {:>16} {:>16} {:>8}", "tenant", "bucket", "objects", "logical bytes", "physical bytes", "saved");
+                for row in rows {
+                    let saved = 100.0 * (1.0 - row.physical_bytes as f64 / row.logical_bytes.max(1) as f64);
+                    println!(
+                        "{:<16} {:<24} {:>8} {:>16} {:>16} {:>7.1}%",
+                        row.tenant, row.bucket, row.objects, row.logical_bytes, row.physical_bytes, saved
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Config { action: ConfigAction::Check } => {
             config.validate()?;
             let tenants = config.all_tenants();

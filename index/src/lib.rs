@@ -39,6 +39,18 @@ pub type Result<T> = std::result::Result<T, IndexError>;
 /// sled's page cache: its default of 1 GiB would dominate the gateway's memory.
 const CACHE_BYTES: u64 = 64 << 20;
 
+/// Storage used by one bucket of one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub tenant: String,
+    pub bucket: String,
+    pub objects: u64,
+    /// Bytes clients stored.
+    pub logical_bytes: u64,
+    /// Upstream bytes attributed to them.
+    pub physical_bytes: u64,
+}
+
 /// What [`Index::check`] found.
 #[derive(Debug, Default)]
 pub struct IndexReport {
@@ -591,6 +603,49 @@ impl Index {
             report.problems.push(format!("pack {pack} holds {bytes} bytes of chunks but is not recorded"));
         }
         Ok(report)
+    }
+
+    /// Logical and physical bytes per tenant and bucket. A chunk's upstream bytes (its frame,
+    /// plus for a delta its share of the base) are split evenly among its references, so the
+    /// physical bytes of all buckets add up to what the live frames take.
+    pub fn usage(&self) -> Result<Vec<Usage>> {
+        let mut chunks: HashMap<ChunkHash, ChunkRecord> = HashMap::new();
+        for entry in self.all_chunks() {
+            let (hash, record) = entry?;
+            chunks.insert(hash, record);
+        }
+        let share = |hash: &ChunkHash| -> f64 {
+            let Some(record) = chunks.get(hash) else { return 0.0 };
+            let base = record
+                .base
+                .and_then(|base| chunks.get(&base))
+                .map_or(0.0, |base| f64::from(base.frame_len) / base.refs.max(1) as f64);
+            (f64::from(record.frame_len) + base) / record.refs.max(1) as f64
+        };
+        let mut usage: std::collections::BTreeMap<(String, String), Usage> = std::collections::BTreeMap::new();
+        for entry in self.objects.iter() {
+            let (key, value) = entry?;
+            let record: ObjectRecord = decode(&value)?;
+            let name = keys::display(&key);
+            let mut parts = name.splitn(3, '/');
+            let (tenant, bucket) = (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
+            let physical: f64 = record
+                .segments
+                .iter()
+                .map(|segment| match segment {
+                    Segment::Chunk { hash, .. } => share(hash),
+                    Segment::Blob { len, .. } => *len as f64,
+                    Segment::Inline(_) => 0.0,
+                })
+                .sum();
+            let row = usage
+                .entry((tenant.clone(), bucket.clone()))
+                .or_insert_with(|| Usage { tenant, bucket, ..Usage::default() });
+            row.objects += 1;
+            row.logical_bytes += record.size;
+            row.physical_bytes += physical.round() as u64;
+        }
+        Ok(usage.into_values().collect())
     }
 
     /// Every stored chunk with its record, for scrubbing.
