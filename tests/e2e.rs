@@ -716,3 +716,57 @@ fn https_with_aws_chunked_uploads() {
     let plain = aws_command(&gateway.endpoint.replace("https", "http"), ACCESS_KEY, SECRET_KEY).args(["s3", "ls"]).output().unwrap();
     assert!(!plain.status.success(), "plain HTTP must not be served on the TLS port");
 }
+
+/// A plain HTTP GET on the metrics port: (status, body).
+fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one metric line (`name{labels} value`) in a Prometheus scrape.
+fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{scrape}"))
+}
+
+/// The metrics port answers health and readiness, and its counters move with the traffic.
+#[test]
+fn metrics_and_health_follow_the_traffic() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.metrics_listen = Some("127.0.0.1:0".parse().unwrap()));
+    let address = gateway.gateway.as_ref().unwrap().metrics_address.unwrap();
+    assert_eq!(http_get(address, "/health"), (200, "ok\n".to_owned()));
+    assert_eq!(http_get(address, "/ready").0, 200);
+    assert_eq!(http_get(address, "/nothing").0, 404);
+    let base = corpus("base/minilm-l6.bf16.safetensors");
+    let tuned = corpus("ft/ft-a-contrastive.bf16.safetensors");
+    gateway.aws(&["s3", "mb", "s3://metered"]);
+    gateway.aws(&["s3", "cp", base.to_str().unwrap(), "s3://metered/base"]);
+    gateway.aws(&["s3", "cp", tuned.to_str().unwrap(), "s3://metered/tuned"]);
+    let (status, before) = http_get(address, "/metrics");
+    assert_eq!(status, 200);
+    let sizes = std::fs::metadata(&base).unwrap().len() + std::fs::metadata(&tuned).unwrap().len();
+    assert_eq!(metric(&before, "tensorgate_bytes_in_total") as u64, sizes);
+    assert!(metric(&before, r#"tensorgate_requests_total{method="PUT",status="200"}"#) >= 3.0);
+    assert!(metric(&before, r#"tensorgate_chunks_total{outcome="delta"}"#) > 0.0);
+    assert!(metric(&before, r#"tensorgate_chunks_total{outcome="deduplicated"}"#) > 0.0, "frozen tensors dedup");
+    assert_eq!(metric(&before, r#"tensorgate_logical_bytes{tenant="default"}"#) as u64, sizes);
+    assert!(metric(&before, r#"tensorgate_physical_bytes{tenant="default"}"#) < sizes as f64 / 2.0);
+    assert_eq!(metric(&before, "tensorgate_packer_queue"), 0.0);
+    let out = gateway.dir.path().join("out");
+    gateway.aws(&["s3", "cp", "s3://metered/tuned", out.to_str().unwrap()]);
+    let after = http_get(address, "/metrics").1;
+    let served = metric(&after, "tensorgate_bytes_out_total") - metric(&before, "tensorgate_bytes_out_total");
+    assert_eq!(served as u64, std::fs::metadata(&tuned).unwrap().len());
+    assert!(metric(&after, "tensorgate_upstream_reads_total") > metric(&before, "tensorgate_upstream_reads_total"));
+    assert!(metric(&after, r#"tensorgate_base_cache_total{result="miss"}"#) > 0.0);
+}

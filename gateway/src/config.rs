@@ -20,6 +20,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of the sled index (and of the local upstream when no S3 upstream is set).
     pub data_dir: PathBuf,
+    /// Address of the metrics and health endpoints (`/metrics`, `/health`, `/ready`); off
+    /// when absent.
+    pub metrics_listen: Option<SocketAddr>,
     /// Serve HTTPS with this certificate and key instead of plain HTTP.
     pub tls: Option<TlsConfig>,
     /// Domains for virtual-host style requests (`bucket.localhost`).
@@ -127,6 +130,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             data_dir: PathBuf::from("tensorgate-data"),
+            metrics_listen: None,
             tls: None,
             domains: vec!["localhost".to_owned()],
             access_keys: Vec::new(),

@@ -19,6 +19,7 @@ use tensorgate_codec::{
 use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack, ObjectRecord, Segment};
 
 use crate::config::BaseSelection;
+use crate::metrics::ChunkLabels;
 use crate::reader;
 use crate::store::{new_id, on_cores, Store};
 use crate::upstream::BlobWriter;
@@ -389,7 +390,9 @@ impl Ingester {
         let region_done = region_end == Some(model.position);
         self.segments.push(Segment::Chunk { hash, len: raw.len() as u32 });
         let known = self.seen.contains(&hash) || self.store.index.chunk(&hash)?.is_some();
-        if !known {
+        if known {
+            self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome: "deduplicated" }).inc();
+        } else {
             self.seen.insert(hash);
             let base = match base_hash.filter(|b| *b != hash) {
                 Some(base_hash) => self.base_bytes(base_hash, raw.len()).await?,
@@ -509,6 +512,8 @@ impl Ingester {
         for (chunk, frame) in pending.iter().zip(frames) {
             let frame = frame.context("encoding a chunk")?;
             let header = FrameHeader::read(&frame)?;
+            let outcome = if header.base.is_some() { "delta" } else { "standalone" };
+            self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome }).inc();
             self.new_chunks.push(NewChunk {
                 hash: chunk.hash,
                 record: ChunkRecord {
@@ -555,6 +560,7 @@ impl Ingester {
             written.push(key.clone());
             new_pack = Some(NewPack { key, total_bytes: total });
         }
+        self.store.metrics.bytes_in.inc_by(self.size);
         let md5 = std::mem::replace(&mut self.md5, Md5::new()).finalize();
         let hasher = std::mem::take(&mut self.hasher);
         Ok(Some(Ingested {

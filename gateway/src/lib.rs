@@ -9,6 +9,7 @@ pub mod config;
 pub mod domains;
 pub mod fsck;
 pub mod ingest;
+pub mod metrics;
 pub mod reader;
 pub mod server;
 pub mod service;

@@ -12,6 +12,7 @@ use futures::SinkExt;
 use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
 
+use crate::metrics::CacheLabels;
 use crate::store::{on_cores, Store};
 
 /// Blob ranges are fetched in pieces of at most this size, to bound memory.
@@ -63,6 +64,7 @@ pub fn plan(record: &ObjectRecord, range: Range<u64>) -> Vec<Piece> {
 pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync {
     let prefetch = store.prefetch.get();
     let (mut sender, receiver) = futures::channel::mpsc::channel(1);
+    let metrics_store = store.clone();
     tokio::spawn(async move {
         let mut fetched = stream::iter(pieces)
             .map(move |piece| {
@@ -72,6 +74,9 @@ pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Resul
             .buffered(prefetch);
         while let Some(result) = fetched.next().await {
             let failed = result.is_err();
+            if let Ok(bytes) = &result {
+                metrics_store.metrics.bytes_out.inc_by(bytes.len() as u64);
+            }
             if let Err(error) = &result {
                 tracing::error!(error = format!("{error:#}"), "read failed; ending the response early");
             }
@@ -108,7 +113,7 @@ pub async fn load_chunk(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes
         Some(base_hash) => Some((base_hash, load_base(store, &base_hash.0).await?)),
         None => None,
     };
-    store.counters.frames_decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    store.metrics.frames_decoded.inc();
     let decoded = on_cores(move || {
         let base = base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes });
         decode_frame(&frame, base)
@@ -120,8 +125,10 @@ pub async fn load_chunk(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes
 /// A base chunk, from the cache or decoded (bases are always stored standalone).
 pub async fn load_base(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
     if let Some(bytes) = store.base_cache.lock().map_err(|_| anyhow::anyhow!("base cache poisoned"))?.get(hash) {
+        store.metrics.base_cache.get_or_create(&CacheLabels { result: "hit" }).inc();
         return Ok(bytes);
     }
+    store.metrics.base_cache.get_or_create(&CacheLabels { result: "miss" }).inc();
     let record = store
         .index
         .chunk(hash)?

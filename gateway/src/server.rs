@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
-use s3s::service::S3ServiceBuilder;
+use s3s::service::{S3Service, S3ServiceBuilder};
 use tensorgate_index::Index;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::{Authenticator, KeyRing, Keys};
 use crate::background;
 use crate::domains::Domains;
+use crate::metrics;
 use crate::config::{Config, TlsConfig};
 use crate::service::Gateway;
 use crate::store::Store;
@@ -25,6 +26,8 @@ use crate::upstream::{LocalUpstream, S3Upstream, Upstream};
 /// A gateway that is serving.
 pub struct RunningGateway {
     pub address: SocketAddr,
+    /// Where `/metrics`, `/health` and `/ready` are served, when enabled.
+    pub metrics_address: Option<SocketAddr>,
     pub store: Arc<Store>,
     keys: Arc<Keys>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -52,6 +55,33 @@ pub fn open_upstream(config: &Config) -> anyhow::Result<Arc<dyn Upstream>> {
     Ok(match &config.upstream {
         Some(s3) => Arc::new(S3Upstream::new(s3)?),
         None => Arc::new(LocalUpstream::new(&config.data_dir.join("upstream"))?),
+    })
+}
+
+/// The S3 service, recording each request's method, status and latency.
+fn measured_service(
+    service: S3Service,
+    store: Arc<Store>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = s3s::HttpResponse,
+    Error = s3s::HttpError,
+    Future = impl std::future::Future<Output = Result<s3s::HttpResponse, s3s::HttpError>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let service = service.clone();
+        let store = store.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let method = request.method().to_string();
+            let response = hyper::service::Service::call(&service, request).await;
+            if let Ok(response) = &response {
+                store.metrics.observe_request(&method, response.status().as_u16(), started);
+            }
+            response
+        }
     })
 }
 
@@ -104,6 +134,14 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
         builder.build()
     };
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let mut tasks = Vec::new();
+    let mut metrics_address = None;
+    if let Some(listen) = config.metrics_listen {
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("listening on {listen} for metrics"))?;
+        metrics_address = Some(listener.local_addr()?);
+        tasks.push(tokio::spawn(metrics::serve(listener, store.clone())));
+    }
+    let measured = measured_service(service, store.clone());
     tracing::info!(%address, tls = tls.is_some(), upstream = store.upstream.describe(), "serving S3");
     let accept = tokio::spawn(async move {
         loop {
@@ -114,7 +152,7 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
                     continue;
                 }
             };
-            let service = service.clone();
+            let service = measured.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
                 let http = ConnectionBuilder::new(TokioExecutor::new());
@@ -133,5 +171,6 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
     });
     let packer = tokio::spawn(background::run_packer(store.clone()));
     let gc = tokio::spawn(background::run_gc(store.clone()));
-    Ok(RunningGateway { address, store, keys, tasks: vec![accept, packer, gc] })
+    tasks.extend([accept, packer, gc]);
+    Ok(RunningGateway { address, metrics_address, store, keys, tasks })
 }

@@ -1,7 +1,6 @@
 //! The store: the index, the upstream and what the read and write paths share.
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -10,6 +9,7 @@ use tensorgate_index::{BaseCandidate, ChunkHash, Index};
 use crate::ingest::StoredTensor;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
 /// Attempts of one upstream read before its error is returned.
@@ -21,21 +21,6 @@ fn backoff(attempt: u32) -> std::time::Duration {
     let base = 50u64 << attempt.min(6);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     std::time::Duration::from_millis(base + u64::from(nanos) % (base / 2 + 1))
-}
-
-/// Counters that tests and operators read.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub upstream_reads: AtomicU64,
-    pub upstream_read_bytes: AtomicU64,
-    pub frames_decoded: AtomicU64,
-    pub upstream_retries: AtomicU64,
-}
-
-impl Counters {
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
 }
 
 /// Decoded base chunks, least recently used first out, bounded in bytes.
@@ -75,7 +60,7 @@ pub struct Store {
     pub index: Index,
     pub upstream: Arc<dyn Upstream>,
     pub config: Config,
-    pub counters: Counters,
+    pub metrics: Metrics,
     pub base_cache: Mutex<BaseCache>,
     /// How many frames a GET decodes ahead of the bytes it sends.
     pub prefetch: NonZeroUsize,
@@ -86,15 +71,15 @@ impl Store {
         let base_cache = Mutex::new(BaseCache::new(config.base_cache_bytes));
         let prefetch = NonZeroUsize::new(std::thread::available_parallelism().map_or(2, |n| n.get()) + 1)
             .unwrap_or(NonZeroUsize::MIN);
-        Store { index, upstream, config, counters: Counters::default(), base_cache, prefetch }
+        Store { index, upstream, config, metrics: Metrics::default(), base_cache, prefetch }
     }
 
     /// Reads a range of an upstream object, counting the read. A failed or short read is
     /// retried after a growing, jittered pause, up to [`READ_ATTEMPTS`] attempts in all.
     pub async fn read_upstream(&self, key: &str, range: std::ops::Range<u64>) -> anyhow::Result<Bytes> {
-        self.counters.upstream_reads.fetch_add(1, Ordering::Relaxed);
+        self.metrics.upstream_reads.inc();
         let wanted = range.end.saturating_sub(range.start);
-        self.counters.upstream_read_bytes.fetch_add(wanted, Ordering::Relaxed);
+        self.metrics.upstream_read_bytes.inc_by(wanted);
         let mut attempt = 1;
         loop {
             let error = match self.upstream.read(key, range.clone()).await {
@@ -103,9 +88,10 @@ impl Store {
                 Err(error) => error,
             };
             if attempt == READ_ATTEMPTS {
+                self.metrics.upstream_errors.inc();
                 return Err(error);
             }
-            self.counters.upstream_retries.fetch_add(1, Ordering::Relaxed);
+            self.metrics.upstream_retries.inc();
             tracing::warn!(%key, attempt, error = format!("{error:#}"), "upstream read failed; retrying");
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;

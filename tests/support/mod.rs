@@ -207,7 +207,7 @@ impl TestGateway {
     }
 
     pub fn upstream_reads(&self) -> u64 {
-        self.store().counters.upstream_reads.load(std::sync::atomic::Ordering::Relaxed)
+        self.store().metrics.upstream_reads.get()
     }
 }
 

@@ -1,0 +1,171 @@
+//! Prometheus metrics and health, served on their own port (`metrics_listen`):
+//! `/metrics` (text format), `/health` (the process answers) and `/ready` (the index answers).
+//! Counters move where the work happens; per-tenant bytes and the packer queue are read from
+//! the index at each scrape.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+/// What became of a chunk a write brought: already stored, or encoded as a delta or alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChunkLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<MethodLabels, Histogram>,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub chunks: Family<ChunkLabels, Counter>,
+    pub base_cache: Family<CacheLabels, Counter>,
+    pub upstream_reads: Counter,
+    pub upstream_read_bytes: Counter,
+    pub upstream_retries: Counter,
+    pub upstream_errors: Counter,
+    pub frames_decoded: Counter,
+    packer_queue: Gauge,
+    logical_bytes: Family<TenantLabels, Gauge>,
+    physical_bytes: Family<TenantLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix("tensorgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds = Family::<MethodLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
+        let metrics = Metrics {
+            requests,
+            request_seconds,
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            chunks: Family::default(),
+            base_cache: Family::default(),
+            upstream_reads: Counter::default(),
+            upstream_read_bytes: Counter::default(),
+            upstream_retries: Counter::default(),
+            upstream_errors: Counter::default(),
+            frames_decoded: Counter::default(),
+            packer_queue: Gauge::default(),
+            logical_bytes: Family::default(),
+            physical_bytes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "S3 requests by HTTP method and status", metrics.requests.clone());
+        registry.register("request_seconds", "S3 request latency until the response starts", metrics.request_seconds.clone());
+        registry.register("bytes_in", "Object bytes received from clients", metrics.bytes_in.clone());
+        registry.register("bytes_out", "Object bytes sent to clients", metrics.bytes_out.clone());
+        registry.register("chunks", "Chunks written: deduplicated, delta or standalone", metrics.chunks.clone());
+        registry.register("base_cache", "Base chunk cache lookups: hit or miss", metrics.base_cache.clone());
+        registry.register("upstream_reads", "Ranged reads from the upstream", metrics.upstream_reads.clone());
+        registry.register("upstream_read_bytes", "Bytes read from the upstream", metrics.upstream_read_bytes.clone());
+        registry.register("upstream_retries", "Upstream reads retried", metrics.upstream_retries.clone());
+        registry.register("upstream_errors", "Upstream reads that failed every attempt", metrics.upstream_errors.clone());
+        registry.register("frames_decoded", "Frames decoded", metrics.frames_decoded.clone());
+        registry.register("packer_queue", "Objects waiting for the background packer", metrics.packer_queue.clone());
+        registry.register("logical_bytes", "Bytes clients stored, per tenant", metrics.logical_bytes.clone());
+        registry.register("physical_bytes", "Upstream bytes attributed to each tenant", metrics.physical_bytes.clone());
+        Metrics { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    /// The text exposition, with the gauges read from the index now.
+    pub fn render(&self, store: &Store) -> anyhow::Result<String> {
+        self.packer_queue.set(store.index.pack_queue_len() as i64);
+        let mut tenants: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+        for row in store.index.usage()? {
+            let totals = tenants.entry(row.tenant).or_default();
+            totals.0 += row.logical_bytes;
+            totals.1 += row.physical_bytes;
+        }
+        for (tenant, (logical, physical)) in tenants {
+            let labels = TenantLabels { tenant };
+            self.logical_bytes.get_or_create(&labels).set(logical as i64);
+            self.physical_bytes.get_or_create(&labels).set(physical as i64);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    /// Records one S3 request.
+    pub fn observe_request(&self, method: &str, status: u16, started: Instant) {
+        self.requests.get_or_create(&RequestLabels { method: method.to_owned(), status }).inc();
+        self.request_seconds
+            .get_or_create(&MethodLabels { method: method.to_owned() })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Serves `/metrics`, `/health` and `/ready` until the task is aborted.
+pub async fn serve(listener: TcpListener, store: Arc<Store>) {
+    loop {
+        let Ok((socket, _)) = listener.accept().await else { continue };
+        let store = store.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                let store = store.clone();
+                async move { Ok::<_, Infallible>(answer(&store, request.uri().path())) }
+            });
+            let _ = ConnectionBuilder::new(TokioExecutor::new()).serve_connection(TokioIo::new(socket), service).await;
+        });
+    }
+}
+
+fn answer(store: &Store, path: &str) -> Response<Full<Bytes>> {
+    let (status, body) = match path {
+        "/metrics" => match store.metrics.render(store) {
+            Ok(text) => (StatusCode::OK, text),
+            Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")),
+        },
+        "/health" => (StatusCode::OK, "ok\n".to_owned()),
+        "/ready" => match store.index.pack_bytes() {
+            Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
+            Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("index unavailable: {error}\n")),
+        },
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
