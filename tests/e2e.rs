@@ -380,8 +380,13 @@ fn two_tenants(config: &mut tensorgate::config::Config) {
     use tensorgate::config::{AccessKey, TenantConfig};
     let key = AccessKey::new;
     config.tenants = vec![
-        TenantConfig { name: "a".into(), access_keys: vec![key("tenant-a", "secret-a")], max_buckets: Some(3) },
-        TenantConfig { name: "b".into(), access_keys: vec![key("tenant-b", "secret-b"), key("tenant-b2", "secret-b2")], max_buckets: None },
+        TenantConfig { name: "a".into(), access_keys: vec![key("tenant-a", "secret-a")], max_buckets: Some(3), upstream: None },
+        TenantConfig {
+            name: "b".into(),
+            access_keys: vec![key("tenant-b", "secret-b"), key("tenant-b2", "secret-b2")],
+            max_buckets: None,
+            upstream: None,
+        },
     ];
 }
 
@@ -769,4 +774,44 @@ fn metrics_and_health_follow_the_traffic() {
     assert_eq!(served as u64, std::fs::metadata(&tuned).unwrap().len());
     assert!(metric(&after, "tensorgate_upstream_reads_total") > metric(&before, "tensorgate_upstream_reads_total"));
     assert!(metric(&after, r#"tensorgate_base_cache_total{result="miss"}"#) > 0.0);
+}
+
+/// A tenant with its own upstream has its bytes written there (under `tenants/<name>/`), the
+/// others in the gateway's; both read back whole.
+#[test]
+fn a_tenant_can_have_its_own_upstream() {
+    let moto = Moto::start();
+    let endpoint = moto.endpoint.clone();
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
+        two_tenants(config);
+        config.tenants[1].upstream = Some(tensorgate::upstream::S3UpstreamConfig {
+            endpoint,
+            region: "us-east-1".to_owned(),
+            bucket: "upstream".to_owned(),
+            prefix: "tg/".to_owned(),
+            access_key: Some("moto".to_owned()),
+            secret_key: Some("moto".to_owned()),
+            path_style: true,
+        });
+    });
+    let work = tempfile::tempdir().unwrap();
+    let model = corpus("ft/ft-c-cls.bf16.safetensors");
+    for (key, secret) in [("tenant-a", "secret-a"), ("tenant-b", "secret-b")] {
+        let aws = |args: &[&str]| {
+            let output = aws_command(&gateway.endpoint, key, secret).args(args).output().unwrap();
+            assert!(output.status.success(), "{key} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        aws(&["s3", "mb", "s3://models"]);
+        aws(&["s3", "cp", model.to_str().unwrap(), "s3://models/m.safetensors"]);
+        let out = work.path().join(key);
+        aws(&["s3", "cp", "s3://models/m.safetensors", out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(&model).unwrap(), "{key} read back differently");
+    }
+    let listed = aws_command(&moto.endpoint, "moto", "moto").args(["s3", "ls", "--recursive", "s3://upstream/tg/"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("tg/tenants/b/packs/"), "tenant b's packs are in its own upstream: {listed}");
+    assert!(!listed.lines().any(|line| !line.contains("tg/tenants/b/")), "only tenant b's keys there: {listed}");
+    let local = gateway.dir.path().join("data/upstream");
+    assert!(!local.join("tenants").exists(), "tenant b wrote into the gateway's upstream");
+    assert!(std::fs::read_dir(local.join("packs")).unwrap().count() > 0, "tenant a's packs are in the gateway's upstream");
 }

@@ -112,6 +112,9 @@ pub struct TenantConfig {
     pub access_keys: Vec<AccessKey>,
     /// How many buckets the tenant may own; unlimited when absent.
     pub max_buckets: Option<usize>,
+    /// Where this tenant's bytes live, when not in the gateway's upstream: its own S3 bucket
+    /// (and prefix), possibly at another provider.
+    pub upstream: Option<S3UpstreamConfig>,
 }
 
 /// Where chunk deduplication and base selection look.
@@ -196,9 +199,25 @@ impl Config {
     pub fn all_tenants(&self) -> Vec<TenantConfig> {
         let mut tenants = self.tenants.clone();
         if !self.access_keys.is_empty() {
-            tenants.push(TenantConfig { name: DEFAULT_TENANT.to_owned(), access_keys: self.access_keys.clone(), max_buckets: None });
+            tenants.push(TenantConfig {
+                name: DEFAULT_TENANT.to_owned(),
+                access_keys: self.access_keys.clone(),
+                max_buckets: None,
+                upstream: None,
+            });
         }
         tenants
+    }
+
+    /// The prefix of the upstream keys a tenant's writes make: `tenants/<name>/` for a tenant
+    /// with its own upstream (the router sends such keys there), else nothing.
+    pub fn upstream_prefix(&self, tenant: &str) -> String {
+        let own = self.tenants.iter().any(|t| t.name == tenant && t.upstream.is_some());
+        if own {
+            format!("tenants/{tenant}/")
+        } else {
+            String::new()
+        }
     }
 
     /// The dedup scope of a tenant's writes: the tenant itself, or one scope shared by all.

@@ -202,6 +202,8 @@ struct Ingester {
     store: Arc<Store>,
     /// Where chunks deduplicate and bases are found (see `Config::dedup_scope_of`).
     scope: String,
+    /// Prefix of the upstream keys this write makes (see `Config::upstream_prefix`).
+    upstream_prefix: String,
     options: IngestOptions,
     md5: Md5,
     hasher: ChecksumHasher,
@@ -219,6 +221,7 @@ impl Ingester {
     fn new(store: Arc<Store>, tenant: &str, options: IngestOptions) -> Ingester {
         Ingester {
             scope: store.config.dedup_scope_of(tenant),
+            upstream_prefix: store.config.upstream_prefix(tenant),
             store,
             md5: Md5::new(),
             hasher: options.checksums.hasher(),
@@ -316,7 +319,7 @@ impl Ingester {
             self.state = State::Empty;
             return Ok(());
         }
-        let key = format!("blobs/{}", new_id());
+        let key = format!("{}blobs/{}", self.upstream_prefix, new_id());
         let mut writer = self.store.upstream.writer(&key).await?;
         writer.write(buffered).await?;
         self.state = State::Plain { key, writer };
@@ -504,7 +507,7 @@ impl Ingester {
         })
         .await?;
         if self.pack.is_none() {
-            let key = format!("packs/{}", new_id());
+            let key = format!("{}packs/{}", self.upstream_prefix, new_id());
             let writer = self.store.upstream.writer(&key).await?;
             self.pack = Some((key, writer, 0));
         }

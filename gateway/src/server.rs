@@ -21,7 +21,7 @@ use crate::metrics;
 use crate::config::{Config, TlsConfig};
 use crate::service::Gateway;
 use crate::store::Store;
-use crate::upstream::{LocalUpstream, S3Upstream, Upstream};
+use crate::upstream::{LocalUpstream, RoutingUpstream, S3Upstream, Upstream};
 
 /// A gateway that is serving.
 pub struct RunningGateway {
@@ -52,10 +52,18 @@ impl RunningGateway {
 
 /// The upstream that `config` describes.
 pub fn open_upstream(config: &Config) -> anyhow::Result<Arc<dyn Upstream>> {
-    Ok(match &config.upstream {
+    let default: Arc<dyn Upstream> = match &config.upstream {
         Some(s3) => Arc::new(S3Upstream::new(s3)?),
         None => Arc::new(LocalUpstream::new(&config.data_dir.join("upstream"))?),
-    })
+    };
+    let mut routes: Vec<(String, Arc<dyn Upstream>)> = Vec::new();
+    for tenant in &config.tenants {
+        if let Some(own) = &tenant.upstream {
+            let upstream = S3Upstream::new(own).with_context(|| format!("the upstream of tenant {:?}", tenant.name))?;
+            routes.push((config.upstream_prefix(&tenant.name), Arc::new(upstream)));
+        }
+    }
+    Ok(if routes.is_empty() { default } else { Arc::new(RoutingUpstream::new(default, routes)) })
 }
 
 /// The S3 service, recording each request's method, status and latency.

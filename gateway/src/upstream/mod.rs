@@ -2,6 +2,7 @@
 //! embedded default) and any S3-compatible endpoint.
 
 mod local;
+mod routing;
 mod s3;
 
 use std::ops::Range;
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use local::LocalUpstream;
+pub use routing::RoutingUpstream;
 pub use s3::{S3Upstream, S3UpstreamConfig};
 
 /// Upstream keys are made by the gateway (`blobs/…`, `packs/…`, `parts/…`), never by clients.
