@@ -380,12 +380,13 @@ fn two_tenants(config: &mut tensorgate::config::Config) {
     use tensorgate::config::{AccessKey, TenantConfig};
     let key = AccessKey::new;
     config.tenants = vec![
-        TenantConfig { name: "a".into(), access_keys: vec![key("tenant-a", "secret-a")], max_buckets: Some(3), upstream: None },
+        TenantConfig { name: "a".into(), access_keys: vec![key("tenant-a", "secret-a")], max_buckets: Some(3), upstream: None, dedup_group: None },
         TenantConfig {
             name: "b".into(),
             access_keys: vec![key("tenant-b", "secret-b"), key("tenant-b2", "secret-b2")],
             max_buckets: None,
             upstream: None,
+            dedup_group: None,
         },
     ];
 }
@@ -409,14 +410,22 @@ fn tenants_cannot_see_or_touch_each_other() {
 }
 
 /// Within a tenant every key reaches the same buckets; across tenants identical models are
-/// stored once only when dedup is shared.
+/// stored once only when dedup is shared, by all or by a named group.
 #[test]
 fn dedup_is_per_tenant_unless_shared() {
+    use tensorgate::config::DedupScope;
     let model = corpus("base/minilm-l6.bf16.safetensors");
-    for (scope, second_upload_is_free) in [(tensorgate::config::DedupScope::Tenant, false), (tensorgate::config::DedupScope::Shared, true)] {
+    for (scope, group, second_upload_is_free) in [
+        (DedupScope::Tenant, None, false),
+        (DedupScope::Shared, None, true),
+        (DedupScope::Tenant, Some("partners"), true),
+    ] {
         let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
             two_tenants(config);
             config.dedup_scope = scope;
+            for tenant in &mut config.tenants {
+                tenant.dedup_group = group.map(str::to_owned);
+            }
         });
         let mut added = Vec::new();
         for (key, secret) in [("tenant-a", "secret-a"), ("tenant-b", "secret-b")] {

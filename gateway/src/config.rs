@@ -115,6 +115,9 @@ pub struct TenantConfig {
     /// Where this tenant's bytes live, when not in the gateway's upstream: its own S3 bucket
     /// (and prefix), possibly at another provider.
     pub upstream: Option<S3UpstreamConfig>,
+    /// Tenants naming the same group share deduplication and bases among themselves (with
+    /// `dedup_scope = "tenant"`; `"shared"` shares across all tenants).
+    pub dedup_group: Option<String>,
 }
 
 /// Where chunk deduplication and base selection look.
@@ -204,6 +207,7 @@ impl Config {
                 access_keys: self.access_keys.clone(),
                 max_buckets: None,
                 upstream: None,
+                dedup_group: None,
             });
         }
         tenants
@@ -222,9 +226,11 @@ impl Config {
 
     /// The dedup scope of a tenant's writes: the tenant itself, or one scope shared by all.
     pub fn dedup_scope_of(&self, tenant: &str) -> String {
-        match self.dedup_scope {
-            DedupScope::Tenant => format!("tenant:{tenant}"),
-            DedupScope::Shared => "shared".to_owned(),
+        let group = self.tenants.iter().find(|t| t.name == tenant).and_then(|t| t.dedup_group.as_ref());
+        match (self.dedup_scope, group) {
+            (DedupScope::Shared, _) => "shared".to_owned(),
+            (DedupScope::Tenant, Some(group)) => format!("group:{group}"),
+            (DedupScope::Tenant, None) => format!("tenant:{tenant}"),
         }
     }
 }

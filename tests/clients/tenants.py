@@ -57,6 +57,9 @@ def main():
         "ListParts of A's upload": (lambda: code(lambda: b.list_parts(Bucket="shared-name", Key="mp", UploadId=upload)), "NoSuchUpload"),
         "AbortMultipartUpload of A's upload": (lambda: code(lambda: b.abort_multipart_upload(Bucket="shared-name", Key="mp", UploadId=upload)), "NoSuchUpload"),
         "ListMultipartUploads": (lambda: b.list_multipart_uploads(Bucket="shared-name").get("Uploads", []), []),
+        "UploadPartCopy from A (not offered by the gateway)": (lambda: code(lambda: b.upload_part_copy(
+            Bucket="shared-name", Key="mp", UploadId=upload, PartNumber=1,
+            CopySource={"Bucket": "private", "Key": "secret"})), "NotImplemented"),
     }
     failures = []
     for name, (attempt, expected) in attempts.items():
