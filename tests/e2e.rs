@@ -854,3 +854,47 @@ fn concurrent_writers_and_readers_see_whole_objects() {
     let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&store, true)).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+/// Beyond `max_concurrent_requests` requests in progress the gateway answers SlowDown, and
+/// clients that retry get through.
+#[test]
+fn overload_gets_slow_down_and_retries_succeed() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.max_concurrent_requests = 1);
+    gateway.aws(&["s3", "mb", "s3://busy"]);
+    let model = corpus("ft/ft-b-mlm.bf16.safetensors");
+    let script = r#"
+import sys, threading, boto3, botocore
+from botocore.config import Config
+endpoint, path, attempts = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  config=Config(retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=16))
+body = open(path, "rb").read()
+codes = []
+def put(i):
+    try:
+        s3.put_object(Bucket="busy", Key=f"k{i}", Body=body)
+        codes.append("ok")
+    except botocore.exceptions.ClientError as error:
+        codes.append(error.response["Error"]["Code"])
+threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(" ".join(sorted(codes)))
+"#;
+    let run = |attempts: &str| {
+        let output = std::process::Command::new("python3")
+            .args(["-c", script, &gateway.endpoint])
+            .arg(&model)
+            .arg(attempts)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let once = run("1");
+    assert!(once.contains("SlowDown") && once.contains("ok"), "without retries some must be turned away: {once}");
+    let retried = run("20");
+    assert!(retried.split_whitespace().all(|code| code == "ok"), "with retries all must get through: {retried}");
+}

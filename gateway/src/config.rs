@@ -20,6 +20,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Directory of the sled index (and of the local upstream when no S3 upstream is set).
     pub data_dir: PathBuf,
+    /// Requests handled at once; more get `SlowDown` (503) and are retried by clients.
+    pub max_concurrent_requests: usize,
     /// Address of the metrics and health endpoints (`/metrics`, `/health`, `/ready`); off
     /// when absent.
     pub metrics_listen: Option<SocketAddr>,
@@ -136,6 +138,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             data_dir: PathBuf::from("tensorgate-data"),
+            max_concurrent_requests: 256,
             metrics_listen: None,
             tls: None,
             domains: vec!["localhost".to_owned()],

@@ -66,7 +66,9 @@ pub fn open_upstream(config: &Config) -> anyhow::Result<Arc<dyn Upstream>> {
     Ok(if routes.is_empty() { default } else { Arc::new(RoutingUpstream::new(default, routes)) })
 }
 
-/// The S3 service, recording each request's method, status and latency.
+/// The S3 service, recording each request's method, status and latency, and answering
+/// `SlowDown` (503) beyond `max_concurrent_requests` requests in progress, which clients retry
+/// with backoff. A request holds its slot until its response starts (a PUT's whole body).
 fn measured_service(
     service: S3Service,
     store: Arc<Store>,
@@ -78,13 +80,20 @@ fn measured_service(
 > + Clone
        + Send
        + 'static {
+    let slots = Arc::new(tokio::sync::Semaphore::new(store.config.max_concurrent_requests.max(1)));
     hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let service = service.clone();
         let store = store.clone();
+        let slots = slots.clone();
         async move {
             let started = std::time::Instant::now();
             let method = request.method().to_string();
-            let response = hyper::service::Service::call(&service, request).await;
+            let response = match slots.try_acquire_owned() {
+                Ok(_slot) => hyper::service::Service::call(&service, request).await,
+                Err(_) => s3s::S3Error::with_message(s3s::S3ErrorCode::SlowDown, "too many requests in progress; retry")
+                    .to_http_response()
+                    .map_err(|error| s3s::HttpError::new(Box::new(error))),
+            };
             if let Ok(response) = &response {
                 store.metrics.observe_request(&method, response.status().as_u16(), started);
             }
