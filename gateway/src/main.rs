@@ -25,6 +25,9 @@ struct Cli {
     /// Config file (TOML); without one, defaults serve 127.0.0.1:9000 over ./tensorgate-data.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// Log JSON lines instead of text (one object per event, with the request's span fields).
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,12 +94,13 @@ enum ConfigAction {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tensorgate=info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "tensorgate=info".into());
+    if cli.log_json {
+        tracing_subscriber::fmt().json().with_current_span(true).with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     let mut config = Config::load(cli.config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
