@@ -768,3 +768,74 @@ fn release_segments(
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(segments: Vec<Segment>) -> ObjectRecord {
+        ObjectRecord {
+            version: "v1".into(),
+            size: segments.iter().map(Segment::len).sum(),
+            etag: "etag".into(),
+            last_modified_ms: 1,
+            attributes: Attributes::default(),
+            checksums: Checksums::default(),
+            part_sizes: Vec::new(),
+            segments,
+        }
+    }
+
+    fn chunk(pack: &str, frame_len: u32) -> ChunkRecord {
+        ChunkRecord { pack: pack.into(), offset: 0, frame_len, raw_len: frame_len, base: None, refs: 0, dead_since_ms: None }
+    }
+
+    #[test]
+    fn references_follow_commits_and_deletes_and_sweeps_free_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let key = ObjectKey::new("t", "b", "k");
+        let shared = [1u8; 32];
+        let only_first = [2u8; 32];
+        let new_chunks = vec![NewChunk { hash: shared, record: chunk("packs/1", 10) }, NewChunk { hash: only_first, record: chunk("packs/1", 5) }];
+        let pack = NewPack { key: "packs/1".into(), total_bytes: 15 };
+        let first = record(vec![Segment::Chunk { hash: shared, len: 10 }, Segment::Chunk { hash: only_first, len: 5 }]);
+        index.commit_object(&key, &first, &new_chunks, Some(&pack), Expect::Any, 0).unwrap();
+        let second = record(vec![Segment::Chunk { hash: shared, len: 10 }, Segment::Blob { key: "blobs/x".into(), offset: 0, len: 3 }]);
+        index.commit_object(&key, &second, &[], None, Expect::Any, 0).unwrap();
+        assert_eq!(index.chunk(&shared).unwrap().unwrap().refs, 1);
+        assert_eq!(index.chunk(&only_first).unwrap().unwrap().refs, 0);
+        assert!(index.check().unwrap().problems.is_empty());
+        assert!(matches!(
+            index.commit_object(&key, &first, &[], None, Expect::Version("stale"), 0),
+            Err(IndexError::VersionChanged)
+        ));
+        assert!(index.delete_object(&key, 5).unwrap());
+        assert_eq!(index.sweep_chunks(10, 10).unwrap(), 2);
+        assert_eq!(index.pack_bytes().unwrap(), 0);
+        let trash = index.trash_before(10).unwrap();
+        assert!(trash.contains(&"packs/1".to_owned()) && trash.contains(&"blobs/x".to_owned()), "{trash:?}");
+        assert!(index.check().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn a_commit_naming_an_unknown_chunk_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let key = ObjectKey::new("t", "b", "k");
+        let result = index.commit_object(&key, &record(vec![Segment::Chunk { hash: [9; 32], len: 1 }]), &[], None, Expect::Any, 0);
+        assert!(matches!(result, Err(IndexError::MissingChunk(_))));
+        assert!(index.object(&key).unwrap().is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_records_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<ObjectRecord>(&bytes);
+            let _ = decode::<ChunkRecord>(&bytes);
+            let _ = decode::<UploadRecord>(&bytes);
+            let _ = decode::<BaseCandidate>(&bytes);
+        }
+    }
+}
