@@ -4,7 +4,7 @@
 //! byte-identical; a write in flight at the kill must show the old or the new object, never a
 //! mix; and fsck must find the index consistent.
 //!
-//! `TENSORGATE_CRASH_ROUNDS` sets the number of kills (default 4 in CI; the bench mode of
+//! `TG_CRASH_ROUNDS` sets the number of kills (default 4 in CI; the bench mode of
 //! issue 6 runs 100).
 
 mod support;
@@ -59,7 +59,7 @@ impl Random {
 
 #[test]
 fn killed_gateway_loses_no_acknowledged_write() {
-    let rounds: u64 = std::env::var("TENSORGATE_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let rounds: u64 = std::env::var("TG_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let work = tempfile::tempdir().unwrap();
     let config = config_file(work.path());
     let mut payloads: Vec<PathBuf> = [

@@ -1,7 +1,7 @@
 //! Codec benchmark on the real model corpus, side by side with zstd-3 and, where installed,
 //! bitx (`bitx` on PATH) and zipnn (Python package). Single-core figures unless noted.
 //!
-//! Run: `cargo bench -p tensorgate-codec --bench corpus` (corpus from `TENSORGATE_CORPUS`,
+//! Run: `cargo bench -p tensorgate-codec --bench corpus` (corpus from `TG_CORPUS`,
 //! default `../shared/corpus` beside the workspace).
 
 use std::collections::HashMap;
@@ -25,7 +25,7 @@ const PAIRS: &[(&str, &str)] = &[
 
 fn corpus_dir() -> PathBuf {
     let candidates = [
-        std::env::var_os("TENSORGATE_CORPUS").map(PathBuf::from),
+        std::env::var_os("TG_CORPUS").map(PathBuf::from),
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
         Some(PathBuf::from("/work/shared/corpus")),
     ];
@@ -33,7 +33,7 @@ fn corpus_dir() -> PathBuf {
         .into_iter()
         .flatten()
         .find(|dir| dir.join("README.md").exists())
-        .expect("the model corpus: set TENSORGATE_CORPUS to the shared/corpus directory")
+        .expect("the model corpus: set TG_CORPUS to the shared/corpus directory")
 }
 
 /// Sizes and timings of encoding one file (optionally against a base file).

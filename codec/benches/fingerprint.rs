@@ -39,7 +39,7 @@ const FILES: &[&str] = &[
 
 fn corpus_dir() -> PathBuf {
     let candidates = [
-        std::env::var_os("TENSORGATE_CORPUS").map(PathBuf::from),
+        std::env::var_os("TG_CORPUS").map(PathBuf::from),
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
         Some(PathBuf::from("/work/shared/corpus")),
     ];

@@ -1,6 +1,6 @@
 //! Peak memory and throughput of a large model through the real gateway process.
 //!
-//! Builds a safetensors model of `TENSORGATE_BENCH_GIB` GiB (default 2) from the corpus, every
+//! Builds a safetensors model of `TG_BENCH_GIB` GiB (default 2) from the corpus, every
 //! tensor copy perturbed so that no chunk deduplicates, then with `aws` against a release
 //! `tensorgate serve` over the local-directory upstream:
 //! 1. a single streaming PUT (`s3api put-object`), then a GET, each in a fresh gateway process,
@@ -20,7 +20,7 @@ const SECRET: &str = "tg-bench-secret";
 
 fn corpus_file(relative: &str) -> PathBuf {
     let candidates = [
-        std::env::var_os("TENSORGATE_CORPUS").map(PathBuf::from),
+        std::env::var_os("TG_CORPUS").map(PathBuf::from),
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
         Some(PathBuf::from("/work/shared/corpus")),
     ];
@@ -137,7 +137,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn main() {
-    let gib: f64 = std::env::var("TENSORGATE_BENCH_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
+    let gib: f64 = std::env::var("TG_BENCH_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
     let work = tempfile::tempdir().unwrap();
     let model = work.path().join("model.safetensors");
     let size = write_model(&model, (gib * (1u64 << 30) as f64) as u64, 1);

@@ -130,6 +130,31 @@ pub enum DedupScope {
     Shared,
 }
 
+/// Prefix of the environment variables that override settings.
+pub const ENVIRONMENT_PREFIX: &str = "TENSORGATE_";
+
+/// Overrides settings from `TENSORGATE_<SETTING>` variables; `__` reaches into a table
+/// (`TENSORGATE_UPSTREAM__ENDPOINT`). Values are read as TOML (numbers, booleans, lists), and
+/// as plain strings when they are not valid TOML.
+fn apply_environment(table: &mut toml::Table, variables: impl Iterator<Item = (String, String)>) -> anyhow::Result<()> {
+    for (name, value) in variables {
+        let Some(path) = name.strip_prefix(ENVIRONMENT_PREFIX) else { continue };
+        let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        let parsed = toml::from_str::<toml::Table>(&format!("value = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("value"))
+            .unwrap_or(toml::Value::String(value));
+        let (last, parents) = keys.split_last().context("an empty setting name")?;
+        let mut target = &mut *table;
+        for parent in parents {
+            let entry = target.entry(parent.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            target = entry.as_table_mut().with_context(|| format!("{name}: {parent} is not a table"))?;
+        }
+        target.insert(last.clone(), parsed);
+    }
+    Ok(())
+}
+
 /// Name of the tenant that the top-level `access_keys` belong to.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -158,13 +183,13 @@ impl Default for Config {
 impl Config {
     /// Reads the config file, or the defaults when there is none.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
-        let mut config = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-            }
-            None => Config::default(),
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            None => String::new(),
         };
+        let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.map_or("the config".into(), |p| p.display().to_string())))?;
+        apply_environment(&mut table, std::env::vars())?;
+        let mut config: Config = table.try_into().context("reading the settings")?;
         if config.access_keys.is_empty() && config.tenants.is_empty() {
             config.access_keys.push(AccessKey::new(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY));
         }
@@ -235,5 +260,28 @@ impl Config {
             (DedupScope::Tenant, Some(group)) => format!("group:{group}"),
             (DedupScope::Tenant, None) => format!("tenant:{tenant}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_settings_and_tables() {
+        let mut table: toml::Table = toml::from_str("listen = \"127.0.0.1:1\"\n[upstream]\nendpoint = \"http://a\"\nbucket = \"b\"\n").unwrap();
+        let variables = [
+            ("TENSORGATE_LISTEN", "0.0.0.0:9000"),
+            ("TENSORGATE_GC_GRACE_SECS", "30"),
+            ("TENSORGATE_UPSTREAM__ENDPOINT", "https://r2.example"),
+            ("TENSORGATE_DOMAINS", "[\"s3.example\"]"),
+            ("OTHER", "ignored"),
+        ];
+        apply_environment(&mut table, variables.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+        let config: Config = table.try_into().unwrap();
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.gc_grace_secs, 30);
+        assert_eq!(config.upstream.unwrap().endpoint, "https://r2.example");
+        assert_eq!(config.domains, ["s3.example"]);
     }
 }

@@ -18,11 +18,11 @@ use tensorgate::upstream::S3UpstreamConfig;
 pub const ACCESS_KEY: &str = "test-access";
 pub const SECRET_KEY: &str = "test-secret-key";
 
-/// A file of the model corpus: `TENSORGATE_CORPUS`, else `../shared/corpus` beside the
+/// A file of the model corpus: `TG_CORPUS`, else `../shared/corpus` beside the
 /// workspace, else `/work/shared/corpus` (where CI machines keep it).
 pub fn corpus(relative: &str) -> PathBuf {
     let candidates = [
-        std::env::var_os("TENSORGATE_CORPUS").map(PathBuf::from),
+        std::env::var_os("TG_CORPUS").map(PathBuf::from),
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
         Some(PathBuf::from("/work/shared/corpus")),
     ];
@@ -30,7 +30,7 @@ pub fn corpus(relative: &str) -> PathBuf {
         .into_iter()
         .flatten()
         .find(|dir| dir.join("README.md").exists())
-        .expect("the model corpus: set TENSORGATE_CORPUS to the shared/corpus directory");
+        .expect("the model corpus: set TG_CORPUS to the shared/corpus directory");
     root.join(relative)
 }
 
