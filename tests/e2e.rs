@@ -257,15 +257,7 @@ fn pack_and_unpack_commands_round_trip() {
 #[test]
 fn s3_semantics_match_aws() {
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/s3_semantics.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&gateway.endpoint)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    gateway.python_client("s3_semantics.py", &[]);
 }
 
 /// Fingerprints find bases with no names to go on: fine-tunes uploaded before their base, in
@@ -639,15 +631,7 @@ fn expired_skewed_and_replayed_signatures_are_refused() {
     gateway.aws(&["s3", "mb", "s3://signed"]);
     gateway.aws(&["s3", "cp", file.to_str().unwrap(), "s3://signed/one"]);
     gateway.aws(&["s3", "cp", file.to_str().unwrap(), "s3://signed/two"]);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/signatures.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .args([gateway.endpoint.as_str(), "signed", "one", "two"])
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    gateway.python_client("signatures.py", &["signed".as_ref(), "one".as_ref(), "two".as_ref()]);
 }
 
 /// Secrets can come from the environment or a file; SIGHUP reloads keys, so a revoked key is
@@ -790,18 +774,9 @@ fn metrics_and_health_follow_the_traffic() {
 #[test]
 fn a_tenant_can_have_its_own_upstream() {
     let moto = Moto::start();
-    let endpoint = moto.endpoint.clone();
     let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
         two_tenants(config);
-        config.tenants[1].upstream = Some(tensorgate::upstream::S3UpstreamConfig {
-            endpoint,
-            region: "us-east-1".to_owned(),
-            bucket: "upstream".to_owned(),
-            prefix: "tg/".to_owned(),
-            access_key: Some("moto".to_owned()),
-            secret_key: Some("moto".to_owned()),
-            path_style: true,
-        });
+        config.tenants[1].upstream = Some(moto.upstream_config());
     });
     let work = tempfile::tempdir().unwrap();
     let model = corpus("ft/ft-c-cls.bf16.safetensors");
@@ -836,19 +811,8 @@ fn concurrent_writers_and_readers_see_whole_objects() {
     std::fs::write(&big, replicated_model(&corpus("ft/ft-b-mlm.bf16.safetensors"), 6)).unwrap();
     let noise_file = work.path().join("noise");
     std::fs::write(&noise_file, noise(400_000, 11)).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/concurrency.py");
-    let output = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&gateway.endpoint)
-        .arg(&big)
-        .arg(corpus("base/minilm-l6.bf16.safetensors"))
-        .arg(corpus("ft/ft-a-contrastive.bf16.safetensors"))
-        .arg(&noise_file)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let (base, tuned) = (corpus("base/minilm-l6.bf16.safetensors"), corpus("ft/ft-a-contrastive.bf16.safetensors"));
+    gateway.python_client("concurrency.py", &[big.as_os_str(), base.as_os_str(), tuned.as_os_str(), noise_file.as_os_str()]);
     gateway.drain_packer();
     let store = gateway.gateway.as_ref().unwrap().store.clone();
     let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&store, true)).unwrap();

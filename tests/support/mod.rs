@@ -69,6 +69,21 @@ impl Moto {
     }
 }
 
+impl Moto {
+    /// The moto bucket `upstream` (under the prefix `tg/`) as a gateway upstream.
+    pub fn upstream_config(&self) -> S3UpstreamConfig {
+        S3UpstreamConfig {
+            endpoint: self.endpoint.clone(),
+            region: "us-east-1".to_owned(),
+            bucket: "upstream".to_owned(),
+            prefix: "tg/".to_owned(),
+            access_key: Some("moto".to_owned()),
+            secret_key: Some("moto".to_owned()),
+            path_style: true,
+        }
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -118,15 +133,7 @@ impl TestGateway {
         config.access_keys[0].secret_key = SECRET_KEY.to_owned();
         config.gc_grace_secs = 0;
         config.gc_interval_secs = 3600;
-        config.upstream = moto.as_ref().map(|moto| S3UpstreamConfig {
-            endpoint: moto.endpoint.clone(),
-            region: "us-east-1".to_owned(),
-            bucket: "upstream".to_owned(),
-            prefix: "tg/".to_owned(),
-            access_key: Some("moto".to_owned()),
-            secret_key: Some("moto".to_owned()),
-            path_style: true,
-        });
+        config.upstream = moto.as_ref().map(Moto::upstream_config);
         adjust(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let upstream = wrap(server::open_upstream(&config).expect("upstream opens"));
@@ -168,6 +175,22 @@ impl TestGateway {
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .output()
             .expect("python3 with boto3 must be installed")
+    }
+
+    /// Runs `tests/clients/<script>` with python3, the endpoint and `args`, signed with the test
+    /// key; asserts success and returns its standard output.
+    pub fn python_client(&self, script: &str, args: &[&std::ffi::OsStr]) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients").join(script);
+        let output = Command::new("python3")
+            .arg(path)
+            .arg(&self.endpoint)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .output()
+            .expect("python3 with boto3 must be installed");
+        assert!(output.status.success(), "{script}: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// rclone with a remote named `tg` pointing at the gateway, asserting success.
