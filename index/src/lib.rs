@@ -192,21 +192,17 @@ impl Index {
     pub fn delete_bucket(&self, tenant: &str, bucket: &str) -> Result<BucketDeletion> {
         let bucket_key = keys::bucket(tenant, bucket);
         let object_prefix = keys::object_prefix(tenant, bucket);
-        let result = (&self.buckets, &self.objects).transaction(|(buckets, _objects)| {
-            if buckets.get(&bucket_key)?.is_none() {
-                return Ok(BucketDeletion::Missing);
-            }
-            buckets.remove(bucket_key.as_slice())?;
-            Ok(BucketDeletion::Deleted)
-        });
-        let outcome = flatten(result)?;
-        if outcome == BucketDeletion::Deleted
-            && (self.objects.scan_prefix(&object_prefix).next().is_some() || self.has_uploads(tenant, bucket)?)
-        {
-            self.buckets.insert(bucket_key, encode(&BucketRecord { created_ms: 0 }))?;
+        // Removed first, then checked: a write that finds the bucket gone is refused, and one
+        // that raced in before the removal puts the bucket back as it was.
+        let Some(record) = self.buckets.remove(&bucket_key)? else {
+            return Ok(BucketDeletion::Missing);
+        };
+        if self.objects.scan_prefix(&object_prefix).next().is_some() || self.has_uploads(tenant, bucket)? {
+            self.buckets.insert(bucket_key, record)?;
             return Ok(BucketDeletion::NotEmpty);
         }
-        Ok(outcome)
+        self.flush()?;
+        Ok(BucketDeletion::Deleted)
     }
 
     fn has_uploads(&self, tenant: &str, bucket: &str) -> Result<bool> {
