@@ -1,14 +1,17 @@
 //! Background work: the packer, which re-encodes objects that arrived by multipart upload, and
 //! garbage collection, which deletes freed chunks, packs and blobs after a grace period.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{Expect, IndexError, ObjectKey, PackJob};
+use tensorgate_index::{Envelope, Expect, IndexError, Manifest, ObjectKey, PackJob, Segment, MANIFESTS};
 
+use crate::catalog;
 use crate::ingest::{self, IngestMode, IngestOptions};
 use crate::reader;
 use crate::store::{now_ms, Store};
+use crate::upstream::Condition;
 
 /// Runs the packer until the process ends, resuming the durable queue after a restart.
 pub async fn run_packer(store: Arc<Store>) {
@@ -52,27 +55,20 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
     }
     let mut packed = record.clone();
     packed.segments = ingested.segments.clone();
-    let committed = store.index.commit_object(
-        &key,
-        &packed,
-        &ingested.new_chunks,
-        ingested.new_pack.as_ref(),
-        Expect::Version(&job.version),
-        now_ms(),
-    );
+    let committed = catalog::commit(store, &key, &packed, &ingested.new_chunks, ingested.new_pack.as_ref(), Expect::Version(&job.version)).await;
     match committed {
         Ok(()) => {
             store.register_tensors(&job.tenant, &ingested.tensors)?;
             tracing::info!(size = record.size, "packed");
             Ok(())
         }
-        Err(IndexError::VersionChanged) => {
+        Err(error) if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::VersionChanged)) => {
             ingested.discard(store).await;
             Ok(())
         }
         Err(error) => {
             ingested.discard(store).await;
-            Err(error.into())
+            Err(error)
         }
     }
 }
@@ -93,22 +89,100 @@ pub async fn run_gc(store: Arc<Store>) {
 pub struct GcReport {
     pub chunks: usize,
     pub upstream_objects: usize,
+    /// Upstream objects nothing references (left by a crash or an abandoned upload), sent to
+    /// the trash by this run and deleted by a later one.
+    pub orphans: usize,
+    /// False when another gateway held the lease: only the local index was swept.
+    pub leased: bool,
 }
 
-/// Collects chunks dead for longer than the grace period, then deletes upstream objects in
-/// the trash for longer than it.
+/// Upstream key of the garbage-collection lease.
+const LEASE_KEY: &str = "gc/lease";
+
+/// Collects chunks dead for longer than the grace period; then, holding the lease, deletes
+/// upstream objects in the trash for longer than it that nothing references (no index entry,
+/// no write in flight, and with a shared upstream no manifest of any gateway), and sends
+/// unreferenced upstream objects to the trash.
 pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let now = now_ms();
     let cutoff = now - (store.config.gc_grace_secs as i64) * 1000;
-    let chunks = store.index.sweep_chunks(cutoff, now)?;
-    let mut upstream_objects = 0;
+    let mut report = GcReport { chunks: store.index.sweep_chunks(cutoff, now)?, ..GcReport::default() };
+    if !acquire_lease(store, now).await? {
+        tracing::debug!("another gateway holds the garbage-collection lease");
+        return Ok(report);
+    }
+    report.leased = true;
+    let referenced = referenced_keys(store).await?;
     for key in store.index.trash_before(cutoff)? {
-        store.upstream.delete(&key).await?;
+        if !referenced.contains(&key) && !store.in_flight.contains(&key) {
+            store.upstream.delete(&key).await?;
+            report.upstream_objects += 1;
+        }
         store.index.forget_trash(&key)?;
-        upstream_objects += 1;
     }
-    if chunks + upstream_objects > 0 {
-        tracing::info!(chunks, upstream_objects, "garbage collected");
+    report.orphans = trash_orphans(store, &referenced, now).await?;
+    if report.chunks + report.upstream_objects + report.orphans > 0 {
+        tracing::info!(chunks = report.chunks, upstream_objects = report.upstream_objects, orphans = report.orphans, "garbage collected");
     }
-    Ok(GcReport { chunks, upstream_objects })
+    Ok(report)
+}
+
+/// Takes (or renews) the lease that lets one gateway at a time delete upstream objects: a
+/// small upstream object naming its holder and expiry, replaced only by conditional writes.
+async fn acquire_lease(store: &Store, now: i64) -> anyhow::Result<bool> {
+    let expires = now + (store.config.gc_lease_secs as i64) * 1000;
+    let lease = bytes::Bytes::from(format!("{} {expires}", store.instance));
+    let condition = match store.upstream.read_tagged(LEASE_KEY).await? {
+        None => Condition::Absent,
+        Some(current) => {
+            let text = String::from_utf8_lossy(&current.bytes).into_owned();
+            let (holder, expiry) = text.split_once(' ').unwrap_or_default();
+            let expired = expiry.parse::<i64>().map_or(true, |expiry| expiry < now);
+            if holder != store.instance && !expired {
+                return Ok(false);
+            }
+            Condition::Matches(current.tag)
+        }
+    };
+    store.upstream.put_if(LEASE_KEY, lease, condition).await
+}
+
+/// Upstream keys in use: those of the index, and with a shared upstream those of every
+/// manifest upstream.
+async fn referenced_keys(store: &Store) -> anyhow::Result<HashSet<String>> {
+    let mut referenced = store.index.referenced_upstream_keys()?;
+    if store.config.shared_upstream {
+        for prefix in store.config.upstream_prefixes() {
+            for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
+                let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
+                let manifest = Manifest::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
+                referenced.extend(manifest.chunks.into_iter().map(|chunk| chunk.pack));
+                referenced.extend(manifest.record.segments.into_iter().filter_map(|segment| match segment {
+                    Segment::Blob { key, .. } => Some(key),
+                    _ => None,
+                }));
+            }
+        }
+    }
+    Ok(referenced)
+}
+
+/// Sends to the trash the packs older than the grace period, and the blobs older than
+/// `orphan_blob_secs`, that nothing references. Returns how many.
+async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64) -> anyhow::Result<usize> {
+    let mut orphans = 0;
+    for prefix in store.config.upstream_prefixes() {
+        let folders = [("packs/", store.config.gc_grace_secs), ("blobs/", store.config.orphan_blob_secs)];
+        for (folder, age_secs) in folders {
+            let old_enough = now - (age_secs as i64) * 1000;
+            for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {
+                let unreferenced = !referenced.contains(&listed.key) && !store.in_flight.contains(&listed.key);
+                if unreferenced && listed.modified_ms <= old_enough && !store.index.in_trash(&listed.key)? {
+                    store.index.trash_key(&listed.key, now)?;
+                    orphans += 1;
+                }
+            }
+        }
+    }
+    Ok(orphans)
 }

@@ -38,6 +38,14 @@ pub struct Config {
     pub dedup_scope: DedupScope,
     /// The S3 upstream; when absent, `data_dir/upstream` is used.
     pub upstream: Option<S3UpstreamConfig>,
+    /// Other gateways serve the same upstream: reads check the manifest upstream before
+    /// answering from the index, and garbage collection spares what any manifest references.
+    pub shared_upstream: bool,
+    /// Seconds a gateway holds the garbage-collection lease once taken.
+    pub gc_lease_secs: u64,
+    /// Seconds before an unreferenced upstream blob (a part of an upload that never completed,
+    /// here or on another gateway) is collected.
+    pub orphan_blob_secs: u64,
     /// Objects under this many bytes are stored as they came.
     pub min_model_bytes: u64,
     /// Seconds before freed chunks and upstream objects are deleted.
@@ -171,6 +179,9 @@ impl Default for Config {
             tenants: Vec::new(),
             dedup_scope: DedupScope::Tenant,
             upstream: None,
+            shared_upstream: false,
+            gc_lease_secs: 300,
+            orphan_blob_secs: 7 * 24 * 3600,
             min_model_bytes: 64 * 1024,
             gc_grace_secs: 600,
             gc_interval_secs: 60,
@@ -250,6 +261,14 @@ impl Config {
         } else {
             String::new()
         }
+    }
+
+    /// Every distinct upstream prefix a tenant writes under: where manifests, buckets, packs
+    /// and blobs are found when the upstream is read as a whole.
+    pub fn upstream_prefixes(&self) -> Vec<String> {
+        let mut prefixes = vec![String::new()];
+        prefixes.extend(self.tenants.iter().filter(|t| t.upstream.is_some()).map(|t| format!("tenants/{}/", t.name)));
+        prefixes
     }
 
     /// The dedup scope of a tenant's writes: the tenant itself, or one scope shared by all.

@@ -21,7 +21,7 @@ use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack,
 use crate::config::BaseSelection;
 use crate::metrics::ChunkLabels;
 use crate::reader;
-use crate::store::{new_id, on_cores, Store};
+use crate::store::{new_id, on_cores, Store, WriteGuard};
 use crate::upstream::BlobWriter;
 
 /// Chunks encoded together: one per core keeps every core busy while bounding memory.
@@ -41,6 +41,8 @@ pub struct Ingested {
     pub tensors: Vec<StoredTensor>,
     /// Upstream keys written (a blob or a pack), to delete if the write is not committed.
     pub written: Vec<String>,
+    /// Keeps garbage collection off the written keys until this write is committed or dropped.
+    pub in_flight: Vec<WriteGuard>,
 }
 
 impl Ingested {
@@ -200,6 +202,8 @@ struct PendingChunk {
 
 struct Ingester {
     store: Arc<Store>,
+    /// The upstream keys this write is making, guarded from garbage collection.
+    in_flight: Vec<WriteGuard>,
     /// Where chunks deduplicate and bases are found (see `Config::dedup_scope_of`).
     scope: String,
     /// Prefix of the upstream keys this write makes (see `Config::upstream_prefix`).
@@ -222,6 +226,7 @@ impl Ingester {
         Ingester {
             scope: store.config.dedup_scope_of(tenant),
             upstream_prefix: store.config.upstream_prefix(tenant),
+            in_flight: Vec::new(),
             store,
             md5: Md5::new(),
             hasher: options.checksums.hasher(),
@@ -320,6 +325,7 @@ impl Ingester {
             return Ok(());
         }
         let key = format!("{}blobs/{}", self.upstream_prefix, new_id());
+        self.in_flight.push(self.store.in_flight.begin(&key));
         let mut writer = self.store.upstream.writer(&key).await?;
         writer.write(buffered).await?;
         self.state = State::Plain { key, writer };
@@ -508,6 +514,7 @@ impl Ingester {
         .await?;
         if self.pack.is_none() {
             let key = format!("{}packs/{}", self.upstream_prefix, new_id());
+            self.in_flight.push(self.store.in_flight.begin(&key));
             let writer = self.store.upstream.writer(&key).await?;
             self.pack = Some((key, writer, 0));
         }
@@ -575,6 +582,7 @@ impl Ingester {
             new_pack,
             tensors: self.tensors,
             written,
+            in_flight: std::mem::take(&mut self.in_flight),
         }))
     }
 

@@ -1,10 +1,12 @@
 //! tensorgate: an S3-compatible gateway that stores AI models deduplicated and delta-compressed.
 //!
 //! Read top-down: [`config`] -> [`server`] (listener and s3s wiring) -> [`service`] (the S3
-//! operations) -> [`ingest`] (PUT path) / [`reader`] (GET path) -> [`upstream`].
+//! operations) -> [`catalog`] (manifests upstream, then the index) -> [`ingest`] (PUT path) /
+//! [`reader`] (GET path) -> [`upstream`].
 
 pub mod auth;
 pub mod background;
+pub mod catalog;
 pub mod config;
 pub mod domains;
 pub mod fsck;

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 use tensorgate::config::{Config, DEFAULT_ACCESS_KEY};
-use tensorgate::{background, fsck, server};
+use tensorgate::{background, catalog, fsck, server};
 use tensorgate_codec::container;
 
 /// mimalloc keeps freed chunk buffers for reuse instead of returning them to the kernel and
@@ -69,6 +69,11 @@ enum Command {
     },
     /// Encode a safetensors file with the codec (as a delta against BASE if given) and report
     /// the ratio and speed. Works in memory: for checking the codec on one's own models.
+    /// Maintenance of the index.
+    Index {
+        #[command(subcommand)]
+        action: IndexAction,
+    },
     Pack {
         /// Base model whose same-named tensors the deltas are taken against.
         #[arg(long)]
@@ -85,6 +90,12 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum IndexAction {
+    /// Fills an empty index from what the upstream holds (manifests, bucket markers, packs).
+    Rebuild,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +174,26 @@ fn main() -> anyhow::Result<()> {
             println!("config is valid: listen {}, {} tenants, {keys} keys, upstream {upstream}", config.listen, tenants.len());
             Ok(())
         }
+        Command::Index { action: IndexAction::Rebuild } => runtime.block_on(async {
+            let store = server::open_store(&config)?;
+            anyhow::ensure!(
+                store.index.is_empty(),
+                "the index in {} is not empty: stop the gateway and move that directory aside first",
+                config.data_dir.join("index").display()
+            );
+            let bar = progress_bar("manifests");
+            let report = catalog::rebuild(&store, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            println!(
+                "rebuilt the index: {} buckets, {} packs, {} objects ({} queued for the packer)",
+                report.buckets, report.packs, report.objects, report.queued
+            );
+            Ok(())
+        }),
         Command::Gc => runtime.block_on(async {
             let store = server::open_store(&config)?;
             let report = background::collect_garbage(&store).await?;
@@ -173,6 +204,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Runs `pack` or `unpack` on files and reports sizes and speed (wall clock, all cores).
+/// A progress bar on the terminal for a long admin command; hidden when stderr is not one.
+fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({eta} left)")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(what);
+    bar
+}
+
 fn convert(
     input: &Path,
     base: Option<&Path>,

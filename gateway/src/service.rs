@@ -11,6 +11,7 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tensorgate_index::{Attributes, BucketDeletion, Checksums, Expect, IndexError, ObjectKey, ObjectRecord, PartRecord, Segment, UploadRecord};
 use tracing::Instrument;
 
+use crate::catalog;
 use crate::ingest::{self, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
 use crate::auth::Keys;
 use crate::reader;
@@ -41,20 +42,29 @@ impl Gateway {
         self.keys.current().tenant(access_key).map(str::to_owned).ok_or_else(|| s3_error!(InvalidAccessKeyId))
     }
 
-    fn ensure_bucket(&self, tenant: &str, bucket: &str) -> S3Result<()> {
-        match self.store.index.bucket(&tenant, bucket).map_err(internal)? {
-            Some(_) => Ok(()),
-            None => Err(s3_error!(NoSuchBucket)),
+    /// Checks that the tenant has the bucket; with a shared upstream, a bucket another gateway
+    /// created is brought in from its marker.
+    async fn ensure_bucket(&self, tenant: &str, bucket: &str) -> S3Result<()> {
+        if self.store.index.bucket(tenant, bucket).map_err(internal)?.is_some() {
+            return Ok(());
         }
+        if self.store.config.shared_upstream && catalog::adopt_bucket(&self.store, tenant, bucket).await.map_err(unavailable)? {
+            return Ok(());
+        }
+        Err(s3_error!(NoSuchBucket))
     }
 
-    fn find_object(&self, tenant: &str, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
-        self.ensure_bucket(&tenant, bucket)?;
-        self.store
-            .index
-            .object(&ObjectKey::new(&tenant, bucket, key))
-            .map_err(internal)?
-            .ok_or_else(|| s3_error!(NoSuchKey))
+    /// The object's record; with a shared upstream, checked against its manifest upstream first,
+    /// which another gateway may have written, replaced or removed.
+    async fn find_object(&self, tenant: &str, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
+        self.ensure_bucket(tenant, bucket).await?;
+        let key = ObjectKey::new(tenant, bucket, key);
+        let record = if self.store.config.shared_upstream {
+            catalog::refresh(&self.store, &key).await.map_err(unavailable)?
+        } else {
+            self.store.index.object(&key).map_err(internal)?
+        };
+        record.ok_or_else(|| s3_error!(NoSuchKey))
     }
 
     /// Reads a body to the end and verifies the digests the client sent with it.
@@ -104,18 +114,12 @@ impl Gateway {
             part_sizes: Vec::new(),
             segments: ingested.segments.clone(),
         };
-        let object_key = ObjectKey::new(&tenant, bucket, key);
-        let committed = self.store.index.commit_object(
-            &object_key,
-            &record,
-            &ingested.new_chunks,
-            ingested.new_pack.as_ref(),
-            Expect::Any,
-            now_ms(),
-        );
+        let object_key = ObjectKey::new(tenant, bucket, key);
+        let committed =
+            catalog::commit(&self.store, &object_key, &record, &ingested.new_chunks, ingested.new_pack.as_ref(), Expect::Any).await;
         if let Err(error) = committed {
             ingested.discard(&self.store).await;
-            return Err(internal(error));
+            return Err(internal(format!("{error:#}")));
         }
         self.store.register_tensors(&tenant, &ingested.tensors).map_err(internal)?;
         tracing::info!(size = record.size, segments = record.segments.len(), model = ingested.is_model(), "stored");
@@ -266,6 +270,12 @@ fn checksums_of(checksum: &Checksum) -> Checksums {
     }
 }
 
+/// The upstream could not be asked: a retryable 503.
+fn unavailable(error: anyhow::Error) -> S3Error {
+    tracing::warn!(error = format!("{error:#}"), "upstream unavailable");
+    s3_error!(ServiceUnavailable, "the upstream store is unavailable")
+}
+
 fn internal(error: impl std::fmt::Display) -> S3Error {
     tracing::error!(%error, "internal error");
     S3Error::with_message(S3ErrorCode::InternalError, "internal error; see the gateway log")
@@ -407,7 +417,7 @@ impl S3 for Gateway {
         if self.keys.current().max_buckets(&tenant).is_some_and(|limit| owned >= limit) {
             return Err(s3_error!(TooManyBuckets));
         }
-        if !self.store.index.create_bucket(&tenant, bucket, now_ms()).map_err(internal)? {
+        if !catalog::create_bucket(&self.store, &tenant, bucket).await.map_err(unavailable)? {
             return Err(s3_error!(BucketAlreadyOwnedByYou));
         }
         Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")), ..Default::default() }))
@@ -415,19 +425,19 @@ impl S3 for Gateway {
 
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
         let tenant = self.tenant(&req)?;
-        self.ensure_bucket(&tenant, &req.input.bucket)?;
+        self.ensure_bucket(&tenant, &req.input.bucket).await?;
         Ok(S3Response::new(HeadBucketOutput::default()))
     }
 
     async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
         let tenant = self.tenant(&req)?;
-        self.ensure_bucket(&tenant, &req.input.bucket)?;
+        self.ensure_bucket(&tenant, &req.input.bucket).await?;
         Ok(S3Response::new(GetBucketLocationOutput::default()))
     }
 
     async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
         let tenant = self.tenant(&req)?;
-        match self.store.index.delete_bucket(&tenant, &req.input.bucket).map_err(internal)? {
+        match catalog::delete_bucket(&self.store, &tenant, &req.input.bucket).await.map_err(unavailable)? {
             BucketDeletion::Deleted => Ok(S3Response::new(DeleteBucketOutput::default())),
             BucketDeletion::NotEmpty => Err(s3_error!(BucketNotEmpty)),
             BucketDeletion::Missing => Err(s3_error!(NoSuchBucket)),
@@ -440,7 +450,7 @@ impl S3 for Gateway {
         let span = tracing::info_span!("put_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
         async move {
             check_key(&input.key)?;
-            self.ensure_bucket(&tenant, &input.bucket)?;
+            self.ensure_bucket(&tenant, &input.bucket).await?;
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let base_hint = self.base_hint(&tenant, input.metadata.as_ref());
@@ -459,7 +469,7 @@ impl S3 for Gateway {
         let input = req.input;
         let span = tracing::info_span!("get_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
         let _entered = span.enter();
-        let record = self.find_object(&tenant, &input.bucket, &input.key)?;
+        let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
         check_conditions(
             &record,
             input.if_match.as_ref(),
@@ -486,7 +496,7 @@ impl S3 for Gateway {
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let record = self.find_object(&tenant, &input.bucket, &input.key)?;
+        let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
         check_conditions(
             &record,
             input.if_match.as_ref(),
@@ -506,22 +516,22 @@ impl S3 for Gateway {
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.ensure_bucket(&tenant, &input.bucket)?;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
-        self.store.index.delete_object(&key, now_ms()).map_err(internal)?;
+        catalog::delete(&self.store, &key).await.map_err(unavailable)?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.ensure_bucket(&tenant, &input.bucket)?;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for object in input.delete.objects {
             let key = ObjectKey::new(&tenant, &input.bucket, &object.key);
-            match self.store.index.delete_object(&key, now_ms()) {
+            match catalog::delete(&self.store, &key).await {
                 Ok(_) if !quiet => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
                 Ok(_) => {}
                 Err(error) => {
@@ -545,8 +555,8 @@ impl S3 for Gateway {
             return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
         };
         check_key(&input.key)?;
-        self.ensure_bucket(&tenant, &input.bucket)?;
-        let source = self.find_object(&tenant, source_bucket, source_key)?;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
+        let source = self.find_object(&tenant, source_bucket, source_key).await?;
         check_conditions(
             &source,
             input.copy_source_if_match.as_ref(),
@@ -578,7 +588,7 @@ impl S3 for Gateway {
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys)?;
+        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys).await?;
         let next_marker = listing.is_truncated.then(|| listing.last.clone()).flatten();
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
@@ -602,7 +612,7 @@ impl S3 for Gateway {
             Some(token) => Some(decode_token(token)?),
             None => input.start_after.clone(),
         };
-        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), start_after.as_deref(), input.max_keys)?;
+        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), start_after.as_deref(), input.max_keys).await?;
         let next_token = if listing.is_truncated { listing.last.as_deref().map(encode_token) } else { None };
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
@@ -624,7 +634,7 @@ impl S3 for Gateway {
     async fn list_object_versions(&self, req: S3Request<ListObjectVersionsInput>) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.key_marker.as_deref(), input.max_keys)?;
+        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.key_marker.as_deref(), input.max_keys).await?;
         let versions = listing
             .contents
             .into_iter()
@@ -656,7 +666,7 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         check_key(&input.key)?;
-        self.ensure_bucket(&tenant, &input.bucket)?;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
         let upload_id = new_id();
         let record = UploadRecord {
             tenant: tenant.to_string(),
@@ -679,7 +689,7 @@ impl S3 for Gateway {
         let input = req.input;
         let span = tracing::info_span!("upload_part", tenant = %tenant, bucket = %input.bucket, key = %input.key, part = input.part_number);
         async move {
-            let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key)?;
+            let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
             if !(1..=10_000).contains(&input.part_number) {
                 return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
             }
@@ -704,7 +714,7 @@ impl S3 for Gateway {
     async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key)?;
+        let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         let stored: BTreeMap<u32, PartRecord> = self.store.index.parts(&input.upload_id).map_err(internal)?.into_iter().collect();
         let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
         if requested.is_empty() {
@@ -729,13 +739,12 @@ impl S3 for Gateway {
         }
         let record = multipart_record(&upload, &chosen);
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
-        self.store
-            .index
-            .complete_upload(&input.upload_id, &key, &record, now_ms())
-            .map_err(|error| match error {
-                IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
-                other => internal(other),
-            })?;
+        catalog::complete_upload(&self.store, &input.upload_id, &key, &record).await.map_err(|error| {
+            match error.downcast_ref::<IndexError>() {
+                Some(IndexError::NoSuchUpload) => s3_error!(NoSuchUpload),
+                _ => internal(format!("{error:#}")),
+            }
+        })?;
         tracing::info!(bucket = %input.bucket, key = %input.key, size = record.size, parts = chosen.len(), "multipart upload completed");
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -748,7 +757,7 @@ impl S3 for Gateway {
     async fn abort_multipart_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key)?;
+        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         self.store.index.abort_upload(&input.upload_id, now_ms()).map_err(|error| match error {
             IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
             other => internal(other),
@@ -759,7 +768,7 @@ impl S3 for Gateway {
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key)?;
+        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         let marker = input.part_number_marker.unwrap_or(0).max(0) as u32;
         let max_parts = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let all: Vec<(u32, PartRecord)> = self
@@ -798,7 +807,7 @@ impl S3 for Gateway {
     async fn list_multipart_uploads(&self, req: S3Request<ListMultipartUploadsInput>) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.ensure_bucket(&tenant, &input.bucket)?;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let uploads = self
             .store
@@ -836,8 +845,8 @@ struct Listing {
 
 impl Gateway {
     /// Lists a bucket in key order, rolling keys up to common prefixes at the delimiter.
-    fn list(&self, tenant: &str, bucket: &str, prefix: Option<&str>, delimiter: Option<&str>, start_after: Option<&str>, max_keys: Option<i32>) -> S3Result<Listing> {
-        self.ensure_bucket(&tenant, bucket)?;
+    async fn list(&self, tenant: &str, bucket: &str, prefix: Option<&str>, delimiter: Option<&str>, start_after: Option<&str>, max_keys: Option<i32>) -> S3Result<Listing> {
+        self.ensure_bucket(&tenant, bucket).await?;
         let prefix = prefix.unwrap_or_default();
         let delimiter = delimiter.filter(|d| !d.is_empty());
         let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
@@ -882,8 +891,8 @@ impl Gateway {
         Ok(listing)
     }
 
-    fn find_upload(&self, tenant: &str, upload_id: &str, bucket: &str, key: &str) -> S3Result<UploadRecord> {
-        self.ensure_bucket(&tenant, bucket)?;
+    async fn find_upload(&self, tenant: &str, upload_id: &str, bucket: &str, key: &str) -> S3Result<UploadRecord> {
+        self.ensure_bucket(&tenant, bucket).await?;
         let upload = self.store.index.upload(upload_id).map_err(internal)?.ok_or_else(|| s3_error!(NoSuchUpload))?;
         if upload.tenant != tenant || upload.bucket != bucket || upload.key != key {
             return Err(s3_error!(NoSuchUpload));

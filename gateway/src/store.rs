@@ -4,7 +4,7 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tensorgate_index::{BaseCandidate, ChunkHash, Index};
+use tensorgate_index::{BaseCandidate, ChunkHash, Index, ObjectKey};
 
 use crate::ingest::StoredTensor;
 
@@ -64,14 +64,72 @@ pub struct Store {
     pub base_cache: Mutex<BaseCache>,
     /// How many frames a GET decodes ahead of the bytes it sends.
     pub prefetch: NonZeroUsize,
+    /// Serialize the publish-then-commit of writes to one key (striped by key hash), so the
+    /// upstream manifest and the index agree on which write came last.
+    key_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Upstream keys being written by writes not committed yet.
+    pub in_flight: InFlight,
+    /// This gateway process, as named in the garbage-collection lease.
+    pub instance: String,
 }
+
+/// Upstream keys being written and not yet committed: garbage collection leaves them alone.
+#[derive(Debug, Default, Clone)]
+pub struct InFlight(Arc<Mutex<std::collections::HashSet<String>>>);
+
+impl InFlight {
+    /// Marks `key` as being written until the returned guard is dropped.
+    pub fn begin(&self, key: &str) -> WriteGuard {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key.to_owned());
+        WriteGuard { in_flight: self.clone(), key: key.to_owned() }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(key)
+    }
+}
+
+/// Keeps an upstream key marked as being written; see [`InFlight`].
+#[derive(Debug)]
+pub struct WriteGuard {
+    in_flight: InFlight,
+    key: String,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.in_flight.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.key);
+    }
+}
+
+/// Stripes of the per-key write locks.
+const KEY_LOCK_STRIPES: usize = 64;
 
 impl Store {
     pub fn new(index: Index, upstream: Arc<dyn Upstream>, config: Config) -> Store {
         let base_cache = Mutex::new(BaseCache::new(config.base_cache_bytes));
         let prefetch = NonZeroUsize::new(std::thread::available_parallelism().map_or(2, |n| n.get()) + 1)
             .unwrap_or(NonZeroUsize::MIN);
-        Store { index, upstream, config, metrics: Metrics::default(), base_cache, prefetch }
+        let key_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Store {
+            index,
+            upstream,
+            config,
+            metrics: Metrics::default(),
+            base_cache,
+            prefetch,
+            key_locks,
+            in_flight: InFlight::default(),
+            instance: new_id(),
+        }
+    }
+
+    /// Holds off other writes to `key` (and to the keys sharing its stripe) until dropped.
+    pub async fn lock_key(&self, key: &ObjectKey) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        self.key_locks[hasher.finish() as usize % KEY_LOCK_STRIPES].lock().await
     }
 
     /// Reads a range of an upstream object, counting the read. A failed or short read is

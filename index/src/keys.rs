@@ -74,6 +74,14 @@ pub(crate) fn candidates_prefix(scope: &str, signature: &str) -> Vec<u8> {
     bytes
 }
 
+/// The full name an `objects` tree key encodes.
+pub(crate) fn object_key(bytes: &[u8]) -> ObjectKey {
+    let text = String::from_utf8_lossy(bytes);
+    let mut parts = text.splitn(3, '\0');
+    let (tenant, bucket, key) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    ObjectKey::new(tenant, bucket, key)
+}
+
 /// An object key as `tenant/bucket/key`, for messages.
 pub(crate) fn display(key: &[u8]) -> String {
     String::from_utf8_lossy(key).replace('\0', "/")

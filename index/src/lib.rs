@@ -6,6 +6,7 @@
 //! gateway empties after a grace period.
 
 mod keys;
+mod manifest;
 mod records;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 
 pub use keys::ObjectKey;
+pub use manifest::{bucket_key, manifest_key, BucketMarker, ChunkLocation, Envelope, Manifest, BUCKETS, MANIFESTS};
 pub use records::*;
 
 /// Errors of the index.
@@ -32,6 +34,8 @@ pub enum IndexError {
     VersionChanged,
     #[error("no such multipart upload")]
     NoSuchUpload,
+    #[error("upstream record does not decode: {0}")]
+    Envelope(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, IndexError>;
@@ -158,6 +162,11 @@ impl Index {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// True when the index holds no bucket and no object (a fresh data directory).
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty() && self.objects.is_empty()
     }
 
     // ---- buckets
@@ -302,6 +311,66 @@ impl Index {
         self.flush()
     }
 
+    /// Where every chunk `record` uses is stored (its own chunks and their bases), looking in
+    /// `new_chunks` first and then in the index: the chunk table of its manifest.
+    pub fn locate(&self, record: &ObjectRecord, new_chunks: &[NewChunk]) -> Result<Vec<ChunkLocation>> {
+        let mut locations: Vec<ChunkLocation> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut pending: Vec<ChunkHash> = record
+            .segments
+            .iter()
+            .filter_map(|segment| match segment {
+                Segment::Chunk { hash, .. } => Some(*hash),
+                _ => None,
+            })
+            .collect();
+        while let Some(hash) = pending.pop() {
+            if !seen.insert(hash) {
+                continue;
+            }
+            let chunk = match new_chunks.iter().find(|c| c.hash == hash) {
+                Some(new) => new.record.clone(),
+                None => self.chunk(&hash)?.ok_or_else(|| IndexError::MissingChunk(hex(&hash)))?,
+            };
+            pending.extend(chunk.base);
+            locations.push(ChunkLocation::new(hash, &chunk));
+        }
+        Ok(locations)
+    }
+
+    /// Makes a manifest read from the upstream the object it names, adding the chunks and
+    /// packs it uses that the index does not hold yet.
+    pub fn adopt(&self, manifest: &Manifest, now_ms: i64) -> Result<()> {
+        let mut new_chunks = Vec::new();
+        for location in &manifest.chunks {
+            if self.chunk(&location.hash)?.is_none() {
+                self.ensure_pack(&location.pack, location.offset + u64::from(location.frame_len))?;
+                new_chunks.push(NewChunk { hash: location.hash, record: location.record() });
+            }
+        }
+        let key = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
+        self.commit_object(&key, &manifest.record, &new_chunks, None, Expect::Any, now_ms)
+    }
+
+    /// Records a pack the index did not know of, at least `total_bytes` long; a known pack
+    /// grows to `total_bytes` if it was recorded shorter.
+    pub fn ensure_pack(&self, key: &str, total_bytes: u64) -> Result<()> {
+        self.packs.fetch_and_update(key.as_bytes(), |old| {
+            let mut pack: PackRecord = old.and_then(|v| decode(v).ok()).unwrap_or(PackRecord { total_bytes: 0, live_bytes: 0 });
+            pack.total_bytes = pack.total_bytes.max(total_bytes);
+            Some(encode(&pack))
+        })?;
+        Ok(())
+    }
+
+    /// Every object with its full name, in key order.
+    pub fn all_objects(&self) -> impl Iterator<Item = Result<(ObjectKey, ObjectRecord)>> + '_ {
+        self.objects.iter().map(|entry| {
+            let (key, value) = entry?;
+            Ok((keys::object_key(&key), decode(&value)?))
+        })
+    }
+
     /// Removes the object at `key`; false if there was none.
     pub fn delete_object(&self, key: &ObjectKey, now_ms: i64) -> Result<bool> {
         let object_key = key.encode();
@@ -443,6 +512,13 @@ impl Index {
         self.queue.iter().next().transpose()?.map(|(_, v)| decode(&v)).transpose()
     }
 
+    /// Queues an object version for the packer (an object stored as uploaded, found again by
+    /// `index rebuild`).
+    pub fn enqueue_pack(&self, job: &PackJob) -> Result<()> {
+        self.queue.insert(job.version.as_bytes(), encode(job))?;
+        Ok(())
+    }
+
     /// Removes a finished (or obsolete) pack job.
     pub fn finish_pack_job(&self, job: &PackJob) -> Result<()> {
         self.queue.remove(job.version.as_bytes())?;
@@ -461,6 +537,36 @@ impl Index {
             if read_ms(&value) <= cutoff_ms {
                 keys.push(String::from_utf8_lossy(&key).into_owned());
             }
+        }
+        Ok(keys)
+    }
+
+    /// Sends an upstream key nothing references to the trash, unless it is there already.
+    pub fn trash_key(&self, key: &str, now_ms: i64) -> Result<()> {
+        self.trash.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(&now_ms.to_be_bytes()[..]))?.ok();
+        Ok(())
+    }
+
+    pub fn in_trash(&self, key: &str) -> Result<bool> {
+        Ok(self.trash.contains_key(key.as_bytes())?)
+    }
+
+    /// Every upstream key the index uses: live packs, the blobs of objects, and the part blobs
+    /// of uploads in progress.
+    pub fn referenced_upstream_keys(&self) -> Result<std::collections::HashSet<String>> {
+        let mut keys = std::collections::HashSet::new();
+        for entry in self.packs.iter() {
+            keys.insert(String::from_utf8_lossy(&entry?.0).into_owned());
+        }
+        for entry in self.objects.iter() {
+            let record: ObjectRecord = decode(&entry?.1)?;
+            keys.extend(record.segments.into_iter().filter_map(|segment| match segment {
+                Segment::Blob { key, .. } => Some(key),
+                _ => None,
+            }));
+        }
+        for entry in self.parts.iter() {
+            keys.insert(decode::<PartRecord>(&entry?.1)?.blob);
         }
         Ok(keys)
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tensorgate::upstream::{BlobWriter, Upstream};
+use tensorgate::upstream::{BlobWriter, Condition, Listed, Tagged, Upstream};
 
 /// What a call does.
 enum Fault {
@@ -84,11 +84,34 @@ impl Upstream for FaultyUpstream {
         }
     }
 
+    async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>> {
+        match self.roll() {
+            Fault::Error | Fault::Short => anyhow::bail!("injected fault: connection reset reading {key}"),
+            Fault::Stall => tokio::time::sleep(Duration::from_millis(200)).await,
+            Fault::None => {}
+        }
+        self.inner.read_tagged(key).await
+    }
+
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+        if let Fault::Error = self.roll() {
+            anyhow::bail!("injected fault: conditional write of {key} failed");
+        }
+        self.inner.put_if(key, bytes, condition).await
+    }
+
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         if let Fault::Error = self.roll() {
             anyhow::bail!("injected fault: delete of {key} timed out");
         }
         self.inner.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
+        if let Fault::Error = self.roll() {
+            anyhow::bail!("injected fault: listing {prefix} failed");
+        }
+        self.inner.list(prefix).await
     }
 
     fn describe(&self) -> String {

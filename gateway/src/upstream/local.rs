@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{BlobWriter, Upstream};
+use super::{BlobWriter, Condition, Listed, Tagged, Upstream};
 
 pub struct LocalUpstream {
     root: PathBuf,
@@ -55,11 +55,84 @@ impl Upstream for LocalUpstream {
         Ok(Bytes::from(buffer))
     }
 
+    async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>> {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(Tagged { tag: tensorgate_codec::ContentHash::of(&bytes).to_hex(), bytes: Bytes::from(bytes) })),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(anyhow::Error::new(error).context(format!("reading {}", path.display()))),
+        }
+    }
+
+    /// Checks and writes under an exclusive lock on a file in the root, so that gateway
+    /// processes sharing the directory see one conditional write at a time.
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+        let target = self.path(key)?;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            let lock = std::fs::File::create(root.join("tmp").join("conditional-writes.lock"))?;
+            lock.lock()?;
+            let current = match std::fs::read(&target) {
+                Ok(bytes) => Some(tensorgate_codec::ContentHash::of(&bytes).to_hex()),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+                Err(error) => return Err(error.into()),
+            };
+            let holds = match &condition {
+                Condition::Absent => current.is_none(),
+                Condition::Matches(tag) => current.as_ref() == Some(tag),
+            };
+            if holds {
+                let temporary = root.join("tmp").join(uuid::Uuid::new_v4().to_string());
+                std::fs::write(&temporary, &bytes)?;
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::rename(&temporary, &target)?;
+            }
+            Ok(holds)
+        })
+        .await?
+    }
+
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         match tokio::fs::remove_file(self.path(key)?).await {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
             _ => Ok(()),
         }
+    }
+
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
+        let folder = prefix.rfind('/').map_or("", |end| &prefix[..end]);
+        let start = if folder.is_empty() { self.root.clone() } else { self.path(folder)? };
+        let (root, prefix) = (self.root.clone(), prefix.to_owned());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Listed>> {
+            let mut listed = Vec::new();
+            let mut folders = vec![start];
+            while let Some(folder) = folders.pop() {
+                let entries = match std::fs::read_dir(&folder) {
+                    Ok(entries) => entries,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error.into()),
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let path = entry.path();
+                    let key = path.strip_prefix(&root)?.to_string_lossy().replace('\\', "/");
+                    let metadata = entry.metadata()?;
+                    if metadata.is_dir() {
+                        if key != "tmp" {
+                            folders.push(path);
+                        }
+                    } else if key.starts_with(&prefix) {
+                        let modified = metadata.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                        listed.push(Listed { key, size: metadata.len(), modified_ms: modified.as_millis() as i64 });
+                    }
+                }
+            }
+            listed.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(listed)
+        })
+        .await?
     }
 
     fn describe(&self) -> String {

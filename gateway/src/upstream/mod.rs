@@ -14,17 +14,60 @@ pub use local::LocalUpstream;
 pub use routing::RoutingUpstream;
 pub use s3::{S3Upstream, S3UpstreamConfig};
 
-/// Upstream keys are made by the gateway (`blobs/…`, `packs/…`, `parts/…`), never by clients.
+/// One object of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// Last modification, milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+}
+
+/// A small object read whole, with the tag a conditional write compares against.
+#[derive(Debug, Clone)]
+pub struct Tagged {
+    pub bytes: Bytes,
+    pub tag: String,
+}
+
+/// When a conditional write may replace what is at its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Only if nothing is there.
+    Absent,
+    /// Only if what is there still has this tag.
+    Matches(String),
+}
+
+/// Upstream keys are made by the gateway (`blobs/…`, `packs/…`, `manifests/…`), never by
+/// clients.
 #[async_trait]
 pub trait Upstream: Send + Sync + 'static {
     /// Starts writing a new object; it becomes visible only when the writer finishes.
     async fn writer(&self, key: &str) -> anyhow::Result<Box<dyn BlobWriter>>;
     /// Reads a byte range of an object. Returns exactly `range.end - range.start` bytes or fails.
     async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes>;
+    /// Reads a small object whole; `None` when there is no object at `key`.
+    async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>>;
+    /// Writes a small object whole if `condition` holds; false when it does not.
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool>;
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>>;
     /// Describes the upstream for logs.
     fn describe(&self) -> String;
+}
+
+/// Writes a small object whole, replacing what is there.
+pub async fn put(upstream: &dyn Upstream, key: &str, bytes: Bytes) -> anyhow::Result<()> {
+    let mut writer = upstream.writer(key).await?;
+    if let Err(error) = writer.write(bytes).await {
+        writer.abort().await;
+        return Err(error);
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 /// An object being written upstream, in order, piece by piece.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{BlobWriter, Upstream};
+use super::{BlobWriter, Condition, Listed, Tagged, Upstream};
 
 pub struct RoutingUpstream {
     default: Arc<dyn Upstream>,
@@ -38,8 +38,21 @@ impl Upstream for RoutingUpstream {
         self.route(key).read(key, range).await
     }
 
+    async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>> {
+        self.route(key).read_tagged(key).await
+    }
+
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+        self.route(key).put_if(key, bytes, condition).await
+    }
+
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         self.route(key).delete(key).await
+    }
+
+    /// A prefix inside a route lists that route; any other lists the default upstream.
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
+        self.route(prefix).list(prefix).await
     }
 
     fn describe(&self) -> String {

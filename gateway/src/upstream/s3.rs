@@ -14,7 +14,7 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::{BlobWriter, Upstream};
+use super::{BlobWriter, Condition, Listed, Tagged, Upstream};
 
 /// Size of the parts written upstream.
 const PART_SIZE: usize = 8 << 20;
@@ -126,6 +126,52 @@ impl Upstream for S3Upstream {
             bytes.len()
         );
         Ok(bytes)
+    }
+
+    async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>> {
+        let full_key = self.full_key(key);
+        let output = match self.client.get_object().bucket(&self.bucket).key(&full_key).send().await {
+            Ok(output) => output,
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(error) => return Err(anyhow::Error::new(error).context(format!("GET {full_key}"))),
+        };
+        let tag = output.e_tag.clone().unwrap_or_default();
+        let bytes = output.body.collect().await.context("reading upstream body")?.into_bytes();
+        Ok(Some(Tagged { bytes, tag }))
+    }
+
+    /// PutObject with `If-None-Match: *` or `If-Match: <ETag>`; a 412 (or a 409 from a
+    /// concurrent conditional write) means the condition did not hold.
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+        let full_key = self.full_key(key);
+        let request = self.client.put_object().bucket(&self.bucket).key(&full_key).body(ByteStream::from(bytes));
+        let request = match condition {
+            Condition::Absent => request.if_none_match("*"),
+            Condition::Matches(tag) => request.if_match(tag),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(error) if matches!(error.raw_response().map(|r| r.status().as_u16()), Some(409 | 412)) => Ok(false),
+            Err(error) => Err(anyhow::Error::new(error).context(format!("conditional PUT {full_key}"))),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
+        let full_prefix = self.full_key(prefix);
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full_prefix).into_paginator().send();
+        let mut listed = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.with_context(|| format!("listing {full_prefix}"))?;
+            for object in page.contents.unwrap_or_default() {
+                let Some(key) = object.key.as_deref().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
+                listed.push(Listed {
+                    key: key.to_owned(),
+                    size: object.size.unwrap_or(0).max(0) as u64,
+                    modified_ms: object.last_modified.map_or(0, |t| t.to_millis().unwrap_or(0)),
+                });
+            }
+        }
+        Ok(listed)
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {

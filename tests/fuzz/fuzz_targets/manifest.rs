@@ -1,12 +1,17 @@
-//! Index records (manifests, chunks, uploads, base candidates) decoded from arbitrary bytes:
-//! never panic, never allocate without bound.
+//! Index records (objects, chunks, uploads, base candidates) and the upstream envelopes
+//! (manifests, bucket markers) decoded from arbitrary bytes: never panic, never allocate without
+//! bound, and an envelope that opens seals back to the same bytes.
 #![no_main]
 
-use tensorgate_index::{decode, BaseCandidate, ChunkRecord, ObjectRecord, UploadRecord};
+use tensorgate_index::{decode, BaseCandidate, BucketMarker, ChunkRecord, Envelope, Manifest, ObjectRecord, UploadRecord};
 
 libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
     let _ = decode::<ObjectRecord>(bytes);
     let _ = decode::<ChunkRecord>(bytes);
     let _ = decode::<UploadRecord>(bytes);
     let _ = decode::<BaseCandidate>(bytes);
+    if let Ok(manifest) = Manifest::open(bytes) {
+        assert_eq!(Manifest::open(&manifest.seal()).ok(), Some(manifest));
+    }
+    let _ = BucketMarker::open(bytes);
 });

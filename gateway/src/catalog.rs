@@ -1,0 +1,208 @@
+//! The upstream copy of the index. Every object has a manifest upstream (its record and where
+//! its chunks are) and every bucket a marker, written before the index commits and removed
+//! before the index forgets: the upstream never lacks what the index acknowledged. The index
+//! can therefore be rebuilt from the upstream alone, and a gateway sharing the upstream with
+//! others reads the manifests they wrote.
+
+use bytes::Bytes;
+use tensorgate_index::{
+    bucket_key, manifest_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError, Manifest, NewChunk, NewPack,
+    ObjectKey, ObjectRecord, PackJob, Segment, BUCKETS, MANIFESTS,
+};
+
+use crate::store::{now_ms, Store};
+use crate::upstream;
+
+/// Makes `record` the object at `key`: publishes its manifest, then commits it to the index.
+/// With `Expect::Version`, nothing happens unless the object is still at that version.
+pub async fn commit(
+    store: &Store,
+    key: &ObjectKey,
+    record: &ObjectRecord,
+    new_chunks: &[NewChunk],
+    new_pack: Option<&NewPack>,
+    expect: Expect<'_>,
+) -> anyhow::Result<()> {
+    let _guard = store.lock_key(key).await;
+    if let Expect::Version(version) = expect {
+        if store.index.object(key)?.map(|current| current.version).as_deref() != Some(version) {
+            return Err(IndexError::VersionChanged.into());
+        }
+    }
+    publish(store, key, record, new_chunks).await?;
+    if let Err(error) = store.index.commit_object(key, record, new_chunks, new_pack, expect, now_ms()) {
+        restore(store, key).await;
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+/// Ends a multipart upload with `record` as the object at `key`: manifest, then index.
+pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord) -> anyhow::Result<()> {
+    let _guard = store.lock_key(key).await;
+    publish(store, key, record, &[]).await?;
+    if let Err(error) = store.index.complete_upload(upload_id, key, record, now_ms()) {
+        restore(store, key).await;
+        return Err(error.into());
+    }
+    Ok(())
+}
+
+/// Deletes the object at `key`: its manifest, then its index record. False if there was none.
+pub async fn delete(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
+    let _guard = store.lock_key(key).await;
+    store.upstream.delete(&manifest_key_of(store, key)).await?;
+    Ok(store.index.delete_object(key, now_ms())?)
+}
+
+/// Creates a bucket: its marker, then its index record. False if it already existed.
+pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<bool> {
+    if store.index.bucket(tenant, bucket)?.is_some() {
+        return Ok(false);
+    }
+    let marker = BucketMarker { tenant: tenant.to_owned(), bucket: bucket.to_owned(), created_ms: now_ms() };
+    upstream::put(&*store.upstream, &bucket_key_of(store, tenant, bucket), Bytes::from(marker.seal())).await?;
+    Ok(store.index.create_bucket(tenant, bucket, marker.created_ms)?)
+}
+
+/// Deletes an empty bucket from the index, then its marker.
+pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<BucketDeletion> {
+    let deletion = store.index.delete_bucket(tenant, bucket)?;
+    if deletion == BucketDeletion::Deleted {
+        store.upstream.delete(&bucket_key_of(store, tenant, bucket)).await?;
+    }
+    Ok(deletion)
+}
+
+/// Brings in from the upstream a bucket another gateway created; false if there is none.
+pub async fn adopt_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<bool> {
+    let Some(tagged) = store.upstream.read_tagged(&bucket_key_of(store, tenant, bucket)).await? else {
+        return Ok(false);
+    };
+    let marker = BucketMarker::open(&tagged.bytes)?;
+    anyhow::ensure!(marker.tenant == tenant && marker.bucket == bucket, "bucket marker names another bucket");
+    store.index.create_bucket(tenant, bucket, marker.created_ms)?;
+    Ok(true)
+}
+
+/// The object's manifest as the upstream holds it, if any.
+pub async fn fetch(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Manifest>> {
+    let Some(tagged) = store.upstream.read_tagged(&manifest_key_of(store, key)).await? else {
+        return Ok(None);
+    };
+    let manifest = Manifest::open(&tagged.bytes)?;
+    anyhow::ensure!(
+        manifest.tenant == key.tenant && manifest.bucket == key.bucket && manifest.key == key.key,
+        "manifest at the key of {}/{} names another object",
+        key.bucket,
+        key.key
+    );
+    Ok(Some(manifest))
+}
+
+/// Brings the index in line with the object's upstream manifest, which another gateway may
+/// have written, replaced or removed. Returns the current record, if the object exists.
+pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<ObjectRecord>> {
+    let manifest = fetch(store, key).await?;
+    let _guard = store.lock_key(key).await;
+    let local = store.index.object(key)?;
+    match (manifest, local) {
+        (Some(manifest), Some(local)) if manifest.record.version == local.version => Ok(Some(local)),
+        (Some(manifest), _) => {
+            store.index.adopt(&manifest, now_ms())?;
+            Ok(Some(manifest.record))
+        }
+        (None, Some(_)) => {
+            store.index.delete_object(key, now_ms())?;
+            Ok(None)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Writes the manifest of `record` as the object at `key`.
+pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_chunks: &[NewChunk]) -> anyhow::Result<()> {
+    let manifest = Manifest {
+        tenant: key.tenant.clone(),
+        bucket: key.bucket.clone(),
+        key: key.key.clone(),
+        record: record.clone(),
+        chunks: store.index.locate(record, new_chunks)?,
+    };
+    upstream::put(&*store.upstream, &manifest_key_of(store, key), Bytes::from(manifest.seal())).await
+}
+
+/// After a failed commit, puts the upstream manifest back to what the index holds.
+async fn restore(store: &Store, key: &ObjectKey) {
+    let restored = match store.index.object(key) {
+        Ok(Some(record)) => publish(store, key, &record, &[]).await,
+        Ok(None) => store.upstream.delete(&manifest_key_of(store, key)).await,
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = restored {
+        tracing::error!(bucket = %key.bucket, key = %key.key, error = format!("{error:#}"), "could not restore the manifest; fsck --repair will");
+    }
+}
+
+fn manifest_key_of(store: &Store, key: &ObjectKey) -> String {
+    manifest_key(&store.config.upstream_prefix(&key.tenant), &key.tenant, &key.bucket, &key.key)
+}
+
+fn bucket_key_of(store: &Store, tenant: &str, bucket: &str) -> String {
+    bucket_key(&store.config.upstream_prefix(tenant), tenant, bucket)
+}
+
+/// What `index rebuild` found upstream.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RebuildReport {
+    pub buckets: usize,
+    pub packs: usize,
+    pub objects: usize,
+    /// Objects still stored as uploaded, queued again for the packer.
+    pub queued: usize,
+}
+
+/// Fills an empty index from the upstream: buckets from their markers, packs from the
+/// listing, objects from their manifests. `progress` hears (manifests done, manifests in all).
+pub async fn rebuild(store: &Store, progress: &dyn Fn(u64, u64)) -> anyhow::Result<RebuildReport> {
+    let mut report = RebuildReport::default();
+    let mut manifests = Vec::new();
+    for prefix in store.config.upstream_prefixes() {
+        for listed in store.upstream.list(&format!("{prefix}{BUCKETS}")).await? {
+            let tagged = store.upstream.read_tagged(&listed.key).await?;
+            let Some(tagged) = tagged else { continue };
+            let marker = BucketMarker::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
+            store.index.create_bucket(&marker.tenant, &marker.bucket, marker.created_ms)?;
+            report.buckets += 1;
+        }
+        for listed in store.upstream.list(&format!("{prefix}packs/")).await? {
+            store.index.ensure_pack(&listed.key, listed.size)?;
+            report.packs += 1;
+        }
+        manifests.extend(store.upstream.list(&format!("{prefix}{MANIFESTS}")).await?);
+    }
+    for (done, listed) in manifests.iter().enumerate() {
+        progress(done as u64, manifests.len() as u64);
+        let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
+        let manifest = Manifest::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
+        if store.index.bucket(&manifest.tenant, &manifest.bucket)?.is_none() {
+            store.index.create_bucket(&manifest.tenant, &manifest.bucket, manifest.record.last_modified_ms)?;
+        }
+        store.index.adopt(&manifest, now_ms())?;
+        report.objects += 1;
+        let as_uploaded = !manifest.record.part_sizes.is_empty()
+            && manifest.record.segments.iter().any(|segment| matches!(segment, Segment::Blob { .. }));
+        if as_uploaded {
+            store.index.enqueue_pack(&PackJob {
+                tenant: manifest.tenant.clone(),
+                bucket: manifest.bucket.clone(),
+                key: manifest.key.clone(),
+                version: manifest.record.version.clone(),
+            })?;
+            report.queued += 1;
+        }
+    }
+    progress(manifests.len() as u64, manifests.len() as u64);
+    store.index.flush()?;
+    Ok(report)
+}

@@ -1,0 +1,204 @@
+//! The upstream copies of index records: every object's manifest and every bucket is also an
+//! upstream object, so that the index can be rebuilt from the upstream alone and several
+//! gateways can share one upstream.
+//!
+//! Each is an envelope: `TGMF`, a format version, the kind, the body length, the BLAKE3 of the
+//! body, then the body (postcard). A torn, truncated or altered envelope does not decode.
+
+use serde::{Deserialize, Serialize};
+
+use crate::records::{ChunkHash, ChunkRecord, ObjectRecord};
+use crate::{IndexError, Result};
+
+const MAGIC: [u8; 4] = *b"TGMF";
+const VERSION: u8 = 1;
+/// Magic, version, kind, two reserved bytes, body length (u64 LE), BLAKE3 of the body.
+const HEADER_LEN: usize = 4 + 1 + 1 + 2 + 8 + 32;
+/// No record the gateway writes comes near this; anything longer is refused unread.
+pub const MAX_BODY_LEN: u64 = 256 << 20;
+
+/// Where a chunk a manifest uses is stored, as of the manifest's commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLocation {
+    pub hash: ChunkHash,
+    pub pack: String,
+    pub offset: u64,
+    pub frame_len: u32,
+    pub raw_len: u32,
+    pub base: Option<ChunkHash>,
+}
+
+impl ChunkLocation {
+    pub fn new(hash: ChunkHash, record: &ChunkRecord) -> ChunkLocation {
+        ChunkLocation {
+            hash,
+            pack: record.pack.clone(),
+            offset: record.offset,
+            frame_len: record.frame_len,
+            raw_len: record.raw_len,
+            base: record.base,
+        }
+    }
+
+    /// The chunk as a fresh index record, not yet referenced.
+    pub fn record(&self) -> ChunkRecord {
+        ChunkRecord {
+            pack: self.pack.clone(),
+            offset: self.offset,
+            frame_len: self.frame_len,
+            raw_len: self.raw_len,
+            base: self.base,
+            refs: 0,
+            dead_since_ms: None,
+        }
+    }
+}
+
+/// One object as stored upstream: its name, its record, and where every chunk it needs is
+/// (its own chunks and their bases).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub tenant: String,
+    pub bucket: String,
+    pub key: String,
+    pub record: ObjectRecord,
+    pub chunks: Vec<ChunkLocation>,
+}
+
+/// A bucket as stored upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketMarker {
+    pub tenant: String,
+    pub bucket: String,
+    pub created_ms: i64,
+}
+
+/// What an envelope holds; a reader asking for one kind refuses the others.
+pub trait Envelope: Serialize + serde::de::DeserializeOwned {
+    const KIND: u8;
+
+    /// The envelope bytes.
+    fn seal(&self) -> Vec<u8> {
+        let body = postcard::to_stdvec(self).unwrap_or_default();
+        let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
+        bytes.extend_from_slice(&MAGIC);
+        bytes.extend_from_slice(&[VERSION, Self::KIND, 0, 0]);
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(blake3::hash(&body).as_bytes());
+        bytes.extend_from_slice(&body);
+        bytes
+    }
+
+    /// Decodes envelope bytes, checking magic, version, kind, length and checksum.
+    fn open(bytes: &[u8]) -> Result<Self> {
+        let header = bytes.get(..HEADER_LEN).ok_or(IndexError::Envelope("shorter than its header"))?;
+        if header[..4] != MAGIC {
+            return Err(IndexError::Envelope("not a tensorgate record"));
+        }
+        if header[4] != VERSION {
+            return Err(IndexError::Envelope("unknown format version"));
+        }
+        if header[6..8] != [0, 0] {
+            return Err(IndexError::Envelope("reserved bytes are set"));
+        }
+        if header[5] != Self::KIND {
+            return Err(IndexError::Envelope("another kind of record"));
+        }
+        let body_len = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        if body_len > MAX_BODY_LEN || bytes.len() as u64 - HEADER_LEN as u64 != body_len {
+            return Err(IndexError::Envelope("length does not match"));
+        }
+        let body = &bytes[HEADER_LEN..];
+        if blake3::hash(body).as_bytes() != &header[16..48] {
+            return Err(IndexError::Envelope("checksum does not match"));
+        }
+        crate::decode(body)
+    }
+}
+
+impl Envelope for Manifest {
+    const KIND: u8 = 1;
+}
+
+impl Envelope for BucketMarker {
+    const KIND: u8 = 2;
+}
+
+/// A name hashed into a fixed-length upstream key part: object keys can be 1024 bytes of
+/// anything, upstream keys cannot.
+fn name_hash(parts: &[&str]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update(&[0]);
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Upstream key of an object's manifest, under the tenant's upstream prefix.
+pub fn manifest_key(prefix: &str, tenant: &str, bucket: &str, key: &str) -> String {
+    format!("{prefix}{MANIFESTS}{}", name_hash(&[tenant, bucket, key]))
+}
+
+/// Upstream key of a bucket's marker.
+pub fn bucket_key(prefix: &str, tenant: &str, bucket: &str) -> String {
+    format!("{prefix}{BUCKETS}{}", name_hash(&[tenant, bucket]))
+}
+
+/// Upstream folders of the two kinds of record.
+pub const MANIFESTS: &str = "manifests/";
+pub const BUCKETS: &str = "buckets/";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{Attributes, Checksums, Segment};
+    use proptest::prelude::*;
+
+    fn manifest(key: String, inline: Vec<u8>, offset: u64) -> Manifest {
+        let hash = [7u8; 32];
+        let segments = vec![Segment::Inline(inline), Segment::Chunk { hash, len: 3 }];
+        let record = ObjectRecord {
+            version: "v".into(),
+            size: segments.iter().map(Segment::len).sum(),
+            etag: "e".into(),
+            last_modified_ms: 5,
+            attributes: Attributes::default(),
+            checksums: Checksums::default(),
+            part_sizes: vec![],
+            segments,
+        };
+        let location = ChunkLocation { hash, pack: "packs/p".into(), offset, frame_len: 9, raw_len: 3, base: None };
+        Manifest { tenant: "t".into(), bucket: "b".into(), key, record, chunks: vec![location] }
+    }
+
+    proptest! {
+        #[test]
+        fn sealed_manifests_open_to_themselves(key in ".{0,64}", inline in proptest::collection::vec(any::<u8>(), 0..256), offset in any::<u64>()) {
+            let original = manifest(key, inline, offset);
+            prop_assert_eq!(Manifest::open(&original.seal()).unwrap(), original);
+        }
+
+        #[test]
+        fn any_changed_byte_or_cut_is_refused(position in any::<prop::sample::Index>(), flip in 1u8..=255, cut in any::<prop::sample::Index>()) {
+            let sealed = manifest("k".into(), vec![1, 2, 3], 4).seal();
+            let mut altered = sealed.clone();
+            altered[position.index(sealed.len())] ^= flip;
+            prop_assert!(Manifest::open(&altered).is_err());
+            prop_assert!(Manifest::open(&sealed[..cut.index(sealed.len())]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Manifest::open(&bytes);
+            let _ = BucketMarker::open(&bytes);
+        }
+    }
+
+    #[test]
+    fn a_record_of_another_kind_is_refused() {
+        let marker = BucketMarker { tenant: "t".into(), bucket: "b".into(), created_ms: 1 };
+        assert!(matches!(Manifest::open(&marker.seal()), Err(IndexError::Envelope(_))));
+        assert_eq!(BucketMarker::open(&marker.seal()).unwrap(), marker);
+    }
+}

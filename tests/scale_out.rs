@@ -1,0 +1,153 @@
+//! The upstream as the source of truth: `tensorgate index rebuild` restores a lost index from
+//! the manifests upstream, and two gateways over one upstream serve each other's objects while
+//! garbage collection on one never deletes what the other references.
+
+mod support;
+
+use std::path::Path;
+
+use support::*;
+
+/// What a client sees of an object: bytes, ETag, content type and user metadata.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    bytes: Vec<u8>,
+    etag: String,
+    content_type: String,
+    metadata: serde_json::Value,
+}
+
+fn seen(gateway: &TestGateway, bucket: &str, key: &str, scratch: &Path) -> Seen {
+    let head = gateway.aws(&["s3api", "head-object", "--bucket", bucket, "--key", key]);
+    let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
+    let file = scratch.join("download");
+    gateway.aws(&["s3", "cp", &format!("s3://{bucket}/{key}"), file.to_str().unwrap()]);
+    Seen {
+        bytes: std::fs::read(&file).unwrap(),
+        etag: head["ETag"].as_str().unwrap_or_default().to_owned(),
+        content_type: head["ContentType"].as_str().unwrap_or_default().to_owned(),
+        metadata: head["Metadata"].clone(),
+    }
+}
+
+fn put(gateway: &TestGateway, bytes: &[u8], target: &str, extra: &[&str], scratch: &Path) {
+    let file = scratch.join("upload");
+    std::fs::write(&file, bytes).unwrap();
+    let mut args = vec!["s3", "cp", file.to_str().unwrap(), target];
+    args.extend_from_slice(extra);
+    gateway.aws(&args);
+}
+
+fn shared_upstream_gateway(moto: &Moto, data_dir: &Path, shared: bool) -> TestGateway {
+    let upstream = moto.upstream_config();
+    let data_dir = data_dir.to_owned();
+    TestGateway::start_with(UpstreamKind::LocalDirectory, move |config| {
+        config.upstream = Some(upstream);
+        config.data_dir = data_dir;
+        config.shared_upstream = shared;
+    })
+}
+
+#[test]
+fn index_rebuild_restores_every_object_from_the_upstream() {
+    let moto = Moto::start();
+    let state = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let data_dir = state.path().join("data");
+    let keys = ["base", "tuned", "noise", "big-ft", "overwritten"];
+    let before: Vec<Seen> = {
+        let gateway = shared_upstream_gateway(&moto, &data_dir, false);
+        gateway.aws(&["s3", "mb", "s3://kept"]);
+        gateway.aws(&["s3", "mb", "s3://empty-bucket"]);
+        let base = std::fs::read(corpus("base/minilm-l6.bf16.safetensors")).unwrap();
+        let tuned = std::fs::read(corpus("ft/ft-a-contrastive.bf16.safetensors")).unwrap();
+        put(&gateway, &base, "s3://kept/base", &[], scratch.path());
+        put(&gateway, &tuned, "s3://kept/tuned", &["--metadata", "origin=ft-a,step=100"], scratch.path());
+        put(&gateway, &noise(300_000, 1), "s3://kept/noise", &["--content-type", "application/x-noise"], scratch.path());
+        let big = replicated_model(&corpus("ft/ft-b-mlm.bf16.safetensors"), 3);
+        let big_file = scratch.path().join("big");
+        std::fs::write(&big_file, &big).unwrap();
+        gateway.boto3(&["put", big_file.to_str().unwrap(), "kept", "big-ft", "--multipart"]);
+        gateway.drain_packer();
+        put(&gateway, &noise(100_000, 2), "s3://kept/overwritten", &[], scratch.path());
+        put(&gateway, &noise(120_000, 3), "s3://kept/overwritten", &[], scratch.path());
+        put(&gateway, &noise(1000, 4), "s3://kept/deleted", &[], scratch.path());
+        gateway.aws(&["s3", "rm", "s3://kept/deleted"]);
+        keys.iter().map(|key| seen(&gateway, "kept", key, scratch.path())).collect()
+    };
+    std::fs::remove_dir_all(data_dir.join("index")).unwrap();
+
+    let upstream = moto.upstream_config();
+    let config_file = state.path().join("tensorgate.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "data_dir = {:?}\n[upstream]\nendpoint = {:?}\nbucket = {:?}\nprefix = {:?}\naccess_key = \"moto\"\nsecret_key = \"moto\"\n",
+            data_dir.to_str().unwrap(),
+            upstream.endpoint,
+            upstream.bucket,
+            upstream.prefix
+        ),
+    )
+    .unwrap();
+    let rebuild = std::process::Command::new(env!("CARGO_BIN_EXE_tensorgate"))
+        .arg("--config")
+        .arg(&config_file)
+        .args(["index", "rebuild"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&rebuild.stdout);
+    assert!(rebuild.status.success(), "{said}{}", String::from_utf8_lossy(&rebuild.stderr));
+    assert!(said.contains("2 buckets") && said.contains("5 objects"), "{said}");
+
+    let gateway = shared_upstream_gateway(&moto, &data_dir, false);
+    for (key, expected) in keys.iter().zip(&before) {
+        assert_eq!(&seen(&gateway, "kept", key, scratch.path()), expected, "{key} differs after the rebuild");
+    }
+    let listing = String::from_utf8_lossy(&gateway.aws(&["s3", "ls", "s3://kept/"]).stdout).into_owned();
+    assert_eq!(listing.lines().count(), keys.len(), "{listing}");
+    assert!(!gateway.aws_unchecked(&["s3api", "head-object", "--bucket", "kept", "--key", "deleted"]).status.success());
+    assert!(gateway.aws(&["s3", "ls"]).stdout.windows(12).any(|w| w == b"empty-bucket"));
+    let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&gateway.gateway.as_ref().unwrap().store, true)).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+#[test]
+fn two_gateways_over_one_upstream_serve_each_other_and_gc_spares_the_other() {
+    let moto = Moto::start();
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let scratch = tempfile::tempdir().unwrap();
+    let a = shared_upstream_gateway(&moto, state_a.path(), true);
+    let b = shared_upstream_gateway(&moto, state_b.path(), true);
+    let base = std::fs::read(corpus("base/minilm-l6.bf16.safetensors")).unwrap();
+
+    a.aws(&["s3", "mb", "s3://shared"]);
+    put(&a, &base, "s3://shared/base", &["--metadata", "written-by=a"], scratch.path());
+    let through_a = seen(&a, "shared", "base", scratch.path());
+    assert_eq!(seen(&b, "shared", "base", scratch.path()), through_a, "b reads what a wrote");
+    assert_eq!(through_a.bytes, base);
+
+    // b stores the same model again: its chunks are a's, in a's pack.
+    put(&b, &base, "s3://shared/copy", &[], scratch.path());
+    assert_eq!(seen(&a, "shared", "copy", scratch.path()).bytes, base, "a reads what b wrote");
+    a.aws(&["s3", "rm", "s3://shared/copy"]);
+    put(&b, &base, "s3://shared/copy", &[], scratch.path());
+
+    // a deletes its object: its index frees the pack, but b's manifest still uses it.
+    a.aws(&["s3", "rm", "s3://shared/base"]);
+    for _ in 0..2 {
+        assert!(a.collect_garbage().leased, "a takes the lease");
+    }
+    assert!(!b.collect_garbage().leased, "b waits while a holds the lease");
+    assert_eq!(seen(&b, "shared", "copy", scratch.path()).bytes, base, "b's object survived a's gc");
+    assert_eq!(seen(&a, "shared", "copy", scratch.path()).bytes, base);
+    assert!(!b.aws_unchecked(&["s3api", "head-object", "--bucket", "shared", "--key", "base"]).status.success(), "b sees a's delete");
+
+    // Overwrites through one are read through the other.
+    put(&a, &noise(50_000, 9), "s3://shared/copy", &[], scratch.path());
+    assert_eq!(seen(&b, "shared", "copy", scratch.path()).bytes, noise(50_000, 9));
+    for gateway in [&a, &b] {
+        let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&gateway.gateway.as_ref().unwrap().store, true)).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}
