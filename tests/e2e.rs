@@ -75,8 +75,7 @@ fn round_trip_with(gateway: &TestGateway, client: &str) {
     }
     let store = gateway.store();
     assert!(store.index.pack_bytes().unwrap() > 0, "models were stored as packs");
-    let store = gateway.gateway.as_ref().unwrap().store.clone();
-    let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&store, true)).unwrap();
+    let report = gateway.fsck();
     assert!(report.problems.is_empty(), "{client}: fsck after the round trips: {:?}", report.problems);
 }
 
@@ -173,8 +172,7 @@ fn fine_tunes_are_stored_as_deltas_and_deletes_free_everything() {
     }
     let report = gateway.collect_garbage();
     assert!(report.chunks > 0);
-    let store = gateway.gateway.as_ref().unwrap().store.clone();
-    let check = gateway.runtime.block_on(tensorgate::fsck::fsck(&store, true)).unwrap();
+    let check = gateway.fsck();
     assert!(check.problems.is_empty() && check.chunks == 0, "{:?}", check.problems);
     assert_eq!(gateway.store().index.pack_bytes().unwrap(), 0);
     let packs = gateway.dir.path().join("data/upstream/packs");
@@ -342,8 +340,7 @@ fn fsck_is_clean_and_corruption_is_detected_never_served() {
     std::fs::write(&noise, support::noise(300_000, 3)).unwrap();
     gateway.aws(&["s3", "cp", noise.to_str().unwrap(), "s3://checked/noise"]);
     gateway.aws(&["s3", "rm", "s3://checked/noise"]);
-    let store = gateway.gateway.as_ref().unwrap().store.clone();
-    let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&store, true)).unwrap();
+    let report = gateway.fsck();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(report.frames_verified > 10 && report.objects == 2);
 
@@ -353,7 +350,7 @@ fn fsck_is_clean_and_corruption_is_detected_never_served() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x5a;
     std::fs::write(&first_pack, bytes).unwrap();
-    let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&store, true)).unwrap();
+    let report = gateway.fsck();
     assert!(!report.problems.is_empty(), "a corrupted frame went unnoticed");
     let out = work.path().join("out");
     let downloads: Vec<bool> = ["base", "tuned"]
@@ -814,8 +811,7 @@ fn concurrent_writers_and_readers_see_whole_objects() {
     let (base, tuned) = (corpus("base/minilm-l6.bf16.safetensors"), corpus("ft/ft-a-contrastive.bf16.safetensors"));
     gateway.python_client("concurrency.py", &[big.as_os_str(), base.as_os_str(), tuned.as_os_str(), noise_file.as_os_str()]);
     gateway.drain_packer();
-    let store = gateway.gateway.as_ref().unwrap().store.clone();
-    let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&store, true)).unwrap();
+    let report = gateway.fsck();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 

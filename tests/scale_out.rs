@@ -108,7 +108,7 @@ fn index_rebuild_restores_every_object_from_the_upstream() {
     assert_eq!(listing.lines().count(), keys.len(), "{listing}");
     assert!(!gateway.aws_unchecked(&["s3api", "head-object", "--bucket", "kept", "--key", "deleted"]).status.success());
     assert!(gateway.aws(&["s3", "ls"]).stdout.windows(12).any(|w| w == b"empty-bucket"));
-    let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&gateway.gateway.as_ref().unwrap().store, true)).unwrap();
+    let report = gateway.fsck();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
@@ -147,7 +147,7 @@ fn two_gateways_over_one_upstream_serve_each_other_and_gc_spares_the_other() {
     put(&a, &noise(50_000, 9), "s3://shared/copy", &[], scratch.path());
     assert_eq!(seen(&b, "shared", "copy", scratch.path()).bytes, noise(50_000, 9));
     for gateway in [&a, &b] {
-        let report = gateway.runtime.block_on(tensorgate::fsck::fsck(&gateway.gateway.as_ref().unwrap().store, true)).unwrap();
+        let report = gateway.fsck();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 }

@@ -106,6 +106,7 @@ const LEASE_KEY: &str = "gc/lease";
 pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let now = now_ms();
     let cutoff = now - (store.config.gc_grace_secs as i64) * 1000;
+    catalog::recover(store).await?;
     let mut report = GcReport { chunks: store.index.sweep_chunks(cutoff, now)?, ..GcReport::default() };
     if !acquire_lease(store, now).await? {
         tracing::debug!("another gateway holds the garbage-collection lease");
@@ -120,7 +121,7 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         }
         store.index.forget_trash(&key)?;
     }
-    report.orphans = trash_orphans(store, &referenced, now).await?;
+    report.orphans = trash_orphans(store, &referenced, now, false).await?.len();
     if report.chunks + report.upstream_objects + report.orphans > 0 {
         tracing::info!(chunks = report.chunks, upstream_objects = report.upstream_objects, orphans = report.orphans, "garbage collected");
     }
@@ -149,7 +150,7 @@ async fn acquire_lease(store: &Store, now: i64) -> anyhow::Result<bool> {
 
 /// Upstream keys in use: those of the index, and with a shared upstream those of every
 /// manifest upstream.
-async fn referenced_keys(store: &Store) -> anyhow::Result<HashSet<String>> {
+pub(crate) async fn referenced_keys(store: &Store) -> anyhow::Result<HashSet<String>> {
     let mut referenced = store.index.referenced_upstream_keys()?;
     if store.config.shared_upstream {
         for prefix in store.config.upstream_prefixes() {
@@ -167,10 +168,11 @@ async fn referenced_keys(store: &Store) -> anyhow::Result<HashSet<String>> {
     Ok(referenced)
 }
 
-/// Sends to the trash the packs older than the grace period, and the blobs older than
-/// `orphan_blob_secs`, that nothing references. Returns how many.
-async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64) -> anyhow::Result<usize> {
-    let mut orphans = 0;
+/// Finds the packs older than the grace period, and the blobs older than `orphan_blob_secs`,
+/// that nothing references and that are not in the trash yet; sends them there unless
+/// `dry_run`. Returns their keys.
+pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<Vec<String>> {
+    let mut orphans = Vec::new();
     for prefix in store.config.upstream_prefixes() {
         let folders = [("packs/", store.config.gc_grace_secs), ("blobs/", store.config.orphan_blob_secs)];
         for (folder, age_secs) in folders {
@@ -178,8 +180,10 @@ async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64) ->
             for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {
                 let unreferenced = !referenced.contains(&listed.key) && !store.in_flight.contains(&listed.key);
                 if unreferenced && listed.modified_ms <= old_enough && !store.index.in_trash(&listed.key)? {
-                    store.index.trash_key(&listed.key, now)?;
-                    orphans += 1;
+                    if !dry_run {
+                        store.index.trash_key(&listed.key, now)?;
+                    }
+                    orphans.push(listed.key);
                 }
             }
         }

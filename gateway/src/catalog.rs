@@ -29,30 +29,59 @@ pub async fn commit(
             return Err(IndexError::VersionChanged.into());
         }
     }
-    publish(store, key, record, new_chunks).await?;
-    if let Err(error) = store.index.commit_object(key, record, new_chunks, new_pack, expect, now_ms()) {
-        restore(store, key).await;
-        return Err(error.into());
-    }
-    Ok(())
+    store.index.mark_pending(key)?;
+    let outcome = match publish(store, key, record, new_chunks).await {
+        Ok(()) => store.index.commit_object(key, record, new_chunks, new_pack, expect, now_ms()).map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    settle(store, key, outcome).await
 }
 
 /// Ends a multipart upload with `record` as the object at `key`: manifest, then index.
 pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord) -> anyhow::Result<()> {
     let _guard = store.lock_key(key).await;
-    publish(store, key, record, &[]).await?;
-    if let Err(error) = store.index.complete_upload(upload_id, key, record, now_ms()) {
-        restore(store, key).await;
-        return Err(error.into());
-    }
-    Ok(())
+    store.index.mark_pending(key)?;
+    let outcome = match publish(store, key, record, &[]).await {
+        Ok(()) => store.index.complete_upload(upload_id, key, record, now_ms()).map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    settle(store, key, outcome).await
 }
 
 /// Deletes the object at `key`: its manifest, then its index record. False if there was none.
 pub async fn delete(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
     let _guard = store.lock_key(key).await;
-    store.upstream.delete(&manifest_key_of(store, key)).await?;
-    Ok(store.index.delete_object(key, now_ms())?)
+    store.index.mark_pending(key)?;
+    let outcome = match store.upstream.delete(&manifest_key_of(store, key)).await {
+        Ok(()) => store.index.delete_object(key, now_ms()).map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    settle(store, key, outcome).await
+}
+
+/// Ends a pending manifest change. A failed one has the upstream manifest put back to what the
+/// index holds; if even that fails, the key stays pending for [`recover`].
+async fn settle<T>(store: &Store, key: &ObjectKey, outcome: anyhow::Result<T>) -> anyhow::Result<T> {
+    if outcome.is_err() {
+        if let Err(error) = align(store, key).await {
+            tracing::error!(bucket = %key.bucket, key = %key.key, error = format!("{error:#}"), "manifest left pending for recovery");
+            return outcome;
+        }
+    }
+    store.index.clear_pending(key)?;
+    outcome
+}
+
+/// Finishes manifest changes a crash interrupted: each pending key's manifest is written
+/// again from the index (or removed if the index has no object there).
+pub async fn recover(store: &Store) -> anyhow::Result<usize> {
+    let pending = store.index.pending()?;
+    for key in &pending {
+        let _guard = store.lock_key(key).await;
+        align(store, key).await?;
+        store.index.clear_pending(key)?;
+    }
+    Ok(pending.len())
 }
 
 /// Creates a bucket: its marker, then its index record. False if it already existed.
@@ -132,15 +161,11 @@ pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_
     upstream::put(&*store.upstream, &manifest_key_of(store, key), Bytes::from(manifest.seal())).await
 }
 
-/// After a failed commit, puts the upstream manifest back to what the index holds.
-async fn restore(store: &Store, key: &ObjectKey) {
-    let restored = match store.index.object(key) {
-        Ok(Some(record)) => publish(store, key, &record, &[]).await,
-        Ok(None) => store.upstream.delete(&manifest_key_of(store, key)).await,
-        Err(error) => Err(error.into()),
-    };
-    if let Err(error) = restored {
-        tracing::error!(bucket = %key.bucket, key = %key.key, error = format!("{error:#}"), "could not restore the manifest; fsck --repair will");
+/// Makes the upstream manifest of `key` what the index holds: its record, or none.
+async fn align(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
+    match store.index.object(key)? {
+        Some(record) => publish(store, key, &record, &[]).await,
+        None => store.upstream.delete(&manifest_key_of(store, key)).await,
     }
 }
 

@@ -1,13 +1,18 @@
-//! `tensorgate fsck`: the index's own invariants (see `Index::check`), then that every pack and
-//! blob the index uses is upstream and long enough; with `verify_frames`, every chunk is also
-//! read and decoded, which checks each frame's checksum (a scrub).
+//! `tensorgate fsck`: the index's own invariants (see `Index::check`); every pack and blob the
+//! index uses is upstream and long enough; every object's manifest upstream is the one the
+//! index holds; no upstream object older than its grace period is unreferenced and out of the
+//! trash. With `verify_frames`, every chunk is also read and decoded, checking each frame's
+//! checksum. With `repair`, missing or stale manifests are written again and orphans are sent
+//! to the trash; nothing is deleted.
 
 use std::sync::Arc;
 
+use crate::background::{self, trash_orphans};
+use crate::catalog;
 use crate::reader;
-use crate::store::Store;
+use crate::store::{now_ms, Store};
 
-/// What fsck looked at and what is wrong.
+/// What fsck looked at, what is wrong, and what it repaired.
 #[derive(Debug, Default)]
 pub struct FsckReport {
     pub objects: usize,
@@ -16,9 +21,17 @@ pub struct FsckReport {
     pub blobs: usize,
     pub frames_verified: usize,
     pub problems: Vec<String>,
+    pub repaired: Vec<String>,
 }
 
-pub async fn fsck(store: &Arc<Store>, verify_frames: bool) -> anyhow::Result<FsckReport> {
+/// How far fsck goes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FsckOptions {
+    pub verify_frames: bool,
+    pub repair: bool,
+}
+
+pub async fn fsck(store: &Arc<Store>, options: FsckOptions, progress: &dyn Fn(u64, u64)) -> anyhow::Result<FsckReport> {
     let index = store.index.check()?;
     let mut report = FsckReport {
         objects: index.objects,
@@ -34,8 +47,12 @@ pub async fn fsck(store: &Arc<Store>, verify_frames: bool) -> anyhow::Result<Fsc
             report.problems.push(format!("upstream object {key} is missing or shorter than {end} bytes: {error:#}"));
         }
     }
-    if verify_frames {
-        for entry in store.index.all_chunks() {
+    check_manifests(store, options.repair, &mut report).await?;
+    check_orphans(store, options.repair, &mut report).await?;
+    if options.verify_frames {
+        let total = report.chunks as u64;
+        for (done, entry) in store.index.all_chunks().enumerate() {
+            progress(done as u64, total);
             let (hash, record) = entry?;
             if record.refs == 0 {
                 continue;
@@ -47,4 +64,42 @@ pub async fn fsck(store: &Arc<Store>, verify_frames: bool) -> anyhow::Result<Fsc
         }
     }
     Ok(report)
+}
+
+/// Every object's manifest upstream must be the version the index holds. With a shared
+/// upstream another gateway may have replaced it since, which is no fault.
+async fn check_manifests(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
+    for entry in store.index.all_objects() {
+        let (key, record) = entry?;
+        let upstream = catalog::fetch(store, &key).await;
+        let problem = match &upstream {
+            Ok(Some(manifest)) if manifest.record == record => continue,
+            Ok(Some(_)) if store.config.shared_upstream => continue,
+            Ok(Some(_)) => "differs from the index",
+            Ok(None) => "is missing upstream",
+            Err(_) => "does not decode",
+        };
+        let name = format!("{}/{}/{}", key.tenant, key.bucket, key.key);
+        if repair {
+            catalog::publish(store, &key, &record, &[]).await?;
+            report.repaired.push(format!("manifest of {name} written again"));
+        } else {
+            report.problems.push(format!("manifest of {name} {problem}"));
+        }
+    }
+    Ok(())
+}
+
+/// Upstream objects past their grace period that nothing references must be in the trash.
+async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
+    let referenced = background::referenced_keys(store).await?;
+    let orphans = trash_orphans(store, &referenced, now_ms(), !repair).await?;
+    for key in orphans {
+        if repair {
+            report.repaired.push(format!("orphan {key} sent to the trash"));
+        } else {
+            report.problems.push(format!("upstream object {key} is referenced by nothing and not in the trash"));
+        }
+    }
+    Ok(())
 }

@@ -66,6 +66,9 @@ enum Command {
         /// Also read and decode every frame, checking its checksum.
         #[arg(long)]
         verify_frames: bool,
+        /// Write missing or stale manifests again and send orphans to the trash.
+        #[arg(long)]
+        repair: bool,
     },
     /// Encode a safetensors file with the codec (as a delta against BASE if given) and report
     /// the ratio and speed. Works in memory: for checking the codec on one's own models.
@@ -125,13 +128,22 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Pack { base, file, output } => convert(&file, base.as_deref(), &output, "packed", container::pack),
         Command::Unpack { base, file, output } => convert(&file, base.as_deref(), &output, "unpacked", container::unpack),
-        Command::Fsck { verify_frames } => runtime.block_on(async {
+        Command::Fsck { verify_frames, repair } => runtime.block_on(async {
             let store = server::open_store(&config)?;
-            let report = fsck::fsck(&store, verify_frames).await?;
+            let bar = progress_bar("frames verified");
+            let report = fsck::fsck(&store, fsck::FsckOptions { verify_frames, repair }, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
             println!(
                 "{} objects, {} chunks, {} packs, {} blobs, {} frames verified",
                 report.objects, report.chunks, report.packs, report.blobs, report.frames_verified
             );
+            for repaired in &report.repaired {
+                println!("repaired: {repaired}");
+            }
             for problem in &report.problems {
                 println!("problem: {problem}");
             }
@@ -197,7 +209,13 @@ fn main() -> anyhow::Result<()> {
         Command::Gc => runtime.block_on(async {
             let store = server::open_store(&config)?;
             let report = background::collect_garbage(&store).await?;
-            println!("collected {} chunks and {} upstream objects", report.chunks, report.upstream_objects);
+            println!(
+                "collected {} chunks and {} upstream objects; {} orphans sent to the trash",
+                report.chunks, report.upstream_objects, report.orphans
+            );
+            if !report.leased {
+                println!("another gateway holds the garbage-collection lease: only the local index was swept");
+            }
             Ok(())
         }),
     }

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Authenticator, KeyRing, Keys};
 use crate::background;
+use crate::catalog;
 use crate::domains::Domains;
 use crate::metrics;
 use crate::config::{Config, TlsConfig};
@@ -122,7 +123,7 @@ fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
 pub fn open_store_with(config: &Config, upstream: Arc<dyn Upstream>) -> anyhow::Result<Arc<Store>> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let index = Index::open(&config.data_dir.join("index")).context("opening the index")?;
-    Ok(Arc::new(Store::new(index, upstream, config.clone())))
+    Ok(Arc::new(Store::new(index, upstream, config.clone())?))
 }
 
 /// Opens the store that `config` describes.
@@ -139,6 +140,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
 /// Starts serving over a given upstream (tests wrap the configured one to inject faults).
 pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::Result<RunningGateway> {
     let store = open_store_with(&config, upstream)?;
+    match catalog::recover(&store).await {
+        Ok(0) => {}
+        Ok(recovered) => tracing::info!(recovered, "finished manifest changes a crash interrupted"),
+        Err(error) => tracing::warn!(error = format!("{error:#}"), "manifest recovery failed; garbage collection retries it"),
+    }
     let keys = Arc::new(Keys::new(KeyRing::new(&config.all_tenants())));
     let listener = TcpListener::bind(config.listen)
         .await

@@ -69,7 +69,7 @@ pub struct Store {
     key_locks: Vec<tokio::sync::Mutex<()>>,
     /// Upstream keys being written by writes not committed yet.
     pub in_flight: InFlight,
-    /// This gateway process, as named in the garbage-collection lease.
+    /// This gateway (its data directory), as named in the garbage-collection lease.
     pub instance: String,
 }
 
@@ -106,12 +106,13 @@ impl Drop for WriteGuard {
 const KEY_LOCK_STRIPES: usize = 64;
 
 impl Store {
-    pub fn new(index: Index, upstream: Arc<dyn Upstream>, config: Config) -> Store {
+    pub fn new(index: Index, upstream: Arc<dyn Upstream>, config: Config) -> anyhow::Result<Store> {
         let base_cache = Mutex::new(BaseCache::new(config.base_cache_bytes));
         let prefetch = NonZeroUsize::new(std::thread::available_parallelism().map_or(2, |n| n.get()) + 1)
             .unwrap_or(NonZeroUsize::MIN);
         let key_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Store {
+        let instance = index.instance_id(new_id)?;
+        Ok(Store {
             index,
             upstream,
             config,
@@ -120,8 +121,8 @@ impl Store {
             prefetch,
             key_locks,
             in_flight: InFlight::default(),
-            instance: new_id(),
-        }
+            instance,
+        })
     }
 
     /// Holds off other writes to `key` (and to the keys sharing its stripe) until dropped.

@@ -111,6 +111,8 @@ pub struct Index {
     parts: sled::Tree,
     tensors: sled::Tree,
     candidates: sled::Tree,
+    meta: sled::Tree,
+    pending: sled::Tree,
 }
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<IndexError>>;
@@ -154,6 +156,8 @@ impl Index {
             parts: db.open_tree("parts")?,
             tensors: db.open_tree("tensors")?,
             candidates: db.open_tree("candidates")?,
+            meta: db.open_tree("meta")?,
+            pending: db.open_tree("pending")?,
             db,
         })
     }
@@ -162,6 +166,37 @@ impl Index {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// The id of the gateway that owns this index, made on first use: it names the gateway in
+    /// the garbage-collection lease, so a restarted gateway (or an admin command on its data
+    /// directory) is the same holder.
+    pub fn instance_id(&self, fresh: impl FnOnce() -> String) -> Result<String> {
+        let fresh = fresh();
+        let previous = self.meta.compare_and_swap("instance", None as Option<&[u8]>, Some(fresh.as_bytes()))?;
+        let id = match previous {
+            Ok(()) => fresh,
+            Err(current) => String::from_utf8_lossy(&current.current.unwrap_or_default()).into_owned(),
+        };
+        self.flush()?;
+        Ok(id)
+    }
+
+    /// Notes, durably, that the upstream manifest of `key` is about to change: until
+    /// [`Index::clear_pending`], a crash may have left it out of step with the index.
+    pub fn mark_pending(&self, key: &ObjectKey) -> Result<()> {
+        self.pending.insert(key.encode(), &[])?;
+        self.flush()
+    }
+
+    pub fn clear_pending(&self, key: &ObjectKey) -> Result<()> {
+        self.pending.remove(key.encode())?;
+        Ok(())
+    }
+
+    /// Objects whose manifest change was interrupted.
+    pub fn pending(&self) -> Result<Vec<ObjectKey>> {
+        self.pending.iter().keys().map(|key| Ok(keys::object_key(&key?))).collect()
     }
 
     /// True when the index holds no bucket and no object (a fresh data directory).

@@ -229,6 +229,13 @@ impl TestGateway {
         self.runtime.block_on(tensorgate::background::collect_garbage(self.store())).expect("gc succeeds")
     }
 
+    /// fsck with every frame verified, repairing nothing.
+    pub fn fsck(&self) -> tensorgate::fsck::FsckReport {
+        let store = self.gateway.as_ref().unwrap().store.clone();
+        let options = tensorgate::fsck::FsckOptions { verify_frames: true, repair: false };
+        self.runtime.block_on(tensorgate::fsck::fsck(&store, options, &|_, _| {})).expect("fsck runs")
+    }
+
     pub fn upstream_reads(&self) -> u64 {
         self.store().metrics.upstream_reads.get()
     }
