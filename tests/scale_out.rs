@@ -143,6 +143,18 @@ fn two_gateways_over_one_upstream_serve_each_other_and_gc_spares_the_other() {
     assert_eq!(seen(&a, "shared", "copy", scratch.path()).bytes, base);
     assert!(!b.aws_unchecked(&["s3api", "head-object", "--bucket", "shared", "--key", "base"]).status.success(), "b sees a's delete");
 
+    // Listings catch up: b lists what a wrote, without having read it.
+    put(&a, &noise(1000, 5), "s3://shared/listed-only", &[], scratch.path());
+    a.aws(&["s3", "mb", "s3://made-by-a"]);
+    let caught_up = b.runtime.block_on(tensorgate::catalog::sync(b.store(), &mut Default::default())).unwrap();
+    assert!(caught_up.objects_adopted >= 1 && caught_up.buckets >= 1, "{caught_up:?}");
+    let listing = String::from_utf8_lossy(&b.aws(&["s3", "ls", "s3://shared/"]).stdout).into_owned();
+    assert!(listing.contains("listed-only") && listing.contains("copy") && !listing.contains("base"), "{listing}");
+    assert!(String::from_utf8_lossy(&b.aws(&["s3", "ls"]).stdout).contains("made-by-a"));
+    a.aws(&["s3", "rm", "s3://shared/listed-only"]);
+    let caught_up = b.runtime.block_on(tensorgate::catalog::sync(b.store(), &mut Default::default())).unwrap();
+    assert_eq!(caught_up.objects_removed, 1, "{caught_up:?}");
+
     // Overwrites through one are read through the other.
     put(&a, &noise(50_000, 9), "s3://shared/copy", &[], scratch.path());
     assert_eq!(seen(&b, "shared", "copy", scratch.path()).bytes, noise(50_000, 9));

@@ -73,6 +73,21 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
     }
 }
 
+/// With a shared upstream, catches the index up with the other gateways' writes every
+/// `shared_sync_secs`, so that listings show them.
+pub async fn run_sync(store: Arc<Store>) {
+    let interval = Duration::from_secs(store.config.shared_sync_secs.max(1));
+    let mut seen = std::collections::HashMap::new();
+    loop {
+        match catalog::sync(&store, &mut seen).await {
+            Ok(report) if report != catalog::SyncReport::default() => tracing::info!(?report, "caught up with the shared upstream"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "sync with the shared upstream failed; retrying later"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
 /// Runs garbage collection every `gc_interval_secs` until the process ends.
 pub async fn run_gc(store: Arc<Store>) {
     let interval = Duration::from_secs(store.config.gc_interval_secs.max(1));

@@ -149,6 +149,68 @@ pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Ob
     }
 }
 
+/// What one [`sync`] changed in the index.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    pub buckets: usize,
+    pub objects_adopted: usize,
+    pub objects_removed: usize,
+}
+
+/// Catches the index up with what other gateways wrote to a shared upstream, so that listings
+/// show their objects: buckets from their markers, and every manifest that changed since the
+/// last sync (by its listing tag); objects whose manifest is gone are checked one by one and
+/// dropped. Reads and heads never wait for this: they check the manifest themselves.
+pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, String>) -> anyhow::Result<SyncReport> {
+    let mut report = SyncReport::default();
+    let mut listed_manifests = std::collections::HashSet::new();
+    for prefix in store.config.upstream_prefixes() {
+        for listed in store.upstream.list(&format!("{prefix}{BUCKETS}")).await? {
+            if seen.get(&listed.key) == Some(&listed.tag) {
+                continue;
+            }
+            let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
+            let marker = BucketMarker::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
+            if store.index.create_bucket(&marker.tenant, &marker.bucket, marker.created_ms)? {
+                report.buckets += 1;
+            }
+            seen.insert(listed.key, listed.tag);
+        }
+        for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
+            listed_manifests.insert(listed.key.clone());
+            if seen.get(&listed.key) == Some(&listed.tag) {
+                continue;
+            }
+            let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
+            let manifest = Manifest::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
+            let key = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
+            let _guard = store.lock_key(&key).await;
+            let current = store.index.object(&key)?.map(|record| record.version);
+            if current.as_deref() != Some(manifest.record.version.as_str()) {
+                if store.index.bucket(&key.tenant, &key.bucket)?.is_none() {
+                    store.index.create_bucket(&key.tenant, &key.bucket, manifest.record.last_modified_ms)?;
+                }
+                store.index.adopt(&manifest, now_ms())?;
+                report.objects_adopted += 1;
+            }
+            seen.insert(listed.key, listed.tag);
+        }
+    }
+    let mut unlisted = Vec::new();
+    for entry in store.index.all_objects() {
+        let (key, _) = entry?;
+        if !listed_manifests.contains(&manifest_key_of(store, &key)) {
+            unlisted.push(key);
+        }
+    }
+    for key in unlisted {
+        if refresh(store, &key).await?.is_none() {
+            report.objects_removed += 1;
+        }
+    }
+    Ok(report)
+}
+
 /// Writes the manifest of `record` as the object at `key`.
 pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_chunks: &[NewChunk]) -> anyhow::Result<()> {
     let manifest = Manifest {

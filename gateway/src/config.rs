@@ -41,6 +41,8 @@ pub struct Config {
     /// Other gateways serve the same upstream: reads check the manifest upstream before
     /// answering from the index, and garbage collection spares what any manifest references.
     pub shared_upstream: bool,
+    /// Seconds between catching up with other gateways' writes (for listings), when shared.
+    pub shared_sync_secs: u64,
     /// Seconds a gateway holds the garbage-collection lease once taken.
     pub gc_lease_secs: u64,
     /// Seconds before an unreferenced upstream blob (a part of an upload that never completed,
@@ -180,6 +182,7 @@ impl Default for Config {
             dedup_scope: DedupScope::Tenant,
             upstream: None,
             shared_upstream: false,
+            shared_sync_secs: 10,
             gc_lease_secs: 300,
             orphan_blob_secs: 7 * 24 * 3600,
             min_model_bytes: 64 * 1024,

@@ -195,5 +195,8 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
     let packer = tokio::spawn(background::run_packer(store.clone()));
     let gc = tokio::spawn(background::run_gc(store.clone()));
     tasks.extend([accept, packer, gc]);
+    if config.shared_upstream {
+        tasks.push(tokio::spawn(background::run_sync(store.clone())));
+    }
     Ok(RunningGateway { address, metrics_address, store, keys, tasks })
 }

@@ -125,7 +125,8 @@ impl Upstream for LocalUpstream {
                         }
                     } else if key.starts_with(&prefix) {
                         let modified = metadata.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                        listed.push(Listed { key, size: metadata.len(), modified_ms: modified.as_millis() as i64 });
+                        let tag = format!("{}-{}", modified.as_nanos(), metadata.len());
+                        listed.push(Listed { key, size: metadata.len(), modified_ms: modified.as_millis() as i64, tag });
                     }
                 }
             }

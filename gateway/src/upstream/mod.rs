@@ -21,6 +21,8 @@ pub struct Listed {
     pub size: u64,
     /// Last modification, milliseconds since the Unix epoch.
     pub modified_ms: i64,
+    /// Changes whenever the object is written again (the ETag on S3).
+    pub tag: String,
 }
 
 /// A small object read whole, with the tag a conditional write compares against.

@@ -168,6 +168,7 @@ impl Upstream for S3Upstream {
                     key: key.to_owned(),
                     size: object.size.unwrap_or(0).max(0) as u64,
                     modified_ms: object.last_modified.map_or(0, |t| t.to_millis().unwrap_or(0)),
+                    tag: object.e_tag.unwrap_or_default(),
                 });
             }
         }
