@@ -858,3 +858,32 @@ print(" ".join(sorted(codes)))
     let retried = run("20");
     assert!(retried.split_whitespace().all(|code| code == "ok"), "with retries all must get through: {retried}");
 }
+
+/// `stats` attributes every logical byte to one technique: a copy to file dedup, a fine-tune to
+/// deltas, a base to compression, noise to bytes stored as they came; the parts add up.
+#[test]
+fn stats_split_savings_by_technique() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    gateway.aws(&["s3", "mb", "s3://counted"]);
+    let base = corpus("base/minilm-l6.bf16.safetensors");
+    let tuned = corpus("ft/ft-a-contrastive.bf16.safetensors");
+    let work = tempfile::tempdir().unwrap();
+    let noise_file = work.path().join("noise");
+    std::fs::write(&noise_file, noise(200_000, 5)).unwrap();
+    let savings = || gateway.store().index.savings(|key| key.bucket == "counted").unwrap();
+
+    gateway.aws(&["s3", "cp", base.to_str().unwrap(), "s3://counted/base"]);
+    let after_base = savings();
+    assert!(after_base.compression > 0 && after_base.delta == 0 && after_base.file_dedup == 0, "{after_base:?}");
+    gateway.aws(&["s3", "cp", base.to_str().unwrap(), "s3://counted/copy"]);
+    gateway.aws(&["s3", "cp", tuned.to_str().unwrap(), "s3://counted/tuned"]);
+    gateway.aws(&["s3", "cp", noise_file.to_str().unwrap(), "s3://counted/noise"]);
+    let all = savings();
+    assert_eq!(all.objects, 4);
+    assert_eq!(all.file_dedup, std::fs::metadata(&base).unwrap().len());
+    assert!(all.delta > 0, "{all:?}");
+    assert_eq!(all.stored_as_is, 200_000);
+    assert!(all.physical_bytes < after_base.physical_bytes + all.stored_as_is + after_base.physical_bytes / 2, "the fine-tune cost more than half its base: {all:?}");
+    let accounted = all.physical_bytes as i64 + (all.file_dedup + all.tensor_dedup + all.headers) as i64 + all.delta + all.compression;
+    assert_eq!(accounted, all.logical_bytes as i64, "{all:?}");
+}

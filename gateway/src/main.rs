@@ -155,23 +155,15 @@ fn main() -> anyhow::Result<()> {
         }),
         Command::Stats { tenant, bucket, json } => {
             let store = server::open_store(&config)?;
-            let rows: Vec<_> = store
-                .index
-                .usage()?
-                .into_iter()
-                .filter(|row| tenant.as_ref().is_none_or(|t| *t == row.tenant) && bucket.as_ref().is_none_or(|b| *b == row.bucket))
-                .collect();
+            let selected = |row_tenant: &str, row_bucket: &str| {
+                tenant.as_ref().is_none_or(|t| t == row_tenant) && bucket.as_ref().is_none_or(|b| b == row_bucket)
+            };
+            let rows: Vec<_> = store.index.usage()?.into_iter().filter(|row| selected(&row.tenant, &row.bucket)).collect();
+            let savings = store.index.savings(|key| selected(&key.tenant, &key.bucket))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "buckets": rows, "savings": savings }))?);
             } else {
-                println!("{:<16} {:<24} {:>8} {:>16} {:>16} {:>8}", "tenant", "bucket", "objects", "logical bytes", "physical bytes", "saved");
-                for row in rows {
-                    let saved = 100.0 * (1.0 - row.physical_bytes as f64 / row.logical_bytes.max(1) as f64);
-                    println!(
-                        "{:<16} {:<24} {:>8} {:>16} {:>16} {:>7.1}%",
-                        row.tenant, row.bucket, row.objects, row.logical_bytes, row.physical_bytes, saved
-                    );
-                }
+                print_stats(&rows, &savings);
             }
             Ok(())
         }
@@ -222,6 +214,33 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Runs `pack` or `unpack` on files and reports sizes and speed (wall clock, all cores).
+/// The stats tables: usage per tenant and bucket, then where the bytes went.
+fn print_stats(rows: &[tensorgate_index::Usage], savings: &tensorgate_index::Savings) {
+    let percent = |part: f64| 100.0 * part / savings.logical_bytes.max(1) as f64;
+    println!("{:<16} {:<24} {:>8} {:>16} {:>16} {:>8}", "tenant", "bucket", "objects", "logical bytes", "physical bytes", "saved");
+    for row in rows {
+        let saved = 100.0 * (1.0 - row.physical_bytes as f64 / row.logical_bytes.max(1) as f64);
+        println!(
+            "{:<16} {:<24} {:>8} {:>16} {:>16} {:>7.1}%",
+            row.tenant, row.bucket, row.objects, row.logical_bytes, row.physical_bytes, saved
+        );
+    }
+    println!();
+    println!("{:<36} {:>16} {:>9}", "where the logical bytes went", "bytes", "share");
+    let lines: [(&str, f64); 7] = [
+        ("stored upstream (physical)", savings.physical_bytes as f64),
+        ("saved by file dedup", savings.file_dedup as f64),
+        ("saved by tensor dedup", savings.tensor_dedup as f64),
+        ("saved by deltas against a base", savings.delta as f64),
+        ("saved by compression on its own", savings.compression as f64),
+        ("headers kept in the manifests", savings.headers as f64),
+        ("of which stored as they came", savings.stored_as_is as f64),
+    ];
+    for (what, bytes) in lines {
+        println!("{what:<36} {bytes:>16.0} {:>8.1}%", percent(bytes));
+    }
+}
+
 /// A progress bar on the terminal for a long admin command; hidden when stderr is not one.
 fn progress_bar(what: &'static str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);

@@ -55,6 +55,28 @@ pub struct Usage {
     pub physical_bytes: u64,
 }
 
+/// Where the bytes of a set of objects went, by technique. The parts add up:
+/// `logical = physical + file_dedup + tensor_dedup + delta + compression + headers`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Savings {
+    pub objects: u64,
+    pub logical_bytes: u64,
+    /// Upstream bytes: the frames of the chunks used (bases included) and blobs as stored.
+    pub physical_bytes: u64,
+    /// Objects identical to one counted before: nothing stored for them.
+    pub file_dedup: u64,
+    /// Chunks already stored for another object or tensor.
+    pub tensor_dedup: u64,
+    /// Raw minus frame bytes of delta chunks, less the frames of bases used by no object.
+    pub delta: i64,
+    /// Raw minus frame bytes of chunks stored on their own.
+    pub compression: i64,
+    /// safetensors headers, kept in the index and the manifests.
+    pub headers: u64,
+    /// Bytes stored as they came (objects that are not models, or not packed yet).
+    pub stored_as_is: u64,
+}
+
 /// What [`Index::check`] found.
 #[derive(Debug, Default)]
 pub struct IndexReport {
@@ -784,6 +806,53 @@ impl Index {
             row.physical_bytes += physical.round() as u64;
         }
         Ok(usage.into_values().collect())
+    }
+
+    /// Where the bytes of the objects `selected` went, by technique (see [`Savings`]).
+    pub fn savings(&self, selected: impl Fn(&ObjectKey) -> bool) -> Result<Savings> {
+        let mut savings = Savings::default();
+        let mut files = std::collections::HashSet::new();
+        let mut stored = std::collections::HashSet::new();
+        for entry in self.all_objects() {
+            let (key, record) = entry?;
+            if !selected(&key) {
+                continue;
+            }
+            savings.objects += 1;
+            savings.logical_bytes += record.size;
+            let uses_chunks = record.segments.iter().any(|segment| matches!(segment, Segment::Chunk { .. }));
+            if uses_chunks && !files.insert(encode(&record.segments)) {
+                savings.file_dedup += record.size;
+                continue;
+            }
+            for segment in &record.segments {
+                match segment {
+                    Segment::Inline(bytes) => savings.headers += bytes.len() as u64,
+                    Segment::Blob { len, .. } => {
+                        savings.stored_as_is += len;
+                        savings.physical_bytes += len;
+                    }
+                    Segment::Chunk { hash, len } if !stored.insert(*hash) => savings.tensor_dedup += u64::from(*len),
+                    Segment::Chunk { hash, .. } => {
+                        let chunk = self.chunk(hash)?.ok_or_else(|| IndexError::MissingChunk(hex(hash)))?;
+                        let saved = i64::from(chunk.raw_len) - i64::from(chunk.frame_len);
+                        savings.physical_bytes += u64::from(chunk.frame_len);
+                        match chunk.base {
+                            Some(base) => {
+                                savings.delta += saved;
+                                if stored.insert(base) {
+                                    let base = self.chunk(&base)?.ok_or_else(|| IndexError::MissingChunk(hex(&base)))?;
+                                    savings.physical_bytes += u64::from(base.frame_len);
+                                    savings.delta -= i64::from(base.frame_len);
+                                }
+                            }
+                            None => savings.compression += saved,
+                        }
+                    }
+                }
+            }
+        }
+        Ok(savings)
     }
 
     /// Every stored chunk with its record, for scrubbing.
