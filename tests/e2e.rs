@@ -887,3 +887,26 @@ fn stats_split_savings_by_technique() {
     let accounted = all.physical_bytes as i64 + (all.file_dedup + all.tensor_dedup + all.headers) as i64 + all.delta + all.compression;
     assert_eq!(accounted, all.logical_bytes as i64, "{all:?}");
 }
+
+/// Short and long bodies, dotted and refused keys, part numbers out of range, huge part lists,
+/// tiny parts and lying safetensors headers (tests/clients/hostile.py): each gets the AWS
+/// answer or is stored as it came; afterwards the gateway serves on and fsck is clean.
+#[test]
+fn hostile_requests_get_aws_answers_or_are_stored_as_they_came() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    let said = gateway.python_client("hostile.py", &[]);
+    assert!(said.contains("all checks passed"), "{said}");
+    gateway.aws(&["s3", "ls", "s3://hostile/"]);
+    let report = gateway.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// With `max_in_flight_bytes` at 1 MiB, an upload waits while another holds the budget
+/// (tests/clients/budget.py holds it for two seconds), then completes; both read back whole.
+#[test]
+fn uploads_wait_for_the_in_flight_byte_budget() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.max_in_flight_bytes = 1 << 20);
+    let said = gateway.python_client("budget.py", &[]);
+    assert!(said.contains("waited"), "{said}");
+    assert!(gateway.store().metrics.body_waits.get() >= 1);
+}

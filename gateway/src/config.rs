@@ -22,6 +22,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Requests handled at once; more get `SlowDown` (503) and are retried by clients.
     pub max_concurrent_requests: usize,
+    /// Bytes of request bodies being received at once; a body that would pass the budget waits
+    /// (its client is slowed down by TCP) until others finish.
+    pub max_in_flight_bytes: u64,
+    /// safetensors headers longer than this are not parsed: the file is stored as it came.
+    pub max_header_bytes: u64,
     /// Address of the metrics and health endpoints (`/metrics`, `/health`, `/ready`); off
     /// when absent.
     pub metrics_listen: Option<SocketAddr>,
@@ -174,6 +179,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             data_dir: PathBuf::from("tensorgate-data"),
             max_concurrent_requests: 256,
+            max_in_flight_bytes: 1 << 30,
+            max_header_bytes: 16 << 20,
             metrics_listen: None,
             tls: None,
             domains: vec!["localhost".to_owned()],

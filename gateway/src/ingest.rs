@@ -278,7 +278,7 @@ impl Ingester {
         let size_hint = self.options.size_hint;
         let too_small = self.force_plain || size_hint.is_some_and(|size| size < self.store.config.min_model_bytes);
         let header_len = match read_header_len(buffer) {
-            Ok(len) if !too_small && size_hint.is_none_or(|size| size >= 8 + len) && len >= 2 => len,
+            Ok(len) if !too_small && size_hint.is_none_or(|size| size >= 8 + len) && (2..=self.store.config.max_header_bytes).contains(&len) => len,
             Err(_) if !ended && buffer.len() < 8 && !too_small => return Ok(()),
             _ => return self.become_plain().await,
         };

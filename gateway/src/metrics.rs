@@ -63,6 +63,8 @@ pub struct Metrics {
     pub upstream_retries: Counter,
     pub upstream_errors: Counter,
     pub frames_decoded: Counter,
+    /// Request bodies that waited for the in-flight byte budget.
+    pub body_waits: Counter,
     packer_queue: Gauge,
     logical_bytes: Family<TenantLabels, Gauge>,
     physical_bytes: Family<TenantLabels, Gauge>,
@@ -85,6 +87,7 @@ impl Default for Metrics {
             upstream_retries: Counter::default(),
             upstream_errors: Counter::default(),
             frames_decoded: Counter::default(),
+            body_waits: Counter::default(),
             packer_queue: Gauge::default(),
             logical_bytes: Family::default(),
             physical_bytes: Family::default(),
@@ -101,6 +104,7 @@ impl Default for Metrics {
         registry.register("upstream_retries", "Upstream reads retried", metrics.upstream_retries.clone());
         registry.register("upstream_errors", "Upstream reads that failed every attempt", metrics.upstream_errors.clone());
         registry.register("frames_decoded", "Frames decoded", metrics.frames_decoded.clone());
+        registry.register("body_waits", "Request bodies that waited for the in-flight byte budget", metrics.body_waits.clone());
         registry.register("packer_queue", "Objects waiting for the background packer", metrics.packer_queue.clone());
         registry.register("logical_bytes", "Bytes clients stored, per tenant", metrics.logical_bytes.clone());
         registry.register("physical_bytes", "Upstream bytes attributed to each tenant", metrics.physical_bytes.clone());

@@ -178,7 +178,9 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
             let service = measured.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let http = ConnectionBuilder::new(TokioExecutor::new());
+                let mut http = ConnectionBuilder::new(TokioExecutor::new());
+                // A client that closes its sending side after the body still gets its answer.
+                http.http1().half_close(true);
                 let served = match tls {
                     Some(acceptor) => match acceptor.accept(socket).await {
                         Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,

@@ -453,6 +453,7 @@ impl S3 for Gateway {
             self.ensure_bucket(&tenant, &input.bucket).await?;
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
+            let _budget = self.store.admit_body(size_hint).await.map_err(internal)?;
             let base_hint = self.base_hint(&tenant, input.metadata.as_ref());
             let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed, base_hint).await?;
             let attributes = attributes_of!(input);
@@ -695,6 +696,7 @@ impl S3 for Gateway {
             }
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
+            let _budget = self.store.admit_body(size_hint).await.map_err(internal)?;
             let part = self.store_part(&tenant, input.body, size_hint, &claimed).await?;
             let blob = part.blob.clone();
             if let Err(error) = self.store.index.put_part(&input.upload_id, input.part_number as u32, &part, now_ms()) {

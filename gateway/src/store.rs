@@ -71,7 +71,15 @@ pub struct Store {
     pub in_flight: InFlight,
     /// This gateway (its data directory), as named in the garbage-collection lease.
     pub instance: String,
+    /// The in-flight byte budget, in units of [`BUDGET_UNIT`] bytes.
+    body_budget: Arc<tokio::sync::Semaphore>,
+    budget_units: u32,
 }
+
+/// Granularity of the in-flight byte budget.
+const BUDGET_UNIT: u64 = 64 << 10;
+/// What a body of unknown length is charged (one chunk's worth).
+const UNKNOWN_BODY_CHARGE: u64 = 4 << 20;
 
 /// Upstream keys being written and not yet committed: garbage collection leaves them alone.
 #[derive(Debug, Default, Clone)]
@@ -112,6 +120,8 @@ impl Store {
             .unwrap_or(NonZeroUsize::MIN);
         let key_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         let instance = index.instance_id(new_id)?;
+        let budget_units = (config.max_in_flight_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX >> 3)) as u32;
+        let body_budget = Arc::new(tokio::sync::Semaphore::new(budget_units as usize));
         Ok(Store {
             index,
             upstream,
@@ -122,7 +132,21 @@ impl Store {
             key_locks,
             in_flight: InFlight::default(),
             instance,
+            body_budget,
+            budget_units,
         })
+    }
+
+    /// Takes a body's share of the in-flight byte budget (all of it at most), waiting while
+    /// other bodies hold it; the share returns when the permit is dropped.
+    pub async fn admit_body(&self, size: Option<u64>) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
+        let units = size.unwrap_or(UNKNOWN_BODY_CHARGE).div_ceil(BUDGET_UNIT).max(1);
+        let units = u32::try_from(units).unwrap_or(u32::MAX).min(self.budget_units);
+        if let Ok(permit) = self.body_budget.clone().try_acquire_many_owned(units) {
+            return Ok(permit);
+        }
+        self.metrics.body_waits.inc();
+        Ok(self.body_budget.clone().acquire_many_owned(units).await?)
     }
 
     /// Holds off other writes to `key` (and to the keys sharing its stripe) until dropped.
