@@ -910,3 +910,31 @@ fn uploads_wait_for_the_in_flight_byte_budget() {
     assert!(said.contains("waited"), "{said}");
     assert!(gateway.store().metrics.body_waits.get() >= 1);
 }
+
+/// `scrub` verifies every live frame at the rate asked, and a scrub cut off midway resumes
+/// where it stopped instead of starting over.
+#[test]
+fn scrub_is_rate_limited_and_resumes() {
+    use tensorgate::scrub::{scrub, ScrubOptions};
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    gateway.aws(&["s3", "mb", "s3://scrubbed"]);
+    for (key, file) in [("base", "base/minilm-l6.bf16.safetensors"), ("tuned", "ft/ft-b-mlm.bf16.safetensors")] {
+        gateway.aws(&["s3", "cp", corpus(file).to_str().unwrap(), &format!("s3://scrubbed/{key}")]);
+    }
+    let store = gateway.store();
+    let everything = gateway.runtime.block_on(scrub(store, ScrubOptions::default(), &|_, _| {})).unwrap();
+    assert!(everything.problems.is_empty() && everything.frames > 10, "{everything:?}");
+
+    let rate = everything.bytes / 2;
+    let limited = ScrubOptions { bytes_per_second: Some(rate), restart: false, resumable: true };
+    let cut = gateway.runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_millis(900), scrub(store, limited, &|_, _| {})).await
+    });
+    assert!(cut.is_err(), "a scrub at half the bytes per second finished within a second");
+    assert!(store.index.scrub_cursor().unwrap().is_some(), "the cut scrub left no cursor");
+    let started = std::time::Instant::now();
+    let resumed = gateway.runtime.block_on(scrub(store, limited, &|_, _| {})).unwrap();
+    assert!(resumed.resumed && resumed.frames < everything.frames, "{resumed:?}");
+    assert!(started.elapsed().as_secs_f64() >= resumed.bytes as f64 / rate as f64 * 0.9, "the rate limit was not kept");
+    assert!(store.index.scrub_cursor().unwrap().is_none());
+}

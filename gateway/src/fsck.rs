@@ -1,15 +1,15 @@
 //! `tensorgate fsck`: the index's own invariants (see `Index::check`); every pack and blob the
 //! index uses is upstream and long enough; every object's manifest upstream is the one the
 //! index holds; no upstream object older than its grace period is unreferenced and out of the
-//! trash. With `verify_frames`, every chunk is also read and decoded, checking each frame's
-//! checksum. With `repair`, missing or stale manifests are written again and orphans are sent
-//! to the trash; nothing is deleted.
+//! trash. With `verify_frames`, every live frame is also scrubbed (read, decoded, checked).
+//! With `repair`, missing or stale manifests are written again and orphans are sent to the
+//! trash; nothing is deleted.
 
 use std::sync::Arc;
 
 use crate::background::{self, trash_orphans};
 use crate::catalog;
-use crate::reader;
+use crate::scrub::{self, ScrubOptions};
 use crate::store::{now_ms, Store};
 
 /// What fsck looked at, what is wrong, and what it repaired.
@@ -50,18 +50,9 @@ pub async fn fsck(store: &Arc<Store>, options: FsckOptions, progress: &dyn Fn(u6
     check_manifests(store, options.repair, &mut report).await?;
     check_orphans(store, options.repair, &mut report).await?;
     if options.verify_frames {
-        let total = report.chunks as u64;
-        for (done, entry) in store.index.all_chunks().enumerate() {
-            progress(done as u64, total);
-            let (hash, record) = entry?;
-            if record.refs == 0 {
-                continue;
-            }
-            match reader::load_chunk(store, &hash).await {
-                Ok(_) => report.frames_verified += 1,
-                Err(error) => report.problems.push(format!("chunk in {} at {}: {error:#}", record.pack, record.offset)),
-            }
-        }
+        let scrubbed = scrub::scrub(store, ScrubOptions::default(), progress).await?;
+        report.frames_verified = scrubbed.frames;
+        report.problems.extend(scrubbed.problems);
     }
     Ok(report)
 }

@@ -13,6 +13,7 @@ pub mod fsck;
 pub mod ingest;
 pub mod metrics;
 pub mod reader;
+pub mod scrub;
 pub mod server;
 pub mod service;
 pub mod store;

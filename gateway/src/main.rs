@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 use tensorgate::config::{Config, DEFAULT_ACCESS_KEY};
-use tensorgate::{background, catalog, fsck, server};
+use tensorgate::{background, catalog, fsck, scrub, server};
 use tensorgate_codec::container;
 
 /// mimalloc keeps freed chunk buffers for reuse instead of returning them to the kernel and
@@ -72,6 +72,15 @@ enum Command {
     },
     /// Encode a safetensors file with the codec (as a delta against BASE if given) and report
     /// the ratio and speed. Works in memory: for checking the codec on one's own models.
+    /// Read and verify every frame upstream, at a bounded rate; resumes an interrupted run.
+    Scrub {
+        /// Upstream MiB read per second at most (0: no limit).
+        #[arg(long, default_value_t = 50)]
+        rate_mib: u64,
+        /// Start from the first frame even if an earlier scrub was interrupted.
+        #[arg(long)]
+        restart: bool,
+    },
     /// Maintenance of the index.
     Index {
         #[command(subcommand)]
@@ -178,6 +187,26 @@ fn main() -> anyhow::Result<()> {
             println!("config is valid: listen {}, {} tenants, {keys} keys, upstream {upstream}", config.listen, tenants.len());
             Ok(())
         }
+        Command::Scrub { rate_mib, restart } => runtime.block_on(async {
+            let store = server::open_store(&config)?;
+            let bar = progress_bar("chunks");
+            let options = scrub::ScrubOptions { bytes_per_second: Some(rate_mib << 20), restart, resumable: true };
+            let report = scrub::scrub(&store, options, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            let resumed = if report.resumed { " (resumed an interrupted scrub)" } else { "" };
+            println!("verified {} frames, {} bytes{resumed}", report.frames, report.bytes);
+            for problem in &report.problems {
+                println!("problem: {problem}");
+            }
+            if !report.problems.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }),
         Command::Index { action: IndexAction::Rebuild } => runtime.block_on(async {
             let store = server::open_store(&config)?;
             anyhow::ensure!(

@@ -855,6 +855,36 @@ impl Index {
         Ok(savings)
     }
 
+    /// Stored chunks after `after` in id order (all of them without it): a scrub resumes here.
+    pub fn chunks_after(&self, after: Option<ChunkHash>) -> impl Iterator<Item = Result<(ChunkHash, ChunkRecord)>> + '_ {
+        let start = match after {
+            Some(hash) => std::ops::Bound::Excluded(hash.to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.chunks.range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded)).map(|entry| {
+            let (hash, value) = entry?;
+            Ok((hash.as_ref().try_into().unwrap_or([0; 32]), decode(&value)?))
+        })
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// The last chunk an interrupted scrub verified.
+    pub fn scrub_cursor(&self) -> Result<Option<ChunkHash>> {
+        Ok(self.meta.get("scrub-cursor")?.and_then(|value| value.as_ref().try_into().ok()))
+    }
+
+    /// Records scrub progress; `None` when a scrub has finished.
+    pub fn set_scrub_cursor(&self, cursor: Option<ChunkHash>) -> Result<()> {
+        match cursor {
+            Some(hash) => self.meta.insert("scrub-cursor", &hash[..])?,
+            None => self.meta.remove("scrub-cursor")?,
+        };
+        self.flush()
+    }
+
     /// Every stored chunk with its record, for scrubbing.
     pub fn all_chunks(&self) -> impl Iterator<Item = Result<(ChunkHash, ChunkRecord)>> + '_ {
         self.chunks.iter().map(|entry| {
