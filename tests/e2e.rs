@@ -938,3 +938,41 @@ fn scrub_is_rate_limited_and_resumes() {
     assert!(started.elapsed().as_secs_f64() >= resumed.bytes as f64 / rate as f64 * 0.9, "the rate limit was not kept");
     assert!(store.index.scrub_cursor().unwrap().is_none());
 }
+
+/// A pack left mostly dead by a delete is compacted: its live frames move to a new pack, the
+/// surviving object reads back byte-identical with its manifest updated, and the old pack is
+/// deleted a grace period later.
+#[test]
+fn sparse_packs_are_compacted() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
+        config.base_selection = tensorgate::config::BaseSelection::None;
+    });
+    let work = tempfile::tempdir().unwrap();
+    let (base, tuned_a, tuned_b) =
+        (corpus("base/minilm-l6.bf16.safetensors"), corpus("ft/ft-a-contrastive.bf16.safetensors"), corpus("ft/ft-b-mlm.bf16.safetensors"));
+    let big = work.path().join("big");
+    std::fs::write(&big, combined_model(&[&base, &tuned_a, &tuned_b])).unwrap();
+    let small = work.path().join("small");
+    std::fs::write(&small, combined_model(&[&base])).unwrap();
+    gateway.aws(&["s3", "mb", "s3://dense"]);
+    gateway.aws(&["s3", "cp", big.to_str().unwrap(), "s3://dense/big"]);
+    gateway.aws(&["s3", "cp", small.to_str().unwrap(), "s3://dense/small"]);
+    let packs_dir = gateway.dir.path().join("data/upstream/packs");
+    let packs = || std::fs::read_dir(&packs_dir).unwrap().count();
+    assert_eq!(packs(), 1, "small should only reference big's pack");
+
+    gateway.aws(&["s3", "rm", "s3://dense/big"]);
+    let first = gateway.collect_garbage();
+    assert_eq!(first.packs_compacted, 1, "{first:?}");
+    assert_eq!(packs(), 2, "the copy is written, the old pack waits in the trash");
+    let second = gateway.collect_garbage();
+    assert!(second.upstream_objects >= 1 && second.packs_compacted == 0, "{second:?}");
+    assert_eq!(packs(), 1);
+    assert!(std::fs::metadata(packs_dir.read_dir().unwrap().next().unwrap().unwrap().path()).unwrap().len() < std::fs::metadata(&small).unwrap().len());
+
+    let out = work.path().join("out");
+    gateway.aws(&["s3", "cp", "s3://dense/small", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&small).unwrap());
+    let report = gateway.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tensorgate_index::{Envelope, Expect, IndexError, Manifest, ObjectKey, PackJob, Segment, MANIFESTS};
 
 use crate::catalog;
+use crate::compact;
 use crate::ingest::{self, IngestMode, IngestOptions};
 use crate::reader;
 use crate::store::{now_ms, Store};
@@ -109,6 +110,8 @@ pub struct GcReport {
     pub orphans: usize,
     /// False when another gateway held the lease: only the local index was swept.
     pub leased: bool,
+    /// Sparse packs rewritten by compaction.
+    pub packs_compacted: usize,
 }
 
 /// Upstream key of the garbage-collection lease.
@@ -137,6 +140,7 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         store.index.forget_trash(&key)?;
     }
     report.orphans = trash_orphans(store, &referenced, now, false).await?.len();
+    report.packs_compacted = compact::compact(store).await?.packs;
     if report.chunks + report.upstream_objects + report.orphans > 0 {
         tracing::info!(chunks = report.chunks, upstream_objects = report.upstream_objects, orphans = report.orphans, "garbage collected");
     }

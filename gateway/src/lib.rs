@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod background;
 pub mod catalog;
+pub mod compact;
 pub mod config;
 pub mod domains;
 pub mod fsck;

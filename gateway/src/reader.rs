@@ -108,6 +108,11 @@ pub async fn load_chunk(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes
     let frame = store
         .read_upstream(&record.pack, record.offset..record.offset + u64::from(record.frame_len))
         .await?;
+    decode(store, frame).await
+}
+
+/// Decodes a frame read from the upstream (with its base, for a delta), which checks it.
+pub async fn decode(store: &Store, frame: Bytes) -> anyhow::Result<Bytes> {
     let header = FrameHeader::read(&frame)?;
     let base = match header.base {
         Some(base_hash) => Some((base_hash, load_base(store, &base_hash.0).await?)),

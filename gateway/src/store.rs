@@ -149,6 +149,16 @@ impl Store {
         Ok(self.body_budget.clone().acquire_many_owned(units).await?)
     }
 
+    /// Holds off every write (each holds its key's stripe between choosing chunks and
+    /// committing) until dropped: compaction moves chunks only while no write is in between.
+    pub async fn lock_all_keys(&self) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut guards = Vec::with_capacity(self.key_locks.len());
+        for lock in &self.key_locks {
+            guards.push(lock.lock().await);
+        }
+        guards
+    }
+
     /// Holds off other writes to `key` (and to the keys sharing its stripe) until dropped.
     pub async fn lock_key(&self, key: &ObjectKey) -> tokio::sync::MutexGuard<'_, ()> {
         use std::hash::{Hash, Hasher};

@@ -112,6 +112,14 @@ pub enum Expect<'a> {
     Version(&'a str),
 }
 
+/// A frame copied from one pack to another by compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub hash: ChunkHash,
+    pub from_offset: u64,
+    pub to_offset: u64,
+}
+
 /// Outcome of deleting a bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BucketDeletion {
@@ -208,6 +216,14 @@ impl Index {
     /// [`Index::clear_pending`], a crash may have left it out of step with the index.
     pub fn mark_pending(&self, key: &ObjectKey) -> Result<()> {
         self.pending.insert(key.encode(), &[])?;
+        self.flush()
+    }
+
+    /// [`Index::mark_pending`] for many keys, made durable at once.
+    pub fn mark_all_pending(&self, keys: &[ObjectKey]) -> Result<()> {
+        for key in keys {
+            self.pending.insert(key.encode(), &[])?;
+        }
         self.flush()
     }
 
@@ -684,6 +700,73 @@ impl Index {
         }
         self.flush()?;
         Ok(collected)
+    }
+
+    /// Packs whose live bytes are under `ratio` of their size (and above zero): worth
+    /// compacting.
+    pub fn sparse_packs(&self, ratio: f64) -> Result<Vec<(String, PackRecord)>> {
+        let mut sparse = Vec::new();
+        for entry in self.packs.iter() {
+            let (key, value) = entry?;
+            let pack: PackRecord = decode(&value)?;
+            if pack.live_bytes > 0 && (pack.live_bytes as f64) < ratio * pack.total_bytes as f64 {
+                sparse.push((String::from_utf8_lossy(&key).into_owned(), pack));
+            }
+        }
+        Ok(sparse)
+    }
+
+    /// The referenced chunks stored in `pack`, by offset.
+    pub fn live_chunks_in(&self, pack: &str) -> Result<Vec<(ChunkHash, ChunkRecord)>> {
+        let mut found = Vec::new();
+        for entry in self.all_chunks() {
+            let (hash, record) = entry?;
+            if record.pack == pack && record.refs > 0 {
+                found.push((hash, record));
+            }
+        }
+        found.sort_by_key(|(_, record)| record.offset);
+        Ok(found)
+    }
+
+    /// Points the chunks that compaction copied from pack `from` to the new pack `to` (of
+    /// `to_total` bytes) at their copies, in one transaction. A chunk that changed meanwhile
+    /// (collected, or moved) keeps its record. Each pack left with no live bytes goes to the
+    /// trash. Returns how many chunks moved.
+    pub fn relocate(&self, from: &str, to: &str, to_total: u64, moves: &[Move], now_ms: i64) -> Result<usize> {
+        let result = (&self.chunks, &self.packs, &self.trash).transaction(|(chunks, packs, trash)| {
+            let mut source: PackRecord = match packs.get(from.as_bytes())? {
+                Some(value) => tx_decode(&value)?,
+                None => PackRecord { total_bytes: 0, live_bytes: 0 },
+            };
+            let mut target = PackRecord { total_bytes: to_total, live_bytes: 0 };
+            let mut moved = 0;
+            for step in moves {
+                let Some(value) = chunks.get(step.hash)? else { continue };
+                let mut record: ChunkRecord = tx_decode(&value)?;
+                if record.pack != from || record.offset != step.from_offset {
+                    continue;
+                }
+                record.pack = to.to_owned();
+                record.offset = step.to_offset;
+                source.live_bytes = source.live_bytes.saturating_sub(u64::from(record.frame_len));
+                target.live_bytes += u64::from(record.frame_len);
+                chunks.insert(&step.hash, encode(&record))?;
+                moved += 1;
+            }
+            for (key, pack) in [(from, &source), (to, &target)] {
+                if pack.live_bytes == 0 {
+                    packs.remove(key.as_bytes())?;
+                    trash.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
+                } else {
+                    packs.insert(key.as_bytes(), encode(pack))?;
+                }
+            }
+            Ok(moved)
+        });
+        let moved = flatten(result)?;
+        self.flush()?;
+        Ok(moved)
     }
 
     /// Upstream bytes held by live packs.

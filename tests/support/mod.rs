@@ -284,13 +284,19 @@ pub fn multipart_etag(bytes: &[u8], part_size: usize) -> String {
 /// A bigger safetensors file: every tensor of `source` repeated `copies` times under new names
 /// (`copyN.<name>`), with `__metadata__`. Real weights, so it compresses like a real model.
 pub fn replicated_model(source: &Path, copies: usize) -> Vec<u8> {
-    let file = std::fs::read(source).unwrap();
-    let layout = tensorgate_codec::parse_file(&file).unwrap();
-    let data = &file[layout.data_start() as usize..];
+    combined_model(&vec![source; copies])
+}
+
+/// One model holding the tensors of every source in turn, those of source `i` named
+/// `copy<i>.<name>`.
+pub fn combined_model(sources: &[&Path]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut body = Vec::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt", "source": "tensorgate tests"}));
-    for copy in 0..copies {
+    for (copy, source) in sources.iter().enumerate() {
+        let file = std::fs::read(source).unwrap();
+        let layout = tensorgate_codec::parse_file(&file).unwrap();
+        let data = &file[layout.data_start() as usize..];
         for tensor in &layout.tensors {
             let start = body.len();
             body.extend_from_slice(&data[tensor.start as usize..tensor.end as usize]);
@@ -307,7 +313,6 @@ pub fn replicated_model(source: &Path, copies: usize) -> Vec<u8> {
     out
 }
 
-/// The same model with every tensor renamed `prefix + name`: the same bytes under new names.
 pub fn renamed_model(source: &Path, prefix: &str) -> Vec<u8> {
     let file = std::fs::read(source).unwrap();
     let layout = tensorgate_codec::parse_file(&file).unwrap();
