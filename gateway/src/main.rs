@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 use tensorgate::config::{Config, DEFAULT_ACCESS_KEY};
-use tensorgate::{background, catalog, fsck, scrub, server};
+use tensorgate::{background, catalog, compact, fsck, scrub, server};
 use tensorgate_codec::container;
 
 /// mimalloc keeps freed chunk buffers for reuse instead of returning them to the kernel and
@@ -81,6 +81,8 @@ enum Command {
         #[arg(long)]
         restart: bool,
     },
+    /// Pack every object still stored as uploaded, then compact sparse packs, now.
+    Repack,
     /// Maintenance of the index.
     Index {
         #[command(subcommand)]
@@ -205,6 +207,23 @@ fn main() -> anyhow::Result<()> {
             if !report.problems.is_empty() {
                 std::process::exit(1);
             }
+            Ok(())
+        }),
+        Command::Repack => runtime.block_on(async {
+            let store = server::open_store(&config)?;
+            let bar = progress_bar("objects packed");
+            bar.set_length(store.index.pack_queue_len() as u64);
+            let mut packed = 0;
+            while background::pack_next(&store).await? {
+                packed += 1;
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            let compacted = compact::compact(&store).await?;
+            println!(
+                "packed {packed} objects; compacted {} packs ({} frames moved, {} bytes freed once the grace period ends)",
+                compacted.packs, compacted.frames_moved, compacted.bytes_freed
+            );
             Ok(())
         }),
         Command::Index { action: IndexAction::Rebuild } => runtime.block_on(async {
