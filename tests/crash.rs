@@ -82,6 +82,7 @@ fn killed_gateway_loses_no_acknowledged_write() {
     // What each key may hold: the acknowledged state, plus a write in flight at the kill.
     let mut acknowledged: HashMap<String, Option<usize>> = HashMap::new();
     let mut random = Random(0x5eed);
+    let (mut acknowledged_operations, mut in_flight_landed) = (0u64, 0u64);
     let server = start(&config);
     aws_command(&server.endpoint, ACCESS_KEY, SECRET_KEY).args(["s3", "mb", "s3://crash"]).output().unwrap();
     let mut server = Some(server);
@@ -112,6 +113,7 @@ fn killed_gateway_loses_no_acknowledged_write() {
                 .unwrap();
             if output.status.success() {
                 acknowledged.insert(key, outcome);
+                acknowledged_operations += 1;
             } else {
                 break (key, outcome);
             }
@@ -141,6 +143,7 @@ fn killed_gateway_loses_no_acknowledged_write() {
             );
             if !matches(state) {
                 acknowledged.insert(key, allowed_new.flatten());
+                in_flight_landed += 1;
             }
         }
         let (key, state) = in_flight;
@@ -151,6 +154,7 @@ fn killed_gateway_loses_no_acknowledged_write() {
                 .unwrap();
             if head.status.success() {
                 acknowledged.insert(key, state);
+                in_flight_landed += 1;
             }
         }
         server = Some(restarted);
@@ -161,6 +165,11 @@ fn killed_gateway_loses_no_acknowledged_write() {
     assert!(gc.status.success(), "gc after {rounds} kills: {}", String::from_utf8_lossy(&gc.stderr));
     let fsck = Command::new(env!("CARGO_BIN_EXE_tensorgate")).arg("--config").arg(&config).args(["fsck", "--verify-frames"]).output().unwrap();
     assert!(fsck.status.success(), "fsck after {rounds} kills: {}", String::from_utf8_lossy(&fsck.stdout));
+    println!(
+        "{rounds} kills: {acknowledged_operations} acknowledged operations all read back; {in_flight_landed} writes in flight at a kill \
+         showed their new state, the others their old one; fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout).lines().last().unwrap_or_default()
+    );
 }
 
 impl Drop for Server {

@@ -5,7 +5,7 @@
 //! default `../shared/corpus` beside the workspace).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -23,18 +23,9 @@ const PAIRS: &[(&str, &str)] = &[
     ("base/minilm-l6.f32.safetensors", "ft/ft-a-contrastive.f32.safetensors"),
 ];
 
-fn corpus_dir() -> PathBuf {
-    let candidates = [
-        std::env::var_os("TG_CORPUS").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|dir| dir.join("README.md").exists())
-        .expect("the model corpus: set TG_CORPUS to the shared/corpus directory")
-}
+#[path = "../../tests/support/corpus.rs"]
+mod corpus_location;
+use corpus_location::corpus_dir;
 
 /// Sizes and timings of encoding one file (optionally against a base file).
 struct Measure {

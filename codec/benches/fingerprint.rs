@@ -9,7 +9,6 @@
 //! Run: `cargo bench -p tensorgate-codec --bench fingerprint`
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -37,14 +36,9 @@ const FILES: &[&str] = &[
     "other/akiki-vad.f32.safetensors",
 ];
 
-fn corpus_dir() -> PathBuf {
-    let candidates = [
-        std::env::var_os("TG_CORPUS").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ];
-    candidates.into_iter().flatten().find(|d| d.join("README.md").exists()).expect("corpus")
-}
+#[path = "../../tests/support/corpus.rs"]
+mod corpus_location;
+use corpus_location::corpus_dir;
 
 /// One tensor of one file.
 #[derive(Clone)]

@@ -11,26 +11,20 @@
 //!
 //! Run: `cargo bench -p tensorgate --bench large_object`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "tg-bench";
 const SECRET: &str = "tg-bench-secret";
 
-fn corpus_file(relative: &str) -> PathBuf {
-    let candidates = [
-        std::env::var_os("TG_CORPUS").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ];
-    candidates.into_iter().flatten().find(|d| d.join("README.md").exists()).expect("corpus").join(relative)
-}
+#[path = "../../tests/support/corpus.rs"]
+mod corpus_location;
 
 /// Writes a model of about `target` bytes: the corpus base's tensors again and again under new
 /// names, the low mantissa bits of each copy scrambled so every chunk is new.
 fn write_model(path: &Path, target: u64, seed: u64) -> u64 {
-    let source = std::fs::read(corpus_file("base/minilm-l6.bf16.safetensors")).unwrap();
+    let source = std::fs::read(corpus_location::corpus_dir().join("base/minilm-l6.bf16.safetensors")).unwrap();
     let layout = tensorgate_codec::parse_file(&source).unwrap();
     let data = &source[layout.data_start() as usize..];
     let copies = (target / data.len() as u64).max(1) as usize;

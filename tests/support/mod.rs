@@ -15,23 +15,15 @@ use tensorgate::config::Config;
 use tensorgate::server::{self, RunningGateway};
 use tensorgate::upstream::S3UpstreamConfig;
 
+mod corpus;
+pub use corpus::corpus_dir;
+
 pub const ACCESS_KEY: &str = "test-access";
 pub const SECRET_KEY: &str = "test-secret-key";
 
-/// A file of the model corpus: `TG_CORPUS`, else `../shared/corpus` beside the
-/// workspace, else `/work/shared/corpus` (where CI machines keep it).
+/// A file of the model corpus (see [`corpus_dir`]).
 pub fn corpus(relative: &str) -> PathBuf {
-    let candidates = [
-        std::env::var_os("TG_CORPUS").map(PathBuf::from),
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")),
-        Some(PathBuf::from("/work/shared/corpus")),
-    ];
-    let root = candidates
-        .into_iter()
-        .flatten()
-        .find(|dir| dir.join("README.md").exists())
-        .expect("the model corpus: set TG_CORPUS to the shared/corpus directory");
-    root.join(relative)
+    corpus_dir().join(relative)
 }
 
 pub fn free_port() -> u16 {
