@@ -152,8 +152,13 @@ fn two_gateways_over_one_upstream_serve_each_other_and_gc_spares_the_other() {
     assert!(listing.contains("listed-only") && listing.contains("copy") && !listing.contains("base"), "{listing}");
     assert!(String::from_utf8_lossy(&b.aws(&["s3", "ls"]).stdout).contains("made-by-a"));
     a.aws(&["s3", "rm", "s3://shared/listed-only"]);
+    a.aws(&["s3", "rb", "s3://made-by-a"]);
     let caught_up = b.runtime.block_on(tensorgate::catalog::sync(b.store(), &mut Default::default())).unwrap();
-    assert_eq!(caught_up.objects_removed, 1, "{caught_up:?}");
+    assert_eq!((caught_up.objects_removed, caught_up.buckets_removed), (1, 1), "{caught_up:?}");
+    assert!(!String::from_utf8_lossy(&b.aws(&["s3", "ls"]).stdout).contains("made-by-a"));
+    a.aws(&["s3", "mb", "s3://raced"]);
+    let again = b.aws_unchecked(&["s3api", "create-bucket", "--bucket", "raced"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("BucketAlreadyOwnedByYou"), "{}", String::from_utf8_lossy(&again.stderr));
 
     // Overwrites through one are read through the other.
     put(&a, &noise(50_000, 9), "s3://shared/copy", &[], scratch.path());

@@ -1,5 +1,7 @@
-//! Background work: the packer, which re-encodes objects that arrived by multipart upload, and
-//! garbage collection, which deletes freed chunks, packs and blobs after a grace period.
+//! Background work: the packer, which re-encodes objects that arrived by multipart upload;
+//! garbage collection, which deletes freed chunks, packs and blobs after a grace period under a
+//! lease (and compacts sparse packs); and, with a shared upstream, the sync that catches the
+//! index up with other gateways' writes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -117,10 +119,11 @@ pub struct GcReport {
 /// Upstream key of the garbage-collection lease.
 const LEASE_KEY: &str = "gc/lease";
 
-/// Collects chunks dead for longer than the grace period; then, holding the lease, deletes
-/// upstream objects in the trash for longer than it that nothing references (no index entry,
-/// no write in flight, and with a shared upstream no manifest of any gateway), and sends
-/// unreferenced upstream objects to the trash.
+/// Finishes interrupted manifest changes and collects chunks dead for longer than the grace
+/// period; then, holding the lease, deletes upstream objects in the trash for longer than it
+/// that nothing references (no index entry, no write in flight, and with a shared upstream no
+/// manifest of any gateway), sends unreferenced upstream objects to the trash, and compacts
+/// sparse packs.
 pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let now = now_ms();
     let cutoff = now - (store.config.gc_grace_secs as i64) * 1000;

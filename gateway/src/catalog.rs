@@ -11,7 +11,7 @@ use tensorgate_index::{
 };
 
 use crate::store::{now_ms, Store};
-use crate::upstream;
+use crate::upstream::{self, Condition};
 
 /// Makes `record` the object at `key`: publishes its manifest, then commits it to the index.
 /// With `Expect::Version`, nothing happens unless the object is still at that version.
@@ -84,13 +84,18 @@ pub async fn recover(store: &Store) -> anyhow::Result<usize> {
     Ok(pending.len())
 }
 
-/// Creates a bucket: its marker, then its index record. False if it already existed.
+/// Creates a bucket: its marker (by a conditional write, so that of two gateways creating it
+/// one wins), then its index record. False if it already existed, here or upstream.
 pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<bool> {
     if store.index.bucket(tenant, bucket)?.is_some() {
         return Ok(false);
     }
     let marker = BucketMarker { tenant: tenant.to_owned(), bucket: bucket.to_owned(), created_ms: now_ms() };
-    upstream::put(&*store.upstream, &bucket_key_of(store, tenant, bucket), Bytes::from(marker.seal())).await?;
+    let marker_key = bucket_key_of(store, tenant, bucket);
+    if !store.upstream.put_if(&marker_key, Bytes::from(marker.seal()), Condition::Absent).await? {
+        adopt_bucket(store, tenant, bucket).await?;
+        return Ok(false);
+    }
     Ok(store.index.create_bucket(tenant, bucket, marker.created_ms)?)
 }
 
@@ -153,19 +158,23 @@ pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Ob
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SyncReport {
     pub buckets: usize,
+    /// Empty buckets another gateway deleted.
+    pub buckets_removed: usize,
     pub objects_adopted: usize,
     pub objects_removed: usize,
 }
 
 /// Catches the index up with what other gateways wrote to a shared upstream, so that listings
 /// show their objects: buckets from their markers, and every manifest that changed since the
-/// last sync (by its listing tag); objects whose manifest is gone are checked one by one and
-/// dropped. Reads and heads never wait for this: they check the manifest themselves.
+/// last sync (by its listing tag); objects whose manifest is gone, and empty buckets whose
+/// marker is gone, are checked one by one and dropped. Reads and heads never wait for this: they check the manifest themselves.
 pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, String>) -> anyhow::Result<SyncReport> {
     let mut report = SyncReport::default();
     let mut listed_manifests = std::collections::HashSet::new();
+    let mut listed_buckets = std::collections::HashSet::new();
     for prefix in store.config.upstream_prefixes() {
         for listed in store.upstream.list(&format!("{prefix}{BUCKETS}")).await? {
+            listed_buckets.insert(listed.key.clone());
             if seen.get(&listed.key) == Some(&listed.tag) {
                 continue;
             }
@@ -194,6 +203,14 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
                 report.objects_adopted += 1;
             }
             seen.insert(listed.key, listed.tag);
+        }
+    }
+    for (tenant, bucket) in store.index.all_buckets()? {
+        if !listed_buckets.contains(&bucket_key_of(store, &tenant, &bucket))
+            && store.upstream.read_tagged(&bucket_key_of(store, &tenant, &bucket)).await?.is_none()
+            && store.index.delete_bucket(&tenant, &bucket)? == BucketDeletion::Deleted
+        {
+            report.buckets_removed += 1;
         }
     }
     let mut unlisted = Vec::new();

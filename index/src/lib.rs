@@ -270,6 +270,20 @@ impl Index {
             .collect()
     }
 
+    /// Every bucket of every tenant, as (tenant, bucket).
+    pub fn all_buckets(&self) -> Result<Vec<(String, String)>> {
+        self.buckets
+            .iter()
+            .keys()
+            .map(|key| {
+                let key = key?;
+                let text = String::from_utf8_lossy(&key);
+                let (tenant, bucket) = text.split_once('\0').unwrap_or_default();
+                Ok((tenant.to_owned(), bucket.to_owned()))
+            })
+            .collect()
+    }
+
     /// Deletes a bucket if it holds no objects and no uploads in progress.
     pub fn delete_bucket(&self, tenant: &str, bucket: &str) -> Result<BucketDeletion> {
         let bucket_key = keys::bucket(tenant, bucket);
