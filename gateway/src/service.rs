@@ -270,6 +270,27 @@ fn checksums_of(checksum: &Checksum) -> Checksums {
     }
 }
 
+/// Request bytes read and dropped at most when refusing a body.
+const DRAIN_LIMIT: usize = 16 << 20;
+
+/// Reads and drops (up to [`DRAIN_LIMIT`] bytes, for 5 s at most) the body of a write refused
+/// before it was read: a server that closes with request bytes unread makes the kernel reset
+/// the connection, and the client can lose the error answer itself. Reading also lets a client
+/// waiting on `Expect: 100-continue` go on.
+async fn drain(body: Option<StreamingBlob>) {
+    let Some(mut body) = body else { return };
+    let reading = async {
+        let mut read = 0;
+        while let Some(Ok(piece)) = futures::StreamExt::next(&mut body).await {
+            read += piece.len();
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
+}
+
 /// The upstream could not be asked: a retryable 503.
 fn unavailable(error: anyhow::Error) -> S3Error {
     tracing::warn!(error = format!("{error:#}"), "upstream unavailable");
@@ -449,8 +470,15 @@ impl S3 for Gateway {
         let input = req.input;
         let span = tracing::info_span!("put_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
         async move {
-            check_key(&input.key)?;
-            self.ensure_bucket(&tenant, &input.bucket).await?;
+            let mut input = input;
+            let target = async {
+                check_key(&input.key)?;
+                self.ensure_bucket(&tenant, &input.bucket).await
+            };
+            if let Err(error) = target.await {
+                drain(input.body.take()).await;
+                return Err(error);
+            }
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let _budget = self.store.admit_body(size_hint).await.map_err(internal)?;
@@ -690,10 +718,21 @@ impl S3 for Gateway {
         let input = req.input;
         let span = tracing::info_span!("upload_part", tenant = %tenant, bucket = %input.bucket, key = %input.key, part = input.part_number);
         async move {
-            let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
-            if !(1..=10_000).contains(&input.part_number) {
-                return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
-            }
+            let mut input = input;
+            let target = async {
+                let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
+                if !(1..=10_000).contains(&input.part_number) {
+                    return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
+                }
+                Ok(upload)
+            };
+            let upload = match target.await {
+                Ok(upload) => upload,
+                Err(error) => {
+                    drain(input.body.take()).await;
+                    return Err(error);
+                }
+            };
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let _budget = self.store.admit_body(size_hint).await.map_err(internal)?;
