@@ -3,7 +3,7 @@
 //! lease (and compacts sparse packs); and, with a shared upstream, the sync that catches the
 //! index up with other gateways' writes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,7 +134,8 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         return Ok(report);
     }
     report.leased = true;
-    let referenced = referenced_keys(store).await?;
+    let mut memory = store.gc_memory.lock().await;
+    let referenced = referenced_keys(store, &mut memory).await?;
     for key in store.index.trash_before(cutoff)? {
         if !referenced.contains(&key) && !store.in_flight.contains(&key) {
             store.upstream.delete(&key).await?;
@@ -142,7 +143,11 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         }
         store.index.forget_trash(&key)?;
     }
-    report.orphans = trash_orphans(store, &referenced, now, false).await?.len();
+    let scan_due = memory.last_orphan_scan_ms.is_none_or(|last| now - last >= (store.config.orphan_scan_secs as i64) * 1000);
+    if scan_due {
+        report.orphans = trash_orphans(store, &referenced, now, false).await?.len();
+        memory.last_orphan_scan_ms = Some(now);
+    }
     report.packs_compacted = compact::compact(store).await?.packs;
     if report.chunks + report.upstream_objects + report.orphans > 0 {
         tracing::info!(chunks = report.chunks, upstream_objects = report.upstream_objects, orphans = report.orphans, "garbage collected");
@@ -172,22 +177,50 @@ async fn acquire_lease(store: &Store, now: i64) -> anyhow::Result<bool> {
 
 /// Upstream keys in use: those of the index, and with a shared upstream those of every
 /// manifest upstream.
-pub(crate) async fn referenced_keys(store: &Store) -> anyhow::Result<HashSet<String>> {
+pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> anyhow::Result<HashSet<String>> {
     let mut referenced = store.index.referenced_upstream_keys()?;
     if store.config.shared_upstream {
+        let mut listed_now = HashMap::new();
         for prefix in store.config.upstream_prefixes() {
             for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
-                let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
-                let manifest = Manifest::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
-                referenced.extend(manifest.chunks.into_iter().map(|chunk| chunk.pack));
-                referenced.extend(manifest.record.segments.into_iter().filter_map(|segment| match segment {
-                    Segment::Blob { key, .. } => Some(key),
-                    _ => None,
-                }));
+                let known = memory.manifest_references.remove(&listed.key).filter(|(tag, _)| *tag == listed.tag);
+                let keys = match known {
+                    Some((_, keys)) => keys,
+                    None => {
+                        let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
+                        let manifest = Manifest::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
+                        manifest_references(manifest)
+                    }
+                };
+                referenced.extend(keys.iter().cloned());
+                listed_now.insert(listed.key, (listed.tag, keys));
             }
         }
+        memory.manifest_references = listed_now;
     }
     Ok(referenced)
+}
+
+/// The upstream keys a manifest names: the packs of its chunks and its blobs.
+fn manifest_references(manifest: Manifest) -> Vec<String> {
+    let mut keys: Vec<String> = manifest.chunks.into_iter().map(|chunk| chunk.pack).collect();
+    keys.extend(manifest.record.segments.into_iter().filter_map(|segment| match segment {
+        Segment::Blob { key, .. } => Some(key),
+        _ => None,
+    }));
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// What garbage collection remembers between runs of one gateway process.
+#[derive(Debug, Default)]
+pub struct GcMemory {
+    /// The upstream keys each manifest references, with the manifest's listing tag: only
+    /// manifests whose tag changed are read again.
+    manifest_references: HashMap<String, (String, Vec<String>)>,
+    /// When the upstream was last listed for orphans.
+    last_orphan_scan_ms: Option<i64>,
 }
 
 /// Finds the packs older than the grace period, and the blobs older than `orphan_blob_secs`,

@@ -53,6 +53,9 @@ pub struct Config {
     /// Seconds before an unreferenced upstream blob (a part of an upload that never completed,
     /// here or on another gateway) is collected.
     pub orphan_blob_secs: u64,
+    /// Seconds between two listings of the upstream for orphans (the first collection of a
+    /// process always lists).
+    pub orphan_scan_secs: u64,
     /// Objects under this many bytes are stored as they came.
     pub min_model_bytes: u64,
     /// Seconds before freed chunks and upstream objects are deleted.
@@ -195,6 +198,7 @@ impl Default for Config {
             shared_sync_secs: 10,
             gc_lease_secs: 300,
             orphan_blob_secs: 7 * 24 * 3600,
+            orphan_scan_secs: 3600,
             min_model_bytes: 64 * 1024,
             gc_grace_secs: 600,
             gc_interval_secs: 60,

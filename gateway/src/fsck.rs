@@ -83,7 +83,7 @@ async fn check_manifests(store: &Store, repair: bool, report: &mut FsckReport) -
 
 /// Upstream objects past their grace period that nothing references must be in the trash.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
-    let referenced = background::referenced_keys(store).await?;
+    let referenced = background::referenced_keys(store, &mut *store.gc_memory.lock().await).await?;
     let orphans = trash_orphans(store, &referenced, now_ms(), !repair).await?;
     for key in orphans {
         if repair {

@@ -8,6 +8,7 @@ use tensorgate_index::{BaseCandidate, ChunkHash, Index, ObjectKey};
 
 use crate::ingest::StoredTensor;
 
+use crate::background::GcMemory;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -71,6 +72,8 @@ pub struct Store {
     pub in_flight: InFlight,
     /// This gateway (its data directory), as named in the garbage-collection lease.
     pub instance: String,
+    /// What garbage collection remembers between runs; held by the run in progress.
+    pub gc_memory: tokio::sync::Mutex<GcMemory>,
     /// The in-flight byte budget, in units of [`BUDGET_UNIT`] bytes.
     body_budget: Arc<tokio::sync::Semaphore>,
     budget_units: u32,
@@ -132,6 +135,7 @@ impl Store {
             key_locks,
             in_flight: InFlight::default(),
             instance,
+            gc_memory: tokio::sync::Mutex::new(GcMemory::default()),
             body_budget,
             budget_units,
         })
