@@ -168,3 +168,25 @@ fn two_gateways_over_one_upstream_serve_each_other_and_gc_spares_the_other() {
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 }
+
+/// A multipart upload spread over two gateways as a round-robin load balancer would spread it
+/// (tests/clients/multipart_across.py): created on one, parts through both, completed on the
+/// other, read back byte-identical with its ETag; an upload aborted through the gateway that
+/// did not create it ends on both (when next asked, or at the next sync).
+#[test]
+fn multipart_uploads_span_gateways_over_one_upstream() {
+    let moto = Moto::start();
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = shared_upstream_gateway(&moto, state_a.path(), true);
+    let b = shared_upstream_gateway(&moto, state_b.path(), true);
+    let said = a.python_client("multipart_across.py", &[b.endpoint.as_ref()]);
+    let aborted = said.trim();
+    assert_eq!(aborted.len(), 32, "{said}");
+    let caught_up = b.runtime.block_on(tensorgate::catalog::sync(b.store(), &mut Default::default())).unwrap();
+    assert_eq!(caught_up.uploads_ended, 1, "{caught_up:?}");
+    assert!(b.store().index.upload(aborted).unwrap().is_none());
+    for gateway in [&a, &b] {
+        let report = gateway.fsck();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}

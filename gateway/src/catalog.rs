@@ -6,8 +6,9 @@
 
 use bytes::Bytes;
 use tensorgate_index::{
-    bucket_key, manifest_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError, Manifest, NewChunk, NewPack,
-    ObjectKey, ObjectRecord, PackJob, Segment, BUCKETS, MANIFESTS,
+    bucket_key, manifest_key, part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
+    Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PackJob, PartMarker, PartRecord, Segment, UploadMarker, UploadRecord,
+    BUCKETS, MANIFESTS, UPLOADS,
 };
 
 use crate::store::{now_ms, Store};
@@ -119,6 +120,84 @@ pub async fn adopt_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::
     Ok(true)
 }
 
+/// Starts a multipart upload; with a shared upstream its marker goes upstream first, so that
+/// every gateway can take its parts.
+pub async fn create_upload(store: &Store, upload_id: &str, upload: &UploadRecord) -> anyhow::Result<()> {
+    if store.config.shared_upstream {
+        let marker = UploadMarker { upload_id: upload_id.to_owned(), upload: upload.clone() };
+        upstream::put(&*store.upstream, &upload_key(&store.config.upstream_prefix(&upload.tenant), upload_id), Bytes::from(marker.seal())).await?;
+    }
+    Ok(store.index.create_upload(upload_id, upload)?)
+}
+
+/// An upload in progress of `tenant`: from the index; with a shared upstream from its marker,
+/// which another gateway may have written (the upload is then brought into the index) or
+/// removed by completing or aborting it (the upload then ends here too).
+pub async fn find_upload(store: &Store, tenant: &str, upload_id: &str) -> anyhow::Result<Option<UploadRecord>> {
+    let is_id = upload_id.len() == 32 && upload_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !is_id {
+        return Ok(None);
+    }
+    let local = store.index.upload(upload_id)?;
+    if !store.config.shared_upstream {
+        return Ok(local);
+    }
+    let Some(tagged) = store.upstream.read_tagged(&upload_key(&store.config.upstream_prefix(tenant), upload_id)).await? else {
+        if local.is_some() {
+            store.index.abort_upload(upload_id, now_ms())?;
+        }
+        return Ok(None);
+    };
+    let marker = UploadMarker::open(&tagged.bytes)?;
+    anyhow::ensure!(marker.upload_id == upload_id, "upload marker names another upload");
+    if local.is_none() {
+        store.index.create_upload(upload_id, &marker.upload)?;
+    }
+    Ok(Some(marker.upload))
+}
+
+/// Records a stored part; with a shared upstream also as a part marker, so that the gateway
+/// completing the upload finds it.
+pub async fn record_part(store: &Store, tenant: &str, upload_id: &str, number: u32, part: &PartRecord) -> anyhow::Result<()> {
+    store.index.put_part(upload_id, number, part, now_ms())?;
+    if store.config.shared_upstream {
+        let marker = PartMarker { upload_id: upload_id.to_owned(), number, part: part.clone() };
+        let key = part_key(&store.config.upstream_prefix(tenant), upload_id, number);
+        upstream::put(&*store.upstream, &key, Bytes::from(marker.seal())).await?;
+    }
+    Ok(())
+}
+
+/// The parts of an upload by number: with a shared upstream from the part markers (parts may
+/// have reached any gateway), else from the index.
+pub async fn parts(store: &Store, tenant: &str, upload_id: &str) -> anyhow::Result<Vec<(u32, PartRecord)>> {
+    if !store.config.shared_upstream {
+        return Ok(store.index.parts(upload_id)?);
+    }
+    let mut parts = Vec::new();
+    for listed in store.upstream.list(&parts_folder(&store.config.upstream_prefix(tenant), upload_id)).await? {
+        let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
+        let marker = PartMarker::open(&tagged.bytes)?;
+        anyhow::ensure!(marker.upload_id == upload_id, "part marker names another upload");
+        parts.push((marker.number, marker.part));
+    }
+    Ok(parts)
+}
+
+/// With a shared upstream, removes an ended upload's markers (its marker first, so no gateway
+/// takes new parts for it).
+pub async fn forget_upload(store: &Store, tenant: &str, upload_id: &str) -> anyhow::Result<()> {
+    if !store.config.shared_upstream {
+        return Ok(());
+    }
+    let prefix = store.config.upstream_prefix(tenant);
+    store.upstream.delete(&upload_key(&prefix, upload_id)).await?;
+    for listed in store.upstream.list(&parts_folder(&prefix, upload_id)).await? {
+        store.upstream.delete(&listed.key).await?;
+    }
+    Ok(())
+}
+
 /// The object's manifest as the upstream holds it, if any.
 pub async fn fetch(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Manifest>> {
     let Some(tagged) = store.upstream.read_tagged(&manifest_key_of(store, key)).await? else {
@@ -160,6 +239,9 @@ pub struct SyncReport {
     pub buckets: usize,
     /// Empty buckets another gateway deleted.
     pub buckets_removed: usize,
+    /// Uploads another gateway completed or aborted (their parts stored here go to the trash,
+    /// from which nothing a manifest uses is ever deleted).
+    pub uploads_ended: usize,
     pub objects_adopted: usize,
     pub objects_removed: usize,
 }
@@ -211,6 +293,18 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
             && store.index.delete_bucket(&tenant, &bucket)? == BucketDeletion::Deleted
         {
             report.buckets_removed += 1;
+        }
+    }
+    let mut live_uploads = std::collections::HashSet::new();
+    for prefix in store.config.upstream_prefixes() {
+        live_uploads.extend(store.upstream.list(&format!("{prefix}{UPLOADS}")).await?.into_iter().map(|listed| listed.key));
+    }
+    for upload_id in store.index.all_upload_ids()? {
+        let Some(upload) = store.index.upload(&upload_id)? else { continue };
+        let marker = upload_key(&store.config.upstream_prefix(&upload.tenant), &upload_id);
+        if !live_uploads.contains(&marker) && store.upstream.read_tagged(&marker).await?.is_none() {
+            store.index.abort_upload(&upload_id, now_ms())?;
+            report.uploads_ended += 1;
         }
     }
     let mut unlisted = Vec::new();

@@ -704,7 +704,7 @@ impl S3 for Gateway {
             initiated_ms: now_ms(),
             attributes: attributes_of!(input),
         };
-        self.store.index.create_upload(&upload_id, &record).map_err(internal)?;
+        catalog::create_upload(&self.store, &upload_id, &record).await.map_err(unavailable)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -738,12 +738,12 @@ impl S3 for Gateway {
             let _budget = self.store.admit_body(size_hint).await.map_err(internal)?;
             let part = self.store_part(&tenant, input.body, size_hint, &claimed).await?;
             let blob = part.blob.clone();
-            if let Err(error) = self.store.index.put_part(&input.upload_id, input.part_number as u32, &part, now_ms()) {
-                let _ = self.store.upstream.delete(&blob).await;
-                return Err(match error {
-                    IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
-                    other => internal(other),
-                });
+            if let Err(error) = catalog::record_part(&self.store, &tenant, &input.upload_id, input.part_number as u32, &part).await {
+                if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::NoSuchUpload)) {
+                    let _ = self.store.upstream.delete(&blob).await;
+                    return Err(s3_error!(NoSuchUpload));
+                }
+                return Err(internal(format!("{error:#}")));
             }
             tracing::info!(tenant = %upload.tenant, size = part.size, "part stored");
             Ok(S3Response::new(write_output!(UploadPartOutput, part.etag, part.checksums)))
@@ -756,7 +756,8 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
-        let stored: BTreeMap<u32, PartRecord> = self.store.index.parts(&input.upload_id).map_err(internal)?.into_iter().collect();
+        let stored: BTreeMap<u32, PartRecord> =
+            catalog::parts(&self.store, &tenant, &input.upload_id).await.map_err(unavailable)?.into_iter().collect();
         let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
         if requested.is_empty() {
             return Err(s3_error!(MalformedXML, "no parts given"));
@@ -786,6 +787,9 @@ impl S3 for Gateway {
                 _ => internal(format!("{error:#}")),
             }
         })?;
+        if let Err(error) = catalog::forget_upload(&self.store, &tenant, &input.upload_id).await {
+            tracing::warn!(error = format!("{error:#}"), "the ended upload's markers stay upstream");
+        }
         tracing::info!(bucket = %input.bucket, key = %input.key, size = record.size, parts = chosen.len(), "multipart upload completed");
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -799,6 +803,7 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
+        catalog::forget_upload(&self.store, &tenant, &input.upload_id).await.map_err(unavailable)?;
         self.store.index.abort_upload(&input.upload_id, now_ms()).map_err(|error| match error {
             IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
             other => internal(other),
@@ -812,11 +817,9 @@ impl S3 for Gateway {
         self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         let marker = input.part_number_marker.unwrap_or(0).max(0) as u32;
         let max_parts = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
-        let all: Vec<(u32, PartRecord)> = self
-            .store
-            .index
-            .parts(&input.upload_id)
-            .map_err(internal)?
+        let all: Vec<(u32, PartRecord)> = catalog::parts(&self.store, &tenant, &input.upload_id)
+            .await
+            .map_err(unavailable)?
             .into_iter()
             .filter(|(number, _)| *number > marker)
             .collect();
@@ -934,7 +937,7 @@ impl Gateway {
 
     async fn find_upload(&self, tenant: &str, upload_id: &str, bucket: &str, key: &str) -> S3Result<UploadRecord> {
         self.ensure_bucket(&tenant, bucket).await?;
-        let upload = self.store.index.upload(upload_id).map_err(internal)?.ok_or_else(|| s3_error!(NoSuchUpload))?;
+        let upload = catalog::find_upload(&self.store, tenant, upload_id).await.map_err(unavailable)?.ok_or_else(|| s3_error!(NoSuchUpload))?;
         if upload.tenant != tenant || upload.bucket != bucket || upload.key != key {
             return Err(s3_error!(NoSuchUpload));
         }

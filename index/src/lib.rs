@@ -18,7 +18,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 
 pub use keys::ObjectKey;
-pub use manifest::{bucket_key, manifest_key, BucketMarker, ChunkLocation, Envelope, Manifest, BUCKETS, MANIFESTS};
+pub use manifest::{
+    bucket_key, manifest_key, part_key, parts_folder, upload_key, BucketMarker, ChunkLocation, Envelope, Manifest, PartMarker,
+    UploadMarker, BUCKETS, MANIFESTS, UPLOADS, UPLOAD_PARTS,
+};
 pub use records::*;
 
 /// Errors of the index.
@@ -483,6 +486,11 @@ impl Index {
 
     pub fn upload(&self, upload_id: &str) -> Result<Option<UploadRecord>> {
         self.uploads.get(upload_id)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// The ids of every upload in progress.
+    pub fn all_upload_ids(&self) -> Result<Vec<String>> {
+        self.uploads.iter().keys().map(|id| Ok(String::from_utf8_lossy(&id?).into_owned())).collect()
     }
 
     /// Uploads in progress in a bucket, with their ids, sorted by key then id.

@@ -1,13 +1,13 @@
 //! The upstream copies of index records: every object's manifest and every bucket is also an
 //! upstream object, so that the index can be rebuilt from the upstream alone and several
-//! gateways can share one upstream.
+//! gateways can share one upstream (which also shares multipart uploads in progress).
 //!
 //! Each is an envelope: `TGMF`, a format version, the kind, the body length, the BLAKE3 of the
 //! body, then the body (postcard). A torn, truncated or altered envelope does not decode.
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::{ChunkHash, ChunkRecord, ObjectRecord};
+use crate::records::{ChunkHash, ChunkRecord, ObjectRecord, PartRecord, UploadRecord};
 use crate::{IndexError, Result};
 
 const MAGIC: [u8; 4] = *b"TGMF";
@@ -73,6 +73,21 @@ pub struct BucketMarker {
     pub created_ms: i64,
 }
 
+/// A multipart upload in progress, for gateways sharing the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadMarker {
+    pub upload_id: String,
+    pub upload: UploadRecord,
+}
+
+/// One stored part of a multipart upload, for gateways sharing the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartMarker {
+    pub upload_id: String,
+    pub number: u32,
+    pub part: PartRecord,
+}
+
 /// What an envelope holds; a reader asking for one kind refuses the others.
 pub trait Envelope: Serialize + serde::de::DeserializeOwned {
     const KIND: u8;
@@ -124,6 +139,14 @@ impl Envelope for BucketMarker {
     const KIND: u8 = 2;
 }
 
+impl Envelope for UploadMarker {
+    const KIND: u8 = 3;
+}
+
+impl Envelope for PartMarker {
+    const KIND: u8 = 4;
+}
+
 /// A name hashed into a fixed-length upstream key part: object keys can be 1024 bytes of
 /// anything, upstream keys cannot.
 fn name_hash(parts: &[&str]) -> String {
@@ -145,9 +168,26 @@ pub fn bucket_key(prefix: &str, tenant: &str, bucket: &str) -> String {
     format!("{prefix}{BUCKETS}{}", name_hash(&[tenant, bucket]))
 }
 
-/// Upstream folders of the two kinds of record.
+/// Upstream key of an upload's marker.
+pub fn upload_key(prefix: &str, upload_id: &str) -> String {
+    format!("{prefix}{UPLOADS}{upload_id}")
+}
+
+/// Upstream folder of an upload's part markers.
+pub fn parts_folder(prefix: &str, upload_id: &str) -> String {
+    format!("{prefix}{UPLOAD_PARTS}{upload_id}/")
+}
+
+/// Upstream key of one part's marker; numbers are zero-padded so the listing is in order.
+pub fn part_key(prefix: &str, upload_id: &str, number: u32) -> String {
+    format!("{}{number:05}", parts_folder(prefix, upload_id))
+}
+
+/// Upstream folders of the kinds of record.
 pub const MANIFESTS: &str = "manifests/";
 pub const BUCKETS: &str = "buckets/";
+pub const UPLOADS: &str = "uploads/";
+pub const UPLOAD_PARTS: &str = "upload-parts/";
 
 #[cfg(test)]
 mod tests {
@@ -192,6 +232,8 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Manifest::open(&bytes);
             let _ = BucketMarker::open(&bytes);
+            let _ = UploadMarker::open(&bytes);
+            let _ = PartMarker::open(&bytes);
         }
     }
 
