@@ -453,6 +453,13 @@ fn deploy_config_passes_config_check() {
     let output = check(&shipped);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let work = tempfile::tempdir().unwrap();
+    // The config inside the Kubernetes Secret: the block under `tensorgate.toml: |`, dedented.
+    let manifests = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/tensorgate.yaml")).unwrap();
+    let block = manifests.split("tensorgate.toml: |\n").nth(1).and_then(|rest| rest.split("\n---").next()).unwrap();
+    let kubernetes = work.path().join("kubernetes.toml");
+    std::fs::write(&kubernetes, block.lines().map(|line| line.strip_prefix("    ").unwrap_or(line)).collect::<Vec<_>>().join("\n")).unwrap();
+    let output = check(&kubernetes);
+    assert!(output.status.success(), "the Kubernetes config: {}", String::from_utf8_lossy(&output.stderr));
     let broken = work.path().join("broken.toml");
     let text = std::fs::read_to_string(&shipped).unwrap() + "\n[[tenants]]\nname = \"models\"\n[[tenants.access_keys]]\naccess_key = \"x\"\nsecret_key = \"y\"\n";
     std::fs::write(&broken, text).unwrap();
