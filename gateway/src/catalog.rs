@@ -156,6 +156,24 @@ pub async fn find_upload(store: &Store, tenant: &str, upload_id: &str) -> anyhow
     Ok(Some(marker.upload))
 }
 
+/// The uploads in progress in a bucket, sorted by key then id: with a shared upstream from the
+/// upload markers (any gateway may have started them), else from the index.
+pub async fn list_uploads(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<Vec<(String, UploadRecord)>> {
+    if !store.config.shared_upstream {
+        return Ok(store.index.list_uploads(tenant, bucket)?);
+    }
+    let mut uploads = Vec::new();
+    for listed in store.upstream.list(&format!("{}{UPLOADS}", store.config.upstream_prefix(tenant))).await? {
+        let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
+        let marker = UploadMarker::open(&tagged.bytes)?;
+        if marker.upload.tenant == tenant && marker.upload.bucket == bucket {
+            uploads.push((marker.upload_id, marker.upload));
+        }
+    }
+    uploads.sort_by(|a, b| (&a.1.key, &a.0).cmp(&(&b.1.key, &b.0)));
+    Ok(uploads)
+}
+
 /// Records a stored part; with a shared upstream also as a part marker, so that the gateway
 /// completing the upload finds it.
 pub async fn record_part(store: &Store, tenant: &str, upload_id: &str, number: u32, part: &PartRecord) -> anyhow::Result<()> {

@@ -853,11 +853,9 @@ impl S3 for Gateway {
         let input = req.input;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let uploads = self
-            .store
-            .index
-            .list_uploads(&tenant, &input.bucket)
-            .map_err(internal)?
+        let uploads = catalog::list_uploads(&self.store, &tenant, &input.bucket)
+            .await
+            .map_err(unavailable)?
             .into_iter()
             .filter(|(_, upload)| upload.key.starts_with(&prefix))
             .map(|(id, upload)| MultipartUpload {

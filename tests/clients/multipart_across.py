@@ -22,6 +22,8 @@ def main():
     body = os.urandom(3 * PART + 12345)
     pieces = [body[i:i + PART] for i in range(0, len(body), PART)]
     upload = a.create_multipart_upload(Bucket=BUCKET, Key="big", ContentType="application/x-test")["UploadId"]
+    listed_uploads = b.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in listed_uploads] == [("big", upload)], listed_uploads
     parts = []
     for number, piece in enumerate(pieces, start=1):
         gateway = a if number % 2 else b
