@@ -124,7 +124,7 @@ pub fn parse_header(header: &[u8], data_len: Option<u64>) -> Result<Layout> {
             tensors.push(parse_tensor(name, &value)?);
         }
     }
-    tensors.sort_by(|a, b| (a.start, a.end).cmp(&(b.start, b.end)));
+    tensors.sort_by_key(|a| (a.start, a.end));
     check_no_overlap(&tensors)?;
     if let Some(data_len) = data_len {
         if let Some(tensor) = tensors.iter().find(|t| t.end > data_len) {

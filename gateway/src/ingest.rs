@@ -575,7 +575,7 @@ impl Ingester {
         let hasher = std::mem::take(&mut self.hasher);
         Ok(Some(Ingested {
             size: self.size,
-            md5: md5.into(),
+            md5,
             checksums: hasher.finalize(),
             segments: self.segments,
             new_chunks: self.new_chunks,

@@ -53,7 +53,7 @@ pub async fn scrub(store: &Store, options: ScrubOptions, progress: &dyn Fn(u64, 
             .filter(|rate| *rate > 0)
             .map(|rate| Duration::from_secs_f64(report.bytes as f64 / rate as f64));
         let pause = due.and_then(|due| due.checked_sub(started.elapsed()));
-        if options.resumable && (pause.is_some() || report.frames % CURSOR_EVERY == 0) {
+        if options.resumable && (pause.is_some() || report.frames.is_multiple_of(CURSOR_EVERY)) {
             store.index.set_scrub_cursor(Some(hash))?;
         }
         if let Some(pause) = pause {

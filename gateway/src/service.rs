@@ -78,7 +78,7 @@ impl Gateway {
     ) -> S3Result<Ingested> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
         let options = IngestOptions { size_hint, mode: IngestMode::Sniff, checksums: claimed.selection(), base_hint };
-        let ingested = ingest::ingest(&self.store, &tenant, body, options)
+        let ingested = ingest::ingest(&self.store, tenant, body, options)
             .await
             .map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
             .ok_or_else(|| s3_error!(InternalError, "ingest declined a client write"))?;
@@ -121,7 +121,7 @@ impl Gateway {
             ingested.discard(&self.store).await;
             return Err(internal(format!("{error:#}")));
         }
-        self.store.register_tensors(&tenant, &ingested.tensors).map_err(internal)?;
+        self.store.register_tensors(tenant, &ingested.tensors).map_err(internal)?;
         tracing::info!(size = record.size, segments = record.segments.len(), model = ingested.is_model(), "stored");
         Ok(record)
     }
@@ -386,7 +386,7 @@ fn requested_range(record: &ObjectRecord, range: Option<&Range>, part_number: Op
             return if number == 1 { Ok(None) } else { Err(invalid_part_number()) };
         }
         let index = usize::try_from(number - 1).map_err(|_| invalid_part_number())?;
-        let size = *record.part_sizes.get(index).ok_or_else(|| invalid_part_number())?;
+        let size = *record.part_sizes.get(index).ok_or_else(invalid_part_number)?;
         let start: u64 = record.part_sizes[..index].iter().sum();
         return Ok(Some(start..start + size));
     }
@@ -441,7 +441,7 @@ impl S3 for Gateway {
         if !catalog::create_bucket(&self.store, &tenant, bucket).await.map_err(unavailable)? {
             return Err(s3_error!(BucketAlreadyOwnedByYou));
         }
-        Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")), ..Default::default() }))
+        Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")) }))
     }
 
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
@@ -888,13 +888,13 @@ struct Listing {
 impl Gateway {
     /// Lists a bucket in key order, rolling keys up to common prefixes at the delimiter.
     async fn list(&self, tenant: &str, bucket: &str, prefix: Option<&str>, delimiter: Option<&str>, start_after: Option<&str>, max_keys: Option<i32>) -> S3Result<Listing> {
-        self.ensure_bucket(&tenant, bucket).await?;
+        self.ensure_bucket(tenant, bucket).await?;
         let prefix = prefix.unwrap_or_default();
         let delimiter = delimiter.filter(|d| !d.is_empty());
         let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
         let mut listing = Listing { contents: Vec::new(), common_prefixes: Vec::new(), is_truncated: false, last: None, max_keys };
         let mut last_prefix: Option<String> = None;
-        for entry in self.store.index.list_objects(&tenant, bucket, prefix, start_after) {
+        for entry in self.store.index.list_objects(tenant, bucket, prefix, start_after) {
             let (key, record) = entry.map_err(internal)?;
             let rolled = delimiter.and_then(|d| key[prefix.len()..].find(d).map(|at| key[..prefix.len() + at + d.len()].to_owned()));
             if let (Some(rolled), Some(previous)) = (&rolled, &last_prefix) {
@@ -934,7 +934,7 @@ impl Gateway {
     }
 
     async fn find_upload(&self, tenant: &str, upload_id: &str, bucket: &str, key: &str) -> S3Result<UploadRecord> {
-        self.ensure_bucket(&tenant, bucket).await?;
+        self.ensure_bucket(tenant, bucket).await?;
         let upload = catalog::find_upload(&self.store, tenant, upload_id).await.map_err(unavailable)?.ok_or_else(|| s3_error!(NoSuchUpload))?;
         if upload.tenant != tenant || upload.bucket != bucket || upload.key != key {
             return Err(s3_error!(NoSuchUpload));
@@ -946,7 +946,7 @@ impl Gateway {
     async fn store_part(&self, tenant: &str, body: Option<StreamingBlob>, size_hint: Option<u64>, claimed: &ClaimedDigests) -> S3Result<PartRecord> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
         let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(), base_hint: None };
-        let ingested = ingest::ingest(&self.store, &tenant, body, options).await.map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
+        let ingested = ingest::ingest(&self.store, tenant, body, options).await.map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
             .ok_or_else(|| s3_error!(InternalError, "ingest declined a part"))?;
         if let Some(size) = size_hint.filter(|size| *size != ingested.size) {
             ingested.discard(&self.store).await;
