@@ -167,6 +167,16 @@ fn two_gateways_over_one_upstream_serve_each_other_and_gc_spares_the_other() {
         let report = gateway.fsck();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
+
+    // fsck on one gateway checks the other's manifests too: a blob lost from under b's object
+    // is reported by a, which never read that object.
+    put(&b, &noise(80_000, 3), "s3://shared/victim", &[], scratch.path());
+    let (_, victim) = b.store().index.all_objects().map(Result::unwrap).find(|(key, _)| key.key == "victim").unwrap();
+    let Some(tensorgate_index::Segment::Blob { key: blob, .. }) = victim.segments.first() else { panic!("{victim:?}") };
+    let lost = aws_command(&moto.endpoint, "moto", "moto").args(["s3", "rm", &format!("s3://upstream/tg/{blob}")]).output().unwrap();
+    assert!(lost.status.success(), "{}", String::from_utf8_lossy(&lost.stderr));
+    let report = a.fsck();
+    assert!(report.problems.iter().any(|problem| problem.contains("shared/victim") && problem.contains(blob.as_str())), "{:?}", report.problems);
 }
 
 /// A multipart upload spread over two gateways as a round-robin load balancer would spread it

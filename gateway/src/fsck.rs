@@ -1,11 +1,15 @@
 //! `tensorgate fsck`: the index's own invariants (see `Index::check`); every pack and blob the
 //! index uses is upstream and long enough; every object's manifest upstream is the one the
 //! index holds; no upstream object older than its grace period is unreferenced and out of the
-//! trash. With `verify_frames`, every live frame is also scrubbed (read, decoded, checked).
+//! trash; with a shared upstream, every manifest of every gateway names packs and blobs that
+//! exist. With `verify_frames`, every live frame is also scrubbed (read, decoded, checked).
 //! With `repair`, missing or stale manifests are written again and orphans are sent to the
 //! trash; nothing is deleted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use tensorgate_index::{Envelope, Manifest, Segment, MANIFESTS};
 
 use crate::background::{self, trash_orphans};
 use crate::catalog;
@@ -48,6 +52,7 @@ pub async fn fsck(store: &Arc<Store>, options: FsckOptions, progress: &dyn Fn(u6
         }
     }
     check_manifests(store, options.repair, &mut report).await?;
+    check_shared_manifests(store, &mut report).await?;
     check_orphans(store, options.repair, &mut report).await?;
     if options.verify_frames {
         let scrubbed = scrub::scrub(store, ScrubOptions::default(), progress).await?;
@@ -76,6 +81,43 @@ async fn check_manifests(store: &Store, repair: bool, report: &mut FsckReport) -
             report.repaired.push(format!("manifest of {name} written again"));
         } else {
             report.problems.push(format!("manifest of {name} {problem}"));
+        }
+    }
+    Ok(())
+}
+
+/// With a shared upstream, every manifest upstream, whichever gateway wrote it, must name packs
+/// and blobs that exist and are long enough.
+async fn check_shared_manifests(store: &Store, report: &mut FsckReport) -> anyhow::Result<()> {
+    if !store.config.shared_upstream {
+        return Ok(());
+    }
+    let mut needs: Vec<(String, String, u64)> = Vec::new();
+    let mut sizes = HashMap::new();
+    for prefix in store.config.upstream_prefixes() {
+        for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
+            let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
+            let manifest = match Manifest::open(&tagged.bytes) {
+                Ok(manifest) => manifest,
+                Err(error) => {
+                    report.problems.push(format!("manifest {}: {error}", listed.key));
+                    continue;
+                }
+            };
+            let name = format!("{}/{}/{}", manifest.tenant, manifest.bucket, manifest.key);
+            needs.extend(manifest.chunks.iter().map(|chunk| (name.clone(), chunk.pack.clone(), chunk.offset + u64::from(chunk.frame_len))));
+            needs.extend(manifest.record.segments.iter().filter_map(|segment| match segment {
+                Segment::Blob { key, offset, len } => Some((name.clone(), key.clone(), offset + len)),
+                _ => None,
+            }));
+        }
+        for folder in ["packs/", "blobs/"] {
+            sizes.extend(store.upstream.list(&format!("{prefix}{folder}")).await?.into_iter().map(|listed| (listed.key, listed.size)));
+        }
+    }
+    for (object, key, end) in needs {
+        if sizes.get(&key).is_none_or(|size| *size < end) {
+            report.problems.push(format!("the manifest of {object} needs {key} up to byte {end}, which the upstream lacks"));
         }
     }
     Ok(())
