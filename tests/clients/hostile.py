@@ -12,20 +12,13 @@ import sys
 import urllib.parse
 
 import boto3
-import botocore
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 
+from s3_semantics import error_code
+
 BUCKET = "hostile"
-
-
-def error_code(call):
-    try:
-        call()
-    except botocore.exceptions.ClientError as error:
-        return error.response["Error"]["Code"]
-    raise AssertionError("expected an error, the call succeeded")
 
 
 def signed_put_head(endpoint, bucket, key, announced):
