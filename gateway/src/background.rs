@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{Envelope, Expect, IndexError, Manifest, ObjectKey, PackJob, Segment, MANIFESTS};
+use tensorgate_index::{Expect, IndexError, Manifest, ObjectKey, PackJob, MANIFESTS};
 
 use crate::catalog;
 use crate::compact;
@@ -187,9 +187,8 @@ pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> any
                 let keys = match known {
                     Some((_, keys)) => keys,
                     None => {
-                        let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
-                        let manifest = Manifest::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
-                        manifest_references(manifest)
+                        let Some(manifest) = catalog::read_record::<Manifest>(store, &listed.key).await? else { continue };
+                        manifest_references(&manifest)
                     }
                 };
                 referenced.extend(keys.iter().cloned());
@@ -202,12 +201,8 @@ pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> any
 }
 
 /// The upstream keys a manifest names: the packs of its chunks and its blobs.
-fn manifest_references(manifest: Manifest) -> Vec<String> {
-    let mut keys: Vec<String> = manifest.chunks.into_iter().map(|chunk| chunk.pack).collect();
-    keys.extend(manifest.record.segments.into_iter().filter_map(|segment| match segment {
-        Segment::Blob { key, .. } => Some(key),
-        _ => None,
-    }));
+fn manifest_references(manifest: &Manifest) -> Vec<String> {
+    let mut keys: Vec<String> = manifest.upstream_needs().into_iter().map(|(key, _)| key.to_owned()).collect();
     keys.sort();
     keys.dedup();
     keys

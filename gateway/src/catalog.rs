@@ -4,6 +4,7 @@
 //! can therefore be rebuilt from the upstream alone, and a gateway sharing the upstream with
 //! others reads the manifests they wrote.
 
+use anyhow::Context;
 use bytes::Bytes;
 use tensorgate_index::{
     bucket_key, manifest_key, part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
@@ -109,12 +110,17 @@ pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
     Ok(deletion)
 }
 
+/// Reads a record (manifest or marker) from the upstream; `None` when there is none at `key`.
+pub async fn read_record<T: Envelope>(store: &Store, key: &str) -> anyhow::Result<Option<T>> {
+    let Some(tagged) = store.upstream.read_tagged(key).await? else { return Ok(None) };
+    Ok(Some(T::open(&tagged.bytes).with_context(|| format!("upstream record {key}"))?))
+}
+
 /// Brings in from the upstream a bucket another gateway created; false if there is none.
 pub async fn adopt_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<bool> {
-    let Some(tagged) = store.upstream.read_tagged(&bucket_key_of(store, tenant, bucket)).await? else {
+    let Some(marker) = read_record::<BucketMarker>(store, &bucket_key_of(store, tenant, bucket)).await? else {
         return Ok(false);
     };
-    let marker = BucketMarker::open(&tagged.bytes)?;
     anyhow::ensure!(marker.tenant == tenant && marker.bucket == bucket, "bucket marker names another bucket");
     store.index.create_bucket(tenant, bucket, marker.created_ms)?;
     Ok(true)
@@ -142,13 +148,13 @@ pub async fn find_upload(store: &Store, tenant: &str, upload_id: &str) -> anyhow
     if !store.config.shared_upstream {
         return Ok(local);
     }
-    let Some(tagged) = store.upstream.read_tagged(&upload_key(&store.config.upstream_prefix(tenant), upload_id)).await? else {
+    let marker_key = upload_key(&store.config.upstream_prefix(tenant), upload_id);
+    let Some(marker) = read_record::<UploadMarker>(store, &marker_key).await? else {
         if local.is_some() {
             store.index.abort_upload(upload_id, now_ms())?;
         }
         return Ok(None);
     };
-    let marker = UploadMarker::open(&tagged.bytes)?;
     anyhow::ensure!(marker.upload_id == upload_id, "upload marker names another upload");
     if local.is_none() {
         store.index.create_upload(upload_id, &marker.upload)?;
@@ -164,8 +170,7 @@ pub async fn list_uploads(store: &Store, tenant: &str, bucket: &str) -> anyhow::
     }
     let mut uploads = Vec::new();
     for listed in store.upstream.list(&format!("{}{UPLOADS}", store.config.upstream_prefix(tenant))).await? {
-        let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
-        let marker = UploadMarker::open(&tagged.bytes)?;
+        let Some(marker) = read_record::<UploadMarker>(store, &listed.key).await? else { continue };
         if marker.upload.tenant == tenant && marker.upload.bucket == bucket {
             uploads.push((marker.upload_id, marker.upload));
         }
@@ -194,8 +199,7 @@ pub async fn parts(store: &Store, tenant: &str, upload_id: &str) -> anyhow::Resu
     }
     let mut parts = Vec::new();
     for listed in store.upstream.list(&parts_folder(&store.config.upstream_prefix(tenant), upload_id)).await? {
-        let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
-        let marker = PartMarker::open(&tagged.bytes)?;
+        let Some(marker) = read_record::<PartMarker>(store, &listed.key).await? else { continue };
         anyhow::ensure!(marker.upload_id == upload_id, "part marker names another upload");
         parts.push((marker.number, marker.part));
     }
@@ -218,10 +222,9 @@ pub async fn forget_upload(store: &Store, tenant: &str, upload_id: &str) -> anyh
 
 /// The object's manifest as the upstream holds it, if any.
 pub async fn fetch(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Manifest>> {
-    let Some(tagged) = store.upstream.read_tagged(&manifest_key_of(store, key)).await? else {
+    let Some(manifest) = read_record::<Manifest>(store, &manifest_key_of(store, key)).await? else {
         return Ok(None);
     };
-    let manifest = Manifest::open(&tagged.bytes)?;
     anyhow::ensure!(
         manifest.tenant == key.tenant && manifest.bucket == key.bucket && manifest.key == key.key,
         "manifest at the key of {}/{} names another object",
@@ -278,8 +281,7 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
             if seen.get(&listed.key) == Some(&listed.tag) {
                 continue;
             }
-            let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
-            let marker = BucketMarker::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
+            let Some(marker) = read_record::<BucketMarker>(store, &listed.key).await? else { continue };
             if store.index.create_bucket(&marker.tenant, &marker.bucket, marker.created_ms)? {
                 report.buckets += 1;
             }
@@ -290,15 +292,11 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
             if seen.get(&listed.key) == Some(&listed.tag) {
                 continue;
             }
-            let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
-            let manifest = Manifest::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
+            let Some(manifest) = read_record::<Manifest>(store, &listed.key).await? else { continue };
             let key = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
             let _guard = store.lock_key(&key).await;
             let current = store.index.object(&key)?.map(|record| record.version);
             if current.as_deref() != Some(manifest.record.version.as_str()) {
-                if store.index.bucket(&key.tenant, &key.bucket)?.is_none() {
-                    store.index.create_bucket(&key.tenant, &key.bucket, manifest.record.last_modified_ms)?;
-                }
                 store.index.adopt(&manifest, now_ms())?;
                 report.objects_adopted += 1;
             }
@@ -385,9 +383,7 @@ pub async fn rebuild(store: &Store, progress: &dyn Fn(u64, u64)) -> anyhow::Resu
     let mut manifests = Vec::new();
     for prefix in store.config.upstream_prefixes() {
         for listed in store.upstream.list(&format!("{prefix}{BUCKETS}")).await? {
-            let tagged = store.upstream.read_tagged(&listed.key).await?;
-            let Some(tagged) = tagged else { continue };
-            let marker = BucketMarker::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
+            let Some(marker) = read_record::<BucketMarker>(store, &listed.key).await? else { continue };
             store.index.create_bucket(&marker.tenant, &marker.bucket, marker.created_ms)?;
             report.buckets += 1;
         }
@@ -399,11 +395,7 @@ pub async fn rebuild(store: &Store, progress: &dyn Fn(u64, u64)) -> anyhow::Resu
     }
     for (done, listed) in manifests.iter().enumerate() {
         progress(done as u64, manifests.len() as u64);
-        let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
-        let manifest = Manifest::open(&tagged.bytes).map_err(|error| anyhow::anyhow!("{}: {error}", listed.key))?;
-        if store.index.bucket(&manifest.tenant, &manifest.bucket)?.is_none() {
-            store.index.create_bucket(&manifest.tenant, &manifest.bucket, manifest.record.last_modified_ms)?;
-        }
+        let Some(manifest) = read_record::<Manifest>(store, &listed.key).await? else { continue };
         store.index.adopt(&manifest, now_ms())?;
         report.objects += 1;
         let as_uploaded = !manifest.record.part_sizes.is_empty()

@@ -6,11 +6,11 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use tensorgate_index::{ChunkHash, Move, ObjectKey, Segment};
+use tensorgate_index::{ChunkHash, ChunkRecord, Move, ObjectKey, Segment};
 
 use crate::catalog;
 use crate::reader;
-use crate::store::{new_id, now_ms, Store};
+use crate::store::{new_id, now_ms, Store, WriteGuard};
 
 /// What one compaction pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -28,33 +28,57 @@ pub async fn compact(store: &Store) -> anyhow::Result<CompactReport> {
     if store.config.compact_live_ratio <= 0.0 || store.config.shared_upstream {
         return Ok(report);
     }
-    for (pack, record) in store.index.sparse_packs(store.config.compact_live_ratio)? {
-        let moved = compact_pack(store, &pack).await?;
-        report.packs += 1;
-        report.frames_moved += moved.frames;
-        report.bytes_freed += record.total_bytes.saturating_sub(moved.bytes);
+    let sparse = store.index.sparse_packs(store.config.compact_live_ratio)?;
+    if sparse.is_empty() {
+        return Ok(report);
     }
+    let names: HashSet<&str> = sparse.iter().map(|(pack, _)| pack.as_str()).collect();
+    let mut live = store.index.live_chunks_in(&names)?;
+    let mut copies = Vec::new();
+    let mut failure = None;
+    for (pack, record) in &sparse {
+        match copy_pack(store, pack, live.remove(pack).unwrap_or_default()).await {
+            Ok(copy) => {
+                report.bytes_freed += record.total_bytes.saturating_sub(copy.bytes);
+                copies.push(copy);
+            }
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    report.packs = copies.len();
+    report.frames_moved = switch_to_copies(store, &copies).await?;
     if report.packs > 0 {
         tracing::info!(packs = report.packs, frames = report.frames_moved, bytes_freed = report.bytes_freed, "compacted");
     }
-    Ok(report)
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(report),
+    }
 }
 
-struct Moved {
-    frames: usize,
+/// A pack's live frames, copied to a new pack not yet used by the index.
+struct PackCopy {
+    from: String,
+    to: String,
+    moves: Vec<Move>,
     bytes: u64,
+    /// Keeps garbage collection off the new pack until the index uses it.
+    _in_flight: WriteGuard,
 }
 
-/// Copies the live frames of `pack` into a new pack and switches the index and manifests.
-async fn compact_pack(store: &Store, pack: &str) -> anyhow::Result<Moved> {
+/// Copies the live frames of `pack`, each verified by decoding, into a new pack.
+async fn copy_pack(store: &Store, pack: &str, chunks: Vec<(ChunkHash, ChunkRecord)>) -> anyhow::Result<PackCopy> {
     let prefix = pack.rfind("packs/").map_or("", |at| &pack[..at]);
     let target = format!("{prefix}packs/{}", new_id());
-    let _in_flight = store.in_flight.begin(&target);
+    let in_flight = store.in_flight.begin(&target);
     let mut writer = store.upstream.writer(&target).await?;
     let mut moves = Vec::new();
     let mut written = 0u64;
     let copied: anyhow::Result<()> = async {
-        for (hash, record) in store.index.live_chunks_in(pack)? {
+        for (hash, record) in chunks {
             let range = record.offset..record.offset + u64::from(record.frame_len);
             let frame: Bytes = store.read_upstream(pack, range).await?;
             reader::decode(store, frame.clone())
@@ -72,15 +96,28 @@ async fn compact_pack(store: &Store, pack: &str) -> anyhow::Result<Moved> {
         return Err(error);
     }
     writer.finish().await?;
-    let moved_hashes: HashSet<ChunkHash> = moves.iter().map(|step| step.hash).collect();
-    let frames = {
+    Ok(PackCopy { from: pack.to_owned(), to: target, moves, bytes: written, _in_flight: in_flight })
+}
+
+/// Points the index at the copies and rewrites the manifests concerned. With every key lock
+/// held (no write is between choosing its chunks and committing), the objects using a moved
+/// chunk are marked pending and each pack is switched in one transaction; the manifests are
+/// then written again by recovery. Returns how many chunks moved.
+async fn switch_to_copies(store: &Store, copies: &[PackCopy]) -> anyhow::Result<usize> {
+    if copies.is_empty() {
+        return Ok(0);
+    }
+    let mut frames = 0;
+    {
         let _all_writes = store.lock_all_keys().await;
-        let concerned = objects_using(store, &moved_hashes)?;
-        store.index.mark_all_pending(&concerned)?;
-        store.index.relocate(pack, &target, written, &moves, now_ms())?
-    };
+        let moved: HashSet<ChunkHash> = copies.iter().flat_map(|copy| copy.moves.iter().map(|step| step.hash)).collect();
+        store.index.mark_all_pending(&objects_using(store, &moved)?)?;
+        for copy in copies {
+            frames += store.index.relocate(&copy.from, &copy.to, copy.bytes, &copy.moves, now_ms())?;
+        }
+    }
     catalog::recover(store).await?;
-    Ok(Moved { frames, bytes: written })
+    Ok(frames)
 }
 
 /// Objects whose manifests name one of `moved`: as a chunk of theirs, or as a chunk's base.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tensorgate_index::{Envelope, Manifest, Segment, MANIFESTS};
+use tensorgate_index::{Envelope, Manifest, MANIFESTS};
 
 use crate::background::{self, trash_orphans};
 use crate::catalog;
@@ -105,11 +105,7 @@ async fn check_shared_manifests(store: &Store, report: &mut FsckReport) -> anyho
                 }
             };
             let name = format!("{}/{}/{}", manifest.tenant, manifest.bucket, manifest.key);
-            needs.extend(manifest.chunks.iter().map(|chunk| (name.clone(), chunk.pack.clone(), chunk.offset + u64::from(chunk.frame_len))));
-            needs.extend(manifest.record.segments.iter().filter_map(|segment| match segment {
-                Segment::Blob { key, offset, len } => Some((name.clone(), key.clone(), offset + len)),
-                _ => None,
-            }));
+            needs.extend(manifest.upstream_needs().into_iter().map(|(key, end)| (name.clone(), key.to_owned(), end)));
         }
         for folder in ["packs/", "blobs/"] {
             sizes.extend(store.upstream.list(&format!("{prefix}{folder}")).await?.into_iter().map(|listed| (listed.key, listed.size)));

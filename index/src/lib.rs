@@ -428,9 +428,10 @@ impl Index {
         Ok(locations)
     }
 
-    /// Makes a manifest read from the upstream the object it names, adding the chunks and
-    /// packs it uses that the index does not hold yet.
+    /// Makes a manifest read from the upstream the object it names, adding its bucket (if
+    /// missing) and the chunks and packs it uses that the index does not hold yet.
     pub fn adopt(&self, manifest: &Manifest, now_ms: i64) -> Result<()> {
+        self.create_bucket(&manifest.tenant, &manifest.bucket, manifest.record.last_modified_ms)?;
         let mut new_chunks = Vec::new();
         for location in &manifest.chunks {
             if self.chunk(&location.hash)?.is_none() {
@@ -738,16 +739,18 @@ impl Index {
         Ok(sparse)
     }
 
-    /// The referenced chunks stored in `pack`, by offset.
-    pub fn live_chunks_in(&self, pack: &str) -> Result<Vec<(ChunkHash, ChunkRecord)>> {
-        let mut found = Vec::new();
+    /// The referenced chunks stored in each of `packs`, by offset, in one scan of the chunks.
+    pub fn live_chunks_in(&self, packs: &std::collections::HashSet<&str>) -> Result<HashMap<String, Vec<(ChunkHash, ChunkRecord)>>> {
+        let mut found: HashMap<String, Vec<(ChunkHash, ChunkRecord)>> = HashMap::new();
         for entry in self.all_chunks() {
             let (hash, record) = entry?;
-            if record.pack == pack && record.refs > 0 {
-                found.push((hash, record));
+            if record.refs > 0 && packs.contains(record.pack.as_str()) {
+                found.entry(record.pack.clone()).or_default().push((hash, record));
             }
         }
-        found.sort_by_key(|(_, record)| record.offset);
+        for chunks in found.values_mut() {
+            chunks.sort_by_key(|(_, record)| record.offset);
+        }
         Ok(found)
     }
 

@@ -65,6 +65,19 @@ pub struct Manifest {
     pub chunks: Vec<ChunkLocation>,
 }
 
+impl Manifest {
+    /// The upstream objects this manifest reads, each with the end of the bytes it needs: the
+    /// packs of its chunks and its blobs (a key may come more than once).
+    pub fn upstream_needs(&self) -> Vec<(&str, u64)> {
+        let chunks = self.chunks.iter().map(|chunk| (chunk.pack.as_str(), chunk.offset + u64::from(chunk.frame_len)));
+        let blobs = self.record.segments.iter().filter_map(|segment| match segment {
+            crate::records::Segment::Blob { key, offset, len } => Some((key.as_str(), offset + len)),
+            _ => None,
+        });
+        chunks.chain(blobs).collect()
+    }
+}
+
 /// A bucket as stored upstream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BucketMarker {
