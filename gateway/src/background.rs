@@ -11,7 +11,7 @@ use tensorgate_index::{Expect, IndexError, Manifest, ObjectKey, PackJob, MANIFES
 
 use crate::catalog;
 use crate::compact;
-use crate::ingest::{self, IngestMode, IngestOptions};
+use crate::ingest::{self, BodyFrom, IngestMode, IngestOptions};
 use crate::reader;
 use crate::store::{now_ms, Store};
 use crate::upstream::Condition;
@@ -47,7 +47,7 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
         return Ok(());
     };
     let body = reader::stream(store.clone(), reader::plan(&record, 0..record.size));
-    let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ModelsOnly, ..Default::default() };
+    let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ModelsOnly, body_from: BodyFrom::Store, ..Default::default() };
     let Some(ingested) = ingest::ingest(store, &job.tenant, Box::pin(body), options).await? else {
         tracing::info!("not a model; kept as it came");
         return Ok(());
@@ -128,7 +128,7 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let now = now_ms();
     let cutoff = now - (store.config.gc_grace_secs as i64) * 1000;
     catalog::recover(store).await?;
-    let mut report = GcReport { chunks: store.index.sweep_chunks(cutoff, now)?, ..GcReport::default() };
+    let mut report = GcReport { chunks: sweep(store, cutoff, now)?, ..GcReport::default() };
     if !acquire_lease(store, now).await? {
         tracing::debug!("another gateway holds the garbage-collection lease");
         return Ok(report);
@@ -153,6 +153,26 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         tracing::info!(chunks = report.chunks, upstream_objects = report.upstream_objects, orphans = report.orphans, "garbage collected");
     }
     Ok(report)
+}
+
+/// Collects the chunks dead since `cutoff` or before that no write in progress holds. With no
+/// grace (`cutoff == now`) it goes round again, for the bases that collected deltas freed.
+fn sweep(store: &Store, cutoff: i64, now: i64) -> anyhow::Result<usize> {
+    let mut collected = 0;
+    loop {
+        let mut swept = 0;
+        for hash in store.index.dead_chunks(cutoff)? {
+            if let Some(outcome) = store.held_chunks.unless_held(&hash, || store.index.sweep_chunk(&hash, now)) {
+                swept += usize::from(outcome?);
+            }
+        }
+        collected += swept;
+        if swept == 0 || cutoff < now {
+            break;
+        }
+    }
+    store.index.flush()?;
+    Ok(collected)
 }
 
 /// Takes (or renews) the lease that lets one gateway at a time delete upstream objects: a

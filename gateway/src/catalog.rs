@@ -8,7 +8,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use tensorgate_index::{
     bucket_key, manifest_key, part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
-    Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PackJob, PartMarker, PartRecord, Segment, UploadMarker, UploadRecord,
+    ChunkLocation, Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PackJob, PartMarker, PartRecord, Segment, UploadMarker, UploadRecord,
     BUCKETS, MANIFESTS, UPLOADS,
 };
 
@@ -25,6 +25,7 @@ pub async fn commit(
     new_pack: Option<&NewPack>,
     expect: Expect<'_>,
 ) -> anyhow::Result<()> {
+    let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
     let _guard = store.lock_key(key).await;
     if let Expect::Version(version) = expect {
         if store.index.object(key)?.map(|current| current.version).as_deref() != Some(version) {
@@ -33,21 +34,54 @@ pub async fn commit(
     }
     store.index.mark_pending(key)?;
     let outcome = match publish(store, key, record, new_chunks).await {
-        Ok(()) => store.index.commit_object(key, record, new_chunks, new_pack, expect, now_ms()).map_err(Into::into),
+        Ok(published) => store.index.commit_object(key, record, new_chunks, new_pack, expect, now_ms()).map(|()| published).map_err(Into::into),
+        Err(error) => Err(error),
+    };
+    match outcome {
+        Ok(published) => {
+            confirm(store, key, record, &published).await;
+            Ok(())
+        }
+        Err(error) => settle(store, key, Err(error)).await,
+    }
+}
+
+/// Ends a multipart upload with `record` as the object at `key`: manifest, then index.
+pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord) -> anyhow::Result<()> {
+    let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
+    let _guard = store.lock_key(key).await;
+    store.index.mark_pending(key)?;
+    let outcome = match publish(store, key, record, &[]).await {
+        Ok(_) => store.index.complete_upload(upload_id, key, record, now_ms()).map_err(Into::into),
         Err(error) => Err(error),
     };
     settle(store, key, outcome).await
 }
 
-/// Ends a multipart upload with `record` as the object at `key`: manifest, then index.
-pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord) -> anyhow::Result<()> {
-    let _guard = store.lock_key(key).await;
-    store.index.mark_pending(key)?;
-    let outcome = match publish(store, key, record, &[]).await {
-        Ok(()) => store.index.complete_upload(upload_id, key, record, now_ms()).map_err(Into::into),
-        Err(error) => Err(error),
+/// After a commit: the index may have resolved a chunk to another copy than the published
+/// manifest names (a concurrent write stored the same chunk first, and this write's copy went
+/// to the trash). The manifest is then written again with the locations the index committed;
+/// if that fails, the key stays pending and [`recover`] writes it before any trash is deleted.
+async fn confirm(store: &Store, key: &ObjectKey, record: &ObjectRecord, published: &[ChunkLocation]) {
+    let rewritten = match store.index.locate(record, &[]) {
+        Ok(committed) if same_locations(&committed, published) => Ok(()),
+        Ok(_) => publish(store, key, record, &[]).await.map(drop),
+        Err(error) => Err(error.into()),
     };
-    settle(store, key, outcome).await
+    let cleared = rewritten.and_then(|()| Ok(store.index.clear_pending(key)?));
+    if let Err(error) = cleared {
+        tracing::warn!(bucket = %key.bucket, key = %key.key, error = format!("{error:#}"), "manifest left pending for recovery");
+    }
+}
+
+/// Whether two chunk tables name the same locations, in any order.
+pub fn same_locations(a: &[ChunkLocation], b: &[ChunkLocation]) -> bool {
+    let sorted = |table: &[ChunkLocation]| {
+        let mut table = table.to_vec();
+        table.sort_by(|x, y| x.hash.cmp(&y.hash));
+        table
+    };
+    a.len() == b.len() && sorted(a) == sorted(b)
 }
 
 /// Deletes the object at `key`: its manifest, then its index record. False if there was none.
@@ -101,8 +135,10 @@ pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
     Ok(store.index.create_bucket(tenant, bucket, marker.created_ms)?)
 }
 
-/// Deletes an empty bucket from the index, then its marker.
+/// Deletes an empty bucket from the index, then its marker. Commits into the bucket are held
+/// off meanwhile, and those that come after find it gone.
 pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<BucketDeletion> {
+    let _owned = store.own_bucket(tenant, bucket).await;
     let deletion = store.index.delete_bucket(tenant, bucket)?;
     if deletion == BucketDeletion::Deleted {
         store.upstream.delete(&bucket_key_of(store, tenant, bucket)).await?;
@@ -129,6 +165,10 @@ pub async fn adopt_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::
 /// Starts a multipart upload; with a shared upstream its marker goes upstream first, so that
 /// every gateway can take its parts.
 pub async fn create_upload(store: &Store, upload_id: &str, upload: &UploadRecord) -> anyhow::Result<()> {
+    let _bucket = store.share_bucket(&upload.tenant, &upload.bucket).await;
+    if store.index.bucket(&upload.tenant, &upload.bucket)?.is_none() {
+        return Err(IndexError::NoSuchBucket.into());
+    }
     if store.config.shared_upstream {
         let marker = UploadMarker { upload_id: upload_id.to_owned(), upload: upload.clone() };
         upstream::put(&*store.upstream, &upload_key(&store.config.upstream_prefix(&upload.tenant), upload_id), Bytes::from(marker.seal())).await?;
@@ -243,7 +283,7 @@ pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Ob
     match (manifest, local) {
         (Some(manifest), Some(local)) if manifest.record.version == local.version => Ok(Some(local)),
         (Some(manifest), _) => {
-            store.index.adopt(&manifest, now_ms())?;
+            store.index.adopt(&manifest, now_ms(), |_| true)?;
             Ok(Some(manifest.record))
         }
         (None, Some(_)) => {
@@ -297,7 +337,7 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
             let _guard = store.lock_key(&key).await;
             let current = store.index.object(&key)?.map(|record| record.version);
             if current.as_deref() != Some(manifest.record.version.as_str()) {
-                store.index.adopt(&manifest, now_ms())?;
+                store.index.adopt(&manifest, now_ms(), |_| true)?;
                 report.objects_adopted += 1;
             }
             seen.insert(listed.key, listed.tag);
@@ -338,22 +378,25 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
     Ok(report)
 }
 
-/// Writes the manifest of `record` as the object at `key`.
-pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_chunks: &[NewChunk]) -> anyhow::Result<()> {
+/// Writes the manifest of `record` as the object at `key`; returns the chunk table written.
+/// A chunk the index already holds is named where the index has it (a commit keeps that copy).
+pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_chunks: &[NewChunk]) -> anyhow::Result<Vec<ChunkLocation>> {
+    let not_stored: Vec<NewChunk> = new_chunks.iter().filter(|new| matches!(store.index.chunk(&new.hash), Ok(None))).cloned().collect();
     let manifest = Manifest {
         tenant: key.tenant.clone(),
         bucket: key.bucket.clone(),
         key: key.key.clone(),
         record: record.clone(),
-        chunks: store.index.locate(record, new_chunks)?,
+        chunks: store.index.locate(record, &not_stored)?,
     };
-    upstream::put(&*store.upstream, &manifest_key_of(store, key), Bytes::from(manifest.seal())).await
+    upstream::put(&*store.upstream, &manifest_key_of(store, key), Bytes::from(manifest.seal())).await?;
+    Ok(manifest.chunks)
 }
 
 /// Makes the upstream manifest of `key` what the index holds: its record, or none.
-async fn align(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
+pub async fn align(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
     match store.index.object(key)? {
-        Some(record) => publish(store, key, &record, &[]).await,
+        Some(record) => publish(store, key, &record, &[]).await.map(drop),
         None => store.upstream.delete(&manifest_key_of(store, key)).await,
     }
 }
@@ -367,20 +410,31 @@ fn bucket_key_of(store: &Store, tenant: &str, bucket: &str) -> String {
 }
 
 /// What `index rebuild` found upstream.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct RebuildReport {
     pub buckets: usize,
     pub packs: usize,
     pub objects: usize,
     /// Objects still stored as uploaded, queued again for the packer.
     pub queued: usize,
+    /// Objects whose manifest named a chunk copy that is gone, adopted with another copy of it;
+    /// their manifests are written again by recovery.
+    pub relocated: usize,
+    /// Objects whose manifest needs a chunk no pack upstream holds: not adopted.
+    pub unreadable: Vec<String>,
+    /// Packs no manifest needs, sent to the trash.
+    pub unused_packs: usize,
 }
 
 /// Fills an empty index from the upstream: buckets from their markers, packs from the
-/// listing, objects from their manifests. `progress` hears (manifests done, manifests in all).
+/// listing, objects from their manifests. A chunk location is taken only if its pack exists
+/// and is long enough: manifests whose every location is good come first, then the others,
+/// whose missing chunks another manifest may have brought in. `progress` hears (manifests
+/// done, manifests in all).
 pub async fn rebuild(store: &Store, progress: &dyn Fn(u64, u64)) -> anyhow::Result<RebuildReport> {
     let mut report = RebuildReport::default();
     let mut manifests = Vec::new();
+    let mut packs = std::collections::HashMap::new();
     for prefix in store.config.upstream_prefixes() {
         for listed in store.upstream.list(&format!("{prefix}{BUCKETS}")).await? {
             let Some(marker) = read_record::<BucketMarker>(store, &listed.key).await? else { continue };
@@ -389,28 +443,57 @@ pub async fn rebuild(store: &Store, progress: &dyn Fn(u64, u64)) -> anyhow::Resu
         }
         for listed in store.upstream.list(&format!("{prefix}packs/")).await? {
             store.index.ensure_pack(&listed.key, listed.size)?;
+            packs.insert(listed.key, listed.size);
             report.packs += 1;
         }
         manifests.extend(store.upstream.list(&format!("{prefix}{MANIFESTS}")).await?);
     }
+    let usable = |location: &ChunkLocation| packs.get(&location.pack).is_some_and(|size| *size >= location.offset + u64::from(location.frame_len));
+    let mut deferred = Vec::new();
     for (done, listed) in manifests.iter().enumerate() {
         progress(done as u64, manifests.len() as u64);
         let Some(manifest) = read_record::<Manifest>(store, &listed.key).await? else { continue };
-        store.index.adopt(&manifest, now_ms())?;
-        report.objects += 1;
-        let as_uploaded = !manifest.record.part_sizes.is_empty()
-            && manifest.record.segments.iter().any(|segment| matches!(segment, Segment::Blob { .. }));
-        if as_uploaded {
-            store.index.enqueue_pack(&PackJob {
-                tenant: manifest.tenant.clone(),
-                bucket: manifest.bucket.clone(),
-                key: manifest.key.clone(),
-                version: manifest.record.version.clone(),
-            })?;
-            report.queued += 1;
+        if manifest.chunks.iter().all(usable) {
+            adopt_rebuilt(store, &manifest, &mut report, &usable)?;
+        } else {
+            deferred.push(manifest);
+        }
+    }
+    for manifest in deferred {
+        let key = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
+        match adopt_rebuilt(store, &manifest, &mut report, &usable) {
+            Ok(()) => {
+                store.index.mark_pending(&key)?;
+                report.relocated += 1;
+            }
+            Err(error) if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::MissingChunk(_))) => {
+                tracing::error!(bucket = %key.bucket, key = %key.key, error = format!("{error:#}"), "object not rebuilt: a chunk it needs is in no pack");
+                report.unreadable.push(format!("{}/{}/{}", key.tenant, key.bucket, key.key));
+            }
+            Err(error) => return Err(error),
         }
     }
     progress(manifests.len() as u64, manifests.len() as u64);
+    report.unused_packs = store.index.trash_unused_packs(now_ms())?;
     store.index.flush()?;
     Ok(report)
+}
+
+/// Adopts one manifest during a rebuild, queueing the object for the packer if it is still
+/// stored as uploaded.
+fn adopt_rebuilt(store: &Store, manifest: &Manifest, report: &mut RebuildReport, usable: &dyn Fn(&ChunkLocation) -> bool) -> anyhow::Result<()> {
+    store.index.adopt(manifest, now_ms(), usable)?;
+    report.objects += 1;
+    let as_uploaded =
+        !manifest.record.part_sizes.is_empty() && manifest.record.segments.iter().any(|segment| matches!(segment, Segment::Blob { .. }));
+    if as_uploaded {
+        store.index.enqueue_pack(&PackJob {
+            tenant: manifest.tenant.clone(),
+            bucket: manifest.bucket.clone(),
+            key: manifest.key.clone(),
+            version: manifest.record.version.clone(),
+        })?;
+        report.queued += 1;
+    }
+    Ok(())
 }

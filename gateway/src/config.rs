@@ -25,6 +25,17 @@ pub struct Config {
     /// Bytes of request bodies being received at once; a body that would pass the budget waits
     /// (its client is slowed down by TCP) until others finish.
     pub max_in_flight_bytes: u64,
+    /// Share of `max_in_flight_bytes` one tenant's bodies may hold at once (half of it when
+    /// absent), so that one tenant cannot hold it all.
+    pub max_in_flight_bytes_per_tenant: Option<u64>,
+    /// Seconds a connection has to send a request's headers (once connected, or between two
+    /// requests on a kept-alive connection); slower ones are closed.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request body may send nothing before the request fails (400 RequestTimeout,
+    /// as S3 answers) and gives back its share of the byte budget.
+    pub body_idle_timeout_secs: u64,
+    /// Seconds a stopping gateway (SIGTERM or SIGINT) waits for the requests in progress.
+    pub drain_secs: u64,
     /// safetensors headers longer than this are not parsed: the file is stored as it came.
     pub max_header_bytes: u64,
     /// Address of the metrics and health endpoints (`/metrics`, `/health`, `/ready`); off
@@ -186,6 +197,10 @@ impl Default for Config {
             data_dir: PathBuf::from("tensorgate-data"),
             max_concurrent_requests: 256,
             max_in_flight_bytes: 1 << 30,
+            max_in_flight_bytes_per_tenant: None,
+            header_read_timeout_secs: 20,
+            body_idle_timeout_secs: 20,
+            drain_secs: 25,
             max_header_bytes: 16 << 20,
             metrics_listen: None,
             tls: None,
@@ -229,9 +244,14 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what parsing cannot: unique tenant names and access keys, tenants with keys, and
-    /// an upstream the S3 client accepts.
+    /// Checks what parsing cannot: unique tenant names and access keys, no tenant named
+    /// `default`, tenants with keys, timeouts and budgets that make sense, and an upstream the
+    /// S3 client accepts. `serve` runs it too.
     pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.tenants.iter().any(|tenant| tenant.name == DEFAULT_TENANT),
+            "the tenant name {DEFAULT_TENANT:?} is reserved for the top-level access_keys"
+        );
         let tenants = self.all_tenants();
         let mut names = std::collections::HashSet::new();
         let mut keys = std::collections::HashSet::new();
@@ -244,6 +264,12 @@ impl Config {
                 anyhow::ensure!(!key.secret_key.is_empty(), "access key {:?} has an empty secret", key.access_key);
             }
         }
+        anyhow::ensure!(self.header_read_timeout_secs > 0, "header_read_timeout_secs must be at least 1");
+        anyhow::ensure!(self.body_idle_timeout_secs > 0, "body_idle_timeout_secs must be at least 1");
+        anyhow::ensure!(
+            self.tenant_in_flight_bytes() <= self.max_in_flight_bytes,
+            "max_in_flight_bytes_per_tenant is more than max_in_flight_bytes"
+        );
         if let Some(upstream) = &self.upstream {
             anyhow::ensure!(
                 upstream.endpoint.starts_with("http://") || upstream.endpoint.starts_with("https://"),
@@ -253,6 +279,11 @@ impl Config {
             anyhow::ensure!(!upstream.bucket.is_empty(), "the upstream bucket is empty");
         }
         Ok(())
+    }
+
+    /// Bytes of request bodies one tenant may hold at once.
+    pub fn tenant_in_flight_bytes(&self) -> u64 {
+        self.max_in_flight_bytes_per_tenant.unwrap_or(self.max_in_flight_bytes / 2)
     }
 
     /// Every tenant, the top-level keys forming the tenant `default`.

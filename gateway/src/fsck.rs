@@ -1,15 +1,15 @@
 //! `tensorgate fsck`: the index's own invariants (see `Index::check`); every pack and blob the
 //! index uses is upstream and long enough; every object's manifest upstream is the one the
 //! index holds; no upstream object older than its grace period is unreferenced and out of the
-//! trash; with a shared upstream, every manifest of every gateway names packs and blobs that
-//! exist. With `verify_frames`, every live frame is also scrubbed (read, decoded, checked).
+//! trash; every manifest upstream (of every gateway, with a shared upstream) names packs and
+//! blobs that exist. With `verify_frames`, every live frame is also scrubbed (read, decoded, checked).
 //! With `repair`, missing or stale manifests are written again and orphans are sent to the
 //! trash; nothing is deleted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tensorgate_index::{Envelope, Manifest, MANIFESTS};
+use tensorgate_index::{Envelope, Manifest, ObjectKey, MANIFESTS};
 
 use crate::background::{self, trash_orphans};
 use crate::catalog;
@@ -52,7 +52,7 @@ pub async fn fsck(store: &Arc<Store>, options: FsckOptions, progress: &dyn Fn(u6
         }
     }
     check_manifests(store, options.repair, &mut report).await?;
-    check_shared_manifests(store, &mut report).await?;
+    check_manifest_needs(store, options.repair, &mut report).await?;
     check_orphans(store, options.repair, &mut report).await?;
     if options.verify_frames {
         let scrubbed = scrub::scrub(store, ScrubOptions::default(), progress).await?;
@@ -68,8 +68,15 @@ async fn check_manifests(store: &Store, repair: bool, report: &mut FsckReport) -
     for entry in store.index.all_objects() {
         let (key, record) = entry?;
         let upstream = catalog::fetch(store, &key).await;
+        let committed = store.index.locate(&record, &[])?;
         let problem = match &upstream {
-            Ok(Some(manifest)) if manifest.record == record => continue,
+            // Gateways sharing an upstream may each hold another copy of a chunk.
+            Ok(Some(manifest))
+                if manifest.record == record && (store.config.shared_upstream || catalog::same_locations(&manifest.chunks, &committed)) =>
+            {
+                continue
+            }
+            Ok(Some(manifest)) if manifest.record == record => "names chunk copies other than the index's",
             Ok(Some(_)) if store.config.shared_upstream => continue,
             Ok(Some(_)) => "differs from the index",
             Ok(None) => "is missing upstream",
@@ -86,13 +93,11 @@ async fn check_manifests(store: &Store, repair: bool, report: &mut FsckReport) -
     Ok(())
 }
 
-/// With a shared upstream, every manifest upstream, whichever gateway wrote it, must name packs
-/// and blobs that exist and are long enough.
-async fn check_shared_manifests(store: &Store, report: &mut FsckReport) -> anyhow::Result<()> {
-    if !store.config.shared_upstream {
-        return Ok(());
-    }
-    let mut needs: Vec<(String, String, u64)> = Vec::new();
+/// Every manifest upstream, whichever gateway wrote it, must name packs and blobs that exist
+/// and are long enough: `index rebuild` reads nothing else. With `repair`, a manifest of an
+/// object the index holds is written again from the index.
+async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
+    let mut needs: Vec<(ObjectKey, String, u64)> = Vec::new();
     let mut sizes = HashMap::new();
     for prefix in store.config.upstream_prefixes() {
         for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
@@ -104,16 +109,26 @@ async fn check_shared_manifests(store: &Store, report: &mut FsckReport) -> anyho
                     continue;
                 }
             };
-            let name = format!("{}/{}/{}", manifest.tenant, manifest.bucket, manifest.key);
-            needs.extend(manifest.upstream_needs().into_iter().map(|(key, end)| (name.clone(), key.to_owned(), end)));
+            let object = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
+            needs.extend(manifest.upstream_needs().into_iter().map(|(key, end)| (object.clone(), key.to_owned(), end)));
         }
         for folder in ["packs/", "blobs/"] {
             sizes.extend(store.upstream.list(&format!("{prefix}{folder}")).await?.into_iter().map(|listed| (listed.key, listed.size)));
         }
     }
+    let mut rewritten = std::collections::HashSet::new();
     for (object, key, end) in needs {
-        if sizes.get(&key).is_none_or(|size| *size < end) {
-            report.problems.push(format!("the manifest of {object} needs {key} up to byte {end}, which the upstream lacks"));
+        if sizes.get(&key).is_some_and(|size| *size >= end) {
+            continue;
+        }
+        let name = format!("{}/{}/{}", object.tenant, object.bucket, object.key);
+        if repair && store.index.object(&object)?.is_some() {
+            if rewritten.insert(name.clone()) {
+                catalog::align(store, &object).await?;
+                report.repaired.push(format!("manifest of {name} written again from the index"));
+            }
+        } else {
+            report.problems.push(format!("the manifest of {name} needs {key} up to byte {end}, which the upstream lacks"));
         }
     }
     Ok(())

@@ -19,9 +19,11 @@ use tensorgate_codec::{
 use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack, ObjectRecord, Segment};
 
 use crate::config::BaseSelection;
+use crate::errors::BodyError;
+use crate::upstream::UpstreamFailure;
 use crate::metrics::ChunkLabels;
 use crate::reader;
-use crate::store::{new_id, on_cores, Store, WriteGuard};
+use crate::store::{new_id, on_cores, ChunkGuard, Store, WriteGuard};
 use crate::upstream::BlobWriter;
 
 /// Chunks encoded together: one per core keeps every core busy while bounding memory.
@@ -43,6 +45,8 @@ pub struct Ingested {
     pub written: Vec<String>,
     /// Keeps garbage collection off the written keys until this write is committed or dropped.
     pub in_flight: Vec<WriteGuard>,
+    /// Keeps the sweep off the stored chunks this write references (dedup hits, delta bases).
+    pub held_chunks: Vec<ChunkGuard>,
 }
 
 impl Ingested {
@@ -85,6 +89,19 @@ pub struct IngestOptions {
     /// Tensors of a model the client named as the base (`x-amz-meta-tensorgate-base`):
     /// tried first, by name, dtype and shape.
     pub base_hint: Option<Arc<ModelTensors>>,
+    /// Where the bytes come from, which decides whose fault a failed read is.
+    pub body_from: BodyFrom,
+}
+
+/// Where the bytes of an ingest come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyFrom {
+    /// A client's request: a failed read is the client's fault, and a body that sends nothing
+    /// for `body_idle_timeout_secs` fails.
+    #[default]
+    Client,
+    /// Objects already stored, read back from the upstream (copies, the packer).
+    Store,
 }
 
 /// The chunks of each tensor of a stored model, by name and signature.
@@ -191,6 +208,8 @@ struct ModelState {
     base_chunks: Option<Vec<ChunkHash>>,
     /// Fingerprint of the tensor being filled, taken from its first chunk.
     sketch: Option<Sketch>,
+    /// Whether the base of the tensor being filled has been chosen (at its first new chunk).
+    base_chosen: bool,
 }
 
 struct PendingChunk {
@@ -204,6 +223,8 @@ struct Ingester {
     store: Arc<Store>,
     /// The upstream keys this write is making, guarded from garbage collection.
     in_flight: Vec<WriteGuard>,
+    /// Stored chunks this write will reference, held from the sweep.
+    held_chunks: Vec<ChunkGuard>,
     /// Where chunks deduplicate and bases are found (see `Config::dedup_scope_of`).
     scope: String,
     /// Prefix of the upstream keys this write makes (see `Config::upstream_prefix`).
@@ -227,6 +248,7 @@ impl Ingester {
             scope: store.config.dedup_scope_of(tenant),
             upstream_prefix: store.config.upstream_prefix(tenant),
             in_flight: Vec::new(),
+            held_chunks: Vec::new(),
             store,
             md5: Md5::new(),
             hasher: options.checksums.hasher(),
@@ -247,8 +269,27 @@ impl Ingester {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        while let Some(piece) = body.next().await {
-            let bytes = piece.map_err(|error| anyhow::anyhow!("reading the request body: {error}"))?;
+        let idle_secs = self.store.config.body_idle_timeout_secs;
+        let from = self.options.body_from;
+        loop {
+            let piece = match from {
+                BodyFrom::Client => match tokio::time::timeout(std::time::Duration::from_secs(idle_secs), body.next()).await {
+                    Ok(piece) => piece,
+                    Err(_) => {
+                        self.store.metrics.body_idle_timeouts.inc();
+                        return Err(BodyError::Idle(idle_secs).into());
+                    }
+                },
+                BodyFrom::Store => body.next().await,
+            };
+            let Some(piece) = piece else { break };
+            let bytes = match (piece, from) {
+                (Ok(bytes), _) => bytes,
+                (Err(error), BodyFrom::Client) => return Err(BodyError::Broken(error.to_string()).into()),
+                (Err(error), BodyFrom::Store) => {
+                    return Err(anyhow::anyhow!("reading a stored object: {error}").context(UpstreamFailure::Failed))
+                }
+            };
             self.md5.update(&bytes);
             self.hasher.update(&bytes);
             self.size += bytes.len() as u64;
@@ -307,6 +348,7 @@ impl Ingester {
             tensor_chunks: Vec::new(),
             base_chunks: None,
             sketch: None,
+            base_chosen: false,
         };
         model.base_chunks = self.base_for_region(&model)?;
         self.state = State::Model(Box::new(model));
@@ -377,32 +419,26 @@ impl Ingester {
             Some(Region { end, .. }) => (Dtype::U8, Some(*end), None),
             None => (Dtype::U8, None, None),
         };
-        if let (0, Some(tensor_key)) = (chunk_index, tensor_signature) {
-            let sketch = Sketch::of(&raw, dtype);
-            let hinted = self.options.base_hint.as_ref().and_then(|hint| hint.get(&tensor_key).cloned());
-            let tensor_signature = &tensor_key.1;
-            let chosen = match (hinted, self.store.config.base_selection) {
-                (Some(chunks), _) => Some(chunks),
-                (None, BaseSelection::Fingerprint) => self.choose_by_fingerprint(&raw, dtype, tensor_signature, &sketch).await?,
-                (None, _) => None,
-            };
-            let State::Model(model) = &mut self.state else { return Ok(()) };
-            model.sketch = Some(sketch);
-            if chosen.is_some() {
-                model.base_chunks = chosen;
-            }
+        if chunk_index == 0 && tensor_signature.is_some() {
+            model.sketch = Some(Sketch::of(&raw, dtype));
+            model.base_chosen = false;
         }
-        let State::Model(model) = &mut self.state else { return Ok(()) };
-        let base_hash = model.base_chunks.as_ref().and_then(|chunks| chunks.get(chunk_index)).copied();
         model.tensor_chunks.push(hash);
         model.chunk_start = model.position;
         let region_done = region_end == Some(model.position);
         self.segments.push(Segment::Chunk { hash, len: raw.len() as u32 });
-        let known = self.seen.contains(&hash) || self.store.index.chunk(&hash)?.is_some();
+        let known = self.seen.contains(&hash) || self.hold_if_stored(hash)?;
         if known {
             self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome: "deduplicated" }).inc();
         } else {
             self.seen.insert(hash);
+            // The base is chosen at the tensor's first new chunk: a tensor stored already
+            // reads no base.
+            if let Some(tensor_key) = tensor_signature {
+                self.choose_base(&tensor_key, &raw, dtype, chunk_index).await?;
+            }
+            let State::Model(model) = &mut self.state else { return Ok(()) };
+            let base_hash = model.base_chunks.as_ref().and_then(|chunks| chunks.get(chunk_index)).copied();
             let base = match base_hash.filter(|b| *b != hash) {
                 Some(base_hash) => self.base_bytes(base_hash, raw.len()).await?,
                 None => None,
@@ -419,15 +455,39 @@ impl Ingester {
         Ok(())
     }
 
+    /// Chooses the base tensor of the tensor being filled, once: the one the client named, or
+    /// the nearest by fingerprint (tried on chunk `chunk_index`), else the one found by name.
+    async fn choose_base(&mut self, tensor_key: &(String, String), raw: &Bytes, dtype: Dtype, chunk_index: usize) -> anyhow::Result<()> {
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        if model.base_chosen {
+            return Ok(());
+        }
+        model.base_chosen = true;
+        let sketch = model.sketch.clone();
+        let hinted = self.options.base_hint.as_ref().and_then(|hint| hint.get(tensor_key).cloned());
+        let chosen = match (hinted, self.store.config.base_selection, sketch) {
+            (Some(chunks), _, _) => Some(chunks),
+            (None, BaseSelection::Fingerprint, Some(sketch)) => {
+                self.choose_by_fingerprint(raw, dtype, &tensor_key.1, &sketch, chunk_index).await?
+            }
+            _ => None,
+        };
+        if let (State::Model(model), Some(chosen)) = (&mut self.state, chosen) {
+            model.base_chunks = Some(chosen);
+        }
+        Ok(())
+    }
+
     /// The stored tensor of the same dtype and shape to take deltas against: the candidates with
-    /// the nearest fingerprints are tried on a sample of the first chunk, and the one giving
-    /// the smallest delta wins, if any delta beats encoding on its own.
+    /// the nearest fingerprints are tried on a sample of chunk `chunk_index`, and the one
+    /// giving the smallest delta wins, if any delta beats encoding on its own.
     async fn choose_by_fingerprint(
-        &self,
+        &mut self,
         raw: &Bytes,
         dtype: Dtype,
         tensor_signature: &str,
         sketch: &Sketch,
+        chunk_index: usize,
     ) -> anyhow::Result<Option<Vec<ChunkHash>>> {
         let mut ranked: Vec<(u32, BaseCandidate)> = self
             .store
@@ -440,8 +500,8 @@ impl Ingester {
         let sample = raw.slice(..raw.len().min(TRIAL_BYTES));
         let mut best: Option<(usize, Vec<ChunkHash>)> = None;
         for (_, candidate) in ranked.into_iter().take(TRIALS) {
-            let Some(first) = candidate.chunks.first() else { continue };
-            let Some((hash, base)) = self.base_bytes(*first, raw.len()).await? else { continue };
+            let Some(same_place) = candidate.chunks.get(chunk_index) else { continue };
+            let Some((hash, base)) = self.base_bytes(*same_place, raw.len()).await? else { continue };
             let sample = sample.clone();
             let trial = on_cores(move || {
                 let base = BaseChunk { hash, bytes: &base[..sample.len()] };
@@ -458,11 +518,25 @@ impl Ingester {
         Ok(best.map(|(_, chunks)| chunks))
     }
 
+    /// Whether the index holds the chunk; if it does, it stays held from the sweep until this
+    /// write is committed or dropped.
+    fn hold_if_stored(&mut self, hash: ChunkHash) -> anyhow::Result<bool> {
+        let guard = self.store.held_chunks.hold(hash);
+        let stored = self.store.index.chunk(&hash)?.is_some();
+        if stored {
+            self.held_chunks.push(guard);
+        }
+        Ok(stored)
+    }
+
     /// The standalone chunk to take a delta against, if the candidate (or its own base) is
-    /// stored and has the same length.
-    async fn base_bytes(&self, candidate: ChunkHash, len: usize) -> anyhow::Result<Option<(ContentHash, Bytes)>> {
+    /// stored and has the same length; it is held from the sweep.
+    async fn base_bytes(&mut self, candidate: ChunkHash, len: usize) -> anyhow::Result<Option<(ContentHash, Bytes)>> {
         let Some(record) = self.store.index.chunk(&candidate)? else { return Ok(None) };
         let base_hash = record.base.unwrap_or(candidate);
+        if !self.hold_if_stored(base_hash)? {
+            return Ok(None);
+        }
         match reader::load_base(&self.store, &base_hash).await {
             Ok(bytes) if bytes.len() == len => Ok(Some((ContentHash(base_hash), bytes))),
             Ok(_) => Ok(None),
@@ -583,6 +657,7 @@ impl Ingester {
             tensors: self.tensors,
             written,
             in_flight: std::mem::take(&mut self.in_flight),
+            held_chunks: std::mem::take(&mut self.held_chunks),
         }))
     }
 

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod compact;
 pub mod config;
 pub mod domains;
+pub mod errors;
 pub mod fsck;
 pub mod ingest;
 pub mod metrics;

@@ -241,9 +241,13 @@ fn main() -> anyhow::Result<()> {
             .await?;
             bar.finish_and_clear();
             println!(
-                "rebuilt the index: {} buckets, {} packs, {} objects ({} queued for the packer)",
-                report.buckets, report.packs, report.objects, report.queued
+                "rebuilt the index: {} buckets, {} packs, {} objects ({} queued for the packer, {} found in another pack, {} unused packs sent to the trash)",
+                report.buckets, report.packs, report.objects, report.queued, report.relocated, report.unused_packs
             );
+            for object in &report.unreadable {
+                println!("unreadable: {object} needs a chunk that no pack upstream holds");
+            }
+            anyhow::ensure!(report.unreadable.is_empty(), "{} objects could not be rebuilt", report.unreadable.len());
             Ok(())
         }),
         Command::Gc => runtime.block_on(async {
@@ -325,7 +329,8 @@ fn convert(
     Ok(())
 }
 
-/// Serves until Ctrl-C; on SIGHUP, reloads the access keys and tenants from the config file.
+/// Serves until SIGTERM or SIGINT, then drains and stops cleanly; on SIGHUP, reloads the
+/// access keys and tenants from the config file.
 async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let gateway = server::start(config.clone()).await?;
     println!("tensorgate is serving S3 at http://{}", gateway.address);
@@ -348,12 +353,14 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
         }
     }
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut terminations = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             result = tokio::signal::ctrl_c() => {
                 result?;
                 break;
             }
+            _ = terminations.recv() => break,
             _ = hangups.recv() => {
                 let reloaded = config_path.as_deref().map(|path| Config::load(Some(path)).and_then(|new| gateway.reload_keys(&new)));
                 match reloaded {
@@ -364,6 +371,11 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
             }
         }
     }
-    gateway.stop();
+    tracing::info!("stopping: no new connections; draining the requests in progress");
+    if gateway.shut_down().await? {
+        tracing::info!("stopped cleanly");
+    } else {
+        tracing::warn!("stopped with requests still in progress after drain_secs");
+    }
     Ok(())
 }

@@ -65,6 +65,10 @@ pub struct Metrics {
     pub frames_decoded: Counter,
     /// Request bodies that waited for the in-flight byte budget.
     pub body_waits: Counter,
+    /// Request bodies that sent no byte for `body_idle_timeout_secs` and were refused.
+    pub body_idle_timeouts: Counter,
+    /// Connections closed because their request headers did not arrive in time.
+    pub header_timeouts: Counter,
     packer_queue: Gauge,
     logical_bytes: Family<TenantLabels, Gauge>,
     physical_bytes: Family<TenantLabels, Gauge>,
@@ -88,6 +92,8 @@ impl Default for Metrics {
             upstream_errors: Counter::default(),
             frames_decoded: Counter::default(),
             body_waits: Counter::default(),
+            body_idle_timeouts: Counter::default(),
+            header_timeouts: Counter::default(),
             packer_queue: Gauge::default(),
             logical_bytes: Family::default(),
             physical_bytes: Family::default(),
@@ -105,6 +111,8 @@ impl Default for Metrics {
         registry.register("upstream_errors", "Upstream reads that failed every attempt", metrics.upstream_errors.clone());
         registry.register("frames_decoded", "Frames decoded", metrics.frames_decoded.clone());
         registry.register("body_waits", "Request bodies that waited for the in-flight byte budget", metrics.body_waits.clone());
+        registry.register("body_idle_timeouts", "Request bodies refused after sending nothing for the idle timeout", metrics.body_idle_timeouts.clone());
+        registry.register("header_timeouts", "Connections closed for not sending request headers in time", metrics.header_timeouts.clone());
         registry.register("packer_queue", "Objects waiting for the background packer", metrics.packer_queue.clone());
         registry.register("logical_bytes", "Bytes clients stored, per tenant", metrics.logical_bytes.clone());
         registry.register("physical_bytes", "Upstream bytes attributed to each tenant", metrics.physical_bytes.clone());

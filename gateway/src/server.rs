@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use tensorgate_index::Index;
@@ -18,10 +21,11 @@ use crate::auth::{Authenticator, KeyRing, Keys};
 use crate::background;
 use crate::catalog;
 use crate::domains::Domains;
+use crate::errors;
 use crate::metrics;
 use crate::config::{Config, TlsConfig};
 use crate::service::Gateway;
-use crate::store::Store;
+use crate::store::{new_id, Store};
 use crate::upstream::{LocalUpstream, RoutingUpstream, S3Upstream, Upstream};
 
 /// A gateway that is serving.
@@ -31,6 +35,9 @@ pub struct RunningGateway {
     pub metrics_address: Option<SocketAddr>,
     pub store: Arc<Store>,
     keys: Arc<Keys>,
+    /// Serves connections until told to drain.
+    accept: tokio::task::JoinHandle<()>,
+    drain: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -43,11 +50,25 @@ impl RunningGateway {
         Ok(())
     }
 
-    /// Stops serving and the background tasks.
+    /// Stops serving and the background tasks at once, as a crash would.
     pub fn stop(self) {
+        self.accept.abort();
         for task in self.tasks {
             task.abort();
         }
+    }
+
+    /// Stops cleanly: takes no new connection, lets the requests in progress finish (for
+    /// `drain_secs` at most), stops the background tasks and flushes the index. True when
+    /// every request finished in time.
+    pub async fn shut_down(self) -> anyhow::Result<bool> {
+        let _ = self.drain.send(true);
+        let drained = tokio::time::timeout(Duration::from_secs(self.store.config.drain_secs), self.accept).await.is_ok();
+        for task in self.tasks {
+            task.abort();
+        }
+        self.store.index.flush()?;
+        Ok(drained)
     }
 }
 
@@ -89,14 +110,21 @@ fn measured_service(
         async move {
             let started = std::time::Instant::now();
             let method = request.method().to_string();
-            let response = match slots.try_acquire_owned() {
-                Ok(_slot) => hyper::service::Service::call(&service, request).await,
-                Err(_) => s3s::S3Error::with_message(s3s::S3ErrorCode::SlowDown, "too many requests in progress; retry")
-                    .to_http_response()
-                    .map_err(|error| s3s::HttpError::new(Box::new(error))),
+            let request_id = new_id()[..16].to_ascii_uppercase();
+            let served = async {
+                match slots.try_acquire_owned() {
+                    Ok(_slot) => hyper::service::Service::call(&service, request).await,
+                    Err(_) => errors::with_request_id(s3s::S3Error::with_message(s3s::S3ErrorCode::SlowDown, "Please reduce your request rate."))
+                        .to_http_response()
+                        .map_err(|error| s3s::HttpError::new(Box::new(error))),
+                }
             };
-            if let Ok(response) = &response {
+            let mut response = errors::REQUEST_ID.scope(request_id.clone(), served).await;
+            if let Ok(response) = &mut response {
                 store.metrics.observe_request(&method, response.status().as_u16(), started);
+                if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
+                    response.headers_mut().insert("x-amz-request-id", value);
+                }
             }
             response
         }
@@ -139,6 +167,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
 
 /// Starts serving over a given upstream (tests wrap the configured one to inject faults).
 pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::Result<RunningGateway> {
+    config.validate()?;
     let store = open_store_with(&config, upstream)?;
     match catalog::recover(&store).await {
         Ok(0) => {}
@@ -166,39 +195,68 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
     }
     let measured = measured_service(service, store.clone());
     tracing::info!(%address, tls = tls.is_some(), upstream = store.upstream.describe(), "serving S3");
+    let (drain, mut draining) = tokio::sync::watch::channel(false);
+    let accept_store = store.clone();
     let accept = tokio::spawn(async move {
+        let connections = GracefulShutdown::new();
         loop {
-            let socket = match listener.accept().await {
-                Ok((socket, _)) => socket,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    continue;
-                }
+            let socket = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                },
+                _ = draining.changed() => break,
             };
-            let service = measured.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let mut http = ConnectionBuilder::new(TokioExecutor::new());
-                // A client that closes its sending side after the body still gets its answer.
-                http.http1().half_close(true);
-                let served = match tls {
-                    Some(acceptor) => match acceptor.accept(socket).await {
-                        Ok(stream) => http.serve_connection(TokioIo::new(stream), service).await,
-                        Err(error) => Err(error.into()),
-                    },
-                    None => http.serve_connection(TokioIo::new(socket), service).await,
-                };
-                if let Err(error) = served {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-            });
+            tokio::spawn(serve_connection(socket, tls.clone(), measured.clone(), connections.watcher(), accept_store.clone()));
         }
+        drop(listener);
+        tracing::info!(connections = connections.count(), "draining the requests in progress");
+        connections.shutdown().await;
     });
     let packer = tokio::spawn(background::run_packer(store.clone()));
     let gc = tokio::spawn(background::run_gc(store.clone()));
-    tasks.extend([accept, packer, gc]);
+    tasks.extend([packer, gc]);
     if config.shared_upstream {
         tasks.push(tokio::spawn(background::run_sync(store.clone())));
     }
-    Ok(RunningGateway { address, metrics_address, store, keys, tasks })
+    Ok(RunningGateway { address, metrics_address, store, keys, accept, drain, tasks })
 }
+
+/// Serves one connection: its TLS handshake and first bytes within the header timeout (hyper
+/// then times out each request's headers), its requests until it closes or the gateway drains.
+async fn serve_connection<S>(socket: tokio::net::TcpStream, tls: Option<TlsAcceptor>, service: S, watcher: Watcher, store: Arc<Store>)
+where
+    S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = s3s::HttpResponse, Error = s3s::HttpError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let header_timeout = Duration::from_secs(store.config.header_read_timeout_secs);
+    let mut http = ConnectionBuilder::new(TokioExecutor::new());
+    // A client that closes its sending side after the body still gets its answer.
+    http.http1().half_close(true).timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let served = match tls {
+        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(socket)).await {
+            Ok(Ok(stream)) => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(Box::new(HeaderTimeout) as Box<dyn std::error::Error + Send + Sync>),
+        },
+        None => match tokio::time::timeout(header_timeout, socket.readable()).await {
+            Ok(_) => watcher.watch(http.serve_connection(TokioIo::new(socket), service)).await,
+            Err(_) => Err(Box::new(HeaderTimeout) as Box<dyn std::error::Error + Send + Sync>),
+        },
+    };
+    if let Err(error) = served {
+        let timed_out = error.is::<HeaderTimeout>() || error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+        if timed_out {
+            store.metrics.header_timeouts.inc();
+        }
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+/// A connection sent no request in time.
+#[derive(Debug, thiserror::Error)]
+#[error("no request headers within the header timeout")]
+struct HeaderTimeout;

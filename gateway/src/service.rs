@@ -12,7 +12,8 @@ use tensorgate_index::{Attributes, BucketDeletion, Checksums, Expect, IndexError
 use tracing::Instrument;
 
 use crate::catalog;
-use crate::ingest::{self, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
+use crate::errors::{internal, to_s3, BodyError};
+use crate::ingest::{self, BodyFrom, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
 use crate::auth::Keys;
 use crate::reader;
 use crate::store::{new_id, now_ms, Store};
@@ -48,7 +49,7 @@ impl Gateway {
         if self.store.index.bucket(tenant, bucket).map_err(internal)?.is_some() {
             return Ok(());
         }
-        if self.store.config.shared_upstream && catalog::adopt_bucket(&self.store, tenant, bucket).await.map_err(unavailable)? {
+        if self.store.config.shared_upstream && catalog::adopt_bucket(&self.store, tenant, bucket).await.map_err(to_s3)? {
             return Ok(());
         }
         Err(s3_error!(NoSuchBucket))
@@ -60,7 +61,7 @@ impl Gateway {
         self.ensure_bucket(tenant, bucket).await?;
         let key = ObjectKey::new(tenant, bucket, key);
         let record = if self.store.config.shared_upstream {
-            catalog::refresh(&self.store, &key).await.map_err(unavailable)?
+            catalog::refresh(&self.store, &key).await.map_err(to_s3)?
         } else {
             self.store.index.object(&key).map_err(internal)?
         };
@@ -68,6 +69,7 @@ impl Gateway {
     }
 
     /// Reads a body to the end and verifies the digests the client sent with it.
+    #[allow(clippy::too_many_arguments)]
     async fn ingest_body(
         &self,
         tenant: &str,
@@ -75,17 +77,18 @@ impl Gateway {
         size_hint: Option<u64>,
         claimed: &ClaimedDigests,
         base_hint: Option<Arc<ModelTensors>>,
+        body_from: BodyFrom,
     ) -> S3Result<Ingested> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
-        let options = IngestOptions { size_hint, mode: IngestMode::Sniff, checksums: claimed.selection(), base_hint };
+        let options = IngestOptions { size_hint, mode: IngestMode::Sniff, checksums: claimed.selection(), base_hint, body_from };
         let ingested = ingest::ingest(&self.store, tenant, body, options)
             .await
-            .map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
-            .ok_or_else(|| s3_error!(InternalError, "ingest declined a client write"))?;
-        if let Some(size) = size_hint.filter(|size| *size != ingested.size) {
-            let error = s3_error!(IncompleteBody, "expected {size} bytes, got {}", ingested.size);
+            .map_err(to_s3)?
+            .ok_or_else(|| internal("ingest declined a client write"))?;
+        if let Some(announced) = size_hint.filter(|size| *size != ingested.size) {
+            let got = ingested.size;
             ingested.discard(&self.store).await;
-            return Err(error);
+            return Err(to_s3(BodyError::WrongLength { announced, got }.into()));
         }
         if let Err(error) = claimed.verify(&ingested) {
             ingested.discard(&self.store).await;
@@ -119,7 +122,7 @@ impl Gateway {
             catalog::commit(&self.store, &object_key, &record, &ingested.new_chunks, ingested.new_pack.as_ref(), Expect::Any).await;
         if let Err(error) = committed {
             ingested.discard(&self.store).await;
-            return Err(internal(format!("{error:#}")));
+            return Err(to_s3(error));
         }
         self.store.register_tensors(tenant, &ingested.tensors).map_err(internal)?;
         tracing::info!(size = record.size, segments = record.segments.len(), model = ingested.is_model(), "stored");
@@ -291,16 +294,6 @@ async fn drain(body: Option<StreamingBlob>) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
 }
 
-/// The upstream could not be asked: a retryable 503.
-fn unavailable(error: anyhow::Error) -> S3Error {
-    tracing::warn!(error = format!("{error:#}"), "upstream unavailable");
-    s3_error!(ServiceUnavailable, "the upstream store is unavailable")
-}
-
-fn internal(error: impl std::fmt::Display) -> S3Error {
-    tracing::error!(%error, "internal error");
-    S3Error::with_message(S3ErrorCode::InternalError, "internal error; see the gateway log")
-}
 
 /// AWS answers a part number past the object's parts with 416 InvalidPartNumber.
 fn invalid_part_number() -> S3Error {
@@ -362,20 +355,24 @@ fn check_key(key: &str) -> S3Result<()> {
     Ok(())
 }
 
-/// Waits for the first piece of a response body, so that an upstream that cannot serve it gets
-/// the client a 503 rather than a 200 with a short body; later failures end the body early.
-async fn first_piece_or_unavailable<S>(mut body: S) -> S3Result<impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync>
+/// Waits for the first `count` pieces of a response body (those kept in the index, and the
+/// first read from the upstream), so that an upstream that cannot serve it gets the client a
+/// 503 rather than a 200 with a short body; later failures end the body early.
+async fn first_pieces_or_unavailable<S>(mut body: S, count: usize) -> S3Result<impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync>
 where
     S: futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync + Unpin,
 {
-    let first = match futures::StreamExt::next(&mut body).await {
-        Some(Ok(bytes)) => Some(Ok(bytes)),
-        Some(Err(error)) => {
-            tracing::error!(%error, "upstream read failed before the response started");
-            return Err(s3_error!(ServiceUnavailable, "the storage behind this gateway is unavailable; retry"));
+    let mut first = Vec::with_capacity(count);
+    while first.len() < count {
+        match futures::StreamExt::next(&mut body).await {
+            Some(Ok(bytes)) => first.push(Ok(bytes)),
+            Some(Err(error)) => {
+                let error = anyhow::Error::new(error).context(crate::upstream::UpstreamFailure::Failed);
+                return Err(to_s3(error.context("reading the first bytes of a response")));
+            }
+            None => break,
         }
-        None => None,
-    };
+    }
     Ok(futures::StreamExt::chain(futures::stream::iter(first), body))
 }
 
@@ -438,7 +435,7 @@ impl S3 for Gateway {
         if self.keys.current().max_buckets(&tenant).is_some_and(|limit| owned >= limit) {
             return Err(s3_error!(TooManyBuckets));
         }
-        if !catalog::create_bucket(&self.store, &tenant, bucket).await.map_err(unavailable)? {
+        if !catalog::create_bucket(&self.store, &tenant, bucket).await.map_err(to_s3)? {
             return Err(s3_error!(BucketAlreadyOwnedByYou));
         }
         Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")) }))
@@ -458,7 +455,7 @@ impl S3 for Gateway {
 
     async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
         let tenant = self.tenant(&req)?;
-        match catalog::delete_bucket(&self.store, &tenant, &req.input.bucket).await.map_err(unavailable)? {
+        match catalog::delete_bucket(&self.store, &tenant, &req.input.bucket).await.map_err(to_s3)? {
             BucketDeletion::Deleted => Ok(S3Response::new(DeleteBucketOutput::default())),
             BucketDeletion::NotEmpty => Err(s3_error!(BucketNotEmpty)),
             BucketDeletion::Missing => Err(s3_error!(NoSuchBucket)),
@@ -481,9 +478,9 @@ impl S3 for Gateway {
             }
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
-            let _budget = self.store.admit_body(size_hint).await.map_err(internal)?;
+            let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
             let base_hint = self.base_hint(&tenant, input.metadata.as_ref());
-            let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed, base_hint).await?;
+            let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed, base_hint, BodyFrom::Client).await?;
             let attributes = attributes_of!(input);
             let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes).await?;
             let checksums = record.checksums;
@@ -511,8 +508,9 @@ impl S3 for Gateway {
         let bytes = range.clone().unwrap_or(0..record.size);
         let content_range = range.as_ref().map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), record.size));
         let pieces = reader::plan(&record, bytes.clone());
+        let held_back = pieces.iter().take_while(|piece| matches!(piece, reader::Piece::Inline(_))).count() + 1;
         let body = reader::stream(self.store.clone(), pieces);
-        let body = first_piece_or_unavailable(body).await?;
+        let body = first_pieces_or_unavailable(body, held_back).await?;
         tracing::info!(bytes = bytes.end - bytes.start, "serving");
         let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
         let parts_count = parts_count(&record, input.part_number);
@@ -547,7 +545,7 @@ impl S3 for Gateway {
         let input = req.input;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
-        catalog::delete(&self.store, &key).await.map_err(unavailable)?;
+        catalog::delete(&self.store, &key).await.map_err(to_s3)?;
         Ok(S3Response::new(DeleteObjectOutput::default()))
     }
 
@@ -564,11 +562,11 @@ impl S3 for Gateway {
                 Ok(_) if !quiet => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::error!(%error, key = %object.key, "delete failed");
+                    let answer = to_s3(error.context(format!("deleting {}", object.key)));
                     errors.push(Error {
                         key: Some(object.key),
-                        code: Some("InternalError".to_owned()),
-                        message: Some("internal error".to_owned()),
+                        code: Some(answer.code().as_str().to_owned()),
+                        message: answer.message().map(str::to_owned),
                         ..Default::default()
                     });
                 }
@@ -599,7 +597,7 @@ impl S3 for Gateway {
         let pieces = reader::plan(&source, 0..source.size);
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
         let claimed = ClaimedDigests::default();
-        let ingested = self.ingest_body(&tenant, Some(body), Some(source.size), &claimed, None).await?;
+        let ingested = self.ingest_body(&tenant, Some(body), Some(source.size), &claimed, None, BodyFrom::Store).await?;
         let mut record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes).await?;
         if source.etag.contains('-') {
             record.etag = source.etag.clone();
@@ -704,7 +702,7 @@ impl S3 for Gateway {
             initiated_ms: now_ms(),
             attributes: attributes_of!(input),
         };
-        catalog::create_upload(&self.store, &upload_id, &record).await.map_err(unavailable)?;
+        catalog::create_upload(&self.store, &upload_id, &record).await.map_err(to_s3)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -735,15 +733,16 @@ impl S3 for Gateway {
             };
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
-            let _budget = self.store.admit_body(size_hint).await.map_err(internal)?;
+            let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
             let part = self.store_part(&tenant, input.body, size_hint, &claimed).await?;
             let blob = part.blob.clone();
             if let Err(error) = catalog::record_part(&self.store, &tenant, &input.upload_id, input.part_number as u32, &part).await {
                 if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::NoSuchUpload)) {
-                    let _ = self.store.upstream.delete(&blob).await;
-                    return Err(s3_error!(NoSuchUpload));
+                    if let Err(error) = self.store.upstream.delete(&blob).await {
+                        tracing::warn!(%blob, error = format!("{error:#}"), "the part of an ended upload stays upstream until collected");
+                    }
                 }
-                return Err(internal(format!("{error:#}")));
+                return Err(to_s3(error));
             }
             tracing::info!(tenant = %upload.tenant, size = part.size, "part stored");
             Ok(S3Response::new(write_output!(UploadPartOutput, part.etag, part.checksums)))
@@ -757,7 +756,7 @@ impl S3 for Gateway {
         let input = req.input;
         let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         let stored: BTreeMap<u32, PartRecord> =
-            catalog::parts(&self.store, &tenant, &input.upload_id).await.map_err(unavailable)?.into_iter().collect();
+            catalog::parts(&self.store, &tenant, &input.upload_id).await.map_err(to_s3)?.into_iter().collect();
         let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
         if requested.is_empty() {
             return Err(s3_error!(MalformedXML, "no parts given"));
@@ -781,12 +780,7 @@ impl S3 for Gateway {
         }
         let record = multipart_record(&upload, &chosen);
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
-        catalog::complete_upload(&self.store, &input.upload_id, &key, &record).await.map_err(|error| {
-            match error.downcast_ref::<IndexError>() {
-                Some(IndexError::NoSuchUpload) => s3_error!(NoSuchUpload),
-                _ => internal(format!("{error:#}")),
-            }
-        })?;
+        catalog::complete_upload(&self.store, &input.upload_id, &key, &record).await.map_err(to_s3)?;
         if let Err(error) = catalog::forget_upload(&self.store, &tenant, &input.upload_id).await {
             tracing::warn!(error = format!("{error:#}"), "the ended upload's markers stay upstream");
         }
@@ -803,7 +797,7 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
-        catalog::forget_upload(&self.store, &tenant, &input.upload_id).await.map_err(unavailable)?;
+        catalog::forget_upload(&self.store, &tenant, &input.upload_id).await.map_err(to_s3)?;
         self.store.index.abort_upload(&input.upload_id, now_ms()).map_err(|error| match error {
             IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
             other => internal(other),
@@ -819,7 +813,7 @@ impl S3 for Gateway {
         let max_parts = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
         let all: Vec<(u32, PartRecord)> = catalog::parts(&self.store, &tenant, &input.upload_id)
             .await
-            .map_err(unavailable)?
+            .map_err(to_s3)?
             .into_iter()
             .filter(|(number, _)| *number > marker)
             .collect();
@@ -855,7 +849,7 @@ impl S3 for Gateway {
         let prefix = input.prefix.clone().unwrap_or_default();
         let uploads = catalog::list_uploads(&self.store, &tenant, &input.bucket)
             .await
-            .map_err(unavailable)?
+            .map_err(to_s3)?
             .into_iter()
             .filter(|(_, upload)| upload.key.starts_with(&prefix))
             .map(|(id, upload)| MultipartUpload {
@@ -935,7 +929,7 @@ impl Gateway {
 
     async fn find_upload(&self, tenant: &str, upload_id: &str, bucket: &str, key: &str) -> S3Result<UploadRecord> {
         self.ensure_bucket(tenant, bucket).await?;
-        let upload = catalog::find_upload(&self.store, tenant, upload_id).await.map_err(unavailable)?.ok_or_else(|| s3_error!(NoSuchUpload))?;
+        let upload = catalog::find_upload(&self.store, tenant, upload_id).await.map_err(to_s3)?.ok_or_else(|| s3_error!(NoSuchUpload))?;
         if upload.tenant != tenant || upload.bucket != bucket || upload.key != key {
             return Err(s3_error!(NoSuchUpload));
         }
@@ -945,12 +939,12 @@ impl Gateway {
     /// Stores a part body as it came in its own upstream blob.
     async fn store_part(&self, tenant: &str, body: Option<StreamingBlob>, size_hint: Option<u64>, claimed: &ClaimedDigests) -> S3Result<PartRecord> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
-        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(), base_hint: None };
-        let ingested = ingest::ingest(&self.store, tenant, body, options).await.map_err(|error| s3_error!(IncompleteBody, "{error:#}"))?
-            .ok_or_else(|| s3_error!(InternalError, "ingest declined a part"))?;
-        if let Some(size) = size_hint.filter(|size| *size != ingested.size) {
+        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(), base_hint: None, body_from: BodyFrom::Client };
+        let ingested = ingest::ingest(&self.store, tenant, body, options).await.map_err(to_s3)?.ok_or_else(|| internal("ingest declined a part"))?;
+        if let Some(announced) = size_hint.filter(|size| *size != ingested.size) {
+            let got = ingested.size;
             ingested.discard(&self.store).await;
-            return Err(s3_error!(IncompleteBody, "expected {size} bytes"));
+            return Err(to_s3(BodyError::WrongLength { announced, got }.into()));
         }
         if let Err(error) = claimed.verify(&ingested) {
             ingested.discard(&self.store).await;

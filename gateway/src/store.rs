@@ -11,7 +11,7 @@ use crate::ingest::StoredTensor;
 use crate::background::GcMemory;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::upstream::Upstream;
+use crate::upstream::{Circuit, GuardedUpstream, Upstream, UpstreamFailure};
 
 /// Attempts of one upstream read before its error is returned.
 pub const READ_ATTEMPTS: u32 = 4;
@@ -59,7 +59,10 @@ impl BaseCache {
 
 pub struct Store {
     pub index: Index,
+    /// The upstream behind its guard (see [`crate::upstream::GuardedUpstream`]).
     pub upstream: Arc<dyn Upstream>,
+    /// The guard's breaker: open while the upstream is taken to be down.
+    pub circuit: Arc<Circuit>,
     pub config: Config,
     pub metrics: Metrics,
     pub base_cache: Mutex<BaseCache>,
@@ -68,21 +71,40 @@ pub struct Store {
     /// Serialize the publish-then-commit of writes to one key (striped by key hash), so the
     /// upstream manifest and the index agree on which write came last.
     key_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Commits share their bucket's stripe; deleting a bucket takes it alone, so that no write
+    /// lands in a bucket being deleted.
+    bucket_locks: Vec<tokio::sync::RwLock<()>>,
+    /// Chunks that writes in progress will reference.
+    pub held_chunks: HeldChunks,
     /// Upstream keys being written by writes not committed yet.
     pub in_flight: InFlight,
     /// This gateway (its data directory), as named in the garbage-collection lease.
     pub instance: String,
     /// What garbage collection remembers between runs; held by the run in progress.
     pub gc_memory: tokio::sync::Mutex<GcMemory>,
-    /// The in-flight byte budget, in units of [`BUDGET_UNIT`] bytes.
+    /// The in-flight byte budget, in units of [`BUDGET_UNIT`] bytes, and each tenant's share.
     body_budget: Arc<tokio::sync::Semaphore>,
     budget_units: u32,
+    tenant_budgets: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    tenant_units: u32,
 }
 
 /// Granularity of the in-flight byte budget.
 const BUDGET_UNIT: u64 = 64 << 10;
-/// What a body of unknown length is charged (one chunk's worth).
-const UNKNOWN_BODY_CHARGE: u64 = 4 << 20;
+
+/// The most one request body holds in memory at once, whatever its length: the chunks one
+/// encoding batch takes (one per core), the chunk being filled and one more in flight to the
+/// upstream. A body is charged this, or its announced length when smaller.
+pub fn body_buffer_bytes() -> u64 {
+    (rayon::current_num_threads().max(2) as u64 + 2) * tensorgate_codec::DEFAULT_CHUNK_SIZE as u64
+}
+
+/// A body's share of the in-flight byte budget (its tenant's and the gateway's), given back
+/// when dropped.
+pub struct BodyPermit {
+    _tenant: tokio::sync::OwnedSemaphorePermit,
+    _gateway: tokio::sync::OwnedSemaphorePermit,
+}
 
 /// Upstream keys being written and not yet committed: garbage collection leaves them alone.
 #[derive(Debug, Default, Clone)]
@@ -113,6 +135,52 @@ impl Drop for WriteGuard {
     }
 }
 
+/// Chunks that writes in progress found stored and will reference when they commit (dedup
+/// hits and delta bases): the sweep leaves them alone, so that a dedup hit never fails a write.
+#[derive(Debug, Default, Clone)]
+pub struct HeldChunks(Arc<Mutex<std::collections::HashMap<ChunkHash, usize>>>);
+
+impl HeldChunks {
+    /// Holds `hash` until the guard is dropped. Check the index only after this returns: a
+    /// sweep either collected the chunk before (the check misses it) or leaves it alone.
+    pub fn hold(&self, hash: ChunkHash) -> ChunkGuard {
+        *self.lock().entry(hash).or_default() += 1;
+        ChunkGuard { held: self.clone(), hash }
+    }
+
+    /// Runs `sweep` unless a write holds `hash`, taking no new hold meanwhile; `None` if held.
+    pub fn unless_held<T>(&self, hash: &ChunkHash, sweep: impl FnOnce() -> T) -> Option<T> {
+        let holds = self.lock();
+        if holds.contains_key(hash) {
+            return None;
+        }
+        Some(sweep())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ChunkHash, usize>> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Keeps a chunk held; see [`HeldChunks`].
+#[derive(Debug)]
+pub struct ChunkGuard {
+    held: HeldChunks,
+    hash: ChunkHash,
+}
+
+impl Drop for ChunkGuard {
+    fn drop(&mut self) {
+        let mut holds = self.held.lock();
+        if let Some(count) = holds.get_mut(&self.hash) {
+            *count -= 1;
+            if *count == 0 {
+                holds.remove(&self.hash);
+            }
+        }
+    }
+}
+
 /// Stripes of the per-key write locks.
 const KEY_LOCK_STRIPES: usize = 64;
 
@@ -122,35 +190,62 @@ impl Store {
         let prefetch = NonZeroUsize::new(std::thread::available_parallelism().map_or(2, |n| n.get()) + 1)
             .unwrap_or(NonZeroUsize::MIN);
         let key_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        let bucket_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::RwLock::new(())).collect();
         let instance = index.instance_id(new_id)?;
-        let budget_units = (config.max_in_flight_bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX >> 3)) as u32;
+        let units_of = |bytes: u64| (bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX >> 3)) as u32;
+        let budget_units = units_of(config.max_in_flight_bytes);
+        let tenant_units = units_of(config.tenant_in_flight_bytes()).min(budget_units);
         let body_budget = Arc::new(tokio::sync::Semaphore::new(budget_units as usize));
+        let circuit = Arc::new(Circuit::default());
         Ok(Store {
             index,
-            upstream,
+            upstream: Arc::new(GuardedUpstream::new(upstream, circuit.clone())),
+            circuit,
             config,
             metrics: Metrics::default(),
             base_cache,
             prefetch,
             key_locks,
+            bucket_locks,
+            held_chunks: HeldChunks::default(),
             in_flight: InFlight::default(),
             instance,
             gc_memory: tokio::sync::Mutex::new(GcMemory::default()),
             body_budget,
             budget_units,
+            tenant_budgets: Mutex::default(),
+            tenant_units,
         })
     }
 
-    /// Takes a body's share of the in-flight byte budget (all of it at most), waiting while
-    /// other bodies hold it; the share returns when the permit is dropped.
-    pub async fn admit_body(&self, size: Option<u64>) -> anyhow::Result<tokio::sync::OwnedSemaphorePermit> {
-        let units = size.unwrap_or(UNKNOWN_BODY_CHARGE).div_ceil(BUDGET_UNIT).max(1);
-        let units = u32::try_from(units).unwrap_or(u32::MAX).min(self.budget_units);
-        if let Ok(permit) = self.body_budget.clone().try_acquire_many_owned(units) {
-            return Ok(permit);
+    /// Takes a body's share of the in-flight byte budget, waiting while other bodies hold it:
+    /// what it can buffer (see [`body_buffer_bytes`]), or its announced length when smaller,
+    /// first from its tenant's share, then from the gateway's. Taken whole before any byte is
+    /// read, so that bodies never wait on each other halfway (no deadlock).
+    pub async fn admit_body(&self, tenant: &str, size: Option<u64>) -> anyhow::Result<BodyPermit> {
+        let bytes = size.unwrap_or(u64::MAX).min(body_buffer_bytes());
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
+        let tenant_budget = {
+            let mut budgets = self.tenant_budgets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            budgets.entry(tenant.to_owned()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.tenant_units as usize))).clone()
+        };
+        let mut waited = false;
+        let mut take = |semaphore: Arc<tokio::sync::Semaphore>, units: u32| {
+            let quick = semaphore.clone().try_acquire_many_owned(units).ok();
+            waited |= quick.is_none();
+            async move {
+                match quick {
+                    Some(permit) => Ok(permit),
+                    None => semaphore.acquire_many_owned(units).await,
+                }
+            }
+        };
+        let tenant_permit = take(tenant_budget, units.min(self.tenant_units)).await?;
+        let gateway_permit = take(self.body_budget.clone(), units.min(self.budget_units)).await?;
+        if waited {
+            self.metrics.body_waits.inc();
         }
-        self.metrics.body_waits.inc();
-        Ok(self.body_budget.clone().acquire_many_owned(units).await?)
+        Ok(BodyPermit { _tenant: tenant_permit, _gateway: gateway_permit })
     }
 
     /// Holds off every write (each holds its key's stripe between choosing chunks and
@@ -165,10 +260,17 @@ impl Store {
 
     /// Holds off other writes to `key` (and to the keys sharing its stripe) until dropped.
     pub async fn lock_key(&self, key: &ObjectKey) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut hasher);
-        self.key_locks[hasher.finish() as usize % KEY_LOCK_STRIPES].lock().await
+        self.key_locks[stripe(key)].lock().await
+    }
+
+    /// Held by a commit into `bucket`: the bucket cannot be deleted meanwhile.
+    pub async fn share_bucket(&self, tenant: &str, bucket: &str) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.bucket_locks[stripe(&(tenant, bucket))].read().await
+    }
+
+    /// Held while deleting `bucket`: waits for the commits into it to end, and holds off new ones.
+    pub async fn own_bucket(&self, tenant: &str, bucket: &str) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.bucket_locks[stripe(&(tenant, bucket))].write().await
     }
 
     /// Reads a range of an upstream object, counting the read. A failed or short read is
@@ -184,7 +286,8 @@ impl Store {
                 Ok(bytes) => anyhow::anyhow!("upstream gave {} bytes of {key} where {wanted} were asked", bytes.len()),
                 Err(error) => error,
             };
-            if attempt == READ_ATTEMPTS {
+            let circuit_open = matches!(error.downcast_ref::<UpstreamFailure>(), Some(UpstreamFailure::CircuitOpen));
+            if attempt == READ_ATTEMPTS || circuit_open {
                 self.metrics.upstream_errors.inc();
                 return Err(error);
             }
@@ -194,6 +297,14 @@ impl Store {
             attempt += 1;
         }
     }
+}
+
+/// The lock stripe of a key.
+fn stripe(key: &impl std::hash::Hash) -> usize {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish() as usize % KEY_LOCK_STRIPES
 }
 
 /// Runs CPU-bound work (encoding, decoding) on the rayon pool, one thread per core, and waits

@@ -37,6 +37,8 @@ pub enum IndexError {
     VersionChanged,
     #[error("no such multipart upload")]
     NoSuchUpload,
+    #[error("the bucket does not exist")]
+    NoSuchBucket,
     #[error("upstream record does not decode: {0}")]
     Envelope(&'static str),
 }
@@ -367,8 +369,13 @@ impl Index {
     ) -> Result<()> {
         let new_chunks: HashMap<ChunkHash, &ChunkRecord> = new_chunks.iter().map(|c| (c.hash, &c.record)).collect();
         let object_key = key.encode();
-        let trees = (&self.objects, &self.chunks, &self.packs, &self.trash);
-        let result = trees.transaction(|(objects, chunks, packs, trash)| {
+        let bucket_key = keys::bucket(&key.tenant, &key.bucket);
+        let trees = (&self.objects, &self.chunks, &self.packs, &self.trash, &self.buckets);
+        let result = trees.transaction(|(objects, chunks, packs, trash, buckets)| {
+            // Read in the transaction, so that a bucket deleted meanwhile refuses the write.
+            if buckets.get(bucket_key.as_slice())?.is_none() {
+                return abort(IndexError::NoSuchBucket);
+            }
             let previous: Option<ObjectRecord> = objects.get(object_key.as_slice())?.map(|v| tx_decode(&v)).transpose()?;
             if let Expect::Version(version) = expect {
                 if previous.as_ref().map(|p| p.version.as_str()) != Some(version) {
@@ -429,18 +436,45 @@ impl Index {
     }
 
     /// Makes a manifest read from the upstream the object it names, adding its bucket (if
-    /// missing) and the chunks and packs it uses that the index does not hold yet.
-    pub fn adopt(&self, manifest: &Manifest, now_ms: i64) -> Result<()> {
-        self.create_bucket(&manifest.tenant, &manifest.bucket, manifest.record.last_modified_ms)?;
+    /// missing) and the chunks and packs it uses that the index does not hold yet. A chunk the
+    /// index lacks is taken from the manifest only where `usable` accepts its location (its
+    /// pack exists); otherwise nothing changes and the chunk is reported missing.
+    pub fn adopt(&self, manifest: &Manifest, now_ms: i64, usable: impl Fn(&ChunkLocation) -> bool) -> Result<()> {
+        let table: HashMap<ChunkHash, &ChunkLocation> = manifest.chunks.iter().map(|location| (location.hash, location)).collect();
         let mut new_chunks = Vec::new();
-        for location in &manifest.chunks {
-            if self.chunk(&location.hash)?.is_none() {
-                self.ensure_pack(&location.pack, location.offset + u64::from(location.frame_len))?;
-                new_chunks.push(NewChunk { hash: location.hash, record: location.record() });
+        let mut wanted: Vec<ChunkHash> = manifest.record.segments.iter().filter_map(Segment::chunk_hash).collect();
+        let mut seen = std::collections::HashSet::new();
+        // The chunks the object reads, and the bases of those taken from the manifest.
+        while let Some(hash) = wanted.pop() {
+            if !seen.insert(hash) || self.chunk(&hash)?.is_some() {
+                continue;
             }
+            let location = table.get(&hash).filter(|location| usable(location)).ok_or_else(|| IndexError::MissingChunk(hex(&hash)))?;
+            wanted.extend(location.base);
+            new_chunks.push(NewChunk { hash, record: location.record() });
+        }
+        self.create_bucket(&manifest.tenant, &manifest.bucket, manifest.record.last_modified_ms)?;
+        for new in &new_chunks {
+            self.ensure_pack(&new.record.pack, new.record.offset + u64::from(new.record.frame_len))?;
         }
         let key = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
         self.commit_object(&key, &manifest.record, &new_chunks, None, Expect::Any, now_ms)
+    }
+
+    /// Sends every recorded pack that no chunk uses to the trash (after `index rebuild`, the
+    /// packs no adopted manifest needed). Returns how many.
+    pub fn trash_unused_packs(&self, now_ms: i64) -> Result<usize> {
+        let mut trashed = 0;
+        for entry in self.packs.iter() {
+            let (key, value) = entry?;
+            if decode::<PackRecord>(&value)?.live_bytes == 0 {
+                self.packs.remove(&key)?;
+                self.trash.insert(&key, &now_ms.to_be_bytes())?;
+                trashed += 1;
+            }
+        }
+        self.flush()?;
+        Ok(trashed)
     }
 
     /// Records a pack the index did not know of, at least `total_bytes` long; a known pack
@@ -557,10 +591,14 @@ impl Index {
                 _ => None,
             })
             .collect();
-        let trees = (&self.objects, &self.chunks, &self.trash, &self.queue, &self.uploads, &self.parts);
-        let result = trees.transaction(|(objects, chunks, trash, queue, uploads, parts)| {
+        let bucket_key = keys::bucket(&key.tenant, &key.bucket);
+        let trees = (&self.objects, &self.chunks, &self.trash, &self.queue, &self.uploads, &self.parts, &self.buckets);
+        let result = trees.transaction(|(objects, chunks, trash, queue, uploads, parts, buckets)| {
             if uploads.remove(upload_id)?.is_none() {
                 return abort(IndexError::NoSuchUpload);
+            }
+            if buckets.get(bucket_key.as_slice())?.is_none() {
+                return abort(IndexError::NoSuchBucket);
             }
             for (part_key, value) in &part_entries {
                 parts.remove(part_key)?;
@@ -673,56 +711,45 @@ impl Index {
         Ok(())
     }
 
-    /// Collects chunks dead since before `cutoff_ms`: removes them, takes their bytes off their
-    /// pack's live count (trashing packs with none left) and releases their bases.
-    /// Returns how many chunks were collected.
-    pub fn sweep_chunks(&self, cutoff_ms: i64, now_ms: i64) -> Result<usize> {
-        let mut collected = 0;
-        loop {
-            let mut candidates = Vec::new();
-            for entry in self.chunks.iter() {
-                let (hash, value) = entry?;
-                let record: ChunkRecord = decode(&value)?;
-                if record.refs == 0 && record.dead_since_ms.is_some_and(|t| t <= cutoff_ms) {
-                    candidates.push(hash);
-                }
-            }
-            if candidates.is_empty() {
-                break;
-            }
-            for hash in candidates {
-                let result = (&self.chunks, &self.packs, &self.trash).transaction(|(chunks, packs, trash)| {
-                    let Some(value) = chunks.get(&hash)? else { return Ok(false) };
-                    let record: ChunkRecord = tx_decode(&value)?;
-                    if record.refs != 0 {
-                        return Ok(false);
-                    }
-                    chunks.remove(&hash)?;
-                    if let Some(pack_value) = packs.get(record.pack.as_bytes())? {
-                        let mut pack: PackRecord = tx_decode(&pack_value)?;
-                        pack.live_bytes = pack.live_bytes.saturating_sub(u64::from(record.frame_len));
-                        if pack.live_bytes == 0 {
-                            packs.remove(record.pack.as_bytes())?;
-                            trash.insert(record.pack.as_bytes(), &now_ms.to_be_bytes())?;
-                        } else {
-                            packs.insert(record.pack.as_bytes(), encode(&pack))?;
-                        }
-                    }
-                    if let Some(base) = record.base {
-                        release_chunk(chunks, &base, now_ms)?;
-                    }
-                    Ok(true)
-                });
-                if flatten(result)? {
-                    collected += 1;
-                }
-            }
-            if cutoff_ms < now_ms {
-                break;
+    /// Chunks without references, dead since `cutoff_ms` or before: what a sweep may collect.
+    pub fn dead_chunks(&self, cutoff_ms: i64) -> Result<Vec<ChunkHash>> {
+        let mut dead = Vec::new();
+        for entry in self.all_chunks() {
+            let (hash, record) = entry?;
+            if record.refs == 0 && record.dead_since_ms.is_some_and(|t| t <= cutoff_ms) {
+                dead.push(hash);
             }
         }
-        self.flush()?;
-        Ok(collected)
+        Ok(dead)
+    }
+
+    /// Collects one dead chunk, if it still has no reference: removes it, takes its bytes off
+    /// its pack's live count (trashing the pack when none are left) and releases its base, in
+    /// one transaction. False if the chunk was gone or referenced again.
+    pub fn sweep_chunk(&self, hash: &ChunkHash, now_ms: i64) -> Result<bool> {
+        let result = (&self.chunks, &self.packs, &self.trash).transaction(|(chunks, packs, trash)| {
+            let Some(value) = chunks.get(hash)? else { return Ok(false) };
+            let record: ChunkRecord = tx_decode(&value)?;
+            if record.refs != 0 {
+                return Ok(false);
+            }
+            chunks.remove(&hash[..])?;
+            if let Some(pack_value) = packs.get(record.pack.as_bytes())? {
+                let mut pack: PackRecord = tx_decode(&pack_value)?;
+                pack.live_bytes = pack.live_bytes.saturating_sub(u64::from(record.frame_len));
+                if pack.live_bytes == 0 {
+                    packs.remove(record.pack.as_bytes())?;
+                    trash.insert(record.pack.as_bytes(), &now_ms.to_be_bytes())?;
+                } else {
+                    packs.insert(record.pack.as_bytes(), encode(&pack))?;
+                }
+            }
+            if let Some(base) = record.base {
+                release_chunk(chunks, &base, now_ms)?;
+            }
+            Ok(true)
+        });
+        flatten(result)
     }
 
     /// Packs whose live bytes are under `ratio` of their size (and above zero): worth
@@ -822,6 +849,10 @@ impl Index {
                     Segment::Blob { key: blob, offset, len } if *len > 0 => report.blobs.push((blob.clone(), offset + len)),
                     Segment::Inline(_) | Segment::Blob { .. } => {}
                 }
+            }
+            let object = keys::object_key(&key);
+            if self.bucket(&object.tenant, &object.bucket)?.is_none() {
+                report.problems.push(format!("object {:?} is in a bucket that does not exist", keys::display(&key)));
             }
             let total: u64 = record.segments.iter().map(Segment::len).sum();
             if total != record.size {
@@ -1157,7 +1188,11 @@ mod tests {
             Err(IndexError::VersionChanged)
         ));
         assert!(index.delete_object(&key, 5).unwrap());
-        assert_eq!(index.sweep_chunks(10, 10).unwrap(), 2);
+        let dead = index.dead_chunks(10).unwrap();
+        assert_eq!(dead.len(), 2);
+        for hash in &dead {
+            assert!(index.sweep_chunk(hash, 10).unwrap());
+        }
         assert_eq!(index.pack_bytes().unwrap(), 0);
         let trash = index.trash_before(10).unwrap();
         assert!(trash.contains(&"packs/1".to_owned()) && trash.contains(&"blobs/x".to_owned()), "{trash:?}");

@@ -38,6 +38,14 @@ impl Segment {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The chunk this segment reads, if it is one.
+    pub fn chunk_hash(&self) -> Option<ChunkHash> {
+        match self {
+            Segment::Chunk { hash, .. } => Some(*hash),
+            _ => None,
+        }
+    }
 }
 
 /// Checksums a client sent with the object, kept to answer `x-amz-checksum-mode`.

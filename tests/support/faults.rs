@@ -1,5 +1,6 @@
-//! An upstream that fails on purpose: a share of calls error, return short reads, or stall, so
-//! that the gateway's answers under upstream faults can be checked. Deterministic per seed.
+//! Upstreams that misbehave on purpose: one where a share of calls error, return short reads,
+//! or stall (or every call fails: down), so that the gateway's answers under upstream faults
+//! can be checked, deterministic per seed; and one that holds writes back on demand.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +25,7 @@ pub struct FaultyUpstream {
     per_mille: u64,
     state: AtomicU64,
     pub enabled: Arc<AtomicBool>,
-    /// Every read fails: the upstream is down.
+    /// Every call fails: the upstream is down.
     pub down: Arc<AtomicBool>,
     pub injected: Arc<AtomicU64>,
 }
@@ -39,6 +40,11 @@ impl FaultyUpstream {
             down: Arc::new(AtomicBool::new(false)),
             injected: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    fn check_up(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.down.load(Ordering::Relaxed), "injected fault: upstream down");
+        Ok(())
     }
 
     fn roll(&self) -> Fault {
@@ -59,17 +65,16 @@ impl FaultyUpstream {
 #[async_trait]
 impl Upstream for FaultyUpstream {
     async fn writer(&self, key: &str) -> anyhow::Result<Box<dyn BlobWriter>> {
+        self.check_up()?;
         if let Fault::Error = self.roll() {
             anyhow::bail!("injected fault: upstream refused to start {key}");
         }
         let inner = self.inner.writer(key).await?;
-        Ok(Box::new(FaultyWriter { inner, fail: matches!(self.roll(), Fault::Error | Fault::Short) }))
+        Ok(Box::new(FaultyWriter { inner, fail: matches!(self.roll(), Fault::Error | Fault::Short), down: self.down.clone() }))
     }
 
     async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
-        if self.down.load(Ordering::Relaxed) {
-            anyhow::bail!("injected fault: upstream down");
-        }
+        self.check_up()?;
         match self.roll() {
             Fault::Error => anyhow::bail!("injected fault: connection reset reading {key}"),
             Fault::Short => {
@@ -85,6 +90,7 @@ impl Upstream for FaultyUpstream {
     }
 
     async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>> {
+        self.check_up()?;
         match self.roll() {
             Fault::Error | Fault::Short => anyhow::bail!("injected fault: connection reset reading {key}"),
             Fault::Stall => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -94,6 +100,7 @@ impl Upstream for FaultyUpstream {
     }
 
     async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+        self.check_up()?;
         if let Fault::Error = self.roll() {
             anyhow::bail!("injected fault: conditional write of {key} failed");
         }
@@ -101,6 +108,7 @@ impl Upstream for FaultyUpstream {
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        self.check_up()?;
         if let Fault::Error = self.roll() {
             anyhow::bail!("injected fault: delete of {key} timed out");
         }
@@ -108,6 +116,7 @@ impl Upstream for FaultyUpstream {
     }
 
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
+        self.check_up()?;
         if let Fault::Error = self.roll() {
             anyhow::bail!("injected fault: listing {prefix} failed");
         }
@@ -123,6 +132,7 @@ impl Upstream for FaultyUpstream {
 struct FaultyWriter {
     inner: Box<dyn BlobWriter>,
     fail: bool,
+    down: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -132,7 +142,7 @@ impl BlobWriter for FaultyWriter {
     }
 
     async fn finish(self: Box<Self>) -> anyhow::Result<u64> {
-        if self.fail {
+        if self.fail || self.down.load(Ordering::Relaxed) {
             self.inner.abort().await;
             anyhow::bail!("injected fault: upstream upload failed");
         }
@@ -141,5 +151,65 @@ impl BlobWriter for FaultyWriter {
 
     async fn abort(self: Box<Self>) {
         self.inner.abort().await;
+    }
+}
+
+/// An upstream that holds back new writes to keys under a prefix while `held` is set (they
+/// wait, not fail), so that a test can act while a write is half done. `waiting` counts the
+/// writes held back now.
+pub struct GatedUpstream {
+    inner: Arc<dyn Upstream>,
+    prefix: String,
+    pub held: Arc<AtomicBool>,
+    pub waiting: Arc<AtomicU64>,
+}
+
+impl GatedUpstream {
+    pub fn new(inner: Arc<dyn Upstream>, prefix: &str) -> GatedUpstream {
+        GatedUpstream { inner, prefix: prefix.to_owned(), held: Arc::default(), waiting: Arc::default() }
+    }
+
+    async fn pass(&self, key: &str) {
+        if !key.contains(&self.prefix) {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        while self.held.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Upstream for GatedUpstream {
+    async fn writer(&self, key: &str) -> anyhow::Result<Box<dyn BlobWriter>> {
+        self.pass(key).await;
+        self.inner.writer(key).await
+    }
+
+    async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
+        self.inner.read(key, range).await
+    }
+
+    async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>> {
+        self.inner.read_tagged(key).await
+    }
+
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+        self.pass(key).await;
+        self.inner.put_if(key, bytes, condition).await
+    }
+
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        self.inner.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
+        self.inner.list(prefix).await
+    }
+
+    fn describe(&self) -> String {
+        format!("{} with writes under {:?} held back on demand", self.inner.describe(), self.prefix)
     }
 }

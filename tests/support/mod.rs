@@ -41,11 +41,27 @@ pub enum UpstreamKind {
 pub struct Moto {
     child: Child,
     pub endpoint: String,
+    port: u16,
 }
 
 impl Moto {
     pub fn start() -> Moto {
-        let port = free_port();
+        Moto::start_on(free_port())
+    }
+
+    /// Stops the server, as an upstream outage would (its objects are gone with it).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new server on the same port, with the bucket `upstream` made again.
+    pub fn restart(&mut self) {
+        self.stop();
+        *self = Moto::start_on(self.port);
+    }
+
+    fn start_on(port: u16) -> Moto {
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -53,7 +69,7 @@ impl Moto {
             .spawn()
             .expect("moto_server must be installed (pip install 'moto[server]')");
         let endpoint = format!("http://127.0.0.1:{port}");
-        let moto = Moto { child, endpoint };
+        let moto = Moto { child, endpoint, port };
         wait_for_port(port);
         let made = aws_command(&moto.endpoint, "moto", "moto").args(["s3", "mb", "s3://upstream"]).output().unwrap();
         assert!(made.status.success(), "creating the moto bucket: {}", String::from_utf8_lossy(&made.stderr));
@@ -97,7 +113,7 @@ pub struct TestGateway {
     pub runtime: tokio::runtime::Runtime,
     pub endpoint: String,
     pub dir: tempfile::TempDir,
-    _moto: Option<Moto>,
+    pub moto: Option<Moto>,
 }
 
 impl TestGateway {
@@ -132,7 +148,7 @@ impl TestGateway {
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         let gateway = runtime.block_on(server::start_with(config, upstream)).expect("gateway starts");
         let endpoint = format!("{scheme}://{}", gateway.address);
-        TestGateway { gateway: Some(gateway), runtime, endpoint, dir, _moto: moto }
+        TestGateway { gateway: Some(gateway), runtime, endpoint, dir, moto }
     }
 
     pub fn store(&self) -> &tensorgate::store::Store {
@@ -354,6 +370,19 @@ pub fn sharded_model(source: &Path, shards: usize) -> Vec<(String, Vec<u8>)> {
     let index = serde_json::json!({"metadata": {"total_size": data.len()}, "weight_map": weight_map});
     files.push(("model.safetensors.index.json".to_owned(), serde_json::to_vec_pretty(&index).unwrap()));
     files
+}
+
+/// `source` with the lowest bit of every 97th byte of its data section flipped by `seed`: a
+/// model of the same layout whose every tensor is new to the store.
+pub fn perturbed_model(source: &Path, seed: u8) -> Vec<u8> {
+    let mut file = std::fs::read(source).unwrap();
+    let data_start = tensorgate_codec::parse_file(&file).unwrap().data_start() as usize;
+    for (at, byte) in file[data_start..].iter_mut().enumerate() {
+        if at % 97 == usize::from(seed) % 97 {
+            *byte ^= 1;
+        }
+    }
+    file
 }
 
 /// Pseudo-random bytes (not a model) of a given length.

@@ -1,6 +1,8 @@
 //! Upstreams: where tensorgate keeps bytes. One trait, two backends: a local directory (the
-//! embedded default) and any S3-compatible endpoint.
+//! embedded default) and any S3-compatible endpoint; every call goes through a guard that
+//! marks upstream errors and stops calling a down upstream.
 
+mod guard;
 mod local;
 mod routing;
 mod s3;
@@ -10,6 +12,7 @@ use std::ops::Range;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use guard::{Circuit, GuardedUpstream, UpstreamFailure};
 pub use local::LocalUpstream;
 pub use routing::RoutingUpstream;
 pub use s3::{S3Upstream, S3UpstreamConfig};
@@ -61,8 +64,25 @@ pub trait Upstream: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// Writes a small object whole, replacing what is there.
+/// Writes a small object whole, replacing what is there; a failed write is tried again (up
+/// to three times in all, after 50 then 100 ms): writing the same bytes twice is harmless.
 pub async fn put(upstream: &dyn Upstream, key: &str, bytes: Bytes) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        let error = match put_once(upstream, key, bytes.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        let circuit_open = matches!(error.downcast_ref::<UpstreamFailure>(), Some(UpstreamFailure::CircuitOpen));
+        if attempt == guard::ATTEMPTS || circuit_open {
+            return Err(error);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25 << attempt)).await;
+        attempt += 1;
+    }
+}
+
+async fn put_once(upstream: &dyn Upstream, key: &str, bytes: Bytes) -> anyhow::Result<()> {
     let mut writer = upstream.writer(key).await?;
     if let Err(error) = writer.write(bytes).await {
         writer.abort().await;

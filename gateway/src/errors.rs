@@ -1,0 +1,77 @@
+//! The one mapping from what went wrong to the S3 error a client gets, in AWS's classes: the
+//! client's fault is a 4xx, ours or the upstream's a 5xx that clients retry. An answer carries
+//! the request's id and a short message of AWS's kind; the cause (error chain, upstream keys
+//! and endpoints) goes to the log under that id, never into the answer.
+
+use s3s::{S3Error, S3ErrorCode};
+use tensorgate_index::IndexError;
+
+use crate::upstream::UpstreamFailure;
+
+tokio::task_local! {
+    /// The id of the request being served (`x-amz-request-id`), set by the server for each one.
+    pub static REQUEST_ID: String;
+}
+
+/// Why a request body could not be taken: the client's fault.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyError {
+    #[error("no byte of the request body arrived for {0} seconds")]
+    Idle(u64),
+    #[error("the request body could not be read: {0}")]
+    Broken(String),
+    #[error("the request body holds {got} bytes where {announced} were announced")]
+    WrongLength { announced: u64, got: u64 },
+}
+
+/// The id of the request being served, if any.
+pub fn request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// The S3 error for `error`, logged with the request id: its kind decides the class.
+pub fn to_s3(error: anyhow::Error) -> S3Error {
+    let request = request_id().unwrap_or_default();
+    let cause = format!("{error:#}");
+    let answer = if let Some(body) = error.downcast_ref::<BodyError>() {
+        tracing::info!(%request, %cause, "request body refused");
+        match body {
+            BodyError::Idle(_) => S3Error::with_message(
+                S3ErrorCode::RequestTimeout,
+                "Your socket connection to the server was not read from or written to within the timeout period.",
+            ),
+            BodyError::Broken(_) | BodyError::WrongLength { .. } => S3Error::with_message(
+                S3ErrorCode::IncompleteBody,
+                "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+            ),
+        }
+    } else if let Some(index) = error.downcast_ref::<IndexError>().filter(|e| matches!(e, IndexError::NoSuchBucket | IndexError::NoSuchUpload)) {
+        match index {
+            IndexError::NoSuchBucket => S3Error::with_message(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
+            _ => S3Error::with_message(
+                S3ErrorCode::NoSuchUpload,
+                "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+            ),
+        }
+    } else if error.downcast_ref::<UpstreamFailure>().is_some() {
+        tracing::warn!(%request, %cause, "upstream failure");
+        S3Error::with_message(S3ErrorCode::ServiceUnavailable, "Please reduce your request rate.")
+    } else {
+        tracing::error!(%request, %cause, "internal error");
+        S3Error::with_message(S3ErrorCode::InternalError, "We encountered an internal error. Please try again.")
+    };
+    with_request_id(answer)
+}
+
+/// An internal error (a fault of ours) from anything displayable.
+pub fn internal(error: impl std::fmt::Display) -> S3Error {
+    to_s3(anyhow::anyhow!("{error}"))
+}
+
+/// Sets the request id on an answer.
+pub fn with_request_id(mut error: S3Error) -> S3Error {
+    if let Some(id) = request_id() {
+        error.set_request_id(id);
+    }
+    error
+}

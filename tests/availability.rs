@@ -1,0 +1,266 @@
+//! Availability (issue 12): stalled and slow clients do not stall others; upstream trouble is
+//! answered with retryable 5xx quickly and never blamed on the client; a stopping gateway
+//! drains; a config that `config check` refuses does not serve. Real clients against the
+//! local directory and moto.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tensorgate::config::{AccessKey, TenantConfig};
+
+/// A stalled 2 GiB PUT (and 20 more stalled PUTs) of one tenant delay another tenant's 10 MB
+/// PUT by less than a second; stalled bodies fail with RequestTimeout after the idle timeout
+/// and give their budget back; sockets that never finish their headers are closed after the
+/// header timeout (tests/clients/stalls.py).
+#[test]
+fn stalled_clients_do_not_stall_others() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
+        config.tenants = vec![
+            TenantConfig { name: "a".into(), access_keys: vec![AccessKey::new("key-a", "secret-a")], max_buckets: None, upstream: None, dedup_group: None },
+            TenantConfig { name: "b".into(), access_keys: vec![AccessKey::new("key-b", "secret-b")], max_buckets: None, upstream: None, dedup_group: None },
+        ];
+        config.header_read_timeout_secs = 2;
+        config.body_idle_timeout_secs = 3;
+        config.max_in_flight_bytes = 96 << 20;
+        config.max_in_flight_bytes_per_tenant = Some(48 << 20);
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/stalls.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(&gateway.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "key-a")
+        .env("AWS_SECRET_ACCESS_KEY", "secret-a")
+        .env("OTHER_ACCESS_KEY_ID", "key-b")
+        .env("OTHER_SECRET_ACCESS_KEY", "secret-b")
+        .env("HEADER_TIMEOUT", "2")
+        .env("IDLE_TIMEOUT", "3")
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    println!("{said}");
+    assert!(output.status.success() && said.contains("all checks passed"), "{said}");
+    let metrics = &gateway.store().metrics;
+    assert!(metrics.body_idle_timeouts.get() >= 21, "idle timeouts counted: {}", metrics.body_idle_timeouts.get());
+    assert!(metrics.header_timeouts.get() >= 50, "header timeouts counted: {}", metrics.header_timeouts.get());
+}
+
+/// What an aws cli call answered, and how long it took.
+struct Answer {
+    succeeded: bool,
+    stderr: String,
+    seconds: f64,
+}
+
+fn timed(gateway: &TestGateway, args: &[&str]) -> Answer {
+    let started = Instant::now();
+    let output = aws_command(&gateway.endpoint, ACCESS_KEY, SECRET_KEY).args(args).env("AWS_MAX_ATTEMPTS", "1").output().unwrap();
+    Answer { succeeded: output.status.success(), stderr: String::from_utf8_lossy(&output.stderr).into_owned(), seconds: started.elapsed().as_secs_f64() }
+}
+
+/// With the upstream down, a PUT of a new model answers 503 within 5 s and a GET 503 (not a
+/// 200 cut short); no answer names the upstream; once it is back, writes succeed again.
+fn outage(kind: UpstreamKind) {
+    let down = Arc::new(AtomicBool::new(false));
+    let down_handle = down.clone();
+    let mut gateway = TestGateway::start_wrapped(kind, |_| {}, move |upstream| {
+        let mut faulty = support::faults::FaultyUpstream::new(upstream, 0);
+        faulty.down = down_handle;
+        Arc::new(faulty)
+    });
+    let work = tempfile::tempdir().unwrap();
+    let (stored, fresh) = (work.path().join("stored"), work.path().join("fresh"));
+    std::fs::write(&stored, perturbed_model(&corpus("base/minilm-l6.bf16.safetensors"), 11)).unwrap();
+    std::fs::write(&fresh, perturbed_model(&corpus("base/minilm-l6.bf16.safetensors"), 12)).unwrap();
+    gateway.aws(&["s3", "mb", "s3://outage"]);
+    gateway.aws(&["s3", "cp", stored.to_str().unwrap(), "s3://outage/stored"]);
+
+    match kind {
+        UpstreamKind::Moto => gateway.moto.as_mut().unwrap().stop(),
+        UpstreamKind::LocalDirectory => down.store(true, Ordering::SeqCst),
+    }
+    let out = work.path().join("out");
+    let mut answers = Vec::new();
+    for round in 0..3 {
+        let put = timed(&gateway, &["s3api", "put-object", "--bucket", "outage", "--key", &format!("fresh{round}"), "--body", fresh.to_str().unwrap()]);
+        let get = timed(&gateway, &["s3api", "get-object", "--bucket", "outage", "--key", "stored", out.to_str().unwrap()]);
+        for (what, answer) in [("PUT", &put), ("GET", &get)] {
+            assert!(!answer.succeeded, "{kind:?} round {round}: a {what} with the upstream down succeeded");
+            assert!(answer.stderr.contains("(ServiceUnavailable)"), "{kind:?} round {round}: {what} answered {}", answer.stderr);
+            assert!(answer.seconds < 5.0, "{kind:?} round {round}: {what} took {:.1} s", answer.seconds);
+            let moto_port = gateway.moto.as_ref().map(|moto| moto.endpoint.rsplit(':').next().unwrap().to_owned());
+            for secret in ["packs/", "manifests/", "injected", "tg/", "127.0.0.1"].into_iter().chain(moto_port.as_deref()) {
+                assert!(!answer.stderr.contains(secret), "{kind:?}: the {what} answer names {secret:?}: {}", answer.stderr);
+            }
+        }
+        answers.push((put.seconds, get.seconds));
+    }
+    println!("{kind:?}: with the upstream down, PUT and GET answered 503 in {answers:?} seconds");
+
+    match kind {
+        UpstreamKind::Moto => gateway.moto.as_mut().unwrap().restart(),
+        UpstreamKind::LocalDirectory => down.store(false, Ordering::SeqCst),
+    }
+    let started = Instant::now();
+    let back = aws_command(&gateway.endpoint, ACCESS_KEY, SECRET_KEY).args(["s3", "cp", fresh.to_str().unwrap(), "s3://outage/after"]).output().unwrap();
+    assert!(back.status.success(), "{kind:?}: a PUT once the upstream is back: {}", String::from_utf8_lossy(&back.stderr));
+    println!("{kind:?}: the first PUT after the upstream came back took {:.1} s", started.elapsed().as_secs_f64());
+    gateway.aws(&["s3", "cp", "s3://outage/after", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&fresh).unwrap(), "{kind:?}: the write after the outage reads back");
+}
+
+#[test]
+fn upstream_outage_answers_503_quickly_over_local_directory() {
+    outage(UpstreamKind::LocalDirectory);
+}
+
+#[test]
+fn upstream_outage_answers_503_quickly_over_moto() {
+    outage(UpstreamKind::Moto);
+}
+
+/// Under 35% injected upstream faults (errors, short reads, stalls), boto3 with its default
+/// retries completes every write: upstream failures are retryable 5xx answers. Once the faults
+/// stop, every write reads back and, after a collection, fsck is clean.
+#[test]
+fn boto3_default_retries_complete_every_write_under_upstream_faults() {
+    let enabled = Arc::new(AtomicBool::new(true));
+    let injected = Arc::new(AtomicU64::new(0));
+    let (enabled_handle, injected_handle) = (enabled.clone(), injected.clone());
+    let gateway = TestGateway::start_wrapped(UpstreamKind::LocalDirectory, |_| {}, move |upstream| {
+        let mut faulty = support::faults::FaultyUpstream::new(upstream, 350);
+        faulty.enabled = enabled_handle;
+        faulty.injected = injected_handle;
+        Arc::new(faulty)
+    });
+    let work = tempfile::tempdir().unwrap();
+    let noise_file = work.path().join("noise");
+    std::fs::write(&noise_file, noise(300_000, 4)).unwrap();
+    let files = [corpus("base/minilm-l6.bf16.safetensors"), corpus("ft/ft-b-mlm.bf16.safetensors"), noise_file];
+    const WRITES: usize = 12;
+    let mut args: Vec<&std::ffi::OsStr> = vec!["faults".as_ref(), "12".as_ref()];
+    args.extend(files.iter().map(|file| file.as_os_str()));
+    let said = gateway.python_client("retried_writes.py", &args);
+    println!("under 35% upstream faults ({} injected): {said}", injected.load(Ordering::Relaxed));
+    assert!(injected.load(Ordering::Relaxed) > 10, "too few faults met");
+    enabled.store(false, Ordering::SeqCst);
+    let out = work.path().join("out");
+    for number in 0..WRITES {
+        gateway.aws(&["s3", "cp", &format!("s3://faults/w{number}"), out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(&files[number % files.len()]).unwrap(), "w{number} reads back");
+    }
+    gateway.collect_garbage();
+    let report = gateway.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("tensorgate.toml");
+    let text = format!(
+        "data_dir = {:?}\ndrain_secs = 20\n[[access_keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n{extra}",
+        dir.join("data")
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn serve(config: &Path, port: u16) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_tensorgate"))
+        .arg("--config")
+        .arg(config)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the gateway never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// SIGTERM during uploads: the gateway stops taking connections, lets the uploads in progress
+/// finish, exits 0; after a restart every acknowledged upload reads back.
+#[test]
+fn sigterm_drains_uploads_and_exits_zero() {
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), "");
+    let model = work.path().join("model.safetensors");
+    std::fs::write(&model, replicated_model(&corpus("ft/ft-c-cls.bf16.safetensors"), 4)).unwrap();
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut server = serve(&config, port);
+    let made = aws_command(&endpoint, ACCESS_KEY, SECRET_KEY).args(["s3", "mb", "s3://drain"]).output().unwrap();
+    assert!(made.status.success());
+    let uploads: Vec<_> = (0..4)
+        .map(|n| {
+            aws_command(&endpoint, ACCESS_KEY, SECRET_KEY)
+                .args(["s3api", "put-object", "--bucket", "drain", "--key", &format!("m{n}"), "--body", model.to_str().unwrap()])
+                .env("AWS_MAX_ATTEMPTS", "1")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    assert!(signalled.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "the gateway did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(status.success(), "SIGTERM must exit 0, got {status:?}: {log}");
+    let acknowledged: Vec<bool> = uploads.into_iter().map(|upload| upload.wait_with_output().unwrap().status.success()).collect();
+    println!("SIGTERM during 4 uploads: stopped in {:.1} s, exit {status}, acknowledged {acknowledged:?}", started.elapsed().as_secs_f64());
+
+    let mut restarted = serve(&config, port);
+    let out = work.path().join("out");
+    for (n, acknowledged) in acknowledged.iter().enumerate() {
+        if *acknowledged {
+            let got = aws_command(&endpoint, ACCESS_KEY, SECRET_KEY).args(["s3", "cp", &format!("s3://drain/m{n}"), out.to_str().unwrap()]).output().unwrap();
+            assert!(got.status.success(), "m{n} was acknowledged but cannot be read after the restart");
+            assert!(std::fs::read(&out).unwrap() == std::fs::read(&model).unwrap(), "m{n} reads back byte-identical");
+        }
+    }
+    assert!(acknowledged.iter().any(|a| *a), "no upload in progress at SIGTERM was drained to completion");
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+}
+
+/// `serve` refuses to start on a config that `config check` refuses: an access key given to
+/// two tenants, or a tenant named `default` (the top-level keys' tenant).
+#[test]
+fn serve_refuses_what_config_check_refuses() {
+    let work = tempfile::tempdir().unwrap();
+    let cases = [
+        ("a key of two tenants", "[[tenants]]\nname = \"a\"\naccess_keys = [{ access_key = \"k\", secret_key = \"s\" }]\n[[tenants]]\nname = \"b\"\naccess_keys = [{ access_key = \"k\", secret_key = \"t\" }]\n", "given twice"),
+        ("a tenant named default", "[[tenants]]\nname = \"default\"\naccess_keys = [{ access_key = \"k\", secret_key = \"s\" }]\n", "reserved"),
+    ];
+    for (what, extra, reason) in cases {
+        let config = write_config(work.path(), extra);
+        let check = Command::new(env!("CARGO_BIN_EXE_tensorgate")).arg("--config").arg(&config).args(["config", "check"]).output().unwrap();
+        assert!(!check.status.success() && String::from_utf8_lossy(&check.stderr).contains(reason), "config check with {what}");
+        let served = Command::new(env!("CARGO_BIN_EXE_tensorgate"))
+            .arg("--config")
+            .arg(&config)
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&served.stderr);
+        assert!(!served.status.success() && stderr.contains(reason), "serve with {what}: {stderr}");
+    }
+}
