@@ -1171,6 +1171,7 @@ mod tests {
     fn references_follow_commits_and_deletes_and_sweeps_free_packs() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
+        index.create_bucket("t", "b", 0).unwrap();
         let key = ObjectKey::new("t", "b", "k");
         let shared = [1u8; 32];
         let only_first = [2u8; 32];
@@ -1203,10 +1204,43 @@ mod tests {
     fn a_commit_naming_an_unknown_chunk_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
+        index.create_bucket("t", "b", 0).unwrap();
         let key = ObjectKey::new("t", "b", "k");
         let result = index.commit_object(&key, &record(vec![Segment::Chunk { hash: [9; 32], len: 1 }]), &[], None, Expect::Any, 0);
         assert!(matches!(result, Err(IndexError::MissingChunk(_))));
         assert!(index.object(&key).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_commit_into_a_deleted_bucket_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index.create_bucket("t", "b", 0).unwrap();
+        assert_eq!(index.delete_bucket("t", "b").unwrap(), BucketDeletion::Deleted);
+        let key = ObjectKey::new("t", "b", "k");
+        let result = index.commit_object(&key, &record(vec![Segment::Inline(vec![1])]), &[], None, Expect::Any, 0);
+        assert!(matches!(result, Err(IndexError::NoSuchBucket)));
+        index.create_bucket("t", "b", 1).unwrap();
+        assert!(index.list_objects("t", "b", "", None).next().is_none(), "nothing comes back with the bucket");
+    }
+
+    #[test]
+    fn adopt_takes_a_chunk_only_from_a_usable_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let hash = [4u8; 32];
+        let location = ChunkLocation { hash, pack: "packs/gone".into(), offset: 0, frame_len: 8, raw_len: 8, base: None };
+        let manifest = Manifest {
+            tenant: "t".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            record: record(vec![Segment::Chunk { hash, len: 8 }]),
+            chunks: vec![location],
+        };
+        assert!(matches!(index.adopt(&manifest, 0, |_| false), Err(IndexError::MissingChunk(_))));
+        assert!(index.is_empty(), "a refused adoption changes nothing");
+        index.adopt(&manifest, 0, |_| true).unwrap();
+        assert_eq!(index.chunk(&hash).unwrap().unwrap().refs, 1);
     }
 
     proptest! {

@@ -244,6 +244,23 @@ impl TestGateway {
         self.runtime.block_on(tensorgate::fsck::fsck(&store, options, &|_, _| {})).expect("fsck runs")
     }
 
+    /// Stops the gateway, deletes its index, rebuilds it from the upstream alone (as `tensorgate
+    /// index rebuild` does) and serves again over the same upstream; returns the rebuild's report.
+    pub fn rebuild_index(&mut self) -> tensorgate::catalog::RebuildReport {
+        let running = self.gateway.take().unwrap();
+        let config = running.store.config.clone();
+        let upstream = server::open_upstream(&config).unwrap();
+        running.stop();
+        std::fs::remove_dir_all(config.data_dir.join("index")).unwrap();
+        let store = server::open_store_with(&config, upstream.clone()).unwrap();
+        let report = self.runtime.block_on(tensorgate::catalog::rebuild(&store, &|_, _| {})).unwrap();
+        drop(store);
+        let running = self.runtime.block_on(server::start_with(config, upstream)).unwrap();
+        self.endpoint = format!("http://{}", running.address);
+        self.gateway = Some(running);
+        report
+    }
+
     pub fn upstream_reads(&self) -> u64 {
         self.store().metrics.upstream_reads.get()
     }
@@ -255,6 +272,29 @@ impl Drop for TestGateway {
             gateway.stop();
         }
     }
+}
+
+/// A PUT of `file` by tests/clients/slow_put.py that stops after `pause_at` bytes for
+/// `pause_seconds`; returns once the pause has begun. Wait on the child for its outcome (it
+/// prints the answer's status line, and exits 0 on a 200).
+pub fn slow_put(endpoint: &str, bucket: &str, key: &str, file: &Path, pause_at: usize, pause_seconds: f64) -> Child {
+    use std::io::BufRead;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/slow_put.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([endpoint, bucket, key])
+        .arg(file)
+        .args([pause_at.to_string(), pause_seconds.to_string()])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with boto3 must be installed");
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.as_mut().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "paused", "slow_put.py did not start its body");
+    child
 }
 
 pub fn aws_command(endpoint: &str, access_key: &str, secret_key: &str) -> Command {

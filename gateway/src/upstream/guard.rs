@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{BlobWriter, Condition, Listed, Tagged, Upstream};
+use super::{BlobWriter, Condition, Listed, Missing, Tagged, Upstream};
 
 /// Consecutive failures that open the circuit: a run that a degraded upstream failing a third
 /// of its calls makes about once in 7,000 calls.
@@ -62,10 +62,12 @@ impl Circuit {
         }
     }
 
-    fn record(&self, succeeded: bool) {
+    /// Records a call's outcome: `answered` when the upstream did its part (a read of a
+    /// missing object included).
+    fn record(&self, answered: bool) {
         let mut state = self.lock();
         state.probing = false;
-        if succeeded {
+        if answered {
             state.failures_in_a_row = 0;
             state.open_until = None;
             return;
@@ -88,7 +90,7 @@ impl Circuit {
     async fn call<T>(&self, call: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
         self.admit()?;
         let outcome = call.await;
-        self.record(outcome.is_ok());
+        self.record(outcome.as_ref().map_or_else(|error| error.is::<Missing>(), |_| true));
         outcome.map_err(|error| error.context(UpstreamFailure::Failed))
     }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{BlobWriter, Condition, Listed, Tagged, Upstream};
+use super::{BlobWriter, Condition, Listed, Missing, Tagged, Upstream};
 
 pub struct LocalUpstream {
     root: PathBuf,
@@ -45,7 +45,11 @@ impl Upstream for LocalUpstream {
 
     async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
         let path = self.path(key)?;
-        let mut file = tokio::fs::File::open(&path).await.with_context(|| format!("opening {}", path.display()))?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(Missing(key.to_owned()).into()),
+            Err(error) => return Err(anyhow::Error::new(error).context(format!("opening {}", path.display()))),
+        };
         file.seek(SeekFrom::Start(range.start)).await?;
         let wanted = usize::try_from(range.end.saturating_sub(range.start))?;
         let mut buffer = vec![0u8; wanted];

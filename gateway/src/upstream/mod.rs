@@ -35,6 +35,12 @@ pub struct Tagged {
     pub tag: String,
 }
 
+/// A read found no object at its key: the upstream answered, so this does not count towards
+/// taking it to be down.
+#[derive(Debug, thiserror::Error)]
+#[error("no object at {0}")]
+pub struct Missing(pub String);
+
 /// When a conditional write may replace what is at its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {

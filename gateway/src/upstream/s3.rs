@@ -6,7 +6,9 @@ use std::ops::Range;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation};
+use std::time::Duration;
+
+use aws_sdk_s3::config::{retry::RetryConfig, timeout::TimeoutConfig, Credentials, Region, RequestChecksumCalculation};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -14,7 +16,7 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::{BlobWriter, Condition, Listed, Tagged, Upstream};
+use super::{BlobWriter, Condition, Listed, Missing, Tagged, Upstream};
 
 /// Size of the parts written upstream.
 const PART_SIZE: usize = 8 << 20;
@@ -76,6 +78,10 @@ impl S3Upstream {
             .credentials_provider(Credentials::new(access_key, secret_key, None, None, "tensorgate-config"))
             .force_path_style(config.path_style)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            // Quick retries and a bounded connect: the gateway retries too, and a client waiting
+            // on a down upstream should get its 503 in seconds (see upstream/guard.rs).
+            .retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(100)).with_max_backoff(Duration::from_secs(2)))
+            .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).build())
             .build();
         Ok(S3Upstream {
             client: Client::from_conf(sdk_config),
@@ -118,7 +124,10 @@ impl Upstream for S3Upstream {
             .range(format!("bytes={}-{}", range.start, range.end - 1))
             .send()
             .await
-            .with_context(|| format!("GET {full_key} bytes {range:?}"))?;
+            .map_err(|error| match error.as_service_error().is_some_and(|e| e.is_no_such_key()) {
+                true => anyhow::Error::new(Missing(full_key.clone())),
+                false => anyhow::Error::new(error).context(format!("GET {full_key} bytes {range:?}")),
+            })?;
         let bytes = output.body.collect().await.context("reading upstream body")?.into_bytes();
         anyhow::ensure!(
             bytes.len() as u64 == wanted,
