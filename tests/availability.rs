@@ -27,8 +27,11 @@ fn stalled_clients_do_not_stall_others() {
         ];
         config.header_read_timeout_secs = 2;
         config.body_idle_timeout_secs = 3;
-        config.max_in_flight_bytes = 96 << 20;
-        config.max_in_flight_bytes_per_tenant = Some(48 << 20);
+        // Tenant A's share holds its stalled bodies (the 2 GiB one is charged what a write can
+        // buffer, the others 1 MiB each) and no more; the gateway's holds both tenants' shares.
+        let share = tensorgate::ingest::body_buffer_bytes() + (24 << 20);
+        config.max_in_flight_bytes_per_tenant = Some(share);
+        config.max_in_flight_bytes = 2 * share;
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/stalls.py");
     let output = Command::new("python3")
@@ -48,6 +51,28 @@ fn stalled_clients_do_not_stall_others() {
     let metrics = &gateway.store().metrics;
     assert!(metrics.body_idle_timeouts.get() >= 21, "idle timeouts counted: {}", metrics.body_idle_timeouts.get());
     assert!(metrics.header_timeouts.get() >= 50, "header timeouts counted: {}", metrics.header_timeouts.get());
+}
+
+/// With two tenants and 8 request slots, one tenant's 8 slow uploads hold only its share of
+/// them (4): its next request gets SlowDown, while the other tenant's requests are served.
+#[test]
+fn one_tenant_cannot_take_every_request_slot() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
+        config.tenants = vec![TenantConfig { name: "b".into(), access_keys: vec![AccessKey::new("key-b", "secret-b")], max_buckets: None, upstream: None, dedup_group: None }];
+        config.max_concurrent_requests = 8;
+    });
+    gateway.aws(&["s3", "mb", "s3://slots"]);
+    let made = aws_command(&gateway.endpoint, "key-b", "secret-b").args(["s3", "mb", "s3://other"]).output().unwrap();
+    assert!(made.status.success());
+    let model = corpus("base/minilm-l6.bf16.safetensors");
+    let half = std::fs::metadata(&model).unwrap().len() as usize / 2;
+    let slow: Vec<_> = (0..8).map(|n| slow_put(&gateway.endpoint, "slots", &format!("slow{n}"), &model, half, 4.0)).collect();
+    let own = aws_command(&gateway.endpoint, ACCESS_KEY, SECRET_KEY).args(["s3api", "list-objects-v2", "--bucket", "slots"]).env("AWS_MAX_ATTEMPTS", "1").output().unwrap();
+    let other = aws_command(&gateway.endpoint, "key-b", "secret-b").args(["s3api", "list-objects-v2", "--bucket", "other"]).env("AWS_MAX_ATTEMPTS", "1").output().unwrap();
+    let uploaded = slow.into_iter().map(|child| child.wait_with_output().unwrap().status.success()).filter(|ok| *ok).count();
+    assert!(String::from_utf8_lossy(&own.stderr).contains("SlowDown"), "the tenant past its share: {}", String::from_utf8_lossy(&own.stderr));
+    assert!(other.status.success(), "the other tenant was refused: {}", String::from_utf8_lossy(&other.stderr));
+    assert_eq!(uploaded, 4, "the slow uploads within the tenant's share complete, the others get SlowDown");
 }
 
 /// What an aws cli call answered, and how long it took.
@@ -169,22 +194,6 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
-fn serve(config: &Path, port: u16) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_tensorgate"))
-        .arg("--config")
-        .arg(config)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the gateway never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
 
 /// SIGTERM while three uploads are halfway through their bodies: the gateway stops taking
 /// connections, lets the uploads finish, exits 0; after a restart every upload reads back.
@@ -196,7 +205,8 @@ fn sigterm_drains_uploads_and_exits_zero() {
     std::fs::write(&model, replicated_model(&corpus("ft/ft-c-cls.bf16.safetensors"), 4)).unwrap();
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let mut server = serve(&config, port);
+    let log_path = work.path().join("gateway.log");
+    let mut server = serve_process(&config, port, Stdio::from(std::fs::File::create(&log_path).unwrap()));
     let made = aws_command(&endpoint, ACCESS_KEY, SECRET_KEY).args(["s3", "mb", "s3://drain"]).output().unwrap();
     assert!(made.status.success());
     let size = std::fs::metadata(&model).unwrap().len() as usize;
@@ -211,13 +221,12 @@ fn sigterm_drains_uploads_and_exits_zero() {
         assert!(started.elapsed() < Duration::from_secs(40), "the gateway did not stop after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut log = String::new();
-    std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(status.success(), "SIGTERM must exit 0, got {status:?}: {log}");
     let acknowledged: Vec<bool> = uploads.into_iter().map(|upload| upload.wait_with_output().unwrap().status.success()).collect();
     println!("SIGTERM during 3 uploads: stopped in {:.1} s, exit {status}, acknowledged {acknowledged:?}", started.elapsed().as_secs_f64());
 
-    let mut restarted = serve(&config, port);
+    let mut restarted = serve_process(&config, port, Stdio::null());
     let out = work.path().join("out");
     for (n, acknowledged) in acknowledged.iter().enumerate() {
         if *acknowledged {

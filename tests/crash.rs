@@ -34,18 +34,7 @@ fn config_file(dir: &Path) -> PathBuf {
 
 fn start(config: &Path) -> Server {
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_tensorgate"))
-        .arg("--config")
-        .arg(config)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server { child, endpoint: format!("http://127.0.0.1:{port}") }
+    Server { child: serve_process(config, port, Stdio::null()), endpoint: format!("http://127.0.0.1:{port}") }
 }
 
 /// A small deterministic generator, so that a failing round can be replayed.

@@ -8,7 +8,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use tensorgate_index::{
     bucket_key, manifest_key, part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
-    ChunkLocation, Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PackJob, PartMarker, PartRecord, Segment, UploadMarker, UploadRecord,
+    ChunkLocation, Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PartMarker, PartRecord, UploadMarker, UploadRecord,
     BUCKETS, MANIFESTS, UPLOADS,
 };
 
@@ -59,8 +59,8 @@ pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, re
 }
 
 /// After a commit: the index may have resolved a chunk to another copy than the published
-/// manifest names (a concurrent write stored the same chunk first, and this write's copy went
-/// to the trash). The manifest is then written again with the locations the index committed;
+/// manifest names (a concurrent write stored the same chunk first; this write's copy is
+/// unreferenced, and its pack goes to the trash once nothing in it is used). The manifest is then written again with the locations the index committed;
 /// if that fails, the key stays pending and [`recover`] writes it before any trash is deleted.
 async fn confirm(store: &Store, key: &ObjectKey, record: &ObjectRecord, published: &[ChunkLocation]) {
     let rewritten = match store.index.locate(record, &[]) {
@@ -78,7 +78,7 @@ async fn confirm(store: &Store, key: &ObjectKey, record: &ObjectRecord, publishe
 pub fn same_locations(a: &[ChunkLocation], b: &[ChunkLocation]) -> bool {
     let sorted = |table: &[ChunkLocation]| {
         let mut table = table.to_vec();
-        table.sort_by(|x, y| x.hash.cmp(&y.hash));
+        table.sort_by_key(|location| location.hash);
         table
     };
     a.len() == b.len() && sorted(a) == sorted(b)
@@ -278,12 +278,13 @@ pub async fn fetch(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Mani
 /// have written, replaced or removed. Returns the current record, if the object exists.
 pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<ObjectRecord>> {
     let manifest = fetch(store, key).await?;
+    let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
     let _guard = store.lock_key(key).await;
     let local = store.index.object(key)?;
     match (manifest, local) {
         (Some(manifest), Some(local)) if manifest.record.version == local.version => Ok(Some(local)),
         (Some(manifest), _) => {
-            store.index.adopt(&manifest, now_ms(), |_| true)?;
+            store.index.adopt(&manifest, now_ms(), |_, own| own.cloned())?;
             Ok(Some(manifest.record))
         }
         (None, Some(_)) => {
@@ -334,10 +335,11 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
             }
             let Some(manifest) = read_record::<Manifest>(store, &listed.key).await? else { continue };
             let key = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
+            let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
             let _guard = store.lock_key(&key).await;
             let current = store.index.object(&key)?.map(|record| record.version);
             if current.as_deref() != Some(manifest.record.version.as_str()) {
-                store.index.adopt(&manifest, now_ms(), |_| true)?;
+                store.index.adopt(&manifest, now_ms(), |_, own| own.cloned())?;
                 report.objects_adopted += 1;
             }
             seen.insert(listed.key, listed.tag);
@@ -346,9 +348,11 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
     for (tenant, bucket) in store.index.all_buckets()? {
         if !listed_buckets.contains(&bucket_key_of(store, &tenant, &bucket))
             && store.upstream.read_tagged(&bucket_key_of(store, &tenant, &bucket)).await?.is_none()
-            && store.index.delete_bucket(&tenant, &bucket)? == BucketDeletion::Deleted
         {
-            report.buckets_removed += 1;
+            let _owned = store.own_bucket(&tenant, &bucket).await;
+            if store.index.delete_bucket(&tenant, &bucket)? == BucketDeletion::Deleted {
+                report.buckets_removed += 1;
+            }
         }
     }
     let mut live_uploads = std::collections::HashSet::new();
@@ -379,15 +383,15 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
 }
 
 /// Writes the manifest of `record` as the object at `key`; returns the chunk table written.
-/// A chunk the index already holds is named where the index has it (a commit keeps that copy).
+/// A chunk the index already holds is named where the index has it (a commit keeps that copy;
+/// see `Index::locate`).
 pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_chunks: &[NewChunk]) -> anyhow::Result<Vec<ChunkLocation>> {
-    let not_stored: Vec<NewChunk> = new_chunks.iter().filter(|new| matches!(store.index.chunk(&new.hash), Ok(None))).cloned().collect();
     let manifest = Manifest {
         tenant: key.tenant.clone(),
         bucket: key.bucket.clone(),
         key: key.key.clone(),
         record: record.clone(),
-        chunks: store.index.locate(record, &not_stored)?,
+        chunks: store.index.locate(record, new_chunks)?,
     };
     upstream::put(&*store.upstream, &manifest_key_of(store, key), Bytes::from(manifest.seal())).await?;
     Ok(manifest.chunks)
@@ -407,93 +411,4 @@ fn manifest_key_of(store: &Store, key: &ObjectKey) -> String {
 
 fn bucket_key_of(store: &Store, tenant: &str, bucket: &str) -> String {
     bucket_key(&store.config.upstream_prefix(tenant), tenant, bucket)
-}
-
-/// What `index rebuild` found upstream.
-#[derive(Debug, Default, Clone)]
-pub struct RebuildReport {
-    pub buckets: usize,
-    pub packs: usize,
-    pub objects: usize,
-    /// Objects still stored as uploaded, queued again for the packer.
-    pub queued: usize,
-    /// Objects whose manifest named a chunk copy that is gone, adopted with another copy of it;
-    /// their manifests are written again by recovery.
-    pub relocated: usize,
-    /// Objects whose manifest needs a chunk no pack upstream holds: not adopted.
-    pub unreadable: Vec<String>,
-    /// Packs no manifest needs, sent to the trash.
-    pub unused_packs: usize,
-}
-
-/// Fills an empty index from the upstream: buckets from their markers, packs from the
-/// listing, objects from their manifests. A chunk location is taken only if its pack exists
-/// and is long enough: manifests whose every location is good come first, then the others,
-/// whose missing chunks another manifest may have brought in. `progress` hears (manifests
-/// done, manifests in all).
-pub async fn rebuild(store: &Store, progress: &dyn Fn(u64, u64)) -> anyhow::Result<RebuildReport> {
-    let mut report = RebuildReport::default();
-    let mut manifests = Vec::new();
-    let mut packs = std::collections::HashMap::new();
-    for prefix in store.config.upstream_prefixes() {
-        for listed in store.upstream.list(&format!("{prefix}{BUCKETS}")).await? {
-            let Some(marker) = read_record::<BucketMarker>(store, &listed.key).await? else { continue };
-            store.index.create_bucket(&marker.tenant, &marker.bucket, marker.created_ms)?;
-            report.buckets += 1;
-        }
-        for listed in store.upstream.list(&format!("{prefix}packs/")).await? {
-            store.index.ensure_pack(&listed.key, listed.size)?;
-            packs.insert(listed.key, listed.size);
-            report.packs += 1;
-        }
-        manifests.extend(store.upstream.list(&format!("{prefix}{MANIFESTS}")).await?);
-    }
-    let usable = |location: &ChunkLocation| packs.get(&location.pack).is_some_and(|size| *size >= location.offset + u64::from(location.frame_len));
-    let mut deferred = Vec::new();
-    for (done, listed) in manifests.iter().enumerate() {
-        progress(done as u64, manifests.len() as u64);
-        let Some(manifest) = read_record::<Manifest>(store, &listed.key).await? else { continue };
-        if manifest.chunks.iter().all(usable) {
-            adopt_rebuilt(store, &manifest, &mut report, &usable)?;
-        } else {
-            deferred.push(manifest);
-        }
-    }
-    for manifest in deferred {
-        let key = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
-        match adopt_rebuilt(store, &manifest, &mut report, &usable) {
-            Ok(()) => {
-                store.index.mark_pending(&key)?;
-                report.relocated += 1;
-            }
-            Err(error) if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::MissingChunk(_))) => {
-                tracing::error!(bucket = %key.bucket, key = %key.key, error = format!("{error:#}"), "object not rebuilt: a chunk it needs is in no pack");
-                report.unreadable.push(format!("{}/{}/{}", key.tenant, key.bucket, key.key));
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    progress(manifests.len() as u64, manifests.len() as u64);
-    report.unused_packs = store.index.trash_unused_packs(now_ms())?;
-    store.index.flush()?;
-    Ok(report)
-}
-
-/// Adopts one manifest during a rebuild, queueing the object for the packer if it is still
-/// stored as uploaded.
-fn adopt_rebuilt(store: &Store, manifest: &Manifest, report: &mut RebuildReport, usable: &dyn Fn(&ChunkLocation) -> bool) -> anyhow::Result<()> {
-    store.index.adopt(manifest, now_ms(), usable)?;
-    report.objects += 1;
-    let as_uploaded =
-        !manifest.record.part_sizes.is_empty() && manifest.record.segments.iter().any(|segment| matches!(segment, Segment::Blob { .. }));
-    if as_uploaded {
-        store.index.enqueue_pack(&PackJob {
-            tenant: manifest.tenant.clone(),
-            bucket: manifest.bucket.clone(),
-            key: manifest.key.clone(),
-            version: manifest.record.version.clone(),
-        })?;
-        report.queued += 1;
-    }
-    Ok(())
 }

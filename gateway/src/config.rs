@@ -22,11 +22,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Requests handled at once; more get `SlowDown` (503) and are retried by clients.
     pub max_concurrent_requests: usize,
+    /// Share of `max_concurrent_requests` one tenant's requests may hold at once (when absent:
+    /// all of them with one tenant, half with several).
+    pub max_concurrent_requests_per_tenant: Option<usize>,
     /// Bytes of request bodies being received at once; a body that would pass the budget waits
     /// (its client is slowed down by TCP) until others finish.
     pub max_in_flight_bytes: u64,
-    /// Share of `max_in_flight_bytes` one tenant's bodies may hold at once (half of it when
-    /// absent), so that one tenant cannot hold it all.
+    /// Share of `max_in_flight_bytes` one tenant's bodies may hold at once (when absent: all
+    /// of it with one tenant, half with several), so that one tenant cannot hold it all.
     pub max_in_flight_bytes_per_tenant: Option<u64>,
     /// Seconds a connection has to send a request's headers (once connected, or between two
     /// requests on a kept-alive connection); slower ones are closed.
@@ -196,6 +199,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
             data_dir: PathBuf::from("tensorgate-data"),
             max_concurrent_requests: 256,
+            max_concurrent_requests_per_tenant: None,
             max_in_flight_bytes: 1 << 30,
             max_in_flight_bytes_per_tenant: None,
             header_read_timeout_secs: 20,
@@ -281,9 +285,18 @@ impl Config {
         Ok(())
     }
 
-    /// Bytes of request bodies one tenant may hold at once.
+    /// Bytes of request bodies one tenant may hold at once: as set, else all of the budget
+    /// with one tenant and half of it with several.
     pub fn tenant_in_flight_bytes(&self) -> u64 {
-        self.max_in_flight_bytes_per_tenant.unwrap_or(self.max_in_flight_bytes / 2)
+        let default = if self.all_tenants().len() > 1 { self.max_in_flight_bytes / 2 } else { self.max_in_flight_bytes };
+        self.max_in_flight_bytes_per_tenant.unwrap_or(default)
+    }
+
+    /// Requests one tenant may have in progress at once: as set, else all of them with one
+    /// tenant and half with several.
+    pub fn tenant_concurrent_requests(&self) -> usize {
+        let default = if self.all_tenants().len() > 1 { self.max_concurrent_requests / 2 } else { self.max_concurrent_requests };
+        self.max_concurrent_requests_per_tenant.unwrap_or(default)
     }
 
     /// Every tenant, the top-level keys forming the tenant `default`.

@@ -6,7 +6,7 @@
 use s3s::{S3Error, S3ErrorCode};
 use tensorgate_index::IndexError;
 
-use crate::upstream::UpstreamFailure;
+use crate::upstream::{Missing, UpstreamFailure};
 
 tokio::task_local! {
     /// The id of the request being served (`x-amz-request-id`), set by the server for each one.
@@ -53,10 +53,12 @@ pub fn to_s3(error: anyhow::Error) -> S3Error {
                 "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
             ),
         }
-    } else if error.downcast_ref::<UpstreamFailure>().is_some() {
+    } else if error.downcast_ref::<UpstreamFailure>().is_some() && error.downcast_ref::<Missing>().is_none() {
         tracing::warn!(%request, %cause, "upstream failure");
-        S3Error::with_message(S3ErrorCode::ServiceUnavailable, "Please reduce your request rate.")
+        S3Error::with_message(S3ErrorCode::ServiceUnavailable, "Service is unable to handle request.")
     } else {
+        // Ours, or data the upstream should hold and does not (a missing pack): not retryable
+        // by waiting, so not a 503.
         tracing::error!(%request, %cause, "internal error");
         S3Error::with_message(S3ErrorCode::InternalError, "We encountered an internal error. Please try again.")
     };

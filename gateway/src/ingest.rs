@@ -26,9 +26,17 @@ use crate::reader;
 use crate::store::{new_id, on_cores, ChunkGuard, Store, WriteGuard};
 use crate::upstream::BlobWriter;
 
-/// Chunks encoded together: one per core keeps every core busy while bounding memory.
+/// Chunks encoded together: one per core keeps every core busy, up to 8 (concurrent writes
+/// keep more cores busy), which bounds what one write holds.
 fn batch_chunks() -> usize {
-    rayon::current_num_threads().max(2)
+    rayon::current_num_threads().clamp(2, 8)
+}
+
+/// The most one write holds in memory at once, whatever its length: an encoding batch, the
+/// chunk being filled and its frames, and an upstream part being uploaded. The in-flight byte
+/// budget charges a body this, or its announced length when smaller.
+pub fn body_buffer_bytes() -> u64 {
+    (batch_chunks() as u64 + 2) * DEFAULT_CHUNK_SIZE as u64 + crate::upstream::PART_SIZE as u64
 }
 
 /// What a finished ingest produced, ready to commit.
@@ -72,6 +80,11 @@ pub struct StoredTensor {
     pub chunks: Vec<ChunkHash>,
     pub sketch: Sketch,
 }
+
+/// Tensors smaller than this are neither fingerprinted, registered as base candidates nor
+/// delta-coded: a delta saves them next to nothing, and a header of 100,000 tiny tensors would
+/// otherwise cost a 512-byte sketch and an index entry each.
+const MIN_BASE_TENSOR_BYTES: u64 = 16 << 10;
 
 /// Base candidates tried on a sample of the first chunk, nearest fingerprints first.
 const TRIALS: usize = 3;
@@ -414,7 +427,8 @@ impl Ingester {
         let (dtype, region_end, tensor_signature) = match model.regions.get(model.region) {
             Some(Region { kind: RegionKind::Tensor(index), end, .. }) => {
                 let tensor = &model.layout.tensors[*index];
-                (tensor.dtype, Some(*end), Some((tensor.name.clone(), signature(tensor))))
+                let worth_a_base = tensor.len() >= MIN_BASE_TENSOR_BYTES;
+                (tensor.dtype, Some(*end), worth_a_base.then(|| (tensor.name.clone(), signature(tensor))))
             }
             Some(Region { end, .. }) => (Dtype::U8, Some(*end), None),
             None => (Dtype::U8, None, None),
@@ -537,7 +551,7 @@ impl Ingester {
         if !self.hold_if_stored(base_hash)? {
             return Ok(None);
         }
-        match reader::load_base(&self.store, &base_hash).await {
+        match reader::load_base_tries(&self.store, &base_hash, 1).await {
             Ok(bytes) if bytes.len() == len => Ok(Some((ContentHash(base_hash), bytes))),
             Ok(_) => Ok(None),
             Err(error) => {

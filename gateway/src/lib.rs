@@ -1,9 +1,12 @@
 //! tensorgate: an S3-compatible gateway that stores AI models deduplicated and delta-compressed.
 //!
-//! Read top-down: [`config`] -> [`server`] (listener and s3s wiring) -> [`service`] (the S3
-//! operations) -> [`catalog`] (manifests upstream, then the index) -> [`ingest`] (PUT path) /
-//! [`reader`] (GET path) -> [`upstream`].
+//! Read top-down: [`config`] -> [`server`] (listener and s3s wiring; [`admission`] limits
+//! what a request may hold) -> [`service`] (the S3 operations; [`errors`] maps failures to S3
+//! errors) -> [`catalog`] (manifests upstream, then the index) -> [`ingest`] (PUT path) /
+//! [`reader`] (GET path) -> [`upstream`]. Maintenance: [`background`], [`compact`], [`fsck`],
+//! [`scrub`], [`rebuild`].
 
+pub mod admission;
 pub mod auth;
 pub mod background;
 pub mod catalog;
@@ -15,6 +18,7 @@ pub mod fsck;
 pub mod ingest;
 pub mod metrics;
 pub mod reader;
+pub mod rebuild;
 pub mod scrub;
 pub mod server;
 pub mod service;

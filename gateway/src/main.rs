@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 use tensorgate::config::{Config, DEFAULT_ACCESS_KEY};
-use tensorgate::{background, catalog, compact, fsck, scrub, server};
+use tensorgate::{background, compact, fsck, rebuild, scrub, server};
 use tensorgate_codec::container;
 
 /// mimalloc keeps freed chunk buffers for reuse instead of returning them to the kernel and
@@ -234,7 +234,7 @@ fn main() -> anyhow::Result<()> {
                 config.data_dir.join("index").display()
             );
             let bar = progress_bar("manifests");
-            let report = catalog::rebuild(&store, &|done, total| {
+            let report = rebuild::rebuild(&store, &|done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })
@@ -332,6 +332,9 @@ fn convert(
 /// Serves until SIGTERM or SIGINT, then drains and stops cleanly; on SIGHUP, reloads the
 /// access keys and tenants from the config file.
 async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Taken before starting, so that a SIGTERM during start-up (recovery) is a clean stop too.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut terminations = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let gateway = server::start(config.clone()).await?;
     println!("tensorgate is serving S3 at http://{}", gateway.address);
     println!("  data directory: {}", config.data_dir.display());
@@ -352,8 +355,6 @@ async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<(
             println!("  access keys:    {keys} keys of {} tenants, from the config", tenants.len());
         }
     }
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut terminations = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             result = tokio::signal::ctrl_c() => {

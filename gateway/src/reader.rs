@@ -13,7 +13,7 @@ use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
 
 use crate::metrics::CacheLabels;
-use crate::store::{on_cores, Store};
+use crate::store::{on_cores, Store, READ_ATTEMPTS};
 
 /// Blob ranges are fetched in pieces of at most this size, to bound memory.
 const BLOB_PIECE: u64 = 4 << 20;
@@ -88,6 +88,17 @@ pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Resul
     receiver
 }
 
+/// Fetches pieces one after the other, all or an error.
+pub async fn fetch_all(store: &Store, pieces: Vec<Piece>) -> anyhow::Result<Vec<Bytes>> {
+    let mut fetched = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let bytes = fetch_piece(store, piece).await?;
+        store.metrics.bytes_out.inc_by(bytes.len() as u64);
+        fetched.push(bytes);
+    }
+    Ok(fetched)
+}
+
 async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
     match piece {
         Piece::Inline(bytes) => Ok(bytes),
@@ -101,12 +112,16 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
 
 /// Fetches and decodes one chunk (with its base when it is a delta).
 pub async fn load_chunk(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
+    load_chunk_tries(store, hash, READ_ATTEMPTS).await
+}
+
+async fn load_chunk_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> anyhow::Result<Bytes> {
     let record = store
         .index
         .chunk(hash)?
         .with_context(|| format!("chunk {} is not in the index", ContentHash(*hash)))?;
     let frame = store
-        .read_upstream(&record.pack, record.offset..record.offset + u64::from(record.frame_len))
+        .read_upstream_tries(&record.pack, record.offset..record.offset + u64::from(record.frame_len), attempts)
         .await?;
     decode(store, frame).await
 }
@@ -129,6 +144,12 @@ pub async fn decode(store: &Store, frame: Bytes) -> anyhow::Result<Bytes> {
 
 /// A base chunk, from the cache or decoded (bases are always stored standalone).
 pub async fn load_base(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
+    load_base_tries(store, hash, READ_ATTEMPTS).await
+}
+
+/// [`load_base`] with `attempts` upstream attempts at most: a write choosing a base can do
+/// without one (it encodes the chunk on its own), so it tries once.
+pub async fn load_base_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> anyhow::Result<Bytes> {
     if let Some(bytes) = store.base_cache.lock().map_err(|_| anyhow::anyhow!("base cache poisoned"))?.get(hash) {
         store.metrics.base_cache.get_or_create(&CacheLabels { result: "hit" }).inc();
         return Ok(bytes);
@@ -139,7 +160,7 @@ pub async fn load_base(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes>
         .chunk(hash)?
         .with_context(|| format!("base chunk {} is not in the index", ContentHash(*hash)))?;
     anyhow::ensure!(record.base.is_none(), "base chunk {} is itself a delta", ContentHash(*hash));
-    let bytes = Box::pin(load_chunk(store, hash)).await?;
+    let bytes = Box::pin(load_chunk_tries(store, hash, attempts)).await?;
     store
         .base_cache
         .lock()

@@ -17,6 +17,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission;
 use crate::auth::{Authenticator, KeyRing, Keys};
 use crate::background;
 use crate::catalog;
@@ -63,7 +64,7 @@ impl RunningGateway {
     /// every request finished in time.
     pub async fn shut_down(self) -> anyhow::Result<bool> {
         let _ = self.drain.send(true);
-        let drained = tokio::time::timeout(Duration::from_secs(self.store.config.drain_secs), self.accept).await.is_ok();
+        let drained = matches!(tokio::time::timeout(Duration::from_secs(self.store.config.drain_secs), self.accept).await, Ok(Ok(())));
         for task in self.tasks {
             task.abort();
         }
@@ -88,12 +89,14 @@ pub fn open_upstream(config: &Config) -> anyhow::Result<Arc<dyn Upstream>> {
     Ok(if routes.is_empty() { default } else { Arc::new(RoutingUpstream::new(default, routes)) })
 }
 
-/// The S3 service, recording each request's method, status and latency, and answering
-/// `SlowDown` (503) beyond `max_concurrent_requests` requests in progress, which clients retry
-/// with backoff. A request holds its slot until its response starts (a PUT's whole body).
+/// The S3 service, recording each request's method, status and latency, giving each its
+/// request id, and answering `SlowDown` (503) beyond `max_concurrent_requests` requests in
+/// progress, or beyond its tenant's share of them (see [`admission`]), which clients retry with
+/// backoff. A request holds its slot until its response starts (a PUT's whole body).
 fn measured_service(
     service: S3Service,
     store: Arc<Store>,
+    keys: Arc<Keys>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = s3s::HttpResponse,
@@ -102,19 +105,19 @@ fn measured_service(
 > + Clone
        + Send
        + 'static {
-    let slots = Arc::new(tokio::sync::Semaphore::new(store.config.max_concurrent_requests.max(1)));
     hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let service = service.clone();
         let store = store.clone();
-        let slots = slots.clone();
+        let keys = keys.clone();
         async move {
             let started = std::time::Instant::now();
             let method = request.method().to_string();
             let request_id = new_id()[..16].to_ascii_uppercase();
+            let tenant = admission::signing_key(&request).and_then(|key| keys.current().tenant(&key).map(str::to_owned)).unwrap_or_default();
             let served = async {
-                match slots.try_acquire_owned() {
-                    Ok(_slot) => hyper::service::Service::call(&service, request).await,
-                    Err(_) => errors::with_request_id(s3s::S3Error::with_message(s3s::S3ErrorCode::SlowDown, "Please reduce your request rate."))
+                match store.admission.slot(&tenant) {
+                    Some(_slot) => hyper::service::Service::call(&service, request).await,
+                    None => errors::with_request_id(s3s::S3Error::with_message(s3s::S3ErrorCode::SlowDown, "Please reduce your request rate."))
                         .to_http_response()
                         .map_err(|error| s3s::HttpError::new(Box::new(error))),
                 }
@@ -193,7 +196,7 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
         metrics_address = Some(listener.local_addr()?);
         tasks.push(tokio::spawn(metrics::serve(listener, store.clone())));
     }
-    let measured = measured_service(service, store.clone());
+    let measured = measured_service(service, store.clone(), keys.clone());
     tracing::info!(%address, tls = tls.is_some(), upstream = store.upstream.describe(), "serving S3");
     let (drain, mut draining) = tokio::sync::watch::channel(false);
     let accept_store = store.clone();

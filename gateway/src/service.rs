@@ -88,7 +88,10 @@ impl Gateway {
         if let Some(announced) = size_hint.filter(|size| *size != ingested.size) {
             let got = ingested.size;
             ingested.discard(&self.store).await;
-            return Err(to_s3(BodyError::WrongLength { announced, got }.into()));
+            return Err(match body_from {
+                BodyFrom::Client => to_s3(BodyError::WrongLength { announced, got }.into()),
+                BodyFrom::Store => internal(format!("a stored object read back as {got} bytes where its record says {announced}")),
+            });
         }
         if let Err(error) = claimed.verify(&ingested) {
             ingested.discard(&self.store).await;
@@ -294,7 +297,6 @@ async fn drain(body: Option<StreamingBlob>) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reading).await;
 }
 
-
 /// AWS answers a part number past the object's parts with 416 InvalidPartNumber.
 fn invalid_part_number() -> S3Error {
     let mut error = S3Error::with_message(S3ErrorCode::Custom("InvalidPartNumber".into()), "The requested partnumber is not satisfiable");
@@ -353,27 +355,6 @@ fn check_key(key: &str) -> S3Result<()> {
         return Err(s3_error!(KeyTooLongError));
     }
     Ok(())
-}
-
-/// Waits for the first `count` pieces of a response body (those kept in the index, and the
-/// first read from the upstream), so that an upstream that cannot serve it gets the client a
-/// 503 rather than a 200 with a short body; later failures end the body early.
-async fn first_pieces_or_unavailable<S>(mut body: S, count: usize) -> S3Result<impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync>
-where
-    S: futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + Sync + Unpin,
-{
-    let mut first = Vec::with_capacity(count);
-    while first.len() < count {
-        match futures::StreamExt::next(&mut body).await {
-            Some(Ok(bytes)) => first.push(Ok(bytes)),
-            Some(Err(error)) => {
-                let error = anyhow::Error::new(error).context(crate::upstream::UpstreamFailure::Failed);
-                return Err(to_s3(error.context("reading the first bytes of a response")));
-            }
-            None => break,
-        }
-    }
-    Ok(futures::StreamExt::chain(futures::stream::iter(first), body))
 }
 
 /// The byte range a GET asks for: a Range header or a part number.
@@ -507,10 +488,15 @@ impl S3 for Gateway {
         let whole = range.is_none();
         let bytes = range.clone().unwrap_or(0..record.size);
         let content_range = range.as_ref().map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), record.size));
-        let pieces = reader::plan(&record, bytes.clone());
-        let held_back = pieces.iter().take_while(|piece| matches!(piece, reader::Piece::Inline(_))).count() + 1;
-        let body = reader::stream(self.store.clone(), pieces);
-        let body = first_pieces_or_unavailable(body, held_back).await?;
+        // The pieces kept in the index and the first read from the upstream are in hand before
+        // the answer starts: an upstream that cannot serve them gets the client a 5xx, not a
+        // 200 cut short. Later failures end the body early.
+        let mut first = reader::plan(&record, bytes.clone());
+        let held_back = first.iter().take_while(|piece| matches!(piece, reader::Piece::Inline(_))).count() + 1;
+        let rest = first.split_off(held_back.min(first.len()));
+        let first = reader::fetch_all(&self.store, first).await.map_err(to_s3)?;
+        let first = futures::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>));
+        let body = futures::StreamExt::chain(first, reader::stream(self.store.clone(), rest));
         tracing::info!(bytes = bytes.end - bytes.start, "serving");
         let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
         let parts_count = parts_count(&record, input.part_number);

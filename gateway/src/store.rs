@@ -8,10 +8,11 @@ use tensorgate_index::{BaseCandidate, ChunkHash, Index, ObjectKey};
 
 use crate::ingest::StoredTensor;
 
+use crate::admission::{Admission, BodyPermit};
 use crate::background::GcMemory;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::upstream::{Circuit, GuardedUpstream, Upstream, UpstreamFailure};
+use crate::upstream::{GuardedUpstream, Upstream, UpstreamFailure};
 
 /// Attempts of one upstream read before its error is returned.
 pub const READ_ATTEMPTS: u32 = 4;
@@ -61,8 +62,6 @@ pub struct Store {
     pub index: Index,
     /// The upstream behind its guard (see [`crate::upstream::GuardedUpstream`]).
     pub upstream: Arc<dyn Upstream>,
-    /// The guard's breaker: open while the upstream is taken to be down.
-    pub circuit: Arc<Circuit>,
     pub config: Config,
     pub metrics: Metrics,
     pub base_cache: Mutex<BaseCache>,
@@ -82,28 +81,8 @@ pub struct Store {
     pub instance: String,
     /// What garbage collection remembers between runs; held by the run in progress.
     pub gc_memory: tokio::sync::Mutex<GcMemory>,
-    /// The in-flight byte budget, in units of [`BUDGET_UNIT`] bytes, and each tenant's share.
-    body_budget: Arc<tokio::sync::Semaphore>,
-    budget_units: u32,
-    tenant_budgets: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
-    tenant_units: u32,
-}
-
-/// Granularity of the in-flight byte budget.
-const BUDGET_UNIT: u64 = 64 << 10;
-
-/// The most one request body holds in memory at once, whatever its length: the chunks one
-/// encoding batch takes (one per core), the chunk being filled and one more in flight to the
-/// upstream. A body is charged this, or its announced length when smaller.
-pub fn body_buffer_bytes() -> u64 {
-    (rayon::current_num_threads().max(2) as u64 + 2) * tensorgate_codec::DEFAULT_CHUNK_SIZE as u64
-}
-
-/// A body's share of the in-flight byte budget (its tenant's and the gateway's), given back
-/// when dropped.
-pub struct BodyPermit {
-    _tenant: tokio::sync::OwnedSemaphorePermit,
-    _gateway: tokio::sync::OwnedSemaphorePermit,
+    /// Request slots and the in-flight byte budget, with each tenant's share.
+    pub admission: Admission,
 }
 
 /// Upstream keys being written and not yet committed: garbage collection leaves them alone.
@@ -192,15 +171,10 @@ impl Store {
         let key_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
         let bucket_locks = (0..KEY_LOCK_STRIPES).map(|_| tokio::sync::RwLock::new(())).collect();
         let instance = index.instance_id(new_id)?;
-        let units_of = |bytes: u64| (bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX >> 3)) as u32;
-        let budget_units = units_of(config.max_in_flight_bytes);
-        let tenant_units = units_of(config.tenant_in_flight_bytes()).min(budget_units);
-        let body_budget = Arc::new(tokio::sync::Semaphore::new(budget_units as usize));
-        let circuit = Arc::new(Circuit::default());
+        let admission = Admission::new(&config);
         Ok(Store {
             index,
-            upstream: Arc::new(GuardedUpstream::new(upstream, circuit.clone())),
-            circuit,
+            upstream: Arc::new(GuardedUpstream::new(upstream, &config.upstream_prefixes())),
             config,
             metrics: Metrics::default(),
             base_cache,
@@ -211,41 +185,19 @@ impl Store {
             in_flight: InFlight::default(),
             instance,
             gc_memory: tokio::sync::Mutex::new(GcMemory::default()),
-            body_budget,
-            budget_units,
-            tenant_budgets: Mutex::default(),
-            tenant_units,
+            admission,
         })
     }
 
-    /// Takes a body's share of the in-flight byte budget, waiting while other bodies hold it:
-    /// what it can buffer (see [`body_buffer_bytes`]), or its announced length when smaller,
-    /// first from its tenant's share, then from the gateway's. Taken whole before any byte is
-    /// read, so that bodies never wait on each other halfway (no deadlock).
+    /// Takes a body's share of the in-flight byte budget (see [`Admission::admit_body`]):
+    /// what one write can buffer, or the body's announced length when smaller.
     pub async fn admit_body(&self, tenant: &str, size: Option<u64>) -> anyhow::Result<BodyPermit> {
-        let bytes = size.unwrap_or(u64::MAX).min(body_buffer_bytes());
-        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX);
-        let tenant_budget = {
-            let mut budgets = self.tenant_budgets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            budgets.entry(tenant.to_owned()).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.tenant_units as usize))).clone()
-        };
-        let mut waited = false;
-        let mut take = |semaphore: Arc<tokio::sync::Semaphore>, units: u32| {
-            let quick = semaphore.clone().try_acquire_many_owned(units).ok();
-            waited |= quick.is_none();
-            async move {
-                match quick {
-                    Some(permit) => Ok(permit),
-                    None => semaphore.acquire_many_owned(units).await,
-                }
-            }
-        };
-        let tenant_permit = take(tenant_budget, units.min(self.tenant_units)).await?;
-        let gateway_permit = take(self.body_budget.clone(), units.min(self.budget_units)).await?;
+        let bytes = size.unwrap_or(u64::MAX).min(crate::ingest::body_buffer_bytes());
+        let (permit, waited) = self.admission.admit_body(tenant, bytes).await?;
         if waited {
             self.metrics.body_waits.inc();
         }
-        Ok(BodyPermit { _tenant: tenant_permit, _gateway: gateway_permit })
+        Ok(permit)
     }
 
     /// Holds off every write (each holds its key's stripe between choosing chunks and
@@ -276,6 +228,12 @@ impl Store {
     /// Reads a range of an upstream object, counting the read. A failed or short read is
     /// retried after a growing, jittered pause, up to [`READ_ATTEMPTS`] attempts in all.
     pub async fn read_upstream(&self, key: &str, range: std::ops::Range<u64>) -> anyhow::Result<Bytes> {
+        self.read_upstream_tries(key, range, READ_ATTEMPTS).await
+    }
+
+    /// [`Store::read_upstream`] with `attempts` attempts at most (1 for a read the caller can
+    /// do without, so that a down upstream costs it little).
+    pub async fn read_upstream_tries(&self, key: &str, range: std::ops::Range<u64>, attempts: u32) -> anyhow::Result<Bytes> {
         self.metrics.upstream_reads.inc();
         let wanted = range.end.saturating_sub(range.start);
         self.metrics.upstream_read_bytes.inc_by(wanted);
@@ -287,7 +245,7 @@ impl Store {
                 Err(error) => error,
             };
             let circuit_open = matches!(error.downcast_ref::<UpstreamFailure>(), Some(UpstreamFailure::CircuitOpen));
-            if attempt == READ_ATTEMPTS || circuit_open {
+            if attempt >= attempts || circuit_open {
                 self.metrics.upstream_errors.inc();
                 return Err(error);
             }

@@ -289,18 +289,19 @@ impl Index {
             .collect()
     }
 
-    /// Deletes a bucket if it holds no objects and no uploads in progress.
+    /// Deletes a bucket if it holds no objects and no uploads in progress. The caller holds
+    /// off writes into the bucket meanwhile (the gateway's bucket lock); a commit that comes
+    /// after finds the bucket gone (see [`Index::commit_object`]).
     pub fn delete_bucket(&self, tenant: &str, bucket: &str) -> Result<BucketDeletion> {
         let bucket_key = keys::bucket(tenant, bucket);
-        let object_prefix = keys::object_prefix(tenant, bucket);
-        // Removed first, then checked: a write that finds the bucket gone is refused, and one
-        // that raced in before the removal puts the bucket back as it was.
-        let Some(record) = self.buckets.remove(&bucket_key)? else {
+        if !self.buckets.contains_key(&bucket_key)? {
             return Ok(BucketDeletion::Missing);
-        };
-        if self.objects.scan_prefix(&object_prefix).next().is_some() || self.has_uploads(tenant, bucket)? {
-            self.buckets.insert(bucket_key, record)?;
+        }
+        if self.objects.scan_prefix(keys::object_prefix(tenant, bucket)).next().is_some() || self.has_uploads(tenant, bucket)? {
             return Ok(BucketDeletion::NotEmpty);
+        }
+        if self.buckets.remove(&bucket_key)?.is_none() {
+            return Ok(BucketDeletion::Missing);
         }
         self.flush()?;
         Ok(BucketDeletion::Deleted)
@@ -408,26 +409,21 @@ impl Index {
         self.flush()
     }
 
-    /// Where every chunk `record` uses is stored (its own chunks and their bases), looking in
-    /// `new_chunks` first and then in the index: the chunk table of its manifest.
+    /// Where every chunk `record` uses is stored (its own chunks and their bases): the chunk
+    /// table of its manifest. The index's copy comes first (a commit keeps it), then the copy
+    /// in `new_chunks`, which the commit would insert.
     pub fn locate(&self, record: &ObjectRecord, new_chunks: &[NewChunk]) -> Result<Vec<ChunkLocation>> {
+        let new_chunks: HashMap<&ChunkHash, &ChunkRecord> = new_chunks.iter().map(|new| (&new.hash, &new.record)).collect();
         let mut locations: Vec<ChunkLocation> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let mut pending: Vec<ChunkHash> = record
-            .segments
-            .iter()
-            .filter_map(|segment| match segment {
-                Segment::Chunk { hash, .. } => Some(*hash),
-                _ => None,
-            })
-            .collect();
+        let mut pending: Vec<ChunkHash> = record.segments.iter().filter_map(Segment::chunk_hash).collect();
         while let Some(hash) = pending.pop() {
             if !seen.insert(hash) {
                 continue;
             }
-            let chunk = match new_chunks.iter().find(|c| c.hash == hash) {
-                Some(new) => new.record.clone(),
-                None => self.chunk(&hash)?.ok_or_else(|| IndexError::MissingChunk(hex(&hash)))?,
+            let chunk = match self.chunk(&hash)? {
+                Some(stored) => stored,
+                None => (*new_chunks.get(&hash).ok_or_else(|| IndexError::MissingChunk(hex(&hash)))?).clone(),
             };
             pending.extend(chunk.base);
             locations.push(ChunkLocation::new(hash, &chunk));
@@ -436,20 +432,26 @@ impl Index {
     }
 
     /// Makes a manifest read from the upstream the object it names, adding its bucket (if
-    /// missing) and the chunks and packs it uses that the index does not hold yet. A chunk the
-    /// index lacks is taken from the manifest only where `usable` accepts its location (its
-    /// pack exists); otherwise nothing changes and the chunk is reported missing.
-    pub fn adopt(&self, manifest: &Manifest, now_ms: i64, usable: impl Fn(&ChunkLocation) -> bool) -> Result<()> {
+    /// missing) and the chunks and packs it uses that the index does not hold yet. Where a
+    /// chunk the index lacks is stored is up to `resolve`, given the chunk and the manifest's
+    /// location for it: that location, another copy, or none (the chunk is then reported
+    /// missing and nothing changes).
+    pub fn adopt(
+        &self,
+        manifest: &Manifest,
+        now_ms: i64,
+        resolve: impl Fn(&ChunkHash, Option<&ChunkLocation>) -> Option<ChunkLocation>,
+    ) -> Result<()> {
         let table: HashMap<ChunkHash, &ChunkLocation> = manifest.chunks.iter().map(|location| (location.hash, location)).collect();
         let mut new_chunks = Vec::new();
         let mut wanted: Vec<ChunkHash> = manifest.record.segments.iter().filter_map(Segment::chunk_hash).collect();
         let mut seen = std::collections::HashSet::new();
-        // The chunks the object reads, and the bases of those taken from the manifest.
+        // The chunks the object reads, and the bases of those taken from outside the index.
         while let Some(hash) = wanted.pop() {
             if !seen.insert(hash) || self.chunk(&hash)?.is_some() {
                 continue;
             }
-            let location = table.get(&hash).filter(|location| usable(location)).ok_or_else(|| IndexError::MissingChunk(hex(&hash)))?;
+            let location = resolve(&hash, table.get(&hash).copied()).ok_or_else(|| IndexError::MissingChunk(hex(&hash)))?;
             wanted.extend(location.base);
             new_chunks.push(NewChunk { hash, record: location.record() });
         }
@@ -1225,7 +1227,7 @@ mod tests {
     }
 
     #[test]
-    fn adopt_takes_a_chunk_only_from_a_usable_location() {
+    fn adopt_takes_a_chunk_only_where_resolved() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
         let hash = [4u8; 32];
@@ -1237,9 +1239,9 @@ mod tests {
             record: record(vec![Segment::Chunk { hash, len: 8 }]),
             chunks: vec![location],
         };
-        assert!(matches!(index.adopt(&manifest, 0, |_| false), Err(IndexError::MissingChunk(_))));
+        assert!(matches!(index.adopt(&manifest, 0, |_, _| None), Err(IndexError::MissingChunk(_))));
         assert!(index.is_empty(), "a refused adoption changes nothing");
-        index.adopt(&manifest, 0, |_| true).unwrap();
+        index.adopt(&manifest, 0, |_, own| own.cloned()).unwrap();
         assert_eq!(index.chunk(&hash).unwrap().unwrap().refs, 1);
     }
 

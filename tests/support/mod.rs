@@ -246,14 +246,14 @@ impl TestGateway {
 
     /// Stops the gateway, deletes its index, rebuilds it from the upstream alone (as `tensorgate
     /// index rebuild` does) and serves again over the same upstream; returns the rebuild's report.
-    pub fn rebuild_index(&mut self) -> tensorgate::catalog::RebuildReport {
+    pub fn rebuild_index(&mut self) -> tensorgate::rebuild::RebuildReport {
         let running = self.gateway.take().unwrap();
         let config = running.store.config.clone();
         let upstream = server::open_upstream(&config).unwrap();
         running.stop();
         std::fs::remove_dir_all(config.data_dir.join("index")).unwrap();
         let store = server::open_store_with(&config, upstream.clone()).unwrap();
-        let report = self.runtime.block_on(tensorgate::catalog::rebuild(&store, &|_, _| {})).unwrap();
+        let report = self.runtime.block_on(tensorgate::rebuild::rebuild(&store, &|_, _| {})).unwrap();
         drop(store);
         let running = self.runtime.block_on(server::start_with(config, upstream)).unwrap();
         self.endpoint = format!("http://{}", running.address);
@@ -294,6 +294,25 @@ pub fn slow_put(endpoint: &str, bucket: &str, key: &str, file: &Path, pause_at: 
     let mut stdout = std::io::BufReader::new(child.stdout.as_mut().unwrap());
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "paused", "slow_put.py did not start its body");
+    child
+}
+
+/// The real `tensorgate serve` process with `config`, listening on `port`, its log going to
+/// `log`; returns once the port is open.
+pub fn serve_process(config: &Path, port: u16, log: Stdio) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_tensorgate"))
+        .arg("--config")
+        .arg(config)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "the gateway never listened on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     child
 }
 

@@ -4,7 +4,8 @@
 //! a retryable 503); and it is a circuit breaker: after [`TRIP_AFTER`] failures in a row the
 //! upstream is taken to be down, and calls fail at once for [`OPEN_FOR`]; then one call goes
 //! through as a probe, and its outcome closes the circuit or opens it again. A down upstream
-//! so costs a client seconds, not minutes.
+//! so costs a client seconds, not minutes. Each upstream prefix (a tenant's own upstream) has
+//! its own circuit.
 //!
 //! Written here rather than taken from a crate: the tower and failsafe breakers want to own
 //! the call as a service; this one is twenty lines over the `Upstream` trait.
@@ -35,6 +36,17 @@ pub enum UpstreamFailure {
     CircuitOpen,
 }
 
+/// What a call's success says of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Evidence {
+    /// The upstream answered it.
+    Answer,
+    /// It may have been served locally (starting a write, or a write buffered before it is
+    /// sent): it does not show that the upstream is up, and an open circuit lets it through
+    /// (the write's end, which the upstream answers, is refused), but its failure counts.
+    Local,
+}
+
 /// The breaker's state, shared by every call.
 #[derive(Debug, Default)]
 pub struct Circuit {
@@ -45,17 +57,21 @@ pub struct Circuit {
 struct CircuitState {
     failures_in_a_row: u32,
     open_until: Option<Instant>,
-    probing: bool,
+    /// When the probe in progress started. A probe whose call was dropped never reports, so
+    /// after [`OPEN_FOR`] another call may probe.
+    probe_started: Option<Instant>,
 }
 
 impl Circuit {
     /// Whether a call may go to the upstream now.
     fn admit(&self) -> Result<(), UpstreamFailure> {
         let mut state = self.lock();
+        let now = Instant::now();
+        let probing = state.probe_started.is_some_and(|started| now < started + OPEN_FOR);
         match state.open_until {
-            Some(until) if Instant::now() < until || state.probing => Err(UpstreamFailure::CircuitOpen),
+            Some(until) if now < until || probing => Err(UpstreamFailure::CircuitOpen),
             Some(_) => {
-                state.probing = true;
+                state.probe_started = Some(now);
                 Ok(())
             }
             None => Ok(()),
@@ -66,7 +82,7 @@ impl Circuit {
     /// missing object included).
     fn record(&self, answered: bool) {
         let mut state = self.lock();
-        state.probing = false;
+        state.probe_started = None;
         if answered {
             state.failures_in_a_row = 0;
             state.open_until = None;
@@ -88,22 +104,33 @@ impl Circuit {
 
     /// Runs one upstream call under the breaker, marking its error as the upstream's.
     async fn call<T>(&self, call: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-        self.admit()?;
+        self.call_as(Evidence::Answer, call).await
+    }
+
+    /// [`Circuit::call`] for a call whose success may not have reached the upstream.
+    async fn call_as<T>(&self, evidence: Evidence, call: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+        if evidence == Evidence::Answer {
+            self.admit()?;
+        }
         let outcome = call.await;
-        self.record(outcome.as_ref().map_or_else(|error| error.is::<Missing>(), |_| true));
+        match &outcome {
+            Ok(_) if evidence == Evidence::Local => {}
+            Ok(_) => self.record(true),
+            Err(error) => self.record(error.is::<Missing>()),
+        }
         outcome.map_err(|error| error.context(UpstreamFailure::Failed))
     }
 
     /// [`Circuit::call`] for a call that is safe to repeat: up to [`ATTEMPTS`] times, after
     /// 50 then 100 ms, unless the circuit opens meanwhile.
-    async fn call_repeatable<T, F, C>(&self, mut call: C) -> anyhow::Result<T>
+    async fn call_repeatable<T, F, C>(&self, evidence: Evidence, mut call: C) -> anyhow::Result<T>
     where
         C: FnMut() -> F,
         F: std::future::Future<Output = anyhow::Result<T>>,
     {
         let mut attempt = 1;
         loop {
-            match self.call(call()).await {
+            match self.call_as(evidence, call()).await {
                 Ok(value) => return Ok(value),
                 Err(error) if attempt == ATTEMPTS || self.is_open() => return Err(error),
                 Err(_) => {
@@ -119,43 +146,57 @@ impl Circuit {
     }
 }
 
-/// An upstream behind the breaker.
+/// An upstream behind the breaker: one circuit per upstream prefix (a tenant with its own
+/// upstream has its own), so that one tenant's upstream going down fails only its calls.
 pub struct GuardedUpstream {
     inner: Arc<dyn Upstream>,
-    circuit: Arc<Circuit>,
+    /// Longest prefix first; the empty prefix, which every key matches, is among them.
+    circuits: Vec<(String, Arc<Circuit>)>,
 }
 
 impl GuardedUpstream {
-    pub fn new(inner: Arc<dyn Upstream>, circuit: Arc<Circuit>) -> GuardedUpstream {
-        GuardedUpstream { inner, circuit }
+    pub fn new(inner: Arc<dyn Upstream>, prefixes: &[String]) -> GuardedUpstream {
+        let mut circuits: Vec<(String, Arc<Circuit>)> = prefixes.iter().map(|prefix| (prefix.clone(), Arc::default())).collect();
+        if !prefixes.iter().any(String::is_empty) {
+            circuits.push((String::new(), Arc::default()));
+        }
+        circuits.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        GuardedUpstream { inner, circuits }
+    }
+
+    /// The circuit of the upstream that holds `key`.
+    fn circuit(&self, key: &str) -> &Arc<Circuit> {
+        let found = self.circuits.iter().find(|(prefix, _)| key.starts_with(prefix.as_str()));
+        &found.unwrap_or(&self.circuits[self.circuits.len() - 1]).1
     }
 }
 
 #[async_trait]
 impl Upstream for GuardedUpstream {
     async fn writer(&self, key: &str) -> anyhow::Result<Box<dyn BlobWriter>> {
-        let inner = self.circuit.call_repeatable(|| self.inner.writer(key)).await?;
-        Ok(Box::new(GuardedWriter { inner, circuit: self.circuit.clone() }))
+        let circuit = self.circuit(key);
+        let inner = circuit.call_repeatable(Evidence::Local, || self.inner.writer(key)).await?;
+        Ok(Box::new(GuardedWriter { inner, circuit: circuit.clone() }))
     }
 
     async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
-        self.circuit.call(self.inner.read(key, range)).await
+        self.circuit(key).call(self.inner.read(key, range)).await
     }
 
     async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>> {
-        self.circuit.call_repeatable(|| self.inner.read_tagged(key)).await
+        self.circuit(key).call_repeatable(Evidence::Answer, || self.inner.read_tagged(key)).await
     }
 
     async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
-        self.circuit.call(self.inner.put_if(key, bytes, condition)).await
+        self.circuit(key).call(self.inner.put_if(key, bytes, condition)).await
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
-        self.circuit.call_repeatable(|| self.inner.delete(key)).await
+        self.circuit(key).call_repeatable(Evidence::Answer, || self.inner.delete(key)).await
     }
 
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
-        self.circuit.call_repeatable(|| self.inner.list(prefix)).await
+        self.circuit(prefix).call_repeatable(Evidence::Answer, || self.inner.list(prefix)).await
     }
 
     fn describe(&self) -> String {
@@ -172,7 +213,7 @@ struct GuardedWriter {
 #[async_trait]
 impl BlobWriter for GuardedWriter {
     async fn write(&mut self, bytes: Bytes) -> anyhow::Result<()> {
-        self.circuit.call(self.inner.write(bytes)).await
+        self.circuit.call_as(Evidence::Local, self.inner.write(bytes)).await
     }
 
     async fn finish(self: Box<Self>) -> anyhow::Result<u64> {
@@ -207,5 +248,53 @@ mod tests {
         assert!(circuit.admit().is_err(), "and only one");
         circuit.record(true);
         assert!(circuit.admit().is_ok() && !circuit.is_open());
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_does_not_keep_the_circuit_open() {
+        let circuit = Circuit::default();
+        for _ in 0..TRIP_AFTER {
+            circuit.record(false);
+        }
+        let long_ago = Instant::now() - OPEN_FOR * 3;
+        circuit.lock().open_until = Some(long_ago);
+        assert!(circuit.admit().is_ok(), "a probe");
+        circuit.lock().probe_started = Some(long_ago);
+        assert!(circuit.admit().is_ok(), "its call was dropped: after a pause, another call probes");
+    }
+
+    struct Nowhere;
+
+    #[async_trait]
+    impl Upstream for Nowhere {
+        async fn writer(&self, _: &str) -> anyhow::Result<Box<dyn BlobWriter>> {
+            anyhow::bail!("nowhere")
+        }
+        async fn read(&self, _: &str, _: Range<u64>) -> anyhow::Result<Bytes> {
+            anyhow::bail!("nowhere")
+        }
+        async fn read_tagged(&self, _: &str) -> anyhow::Result<Option<Tagged>> {
+            Ok(None)
+        }
+        async fn put_if(&self, _: &str, _: Bytes, _: Condition) -> anyhow::Result<bool> {
+            Ok(true)
+        }
+        async fn delete(&self, _: &str) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn list(&self, _: &str) -> anyhow::Result<Vec<Listed>> {
+            Ok(Vec::new())
+        }
+        fn describe(&self) -> String {
+            "nowhere".to_owned()
+        }
+    }
+
+    #[test]
+    fn each_upstream_prefix_has_its_own_circuit() {
+        let guarded = GuardedUpstream::new(Arc::new(Nowhere), &[String::new(), "tenants/t/".to_owned()]);
+        assert!(Arc::ptr_eq(guarded.circuit("tenants/t/packs/p"), guarded.circuit("tenants/t/blobs/b")));
+        assert!(!Arc::ptr_eq(guarded.circuit("tenants/t/packs/p"), guarded.circuit("packs/p")));
+        assert!(Arc::ptr_eq(guarded.circuit("tenants/u/packs/p"), guarded.circuit("packs/p")));
     }
 }

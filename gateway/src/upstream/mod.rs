@@ -12,10 +12,10 @@ use std::ops::Range;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use guard::{Circuit, GuardedUpstream, UpstreamFailure};
+pub use guard::{GuardedUpstream, UpstreamFailure};
 pub use local::LocalUpstream;
 pub use routing::RoutingUpstream;
-pub use s3::{S3Upstream, S3UpstreamConfig};
+pub use s3::{S3Upstream, S3UpstreamConfig, PART_SIZE};
 
 /// One object of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +70,9 @@ pub trait Upstream: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// Writes a small object whole, replacing what is there; a failed write is tried again (up
-/// to three times in all, after 50 then 100 ms): writing the same bytes twice is harmless.
+/// Writes a small object whole, replacing what is there; a failed write is tried again (three
+/// attempts, after 50 then 100 ms; the guard also retries starting each one): writing the same
+/// bytes twice is harmless.
 pub async fn put(upstream: &dyn Upstream, key: &str, bytes: Bytes) -> anyhow::Result<()> {
     let mut attempt = 1;
     loop {

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::{BlobWriter, Condition, Listed, Missing, Tagged, Upstream};
 
 /// Size of the parts written upstream.
-const PART_SIZE: usize = 8 << 20;
+pub const PART_SIZE: usize = 8 << 20;
 
 /// Where the S3 upstream is and how to reach it.
 #[derive(Debug, Clone, Deserialize)]
@@ -78,10 +78,11 @@ impl S3Upstream {
             .credentials_provider(Credentials::new(access_key, secret_key, None, None, "tensorgate-config"))
             .force_path_style(config.path_style)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            // Quick retries and a bounded connect: the gateway retries too, and a client waiting
-            // on a down upstream should get its 503 in seconds (see upstream/guard.rs).
+            // Quick retries and bounded waits: a client waiting on a down upstream should get its
+            // 503 in seconds (see upstream/guard.rs). The first byte of an answer must come within
+            // 20 s of the request's start, an 8 MiB part's upload included.
             .retry_config(RetryConfig::standard().with_max_attempts(3).with_initial_backoff(Duration::from_millis(100)).with_max_backoff(Duration::from_secs(2)))
-            .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).build())
+            .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(3)).read_timeout(Duration::from_secs(20)).build())
             .build();
         Ok(S3Upstream {
             client: Client::from_conf(sdk_config),

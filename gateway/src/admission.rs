@@ -1,0 +1,127 @@
+//! Admission: what a request may hold while it is served, so that no client, and no tenant,
+//! can stall the others. Two limits, each with a per-tenant share: request slots (a request
+//! beyond them is answered `SlowDown`, which clients retry with backoff) and the in-flight
+//! byte budget of request bodies (a body beyond it waits before its first byte is read, which
+//! slows its client down through TCP).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Config;
+
+/// Granularity of the in-flight byte budget.
+const BUDGET_UNIT: u64 = 64 << 10;
+
+/// A limit shared by all, of which each tenant may hold only its share.
+struct Shared {
+    all: Arc<Semaphore>,
+    share: u32,
+    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl Shared {
+    fn new(all: u32, share: u32) -> Shared {
+        let all = all.max(1);
+        Shared { all: Arc::new(Semaphore::new(all as usize)), share: share.clamp(1, all), tenants: Mutex::default() }
+    }
+
+    fn tenant(&self, tenant: &str) -> Arc<Semaphore> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tenants.entry(tenant.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.share as usize))).clone()
+    }
+}
+
+/// Held while a request is served: its tenant's slot and the gateway's.
+pub struct Slot {
+    _tenant: OwnedSemaphorePermit,
+    _gateway: OwnedSemaphorePermit,
+}
+
+/// A body's share of the in-flight byte budget (its tenant's and the gateway's), given back
+/// when dropped.
+pub struct BodyPermit {
+    _tenant: OwnedSemaphorePermit,
+    _gateway: OwnedSemaphorePermit,
+}
+
+/// The gateway's request slots and byte budget.
+pub struct Admission {
+    slots: Shared,
+    bytes: Shared,
+}
+
+impl Admission {
+    pub fn new(config: &Config) -> Admission {
+        let units = |bytes: u64| (bytes / BUDGET_UNIT).clamp(1, u64::from(u32::MAX >> 3)) as u32;
+        let slots = |count: usize| u32::try_from(count).unwrap_or(u32::MAX);
+        Admission {
+            slots: Shared::new(slots(config.max_concurrent_requests), slots(config.tenant_concurrent_requests())),
+            bytes: Shared::new(units(config.max_in_flight_bytes), units(config.tenant_in_flight_bytes())),
+        }
+    }
+
+    /// A request slot for `tenant` (the tenant of the key that signed the request, or "" when
+    /// none is known yet), or `None`: the request is then answered `SlowDown`.
+    pub fn slot(&self, tenant: &str) -> Option<Slot> {
+        let tenant = self.slots.tenant(tenant).try_acquire_owned().ok()?;
+        let gateway = self.slots.all.clone().try_acquire_owned().ok()?;
+        Some(Slot { _tenant: tenant, _gateway: gateway })
+    }
+
+    /// Takes a body's share of the byte budget, waiting while other bodies hold it: `bytes`
+    /// (what the body can buffer, see [`crate::ingest::body_buffer_bytes`], or its announced
+    /// length when smaller), first from its tenant's share, then from the gateway's. Taken
+    /// whole before any byte is read, so that bodies never wait on each other halfway (no
+    /// deadlock). The second value tells whether it had to wait.
+    pub async fn admit_body(&self, tenant: &str, bytes: u64) -> anyhow::Result<(BodyPermit, bool)> {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX).min(self.bytes.share);
+        let (tenant, tenant_waited) = take(self.bytes.tenant(tenant), units).await?;
+        let (gateway, gateway_waited) = take(self.bytes.all.clone(), units).await?;
+        Ok((BodyPermit { _tenant: tenant, _gateway: gateway }, tenant_waited || gateway_waited))
+    }
+}
+
+/// `units` of `semaphore`, and whether they were not there at once.
+async fn take(semaphore: Arc<Semaphore>, units: u32) -> anyhow::Result<(OwnedSemaphorePermit, bool)> {
+    if let Ok(permit) = semaphore.clone().try_acquire_many_owned(units) {
+        return Ok((permit, false));
+    }
+    Ok((semaphore.acquire_many_owned(units).await?, true))
+}
+
+/// The access key that signed a request (SigV4 header or presigned URL), read without checking
+/// the signature (s3s checks it later): enough to pick the tenant whose share it takes.
+pub fn signing_key(request: &hyper::Request<hyper::body::Incoming>) -> Option<String> {
+    let from_header = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split("Credential=").nth(1))
+        .and_then(|credential| credential.split('/').next());
+    let from_query = || {
+        request.uri().query()?.split('&').find_map(|pair| {
+            let value = pair.strip_prefix("X-Amz-Credential=")?;
+            value.split(['/']).next()?.split("%2F").next()
+        })
+    };
+    from_header.or_else(from_query).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_holds_its_share_of_the_slots_and_no_more() {
+        let config = Config { max_concurrent_requests: 4, max_concurrent_requests_per_tenant: Some(2), ..Config::default() };
+        let admission = Admission::new(&config);
+        let held: Vec<Slot> = (0..2).map(|_| admission.slot("a").expect("within a's share")).collect();
+        assert!(admission.slot("a").is_none(), "a's share is taken");
+        let other = admission.slot("b").expect("b has its own share");
+        drop(held);
+        assert!(admission.slot("a").is_some());
+        drop(other);
+    }
+}
