@@ -102,7 +102,8 @@ async fn check_manifests(store: &Store, repair: bool, report: &mut FsckReport) -
 /// and are long enough: `index rebuild` reads nothing else. With `repair`, a manifest of an
 /// object the index holds is written again from the index.
 async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
-    let mut needs: Vec<(ObjectKey, String, u64)> = Vec::new();
+    // The furthest byte each manifest needs of each upstream object: one problem per pair.
+    let mut needs: std::collections::BTreeMap<(ObjectKey, String), u64> = std::collections::BTreeMap::new();
     let mut sizes = HashMap::new();
     for prefix in store.config.upstream_prefixes() {
         for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
@@ -115,14 +116,17 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
                 }
             };
             let object = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
-            needs.extend(manifest.upstream_needs().into_iter().map(|(key, end)| (object.clone(), key.to_owned(), end)));
+            for (key, end) in manifest.upstream_needs() {
+                let furthest = needs.entry((object.clone(), key.to_owned())).or_default();
+                *furthest = (*furthest).max(end);
+            }
         }
         for folder in ["packs/", "blobs/"] {
             sizes.extend(store.upstream.list(&format!("{prefix}{folder}")).await?.into_iter().map(|listed| (listed.key, listed.size)));
         }
     }
     let mut rewritten = std::collections::HashSet::new();
-    for (object, key, end) in needs {
+    for ((object, key), end) in needs {
         if sizes.get(&key).is_some_and(|size| *size >= end) {
             continue;
         }

@@ -2,7 +2,7 @@
 //! (the gateway refuses such keys), so that sled's byte order is S3's listing order.
 
 /// The full name of an object: tenant, bucket and key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
     pub tenant: String,
     pub bucket: String,
