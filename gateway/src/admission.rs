@@ -91,6 +91,63 @@ async fn take(semaphore: Arc<Semaphore>, units: u32) -> anyhow::Result<(OwnedSem
     Ok((semaphore.acquire_many_owned(units).await?, true))
 }
 
+/// A request body that fails once it has sent nothing for `idle`: the transport's guarantee
+/// that no body read waits forever, whoever reads it (s3s reads the XML bodies itself). Bodies
+/// the gateway reads (PUT, UploadPart) are refused a second earlier by ingest; this one ends
+/// what nothing else would. Either way the client is answered `RequestTimeout`, as S3 does.
+pub struct IdleBody {
+    inner: hyper::body::Incoming,
+    idle: std::time::Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Set when the body is cut off, so that the answer can say so (`RequestTimeout`).
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl IdleBody {
+    pub fn new(inner: hyper::body::Incoming, idle: std::time::Duration, stalled: Arc<std::sync::atomic::AtomicBool>) -> IdleBody {
+        IdleBody { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), stalled }
+    }
+}
+
+/// A request body went silent for longer than the transport allows.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body sent nothing for too long")]
+pub struct BodyStalled;
+
+impl http_body::Body for IdleBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+                this.stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(Some(Err(Box::new(BodyStalled))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The access key that signed a request (SigV4 header or presigned URL), read without checking
 /// the signature (s3s checks it later): enough to pick the tenant whose share it takes.
 pub fn signing_key(request: &hyper::Request<hyper::body::Incoming>) -> Option<String> {

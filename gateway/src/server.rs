@@ -116,7 +116,18 @@ fn measured_service(
             let tenant = admission::signing_key(&request).and_then(|key| keys.current().tenant(&key).map(str::to_owned)).unwrap_or_default();
             let served = async {
                 match store.admission.slot(&tenant) {
-                    Some(_slot) => hyper::service::Service::call(&service, request).await,
+                    Some(_slot) => {
+                        let idle = Duration::from_secs(store.config.body_idle_timeout_secs + 1);
+                        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                        let request = request.map(|body| s3s::Body::http_body(admission::IdleBody::new(body, idle, stalled.clone())));
+                        let answer = service.call(request).await;
+                        if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                            store.metrics.body_idle_timeouts.inc();
+                            errors::to_s3(errors::BodyError::Idle(idle.as_secs()).into()).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)))
+                        } else {
+                            answer
+                        }
+                    }
                     None => errors::with_request_id(s3s::S3Error::with_message(s3s::S3ErrorCode::SlowDown, "Please reduce your request rate."))
                         .to_http_response()
                         .map_err(|error| s3s::HttpError::new(Box::new(error))),

@@ -23,13 +23,20 @@ BUCKET = "hostile"
 
 def signed_put_head(endpoint, bucket, key, announced):
     """The request line and headers of a signed PUT announcing `announced` body bytes."""
-    url = f"{endpoint}/{bucket}/{urllib.parse.quote(key)}"
+    return signed_head("PUT", endpoint, bucket, key, announced)
+
+
+def signed_head(method, endpoint, bucket, key, announced, query=""):
+    """The request line and headers of a signed request (UNSIGNED-PAYLOAD) to an object, with
+    `query` (already encoded), announcing `announced` body bytes."""
+    url = f"{endpoint}/{bucket}/{urllib.parse.quote(key)}" + (f"?{query}" if query else "")
     headers = {"Content-Length": str(announced), "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
-    request = AWSRequest(method="PUT", url=url, headers=headers)
+    request = AWSRequest(method=method, url=url, headers=headers)
     request.context["client_config"] = Config(s3={"payload_signing_enabled": False})
     credentials = boto3.Session().get_credentials()
     S3SigV4Auth(credentials, "s3", "us-east-1").add_auth(request)
-    lines = [f"PUT {urllib.parse.urlparse(url).path} HTTP/1.1", f"Host: {urllib.parse.urlparse(endpoint).netloc}"]
+    target = urllib.parse.urlparse(url).path + (f"?{query}" if query else "")
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {urllib.parse.urlparse(endpoint).netloc}"]
     lines += [f"{name}: {value}" for name, value in request.headers.items() if name.lower() != "host"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 

@@ -14,6 +14,8 @@ the gateway's per-tenant byte budget must hold all of tenant A's stalled bodies 
 3. With the stalled sockets still open, tenant A's 20 MB PUT takes under 2 s and reads back whole.
 4. 50 connections trickling a header line byte by byte are each closed within HEADER_TIMEOUT
    + 2 s, while ordinary requests keep being answered.
+5. A CompleteMultipartUpload whose XML body stalls is answered 400 RequestTimeout within
+   IDLE_TIMEOUT + 3 s.
 Prints the measured figures as one JSON line, then "all checks passed"; otherwise one line per
 failed check with its figures, and exits with status 1. Every socket and call has a timeout.
 """
@@ -33,7 +35,7 @@ import boto3
 import botocore
 from botocore.config import Config
 
-from hostile import signed_put_head
+from hostile import signed_head, signed_put_head
 
 HEADER_TIMEOUT = float(os.environ.get("HEADER_TIMEOUT", "2"))
 IDLE_TIMEOUT = float(os.environ.get("IDLE_TIMEOUT", "3"))
@@ -258,6 +260,28 @@ def check_budget_comes_back(endpoint, a_key, token):
     judge_put(3, "tenant A's 20 MB PUT after the idle timeout", put, 2)
 
 
+def check_stalled_xml_body(endpoint, a_key, token):
+    """A CompleteMultipartUpload whose XML body stops after a few bytes (s3s reads such bodies
+    itself): the gateway ends it within a second or so of the idle timeout, never acknowledging."""
+    s3 = client(endpoint, a_key)
+    key = f"xml-{token}"
+    upload = s3.create_multipart_upload(Bucket=BUCKET_A, Key=key)["UploadId"]
+    parsed = urllib.parse.urlparse(endpoint)
+    connection = socket.create_connection((parsed.hostname, parsed.port), timeout=5)
+    head = signed_head("POST", endpoint, BUCKET_A, key, 1000, f"uploadId={urllib.parse.quote(upload)}")
+    connection.sendall(head + b"<CompleteMultipartUpload>")
+    stall = {"key": key, "socket": connection, "sent": time.monotonic(), "answer": b"", "after": None, "end": None}
+    watch_answers([stall], stall["sent"] + IDLE_TIMEOUT + 4)
+    connection.close()
+    result = outcome(stall)
+    figures["5_stalled_xml_body"] = {"outcome": result, "after_s": stall["after"]}
+    if stall["after"] is None or stall["after"] > IDLE_TIMEOUT + 3:
+        fail(5, f"a CompleteMultipartUpload with a stalled body was not ended within {IDLE_TIMEOUT + 3} s: {result}")
+    elif result != "400 RequestTimeout":
+        fail(5, f"a CompleteMultipartUpload with a stalled body was answered {result}, not 400 RequestTimeout")
+    s3.abort_multipart_upload(Bucket=BUCKET_A, Key=key, UploadId=upload)
+
+
 def judge_put(check, what, put, limit):
     """Fails `check` unless the timed PUT succeeded within `limit` seconds and read back whole."""
     if "error" in put:
@@ -356,7 +380,8 @@ def main():
     stalls = []
     for number, run in ((1, lambda: stalls.extend(check_stalled_puts_do_not_block(endpoint, a_key, b_key, token))),
                         (3, lambda: check_budget_comes_back(endpoint, a_key, token)),
-                        (4, lambda: check_slowloris(endpoint, a_key, token))):
+                        (4, lambda: check_slowloris(endpoint, a_key, token)),
+                        (5, lambda: check_stalled_xml_body(endpoint, a_key, token))):
         try:
             run()
         except Exception as error:
