@@ -127,7 +127,10 @@ impl Gateway {
             ingested.discard(&self.store).await;
             return Err(to_s3(error));
         }
-        self.store.register_tensors(tenant, &ingested.tensors).map_err(internal)?;
+        // The write is committed: failing to offer its tensors as bases costs savings, not it.
+        if let Err(error) = self.store.register_tensors(tenant, &ingested.tensors) {
+            tracing::warn!(error = format!("{error:#}"), "stored, but its tensors were not registered as base candidates");
+        }
         tracing::info!(size = record.size, segments = record.segments.len(), model = ingested.is_model(), "stored");
         Ok(record)
     }
