@@ -194,13 +194,16 @@ fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     path
 }
 
-
-/// SIGTERM while three uploads are halfway through their bodies: the gateway stops taking
-/// connections, lets the uploads finish, exits 0; after a restart every upload reads back.
+/// SIGTERM while three uploads are halfway through their bodies: `/ready` says no, the gateway
+/// stops taking connections, lets the uploads finish, exits 0; after a restart every upload
+/// reads back.
 #[test]
 fn sigterm_drains_uploads_and_exits_zero() {
     let work = tempfile::tempdir().unwrap();
     let config = write_config(work.path(), "");
+    let metrics_port = free_port();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n{text}")).unwrap();
     let model = work.path().join("model.safetensors");
     std::fs::write(&model, replicated_model(&corpus("ft/ft-c-cls.bf16.safetensors"), 4)).unwrap();
     let port = free_port();
@@ -211,9 +214,13 @@ fn sigterm_drains_uploads_and_exits_zero() {
     assert!(made.status.success());
     let size = std::fs::metadata(&model).unwrap().len() as usize;
     let uploads: Vec<_> = (0..3).map(|n| slow_put(&endpoint, "drain", &format!("m{n}"), &model, size / 2, 2.0)).collect();
+    assert!(ready(metrics_port).starts_with("HTTP/1.1 200"), "ready before SIGTERM");
     let signalled = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     assert!(signalled.success());
     let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let draining = ready(metrics_port);
+    assert!(draining.starts_with("HTTP/1.1 503"), "/ready while draining: {draining}");
     let status = loop {
         if let Some(status) = server.try_wait().unwrap() {
             break status;
@@ -238,6 +245,16 @@ fn sigterm_drains_uploads_and_exits_zero() {
     assert!(acknowledged.iter().all(|a| *a), "uploads in progress at SIGTERM were not drained to completion: {acknowledged:?}");
     let _ = restarted.kill();
     let _ = restarted.wait();
+}
+
+/// The status line and body of `GET /ready` on the metrics port.
+fn ready(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    connection.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    connection.read_to_string(&mut answer).unwrap();
+    answer
 }
 
 /// `serve` refuses to start on a config that `config check` refuses: an access key given to

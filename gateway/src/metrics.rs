@@ -1,5 +1,6 @@
 //! Prometheus metrics and health, served on their own port (`metrics_listen`):
-//! `/metrics` (text format), `/health` (the process answers) and `/ready` (the index answers).
+//! `/metrics` (text format), `/health` (the process answers) and `/ready` (the index answers
+//! and the gateway is not draining).
 //! Counters move where the work happens; per-tenant bytes and the packer queue are read from
 //! the index at each scrape.
 
@@ -171,6 +172,7 @@ fn answer(store: &Store, path: &str) -> Response<Full<Bytes>> {
             Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")),
         },
         "/health" => (StatusCode::OK, "ok\n".to_owned()),
+        "/ready" if store.draining.load(std::sync::atomic::Ordering::Relaxed) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned()),
         "/ready" => match store.index.pack_bytes() {
             Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
             Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("index unavailable: {error}\n")),

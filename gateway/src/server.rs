@@ -63,6 +63,7 @@ impl RunningGateway {
     /// `drain_secs` at most), stops the background tasks and flushes the index. True when
     /// every request finished in time.
     pub async fn shut_down(self) -> anyhow::Result<bool> {
+        self.store.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.drain.send(true);
         let drained = matches!(tokio::time::timeout(Duration::from_secs(self.store.config.drain_secs), self.accept).await, Ok(Ok(())));
         for task in self.tasks {

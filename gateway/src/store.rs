@@ -83,6 +83,8 @@ pub struct Store {
     pub gc_memory: tokio::sync::Mutex<GcMemory>,
     /// Request slots and the in-flight byte budget, with each tenant's share.
     pub admission: Admission,
+    /// Set once the gateway is stopping: `/ready` then says no, so load balancers move on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Upstream keys being written and not yet committed: garbage collection leaves them alone.
@@ -186,6 +188,7 @@ impl Store {
             instance,
             gc_memory: tokio::sync::Mutex::new(GcMemory::default()),
             admission,
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
