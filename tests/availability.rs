@@ -66,7 +66,8 @@ fn one_tenant_cannot_take_every_request_slot() {
     assert!(made.status.success());
     let model = corpus("base/minilm-l6.bf16.safetensors");
     let half = std::fs::metadata(&model).unwrap().len() as usize / 2;
-    let slow: Vec<_> = (0..8).map(|n| slow_put(&gateway.endpoint, "slots", &format!("slow{n}"), &model, half, 4.0)).collect();
+    // Paused long enough for the eight to start one after the other and the two checks to run.
+    let slow: Vec<_> = (0..8).map(|n| slow_put(&gateway.endpoint, "slots", &format!("slow{n}"), &model, half, 12.0)).collect();
     let own = aws_command(&gateway.endpoint, ACCESS_KEY, SECRET_KEY).args(["s3api", "list-objects-v2", "--bucket", "slots"]).env("AWS_MAX_ATTEMPTS", "1").output().unwrap();
     let other = aws_command(&gateway.endpoint, "key-b", "secret-b").args(["s3api", "list-objects-v2", "--bucket", "other"]).env("AWS_MAX_ATTEMPTS", "1").output().unwrap();
     let uploaded = slow.into_iter().map(|child| child.wait_with_output().unwrap().status.success()).filter(|ok| *ok).count();
@@ -213,7 +214,7 @@ fn sigterm_drains_uploads_and_exits_zero() {
     let made = aws_command(&endpoint, ACCESS_KEY, SECRET_KEY).args(["s3", "mb", "s3://drain"]).output().unwrap();
     assert!(made.status.success());
     let size = std::fs::metadata(&model).unwrap().len() as usize;
-    let uploads: Vec<_> = (0..3).map(|n| slow_put(&endpoint, "drain", &format!("m{n}"), &model, size / 2, 2.0)).collect();
+    let uploads: Vec<_> = (0..3).map(|n| slow_put(&endpoint, "drain", &format!("m{n}"), &model, size / 2, 5.0)).collect();
     assert!(ready(metrics_port).starts_with("HTTP/1.1 200"), "ready before SIGTERM");
     let signalled = Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
     assert!(signalled.success());

@@ -14,22 +14,26 @@ use crate::config::Config;
 /// Granularity of the in-flight byte budget.
 const BUDGET_UNIT: u64 = 64 << 10;
 
-/// A limit shared by all, of which each tenant may hold only its share.
+/// A limit shared by all, of which each tenant may hold only its share. The tenant "" (callers
+/// not known yet: unsigned requests, unknown keys) has a smaller one.
 struct Shared {
     all: Arc<Semaphore>,
     share: u32,
+    unknown_share: u32,
     tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Shared {
     fn new(all: u32, share: u32) -> Shared {
         let all = all.max(1);
-        Shared { all: Arc::new(Semaphore::new(all as usize)), share: share.clamp(1, all), tenants: Mutex::default() }
+        let share = share.clamp(1, all);
+        Shared { all: Arc::new(Semaphore::new(all as usize)), share, unknown_share: (all / 8).clamp(1, share), tenants: Mutex::default() }
     }
 
     fn tenant(&self, tenant: &str) -> Arc<Semaphore> {
+        let share = if tenant.is_empty() { self.unknown_share } else { self.share };
         let mut tenants = self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        tenants.entry(tenant.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.share as usize))).clone()
+        tenants.entry(tenant.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(share as usize))).clone()
     }
 }
 
@@ -62,8 +66,9 @@ impl Admission {
         }
     }
 
-    /// A request slot for `tenant` (the tenant of the key that signed the request, or "" when
-    /// none is known yet), or `None`: the request is then answered `SlowDown`.
+    /// A request slot for `tenant` (the tenant of the key the request names, or "" when none
+    /// is known: those share an eighth of the slots), or `None`: the request is then answered
+    /// `SlowDown`.
     pub fn slot(&self, tenant: &str) -> Option<Slot> {
         let tenant = self.slots.tenant(tenant).try_acquire_owned().ok()?;
         let gateway = self.slots.all.clone().try_acquire_owned().ok()?;
@@ -99,13 +104,16 @@ pub struct IdleBody {
     inner: hyper::body::Incoming,
     idle: std::time::Duration,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Whether the last poll found nothing: the silence being timed began then. Time when
+    /// nobody polls (a body waiting for the byte budget) is not the client's silence.
+    waiting: bool,
     /// Set when the body is cut off, so that the answer can say so (`RequestTimeout`).
     stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl IdleBody {
     pub fn new(inner: hyper::body::Incoming, idle: std::time::Duration, stalled: Arc<std::sync::atomic::AtomicBool>) -> IdleBody {
-        IdleBody { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), stalled }
+        IdleBody { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), waiting: false, stalled }
     }
 }
 
@@ -127,15 +135,21 @@ impl http_body::Body for IdleBody {
         let this = self.get_mut();
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + this.idle;
-                this.deadline.as_mut().reset(next);
+                this.waiting = false;
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }
-            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
-                this.stalled.store(true, std::sync::atomic::Ordering::Relaxed);
-                Poll::Ready(Some(Err(Box::new(BodyStalled))))
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    let next = tokio::time::Instant::now() + this.idle;
+                    this.deadline.as_mut().reset(next);
+                }
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    this.stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled))));
+                }
+                Poll::Pending
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -148,22 +162,37 @@ impl http_body::Body for IdleBody {
     }
 }
 
-/// The access key that signed a request (SigV4 header or presigned URL), read without checking
-/// the signature (s3s checks it later): enough to pick the tenant whose share it takes.
-pub fn signing_key(request: &hyper::Request<hyper::body::Incoming>) -> Option<String> {
+/// The access key a request names (SigV4 header or presigned URL), read without checking the
+/// signature (s3s checks it later): it picks the tenant whose share of the slots the request
+/// takes. s3s checks a signature before reading the body, so a request naming another tenant's
+/// key without its secret is refused at once and holds that share for no time; the requests
+/// for which s3s reads (part of) the body first (POST forms, credentials scoped to another
+/// service than s3) take the share of unknown callers instead.
+pub fn signing_key<B>(request: &hyper::Request<B>) -> Option<String> {
+    let is_form = request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.to_ascii_lowercase().starts_with("multipart/form-data"));
+    if request.method() == hyper::Method::POST && is_form {
+        return None;
+    }
     let from_header = request
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split("Credential=").nth(1))
-        .and_then(|credential| credential.split('/').next());
+        .map(|credential| credential.split([',', ' ']).next().unwrap_or_default().to_owned());
     let from_query = || {
         request.uri().query()?.split('&').find_map(|pair| {
             let value = pair.strip_prefix("X-Amz-Credential=")?;
-            value.split(['/']).next()?.split("%2F").next()
+            Some(value.replace("%2F", "/").replace("%2f", "/"))
         })
     };
-    from_header.or_else(from_query).map(str::to_owned)
+    let credential = from_header.or_else(from_query)?;
+    let mut scope = credential.split('/');
+    let key = scope.next()?;
+    (scope.nth(2) == Some("s3")).then(|| key.to_owned())
 }
 
 #[cfg(test)]
@@ -180,5 +209,28 @@ mod tests {
         drop(held);
         assert!(admission.slot("a").is_some());
         drop(other);
+        let unknown = admission.slot("").expect("an eighth of 4, at least one");
+        assert!(admission.slot("").is_none(), "callers not known yet share one slot");
+        drop(unknown);
+    }
+
+    #[test]
+    fn the_named_key_is_read_only_where_s3s_checks_it_before_the_body() {
+        let request = |method: &str, uri: &str, headers: &[(&str, &str)]| {
+            let mut builder = hyper::Request::builder().method(method).uri(uri);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(()).unwrap()
+        };
+        let signed = "AWS4-HMAC-SHA256 Credential=AKIDA/20261130/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00";
+        assert_eq!(signing_key(&request("GET", "/b/k", &[("authorization", signed)])).as_deref(), Some("AKIDA"));
+        let presigned = "/b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDB%2F20261130%2Fus-east-1%2Fs3%2Faws4_request";
+        assert_eq!(signing_key(&request("GET", presigned, &[])).as_deref(), Some("AKIDB"));
+        let sts = signed.replace("/s3/", "/sts/");
+        assert_eq!(signing_key(&request("PUT", "/b/k", &[("authorization", sts.as_str())])), None);
+        let form = [("authorization", signed), ("content-type", "multipart/form-data; boundary=x")];
+        assert_eq!(signing_key(&request("POST", "/b", &form)), None);
+        assert_eq!(signing_key(&request("GET", "/b/k", &[])), None);
     }
 }

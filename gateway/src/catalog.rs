@@ -27,6 +27,9 @@ pub async fn commit(
 ) -> anyhow::Result<()> {
     let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
     let _guard = store.lock_key(key).await;
+    if store.index.bucket(&key.tenant, &key.bucket)?.is_none() {
+        return Err(IndexError::NoSuchBucket.into());
+    }
     if let Expect::Version(version) = expect {
         if store.index.object(key)?.map(|current| current.version).as_deref() != Some(version) {
             return Err(IndexError::VersionChanged.into());
@@ -138,8 +141,11 @@ pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
 /// Deletes an empty bucket from the index, then its marker. Commits into the bucket are held
 /// off meanwhile, and those that come after find it gone.
 pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<BucketDeletion> {
-    let _owned = store.own_bucket(tenant, bucket).await;
+    let owned = store.own_bucket(tenant, bucket).await;
     let deletion = store.index.delete_bucket(tenant, bucket)?;
+    // Commits that come after find the bucket gone in the index: no need to hold them off
+    // while the upstream answers.
+    drop(owned);
     if deletion == BucketDeletion::Deleted {
         store.upstream.delete(&bucket_key_of(store, tenant, bucket)).await?;
     }

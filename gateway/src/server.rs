@@ -158,7 +158,8 @@ fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
         .with_no_client_auth()
         .with_single_cert(certificates, key)
         .context("the TLS certificate and key do not match")?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only, as S3 speaks: hyper's header timeout covers HTTP/1 alone.
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
@@ -240,15 +241,17 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
     Ok(RunningGateway { address, metrics_address, store, keys, accept, drain, tasks })
 }
 
-/// Serves one connection: its TLS handshake and first bytes within the header timeout (hyper
-/// then times out each request's headers), its requests until it closes or the gateway drains.
+/// Serves one connection over HTTP/1.1: its TLS handshake within the header timeout, then each
+/// request's headers within it too (hyper's timer), its requests until it closes or the
+/// gateway drains.
 async fn serve_connection<S>(socket: tokio::net::TcpStream, tls: Option<TlsAcceptor>, service: S, watcher: Watcher, store: Arc<Store>)
 where
     S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = s3s::HttpResponse, Error = s3s::HttpError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let header_timeout = Duration::from_secs(store.config.header_read_timeout_secs);
-    let mut http = ConnectionBuilder::new(TokioExecutor::new());
+    // HTTP/1.1 only (S3 clients speak it; hyper times HTTP/1 headers from the first byte on).
+    let mut http = ConnectionBuilder::new(TokioExecutor::new()).http1_only();
     // A client that closes its sending side after the body still gets its answer.
     http.http1().half_close(true).timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let served = match tls {
@@ -257,10 +260,7 @@ where
             Ok(Err(error)) => Err(error.into()),
             Err(_) => Err(Box::new(HeaderTimeout) as Box<dyn std::error::Error + Send + Sync>),
         },
-        None => match tokio::time::timeout(header_timeout, socket.readable()).await {
-            Ok(_) => watcher.watch(http.serve_connection(TokioIo::new(socket), service)).await,
-            Err(_) => Err(Box::new(HeaderTimeout) as Box<dyn std::error::Error + Send + Sync>),
-        },
+        None => watcher.watch(http.serve_connection(TokioIo::new(socket), service)).await,
     };
     if let Err(error) = served {
         let timed_out = error.is::<HeaderTimeout>() || error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);

@@ -42,8 +42,8 @@ enum Evidence {
     /// The upstream answered it.
     Answer,
     /// It may have been served locally (starting a write, or a write buffered before it is
-    /// sent): it does not show that the upstream is up, and an open circuit lets it through
-    /// (the write's end, which the upstream answers, is refused), but its failure counts.
+    /// sent): it does not show that the upstream is up, nor can it be the probe, but it is
+    /// refused while the circuit is open, and its failure counts.
     Local,
 }
 
@@ -63,8 +63,8 @@ struct CircuitState {
 }
 
 impl Circuit {
-    /// Whether a call may go to the upstream now.
-    fn admit(&self) -> Result<(), UpstreamFailure> {
+    /// Whether a call may go to the upstream now; true when it goes as the probe.
+    fn admit(&self) -> Result<bool, UpstreamFailure> {
         let mut state = self.lock();
         let now = Instant::now();
         let probing = state.probe_started.is_some_and(|started| now < started + OPEN_FOR);
@@ -72,17 +72,19 @@ impl Circuit {
             Some(until) if now < until || probing => Err(UpstreamFailure::CircuitOpen),
             Some(_) => {
                 state.probe_started = Some(now);
-                Ok(())
+                Ok(true)
             }
-            None => Ok(()),
+            None => Ok(false),
         }
     }
 
     /// Records a call's outcome: `answered` when the upstream did its part (a read of a
     /// missing object included).
-    fn record(&self, answered: bool) {
+    fn record(&self, answered: bool, probe: bool) {
         let mut state = self.lock();
-        state.probe_started = None;
+        if probe {
+            state.probe_started = None;
+        }
         if answered {
             state.failures_in_a_row = 0;
             state.open_until = None;
@@ -109,14 +111,16 @@ impl Circuit {
 
     /// [`Circuit::call`] for a call whose success may not have reached the upstream.
     async fn call_as<T>(&self, evidence: Evidence, call: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-        if evidence == Evidence::Answer {
-            self.admit()?;
-        }
+        let probe = match evidence {
+            Evidence::Answer => self.admit()?,
+            Evidence::Local if self.is_open() => return Err(anyhow::Error::new(UpstreamFailure::CircuitOpen)),
+            Evidence::Local => false,
+        };
         let outcome = call.await;
         match &outcome {
             Ok(_) if evidence == Evidence::Local => {}
-            Ok(_) => self.record(true),
-            Err(error) => self.record(error.is::<Missing>()),
+            Ok(_) => self.record(true, probe),
+            Err(error) => self.record(error.is::<Missing>(), probe),
         }
         outcome.map_err(|error| error.context(UpstreamFailure::Failed))
     }
@@ -234,27 +238,29 @@ mod tests {
     fn failures_in_a_row_open_the_circuit_and_a_probe_closes_it() {
         let circuit = Circuit::default();
         for _ in 0..TRIP_AFTER - 1 {
-            circuit.record(false);
+            circuit.record(false, false);
         }
-        circuit.record(true);
-        circuit.record(false);
+        circuit.record(true, false);
+        circuit.record(false, false);
         assert!(circuit.admit().is_ok(), "a success in between resets the count");
         for _ in 0..TRIP_AFTER {
-            circuit.record(false);
+            circuit.record(false, false);
         }
         assert!(matches!(circuit.admit(), Err(UpstreamFailure::CircuitOpen)));
         circuit.lock().open_until = Some(Instant::now());
-        assert!(circuit.admit().is_ok(), "past the pause one probe goes through");
+        assert!(matches!(circuit.admit(), Ok(true)), "past the pause one probe goes through");
         assert!(circuit.admit().is_err(), "and only one");
-        circuit.record(true);
-        assert!(circuit.admit().is_ok() && !circuit.is_open());
+        circuit.record(false, false);
+        assert!(circuit.lock().probe_started.is_some(), "another call ending does not free the probe's place");
+        circuit.record(true, true);
+        assert!(matches!(circuit.admit(), Ok(false)) && !circuit.is_open());
     }
 
     #[test]
     fn a_probe_that_never_reports_does_not_keep_the_circuit_open() {
         let circuit = Circuit::default();
         for _ in 0..TRIP_AFTER {
-            circuit.record(false);
+            circuit.record(false, false);
         }
         let long_ago = Instant::now() - OPEN_FOR * 3;
         circuit.lock().open_until = Some(long_ago);
