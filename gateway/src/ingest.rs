@@ -1,8 +1,10 @@
 //! The PUT path. Bytes stream through once: they are hashed (MD5 for the ETag, plus the
 //! checksums the client announced) and either written upstream as they came, or, for a
-//! safetensors file, cut into chunks per tensor. A chunk already stored is only referenced;
-//! a new one is encoded on all cores (as a delta against the same-named tensor of the newest
-//! stored model when that is smaller) and appended as a frame to a new pack object.
+//! safetensors file, cut into chunks per tensor. A chunk already stored is only referenced (and
+//! held from the sweep until the write commits); a new one is encoded on all cores (as a delta
+//! against a chunk of the base tensor, chosen at the tensor's first new chunk, when that is
+//! smaller) and appended as a frame to a new pack object. A body silent for
+//! `body_idle_timeout_secs` fails with the client's fault.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! The store: the index, the upstream and what the read and write paths share.
+//! The store: the index, the guarded upstream and what the read and write paths share (locks,
+//! chunks held by writes, keys being written, the base cache, admission).
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
