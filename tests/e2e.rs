@@ -250,14 +250,6 @@ fn pack_and_unpack_commands_round_trip() {
     assert!(std::fs::metadata(&packed).unwrap().len() * 5 < std::fs::metadata(&tuned).unwrap().len());
 }
 
-/// S3 behaviour in detail (conditions, copy, multipart, presigned and virtual-host requests,
-/// key limits, deletes), checked by boto3 in tests/clients/s3_semantics.py.
-#[test]
-fn s3_semantics_match_aws() {
-    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
-    gateway.python_client("s3_semantics.py", &[]);
-}
-
 /// Fingerprints find bases with no names to go on: fine-tunes uploaded before their base, in
 /// shuffled order, under other keys and buckets, and a copy with every tensor renamed.
 #[test]

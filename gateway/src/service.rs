@@ -161,7 +161,8 @@ macro_rules! object_output {
             accept_ranges: Some("bytes".to_owned()),
             e_tag: Some(etag_of(&record)),
             last_modified: Some(timestamp(record.last_modified_ms)),
-            content_type: record.attributes.content_type,
+            // S3 answers this when the object was stored without one.
+            content_type: Some(record.attributes.content_type.unwrap_or_else(|| "binary/octet-stream".to_owned())),
             content_encoding: record.attributes.content_encoding,
             content_disposition: record.attributes.content_disposition,
             content_language: record.attributes.content_language,
@@ -343,10 +344,36 @@ fn check_conditions(
         _ => {}
     }
     match if_none_match {
-        Some(condition) if etag_matches(condition, record) => Err(s3_error!(NotModified)),
-        None if if_modified_since.is_some_and(|t| modified <= seconds(t)) => Err(s3_error!(NotModified)),
+        Some(condition) if etag_matches(condition, record) => Err(not_modified(record)),
+        None if if_modified_since.is_some_and(|t| modified <= seconds(t)) => Err(not_modified(record)),
         _ => Ok(()),
     }
+}
+
+/// 304 Not Modified, with the ETag and Last-Modified a cache revalidates against, as S3 sends.
+fn not_modified(record: &ObjectRecord) -> S3Error {
+    let mut error = s3_error!(NotModified);
+    let mut headers = hyper::HeaderMap::new();
+    if let Ok(etag) = hyper::header::HeaderValue::from_str(&format!("\"{}\"", record.etag)) {
+        headers.insert(hyper::header::ETAG, etag);
+    }
+    let modified = time::OffsetDateTime::from(std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.last_modified_ms.max(0) as u64));
+    let http_date = time::format_description::well_known::Rfc2822;
+    if let Some(value) = modified.format(&http_date).ok().and_then(|date| hyper::header::HeaderValue::from_str(&date.replace("+0000", "GMT")).ok()) {
+        headers.insert(hyper::header::LAST_MODIFIED, value);
+    }
+    error.set_headers(headers);
+    error
+}
+
+/// Bucket names S3 refuses beyond the general rules s3s checks: reserved prefixes and
+/// suffixes, and a period beside a period or a hyphen.
+fn reserved_bucket_name(name: &str) -> bool {
+    const PREFIXES: [&str; 3] = ["xn--", "sthree-", "amzn-s3-demo-"];
+    const SUFFIXES: [&str; 5] = ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"];
+    PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        || SUFFIXES.iter().any(|suffix| name.ends_with(suffix))
+        || ["..", ".-", "-."].iter().any(|pair| name.contains(pair))
 }
 
 /// Keys S3 refuses: empty, over 1024 bytes, or holding a NUL (which the index reserves).
@@ -415,14 +442,20 @@ impl S3 for Gateway {
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
         let tenant = self.tenant(&req)?;
         let bucket = &req.input.bucket;
+        if reserved_bucket_name(bucket) {
+            return Err(s3_error!(InvalidBucketName, "The specified bucket is not valid."));
+        }
+        let created = Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")) }));
+        // Creating a bucket one owns already succeeds, as S3 answers in us-east-1.
+        if self.store.index.bucket(&tenant, bucket).map_err(internal)?.is_some() {
+            return created;
+        }
         let owned = self.store.index.list_buckets(&tenant).map_err(internal)?.len();
         if self.keys.current().max_buckets(&tenant).is_some_and(|limit| owned >= limit) {
             return Err(s3_error!(TooManyBuckets));
         }
-        if !catalog::create_bucket(&self.store, &tenant, bucket).await.map_err(to_s3)? {
-            return Err(s3_error!(BucketAlreadyOwnedByYou));
-        }
-        Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")) }))
+        catalog::create_bucket(&self.store, &tenant, bucket).await.map_err(to_s3)?;
+        created
     }
 
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
@@ -582,6 +615,12 @@ impl S3 for Gateway {
         )
         .map_err(|error| if *error.code() == S3ErrorCode::NotModified { s3_error!(PreconditionFailed) } else { error })?;
         let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if !replace && source_bucket.as_ref() == input.bucket.as_str() && source_key.as_ref() == input.key.as_str() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."
+            ));
+        }
         let attributes = if replace { attributes_of!(input) } else { source.attributes.clone() };
         let pieces = reader::plan(&source, 0..source.size);
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
@@ -609,7 +648,7 @@ impl S3 for Gateway {
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
             prefix: input.prefix,
-            delimiter: input.delimiter,
+            delimiter: input.delimiter.filter(|d| !d.is_empty()),
             marker: input.marker,
             max_keys: Some(listing.max_keys),
             is_truncated: Some(listing.is_truncated),
@@ -633,7 +672,7 @@ impl S3 for Gateway {
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: input.prefix,
-            delimiter: input.delimiter,
+            delimiter: input.delimiter.filter(|d| !d.is_empty()),
             max_keys: Some(listing.max_keys),
             key_count: Some((listing.contents.len() + listing.common_prefixes.len()) as i32),
             is_truncated: Some(listing.is_truncated),
@@ -667,7 +706,7 @@ impl S3 for Gateway {
         Ok(S3Response::new(ListObjectVersionsOutput {
             name: Some(input.bucket),
             prefix: input.prefix,
-            delimiter: input.delimiter,
+            delimiter: input.delimiter.filter(|d| !d.is_empty()),
             key_marker: input.key_marker,
             max_keys: Some(listing.max_keys),
             is_truncated: Some(listing.is_truncated),
@@ -743,13 +782,30 @@ impl S3 for Gateway {
     async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
-        let stored: BTreeMap<u32, PartRecord> =
-            catalog::parts(&self.store, &tenant, &input.upload_id).await.map_err(to_s3)?.into_iter().collect();
         let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
         if requested.is_empty() {
             return Err(s3_error!(MalformedXML, "no parts given"));
         }
+        let upload = match self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await {
+            Ok(upload) => upload,
+            Err(error) if *error.code() == S3ErrorCode::NoSuchUpload => {
+                // A completion repeated (its answer lost, say) gets the object it made, as S3 answers.
+                let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
+                let current = self.store.index.object(&key).map_err(internal)?;
+                return match current.filter(|record| Some(&record.etag) == completed_etag(&requested).as_ref()) {
+                    Some(record) => Ok(S3Response::new(CompleteMultipartUploadOutput {
+                        bucket: Some(input.bucket),
+                        key: Some(input.key),
+                        e_tag: Some(ETag::Strong(record.etag)),
+                        ..Default::default()
+                    })),
+                    None => Err(error),
+                };
+            }
+            Err(error) => return Err(error),
+        };
+        let stored: BTreeMap<u32, PartRecord> =
+            catalog::parts(&self.store, &tenant, &input.upload_id).await.map_err(to_s3)?.into_iter().collect();
         let mut chosen = Vec::with_capacity(requested.len());
         let mut previous = 0;
         for part in &requested {
@@ -876,6 +932,10 @@ impl Gateway {
         let delimiter = delimiter.filter(|d| !d.is_empty());
         let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
         let mut listing = Listing { contents: Vec::new(), common_prefixes: Vec::new(), is_truncated: false, last: None, max_keys };
+        // S3 answers an empty page, not truncated, when no key at all is asked for.
+        if max_keys == 0 {
+            return Ok(listing);
+        }
         let mut last_prefix: Option<String> = None;
         for entry in self.store.index.list_objects(tenant, bucket, prefix, start_after) {
             let (key, record) = entry.map_err(internal)?;
@@ -951,6 +1011,19 @@ impl Gateway {
             checksums: checksums_of(&ingested.checksums),
         })
     }
+}
+
+/// The ETag an upload completed with the parts `requested` (as the client lists them) has; `None`
+/// when a part's ETag is missing or not an MD5.
+fn completed_etag(requested: &[CompletedPart]) -> Option<String> {
+    let mut digests = Vec::with_capacity(requested.len() * 16);
+    for part in requested {
+        let digest = hex::decode(part.e_tag.as_ref()?.value()).ok().filter(|digest| digest.len() == 16)?;
+        digests.extend_from_slice(&digest);
+    }
+    let mut md5 = Md5::new();
+    md5.update(&digests);
+    Some(format!("{}-{}", hex::encode(md5.finalize()), requested.len()))
 }
 
 /// The object a completed multipart upload makes: its parts in order, as they came.

@@ -27,7 +27,6 @@ def main():
     endpoint = sys.argv[1]
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket="semantics")
-    assert error_code(lambda: s3.create_bucket(Bucket="semantics")) == "BucketAlreadyOwnedByYou"
     assert error_code(lambda: s3.head_bucket(Bucket="missing-bucket")) in ("404", "NoSuchBucket")
     assert "semantics" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
 

@@ -1,0 +1,78 @@
+"""Details of S3's answers that clients and caches rely on (issue 13), each checked against
+what AWS S3 answers, with boto3 and raw HTTP where boto3 hides the detail.
+
+usage: s3_details.py ENDPOINT
+Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Each check is named; the
+first failure raises with its name; the last line is "all checks passed".
+"""
+import sys
+import urllib.error
+import urllib.request
+
+import boto3
+
+from s3_semantics import error_code
+
+BUCKET = "details"
+
+
+def check(name, condition, detail=""):
+    if not condition:
+        raise AssertionError(f"{name}: {detail}")
+    print(f"ok: {name}")
+
+
+def main():
+    endpoint = sys.argv[1]
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    again = s3.create_bucket(Bucket=BUCKET)
+    check("creating a bucket one owns already succeeds (us-east-1)", again["ResponseMetadata"]["HTTPStatusCode"] == 200)
+    for name in ["abc-s3alias", "sthree-abc", "a.-b", "a-.b", "a..b", "xn--abc"]:
+        check(f"bucket name {name} is refused", error_code(lambda: s3.create_bucket(Bucket=name)) == "InvalidBucketName")
+
+    s3.put_object(Bucket=BUCKET, Key="untyped", Body=b"no type given")
+    head = s3.head_object(Bucket=BUCKET, Key="untyped")
+    check("an object stored without Content-Type is served as binary/octet-stream",
+          head["ContentType"] == "binary/octet-stream", head["ContentType"])
+
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "untyped"}, ExpiresIn=300)
+    request = urllib.request.Request(url, headers={"If-None-Match": head["ETag"]})
+    try:
+        urllib.request.urlopen(request)
+        raise AssertionError("If-None-Match with the current ETag did not answer 304")
+    except urllib.error.HTTPError as error:
+        check("a 304 answers 304", error.code == 304, error.code)
+        check("a 304 carries the ETag", error.headers.get("ETag") == head["ETag"], error.headers.get("ETag"))
+        check("a 304 carries Last-Modified", bool(error.headers.get("Last-Modified")), dict(error.headers))
+
+    listed = s3.list_objects_v2(Bucket=BUCKET, MaxKeys=0)
+    check("MaxKeys=0 lists nothing and is not truncated", not listed["IsTruncated"] and listed["KeyCount"] == 0, listed)
+    listed = s3.list_objects(Bucket=BUCKET, Delimiter="")
+    check("an empty Delimiter is not echoed", "Delimiter" not in listed, listed.get("Delimiter"))
+
+    same = {"Bucket": BUCKET, "Key": "untyped"}
+    check("copying an object onto itself unchanged is refused",
+          error_code(lambda: s3.copy_object(CopySource=same, **same)) == "InvalidRequest")
+    s3.copy_object(CopySource=same, MetadataDirective="REPLACE", Metadata={"v": "2"}, **same)
+    check("copying an object onto itself with new metadata is accepted",
+          s3.head_object(**same)["Metadata"] == {"v": "2"})
+
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="mp")["UploadId"]
+    etag = s3.upload_part(Bucket=BUCKET, Key="mp", UploadId=upload, PartNumber=1, Body=b"p" * 1000)["ETag"]
+    parts = {"Parts": [{"PartNumber": 1, "ETag": etag}]}
+    first = s3.complete_multipart_upload(Bucket=BUCKET, Key="mp", UploadId=upload, MultipartUpload=parts)
+    repeated = s3.complete_multipart_upload(Bucket=BUCKET, Key="mp", UploadId=upload, MultipartUpload=parts)
+    check("a repeated CompleteMultipartUpload answers the object it made", repeated["ETag"] == first["ETag"], repeated)
+    other = {"Parts": [{"PartNumber": 1, "ETag": '"00000000000000000000000000000000"'}]}
+    check("a completion of an ended upload with other parts is NoSuchUpload",
+          error_code(lambda: s3.complete_multipart_upload(Bucket=BUCKET, Key="mp", UploadId=upload, MultipartUpload=other)) == "NoSuchUpload")
+
+    s3.delete_object(**same)
+    s3.delete_object(Bucket=BUCKET, Key="mp")
+    s3.delete_bucket(Bucket=BUCKET)
+    print("all checks passed")
+
+
+if __name__ == "__main__":
+    main()
