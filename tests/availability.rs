@@ -185,26 +185,14 @@ fn boto3_default_retries_complete_every_write_under_upstream_faults() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
-fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let path = dir.join("tensorgate.toml");
-    let text = format!(
-        "data_dir = {:?}\ndrain_secs = 20\n[[access_keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n{extra}",
-        dir.join("data")
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// SIGTERM while three uploads are halfway through their bodies: `/ready` says no, the gateway
 /// stops taking connections, lets the uploads finish, exits 0; after a restart every upload
 /// reads back.
 #[test]
 fn sigterm_drains_uploads_and_exits_zero() {
     let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), "");
     let metrics_port = free_port();
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n{text}")).unwrap();
+    let config = write_config(work.path(), &format!("drain_secs = 20\nmetrics_listen = \"127.0.0.1:{metrics_port}\""), "");
     let model = work.path().join("model.safetensors");
     std::fs::write(&model, replicated_model(&corpus("ft/ft-c-cls.bf16.safetensors"), 4)).unwrap();
     let port = free_port();
@@ -268,7 +256,7 @@ fn serve_refuses_what_config_check_refuses() {
         ("a tenant named default", "[[tenants]]\nname = \"default\"\naccess_keys = [{ access_key = \"k\", secret_key = \"s\" }]\n", "reserved"),
     ];
     for (what, extra, reason) in cases {
-        let config = write_config(work.path(), extra);
+        let config = write_config(work.path(), "", extra);
         let check = Command::new(env!("CARGO_BIN_EXE_tensorgate")).arg("--config").arg(&config).args(["config", "check"]).output().unwrap();
         assert!(!check.status.success() && String::from_utf8_lossy(&check.stderr).contains(reason), "config check with {what}");
         let served = Command::new(env!("CARGO_BIN_EXE_tensorgate"))

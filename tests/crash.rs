@@ -22,16 +22,6 @@ struct Server {
     endpoint: String,
 }
 
-fn config_file(dir: &Path) -> PathBuf {
-    let path = dir.join("tensorgate.toml");
-    let text = format!(
-        "data_dir = {:?}\ngc_grace_secs = 0\ngc_interval_secs = 1\n[[access_keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n",
-        dir.join("data")
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn start(config: &Path) -> Server {
     let port = free_port();
     Server { child: serve_process(config, port, Stdio::null()), endpoint: format!("http://127.0.0.1:{port}") }
@@ -51,7 +41,7 @@ impl Random {
 fn killed_gateway_loses_no_acknowledged_write() {
     let rounds: u64 = std::env::var("TG_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let work = tempfile::tempdir().unwrap();
-    let config = config_file(work.path());
+    let config = write_config(work.path(), "gc_grace_secs = 0\ngc_interval_secs = 1", "");
     let mut payloads: Vec<PathBuf> = [
         "base/minilm-l6.bf16.safetensors",
         "ft/ft-a-contrastive.bf16.safetensors",

@@ -297,6 +297,18 @@ pub fn slow_put(endpoint: &str, bucket: &str, key: &str, file: &Path, pause_at: 
     child
 }
 
+/// A config file in `dir` for the real `tensorgate` process: its data directory in `dir`, the
+/// test key, the `top_level` settings and then the `tables` (TOML text each).
+pub fn write_config(dir: &Path, top_level: &str, tables: &str) -> PathBuf {
+    let path = dir.join("tensorgate.toml");
+    let text = format!(
+        "data_dir = {:?}\n{top_level}\n[[access_keys]]\naccess_key = \"{ACCESS_KEY}\"\nsecret_key = \"{SECRET_KEY}\"\n{tables}",
+        dir.join("data")
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The real `tensorgate serve` process with `config`, listening on `port`, its log going to
 /// `log`; returns once the port is open.
 pub fn serve_process(config: &Path, port: u16, log: Stdio) -> Child {
