@@ -69,7 +69,6 @@ impl Gateway {
     }
 
     /// Reads a body to the end and verifies the digests the client sent with it.
-    #[allow(clippy::too_many_arguments)]
     async fn ingest_body(
         &self,
         tenant: &str,
