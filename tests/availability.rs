@@ -133,7 +133,13 @@ fn outage(kind: UpstreamKind) {
         UpstreamKind::LocalDirectory => down.store(false, Ordering::SeqCst),
     }
     let started = Instant::now();
-    let back = aws_command(&gateway.endpoint, ACCESS_KEY, SECRET_KEY).args(["s3", "cp", fresh.to_str().unwrap(), "s3://outage/after"]).output().unwrap();
+    // With the client's default retries (5 attempts): the circuit refuses calls for up to a
+    // second after the last failure, until a probe finds the upstream back.
+    let back = aws_command(&gateway.endpoint, ACCESS_KEY, SECRET_KEY)
+        .args(["s3", "cp", fresh.to_str().unwrap(), "s3://outage/after"])
+        .env("AWS_MAX_ATTEMPTS", "5")
+        .output()
+        .unwrap();
     assert!(back.status.success(), "{kind:?}: a PUT once the upstream is back: {}", String::from_utf8_lossy(&back.stderr));
     println!("{kind:?}: the first PUT after the upstream came back took {:.1} s", started.elapsed().as_secs_f64());
     gateway.aws(&["s3", "cp", "s3://outage/after", out.to_str().unwrap()]);
