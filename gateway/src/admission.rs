@@ -96,10 +96,9 @@ async fn take(semaphore: Arc<Semaphore>, units: u32) -> anyhow::Result<(OwnedSem
     Ok((semaphore.acquire_many_owned(units).await?, true))
 }
 
-/// A request body that fails once it has sent nothing for `idle`: the transport's guarantee
-/// that no body read waits forever, whoever reads it (s3s reads the XML bodies itself). Bodies
-/// the gateway reads (PUT, UploadPart) are refused a second earlier by ingest; this one ends
-/// what nothing else would. Either way the client is answered `RequestTimeout`, as S3 does.
+/// A request body that fails once it has sent nothing for `idle` while being read: no body
+/// read waits forever, whoever reads it (ingest, or s3s for the XML bodies). The client is
+/// answered `RequestTimeout`, as S3 does, whatever the reader made of the error.
 pub struct IdleBody {
     inner: hyper::body::Incoming,
     idle: std::time::Duration,

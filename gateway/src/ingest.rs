@@ -3,8 +3,7 @@
 //! safetensors file, cut into chunks per tensor. A chunk already stored is only referenced (and
 //! held from the sweep until the write commits); a new one is encoded on all cores (as a delta
 //! against a chunk of the base tensor, chosen at the tensor's first new chunk, when that is
-//! smaller) and appended as a frame to a new pack object. A body silent for
-//! `body_idle_timeout_secs` fails with the client's fault.
+//! smaller) and appended as a frame to a new pack object.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -112,8 +111,8 @@ pub struct IngestOptions {
 /// Where the bytes of an ingest come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyFrom {
-    /// A client's request: a failed read is the client's fault, and a body that sends nothing
-    /// for `body_idle_timeout_secs` fails.
+    /// A client's request: a failed read is the client's fault (a silent body is cut off by
+    /// the transport; see `admission::IdleBody`).
     #[default]
     Client,
     /// Objects already stored, read back from the upstream (copies, the packer).
@@ -285,20 +284,8 @@ impl Ingester {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let idle_secs = self.store.config.body_idle_timeout_secs;
         let from = self.options.body_from;
-        loop {
-            let piece = match from {
-                BodyFrom::Client => match tokio::time::timeout(std::time::Duration::from_secs(idle_secs), body.next()).await {
-                    Ok(piece) => piece,
-                    Err(_) => {
-                        self.store.metrics.body_idle_timeouts.inc();
-                        return Err(BodyError::Idle(idle_secs).into());
-                    }
-                },
-                BodyFrom::Store => body.next().await,
-            };
-            let Some(piece) = piece else { break };
+        while let Some(piece) = body.next().await {
             let bytes = match (piece, from) {
                 (Ok(bytes), _) => bytes,
                 (Err(error), BodyFrom::Client) => return Err(BodyError::Broken(error.to_string()).into()),

@@ -118,7 +118,7 @@ fn measured_service(
             let served = async {
                 match store.admission.slot(&tenant) {
                     Some(_slot) => {
-                        let idle = Duration::from_secs(store.config.body_idle_timeout_secs + 1);
+                        let idle = Duration::from_secs(store.config.body_idle_timeout_secs);
                         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
                         let request = request.map(|body| s3s::Body::http_body(admission::IdleBody::new(body, idle, stalled.clone())));
                         let answer = service.call(request).await;
