@@ -4,52 +4,9 @@
 
 mod support;
 
-use std::path::Path;
 
+use support::shared::*;
 use support::*;
-
-/// What a client sees of an object: bytes, ETag, content type and user metadata.
-#[derive(Debug, PartialEq)]
-struct Seen {
-    bytes: Vec<u8>,
-    etag: String,
-    content_type: String,
-    metadata: serde_json::Value,
-}
-
-fn seen(gateway: &TestGateway, bucket: &str, key: &str, scratch: &Path) -> Seen {
-    let head = gateway.aws(&["s3api", "head-object", "--bucket", bucket, "--key", key]);
-    let head: serde_json::Value = serde_json::from_slice(&head.stdout).unwrap();
-    let file = scratch.join("download");
-    gateway.aws(&["s3", "cp", &format!("s3://{bucket}/{key}"), file.to_str().unwrap()]);
-    Seen {
-        bytes: std::fs::read(&file).unwrap(),
-        etag: head["ETag"].as_str().unwrap_or_default().to_owned(),
-        content_type: head["ContentType"].as_str().unwrap_or_default().to_owned(),
-        metadata: head["Metadata"].clone(),
-    }
-}
-
-fn put(gateway: &TestGateway, bytes: &[u8], target: &str, extra: &[&str], scratch: &Path) {
-    let file = scratch.join("upload");
-    std::fs::write(&file, bytes).unwrap();
-    let mut args = vec!["s3", "cp", file.to_str().unwrap(), target];
-    args.extend_from_slice(extra);
-    gateway.aws(&args);
-}
-
-fn shared_upstream_gateway(moto: &Moto, data_dir: &Path, shared: bool) -> TestGateway {
-    let upstream = moto.upstream_config();
-    let data_dir = data_dir.to_owned();
-    TestGateway::start_with(UpstreamKind::LocalDirectory, move |config| {
-        config.upstream = Some(upstream);
-        config.data_dir = data_dir;
-        config.shared_upstream = shared;
-        // The tests run each sync themselves and count what it did: the periodic one, which
-        // could run in between on a slow machine, is held off.
-        config.shared_sync_secs = 3600;
-    })
-}
 
 #[test]
 fn index_rebuild_restores_every_object_from_the_upstream() {

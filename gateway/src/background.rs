@@ -13,7 +13,8 @@ use crate::catalog;
 use crate::compact;
 use crate::ingest::{self, BodyFrom, IngestMode, IngestOptions};
 use crate::reader;
-use crate::store::{now_ms, Store};
+use crate::shared::MaybePublished;
+use crate::store::{new_id, now_ms, Store};
 use crate::upstream::Condition;
 
 /// Runs the packer until the process ends, resuming the durable queue after a restart.
@@ -56,7 +57,9 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
         ingested.discard(store).await;
         return Ok(());
     }
+    // A new version, so that gateways holding the as-uploaded manifest read the new one.
     let mut packed = record.clone();
+    packed.version = new_id();
     packed.segments = ingested.segments.clone();
     let committed = catalog::commit(store, &key, &packed, &ingested.new_chunks, ingested.new_pack.as_ref(), Expect::Version(&job.version)).await;
     match committed {
@@ -69,6 +72,7 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
             ingested.discard(store).await;
             Ok(())
         }
+        Err(error) if error.downcast_ref::<MaybePublished>().is_some() => Err(error),
         Err(error) => {
             ingested.discard(store).await;
             Err(error)
@@ -184,16 +188,32 @@ async fn acquire_lease(store: &Store, now: i64) -> anyhow::Result<bool> {
     let condition = match store.upstream.read_tagged(LEASE_KEY).await? {
         None => Condition::Absent,
         Some(current) => {
-            let text = String::from_utf8_lossy(&current.bytes).into_owned();
-            let (holder, expiry) = text.split_once(' ').unwrap_or_default();
-            let expired = expiry.parse::<i64>().map_or(true, |expiry| expiry < now);
-            if holder != store.instance && !expired {
+            let (holder, expiry) = lease_terms(&current.bytes);
+            if holder != store.instance && expiry >= now {
                 return Ok(false);
             }
             Condition::Matches(current.tag)
         }
     };
-    store.upstream.put_if(LEASE_KEY, lease, condition).await
+    Ok(store.upstream.put_if(LEASE_KEY, lease, condition).await?.is_some())
+}
+
+/// Whether this gateway may judge and collect orphans now: it holds the lease, or nobody does.
+/// With `take`, the lease is taken (or renewed) as garbage collection takes it.
+pub(crate) async fn may_collect(store: &Store, now: i64, take: bool) -> anyhow::Result<bool> {
+    if take {
+        return acquire_lease(store, now).await;
+    }
+    let Some(current) = store.upstream.read_tagged(LEASE_KEY).await? else { return Ok(true) };
+    let (holder, expiry) = lease_terms(&current.bytes);
+    Ok(holder == store.instance || expiry < now)
+}
+
+/// The holder and expiry a lease names (an unreadable one is expired).
+fn lease_terms(lease: &[u8]) -> (String, i64) {
+    let text = String::from_utf8_lossy(lease);
+    let (holder, expiry) = text.split_once(' ').unwrap_or_default();
+    (holder.to_owned(), expiry.parse().unwrap_or(i64::MIN))
 }
 
 /// Upstream keys in use: those of the index, and with a shared upstream those of every

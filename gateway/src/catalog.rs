@@ -12,6 +12,7 @@ use tensorgate_index::{
     BUCKETS, MANIFESTS, UPLOADS,
 };
 
+use crate::shared;
 use crate::store::{now_ms, Store};
 use crate::upstream::{self, Condition};
 
@@ -35,6 +36,13 @@ pub async fn commit(
             return Err(IndexError::VersionChanged.into());
         }
     }
+    if store.config.shared_upstream {
+        // Each manifest protects the copies it names (the collector spares them), so the one
+        // published stays as it is whichever copy the index keeps.
+        let manifest = manifest_of(key, record, store.index.locate(record, new_chunks)?);
+        let index_step = || store.index.commit_object(key, record, new_chunks, new_pack, expect, now_ms());
+        return shared::publish_then(store, key, &manifest, expect, index_step).await;
+    }
     store.index.mark_pending(key)?;
     let outcome = match publish(store, key, record, new_chunks).await {
         Ok(published) => store.index.commit_object(key, record, new_chunks, new_pack, expect, now_ms()).map(|()| published).map_err(Into::into),
@@ -53,6 +61,11 @@ pub async fn commit(
 pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord) -> anyhow::Result<()> {
     let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
     let _guard = store.lock_key(key).await;
+    if store.config.shared_upstream {
+        let manifest = manifest_of(key, record, store.index.locate(record, &[])?);
+        let index_step = || store.index.complete_upload(upload_id, key, record, now_ms());
+        return shared::publish_then(store, key, &manifest, Expect::Any, index_step).await;
+    }
     store.index.mark_pending(key)?;
     let outcome = match publish(store, key, record, &[]).await {
         Ok(_) => store.index.complete_upload(upload_id, key, record, now_ms()).map_err(Into::into),
@@ -90,6 +103,9 @@ pub fn same_locations(a: &[ChunkLocation], b: &[ChunkLocation]) -> bool {
 /// Deletes the object at `key`: its manifest, then its index record. False if there was none.
 pub async fn delete(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
     let _guard = store.lock_key(key).await;
+    if store.config.shared_upstream {
+        return shared::delete(store, key).await;
+    }
     store.index.mark_pending(key)?;
     let outcome = match store.upstream.delete(&manifest_key_of(store, key)).await {
         Ok(()) => store.index.delete_object(key, now_ms()).map_err(Into::into),
@@ -112,11 +128,16 @@ async fn settle<T>(store: &Store, key: &ObjectKey, outcome: anyhow::Result<T>) -
 }
 
 /// Finishes manifest changes a crash interrupted: each pending key's manifest is written
-/// again from the index (or removed if the index has no object there).
+/// again from the index (or removed if the index has no object there). With a shared upstream
+/// the index takes what the upstream holds instead: another gateway may have written since.
 pub async fn recover(store: &Store) -> anyhow::Result<usize> {
     let pending = store.index.pending()?;
     for key in &pending {
         let _guard = store.lock_key(key).await;
+        if store.config.shared_upstream {
+            shared::reconcile(store, key).await?;
+            continue;
+        }
         align(store, key).await?;
         store.index.clear_pending(key)?;
     }
@@ -131,7 +152,7 @@ pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
     }
     let marker = BucketMarker { tenant: tenant.to_owned(), bucket: bucket.to_owned(), created_ms: now_ms() };
     let marker_key = bucket_key_of(store, tenant, bucket);
-    if !store.upstream.put_if(&marker_key, Bytes::from(marker.seal()), Condition::Absent).await? {
+    if store.upstream.put_if(&marker_key, Bytes::from(marker.seal()), Condition::Absent).await?.is_none() {
         adopt_bucket(store, tenant, bucket).await?;
         return Ok(false);
     }
@@ -282,15 +303,21 @@ pub async fn fetch(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Mani
 
 /// Brings the index in line with the object's upstream manifest, which another gateway may
 /// have written, replaced or removed. Returns the current record, if the object exists.
+/// A write of this gateway that commits between the read and the adoption wins: the read is
+/// then older than the index.
 pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<ObjectRecord>> {
+    let before = store.index.object(key)?.map(|record| record.version);
     let manifest = fetch(store, key).await?;
     let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
     let _guard = store.lock_key(key).await;
     let local = store.index.object(key)?;
+    if local.as_ref().map(|record| &record.version) != before.as_ref() {
+        return Ok(local);
+    }
     match (manifest, local) {
         (Some(manifest), Some(local)) if manifest.record.version == local.version => Ok(Some(local)),
         (Some(manifest), _) => {
-            store.index.adopt(&manifest, now_ms(), |_, own| own.cloned())?;
+            shared::adopt(store, &manifest)?;
             Ok(Some(manifest.record))
         }
         (None, Some(_)) => {
@@ -340,12 +367,7 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
                 continue;
             }
             let Some(manifest) = read_record::<Manifest>(store, &listed.key).await? else { continue };
-            let key = ObjectKey::new(&manifest.tenant, &manifest.bucket, &manifest.key);
-            let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
-            let _guard = store.lock_key(&key).await;
-            let current = store.index.object(&key)?.map(|record| record.version);
-            if current.as_deref() != Some(manifest.record.version.as_str()) {
-                store.index.adopt(&manifest, now_ms(), |_, own| own.cloned())?;
+            if shared::adopt_listed(store, &manifest).await? {
                 report.objects_adopted += 1;
             }
             seen.insert(listed.key, listed.tag);
@@ -392,13 +414,7 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
 /// A chunk the index already holds is named where the index has it (a commit keeps that copy;
 /// see `Index::locate`).
 pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_chunks: &[NewChunk]) -> anyhow::Result<Vec<ChunkLocation>> {
-    let manifest = Manifest {
-        tenant: key.tenant.clone(),
-        bucket: key.bucket.clone(),
-        key: key.key.clone(),
-        record: record.clone(),
-        chunks: store.index.locate(record, new_chunks)?,
-    };
+    let manifest = manifest_of(key, record, store.index.locate(record, new_chunks)?);
     upstream::put(&*store.upstream, &manifest_key_of(store, key), Bytes::from(manifest.seal())).await?;
     Ok(manifest.chunks)
 }
@@ -411,7 +427,12 @@ pub async fn align(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
     }
 }
 
-fn manifest_key_of(store: &Store, key: &ObjectKey) -> String {
+/// The manifest of `record` as the object at `key`, with the chunk table `chunks`.
+fn manifest_of(key: &ObjectKey, record: &ObjectRecord, chunks: Vec<ChunkLocation>) -> Manifest {
+    Manifest { tenant: key.tenant.clone(), bucket: key.bucket.clone(), key: key.key.clone(), record: record.clone(), chunks }
+}
+
+pub(crate) fn manifest_key_of(store: &Store, key: &ObjectKey) -> String {
     manifest_key(&store.config.upstream_prefix(&key.tenant), &key.tenant, &key.bucket, &key.key)
 }
 

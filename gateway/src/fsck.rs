@@ -14,6 +14,7 @@ use tensorgate_index::{Envelope, IndexError, Manifest, ObjectKey, MANIFESTS};
 use crate::background::{self, trash_orphans};
 use crate::catalog;
 use crate::scrub::{self, ScrubOptions};
+use crate::shared;
 use crate::store::{now_ms, Store};
 
 /// What fsck looked at, what is wrong, and what it repaired.
@@ -26,6 +27,8 @@ pub struct FsckReport {
     pub frames_verified: usize,
     pub problems: Vec<String>,
     pub repaired: Vec<String>,
+    /// What was not checked, and why.
+    pub notes: Vec<String>,
 }
 
 /// How far fsck goes.
@@ -88,7 +91,12 @@ async fn check_manifests(store: &Store, repair: bool, report: &mut FsckReport) -
             Err(_) => "does not decode",
         };
         let name = format!("{}/{}/{}", key.tenant, key.bucket, key.key);
-        if repair {
+        if repair && store.config.shared_upstream {
+            // Another gateway may have deleted it: the index takes what the upstream holds.
+            let _guard = store.lock_key(&key).await;
+            shared::reconcile(store, &key).await?;
+            report.repaired.push(format!("index record of {name} brought in line with the upstream"));
+        } else if repair {
             catalog::publish(store, &key, &record, &[]).await?;
             report.repaired.push(format!("manifest of {name} written again"));
         } else {
@@ -133,8 +141,16 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
         let name = format!("{}/{}/{}", object.tenant, object.bucket, object.key);
         if repair && store.index.object(&object)?.is_some() {
             if rewritten.insert(name.clone()) {
-                catalog::align(store, &object).await?;
-                report.repaired.push(format!("manifest of {name} written again from the index"));
+                let _guard = store.lock_key(&object).await;
+                let rewritten_here = match store.config.shared_upstream {
+                    true => shared::relocate(store, &object).await?,
+                    false => catalog::align(store, &object).await.map(|()| true)?,
+                };
+                if rewritten_here {
+                    report.repaired.push(format!("manifest of {name} written again from the index"));
+                } else {
+                    report.problems.push(format!("the manifest of {name} needs {key} up to byte {end}, which the upstream lacks"));
+                }
             }
         } else {
             report.problems.push(format!("the manifest of {name} needs {key} up to byte {end}, which the upstream lacks"));
@@ -144,7 +160,13 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
 }
 
 /// Upstream objects past their grace period that nothing references must be in the trash.
+/// With a shared upstream only the lease holder judges: what no manifest names may be in its
+/// trash or its index, which other gateways cannot see.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
+    if store.config.shared_upstream && !background::may_collect(store, now_ms(), repair).await? {
+        report.notes.push("orphans not judged: another gateway holds the garbage-collection lease".to_owned());
+        return Ok(());
+    }
     let referenced = background::referenced_keys(store, &mut *store.gc_memory.lock().await).await?;
     let orphans = trash_orphans(store, &referenced, now_ms(), !repair).await?;
     for key in orphans {

@@ -22,5 +22,6 @@ pub mod rebuild;
 pub mod scrub;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod store;
 pub mod upstream;

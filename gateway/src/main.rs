@@ -155,6 +155,9 @@ fn main() -> anyhow::Result<()> {
             for repaired in &report.repaired {
                 println!("repaired: {repaired}");
             }
+            for note in &report.notes {
+                println!("note: {note}");
+            }
             for problem in &report.problems {
                 println!("problem: {problem}");
             }

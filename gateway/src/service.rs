@@ -16,6 +16,7 @@ use crate::errors::{internal, to_s3, BodyError};
 use crate::ingest::{self, BodyFrom, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
 use crate::auth::Keys;
 use crate::reader;
+use crate::shared::MaybePublished;
 use crate::store::{new_id, now_ms, Store};
 
 /// User metadata naming the base model of an upload (`x-amz-meta-tensorgate-base: bucket/key`).
@@ -123,7 +124,10 @@ impl Gateway {
         let committed =
             catalog::commit(&self.store, &object_key, &record, &ingested.new_chunks, ingested.new_pack.as_ref(), Expect::Any).await;
         if let Err(error) = committed {
-            ingested.discard(&self.store).await;
+            // What a manifest that may have landed names must stay (an orphan is collected later).
+            if error.downcast_ref::<MaybePublished>().is_none() {
+                ingested.discard(&self.store).await;
+            }
             return Err(to_s3(error));
         }
         // The write is committed: failing to offer its tensors as bases costs savings, not it.

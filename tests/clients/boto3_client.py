@@ -3,6 +3,7 @@
 usage: boto3_client.py ENDPOINT put FILE BUCKET KEY [--multipart]
        boto3_client.py ENDPOINT get BUCKET KEY OUT [RANGE]
        boto3_client.py ENDPOINT head BUCKET KEY          (prints the ETag)
+       boto3_client.py ENDPOINT delete BUCKET KEY
        boto3_client.py ENDPOINT list BUCKET PREFIX DELIMITER PAGE_SIZE   (prints JSON)
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Errors print the S3 error
 code on stderr and exit with 3.
@@ -36,6 +37,9 @@ def main():
         elif command == "head":
             bucket, key = args
             print(client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"'))
+        elif command == "delete":
+            bucket, key = args
+            client.delete_object(Bucket=bucket, Key=key)
         elif command == "list":
             bucket, prefix, delimiter, page_size = args
             paginator = client.get_paginator("list_objects_v2")

@@ -99,7 +99,7 @@ impl Upstream for FaultyUpstream {
         self.inner.read_tagged(key).await
     }
 
-    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<Option<String>> {
         self.check_up()?;
         if let Fault::Error = self.roll() {
             anyhow::bail!("injected fault: conditional write of {key} failed");
@@ -113,6 +113,14 @@ impl Upstream for FaultyUpstream {
             anyhow::bail!("injected fault: delete of {key} timed out");
         }
         self.inner.delete(key).await
+    }
+
+    async fn delete_if(&self, key: &str, tag: &str) -> anyhow::Result<bool> {
+        self.check_up()?;
+        if let Fault::Error = self.roll() {
+            anyhow::bail!("injected fault: conditional delete of {key} timed out");
+        }
+        self.inner.delete_if(key, tag).await
     }
 
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
@@ -155,18 +163,25 @@ impl BlobWriter for FaultyWriter {
 }
 
 /// An upstream that holds back new writes to keys under a prefix while `held` is set (they
-/// wait, not fail), so that a test can act while a write is half done. `waiting` counts the
-/// writes held back now.
+/// wait, not fail), so that a test can act while a write is half done, and fails deletes of
+/// those keys while `failing_deletes` is set. `waiting` counts the writes held back now.
 pub struct GatedUpstream {
     inner: Arc<dyn Upstream>,
     prefix: String,
     pub held: Arc<AtomicBool>,
+    pub failing_deletes: Arc<AtomicBool>,
     pub waiting: Arc<AtomicU64>,
 }
 
 impl GatedUpstream {
     pub fn new(inner: Arc<dyn Upstream>, prefix: &str) -> GatedUpstream {
-        GatedUpstream { inner, prefix: prefix.to_owned(), held: Arc::default(), waiting: Arc::default() }
+        GatedUpstream { inner, prefix: prefix.to_owned(), held: Arc::default(), failing_deletes: Arc::default(), waiting: Arc::default() }
+    }
+
+    fn check_delete(&self, key: &str) -> anyhow::Result<()> {
+        let failing = key.contains(&self.prefix) && self.failing_deletes.load(Ordering::SeqCst);
+        anyhow::ensure!(!failing, "injected fault: delete of {key} failed");
+        Ok(())
     }
 
     async fn pass(&self, key: &str) {
@@ -196,13 +211,19 @@ impl Upstream for GatedUpstream {
         self.inner.read_tagged(key).await
     }
 
-    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<Option<String>> {
         self.pass(key).await;
         self.inner.put_if(key, bytes, condition).await
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        self.check_delete(key)?;
         self.inner.delete(key).await
+    }
+
+    async fn delete_if(&self, key: &str, tag: &str) -> anyhow::Result<bool> {
+        self.check_delete(key)?;
+        self.inner.delete_if(key, tag).await
     }
 
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {

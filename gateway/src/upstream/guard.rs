@@ -191,12 +191,18 @@ impl Upstream for GuardedUpstream {
         self.circuit(key).call_repeatable(Evidence::Answer, || self.inner.read_tagged(key)).await
     }
 
-    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<Option<String>> {
         self.circuit(key).call(self.inner.put_if(key, bytes, condition)).await
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         self.circuit(key).call_repeatable(Evidence::Answer, || self.inner.delete(key)).await
+    }
+
+    /// Not repeated: a first attempt that deleted but lost its answer would make a second
+    /// report a change that was its own.
+    async fn delete_if(&self, key: &str, tag: &str) -> anyhow::Result<bool> {
+        self.circuit(key).call(self.inner.delete_if(key, tag)).await
     }
 
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
@@ -282,11 +288,14 @@ mod tests {
         async fn read_tagged(&self, _: &str) -> anyhow::Result<Option<Tagged>> {
             Ok(None)
         }
-        async fn put_if(&self, _: &str, _: Bytes, _: Condition) -> anyhow::Result<bool> {
-            Ok(true)
+        async fn put_if(&self, _: &str, _: Bytes, _: Condition) -> anyhow::Result<Option<String>> {
+            Ok(Some(String::new()))
         }
         async fn delete(&self, _: &str) -> anyhow::Result<()> {
             Ok(())
+        }
+        async fn delete_if(&self, _: &str, _: &str) -> anyhow::Result<bool> {
+            Ok(true)
         }
         async fn list(&self, _: &str) -> anyhow::Result<Vec<Listed>> {
             Ok(Vec::new())

@@ -70,30 +70,40 @@ impl Upstream for LocalUpstream {
 
     /// Checks and writes under an exclusive lock on a file in the root, so that gateway
     /// processes sharing the directory see one conditional write at a time.
-    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<Option<String>> {
         let target = self.path(key)?;
         let root = self.root.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
-            let lock = std::fs::File::create(root.join("tmp").join("conditional-writes.lock"))?;
-            lock.lock()?;
-            let current = match std::fs::read(&target) {
-                Ok(bytes) => Some(tensorgate_codec::ContentHash::of(&bytes).to_hex()),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-                Err(error) => return Err(error.into()),
-            };
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Option<String>> {
+            let _lock = conditional_lock(&root)?;
+            let current = current_tag(&target)?;
             let holds = match &condition {
                 Condition::Absent => current.is_none(),
                 Condition::Matches(tag) => current.as_ref() == Some(tag),
             };
-            if holds {
-                let temporary = root.join("tmp").join(uuid::Uuid::new_v4().to_string());
-                std::fs::write(&temporary, &bytes)?;
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::rename(&temporary, &target)?;
+            if !holds {
+                return Ok(None);
             }
-            Ok(holds)
+            let temporary = root.join("tmp").join(uuid::Uuid::new_v4().to_string());
+            std::fs::write(&temporary, &bytes)?;
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(&temporary, &target)?;
+            Ok(Some(tensorgate_codec::ContentHash::of(&bytes).to_hex()))
+        })
+        .await?
+    }
+
+    async fn delete_if(&self, key: &str, tag: &str) -> anyhow::Result<bool> {
+        let target = self.path(key)?;
+        let (root, tag) = (self.root.clone(), tag.to_owned());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+            let _lock = conditional_lock(&root)?;
+            if current_tag(&target)?.as_deref() != Some(tag.as_str()) {
+                return Ok(false);
+            }
+            std::fs::remove_file(&target)?;
+            Ok(true)
         })
         .await?
     }
@@ -175,5 +185,22 @@ impl BlobWriter for LocalWriter {
     async fn abort(self: Box<Self>) {
         drop(self.file);
         let _ = tokio::fs::remove_file(&self.temporary).await;
+    }
+}
+
+/// The exclusive lock under which conditional writes and deletes check and change, so that
+/// gateway processes sharing the directory see one at a time.
+fn conditional_lock(root: &Path) -> anyhow::Result<std::fs::File> {
+    let lock = std::fs::File::create(root.join("tmp").join("conditional-writes.lock"))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
+/// The tag of the object at `path` (a hash of its bytes), or `None` if there is none.
+fn current_tag(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(tensorgate_codec::ContentHash::of(&bytes).to_hex())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error.into()),
     }
 }

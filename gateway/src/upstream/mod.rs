@@ -60,10 +60,13 @@ pub trait Upstream: Send + Sync + 'static {
     async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes>;
     /// Reads a small object whole; `None` when there is no object at `key`.
     async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>>;
-    /// Writes a small object whole if `condition` holds; false when it does not.
-    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool>;
+    /// Writes a small object whole if `condition` holds: its new tag, or `None` when the
+    /// condition did not hold.
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<Option<String>>;
     /// Deletes an object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
+    /// Deletes an object only if it still has tag `tag`; false when it is gone or has changed.
+    async fn delete_if(&self, key: &str, tag: &str) -> anyhow::Result<bool>;
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>>;
     /// Describes the upstream for logs.

@@ -42,12 +42,16 @@ impl Upstream for RoutingUpstream {
         self.route(key).read_tagged(key).await
     }
 
-    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<Option<String>> {
         self.route(key).put_if(key, bytes, condition).await
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         self.route(key).delete(key).await
+    }
+
+    async fn delete_if(&self, key: &str, tag: &str) -> anyhow::Result<bool> {
+        self.route(key).delete_if(key, tag).await
     }
 
     /// A prefix inside a route lists that route; any other lists the default upstream.

@@ -152,7 +152,8 @@ impl Upstream for S3Upstream {
 
     /// PutObject with `If-None-Match: *` or `If-Match: <ETag>`; a 412 (or a 409 from a
     /// concurrent conditional write) means the condition did not hold.
-    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<bool> {
+    /// A 404 answers `If-Match` on a key that is gone.
+    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<Option<String>> {
         let full_key = self.full_key(key);
         let request = self.client.put_object().bucket(&self.bucket).key(&full_key).body(ByteStream::from(bytes));
         let request = match condition {
@@ -160,9 +161,20 @@ impl Upstream for S3Upstream {
             Condition::Matches(tag) => request.if_match(tag),
         };
         match request.send().await {
-            Ok(_) => Ok(true),
-            Err(error) if matches!(error.raw_response().map(|r| r.status().as_u16()), Some(409 | 412)) => Ok(false),
+            Ok(output) => Ok(Some(output.e_tag.unwrap_or_default())),
+            Err(error) if condition_failed(error.raw_response().map(|r| r.status().as_u16())) => Ok(None),
             Err(error) => Err(anyhow::Error::new(error).context(format!("conditional PUT {full_key}"))),
+        }
+    }
+
+    /// DeleteObject with `If-Match: <ETag>` (S3 and MinIO honour it; an upstream that ignores
+    /// the header deletes unconditionally).
+    async fn delete_if(&self, key: &str, tag: &str) -> anyhow::Result<bool> {
+        let full_key = self.full_key(key);
+        match self.client.delete_object().bucket(&self.bucket).key(&full_key).if_match(tag).send().await {
+            Ok(_) => Ok(true),
+            Err(error) if condition_failed(error.raw_response().map(|r| r.status().as_u16())) => Ok(false),
+            Err(error) => Err(anyhow::Error::new(error).context(format!("conditional DELETE {full_key}"))),
         }
     }
 
@@ -299,4 +311,10 @@ impl BlobWriter for S3Writer {
                 .await;
         }
     }
+}
+
+/// Whether a conditional request's status says that its condition did not hold: 412, 409 (a
+/// concurrent conditional write) or 404 (`If-Match` on a key that is gone).
+fn condition_failed(status: Option<u16>) -> bool {
+    matches!(status, Some(404 | 409 | 412))
 }

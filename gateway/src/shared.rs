@@ -1,0 +1,226 @@
+//! Manifest changes with a shared upstream. There the manifest upstream is the truth and each
+//! gateway's index a cache that may be behind, so every change of a manifest is conditional on
+//! what the writer saw there (`If-Match: <tag>`, or `If-None-Match: *` when there was none):
+//! a gateway never replaces or removes a version it has not seen. When its condition fails it
+//! looks again; a write or delete a client asked for then goes ahead over the newer version
+//! (the two were concurrent, and S3 keeps the last), while recovery, clean-up and the packer
+//! adopt the newer version instead. The caller holds the key's lock throughout.
+
+use bytes::Bytes;
+use tensorgate_index::{Envelope, Expect, IndexError, Manifest, ObjectKey};
+
+use crate::catalog::manifest_key_of;
+use crate::store::{now_ms, Store};
+use crate::upstream::Condition;
+
+/// How many times a write or delete looks again after other gateways changed the manifest
+/// under it before it gives up (a retryable 503 for the client).
+const CONFLICT_ATTEMPTS: usize = 5;
+
+/// What a writer saw at an object's manifest key.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    Absent,
+    Present { tag: String, manifest: Box<Manifest> },
+}
+
+impl Seen {
+    /// The version of the object upstream, if there is one.
+    pub fn version(&self) -> Option<&str> {
+        match self {
+            Seen::Absent => None,
+            Seen::Present { manifest, .. } => Some(&manifest.record.version),
+        }
+    }
+
+    /// The condition under which a change replaces exactly what was seen.
+    fn condition(&self) -> Condition {
+        match self {
+            Seen::Absent => Condition::Absent,
+            Seen::Present { tag, .. } => Condition::Matches(tag.clone()),
+        }
+    }
+}
+
+/// The manifest of `key` upstream now, with its tag.
+pub async fn observe(store: &Store, key: &ObjectKey) -> anyhow::Result<Seen> {
+    let Some(tagged) = store.upstream.read_tagged(&manifest_key_of(store, key)).await? else {
+        return Ok(Seen::Absent);
+    };
+    let manifest = Manifest::open(&tagged.bytes)?;
+    anyhow::ensure!(
+        manifest.tenant == key.tenant && manifest.bucket == key.bucket && manifest.key == key.key,
+        "manifest at the key of {}/{} names another object",
+        key.bucket,
+        key.key
+    );
+    Ok(Seen::Present { tag: tagged.tag, manifest: Box::new(manifest) })
+}
+
+/// Fails with `VersionChanged` unless the object upstream is at the version `expect` names.
+fn check_expected(seen: &Seen, expect: Expect<'_>) -> anyhow::Result<()> {
+    match expect {
+        Expect::Version(version) if seen.version() != Some(version) => Err(IndexError::VersionChanged.into()),
+        _ => Ok(()),
+    }
+}
+
+/// A manifest write whose outcome is unknown: it may have landed, so what it names must stay
+/// upstream (unreferenced, it is collected as an orphan later); recovery settles the key.
+#[derive(Debug, thiserror::Error)]
+#[error("the manifest write may have landed")]
+pub struct MaybePublished;
+
+/// Publishes `manifest` over what the upstream holds, conditionally, then runs `index_step`
+/// (the index commit). With `Expect::Version`, nothing is written unless the upstream is still
+/// at that version. A failed index step puts back what was seen, unless another gateway has
+/// changed it since; then the index takes what the upstream holds.
+pub async fn publish_then(
+    store: &Store,
+    key: &ObjectKey,
+    manifest: &Manifest,
+    expect: Expect<'_>,
+    index_step: impl FnOnce() -> Result<(), IndexError>,
+) -> anyhow::Result<()> {
+    let mut seen = observe(store, key).await?;
+    check_expected(&seen, expect)?;
+    store.index.mark_pending(key)?;
+    let bytes = Bytes::from(manifest.seal());
+    let mut attempts = 0;
+    let written = loop {
+        let outcome = store.upstream.put_if(&manifest_key_of(store, key), bytes.clone(), seen.condition()).await;
+        let failure = match outcome {
+            Ok(Some(tag)) => break tag,
+            Ok(None) => None,
+            Err(error) => Some(error),
+        };
+        let observed = observe(store, key).await;
+        // A write that landed but lost its answer (or was repeated) finds its own version.
+        if let Ok(Seen::Present { tag, manifest: there }) = &observed {
+            if there.record.version == manifest.record.version {
+                break tag.clone();
+            }
+        }
+        match (observed, failure) {
+            (Err(_), Some(error)) => return Err(error.context(MaybePublished)),
+            (Err(error), None) | (Ok(_), Some(error)) => return settle(store, key, Err(error)).await,
+            (Ok(now), None) => seen = now,
+        }
+        attempts += 1;
+        if let Err(error) = check_expected(&seen, expect) {
+            return settle(store, key, Err(error)).await;
+        }
+        if attempts == CONFLICT_ATTEMPTS {
+            return settle(store, key, Err(anyhow::anyhow!("the manifest kept changing under the write"))).await;
+        }
+    };
+    match index_step() {
+        Ok(()) => {
+            store.index.clear_pending(key)?;
+            Ok(())
+        }
+        Err(error) => {
+            let manifest_key = manifest_key_of(store, key);
+            let restored = match &seen {
+                Seen::Absent => store.upstream.delete_if(&manifest_key, &written).await.map(drop),
+                Seen::Present { manifest, .. } => {
+                    store.upstream.put_if(&manifest_key, Bytes::from(manifest.seal()), Condition::Matches(written)).await.map(drop)
+                }
+            };
+            if let Err(restore_error) = restored {
+                tracing::warn!(bucket = %key.bucket, key = %key.key, error = format!("{restore_error:#}"), "manifest left pending for recovery");
+                return Err(anyhow::Error::from(error).context(MaybePublished));
+            }
+            settle(store, key, Err(error.into())).await
+        }
+    }
+}
+
+/// Removes the object at `key`: its manifest (whatever version is there by then), then its
+/// index record. False if there was none upstream.
+pub async fn delete(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
+    let mut seen = observe(store, key).await?;
+    let existed = seen.version().is_some();
+    store.index.mark_pending(key)?;
+    for _ in 0..CONFLICT_ATTEMPTS {
+        let Seen::Present { tag, .. } = &seen else {
+            return settle(store, key, Ok(existed)).await;
+        };
+        match store.upstream.delete_if(&manifest_key_of(store, key), tag).await {
+            Ok(true) => return settle(store, key, Ok(existed)).await,
+            Ok(false) => {}
+            Err(error) => return settle(store, key, Err(error)).await,
+        }
+        seen = match observe(store, key).await {
+            Ok(seen) => seen,
+            Err(error) => return settle(store, key, Err(error)).await,
+        };
+    }
+    settle(store, key, Err(anyhow::anyhow!("the manifest kept changing under the delete"))).await
+}
+
+/// Ends a pending change: the index takes what the upstream holds now (see [`reconcile`]). If
+/// the upstream cannot say, the key stays pending for recovery.
+pub async fn settle<T>(store: &Store, key: &ObjectKey, outcome: anyhow::Result<T>) -> anyhow::Result<T> {
+    if let Err(error) = reconcile(store, key).await {
+        tracing::error!(bucket = %key.bucket, key = %key.key, error = format!("{error:#}"), "manifest left pending for recovery");
+    }
+    outcome
+}
+
+/// Brings a key's index record in line with its manifest upstream, whoever wrote it (another
+/// gateway, or this one before a crash or a lost answer), and clears its pending mark. Nothing
+/// upstream changes: a gateway never puts back what it last knew over what is there.
+pub async fn reconcile(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
+    match observe(store, key).await? {
+        Seen::Absent => {
+            store.index.delete_object(key, now_ms())?;
+        }
+        Seen::Present { manifest, .. } => {
+            let local = store.index.object(key)?;
+            if local.map(|record| record.version).as_deref() != Some(manifest.record.version.as_str()) {
+                adopt(store, &manifest)?;
+            }
+        }
+    }
+    store.index.clear_pending(key)?;
+    Ok(())
+}
+
+/// Writes the manifest of `key` again with the chunk copies the index holds, if the upstream
+/// is still at the index's version (and only then); false if it was not.
+pub async fn relocate(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
+    let (Some(record), Seen::Present { tag, manifest }) = (store.index.object(key)?, observe(store, key).await?) else {
+        return Ok(false);
+    };
+    if record.version != manifest.record.version {
+        return Ok(false);
+    }
+    let relocated = Manifest { chunks: store.index.locate(&record, &[])?, ..*manifest };
+    Ok(store.upstream.put_if(&manifest_key_of(store, key), Bytes::from(relocated.seal()), Condition::Matches(tag)).await?.is_some())
+}
+
+/// Makes an upstream manifest the object it names in the index, reading its chunks where it
+/// says they are when the index lacks them.
+pub fn adopt(store: &Store, manifest: &Manifest) -> Result<(), IndexError> {
+    store.index.adopt(manifest, now_ms(), |_, named| named.cloned())
+}
+
+/// Re-reads a manifest found changed by a listing and adopts it, under the key's lock.
+pub async fn adopt_listed(store: &Store, listed: &Manifest) -> anyhow::Result<bool> {
+    let key = ObjectKey::new(&listed.tenant, &listed.bucket, &listed.key);
+    let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
+    let _guard = store.lock_key(&key).await;
+    let local = store.index.object(&key)?.map(|record| record.version);
+    if local.as_deref() == Some(listed.record.version.as_str()) {
+        return Ok(false);
+    }
+    let before = local;
+    match observe(store, &key).await? {
+        Seen::Present { manifest, .. } if Some(&manifest.record.version) != before.as_ref() => {
+            adopt(store, &manifest)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}

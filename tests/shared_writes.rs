@@ -1,0 +1,200 @@
+//! Several gateways over one upstream lose no acknowledged write: every manifest change is
+//! conditional on what its writer saw upstream, so recovery after a kill, the clean-up after
+//! a failed delete and the packer never put back an older version over a peer's newer one; a
+//! packed object gets a new version that peers read; fsck away from the lease raises no false
+//! alarm. Each test holds or fails upstream requests at the moment that used to lose data.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::faults::GatedUpstream;
+use support::shared::*;
+use support::*;
+
+/// Waits until `gated` holds at least one write back.
+fn wait_for_held_write(gated: &GatedUpstream) {
+    let started = Instant::now();
+    while gated.waiting.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no write reached the gate");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A gateway over `moto` whose writes under `prefix` can be held back and whose deletes there
+/// can be failed; returns the gate too.
+fn gated_gateway(moto: &Moto, data_dir: &std::path::Path, prefix: &str) -> (TestGateway, Arc<GatedUpstream>) {
+    let mut gate = None;
+    let gateway = shared_gateway_over(moto, data_dir, true, |upstream| {
+        let gated = Arc::new(GatedUpstream::new(upstream, prefix));
+        gate = Some(gated.clone());
+        gated
+    });
+    (gateway, gate.unwrap())
+}
+
+/// Gateway a is killed while its manifest write for a key is in flight; gateway b then writes
+/// a newer version and answers 200. When a restarts, its recovery adopts b's version instead
+/// of writing its own index's older one back.
+#[test]
+fn recovery_after_a_kill_keeps_a_peers_newer_write() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, gate) = gated_gateway(&moto, state_a.path(), "manifests/");
+    let b = shared_upstream_gateway(&moto, state_b.path(), true);
+    a.aws(&["s3", "mb", "s3://models"]);
+    put(&a, &noise(40_000, 1), "s3://models/k", &[], scratch.path());
+    put(&a, &noise(40_000, 2), "s3://models/new", &[], scratch.path());
+
+    gate.held.store(true, Ordering::SeqCst);
+    let held_file = scratch.path().join("held");
+    std::fs::write(&held_file, noise(40_000, 3)).unwrap();
+    let mut held_put = aws_command(&a.endpoint, ACCESS_KEY, SECRET_KEY)
+        .args(["s3", "cp", held_file.to_str().unwrap(), "s3://models/k", "--cli-read-timeout", "120"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_held_write(&gate);
+    put(&b, &noise(40_000, 4), "s3://models/k", &[], scratch.path());
+    put(&b, &noise(40_000, 5), "s3://models/fresh", &[], scratch.path());
+    b.aws(&["s3", "rm", "s3://models/new"]);
+    kill(a);
+    let _ = held_put.kill();
+    let _ = held_put.wait();
+
+    let a = shared_upstream_gateway(&moto, state_a.path(), true);
+    for gateway in [&a, &b] {
+        assert_eq!(md5_through(gateway, "models", "k", scratch.path()), Some(md5_hex(&noise(40_000, 4))), "b's acknowledged write survives");
+        assert_eq!(md5_through(gateway, "models", "new", scratch.path()), None, "b's acknowledged delete survives");
+        assert_eq!(md5_through(gateway, "models", "fresh", scratch.path()), Some(md5_hex(&noise(40_000, 5))));
+    }
+    for gateway in [&a, &b] {
+        let report = gateway.fsck();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}
+
+/// A DELETE through a gateway whose index is behind fails upstream (503): the clean-up adopts
+/// the version a peer wrote meanwhile instead of writing the older one back.
+#[test]
+fn a_failed_delete_never_reverts_a_peers_write() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, gate) = gated_gateway(&moto, state_a.path(), "manifests/");
+    let b = shared_upstream_gateway(&moto, state_b.path(), true);
+    a.aws(&["s3", "mb", "s3://models"]);
+    put(&a, &noise(30_000, 1), "s3://models/k", &[], scratch.path());
+    put(&b, &noise(30_000, 2), "s3://models/k", &[], scratch.path());
+
+    gate.failing_deletes.store(true, Ordering::SeqCst);
+    let refused = a.boto3_unchecked(&["delete", "models", "k"]);
+    assert!(!refused.status.success(), "the delete cannot succeed while the upstream fails it");
+    gate.failing_deletes.store(false, Ordering::SeqCst);
+    for gateway in [&a, &b] {
+        assert_eq!(md5_through(gateway, "models", "k", scratch.path()), Some(md5_hex(&noise(30_000, 2))), "b's write survives a's failed delete");
+    }
+    a.boto3(&["delete", "models", "k"]);
+    for gateway in [&a, &b] {
+        assert_eq!(md5_through(gateway, "models", "k", scratch.path()), None);
+    }
+}
+
+/// Uploads a model made of three copies of corpus file `source` by multipart through `gateway`
+/// while its packer's pack writes are held, then waits until the packer is stuck on one.
+fn multipart_model_with_packer_held(gateway: &TestGateway, gate: &GatedUpstream, source: &str, key: &str, scratch: &std::path::Path) -> Vec<u8> {
+    let model = replicated_model(&corpus(source), 3);
+    let file = scratch.join("model");
+    std::fs::write(&file, &model).unwrap();
+    gate.held.store(true, Ordering::SeqCst);
+    gateway.boto3(&["put", file.to_str().unwrap(), "models", key, "--multipart"]);
+    wait_for_held_write(gate);
+    model
+}
+
+/// The packer re-encodes a multipart object on one gateway while a peer overwrites or deletes
+/// it: the packer's manifest write finds a version it did not read and gives up, so the peer's
+/// acknowledged write (or delete) stands.
+#[test]
+fn the_packer_never_replaces_a_peers_newer_write_or_delete() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, gate) = gated_gateway(&moto, state_a.path(), "packs/");
+    let b = shared_upstream_gateway(&moto, state_b.path(), true);
+    a.aws(&["s3", "mb", "s3://models"]);
+
+    multipart_model_with_packer_held(&a, &gate, "ft/ft-b-mlm.bf16.safetensors", "overwritten", scratch.path());
+    put(&b, &noise(20_000, 7), "s3://models/overwritten", &[], scratch.path());
+    gate.held.store(false, Ordering::SeqCst);
+    a.drain_packer();
+    multipart_model_with_packer_held(&a, &gate, "ft/ft-a-contrastive.bf16.safetensors", "deleted", scratch.path());
+    b.aws(&["s3", "rm", "s3://models/deleted"]);
+    gate.held.store(false, Ordering::SeqCst);
+    a.drain_packer();
+
+    let fresh_state = tempfile::tempdir().unwrap();
+    let fresh = shared_upstream_gateway(&moto, fresh_state.path(), true);
+    for gateway in [&a, &b, &fresh] {
+        assert_eq!(md5_through(gateway, "models", "overwritten", scratch.path()), Some(md5_hex(&noise(20_000, 7))));
+        assert_eq!(md5_through(gateway, "models", "deleted", scratch.path()), None);
+    }
+}
+
+/// A peer reads a multipart object as uploaded; the packer then re-encodes it and garbage
+/// collection deletes its part blobs. The peer still reads it: the packed object is a new
+/// version, which the peer's read finds upstream.
+#[test]
+fn a_packed_object_stays_readable_through_peers_after_its_parts_are_collected() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, gate) = gated_gateway(&moto, state_a.path(), "packs/");
+    let b = shared_upstream_gateway(&moto, state_b.path(), true);
+    a.aws(&["s3", "mb", "s3://models"]);
+    let model = multipart_model_with_packer_held(&a, &gate, "ft/ft-b-mlm.bf16.safetensors", "model", scratch.path());
+    let as_uploaded = seen(&b, "models", "model", scratch.path());
+    assert_eq!(as_uploaded.bytes, model);
+    gate.held.store(false, Ordering::SeqCst);
+    a.drain_packer();
+    for _ in 0..2 {
+        assert!(a.collect_garbage().leased);
+    }
+    assert_eq!(seen(&b, "models", "model", scratch.path()), as_uploaded, "same bytes and ETag after packing");
+    for gateway in [&a, &b] {
+        let report = gateway.fsck();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}
+
+/// A pack in the lease holder's trash (its object deleted, waiting out the grace period) is no
+/// orphan: fsck on a gateway without the lease leaves orphans to the holder, and says so.
+#[test]
+fn fsck_away_from_the_lease_raises_no_false_orphans() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let with_grace = |data_dir: &std::path::Path| {
+        let upstream = moto.upstream_config();
+        let data_dir = data_dir.to_owned();
+        TestGateway::start_with(UpstreamKind::LocalDirectory, move |config| {
+            config.upstream = Some(upstream);
+            config.data_dir = data_dir;
+            config.shared_upstream = true;
+            config.shared_sync_secs = 3600;
+            config.gc_grace_secs = 2;
+        })
+    };
+    let (a, b) = (with_grace(state_a.path()), with_grace(state_b.path()));
+    a.aws(&["s3", "mb", "s3://models"]);
+    put(&a, &std::fs::read(corpus("base/minilm-l6.bf16.safetensors")).unwrap(), "s3://models/base", &[], scratch.path());
+    a.aws(&["s3", "rm", "s3://models/base"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let collected = a.collect_garbage();
+    assert!(collected.leased && collected.chunks > 0, "{collected:?}");
+
+    let away = b.fsck();
+    assert!(away.problems.is_empty(), "{:?}", away.problems);
+    assert!(away.notes.iter().any(|note| note.contains("lease")), "{:?}", away.notes);
+    let holder = a.fsck();
+    assert!(holder.problems.is_empty(), "the pack is in the holder's trash: {:?}", holder.problems);
+}
