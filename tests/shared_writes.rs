@@ -27,7 +27,7 @@ fn wait_for_held_write(gated: &GatedUpstream) {
 /// can be failed; returns the gate too.
 fn gated_gateway(moto: &Moto, data_dir: &std::path::Path, prefix: &str) -> (TestGateway, Arc<GatedUpstream>) {
     let mut gate = None;
-    let gateway = shared_gateway_over(moto, data_dir, true, |upstream| {
+    let gateway = shared_gateway_over(moto, data_dir, true, |_| {}, |upstream| {
         let gated = Arc::new(GatedUpstream::new(upstream, prefix));
         gate = Some(gated.clone());
         gated
@@ -173,17 +173,7 @@ fn a_packed_object_stays_readable_through_peers_after_its_parts_are_collected() 
 fn fsck_away_from_the_lease_raises_no_false_orphans() {
     let moto = Moto::start();
     let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let with_grace = |data_dir: &std::path::Path| {
-        let upstream = moto.upstream_config();
-        let data_dir = data_dir.to_owned();
-        TestGateway::start_with(UpstreamKind::LocalDirectory, move |config| {
-            config.upstream = Some(upstream);
-            config.data_dir = data_dir;
-            config.shared_upstream = true;
-            config.shared_sync_secs = 3600;
-            config.gc_grace_secs = 2;
-        })
-    };
+    let with_grace = |data_dir: &std::path::Path| shared_gateway_over(&moto, data_dir, true, |config| config.gc_grace_secs = 2, |upstream| upstream);
     let (a, b) = (with_grace(state_a.path()), with_grace(state_b.path()));
     a.aws(&["s3", "mb", "s3://models"]);
     put(&a, &std::fs::read(corpus("base/minilm-l6.bf16.safetensors")).unwrap(), "s3://models/base", &[], scratch.path());
@@ -197,4 +187,80 @@ fn fsck_away_from_the_lease_raises_no_false_orphans() {
     assert!(away.notes.iter().any(|note| note.contains("lease")), "{:?}", away.notes);
     let holder = a.fsck();
     assert!(holder.problems.is_empty(), "the pack is in the holder's trash: {:?}", holder.problems);
+}
+
+/// Two gateways store one new model at once, each in its own pack; the only manifest left
+/// names b's copy, while a's index reads its own. b's collector condemns a's pack, a's sync
+/// vetoes it, and the pack stays: a keeps reading, and what a writes against its copy stays
+/// readable from the upstream alone after the other objects are gone.
+#[test]
+fn a_pack_a_peer_still_reads_is_never_deleted() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let short_grace = |config: &mut tensorgate::config::Config| {
+        config.gc_grace_secs = 1;
+        config.orphan_scan_secs = 0;
+    };
+    let a = shared_gateway_over(&moto, state_a.path(), true, short_grace, |upstream| upstream);
+    let b = shared_gateway_over(&moto, state_b.path(), true, short_grace, |upstream| upstream);
+    let model = std::fs::read(corpus("ft/ft-a-contrastive.bf16.safetensors")).unwrap();
+    a.aws(&["s3", "mb", "s3://models"]);
+    put(&a, &model, "s3://models/first", &[], scratch.path());
+    put(&b, &model, "s3://models/second", &[], scratch.path());
+    assert_eq!(md5_through(&a, "models", "second", scratch.path()), Some(md5_hex(&model)));
+    a.aws(&["s3", "rm", "s3://models/first"]);
+    let collect_while_a_syncs = || {
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(1100));
+            assert!(b.collect_garbage().leased, "b holds the lease");
+            sync(&a);
+        }
+    };
+    collect_while_a_syncs();
+    assert_eq!(md5_through(&a, "models", "second", scratch.path()), Some(md5_hex(&model)), "a still reads its copy");
+    put(&a, &model, "s3://models/third", &[], scratch.path());
+    b.aws(&["s3", "rm", "s3://models/second"]);
+    collect_while_a_syncs();
+    let fresh_state = tempfile::tempdir().unwrap();
+    let fresh = shared_upstream_gateway(&moto, fresh_state.path(), true);
+    for gateway in [&a, &b, &fresh] {
+        assert_eq!(md5_through(gateway, "models", "third", scratch.path()), Some(md5_hex(&model)));
+    }
+    for gateway in [&a, &b, &fresh] {
+        let report = gateway.fsck();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}
+
+/// Gateway x holds a fine-tune as a delta against its base; gateway y, which never saw the
+/// base, holds the same fine-tune standalone and stores a close variant as a delta against it.
+/// x reads the variant (its base is a delta there: decoded with its own base), and so does a
+/// gateway whose index was rebuilt from the upstream alone.
+#[test]
+fn a_delta_written_through_one_gateway_reads_through_another_that_holds_its_base_as_a_delta() {
+    let moto = Moto::start();
+    let (state_x, state_y, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let x = shared_upstream_gateway(&moto, state_x.path(), true);
+    let y = shared_upstream_gateway(&moto, state_y.path(), true);
+    let tuned_path = corpus("ft/ft-a-contrastive.bf16.safetensors");
+    let (base, tuned, variant) =
+        (std::fs::read(corpus("base/minilm-l6.bf16.safetensors")).unwrap(), std::fs::read(&tuned_path).unwrap(), perturbed_model(&tuned_path, 3));
+    x.aws(&["s3", "mb", "s3://models"]);
+    put(&x, &base, "s3://models/base", &[], scratch.path());
+    put(&x, &tuned, "s3://models/tuned", &[], scratch.path());
+    put(&y, &tuned, "s3://models/tuned-again", &[], scratch.path());
+    put(&y, &variant, "s3://models/variant", &[], scratch.path());
+    let deltas = |gateway: &TestGateway| gateway.store().index.all_chunks().map(Result::unwrap).filter(|(_, chunk)| chunk.base.is_some()).count();
+    assert!(deltas(&x) > 0 && deltas(&y) > 0, "both gateways stored deltas");
+
+    assert_eq!(md5_through(&x, "models", "variant", scratch.path()), Some(md5_hex(&variant)));
+    let state_rebuilt = tempfile::tempdir().unwrap();
+    let mut rebuilt = shared_upstream_gateway(&moto, state_rebuilt.path(), true);
+    rebuilt.rebuild_index();
+    for gateway in [&x, &y, &rebuilt] {
+        assert_eq!(md5_through(gateway, "models", "variant", scratch.path()), Some(md5_hex(&variant)));
+        assert_eq!(md5_through(gateway, "models", "tuned", scratch.path()), Some(md5_hex(&tuned)));
+        let report = gateway.fsck();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
 }

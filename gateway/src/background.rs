@@ -7,10 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{Expect, IndexError, Manifest, ObjectKey, PackJob, MANIFESTS};
+use tensorgate_index::{vetoed_pack, Expect, IndexError, Manifest, ObjectKey, PackJob, MANIFESTS, PACKS, VETOES};
 
 use crate::catalog;
 use crate::compact;
+use crate::condemned::{self, Verdict};
 use crate::ingest::{self, BodyFrom, IngestMode, IngestOptions};
 use crate::reader;
 use crate::shared::MaybePublished;
@@ -143,8 +144,21 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let referenced = referenced_keys(store, &mut memory).await?;
     for key in store.index.trash_before(cutoff)? {
         if !referenced.contains(&key) && !store.in_flight.contains(&key) {
-            store.upstream.delete(&key).await?;
-            report.upstream_objects += 1;
+            let announced = store.config.shared_upstream && key.contains(PACKS);
+            if announced {
+                match condemned::verdict(store, &key, now).await? {
+                    Verdict::Wait => continue,
+                    Verdict::Vetoed => {}
+                    Verdict::Delete => {
+                        store.upstream.delete(&key).await?;
+                        condemned::forget(store, &key).await?;
+                        report.upstream_objects += 1;
+                    }
+                }
+            } else {
+                store.upstream.delete(&key).await?;
+                report.upstream_objects += 1;
+            }
         }
         store.index.forget_trash(&key)?;
     }
@@ -217,7 +231,7 @@ fn lease_terms(lease: &[u8]) -> (String, i64) {
 }
 
 /// Upstream keys in use: those of the index, and with a shared upstream those of every
-/// manifest upstream.
+/// manifest upstream and the packs other gateways vetoed the deletion of.
 pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> anyhow::Result<HashSet<String>> {
     let mut referenced = store.index.referenced_upstream_keys()?;
     if store.config.shared_upstream {
@@ -235,6 +249,8 @@ pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> any
                 referenced.extend(keys.iter().cloned());
                 listed_now.insert(listed.key, (listed.tag, keys));
             }
+            let vetoes = store.upstream.list(&format!("{prefix}{VETOES}")).await?;
+            referenced.extend(vetoes.iter().filter_map(|listed| vetoed_pack(&listed.key)).map(|(pack, _)| pack));
         }
         memory.manifest_references = listed_now;
     }

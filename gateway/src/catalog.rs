@@ -12,6 +12,7 @@ use tensorgate_index::{
     BUCKETS, MANIFESTS, UPLOADS,
 };
 
+use crate::condemned;
 use crate::shared;
 use crate::store::{now_ms, Store};
 use crate::upstream::{self, Condition};
@@ -339,6 +340,8 @@ pub struct SyncReport {
     pub uploads_ended: usize,
     pub objects_adopted: usize,
     pub objects_removed: usize,
+    /// Condemned packs this gateway still reads, whose deletion it vetoed (see `condemned`).
+    pub packs_vetoed: usize,
 }
 
 /// Catches the index up with what other gateways wrote to a shared upstream, so that listings
@@ -407,6 +410,7 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
             report.objects_removed += 1;
         }
     }
+    report.packs_vetoed = condemned::veto(store).await?.vetoed;
     Ok(report)
 }
 

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod background;
 pub mod catalog;
 pub mod compact;
+pub mod condemned;
 pub mod config;
 pub mod domains;
 pub mod errors;

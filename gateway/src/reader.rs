@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use futures::SinkExt;
 use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader};
-use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
+use tensorgate_index::{ChunkHash, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
 use crate::metrics::CacheLabels;
 use crate::store::{on_cores, Store, READ_ATTEMPTS};
@@ -112,10 +112,11 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
 
 /// Fetches and decodes one chunk (with its base when it is a delta).
 pub async fn load_chunk(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
-    load_chunk_tries(store, hash, READ_ATTEMPTS).await
+    load_chunk_tries(store, hash, READ_ATTEMPTS, 0).await
 }
 
-async fn load_chunk_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> anyhow::Result<Bytes> {
+/// `depth` counts the deltas above this chunk that wait for it as their base.
+async fn load_chunk_tries(store: &Store, hash: &ChunkHash, attempts: u32, depth: usize) -> anyhow::Result<Bytes> {
     let record = store
         .index
         .chunk(hash)?
@@ -123,14 +124,18 @@ async fn load_chunk_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> any
     let frame = store
         .read_upstream_tries(&record.pack, record.offset..record.offset + u64::from(record.frame_len), attempts)
         .await?;
-    decode(store, frame).await
+    decode_at(store, frame, depth).await
 }
 
 /// Decodes a frame read from the upstream (with its base, for a delta), which checks it.
 pub async fn decode(store: &Store, frame: Bytes) -> anyhow::Result<Bytes> {
+    decode_at(store, frame, 0).await
+}
+
+async fn decode_at(store: &Store, frame: Bytes, depth: usize) -> anyhow::Result<Bytes> {
     let header = FrameHeader::read(&frame)?;
     let base = match header.base {
-        Some(base_hash) => Some((base_hash, load_base(store, &base_hash.0).await?)),
+        Some(base_hash) => Some((base_hash, load_base_at(store, &base_hash.0, READ_ATTEMPTS, depth + 1).await?)),
         None => None,
     };
     store.metrics.frames_decoded.inc();
@@ -142,7 +147,10 @@ pub async fn decode(store: &Store, frame: Bytes) -> anyhow::Result<Bytes> {
     Ok(Bytes::from(decoded))
 }
 
-/// A base chunk, from the cache or decoded (bases are always stored standalone).
+/// A base chunk, from the cache or decoded. A gateway takes deltas only against chunks its
+/// index holds standalone, but with a shared upstream another gateway may hold the same chunk
+/// as a delta: any copy of a chunk decodes to the same bytes, so a base that is itself a delta
+/// is decoded with its own base, up to [`MAX_BASE_DEPTH`] deltas deep.
 pub async fn load_base(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
     load_base_tries(store, hash, READ_ATTEMPTS).await
 }
@@ -150,17 +158,17 @@ pub async fn load_base(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes>
 /// [`load_base`] with `attempts` upstream attempts at most: a write choosing a base can do
 /// without one (it encodes the chunk on its own), so it tries once.
 pub async fn load_base_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> anyhow::Result<Bytes> {
+    load_base_at(store, hash, attempts, 1).await
+}
+
+async fn load_base_at(store: &Store, hash: &ChunkHash, attempts: u32, depth: usize) -> anyhow::Result<Bytes> {
+    anyhow::ensure!(depth <= MAX_BASE_DEPTH, "chunk {} ends a chain of more than {MAX_BASE_DEPTH} deltas", ContentHash(*hash));
     if let Some(bytes) = store.base_cache.lock().map_err(|_| anyhow::anyhow!("base cache poisoned"))?.get(hash) {
         store.metrics.base_cache.get_or_create(&CacheLabels { result: "hit" }).inc();
         return Ok(bytes);
     }
     store.metrics.base_cache.get_or_create(&CacheLabels { result: "miss" }).inc();
-    let record = store
-        .index
-        .chunk(hash)?
-        .with_context(|| format!("base chunk {} is not in the index", ContentHash(*hash)))?;
-    anyhow::ensure!(record.base.is_none(), "base chunk {} is itself a delta", ContentHash(*hash));
-    let bytes = Box::pin(load_chunk_tries(store, hash, attempts)).await?;
+    let bytes = Box::pin(load_chunk_tries(store, hash, attempts, depth)).await?;
     store
         .base_cache
         .lock()

@@ -19,8 +19,9 @@ use sled::Transactional;
 
 pub use keys::ObjectKey;
 pub use manifest::{
-    bucket_key, manifest_key, part_key, parts_folder, upload_key, BucketMarker, ChunkLocation, Envelope, Manifest, PartMarker,
-    UploadMarker, BUCKETS, MANIFESTS, UPLOADS, UPLOAD_PARTS,
+    bucket_key, condemned_key, condemned_pack, manifest_key, part_key, parts_folder, upload_key, veto_key, vetoed_pack, vetoes_folder,
+    BucketMarker, ChunkLocation, Envelope, Manifest, PartMarker, UploadMarker, BUCKETS, CONDEMNED, MANIFESTS, PACKS, UPLOADS, UPLOAD_PARTS,
+    VETOES,
 };
 pub use records::*;
 
@@ -174,6 +175,25 @@ fn flatten<T>(result: std::result::Result<T, TransactionError<IndexError>>) -> R
         TransactionError::Abort(error) => error,
         TransactionError::Storage(error) => IndexError::Sled(error),
     })
+}
+
+/// How many deltas deep a chunk's bases may go. A gateway takes deltas only against chunks
+/// it holds standalone, but with a shared upstream another gateway may hold that base as a
+/// delta, so a chain can be longer than one; a cycle (two gateways each holding the other's
+/// base as a delta) never ends and is caught by this bound.
+pub const MAX_BASE_DEPTH: usize = 8;
+
+/// Whether the bases of `record` end in a standalone chunk within [`MAX_BASE_DEPTH`] deltas (a
+/// missing base is reported by the reference check).
+fn base_chain_ends(chunks: &HashMap<ChunkHash, ChunkRecord>, record: &ChunkRecord) -> bool {
+    let mut base = record.base;
+    for _ in 0..MAX_BASE_DEPTH {
+        match base.and_then(|hash| chunks.get(&hash)) {
+            Some(next) => base = next.base,
+            None => return true,
+        }
+    }
+    base.is_none()
 }
 
 impl Index {
@@ -477,6 +497,14 @@ impl Index {
         }
         self.flush()?;
         Ok(trashed)
+    }
+
+    /// Whether chunks the index holds (live, or dead and not swept yet) are stored in pack `key`.
+    pub fn pack_in_use(&self, key: &str) -> Result<bool> {
+        match self.packs.get(key.as_bytes())? {
+            Some(value) => Ok(decode::<PackRecord>(&value)?.live_bytes > 0),
+            None => Ok(false),
+        }
     }
 
     /// Records a pack the index did not know of, at least `total_bytes` long; a known pack
@@ -881,6 +909,11 @@ impl Index {
                     record.refs
                 )),
                 Some(_) => {}
+            }
+        }
+        for (hash, record) in &chunks {
+            if !base_chain_ends(&chunks, record) {
+                report.problems.push(format!("chunk {} is a delta whose bases do not end in a standalone chunk within {MAX_BASE_DEPTH}", hex(hash)));
             }
         }
         let mut live: HashMap<&str, u64> = HashMap::new();

@@ -196,15 +196,61 @@ pub fn part_key(prefix: &str, upload_id: &str, number: u32) -> String {
     format!("{}{number:05}", parts_folder(prefix, upload_id))
 }
 
+/// Upstream key of the marker by which the garbage collector announces, with a shared
+/// upstream, that it will delete pack `pack` (a full pack key, `<prefix>packs/<id>`).
+pub fn condemned_key(pack: &str) -> Option<String> {
+    let (prefix, id) = pack.rsplit_once(PACKS)?;
+    Some(format!("{prefix}{CONDEMNED}{id}"))
+}
+
+/// The pack a condemnation marker names.
+pub fn condemned_pack(marker: &str) -> Option<String> {
+    let (prefix, id) = marker.rsplit_once(CONDEMNED)?;
+    Some(format!("{prefix}{PACKS}{id}"))
+}
+
+/// Upstream folder of the vetoes against deleting pack `pack`: one marker per gateway whose
+/// index still reads chunks there.
+pub fn vetoes_folder(pack: &str) -> Option<String> {
+    let (prefix, id) = pack.rsplit_once(PACKS)?;
+    Some(format!("{prefix}{VETOES}{id}/"))
+}
+
+/// Upstream key of gateway `instance`'s veto against deleting pack `pack`.
+pub fn veto_key(pack: &str, instance: &str) -> Option<String> {
+    Some(format!("{}{instance}", vetoes_folder(pack)?))
+}
+
+/// The pack and the gateway a veto marker names.
+pub fn vetoed_pack(marker: &str) -> Option<(String, &str)> {
+    let (prefix, rest) = marker.rsplit_once(VETOES)?;
+    let (id, instance) = rest.split_once('/')?;
+    Some((format!("{prefix}{PACKS}{id}"), instance))
+}
+
 /// Upstream folders of the kinds of record.
 pub const MANIFESTS: &str = "manifests/";
 pub const BUCKETS: &str = "buckets/";
 pub const UPLOADS: &str = "uploads/";
 pub const UPLOAD_PARTS: &str = "upload-parts/";
+pub const PACKS: &str = "packs/";
+pub const CONDEMNED: &str = "condemned/";
+pub const VETOES: &str = "in-use/";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pack_markers_name_their_pack() {
+        let pack = "tenants/t/packs/0123abcd";
+        assert_eq!(condemned_key(pack).as_deref(), Some("tenants/t/condemned/0123abcd"));
+        assert_eq!(condemned_pack("tenants/t/condemned/0123abcd").as_deref(), Some(pack));
+        let veto = veto_key(pack, "gw1").unwrap();
+        assert_eq!(veto, "tenants/t/in-use/0123abcd/gw1");
+        assert_eq!(vetoed_pack(&veto), Some((pack.to_owned(), "gw1")));
+        assert_eq!(condemned_key("blobs/x"), None);
+    }
     use crate::records::{Attributes, Checksums, Segment};
     use proptest::prelude::*;
 

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tensorgate::config::Config;
 use tensorgate::upstream::Upstream;
 
 use super::{Moto, TestGateway, UpstreamKind};
@@ -54,25 +55,33 @@ pub fn put(gateway: &TestGateway, bytes: &[u8], target: &str, extra: &[&str], sc
 /// The tests run each sync themselves and count what it did: the periodic one, which could run
 /// in between on a slow machine, is held off.
 pub fn shared_upstream_gateway(moto: &Moto, data_dir: &Path, shared: bool) -> TestGateway {
-    shared_gateway_over(moto, data_dir, shared, |upstream| upstream)
+    shared_gateway_over(moto, data_dir, shared, |_| {}, |upstream| upstream)
 }
 
-/// [`shared_upstream_gateway`] over the upstream as `wrap` returns it.
+/// [`shared_upstream_gateway`] with its configuration changed by `adjust`, over the upstream
+/// as `wrap` returns it.
 pub fn shared_gateway_over(
     moto: &Moto,
     data_dir: &Path,
     shared: bool,
+    adjust: impl FnOnce(&mut Config),
     wrap: impl FnOnce(Arc<dyn Upstream>) -> Arc<dyn Upstream>,
 ) -> TestGateway {
     let upstream = moto.upstream_config();
     let data_dir = data_dir.to_owned();
-    let adjust = move |config: &mut tensorgate::config::Config| {
+    let configure = move |config: &mut Config| {
         config.upstream = Some(upstream);
         config.data_dir = data_dir;
         config.shared_upstream = shared;
         config.shared_sync_secs = 3600;
+        adjust(config);
     };
-    TestGateway::start_wrapped(UpstreamKind::LocalDirectory, adjust, wrap)
+    TestGateway::start_wrapped(UpstreamKind::LocalDirectory, configure, wrap)
+}
+
+/// One sync with the shared upstream, as the periodic one does it.
+pub fn sync(gateway: &TestGateway) -> tensorgate::catalog::SyncReport {
+    gateway.runtime.block_on(tensorgate::catalog::sync(gateway.store(), &mut Default::default())).expect("sync succeeds")
 }
 
 /// Ends a gateway as a crash would: its requests in progress (and what they wait on upstream)

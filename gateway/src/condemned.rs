@@ -1,0 +1,85 @@
+//! Deleting a pack with a shared upstream. No manifest naming a pack does not mean that no
+//! gateway reads it: two gateways storing one new chunk at once each keep their own copy in
+//! their index, and the manifests may all name the other. So the collector announces a pack
+//! before deleting it (a marker under `condemned/`, holding the time it was written), each
+//! gateway's sync vetoes the condemned packs its index still stores chunks in (a marker under
+//! `in-use/<pack>/<gateway>`, removed when its index no longer uses the pack), and the collector
+//! deletes the pack only once the announcement is a grace period old and unvetoed; a vetoed
+//! pack leaves the trash. The grace period must exceed `shared_sync_secs`.
+
+use bytes::Bytes;
+use tensorgate_index::{condemned_key, condemned_pack, veto_key, vetoed_pack, vetoes_folder, CONDEMNED, VETOES};
+
+use crate::store::Store;
+use crate::upstream;
+
+/// What the collector may do with a pack in its trash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Announced less than a grace period ago (or just now): keep it in the trash.
+    Wait,
+    /// A gateway still reads it: it leaves the trash.
+    Vetoed,
+    /// Announced long enough ago and unvetoed: delete it, then [`forget`] the announcement.
+    Delete,
+}
+
+/// Judges a pack of the collector's trash at time `now`, announcing it if it was not yet.
+pub async fn verdict(store: &Store, pack: &str, now: i64) -> anyhow::Result<Verdict> {
+    let (Some(marker), Some(vetoes)) = (condemned_key(pack), vetoes_folder(pack)) else {
+        anyhow::bail!("{pack} is not a pack key");
+    };
+    let Some(announced) = store.upstream.read_tagged(&marker).await? else {
+        upstream::put(&*store.upstream, &marker, Bytes::from(now.to_string())).await?;
+        return Ok(Verdict::Wait);
+    };
+    // An unreadable time counts as now: the wait starts again, and nothing is deleted early.
+    let announced_ms = std::str::from_utf8(&announced.bytes).ok().and_then(|text| text.parse::<i64>().ok()).unwrap_or(now);
+    if now - announced_ms < (store.config.gc_grace_secs as i64) * 1000 {
+        return Ok(Verdict::Wait);
+    }
+    if !store.upstream.list(&vetoes).await?.is_empty() {
+        store.upstream.delete(&marker).await?;
+        return Ok(Verdict::Vetoed);
+    }
+    Ok(Verdict::Delete)
+}
+
+/// Removes a pack's announcement once the pack is deleted.
+pub async fn forget(store: &Store, pack: &str) -> anyhow::Result<()> {
+    match condemned_key(pack) {
+        Some(marker) => store.upstream.delete(&marker).await,
+        None => Ok(()),
+    }
+}
+
+/// What one [`veto`] pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VetoReport {
+    pub vetoed: usize,
+    pub withdrawn: usize,
+}
+
+/// Vetoes the deletion of every condemned pack this gateway's index still stores chunks in,
+/// and withdraws its vetoes of packs it no longer uses.
+pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
+    let mut report = VetoReport::default();
+    for prefix in store.config.upstream_prefixes() {
+        for listed in store.upstream.list(&format!("{prefix}{CONDEMNED}")).await? {
+            let Some(pack) = condemned_pack(&listed.key) else { continue };
+            let Some(veto) = veto_key(&pack, &store.instance) else { continue };
+            if store.index.pack_in_use(&pack)? && store.upstream.read_tagged(&veto).await?.is_none() {
+                upstream::put(&*store.upstream, &veto, Bytes::from_static(b"")).await?;
+                report.vetoed += 1;
+            }
+        }
+        for listed in store.upstream.list(&format!("{prefix}{VETOES}")).await? {
+            let Some((pack, instance)) = vetoed_pack(&listed.key) else { continue };
+            if instance == store.instance && !store.index.pack_in_use(&pack)? {
+                store.upstream.delete(&listed.key).await?;
+                report.withdrawn += 1;
+            }
+        }
+    }
+    Ok(report)
+}
