@@ -264,3 +264,52 @@ fn a_delta_written_through_one_gateway_reads_through_another_that_holds_its_base
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 }
+
+/// Compaction with a shared upstream: the lease holder copies the live frames of a sparse pack,
+/// writes every manifest naming it again (a peer's included), and publishes the moves; the
+/// peer points its index at the copies when the pack is condemned, so nobody vetoes and the
+/// pack is deleted. Every object reads back through both gateways and a fresh one.
+#[test]
+fn compaction_with_a_shared_upstream_frees_the_pack_and_peers_follow() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let short_grace = |config: &mut tensorgate::config::Config| config.gc_grace_secs = 1;
+    let a = shared_gateway_over(&moto, state_a.path(), true, short_grace, |upstream| upstream);
+    let b = shared_gateway_over(&moto, state_b.path(), true, short_grace, |upstream| upstream);
+    let kept_path = corpus("ft/ft-a-contrastive.bf16.safetensors");
+    let kept = std::fs::read(&kept_path).unwrap();
+    let both = combined_model(&[&kept_path, &corpus("ft/ft-b-mlm.bf16.safetensors"), &corpus("ft/ft-c-cls.bf16.safetensors")]);
+    a.aws(&["s3", "mb", "s3://models"]);
+    put(&a, &both, "s3://models/both", &[], scratch.path());
+    put(&b, &kept, "s3://models/kept-by-b", &[], scratch.path());
+    put(&a, &kept, "s3://models/kept-by-a", &[], scratch.path());
+    assert_eq!(md5_through(&b, "models", "kept-by-a", scratch.path()), Some(md5_hex(&kept)), "b reads the shared pack");
+    let sparse_pack = a.store().index.chunk(&first_chunk(&a, "kept-by-a")).unwrap().unwrap().pack;
+    a.aws(&["s3", "rm", "s3://models/both"]);
+
+    let mut compacted = 0;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(1100));
+        compacted += a.collect_garbage().packs_compacted;
+        sync(&b);
+    }
+    assert_eq!(compacted, 1, "the pack was compacted once");
+    let listed = aws_command(&moto.endpoint, "moto", "moto").args(["s3", "ls", "--recursive", "s3://upstream/"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&sparse_pack), "the sparse pack is deleted");
+    let fresh_state = tempfile::tempdir().unwrap();
+    let fresh = shared_upstream_gateway(&moto, fresh_state.path(), true);
+    for gateway in [&a, &b, &fresh] {
+        for key in ["kept-by-a", "kept-by-b"] {
+            assert_eq!(md5_through(gateway, "models", key, scratch.path()), Some(md5_hex(&kept)), "{key}");
+        }
+        let report = gateway.fsck();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+}
+
+/// The first chunk of an object, as the gateway's index holds it.
+fn first_chunk(gateway: &TestGateway, key: &str) -> tensorgate_index::ChunkHash {
+    let object = tensorgate_index::ObjectKey::new("default", "models", key);
+    let record = gateway.store().index.object(&object).unwrap().unwrap();
+    record.segments.iter().find_map(tensorgate_index::Segment::chunk_hash).unwrap()
+}

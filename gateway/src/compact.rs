@@ -2,15 +2,22 @@
 //! them copied (each checked by decoding) into a new pack; the index is switched to the copies
 //! in one transaction, the manifests of the objects concerned are written again, and the old
 //! pack goes to the trash, deleted after the grace period like any other.
+//!
+//! With a shared upstream (run by the lease holder) the copies are also published
+//! (`moved/<pack id>`), every manifest upstream naming the old pack is written again with the
+//! copies, each only if it is still the version read (If-Match), and the other gateways point
+//! their indexes at the copies when the old pack is condemned (see `condemned`); a manifest or
+//! a gateway still needing the old pack keeps it alive.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tensorgate_index::{ChunkHash, ChunkRecord, Move, ObjectKey, Segment};
+use tensorgate_index::{moves_key, ChunkHash, ChunkRecord, Envelope, Manifest, Move, ObjectKey, PackMoves, Segment, MANIFESTS};
 
 use crate::catalog;
 use crate::reader;
 use crate::store::{new_id, now_ms, Store, WriteGuard};
+use crate::upstream::{self, Condition};
 
 /// What one compaction pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -21,11 +28,10 @@ pub struct CompactReport {
     pub bytes_freed: u64,
 }
 
-/// Compacts every sparse pack. Run under the garbage-collection lease. Not with a shared
-/// upstream: other gateways' indexes would still point at the old packs.
+/// Compacts every sparse pack. Run under the garbage-collection lease.
 pub async fn compact(store: &Store) -> anyhow::Result<CompactReport> {
     let mut report = CompactReport::default();
-    if store.config.compact_live_ratio <= 0.0 || store.config.shared_upstream {
+    if store.config.compact_live_ratio <= 0.0 {
         return Ok(report);
     }
     let sparse = store.index.sparse_packs(store.config.compact_live_ratio)?;
@@ -116,8 +122,44 @@ async fn switch_to_copies(store: &Store, copies: &[PackCopy]) -> anyhow::Result<
             frames += store.index.relocate(&copy.from, &copy.to, copy.bytes, &copy.moves, now_ms())?;
         }
     }
+    if store.config.shared_upstream {
+        publish_moves(store, copies).await?;
+    }
     catalog::recover(store).await?;
     Ok(frames)
+}
+
+/// With a shared upstream: records where the frames went, for the other gateways, then writes
+/// every manifest naming a compacted pack again with the copies, unless it changed since it
+/// was read (its writer's next version names what that writer chose).
+async fn publish_moves(store: &Store, copies: &[PackCopy]) -> anyhow::Result<()> {
+    let mut forwarding: HashMap<(&str, u64), (&str, u64)> = HashMap::new();
+    for copy in copies {
+        let record = PackMoves { from: copy.from.clone(), to: copy.to.clone(), to_total: copy.bytes, moves: copy.moves.clone() };
+        let key = moves_key(&copy.from).ok_or_else(|| anyhow::anyhow!("{} is not a pack key", copy.from))?;
+        upstream::put(&*store.upstream, &key, Bytes::from(record.seal())).await?;
+        for step in &copy.moves {
+            forwarding.insert((copy.from.as_str(), step.from_offset), (copy.to.as_str(), step.to_offset));
+        }
+    }
+    for prefix in store.config.upstream_prefixes() {
+        for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
+            let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
+            let mut manifest = Manifest::open(&tagged.bytes)?;
+            let mut moved = false;
+            for location in &mut manifest.chunks {
+                if let Some(&(pack, offset)) = forwarding.get(&(location.pack.as_str(), location.offset)) {
+                    location.pack = pack.to_owned();
+                    location.offset = offset;
+                    moved = true;
+                }
+            }
+            if moved {
+                store.upstream.put_if(&listed.key, Bytes::from(manifest.seal()), Condition::Matches(tagged.tag)).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Objects whose manifests name one of `moved`: as a chunk of theirs, or as a chunk's base.

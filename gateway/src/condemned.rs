@@ -8,7 +8,7 @@
 //! pack leaves the trash. The grace period must exceed `shared_sync_secs`.
 
 use bytes::Bytes;
-use tensorgate_index::{condemned_key, condemned_pack, veto_key, vetoed_pack, vetoes_folder, CONDEMNED, VETOES};
+use tensorgate_index::{condemned_key, condemned_pack, moves_key, veto_key, vetoed_pack, vetoes_folder, Envelope, PackMoves, CONDEMNED, VETOES};
 
 use crate::store::Store;
 use crate::upstream;
@@ -45,12 +45,13 @@ pub async fn verdict(store: &Store, pack: &str, now: i64) -> anyhow::Result<Verd
     Ok(Verdict::Delete)
 }
 
-/// Removes a pack's announcement once the pack is deleted.
+/// Removes a pack's announcement (and the record of its moves, if compaction made one) once
+/// the pack is deleted.
 pub async fn forget(store: &Store, pack: &str) -> anyhow::Result<()> {
-    match condemned_key(pack) {
-        Some(marker) => store.upstream.delete(&marker).await,
-        None => Ok(()),
+    for marker in [condemned_key(pack), moves_key(pack)].into_iter().flatten() {
+        store.upstream.delete(&marker).await?;
     }
+    Ok(())
 }
 
 /// What one [`veto`] pass did.
@@ -58,6 +59,27 @@ pub async fn forget(store: &Store, pack: &str) -> anyhow::Result<()> {
 pub struct VetoReport {
     pub vetoed: usize,
     pub withdrawn: usize,
+    /// Chunks pointed at the copies compaction made of a condemned pack.
+    pub followed: usize,
+}
+
+/// Points the index's chunks in `pack` at the copies compaction made of them, if it did.
+/// Returns how many moved.
+async fn follow_moves(store: &Store, pack: &str) -> anyhow::Result<usize> {
+    let Some(key) = moves_key(pack) else { return Ok(0) };
+    let Some(tagged) = store.upstream.read_tagged(&key).await? else { return Ok(0) };
+    let moves = PackMoves::open(&tagged.bytes)?;
+    anyhow::ensure!(moves.from == pack, "the moves record of {pack} names {}", moves.from);
+    // Only chunks this index holds in the pack at the same place; with none, the index is left
+    // alone (relocating nothing would record the copy as an empty pack of its own).
+    let mut here = 0;
+    for step in &moves.moves {
+        here += usize::from(store.index.chunk(&step.hash)?.is_some_and(|chunk| chunk.pack == pack && chunk.offset == step.from_offset));
+    }
+    if here == 0 {
+        return Ok(0);
+    }
+    Ok(store.index.relocate(&moves.from, &moves.to, moves.to_total, &moves.moves, crate::store::now_ms())?)
 }
 
 /// Vetoes the deletion of every condemned pack this gateway's index still stores chunks in,
@@ -68,6 +90,9 @@ pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
         for listed in store.upstream.list(&format!("{prefix}{CONDEMNED}")).await? {
             let Some(pack) = condemned_pack(&listed.key) else { continue };
             let Some(veto) = veto_key(&pack, &store.instance) else { continue };
+            if store.index.pack_in_use(&pack)? {
+                report.followed += follow_moves(store, &pack).await?;
+            }
             if store.index.pack_in_use(&pack)? && store.upstream.read_tagged(&veto).await?.is_none() {
                 upstream::put(&*store.upstream, &veto, Bytes::from_static(b"")).await?;
                 report.vetoed += 1;

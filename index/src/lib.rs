@@ -19,9 +19,9 @@ use sled::Transactional;
 
 pub use keys::ObjectKey;
 pub use manifest::{
-    bucket_key, condemned_key, condemned_pack, manifest_key, part_key, parts_folder, upload_key, veto_key, vetoed_pack, vetoes_folder,
-    BucketMarker, ChunkLocation, Envelope, Manifest, PartMarker, UploadMarker, BUCKETS, CONDEMNED, MANIFESTS, PACKS, UPLOADS, UPLOAD_PARTS,
-    VETOES,
+    bucket_key, condemned_key, condemned_pack, manifest_key, moves_key, part_key, parts_folder, upload_key, veto_key, vetoed_pack,
+    vetoes_folder, BucketMarker, ChunkLocation, Envelope, Manifest, PackMoves, PartMarker, UploadMarker, BUCKETS, CONDEMNED, MANIFESTS,
+    MOVED, PACKS, UPLOADS, UPLOAD_PARTS, VETOES,
 };
 pub use records::*;
 
@@ -119,7 +119,7 @@ pub enum Expect<'a> {
 }
 
 /// A frame copied from one pack to another by compaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Move {
     pub hash: ChunkHash,
     pub from_offset: u64,

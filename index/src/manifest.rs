@@ -101,6 +101,16 @@ pub struct PartMarker {
     pub part: PartRecord,
 }
 
+/// Where compaction copied the live frames of a pack, for gateways sharing the upstream: those
+/// whose index reads chunks there point them at the copies before the pack is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackMoves {
+    pub from: String,
+    pub to: String,
+    pub to_total: u64,
+    pub moves: Vec<crate::Move>,
+}
+
 /// What an envelope holds; a reader asking for one kind refuses the others.
 pub trait Envelope: Serialize + serde::de::DeserializeOwned {
     const KIND: u8;
@@ -160,6 +170,10 @@ impl Envelope for PartMarker {
     const KIND: u8 = 4;
 }
 
+impl Envelope for PackMoves {
+    const KIND: u8 = 5;
+}
+
 /// A name hashed into a fixed-length upstream key part: object keys can be 1024 bytes of
 /// anything, upstream keys cannot.
 fn name_hash(parts: &[&str]) -> String {
@@ -209,6 +223,12 @@ pub fn condemned_pack(marker: &str) -> Option<String> {
     Some(format!("{prefix}{PACKS}{id}"))
 }
 
+/// Upstream key of the record of where compaction copied the frames of pack `pack`.
+pub fn moves_key(pack: &str) -> Option<String> {
+    let (prefix, id) = pack.rsplit_once(PACKS)?;
+    Some(format!("{prefix}{MOVED}{id}"))
+}
+
 /// Upstream folder of the vetoes against deleting pack `pack`: one marker per gateway whose
 /// index still reads chunks there.
 pub fn vetoes_folder(pack: &str) -> Option<String> {
@@ -236,6 +256,7 @@ pub const UPLOAD_PARTS: &str = "upload-parts/";
 pub const PACKS: &str = "packs/";
 pub const CONDEMNED: &str = "condemned/";
 pub const VETOES: &str = "in-use/";
+pub const MOVED: &str = "moved/";
 
 #[cfg(test)]
 mod tests {
