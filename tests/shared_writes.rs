@@ -313,3 +313,43 @@ fn first_chunk(gateway: &TestGateway, key: &str) -> tensorgate_index::ChunkHash 
     let record = gateway.store().index.object(&object).unwrap().unwrap();
     record.segments.iter().find_map(tensorgate_index::Segment::chunk_hash).unwrap()
 }
+
+/// A gateway that is down cannot veto: the collector waits for its acknowledgement before it
+/// deletes a pack, so a pack the stopped gateway's index reads outlives any grace period, and
+/// the gateway reads it again when it comes back.
+#[test]
+fn a_gateway_that_is_down_holds_pack_deletions_back() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let short_grace = |config: &mut tensorgate::config::Config| {
+        config.gc_grace_secs = 1;
+        config.orphan_scan_secs = 0;
+    };
+    let a = shared_gateway_over(&moto, state_a.path(), true, short_grace, |upstream| upstream);
+    let b = shared_gateway_over(&moto, state_b.path(), true, short_grace, |upstream| upstream);
+    let model = std::fs::read(corpus("ft/ft-a-contrastive.bf16.safetensors")).unwrap();
+    a.aws(&["s3", "mb", "s3://models"]);
+    put(&a, &model, "s3://models/first", &[], scratch.path());
+    put(&b, &model, "s3://models/second", &[], scratch.path());
+    assert_eq!(md5_through(&a, "models", "second", scratch.path()), Some(md5_hex(&model)));
+    a.aws(&["s3", "rm", "s3://models/first"]);
+    let own_pack = a.store().index.chunk(&first_chunk(&a, "second")).unwrap().unwrap().pack;
+    sync(&a);
+    kill(a);
+
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(b.collect_garbage().leased);
+    }
+    let listed = aws_command(&moto.endpoint, "moto", "moto").args(["s3", "ls", "--recursive", "s3://upstream/"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains(&format!("condemned/{}", own_pack.rsplit('/').next().unwrap())), "b announced a's pack: {listed}");
+    assert!(listed.contains(&own_pack), "but did not delete it while a was down");
+
+    let a = shared_gateway_over(&moto, state_a.path(), true, short_grace, |upstream| upstream);
+    assert_eq!(md5_through(&a, "models", "second", scratch.path()), Some(md5_hex(&model)), "a reads its copy again");
+    sync(&a);
+    assert!(b.collect_garbage().leased);
+    let report = a.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}

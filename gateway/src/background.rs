@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{vetoed_pack, Expect, IndexError, Manifest, ObjectKey, PackJob, MANIFESTS, PACKS, VETOES};
+use tensorgate_index::{pack_id, vetoed_pack, Expect, IndexError, Manifest, ObjectKey, PackJob, MANIFESTS, VETOES};
 
 use crate::catalog;
 use crate::compact;
@@ -69,11 +69,12 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
             tracing::info!(size = record.size, "packed");
             Ok(())
         }
+        // What a manifest that may have landed names stays (an orphan is collected later).
+        Err(error) if error.downcast_ref::<MaybePublished>().is_some() => Err(error),
         Err(error) if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::VersionChanged)) => {
             ingested.discard(store).await;
             Ok(())
         }
-        Err(error) if error.downcast_ref::<MaybePublished>().is_some() => Err(error),
         Err(error) => {
             ingested.discard(store).await;
             Err(error)
@@ -143,8 +144,13 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let mut memory = store.gc_memory.lock().await;
     let referenced = referenced_keys(store, &mut memory).await?;
     for key in store.index.trash_before(cutoff)? {
-        if !referenced.contains(&key) && !store.in_flight.contains(&key) {
-            let announced = store.config.shared_upstream && key.contains(PACKS);
+        let announced = store.config.shared_upstream && pack_id(&key).is_some();
+        if referenced.contains(&key) || store.in_flight.contains(&key) {
+            // Spared: a later deletion announces it afresh, and waits for fresh acknowledgements.
+            if announced {
+                condemned::forget(store, &key).await?;
+            }
+        } else {
             if announced {
                 match condemned::verdict(store, &key, now).await? {
                     Verdict::Wait => continue,

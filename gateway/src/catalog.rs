@@ -349,7 +349,8 @@ pub struct SyncReport {
 /// last sync (by its listing tag); objects whose manifest is gone, and empty buckets whose
 /// marker is gone, are checked one by one and dropped. Reads and heads never wait for this: they check the manifest themselves.
 pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, String>) -> anyhow::Result<SyncReport> {
-    let mut report = SyncReport::default();
+    // First: a failure further on must not keep this gateway from vetoing a pack it reads.
+    let mut report = SyncReport { packs_vetoed: condemned::veto(store).await?.vetoed, ..SyncReport::default() };
     let mut listed_manifests = std::collections::HashSet::new();
     let mut listed_buckets = std::collections::HashSet::new();
     for prefix in store.config.upstream_prefixes() {
@@ -410,7 +411,6 @@ pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, St
             report.objects_removed += 1;
         }
     }
-    report.packs_vetoed = condemned::veto(store).await?.vetoed;
     Ok(report)
 }
 

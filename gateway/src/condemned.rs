@@ -1,16 +1,22 @@
 //! Deleting a pack with a shared upstream. No manifest naming a pack does not mean that no
 //! gateway reads it: two gateways storing one new chunk at once each keep their own copy in
 //! their index, and the manifests may all name the other. So the collector announces a pack
-//! before deleting it (a marker under `condemned/`, holding the time it was written), each
-//! gateway's sync vetoes the condemned packs its index still stores chunks in (a marker under
-//! `in-use/<pack>/<gateway>`, removed when its index no longer uses the pack), and the collector
-//! deletes the pack only once the announcement is a grace period old and unvetoed; a vetoed
-//! pack leaves the trash. The grace period must exceed `shared_sync_secs`.
+//! before deleting it (a marker under `condemned/`, holding the time it was written); each
+//! gateway's sync, first of all it does, points its index at the copies if compaction moved
+//! the frames, vetoes the condemned packs its index still stores chunks in (a marker under
+//! `in-use/<pack>/<gateway>`, withdrawn when its index no longer uses the pack), and then
+//! acknowledges every condemnation it handled in its heartbeat (`gateways/<gateway>`). The
+//! collector deletes a pack only once its announcement is a grace period old, unvetoed, and
+//! acknowledged by every gateway seen within `gateway_expiry_secs`; a vetoed pack leaves the
+//! trash. A gateway that was down waits for nothing: the collector waits for it.
 
 use bytes::Bytes;
-use tensorgate_index::{condemned_key, condemned_pack, moves_key, veto_key, vetoed_pack, vetoes_folder, Envelope, PackMoves, CONDEMNED, VETOES};
+use tensorgate_index::{
+    condemned_key, condemned_pack, heartbeat_key, moves_key, veto_key, vetoed_pack, vetoes_folder, Envelope, PackMoves, CONDEMNED, GATEWAYS,
+    VETOES,
+};
 
-use crate::store::Store;
+use crate::store::{now_ms, Store};
 use crate::upstream;
 
 /// What the collector may do with a pack in its trash.
@@ -29,18 +35,33 @@ pub async fn verdict(store: &Store, pack: &str, now: i64) -> anyhow::Result<Verd
     let (Some(marker), Some(vetoes)) = (condemned_key(pack), vetoes_folder(pack)) else {
         anyhow::bail!("{pack} is not a pack key");
     };
-    let Some(announced) = store.upstream.read_tagged(&marker).await? else {
-        upstream::put(&*store.upstream, &marker, Bytes::from(now.to_string())).await?;
+    let announced = store.upstream.read_tagged(&marker).await?;
+    let since = announced.as_ref().and_then(|tagged| std::str::from_utf8(&tagged.bytes).ok()?.parse::<i64>().ok());
+    let (Some(announced), Some(since)) = (announced, since) else {
+        // Not announced yet (or unreadably): announced now, and the wait starts.
+        upstream::put(&*store.upstream, &marker, Bytes::from(now_ms().to_string())).await?;
         return Ok(Verdict::Wait);
     };
-    // An unreadable time counts as now: the wait starts again, and nothing is deleted early.
-    let announced_ms = std::str::from_utf8(&announced.bytes).ok().and_then(|text| text.parse::<i64>().ok()).unwrap_or(now);
-    if now - announced_ms < (store.config.gc_grace_secs as i64) * 1000 {
+    if now - since < (store.config.gc_grace_secs as i64) * 1000 {
         return Ok(Verdict::Wait);
     }
     if !store.upstream.list(&vetoes).await?.is_empty() {
         store.upstream.delete(&marker).await?;
         return Ok(Verdict::Vetoed);
+    }
+    let acknowledgement = format!("{marker} {}", announced.tag);
+    let expired = now - (store.config.gateway_expiry_secs as i64) * 1000;
+    for listed in store.upstream.list(GATEWAYS).await? {
+        if listed.key == heartbeat_key(&store.instance) || listed.modified_ms < expired {
+            continue;
+        }
+        let acknowledged = match store.upstream.read_tagged(&listed.key).await? {
+            Some(heartbeat) => String::from_utf8_lossy(&heartbeat.bytes).lines().any(|line| line == acknowledgement),
+            None => true,
+        };
+        if !acknowledged {
+            return Ok(Verdict::Wait);
+        }
     }
     Ok(Verdict::Delete)
 }
@@ -79,13 +100,15 @@ async fn follow_moves(store: &Store, pack: &str) -> anyhow::Result<usize> {
     if here == 0 {
         return Ok(0);
     }
-    Ok(store.index.relocate(&moves.from, &moves.to, moves.to_total, &moves.moves, crate::store::now_ms())?)
+    Ok(store.index.relocate(&moves.from, &moves.to, moves.to_total, &moves.moves, now_ms())?)
 }
 
-/// Vetoes the deletion of every condemned pack this gateway's index still stores chunks in,
-/// and withdraws its vetoes of packs it no longer uses.
+/// Handles every condemned pack: follows compaction's moves, vetoes the deletion of those
+/// this gateway's index still stores chunks in, withdraws its vetoes of packs it no longer
+/// uses, then acknowledges the condemnations it handled in its heartbeat.
 pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
     let mut report = VetoReport::default();
+    let mut acknowledged = String::new();
     for prefix in store.config.upstream_prefixes() {
         for listed in store.upstream.list(&format!("{prefix}{CONDEMNED}")).await? {
             let Some(pack) = condemned_pack(&listed.key) else { continue };
@@ -97,6 +120,10 @@ pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
                 upstream::put(&*store.upstream, &veto, Bytes::from_static(b"")).await?;
                 report.vetoed += 1;
             }
+            // The tag a read gives (a listing's may be written differently), as the collector reads it.
+            if let Some(announced) = store.upstream.read_tagged(&listed.key).await? {
+                acknowledged.push_str(&format!("{} {}\n", listed.key, announced.tag));
+            }
         }
         for listed in store.upstream.list(&format!("{prefix}{VETOES}")).await? {
             let Some((pack, instance)) = vetoed_pack(&listed.key) else { continue };
@@ -106,5 +133,23 @@ pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
             }
         }
     }
+    upstream::put(&*store.upstream, &heartbeat_key(&store.instance), Bytes::from(acknowledged)).await?;
     Ok(report)
+}
+
+/// With a shared upstream, refuses to serve from an index that missed condemnations: one whose
+/// gateway has not caught up for longer than `gateway_expiry_secs`, since the collector no
+/// longer waits for it and may have deleted packs the index reads.
+pub async fn check_not_expired(store: &Store, now: i64) -> anyhow::Result<()> {
+    let heartbeat = heartbeat_key(&store.instance);
+    let Some(listed) = store.upstream.list(&heartbeat).await?.into_iter().find(|listed| listed.key == heartbeat) else {
+        return Ok(());
+    };
+    let silent_secs = (now - listed.modified_ms) / 1000;
+    anyhow::ensure!(
+        silent_secs <= store.config.gateway_expiry_secs as i64,
+        "this gateway last caught up with the shared upstream {silent_secs} s ago, more than gateway_expiry_secs ({}): packs its index reads may be gone; run `tensorgate index rebuild` first",
+        store.config.gateway_expiry_secs
+    );
+    Ok(())
 }

@@ -64,6 +64,10 @@ pub struct Config {
     pub shared_sync_secs: u64,
     /// Seconds a gateway holds the garbage-collection lease once taken.
     pub gc_lease_secs: u64,
+    /// With a shared upstream: seconds after which a gateway that has not caught up with the
+    /// upstream is taken to be gone (the collector stops waiting for it before deleting packs),
+    /// and after which a gateway refuses to start on its old index.
+    pub gateway_expiry_secs: u64,
     /// Seconds before an unreferenced upstream blob (a part of an upload that never completed,
     /// here or on another gateway) is collected.
     pub orphan_blob_secs: u64,
@@ -216,6 +220,7 @@ impl Default for Config {
             shared_upstream: false,
             shared_sync_secs: 10,
             gc_lease_secs: 300,
+            gateway_expiry_secs: 7 * 24 * 3600,
             orphan_blob_secs: 7 * 24 * 3600,
             orphan_scan_secs: 3600,
             min_model_bytes: 64 * 1024,

@@ -6,6 +6,7 @@
 use s3s::{S3Error, S3ErrorCode};
 use tensorgate_index::IndexError;
 
+use crate::shared::KeptChanging;
 use crate::upstream::{Missing, UpstreamFailure};
 
 tokio::task_local! {
@@ -53,6 +54,9 @@ pub fn to_s3(error: anyhow::Error) -> S3Error {
                 "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
             ),
         }
+    } else if error.downcast_ref::<KeptChanging>().is_some() {
+        tracing::warn!(%request, %cause, "other gateways kept changing the object");
+        S3Error::with_message(S3ErrorCode::SlowDown, "Please reduce your request rate.")
     } else if error.downcast_ref::<UpstreamFailure>().is_some() && error.downcast_ref::<Missing>().is_none() {
         tracing::warn!(%request, %cause, "upstream failure");
         S3Error::with_message(S3ErrorCode::ServiceUnavailable, "Service is unable to handle request.")

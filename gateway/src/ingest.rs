@@ -17,7 +17,7 @@ use tensorgate_codec::{
     encode_chunk, encode_parallel, parse_header, read_header_len, BaseChunk, ChunkJob, ContentHash, Dtype, FrameHeader,
     Layout, Region, RegionKind, Sketch, DEFAULT_CHUNK_SIZE,
 };
-use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack, ObjectRecord, Segment};
+use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
 use crate::config::BaseSelection;
 use crate::errors::BodyError;
@@ -536,8 +536,19 @@ impl Ingester {
     /// The standalone chunk to take a delta against, if the candidate (or its own base) is
     /// stored and has the same length; it is held from the sweep.
     async fn base_bytes(&mut self, candidate: ChunkHash, len: usize) -> anyhow::Result<Option<(ContentHash, Bytes)>> {
-        let Some(record) = self.store.index.chunk(&candidate)? else { return Ok(None) };
-        let base_hash = record.base.unwrap_or(candidate);
+        // The delta is taken against the standalone chunk at the root of the candidate's bases
+        // (with a shared upstream a chunk adopted from another gateway may be a delta of a
+        // delta), so that what this gateway writes decodes in one step here.
+        let mut base_hash = candidate;
+        for _ in 0..MAX_BASE_DEPTH {
+            match self.store.index.chunk(&base_hash)? {
+                Some(record) => match record.base {
+                    Some(next) => base_hash = next,
+                    None => break,
+                },
+                None => return Ok(None),
+            }
+        }
         if !self.hold_if_stored(base_hash)? {
             return Ok(None);
         }

@@ -21,12 +21,13 @@ use crate::admission;
 use crate::auth::{Authenticator, KeyRing, Keys};
 use crate::background;
 use crate::catalog;
+use crate::condemned;
 use crate::domains::Domains;
 use crate::errors;
 use crate::metrics;
 use crate::config::{Config, TlsConfig};
 use crate::service::Gateway;
-use crate::store::{new_id, Store};
+use crate::store::{new_id, now_ms, Store};
 use crate::upstream::{LocalUpstream, RoutingUpstream, S3Upstream, Upstream};
 
 /// A gateway that is serving.
@@ -185,6 +186,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningGateway> {
 pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::Result<RunningGateway> {
     config.validate()?;
     let store = open_store_with(&config, upstream)?;
+    if config.shared_upstream {
+        condemned::check_not_expired(&store, now_ms()).await?;
+    }
     match catalog::recover(&store).await {
         Ok(0) => {}
         Ok(recovered) => tracing::info!(recovered, "finished manifest changes a crash interrupted"),

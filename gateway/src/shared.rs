@@ -14,7 +14,7 @@ use crate::store::{now_ms, Store};
 use crate::upstream::Condition;
 
 /// How many times a write or delete looks again after other gateways changed the manifest
-/// under it before it gives up (a retryable 503 for the client).
+/// under it before it gives up ([`KeptChanging`]).
 const CONFLICT_ATTEMPTS: usize = 5;
 
 /// What a writer saw at an object's manifest key.
@@ -65,16 +65,23 @@ fn check_expected(seen: &Seen, expect: Expect<'_>) -> anyhow::Result<()> {
     }
 }
 
-/// A manifest write whose outcome is unknown: it may have landed, so what it names must stay
-/// upstream (unreferenced, it is collected as an orphan later); recovery settles the key.
+/// A manifest write whose outcome is unknown: it may have landed, and another gateway may
+/// already read it, so what it names must stay upstream (unreferenced, it is collected as an
+/// orphan later); the key stays pending until the index takes what the upstream holds.
 #[derive(Debug, thiserror::Error)]
 #[error("the manifest write may have landed")]
 pub struct MaybePublished;
 
+/// Other gateways changed the manifest under a write or delete each time it looked again: a
+/// retryable 503 for the client.
+#[derive(Debug, thiserror::Error)]
+#[error("the manifest of the object kept changing under the request")]
+pub struct KeptChanging;
+
 /// Publishes `manifest` over what the upstream holds, conditionally, then runs `index_step`
 /// (the index commit). With `Expect::Version`, nothing is written unless the upstream is still
-/// at that version. A failed index step puts back what was seen, unless another gateway has
-/// changed it since; then the index takes what the upstream holds.
+/// at that version. A write whose condition failed looks again and, for a client's write, goes
+/// over the newer version. An error once a write may have landed is [`MaybePublished`].
 pub async fn publish_then(
     store: &Store,
     key: &ObjectKey,
@@ -86,54 +93,42 @@ pub async fn publish_then(
     check_expected(&seen, expect)?;
     store.index.mark_pending(key)?;
     let bytes = Bytes::from(manifest.seal());
-    let mut attempts = 0;
-    let written = loop {
-        let outcome = store.upstream.put_if(&manifest_key_of(store, key), bytes.clone(), seen.condition()).await;
-        let failure = match outcome {
-            Ok(Some(tag)) => break tag,
+    for _ in 0..CONFLICT_ATTEMPTS {
+        let failure = match store.upstream.put_if(&manifest_key_of(store, key), bytes.clone(), seen.condition()).await {
+            Ok(Some(_)) => return finish(store, key, index_step),
             Ok(None) => None,
             Err(error) => Some(error),
         };
+        // The condition failed, or the answer was lost: a first attempt of the SDK's retries,
+        // or this request, may have landed; then the manifest there is this write's version.
         let observed = observe(store, key).await;
-        // A write that landed but lost its answer (or was repeated) finds its own version.
-        if let Ok(Seen::Present { tag, manifest: there }) = &observed {
+        if let Ok(Seen::Present { manifest: there, .. }) = &observed {
             if there.record.version == manifest.record.version {
-                break tag.clone();
+                return finish(store, key, index_step);
             }
         }
         match (observed, failure) {
-            (Err(_), Some(error)) => return Err(error.context(MaybePublished)),
-            (Err(error), None) | (Ok(_), Some(error)) => return settle(store, key, Err(error)).await,
             (Ok(now), None) => seen = now,
+            (_, Some(error)) | (Err(error), None) => {
+                reconcile_or_leave_pending(store, key).await;
+                return Err(error.context(MaybePublished));
+            }
         }
-        attempts += 1;
         if let Err(error) = check_expected(&seen, expect) {
             return settle(store, key, Err(error)).await;
         }
-        if attempts == CONFLICT_ATTEMPTS {
-            return settle(store, key, Err(anyhow::anyhow!("the manifest kept changing under the write"))).await;
-        }
-    };
-    match index_step() {
-        Ok(()) => {
-            store.index.clear_pending(key)?;
-            Ok(())
-        }
-        Err(error) => {
-            let manifest_key = manifest_key_of(store, key);
-            let restored = match &seen {
-                Seen::Absent => store.upstream.delete_if(&manifest_key, &written).await.map(drop),
-                Seen::Present { manifest, .. } => {
-                    store.upstream.put_if(&manifest_key, Bytes::from(manifest.seal()), Condition::Matches(written)).await.map(drop)
-                }
-            };
-            if let Err(restore_error) = restored {
-                tracing::warn!(bucket = %key.bucket, key = %key.key, error = format!("{restore_error:#}"), "manifest left pending for recovery");
-                return Err(anyhow::Error::from(error).context(MaybePublished));
-            }
-            settle(store, key, Err(error.into())).await
-        }
     }
+    settle(store, key, Err(KeptChanging.into())).await
+}
+
+/// The index step of a write whose manifest landed. If it fails, the key stays pending and
+/// recovery makes the index take the manifest upstream.
+fn finish(store: &Store, key: &ObjectKey, index_step: impl FnOnce() -> Result<(), IndexError>) -> anyhow::Result<()> {
+    index_step().map_err(|error| anyhow::Error::from(error).context(MaybePublished))?;
+    if let Err(error) = store.index.clear_pending(key) {
+        tracing::warn!(bucket = %key.bucket, key = %key.key, %error, "committed, but left pending for recovery");
+    }
+    Ok(())
 }
 
 /// Removes the object at `key`: its manifest (whatever version is there by then), then its
@@ -156,16 +151,20 @@ pub async fn delete(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
             Err(error) => return settle(store, key, Err(error)).await,
         };
     }
-    settle(store, key, Err(anyhow::anyhow!("the manifest kept changing under the delete"))).await
+    settle(store, key, Err(KeptChanging.into())).await
 }
 
 /// Ends a pending change: the index takes what the upstream holds now (see [`reconcile`]). If
 /// the upstream cannot say, the key stays pending for recovery.
 pub async fn settle<T>(store: &Store, key: &ObjectKey, outcome: anyhow::Result<T>) -> anyhow::Result<T> {
+    reconcile_or_leave_pending(store, key).await;
+    outcome
+}
+
+async fn reconcile_or_leave_pending(store: &Store, key: &ObjectKey) {
     if let Err(error) = reconcile(store, key).await {
         tracing::error!(bucket = %key.bucket, key = %key.key, error = format!("{error:#}"), "manifest left pending for recovery");
     }
-    outcome
 }
 
 /// Brings a key's index record in line with its manifest upstream, whoever wrote it (another

@@ -19,9 +19,9 @@ use sled::Transactional;
 
 pub use keys::ObjectKey;
 pub use manifest::{
-    bucket_key, condemned_key, condemned_pack, manifest_key, moves_key, part_key, parts_folder, upload_key, veto_key, vetoed_pack,
+    bucket_key, condemned_key, condemned_pack, heartbeat_key, manifest_key, moves_key, pack_id, part_key, parts_folder, upload_key, veto_key, vetoed_pack,
     vetoes_folder, BucketMarker, ChunkLocation, Envelope, Manifest, PackMoves, PartMarker, UploadMarker, BUCKETS, CONDEMNED, MANIFESTS,
-    MOVED, PACKS, UPLOADS, UPLOAD_PARTS, VETOES,
+    GATEWAYS, MOVED, PACKS, UPLOADS, UPLOAD_PARTS, VETOES,
 };
 pub use records::*;
 
@@ -177,10 +177,10 @@ fn flatten<T>(result: std::result::Result<T, TransactionError<IndexError>>) -> R
     })
 }
 
-/// How many deltas deep a chunk's bases may go. A gateway takes deltas only against chunks
-/// it holds standalone, but with a shared upstream another gateway may hold that base as a
-/// delta, so a chain can be longer than one; a cycle (two gateways each holding the other's
-/// base as a delta) never ends and is caught by this bound.
+/// How many deltas deep a chunk's bases may go. A gateway takes deltas only against the
+/// standalone chunk at the root of a candidate's bases, but with a shared upstream another
+/// gateway may hold that root as a delta, so a chain can be longer than one; a longer chain is
+/// refused by readers and reported by fsck.
 pub const MAX_BASE_DEPTH: usize = 8;
 
 /// Whether the bases of `record` end in a standalone chunk within [`MAX_BASE_DEPTH`] deltas (a

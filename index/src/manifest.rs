@@ -213,8 +213,20 @@ pub fn part_key(prefix: &str, upload_id: &str, number: u32) -> String {
 /// Upstream key of the marker by which the garbage collector announces, with a shared
 /// upstream, that it will delete pack `pack` (a full pack key, `<prefix>packs/<id>`).
 pub fn condemned_key(pack: &str) -> Option<String> {
-    let (prefix, id) = pack.rsplit_once(PACKS)?;
+    let (prefix, id) = pack_id(pack)?;
     Some(format!("{prefix}{CONDEMNED}{id}"))
+}
+
+/// The prefix and id of a pack key `<prefix>packs/<id>`; `None` for any other key.
+pub fn pack_id(pack: &str) -> Option<(&str, &str)> {
+    let (prefix, id) = pack.rsplit_once(PACKS)?;
+    let well_formed = !id.is_empty() && !id.contains('/') && (prefix.is_empty() || prefix.ends_with('/'));
+    well_formed.then_some((prefix, id))
+}
+
+/// Upstream key of gateway `instance`'s heartbeat: which condemnations it has acknowledged.
+pub fn heartbeat_key(instance: &str) -> String {
+    format!("{GATEWAYS}{instance}")
 }
 
 /// The pack a condemnation marker names.
@@ -225,14 +237,14 @@ pub fn condemned_pack(marker: &str) -> Option<String> {
 
 /// Upstream key of the record of where compaction copied the frames of pack `pack`.
 pub fn moves_key(pack: &str) -> Option<String> {
-    let (prefix, id) = pack.rsplit_once(PACKS)?;
+    let (prefix, id) = pack_id(pack)?;
     Some(format!("{prefix}{MOVED}{id}"))
 }
 
 /// Upstream folder of the vetoes against deleting pack `pack`: one marker per gateway whose
 /// index still reads chunks there.
 pub fn vetoes_folder(pack: &str) -> Option<String> {
-    let (prefix, id) = pack.rsplit_once(PACKS)?;
+    let (prefix, id) = pack_id(pack)?;
     Some(format!("{prefix}{VETOES}{id}/"))
 }
 
@@ -257,6 +269,7 @@ pub const PACKS: &str = "packs/";
 pub const CONDEMNED: &str = "condemned/";
 pub const VETOES: &str = "in-use/";
 pub const MOVED: &str = "moved/";
+pub const GATEWAYS: &str = "gateways/";
 
 #[cfg(test)]
 mod tests {
@@ -271,6 +284,7 @@ mod tests {
         assert_eq!(veto, "tenants/t/in-use/0123abcd/gw1");
         assert_eq!(vetoed_pack(&veto), Some((pack.to_owned(), "gw1")));
         assert_eq!(condemned_key("blobs/x"), None);
+        assert_eq!(condemned_key("tenants/packs/blobs/x"), None, "a tenant named packs has no packs there");
     }
     use crate::records::{Attributes, Checksums, Segment};
     use proptest::prelude::*;

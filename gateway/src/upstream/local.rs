@@ -83,8 +83,11 @@ impl Upstream for LocalUpstream {
             if !holds {
                 return Ok(None);
             }
+            // Durable before it is visible, as every write here is.
             let temporary = root.join("tmp").join(uuid::Uuid::new_v4().to_string());
-            std::fs::write(&temporary, &bytes)?;
+            let mut file = std::fs::File::create(&temporary)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)?;
             }
