@@ -120,6 +120,7 @@ fn fsck_finds_and_repairs_a_manifest_naming_a_missing_pack() {
     let store = gateway.gateway.as_ref().unwrap().store.clone();
     let options = tensorgate::fsck::FsckOptions { verify_frames: false, repair: true };
     let repaired = gateway.runtime.block_on(tensorgate::fsck::fsck(&store, options, &|_, _| {})).unwrap();
+    drop(store);
     assert!(repaired.repaired.iter().any(|r| r.contains("race/second")), "{:?}", repaired.repaired);
     let report = gateway.fsck();
     assert!(report.problems.is_empty(), "after --repair: {:?}", report.problems);

@@ -106,14 +106,14 @@ fn two_gateways_over_one_upstream_serve_each_other_and_gc_spares_the_other() {
     // Listings catch up: b lists what a wrote, without having read it.
     put(&a, &noise(1000, 5), "s3://shared/listed-only", &[], scratch.path());
     a.aws(&["s3", "mb", "s3://made-by-a"]);
-    let caught_up = b.runtime.block_on(tensorgate::catalog::sync(b.store(), &mut Default::default())).unwrap();
+    let caught_up = sync(&b);
     assert!(caught_up.objects_adopted >= 1 && caught_up.buckets >= 1, "{caught_up:?}");
     let listing = String::from_utf8_lossy(&b.aws(&["s3", "ls", "s3://shared/"]).stdout).into_owned();
     assert!(listing.contains("listed-only") && listing.contains("copy") && !listing.contains("base"), "{listing}");
     assert!(String::from_utf8_lossy(&b.aws(&["s3", "ls"]).stdout).contains("made-by-a"));
     a.aws(&["s3", "rm", "s3://shared/listed-only"]);
     a.aws(&["s3", "rb", "s3://made-by-a"]);
-    let caught_up = b.runtime.block_on(tensorgate::catalog::sync(b.store(), &mut Default::default())).unwrap();
+    let caught_up = sync(&b);
     assert_eq!((caught_up.objects_removed, caught_up.buckets_removed), (1, 1), "{caught_up:?}");
     assert!(!String::from_utf8_lossy(&b.aws(&["s3", "ls"]).stdout).contains("made-by-a"));
     a.aws(&["s3", "mb", "s3://raced"]);
@@ -155,11 +155,41 @@ fn multipart_uploads_span_gateways_over_one_upstream() {
     let said = a.python_client("multipart_across.py", &[b.endpoint.as_ref()]);
     let aborted = said.trim();
     assert_eq!(aborted.len(), 32, "{said}");
-    let caught_up = b.runtime.block_on(tensorgate::catalog::sync(b.store(), &mut Default::default())).unwrap();
+    let caught_up = sync(&b);
     assert_eq!(caught_up.uploads_ended, 1, "{caught_up:?}");
     assert!(b.store().index.upload(aborted).unwrap().is_none());
     for gateway in [&a, &b] {
         let report = gateway.fsck();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
+}
+
+/// After its first sync (every manifest listed), a gateway catches up from the change journal
+/// alone: what another gateway wrote, overwrote and deleted shows in its listings, and no
+/// manifest listing is needed.
+#[test]
+fn sync_after_the_first_reads_only_the_change_journal() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = shared_upstream_gateway(&moto, state_a.path(), true);
+    let b = shared_upstream_gateway(&moto, state_b.path(), true);
+    a.aws(&["s3", "mb", "s3://journaled"]);
+    for (n, key) in ["kept", "overwritten", "deleted"].iter().enumerate() {
+        put(&a, &noise(2000, n as u64), &format!("s3://journaled/{key}"), &[], scratch.path());
+    }
+    let mut state = tensorgate::sync::SyncState::default();
+    let first = sync_from(&b, &mut state);
+    assert!(first.listed_everything && first.objects_adopted == 3, "{first:?}");
+
+    put(&a, &noise(3000, 7), "s3://journaled/overwritten", &[], scratch.path());
+    put(&a, &noise(3000, 8), "s3://journaled/new", &[], scratch.path());
+    a.aws(&["s3", "rm", "s3://journaled/deleted"]);
+    let next = sync_from(&b, &mut state);
+    assert!(!next.listed_everything, "{next:?}");
+    assert_eq!((next.objects_adopted, next.objects_removed), (2, 1), "{next:?}");
+    let listing = String::from_utf8_lossy(&b.aws(&["s3", "ls", "s3://journaled/"]).stdout).into_owned();
+    assert!(listing.contains("kept") && listing.contains("new") && !listing.contains("deleted"), "{listing}");
+    assert!(listing.lines().any(|line| line.contains("overwritten") && line.contains(" 3000 ")), "{listing}");
+    let again = sync_from(&b, &mut state);
+    assert_eq!((again.objects_adopted, again.objects_removed, again.listed_everything), (0, 0, false), "{again:?}");
 }

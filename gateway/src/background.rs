@@ -13,9 +13,11 @@ use crate::catalog;
 use crate::compact;
 use crate::condemned::{self, Verdict};
 use crate::ingest::{self, BodyFrom, IngestMode, IngestOptions};
+use crate::journal;
 use crate::reader;
 use crate::shared::MaybePublished;
 use crate::store::{new_id, now_ms, Store};
+use crate::sync;
 use crate::upstream::Condition;
 
 /// Runs the packer until the process ends, resuming the durable queue after a restart.
@@ -86,10 +88,12 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
 /// `shared_sync_secs`, so that listings show them.
 pub async fn run_sync(store: Arc<Store>) {
     let interval = Duration::from_secs(store.config.shared_sync_secs.max(1));
-    let mut seen = std::collections::HashMap::new();
+    let mut state = sync::SyncState::default();
     loop {
-        match catalog::sync(&store, &mut seen).await {
-            Ok(report) if report != catalog::SyncReport::default() => tracing::info!(?report, "caught up with the shared upstream"),
+        match sync::sync(&store, &mut state).await {
+            Ok(report) if report.objects_adopted + report.objects_removed + report.buckets + report.buckets_removed > 0 => {
+                tracing::info!(?report, "caught up with the shared upstream")
+            }
             Ok(_) => {}
             Err(error) => tracing::warn!(error = format!("{error:#}"), "sync with the shared upstream failed; retrying later"),
         }
@@ -167,6 +171,9 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
             }
         }
         store.index.forget_trash(&key)?;
+    }
+    if store.config.shared_upstream {
+        journal::prune(store, now).await?;
     }
     let scan_due = memory.last_orphan_scan_ms.is_none_or(|last| now - last >= (store.config.orphan_scan_secs as i64) * 1000);
     if scan_due {

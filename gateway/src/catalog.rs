@@ -9,10 +9,9 @@ use bytes::Bytes;
 use tensorgate_index::{
     bucket_key, manifest_key, part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
     ChunkLocation, Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PartMarker, PartRecord, UploadMarker, UploadRecord,
-    BUCKETS, MANIFESTS, UPLOADS,
+    UPLOADS,
 };
 
-use crate::condemned;
 use crate::shared;
 use crate::store::{now_ms, Store};
 use crate::upstream::{self, Condition};
@@ -32,16 +31,18 @@ pub async fn commit(
     if store.index.bucket(&key.tenant, &key.bucket)?.is_none() {
         return Err(IndexError::NoSuchBucket.into());
     }
-    if let Expect::Version(version) = expect {
-        if store.index.object(key)?.map(|current| current.version).as_deref() != Some(version) {
-            return Err(IndexError::VersionChanged.into());
-        }
+    let current = store.index.object(key)?;
+    if !store.config.shared_upstream && !expect.holds(current.as_ref()) {
+        return Err(expect.unmet(current.as_ref()).into());
     }
     if store.config.shared_upstream {
         // Each manifest protects the copies it names (the collector spares them), so the one
         // published stays as it is whichever copy the index keeps.
         let manifest = manifest_of(key, record, store.index.locate(record, new_chunks)?);
-        let index_step = || store.index.commit_object(key, record, new_chunks, new_pack, expect, now_ms());
+        // A client's condition holds of the manifest upstream, checked there; the index may be
+        // behind it. The packer's version is the index's own too.
+        let index_expect = if matches!(expect, Expect::Version(_)) { expect } else { Expect::Any };
+        let index_step = || store.index.commit_object(key, record, new_chunks, new_pack, index_expect, now_ms());
         return shared::publish_then(store, key, &manifest, expect, index_step).await;
     }
     store.index.mark_pending(key)?;
@@ -58,14 +59,19 @@ pub async fn commit(
     }
 }
 
-/// Ends a multipart upload with `record` as the object at `key`: manifest, then index.
-pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord) -> anyhow::Result<()> {
+/// Ends a multipart upload with `record` as the object at `key`: manifest, then index. Nothing
+/// happens unless the object there meets `expect` (the client's conditions).
+pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord, expect: Expect<'_>) -> anyhow::Result<()> {
     let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
     let _guard = store.lock_key(key).await;
     if store.config.shared_upstream {
         let manifest = manifest_of(key, record, store.index.locate(record, &[])?);
         let index_step = || store.index.complete_upload(upload_id, key, record, now_ms());
-        return shared::publish_then(store, key, &manifest, Expect::Any, index_step).await;
+        return shared::publish_then(store, key, &manifest, expect, index_step).await;
+    }
+    let current = store.index.object(key)?;
+    if !expect.holds(current.as_ref()) {
+        return Err(expect.unmet(current.as_ref()).into());
     }
     store.index.mark_pending(key)?;
     let outcome = match publish(store, key, record, &[]).await {
@@ -329,91 +335,6 @@ pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Ob
     }
 }
 
-/// What one [`sync`] changed in the index.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SyncReport {
-    pub buckets: usize,
-    /// Empty buckets another gateway deleted.
-    pub buckets_removed: usize,
-    /// Uploads another gateway completed or aborted (their parts stored here go to the trash,
-    /// from which nothing a manifest uses is ever deleted).
-    pub uploads_ended: usize,
-    pub objects_adopted: usize,
-    pub objects_removed: usize,
-    /// Condemned packs this gateway still reads, whose deletion it vetoed (see `condemned`).
-    pub packs_vetoed: usize,
-}
-
-/// Catches the index up with what other gateways wrote to a shared upstream, so that listings
-/// show their objects: buckets from their markers, and every manifest that changed since the
-/// last sync (by its listing tag); objects whose manifest is gone, and empty buckets whose
-/// marker is gone, are checked one by one and dropped. Reads and heads never wait for this: they check the manifest themselves.
-pub async fn sync(store: &Store, seen: &mut std::collections::HashMap<String, String>) -> anyhow::Result<SyncReport> {
-    // First: a failure further on must not keep this gateway from vetoing a pack it reads.
-    let mut report = SyncReport { packs_vetoed: condemned::veto(store).await?.vetoed, ..SyncReport::default() };
-    let mut listed_manifests = std::collections::HashSet::new();
-    let mut listed_buckets = std::collections::HashSet::new();
-    for prefix in store.config.upstream_prefixes() {
-        for listed in store.upstream.list(&format!("{prefix}{BUCKETS}")).await? {
-            listed_buckets.insert(listed.key.clone());
-            if seen.get(&listed.key) == Some(&listed.tag) {
-                continue;
-            }
-            let Some(marker) = read_record::<BucketMarker>(store, &listed.key).await? else { continue };
-            if store.index.create_bucket(&marker.tenant, &marker.bucket, marker.created_ms)? {
-                report.buckets += 1;
-            }
-            seen.insert(listed.key, listed.tag);
-        }
-        for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
-            listed_manifests.insert(listed.key.clone());
-            if seen.get(&listed.key) == Some(&listed.tag) {
-                continue;
-            }
-            let Some(manifest) = read_record::<Manifest>(store, &listed.key).await? else { continue };
-            if shared::adopt_listed(store, &manifest).await? {
-                report.objects_adopted += 1;
-            }
-            seen.insert(listed.key, listed.tag);
-        }
-    }
-    for (tenant, bucket) in store.index.all_buckets()? {
-        if !listed_buckets.contains(&bucket_key_of(store, &tenant, &bucket))
-            && store.upstream.read_tagged(&bucket_key_of(store, &tenant, &bucket)).await?.is_none()
-        {
-            let _owned = store.own_bucket(&tenant, &bucket).await;
-            if store.index.delete_bucket(&tenant, &bucket)? == BucketDeletion::Deleted {
-                report.buckets_removed += 1;
-            }
-        }
-    }
-    let mut live_uploads = std::collections::HashSet::new();
-    for prefix in store.config.upstream_prefixes() {
-        live_uploads.extend(store.upstream.list(&format!("{prefix}{UPLOADS}")).await?.into_iter().map(|listed| listed.key));
-    }
-    for upload_id in store.index.all_upload_ids()? {
-        let Some(upload) = store.index.upload(&upload_id)? else { continue };
-        let marker = upload_key(&store.config.upstream_prefix(&upload.tenant), &upload_id);
-        if !live_uploads.contains(&marker) && store.upstream.read_tagged(&marker).await?.is_none() {
-            store.index.abort_upload(&upload_id, now_ms())?;
-            report.uploads_ended += 1;
-        }
-    }
-    let mut unlisted = Vec::new();
-    for entry in store.index.all_objects() {
-        let (key, _) = entry?;
-        if !listed_manifests.contains(&manifest_key_of(store, &key)) {
-            unlisted.push(key);
-        }
-    }
-    for key in unlisted {
-        if refresh(store, &key).await?.is_none() {
-            report.objects_removed += 1;
-        }
-    }
-    Ok(report)
-}
-
 /// Writes the manifest of `record` as the object at `key`; returns the chunk table written.
 /// A chunk the index already holds is named where the index has it (a commit keeps that copy;
 /// see `Index::locate`).
@@ -440,6 +361,6 @@ pub(crate) fn manifest_key_of(store: &Store, key: &ObjectKey) -> String {
     manifest_key(&store.config.upstream_prefix(&key.tenant), &key.tenant, &key.bucket, &key.key)
 }
 
-fn bucket_key_of(store: &Store, tenant: &str, bucket: &str) -> String {
+pub(crate) fn bucket_key_of(store: &Store, tenant: &str, bucket: &str) -> String {
     bucket_key(&store.config.upstream_prefix(tenant), tenant, bucket)
 }

@@ -62,6 +62,10 @@ pub struct Config {
     pub shared_upstream: bool,
     /// Seconds between catching up with other gateways' writes (for listings), when shared.
     pub shared_sync_secs: u64,
+    /// Seconds between two catch-ups that list every manifest rather than the change journal.
+    pub shared_full_sync_secs: u64,
+    /// Seconds the change journal keeps its entries.
+    pub journal_retention_secs: u64,
     /// Seconds a gateway holds the garbage-collection lease once taken.
     pub gc_lease_secs: u64,
     /// With a shared upstream: seconds after which a gateway that has not caught up with the
@@ -219,6 +223,8 @@ impl Default for Config {
             upstream: None,
             shared_upstream: false,
             shared_sync_secs: 10,
+            shared_full_sync_secs: 3600,
+            journal_retention_secs: 3600,
             gc_lease_secs: 300,
             gateway_expiry_secs: 7 * 24 * 3600,
             orphan_blob_secs: 7 * 24 * 3600,

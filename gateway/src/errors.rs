@@ -46,9 +46,17 @@ pub fn to_s3(error: anyhow::Error) -> S3Error {
                 "You did not provide the number of bytes specified by the Content-Length HTTP header.",
             ),
         }
-    } else if let Some(index) = error.downcast_ref::<IndexError>().filter(|e| matches!(e, IndexError::NoSuchBucket | IndexError::NoSuchUpload)) {
+    } else if let Some(index) =
+        error.downcast_ref::<IndexError>().filter(|e| {
+        matches!(e, IndexError::NoSuchBucket | IndexError::NoSuchUpload | IndexError::PreconditionFailed | IndexError::NoSuchKey)
+    })
+    {
         match index {
             IndexError::NoSuchBucket => S3Error::with_message(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
+            IndexError::NoSuchKey => S3Error::with_message(S3ErrorCode::NoSuchKey, "The specified key does not exist."),
+            IndexError::PreconditionFailed => {
+                S3Error::with_message(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold")
+            }
             _ => S3Error::with_message(
                 S3ErrorCode::NoSuchUpload,
                 "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tensorgate_index::{Envelope, Expect, IndexError, Manifest, ObjectKey};
 
 use crate::catalog::manifest_key_of;
+use crate::journal;
 use crate::store::{now_ms, Store};
 use crate::upstream::Condition;
 
@@ -57,11 +58,15 @@ pub async fn observe(store: &Store, key: &ObjectKey) -> anyhow::Result<Seen> {
     Ok(Seen::Present { tag: tagged.tag, manifest: Box::new(manifest) })
 }
 
-/// Fails with `VersionChanged` unless the object upstream is at the version `expect` names.
+/// Fails unless the object upstream meets `expect` (the packer's version, a client's condition).
 fn check_expected(seen: &Seen, expect: Expect<'_>) -> anyhow::Result<()> {
-    match expect {
-        Expect::Version(version) if seen.version() != Some(version) => Err(IndexError::VersionChanged.into()),
-        _ => Ok(()),
+    let current = match seen {
+        Seen::Absent => None,
+        Seen::Present { manifest, .. } => Some(&manifest.record),
+    };
+    match expect.holds(current) {
+        true => Ok(()),
+        false => Err(expect.unmet(current).into()),
     }
 }
 
@@ -79,8 +84,8 @@ pub struct MaybePublished;
 pub struct KeptChanging;
 
 /// Publishes `manifest` over what the upstream holds, conditionally, then runs `index_step`
-/// (the index commit). With `Expect::Version`, nothing is written unless the upstream is still
-/// at that version. A write whose condition failed looks again and, for a client's write, goes
+/// (the index commit). Nothing is written unless the object upstream meets `expect` (the
+/// packer's version, a client's condition). A write whose condition failed looks again and, for a client's write, goes
 /// over the newer version. An error once a write may have landed is [`MaybePublished`].
 pub async fn publish_then(
     store: &Store,
@@ -95,7 +100,7 @@ pub async fn publish_then(
     let bytes = Bytes::from(manifest.seal());
     for _ in 0..CONFLICT_ATTEMPTS {
         let failure = match store.upstream.put_if(&manifest_key_of(store, key), bytes.clone(), seen.condition()).await {
-            Ok(Some(_)) => return finish(store, key, index_step),
+            Ok(Some(_)) => return finish(store, key, index_step).await,
             Ok(None) => None,
             Err(error) => Some(error),
         };
@@ -104,7 +109,7 @@ pub async fn publish_then(
         let observed = observe(store, key).await;
         if let Ok(Seen::Present { manifest: there, .. }) = &observed {
             if there.record.version == manifest.record.version {
-                return finish(store, key, index_step);
+                return finish(store, key, index_step).await;
             }
         }
         match (observed, failure) {
@@ -121,12 +126,14 @@ pub async fn publish_then(
     settle(store, key, Err(KeptChanging.into())).await
 }
 
-/// The index step of a write whose manifest landed. If it fails, the key stays pending and
-/// recovery makes the index take the manifest upstream.
-fn finish(store: &Store, key: &ObjectKey, index_step: impl FnOnce() -> Result<(), IndexError>) -> anyhow::Result<()> {
+/// The index step of a write whose manifest landed, then its journal entry. If the index step
+/// fails, the key stays pending and recovery makes the index take the manifest upstream; if
+/// the entry cannot be written, recovery writes it.
+async fn finish(store: &Store, key: &ObjectKey, index_step: impl FnOnce() -> Result<(), IndexError>) -> anyhow::Result<()> {
     index_step().map_err(|error| anyhow::Error::from(error).context(MaybePublished))?;
-    if let Err(error) = store.index.clear_pending(key) {
-        tracing::warn!(bucket = %key.bucket, key = %key.key, %error, "committed, but left pending for recovery");
+    let journaled = journal::append(store, key).await.and_then(|()| Ok(store.index.clear_pending(key)?));
+    if let Err(error) = journaled {
+        tracing::warn!(bucket = %key.bucket, key = %key.key, error = format!("{error:#}"), "committed, but left pending for recovery");
     }
     Ok(())
 }
@@ -168,8 +175,9 @@ async fn reconcile_or_leave_pending(store: &Store, key: &ObjectKey) {
 }
 
 /// Brings a key's index record in line with its manifest upstream, whoever wrote it (another
-/// gateway, or this one before a crash or a lost answer), and clears its pending mark. Nothing
-/// upstream changes: a gateway never puts back what it last knew over what is there.
+/// gateway, or this one before a crash or a lost answer), journals the change (the other
+/// gateways may not know of it) and clears its pending mark. No manifest changes: a gateway
+/// never puts back what it last knew over what is there.
 pub async fn reconcile(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
     match observe(store, key).await? {
         Seen::Absent => {
@@ -182,6 +190,7 @@ pub async fn reconcile(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
             }
         }
     }
+    journal::append(store, key).await?;
     store.index.clear_pending(key)?;
     Ok(())
 }

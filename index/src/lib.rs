@@ -21,7 +21,7 @@ pub use keys::ObjectKey;
 pub use manifest::{
     bucket_key, condemned_key, condemned_pack, heartbeat_key, manifest_key, moves_key, pack_id, part_key, parts_folder, upload_key, veto_key, vetoed_pack,
     vetoes_folder, BucketMarker, ChunkLocation, Envelope, Manifest, PackMoves, PartMarker, UploadMarker, BUCKETS, CONDEMNED, MANIFESTS,
-    GATEWAYS, MOVED, PACKS, UPLOADS, UPLOAD_PARTS, VETOES,
+    GATEWAYS, JOURNAL, MOVED, PACKS, UPLOADS, UPLOAD_PARTS, VETOES,
 };
 pub use records::*;
 
@@ -36,6 +36,10 @@ pub enum IndexError {
     MissingChunk(String),
     #[error("the object changed while this write was prepared")]
     VersionChanged,
+    #[error("the object there does not meet the write's condition")]
+    PreconditionFailed,
+    #[error("the write's condition names an object that is not there")]
+    NoSuchKey,
     #[error("no such multipart upload")]
     NoSuchUpload,
     #[error("the bucket does not exist")]
@@ -116,6 +120,32 @@ pub enum Expect<'a> {
     Any,
     /// The object must still be at this version (the packer's swap).
     Version(&'a str),
+    /// No object may be there (a client's `If-None-Match: *`).
+    Absent,
+    /// An object must be there, with this ETag if one is given (a client's `If-Match`).
+    ETag(Option<&'a str>),
+}
+
+impl Expect<'_> {
+    /// Whether `current`, the object there now (if any), meets the expectation.
+    pub fn holds(&self, current: Option<&ObjectRecord>) -> bool {
+        match (self, current) {
+            (Expect::Any, _) => true,
+            (Expect::Version(version), current) => current.is_some_and(|record| record.version == *version),
+            (Expect::Absent, current) => current.is_none(),
+            (Expect::ETag(etag), current) => current.is_some_and(|record| etag.is_none_or(|etag| record.etag == etag)),
+        }
+    }
+
+    /// The error of a commit whose expectation does not hold of `current`: S3 answers an
+    /// `If-Match` on a key with no object NoSuchKey.
+    pub fn unmet(&self, current: Option<&ObjectRecord>) -> IndexError {
+        match (self, current) {
+            (Expect::Version(_), _) => IndexError::VersionChanged,
+            (Expect::ETag(_), None) => IndexError::NoSuchKey,
+            _ => IndexError::PreconditionFailed,
+        }
+    }
 }
 
 /// A frame copied from one pack to another by compaction.
@@ -398,10 +428,8 @@ impl Index {
                 return abort(IndexError::NoSuchBucket);
             }
             let previous: Option<ObjectRecord> = objects.get(object_key.as_slice())?.map(|v| tx_decode(&v)).transpose()?;
-            if let Expect::Version(version) = expect {
-                if previous.as_ref().map(|p| p.version.as_str()) != Some(version) {
-                    return abort(IndexError::VersionChanged);
-                }
+            if !expect.holds(previous.as_ref()) {
+                return abort(expect.unmet(previous.as_ref()));
             }
             if let Some(pack) = new_pack {
                 let record = PackRecord { total_bytes: pack.total_bytes, live_bytes: 0 };

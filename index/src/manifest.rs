@@ -270,6 +270,7 @@ pub const CONDEMNED: &str = "condemned/";
 pub const VETOES: &str = "in-use/";
 pub const MOVED: &str = "moved/";
 pub const GATEWAYS: &str = "gateways/";
+pub const JOURNAL: &str = "journal/";
 
 #[cfg(test)]
 mod tests {

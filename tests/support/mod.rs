@@ -251,7 +251,15 @@ impl TestGateway {
         let running = self.gateway.take().unwrap();
         let config = running.store.config.clone();
         let upstream = server::open_upstream(&config).unwrap();
+        let store = running.store.clone();
         running.stop();
+        // Aborted tasks let go of the index a moment later; it must be closed before it goes.
+        let started = Instant::now();
+        while std::sync::Arc::strong_count(&store) > 1 {
+            assert!(started.elapsed() < Duration::from_secs(10), "something still holds the index");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(store);
         std::fs::remove_dir_all(config.data_dir.join("index")).unwrap();
         let store = server::open_store_with(&config, upstream.clone()).unwrap();
         let report = self.runtime.block_on(tensorgate::rebuild::rebuild(&store, &|_, _| {})).unwrap();

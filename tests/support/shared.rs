@@ -79,9 +79,14 @@ pub fn shared_gateway_over(
     TestGateway::start_wrapped(UpstreamKind::LocalDirectory, configure, wrap)
 }
 
-/// One sync with the shared upstream, as the periodic one does it.
-pub fn sync(gateway: &TestGateway) -> tensorgate::catalog::SyncReport {
-    gateway.runtime.block_on(tensorgate::catalog::sync(gateway.store(), &mut Default::default())).expect("sync succeeds")
+/// One sync with the shared upstream as a gateway's first one does it (every manifest listed).
+pub fn sync(gateway: &TestGateway) -> tensorgate::sync::SyncReport {
+    sync_from(gateway, &mut Default::default())
+}
+
+/// One sync with the shared upstream from where `state` says the last one stood.
+pub fn sync_from(gateway: &TestGateway, state: &mut tensorgate::sync::SyncState) -> tensorgate::sync::SyncReport {
+    gateway.runtime.block_on(tensorgate::sync::sync(gateway.store(), state)).expect("sync succeeds")
 }
 
 /// Ends a gateway as a crash would: its requests in progress (and what they wait on upstream)

@@ -209,6 +209,10 @@ impl Upstream for GuardedUpstream {
         self.circuit(prefix).call_repeatable(Evidence::Answer, || self.inner.list(prefix)).await
     }
 
+    async fn list_after(&self, prefix: &str, after: &str) -> anyhow::Result<Vec<Listed>> {
+        self.circuit(prefix).call_repeatable(Evidence::Answer, || self.inner.list_after(prefix, after)).await
+    }
+
     fn describe(&self) -> String {
         self.inner.describe()
     }

@@ -69,6 +69,10 @@ pub trait Upstream: Send + Sync + 'static {
     async fn delete_if(&self, key: &str, tag: &str) -> anyhow::Result<bool>;
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>>;
+    /// The objects of [`Upstream::list`] whose key sorts after `after`.
+    async fn list_after(&self, prefix: &str, after: &str) -> anyhow::Result<Vec<Listed>> {
+        Ok(self.list(prefix).await?.into_iter().filter(|listed| listed.key.as_str() > after).collect())
+    }
     /// Describes the upstream for logs.
     fn describe(&self) -> String;
 }

@@ -59,6 +59,10 @@ impl Upstream for RoutingUpstream {
         self.route(prefix).list(prefix).await
     }
 
+    async fn list_after(&self, prefix: &str, after: &str) -> anyhow::Result<Vec<Listed>> {
+        self.route(prefix).list_after(prefix, after).await
+    }
+
     fn describe(&self) -> String {
         let routes: Vec<String> = self.routes.iter().map(|(prefix, upstream)| format!("{prefix}* -> {}", upstream.describe())).collect();
         format!("{}; {}", self.default.describe(), routes.join("; "))

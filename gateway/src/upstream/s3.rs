@@ -56,6 +56,26 @@ pub struct S3Upstream {
 }
 
 impl S3Upstream {
+    /// Every object under `prefix` (after `after`, if given), in key order.
+    async fn list_from(&self, prefix: &str, after: Option<&str>) -> anyhow::Result<Vec<Listed>> {
+        let full_prefix = self.full_key(prefix);
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full_prefix).set_start_after(after.map(|after| self.full_key(after))).into_paginator().send();
+        let mut listed = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.with_context(|| format!("listing {full_prefix}"))?;
+            for object in page.contents.unwrap_or_default() {
+                let Some(key) = object.key.as_deref().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
+                listed.push(Listed {
+                    key: key.to_owned(),
+                    size: object.size.unwrap_or(0).max(0) as u64,
+                    modified_ms: object.last_modified.map_or(0, |t| t.to_millis().unwrap_or(0)),
+                    tag: object.e_tag.unwrap_or_default(),
+                });
+            }
+        }
+        Ok(listed)
+    }
+
     pub fn new(config: &S3UpstreamConfig) -> anyhow::Result<S3Upstream> {
         let access_key = config
             .access_key
@@ -179,22 +199,12 @@ impl Upstream for S3Upstream {
     }
 
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
-        let full_prefix = self.full_key(prefix);
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full_prefix).into_paginator().send();
-        let mut listed = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.with_context(|| format!("listing {full_prefix}"))?;
-            for object in page.contents.unwrap_or_default() {
-                let Some(key) = object.key.as_deref().and_then(|k| k.strip_prefix(&self.prefix)) else { continue };
-                listed.push(Listed {
-                    key: key.to_owned(),
-                    size: object.size.unwrap_or(0).max(0) as u64,
-                    modified_ms: object.last_modified.map_or(0, |t| t.to_millis().unwrap_or(0)),
-                    tag: object.e_tag.unwrap_or_default(),
-                });
-            }
-        }
-        Ok(listed)
+        self.list_from(prefix, None).await
+    }
+
+    /// ListObjectsV2 with `start-after`: only the keys after `after` are listed.
+    async fn list_after(&self, prefix: &str, after: &str) -> anyhow::Result<Vec<Listed>> {
+        self.list_from(prefix, Some(after)).await
     }
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
