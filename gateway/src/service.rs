@@ -18,6 +18,7 @@ use crate::auth::Keys;
 use crate::reader;
 use crate::shared::MaybePublished;
 use crate::store::{new_id, now_ms, Store};
+use crate::url_encoding;
 
 /// User metadata naming the base model of an upload (`x-amz-meta-tensorgate-base: bucket/key`).
 const BASE_HINT: &str = "tensorgate-base";
@@ -108,8 +109,9 @@ impl Gateway {
         ingest::model_tensors(&record).map(Arc::new)
     }
 
-    /// Makes an ingested body the object at `key`, with the given attributes.
-    async fn commit(&self, tenant: &str, bucket: &str, key: &str, ingested: Ingested, attributes: Attributes) -> S3Result<ObjectRecord> {
+    /// Makes an ingested body the object at `key`, with the given attributes, if the object
+    /// there meets `expect` (the client's conditions).
+    async fn commit(&self, tenant: &str, bucket: &str, key: &str, ingested: Ingested, attributes: Attributes, expect: Expect<'_>) -> S3Result<ObjectRecord> {
         let record = ObjectRecord {
             version: new_id(),
             size: ingested.size,
@@ -122,7 +124,7 @@ impl Gateway {
         };
         let object_key = ObjectKey::new(tenant, bucket, key);
         let committed =
-            catalog::commit(&self.store, &object_key, &record, &ingested.new_chunks, ingested.new_pack.as_ref(), Expect::Any).await;
+            catalog::commit(&self.store, &object_key, &record, &ingested.new_chunks, ingested.new_pack.as_ref(), expect).await;
         if let Err(error) = committed {
             // What a manifest that may have landed names must stay (an orphan is collected later).
             if error.downcast_ref::<MaybePublished>().is_none() {
@@ -323,6 +325,44 @@ fn etag_of(record: &ObjectRecord) -> ETag {
     ETag::Strong(record.etag.clone())
 }
 
+/// A client's condition on the object a write replaces (`If-Match`, `If-None-Match: *`).
+enum WriteCondition {
+    None,
+    Absent,
+    ETag(Option<String>),
+}
+
+impl WriteCondition {
+    /// From the parsed headers; `If-None-Match` with an ETag, or both headers, are not
+    /// something S3 does on writes.
+    fn of(if_match: Option<&ETagCondition>, if_none_match: Option<&ETagCondition>) -> S3Result<WriteCondition> {
+        match (if_match, if_none_match) {
+            (None, None) => Ok(WriteCondition::None),
+            (None, Some(ETagCondition::Any)) => Ok(WriteCondition::Absent),
+            (Some(ETagCondition::Any), None) => Ok(WriteCondition::ETag(None)),
+            (Some(ETagCondition::ETag(etag)), None) => Ok(WriteCondition::ETag(Some(etag.value().to_owned()))),
+            _ => Err(s3_error!(NotImplemented, "A header you provided implies functionality that is not implemented")),
+        }
+    }
+
+    /// From the raw headers of a request whose input does not carry them (CopyObject).
+    fn from_headers(headers: &hyper::HeaderMap) -> S3Result<WriteCondition> {
+        let parse = |name: &str| -> S3Result<Option<ETagCondition>> {
+            let Some(value) = headers.get(name) else { return Ok(None) };
+            ETagCondition::parse_http_header(value.as_bytes()).map(Some).map_err(|_| s3_error!(InvalidArgument, "Invalid {name} header"))
+        };
+        WriteCondition::of(parse("if-match")?.as_ref(), parse("if-none-match")?.as_ref())
+    }
+
+    fn as_expect(&self) -> Expect<'_> {
+        match self {
+            WriteCondition::None => Expect::Any,
+            WriteCondition::Absent => Expect::Absent,
+            WriteCondition::ETag(etag) => Expect::ETag(etag.as_deref()),
+        }
+    }
+}
+
 fn etag_matches(condition: &ETagCondition, record: &ObjectRecord) -> bool {
     match condition {
         ETagCondition::Any => true,
@@ -496,13 +536,20 @@ impl S3 for Gateway {
                 drain(input.body.take()).await;
                 return Err(error);
             }
+            let expect = match WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref()) {
+                Ok(expect) => expect,
+                Err(error) => {
+                    drain(input.body.take()).await;
+                    return Err(error);
+                }
+            };
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
             let base_hint = self.base_hint(&tenant, input.metadata.as_ref());
             let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed, base_hint, BodyFrom::Client).await?;
             let attributes = attributes_of!(input);
-            let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes).await?;
+            let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes, expect.as_expect()).await?;
             let checksums = record.checksums;
             Ok(S3Response::new(write_output!(PutObjectOutput, record.etag, checksums)))
         }
@@ -625,14 +672,14 @@ impl S3 for Gateway {
             ));
         }
         let attributes = if replace { attributes_of!(input) } else { source.attributes.clone() };
+        let expect = WriteCondition::from_headers(&req.headers)?;
         let pieces = reader::plan(&source, 0..source.size);
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
         let claimed = ClaimedDigests::default();
         let ingested = self.ingest_body(&tenant, Some(body), Some(source.size), &claimed, None, BodyFrom::Store).await?;
-        let mut record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes).await?;
-        if source.etag.contains('-') {
-            record.etag = source.etag.clone();
-        }
+        // A copy in one request is a new single-part object: its ETag is the MD5 of its bytes,
+        // whatever the source's, and that is what it answers and serves.
+        let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes, expect.as_expect()).await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(ETag::Strong(record.etag)),
@@ -646,16 +693,18 @@ impl S3 for Gateway {
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys).await?;
+        let encoded = url_encoding::wanted(input.encoding_type.as_ref())?;
+        let mut listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys).await?;
         let next_marker = listing.is_truncated.then(|| listing.last.clone()).flatten();
+        listing.encode_if(encoded);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter.filter(|d| !d.is_empty()),
-            marker: input.marker,
+            prefix: url_encoding::encode_if(encoded, input.prefix),
+            delimiter: url_encoding::encode_if(encoded, input.delimiter.filter(|d| !d.is_empty())),
+            marker: url_encoding::encode_if(encoded, input.marker),
             max_keys: Some(listing.max_keys),
             is_truncated: Some(listing.is_truncated),
-            next_marker,
+            next_marker: url_encoding::encode_if(encoded, next_marker),
             contents: Some(listing.contents),
             common_prefixes: Some(listing.common_prefixes),
             encoding_type: input.encoding_type,
@@ -670,18 +719,20 @@ impl S3 for Gateway {
             Some(token) => Some(decode_token(token)?),
             None => input.start_after.clone(),
         };
-        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), start_after.as_deref(), input.max_keys).await?;
+        let encoded = url_encoding::wanted(input.encoding_type.as_ref())?;
+        let mut listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), start_after.as_deref(), input.max_keys).await?;
         let next_token = if listing.is_truncated { listing.last.as_deref().map(encode_token) } else { None };
+        listing.encode_if(encoded);
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter.filter(|d| !d.is_empty()),
+            prefix: url_encoding::encode_if(encoded, input.prefix),
+            delimiter: url_encoding::encode_if(encoded, input.delimiter.filter(|d| !d.is_empty())),
             max_keys: Some(listing.max_keys),
             key_count: Some((listing.contents.len() + listing.common_prefixes.len()) as i32),
             is_truncated: Some(listing.is_truncated),
             continuation_token: input.continuation_token,
             next_continuation_token: next_token,
-            start_after: input.start_after,
+            start_after: url_encoding::encode_if(encoded, input.start_after),
             contents: Some(listing.contents),
             common_prefixes: Some(listing.common_prefixes),
             encoding_type: input.encoding_type,
@@ -692,7 +743,10 @@ impl S3 for Gateway {
     async fn list_object_versions(&self, req: S3Request<ListObjectVersionsInput>) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.key_marker.as_deref(), input.max_keys).await?;
+        let encoded = url_encoding::wanted(input.encoding_type.as_ref())?;
+        let mut listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.key_marker.as_deref(), input.max_keys).await?;
+        let next_key_marker = if listing.is_truncated { listing.last.clone() } else { None };
+        listing.encode_if(encoded);
         let versions = listing
             .contents
             .into_iter()
@@ -708,14 +762,15 @@ impl S3 for Gateway {
             .collect();
         Ok(S3Response::new(ListObjectVersionsOutput {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter.filter(|d| !d.is_empty()),
-            key_marker: input.key_marker,
+            prefix: url_encoding::encode_if(encoded, input.prefix),
+            delimiter: url_encoding::encode_if(encoded, input.delimiter.filter(|d| !d.is_empty())),
+            key_marker: url_encoding::encode_if(encoded, input.key_marker),
             max_keys: Some(listing.max_keys),
             is_truncated: Some(listing.is_truncated),
-            next_key_marker: if listing.is_truncated { listing.last } else { None },
+            next_key_marker: url_encoding::encode_if(encoded, next_key_marker),
             versions: Some(versions),
             common_prefixes: Some(listing.common_prefixes),
+            encoding_type: input.encoding_type,
             ..Default::default()
         }))
     }
@@ -828,7 +883,8 @@ impl S3 for Gateway {
         }
         let record = multipart_record(&upload, &chosen);
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
-        catalog::complete_upload(&self.store, &input.upload_id, &key, &record).await.map_err(to_s3)?;
+        let expect = WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        catalog::complete_upload(&self.store, &input.upload_id, &key, &record, expect.as_expect()).await.map_err(to_s3)?;
         if let Err(error) = catalog::forget_upload(&self.store, &tenant, &input.upload_id).await {
             tracing::warn!(error = format!("{error:#}"), "the ended upload's markers stay upstream");
         }
@@ -925,6 +981,18 @@ struct Listing {
     /// The last key or common prefix of the page: where the next page starts after.
     last: Option<String>,
     max_keys: i32,
+}
+
+impl Listing {
+    /// Percent-encodes the listed keys and prefixes when the client asked for `encoding-type=url`.
+    fn encode_if(&mut self, wanted: bool) {
+        for object in &mut self.contents {
+            object.key = url_encoding::encode_if(wanted, object.key.take());
+        }
+        for common in &mut self.common_prefixes {
+            common.prefix = url_encoding::encode_if(wanted, common.prefix.take());
+        }
+    }
 }
 
 impl Gateway {
