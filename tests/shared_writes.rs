@@ -197,18 +197,7 @@ fn fsck_away_from_the_lease_raises_no_false_orphans() {
 fn a_pack_a_peer_still_reads_is_never_deleted() {
     let moto = Moto::start();
     let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let short_grace = |config: &mut tensorgate::config::Config| {
-        config.gc_grace_secs = 1;
-        config.orphan_scan_secs = 0;
-    };
-    let a = shared_gateway_over(&moto, state_a.path(), true, short_grace, |upstream| upstream);
-    let b = shared_gateway_over(&moto, state_b.path(), true, short_grace, |upstream| upstream);
-    let model = std::fs::read(corpus("ft/ft-a-contrastive.bf16.safetensors")).unwrap();
-    a.aws(&["s3", "mb", "s3://models"]);
-    put(&a, &model, "s3://models/first", &[], scratch.path());
-    put(&b, &model, "s3://models/second", &[], scratch.path());
-    assert_eq!(md5_through(&a, "models", "second", scratch.path()), Some(md5_hex(&model)));
-    a.aws(&["s3", "rm", "s3://models/first"]);
+    let (a, b, model) = one_chunk_in_two_packs(&moto, state_a.path(), state_b.path(), scratch.path());
     let collect_while_a_syncs = || {
         for _ in 0..4 {
             std::thread::sleep(Duration::from_millis(1100));
@@ -273,7 +262,6 @@ fn a_delta_written_through_one_gateway_reads_through_another_that_holds_its_base
 fn compaction_with_a_shared_upstream_frees_the_pack_and_peers_follow() {
     let moto = Moto::start();
     let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let short_grace = |config: &mut tensorgate::config::Config| config.gc_grace_secs = 1;
     let a = shared_gateway_over(&moto, state_a.path(), true, short_grace, |upstream| upstream);
     let b = shared_gateway_over(&moto, state_b.path(), true, short_grace, |upstream| upstream);
     let kept_path = corpus("ft/ft-a-contrastive.bf16.safetensors");
@@ -321,18 +309,7 @@ fn first_chunk(gateway: &TestGateway, key: &str) -> tensorgate_index::ChunkHash 
 fn a_gateway_that_is_down_holds_pack_deletions_back() {
     let moto = Moto::start();
     let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let short_grace = |config: &mut tensorgate::config::Config| {
-        config.gc_grace_secs = 1;
-        config.orphan_scan_secs = 0;
-    };
-    let a = shared_gateway_over(&moto, state_a.path(), true, short_grace, |upstream| upstream);
-    let b = shared_gateway_over(&moto, state_b.path(), true, short_grace, |upstream| upstream);
-    let model = std::fs::read(corpus("ft/ft-a-contrastive.bf16.safetensors")).unwrap();
-    a.aws(&["s3", "mb", "s3://models"]);
-    put(&a, &model, "s3://models/first", &[], scratch.path());
-    put(&b, &model, "s3://models/second", &[], scratch.path());
-    assert_eq!(md5_through(&a, "models", "second", scratch.path()), Some(md5_hex(&model)));
-    a.aws(&["s3", "rm", "s3://models/first"]);
+    let (a, b, model) = one_chunk_in_two_packs(&moto, state_a.path(), state_b.path(), scratch.path());
     let own_pack = a.store().index.chunk(&first_chunk(&a, "second")).unwrap().unwrap().pack;
     sync(&a);
     kill(a);
@@ -352,4 +329,25 @@ fn a_gateway_that_is_down_holds_pack_deletions_back() {
     assert!(b.collect_garbage().leased);
     let report = a.fsck();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// Gateways a and b (grace period 1 s, orphans scanned at every collection) store one new model
+/// each in its own pack; a reads b's object, then the object naming a's pack is deleted: the
+/// only manifest left names b's copy, while a's index reads its own. Returns a, b and the model.
+fn one_chunk_in_two_packs(moto: &Moto, state_a: &std::path::Path, state_b: &std::path::Path, scratch: &std::path::Path) -> (TestGateway, TestGateway, Vec<u8>) {
+    let a = shared_gateway_over(moto, state_a, true, short_grace, |upstream| upstream);
+    let b = shared_gateway_over(moto, state_b, true, short_grace, |upstream| upstream);
+    let model = std::fs::read(corpus("ft/ft-a-contrastive.bf16.safetensors")).unwrap();
+    a.aws(&["s3", "mb", "s3://models"]);
+    put(&a, &model, "s3://models/first", &[], scratch);
+    put(&b, &model, "s3://models/second", &[], scratch);
+    assert_eq!(md5_through(&a, "models", "second", scratch), Some(md5_hex(&model)));
+    a.aws(&["s3", "rm", "s3://models/first"]);
+    (a, b, model)
+}
+
+/// A grace period of a second, and orphans looked for at every collection.
+fn short_grace(config: &mut tensorgate::config::Config) {
+    config.gc_grace_secs = 1;
+    config.orphan_scan_secs = 0;
 }
