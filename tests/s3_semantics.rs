@@ -54,3 +54,13 @@ fn conditional_writes_are_honoured_with_a_shared_upstream() {
     let said = gateway.python_client("conditional_writes.py", &[]);
     assert!(said.contains("all checks passed"), "{said}");
 }
+
+/// Settings tensorgate does not offer (tests/clients/bucket_settings.py) answer as S3 does for
+/// a private bucket created today: unversioned (enabling refused), owner-only ACLs, public
+/// access blocked, owner-enforced ownership, no CORS configuration and no policy.
+#[test]
+fn bucket_settings_answer_as_for_a_private_bucket() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    let said = gateway.python_client("bucket_settings.py", &[]);
+    assert!(said.contains("all checks passed"), "{said}");
+}

@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod auth;
 pub mod background;
+pub mod bucket_config;
 pub mod catalog;
 pub mod compact;
 pub mod condemned;

@@ -11,6 +11,7 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tensorgate_index::{Attributes, BucketDeletion, Checksums, Expect, IndexError, ObjectKey, ObjectRecord, PartRecord, Segment, UploadRecord};
 use tracing::Instrument;
 
+use crate::bucket_config;
 use crate::catalog;
 use crate::errors::{internal, to_s3, BodyError};
 use crate::ingest::{self, BodyFrom, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
@@ -472,6 +473,80 @@ fn trailer_algorithm(headers: &hyper::HeaderMap) -> Option<String> {
 
 #[async_trait]
 impl S3 for Gateway {
+    // The settings tensorgate does not offer, answered as S3 answers for a private bucket
+    // that never had them (see bucket_config).
+
+    async fn get_bucket_versioning(&self, req: S3Request<GetBucketVersioningInput>) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
+        Ok(S3Response::new(bucket_config::versioning()))
+    }
+
+    async fn put_bucket_versioning(&self, req: S3Request<PutBucketVersioningInput>) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
+        bucket_config::check_versioning(&req.input.versioning_configuration)?;
+        Ok(S3Response::new(PutBucketVersioningOutput::default()))
+    }
+
+    async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let tenant = self.tenant(&req)?;
+        self.ensure_bucket(&tenant, &req.input.bucket).await?;
+        Ok(S3Response::new(bucket_config::bucket_acl(&tenant)))
+    }
+
+    async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
+        let grants = input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some();
+        let grants = grants || input.grant_write.is_some() || input.grant_write_acp.is_some();
+        bucket_config::check_acl(&tenant, input.acl.as_ref().map(BucketCannedACL::as_str), input.access_control_policy.as_ref(), grants)?;
+        Ok(S3Response::new(PutBucketAclOutput::default()))
+    }
+
+    async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
+        let tenant = self.tenant(&req)?;
+        self.find_object(&tenant, &req.input.bucket, &req.input.key).await?;
+        Ok(S3Response::new(bucket_config::object_acl(&tenant)))
+    }
+
+    async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        self.find_object(&tenant, &input.bucket, &input.key).await?;
+        let grants = input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some();
+        let grants = grants || input.grant_write_acp.is_some();
+        bucket_config::check_acl(&tenant, input.acl.as_ref().map(ObjectCannedACL::as_str), input.access_control_policy.as_ref(), grants)?;
+        Ok(S3Response::new(PutObjectAclOutput::default()))
+    }
+
+    async fn get_bucket_cors(&self, req: S3Request<GetBucketCorsInput>) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
+        Err(s3_error!(NoSuchCORSConfiguration, "The CORS configuration does not exist"))
+    }
+
+    async fn get_bucket_policy(&self, req: S3Request<GetBucketPolicyInput>) -> S3Result<S3Response<GetBucketPolicyOutput>> {
+        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
+        Err(s3_error!(NoSuchBucketPolicy, "The bucket policy does not exist"))
+    }
+
+    async fn get_bucket_policy_status(&self, req: S3Request<GetBucketPolicyStatusInput>) -> S3Result<S3Response<GetBucketPolicyStatusOutput>> {
+        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
+        Err(s3_error!(NoSuchBucketPolicy, "The bucket policy does not exist"))
+    }
+
+    async fn get_public_access_block(&self, req: S3Request<GetPublicAccessBlockInput>) -> S3Result<S3Response<GetPublicAccessBlockOutput>> {
+        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
+        Ok(S3Response::new(bucket_config::public_access_block()))
+    }
+
+    async fn get_bucket_ownership_controls(
+        &self,
+        req: S3Request<GetBucketOwnershipControlsInput>,
+    ) -> S3Result<S3Response<GetBucketOwnershipControlsOutput>> {
+        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
+        Ok(S3Response::new(bucket_config::ownership_controls()))
+    }
+
     async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         let tenant = self.tenant(&req)?;
         let buckets = self.store.index.list_buckets(&tenant).map_err(internal)?;

@@ -1,0 +1,73 @@
+"""Bucket and object settings tensorgate does not offer (issue 13), answered as AWS S3 answers
+for a private bucket created today: versioning never enabled (enabling it is refused, clearly);
+the owner alone with full control, ACLs disabled (only `private` accepted); every public access
+blocked; BucketOwnerEnforced ownership; no CORS configuration and no bucket policy (404s).
+
+usage: bucket_settings.py ENDPOINT
+Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Each check is named; the
+first failure raises with its name; the last line is "all checks passed".
+"""
+import sys
+
+import boto3
+
+from s3_semantics import error_code
+
+BUCKET = "settings"
+
+
+def check(name, condition, detail=""):
+    if not condition:
+        raise AssertionError(f"{name}: {detail}")
+    print(f"ok: {name}")
+
+
+def main():
+    endpoint = sys.argv[1]
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="object", Body=b"x")
+
+    versioning = s3.get_bucket_versioning(Bucket=BUCKET)
+    check("a bucket is unversioned", "Status" not in versioning, f"{versioning}")
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Suspended"})
+    check("suspending versioning never enabled is accepted", "Status" not in s3.get_bucket_versioning(Bucket=BUCKET))
+    refused = error_code(lambda: s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"}))
+    check("enabling versioning is refused as not implemented", refused == "NotImplemented", refused)
+
+    acl = s3.get_bucket_acl(Bucket=BUCKET)
+    owner = acl["Owner"]["ID"]
+    grants = [(g["Grantee"]["Type"], g["Grantee"].get("ID"), g["Permission"]) for g in acl["Grants"]]
+    check("the bucket ACL gives the owner alone full control", len(owner) == 64 and grants == [("CanonicalUser", owner, "FULL_CONTROL")],
+          f"{acl}")
+    object_acl = s3.get_object_acl(Bucket=BUCKET, Key="object")
+    check("an object ACL gives the same owner full control", object_acl["Owner"]["ID"] == owner and len(object_acl["Grants"]) == 1)
+    check("the ACL of an object that is not there is NoSuchKey",
+          error_code(lambda: s3.get_object_acl(Bucket=BUCKET, Key="absent")) == "NoSuchKey")
+    s3.put_bucket_acl(Bucket=BUCKET, ACL="private")
+    s3.put_object_acl(Bucket=BUCKET, Key="object", ACL="private")
+    check("the private ACL is accepted", True)
+    for canned in ["public-read", "public-read-write", "authenticated-read"]:
+        check(f"the {canned} ACL is refused", error_code(lambda: s3.put_bucket_acl(Bucket=BUCKET, ACL=canned)) == "AccessControlListNotSupported")
+    check("a public object ACL is refused",
+          error_code(lambda: s3.put_object_acl(Bucket=BUCKET, Key="object", ACL="public-read")) == "AccessControlListNotSupported")
+
+    check("no CORS configuration", error_code(lambda: s3.get_bucket_cors(Bucket=BUCKET)) == "NoSuchCORSConfiguration")
+    check("no bucket policy", error_code(lambda: s3.get_bucket_policy(Bucket=BUCKET)) == "NoSuchBucketPolicy")
+    check("no bucket policy status", error_code(lambda: s3.get_bucket_policy_status(Bucket=BUCKET)) == "NoSuchBucketPolicy")
+    block = s3.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"]
+    check("every public access is blocked", all(block[name] for name in
+          ["BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"]), f"{block}")
+    rules = s3.get_bucket_ownership_controls(Bucket=BUCKET)["OwnershipControls"]["Rules"]
+    check("objects belong to the bucket owner", rules == [{"ObjectOwnership": "BucketOwnerEnforced"}], f"{rules}")
+
+    for name, call in [("versioning", lambda: s3.get_bucket_versioning(Bucket="no-such-bucket")),
+                       ("ACL", lambda: s3.get_bucket_acl(Bucket="no-such-bucket")),
+                       ("CORS", lambda: s3.get_bucket_cors(Bucket="no-such-bucket")),
+                       ("public access block", lambda: s3.get_public_access_block(Bucket="no-such-bucket"))]:
+        check(f"the {name} of a bucket that is not there is NoSuchBucket", error_code(call) == "NoSuchBucket")
+    print("all checks passed")
+
+
+if __name__ == "__main__":
+    main()
