@@ -895,21 +895,51 @@ impl S3 for Gateway {
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
-            let part = self.store_part(&tenant, input.body, size_hint, &claimed).await?;
-            let blob = part.blob.clone();
-            if let Err(error) = catalog::record_part(&self.store, &tenant, &input.upload_id, input.part_number as u32, &part).await {
-                if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::NoSuchUpload)) {
-                    if let Err(error) = self.store.upstream.delete(&blob).await {
-                        tracing::warn!(%blob, error = format!("{error:#}"), "the part of an ended upload stays upstream until collected");
-                    }
-                }
-                return Err(to_s3(error));
-            }
+            let part = self.store_part(&tenant, input.body, size_hint, &claimed, BodyFrom::Client).await?;
+            self.record_part(&tenant, &input.upload_id, input.part_number, &part).await?;
             tracing::info!(tenant = %upload.tenant, size = part.size, "part stored");
             Ok(S3Response::new(write_output!(UploadPartOutput, part.etag, part.checksums)))
         }
         .instrument(span)
         .await
+    }
+
+    /// A part copied from a stored object (or a range of it) takes the part path: a model
+    /// copied by parts is stored as one uploaded by parts.
+    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
+            return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
+        };
+        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
+        if !(1..=10_000).contains(&input.part_number) {
+            return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
+        }
+        let source = self.find_object(&tenant, source_bucket, source_key).await?;
+        check_conditions(
+            &source,
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+        )
+        .map_err(|error| if *error.code() == S3ErrorCode::NotModified { s3_error!(PreconditionFailed) } else { error })?;
+        let range = copy_source_range(input.copy_source_range.as_deref(), source.size)?;
+        let len = range.end - range.start;
+        let _budget = self.store.admit_body(&tenant, Some(len)).await.map_err(to_s3)?;
+        let body = StreamingBlob::wrap(reader::stream(self.store.clone(), reader::plan(&source, range)));
+        let part = self.store_part(&tenant, Some(body), Some(len), &ClaimedDigests::default(), BodyFrom::Store).await?;
+        self.record_part(&tenant, &input.upload_id, input.part_number, &part).await?;
+        tracing::info!(size = part.size, "part copied");
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(part.etag)),
+                last_modified: Some(timestamp(part.last_modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
     }
 
     async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
@@ -1132,9 +1162,16 @@ impl Gateway {
     }
 
     /// Stores a part body as it came in its own upstream blob.
-    async fn store_part(&self, tenant: &str, body: Option<StreamingBlob>, size_hint: Option<u64>, claimed: &ClaimedDigests) -> S3Result<PartRecord> {
+    async fn store_part(
+        &self,
+        tenant: &str,
+        body: Option<StreamingBlob>,
+        size_hint: Option<u64>,
+        claimed: &ClaimedDigests,
+        body_from: BodyFrom,
+    ) -> S3Result<PartRecord> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
-        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(), base_hint: None, body_from: BodyFrom::Client };
+        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(), base_hint: None, body_from };
         let ingested = ingest::ingest(&self.store, tenant, body, options).await.map_err(to_s3)?.ok_or_else(|| internal("ingest declined a part"))?;
         if let Some(announced) = size_hint.filter(|size| *size != ingested.size) {
             let got = ingested.size;
@@ -1156,6 +1193,34 @@ impl Gateway {
             last_modified_ms: now_ms(),
             checksums: checksums_of(&ingested.checksums),
         })
+    }
+}
+
+impl Gateway {
+    /// Records a stored part of an upload; if the upload ended meanwhile, its blob is deleted.
+    async fn record_part(&self, tenant: &str, upload_id: &str, number: i32, part: &PartRecord) -> S3Result<()> {
+        let Err(error) = catalog::record_part(&self.store, tenant, upload_id, number as u32, part).await else { return Ok(()) };
+        if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::NoSuchUpload)) {
+            if let Err(error) = self.store.upstream.delete(&part.blob).await {
+                tracing::warn!(blob = %part.blob, error = format!("{error:#}"), "the part of an ended upload stays upstream until collected");
+            }
+        }
+        Err(to_s3(error))
+    }
+}
+
+/// The bytes `x-amz-copy-source-range: bytes=first-last` names of an object of `size` bytes.
+fn copy_source_range(range: Option<&str>, size: u64) -> S3Result<std::ops::Range<u64>> {
+    let Some(range) = range else { return Ok(0..size) };
+    let bounds = range.strip_prefix("bytes=").and_then(|bounds| bounds.split_once('-'));
+    let parsed = bounds.and_then(|(first, last)| Some((first.parse::<u64>().ok()?, last.parse::<u64>().ok()?)));
+    match parsed {
+        Some((first, last)) if first <= last && last < size => Ok(first..last + 1),
+        Some(_) => Err(s3_error!(InvalidArgument, "Range specified is not valid for source object of size: {size}")),
+        None => Err(s3_error!(
+            InvalidArgument,
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy"
+        )),
     }
 }
 
