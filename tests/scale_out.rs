@@ -174,12 +174,16 @@ fn sync_after_the_first_reads_only_the_change_journal() {
     let a = shared_upstream_gateway(&moto, state_a.path(), true);
     let b = shared_upstream_gateway(&moto, state_b.path(), true);
     a.aws(&["s3", "mb", "s3://journaled"]);
+    let mut state = tensorgate::sync::SyncState::default();
+    let first = sync_from(&b, &mut state);
+    assert!(first.listed_everything && first.objects_adopted == 0, "{first:?}");
+    let quiet = sync_from(&b, &mut state);
+    assert!(!quiet.listed_everything, "a quiet journal needs no full listing: {quiet:?}");
     for (n, key) in ["kept", "overwritten", "deleted"].iter().enumerate() {
         put(&a, &noise(2000, n as u64), &format!("s3://journaled/{key}"), &[], scratch.path());
     }
-    let mut state = tensorgate::sync::SyncState::default();
-    let first = sync_from(&b, &mut state);
-    assert!(first.listed_everything && first.objects_adopted == 3, "{first:?}");
+    let written = sync_from(&b, &mut state);
+    assert!(!written.listed_everything && written.objects_adopted == 3, "{written:?}");
 
     put(&a, &noise(3000, 7), "s3://journaled/overwritten", &[], scratch.path());
     put(&a, &noise(3000, 8), "s3://journaled/new", &[], scratch.path());

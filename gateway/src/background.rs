@@ -71,12 +71,15 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
             tracing::info!(size = record.size, "packed");
             Ok(())
         }
-        // What a manifest that may have landed names stays (an orphan is collected later).
-        Err(error) if error.downcast_ref::<MaybePublished>().is_some() => Err(error),
+        // The object changed under the packer: nothing to do. What a manifest that may have
+        // landed names stays (an orphan is collected later); anything else is discarded.
         Err(error) if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::VersionChanged)) => {
-            ingested.discard(store).await;
+            if error.downcast_ref::<MaybePublished>().is_none() {
+                ingested.discard(store).await;
+            }
             Ok(())
         }
+        Err(error) if error.downcast_ref::<MaybePublished>().is_some() => Err(error),
         Err(error) => {
             ingested.discard(store).await;
             Err(error)
@@ -91,7 +94,7 @@ pub async fn run_sync(store: Arc<Store>) {
     let mut state = sync::SyncState::default();
     loop {
         match sync::sync(&store, &mut state).await {
-            Ok(report) if report.objects_adopted + report.objects_removed + report.buckets + report.buckets_removed > 0 => {
+            Ok(report) if report != sync::SyncReport { listed_everything: report.listed_everything, ..Default::default() } => {
                 tracing::info!(?report, "caught up with the shared upstream")
             }
             Ok(_) => {}

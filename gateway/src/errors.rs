@@ -46,22 +46,8 @@ pub fn to_s3(error: anyhow::Error) -> S3Error {
                 "You did not provide the number of bytes specified by the Content-Length HTTP header.",
             ),
         }
-    } else if let Some(index) =
-        error.downcast_ref::<IndexError>().filter(|e| {
-        matches!(e, IndexError::NoSuchBucket | IndexError::NoSuchUpload | IndexError::PreconditionFailed | IndexError::NoSuchKey)
-    })
-    {
-        match index {
-            IndexError::NoSuchBucket => S3Error::with_message(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
-            IndexError::NoSuchKey => S3Error::with_message(S3ErrorCode::NoSuchKey, "The specified key does not exist."),
-            IndexError::PreconditionFailed => {
-                S3Error::with_message(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold")
-            }
-            _ => S3Error::with_message(
-                S3ErrorCode::NoSuchUpload,
-                "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
-            ),
-        }
+    } else if let Some(answer) = error.downcast_ref::<IndexError>().and_then(client_fault) {
+        answer
     } else if error.downcast_ref::<KeptChanging>().is_some() {
         tracing::warn!(%request, %cause, "other gateways kept changing the object");
         S3Error::with_message(S3ErrorCode::SlowDown, "Please reduce your request rate.")
@@ -88,4 +74,20 @@ pub fn with_request_id(mut error: S3Error) -> S3Error {
         error.set_request_id(id);
     }
     error
+}
+
+/// The S3 error of an index outcome that is the client's doing, if it is one.
+fn client_fault(error: &IndexError) -> Option<S3Error> {
+    Some(match error {
+        IndexError::NoSuchBucket => S3Error::with_message(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
+        IndexError::NoSuchKey => S3Error::with_message(S3ErrorCode::NoSuchKey, "The specified key does not exist."),
+        IndexError::PreconditionFailed => {
+            S3Error::with_message(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold")
+        }
+        IndexError::NoSuchUpload => S3Error::with_message(
+            S3ErrorCode::NoSuchUpload,
+            "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+        ),
+        _ => return None,
+    })
 }

@@ -25,12 +25,22 @@ pub const OVERLAP_MS: i64 = 60_000;
 /// Where a gateway stands in the journal.
 #[derive(Debug, Default)]
 pub struct Cursor {
-    /// The newest entry seen.
+    /// The newest entry seen (entries timed ahead of this gateway's clock are not taken).
     newest: Option<String>,
     /// Entries handled since `OVERLAP_MS` before the newest.
     handled: HashSet<String>,
+    /// When (this gateway's clock) the last sync that caught up began.
+    caught_up_ms: Option<i64>,
     /// When every manifest was last listed.
     last_full_ms: Option<i64>,
+}
+
+/// The entries a sync found since the last one, and the objects they name.
+#[derive(Debug)]
+pub struct Changes {
+    entries: Vec<String>,
+    pub objects: Vec<ObjectKey>,
+    started_ms: i64,
 }
 
 /// Appends an entry saying that the manifest of `key` changed.
@@ -40,38 +50,52 @@ pub async fn append(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
     upstream::put(&*store.upstream, &entry, Bytes::from(body)).await
 }
 
-/// What changed since the last call: the objects the new entries name, or `None` when every
-/// manifest must be listed instead (the caller then calls [`listed_everything`]).
-pub async fn changes(store: &Store, cursor: &mut Cursor) -> anyhow::Result<Option<Vec<ObjectKey>>> {
+/// What changed since the last sync that caught up (each object once), or `None` when every
+/// manifest must be listed instead: at the first sync, once every `shared_full_sync_secs`, and
+/// when the last catch-up is so old that the entries since may be pruned. Once the objects are
+/// brought in line, [`caught_up`] records it.
+pub async fn changes(store: &Store, cursor: &Cursor) -> anyhow::Result<Option<Changes>> {
     let now = now_ms();
     let full_due = cursor.last_full_ms.is_none_or(|last| now - last >= (store.config.shared_full_sync_secs as i64) * 1000);
-    let retained_since = now - (store.config.journal_retention_secs as i64) * 1000;
-    let Some(newest) = cursor.newest.as_deref().filter(|newest| entry_ms(newest).is_some_and(|ms| ms > retained_since + OVERLAP_MS)) else {
+    let retained_ms = (store.config.journal_retention_secs as i64) * 1000 - OVERLAP_MS;
+    let Some(caught_up) = cursor.caught_up_ms.filter(|caught_up| now - caught_up < retained_ms) else {
         return Ok(None);
     };
     if full_due {
         return Ok(None);
     }
-    let from = entry_ms(newest).unwrap_or(now) - OVERLAP_MS;
+    let from = cursor.newest.as_deref().and_then(entry_ms).unwrap_or(caught_up) - OVERLAP_MS;
     let listed = store.upstream.list_after(JOURNAL, &format!("{JOURNAL}{from:013}")).await?;
-    let mut changed = Vec::new();
-    for entry in &listed {
+    let mut objects = Vec::new();
+    let mut entries = Vec::new();
+    for entry in listed {
         if cursor.handled.contains(&entry.key) {
             continue;
         }
         if let Some(tagged) = store.upstream.read_tagged(&entry.key).await? {
-            changed.push(object_of(&tagged.bytes)?);
+            match object_of(&tagged.bytes) {
+                Ok(object) if !objects.contains(&object) => objects.push(object),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(entry = %entry.key, %error, "a journal entry names no object; skipped"),
+            }
         }
+        entries.push(entry.key);
     }
-    remember(cursor, listed.into_iter().map(|listed| listed.key));
-    Ok(Some(changed))
+    Ok(Some(Changes { entries, objects, started_ms: now }))
 }
 
-/// Marks the journal as caught up by a listing of every manifest that began after `started_at`
-/// (the entries listed then): later syncs tail from there.
+/// Records that the objects of `changes` were brought in line.
+pub fn caught_up(cursor: &mut Cursor, changes: Changes) {
+    remember(cursor, changes.entries.into_iter(), changes.started_ms);
+    cursor.caught_up_ms = Some(changes.started_ms);
+}
+
+/// Records that every manifest was listed, in a sync that began at `started_ms` after listing
+/// `entries_before`, the journal's entries then: later syncs tail from there.
 pub fn listed_everything(cursor: &mut Cursor, entries_before: Vec<String>, started_ms: i64) {
     cursor.handled.clear();
-    remember(cursor, entries_before.into_iter());
+    remember(cursor, entries_before.into_iter(), started_ms);
+    cursor.caught_up_ms = Some(started_ms);
     cursor.last_full_ms = Some(started_ms);
 }
 
@@ -94,9 +118,12 @@ pub async fn prune(store: &Store, now: i64) -> anyhow::Result<usize> {
     Ok(pruned)
 }
 
-fn remember(cursor: &mut Cursor, entries: impl Iterator<Item = String>) {
+/// Adds `entries` to those handled. An entry timed more than the overlap ahead of `now` (a
+/// writer's clock running fast) does not move the newest, which would hide the others' entries.
+fn remember(cursor: &mut Cursor, entries: impl Iterator<Item = String>, now: i64) {
     for entry in entries {
-        if cursor.newest.as_ref().is_none_or(|newest| entry > *newest) {
+        let believable = entry_ms(&entry).is_some_and(|ms| ms <= now + OVERLAP_MS);
+        if believable && cursor.newest.as_ref().is_none_or(|newest| entry > *newest) {
             cursor.newest = Some(entry.clone());
         }
         cursor.handled.insert(entry);
@@ -129,10 +156,12 @@ mod tests {
         assert_eq!(entry_ms("journal/1700000000123-abc"), Some(1_700_000_000_123));
         assert_eq!(entry_ms("journal/x"), None);
         let mut cursor = Cursor::default();
-        remember(&mut cursor, ["journal/1700000000000-a".to_owned(), "journal/1700000100000-b".to_owned()].into_iter());
+        let entries = ["journal/1700000000000-a", "journal/1700000100000-b", "journal/1800000000000-fast"];
+        remember(&mut cursor, entries.into_iter().map(str::to_owned), 1_700_000_100_000);
         assert_eq!(cursor.newest.as_deref(), Some("journal/1700000100000-b"));
         assert!(!cursor.handled.contains("journal/1700000000000-a"), "older than the overlap");
         assert!(cursor.handled.contains("journal/1700000100000-b"));
+        assert!(cursor.handled.contains("journal/1800000000000-fast"), "handled, but not the newest: its clock runs ahead");
     }
 
     #[test]

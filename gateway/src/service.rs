@@ -1055,6 +1055,7 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         self.ensure_bucket(&tenant, &input.bucket).await?;
+        let encoded = url_encoding::wanted(input.encoding_type.as_ref())?;
         let prefix = input.prefix.clone().unwrap_or_default();
         let uploads = catalog::list_uploads(&self.store, &tenant, &input.bucket)
             .await
@@ -1062,7 +1063,7 @@ impl S3 for Gateway {
             .into_iter()
             .filter(|(_, upload)| upload.key.starts_with(&prefix))
             .map(|(id, upload)| MultipartUpload {
-                key: Some(upload.key),
+                key: url_encoding::encode_if(encoded, Some(upload.key)),
                 upload_id: Some(id),
                 initiated: Some(timestamp(upload.initiated_ms)),
                 ..Default::default()
@@ -1070,9 +1071,10 @@ impl S3 for Gateway {
             .collect();
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
-            prefix: input.prefix,
+            prefix: url_encoding::encode_if(encoded, input.prefix),
             uploads: Some(uploads),
             is_truncated: Some(false),
+            encoding_type: input.encoding_type,
             ..Default::default()
         }))
     }

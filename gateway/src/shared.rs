@@ -85,8 +85,9 @@ pub struct KeptChanging;
 
 /// Publishes `manifest` over what the upstream holds, conditionally, then runs `index_step`
 /// (the index commit). Nothing is written unless the object upstream meets `expect` (the
-/// packer's version, a client's condition). A write whose condition failed looks again and, for a client's write, goes
-/// over the newer version. An error once a write may have landed is [`MaybePublished`].
+/// packer's version, a client's condition). A write whose condition failed looks again and, for
+/// a client's write, goes over the newer version. Any error once a write was tried is
+/// [`MaybePublished`] (with its cause underneath).
 pub async fn publish_then(
     store: &Store,
     key: &ObjectKey,
@@ -119,11 +120,12 @@ pub async fn publish_then(
                 return Err(error.context(MaybePublished));
             }
         }
+        // A first attempt may have landed and been replaced since: what it names stays.
         if let Err(error) = check_expected(&seen, expect) {
-            return settle(store, key, Err(error)).await;
+            return settle(store, key, Err(error.context(MaybePublished))).await;
         }
     }
-    settle(store, key, Err(KeptChanging.into())).await
+    settle(store, key, Err(anyhow::Error::from(KeptChanging).context(MaybePublished))).await
 }
 
 /// The index step of a write whose manifest landed, then its journal entry. If the index step

@@ -30,6 +30,8 @@ pub struct SyncReport {
     pub packs_vetoed: usize,
     /// Whether every manifest was listed (else only the journal was read).
     pub listed_everything: bool,
+    /// Manifests that could not be read or adopted (logged; tried again at the next full sync).
+    pub manifests_skipped: usize,
 }
 
 /// What a gateway remembers between syncs; the default lists everything at the first sync.
@@ -45,11 +47,12 @@ pub async fn sync(store: &Store, state: &mut SyncState) -> anyhow::Result<SyncRe
     let mut report = SyncReport { packs_vetoed: condemned::veto(store).await?.vetoed, ..SyncReport::default() };
     sync_buckets(store, &mut state.tags, &mut report).await?;
     sync_uploads(store, &mut report).await?;
-    match journal::changes(store, &mut state.journal).await? {
-        Some(changed) => {
-            for key in changed {
-                refresh_counted(store, &key, &mut report).await?;
+    match journal::changes(store, &state.journal).await? {
+        Some(changes) => {
+            for key in &changes.objects {
+                refresh_counted(store, key, &mut report).await?;
             }
+            journal::caught_up(&mut state.journal, changes);
         }
         None => {
             let started = now_ms();
@@ -117,13 +120,24 @@ async fn sync_every_manifest(store: &Store, tags: &mut HashMap<String, String>, 
             if tags.get(&listed.key) == Some(&listed.tag) {
                 continue;
             }
-            let Some(manifest) = read_record::<Manifest>(store, &listed.key).await? else { continue };
-            if shared::adopt_listed(store, &manifest).await? {
-                report.objects_adopted += 1;
+            // One unreadable manifest must not keep the others from being caught up with.
+            let adopted = match read_record::<Manifest>(store, &listed.key).await {
+                Ok(Some(manifest)) => shared::adopt_listed(store, &manifest).await,
+                Ok(None) => Ok(false),
+                Err(error) => Err(error),
+            };
+            match adopted {
+                Ok(adopted) => report.objects_adopted += usize::from(adopted),
+                Err(error) => {
+                    tracing::warn!(manifest = %listed.key, error = format!("{error:#}"), "manifest not adopted; retried at the next full sync");
+                    report.manifests_skipped += 1;
+                    continue;
+                }
             }
             tags.insert(listed.key, listed.tag);
         }
     }
+    tags.retain(|key, _| !key.contains(MANIFESTS) || listed_manifests.contains(key));
     let mut unlisted = Vec::new();
     for entry in store.index.all_objects() {
         let (key, _) = entry?;
