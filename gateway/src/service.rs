@@ -772,6 +772,8 @@ impl S3 for Gateway {
         let mut listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys).await?;
         let next_marker = listing.is_truncated.then(|| listing.last.clone()).flatten();
         listing.encode_if(encoded);
+        // ListObjects (v1) always names each object's owner.
+        listing.set_owner(&tenant);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
             prefix: url_encoding::encode_if(encoded, input.prefix),
@@ -798,6 +800,9 @@ impl S3 for Gateway {
         let mut listing = self.list(&tenant, &input.bucket, input.prefix.as_deref(), input.delimiter.as_deref(), start_after.as_deref(), input.max_keys).await?;
         let next_token = if listing.is_truncated { listing.last.as_deref().map(encode_token) } else { None };
         listing.encode_if(encoded);
+        if input.fetch_owner == Some(true) {
+            listing.set_owner(&tenant);
+        }
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: url_encoding::encode_if(encoded, input.prefix),
@@ -1091,6 +1096,13 @@ struct Listing {
 }
 
 impl Listing {
+    /// Names the owner of every listed object (the tenant's canonical id).
+    fn set_owner(&mut self, tenant: &str) {
+        for object in &mut self.contents {
+            object.owner = Some(bucket_config::owner(tenant));
+        }
+    }
+
     /// Percent-encodes the listed keys and prefixes when the client asked for `encoding-type=url`.
     fn encode_if(&mut self, wanted: bool) {
         for object in &mut self.contents {

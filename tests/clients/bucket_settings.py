@@ -61,6 +61,13 @@ def main():
     rules = s3.get_bucket_ownership_controls(Bucket=BUCKET)["OwnershipControls"]["Rules"]
     check("objects belong to the bucket owner", rules == [{"ObjectOwnership": "BucketOwnerEnforced"}], f"{rules}")
 
+    listed = s3.list_objects_v2(Bucket=BUCKET)["Contents"][0]
+    check("ListObjectsV2 names no owner unless asked", "Owner" not in listed, f"{listed}")
+    listed = s3.list_objects_v2(Bucket=BUCKET, FetchOwner=True)["Contents"][0]
+    check("ListObjectsV2 with FetchOwner names the owner", listed.get("Owner", {}).get("ID") == owner, f"{listed}")
+    listed = s3.list_objects(Bucket=BUCKET)["Contents"][0]
+    check("ListObjects names the owner", listed.get("Owner", {}).get("ID") == owner, f"{listed}")
+
     for name, call in [("versioning", lambda: s3.get_bucket_versioning(Bucket="no-such-bucket")),
                        ("ACL", lambda: s3.get_bucket_acl(Bucket="no-such-bucket")),
                        ("CORS", lambda: s3.get_bucket_cors(Bucket="no-such-bucket")),

@@ -4,7 +4,9 @@ while, so that a test can act while the gateway holds a write in progress.
 usage: slow_put.py ENDPOINT BUCKET KEY FILE PAUSE_AT PAUSE_SECONDS
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Sends the request head and the
 first PAUSE_AT bytes of FILE, prints "paused", waits PAUSE_SECONDS, sends the rest, then prints
-the answer's status line; exits 0 on a 200.
+the answer's status line; exits 0 on a 200. A gateway that refuses the request before reading
+its body (no request slot: 503 SlowDown) may close the connection while those first bytes are
+still being sent: then it prints "paused" and "refused" and exits 1.
 """
 import socket
 import sys
@@ -20,7 +22,11 @@ def main():
     pause_at = int(pause_at)
     parsed = urllib.parse.urlparse(endpoint)
     with socket.create_connection((parsed.hostname, parsed.port), timeout=120) as connection:
-        connection.sendall(signed_put_head(endpoint, bucket, key, len(body)) + body[:pause_at])
+        try:
+            connection.sendall(signed_put_head(endpoint, bucket, key, len(body)) + body[:pause_at])
+        except (BrokenPipeError, ConnectionResetError):
+            print("paused\nrefused", flush=True)
+            sys.exit(1)
         print("paused", flush=True)
         time.sleep(float(pause_seconds))
         connection.sendall(body[pause_at:])

@@ -36,6 +36,7 @@ def main():
     b.create_bucket(Bucket="shared-name")
     b.put_object(Bucket="shared-name", Key="k", Body=b"B")
     upload = a.create_multipart_upload(Bucket="private", Key="mp")["UploadId"]
+    own_upload = b.create_multipart_upload(Bucket="shared-name", Key="mine")["UploadId"]
 
     attempts = {
         "ListBuckets": (lambda: [x["Name"] for x in b.list_buckets()["Buckets"]], ["shared-name"]),
@@ -56,10 +57,13 @@ def main():
                                                                                            PartNumber=1, Body=b"x")), "NoSuchUpload"),
         "ListParts of A's upload": (lambda: code(lambda: b.list_parts(Bucket="shared-name", Key="mp", UploadId=upload)), "NoSuchUpload"),
         "AbortMultipartUpload of A's upload": (lambda: code(lambda: b.abort_multipart_upload(Bucket="shared-name", Key="mp", UploadId=upload)), "NoSuchUpload"),
-        "ListMultipartUploads": (lambda: b.list_multipart_uploads(Bucket="shared-name").get("Uploads", []), []),
-        "UploadPartCopy from A (not offered by the gateway)": (lambda: code(lambda: b.upload_part_copy(
+        "ListMultipartUploads lists B's own upload only": (lambda: [u["UploadId"] for u in b.list_multipart_uploads(Bucket="shared-name").get("Uploads", [])], [own_upload]),
+        "UploadPartCopy into A's upload": (lambda: code(lambda: b.upload_part_copy(
             Bucket="shared-name", Key="mp", UploadId=upload, PartNumber=1,
-            CopySource={"Bucket": "private", "Key": "secret"})), "NotImplemented"),
+            CopySource={"Bucket": "private", "Key": "secret"})), "NoSuchUpload"),
+        "UploadPartCopy from A's object into B's upload": (lambda: code(lambda: b.upload_part_copy(
+            Bucket="shared-name", Key="mine", UploadId=own_upload, PartNumber=1,
+            CopySource={"Bucket": "private", "Key": "secret"})), "NoSuchBucket"),
     }
     failures = []
     for name, (attempt, expected) in attempts.items():
