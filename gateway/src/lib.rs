@@ -20,6 +20,7 @@ pub mod fsck;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod object_attributes;
 pub mod reader;
 pub mod rebuild;
 pub mod scrub;

@@ -16,6 +16,7 @@ use crate::catalog;
 use crate::errors::{internal, to_s3, BodyError};
 use crate::ingest::{self, BodyFrom, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
 use crate::auth::Keys;
+use crate::object_attributes;
 use crate::reader;
 use crate::shared::MaybePublished;
 use crate::store::{new_id, now_ms, Store};
@@ -665,6 +666,15 @@ impl S3 for Gateway {
             body: Some(StreamingBlob::wrap(body)),
             content_range: content_range,
         })))
+    }
+
+    async fn get_object_attributes(&self, req: S3Request<GetObjectAttributesInput>) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
+        let mut output = object_attributes::answer(&record, &input.object_attributes, input.max_parts, input.part_number_marker);
+        output.last_modified = Some(timestamp(record.last_modified_ms));
+        Ok(S3Response::new(output))
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {

@@ -1,7 +1,8 @@
 """Bucket and object settings tensorgate does not offer (issue 13), answered as AWS S3 answers
 for a private bucket created today: versioning never enabled (enabling it is refused, clearly);
 the owner alone with full control, ACLs disabled (only `private` accepted); every public access
-blocked; BucketOwnerEnforced ownership; no CORS configuration and no bucket policy (404s).
+blocked; BucketOwnerEnforced ownership; no CORS configuration and no bucket policy (404s);
+GetObjectAttributes with the ETag, size, storage class and parts of an object.
 
 usage: bucket_settings.py ENDPOINT
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Each check is named; the
@@ -67,6 +68,24 @@ def main():
     check("ListObjectsV2 with FetchOwner names the owner", listed.get("Owner", {}).get("ID") == owner, f"{listed}")
     listed = s3.list_objects(Bucket=BUCKET)["Contents"][0]
     check("ListObjects names the owner", listed.get("Owner", {}).get("ID") == owner, f"{listed}")
+
+    attributes = s3.get_object_attributes(Bucket=BUCKET, Key="object", ObjectAttributes=["ETag", "ObjectSize", "StorageClass", "ObjectParts"])
+    etag = s3.head_object(Bucket=BUCKET, Key="object")["ETag"].strip('"')
+    check("GetObjectAttributes gives ETag, size and storage class; no parts for an object sent whole",
+          attributes["ETag"].strip('"') == etag and attributes["ObjectSize"] == 1 and attributes["StorageClass"] == "STANDARD"
+          and "ObjectParts" not in attributes, f"{attributes}")
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="parts")["UploadId"]
+    sizes = [5 << 20, 5 << 20, 1000]
+    parts = [{"PartNumber": n, "ETag": s3.upload_part(Bucket=BUCKET, Key="parts", UploadId=upload, PartNumber=n, Body=b"p" * size)["ETag"]}
+             for n, size in enumerate(sizes, start=1)]
+    s3.complete_multipart_upload(Bucket=BUCKET, Key="parts", UploadId=upload, MultipartUpload={"Parts": parts})
+    first = s3.get_object_attributes(Bucket=BUCKET, Key="parts", ObjectAttributes=["ObjectParts", "ObjectSize"], MaxParts=2)
+    rest = s3.get_object_attributes(Bucket=BUCKET, Key="parts", ObjectAttributes=["ObjectParts"], MaxParts=2,
+                                    PartNumberMarker=first["ObjectParts"]["NextPartNumberMarker"])
+    listed = [(p["PartNumber"], p["Size"]) for page in (first, rest) for p in page["ObjectParts"]["Parts"]]
+    check("GetObjectAttributes pages through the parts of an object uploaded by parts",
+          first["ObjectParts"]["TotalPartsCount"] == 3 and first["ObjectParts"]["IsTruncated"] and listed == list(zip([1, 2, 3], sizes))
+          and first["ObjectSize"] == sum(sizes), f"{first} {rest}")
 
     for name, call in [("versioning", lambda: s3.get_bucket_versioning(Bucket="no-such-bucket")),
                        ("ACL", lambda: s3.get_bucket_acl(Bucket="no-such-bucket")),
