@@ -555,7 +555,7 @@ impl S3 for Gateway {
             .into_iter()
             .map(|(name, record)| Bucket { name: Some(name), creation_date: Some(timestamp(record.created_ms)), bucket_region: None })
             .collect();
-        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(bucket_config::owner(&tenant)), ..Default::default() }))
     }
 
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
@@ -606,6 +606,7 @@ impl S3 for Gateway {
             let mut input = input;
             let target = async {
                 check_key(&input.key)?;
+                check_write_acl(&tenant, input.acl.as_ref(), input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some() || input.grant_write_acp.is_some())?;
                 self.ensure_bucket(&tenant, &input.bucket).await
             };
             if let Err(error) = target.await {
@@ -739,6 +740,8 @@ impl S3 for Gateway {
             return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
         };
         check_key(&input.key)?;
+        let grants = input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some() || input.grant_write_acp.is_some();
+        check_write_acl(&tenant, input.acl.as_ref(), grants)?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let source = self.find_object(&tenant, source_bucket, source_key).await?;
         check_conditions(
@@ -847,6 +850,7 @@ impl S3 for Gateway {
                 last_modified: object.last_modified,
                 is_latest: Some(true),
                 version_id: Some("null".to_owned()),
+                owner: Some(bucket_config::owner(&tenant)),
                 ..Default::default()
             })
             .collect();
@@ -869,6 +873,8 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         check_key(&input.key)?;
+        let grants = input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some() || input.grant_write_acp.is_some();
+        check_write_acl(&tenant, input.acl.as_ref(), grants)?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let upload_id = new_id();
         let record = UploadRecord {
@@ -942,6 +948,9 @@ impl S3 for Gateway {
         .map_err(|error| if *error.code() == S3ErrorCode::NotModified { s3_error!(PreconditionFailed) } else { error })?;
         let range = copy_source_range(input.copy_source_range.as_deref(), source.size)?;
         let len = range.end - range.start;
+        if len > MAX_COPY_BYTES {
+            return Err(s3_error!(InvalidRequest, "The specified copy source is larger than the maximum allowable size for a copy source: {MAX_COPY_BYTES}"));
+        }
         let _budget = self.store.admit_body(&tenant, Some(len)).await.map_err(to_s3)?;
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), reader::plan(&source, range)));
         let part = self.store_part(&tenant, Some(body), Some(len), &ClaimedDigests::default(), BodyFrom::Store).await?;
@@ -1231,6 +1240,15 @@ impl Gateway {
         }
         Err(to_s3(error))
     }
+}
+
+/// The most a part copy may copy, as in S3: 5 GiB.
+const MAX_COPY_BYTES: u64 = 5 << 30;
+
+/// Refuses an ACL on an object write other than the owner's full control (ACLs are disabled;
+/// see `bucket_config`).
+fn check_write_acl(tenant: &str, acl: Option<&ObjectCannedACL>, grants: bool) -> S3Result<()> {
+    bucket_config::check_acl(tenant, acl.map(ObjectCannedACL::as_str), None, grants)
 }
 
 /// The bytes `x-amz-copy-source-range: bytes=first-last` names of an object of `size` bytes.

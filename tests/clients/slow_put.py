@@ -6,7 +6,8 @@ Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Sends the reque
 first PAUSE_AT bytes of FILE, prints "paused", waits PAUSE_SECONDS, sends the rest, then prints
 the answer's status line; exits 0 on a 200. A gateway that refuses the request before reading
 its body (no request slot: 503 SlowDown) may close the connection while those first bytes are
-still being sent: then it prints "paused" and "refused" and exits 1.
+still being sent: then it prints "paused" and "refused:" with the status line it got, if any,
+and exits 1.
 """
 import socket
 import sys
@@ -25,7 +26,12 @@ def main():
         try:
             connection.sendall(signed_put_head(endpoint, bucket, key, len(body)) + body[:pause_at])
         except (BrokenPipeError, ConnectionResetError):
-            print("paused\nrefused", flush=True)
+            try:
+                answer = connection.recv(65536)
+            except OSError:
+                answer = b""
+            status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+            print(f"paused\nrefused: {status}", flush=True)
             sys.exit(1)
         print("paused", flush=True)
         time.sleep(float(pause_seconds))
