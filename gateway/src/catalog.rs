@@ -170,12 +170,17 @@ pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
 /// off meanwhile, and those that come after find it gone.
 pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<BucketDeletion> {
     let owned = store.own_bucket(tenant, bucket).await;
-    let deletion = store.index.delete_bucket(tenant, bucket)?;
+    let uploads = list_uploads(store, tenant, bucket).await?;
+    let deletion = store.index.delete_bucket(tenant, bucket, now_ms())?;
     // Commits that come after find the bucket gone in the index: no need to hold them off
     // while the upstream answers.
     drop(owned);
     if deletion == BucketDeletion::Deleted {
         store.upstream.delete(&bucket_key_of(store, tenant, bucket)).await?;
+        // The uploads in progress ended with the bucket; other gateways learn it from their markers.
+        for (upload_id, _) in uploads {
+            forget_upload(store, tenant, &upload_id).await?;
+        }
     }
     Ok(deletion)
 }

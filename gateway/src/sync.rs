@@ -85,7 +85,7 @@ async fn sync_buckets(store: &Store, tags: &mut HashMap<String, String>, report:
         let marker = bucket_key_of(store, &tenant, &bucket);
         if !listed_buckets.contains(&marker) && store.upstream.read_tagged(&marker).await?.is_none() {
             let _owned = store.own_bucket(&tenant, &bucket).await;
-            if store.index.delete_bucket(&tenant, &bucket)? == BucketDeletion::Deleted {
+            if store.index.delete_bucket(&tenant, &bucket, now_ms())? == BucketDeletion::Deleted {
                 report.buckets_removed += 1;
             }
         }

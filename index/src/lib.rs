@@ -342,30 +342,27 @@ impl Index {
     /// Deletes a bucket if it holds no objects and no uploads in progress. The caller holds
     /// off writes into the bucket meanwhile (the gateway's bucket lock); a commit that comes
     /// after finds the bucket gone (see [`Index::commit_object`]).
-    pub fn delete_bucket(&self, tenant: &str, bucket: &str) -> Result<BucketDeletion> {
+    /// Deletes a bucket that holds no object. As in S3, multipart uploads in progress do not
+    /// keep it: they end with it (their parts go to the trash).
+    pub fn delete_bucket(&self, tenant: &str, bucket: &str, now_ms: i64) -> Result<BucketDeletion> {
         let bucket_key = keys::bucket(tenant, bucket);
         if !self.buckets.contains_key(&bucket_key)? {
             return Ok(BucketDeletion::Missing);
         }
-        if self.objects.scan_prefix(keys::object_prefix(tenant, bucket)).next().is_some() || self.has_uploads(tenant, bucket)? {
+        if self.objects.scan_prefix(keys::object_prefix(tenant, bucket)).next().is_some() {
             return Ok(BucketDeletion::NotEmpty);
+        }
+        for (upload_id, _) in self.list_uploads(tenant, bucket)? {
+            match self.abort_upload(&upload_id, now_ms) {
+                Ok(()) | Err(IndexError::NoSuchUpload) => {}
+                Err(error) => return Err(error),
+            }
         }
         if self.buckets.remove(&bucket_key)?.is_none() {
             return Ok(BucketDeletion::Missing);
         }
         self.flush()?;
         Ok(BucketDeletion::Deleted)
-    }
-
-    fn has_uploads(&self, tenant: &str, bucket: &str) -> Result<bool> {
-        for entry in self.uploads.iter() {
-            let (_, value) = entry?;
-            let upload: UploadRecord = decode(&value)?;
-            if upload.tenant == tenant && upload.bucket == bucket {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     // ---- objects
@@ -1279,7 +1276,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
         index.create_bucket("t", "b", 0).unwrap();
-        assert_eq!(index.delete_bucket("t", "b").unwrap(), BucketDeletion::Deleted);
+        assert_eq!(index.delete_bucket("t", "b", 0).unwrap(), BucketDeletion::Deleted);
         let key = ObjectKey::new("t", "b", "k");
         let result = index.commit_object(&key, &record(vec![Segment::Inline(vec![1])]), &[], None, Expect::Any, 0);
         assert!(matches!(result, Err(IndexError::NoSuchBucket)));

@@ -70,7 +70,11 @@ def main():
 
     s3.delete_object(**same)
     s3.delete_object(Bucket=BUCKET, Key="mp")
+    pending = s3.create_multipart_upload(Bucket=BUCKET, Key="never-completed")["UploadId"]
+    s3.upload_part(Bucket=BUCKET, Key="never-completed", UploadId=pending, PartNumber=1, Body=b"part")
     s3.delete_bucket(Bucket=BUCKET)
+    check("a bucket with only an upload in progress is deleted, the upload with it",
+          error_code(lambda: s3.list_parts(Bucket=BUCKET, Key="never-completed", UploadId=pending)) == "NoSuchBucket")
     print("all checks passed")
 
 
