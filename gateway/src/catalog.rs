@@ -17,7 +17,8 @@ use crate::store::{now_ms, Store};
 use crate::upstream::{self, Condition};
 
 /// Makes `record` the object at `key`: publishes its manifest, then commits it to the index.
-/// With `Expect::Version`, nothing happens unless the object is still at that version.
+/// Nothing happens unless the object there meets `expect` (the packer's version, a client's
+/// condition).
 pub async fn commit(
     store: &Store,
     key: &ObjectKey,
@@ -31,10 +32,6 @@ pub async fn commit(
     if store.index.bucket(&key.tenant, &key.bucket)?.is_none() {
         return Err(IndexError::NoSuchBucket.into());
     }
-    let current = store.index.object(key)?;
-    if !store.config.shared_upstream && !expect.holds(current.as_ref()) {
-        return Err(expect.unmet(current.as_ref()).into());
-    }
     if store.config.shared_upstream {
         // Each manifest protects the copies it names (the collector spares them), so the one
         // published stays as it is whichever copy the index keeps.
@@ -45,6 +42,7 @@ pub async fn commit(
         let index_step = || store.index.commit_object(key, record, new_chunks, new_pack, index_expect, now_ms());
         return shared::publish_then(store, key, &manifest, expect, index_step).await;
     }
+    check_in_index(store, key, expect)?;
     store.index.mark_pending(key)?;
     let outcome = match publish(store, key, record, new_chunks).await {
         Ok(published) => store.index.commit_object(key, record, new_chunks, new_pack, expect, now_ms()).map(|()| published).map_err(Into::into),
@@ -69,16 +67,23 @@ pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, re
         let index_step = || store.index.complete_upload(upload_id, key, record, now_ms());
         return shared::publish_then(store, key, &manifest, expect, index_step).await;
     }
-    let current = store.index.object(key)?;
-    if !expect.holds(current.as_ref()) {
-        return Err(expect.unmet(current.as_ref()).into());
-    }
+    check_in_index(store, key, expect)?;
     store.index.mark_pending(key)?;
     let outcome = match publish(store, key, record, &[]).await {
         Ok(_) => store.index.complete_upload(upload_id, key, record, now_ms()).map_err(Into::into),
         Err(error) => Err(error),
     };
     settle(store, key, outcome).await
+}
+
+/// Fails unless the object the index holds at `key` meets `expect`: without a shared upstream
+/// the index is the truth, and the key's lock (held by the caller) keeps it so until the commit.
+fn check_in_index(store: &Store, key: &ObjectKey, expect: Expect<'_>) -> anyhow::Result<()> {
+    let current = store.index.object(key)?;
+    match expect.holds(current.as_ref()) {
+        true => Ok(()),
+        false => Err(expect.unmet(current.as_ref()).into()),
+    }
 }
 
 /// After a commit: the index may have resolved a chunk to another copy than the published

@@ -143,6 +143,28 @@ impl Gateway {
     }
 }
 
+/// The `x-amz-copy-source-if-*` conditions of a copy (CopyObject, UploadPartCopy) on its
+/// source: a source that fails them is 412, even where a GET would answer 304.
+macro_rules! check_copy_source {
+    ($source:expr, $input:expr) => {
+        check_conditions(
+            &$source,
+            $input.copy_source_if_match.as_ref(),
+            $input.copy_source_if_none_match.as_ref(),
+            $input.copy_source_if_modified_since.as_ref(),
+            $input.copy_source_if_unmodified_since.as_ref(),
+        )
+        .map_err(|error| if *error.code() == S3ErrorCode::NotModified { s3_error!(PreconditionFailed) } else { error })?
+    };
+}
+
+/// Whether a request grants access through `x-amz-grant-*` headers (refused: ACLs are disabled).
+macro_rules! grants_in {
+    ($input:expr) => {
+        $input.grant_full_control.is_some() || $input.grant_read.is_some() || $input.grant_read_acp.is_some() || $input.grant_write_acp.is_some()
+    };
+}
+
 /// The attributes a request sets (PutObject, CopyObject with REPLACE, CreateMultipartUpload).
 macro_rules! attributes_of {
     ($input:expr) => {
@@ -498,8 +520,7 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         self.ensure_bucket(&tenant, &input.bucket).await?;
-        let grants = input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some();
-        let grants = grants || input.grant_write.is_some() || input.grant_write_acp.is_some();
+        let grants = grants_in!(input) || input.grant_write.is_some();
         bucket_config::check_acl(&tenant, input.acl.as_ref().map(BucketCannedACL::as_str), input.access_control_policy.as_ref(), grants)?;
         Ok(S3Response::new(PutBucketAclOutput::default()))
     }
@@ -514,8 +535,7 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         self.find_object(&tenant, &input.bucket, &input.key).await?;
-        let grants = input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some();
-        let grants = grants || input.grant_write_acp.is_some();
+        let grants = grants_in!(input);
         bucket_config::check_acl(&tenant, input.acl.as_ref().map(ObjectCannedACL::as_str), input.access_control_policy.as_ref(), grants)?;
         Ok(S3Response::new(PutObjectAclOutput::default()))
     }
@@ -606,7 +626,7 @@ impl S3 for Gateway {
             let mut input = input;
             let target = async {
                 check_key(&input.key)?;
-                check_write_acl(&tenant, input.acl.as_ref(), input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some() || input.grant_write_acp.is_some())?;
+                check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
                 self.ensure_bucket(&tenant, &input.bucket).await
             };
             if let Err(error) = target.await {
@@ -740,18 +760,10 @@ impl S3 for Gateway {
             return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
         };
         check_key(&input.key)?;
-        let grants = input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some() || input.grant_write_acp.is_some();
-        check_write_acl(&tenant, input.acl.as_ref(), grants)?;
+        check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let source = self.find_object(&tenant, source_bucket, source_key).await?;
-        check_conditions(
-            &source,
-            input.copy_source_if_match.as_ref(),
-            input.copy_source_if_none_match.as_ref(),
-            input.copy_source_if_modified_since.as_ref(),
-            input.copy_source_if_unmodified_since.as_ref(),
-        )
-        .map_err(|error| if *error.code() == S3ErrorCode::NotModified { s3_error!(PreconditionFailed) } else { error })?;
+        check_copy_source!(source, input);
         let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         if !replace && source_bucket.as_ref() == input.bucket.as_str() && source_key.as_ref() == input.key.as_str() {
             return Err(s3_error!(
@@ -873,8 +885,7 @@ impl S3 for Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         check_key(&input.key)?;
-        let grants = input.grant_full_control.is_some() || input.grant_read.is_some() || input.grant_read_acp.is_some() || input.grant_write_acp.is_some();
-        check_write_acl(&tenant, input.acl.as_ref(), grants)?;
+        check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let upload_id = new_id();
         let record = UploadRecord {
@@ -938,14 +949,7 @@ impl S3 for Gateway {
             return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
         }
         let source = self.find_object(&tenant, source_bucket, source_key).await?;
-        check_conditions(
-            &source,
-            input.copy_source_if_match.as_ref(),
-            input.copy_source_if_none_match.as_ref(),
-            input.copy_source_if_modified_since.as_ref(),
-            input.copy_source_if_unmodified_since.as_ref(),
-        )
-        .map_err(|error| if *error.code() == S3ErrorCode::NotModified { s3_error!(PreconditionFailed) } else { error })?;
+        check_copy_source!(source, input);
         let range = copy_source_range(input.copy_source_range.as_deref(), source.size)?;
         let len = range.end - range.start;
         if len > MAX_COPY_BYTES {

@@ -13,15 +13,9 @@ import sys
 
 import boto3
 
-from s3_semantics import error_code
+from s3_semantics import check, error_code
 
 BUCKET = "settings"
-
-
-def check(name, condition, detail=""):
-    if not condition:
-        raise AssertionError(f"{name}: {detail}")
-    print(f"ok: {name}")
 
 
 def main():

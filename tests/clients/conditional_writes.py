@@ -15,16 +15,10 @@ import sys
 import boto3
 import botocore
 
-from s3_semantics import error_code
+from s3_semantics import check, error_code
 
 BUCKET = "conditional"
 PART = 5 << 20
-
-
-def check(name, condition, detail=""):
-    if not condition:
-        raise AssertionError(f"{name}: {detail}")
-    print(f"ok: {name}")
 
 
 def outcome(call):

@@ -15,16 +15,10 @@ import sys
 import tempfile
 import boto3
 
-from s3_semantics import error_code
+from s3_semantics import check, error_code
 
 BUCKET = "encoded"
 NAMES = ["a+b", "x%41y", "sp ace", "ünï-çødé", "ctl\x01z", "plus+and space", "dir/inner+file"]
-
-
-def check(name, condition, detail=""):
-    if not condition:
-        raise AssertionError(f"{name}: {detail}")
-    print(f"ok: {name}")
 
 
 def aws(endpoint, *args):

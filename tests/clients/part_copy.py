@@ -16,16 +16,10 @@ import sys
 import boto3
 from boto3.s3.transfer import TransferConfig
 
-from s3_semantics import error_code
+from s3_semantics import check, error_code
 
 BUCKET = "copies"
 PART = 5 << 20
-
-
-def check(name, condition, detail=""):
-    if not condition:
-        raise AssertionError(f"{name}: {detail}")
-    print(f"ok: {name}")
 
 
 def main():

@@ -11,15 +11,9 @@ import urllib.request
 
 import boto3
 
-from s3_semantics import error_code
+from s3_semantics import check, error_code
 
 BUCKET = "details"
-
-
-def check(name, condition, detail=""):
-    if not condition:
-        raise AssertionError(f"{name}: {detail}")
-    print(f"ok: {name}")
 
 
 def main():

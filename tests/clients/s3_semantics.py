@@ -15,6 +15,13 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 
+def check(name, condition, detail=""):
+    """A named check of the scripts that print each one: raises with its name if it fails."""
+    if not condition:
+        raise AssertionError(f"{name}: {detail}")
+    print(f"ok: {name}")
+
+
 def error_code(call):
     try:
         call()
