@@ -1,6 +1,8 @@
 //! Byte keys of the sled trees. Names are joined with a NUL byte, which S3 names never hold
 //! (the gateway refuses such keys), so that sled's byte order is S3's listing order.
 
+use crate::{ChunkHash, IndexError, Result};
+
 /// The full name of an object: tenant, bucket and key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
@@ -51,12 +53,9 @@ pub(crate) fn part(upload_id: &str, number: u32) -> Vec<u8> {
     bytes
 }
 
-pub(crate) fn part_number(key: &[u8]) -> u32 {
-    let mut word = [0u8; 4];
-    if key.len() >= 4 {
-        word.copy_from_slice(&key[key.len() - 4..]);
-    }
-    u32::from_be_bytes(word)
+pub(crate) fn part_number(key: &[u8]) -> Result<u32> {
+    let word = key.len().checked_sub(4).and_then(|start| key[start..].try_into().ok()).ok_or_else(|| malformed(key))?;
+    Ok(u32::from_be_bytes(word))
 }
 
 pub(crate) fn tensor(tenant: &str, name: &str, signature: &str) -> Vec<u8> {
@@ -75,11 +74,32 @@ pub(crate) fn candidates_prefix(scope: &str, signature: &str) -> Vec<u8> {
 }
 
 /// The full name an `objects` tree key encodes.
-pub(crate) fn object_key(bytes: &[u8]) -> ObjectKey {
+pub(crate) fn object_key(bytes: &[u8]) -> Result<ObjectKey> {
     let text = String::from_utf8_lossy(bytes);
     let mut parts = text.splitn(3, '\0');
-    let (tenant, bucket, key) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    ObjectKey::new(tenant, bucket, key)
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(tenant), Some(bucket), Some(key)) => Ok(ObjectKey::new(tenant, bucket, key)),
+        _ => Err(malformed(bytes)),
+    }
+}
+
+/// The tenant and bucket a `buckets` tree key (or the start of an `objects` key) names.
+pub(crate) fn tenant_and_bucket(bytes: &[u8]) -> Result<(String, String)> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut parts = text.splitn(3, '\0');
+    match (parts.next(), parts.next()) {
+        (Some(tenant), Some(bucket)) => Ok((tenant.to_owned(), bucket.to_owned())),
+        _ => Err(malformed(bytes)),
+    }
+}
+
+/// The chunk id a `chunks` tree key is.
+pub(crate) fn chunk_hash(bytes: &[u8]) -> Result<ChunkHash> {
+    bytes.try_into().map_err(|_| malformed(bytes))
+}
+
+fn malformed(bytes: &[u8]) -> IndexError {
+    IndexError::MalformedKey(display(bytes))
 }
 
 /// An object key as `tenant/bucket/key`, for messages.

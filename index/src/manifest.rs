@@ -116,15 +116,15 @@ pub trait Envelope: Serialize + serde::de::DeserializeOwned {
     const KIND: u8;
 
     /// The envelope bytes.
-    fn seal(&self) -> Vec<u8> {
-        let body = postcard::to_stdvec(self).unwrap_or_default();
+    fn seal(&self) -> Result<Vec<u8>> {
+        let body = crate::encoding::encode(self)?;
         let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
         bytes.extend_from_slice(&MAGIC);
         bytes.extend_from_slice(&[VERSION, Self::KIND, 0, 0]);
         bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
         bytes.extend_from_slice(blake3::hash(&body).as_bytes());
         bytes.extend_from_slice(&body);
-        bytes
+        Ok(bytes)
     }
 
     /// Decodes envelope bytes, checking magic, version, kind, length and checksum.
@@ -142,7 +142,9 @@ pub trait Envelope: Serialize + serde::de::DeserializeOwned {
         if header[5] != Self::KIND {
             return Err(IndexError::Envelope("another kind of record"));
         }
-        let body_len = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+        let mut body_len = [0u8; 8];
+        body_len.copy_from_slice(&header[8..16]);
+        let body_len = u64::from_le_bytes(body_len);
         if body_len > MAX_BODY_LEN || bytes.len() as u64 - HEADER_LEN as u64 != body_len {
             return Err(IndexError::Envelope("length does not match"));
         }
@@ -311,12 +313,12 @@ mod tests {
         #[test]
         fn sealed_manifests_open_to_themselves(key in ".{0,64}", inline in proptest::collection::vec(any::<u8>(), 0..256), offset in any::<u64>()) {
             let original = manifest(key, inline, offset);
-            prop_assert_eq!(Manifest::open(&original.seal()).unwrap(), original);
+            prop_assert_eq!(Manifest::open(&original.seal().unwrap()).unwrap(), original);
         }
 
         #[test]
         fn any_changed_byte_or_cut_is_refused(position in any::<prop::sample::Index>(), flip in 1u8..=255, cut in any::<prop::sample::Index>()) {
-            let sealed = manifest("k".into(), vec![1, 2, 3], 4).seal();
+            let sealed = manifest("k".into(), vec![1, 2, 3], 4).seal().unwrap();
             let mut altered = sealed.clone();
             altered[position.index(sealed.len())] ^= flip;
             prop_assert!(Manifest::open(&altered).is_err());
@@ -335,7 +337,7 @@ mod tests {
     #[test]
     fn a_record_of_another_kind_is_refused() {
         let marker = BucketMarker { tenant: "t".into(), bucket: "b".into(), created_ms: 1 };
-        assert!(matches!(Manifest::open(&marker.seal()), Err(IndexError::Envelope(_))));
-        assert_eq!(BucketMarker::open(&marker.seal()).unwrap(), marker);
+        assert!(matches!(Manifest::open(&marker.seal().unwrap()), Err(IndexError::Envelope(_))));
+        assert_eq!(BucketMarker::open(&marker.seal().unwrap()).unwrap(), marker);
     }
 }

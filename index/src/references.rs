@@ -1,0 +1,260 @@
+//! Reference counts and the trash: chunks are counted by the objects and deltas that use them;
+//! a chunk with none is dead, swept after a grace period, and a pack with no live bytes or a
+//! blob nothing uses goes to the trash, whose upstream keys the gateway deletes later.
+
+use std::collections::{HashMap, HashSet};
+
+use sled::transaction::TransactionalTree;
+use sled::Transactional;
+
+use crate::encoding::{abort, encode, flatten, tx_decode, tx_encode, TxResult};
+use crate::{decode, hex, ChunkHash, ChunkRecord, Index, IndexError, ObjectRecord, PackRecord, PartRecord, Result, Segment};
+
+impl Index {
+    /// Sends every recorded pack that no chunk uses to the trash (after `index rebuild`, the
+    /// packs no adopted manifest needed). Returns how many.
+    pub fn trash_unused_packs(&self, now_ms: i64) -> Result<usize> {
+        let mut trashed = 0;
+        for entry in self.packs.iter() {
+            let (key, value) = entry?;
+            if decode::<PackRecord>(&value)?.live_bytes == 0 {
+                self.packs.remove(&key)?;
+                self.trash.insert(&key, &now_ms.to_be_bytes())?;
+                trashed += 1;
+            }
+        }
+        self.flush()?;
+        Ok(trashed)
+    }
+
+    /// Whether chunks the index holds (live, or dead and not swept yet) are stored in pack `key`.
+    pub fn pack_in_use(&self, key: &str) -> Result<bool> {
+        match self.packs.get(key.as_bytes())? {
+            Some(value) => Ok(decode::<PackRecord>(&value)?.live_bytes > 0),
+            None => Ok(false),
+        }
+    }
+
+    /// Records a pack the index did not know of, at least `total_bytes` long; a known pack
+    /// grows to `total_bytes` if it was recorded shorter.
+    pub fn ensure_pack(&self, key: &str, total_bytes: u64) -> Result<()> {
+        loop {
+            let old = self.packs.get(key.as_bytes())?;
+            let mut pack = match &old {
+                Some(value) if decode::<PackRecord>(value)?.total_bytes >= total_bytes => return Ok(()),
+                Some(value) => decode::<PackRecord>(value)?,
+                None => PackRecord { total_bytes: 0, live_bytes: 0 },
+            };
+            pack.total_bytes = total_bytes;
+            if self.packs.compare_and_swap(key.as_bytes(), old, Some(encode(&pack)?))?.is_ok() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Upstream keys freed before `cutoff_ms`, which nothing references any more.
+    pub fn trash_before(&self, cutoff_ms: i64) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        for entry in self.trash.iter() {
+            let (key, value) = entry?;
+            if read_ms(&value) <= cutoff_ms {
+                keys.push(String::from_utf8_lossy(&key).into_owned());
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Sends an upstream key nothing references to the trash, unless it is there already.
+    pub fn trash_key(&self, key: &str, now_ms: i64) -> Result<()> {
+        self.trash.compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(&now_ms.to_be_bytes()[..]))?.ok();
+        Ok(())
+    }
+
+    pub fn in_trash(&self, key: &str) -> Result<bool> {
+        Ok(self.trash.contains_key(key.as_bytes())?)
+    }
+
+    /// Every upstream key the index uses: live packs, the blobs of objects, and the part blobs
+    /// of uploads in progress.
+    pub fn referenced_upstream_keys(&self) -> Result<HashSet<String>> {
+        let mut keys = HashSet::new();
+        for entry in self.packs.iter() {
+            keys.insert(String::from_utf8_lossy(&entry?.0).into_owned());
+        }
+        for entry in self.objects.iter() {
+            let record: ObjectRecord = decode(&entry?.1)?;
+            keys.extend(record.segments.into_iter().filter_map(|segment| match segment {
+                Segment::Blob { key, .. } => Some(key),
+                _ => None,
+            }));
+        }
+        for entry in self.parts.iter() {
+            keys.insert(decode::<PartRecord>(&entry?.1)?.blob);
+        }
+        Ok(keys)
+    }
+
+    /// Forgets a trash entry once its upstream key is deleted.
+    pub fn forget_trash(&self, key: &str) -> Result<()> {
+        self.trash.remove(key)?;
+        Ok(())
+    }
+
+    /// Chunks without references, dead since `cutoff_ms` or before: what a sweep may collect.
+    pub fn dead_chunks(&self, cutoff_ms: i64) -> Result<Vec<ChunkHash>> {
+        let mut dead = Vec::new();
+        for entry in self.all_chunks() {
+            let (hash, record) = entry?;
+            if record.refs == 0 && record.dead_since_ms.is_some_and(|t| t <= cutoff_ms) {
+                dead.push(hash);
+            }
+        }
+        Ok(dead)
+    }
+
+    /// Collects one dead chunk, if it still has no reference: removes it, takes its bytes off
+    /// its pack's live count (trashing the pack when none are left) and releases its base, in
+    /// one transaction. False if the chunk was gone or referenced again.
+    pub fn sweep_chunk(&self, hash: &ChunkHash, now_ms: i64) -> Result<bool> {
+        let result = (&self.chunks, &self.packs, &self.trash).transaction(|(chunks, packs, trash)| {
+            let Some(value) = chunks.get(hash)? else { return Ok(false) };
+            let record: ChunkRecord = tx_decode(&value)?;
+            if record.refs != 0 {
+                return Ok(false);
+            }
+            chunks.remove(&hash[..])?;
+            if let Some(pack_value) = packs.get(record.pack.as_bytes())? {
+                let mut pack: PackRecord = tx_decode(&pack_value)?;
+                pack.live_bytes = pack.live_bytes.saturating_sub(u64::from(record.frame_len));
+                if pack.live_bytes == 0 {
+                    packs.remove(record.pack.as_bytes())?;
+                    trash.insert(record.pack.as_bytes(), &now_ms.to_be_bytes())?;
+                } else {
+                    packs.insert(record.pack.as_bytes(), tx_encode(&pack)?)?;
+                }
+            }
+            if let Some(base) = record.base {
+                release_chunk(chunks, &base, now_ms)?;
+            }
+            Ok(true)
+        });
+        flatten(result)
+    }
+}
+
+fn read_ms(bytes: &[u8]) -> i64 {
+    let mut word = [0u8; 8];
+    let len = bytes.len().min(8);
+    word[..len].copy_from_slice(&bytes[..len]);
+    i64::from_be_bytes(word)
+}
+
+/// Takes one reference on a chunk, inserting it from `new_chunks` (and referencing its base)
+/// if the index does not hold it yet.
+pub(crate) fn acquire_chunk(
+    chunks: &TransactionalTree,
+    packs: &TransactionalTree,
+    new_chunks: &HashMap<ChunkHash, &ChunkRecord>,
+    hash: &ChunkHash,
+) -> TxResult<()> {
+    if let Some(value) = chunks.get(hash)? {
+        let mut record: ChunkRecord = tx_decode(&value)?;
+        record.refs += 1;
+        record.dead_since_ms = None;
+        chunks.insert(hash, tx_encode(&record)?)?;
+        return Ok(());
+    }
+    let Some(new) = new_chunks.get(hash) else {
+        return abort(IndexError::MissingChunk(hex(hash)));
+    };
+    let mut record = (*new).clone();
+    record.refs = 1;
+    record.dead_since_ms = None;
+    chunks.insert(hash, tx_encode(&record)?)?;
+    let pack_value = packs.get(record.pack.as_bytes())?;
+    let Some(pack_value) = pack_value else {
+        return abort(IndexError::MissingChunk(hex(hash)));
+    };
+    let mut pack: PackRecord = tx_decode(&pack_value)?;
+    pack.live_bytes += u64::from(record.frame_len);
+    packs.insert(record.pack.as_bytes(), tx_encode(&pack)?)?;
+    if let Some(base) = record.base {
+        acquire_chunk(chunks, packs, new_chunks, &base)?;
+    }
+    Ok(())
+}
+
+/// Drops one reference on a chunk, marking it dead when none is left.
+fn release_chunk(chunks: &TransactionalTree, hash: &ChunkHash, now_ms: i64) -> TxResult<()> {
+    let Some(value) = chunks.get(hash)? else { return Ok(()) };
+    let mut record: ChunkRecord = tx_decode(&value)?;
+    record.refs = record.refs.saturating_sub(1);
+    if record.refs == 0 {
+        record.dead_since_ms = Some(now_ms);
+    }
+    chunks.insert(hash, tx_encode(&record)?)?;
+    Ok(())
+}
+
+/// Releases what `old` holds: chunk references, and blobs that `new` does not reuse.
+pub(crate) fn release_segments(
+    chunks: &TransactionalTree,
+    trash: &TransactionalTree,
+    old: &[Segment],
+    new: &[Segment],
+    now_ms: i64,
+) -> TxResult<()> {
+    for segment in old {
+        match segment {
+            Segment::Chunk { hash, .. } => release_chunk(chunks, hash, now_ms)?,
+            Segment::Blob { key, .. } => {
+                let reused = new.iter().any(|s| matches!(s, Segment::Blob { key: k, .. } if k == key));
+                if !reused {
+                    trash.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
+                }
+            }
+            Segment::Inline(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_records::{chunk, record};
+    use crate::{Expect, NewChunk, NewPack, ObjectKey};
+
+    #[test]
+    fn references_follow_commits_and_deletes_and_sweeps_free_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index.create_bucket("t", "b", 0).unwrap();
+        let key = ObjectKey::new("t", "b", "k");
+        let shared = [1u8; 32];
+        let only_first = [2u8; 32];
+        let new_chunks = vec![NewChunk { hash: shared, record: chunk("packs/1", 10) }, NewChunk { hash: only_first, record: chunk("packs/1", 5) }];
+        let pack = NewPack { key: "packs/1".into(), total_bytes: 15 };
+        let first = record(vec![Segment::Chunk { hash: shared, len: 10 }, Segment::Chunk { hash: only_first, len: 5 }]);
+        index.commit_object(&key, &first, &new_chunks, Some(&pack), Expect::Any, 0).unwrap();
+        let second = record(vec![Segment::Chunk { hash: shared, len: 10 }, Segment::Blob { key: "blobs/x".into(), offset: 0, len: 3 }]);
+        index.commit_object(&key, &second, &[], None, Expect::Any, 0).unwrap();
+        assert_eq!(index.chunk(&shared).unwrap().unwrap().refs, 1);
+        assert_eq!(index.chunk(&only_first).unwrap().unwrap().refs, 0);
+        assert!(index.check().unwrap().problems.is_empty());
+        assert!(matches!(
+            index.commit_object(&key, &first, &[], None, Expect::Version("stale"), 0),
+            Err(IndexError::VersionChanged)
+        ));
+        assert!(index.delete_object(&key, 5).unwrap());
+        let dead = index.dead_chunks(10).unwrap();
+        assert_eq!(dead.len(), 2);
+        for hash in &dead {
+            assert!(index.sweep_chunk(hash, 10).unwrap());
+        }
+        assert_eq!(index.pack_bytes().unwrap(), 0);
+        let trash = index.trash_before(10).unwrap();
+        assert!(trash.contains(&"packs/1".to_owned()) && trash.contains(&"blobs/x".to_owned()), "{trash:?}");
+        assert!(index.check().unwrap().problems.is_empty());
+    }
+}
