@@ -29,7 +29,7 @@ fn stalled_clients_do_not_stall_others() {
         config.body_idle_timeout_secs = 3;
         // Tenant A's share holds its stalled bodies (the 2 GiB one is charged what a write can
         // buffer, the others 1 MiB each) and no more; the gateway's holds both tenants' shares.
-        let share = tensorgate::ingest::body_buffer_bytes() + (24 << 20);
+        let share = tensorgate::engine::ingest::body_buffer_bytes() + (24 << 20);
         config.max_in_flight_bytes_per_tenant = Some(share);
         config.max_in_flight_bytes = 2 * share;
     });

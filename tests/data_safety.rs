@@ -111,15 +111,15 @@ fn fsck_finds_and_repairs_a_manifest_naming_a_missing_pack() {
     for location in &mut manifest.chunks {
         location.pack = "packs/deleted-by-gc".to_owned();
     }
-    std::fs::write(&path, manifest.seal()).unwrap();
+    std::fs::write(&path, manifest.seal().unwrap()).unwrap();
     assert!(manifests.is_dir());
 
     let report = gateway.fsck();
     let named = report.problems.iter().filter(|p| p.contains("race/second") && p.contains("packs/deleted-by-gc")).count();
     assert!(named > 0, "fsck did not name the manifest and the missing pack: {:?}", report.problems);
     let store = gateway.gateway.as_ref().unwrap().store.clone();
-    let options = tensorgate::fsck::FsckOptions { verify_frames: false, repair: true };
-    let repaired = gateway.runtime.block_on(tensorgate::fsck::fsck(&store, options, &|_, _| {})).unwrap();
+    let options = tensorgate::maintenance::fsck::FsckOptions { verify_frames: false, repair: true };
+    let repaired = gateway.runtime.block_on(tensorgate::maintenance::fsck::fsck(&store, options, &|_, _| {})).unwrap();
     drop(store);
     assert!(repaired.repaired.iter().any(|r| r.contains("race/second")), "{:?}", repaired.repaired);
     let report = gateway.fsck();
@@ -127,7 +127,7 @@ fn fsck_finds_and_repairs_a_manifest_naming_a_missing_pack() {
 
     // Broken again, then the index is lost: the rebuild finds the chunks in the pack that
     // holds them (through the other manifest), and recovery writes the manifest right.
-    std::fs::write(&path, manifest.seal()).unwrap();
+    std::fs::write(&path, manifest.seal().unwrap()).unwrap();
     rebuild(&mut gateway);
     read_back(&gateway, work.path(), &expected);
     let report = gateway.fsck();

@@ -914,7 +914,7 @@ fn uploads_wait_for_the_in_flight_byte_budget() {
 /// where it stopped instead of starting over.
 #[test]
 fn scrub_is_rate_limited_and_resumes() {
-    use tensorgate::scrub::{scrub, ScrubOptions};
+    use tensorgate::maintenance::scrub::{scrub, ScrubOptions};
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
     gateway.aws(&["s3", "mb", "s3://scrubbed"]);
     for (key, file) in [("base", "base/minilm-l6.bf16.safetensors"), ("tuned", "ft/ft-b-mlm.bf16.safetensors")] {
@@ -997,8 +997,8 @@ fn fsck_repair_restores_manifests_and_trashes_orphans() {
 
     let store = gateway.gateway.as_ref().unwrap().store.clone();
     let check = |repair| {
-        let options = tensorgate::fsck::FsckOptions { verify_frames: true, repair };
-        gateway.runtime.block_on(tensorgate::fsck::fsck(&store, options, &|_, _| {})).unwrap()
+        let options = tensorgate::maintenance::fsck::FsckOptions { verify_frames: true, repair };
+        gateway.runtime.block_on(tensorgate::maintenance::fsck::fsck(&store, options, &|_, _| {})).unwrap()
     };
     let found = check(false);
     assert_eq!(found.problems.len(), 2, "{:?}", found.problems);

@@ -174,7 +174,7 @@ fn sync_after_the_first_reads_only_the_change_journal() {
     let a = shared_upstream_gateway(&moto, state_a.path(), true);
     let b = shared_upstream_gateway(&moto, state_b.path(), true);
     a.aws(&["s3", "mb", "s3://journaled"]);
-    let mut state = tensorgate::sync::SyncState::default();
+    let mut state = tensorgate::maintenance::sync::SyncState::default();
     let first = sync_from(&b, &mut state);
     assert!(first.listed_everything && first.objects_adopted == 0, "{first:?}");
     let quiet = sync_from(&b, &mut state);

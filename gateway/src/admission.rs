@@ -76,7 +76,7 @@ impl Admission {
     }
 
     /// Takes a body's share of the byte budget, waiting while other bodies hold it: `bytes`
-    /// (what the body can buffer, see [`crate::ingest::body_buffer_bytes`], or its announced
+    /// (what the body can buffer, see [`crate::engine::ingest::body_buffer_bytes`], or its announced
     /// length when smaller), first from its tenant's share, then from the gateway's. Taken
     /// whole before any byte is read, so that bodies never wait on each other halfway (no
     /// deadlock). The second value tells whether it had to wait.

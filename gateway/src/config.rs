@@ -281,9 +281,9 @@ impl Config {
         }
         anyhow::ensure!(self.header_read_timeout_secs > 0, "header_read_timeout_secs must be at least 1");
         anyhow::ensure!(
-            self.journal_retention_secs as i64 * 1000 > 2 * crate::journal::OVERLAP_MS,
+            self.journal_retention_secs as i64 * 1000 > 2 * crate::engine::journal::OVERLAP_MS,
             "journal_retention_secs must be more than {} (twice the overlap a sync reads again)",
-            2 * crate::journal::OVERLAP_MS / 1000
+            2 * crate::engine::journal::OVERLAP_MS / 1000
         );
         anyhow::ensure!(self.body_idle_timeout_secs > 0, "body_idle_timeout_secs must be at least 1");
         anyhow::ensure!(

@@ -1,33 +1,17 @@
 //! tensorgate: an S3-compatible gateway that stores AI models deduplicated and delta-compressed.
 //!
-//! Read top-down: [`config`] -> [`server`] (listener and s3s wiring; [`admission`] limits
-//! what a request may hold) -> [`service`] (the S3 operations; [`errors`] maps failures to S3
-//! errors) -> [`catalog`] (manifests upstream, then the index) -> [`ingest`] (PUT path) /
-//! [`reader`] (GET path) -> [`upstream`]. Maintenance: [`background`], [`compact`], [`fsck`],
-//! [`scrub`], [`rebuild`].
+//! Read top-down: [`config`] -> [`server`] (listener and s3s wiring; [`admission`] limits what a
+//! request may hold) -> [`s3`] (the S3 operations; `s3::errors` maps failures to S3 errors) ->
+//! [`engine`] (ingest on PUT, reader on GET, the catalog of manifests upstream and the index) ->
+//! [`upstream`]. [`maintenance`] holds background work and repairs; `main.rs` and [`cli`] the
+//! commands. No module imports one above it in this list.
 
 pub mod admission;
-pub mod auth;
-pub mod background;
-pub mod bucket_config;
-pub mod catalog;
-pub mod compact;
-pub mod condemned;
 pub mod config;
-pub mod domains;
-pub mod errors;
-pub mod fsck;
-pub mod ingest;
-pub mod journal;
+pub mod engine;
+pub mod ids;
+pub mod maintenance;
 pub mod metrics;
-pub mod object_attributes;
-pub mod reader;
-pub mod rebuild;
-pub mod scrub;
+pub mod s3;
 pub mod server;
-pub mod service;
-pub mod shared;
-pub mod store;
-pub mod sync;
 pub mod upstream;
-pub mod url_encoding;

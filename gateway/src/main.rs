@@ -8,7 +8,8 @@ use anyhow::Context;
 
 use clap::{Parser, Subcommand};
 use tensorgate::config::{Config, DEFAULT_ACCESS_KEY};
-use tensorgate::{background, compact, fsck, rebuild, scrub, server};
+use tensorgate::maintenance::{compact, fsck, gc, packer, rebuild, scrub};
+use tensorgate::server;
 use tensorgate_codec::container;
 
 /// mimalloc keeps freed chunk buffers for reuse instead of returning them to the kernel and
@@ -217,7 +218,7 @@ fn main() -> anyhow::Result<()> {
             let bar = progress_bar("objects packed");
             bar.set_length(store.index.pack_queue_len() as u64);
             let mut packed = 0;
-            while background::pack_next(&store).await? {
+            while packer::pack_next(&store).await? {
                 packed += 1;
                 bar.inc(1);
             }
@@ -255,7 +256,7 @@ fn main() -> anyhow::Result<()> {
         }),
         Command::Gc => runtime.block_on(async {
             let store = server::open_store(&config)?;
-            let report = background::collect_garbage(&store).await?;
+            let report = gc::collect_garbage(&store).await?;
             println!(
                 "collected {} chunks and {} upstream objects; {} orphans sent to the trash",
                 report.chunks, report.upstream_objects, report.orphans

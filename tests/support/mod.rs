@@ -152,7 +152,7 @@ impl TestGateway {
         TestGateway { gateway: Some(gateway), runtime, endpoint, dir, moto }
     }
 
-    pub fn store(&self) -> &tensorgate::store::Store {
+    pub fn store(&self) -> &tensorgate::engine::Store {
         &self.gateway.as_ref().unwrap().store
     }
 
@@ -229,25 +229,25 @@ impl TestGateway {
     pub fn drain_packer(&self) {
         let store = self.gateway.as_ref().unwrap().store.clone();
         self.runtime.block_on(async {
-            while tensorgate::background::pack_next(&store).await.expect("packing succeeds") {}
+            while tensorgate::maintenance::packer::pack_next(&store).await.expect("packing succeeds") {}
         });
     }
 
     /// One garbage collection (the grace period is zero in tests).
-    pub fn collect_garbage(&self) -> tensorgate::background::GcReport {
-        self.runtime.block_on(tensorgate::background::collect_garbage(self.store())).expect("gc succeeds")
+    pub fn collect_garbage(&self) -> tensorgate::maintenance::gc::GcReport {
+        self.runtime.block_on(tensorgate::maintenance::gc::collect_garbage(self.store())).expect("gc succeeds")
     }
 
     /// fsck with every frame verified, repairing nothing.
-    pub fn fsck(&self) -> tensorgate::fsck::FsckReport {
+    pub fn fsck(&self) -> tensorgate::maintenance::fsck::FsckReport {
         let store = self.gateway.as_ref().unwrap().store.clone();
-        let options = tensorgate::fsck::FsckOptions { verify_frames: true, repair: false };
-        self.runtime.block_on(tensorgate::fsck::fsck(&store, options, &|_, _| {})).expect("fsck runs")
+        let options = tensorgate::maintenance::fsck::FsckOptions { verify_frames: true, repair: false };
+        self.runtime.block_on(tensorgate::maintenance::fsck::fsck(&store, options, &|_, _| {})).expect("fsck runs")
     }
 
     /// Stops the gateway, deletes its index, rebuilds it from the upstream alone (as `tensorgate
     /// index rebuild` does) and serves again over the same upstream; returns the rebuild's report.
-    pub fn rebuild_index(&mut self) -> tensorgate::rebuild::RebuildReport {
+    pub fn rebuild_index(&mut self) -> tensorgate::maintenance::rebuild::RebuildReport {
         let running = self.gateway.take().unwrap();
         let config = running.store.config.clone();
         let upstream = server::open_upstream(&config).unwrap();
@@ -262,7 +262,7 @@ impl TestGateway {
         drop(store);
         std::fs::remove_dir_all(config.data_dir.join("index")).unwrap();
         let store = server::open_store_with(&config, upstream.clone()).unwrap();
-        let report = self.runtime.block_on(tensorgate::rebuild::rebuild(&store, &|_, _| {})).unwrap();
+        let report = self.runtime.block_on(tensorgate::maintenance::rebuild::rebuild(&store, &|_, _| {})).unwrap();
         drop(store);
         let running = self.runtime.block_on(server::start_with(config, upstream)).unwrap();
         self.endpoint = format!("http://{}", running.address);

@@ -80,13 +80,13 @@ pub fn shared_gateway_over(
 }
 
 /// One sync with the shared upstream as a gateway's first one does it (every manifest listed).
-pub fn sync(gateway: &TestGateway) -> tensorgate::sync::SyncReport {
+pub fn sync(gateway: &TestGateway) -> tensorgate::maintenance::sync::SyncReport {
     sync_from(gateway, &mut Default::default())
 }
 
 /// One sync with the shared upstream from where `state` says the last one stood.
-pub fn sync_from(gateway: &TestGateway, state: &mut tensorgate::sync::SyncState) -> tensorgate::sync::SyncReport {
-    gateway.runtime.block_on(tensorgate::sync::sync(gateway.store(), state)).expect("sync succeeds")
+pub fn sync_from(gateway: &TestGateway, state: &mut tensorgate::maintenance::sync::SyncState) -> tensorgate::maintenance::sync::SyncReport {
+    gateway.runtime.block_on(tensorgate::maintenance::sync::sync(gateway.store(), state)).expect("sync succeeds")
 }
 
 /// Ends a gateway as a crash would: its requests in progress (and what they wait on upstream)

@@ -20,12 +20,12 @@ use tensorgate_codec::{
 use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
 use crate::config::BaseSelection;
-use crate::errors::BodyError;
-use crate::upstream::UpstreamFailure;
+use crate::engine::reader;
+use crate::engine::{on_cores, ChunkGuard, Store, WriteGuard};
+use crate::ids::new_id;
 use crate::metrics::ChunkLabels;
-use crate::reader;
-use crate::store::{new_id, on_cores, ChunkGuard, Store, WriteGuard};
 use crate::upstream::BlobWriter;
+use crate::upstream::UpstreamFailure;
 
 /// Chunks encoded together: one per core keeps every core busy, up to 8 (concurrent writes
 /// keep more cores busy), which bounds what one write holds.
@@ -701,4 +701,15 @@ impl ModelState {
 /// The dtype and shape of a tensor as one string: base candidates must match it exactly.
 fn signature(tensor: &tensorgate_codec::TensorInfo) -> String {
     format!("{}{:?}", tensor.dtype.name(), tensor.shape)
+}
+
+/// Why a request body could not be taken: the client's fault.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyError {
+    #[error("no byte of the request body arrived for {0} seconds")]
+    Idle(u64),
+    #[error("the request body could not be read: {0}")]
+    Broken(String),
+    #[error("the request body holds {got} bytes where {announced} were announced")]
+    WrongLength { announced: u64, got: u64 },
 }

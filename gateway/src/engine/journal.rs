@@ -16,7 +16,9 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use tensorgate_index::{ObjectKey, JOURNAL};
 
-use crate::store::{new_id, now_ms, Store};
+use crate::ids::{new_id, now_ms};
+
+use crate::engine::Store;
 use crate::upstream;
 
 /// How far back before its newest entry a sync lists again.

@@ -1,108 +1,20 @@
-//! Background work: the packer, which re-encodes objects that arrived by multipart upload;
-//! garbage collection, which deletes freed chunks, packs and blobs after a grace period under a
-//! lease (and compacts sparse packs); and, with a shared upstream, the sync that catches the
-//! index up with other gateways' writes.
+//! Garbage collection: sweeps chunks dead for longer than the grace period, then, under a lease
+//! that one gateway holds at a time, deletes the trashed upstream objects nothing references,
+//! trashes orphans, and compacts sparse packs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{pack_id, vetoed_pack, Expect, IndexError, Manifest, ObjectKey, PackJob, MANIFESTS, VETOES};
+use tensorgate_index::{pack_id, vetoed_pack, Manifest, MANIFESTS, VETOES};
 
-use crate::catalog;
-use crate::compact;
-use crate::condemned::{self, Verdict};
-use crate::ingest::{self, BodyFrom, IngestMode, IngestOptions};
-use crate::journal;
-use crate::reader;
-use crate::shared::MaybePublished;
-use crate::store::{new_id, now_ms, Store};
-use crate::sync;
+use crate::engine::catalog;
+use crate::engine::journal;
+use crate::engine::{GcMemory, Store};
+use crate::ids::now_ms;
+use crate::maintenance::compact;
+use crate::maintenance::condemned::{self, Verdict};
 use crate::upstream::Condition;
-
-/// Runs the packer until the process ends, resuming the durable queue after a restart.
-pub async fn run_packer(store: Arc<Store>) {
-    loop {
-        match pack_next(&store).await {
-            Ok(true) => {}
-            Ok(false) => tokio::time::sleep(Duration::from_millis(500)).await,
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "packer failed; retrying later");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
-    }
-}
-
-/// Packs the oldest queued object; false when the queue is empty.
-pub async fn pack_next(store: &Arc<Store>) -> anyhow::Result<bool> {
-    let Some(job) = store.index.next_pack_job()? else { return Ok(false) };
-    let span = tracing::info_span!("pack", tenant = %job.tenant, bucket = %job.bucket, key = %job.key);
-    let _entered = span.enter();
-    pack_object(store, &job).await?;
-    store.index.finish_pack_job(&job)?;
-    Ok(true)
-}
-
-/// Re-encodes one object version as chunks and swaps its manifest if it is still current.
-async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
-    let key = ObjectKey::new(&job.tenant, &job.bucket, &job.key);
-    let Some(record) = store.index.object(&key)?.filter(|r| r.version == job.version) else {
-        return Ok(());
-    };
-    let body = reader::stream(store.clone(), reader::plan(&record, 0..record.size));
-    let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ModelsOnly, body_from: BodyFrom::Store, ..Default::default() };
-    let Some(ingested) = ingest::ingest(store, &job.tenant, Box::pin(body), options).await? else {
-        tracing::info!("not a model; kept as it came");
-        return Ok(());
-    };
-    if ingested.size != record.size || !ingested.is_model() {
-        ingested.discard(store).await;
-        return Ok(());
-    }
-    // A new version, so that gateways holding the as-uploaded manifest read the new one.
-    let mut packed = record.clone();
-    packed.version = new_id();
-    packed.segments = ingested.segments.clone();
-    let committed = catalog::commit(store, &key, &packed, &ingested.new_chunks, ingested.new_pack.as_ref(), Expect::Version(&job.version)).await;
-    match committed {
-        Ok(()) => {
-            store.register_tensors(&job.tenant, &ingested.tensors)?;
-            tracing::info!(size = record.size, "packed");
-            Ok(())
-        }
-        // The object changed under the packer: nothing to do. What a manifest that may have
-        // landed names stays (an orphan is collected later); anything else is discarded.
-        Err(error) if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::VersionChanged)) => {
-            if error.downcast_ref::<MaybePublished>().is_none() {
-                ingested.discard(store).await;
-            }
-            Ok(())
-        }
-        Err(error) if error.downcast_ref::<MaybePublished>().is_some() => Err(error),
-        Err(error) => {
-            ingested.discard(store).await;
-            Err(error)
-        }
-    }
-}
-
-/// With a shared upstream, catches the index up with the other gateways' writes every
-/// `shared_sync_secs`, so that listings show them.
-pub async fn run_sync(store: Arc<Store>) {
-    let interval = Duration::from_secs(store.config.shared_sync_secs.max(1));
-    let mut state = sync::SyncState::default();
-    loop {
-        match sync::sync(&store, &mut state).await {
-            Ok(report) if report != sync::SyncReport { listed_everything: report.listed_everything, ..Default::default() } => {
-                tracing::info!(?report, "caught up with the shared upstream")
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(error = format!("{error:#}"), "sync with the shared upstream failed; retrying later"),
-        }
-        tokio::time::sleep(interval).await;
-    }
-}
 
 /// Runs garbage collection every `gc_interval_secs` until the process ends.
 pub async fn run_gc(store: Arc<Store>) {
@@ -279,16 +191,6 @@ fn manifest_references(manifest: &Manifest) -> Vec<String> {
     keys.sort();
     keys.dedup();
     keys
-}
-
-/// What garbage collection remembers between runs of one gateway process.
-#[derive(Debug, Default)]
-pub struct GcMemory {
-    /// The upstream keys each manifest references, with the manifest's listing tag: only
-    /// manifests whose tag changed are read again.
-    manifest_references: HashMap<String, (String, Vec<String>)>,
-    /// When the upstream was last listed for orphans.
-    last_orphan_scan_ms: Option<i64>,
 }
 
 /// Finds the packs older than the grace period, and the blobs older than `orphan_blob_secs`,

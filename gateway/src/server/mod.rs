@@ -18,16 +18,17 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission;
-use crate::auth::{Authenticator, KeyRing, Keys};
-use crate::background;
-use crate::catalog;
-use crate::condemned;
-use crate::domains::Domains;
-use crate::errors;
-use crate::metrics;
 use crate::config::{Config, TlsConfig};
-use crate::service::Gateway;
-use crate::store::{new_id, now_ms, Store};
+use crate::engine::Store;
+use crate::engine::catalog;
+use crate::ids::{new_id, now_ms};
+use crate::maintenance::condemned;
+use crate::maintenance::{gc, packer, sync};
+use crate::metrics;
+use crate::s3::Gateway;
+use crate::s3::auth::{Authenticator, KeyRing, Keys};
+use crate::s3::domains::Domains;
+use crate::s3::errors;
 use crate::upstream::{LocalUpstream, RoutingUpstream, S3Upstream, Upstream};
 
 /// A gateway that is serving.
@@ -125,7 +126,7 @@ fn measured_service(
                         let answer = service.call(request).await;
                         if stalled.load(std::sync::atomic::Ordering::Relaxed) {
                             store.metrics.body_idle_timeouts.inc();
-                            errors::to_s3(errors::BodyError::Idle(idle.as_secs()).into()).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)))
+                            errors::to_s3(crate::engine::ingest::BodyError::Idle(idle.as_secs()).into()).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)))
                         } else {
                             answer
                         }
@@ -236,11 +237,11 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
         tracing::info!(connections = connections.count(), "draining the requests in progress");
         connections.shutdown().await;
     });
-    let packer = tokio::spawn(background::run_packer(store.clone()));
-    let gc = tokio::spawn(background::run_gc(store.clone()));
+    let packer = tokio::spawn(packer::run_packer(store.clone()));
+    let gc = tokio::spawn(gc::run_gc(store.clone()));
     tasks.extend([packer, gc]);
     if config.shared_upstream {
-        tasks.push(tokio::spawn(background::run_sync(store.clone())));
+        tasks.push(tokio::spawn(sync::run_sync(store.clone())));
     }
     Ok(RunningGateway { address, metrics_address, store, keys, accept, drain, tasks })
 }

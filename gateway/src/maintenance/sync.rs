@@ -6,14 +6,17 @@
 //! it reads.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tensorgate_index::{upload_key, BucketDeletion, BucketMarker, Manifest, ObjectKey, BUCKETS, MANIFESTS, UPLOADS};
 
-use crate::catalog::{bucket_key_of, manifest_key_of, read_record, refresh};
-use crate::condemned;
-use crate::journal;
-use crate::shared;
-use crate::store::{now_ms, Store};
+use crate::engine::Store;
+use crate::engine::catalog::{bucket_key_of, manifest_key_of, read_record, refresh};
+use crate::engine::journal;
+use crate::engine::shared;
+use crate::ids::now_ms;
+use crate::maintenance::condemned;
 
 /// What one [`sync`] changed in the index.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -160,4 +163,21 @@ async fn refresh_counted(store: &Store, key: &ObjectKey, report: &mut SyncReport
         _ => {}
     }
     Ok(())
+}
+
+/// With a shared upstream, catches the index up with the other gateways' writes every
+/// `shared_sync_secs`, so that listings show them.
+pub async fn run_sync(store: Arc<Store>) {
+    let interval = Duration::from_secs(store.config.shared_sync_secs.max(1));
+    let mut state = SyncState::default();
+    loop {
+        match sync(&store, &mut state).await {
+            Ok(report) if report != SyncReport { listed_everything: report.listed_everything, ..Default::default() } => {
+                tracing::info!(?report, "caught up with the shared upstream")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "sync with the shared upstream failed; retrying later"),
+        }
+        tokio::time::sleep(interval).await;
+    }
 }

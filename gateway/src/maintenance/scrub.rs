@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::reader;
-use crate::store::Store;
+use crate::engine::Store;
+use crate::engine::reader;
 
 /// How a scrub runs.
 #[derive(Debug, Default, Clone, Copy)]

@@ -14,9 +14,10 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use tensorgate_index::{moves_key, ChunkHash, ChunkRecord, Envelope, Manifest, Move, ObjectKey, PackMoves, Segment, MANIFESTS};
 
-use crate::catalog;
-use crate::reader;
-use crate::store::{new_id, now_ms, Store, WriteGuard};
+use crate::engine::catalog;
+use crate::engine::reader;
+use crate::engine::{Store, WriteGuard};
+use crate::ids::{new_id, now_ms};
 use crate::upstream::{self, Condition};
 
 /// What one compaction pass did.
@@ -137,7 +138,7 @@ async fn publish_moves(store: &Store, copies: &[PackCopy]) -> anyhow::Result<()>
     for copy in copies {
         let record = PackMoves { from: copy.from.clone(), to: copy.to.clone(), to_total: copy.bytes, moves: copy.moves.clone() };
         let key = moves_key(&copy.from).ok_or_else(|| anyhow::anyhow!("{} is not a pack key", copy.from))?;
-        upstream::put(&*store.upstream, &key, Bytes::from(record.seal())).await?;
+        upstream::put(&*store.upstream, &key, Bytes::from(record.seal()?)).await?;
         for step in &copy.moves {
             forwarding.insert((copy.from.as_str(), step.from_offset), (copy.to.as_str(), step.to_offset));
         }
@@ -155,7 +156,7 @@ async fn publish_moves(store: &Store, copies: &[PackCopy]) -> anyhow::Result<()>
                 }
             }
             if moved {
-                store.upstream.put_if(&listed.key, Bytes::from(manifest.seal()), Condition::Matches(tagged.tag)).await?;
+                store.upstream.put_if(&listed.key, Bytes::from(manifest.seal()?), Condition::Matches(tagged.tag)).await?;
             }
         }
     }

@@ -16,7 +16,9 @@ use tensorgate_index::{
     VETOES,
 };
 
-use crate::store::{now_ms, Store};
+use crate::ids::now_ms;
+
+use crate::engine::Store;
 use crate::upstream;
 
 /// What the collector may do with a pack in its trash.

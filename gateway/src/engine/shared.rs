@@ -9,9 +9,10 @@
 use bytes::Bytes;
 use tensorgate_index::{Envelope, Expect, IndexError, Manifest, ObjectKey};
 
-use crate::catalog::manifest_key_of;
-use crate::journal;
-use crate::store::{now_ms, Store};
+use crate::engine::Store;
+use crate::engine::catalog::manifest_key_of;
+use crate::engine::journal;
+use crate::ids::now_ms;
 use crate::upstream::Condition;
 
 /// How many times a write or delete looks again after other gateways changed the manifest
@@ -98,7 +99,7 @@ pub async fn publish_then(
     let mut seen = observe(store, key).await?;
     check_expected(&seen, expect)?;
     store.index.mark_pending(key)?;
-    let bytes = Bytes::from(manifest.seal());
+    let bytes = Bytes::from(manifest.seal()?);
     for _ in 0..CONFLICT_ATTEMPTS {
         let failure = match store.upstream.put_if(&manifest_key_of(store, key), bytes.clone(), seen.condition()).await {
             Ok(Some(_)) => return finish(store, key, index_step).await,
@@ -207,7 +208,7 @@ pub async fn relocate(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let relocated = Manifest { chunks: store.index.locate(&record, &[])?, ..*manifest };
-    Ok(store.upstream.put_if(&manifest_key_of(store, key), Bytes::from(relocated.seal()), Condition::Matches(tag)).await?.is_some())
+    Ok(store.upstream.put_if(&manifest_key_of(store, key), Bytes::from(relocated.seal()?), Condition::Matches(tag)).await?.is_some())
 }
 
 /// Makes an upstream manifest the object it names in the index, reading its chunks where it

@@ -1,6 +1,13 @@
 //! The S3 API. Each operation states what it does with the index and the upstream; the
 //! shared steps (finding a bucket, checking conditions, committing an ingest) are helpers.
 
+pub mod auth;
+pub mod bucket_config;
+pub mod domains;
+pub mod errors;
+pub mod object_attributes;
+pub mod url_encoding;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -11,16 +18,15 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tensorgate_index::{Attributes, BucketDeletion, Checksums, Expect, IndexError, ObjectKey, ObjectRecord, PartRecord, Segment, UploadRecord};
 use tracing::Instrument;
 
-use crate::bucket_config;
-use crate::catalog;
-use crate::errors::{internal, to_s3, BodyError};
-use crate::ingest::{self, BodyFrom, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
-use crate::auth::Keys;
-use crate::object_attributes;
-use crate::reader;
-use crate::shared::MaybePublished;
-use crate::store::{new_id, now_ms, Store};
-use crate::url_encoding;
+use crate::engine::Store;
+use crate::engine::catalog;
+use crate::engine::ingest::BodyError;
+use crate::engine::ingest::{self, BodyFrom, ChecksumSelection, IngestMode, IngestOptions, Ingested, ModelTensors};
+use crate::engine::reader;
+use crate::engine::shared::MaybePublished;
+use crate::ids::{new_id, now_ms};
+use crate::s3::auth::Keys;
+use crate::s3::errors::{internal, to_s3};
 
 /// User metadata naming the base model of an upload (`x-amz-meta-tensorgate-base: bucket/key`).
 const BASE_HINT: &str = "tensorgate-base";

@@ -12,8 +12,9 @@ use tensorgate_index::{
     UPLOADS,
 };
 
-use crate::shared;
-use crate::store::{now_ms, Store};
+use crate::engine::Store;
+use crate::engine::shared;
+use crate::ids::now_ms;
 use crate::upstream::{self, Condition};
 
 /// Makes `record` the object at `key`: publishes its manifest, then commits it to the index.
@@ -164,7 +165,7 @@ pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
     }
     let marker = BucketMarker { tenant: tenant.to_owned(), bucket: bucket.to_owned(), created_ms: now_ms() };
     let marker_key = bucket_key_of(store, tenant, bucket);
-    if store.upstream.put_if(&marker_key, Bytes::from(marker.seal()), Condition::Absent).await?.is_none() {
+    if store.upstream.put_if(&marker_key, Bytes::from(marker.seal()?), Condition::Absent).await?.is_none() {
         adopt_bucket(store, tenant, bucket).await?;
         return Ok(false);
     }
@@ -215,7 +216,7 @@ pub async fn create_upload(store: &Store, upload_id: &str, upload: &UploadRecord
     }
     if store.config.shared_upstream {
         let marker = UploadMarker { upload_id: upload_id.to_owned(), upload: upload.clone() };
-        upstream::put(&*store.upstream, &upload_key(&store.config.upstream_prefix(&upload.tenant), upload_id), Bytes::from(marker.seal())).await?;
+        upstream::put(&*store.upstream, &upload_key(&store.config.upstream_prefix(&upload.tenant), upload_id), Bytes::from(marker.seal()?)).await?;
     }
     Ok(store.index.create_upload(upload_id, upload)?)
 }
@@ -270,7 +271,7 @@ pub async fn record_part(store: &Store, tenant: &str, upload_id: &str, number: u
     if store.config.shared_upstream {
         let marker = PartMarker { upload_id: upload_id.to_owned(), number, part: part.clone() };
         let key = part_key(&store.config.upstream_prefix(tenant), upload_id, number);
-        upstream::put(&*store.upstream, &key, Bytes::from(marker.seal())).await?;
+        upstream::put(&*store.upstream, &key, Bytes::from(marker.seal()?)).await?;
     }
     Ok(())
 }
@@ -350,7 +351,7 @@ pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Ob
 /// see `Index::locate`).
 pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_chunks: &[NewChunk]) -> anyhow::Result<Vec<ChunkLocation>> {
     let manifest = manifest_of(key, record, store.index.locate(record, new_chunks)?);
-    upstream::put(&*store.upstream, &manifest_key_of(store, key), Bytes::from(manifest.seal())).await?;
+    upstream::put(&*store.upstream, &manifest_key_of(store, key), Bytes::from(manifest.seal()?)).await?;
     Ok(manifest.chunks)
 }
 

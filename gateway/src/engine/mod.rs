@@ -1,16 +1,32 @@
-//! The store: the index, the guarded upstream and what the read and write paths share (locks,
-//! chunks held by writes, keys being written, the base cache, admission).
+//! The storage engine: the PUT path ([`ingest`], then [`catalog`] commits), the GET path
+//! ([`reader`]), and the [`Store`] they share: the index, the guarded upstream, locks, the chunks
+//! and keys writes hold ([`guards`]), the base cache and admission. [`shared`] and [`journal`]
+//! keep several gateways over one upstream in step.
 
+pub mod base_cache;
+pub mod catalog;
+pub mod cores;
+pub mod guards;
+pub mod ingest;
+pub mod journal;
+pub mod reader;
+pub mod shared;
+
+pub use base_cache::BaseCache;
+pub use cores::on_cores;
+pub use guards::{ChunkGuard, HeldChunks, InFlight, WriteGuard};
+
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tensorgate_index::{BaseCandidate, ChunkHash, Index, ObjectKey};
+use tensorgate_index::{BaseCandidate, Index, ObjectKey};
 
-use crate::ingest::StoredTensor;
+use crate::engine::ingest::StoredTensor;
+use crate::ids::new_id;
 
 use crate::admission::{Admission, BodyPermit};
-use crate::background::GcMemory;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::{GuardedUpstream, Upstream, UpstreamFailure};
@@ -24,39 +40,6 @@ fn backoff(attempt: u32) -> std::time::Duration {
     let base = 50u64 << attempt.min(6);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     std::time::Duration::from_millis(base + u64::from(nanos) % (base / 2 + 1))
-}
-
-/// Decoded base chunks, least recently used first out, bounded in bytes.
-pub struct BaseCache {
-    entries: lru::LruCache<ChunkHash, Bytes>,
-    bytes: u64,
-    limit: u64,
-}
-
-impl BaseCache {
-    fn new(limit: u64) -> BaseCache {
-        BaseCache { entries: lru::LruCache::unbounded(), bytes: 0, limit }
-    }
-
-    pub fn get(&mut self, hash: &ChunkHash) -> Option<Bytes> {
-        self.entries.get(hash).cloned()
-    }
-
-    pub fn insert(&mut self, hash: ChunkHash, bytes: Bytes) {
-        if bytes.len() as u64 > self.limit {
-            return;
-        }
-        self.bytes += bytes.len() as u64;
-        if let Some(old) = self.entries.put(hash, bytes) {
-            self.bytes -= old.len() as u64;
-        }
-        while self.bytes > self.limit {
-            match self.entries.pop_lru() {
-                Some((_, evicted)) => self.bytes -= evicted.len() as u64,
-                None => break,
-            }
-        }
-    }
 }
 
 pub struct Store {
@@ -86,81 +69,6 @@ pub struct Store {
     pub admission: Admission,
     /// Set once the gateway is stopping: `/ready` then says no, so load balancers move on.
     pub draining: std::sync::atomic::AtomicBool,
-}
-
-/// Upstream keys being written and not yet committed: garbage collection leaves them alone.
-#[derive(Debug, Default, Clone)]
-pub struct InFlight(Arc<Mutex<std::collections::HashSet<String>>>);
-
-impl InFlight {
-    /// Marks `key` as being written until the returned guard is dropped.
-    pub fn begin(&self, key: &str) -> WriteGuard {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(key.to_owned());
-        WriteGuard { in_flight: self.clone(), key: key.to_owned() }
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(key)
-    }
-}
-
-/// Keeps an upstream key marked as being written; see [`InFlight`].
-#[derive(Debug)]
-pub struct WriteGuard {
-    in_flight: InFlight,
-    key: String,
-}
-
-impl Drop for WriteGuard {
-    fn drop(&mut self) {
-        self.in_flight.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.key);
-    }
-}
-
-/// Chunks that writes in progress found stored and will reference when they commit (dedup
-/// hits and delta bases): the sweep leaves them alone, so that a dedup hit never fails a write.
-#[derive(Debug, Default, Clone)]
-pub struct HeldChunks(Arc<Mutex<std::collections::HashMap<ChunkHash, usize>>>);
-
-impl HeldChunks {
-    /// Holds `hash` until the guard is dropped. Check the index only after this returns: a
-    /// sweep either collected the chunk before (the check misses it) or leaves it alone.
-    pub fn hold(&self, hash: ChunkHash) -> ChunkGuard {
-        *self.lock().entry(hash).or_default() += 1;
-        ChunkGuard { held: self.clone(), hash }
-    }
-
-    /// Runs `sweep` unless a write holds `hash`, taking no new hold meanwhile; `None` if held.
-    pub fn unless_held<T>(&self, hash: &ChunkHash, sweep: impl FnOnce() -> T) -> Option<T> {
-        let holds = self.lock();
-        if holds.contains_key(hash) {
-            return None;
-        }
-        Some(sweep())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ChunkHash, usize>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Keeps a chunk held; see [`HeldChunks`].
-#[derive(Debug)]
-pub struct ChunkGuard {
-    held: HeldChunks,
-    hash: ChunkHash,
-}
-
-impl Drop for ChunkGuard {
-    fn drop(&mut self) {
-        let mut holds = self.held.lock();
-        if let Some(count) = holds.get_mut(&self.hash) {
-            *count -= 1;
-            if *count == 0 {
-                holds.remove(&self.hash);
-            }
-        }
-    }
 }
 
 /// Stripes of the per-key write locks.
@@ -196,7 +104,7 @@ impl Store {
     /// Takes a body's share of the in-flight byte budget (see [`Admission::admit_body`]):
     /// what one write can buffer, or the body's announced length when smaller.
     pub async fn admit_body(&self, tenant: &str, size: Option<u64>) -> anyhow::Result<BodyPermit> {
-        let bytes = size.unwrap_or(u64::MAX).min(crate::ingest::body_buffer_bytes());
+        let bytes = size.unwrap_or(u64::MAX).min(crate::engine::ingest::body_buffer_bytes());
         let (permit, waited) = self.admission.admit_body(tenant, bytes).await?;
         if waited {
             self.metrics.body_waits.inc();
@@ -269,17 +177,6 @@ fn stripe(key: &impl std::hash::Hash) -> usize {
     hasher.finish() as usize % KEY_LOCK_STRIPES
 }
 
-/// Runs CPU-bound work (encoding, decoding) on the rayon pool, one thread per core, and waits
-/// for it without blocking the async runtime. Keeping codec work off tokio's blocking pool
-/// bounds the number of threads that hold chunk-sized buffers, and so the memory.
-pub async fn on_cores<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    rayon::spawn(move || {
-        let _ = sender.send(work());
-    });
-    receiver.await.map_err(|_| anyhow::anyhow!("codec work was dropped"))
-}
-
 impl Store {
     /// Makes the whole tensors of a committed write findable as bases: by name (for the name
     /// strategy) and by fingerprint.
@@ -294,14 +191,14 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A fresh unique id for versions, blobs and packs.
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+/// What garbage collection remembers between runs of one gateway process. The store holds it
+/// (behind a lock that also keeps runs from overlapping), so that the background loop, admin
+/// commands and fsck share it; `crate::maintenance::gc` is the only reader.
+#[derive(Debug, Default)]
+pub struct GcMemory {
+    /// The upstream keys each manifest references, with the manifest's listing tag: only
+    /// manifests whose tag changed are read again.
+    pub(crate) manifest_references: HashMap<String, (String, Vec<String>)>,
+    /// When the upstream was last listed for orphans.
+    pub(crate) last_orphan_scan_ms: Option<i64>,
 }

@@ -6,23 +6,13 @@
 use s3s::{S3Error, S3ErrorCode};
 use tensorgate_index::IndexError;
 
-use crate::shared::KeptChanging;
+use crate::engine::ingest::BodyError;
+use crate::engine::shared::KeptChanging;
 use crate::upstream::{Missing, UpstreamFailure};
 
 tokio::task_local! {
     /// The id of the request being served (`x-amz-request-id`), set by the server for each one.
     pub static REQUEST_ID: String;
-}
-
-/// Why a request body could not be taken: the client's fault.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum BodyError {
-    #[error("no byte of the request body arrived for {0} seconds")]
-    Idle(u64),
-    #[error("the request body could not be read: {0}")]
-    Broken(String),
-    #[error("the request body holds {got} bytes where {announced} were announced")]
-    WrongLength { announced: u64, got: u64 },
 }
 
 /// The id of the request being served, if any.

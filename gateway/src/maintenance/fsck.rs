@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use tensorgate_index::{Envelope, IndexError, Manifest, ObjectKey, MANIFESTS};
 
-use crate::background::{self, trash_orphans};
-use crate::catalog;
-use crate::scrub::{self, ScrubOptions};
-use crate::shared;
-use crate::store::{now_ms, Store};
+use crate::engine::Store;
+use crate::engine::catalog;
+use crate::engine::shared;
+use crate::ids::now_ms;
+use crate::maintenance::gc::{self, trash_orphans};
+use crate::maintenance::scrub::{self, ScrubOptions};
 
 /// What fsck looked at, what is wrong, and what it repaired.
 #[derive(Debug, Default)]
@@ -163,11 +164,11 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
 /// With a shared upstream only the lease holder judges: what no manifest names may be in its
 /// trash or its index, which other gateways cannot see.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
-    if store.config.shared_upstream && !background::may_collect(store, now_ms(), repair).await? {
+    if store.config.shared_upstream && !gc::may_collect(store, now_ms(), repair).await? {
         report.notes.push("orphans not judged: another gateway holds the garbage-collection lease".to_owned());
         return Ok(());
     }
-    let referenced = background::referenced_keys(store, &mut *store.gc_memory.lock().await).await?;
+    let referenced = gc::referenced_keys(store, &mut *store.gc_memory.lock().await).await?;
     let orphans = trash_orphans(store, &referenced, now_ms(), !repair).await?;
     for key in orphans {
         if repair {

@@ -12,8 +12,8 @@ use futures::SinkExt;
 use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
+use crate::engine::{on_cores, Store, READ_ATTEMPTS};
 use crate::metrics::CacheLabels;
-use crate::store::{on_cores, Store, READ_ATTEMPTS};
 
 /// Blob ranges are fetched in pieces of at most this size, to bound memory.
 const BLOB_PIECE: u64 = 4 << 20;

@@ -13,8 +13,9 @@ use std::collections::HashMap;
 
 use tensorgate_index::{BucketMarker, ChunkHash, ChunkLocation, IndexError, Manifest, ObjectKey, PackJob, Segment, BUCKETS, MANIFESTS};
 
-use crate::catalog::{read_record, same_locations};
-use crate::store::{now_ms, Store};
+use crate::engine::Store;
+use crate::engine::catalog::{read_record, same_locations};
+use crate::ids::now_ms;
 
 /// What `index rebuild` found upstream.
 #[derive(Debug, Default, Clone)]

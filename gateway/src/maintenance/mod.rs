@@ -1,0 +1,13 @@
+//! Background work and the repairs an operator runs: the [`packer`] re-encodes objects stored as
+//! uploaded, [`gc`] collects what nothing references, [`compact`] rewrites sparse packs,
+//! [`condemned`] and [`sync`] keep several gateways in step, [`fsck`], [`scrub`] and [`rebuild`]
+//! check and repair.
+
+pub mod compact;
+pub mod condemned;
+pub mod fsck;
+pub mod gc;
+pub mod packer;
+pub mod rebuild;
+pub mod scrub;
+pub mod sync;
