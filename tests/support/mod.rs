@@ -124,6 +124,8 @@ impl TestGateway {
 
     /// Starts a gateway after `adjust` has changed the test configuration.
     pub fn start_with(kind: UpstreamKind, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        // The in-process gateway logs into the test output when RUST_LOG is set.
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_ansi(false).with_test_writer().try_init();
         TestGateway::start_wrapped(kind, adjust, |upstream| upstream)
     }
 

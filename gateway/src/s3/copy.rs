@@ -1,0 +1,61 @@
+//! CopyObject: the source read back through the reader and ingested again, so a copy is stored
+//! like any write (and deduplicated against its source).
+
+use super::*;
+
+impl Gateway {
+    pub(super) async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
+            return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
+        };
+        check_key(&input.key)?;
+        check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
+        let source = self.find_object(&tenant, source_bucket, source_key).await?;
+        check_copy_source!(source, input);
+        let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if !replace && source_bucket.as_ref() == input.bucket.as_str() && source_key.as_ref() == input.key.as_str() {
+            return Err(s3_error!(
+                InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."
+            ));
+        }
+        let attributes = if replace { attributes_of!(input) } else { source.attributes.clone() };
+        let expect = WriteCondition::from_headers(&req.headers)?;
+        let pieces = reader::plan(&source, 0..source.size);
+        let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
+        let claimed = ClaimedDigests::default();
+        let ingested = self.ingest_body(&tenant, Some(body), Some(source.size), &claimed, None, BodyFrom::Store).await?;
+        // A copy in one request is a new single-part object: its ETag is the MD5 of its bytes,
+        // whatever the source's, and that is what it answers and serves.
+        let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes, expect.as_expect()).await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(record.etag)),
+                last_modified: Some(timestamp(record.last_modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+}
+
+/// The most a part copy may copy, as in S3: 5 GiB.
+pub(super) const MAX_COPY_BYTES: u64 = 5 << 30;
+
+/// The bytes `x-amz-copy-source-range: bytes=first-last` names of an object of `size` bytes.
+pub(super) fn copy_source_range(range: Option<&str>, size: u64) -> S3Result<std::ops::Range<u64>> {
+    let Some(range) = range else { return Ok(0..size) };
+    let bounds = range.strip_prefix("bytes=").and_then(|bounds| bounds.split_once('-'));
+    let parsed = bounds.and_then(|(first, last)| Some((first.parse::<u64>().ok()?, last.parse::<u64>().ok()?)));
+    match parsed {
+        Some((first, last)) if first <= last && last < size => Ok(first..last + 1),
+        Some(_) => Err(s3_error!(InvalidArgument, "Range specified is not valid for source object of size: {size}")),
+        None => Err(s3_error!(
+            InvalidArgument,
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy"
+        )),
+    }
+}

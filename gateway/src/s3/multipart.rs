@@ -1,0 +1,327 @@
+//! Multipart uploads: parts stored as they come, each in its own blob (copied parts through the
+//! same path), completed into an object the packer re-encodes later.
+
+use super::*;
+
+impl Gateway {
+    pub(super) async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        check_key(&input.key)?;
+        check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
+        let upload_id = new_id();
+        let record = UploadRecord {
+            tenant: tenant.to_string(),
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            initiated_ms: now_ms(),
+            attributes: attributes_of!(input),
+        };
+        catalog::create_upload(&self.store, &upload_id, &record).await.map_err(to_s3)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(upload_id),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let span = tracing::info_span!("upload_part", tenant = %tenant, bucket = %input.bucket, key = %input.key, part = input.part_number);
+        async move {
+            let mut input = input;
+            let target = async {
+                let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
+                if !(1..=10_000).contains(&input.part_number) {
+                    return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
+                }
+                Ok(upload)
+            };
+            let upload = match target.await {
+                Ok(upload) => upload,
+                Err(error) => {
+                    drain(input.body.take()).await;
+                    return Err(error);
+                }
+            };
+            let claimed = claimed_digests!(input, req);
+            let size_hint = announced_size(&req.headers, input.content_length);
+            let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
+            let part = self.store_part(&tenant, input.body, size_hint, &claimed, BodyFrom::Client).await?;
+            self.record_part(&tenant, &input.upload_id, input.part_number, &part).await?;
+            tracing::info!(tenant = %upload.tenant, size = part.size, "part stored");
+            Ok(S3Response::new(write_output!(UploadPartOutput, part.etag, part.checksums)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A part copied from a stored object (or a range of it) takes the part path: a model
+    /// copied by parts is stored as one uploaded by parts.
+    pub(super) async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
+            return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
+        };
+        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
+        if !(1..=10_000).contains(&input.part_number) {
+            return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
+        }
+        let source = self.find_object(&tenant, source_bucket, source_key).await?;
+        check_copy_source!(source, input);
+        let range = copy_source_range(input.copy_source_range.as_deref(), source.size)?;
+        let len = range.end - range.start;
+        if len > MAX_COPY_BYTES {
+            return Err(s3_error!(InvalidRequest, "The specified copy source is larger than the maximum allowable size for a copy source: {MAX_COPY_BYTES}"));
+        }
+        let _budget = self.store.admit_body(&tenant, Some(len)).await.map_err(to_s3)?;
+        let body = StreamingBlob::wrap(reader::stream(self.store.clone(), reader::plan(&source, range)));
+        let part = self.store_part(&tenant, Some(body), Some(len), &ClaimedDigests::default(), BodyFrom::Store).await?;
+        self.record_part(&tenant, &input.upload_id, input.part_number, &part).await?;
+        tracing::info!(size = part.size, "part copied");
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(part.etag)),
+                last_modified: Some(timestamp(part.last_modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
+        if requested.is_empty() {
+            return Err(s3_error!(MalformedXML, "no parts given"));
+        }
+        let upload = match self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await {
+            Ok(upload) => upload,
+            Err(error) if *error.code() == S3ErrorCode::NoSuchUpload => {
+                // A completion repeated (its answer lost, say) gets the object it made, as S3 answers.
+                let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
+                let current = self.store.index.object(&key).map_err(internal)?;
+                return match current.filter(|record| Some(&record.etag) == completed_etag(&requested).as_ref()) {
+                    Some(record) => Ok(S3Response::new(CompleteMultipartUploadOutput {
+                        bucket: Some(input.bucket),
+                        key: Some(input.key),
+                        e_tag: Some(ETag::Strong(record.etag)),
+                        ..Default::default()
+                    })),
+                    None => Err(error),
+                };
+            }
+            Err(error) => return Err(error),
+        };
+        let stored: BTreeMap<u32, PartRecord> =
+            catalog::parts(&self.store, &tenant, &input.upload_id).await.map_err(to_s3)?.into_iter().collect();
+        let mut chosen = Vec::with_capacity(requested.len());
+        let mut previous = 0;
+        for part in &requested {
+            let number = part.part_number.unwrap_or(0);
+            if number <= previous {
+                return Err(s3_error!(InvalidPartOrder));
+            }
+            previous = number;
+            let record = stored.get(&(number as u32)).ok_or_else(|| s3_error!(InvalidPart))?;
+            if part.e_tag.as_ref().is_some_and(|etag| etag.value() != record.etag) {
+                return Err(s3_error!(InvalidPart, "ETag of part {number} does not match"));
+            }
+            chosen.push(record);
+        }
+        if chosen[..chosen.len() - 1].iter().any(|part| part.size < MIN_PART_SIZE) {
+            return Err(s3_error!(EntityTooSmall));
+        }
+        let record = multipart_record(&upload, &chosen);
+        let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
+        let expect = WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+        catalog::complete_upload(&self.store, &input.upload_id, &key, &record, expect.as_expect()).await.map_err(to_s3)?;
+        if let Err(error) = catalog::forget_upload(&self.store, &tenant, &input.upload_id).await {
+            tracing::warn!(error = format!("{error:#}"), "the ended upload's markers stay upstream");
+        }
+        tracing::info!(bucket = %input.bucket, key = %input.key, size = record.size, parts = chosen.len(), "multipart upload completed");
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(ETag::Strong(record.etag)),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn abort_multipart_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
+        catalog::forget_upload(&self.store, &tenant, &input.upload_id).await.map_err(to_s3)?;
+        self.store.index.abort_upload(&input.upload_id, now_ms()).map_err(|error| match error {
+            IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
+            other => internal(other),
+        })?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    pub(super) async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
+        let marker = input.part_number_marker.unwrap_or(0).max(0) as u32;
+        let max_parts = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+        let all: Vec<(u32, PartRecord)> = catalog::parts(&self.store, &tenant, &input.upload_id)
+            .await
+            .map_err(to_s3)?
+            .into_iter()
+            .filter(|(number, _)| *number > marker)
+            .collect();
+        let is_truncated = all.len() > max_parts;
+        let parts: Vec<Part> = all
+            .into_iter()
+            .take(max_parts)
+            .map(|(number, part)| Part {
+                part_number: Some(number as i32),
+                e_tag: Some(ETag::Strong(part.etag)),
+                size: Some(part.size as i64),
+                last_modified: Some(timestamp(part.last_modified_ms)),
+                ..Default::default()
+            })
+            .collect();
+        let next_marker = parts.last().and_then(|p| p.part_number);
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            max_parts: Some(max_parts as i32),
+            is_truncated: Some(is_truncated),
+            next_part_number_marker: if is_truncated { next_marker } else { None },
+            parts: Some(parts),
+            ..Default::default()
+        }))
+    }
+
+    pub(super) async fn list_multipart_uploads(&self, req: S3Request<ListMultipartUploadsInput>) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
+        let encoded = url_encoding::wanted(input.encoding_type.as_ref())?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let uploads = catalog::list_uploads(&self.store, &tenant, &input.bucket)
+            .await
+            .map_err(to_s3)?
+            .into_iter()
+            .filter(|(_, upload)| upload.key.starts_with(&prefix))
+            .map(|(id, upload)| MultipartUpload {
+                key: url_encoding::encode_if(encoded, Some(upload.key)),
+                upload_id: Some(id),
+                initiated: Some(timestamp(upload.initiated_ms)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: url_encoding::encode_if(encoded, input.prefix),
+            uploads: Some(uploads),
+            is_truncated: Some(false),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn find_upload(&self, tenant: &str, upload_id: &str, bucket: &str, key: &str) -> S3Result<UploadRecord> {
+        self.ensure_bucket(tenant, bucket).await?;
+        let upload = catalog::find_upload(&self.store, tenant, upload_id).await.map_err(to_s3)?.ok_or_else(|| s3_error!(NoSuchUpload))?;
+        if upload.tenant != tenant || upload.bucket != bucket || upload.key != key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        Ok(upload)
+    }
+
+    /// Stores a part body as it came in its own upstream blob.
+    async fn store_part(
+        &self,
+        tenant: &str,
+        body: Option<StreamingBlob>,
+        size_hint: Option<u64>,
+        claimed: &ClaimedDigests,
+        body_from: BodyFrom,
+    ) -> S3Result<PartRecord> {
+        let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
+        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(), base_hint: None, body_from };
+        let ingested = ingest::ingest(&self.store, tenant, body, options).await.map_err(to_s3)?.ok_or_else(|| internal("ingest declined a part"))?;
+        if let Some(announced) = size_hint.filter(|size| *size != ingested.size) {
+            let got = ingested.size;
+            ingested.discard(&self.store).await;
+            return Err(to_s3(BodyError::WrongLength { announced, got }.into()));
+        }
+        if let Err(error) = claimed.verify(&ingested) {
+            ingested.discard(&self.store).await;
+            return Err(error);
+        }
+        let blob = match ingested.segments.first() {
+            Some(Segment::Blob { key, .. }) => key.clone(),
+            _ => String::new(),
+        };
+        Ok(PartRecord {
+            blob,
+            size: ingested.size,
+            etag: hex::encode(ingested.md5),
+            last_modified_ms: now_ms(),
+            checksums: checksums_of(&ingested.checksums),
+        })
+    }
+
+    /// Records a stored part of an upload; if the upload ended meanwhile, its blob is deleted.
+    async fn record_part(&self, tenant: &str, upload_id: &str, number: i32, part: &PartRecord) -> S3Result<()> {
+        let Err(error) = catalog::record_part(&self.store, tenant, upload_id, number as u32, part).await else { return Ok(()) };
+        if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::NoSuchUpload)) {
+            if let Err(error) = self.store.upstream.delete(&part.blob).await {
+                tracing::warn!(blob = %part.blob, error = format!("{error:#}"), "the part of an ended upload stays upstream until collected");
+            }
+        }
+        Err(to_s3(error))
+    }
+}
+
+/// Parts of a multipart upload other than the last must hold at least this many bytes.
+const MIN_PART_SIZE: u64 = 5 << 20;
+
+/// The ETag an upload completed with the parts `requested` (as the client lists them) has; `None`
+/// when a part's ETag is missing or not an MD5.
+fn completed_etag(requested: &[CompletedPart]) -> Option<String> {
+    let mut digests = Vec::with_capacity(requested.len() * 16);
+    for part in requested {
+        let digest = hex::decode(part.e_tag.as_ref()?.value()).ok().filter(|digest| digest.len() == 16)?;
+        digests.extend_from_slice(&digest);
+    }
+    let mut md5 = Md5::new();
+    md5.update(&digests);
+    Some(format!("{}-{}", hex::encode(md5.finalize()), requested.len()))
+}
+
+/// The object a completed multipart upload makes: its parts in order, as they came.
+fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> ObjectRecord {
+    let mut digests = Vec::with_capacity(parts.len() * 16);
+    for part in parts {
+        digests.extend_from_slice(&hex::decode(&part.etag).unwrap_or_default());
+    }
+    let mut md5 = Md5::new();
+    md5.update(&digests);
+    let etag = format!("{}-{}", hex::encode(md5.finalize()), parts.len());
+    ObjectRecord {
+        version: new_id(),
+        size: parts.iter().map(|p| p.size).sum(),
+        etag,
+        last_modified_ms: now_ms(),
+        attributes: upload.attributes.clone(),
+        checksums: Checksums::default(),
+        part_sizes: parts.iter().map(|p| p.size).collect(),
+        segments: parts
+            .iter()
+            .filter(|p| p.size > 0)
+            .map(|p| Segment::Blob { key: p.blob.clone(), offset: 0, len: p.size })
+            .collect(),
+    }
+}

@@ -1,0 +1,170 @@
+//! Object operations: PUT (through ingest), GET and HEAD (through the reader, with their
+//! conditions and ranges), GetObjectAttributes, and the deletes.
+
+use super::*;
+
+impl Gateway {
+    pub(super) async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let span = tracing::info_span!("put_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
+        async move {
+            let mut input = input;
+            let target = async {
+                check_key(&input.key)?;
+                check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
+                self.ensure_bucket(&tenant, &input.bucket).await
+            };
+            if let Err(error) = target.await {
+                drain(input.body.take()).await;
+                return Err(error);
+            }
+            let expect = match WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref()) {
+                Ok(expect) => expect,
+                Err(error) => {
+                    drain(input.body.take()).await;
+                    return Err(error);
+                }
+            };
+            let claimed = claimed_digests!(input, req);
+            let size_hint = announced_size(&req.headers, input.content_length);
+            let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
+            let base_hint = self.base_hint(&tenant, input.metadata.as_ref());
+            let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed, base_hint, BodyFrom::Client).await?;
+            let attributes = attributes_of!(input);
+            let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes, expect.as_expect()).await?;
+            let checksums = record.checksums;
+            Ok(S3Response::new(write_output!(PutObjectOutput, record.etag, checksums)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    pub(super) async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let span = tracing::info_span!("get_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
+        let _entered = span.enter();
+        let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
+        check_conditions(
+            &record,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
+        let whole = range.is_none();
+        let bytes = range.clone().unwrap_or(0..record.size);
+        let content_range = range.as_ref().map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), record.size));
+        // The pieces kept in the index and the first read from the upstream are in hand before
+        // the answer starts: an upstream that cannot serve them gets the client a 5xx, not a
+        // 200 cut short. Later failures end the body early.
+        let mut first = reader::plan(&record, bytes.clone());
+        let held_back = first.iter().take_while(|piece| matches!(piece, reader::Piece::Inline(_))).count() + 1;
+        let rest = first.split_off(held_back.min(first.len()));
+        let first = reader::fetch_all(&self.store, first).await.map_err(to_s3)?;
+        let first = futures::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>));
+        let body = futures::StreamExt::chain(first, reader::stream(self.store.clone(), rest));
+        tracing::info!(bytes = bytes.end - bytes.start, "serving");
+        let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
+        let parts_count = parts_count(&record, input.part_number);
+        Ok(S3Response::new(object_output!(GetObjectOutput, record, bytes.end - bytes.start, checksums, parts_count, {
+            body: Some(StreamingBlob::wrap(body)),
+            content_range: content_range,
+        })))
+    }
+
+    pub(super) async fn get_object_attributes(&self, req: S3Request<GetObjectAttributesInput>) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
+        let mut output = object_attributes::answer(&record, &input.object_attributes, input.max_parts, input.part_number_marker);
+        output.last_modified = Some(timestamp(record.last_modified_ms));
+        Ok(S3Response::new(output))
+    }
+
+    pub(super) async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
+        check_conditions(
+            &record,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let length = match requested_range(&record, input.range.as_ref(), input.part_number)? {
+            Some(range) => range.end - range.start,
+            None => record.size,
+        };
+        let checksums = if input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
+        let parts_count = parts_count(&record, input.part_number);
+        Ok(S3Response::new(object_output!(HeadObjectOutput, record, length, checksums, parts_count, {})))
+    }
+
+    pub(super) async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
+        let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
+        catalog::delete(&self.store, &key).await.map_err(to_s3)?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    pub(super) async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let tenant = self.tenant(&req)?;
+        let input = req.input;
+        self.ensure_bucket(&tenant, &input.bucket).await?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for object in input.delete.objects {
+            let key = ObjectKey::new(&tenant, &input.bucket, &object.key);
+            match catalog::delete(&self.store, &key).await {
+                Ok(_) if !quiet => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
+                Ok(_) => {}
+                Err(error) => {
+                    let answer = to_s3(error.context(format!("deleting {}", object.key)));
+                    errors.push(Error {
+                        key: Some(object.key),
+                        code: Some(answer.code().as_str().to_owned()),
+                        message: answer.message().map(str::to_owned),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() }))
+    }
+}
+
+/// AWS answers a part number past the object's parts with 416 InvalidPartNumber.
+fn invalid_part_number() -> S3Error {
+    let mut error = S3Error::with_message(S3ErrorCode::Custom("InvalidPartNumber".into()), "The requested partnumber is not satisfiable");
+    error.set_status_code(hyper::StatusCode::RANGE_NOT_SATISFIABLE);
+    error
+}
+
+/// The byte range a GET asks for: a Range header or a part number.
+fn requested_range(record: &ObjectRecord, range: Option<&Range>, part_number: Option<i32>) -> S3Result<Option<std::ops::Range<u64>>> {
+    if let Some(number) = part_number {
+        if record.part_sizes.is_empty() {
+            return if number == 1 { Ok(None) } else { Err(invalid_part_number()) };
+        }
+        let index = usize::try_from(number - 1).map_err(|_| invalid_part_number())?;
+        let size = *record.part_sizes.get(index).ok_or_else(invalid_part_number)?;
+        let start: u64 = record.part_sizes[..index].iter().sum();
+        return Ok(Some(start..start + size));
+    }
+    match range {
+        Some(range) => Ok(Some(range.check(record.size).map_err(|_| s3_error!(InvalidRange))?)),
+        None => Ok(None),
+    }
+}
+
+/// The parts count GET and HEAD report when a part was asked for (multipart objects only).
+fn parts_count(record: &ObjectRecord, part_number: Option<i32>) -> Option<i32> {
+    (!record.part_sizes.is_empty() && part_number.is_some()).then_some(record.part_sizes.len() as i32)
+}
