@@ -351,3 +351,37 @@ fn short_grace(config: &mut tensorgate::config::Config) {
     config.gc_grace_secs = 1;
     config.orphan_scan_secs = 0;
 }
+
+/// The parts of an upload in progress on gateway a are in no manifest and in no index of the
+/// collector b: b's garbage collection, with orphans judged at once, must still leave them, and
+/// the upload completes into the exact bytes.
+#[test]
+fn the_parts_of_a_peers_upload_in_progress_are_not_orphans() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let orphans_at_once = |config: &mut tensorgate::config::Config| {
+        config.orphan_blob_secs = 0;
+        config.orphan_scan_secs = 0;
+    };
+    let a = shared_gateway_over(&moto, state_a.path(), true, orphans_at_once, |upstream| upstream);
+    let b = shared_gateway_over(&moto, state_b.path(), true, orphans_at_once, |upstream| upstream);
+    a.aws(&["s3", "mb", "s3://models"]);
+    let json = |output: std::process::Output| -> serde_json::Value { serde_json::from_slice(&output.stdout).unwrap() };
+    let created = json(a.aws(&["s3api", "create-multipart-upload", "--bucket", "models", "--key", "open"]));
+    let upload_id = created["UploadId"].as_str().unwrap().to_owned();
+    let part = noise(6 << 20, 7);
+    let part_file = scratch.path().join("part");
+    std::fs::write(&part_file, &part).unwrap();
+    let uploaded = json(a.aws(&[
+        "s3api", "upload-part", "--bucket", "models", "--key", "open", "--part-number", "1", "--upload-id", &upload_id, "--body", part_file.to_str().unwrap(),
+    ]));
+    let etag = uploaded["ETag"].as_str().unwrap().to_owned();
+
+    for _ in 0..2 {
+        let collected = b.collect_garbage();
+        assert!(collected.leased && collected.orphans == 0, "{collected:?}");
+    }
+    let parts = format!(r#"{{"Parts":[{{"ETag":{etag:?},"PartNumber":1}}]}}"#);
+    a.aws(&["s3api", "complete-multipart-upload", "--bucket", "models", "--key", "open", "--upload-id", &upload_id, "--multipart-upload", &parts]);
+    assert_eq!(seen(&b, "models", "open", scratch.path()).bytes, part);
+}

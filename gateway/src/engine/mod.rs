@@ -193,12 +193,19 @@ impl Store {
 
 /// What garbage collection remembers between runs of one gateway process. The store holds it
 /// (behind a lock that also keeps runs from overlapping), so that the background loop, admin
-/// commands and fsck share it; `crate::maintenance::gc` is the only reader.
+/// commands and fsck share it; `crate::maintenance::gc` is its only user.
 #[derive(Debug, Default)]
 pub struct GcMemory {
-    /// The upstream keys each manifest references, with the manifest's listing tag: only
-    /// manifests whose tag changed are read again.
-    pub(crate) manifest_references: HashMap<String, (String, Vec<String>)>,
+    /// The upstream keys each manifest and part marker references, with the record's listing
+    /// tag: only records whose tag changed are read again.
+    pub(crate) record_references: HashMap<String, (String, Vec<String>)>,
     /// When the upstream was last listed for orphans.
     pub(crate) last_orphan_scan_ms: Option<i64>,
+}
+
+impl GcMemory {
+    /// The keys `listed` referenced when it was last read, if it has not changed since.
+    pub(crate) fn take_references(&mut self, listed: &crate::upstream::Listed) -> Option<Vec<String>> {
+        self.record_references.remove(&listed.key).filter(|(tag, _)| *tag == listed.tag).map(|(_, keys)| keys)
+    }
 }

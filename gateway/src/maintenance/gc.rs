@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{pack_id, vetoed_pack, Manifest, MANIFESTS, VETOES};
+use tensorgate_index::{pack_id, vetoed_pack, Manifest, PartMarker, MANIFESTS, UPLOAD_PARTS, VETOES};
 
 use crate::engine::catalog;
 use crate::engine::journal;
@@ -159,16 +159,16 @@ fn lease_terms(lease: &[u8]) -> (String, i64) {
 }
 
 /// Upstream keys in use: those of the index, and with a shared upstream those of every
-/// manifest upstream and the packs other gateways vetoed the deletion of.
+/// manifest and part marker upstream (the parts of other gateways' uploads in progress) and the
+/// packs other gateways vetoed the deletion of.
 pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> anyhow::Result<HashSet<String>> {
     let mut referenced = store.index.referenced_upstream_keys()?;
     if store.config.shared_upstream {
         let mut listed_now = HashMap::new();
         for prefix in store.config.upstream_prefixes() {
             for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
-                let known = memory.manifest_references.remove(&listed.key).filter(|(tag, _)| *tag == listed.tag);
-                let keys = match known {
-                    Some((_, keys)) => keys,
+                let keys = match memory.take_references(&listed) {
+                    Some(keys) => keys,
                     None => {
                         let Some(manifest) = catalog::read_record::<Manifest>(store, &listed.key).await? else { continue };
                         manifest_references(&manifest)
@@ -177,10 +177,21 @@ pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> any
                 referenced.extend(keys.iter().cloned());
                 listed_now.insert(listed.key, (listed.tag, keys));
             }
+            for listed in store.upstream.list(&format!("{prefix}{UPLOAD_PARTS}")).await? {
+                let keys = match memory.take_references(&listed) {
+                    Some(keys) => keys,
+                    None => {
+                        let Some(marker) = catalog::read_record::<PartMarker>(store, &listed.key).await? else { continue };
+                        vec![marker.part.blob]
+                    }
+                };
+                referenced.extend(keys.iter().cloned());
+                listed_now.insert(listed.key, (listed.tag, keys));
+            }
             let vetoes = store.upstream.list(&format!("{prefix}{VETOES}")).await?;
             referenced.extend(vetoes.iter().filter_map(|listed| vetoed_pack(&listed.key)).map(|(pack, _)| pack));
         }
-        memory.manifest_references = listed_now;
+        memory.record_references = listed_now;
     }
     Ok(referenced)
 }
