@@ -9,6 +9,10 @@ use serde::Deserialize;
 
 use crate::upstream::S3UpstreamConfig;
 
+/// How far back before its newest entry a sync lists the change journal again (entries can
+/// land out of time order); journal entries must be kept longer than twice this.
+pub const JOURNAL_OVERLAP_MS: i64 = 60_000;
+
 /// Access key used when the config names none; printed at startup.
 pub const DEFAULT_ACCESS_KEY: &str = "tensorgate";
 pub const DEFAULT_SECRET_KEY: &str = "tensorgate-secret";
@@ -281,9 +285,9 @@ impl Config {
         }
         anyhow::ensure!(self.header_read_timeout_secs > 0, "header_read_timeout_secs must be at least 1");
         anyhow::ensure!(
-            self.journal_retention_secs as i64 * 1000 > 2 * crate::engine::journal::OVERLAP_MS,
+            self.journal_retention_secs as i64 * 1000 > 2 * JOURNAL_OVERLAP_MS,
             "journal_retention_secs must be more than {} (twice the overlap a sync reads again)",
-            2 * crate::engine::journal::OVERLAP_MS / 1000
+            2 * JOURNAL_OVERLAP_MS / 1000
         );
         anyhow::ensure!(self.body_idle_timeout_secs > 0, "body_idle_timeout_secs must be at least 1");
         anyhow::ensure!(

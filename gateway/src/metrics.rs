@@ -1,27 +1,16 @@
-//! Prometheus metrics and health, served on their own port (`metrics_listen`):
-//! `/metrics` (text format), `/health` (the process answers) and `/ready` (the index answers
-//! and the gateway is not draining).
-//! Counters move where the work happens; per-tenant bytes and the packer queue are read from
-//! the index at each scrape.
+//! Prometheus metrics: counters move where the work happens; per-tenant bytes and the packer
+//! queue are set from the index at each scrape (`server::status` serves them).
 
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnectionBuilder;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tensorgate_index::Usage;
 
-use crate::engine::Store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -122,11 +111,12 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The text exposition, with the gauges read from the index now.
-    pub fn render(&self, store: &Store) -> anyhow::Result<String> {
-        self.packer_queue.set(store.index.pack_queue_len() as i64);
+    /// The text exposition, with the gauges set from the packer's queue length and the usage
+    /// the index reports now.
+    pub fn render(&self, packer_queue: usize, usage: Vec<Usage>) -> anyhow::Result<String> {
+        self.packer_queue.set(packer_queue as i64);
         let mut tenants: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
-        for row in store.index.usage()? {
+        for row in usage {
             let totals = tenants.entry(row.tenant).or_default();
             totals.0 += row.logical_bytes;
             totals.1 += row.physical_bytes;
@@ -148,38 +138,4 @@ impl Metrics {
             .get_or_create(&MethodLabels { method: method.to_owned() })
             .observe(started.elapsed().as_secs_f64());
     }
-}
-
-/// Serves `/metrics`, `/health` and `/ready` until the task is aborted.
-pub async fn serve(listener: TcpListener, store: Arc<Store>) {
-    loop {
-        let Ok((socket, _)) = listener.accept().await else { continue };
-        let store = store.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                let store = store.clone();
-                async move { Ok::<_, Infallible>(answer(&store, request.uri().path())) }
-            });
-            let _ = ConnectionBuilder::new(TokioExecutor::new()).serve_connection(TokioIo::new(socket), service).await;
-        });
-    }
-}
-
-fn answer(store: &Store, path: &str) -> Response<Full<Bytes>> {
-    let (status, body) = match path {
-        "/metrics" => match store.metrics.render(store) {
-            Ok(text) => (StatusCode::OK, text),
-            Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")),
-        },
-        "/health" => (StatusCode::OK, "ok\n".to_owned()),
-        "/ready" if store.draining.load(std::sync::atomic::Ordering::Relaxed) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned()),
-        "/ready" => match store.index.pack_bytes() {
-            Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
-            Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("index unavailable: {error}\n")),
-        },
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
 }

@@ -9,7 +9,7 @@
 //! `objects` (commits and adoption), `uploads`, `references` (counts, trash, sweep),
 //! `pack_queue`, `compaction`, `reports` (fsck's check, usage, savings), `scrub` and
 //! `candidates` (bases for deltas). `records` and `keys` say how trees store things;
-//! `manifest` is what the upstream holds.
+//! `manifest` is what the upstream holds, and `upstream_layout` where.
 
 mod buckets;
 mod candidates;
@@ -24,6 +24,7 @@ mod references;
 mod reports;
 mod scrub;
 mod uploads;
+mod upstream_layout;
 
 use std::path::Path;
 
@@ -31,11 +32,8 @@ pub use buckets::BucketDeletion;
 pub use compaction::Move;
 pub use encoding::decode;
 pub use keys::ObjectKey;
-pub use manifest::{
-    bucket_key, condemned_key, condemned_pack, heartbeat_key, manifest_key, moves_key, pack_id, part_key, parts_folder, upload_key, veto_key, vetoed_pack,
-    vetoes_folder, BucketMarker, ChunkLocation, Envelope, Manifest, PackMoves, PartMarker, UploadMarker, BUCKETS, CONDEMNED, MANIFESTS,
-    GATEWAYS, JOURNAL, MOVED, PACKS, UPLOADS, UPLOAD_PARTS, VETOES,
-};
+pub use manifest::{BucketMarker, ChunkLocation, Envelope, Manifest, PackMoves, PartMarker, UploadMarker};
+pub use upstream_layout::*;
 pub use objects::{Expect, NewChunk, NewPack};
 pub use records::*;
 pub use reports::{IndexReport, Savings, Usage, MAX_BASE_DEPTH};

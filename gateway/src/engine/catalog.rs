@@ -7,7 +7,7 @@
 use anyhow::Context;
 use bytes::Bytes;
 use tensorgate_index::{
-    bucket_key, manifest_key, part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
+    part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
     ChunkLocation, Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PartMarker, PartRecord, UploadMarker, UploadRecord,
     UPLOADS,
 };
@@ -120,7 +120,7 @@ pub async fn delete(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
         return shared::delete(store, key).await;
     }
     store.index.mark_pending(key)?;
-    let outcome = match store.upstream.delete(&manifest_key_of(store, key)).await {
+    let outcome = match store.upstream.delete(&store.manifest_key(key)).await {
         Ok(()) => store.index.delete_object(key, now_ms()).map_err(Into::into),
         Err(error) => Err(error),
     };
@@ -164,7 +164,7 @@ pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
         return Ok(false);
     }
     let marker = BucketMarker { tenant: tenant.to_owned(), bucket: bucket.to_owned(), created_ms: now_ms() };
-    let marker_key = bucket_key_of(store, tenant, bucket);
+    let marker_key = store.bucket_key(tenant, bucket);
     if store.upstream.put_if(&marker_key, Bytes::from(marker.seal()?), Condition::Absent).await?.is_none() {
         adopt_bucket(store, tenant, bucket).await?;
         return Ok(false);
@@ -182,7 +182,7 @@ pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
     // while the upstream answers.
     drop(owned);
     if deletion == BucketDeletion::Deleted {
-        store.upstream.delete(&bucket_key_of(store, tenant, bucket)).await?;
+        store.upstream.delete(&store.bucket_key(tenant, bucket)).await?;
         // The uploads in progress ended with the bucket; other gateways learn it from their markers.
         for (upload_id, _) in uploads {
             forget_upload(store, tenant, &upload_id).await?;
@@ -199,7 +199,7 @@ pub async fn read_record<T: Envelope>(store: &Store, key: &str) -> anyhow::Resul
 
 /// Brings in from the upstream a bucket another gateway created; false if there is none.
 pub async fn adopt_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<bool> {
-    let Some(marker) = read_record::<BucketMarker>(store, &bucket_key_of(store, tenant, bucket)).await? else {
+    let Some(marker) = read_record::<BucketMarker>(store, &store.bucket_key(tenant, bucket)).await? else {
         return Ok(false);
     };
     anyhow::ensure!(marker.tenant == tenant && marker.bucket == bucket, "bucket marker names another bucket");
@@ -307,7 +307,7 @@ pub async fn forget_upload(store: &Store, tenant: &str, upload_id: &str) -> anyh
 
 /// The object's manifest as the upstream holds it, if any.
 pub async fn fetch(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Manifest>> {
-    let Some(manifest) = read_record::<Manifest>(store, &manifest_key_of(store, key)).await? else {
+    let Some(manifest) = read_record::<Manifest>(store, &store.manifest_key(key)).await? else {
         return Ok(None);
     };
     anyhow::ensure!(
@@ -351,7 +351,7 @@ pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Ob
 /// see `Index::locate`).
 pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_chunks: &[NewChunk]) -> anyhow::Result<Vec<ChunkLocation>> {
     let manifest = manifest_of(key, record, store.index.locate(record, new_chunks)?);
-    upstream::put(&*store.upstream, &manifest_key_of(store, key), Bytes::from(manifest.seal()?)).await?;
+    upstream::put(&*store.upstream, &store.manifest_key(key), Bytes::from(manifest.seal()?)).await?;
     Ok(manifest.chunks)
 }
 
@@ -359,19 +359,11 @@ pub async fn publish(store: &Store, key: &ObjectKey, record: &ObjectRecord, new_
 pub async fn align(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
     match store.index.object(key)? {
         Some(record) => publish(store, key, &record, &[]).await.map(drop),
-        None => store.upstream.delete(&manifest_key_of(store, key)).await,
+        None => store.upstream.delete(&store.manifest_key(key)).await,
     }
 }
 
 /// The manifest of `record` as the object at `key`, with the chunk table `chunks`.
 fn manifest_of(key: &ObjectKey, record: &ObjectRecord, chunks: Vec<ChunkLocation>) -> Manifest {
     Manifest { tenant: key.tenant.clone(), bucket: key.bucket.clone(), key: key.key.clone(), record: record.clone(), chunks }
-}
-
-pub(crate) fn manifest_key_of(store: &Store, key: &ObjectKey) -> String {
-    manifest_key(&store.config.upstream_prefix(&key.tenant), &key.tenant, &key.bucket, &key.key)
-}
-
-pub(crate) fn bucket_key_of(store: &Store, tenant: &str, bucket: &str) -> String {
-    bucket_key(&store.config.upstream_prefix(tenant), tenant, bucket)
 }

@@ -17,7 +17,7 @@ use tensorgate_codec::{
     encode_chunk, encode_parallel, parse_header, read_header_len, BaseChunk, ChunkJob, ContentHash, Dtype, FrameHeader,
     Layout, Region, RegionKind, Sketch, DEFAULT_CHUNK_SIZE,
 };
-use tensorgate_index::{BaseCandidate, ChunkHash, ChunkRecord, NewChunk, NewPack, ObjectRecord, Segment, MAX_BASE_DEPTH};
+use tensorgate_index::{blob_key, pack_key, BaseCandidate, ChunkHash, ChunkRecord, MAX_BASE_DEPTH, NewChunk, NewPack, ObjectRecord, Segment};
 
 use crate::config::BaseSelection;
 use crate::engine::reader;
@@ -369,7 +369,7 @@ impl Ingester {
             self.state = State::Empty;
             return Ok(());
         }
-        let key = format!("{}blobs/{}", self.upstream_prefix, new_id());
+        let key = blob_key(&self.upstream_prefix, &new_id());
         self.in_flight.push(self.store.in_flight.begin(&key));
         let mut writer = self.store.upstream.writer(&key).await?;
         writer.write(buffered).await?;
@@ -602,7 +602,7 @@ impl Ingester {
         })
         .await?;
         if self.pack.is_none() {
-            let key = format!("{}packs/{}", self.upstream_prefix, new_id());
+            let key = pack_key(&self.upstream_prefix, &new_id());
             self.in_flight.push(self.store.in_flight.begin(&key));
             let writer = self.store.upstream.writer(&key).await?;
             self.pack = Some((key, writer, 0));

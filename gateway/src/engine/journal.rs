@@ -5,7 +5,7 @@
 //! every manifest: a sync costs in proportion to the changes, not to the objects.
 //!
 //! An entry may land after one with a later time (writers race; clocks differ), so each sync
-//! lists again from [`OVERLAP_MS`] before the newest entry it saw and skips those it handled.
+//! lists again from [`JOURNAL_OVERLAP_MS`] before the newest entry it saw and skips those it handled.
 //! The lease holder deletes entries older than `journal_retention_secs`. A gateway lists every
 //! manifest instead when it has no cursor (its first sync), when its cursor is older than the
 //! retention, and once every `shared_full_sync_secs` (which also repairs what a skewed clock
@@ -19,17 +19,16 @@ use tensorgate_index::{ObjectKey, JOURNAL};
 use crate::ids::{new_id, now_ms};
 
 use crate::engine::Store;
+use crate::config::JOURNAL_OVERLAP_MS;
 use crate::upstream;
 
-/// How far back before its newest entry a sync lists again.
-pub const OVERLAP_MS: i64 = 60_000;
 
 /// Where a gateway stands in the journal.
 #[derive(Debug, Default)]
 pub struct Cursor {
     /// The newest entry seen (entries timed ahead of this gateway's clock are not taken).
     newest: Option<String>,
-    /// Entries handled since `OVERLAP_MS` before the newest.
+    /// Entries handled since `JOURNAL_OVERLAP_MS` before the newest.
     handled: HashSet<String>,
     /// When (this gateway's clock) the last sync that caught up began.
     caught_up_ms: Option<i64>,
@@ -59,14 +58,14 @@ pub async fn append(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
 pub async fn changes(store: &Store, cursor: &Cursor) -> anyhow::Result<Option<Changes>> {
     let now = now_ms();
     let full_due = cursor.last_full_ms.is_none_or(|last| now - last >= (store.config.shared_full_sync_secs as i64) * 1000);
-    let retained_ms = (store.config.journal_retention_secs as i64) * 1000 - OVERLAP_MS;
+    let retained_ms = (store.config.journal_retention_secs as i64) * 1000 - JOURNAL_OVERLAP_MS;
     let Some(caught_up) = cursor.caught_up_ms.filter(|caught_up| now - caught_up < retained_ms) else {
         return Ok(None);
     };
     if full_due {
         return Ok(None);
     }
-    let from = cursor.newest.as_deref().and_then(entry_ms).unwrap_or(caught_up) - OVERLAP_MS;
+    let from = cursor.newest.as_deref().and_then(entry_ms).unwrap_or(caught_up) - JOURNAL_OVERLAP_MS;
     let listed = store.upstream.list_after(JOURNAL, &format!("{JOURNAL}{from:013}")).await?;
     let mut objects = Vec::new();
     let mut entries = Vec::new();
@@ -124,13 +123,13 @@ pub async fn prune(store: &Store, now: i64) -> anyhow::Result<usize> {
 /// writer's clock running fast) does not move the newest, which would hide the others' entries.
 fn remember(cursor: &mut Cursor, entries: impl Iterator<Item = String>, now: i64) {
     for entry in entries {
-        let believable = entry_ms(&entry).is_some_and(|ms| ms <= now + OVERLAP_MS);
+        let believable = entry_ms(&entry).is_some_and(|ms| ms <= now + JOURNAL_OVERLAP_MS);
         if believable && cursor.newest.as_ref().is_none_or(|newest| entry > *newest) {
             cursor.newest = Some(entry.clone());
         }
         cursor.handled.insert(entry);
     }
-    let keep_from = cursor.newest.as_deref().and_then(entry_ms).map_or(i64::MIN, |ms| ms - OVERLAP_MS);
+    let keep_from = cursor.newest.as_deref().and_then(entry_ms).map_or(i64::MIN, |ms| ms - JOURNAL_OVERLAP_MS);
     cursor.handled.retain(|entry| entry_ms(entry).is_some_and(|ms| ms >= keep_from));
 }
 

@@ -3,6 +3,7 @@
 //! and keys writes hold ([`guards`]), the base cache and admission. [`shared`] and [`journal`]
 //! keep several gateways over one upstream in step.
 
+pub mod admission;
 pub mod base_cache;
 pub mod catalog;
 pub mod cores;
@@ -26,7 +27,7 @@ use tensorgate_index::{BaseCandidate, Index, ObjectKey};
 use crate::engine::ingest::StoredTensor;
 use crate::ids::new_id;
 
-use crate::admission::{Admission, BodyPermit};
+use crate::engine::admission::{Admission, BodyPermit};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::{GuardedUpstream, Upstream, UpstreamFailure};
@@ -178,6 +179,16 @@ fn stripe(key: &impl std::hash::Hash) -> usize {
 }
 
 impl Store {
+    /// Upstream key of the manifest of the object at `key`.
+    pub fn manifest_key(&self, key: &ObjectKey) -> String {
+        tensorgate_index::manifest_key(&self.config.upstream_prefix(&key.tenant), &key.tenant, &key.bucket, &key.key)
+    }
+
+    /// Upstream key of the marker of a tenant's bucket.
+    pub fn bucket_key(&self, tenant: &str, bucket: &str) -> String {
+        tensorgate_index::bucket_key(&self.config.upstream_prefix(tenant), tenant, bucket)
+    }
+
     /// Makes the whole tensors of a committed write findable as bases: by name (for the name
     /// strategy) and by fingerprint.
     pub fn register_tensors(&self, tenant: &str, tensors: &[StoredTensor]) -> anyhow::Result<()> {
@@ -193,7 +204,7 @@ impl Store {
 
 /// What garbage collection remembers between runs of one gateway process. The store holds it
 /// (behind a lock that also keeps runs from overlapping), so that the background loop, admin
-/// commands and fsck share it; `crate::maintenance::gc` is its only user.
+/// commands and fsck share it; the garbage collector is its only user.
 #[derive(Debug, Default)]
 pub struct GcMemory {
     /// The upstream keys each manifest and part marker references, with the record's listing

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use tensorgate_index::{Envelope, Expect, IndexError, Manifest, ObjectKey};
 
 use crate::engine::Store;
-use crate::engine::catalog::manifest_key_of;
 use crate::engine::journal;
 use crate::ids::now_ms;
 use crate::upstream::Condition;
@@ -46,7 +45,7 @@ impl Seen {
 
 /// The manifest of `key` upstream now, with its tag.
 pub async fn observe(store: &Store, key: &ObjectKey) -> anyhow::Result<Seen> {
-    let Some(tagged) = store.upstream.read_tagged(&manifest_key_of(store, key)).await? else {
+    let Some(tagged) = store.upstream.read_tagged(&store.manifest_key(key)).await? else {
         return Ok(Seen::Absent);
     };
     let manifest = Manifest::open(&tagged.bytes)?;
@@ -101,7 +100,7 @@ pub async fn publish_then(
     store.index.mark_pending(key)?;
     let bytes = Bytes::from(manifest.seal()?);
     for _ in 0..CONFLICT_ATTEMPTS {
-        let failure = match store.upstream.put_if(&manifest_key_of(store, key), bytes.clone(), seen.condition()).await {
+        let failure = match store.upstream.put_if(&store.manifest_key(key), bytes.clone(), seen.condition()).await {
             Ok(Some(_)) => return finish(store, key, index_step).await,
             Ok(None) => None,
             Err(error) => Some(error),
@@ -151,7 +150,7 @@ pub async fn delete(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
         let Seen::Present { tag, .. } = &seen else {
             return settle(store, key, Ok(existed)).await;
         };
-        match store.upstream.delete_if(&manifest_key_of(store, key), tag).await {
+        match store.upstream.delete_if(&store.manifest_key(key), tag).await {
             Ok(true) => return settle(store, key, Ok(existed)).await,
             Ok(false) => {}
             Err(error) => return settle(store, key, Err(error)).await,
@@ -208,7 +207,7 @@ pub async fn relocate(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let relocated = Manifest { chunks: store.index.locate(&record, &[])?, ..*manifest };
-    Ok(store.upstream.put_if(&manifest_key_of(store, key), Bytes::from(relocated.seal()?), Condition::Matches(tag)).await?.is_some())
+    Ok(store.upstream.put_if(&store.manifest_key(key), Bytes::from(relocated.seal()?), Condition::Matches(tag)).await?.is_some())
 }
 
 /// Makes an upstream manifest the object it names in the index, reading its chunks where it

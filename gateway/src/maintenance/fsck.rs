@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tensorgate_index::{Envelope, IndexError, Manifest, ObjectKey, MANIFESTS};
+use tensorgate_index::{BLOBS, Envelope, IndexError, MANIFESTS, Manifest, ObjectKey, PACKS};
 
 use crate::engine::Store;
 use crate::engine::catalog;
@@ -130,7 +130,7 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
                 *furthest = (*furthest).max(end);
             }
         }
-        for folder in ["packs/", "blobs/"] {
+        for folder in [PACKS, BLOBS] {
             sizes.extend(store.upstream.list(&format!("{prefix}{folder}")).await?.into_iter().map(|listed| (listed.key, listed.size)));
         }
     }

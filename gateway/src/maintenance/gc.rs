@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{pack_id, vetoed_pack, Manifest, PartMarker, MANIFESTS, UPLOAD_PARTS, VETOES};
+use tensorgate_index::{pack_id, vetoed_pack, BLOBS, LEASE, MANIFESTS, Manifest, PACKS, PartMarker, UPLOAD_PARTS, VETOES};
 
 use crate::engine::catalog;
 use crate::engine::journal;
@@ -40,9 +40,6 @@ pub struct GcReport {
     /// Sparse packs rewritten by compaction.
     pub packs_compacted: usize,
 }
-
-/// Upstream key of the garbage-collection lease.
-const LEASE_KEY: &str = "gc/lease";
 
 /// Finishes interrupted manifest changes and collects chunks dead for longer than the grace
 /// period; then, holding the lease, deletes upstream objects in the trash for longer than it
@@ -127,7 +124,7 @@ fn sweep(store: &Store, cutoff: i64, now: i64) -> anyhow::Result<usize> {
 async fn acquire_lease(store: &Store, now: i64) -> anyhow::Result<bool> {
     let expires = now + (store.config.gc_lease_secs as i64) * 1000;
     let lease = bytes::Bytes::from(format!("{} {expires}", store.instance));
-    let condition = match store.upstream.read_tagged(LEASE_KEY).await? {
+    let condition = match store.upstream.read_tagged(LEASE).await? {
         None => Condition::Absent,
         Some(current) => {
             let (holder, expiry) = lease_terms(&current.bytes);
@@ -137,16 +134,16 @@ async fn acquire_lease(store: &Store, now: i64) -> anyhow::Result<bool> {
             Condition::Matches(current.tag)
         }
     };
-    Ok(store.upstream.put_if(LEASE_KEY, lease, condition).await?.is_some())
+    Ok(store.upstream.put_if(LEASE, lease, condition).await?.is_some())
 }
 
 /// Whether this gateway may judge and collect orphans now: it holds the lease, or nobody does.
 /// With `take`, the lease is taken (or renewed) as garbage collection takes it.
-pub(crate) async fn may_collect(store: &Store, now: i64, take: bool) -> anyhow::Result<bool> {
+pub async fn may_collect(store: &Store, now: i64, take: bool) -> anyhow::Result<bool> {
     if take {
         return acquire_lease(store, now).await;
     }
-    let Some(current) = store.upstream.read_tagged(LEASE_KEY).await? else { return Ok(true) };
+    let Some(current) = store.upstream.read_tagged(LEASE).await? else { return Ok(true) };
     let (holder, expiry) = lease_terms(&current.bytes);
     Ok(holder == store.instance || expiry < now)
 }
@@ -210,7 +207,7 @@ fn manifest_references(manifest: &Manifest) -> Vec<String> {
 pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<Vec<String>> {
     let mut orphans = Vec::new();
     for prefix in store.config.upstream_prefixes() {
-        let folders = [("packs/", store.config.gc_grace_secs), ("blobs/", store.config.orphan_blob_secs)];
+        let folders = [(PACKS, store.config.gc_grace_secs), (BLOBS, store.config.orphan_blob_secs)];
         for (folder, age_secs) in folders {
             let old_enough = now - (age_secs as i64) * 1000;
             for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {

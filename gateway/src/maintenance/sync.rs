@@ -12,7 +12,7 @@ use std::time::Duration;
 use tensorgate_index::{upload_key, BucketDeletion, BucketMarker, Manifest, ObjectKey, BUCKETS, MANIFESTS, UPLOADS};
 
 use crate::engine::Store;
-use crate::engine::catalog::{bucket_key_of, manifest_key_of, read_record, refresh};
+use crate::engine::catalog::{read_record, refresh};
 use crate::engine::journal;
 use crate::engine::shared;
 use crate::ids::now_ms;
@@ -85,7 +85,7 @@ async fn sync_buckets(store: &Store, tags: &mut HashMap<String, String>, report:
         }
     }
     for (tenant, bucket) in store.index.all_buckets()? {
-        let marker = bucket_key_of(store, &tenant, &bucket);
+        let marker = store.bucket_key(&tenant, &bucket);
         if !listed_buckets.contains(&marker) && store.upstream.read_tagged(&marker).await?.is_none() {
             let _owned = store.own_bucket(&tenant, &bucket).await;
             if store.index.delete_bucket(&tenant, &bucket, now_ms())? == BucketDeletion::Deleted {
@@ -144,7 +144,7 @@ async fn sync_every_manifest(store: &Store, tags: &mut HashMap<String, String>, 
     let mut unlisted = Vec::new();
     for entry in store.index.all_objects() {
         let (key, _) = entry?;
-        if !listed_manifests.contains(&manifest_key_of(store, &key)) {
+        if !listed_manifests.contains(&store.manifest_key(&key)) {
             unlisted.push(key);
         }
     }

@@ -1,6 +1,8 @@
 //! Starting a gateway: open the index and upstream, wire the S3 service with its keys and
 //! domains, spawn the background tasks and serve HTTP on the listener.
 
+pub mod status;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,14 +19,13 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::admission;
+use crate::engine::admission;
 use crate::config::{Config, TlsConfig};
 use crate::engine::Store;
 use crate::engine::catalog;
 use crate::ids::{new_id, now_ms};
 use crate::maintenance::condemned;
 use crate::maintenance::{gc, packer, sync};
-use crate::metrics;
 use crate::s3::Gateway;
 use crate::s3::auth::{Authenticator, KeyRing, Keys};
 use crate::s3::domains::Domains;
@@ -212,7 +213,7 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
     if let Some(listen) = config.metrics_listen {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("listening on {listen} for metrics"))?;
         metrics_address = Some(listener.local_addr()?);
-        tasks.push(tokio::spawn(metrics::serve(listener, store.clone())));
+        tasks.push(tokio::spawn(status::serve(listener, store.clone())));
     }
     let measured = measured_service(service, store.clone(), keys.clone());
     tracing::info!(%address, tls = tls.is_some(), upstream = store.upstream.describe(), "serving S3");
