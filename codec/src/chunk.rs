@@ -18,6 +18,18 @@ pub fn chunk_ranges(len: usize, chunk_size: usize) -> impl Iterator<Item = Range
     (0..len.div_ceil(chunk_size)).map(move |i| i * chunk_size..((i + 1) * chunk_size).min(len))
 }
 
+/// How many chunks of [`DEFAULT_CHUNK_SIZE`] a region (a tensor, or the bytes between tensors)
+/// of `len` bytes is cut into: what a stored model's manifest holds per region.
+pub fn chunk_count(len: u64) -> usize {
+    len.div_ceil(DEFAULT_CHUNK_SIZE as u64) as usize
+}
+
+/// Where the chunk that starts at `chunk_start` ends, in a region ending at `region_end` (the
+/// streaming form of [`chunk_ranges`] with [`DEFAULT_CHUNK_SIZE`]).
+pub fn chunk_end(chunk_start: u64, region_end: u64) -> u64 {
+    (chunk_start + DEFAULT_CHUNK_SIZE as u64).min(region_end)
+}
+
 /// One chunk to encode: its raw bytes, dtype and optional base.
 pub struct ChunkJob<'a> {
     pub raw: &'a [u8],
@@ -34,6 +46,22 @@ pub fn encode_parallel(jobs: &[ChunkJob<'_>]) -> Vec<Result<Vec<u8>>> {
 mod tests {
     use super::*;
     use crate::encode::decode_frame;
+
+    #[test]
+    fn the_streaming_cut_and_the_count_agree_with_the_ranges() {
+        for len in [0u64, 1, DEFAULT_CHUNK_SIZE as u64 - 1, DEFAULT_CHUNK_SIZE as u64, 3 * DEFAULT_CHUNK_SIZE as u64 + 5] {
+            let ranges: Vec<_> = chunk_ranges(len as usize, DEFAULT_CHUNK_SIZE).collect();
+            assert_eq!(chunk_count(len), ranges.len());
+            let mut start = 0;
+            let mut cuts = Vec::new();
+            while start < len {
+                let end = chunk_end(start, len);
+                cuts.push(start as usize..end as usize);
+                start = end;
+            }
+            assert_eq!(cuts, ranges);
+        }
+    }
 
     #[test]
     fn ranges_cover_every_byte_once() {

@@ -49,6 +49,13 @@ impl TensorInfo {
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
+
+    /// The dtype and shape as one string, `DTYPE:d0xd1x...` (`F32:` for a scalar): a tensor is
+    /// a delta candidate only for tensors of the same signature (docs/format.md, the index).
+    pub fn signature(&self) -> String {
+        let dims: Vec<String> = self.shape.iter().map(u64::to_string).collect();
+        format!("{}:{}", self.dtype.name(), dims.join("x"))
+    }
 }
 
 /// The parsed header of a safetensors file. Tensors are sorted by their start offset.

@@ -18,7 +18,7 @@ pub mod ordered;
 pub mod planes;
 pub mod sketch;
 
-pub use chunk::{chunk_ranges, encode_parallel, ChunkJob, DEFAULT_CHUNK_SIZE};
+pub use chunk::{chunk_count, chunk_end, chunk_ranges, encode_parallel, ChunkJob, DEFAULT_CHUNK_SIZE};
 pub use dtype::Dtype;
 pub use encode::{decode_frame, encode_chunk, BaseChunk};
 pub use error::{CodecError, Result};

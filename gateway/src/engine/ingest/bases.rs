@@ -1,0 +1,143 @@
+//! Choosing the base a tensor's chunks are stored as deltas against: by the configured
+//! strategy, the newest stored tensor of the same name, dtype and shape, or the stored tensor
+//! of that dtype and shape whose bit-level fingerprint is nearest, confirmed by trial encodes
+//! of a sample of the first chunk.
+
+use bytes::Bytes;
+use tensorgate_codec::{encode_chunk, BaseChunk, ContentHash, Dtype, FrameHeader, Region, RegionKind, Sketch};
+use tensorgate_index::{BaseCandidate, ChunkHash, MAX_BASE_DEPTH};
+
+use super::model::ModelState;
+use super::{Ingester, State};
+use crate::config::BaseSelection;
+use crate::engine::{on_cores, reader};
+
+/// Tensors smaller than this are neither fingerprinted, registered as base candidates nor
+/// delta-coded: their 512-byte sketch would outweigh them, and a header of 100,000 tiny
+/// tensors would cost a sketch and an index entry each. The smallest tensors of real models
+/// (a layer norm of 384 bf16 values: 768 bytes) stay above it.
+pub(super) const MIN_BASE_TENSOR_BYTES: u64 = 512;
+
+/// Base candidates tried on a sample of the first chunk, nearest fingerprints first.
+const TRIALS: usize = 3;
+
+/// Bytes of the first chunk a trial encodes.
+const TRIAL_BYTES: usize = 256 << 10;
+
+impl Ingester {
+    /// The chunks of the newest stored tensor with the same name, dtype and shape as the
+    /// region's tensor: the base candidates for its chunks.
+    pub(super) fn base_for_region(&self, model: &ModelState) -> anyhow::Result<Option<Vec<ChunkHash>>> {
+        let Some(Region { kind: RegionKind::Tensor(index), .. }) = model.regions.get(model.region) else {
+            return Ok(None);
+        };
+        if self.store.config.base_selection != BaseSelection::Name {
+            return Ok(None);
+        }
+        let tensor = &model.layout.tensors[*index];
+        Ok(self.store.index.tensor_chunks(&self.scope, &tensor.name, &tensor.signature())?)
+    }
+
+    /// Chooses the base tensor of the tensor being filled, once: the one the client named, or
+    /// the nearest by fingerprint (tried on chunk `chunk_index`), else the one found by name.
+    pub(super) async fn choose_base(&mut self, tensor_key: &(String, String), raw: &Bytes, dtype: Dtype, chunk_index: usize) -> anyhow::Result<()> {
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        if model.base_chosen {
+            return Ok(());
+        }
+        model.base_chosen = true;
+        let sketch = model.sketch.clone();
+        let hinted = self.options.base_hint.as_ref().and_then(|hint| hint.get(tensor_key).cloned());
+        let chosen = match (hinted, self.store.config.base_selection, sketch) {
+            (Some(chunks), _, _) => Some(chunks),
+            (None, BaseSelection::Fingerprint, Some(sketch)) => {
+                self.choose_by_fingerprint(raw, dtype, &tensor_key.1, &sketch, chunk_index).await?
+            }
+            _ => None,
+        };
+        if let (State::Model(model), Some(chosen)) = (&mut self.state, chosen) {
+            model.base_chunks = Some(chosen);
+        }
+        Ok(())
+    }
+
+    /// The stored tensor of the same dtype and shape to take deltas against: the candidates with
+    /// the nearest fingerprints are tried on a sample of chunk `chunk_index`, and the one
+    /// giving the smallest delta wins, if any delta beats encoding on its own.
+    pub(super) async fn choose_by_fingerprint(
+        &mut self,
+        raw: &Bytes,
+        dtype: Dtype,
+        tensor_signature: &str,
+        sketch: &Sketch,
+        chunk_index: usize,
+    ) -> anyhow::Result<Option<Vec<ChunkHash>>> {
+        let mut ranked: Vec<(u32, BaseCandidate)> = self
+            .store
+            .index
+            .candidates(&self.scope, tensor_signature)?
+            .into_iter()
+            .filter_map(|candidate| Some((Sketch::from_bytes(&candidate.sketch)?.distance(sketch), candidate)))
+            .collect();
+        ranked.sort_by_key(|(distance, _)| *distance);
+        let sample = raw.slice(..raw.len().min(TRIAL_BYTES));
+        let mut best: Option<(usize, Vec<ChunkHash>)> = None;
+        for (_, candidate) in ranked.into_iter().take(TRIALS) {
+            let Some(same_place) = candidate.chunks.get(chunk_index) else { continue };
+            let Some((hash, base)) = self.base_bytes(*same_place, raw.len()).await? else { continue };
+            let sample = sample.clone();
+            let trial = on_cores(move || {
+                let base = BaseChunk { hash, bytes: &base[..sample.len()] };
+                let frame = encode_chunk(&sample, dtype, Some(base))?;
+                Ok::<_, tensorgate_codec::CodecError>((frame.len(), FrameHeader::read(&frame)?.base.is_some()))
+            })
+            .await??;
+            if let (size, true) = trial {
+                if best.as_ref().is_none_or(|(smallest, _)| size < *smallest) {
+                    best = Some((size, candidate.chunks));
+                }
+            }
+        }
+        Ok(best.map(|(_, chunks)| chunks))
+    }
+
+    /// Whether the index holds the chunk; if it does, it stays held from the sweep until this
+    /// write is committed or dropped.
+    pub(super) fn hold_if_stored(&mut self, hash: ChunkHash) -> anyhow::Result<bool> {
+        let guard = self.store.held_chunks.hold(hash);
+        let stored = self.store.index.chunk(&hash)?.is_some();
+        if stored {
+            self.held_chunks.push(guard);
+        }
+        Ok(stored)
+    }
+
+    /// The standalone chunk to take a delta against, if the candidate (or its own base) is
+    /// stored and has the same length; it is held from the sweep.
+    pub(super) async fn base_bytes(&mut self, candidate: ChunkHash, len: usize) -> anyhow::Result<Option<(ContentHash, Bytes)>> {
+        // The delta is taken against the standalone chunk at the root of the candidate's bases
+        // (with a shared upstream a chunk adopted from another gateway may be a delta of a
+        // delta), so that what this gateway writes decodes in one step here.
+        let mut base_hash = candidate;
+        for _ in 0..MAX_BASE_DEPTH {
+            match self.store.index.chunk(&base_hash)? {
+                Some(record) => match record.base {
+                    Some(next) => base_hash = next,
+                    None => break,
+                },
+                None => return Ok(None),
+            }
+        }
+        if !self.hold_if_stored(base_hash)? {
+            return Ok(None);
+        }
+        match reader::load_base_tries(&self.store, &base_hash, 1).await {
+            Ok(bytes) if bytes.len() == len => Ok(Some((ContentHash(base_hash), bytes))),
+            Ok(_) => Ok(None),
+            Err(error) => {
+                tracing::warn!(%error, "base chunk unreadable; encoding standalone");
+                Ok(None)
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Models on the PUT path: the format extension point. A body whose first bytes parse as a
+//! model header (safetensors today) is cut into regions (tensors, and the bytes between them),
+//! each region into chunks as the codec plans them (`tensorgate_codec::chunk_end`); a chunk
+//! already stored is referenced, a new one encoded on the cores into the write's pack.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use tensorgate_codec::{chunk_count, chunk_end, encode_parallel, BaseChunk, parse_header, read_header_len, ChunkJob, ContentHash, Dtype, FrameHeader, Layout, Region, RegionKind, Sketch};
+use tensorgate_index::{pack_key, ChunkHash, ChunkRecord, NewChunk, ObjectRecord, Segment};
+
+use super::bases::MIN_BASE_TENSOR_BYTES;
+use super::{batch_chunks, Ingester, State, StoredTensor};
+use crate::engine::on_cores;
+use crate::ids::new_id;
+use crate::metrics::ChunkLabels;
+
+/// The chunks of each tensor of a stored model, by name and signature.
+pub type ModelTensors = HashMap<(String, String), Vec<ChunkHash>>;
+
+/// The tensors of a stored model, from its manifest: the header's regions in order, each cut
+/// into chunks as ingest cuts them. `None` for an object that was not stored as a model.
+pub fn model_tensors(record: &ObjectRecord) -> Option<ModelTensors> {
+    let Some(Segment::Inline(header)) = record.segments.first() else { return None };
+    let header_len = usize::try_from(read_header_len(header).ok()?).ok()?;
+    let layout = parse_header(header.get(8..8 + header_len)?, None).ok()?;
+    let mut chunks = record.segments[1..].iter().map(|segment| match segment {
+        Segment::Chunk { hash, .. } => Some(*hash),
+        _ => None,
+    });
+    let mut tensors = HashMap::new();
+    for region in layout.regions() {
+        let count = chunk_count(region.end - region.start);
+        let hashes: Vec<ChunkHash> = chunks.by_ref().take(count).collect::<Option<_>>()?;
+        if let RegionKind::Tensor(index) = region.kind {
+            let tensor = &layout.tensors[index];
+            tensors.insert((tensor.name.clone(), tensor.signature()), hashes);
+        }
+    }
+    Some(tensors)
+}
+
+pub(super) struct ModelState {
+    pub(super) layout: Layout,
+    pub(super) regions: Vec<Region>,
+    /// Index into `regions` of the region being filled; past the end means trailing bytes.
+    pub(super) region: usize,
+    /// Data-section offset of the next byte.
+    pub(super) position: u64,
+    /// Data-section offset where the chunk being filled starts.
+    pub(super) chunk_start: u64,
+    pub(super) current: BytesMut,
+    pub(super) pending: Vec<PendingChunk>,
+    /// Chunks of the tensor being filled, and the base tensor's chunks chosen for it.
+    pub(super) tensor_chunks: Vec<ChunkHash>,
+    pub(super) base_chunks: Option<Vec<ChunkHash>>,
+    /// Fingerprint of the tensor being filled, taken from its first chunk.
+    pub(super) sketch: Option<Sketch>,
+    /// Whether the base of the tensor being filled has been chosen (at its first new chunk).
+    pub(super) base_chosen: bool,
+}
+
+pub(super) struct PendingChunk {
+    raw: Bytes,
+    dtype: Dtype,
+    hash: ChunkHash,
+    base: Option<(ContentHash, Bytes)>,
+}
+
+impl ModelState {
+    /// Data-section offset where the chunk being filled ends.
+    fn chunk_end(&self) -> u64 {
+        let region_end = self.regions.get(self.region).map_or(u64::MAX, |region| region.end);
+        chunk_end(self.chunk_start, region_end)
+    }
+}
+
+impl Ingester {
+    /// Decides between model and plain once enough bytes are in (or the body has ended).
+    pub(super) async fn sniff(&mut self, ended: bool) -> anyhow::Result<()> {
+        let State::Sniff(buffer) = &mut self.state else { return Ok(()) };
+        let size_hint = self.options.size_hint;
+        let too_small = self.force_plain || size_hint.is_some_and(|size| size < self.store.config.min_model_bytes);
+        let header_len = match read_header_len(buffer) {
+            Ok(len) if !too_small && size_hint.is_none_or(|size| size >= 8 + len) && (2..=self.store.config.max_header_bytes).contains(&len) => len,
+            Err(_) if !ended && buffer.len() < 8 && !too_small => return Ok(()),
+            _ => return self.become_plain().await,
+        };
+        if buffer.len() > 8 && buffer[8] != b'{' {
+            return self.become_plain().await;
+        }
+        let header_end = 8 + header_len as usize;
+        if buffer.len() < header_end {
+            return if ended { self.become_plain().await } else { Ok(()) };
+        }
+        let data_len = size_hint.map(|size| size - header_end as u64);
+        let Ok(layout) = parse_header(&buffer[8..header_end], data_len) else {
+            return self.become_plain().await;
+        };
+        let buffered = buffer.split().freeze();
+        self.segments.push(Segment::Inline(buffered[..header_end].to_vec()));
+        let regions = layout.regions();
+        let mut model = ModelState {
+            layout,
+            regions,
+            region: 0,
+            position: 0,
+            chunk_start: 0,
+            current: BytesMut::new(),
+            pending: Vec::new(),
+            tensor_chunks: Vec::new(),
+            base_chunks: None,
+            sketch: None,
+            base_chosen: false,
+        };
+        model.base_chunks = self.base_for_region(&model)?;
+        self.state = State::Model(Box::new(model));
+        self.feed_model(buffered.slice(header_end..)).await
+    }
+
+    pub(super) async fn feed_model(&mut self, mut bytes: Bytes) -> anyhow::Result<()> {
+        while !bytes.is_empty() {
+            let State::Model(model) = &mut self.state else { return Ok(()) };
+            let chunk_end = model.chunk_end();
+            let take = ((chunk_end - model.position) as usize).min(bytes.len());
+            model.current.extend_from_slice(&bytes.split_to(take));
+            model.position += take as u64;
+            if model.position == chunk_end {
+                self.seal_chunk().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns the filled chunk into a segment, queues it for encoding unless already stored,
+    /// and moves on to the next chunk (and region).
+    pub(super) async fn seal_chunk(&mut self) -> anyhow::Result<()> {
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        if model.current.is_empty() {
+            return Ok(());
+        }
+        let raw = model.current.split().freeze();
+        let hash = ContentHash::scoped(&self.scope, &raw).0;
+        let chunk_index = model.tensor_chunks.len();
+        let (dtype, region_end, tensor_signature) = match model.regions.get(model.region) {
+            Some(Region { kind: RegionKind::Tensor(index), end, .. }) => {
+                let tensor = &model.layout.tensors[*index];
+                let worth_a_base = tensor.len() >= MIN_BASE_TENSOR_BYTES;
+                (tensor.dtype, Some(*end), worth_a_base.then(|| (tensor.name.clone(), tensor.signature())))
+            }
+            Some(Region { end, .. }) => (Dtype::U8, Some(*end), None),
+            None => (Dtype::U8, None, None),
+        };
+        if chunk_index == 0 && tensor_signature.is_some() {
+            model.sketch = Some(Sketch::of(&raw, dtype));
+            model.base_chosen = false;
+        }
+        model.tensor_chunks.push(hash);
+        model.chunk_start = model.position;
+        let region_done = region_end == Some(model.position);
+        self.segments.push(Segment::Chunk { hash, len: raw.len() as u32 });
+        let known = self.seen.contains(&hash) || self.hold_if_stored(hash)?;
+        if known {
+            self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome: "deduplicated" }).inc();
+        } else {
+            self.seen.insert(hash);
+            // The base is chosen at the tensor's first new chunk: a tensor stored already
+            // reads no base.
+            if let Some(tensor_key) = tensor_signature {
+                self.choose_base(&tensor_key, &raw, dtype, chunk_index).await?;
+            }
+            let State::Model(model) = &mut self.state else { return Ok(()) };
+            let base_hash = model.base_chunks.as_ref().and_then(|chunks| chunks.get(chunk_index)).copied();
+            let base = match base_hash.filter(|b| *b != hash) {
+                Some(base_hash) => self.base_bytes(base_hash, raw.len()).await?,
+                None => None,
+            };
+            let State::Model(model) = &mut self.state else { return Ok(()) };
+            model.pending.push(PendingChunk { raw, dtype, hash, base });
+            if model.pending.len() >= batch_chunks() {
+                self.encode_pending().await?;
+            }
+        }
+        if region_done {
+            self.finish_region()?;
+        }
+        Ok(())
+    }
+
+    /// Records a finished tensor and picks the base candidates of the next region.
+    pub(super) fn finish_region(&mut self) -> anyhow::Result<()> {
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        let chunks = std::mem::take(&mut model.tensor_chunks);
+        let sketch = model.sketch.take();
+        if let (Some(Region { kind: RegionKind::Tensor(index), .. }), Some(sketch)) = (model.regions.get(model.region), sketch) {
+            let tensor = &model.layout.tensors[*index];
+            self.tensors.push(StoredTensor { name: tensor.name.clone(), signature: tensor.signature(), chunks, sketch });
+        }
+        model.region += 1;
+        let State::Model(model) = &self.state else { return Ok(()) };
+        let base_chunks = self.base_for_region(model)?;
+        if let State::Model(model) = &mut self.state {
+            model.base_chunks = base_chunks;
+        }
+        Ok(())
+    }
+
+    /// Encodes the queued chunks on all cores and appends their frames to the pack.
+    pub(super) async fn encode_pending(&mut self) -> anyhow::Result<()> {
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        let pending = std::mem::take(&mut model.pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (pending, frames) = on_cores(move || {
+            let jobs: Vec<ChunkJob<'_>> = pending
+                .iter()
+                .map(|chunk| ChunkJob {
+                    raw: &chunk.raw,
+                    dtype: chunk.dtype,
+                    base: chunk.base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes }),
+                })
+                .collect();
+            let frames = encode_parallel(&jobs);
+            drop(jobs);
+            (pending, frames)
+        })
+        .await?;
+        if self.pack.is_none() {
+            let key = pack_key(&self.upstream_prefix, &new_id());
+            self.in_flight.push(self.store.in_flight.begin(&key));
+            let writer = self.store.upstream.writer(&key).await?;
+            self.pack = Some((key, writer, 0));
+        }
+        let Some((pack_key, writer, offset)) = &mut self.pack else { return Ok(()) };
+        for (chunk, frame) in pending.iter().zip(frames) {
+            let frame = frame.context("encoding a chunk")?;
+            let header = FrameHeader::read(&frame)?;
+            let outcome = if header.base.is_some() { "delta" } else { "standalone" };
+            self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome }).inc();
+            self.new_chunks.push(NewChunk {
+                hash: chunk.hash,
+                record: ChunkRecord {
+                    pack: pack_key.clone(),
+                    offset: *offset,
+                    frame_len: frame.len() as u32,
+                    raw_len: chunk.raw.len() as u32,
+                    base: header.base.map(|b| b.0),
+                    refs: 0,
+                    dead_since_ms: None,
+                },
+            });
+            *offset += frame.len() as u64;
+            writer.write(Bytes::from(frame)).await?;
+        }
+        Ok(())
+    }
+}
