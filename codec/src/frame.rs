@@ -4,14 +4,15 @@
 //! 0   4  magic "TGFR"
 //! 4   1  version (1)
 //! 5   1  codec: 0 stored, 1 zstd, 2 byte planes
-//! 6   1  plane width in bytes (1..=8; 1 unless codec is 2)
+//! 6   1  element width in bytes (1..=8): the byte planes of codec 2, the ordered difference
 //! 7   1  flags: bit 0 delta against a base, bit 1 elements rotated left one bit,
 //!           bit 2 the delta is an ordered-integer difference (else XOR),
 //!           bit 3 elements grouped by base context
 //! 8   4  raw length, u32 little-endian
 //! 12  4  payload length, u32 little-endian
 //! 16  32 BLAKE3-256 of the raw bytes (checksum and content hash)
-//! 48  32 BLAKE3-256 of the base chunk's raw bytes, only when flag bit 0 is set
+//! 48  32 the base chunk's id (the gateway's scoped chunk id; the plain BLAKE3-256 of its raw
+//!        bytes in `tensorgate pack` files), only when flag bit 0 is set
 //! ..     payload
 //! ```
 

@@ -162,8 +162,9 @@ impl Index {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A chunk id in hex, for messages, as the codec writes content hashes.
+fn hex(hash: &ChunkHash) -> String {
+    tensorgate_codec::ContentHash(*hash).to_hex()
 }
 
 #[cfg(test)]

@@ -58,6 +58,71 @@ pub struct Checksums {
     pub crc64nvme: Option<String>,
 }
 
+/// The checksum algorithms S3 offers: the one list the gateway goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumAlgorithm {
+    Crc32,
+    Crc32c,
+    Sha1,
+    Sha256,
+    Crc64Nvme,
+}
+
+impl ChecksumAlgorithm {
+    pub const ALL: [ChecksumAlgorithm; 5] =
+        [ChecksumAlgorithm::Crc32, ChecksumAlgorithm::Crc32c, ChecksumAlgorithm::Sha1, ChecksumAlgorithm::Sha256, ChecksumAlgorithm::Crc64Nvme];
+
+    /// The name S3 gives it (`x-amz-checksum-algorithm`, `x-amz-sdk-checksum-algorithm`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ChecksumAlgorithm::Crc32 => "CRC32",
+            ChecksumAlgorithm::Crc32c => "CRC32C",
+            ChecksumAlgorithm::Sha1 => "SHA1",
+            ChecksumAlgorithm::Sha256 => "SHA256",
+            ChecksumAlgorithm::Crc64Nvme => "CRC64NVME",
+        }
+    }
+
+    /// The header (or trailer) that carries its value: `x-amz-checksum-<name in lower case>`.
+    pub fn header(self) -> String {
+        format!("x-amz-checksum-{}", self.name().to_ascii_lowercase())
+    }
+
+    /// The algorithm S3 calls `name` (in any case).
+    pub fn named(name: &str) -> Option<ChecksumAlgorithm> {
+        ChecksumAlgorithm::ALL.into_iter().find(|algorithm| algorithm.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl Checksums {
+    /// The value of one algorithm.
+    pub fn get(&self, algorithm: ChecksumAlgorithm) -> &Option<String> {
+        match algorithm {
+            ChecksumAlgorithm::Crc32 => &self.crc32,
+            ChecksumAlgorithm::Crc32c => &self.crc32c,
+            ChecksumAlgorithm::Sha1 => &self.sha1,
+            ChecksumAlgorithm::Sha256 => &self.sha256,
+            ChecksumAlgorithm::Crc64Nvme => &self.crc64nvme,
+        }
+    }
+
+    /// The value of one algorithm, to set.
+    pub fn get_mut(&mut self, algorithm: ChecksumAlgorithm) -> &mut Option<String> {
+        match algorithm {
+            ChecksumAlgorithm::Crc32 => &mut self.crc32,
+            ChecksumAlgorithm::Crc32c => &mut self.crc32c,
+            ChecksumAlgorithm::Sha1 => &mut self.sha1,
+            ChecksumAlgorithm::Sha256 => &mut self.sha256,
+            ChecksumAlgorithm::Crc64Nvme => &mut self.crc64nvme,
+        }
+    }
+
+    /// Whether no checksum is known.
+    pub fn is_empty(&self) -> bool {
+        ChecksumAlgorithm::ALL.into_iter().all(|algorithm| self.get(algorithm).is_none())
+    }
+}
+
 /// The headers a client sets on an object and gets back with it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attributes {

@@ -1,5 +1,6 @@
 //! The GET path: which segments a range touches, and a stream that fetches only those frames
-//! and blob ranges, decodes frames on the blocking pool (a delta frame with its cached base),
+//! and blob ranges, decodes frames on the cores (rayon, see `on_cores`; a delta frame with its
+//! cached base),
 //! and yields the bytes in order with a bounded number of pieces in flight.
 
 use std::ops::Range;

@@ -1,6 +1,8 @@
 //! The digests a client sends with a body (Content-MD5, x-amz-checksum-* in headers or
 //! trailers), which the body must match.
 
+use tensorgate_index::ChecksumAlgorithm;
+
 use super::*;
 
 /// Digests a client sent with a body (headers or trailers), to check against what arrived.
@@ -14,15 +16,9 @@ pub(super) struct ClaimedDigests {
 
 impl ClaimedDigests {
     pub(super) fn selection(&self) -> ChecksumSelection {
-        let algorithm = self.algorithm.as_deref().unwrap_or_default().to_ascii_uppercase();
-        let named = |name: &str| algorithm == name;
-        ChecksumSelection {
-            crc32: self.checksums.crc32.is_some() || named("CRC32"),
-            crc32c: self.checksums.crc32c.is_some() || named("CRC32C"),
-            sha1: self.checksums.sha1.is_some() || named("SHA1"),
-            sha256: self.checksums.sha256.is_some() || named("SHA256"),
-            crc64nvme: self.checksums.crc64nvme.is_some() || named("CRC64NVME"),
-        }
+        let named = self.algorithm.as_deref().and_then(ChecksumAlgorithm::named);
+        let wanted = ChecksumAlgorithm::ALL.into_iter().filter(|algorithm| self.checksums.get(*algorithm).is_some() || named == Some(*algorithm));
+        ChecksumSelection(wanted.collect())
     }
 
     pub(super) fn verify(&self, ingested: &Ingested) -> S3Result<()> {
@@ -35,23 +31,16 @@ impl ClaimedDigests {
         }
         let mut claimed = self.checksums.clone();
         if let Some(trailers) = self.trailers.as_ref().and_then(|t| t.take()) {
-            let value = |name: &str| trailers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            claimed.crc32 = claimed.crc32.or(value("x-amz-checksum-crc32"));
-            claimed.crc32c = claimed.crc32c.or(value("x-amz-checksum-crc32c"));
-            claimed.sha1 = claimed.sha1.or(value("x-amz-checksum-sha1"));
-            claimed.sha256 = claimed.sha256.or(value("x-amz-checksum-sha256"));
-            claimed.crc64nvme = claimed.crc64nvme.or(value("x-amz-checksum-crc64nvme"));
+            for algorithm in ChecksumAlgorithm::ALL {
+                let trailer = trailers.get(algorithm.header()).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let value = claimed.get_mut(algorithm);
+                *value = value.take().or(trailer);
+            }
         }
         let computed = checksums_of(&ingested.checksums);
-        let pairs = [
-            (&claimed.crc32, &computed.crc32),
-            (&claimed.crc32c, &computed.crc32c),
-            (&claimed.sha1, &computed.sha1),
-            (&claimed.sha256, &computed.sha256),
-            (&claimed.crc64nvme, &computed.crc64nvme),
-        ];
-        for (claimed, computed) in pairs {
-            if claimed.is_some() && claimed != computed {
+        for algorithm in ChecksumAlgorithm::ALL {
+            let claimed = claimed.get(algorithm);
+            if claimed.is_some() && claimed != computed.get(algorithm) {
                 return Err(s3_error!(BadDigest, "x-amz-checksum does not match the body"));
             }
         }

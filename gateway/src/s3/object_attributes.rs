@@ -25,8 +25,7 @@ pub fn answer(record: &ObjectRecord, wanted: &[ObjectAttributes], max_parts: Opt
         output.storage_class = Some(StorageClass::from_static(StorageClass::STANDARD));
     }
     let checksums = &record.checksums;
-    let has_checksum = checksums.crc32.is_some() || checksums.crc32c.is_some() || checksums.sha1.is_some();
-    if asked(ObjectAttributes::CHECKSUM) && (has_checksum || checksums.sha256.is_some() || checksums.crc64nvme.is_some()) {
+    if asked(ObjectAttributes::CHECKSUM) && !checksums.is_empty() {
         output.checksum = Some(Checksum {
             checksum_crc32: checksums.crc32.clone(),
             checksum_crc32c: checksums.crc32c.clone(),

@@ -44,35 +44,38 @@ impl Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         let span = tracing::info_span!("get_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
-        let _entered = span.enter();
-        let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
-        check_conditions(
-            &record,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
-        let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
-        let whole = range.is_none();
-        let bytes = range.clone().unwrap_or(0..record.size);
-        let content_range = range.as_ref().map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), record.size));
-        // The pieces kept in the index and the first read from the upstream are in hand before
-        // the answer starts: an upstream that cannot serve them gets the client a 5xx, not a
-        // 200 cut short. Later failures end the body early.
-        let mut first = reader::plan(&record, bytes.clone());
-        let held_back = first.iter().take_while(|piece| matches!(piece, reader::Piece::Inline(_))).count() + 1;
-        let rest = first.split_off(held_back.min(first.len()));
-        let first = reader::fetch_all(&self.store, first).await.map_err(to_s3)?;
-        let first = futures::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>));
-        let body = futures::StreamExt::chain(first, reader::stream(self.store.clone(), rest));
-        tracing::info!(bytes = bytes.end - bytes.start, "serving");
-        let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
-        let parts_count = parts_count(&record, input.part_number);
-        Ok(S3Response::new(object_output!(GetObjectOutput, record, bytes.end - bytes.start, checksums, parts_count, {
-            body: Some(StreamingBlob::wrap(body)),
-            content_range: content_range,
-        })))
+        async move {
+            let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
+            check_conditions(
+                &record,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            )?;
+            let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
+            let whole = range.is_none();
+            let bytes = range.clone().unwrap_or(0..record.size);
+            let content_range = range.as_ref().map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), record.size));
+            // The pieces kept in the index and the first read from the upstream are in hand before
+            // the answer starts: an upstream that cannot serve them gets the client a 5xx, not a
+            // 200 cut short. Later failures end the body early.
+            let mut first = reader::plan(&record, bytes.clone());
+            let held_back = first.iter().take_while(|piece| matches!(piece, reader::Piece::Inline(_))).count() + 1;
+            let rest = first.split_off(held_back.min(first.len()));
+            let first = reader::fetch_all(&self.store, first).await.map_err(to_s3)?;
+            let first = futures::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>));
+            let body = futures::StreamExt::chain(first, reader::stream(self.store.clone(), rest));
+            tracing::info!(bytes = bytes.end - bytes.start, "serving");
+            let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
+            let parts_count = parts_count(&record, input.part_number);
+            Ok(S3Response::new(object_output!(GetObjectOutput, record, bytes.end - bytes.start, checksums, parts_count, {
+                body: Some(StreamingBlob::wrap(body)),
+                content_range: content_range,
+            })))
+        }
+        .instrument(span)
+        .await
     }
 
     pub(super) async fn get_object_attributes(&self, req: S3Request<GetObjectAttributesInput>) -> S3Result<S3Response<GetObjectAttributesOutput>> {

@@ -16,7 +16,7 @@ use futures::{Stream, StreamExt};
 use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum as _, Md5};
 use tensorgate_codec::{Sketch, DEFAULT_CHUNK_SIZE};
-use tensorgate_index::{blob_key, ChunkHash, NewChunk, NewPack, Segment};
+use tensorgate_index::{blob_key, ChecksumAlgorithm, ChunkHash, NewChunk, NewPack, Segment};
 
 use crate::engine::{ChunkGuard, Store, WriteGuard};
 use crate::ids::new_id;
@@ -119,23 +119,18 @@ pub enum IngestMode {
 }
 
 /// Which `x-amz-checksum-*` to compute.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ChecksumSelection {
-    pub crc32: bool,
-    pub crc32c: bool,
-    pub sha1: bool,
-    pub sha256: bool,
-    pub crc64nvme: bool,
-}
+#[derive(Debug, Clone, Default)]
+pub struct ChecksumSelection(pub Vec<ChecksumAlgorithm>);
 
 impl ChecksumSelection {
-    fn hasher(self) -> ChecksumHasher {
+    fn hasher(&self) -> ChecksumHasher {
+        let wanted = |algorithm| self.0.contains(&algorithm);
         ChecksumHasher {
-            crc32: self.crc32.then(Default::default),
-            crc32c: self.crc32c.then(Default::default),
-            sha1: self.sha1.then(Default::default),
-            sha256: self.sha256.then(Default::default),
-            crc64nvme: self.crc64nvme.then(Default::default),
+            crc32: wanted(ChecksumAlgorithm::Crc32).then(Default::default),
+            crc32c: wanted(ChecksumAlgorithm::Crc32c).then(Default::default),
+            sha1: wanted(ChecksumAlgorithm::Sha1).then(Default::default),
+            sha256: wanted(ChecksumAlgorithm::Sha256).then(Default::default),
+            crc64nvme: wanted(ChecksumAlgorithm::Crc64Nvme).then(Default::default),
         }
     }
 }
