@@ -275,3 +275,70 @@ fn serve_refuses_what_config_check_refuses() {
         assert!(!served.status.success() && stderr.contains(reason), "serve with {what}: {stderr}");
     }
 }
+
+/// Beyond `max_concurrent_requests` requests in progress the gateway answers SlowDown, and
+/// clients that retry get through.
+#[test]
+fn overload_gets_slow_down_and_retries_succeed() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.max_concurrent_requests = 1);
+    gateway.aws(&["s3", "mb", "s3://busy"]);
+    let model = corpus("ft/ft-b-mlm.bf16.safetensors");
+    let script = r#"
+import sys, threading, boto3, botocore
+from botocore.config import Config
+endpoint, path, attempts = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  config=Config(retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=16))
+body = open(path, "rb").read()
+codes = []
+def put(i):
+    try:
+        s3.put_object(Bucket="busy", Key=f"k{i}", Body=body)
+        codes.append("ok")
+    except botocore.exceptions.ClientError as error:
+        codes.append(error.response["Error"]["Code"])
+threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(" ".join(sorted(codes)))
+"#;
+    let run = |attempts: &str| {
+        let output = std::process::Command::new("python3")
+            .args(["-c", script, &gateway.endpoint])
+            .arg(&model)
+            .arg(attempts)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let once = run("1");
+    assert!(once.contains("SlowDown") && once.contains("ok"), "without retries some must be turned away: {once}");
+    let retried = run("20");
+    assert!(retried.split_whitespace().all(|code| code == "ok"), "with retries all must get through: {retried}");
+}
+
+/// Short and long bodies, dotted and refused keys, part numbers out of range, huge part lists,
+/// tiny parts and lying safetensors headers (tests/clients/hostile.py): each gets the AWS
+/// answer or is stored as it came; afterwards the gateway serves on and fsck is clean.
+#[test]
+fn hostile_requests_get_aws_answers_or_are_stored_as_they_came() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    let said = gateway.python_client("hostile.py", &[]);
+    assert!(said.contains("all checks passed"), "{said}");
+    gateway.aws(&["s3", "ls", "s3://hostile/"]);
+    let report = gateway.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// With `max_in_flight_bytes` at 1 MiB, an upload waits while another holds the budget
+/// (tests/clients/budget.py holds it for two seconds), then completes; both read back whole.
+#[test]
+fn uploads_wait_for_the_in_flight_byte_budget() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.max_in_flight_bytes = 1 << 20);
+    let said = gateway.python_client("budget.py", &[]);
+    assert!(said.contains("waited"), "{said}");
+    assert!(gateway.store().metrics.body_waits.get() >= 1);
+}
