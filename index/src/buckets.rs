@@ -1,7 +1,7 @@
 //! Buckets: created, listed and deleted (a deletion ends the uploads in progress in it).
 
 use crate::encoding::encode;
-use crate::{decode, keys, BucketRecord, Index, IndexError, Result};
+use crate::{decode, keys, BucketRecord, Index, IndexError, Result, Refusal};
 
 /// Outcome of deleting a bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,7 @@ impl Index {
         }
         for (upload_id, _) in self.list_uploads(tenant, bucket)? {
             match self.abort_upload(&upload_id, now_ms) {
-                Ok(()) | Err(IndexError::NoSuchUpload) => {}
+                Ok(()) | Err(IndexError::Refused(Refusal::NoSuchUpload)) => {}
                 Err(error) => return Err(error),
             }
         }
@@ -87,7 +87,7 @@ mod tests {
         assert_eq!(index.delete_bucket("t", "b", 0).unwrap(), BucketDeletion::Deleted);
         let key = ObjectKey::new("t", "b", "k");
         let result = index.commit_object(&key, &record(vec![Segment::Inline(vec![1])]), &[], None, Expect::Any, 0);
-        assert!(matches!(result, Err(IndexError::NoSuchBucket)));
+        assert!(matches!(result, Err(IndexError::Refused(Refusal::NoSuchBucket))));
         index.create_bucket("t", "b", 1).unwrap();
         assert!(index.list_objects("t", "b", "", None).next().is_none(), "nothing comes back with the bucket");
     }

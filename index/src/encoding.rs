@@ -17,9 +17,15 @@ pub(crate) fn tx_encode<T: Serialize>(value: &T) -> TxResult<Vec<u8>> {
     encode(value).map_err(ConflictableTransactionError::Abort)
 }
 
-/// Decodes a record as the index stores it (postcard); public for fuzzing and tools.
+/// Decodes a record as the index stores it (postcard); public for fuzzing and tools. Bytes
+/// after the record are refused: postcard has no field tags, so they could only be a field of
+/// a newer layout, which must come with a new version (docs/format.md, "Versioning").
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(IndexError::Decode)
+    let (record, rest) = postcard::take_from_bytes(bytes).map_err(IndexError::Decode)?;
+    if !rest.is_empty() {
+        return Err(IndexError::TrailingBytes(rest.len()));
+    }
+    Ok(record)
 }
 
 pub(crate) fn tx_decode<T: DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
@@ -51,5 +57,13 @@ mod tests {
             let _ = decode::<UploadRecord>(&bytes);
             let _ = decode::<BaseCandidate>(&bytes);
         }
+    }
+
+    #[test]
+    fn bytes_after_a_record_are_refused() {
+        let mut bytes = encode(&crate::PackRecord { total_bytes: 7, live_bytes: 3 }).unwrap();
+        assert_eq!(decode::<crate::PackRecord>(&bytes).unwrap(), crate::PackRecord { total_bytes: 7, live_bytes: 3 });
+        bytes.push(0);
+        assert!(matches!(decode::<crate::PackRecord>(&bytes), Err(IndexError::TrailingBytes(1))));
     }
 }

@@ -38,17 +38,32 @@ pub use objects::{Expect, NewChunk, NewPack};
 pub use records::*;
 pub use reports::{IndexReport, Savings, Usage, MAX_BASE_DEPTH};
 
-/// Errors of the index.
+/// Errors of the index: faults (storage, records that do not decode, a chunk missing) and the
+/// refusals of changes ([`Refusal`]).
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
     #[error("record does not decode: {0}")]
     Decode(#[source] postcard::Error),
+    #[error("record is followed by {0} bytes it does not hold")]
+    TrailingBytes(usize),
     #[error("record does not encode: {0}")]
     Encode(#[source] postcard::Error),
     #[error("chunk {0} is referenced but not stored")]
     MissingChunk(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("index key {0:?} is malformed")]
+    MalformedKey(String),
+    #[error("upstream record does not decode: {0}")]
+    Envelope(&'static str),
+}
+
+/// A change the index refused because of what it found, not a fault: the caller answers it
+/// (an S3 error for a client, giving up for the packer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
     #[error("the object changed while this write was prepared")]
     VersionChanged,
     #[error("the object there does not meet the write's condition")]
@@ -59,10 +74,6 @@ pub enum IndexError {
     NoSuchUpload,
     #[error("the bucket does not exist")]
     NoSuchBucket,
-    #[error("index key {0:?} is malformed")]
-    MalformedKey(String),
-    #[error("upstream record does not decode: {0}")]
-    Envelope(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, IndexError>;

@@ -7,7 +7,7 @@ use sled::Transactional;
 
 use crate::encoding::{abort, flatten, tx_decode, tx_encode};
 use crate::references::{acquire_chunk, release_segments};
-use crate::{decode, hex, keys, ChunkHash, ChunkLocation, ChunkRecord, Index, IndexError, Manifest, ObjectKey, ObjectRecord, PackRecord, Result, Segment};
+use crate::{decode, hex, keys, ChunkHash, ChunkLocation, ChunkRecord, Index, IndexError, Manifest, ObjectKey, ObjectRecord, PackRecord, Result, Segment, Refusal};
 
 /// A chunk written to a pack by the write being committed, not yet in the index.
 #[derive(Debug, Clone)]
@@ -51,9 +51,9 @@ impl Expect<'_> {
     /// `If-Match` on a key with no object NoSuchKey.
     pub fn unmet(&self, current: Option<&ObjectRecord>) -> IndexError {
         match (self, current) {
-            (Expect::Version(_), _) => IndexError::VersionChanged,
-            (Expect::ETag(_), None) => IndexError::NoSuchKey,
-            _ => IndexError::PreconditionFailed,
+            (Expect::Version(_), _) => IndexError::Refused(Refusal::VersionChanged),
+            (Expect::ETag(_), None) => IndexError::Refused(Refusal::NoSuchKey),
+            _ => IndexError::Refused(Refusal::PreconditionFailed),
         }
     }
 }
@@ -114,7 +114,7 @@ impl Index {
         let result = trees.transaction(|(objects, chunks, packs, trash, buckets)| {
             // Read in the transaction, so that a bucket deleted meanwhile refuses the write.
             if buckets.get(bucket_key.as_slice())?.is_none() {
-                return abort(IndexError::NoSuchBucket);
+                return abort(IndexError::Refused(Refusal::NoSuchBucket));
             }
             let previous: Option<ObjectRecord> = objects.get(object_key.as_slice())?.map(|v| tx_decode(&v)).transpose()?;
             if !expect.holds(previous.as_ref()) {

@@ -223,7 +223,7 @@ pub(crate) fn release_segments(
 mod tests {
     use super::*;
     use crate::test_records::{chunk, record};
-    use crate::{Expect, NewChunk, NewPack, ObjectKey};
+    use crate::{Expect, NewChunk, NewPack, ObjectKey, Refusal};
 
     #[test]
     fn references_follow_commits_and_deletes_and_sweeps_free_packs() {
@@ -244,7 +244,7 @@ mod tests {
         assert!(index.check().unwrap().problems.is_empty());
         assert!(matches!(
             index.commit_object(&key, &first, &[], None, Expect::Version("stale"), 0),
-            Err(IndexError::VersionChanged)
+            Err(IndexError::Refused(Refusal::VersionChanged))
         ));
         assert!(index.delete_object(&key, 5).unwrap());
         let dead = index.dead_chunks(10).unwrap();

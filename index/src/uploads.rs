@@ -5,7 +5,7 @@ use sled::Transactional;
 
 use crate::encoding::{abort, encode, flatten, tx_decode, tx_encode};
 use crate::references::release_segments;
-use crate::{decode, keys, Index, IndexError, ObjectKey, ObjectRecord, PackJob, PartRecord, Result, Segment, UploadRecord};
+use crate::{decode, keys, Index, IndexError, ObjectKey, ObjectRecord, PackJob, PartRecord, Result, Segment, UploadRecord, Refusal};
 
 impl Index {
     pub fn create_upload(&self, upload_id: &str, record: &UploadRecord) -> Result<()> {
@@ -41,7 +41,7 @@ impl Index {
         let part_key = keys::part(upload_id, number);
         let result = (&self.uploads, &self.parts, &self.trash).transaction(|(uploads, parts, trash)| {
             if uploads.get(upload_id)?.is_none() {
-                return abort(IndexError::NoSuchUpload);
+                return abort(IndexError::Refused(Refusal::NoSuchUpload));
             }
             if let Some(old) = parts.insert(part_key.as_slice(), tx_encode(part)?)? {
                 let old: PartRecord = tx_decode(&old)?;
@@ -89,10 +89,10 @@ impl Index {
         let trees = (&self.objects, &self.chunks, &self.trash, &self.queue, &self.uploads, &self.parts, &self.buckets);
         let result = trees.transaction(|(objects, chunks, trash, queue, uploads, parts, buckets)| {
             if uploads.remove(upload_id)?.is_none() {
-                return abort(IndexError::NoSuchUpload);
+                return abort(IndexError::Refused(Refusal::NoSuchUpload));
             }
             if buckets.get(bucket_key.as_slice())?.is_none() {
-                return abort(IndexError::NoSuchBucket);
+                return abort(IndexError::Refused(Refusal::NoSuchBucket));
             }
             for (part_key, value) in &part_entries {
                 parts.remove(part_key)?;
@@ -120,7 +120,7 @@ impl Index {
             self.parts.scan_prefix(&parts_prefix).collect::<std::result::Result<_, _>>()?;
         let result = (&self.uploads, &self.parts, &self.trash).transaction(|(uploads, parts, trash)| {
             if uploads.remove(upload_id)?.is_none() {
-                return abort(IndexError::NoSuchUpload);
+                return abort(IndexError::Refused(Refusal::NoSuchUpload));
             }
             for (part_key, value) in &part_entries {
                 parts.remove(part_key)?;
@@ -137,7 +137,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use crate::test_records::{fresh_index, record};
-    use crate::{Attributes, Checksums, IndexError, ObjectKey, PartRecord, Segment, UploadRecord};
+    use crate::{Attributes, Checksums, IndexError, ObjectKey, PartRecord, Refusal, Segment, UploadRecord};
 
     fn part(blob: &str) -> PartRecord {
         PartRecord { blob: blob.into(), size: 3, etag: "e".into(), last_modified_ms: 0, checksums: Checksums::default() }
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(index.object(&key).unwrap(), Some(object));
         assert_eq!(index.next_pack_job().unwrap().map(|job| job.version), Some("v1".to_owned()));
         assert!(index.upload("u1").unwrap().is_none() && index.parts("u1").unwrap().is_empty());
-        assert!(matches!(index.complete_upload("u1", &key, &record(vec![]), 3), Err(IndexError::NoSuchUpload)));
+        assert!(matches!(index.complete_upload("u1", &key, &record(vec![]), 3), Err(IndexError::Refused(Refusal::NoSuchUpload))));
         assert!(index.check().unwrap().problems.is_empty());
     }
 
@@ -180,7 +180,7 @@ mod tests {
         index.put_part("u2", 1, &part("blobs/a"), 0).unwrap();
         index.abort_upload("u2", 1).unwrap();
         assert_eq!(index.trash_before(1).unwrap(), vec!["blobs/a".to_owned()]);
-        assert!(matches!(index.put_part("u2", 2, &part("blobs/b"), 2), Err(IndexError::NoSuchUpload)));
-        assert!(matches!(index.abort_upload("u2", 2), Err(IndexError::NoSuchUpload)));
+        assert!(matches!(index.put_part("u2", 2, &part("blobs/b"), 2), Err(IndexError::Refused(Refusal::NoSuchUpload))));
+        assert!(matches!(index.abort_upload("u2", 2), Err(IndexError::Refused(Refusal::NoSuchUpload))));
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{Expect, IndexError, ObjectKey, PackJob};
+use tensorgate_index::{Expect, IndexError, ObjectKey, PackJob, Refusal};
 use tracing::Instrument;
 
 use crate::engine::Store;
@@ -67,7 +67,7 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
         }
         // The object changed under the packer: nothing to do. What a manifest that may have
         // landed names stays (an orphan is collected later); anything else is discarded.
-        Err(error) if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::VersionChanged)) => {
+        Err(error) if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::Refused(Refusal::VersionChanged))) => {
             if error.downcast_ref::<MaybePublished>().is_none() {
                 ingested.discard(store).await;
             }

@@ -4,7 +4,7 @@
 //! and endpoints) goes to the log under that id, never into the answer.
 
 use s3s::{S3Error, S3ErrorCode};
-use tensorgate_index::IndexError;
+use tensorgate_index::{IndexError, Refusal};
 
 use crate::engine::ingest::BodyError;
 use crate::engine::shared::KeptChanging;
@@ -69,12 +69,12 @@ pub fn with_request_id(mut error: S3Error) -> S3Error {
 /// The S3 error of an index outcome that is the client's doing, if it is one.
 fn client_fault(error: &IndexError) -> Option<S3Error> {
     Some(match error {
-        IndexError::NoSuchBucket => S3Error::with_message(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
-        IndexError::NoSuchKey => S3Error::with_message(S3ErrorCode::NoSuchKey, "The specified key does not exist."),
-        IndexError::PreconditionFailed => {
+        IndexError::Refused(Refusal::NoSuchBucket) => S3Error::with_message(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
+        IndexError::Refused(Refusal::NoSuchKey) => S3Error::with_message(S3ErrorCode::NoSuchKey, "The specified key does not exist."),
+        IndexError::Refused(Refusal::PreconditionFailed) => {
             S3Error::with_message(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold")
         }
-        IndexError::NoSuchUpload => S3Error::with_message(
+        IndexError::Refused(Refusal::NoSuchUpload) => S3Error::with_message(
             S3ErrorCode::NoSuchUpload,
             "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
         ),

@@ -159,7 +159,7 @@ impl Gateway {
         self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         catalog::forget_upload(&self.store, &tenant, &input.upload_id).await.map_err(to_s3)?;
         self.store.index.abort_upload(&input.upload_id, now_ms()).map_err(|error| match error {
-            IndexError::NoSuchUpload => s3_error!(NoSuchUpload),
+            IndexError::Refused(Refusal::NoSuchUpload) => s3_error!(NoSuchUpload),
             other => internal(other),
         })?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
@@ -276,7 +276,7 @@ impl Gateway {
     /// Records a stored part of an upload; if the upload ended meanwhile, its blob is deleted.
     async fn record_part(&self, tenant: &str, upload_id: &str, number: i32, part: &PartRecord) -> S3Result<()> {
         let Err(error) = catalog::record_part(&self.store, tenant, upload_id, number as u32, part).await else { return Ok(()) };
-        if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::NoSuchUpload)) {
+        if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::Refused(Refusal::NoSuchUpload))) {
             if let Err(error) = self.store.upstream.delete(&part.blob).await {
                 tracing::warn!(blob = %part.blob, error = format!("{error:#}"), "the part of an ended upload stays upstream until collected");
             }
