@@ -385,3 +385,25 @@ fn the_parts_of_a_peers_upload_in_progress_are_not_orphans() {
     a.aws(&["s3api", "complete-multipart-upload", "--bucket", "models", "--key", "open", "--upload-id", &upload_id, "--multipart-upload", &parts]);
     assert_eq!(seen(&b, "models", "open", scratch.path()).bytes, part);
 }
+
+/// A gateway whose heartbeat has not reached the upstream for half of `gateway_expiry_secs`
+/// refuses writes with a retryable 503 (past the expiry the collector stops waiting for it and
+/// may delete packs a new manifest would name), and takes them again once a sync catches up.
+#[test]
+fn a_gateway_out_of_step_refuses_writes_until_it_catches_up() {
+    let moto = Moto::start();
+    let (state, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = shared_gateway_over(&moto, state.path(), true, |config| config.gateway_expiry_secs = 4, |upstream| upstream);
+    a.aws(&["s3", "mb", "s3://models"]);
+    sync(&a);
+    put(&a, &noise(10_000, 1), "s3://models/in-step", &[], scratch.path());
+    std::thread::sleep(Duration::from_millis(2500));
+    let file = scratch.path().join("late");
+    std::fs::write(&file, noise(10_000, 2)).unwrap();
+    let refused = a.boto3_unchecked(&["put", file.to_str().unwrap(), "models", "late"]);
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned() + &String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success() && said.contains("ServiceUnavailable"), "{said}");
+    sync(&a);
+    put(&a, &noise(10_000, 2), "s3://models/late", &[], scratch.path());
+    assert_eq!(seen(&a, "models", "late", scratch.path()).bytes, noise(10_000, 2));
+}

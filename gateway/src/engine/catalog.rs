@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tensorgate_index::{
     part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
     ChunkLocation, Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PartMarker, PartRecord, UploadMarker, UploadRecord,
-    UPLOADS,
+    Refusal, UPLOADS,
 };
 
 use crate::engine::Store;
@@ -30,8 +30,9 @@ pub async fn commit(
 ) -> anyhow::Result<()> {
     let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
     let _guard = store.lock_key(key).await;
+    store.check_in_step()?;
     if store.index.bucket(&key.tenant, &key.bucket)?.is_none() {
-        return Err(IndexError::NoSuchBucket.into());
+        return Err(IndexError::Refused(Refusal::NoSuchBucket).into());
     }
     if store.config.shared_upstream {
         // Each manifest protects the copies it names (the collector spares them), so the one
@@ -212,7 +213,7 @@ pub async fn adopt_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::
 pub async fn create_upload(store: &Store, upload_id: &str, upload: &UploadRecord) -> anyhow::Result<()> {
     let _bucket = store.share_bucket(&upload.tenant, &upload.bucket).await;
     if store.index.bucket(&upload.tenant, &upload.bucket)?.is_none() {
-        return Err(IndexError::NoSuchBucket.into());
+        return Err(IndexError::Refused(Refusal::NoSuchBucket).into());
     }
     if store.config.shared_upstream {
         let marker = UploadMarker { upload_id: upload_id.to_owned(), upload: upload.clone() };

@@ -70,6 +70,9 @@ pub struct Store {
     pub admission: Admission,
     /// Set once the gateway is stopping: `/ready` then says no, so load balancers move on.
     pub draining: std::sync::atomic::AtomicBool,
+    /// With a shared upstream, when this gateway last acknowledged the collector's
+    /// condemnations (its heartbeat); see [`Store::check_in_step`].
+    pub caught_up_ms: std::sync::atomic::AtomicI64,
 }
 
 /// Stripes of the per-key write locks.
@@ -99,6 +102,7 @@ impl Store {
             gc_memory: tokio::sync::Mutex::new(GcMemory::default()),
             admission,
             draining: std::sync::atomic::AtomicBool::new(false),
+            caught_up_ms: std::sync::atomic::AtomicI64::new(crate::ids::now_ms()),
         })
     }
 
@@ -179,6 +183,22 @@ fn stripe(key: &impl std::hash::Hash) -> usize {
 }
 
 impl Store {
+    /// With a shared upstream, refuses a commit (as a retryable upstream failure) once this
+    /// gateway has not acknowledged condemnations for half of `gateway_expiry_secs`: past
+    /// `gateway_expiry_secs` the collector stops waiting for it and may delete packs that the
+    /// commit's manifest would name.
+    pub fn check_in_step(&self) -> anyhow::Result<()> {
+        if !self.config.shared_upstream {
+            return Ok(());
+        }
+        let silent_ms = crate::ids::now_ms() - self.caught_up_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if silent_ms > (self.config.gateway_expiry_secs as i64) * 500 {
+            let error = anyhow::anyhow!("this gateway last caught up with the shared upstream {} s ago; writes wait for the next sync", silent_ms / 1000);
+            return Err(error.context(UpstreamFailure::Failed));
+        }
+        Ok(())
+    }
+
     /// Upstream key of the manifest of the object at `key`.
     pub fn manifest_key(&self, key: &ObjectKey) -> String {
         tensorgate_index::manifest_key(&self.config.upstream_prefix(&key.tenant), &key.tenant, &key.bucket, &key.key)

@@ -109,6 +109,8 @@ async fn follow_moves(store: &Store, pack: &str) -> anyhow::Result<usize> {
 /// this gateway's index still stores chunks in, withdraws its vetoes of packs it no longer
 /// uses, then acknowledges the condemnations it handled in its heartbeat.
 pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
+    // Condemnations announced after this are not acknowledged by this heartbeat.
+    let started = now_ms();
     let mut report = VetoReport::default();
     let mut acknowledged = String::new();
     for prefix in store.config.upstream_prefixes() {
@@ -136,6 +138,7 @@ pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
         }
     }
     upstream::put(&*store.upstream, &heartbeat_key(&store.instance), Bytes::from(acknowledged)).await?;
+    store.caught_up_ms.fetch_max(started, std::sync::atomic::Ordering::Relaxed);
     Ok(report)
 }
 

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{upload_key, BucketDeletion, BucketMarker, Manifest, ObjectKey, BUCKETS, MANIFESTS, UPLOADS};
+use tensorgate_index::{upload_key, BucketDeletion, BucketMarker, IndexError, Manifest, ObjectKey, BUCKETS, MANIFESTS, UPLOADS};
 
 use crate::engine::Store;
 use crate::engine::catalog::{read_record, refresh};
@@ -53,7 +53,7 @@ pub async fn sync(store: &Store, state: &mut SyncState) -> anyhow::Result<SyncRe
     match journal::changes(store, &state.journal).await? {
         Some(changes) => {
             for key in &changes.objects {
-                refresh_counted(store, key, &mut report).await?;
+                skip_unreadable(refresh_counted(store, key, &mut report).await, &store.manifest_key(key))?;
             }
             journal::caught_up(&mut state.journal, changes);
         }
@@ -77,7 +77,7 @@ async fn sync_buckets(store: &Store, tags: &mut HashMap<String, String>, report:
             if tags.get(&listed.key) == Some(&listed.tag) {
                 continue;
             }
-            let Some(marker) = read_record::<BucketMarker>(store, &listed.key).await? else { continue };
+            let Some(marker) = skip_unreadable(read_record::<BucketMarker>(store, &listed.key).await, &listed.key)?.flatten() else { continue };
             if store.index.create_bucket(&marker.tenant, &marker.bucket, marker.created_ms)? {
                 report.buckets += 1;
             }
@@ -155,6 +155,19 @@ async fn sync_every_manifest(store: &Store, tags: &mut HashMap<String, String>, 
 }
 
 /// Brings one object in line with its manifest upstream, counting what changed.
+/// One record that does not decode must not stall every sync: it is logged and skipped (and
+/// read again at the next full sync); any other failure, such as the upstream's, ends the sync.
+fn skip_unreadable<T>(outcome: anyhow::Result<T>, key: &str) -> anyhow::Result<Option<T>> {
+    match outcome {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if matches!(error.downcast_ref(), Some(IndexError::Envelope(_) | IndexError::Decode(_) | IndexError::TrailingBytes(_))) => {
+            tracing::warn!(record = %key, error = format!("{error:#}"), "unreadable record skipped; read again at the next full sync");
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 async fn refresh_counted(store: &Store, key: &ObjectKey, report: &mut SyncReport) -> anyhow::Result<()> {
     let before = store.index.object(key)?.map(|record| record.version);
     match refresh(store, key).await? {

@@ -37,6 +37,7 @@ fn answer(store: &Store, path: &str) -> Response<Full<Bytes>> {
         },
         "/health" => (StatusCode::OK, "ok\n".to_owned()),
         "/ready" if store.draining.load(std::sync::atomic::Ordering::Relaxed) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned()),
+        "/ready" if store.check_in_step().is_err() => (StatusCode::SERVICE_UNAVAILABLE, "out of step with the shared upstream\n".to_owned()),
         "/ready" => match store.index.pack_bytes() {
             Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
             Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("index unavailable: {error}\n")),
