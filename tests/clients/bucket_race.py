@@ -25,6 +25,8 @@ import boto3
 import botocore
 from botocore.config import Config
 
+from s3_semantics import empty_and_delete
+
 THREADS = 4
 PUTS_PER_THREAD = 3
 MIN_SIZE, MAX_SIZE = 100_000, 1_000_000
@@ -108,16 +110,6 @@ def check_round(s3, bucket, acknowledged, failures, delete, violations, summary)
                                   f"{len(body)} bytes")
     else:
         violations.append(f"{bucket}: DeleteBucket answered {code} (status {status}), expected success or BucketNotEmpty")
-
-
-def empty_and_delete(s3, bucket):
-    """Leaves no trace of a round's bucket, whatever the round left in it."""
-    try:
-        for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
-            s3.delete_object(Bucket=bucket, Key=item["Key"])
-        s3.delete_bucket(Bucket=bucket)
-    except botocore.exceptions.ClientError:
-        pass
 
 
 def main():

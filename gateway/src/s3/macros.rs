@@ -100,3 +100,30 @@ macro_rules! claimed_digests {
         }
     };
 }
+
+/// The GET/HEAD preconditions of a request on the object it names (see `check_conditions`).
+macro_rules! check_read_conditions {
+    ($record:expr, $input:expr) => {
+        check_conditions(
+            &$record,
+            $input.if_match.as_ref(),
+            $input.if_none_match.as_ref(),
+            $input.if_modified_since.as_ref(),
+            $input.if_unmodified_since.as_ref(),
+        )?
+    };
+}
+
+/// The value of a check a write makes before reading its body; on failure the body is drained
+/// first (see `drain`), so that the client gets the error answer.
+macro_rules! before_body {
+    ($check:expr, $body:expr) => {
+        match $check {
+            Ok(value) => value,
+            Err(error) => {
+                drain($body.take()).await;
+                return Err(error);
+            }
+        }
+    };
+}

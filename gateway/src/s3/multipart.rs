@@ -40,13 +40,7 @@ impl Gateway {
                 }
                 Ok(upload)
             };
-            let upload = match target.await {
-                Ok(upload) => upload,
-                Err(error) => {
-                    drain(input.body.take()).await;
-                    return Err(error);
-                }
-            };
+            let upload = before_body!(target.await, input.body);
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;

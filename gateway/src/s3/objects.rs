@@ -15,17 +15,8 @@ impl Gateway {
                 check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
                 self.ensure_bucket(&tenant, &input.bucket).await
             };
-            if let Err(error) = target.await {
-                drain(input.body.take()).await;
-                return Err(error);
-            }
-            let expect = match WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref()) {
-                Ok(expect) => expect,
-                Err(error) => {
-                    drain(input.body.take()).await;
-                    return Err(error);
-                }
-            };
+            before_body!(target.await, input.body);
+            let expect = before_body!(WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref()), input.body);
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
@@ -46,13 +37,7 @@ impl Gateway {
         let span = tracing::info_span!("get_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
         async move {
             let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
-            check_conditions(
-                &record,
-                input.if_match.as_ref(),
-                input.if_none_match.as_ref(),
-                input.if_modified_since.as_ref(),
-                input.if_unmodified_since.as_ref(),
-            )?;
+            check_read_conditions!(record, input);
             let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
             let whole = range.is_none();
             let bytes = range.clone().unwrap_or(0..record.size);
@@ -91,13 +76,7 @@ impl Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
-        check_conditions(
-            &record,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
+        check_read_conditions!(record, input);
         let length = match requested_range(&record, input.range.as_ref(), input.part_number)? {
             Some(range) => range.end - range.start,
             None => record.size,
