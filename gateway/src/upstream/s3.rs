@@ -69,7 +69,7 @@ impl S3Upstream {
                     key: key.to_owned(),
                     size: object.size.unwrap_or(0).max(0) as u64,
                     modified_ms: object.last_modified.map_or(0, |t| t.to_millis().unwrap_or(0)),
-                    tag: object.e_tag.unwrap_or_default(),
+                    tag: object.e_tag.with_context(|| format!("the listing of {full_prefix} gives {key} no ETag"))?,
                 });
             }
         }
@@ -165,7 +165,7 @@ impl Upstream for S3Upstream {
             Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(error) => return Err(anyhow::Error::new(error).context(format!("GET {full_key}"))),
         };
-        let tag = output.e_tag.clone().unwrap_or_default();
+        let tag = output.e_tag.clone().with_context(|| format!("GET {full_key} answered no ETag"))?;
         let bytes = output.body.collect().await.context("reading upstream body")?.into_bytes();
         Ok(Some(Tagged { bytes, tag }))
     }
@@ -181,7 +181,7 @@ impl Upstream for S3Upstream {
             Condition::Matches(tag) => request.if_match(tag),
         };
         match request.send().await {
-            Ok(output) => Ok(Some(output.e_tag.unwrap_or_default())),
+            Ok(output) => Ok(Some(output.e_tag.with_context(|| format!("conditional PUT {full_key} answered no ETag"))?)),
             Err(error) if condition_failed(error.raw_response().map(|r| r.status().as_u16())) => Ok(None),
             Err(error) => Err(anyhow::Error::new(error).context(format!("conditional PUT {full_key}"))),
         }
@@ -283,7 +283,7 @@ impl BlobWriter for S3Writer {
 
     async fn finish(mut self: Box<Self>) -> anyhow::Result<u64> {
         let rest = self.buffer.split().freeze();
-        if self.upload_id.is_none() {
+        let Some(upload_id) = self.upload_id.clone() else {
             self.client
                 .put_object()
                 .bucket(&self.bucket)
@@ -293,7 +293,7 @@ impl BlobWriter for S3Writer {
                 .await
                 .with_context(|| format!("PUT {}", self.key))?;
             return Ok(self.written);
-        }
+        };
         if !rest.is_empty() {
             self.upload_part(rest).await?;
         }
@@ -301,7 +301,7 @@ impl BlobWriter for S3Writer {
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(&self.key)
-            .upload_id(self.upload_id.clone().unwrap_or_default())
+            .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(self.parts.clone())).build())
             .send()
             .await
