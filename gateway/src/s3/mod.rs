@@ -124,7 +124,14 @@ impl Gateway {
     /// bucket/key` (in its own tenant). A hint that names nothing usable is ignored.
     fn base_hint(&self, tenant: &str, metadata: Option<&Metadata>) -> Option<Arc<ModelTensors>> {
         let (bucket, key) = metadata?.get(BASE_HINT)?.split_once('/')?;
-        let record = self.store.index.object(&ObjectKey::new(tenant, bucket, key)).ok()??;
+        let record = match self.store.index.object(&ObjectKey::new(tenant, bucket, key)) {
+            Ok(record) => record?,
+            Err(error) => {
+                // A hint only saves bytes: a write goes on without it.
+                tracing::warn!(error = %error, "the named base could not be read; stored without it");
+                return None;
+            }
+        };
         ingest::model_tensors(&record).map(Arc::new)
     }
 

@@ -131,7 +131,7 @@ impl Gateway {
         if chosen[..chosen.len() - 1].iter().any(|part| part.size < MIN_PART_SIZE) {
             return Err(s3_error!(EntityTooSmall));
         }
-        let record = multipart_record(&upload, &chosen);
+        let record = multipart_record(&upload, &chosen)?;
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
         let expect = WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         catalog::complete_upload(&self.store, &input.upload_id, &key, &record, expect.as_expect()).await.map_err(to_s3)?;
@@ -296,15 +296,16 @@ fn completed_etag(requested: &[CompletedPart]) -> Option<String> {
 }
 
 /// The object a completed multipart upload makes: its parts in order, as they came.
-fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> ObjectRecord {
+fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> S3Result<ObjectRecord> {
     let mut digests = Vec::with_capacity(parts.len() * 16);
     for part in parts {
-        digests.extend_from_slice(&hex::decode(&part.etag).unwrap_or_default());
+        // The gateway wrote each part's ETag as MD5 hex: anything else is a fault of ours.
+        digests.extend_from_slice(&hex::decode(&part.etag).map_err(|_| internal(format!("a stored part has the ETag {:?}", part.etag)))?);
     }
     let mut md5 = Md5::new();
     md5.update(&digests);
     let etag = format!("{}-{}", hex::encode(md5.finalize()), parts.len());
-    ObjectRecord {
+    Ok(ObjectRecord {
         version: new_id(),
         size: parts.iter().map(|p| p.size).sum(),
         etag,
@@ -317,5 +318,5 @@ fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> ObjectRecor
             .filter(|p| p.size > 0)
             .map(|p| Segment::Blob { key: p.blob.clone(), offset: 0, len: p.size })
             .collect(),
-    }
+    })
 }
