@@ -16,8 +16,9 @@ fn s3_semantics_match_aws() {
 /// Details of the answers (issue 13, tests/clients/s3_details.py): creating one's own bucket
 /// again succeeds; reserved bucket names are refused; an object stored without a type is
 /// served as binary/octet-stream; a 304 carries ETag and Last-Modified; MaxKeys=0 is not
-/// truncated; an empty Delimiter is not echoed; copying an object onto itself unchanged is
-/// refused; a repeated CompleteMultipartUpload answers the object it made.
+/// truncated; an empty Delimiter is not echoed; ListObjects (v1) echoes its prefix unencoded;
+/// error bodies carry AWS's message and the request id of their header; copying an object onto
+/// itself unchanged is refused; a repeated CompleteMultipartUpload answers the object it made.
 #[test]
 fn answers_carry_the_details_s3_gives() {
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);

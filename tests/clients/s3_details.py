@@ -8,8 +8,10 @@ first failure raises with its name; the last line is "all checks passed".
 import sys
 import urllib.error
 import urllib.request
+from xml.etree import ElementTree
 
 import boto3
+import botocore
 
 from s3_semantics import check, error_code
 
@@ -44,6 +46,22 @@ def main():
     check("MaxKeys=0 lists nothing and is not truncated", not listed["IsTruncated"] and listed["KeyCount"] == 0, listed)
     listed = s3.list_objects(Bucket=BUCKET, Delimiter="")
     check("an empty Delimiter is not echoed", "Delimiter" not in listed, listed.get("Delimiter"))
+
+    listed = s3.list_objects(Bucket=BUCKET, Prefix="\n")
+    check("ListObjects (v1) echoes the prefix as given, even with encoding-type=url",
+          listed.get("Prefix") == "\n" and "Contents" not in listed, listed.get("Prefix"))
+
+    answer = {}
+    s3.meta.events.register("after-call.s3.GetObject", lambda http_response, **_: answer.update(body=http_response.content))
+    try:
+        s3.get_object(Bucket=BUCKET, Key="absent")
+        raise AssertionError("a GET of an absent key succeeded")
+    except botocore.exceptions.ClientError as error:
+        body = ElementTree.fromstring(answer["body"])
+        check("an error body carries AWS's message", body.findtext("Message") == "The specified key does not exist.",
+              answer["body"])
+        check("an error body carries the request id of its x-amz-request-id header",
+              body.findtext("RequestId") == error.response["ResponseMetadata"]["RequestId"], answer["body"])
 
     same = {"Bucket": BUCKET, "Key": "untyped"}
     check("copying an object onto itself unchanged is refused",

@@ -58,6 +58,51 @@ pub fn internal(error: impl std::fmt::Display) -> S3Error {
     to_s3(anyhow::anyhow!("{error}"))
 }
 
+/// An operation's error as S3 sends it: with the request's id, and with AWS's message for its
+/// code where the operation gave none (aws cli prints the message; "Unknown" without one).
+pub fn answered(mut error: S3Error) -> S3Error {
+    if error.message().is_none() {
+        if let Some(message) = aws_message(error.code()) {
+            error.set_message(message);
+        }
+    }
+    with_request_id(error)
+}
+
+/// The message AWS S3 sends with an error code.
+fn aws_message(code: &S3ErrorCode) -> Option<&'static str> {
+    Some(match code.as_str() {
+        "AccessDenied" => "Access Denied",
+        "AccessControlListNotSupported" => "The bucket does not allow ACLs",
+        "BadDigest" => "The Content-MD5 you specified did not match what we received.",
+        "BucketAlreadyOwnedByYou" => "Your previous request to create the named bucket succeeded and you already own it.",
+        "BucketNotEmpty" => "The bucket you tried to delete is not empty",
+        "EntityTooSmall" => "Your proposed upload is smaller than the minimum allowed object size.",
+        "EntityTooLarge" => "Your proposed upload exceeds the maximum allowed object size.",
+        "InvalidAccessKeyId" => "The AWS Access Key Id you provided does not exist in our records.",
+        "InvalidArgument" => "Invalid Argument",
+        "InvalidBucketName" => "The specified bucket is not valid.",
+        "InvalidDigest" => "The Content-MD5 you specified is not valid.",
+        "InvalidPart" => "One or more of the specified parts could not be found.  The part may not have been uploaded, or the specified entity tag may not match the part's entity tag.",
+        "InvalidPartOrder" => "The list of parts was not in ascending order. The parts list must be specified in order by part number.",
+        "InvalidRange" => "The requested range is not satisfiable",
+        "InvalidRequest" => "Invalid Request",
+        "KeyTooLongError" => "Your key is too long",
+        "MalformedXML" => "The XML you provided was not well-formed or did not validate against our published schema",
+        "MethodNotAllowed" => "The specified method is not allowed against this resource.",
+        "NoSuchBucket" => "The specified bucket does not exist",
+        "NoSuchBucketPolicy" => "The bucket policy does not exist",
+        "NoSuchCORSConfiguration" => "The CORS configuration does not exist",
+        "NoSuchKey" => "The specified key does not exist.",
+        "NoSuchUpload" => "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+        "NotImplemented" => "A header you provided implies functionality that is not implemented",
+        "PreconditionFailed" => "At least one of the pre-conditions you specified did not hold",
+        "SlowDown" => "Please reduce your request rate.",
+        "TooManyBuckets" => "You have attempted to create more buckets than allowed",
+        _ => return None,
+    })
+}
+
 /// Sets the request id on an answer.
 pub fn with_request_id(mut error: S3Error) -> S3Error {
     if let Some(id) = request_id() {

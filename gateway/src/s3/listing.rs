@@ -15,7 +15,8 @@ impl Gateway {
         listing.set_owner(&tenant);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: url_encoding::encode_if(encoded, input.prefix),
+            // ListObjects (v1) encodes every name but the prefix, which AWS echoes as given.
+            prefix: input.prefix,
             delimiter: url_encoding::encode_if(encoded, input.delimiter.filter(|d| !d.is_empty())),
             marker: url_encoding::encode_if(encoded, input.marker),
             max_keys: Some(listing.max_keys),

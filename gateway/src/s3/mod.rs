@@ -36,7 +36,7 @@ use crate::engine::reader;
 use crate::engine::shared::MaybePublished;
 use crate::ids::{new_id, now_ms};
 use crate::s3::auth::Keys;
-use crate::s3::errors::{internal, to_s3};
+use crate::s3::errors::{answered, internal, to_s3};
 
 use conditions::{WriteCondition, check_conditions, check_write_acl};
 use copy::{MAX_COPY_BYTES, copy_source_range};
@@ -215,141 +215,142 @@ fn to_u64(value: Option<i64>) -> Option<u64> {
     value.and_then(|v| u64::try_from(v).ok())
 }
 
-/// Each operation is in the file of its concern; this is the one list of what the gateway answers.
+/// Each operation is in the file of its concern; this is the one list of what the gateway
+/// answers, and where every error gets its request id and AWS message.
 #[async_trait]
 impl S3 for Gateway {
     async fn get_bucket_versioning(&self, req: S3Request<GetBucketVersioningInput>) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-        Gateway::get_bucket_versioning(self, req).await
+        Gateway::get_bucket_versioning(self, req).await.map_err(answered)
     }
 
     async fn put_bucket_versioning(&self, req: S3Request<PutBucketVersioningInput>) -> S3Result<S3Response<PutBucketVersioningOutput>> {
-        Gateway::put_bucket_versioning(self, req).await
+        Gateway::put_bucket_versioning(self, req).await.map_err(answered)
     }
 
     async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
-        Gateway::get_bucket_acl(self, req).await
+        Gateway::get_bucket_acl(self, req).await.map_err(answered)
     }
 
     async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
-        Gateway::put_bucket_acl(self, req).await
+        Gateway::put_bucket_acl(self, req).await.map_err(answered)
     }
 
     async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
-        Gateway::get_object_acl(self, req).await
+        Gateway::get_object_acl(self, req).await.map_err(answered)
     }
 
     async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
-        Gateway::put_object_acl(self, req).await
+        Gateway::put_object_acl(self, req).await.map_err(answered)
     }
 
     async fn get_bucket_cors(&self, req: S3Request<GetBucketCorsInput>) -> S3Result<S3Response<GetBucketCorsOutput>> {
-        Gateway::get_bucket_cors(self, req).await
+        Gateway::get_bucket_cors(self, req).await.map_err(answered)
     }
 
     async fn get_bucket_policy(&self, req: S3Request<GetBucketPolicyInput>) -> S3Result<S3Response<GetBucketPolicyOutput>> {
-        Gateway::get_bucket_policy(self, req).await
+        Gateway::get_bucket_policy(self, req).await.map_err(answered)
     }
 
     async fn get_bucket_policy_status(&self, req: S3Request<GetBucketPolicyStatusInput>) -> S3Result<S3Response<GetBucketPolicyStatusOutput>> {
-        Gateway::get_bucket_policy_status(self, req).await
+        Gateway::get_bucket_policy_status(self, req).await.map_err(answered)
     }
 
     async fn get_public_access_block(&self, req: S3Request<GetPublicAccessBlockInput>) -> S3Result<S3Response<GetPublicAccessBlockOutput>> {
-        Gateway::get_public_access_block(self, req).await
+        Gateway::get_public_access_block(self, req).await.map_err(answered)
     }
 
     async fn get_bucket_ownership_controls(
         &self,
         req: S3Request<GetBucketOwnershipControlsInput>,
     ) -> S3Result<S3Response<GetBucketOwnershipControlsOutput>> {
-        Gateway::get_bucket_ownership_controls(self, req).await
+        Gateway::get_bucket_ownership_controls(self, req).await.map_err(answered)
     }
 
     async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
-        Gateway::list_buckets(self, req).await
+        Gateway::list_buckets(self, req).await.map_err(answered)
     }
 
     async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
-        Gateway::create_bucket(self, req).await
+        Gateway::create_bucket(self, req).await.map_err(answered)
     }
 
     async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
-        Gateway::head_bucket(self, req).await
+        Gateway::head_bucket(self, req).await.map_err(answered)
     }
 
     async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
-        Gateway::get_bucket_location(self, req).await
+        Gateway::get_bucket_location(self, req).await.map_err(answered)
     }
 
     async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
-        Gateway::delete_bucket(self, req).await
+        Gateway::delete_bucket(self, req).await.map_err(answered)
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
-        Gateway::put_object(self, req).await
+        Gateway::put_object(self, req).await.map_err(answered)
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
-        Gateway::get_object(self, req).await
+        Gateway::get_object(self, req).await.map_err(answered)
     }
 
     async fn get_object_attributes(&self, req: S3Request<GetObjectAttributesInput>) -> S3Result<S3Response<GetObjectAttributesOutput>> {
-        Gateway::get_object_attributes(self, req).await
+        Gateway::get_object_attributes(self, req).await.map_err(answered)
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
-        Gateway::head_object(self, req).await
+        Gateway::head_object(self, req).await.map_err(answered)
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
-        Gateway::delete_object(self, req).await
+        Gateway::delete_object(self, req).await.map_err(answered)
     }
 
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        Gateway::delete_objects(self, req).await
+        Gateway::delete_objects(self, req).await.map_err(answered)
     }
 
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
-        Gateway::copy_object(self, req).await
+        Gateway::copy_object(self, req).await.map_err(answered)
     }
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
-        Gateway::list_objects(self, req).await
+        Gateway::list_objects(self, req).await.map_err(answered)
     }
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
-        Gateway::list_objects_v2(self, req).await
+        Gateway::list_objects_v2(self, req).await.map_err(answered)
     }
 
     async fn list_object_versions(&self, req: S3Request<ListObjectVersionsInput>) -> S3Result<S3Response<ListObjectVersionsOutput>> {
-        Gateway::list_object_versions(self, req).await
+        Gateway::list_object_versions(self, req).await.map_err(answered)
     }
 
     async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        Gateway::create_multipart_upload(self, req).await
+        Gateway::create_multipart_upload(self, req).await.map_err(answered)
     }
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
-        Gateway::upload_part(self, req).await
+        Gateway::upload_part(self, req).await.map_err(answered)
     }
 
     async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        Gateway::upload_part_copy(self, req).await
+        Gateway::upload_part_copy(self, req).await.map_err(answered)
     }
 
     async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        Gateway::complete_multipart_upload(self, req).await
+        Gateway::complete_multipart_upload(self, req).await.map_err(answered)
     }
 
     async fn abort_multipart_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        Gateway::abort_multipart_upload(self, req).await
+        Gateway::abort_multipart_upload(self, req).await.map_err(answered)
     }
 
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
-        Gateway::list_parts(self, req).await
+        Gateway::list_parts(self, req).await.map_err(answered)
     }
 
     async fn list_multipart_uploads(&self, req: S3Request<ListMultipartUploadsInput>) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        Gateway::list_multipart_uploads(self, req).await
+        Gateway::list_multipart_uploads(self, req).await.map_err(answered)
     }
 }
