@@ -110,6 +110,26 @@ def multipart_uploads_list_complete_in_order_and_read_by_part(s3, endpoint, buck
 
 
 @case
+def multipart_uploads_keep_composite_sha256_checksums(s3, endpoint, bucket):
+    import base64
+    created = s3.create_multipart_upload(Bucket=bucket, Key="summed", ChecksumAlgorithm="SHA256")
+    assert created.get("ChecksumAlgorithm") == "SHA256", created
+    uid, bodies, parts, digests = created["UploadId"], [b"c" * (5 << 20), b"d" * 999], [], b""
+    for number, body in enumerate(bodies, start=1):
+        part = s3.upload_part(Bucket=bucket, Key="summed", UploadId=uid, PartNumber=number, Body=body, ChecksumAlgorithm="SHA256")
+        assert part["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+        parts.append({"PartNumber": number, "ETag": part["ETag"], "ChecksumSHA256": part["ChecksumSHA256"]})
+        digests += hashlib.sha256(body).digest()
+    composite = base64.b64encode(hashlib.sha256(digests).digest()).decode() + "-2"
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="summed", UploadId=uid, MultipartUpload={"Parts": parts})
+    assert done.get("ChecksumSHA256") == composite, done
+    head = s3.head_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
+    assert head.get("ChecksumSHA256") == composite, head
+    got = s3.get_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
+    assert got["Body"].read() == b"".join(bodies)
+
+
+@case
 def small_parts_are_refused_and_aborted_uploads_take_no_more(s3, endpoint, bucket):
     small = s3.create_multipart_upload(Bucket=bucket, Key="small")["UploadId"]
     s1 = s3.upload_part(Bucket=bucket, Key="small", UploadId=small, PartNumber=1, Body=b"x")["ETag"]

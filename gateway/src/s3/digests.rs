@@ -58,6 +58,37 @@ pub(super) fn checksums_of(checksum: &Checksum) -> Checksums {
     }
 }
 
+/// The checksums S3 keeps for an object completed from `parts` (its COMPOSITE type): for SHA-1
+/// and SHA-256, which S3 keeps only as composites for multipart uploads, the digest of the parts'
+/// digests followed by `-<part count>`, when every part carried that checksum. (CRC composites
+/// depend on the checksum type the upload was created with, which is not kept: none is given.)
+pub(super) fn composite_checksums(parts: &[&PartRecord]) -> Checksums {
+    let mut composite = Checksums::default();
+    for algorithm in [ChecksumAlgorithm::Sha1, ChecksumAlgorithm::Sha256] {
+        let mut digests = Vec::new();
+        for part in parts {
+            let decoded = part.checksums.get(algorithm).as_deref().and_then(|value| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value).ok());
+            match decoded {
+                Some(digest) => digests.extend_from_slice(&digest),
+                None => {
+                    digests.clear();
+                    break;
+                }
+            }
+        }
+        if digests.is_empty() {
+            continue;
+        }
+        let digest = match algorithm {
+            ChecksumAlgorithm::Sha1 => s3s::crypto::Sha1::checksum(&digests).to_vec(),
+            _ => s3s::crypto::Sha256::checksum(&digests).to_vec(),
+        };
+        let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest);
+        *composite.get_mut(algorithm) = Some(format!("{encoded}-{}", parts.len()));
+    }
+    composite
+}
+
 /// The size a client announced: Content-Length, or the decoded length of an aws-chunked body.
 pub(super) fn announced_size(headers: &hyper::HeaderMap, content_length: Option<i64>) -> Option<u64> {
     headers

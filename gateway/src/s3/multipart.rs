@@ -23,6 +23,8 @@ impl Gateway {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(upload_id),
+            checksum_algorithm: input.checksum_algorithm,
+            checksum_type: input.checksum_type,
             ..Default::default()
         }))
     }
@@ -101,12 +103,7 @@ impl Gateway {
                 let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
                 let current = self.store.index.object(&key).map_err(internal)?;
                 return match current.filter(|record| Some(&record.etag) == completed_etag(&requested).as_ref()) {
-                    Some(record) => Ok(S3Response::new(CompleteMultipartUploadOutput {
-                        bucket: Some(input.bucket),
-                        key: Some(input.key),
-                        e_tag: Some(ETag::Strong(record.etag)),
-                        ..Default::default()
-                    })),
+                    Some(record) => Ok(S3Response::new(completed_output(record, input.bucket, input.key))),
                     None => Err(error),
                 };
             }
@@ -139,12 +136,7 @@ impl Gateway {
             tracing::warn!(error = format!("{error:#}"), "the ended upload's markers stay upstream");
         }
         tracing::info!(bucket = %input.bucket, key = %input.key, size = record.size, parts = chosen.len(), "multipart upload completed");
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(input.bucket),
-            key: Some(input.key),
-            e_tag: Some(ETag::Strong(record.etag)),
-            ..Default::default()
-        }))
+        Ok(S3Response::new(completed_output(record, input.bucket, input.key)))
     }
 
     pub(super) async fn abort_multipart_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
@@ -295,6 +287,14 @@ fn completed_etag(requested: &[CompletedPart]) -> Option<String> {
     Some(format!("{}-{}", hex::encode(md5.finalize()), requested.len()))
 }
 
+/// The answer to a CompleteMultipartUpload that made (or had made) `record`.
+fn completed_output(record: ObjectRecord, bucket: String, key: String) -> CompleteMultipartUploadOutput {
+    let mut output = write_output!(CompleteMultipartUploadOutput, record.etag, record.checksums);
+    output.bucket = Some(bucket);
+    output.key = Some(key);
+    output
+}
+
 /// The object a completed multipart upload makes: its parts in order, as they came.
 fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> S3Result<ObjectRecord> {
     let mut digests = Vec::with_capacity(parts.len() * 16);
@@ -311,7 +311,7 @@ fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> S3Result<Ob
         etag,
         last_modified_ms: now_ms(),
         attributes: upload.attributes.clone(),
-        checksums: Checksums::default(),
+        checksums: composite_checksums(parts),
         part_sizes: parts.iter().map(|p| p.size).collect(),
         segments: parts
             .iter()

@@ -25,7 +25,9 @@ pub fn answer(record: &ObjectRecord, wanted: &[ObjectAttributes], max_parts: Opt
         output.storage_class = Some(StorageClass::from_static(StorageClass::STANDARD));
     }
     let checksums = &record.checksums;
-    if asked(ObjectAttributes::CHECKSUM) && !checksums.is_empty() {
+    // An object uploaded by parts keeps composite checksums, which S3 gives here with per-part
+    // checksums tensorgate does not keep with the object: none is given (docs/compatibility.md).
+    if asked(ObjectAttributes::CHECKSUM) && !checksums.is_empty() && record.part_sizes.is_empty() {
         output.checksum = Some(Checksum {
             checksum_crc32: checksums.crc32.clone(),
             checksum_crc32c: checksums.crc32c.clone(),
