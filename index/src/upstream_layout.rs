@@ -33,6 +33,13 @@ pub fn parts_folder(prefix: &str, upload_id: &str) -> String {
     format!("{prefix}{UPLOAD_PARTS}{upload_id}/")
 }
 
+/// The prefix and upload id a part marker key `<prefix>upload-parts/<id>/<number>` names.
+pub fn upload_of_part(marker: &str) -> Option<(&str, &str)> {
+    let (prefix, rest) = marker.rsplit_once(UPLOAD_PARTS)?;
+    let (upload_id, number) = rest.split_once('/')?;
+    (!upload_id.is_empty() && !number.contains('/')).then_some((prefix, upload_id))
+}
+
 /// Upstream key of one part's marker; numbers are zero-padded so the listing is in order.
 pub fn part_key(prefix: &str, upload_id: &str, number: u32) -> String {
     format!("{}{number:05}", parts_folder(prefix, upload_id))
@@ -118,6 +125,14 @@ pub fn blob_key(prefix: &str, id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn part_markers_name_their_upload() {
+        let marker = part_key("tenants/t/", "u1", 7);
+        assert_eq!(marker, "tenants/t/upload-parts/u1/00007");
+        assert_eq!(upload_of_part(&marker), Some(("tenants/t/", "u1")));
+        assert_eq!(upload_of_part("upload-parts/u1"), None);
+    }
 
     #[test]
     fn pack_markers_name_their_pack() {

@@ -61,6 +61,7 @@ def put_answers_the_md5_etag_and_head_the_stored_attributes(s3, endpoint, bucket
     assert head["ContentType"] == "text/plain"
     assert head["Metadata"] == {"owner": "tests"}, head["Metadata"]
     assert head.get("ChecksumSHA256") == put.get("ChecksumSHA256"), "checksum mode returns the stored checksum"
+    assert head.get("ChecksumType") == "FULL_OBJECT" and put.get("ChecksumType") == "FULL_OBJECT", (head, put)
 
 
 @case
@@ -122,9 +123,12 @@ def multipart_uploads_keep_composite_sha256_checksums(s3, endpoint, bucket):
         digests += hashlib.sha256(body).digest()
     composite = base64.b64encode(hashlib.sha256(digests).digest()).decode() + "-2"
     done = s3.complete_multipart_upload(Bucket=bucket, Key="summed", UploadId=uid, MultipartUpload={"Parts": parts})
-    assert done.get("ChecksumSHA256") == composite, done
+    assert done.get("ChecksumSHA256") == composite and done.get("ChecksumType") == "COMPOSITE", done
     head = s3.head_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
-    assert head.get("ChecksumSHA256") == composite, head
+    assert head.get("ChecksumSHA256") == composite and head.get("ChecksumType") == "COMPOSITE", head
+    assert "ChecksumSHA256" not in s3.head_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED", PartNumber=1)
+    assert error_code(lambda: s3.create_multipart_upload(Bucket=bucket, Key="full", ChecksumAlgorithm="SHA256",
+                                                         ChecksumType="FULL_OBJECT")) == "InvalidRequest"
     got = s3.get_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
     assert got["Body"].read() == b"".join(bodies)
 

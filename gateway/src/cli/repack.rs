@@ -4,11 +4,17 @@
 
 use tensorgate::config::Config;
 use tensorgate::ids::now_ms;
-use tensorgate::maintenance::{compact, gc, packer};
+use tensorgate::maintenance::{compact, condemned, gc, packer};
 use tensorgate::server;
 
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let store = server::open_store(config)?;
+    if store.config.shared_upstream {
+        // As a starting gateway does: refuse a stale index, and catch up with condemnations
+        // before committing anything.
+        condemned::check_not_expired(&store, now_ms()).await?;
+        condemned::veto(&store).await?;
+    }
     let bar = super::progress_bar("objects packed");
     bar.set_length(store.index.pack_queue_len() as u64);
     let mut packed = 0;

@@ -118,7 +118,12 @@ pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
             let Some(pack) = condemned_pack(&listed.key) else { continue };
             let Some(veto) = veto_key(&pack, &store.instance) else { continue };
             if store.index.pack_in_use(&pack)? {
-                report.followed += follow_moves(store, &pack).await?;
+                // A moves record that cannot be followed leaves the chunks where they were: the
+                // veto below still keeps the pack, and the heartbeat still goes out.
+                match follow_moves(store, &pack).await {
+                    Ok(followed) => report.followed += followed,
+                    Err(error) => tracing::warn!(%pack, error = format!("{error:#}"), "compaction's moves not followed; the pack stays vetoed"),
+                }
             }
             if store.index.pack_in_use(&pack)? && store.upstream.read_tagged(&veto).await?.is_none() {
                 upstream::put(&*store.upstream, &veto, Bytes::from_static(b"")).await?;
@@ -144,7 +149,8 @@ pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
 
 /// With a shared upstream, refuses to serve from an index that missed condemnations: one whose
 /// gateway has not caught up for longer than `gateway_expiry_secs`, since the collector no
-/// longer waits for it and may have deleted packs the index reads.
+/// longer waits for it and may have deleted packs the index reads. Otherwise sets when it last
+/// caught up, from its heartbeat.
 pub async fn check_not_expired(store: &Store, now: i64) -> anyhow::Result<()> {
     let heartbeat = heartbeat_key(&store.instance);
     let Some(listed) = store.upstream.list(&heartbeat).await?.into_iter().find(|listed| listed.key == heartbeat) else {
@@ -156,5 +162,7 @@ pub async fn check_not_expired(store: &Store, now: i64) -> anyhow::Result<()> {
         "this gateway last caught up with the shared upstream {silent_secs} s ago, more than gateway_expiry_secs ({}): packs its index reads may be gone; run `tensorgate index rebuild` first",
         store.config.gateway_expiry_secs
     );
+    // Commits wait for a sync when this heartbeat is already half expired (`Store::check_in_step`).
+    store.caught_up_ms.store(listed.modified_ms.min(now), std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }

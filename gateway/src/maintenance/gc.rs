@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tensorgate_index::{pack_id, vetoed_pack, BLOBS, LEASE, MANIFESTS, Manifest, PACKS, PartMarker, UPLOAD_PARTS, VETOES};
+use tensorgate_index::{pack_id, upload_key, upload_of_part, vetoed_pack, BLOBS, LEASE, MANIFESTS, Manifest, PACKS, PartMarker, UPLOADS, UPLOAD_PARTS, VETOES};
 
 use crate::engine::catalog;
 use crate::engine::journal;
@@ -174,7 +174,16 @@ pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> any
                 referenced.extend(keys.iter().cloned());
                 listed_now.insert(listed.key, (listed.tag, keys));
             }
+            // Listed before the part markers: an upload begun after this has only young parts,
+            // which the orphan scan does not take yet.
+            let live_uploads: HashSet<String> = store.upstream.list(&format!("{prefix}{UPLOADS}")).await?.into_iter().map(|listed| listed.key).collect();
             for listed in store.upstream.list(&format!("{prefix}{UPLOAD_PARTS}")).await? {
+                // The markers of an ended upload (left by a failed clean-up, or by a part that
+                // raced the end) reference nothing: its parts are then collected as orphans.
+                let live = upload_of_part(&listed.key).is_some_and(|(prefix, upload_id)| live_uploads.contains(&upload_key(prefix, upload_id)));
+                if !live {
+                    continue;
+                }
                 let keys = match memory.take_references(&listed) {
                     Some(keys) => keys,
                     None => {

@@ -32,6 +32,8 @@ pub async fn run_packer(store: Arc<Store>) {
 /// Packs the oldest queued object; false when the queue is empty.
 pub async fn pack_next(store: &Arc<Store>) -> anyhow::Result<bool> {
     let Some(job) = store.index.next_pack_job()? else { return Ok(false) };
+    // Its commit would be refused: no re-encoding until the gateway is in step again.
+    store.check_in_step()?;
     let span = tracing::info_span!("pack", tenant = %job.tenant, bucket = %job.bucket, key = %job.key);
     pack_object(store, &job).instrument(span).await?;
     store.index.finish_pack_job(&job)?;

@@ -89,6 +89,32 @@ pub(super) fn composite_checksums(parts: &[&PartRecord]) -> Checksums {
     composite
 }
 
+/// The checksum type S3 reports with stored checksums: COMPOSITE for the `…-N` values of an
+/// object uploaded by parts, FULL_OBJECT otherwise; none without checksums.
+pub(super) fn checksum_type_of(checksums: &Checksums) -> Option<ChecksumType> {
+    let mut values = ChecksumAlgorithm::ALL.into_iter().filter_map(|algorithm| checksums.get(algorithm).as_deref());
+    let first = values.next()?;
+    let composite = first.contains('-');
+    Some(ChecksumType::from_static(if composite { ChecksumType::COMPOSITE } else { ChecksumType::FULL_OBJECT }))
+}
+
+/// Refuses the pairs of checksum algorithm and type S3 refuses on CreateMultipartUpload: SHA
+/// checksums have no full-object form, CRC64NVME no composite one.
+pub(super) fn check_checksum_type(algorithm: Option<&s3s::dto::ChecksumAlgorithm>, kind: Option<&ChecksumType>) -> S3Result<()> {
+    let (Some(algorithm), Some(kind)) = (algorithm, kind) else { return Ok(()) };
+    let sha = matches!(algorithm.as_str(), "SHA1" | "SHA256");
+    let refused = (sha && kind.as_str() == ChecksumType::FULL_OBJECT) || (algorithm.as_str() == "CRC64NVME" && kind.as_str() == ChecksumType::COMPOSITE);
+    if refused {
+        return Err(s3_error!(
+            InvalidRequest,
+            "The {} checksum type cannot be used with the {} checksum algorithm.",
+            kind.as_str(),
+            algorithm.as_str().to_ascii_lowercase()
+        ));
+    }
+    Ok(())
+}
+
 /// The size a client announced: Content-Length, or the decoded length of an aws-chunked body.
 pub(super) fn announced_size(headers: &hyper::HeaderMap, content_length: Option<i64>) -> Option<u64> {
     headers

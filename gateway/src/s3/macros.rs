@@ -43,6 +43,7 @@ macro_rules! object_output {
     ($output:ident, $record:expr, $length:expr, $checksums:expr, $parts_count:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
         let record: ObjectRecord = $record;
         let checksums: Checksums = $checksums;
+        let checksum_type = checksum_type_of(&checksums);
         $output {
             content_length: Some($length as i64),
             accept_ranges: Some("bytes".to_owned()),
@@ -61,6 +62,7 @@ macro_rules! object_output {
             checksum_sha1: checksums.sha1,
             checksum_sha256: checksums.sha256,
             checksum_crc64nvme: checksums.crc64nvme,
+            checksum_type,
             $($field: $value,)*
             ..Default::default()
         }

@@ -9,6 +9,7 @@ impl Gateway {
         let input = req.input;
         check_key(&input.key)?;
         check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
+        check_checksum_type(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let upload_id = new_id();
         let record = UploadRecord {
@@ -289,7 +290,9 @@ fn completed_etag(requested: &[CompletedPart]) -> Option<String> {
 
 /// The answer to a CompleteMultipartUpload that made (or had made) `record`.
 fn completed_output(record: ObjectRecord, bucket: String, key: String) -> CompleteMultipartUploadOutput {
+    let checksum_type = checksum_type_of(&record.checksums);
     let mut output = write_output!(CompleteMultipartUploadOutput, record.etag, record.checksums);
+    output.checksum_type = checksum_type;
     output.bucket = Some(bucket);
     output.key = Some(key);
     output

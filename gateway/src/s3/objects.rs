@@ -13,6 +13,8 @@ impl Gateway {
             let target = async {
                 check_key(&input.key)?;
                 check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
+                // Refused before the body is stored, rather than at its commit.
+                self.store.check_in_step().map_err(to_s3)?;
                 self.ensure_bucket(&tenant, &input.bucket).await
             };
             before_body!(target.await, input.body);
@@ -24,8 +26,10 @@ impl Gateway {
             let ingested = self.ingest_body(&tenant, input.body, size_hint, &claimed, base_hint, BodyFrom::Client).await?;
             let attributes = attributes_of!(input);
             let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes, expect.as_expect()).await?;
-            let checksums = record.checksums;
-            Ok(S3Response::new(write_output!(PutObjectOutput, record.etag, checksums)))
+            let checksum_type = checksum_type_of(&record.checksums);
+            let mut output = write_output!(PutObjectOutput, record.etag, record.checksums);
+            output.checksum_type = checksum_type;
+            Ok(S3Response::new(output))
         }
         .instrument(span)
         .await
@@ -81,7 +85,9 @@ impl Gateway {
             Some(range) => range.end - range.start,
             None => record.size,
         };
-        let checksums = if input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
+        // The whole object's checksums, as for GET: a range or a part has none of its own here.
+        let whole = input.range.is_none() && input.part_number.is_none();
+        let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
         let parts_count = parts_count(&record, input.part_number);
         Ok(S3Response::new(object_output!(HeadObjectOutput, record, length, checksums, parts_count, {})))
     }
