@@ -102,7 +102,7 @@ impl Index {
     /// Opens (or creates) the index in `path`.
     pub fn open(path: &Path) -> Result<Index> {
         let db = sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()?;
-        Ok(Index {
+        let index = Index {
             buckets: db.open_tree("buckets")?,
             objects: db.open_tree("objects")?,
             chunks: db.open_tree("chunks")?,
@@ -116,7 +116,9 @@ impl Index {
             meta: db.open_tree("meta")?,
             pending: db.open_tree("pending")?,
             db,
-        })
+        };
+        index.migrate_signatures()?;
+        Ok(index)
     }
 
     /// Flushes every tree to disk; called before a write is acknowledged.
