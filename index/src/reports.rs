@@ -254,7 +254,7 @@ mod tests {
         delta_record.raw_len = 100;
         delta_record.offset = 60;
         delta_record.base = Some(base);
-        let new_chunks = vec![NewChunk { hash: base, record: base_record }, NewChunk { hash: delta, record: delta_record }];
+        let new_chunks = [NewChunk { hash: base, record: base_record }, NewChunk { hash: delta, record: delta_record }];
         let pack = NewPack { key: "packs/1".into(), total_bytes: 80 };
         let first = record(vec![Segment::Inline(vec![0; 8]), Segment::Chunk { hash: base, len: 100 }]);
         let second = record(vec![Segment::Inline(vec![0; 8]), Segment::Chunk { hash: delta, len: 100 }]);
