@@ -28,8 +28,8 @@ pub async fn commit(
     new_pack: Option<&NewPack>,
     expect: Expect<'_>,
 ) -> anyhow::Result<()> {
-    let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
-    let _guard = store.lock_key(key).await;
+    let _bucket = store.locks.share_bucket(&key.tenant, &key.bucket).await;
+    let _guard = store.locks.lock_key(key).await;
     store.check_in_step()?;
     if store.index.bucket(&key.tenant, &key.bucket)?.is_none() {
         return Err(IndexError::Refused(Refusal::NoSuchBucket).into());
@@ -62,8 +62,8 @@ pub async fn commit(
 /// Ends a multipart upload with `record` as the object at `key`: manifest, then index. Nothing
 /// happens unless the object there meets `expect` (the client's conditions).
 pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord, expect: Expect<'_>) -> anyhow::Result<()> {
-    let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
-    let _guard = store.lock_key(key).await;
+    let _bucket = store.locks.share_bucket(&key.tenant, &key.bucket).await;
+    let _guard = store.locks.lock_key(key).await;
     if store.config.shared_upstream {
         let manifest = manifest_of(key, record, store.index.locate(record, &[])?);
         let index_step = || store.index.complete_upload(upload_id, key, record, now_ms());
@@ -116,7 +116,7 @@ pub fn same_locations(a: &[ChunkLocation], b: &[ChunkLocation]) -> bool {
 
 /// Deletes the object at `key`: its manifest, then its index record. False if there was none.
 pub async fn delete(store: &Store, key: &ObjectKey) -> anyhow::Result<bool> {
-    let _guard = store.lock_key(key).await;
+    let _guard = store.locks.lock_key(key).await;
     if store.config.shared_upstream {
         return shared::delete(store, key).await;
     }
@@ -147,7 +147,7 @@ async fn settle<T>(store: &Store, key: &ObjectKey, outcome: anyhow::Result<T>) -
 pub async fn recover(store: &Store) -> anyhow::Result<usize> {
     let pending = store.index.pending()?;
     for key in &pending {
-        let _guard = store.lock_key(key).await;
+        let _guard = store.locks.lock_key(key).await;
         if store.config.shared_upstream {
             shared::reconcile(store, key).await?;
             continue;
@@ -176,7 +176,7 @@ pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
 /// Deletes an empty bucket from the index, then its marker. Commits into the bucket are held
 /// off meanwhile, and those that come after find it gone.
 pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<BucketDeletion> {
-    let owned = store.own_bucket(tenant, bucket).await;
+    let owned = store.locks.own_bucket(tenant, bucket).await;
     let uploads = list_uploads(store, tenant, bucket).await?;
     let deletion = store.index.delete_bucket(tenant, bucket, now_ms())?;
     // Commits that come after find the bucket gone in the index: no need to hold them off
@@ -211,7 +211,7 @@ pub async fn adopt_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::
 /// Starts a multipart upload; with a shared upstream its marker goes upstream first, so that
 /// every gateway can take its parts.
 pub async fn create_upload(store: &Store, upload_id: &str, upload: &UploadRecord) -> anyhow::Result<()> {
-    let _bucket = store.share_bucket(&upload.tenant, &upload.bucket).await;
+    let _bucket = store.locks.share_bucket(&upload.tenant, &upload.bucket).await;
     if store.index.bucket(&upload.tenant, &upload.bucket)?.is_none() {
         return Err(IndexError::Refused(Refusal::NoSuchBucket).into());
     }
@@ -327,8 +327,8 @@ pub async fn fetch(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<Mani
 pub async fn refresh(store: &Store, key: &ObjectKey) -> anyhow::Result<Option<ObjectRecord>> {
     let before = store.index.object(key)?.map(|record| record.version);
     let manifest = fetch(store, key).await?;
-    let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
-    let _guard = store.lock_key(key).await;
+    let _bucket = store.locks.share_bucket(&key.tenant, &key.bucket).await;
+    let _guard = store.locks.lock_key(key).await;
     let local = store.index.object(key)?;
     if local.as_ref().map(|record| &record.version) != before.as_ref() {
         return Ok(local);

@@ -219,8 +219,8 @@ pub fn adopt(store: &Store, manifest: &Manifest) -> Result<(), IndexError> {
 /// Re-reads a manifest found changed by a listing and adopts it, under the key's lock.
 pub async fn adopt_listed(store: &Store, listed: &Manifest) -> anyhow::Result<bool> {
     let key = ObjectKey::new(&listed.tenant, &listed.bucket, &listed.key);
-    let _bucket = store.share_bucket(&key.tenant, &key.bucket).await;
-    let _guard = store.lock_key(&key).await;
+    let _bucket = store.locks.share_bucket(&key.tenant, &key.bucket).await;
+    let _guard = store.locks.lock_key(&key).await;
     let local = store.index.object(&key)?.map(|record| record.version);
     if local.as_deref() == Some(listed.record.version.as_str()) {
         return Ok(false);

@@ -116,7 +116,7 @@ async fn switch_to_copies(store: &Store, copies: &[PackCopy]) -> anyhow::Result<
     }
     let mut frames = 0;
     {
-        let _all_writes = store.lock_all_keys().await;
+        let _all_writes = store.locks.lock_all_keys().await;
         let moved: HashSet<ChunkHash> = copies.iter().flat_map(|copy| copy.moves.iter().map(|step| step.hash)).collect();
         store.index.mark_all_pending(&objects_using(store, &moved)?)?;
         for copy in copies {

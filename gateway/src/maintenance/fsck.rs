@@ -94,7 +94,7 @@ async fn check_manifests(store: &Store, repair: bool, report: &mut FsckReport) -
         let name = format!("{}/{}/{}", key.tenant, key.bucket, key.key);
         if repair && store.config.shared_upstream {
             // Another gateway may have deleted it: the index takes what the upstream holds.
-            let _guard = store.lock_key(&key).await;
+            let _guard = store.locks.lock_key(&key).await;
             shared::reconcile(store, &key).await?;
             report.repaired.push(format!("index record of {name} brought in line with the upstream"));
         } else if repair {
@@ -142,7 +142,7 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
         let name = format!("{}/{}/{}", object.tenant, object.bucket, object.key);
         if repair && store.index.object(&object)?.is_some() {
             if rewritten.insert(name.clone()) {
-                let _guard = store.lock_key(&object).await;
+                let _guard = store.locks.lock_key(&object).await;
                 let rewritten_here = match store.config.shared_upstream {
                     true => shared::relocate(store, &object).await?,
                     false => catalog::align(store, &object).await.map(|()| true)?,

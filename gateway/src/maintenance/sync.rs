@@ -87,7 +87,7 @@ async fn sync_buckets(store: &Store, tags: &mut HashMap<String, String>, report:
     for (tenant, bucket) in store.index.all_buckets()? {
         let marker = store.bucket_key(&tenant, &bucket);
         if !listed_buckets.contains(&marker) && store.upstream.read_tagged(&marker).await?.is_none() {
-            let _owned = store.own_bucket(&tenant, &bucket).await;
+            let _owned = store.locks.own_bucket(&tenant, &bucket).await;
             if store.index.delete_bucket(&tenant, &bucket, now_ms())? == BucketDeletion::Deleted {
                 report.buckets_removed += 1;
             }

@@ -10,7 +10,8 @@ use tensorgate_index::{BaseCandidate, ChunkHash, MAX_BASE_DEPTH};
 use super::model::ModelState;
 use super::{Ingester, State};
 use crate::config::BaseSelection;
-use crate::engine::{on_cores, reader};
+use crate::engine::{on_cores, reader, Store};
+use super::StoredTensor;
 
 /// Tensors smaller than this are neither fingerprinted, registered as base candidates nor
 /// delta-coded: their 512-byte sketch would outweigh them, and a header of 100,000 tiny
@@ -139,5 +140,19 @@ impl Ingester {
                 Ok(None)
             }
         }
+    }
+}
+
+impl Store {
+    /// Makes the whole tensors of a committed write findable as bases: by name (for the name
+    /// strategy) and by fingerprint.
+    pub fn register_tensors(&self, tenant: &str, tensors: &[StoredTensor]) -> anyhow::Result<()> {
+        let scope = self.config.dedup_scope_of(tenant);
+        for tensor in tensors {
+            self.index.remember_tensor(&scope, &tensor.name, &tensor.signature, &tensor.chunks)?;
+            let candidate = BaseCandidate { sketch: tensor.sketch.to_bytes(), chunks: tensor.chunks.clone() };
+            self.index.add_candidate(&scope, &tensor.signature, &candidate)?;
+        }
+        Ok(())
     }
 }
