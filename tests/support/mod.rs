@@ -124,8 +124,6 @@ impl TestGateway {
 
     /// Starts a gateway after `adjust` has changed the test configuration.
     pub fn start_with(kind: UpstreamKind, adjust: impl FnOnce(&mut Config)) -> TestGateway {
-        // The in-process gateway logs into the test output when RUST_LOG is set.
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_ansi(false).with_test_writer().try_init();
         TestGateway::start_wrapped(kind, adjust, |upstream| upstream)
     }
 
@@ -135,6 +133,8 @@ impl TestGateway {
         adjust: impl FnOnce(&mut Config),
         wrap: impl FnOnce(std::sync::Arc<dyn tensorgate::upstream::Upstream>) -> std::sync::Arc<dyn tensorgate::upstream::Upstream>,
     ) -> TestGateway {
+        // The in-process gateway logs into the test output when RUST_LOG is set.
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_ansi(false).with_test_writer().try_init();
         let dir = tempfile::tempdir().unwrap();
         let moto = (kind == UpstreamKind::Moto).then(Moto::start);
         let mut config = Config::load(None).unwrap();

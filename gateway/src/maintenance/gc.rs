@@ -163,33 +163,23 @@ pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> any
     if store.config.shared_upstream {
         let mut listed_now = HashMap::new();
         for prefix in store.config.upstream_prefixes() {
-            for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
-                let keys = match memory.take_references(&listed) {
-                    Some(keys) => keys,
-                    None => {
-                        let Some(manifest) = catalog::read_record::<Manifest>(store, &listed.key).await? else { continue };
-                        manifest_references(&manifest)
-                    }
-                };
-                referenced.extend(keys.iter().cloned());
-                listed_now.insert(listed.key, (listed.tag, keys));
-            }
-            // Listed before the part markers: an upload begun after this has only young parts,
-            // which the orphan scan does not take yet.
+            // Uploads, then their part markers, then manifests: an upload that ends meanwhile
+            // is seen live with its parts, or its object's manifest is listed.
             let live_uploads: HashSet<String> = store.upstream.list(&format!("{prefix}{UPLOADS}")).await?.into_iter().map(|listed| listed.key).collect();
-            for listed in store.upstream.list(&format!("{prefix}{UPLOAD_PARTS}")).await? {
-                // The markers of an ended upload (left by a failed clean-up, or by a part that
-                // raced the end) reference nothing: its parts are then collected as orphans.
-                let live = upload_of_part(&listed.key).is_some_and(|(prefix, upload_id)| live_uploads.contains(&upload_key(prefix, upload_id)));
-                if !live {
-                    continue;
-                }
+            // The markers of an ended upload (left by a failed clean-up, or by a part that raced
+            // the end) reference nothing: its parts are then collected as orphans.
+            let parts = store.upstream.list(&format!("{prefix}{UPLOAD_PARTS}")).await?.into_iter().filter(|listed| {
+                upload_of_part(&listed.key).is_some_and(|(prefix, upload_id)| live_uploads.contains(&upload_key(prefix, upload_id)))
+            });
+            let parts: Vec<_> = parts.map(|listed| (listed, Referrer::PartMarker)).collect();
+            let manifests = store.upstream.list(&format!("{prefix}{MANIFESTS}")).await?.into_iter().map(|listed| (listed, Referrer::Manifest));
+            for (listed, referrer) in parts.into_iter().chain(manifests) {
                 let keys = match memory.take_references(&listed) {
                     Some(keys) => keys,
-                    None => {
-                        let Some(marker) = catalog::read_record::<PartMarker>(store, &listed.key).await? else { continue };
-                        vec![marker.part.blob]
-                    }
+                    None => match referrer.references(store, &listed.key).await? {
+                        Some(keys) => keys,
+                        None => continue,
+                    },
                 };
                 referenced.extend(keys.iter().cloned());
                 listed_now.insert(listed.key, (listed.tag, keys));
@@ -200,6 +190,23 @@ pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> any
         memory.record_references = listed_now;
     }
     Ok(referenced)
+}
+
+/// The kinds of upstream record that reference packs and blobs.
+#[derive(Clone, Copy)]
+enum Referrer {
+    Manifest,
+    PartMarker,
+}
+
+impl Referrer {
+    /// The upstream keys the record at `key` references; `None` if it is gone since listed.
+    async fn references(self, store: &Store, key: &str) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(match self {
+            Referrer::Manifest => catalog::read_record::<Manifest>(store, key).await?.map(|manifest| manifest_references(&manifest)),
+            Referrer::PartMarker => catalog::read_record::<PartMarker>(store, key).await?.map(|marker| vec![marker.part.blob]),
+        })
+    }
 }
 
 /// The upstream keys a manifest names: the packs of its chunks and its blobs.

@@ -65,17 +65,12 @@ pub(super) fn checksums_of(checksum: &Checksum) -> Checksums {
 pub(super) fn composite_checksums(parts: &[&PartRecord]) -> Checksums {
     let mut composite = Checksums::default();
     for algorithm in [ChecksumAlgorithm::Sha1, ChecksumAlgorithm::Sha256] {
-        let mut digests = Vec::new();
-        for part in parts {
-            let decoded = part.checksums.get(algorithm).as_deref().and_then(|value| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value).ok());
-            match decoded {
-                Some(digest) => digests.extend_from_slice(&digest),
-                None => {
-                    digests.clear();
-                    break;
-                }
-            }
-        }
+        let decode = |part: &&PartRecord| {
+            let value = part.checksums.get(algorithm).as_deref()?;
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value).ok()
+        };
+        let Some(digests) = parts.iter().map(decode).collect::<Option<Vec<Vec<u8>>>>() else { continue };
+        let digests = digests.concat();
         if digests.is_empty() {
             continue;
         }
@@ -102,8 +97,9 @@ pub(super) fn checksum_type_of(checksums: &Checksums) -> Option<ChecksumType> {
 /// checksums have no full-object form, CRC64NVME no composite one.
 pub(super) fn check_checksum_type(algorithm: Option<&s3s::dto::ChecksumAlgorithm>, kind: Option<&ChecksumType>) -> S3Result<()> {
     let (Some(algorithm), Some(kind)) = (algorithm, kind) else { return Ok(()) };
-    let sha = matches!(algorithm.as_str(), "SHA1" | "SHA256");
-    let refused = (sha && kind.as_str() == ChecksumType::FULL_OBJECT) || (algorithm.as_str() == "CRC64NVME" && kind.as_str() == ChecksumType::COMPOSITE);
+    let named = ChecksumAlgorithm::named(algorithm.as_str());
+    let sha = matches!(named, Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256));
+    let refused = (sha && kind.as_str() == ChecksumType::FULL_OBJECT) || (named == Some(ChecksumAlgorithm::Crc64Nvme) && kind.as_str() == ChecksumType::COMPOSITE);
     if refused {
         return Err(s3_error!(
             InvalidRequest,
