@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use support::*;
 
 /// The shipped deployment config passes `tensorgate config check`; a broken one does not.
@@ -94,7 +96,10 @@ fn metric(scrape: &str, series: &str) -> f64 {
 /// The metrics port answers health and readiness, and its counters move with the traffic.
 #[test]
 fn metrics_and_health_follow_the_traffic() {
-    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.metrics_listen = Some("127.0.0.1:0".parse().unwrap()));
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.usage_refresh_secs = 1;
+    });
     let address = gateway.gateway.as_ref().unwrap().metrics_address.unwrap();
     assert_eq!(http_get(address, "/health"), (200, "ok\n".to_owned()));
     assert_eq!(http_get(address, "/ready").0, 200);
@@ -104,9 +109,18 @@ fn metrics_and_health_follow_the_traffic() {
     gateway.aws(&["s3", "mb", "s3://metered"]);
     gateway.aws(&["s3", "cp", base.to_str().unwrap(), "s3://metered/base"]);
     gateway.aws(&["s3", "cp", tuned.to_str().unwrap(), "s3://metered/tuned"]);
-    let (status, before) = http_get(address, "/metrics");
-    assert_eq!(status, 200);
     let sizes = std::fs::metadata(&base).unwrap().len() + std::fs::metadata(&tuned).unwrap().len();
+    // The usage gauges are read from the index in the background, every second here.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        let (status, scrape) = http_get(address, "/metrics");
+        assert_eq!(status, 200);
+        let stored = scrape.lines().any(|line| line == format!(r#"tensorgate_logical_bytes{{tenant="default"}} {sizes}"#));
+        if stored || Instant::now() > deadline {
+            break scrape;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(metric(&before, "tensorgate_bytes_in_total") as u64, sizes);
     assert!(metric(&before, r#"tensorgate_requests_total{method="PUT",status="200"}"#) >= 3.0);
     assert!(metric(&before, r#"tensorgate_chunks_total{outcome="delta"}"#) > 0.0);

@@ -88,6 +88,8 @@ pub struct Config {
     pub gc_grace_secs: u64,
     /// Seconds between garbage-collection runs.
     pub gc_interval_secs: u64,
+    /// Seconds between two readings of per-tenant usage from the index for `/metrics`.
+    pub usage_refresh_secs: u64,
     /// Packs whose live bytes fall under this share of their size are compacted by garbage
     /// collection (0 turns compaction off).
     pub compact_live_ratio: f64,
@@ -236,6 +238,7 @@ impl Default for Config {
             min_model_bytes: 64 * 1024,
             gc_grace_secs: 600,
             gc_interval_secs: 60,
+            usage_refresh_secs: 30,
             compact_live_ratio: 0.5,
             base_cache_bytes: 32 << 20,
             base_selection: BaseSelection::Fingerprint,

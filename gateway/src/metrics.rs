@@ -1,5 +1,6 @@
 //! Prometheus metrics: counters move where the work happens; per-tenant bytes and the packer
-//! queue are set from the index at each scrape (`server::status` serves them).
+//! queue are gauges set from the index in the background (`maintenance::usage`);
+//! `server::status` serves them.
 
 use std::time::Instant;
 
@@ -111,9 +112,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The text exposition, with the gauges set from the packer's queue length and the usage
-    /// the index reports now.
-    pub fn render(&self, packer_queue: usize, usage: Vec<Usage>) -> anyhow::Result<String> {
+    /// Sets the gauges from the packer's queue length and the usage the index reported.
+    pub fn set_usage(&self, packer_queue: usize, usage: Vec<Usage>) {
         self.packer_queue.set(packer_queue as i64);
         let mut tenants: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
         for row in usage {
@@ -126,6 +126,10 @@ impl Metrics {
             self.logical_bytes.get_or_create(&labels).set(logical as i64);
             self.physical_bytes.get_or_create(&labels).set(physical as i64);
         }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)

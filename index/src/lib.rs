@@ -127,6 +127,12 @@ impl Index {
         Ok(())
     }
 
+    /// Whether the index answers a read (for readiness probes; reads one key).
+    pub fn answers(&self) -> Result<()> {
+        self.meta.get("instance")?;
+        Ok(())
+    }
+
     /// The id of the gateway that owns this index, made on first use: it names the gateway in
     /// the garbage-collection lease, so a restarted gateway (or an admin command on its data
     /// directory) is the same holder.

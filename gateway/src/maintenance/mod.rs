@@ -1,7 +1,7 @@
 //! Background work and the repairs an operator runs: the [`packer`] re-encodes objects stored as
 //! uploaded, [`gc`] collects what nothing references, [`compact`] rewrites sparse packs,
-//! [`condemned`] and [`sync`] keep several gateways in step, [`fsck`], [`scrub`] and [`rebuild`]
-//! check and repair.
+//! [`condemned`] and [`sync`] keep several gateways in step, [`usage`] keeps the usage gauges,
+//! [`fsck`], [`scrub`] and [`rebuild`] check and repair.
 
 pub mod compact;
 pub mod condemned;
@@ -11,3 +11,4 @@ pub mod packer;
 pub mod rebuild;
 pub mod scrub;
 pub mod sync;
+pub mod usage;

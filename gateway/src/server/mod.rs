@@ -25,7 +25,7 @@ use crate::engine::Store;
 use crate::engine::catalog;
 use crate::ids::{new_id, now_ms};
 use crate::maintenance::condemned;
-use crate::maintenance::{gc, packer, sync};
+use crate::maintenance::{gc, packer, sync, usage};
 use crate::s3::Gateway;
 use crate::s3::auth::{Authenticator, KeyRing, Keys};
 use crate::s3::domains::Domains;
@@ -214,6 +214,7 @@ pub async fn start_with(config: Config, upstream: Arc<dyn Upstream>) -> anyhow::
         let listener = TcpListener::bind(listen).await.with_context(|| format!("listening on {listen} for metrics"))?;
         metrics_address = Some(listener.local_addr()?);
         tasks.push(tokio::spawn(status::serve(listener, store.clone())));
+        tasks.push(tokio::spawn(usage::run_usage(store.clone())));
     }
     let measured = measured_service(service, store.clone(), keys.clone());
     tracing::info!(%address, tls = tls.is_some(), upstream = store.upstream.describe(), "serving S3");

@@ -31,14 +31,14 @@ pub async fn serve(listener: TcpListener, store: Arc<Store>) {
 
 fn answer(store: &Store, path: &str) -> Response<Full<Bytes>> {
     let (status, body) = match path {
-        "/metrics" => match store.index.usage().map_err(anyhow::Error::from).and_then(|usage| store.metrics.render(store.index.pack_queue_len(), usage)) {
+        "/metrics" => match store.metrics.render() {
             Ok(text) => (StatusCode::OK, text),
-            Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")),
+            Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}")),
         },
         "/health" => (StatusCode::OK, "ok\n".to_owned()),
         "/ready" if store.draining.load(std::sync::atomic::Ordering::Relaxed) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned()),
         "/ready" if store.check_in_step().is_err() => (StatusCode::SERVICE_UNAVAILABLE, "out of step with the shared upstream\n".to_owned()),
-        "/ready" => match store.index.pack_bytes() {
+        "/ready" => match store.index.answers() {
             Ok(_) => (StatusCode::OK, "ready\n".to_owned()),
             Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("index unavailable: {error}\n")),
         },
