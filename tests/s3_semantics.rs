@@ -18,7 +18,10 @@ fn s3_semantics_match_aws() {
 /// served as binary/octet-stream; a 304 carries ETag and Last-Modified; MaxKeys=0 is not
 /// truncated; an empty Delimiter is not echoed; ListObjects (v1) echoes its prefix unencoded;
 /// error bodies carry AWS's message and the request id of their header; copying an object onto
-/// itself unchanged is refused; a repeated CompleteMultipartUpload answers the object it made.
+/// itself unchanged is refused; a repeated CompleteMultipartUpload answers the object it made;
+/// ListObjects (v1) always answers Prefix and Marker; ListObjectVersions pages with version
+/// markers; GetObjectAttributes answers an unquoted ETag; `aws-chunked` is not stored as a
+/// Content-Encoding; ListBuckets pages with MaxBuckets.
 #[test]
 fn answers_carry_the_details_s3_gives() {
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);

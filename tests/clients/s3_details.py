@@ -51,6 +51,44 @@ def main():
     check("ListObjects (v1) echoes the prefix as given, even with encoding-type=url",
           listed.get("Prefix") == "\n" and "Contents" not in listed, listed.get("Prefix"))
 
+    listed = s3.list_objects(Bucket=BUCKET)
+    check("ListObjects (v1) always answers Prefix and Marker, empty when none was given",
+          listed.get("Prefix") == "" and listed.get("Marker") == "", listed)
+    for key in ["v1", "v2", "v3"]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"v")
+    versions = s3.list_object_versions(Bucket=BUCKET, Prefix="v", MaxKeys=2)
+    check("a truncated ListObjectVersions names the version to resume after",
+          versions["IsTruncated"] and versions.get("NextKeyMarker") == "v2" and versions.get("NextVersionIdMarker") == "null",
+          versions)
+    rest = s3.list_object_versions(Bucket=BUCKET, Prefix="v", KeyMarker="v2", VersionIdMarker="null")
+    check("ListObjectVersions resumes after its markers and echoes them",
+          [version["Key"] for version in rest["Versions"]] == ["v3"] and rest.get("VersionIdMarker") == "null", rest)
+
+    attributes = s3.get_object_attributes(Bucket=BUCKET, Key="v1", ObjectAttributes=["ETag"])
+    check("GetObjectAttributes answers the ETag without quotes",
+          attributes["ETag"] == s3.head_object(Bucket=BUCKET, Key="v1")["ETag"].strip('"'), attributes["ETag"])
+
+    s3.put_object(Bucket=BUCKET, Key="gz", Body=b"v", ContentEncoding="gzip, aws-chunked")
+    check("aws-chunked is dropped from the stored Content-Encoding",
+          s3.head_object(Bucket=BUCKET, Key="gz")["ContentEncoding"] == "gzip")
+    s3.put_object(Bucket=BUCKET, Key="chunked", Body=b"v", ContentEncoding="aws-chunked")
+    check("an object sent with aws-chunked alone keeps no Content-Encoding",
+          "ContentEncoding" not in s3.head_object(Bucket=BUCKET, Key="chunked"))
+    for key in ["v1", "v2", "v3", "gz", "chunked"]:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+
+    for name in ["details-page-a", "details-page-b"]:
+        s3.create_bucket(Bucket=name)
+    page = s3.list_buckets(MaxBuckets=1)
+    names = [bucket["Name"] for bucket in page["Buckets"]]
+    while "ContinuationToken" in page:
+        page = s3.list_buckets(MaxBuckets=1, ContinuationToken=page["ContinuationToken"])
+        names += [bucket["Name"] for bucket in page["Buckets"]]
+    check("ListBuckets pages one bucket at a time with MaxBuckets, in name order, to the end",
+          names == sorted([BUCKET, "details-page-a", "details-page-b"]), names)
+    for name in ["details-page-a", "details-page-b"]:
+        s3.delete_bucket(Bucket=name)
+
     answer = {}
     s3.meta.events.register("after-call.s3.GetObject", lambda http_response, **_: answer.update(body=http_response.content))
     try:

@@ -78,12 +78,24 @@ impl Gateway {
 
     pub(super) async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         let tenant = self.tenant(&req)?;
-        let buckets = self.store.index.list_buckets(&tenant).map_err(internal)?;
+        let input = req.input;
+        // Pages in name order, as S3 does when MaxBuckets or a continuation token is given.
+        let after = input.continuation_token.as_deref().map(listing::decode_token).transpose()?;
+        let page = match input.max_buckets {
+            None => usize::MAX,
+            Some(max @ 1..=10000) => max as usize,
+            Some(_) => return Err(s3_error!(InvalidArgument, "Argument max-buckets must be an integer between 1 and 10000.")),
+        };
+        let mut buckets: Vec<_> = self.store.index.list_buckets(&tenant).map_err(internal)?;
+        buckets.retain(|(name, _)| after.as_deref().is_none_or(|after| name.as_str() > after));
+        let truncated = buckets.len() > page;
+        buckets.truncate(page);
+        let continuation_token = truncated.then(|| buckets.last().map(|(name, _)| listing::encode_token(name))).flatten();
         let buckets = buckets
             .into_iter()
             .map(|(name, record)| Bucket { name: Some(name), creation_date: Some(timestamp(record.created_ms)), bucket_region: None })
             .collect();
-        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(bucket_config::owner(&tenant)), ..Default::default() }))
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(bucket_config::owner(&tenant)), continuation_token, ..Default::default() }))
     }
 
     pub(super) async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {

@@ -15,10 +15,11 @@ impl Gateway {
         listing.set_owner(&tenant);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
-            // ListObjects (v1) encodes every name but the prefix, which AWS echoes as given.
-            prefix: input.prefix,
+            // ListObjects (v1) encodes every name but the prefix, which AWS echoes as given; the
+            // prefix and the marker are always there, empty when none was given.
+            prefix: Some(input.prefix.unwrap_or_default()),
             delimiter: url_encoding::encode_if(encoded, input.delimiter.filter(|d| !d.is_empty())),
-            marker: url_encoding::encode_if(encoded, input.marker),
+            marker: url_encoding::encode_if(encoded, Some(input.marker.unwrap_or_default())),
             max_keys: Some(listing.max_keys),
             is_truncated: Some(listing.is_truncated),
             next_marker: url_encoding::encode_if(encoded, next_marker),
@@ -86,8 +87,11 @@ impl Gateway {
             prefix: url_encoding::encode_if(encoded, input.prefix),
             delimiter: url_encoding::encode_if(encoded, input.delimiter.filter(|d| !d.is_empty())),
             key_marker: url_encoding::encode_if(encoded, input.key_marker),
+            version_id_marker: input.version_id_marker,
             max_keys: Some(listing.max_keys),
             is_truncated: Some(listing.is_truncated),
+            // Every version is `null`: a truncated page resumes after that version of the key.
+            next_version_id_marker: next_key_marker.is_some().then(|| "null".to_owned()),
             next_key_marker: url_encoding::encode_if(encoded, next_key_marker),
             versions: Some(versions),
             common_prefixes: Some(listing.common_prefixes),
@@ -177,11 +181,11 @@ impl Listing {
     }
 }
 
-fn encode_token(key: &str) -> String {
+pub(super) fn encode_token(key: &str) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, key)
 }
 
-fn decode_token(token: &str) -> S3Result<String> {
+pub(super) fn decode_token(token: &str) -> S3Result<String> {
     base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())

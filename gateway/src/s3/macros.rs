@@ -28,7 +28,7 @@ macro_rules! attributes_of {
     ($input:expr) => {
         Attributes {
             content_type: $input.content_type,
-            content_encoding: $input.content_encoding,
+            content_encoding: $input.content_encoding.and_then(|encoding| crate::s3::objects::stored_encoding(&encoding)),
             content_disposition: $input.content_disposition,
             content_language: $input.content_language,
             cache_control: $input.cache_control,

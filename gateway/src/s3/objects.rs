@@ -156,3 +156,10 @@ fn requested_range(record: &ObjectRecord, range: Option<&Range>, part_number: Op
 fn parts_count(record: &ObjectRecord, part_number: Option<i32>) -> Option<i32> {
     (!record.part_sizes.is_empty() && part_number.is_some()).then_some(record.part_sizes.len() as i32)
 }
+
+/// The Content-Encoding an object keeps: `aws-chunked` names how the request body was framed,
+/// not the object, so S3 drops it (and stores no header when nothing else is left).
+pub(super) fn stored_encoding(encoding: &str) -> Option<String> {
+    let kept: Vec<&str> = encoding.split(',').map(str::trim).filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("aws-chunked")).collect();
+    (!kept.is_empty()).then(|| kept.join(", "))
+}

@@ -29,7 +29,7 @@ use crate::maintenance::{gc, packer, sync, usage};
 use crate::s3::Gateway;
 use crate::s3::auth::{Authenticator, KeyRing, Keys};
 use crate::s3::domains::Domains;
-use crate::s3::errors;
+use crate::s3::{errors, object_attributes};
 use crate::upstream::{LocalUpstream, RoutingUpstream, S3Upstream, Upstream};
 
 /// A gateway that is serving.
@@ -117,6 +117,7 @@ fn measured_service(
             let started = std::time::Instant::now();
             let method = request.method().to_string();
             let request_id = new_id()[..16].to_ascii_uppercase();
+            let attributes_request = object_attributes::is_attributes_request(&request);
             let tenant = admission::signing_key(&request).and_then(|key| keys.current().tenant(&key).map(str::to_owned)).unwrap_or_default();
             let served = async {
                 match store.admission.slot(&tenant) {
@@ -142,6 +143,9 @@ fn measured_service(
                 store.metrics.observe_request(&method, response.status().as_u16(), started);
                 if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert("x-amz-request-id", value);
+                }
+                if attributes_request && response.status() == hyper::StatusCode::OK {
+                    object_attributes::unquote_etag(response);
                 }
             }
             response
