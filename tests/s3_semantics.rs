@@ -21,7 +21,8 @@ fn s3_semantics_match_aws() {
 /// itself unchanged is refused; a repeated CompleteMultipartUpload answers the object it made;
 /// ListObjects (v1) always answers Prefix and Marker; ListObjectVersions pages with version
 /// markers; GetObjectAttributes answers an unquoted ETag; `aws-chunked` is not stored as a
-/// Content-Encoding; ListBuckets pages with MaxBuckets.
+/// Content-Encoding; ListBuckets pages with MaxBuckets; Expires is stored (also through a
+/// multipart upload); GetBucketLocation answers the LocationConstraint given at creation.
 #[test]
 fn answers_carry_the_details_s3_gives() {
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);

@@ -13,8 +13,8 @@ pub enum BucketDeletion {
 
 impl Index {
     /// Creates a bucket; false if it already existed.
-    pub fn create_bucket(&self, tenant: &str, bucket: &str, now_ms: i64) -> Result<bool> {
-        let record = encode(&BucketRecord { created_ms: now_ms })?;
+    pub fn create_bucket(&self, tenant: &str, bucket: &str, record: &BucketRecord) -> Result<bool> {
+        let record = encode(record)?;
         let previous = self
             .buckets
             .compare_and_swap(keys::bucket(tenant, bucket), None as Option<&[u8]>, Some(record))?;
@@ -83,12 +83,12 @@ mod tests {
     fn a_commit_into_a_deleted_bucket_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
-        index.create_bucket("t", "b", 0).unwrap();
+        index.create_bucket("t", "b", &BucketRecord::new(0)).unwrap();
         assert_eq!(index.delete_bucket("t", "b", 0).unwrap(), BucketDeletion::Deleted);
         let key = ObjectKey::new("t", "b", "k");
         let result = index.commit_object(&key, &record(vec![Segment::Inline(vec![1])]), &[], None, Expect::Any, 0);
         assert!(matches!(result, Err(IndexError::Refused(Refusal::NoSuchBucket))));
-        index.create_bucket("t", "b", 1).unwrap();
+        index.create_bucket("t", "b", &BucketRecord::new(1)).unwrap();
         assert!(index.list_objects("t", "b", "", None).next().is_none(), "nothing comes back with the bucket");
     }
 }

@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn relocation_moves_only_unchanged_chunks_and_trashes_the_emptied_pack() {
         let (_dir, index) = fresh_index();
-        index.create_bucket("t", "b", 0).unwrap();
+        index.create_bucket("t", "b", &crate::BucketRecord::new(0)).unwrap();
         let (kept, dropped) = ([1u8; 32], [2u8; 32]);
         let mut second = chunk("packs/old", 30);
         second.offset = 10;

@@ -20,6 +20,7 @@ mod manifest;
 mod objects;
 mod pack_queue;
 mod records;
+mod records_v1;
 mod references;
 mod reports;
 mod scrub;
@@ -103,13 +104,13 @@ impl Index {
     pub fn open(path: &Path) -> Result<Index> {
         let db = sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()?;
         let index = Index {
-            buckets: db.open_tree("buckets")?,
-            objects: db.open_tree("objects")?,
+            buckets: db.open_tree(records_v1::MIGRATED_TREES[0].1)?,
+            objects: db.open_tree(records_v1::MIGRATED_TREES[1].1)?,
             chunks: db.open_tree("chunks")?,
             packs: db.open_tree("packs")?,
             trash: db.open_tree("trash")?,
             queue: db.open_tree("queue")?,
-            uploads: db.open_tree("uploads")?,
+            uploads: db.open_tree(records_v1::MIGRATED_TREES[2].1)?,
             parts: db.open_tree("parts")?,
             tensors: db.open_tree("tensors")?,
             candidates: db.open_tree("candidates")?,
@@ -118,6 +119,7 @@ impl Index {
             db,
         };
         index.migrate_signatures()?;
+        index.migrate_records()?;
         Ok(index)
     }
 

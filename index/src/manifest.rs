@@ -7,11 +7,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::{ChunkHash, ChunkRecord, ObjectRecord, PartRecord, UploadRecord};
+use crate::records::{BucketRecord, ChunkHash, ChunkRecord, ObjectRecord, PartRecord, UploadRecord};
+use crate::records_v1;
 use crate::{IndexError, Result};
 
 const MAGIC: [u8; 4] = *b"TGMF";
-const VERSION: u8 = 1;
+/// The format version of records whose layout version 2 did not change, and of those that
+/// hold nothing version 1 cannot say (see `records_v1`).
+const VERSION_1: u8 = 1;
+/// The current format version.
+const VERSION_2: u8 = 2;
 /// Magic, version, kind, two reserved bytes, body length (u64 LE), BLAKE3 of the body.
 const HEADER_LEN: usize = 4 + 1 + 1 + 2 + 8 + 32;
 /// No record the gateway writes comes near this; anything longer is refused unread.
@@ -84,6 +89,15 @@ pub struct BucketMarker {
     pub tenant: String,
     pub bucket: String,
     pub created_ms: i64,
+    /// The LocationConstraint given at creation.
+    pub location: Option<String>,
+}
+
+impl BucketMarker {
+    /// The bucket as an index record.
+    pub fn record(&self) -> BucketRecord {
+        BucketRecord { created_ms: self.created_ms, location: self.location.clone() }
+    }
 }
 
 /// A multipart upload in progress, for gateways sharing the upstream.
@@ -114,13 +128,21 @@ pub struct PackMoves {
 /// What an envelope holds; a reader asking for one kind refuses the others.
 pub trait Envelope: Serialize + serde::de::DeserializeOwned {
     const KIND: u8;
+    /// The record's version-1 layout (the record itself for kinds version 2 left alone).
+    type V1: Serialize + serde::de::DeserializeOwned + Into<Self>;
 
-    /// The envelope bytes.
+    /// The record in its version-1 layout, unless it holds what version 1 cannot say.
+    fn as_v1(&self) -> Option<Self::V1>;
+
+    /// The envelope bytes: version 1 when the record fits it, else version 2.
     fn seal(&self) -> Result<Vec<u8>> {
-        let body = crate::encoding::encode(self)?;
+        let (version, body) = match self.as_v1() {
+            Some(old) => (VERSION_1, crate::encoding::encode(&old)?),
+            None => (VERSION_2, crate::encoding::encode(self)?),
+        };
         let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
         bytes.extend_from_slice(&MAGIC);
-        bytes.extend_from_slice(&[VERSION, Self::KIND, 0, 0]);
+        bytes.extend_from_slice(&[version, Self::KIND, 0, 0]);
         bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
         bytes.extend_from_slice(blake3::hash(&body).as_bytes());
         bytes.extend_from_slice(&body);
@@ -133,7 +155,7 @@ pub trait Envelope: Serialize + serde::de::DeserializeOwned {
         if header[..4] != MAGIC {
             return Err(IndexError::Envelope("not a tensorgate record"));
         }
-        if header[4] != VERSION {
+        if header[4] != VERSION_1 && header[4] != VERSION_2 {
             return Err(IndexError::Envelope("unknown format version"));
         }
         if header[6..8] != [0, 0] {
@@ -152,28 +174,56 @@ pub trait Envelope: Serialize + serde::de::DeserializeOwned {
         if blake3::hash(body).as_bytes() != &header[16..48] {
             return Err(IndexError::Envelope("checksum does not match"));
         }
-        crate::decode(body)
+        match header[4] {
+            VERSION_1 => Ok(crate::decode::<Self::V1>(body)?.into()),
+            _ => crate::decode(body),
+        }
     }
 }
 
 impl Envelope for Manifest {
     const KIND: u8 = 1;
+    type V1 = records_v1::ManifestV1;
+
+    fn as_v1(&self) -> Option<Self::V1> {
+        records_v1::manifest_v1(self)
+    }
 }
 
 impl Envelope for BucketMarker {
     const KIND: u8 = 2;
+    type V1 = records_v1::BucketMarkerV1;
+
+    fn as_v1(&self) -> Option<Self::V1> {
+        records_v1::bucket_marker_v1(self)
+    }
 }
 
 impl Envelope for UploadMarker {
     const KIND: u8 = 3;
+    type V1 = records_v1::UploadMarkerV1;
+
+    fn as_v1(&self) -> Option<Self::V1> {
+        records_v1::upload_marker_v1(self)
+    }
 }
 
 impl Envelope for PartMarker {
     const KIND: u8 = 4;
+    type V1 = PartMarker;
+
+    fn as_v1(&self) -> Option<Self::V1> {
+        Some(self.clone())
+    }
 }
 
 impl Envelope for PackMoves {
     const KIND: u8 = 5;
+    type V1 = PackMoves;
+
+    fn as_v1(&self) -> Option<Self::V1> {
+        Some(self.clone())
+    }
 }
 
 #[cfg(test)]
@@ -202,8 +252,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn sealed_manifests_open_to_themselves(key in ".{0,64}", inline in proptest::collection::vec(any::<u8>(), 0..256), offset in any::<u64>()) {
-            let original = manifest(key, inline, offset);
+        fn sealed_manifests_open_to_themselves(key in ".{0,64}", inline in proptest::collection::vec(any::<u8>(), 0..256), offset in any::<u64>(), expires in proptest::option::of("[ -~]{0,40}")) {
+            let mut original = manifest(key, inline, offset);
+            original.record.attributes.expires = expires;
             prop_assert_eq!(Manifest::open(&original.seal().unwrap()).unwrap(), original);
         }
 
@@ -227,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_record_of_another_kind_is_refused() {
-        let marker = BucketMarker { tenant: "t".into(), bucket: "b".into(), created_ms: 1 };
+        let marker = BucketMarker { tenant: "t".into(), bucket: "b".into(), created_ms: 1, location: None };
         assert!(matches!(Manifest::open(&marker.seal().unwrap()), Err(IndexError::Envelope(_))));
         assert_eq!(BucketMarker::open(&marker.seal().unwrap()).unwrap(), marker);
     }

@@ -192,7 +192,7 @@ impl Index {
             wanted.extend(location.base);
             new_chunks.push(NewChunk { hash, record: location.record() });
         }
-        self.create_bucket(&manifest.tenant, &manifest.bucket, manifest.record.last_modified_ms)?;
+        self.create_bucket(&manifest.tenant, &manifest.bucket, &crate::BucketRecord::new(manifest.record.last_modified_ms))?;
         for new in &new_chunks {
             self.ensure_pack(&new.record.pack, new.record.offset + u64::from(new.record.frame_len))?;
         }
@@ -234,7 +234,7 @@ mod tests {
     fn a_commit_naming_an_unknown_chunk_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
-        index.create_bucket("t", "b", 0).unwrap();
+        index.create_bucket("t", "b", &crate::BucketRecord::new(0)).unwrap();
         let key = ObjectKey::new("t", "b", "k");
         let result = index.commit_object(&key, &record(vec![Segment::Chunk { hash: [9; 32], len: 1 }]), &[], None, Expect::Any, 0);
         assert!(matches!(result, Err(IndexError::MissingChunk(_))));

@@ -12,6 +12,15 @@ pub type ChunkHash = [u8; 32];
 pub struct BucketRecord {
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: i64,
+    /// The LocationConstraint given at creation (none: the default region).
+    pub location: Option<String>,
+}
+
+impl BucketRecord {
+    /// A bucket created at `created_ms` in the default region.
+    pub fn new(created_ms: i64) -> BucketRecord {
+        BucketRecord { created_ms, location: None }
+    }
 }
 
 /// Where an object's bytes live: pieces that, concatenated in order, give the object.
@@ -133,6 +142,8 @@ pub struct Attributes {
     pub cache_control: Option<String>,
     /// User metadata (`x-amz-meta-*`).
     pub metadata: BTreeMap<String, String>,
+    /// The `Expires` header, as the HTTP date the client sent.
+    pub expires: Option<String>,
 }
 
 /// Everything known of one object version: what clients see and where its bytes are.

@@ -229,7 +229,7 @@ mod tests {
     fn references_follow_commits_and_deletes_and_sweeps_free_packs() {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
-        index.create_bucket("t", "b", 0).unwrap();
+        index.create_bucket("t", "b", &crate::BucketRecord::new(0)).unwrap();
         let key = ObjectKey::new("t", "b", "k");
         let shared = [1u8; 32];
         let only_first = [2u8; 32];

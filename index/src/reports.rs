@@ -246,7 +246,7 @@ mod tests {
     #[test]
     fn savings_add_up_to_the_logical_bytes_and_usage_to_the_live_frames() {
         let (_dir, index) = fresh_index();
-        index.create_bucket("t", "b", 0).unwrap();
+        index.create_bucket("t", "b", &crate::BucketRecord::new(0)).unwrap();
         let (base, delta) = ([1u8; 32], [2u8; 32]);
         let mut base_record = chunk("packs/1", 60);
         base_record.raw_len = 100;
@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn the_check_reports_a_wrong_reference_count_and_an_unrecorded_pack() {
         let (_dir, index) = fresh_index();
-        index.create_bucket("t", "b", 0).unwrap();
+        index.create_bucket("t", "b", &crate::BucketRecord::new(0)).unwrap();
         let mut orphan = chunk("packs/unknown", 7);
         orphan.refs = 2;
         index.chunks.insert([5u8; 32], encode(&orphan).unwrap()).unwrap();

@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn completion_keeps_the_chosen_parts_trashes_the_rest_and_queues_the_packer() {
         let (_dir, index) = fresh_index();
-        index.create_bucket("t", "b", 0).unwrap();
+        index.create_bucket("t", "b", &crate::BucketRecord::new(0)).unwrap();
         upload(&index, "u1");
         index.put_part("u1", 1, &part("blobs/p1"), 0).unwrap();
         index.put_part("u1", 2, &part("blobs/p2-old"), 0).unwrap();

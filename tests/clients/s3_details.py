@@ -5,6 +5,7 @@ usage: s3_details.py ENDPOINT
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Each check is named; the
 first failure raises with its name; the last line is "all checks passed".
 """
+import datetime
 import sys
 import urllib.error
 import urllib.request
@@ -76,6 +77,26 @@ def main():
           "ContentEncoding" not in s3.head_object(Bucket=BUCKET, Key="chunked"))
     for key in ["v1", "v2", "v3", "gz", "chunked"]:
         s3.delete_object(Bucket=BUCKET, Key=key)
+
+    expires = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    s3.put_object(Bucket=BUCKET, Key="dated", Body=b"v", Expires=expires)
+    check("Expires is stored and answered", s3.head_object(Bucket=BUCKET, Key="dated").get("Expires") == expires,
+          s3.head_object(Bucket=BUCKET, Key="dated").get("Expires"))
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="dated-mp", Expires=expires)["UploadId"]
+    etag = s3.upload_part(Bucket=BUCKET, Key="dated-mp", UploadId=upload, PartNumber=1, Body=b"p")["ETag"]
+    s3.complete_multipart_upload(Bucket=BUCKET, Key="dated-mp", UploadId=upload,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    check("Expires given at CreateMultipartUpload is answered for the object",
+          s3.get_object(Bucket=BUCKET, Key="dated-mp").get("Expires") == expires)
+    for key in ["dated", "dated-mp"]:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+
+    s3.create_bucket(Bucket="details-located", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    check("GetBucketLocation answers the LocationConstraint given at creation",
+          s3.get_bucket_location(Bucket="details-located").get("LocationConstraint") == "eu-west-1")
+    check("GetBucketLocation of a bucket created without one answers the default region (empty)",
+          s3.get_bucket_location(Bucket=BUCKET).get("LocationConstraint") is None)
+    s3.delete_bucket(Bucket="details-located")
 
     for name in ["details-page-a", "details-page-b"]:
         s3.create_bucket(Bucket=name)

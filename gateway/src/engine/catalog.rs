@@ -160,17 +160,18 @@ pub async fn recover(store: &Store) -> anyhow::Result<usize> {
 
 /// Creates a bucket: its marker (by a conditional write, so that of two gateways creating it
 /// one wins), then its index record. False if it already existed, here or upstream.
-pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<bool> {
+/// `location` is the LocationConstraint the client gave, if any.
+pub async fn create_bucket(store: &Store, tenant: &str, bucket: &str, location: Option<String>) -> anyhow::Result<bool> {
     if store.index.bucket(tenant, bucket)?.is_some() {
         return Ok(false);
     }
-    let marker = BucketMarker { tenant: tenant.to_owned(), bucket: bucket.to_owned(), created_ms: now_ms() };
+    let marker = BucketMarker { tenant: tenant.to_owned(), bucket: bucket.to_owned(), created_ms: now_ms(), location };
     let marker_key = store.bucket_key(tenant, bucket);
     if store.upstream.put_if(&marker_key, Bytes::from(marker.seal()?), Condition::Absent).await?.is_none() {
         adopt_bucket(store, tenant, bucket).await?;
         return Ok(false);
     }
-    Ok(store.index.create_bucket(tenant, bucket, marker.created_ms)?)
+    Ok(store.index.create_bucket(tenant, bucket, &marker.record())?)
 }
 
 /// Deletes an empty bucket from the index, then its marker. Commits into the bucket are held
@@ -204,7 +205,7 @@ pub async fn adopt_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow::
         return Ok(false);
     };
     anyhow::ensure!(marker.tenant == tenant && marker.bucket == bucket, "bucket marker names another bucket");
-    store.index.create_bucket(tenant, bucket, marker.created_ms)?;
+    store.index.create_bucket(tenant, bucket, &marker.record())?;
     Ok(true)
 }
 

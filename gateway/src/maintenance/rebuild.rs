@@ -43,7 +43,7 @@ pub async fn rebuild(store: &Store, progress: &dyn Fn(u64, u64)) -> anyhow::Resu
     for prefix in store.config.upstream_prefixes() {
         for listed in store.upstream.list(&format!("{prefix}{BUCKETS}")).await? {
             let Some(marker) = read_record::<BucketMarker>(store, &listed.key).await? else { continue };
-            store.index.create_bucket(&marker.tenant, &marker.bucket, marker.created_ms)?;
+            store.index.create_bucket(&marker.tenant, &marker.bucket, &marker.record())?;
             report.buckets += 1;
         }
         for listed in store.upstream.list(&format!("{prefix}packs/")).await? {

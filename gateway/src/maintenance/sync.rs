@@ -78,7 +78,7 @@ async fn sync_buckets(store: &Store, tags: &mut HashMap<String, String>, report:
                 continue;
             }
             let Some(marker) = skip_unreadable(read_record::<BucketMarker>(store, &listed.key).await, &listed.key)?.flatten() else { continue };
-            if store.index.create_bucket(&marker.tenant, &marker.bucket, marker.created_ms)? {
+            if store.index.create_bucket(&marker.tenant, &marker.bucket, &marker.record())? {
                 report.buckets += 1;
             }
             tags.insert(listed.key, listed.tag);

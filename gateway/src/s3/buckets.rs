@@ -101,6 +101,8 @@ impl Gateway {
     pub(super) async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
         let tenant = self.tenant(&req)?;
         let bucket = &req.input.bucket;
+        let location = req.input.create_bucket_configuration.as_ref().and_then(|configuration| configuration.location_constraint.as_ref());
+        let location = location.map(|constraint| constraint.as_str().to_owned()).filter(|constraint| !constraint.is_empty());
         if reserved_bucket_name(bucket) {
             return Err(s3_error!(InvalidBucketName, "The specified bucket is not valid."));
         }
@@ -113,7 +115,7 @@ impl Gateway {
         if self.keys.current().max_buckets(&tenant).is_some_and(|limit| owned >= limit) {
             return Err(s3_error!(TooManyBuckets));
         }
-        catalog::create_bucket(&self.store, &tenant, bucket).await.map_err(to_s3)?;
+        catalog::create_bucket(&self.store, &tenant, bucket, location).await.map_err(to_s3)?;
         created
     }
 
@@ -126,7 +128,10 @@ impl Gateway {
     pub(super) async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
         let tenant = self.tenant(&req)?;
         self.ensure_bucket(&tenant, &req.input.bucket).await?;
-        Ok(S3Response::new(GetBucketLocationOutput::default()))
+        let record = self.store.index.bucket(&tenant, &req.input.bucket).map_err(internal)?.ok_or_else(|| s3_error!(NoSuchBucket))?;
+        // No constraint (the default region) answers an empty LocationConstraint, as S3 does.
+        let location_constraint = record.location.map(BucketLocationConstraint::from);
+        Ok(S3Response::new(GetBucketLocationOutput { location_constraint }))
     }
 
     pub(super) async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {

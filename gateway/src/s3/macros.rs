@@ -33,6 +33,7 @@ macro_rules! attributes_of {
             content_language: $input.content_language,
             cache_control: $input.cache_control,
             metadata: $input.metadata.unwrap_or_default().into_iter().collect(),
+            expires: $input.expires.as_ref().and_then(crate::s3::objects::stored_expires),
         }
     };
 }
@@ -56,6 +57,7 @@ macro_rules! object_output {
             content_language: record.attributes.content_language,
             cache_control: record.attributes.cache_control,
             metadata: Some(record.attributes.metadata.into_iter().collect()),
+            expires: record.attributes.expires.as_deref().and_then(crate::s3::objects::served_expires),
             parts_count: $parts_count,
             checksum_crc32: checksums.crc32,
             checksum_crc32c: checksums.crc32c,

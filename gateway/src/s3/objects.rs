@@ -163,3 +163,15 @@ pub(super) fn stored_encoding(encoding: &str) -> Option<String> {
     let kept: Vec<&str> = encoding.split(',').map(str::trim).filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("aws-chunked")).collect();
     (!kept.is_empty()).then(|| kept.join(", "))
 }
+
+/// The Expires header as stored: the HTTP date, as S3 answers it back.
+pub(super) fn stored_expires(expires: &s3s::dto::Timestamp) -> Option<String> {
+    let mut text = Vec::new();
+    expires.format(s3s::dto::TimestampFormat::HttpDate, &mut text).ok()?;
+    String::from_utf8(text).ok()
+}
+
+/// The stored Expires header for an answer (a stored date that no longer parses is left out).
+pub(super) fn served_expires(expires: &str) -> Option<s3s::dto::Timestamp> {
+    s3s::dto::Timestamp::parse(s3s::dto::TimestampFormat::HttpDate, expires).ok()
+}
