@@ -161,7 +161,7 @@ impl http_body::Body for IdleBody {
     }
 }
 
-/// The access key a request names (SigV4 header or presigned URL), read without checking the
+/// The access key a request names (SigV4 or SigV2, header or presigned URL), read without checking the
 /// signature (s3s checks it later): it picks the tenant whose share of the slots the request
 /// takes. s3s checks a signature before reading the body, so a request naming another tenant's
 /// key without its secret is refused at once and holds that share for no time; the requests
@@ -176,19 +176,27 @@ pub fn signing_key<B>(request: &hyper::Request<B>) -> Option<String> {
     if request.method() == hyper::Method::POST && is_form {
         return None;
     }
-    let from_header = request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split("Credential=").nth(1))
-        .map(|credential| credential.split([',', ' ']).next().unwrap_or_default().to_owned());
-    let from_query = || {
+    let authorization = request.headers().get(hyper::header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    // SigV2 (`AWS key:signature`, or `AWSAccessKeyId=key` in a URL boto3 presigns by default)
+    // names the key alone, with no scope.
+    if let Some(signed) = authorization.and_then(|value| value.strip_prefix("AWS ")) {
+        return signed.split(':').next().map(str::to_owned);
+    }
+    let query_value = |name: &str| {
         request.uri().query()?.split('&').find_map(|pair| {
-            let value = pair.strip_prefix("X-Amz-Credential=")?;
-            Some(value.replace("%2F", "/").replace("%2f", "/"))
+            let value = pair.strip_prefix(name)?.strip_prefix('=')?;
+            Some(percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned())
         })
     };
-    let credential = from_header.or_else(from_query)?;
+    if authorization.is_none() {
+        if let Some(key) = query_value("AWSAccessKeyId") {
+            return Some(key);
+        }
+    }
+    let from_header = authorization
+        .and_then(|value| value.split("Credential=").nth(1))
+        .map(|credential| credential.split([',', ' ']).next().unwrap_or_default().to_owned());
+    let credential = from_header.or_else(|| query_value("X-Amz-Credential"))?;
     let mut scope = credential.split('/');
     let key = scope.next()?;
     (scope.nth(2) == Some("s3")).then(|| key.to_owned())
@@ -231,5 +239,9 @@ mod tests {
         let form = [("authorization", signed), ("content-type", "multipart/form-data; boundary=x")];
         assert_eq!(signing_key(&request("POST", "/b", &form)), None);
         assert_eq!(signing_key(&request("GET", "/b/k", &[])), None);
+        let v2 = "AWS AKIDC:c2lnbmF0dXJl";
+        assert_eq!(signing_key(&request("GET", "/b/k", &[("authorization", v2)])).as_deref(), Some("AKIDC"));
+        let presigned_v2 = "/b/k?AWSAccessKeyId=AKID%2BD&Signature=c2ln&Expires=1796237429";
+        assert_eq!(signing_key(&request("GET", presigned_v2, &[])).as_deref(), Some("AKID+D"));
     }
 }
