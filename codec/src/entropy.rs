@@ -44,7 +44,7 @@ pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
 
 /// Decompresses one zstd frame that must hold exactly `raw_len` bytes.
 pub fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
-    let out = zstd::bulk::decompress(bytes, raw_len).map_err(|error| CodecError::Zstd(error.to_string()))?;
+    let out = with_decompressor(|decompressor| decompressor.decompress(bytes, raw_len))?;
     if out.len() != raw_len {
         return Err(CodecError::FrameCorrupt("zstd output length differs from raw length"));
     }
@@ -53,11 +53,31 @@ pub fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
 
 /// Decompresses one zstd frame into `out`, which it must fill exactly.
 pub fn decompress_into(bytes: &[u8], out: &mut [u8]) -> Result<()> {
-    let written = zstd::bulk::decompress_to_buffer(bytes, out).map_err(|error| CodecError::Zstd(error.to_string()))?;
+    let written = with_decompressor(|decompressor| decompressor.decompress_to_buffer(bytes, out))?;
     if written != out.len() {
         return Err(CodecError::FrameCorrupt("zstd output length differs from raw length"));
     }
     Ok(())
+}
+
+thread_local! {
+    /// Each thread's decompression context: making one per plane cost as much as decoding a
+    /// small plane.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Runs `work` with this thread's decompression context, made on first use.
+fn with_decompressor<T>(work: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>) -> Result<T> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|error| CodecError::Zstd(error.to_string()))?);
+        }
+        match slot.as_mut() {
+            Some(decompressor) => work(decompressor).map_err(|error| CodecError::Zstd(error.to_string())),
+            None => Err(CodecError::Zstd("no decompression context".into())),
+        }
+    })
 }
 
 /// Byte counts of a plane.

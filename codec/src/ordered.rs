@@ -161,24 +161,25 @@ fn encode_width<const W: usize>(target: &[u8], base: &[u8]) -> Vec<u8> {
 fn decode_width<const W: usize>(planes: &[u8], base: &[u8]) -> Vec<u8> {
     let count = planes.len().min(base.len()) / W;
     let whole = count * W;
-    let mut out = vec![0u8; planes.len()];
-    // First the stored differences, back in element order; then the arithmetic, element by
-    // element in a loop of its own, which the compiler vectorises.
+    let mut out = Vec::with_capacity(planes.len());
+    // First the stored differences, back in element order (elements come in order, so they
+    // are appended, with no zeroing first); then the arithmetic, element by element in a loop
+    // of its own, which the compiler vectorises.
     let plane: [&[u8]; W] = std::array::from_fn(|p| &planes[p * count..(p + 1) * count]);
-    for_each_slot::<W>(base, count, |element, _, slot| {
+    for_each_slot::<W>(base, count, |_, _, slot| {
         // Every slot is below `count`: `run_starts` counted exactly these elements.
         let mut stored = [0u8; 8];
         for (byte, bytes) in stored.iter_mut().zip(&plane) {
             *byte = bytes[slot];
         }
-        out[element * W..(element + 1) * W].copy_from_slice(&stored[..W]);
+        out.extend_from_slice(&stored[..W]);
     });
+    out.extend_from_slice(&planes[whole..]);
     for (element, base_element) in out[..whole].chunks_exact_mut(W).zip(base.chunks_exact(W)) {
         let difference = unzigzag::<W>(load::<W>(element));
         let value = unsortable::<W>(sortable::<W>(load::<W>(base_element)).wrapping_add(difference) & mask::<W>());
         element.copy_from_slice(&value.to_le_bytes()[..W]);
     }
-    out[whole..].copy_from_slice(&planes[whole..]);
     xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
     out
 }
