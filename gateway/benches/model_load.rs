@@ -1,0 +1,112 @@
+//! Loading a delta-coded fine-tune the way model loaders do, against a raw gateway that stores
+//! the same bytes as they came (`min_model_bytes` above any size), in the same run.
+//!
+//! Builds a bf16 model of `TG_BENCH_MB` MB (default 600) from the corpus and a fine-tune of it
+//! (one weight in four moved by a unit or two in the last place), stores both in each gateway
+//! with a single streaming PUT each, then, each load in a fresh gateway process:
+//! 1. 120 concurrent tensor-aligned ranged GETs of up to 8 MiB, as runai-model-streamer sends
+//!    them (`tests/clients/ranged_loader.py`): seconds, time to first byte p50/p99, peak RSS;
+//! 2. the same with 8 threads (a boto3 loader with 8 MiB ranges);
+//! 3. one aws cli stream (`s3api get-object`), and `s5cmd cp` when it is installed.
+//!
+//! Run: `cargo bench -p tensorgate --bench model_load` (needs aws, python3 with boto3).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::{same_file, timed, write_fine_tune, write_model, Gateway, KEY, SECRET};
+
+/// A gateway that stores everything as it came.
+const RAW: &str = "min_model_bytes = 9223372036854775807";
+
+struct Load {
+    seconds: f64,
+    ttfb_p50: Option<f64>,
+    ttfb_p99: Option<f64>,
+    peak_rss_mib: f64,
+}
+
+fn loader(gateway: &Gateway, model: &Path, threads: usize) -> Load {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/ranged_loader.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .args([&gateway.endpoint, "bench", "fine-tune"])
+        .arg(model)
+        .args([threads.to_string(), "8".to_owned()])
+        .env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "ranged loader: {}", String::from_utf8_lossy(&output.stderr));
+    let line = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| -> f64 {
+        let at = line.find(&format!("\"{name}\": ")).unwrap() + name.len() + 4;
+        line[at..].split([',', '}']).next().unwrap().trim().parse().unwrap()
+    };
+    Load { seconds: field("seconds"), ttfb_p50: Some(field("ttfb_p50")), ttfb_p99: Some(field("ttfb_p99")), peak_rss_mib: gateway.peak_rss_mib() }
+}
+
+fn single_stream(gateway: &Gateway, model: &Path, download: &Path) -> Load {
+    let seconds = timed(|| gateway.aws(&["s3api", "get-object", "--bucket", "bench", "--key", "fine-tune", download.to_str().unwrap()]));
+    assert!(same_file(download, model), "the fine-tune read back differently");
+    Load { seconds, ttfb_p50: None, ttfb_p99: None, peak_rss_mib: gateway.peak_rss_mib() }
+}
+
+fn s5cmd(gateway: &Gateway, model: &Path, download: &Path) -> Option<Load> {
+    Command::new("s5cmd").arg("version").output().ok()?;
+    let mut command = Command::new("s5cmd");
+    command.args(["--endpoint-url", &gateway.endpoint, "cp", "s3://bench/fine-tune"]).arg(download);
+    command.env("AWS_ACCESS_KEY_ID", KEY).env("AWS_SECRET_ACCESS_KEY", SECRET).env("AWS_REGION", "us-east-1");
+    let seconds = timed(|| assert!(command.status().unwrap().success(), "s5cmd cp failed"));
+    assert!(same_file(download, model), "the fine-tune read back differently through s5cmd");
+    Some(Load { seconds, ttfb_p50: None, ttfb_p99: None, peak_rss_mib: gateway.peak_rss_mib() })
+}
+
+fn main() {
+    let mb: f64 = std::env::var("TG_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(600.0);
+    let work = tempfile::tempdir().unwrap();
+    let base = work.path().join("base.safetensors");
+    let size = write_model(&base, (mb * 1e6) as u64, 1);
+    let tuned = work.path().join("fine-tune.safetensors");
+    write_fine_tune(&base, &tuned);
+    let download = work.path().join("download");
+    println!("fine-tune: {:.0} MB, delta-coded against its base\n", size as f64 / 1e6);
+    let dirs = [work.path().join("tensorgate"), work.path().join("raw")];
+    for (dir, extra) in dirs.iter().zip(["", RAW]) {
+        let gateway = Gateway::start(dir, extra);
+        gateway.aws(&["s3", "mb", "s3://bench"]);
+        gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "base", "--body", base.to_str().unwrap()]);
+        gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "fine-tune", "--body", tuned.to_str().unwrap()]);
+    }
+    let loads: [(&str, &dyn Fn(&Gateway) -> Option<Load>); 4] = [
+        ("120 concurrent tensor-aligned ranges of up to 8 MiB (runai-like)", &|g| Some(loader(g, &tuned, 120))),
+        ("8 threads of 8 MiB ranges (boto3 loader)", &|g| Some(loader(g, &tuned, 8))),
+        ("aws cli, one stream", &|g| Some(single_stream(g, &tuned, &download))),
+        ("s5cmd cp", &|g| s5cmd(g, &tuned, &download)),
+    ];
+    println!("| load | tensorgate s | raw s | time ratio | TTFB p50 / p99 s (tensorgate) | TTFB p50 / p99 s (raw) | peak RSS MiB tensorgate / raw |");
+    println!("|---|---|---|---|---|---|---|");
+    let ttfb = |load: &Load| match (load.ttfb_p50, load.ttfb_p99) {
+        (Some(p50), Some(p99)) => format!("{p50:.3} / {p99:.3}"),
+        _ => "n/a".to_owned(),
+    };
+    for (name, load) in loads {
+        let results: Vec<Option<Load>> = dirs.iter().zip(["", RAW]).map(|(dir, extra)| load(&Gateway::start(dir, extra))).collect();
+        let (Some(packed), Some(raw)) = (&results[0], &results[1]) else {
+            println!("| {name} | not installed | | | | | |");
+            continue;
+        };
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} / {:.0} |",
+            packed.seconds,
+            raw.seconds,
+            packed.seconds / raw.seconds,
+            ttfb(packed),
+            ttfb(raw),
+            packed.peak_rss_mib,
+            raw.peak_rss_mib
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! What the gateway benchmarks share: a large model made from the corpus, and a release
+//! `tensorgate serve` process with its peak memory.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KEY: &str = "tg-bench";
+pub const SECRET: &str = "tg-bench-secret";
+
+#[path = "../../../tests/support/corpus.rs"]
+mod corpus_location;
+
+/// Writes a model of about `target` bytes: the corpus base's tensors again and again under new
+/// names, the low mantissa bits of each copy scrambled so every chunk is new.
+pub fn write_model(path: &Path, target: u64, seed: u64) -> u64 {
+    let source = std::fs::read(corpus_location::corpus_dir().join("base/minilm-l6.bf16.safetensors")).unwrap();
+    let layout = tensorgate_codec::parse_file(&source).unwrap();
+    let data = &source[layout.data_start() as usize..];
+    let copies = (target / data.len() as u64).max(1) as usize;
+    let mut header = String::from("{");
+    let mut offset = 0u64;
+    for copy in 0..copies {
+        for tensor in &layout.tensors {
+            let end = offset + tensor.len();
+            header.push_str(&format!(
+                "\"c{copy}.{}\":{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{offset},{end}]}},",
+                tensor.name,
+                tensor.dtype.name(),
+                tensor.shape
+            ));
+            offset = end;
+        }
+    }
+    header.pop();
+    header.push('}');
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    use std::io::Write;
+    file.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    file.write_all(header.as_bytes()).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    let mut copy_bytes = data.to_vec();
+    for _ in 0..copies {
+        for (i, byte) in copy_bytes.iter_mut().enumerate() {
+            if i % 2 == 0 {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                *byte = data[i] ^ ((state >> 61) as u8);
+            }
+        }
+        file.write_all(&copy_bytes).unwrap();
+    }
+    file.flush().unwrap();
+    std::fs::metadata(path).unwrap().len()
+}
+
+pub struct Gateway {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Gateway {
+    /// A release gateway over a local-directory upstream in `data_dir`, with `extra` config
+    /// lines.
+    pub fn start(data_dir: &Path, extra: &str) -> Gateway {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = data_dir.with_extension("toml");
+        std::fs::write(
+            &config,
+            format!("gc_interval_secs = 3600\n{extra}\n[[access_keys]]\naccess_key = \"{KEY}\"\nsecret_key = \"{SECRET}\"\n"),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tensorgate"))
+            .arg("--config")
+            .arg(&config)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Gateway { child, endpoint: format!("http://127.0.0.1:{port}") }
+    }
+
+    pub fn aws(&self, args: &[&str]) {
+        let output = Command::new("aws")
+            .arg("--endpoint-url")
+            .arg(&self.endpoint)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Peak resident memory of the gateway process so far, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn timed(work: impl FnOnce()) -> f64 {
+    let started = Instant::now();
+    work();
+    started.elapsed().as_secs_f64()
+}
+
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    Command::new("cmp").arg("-s").arg(a).arg(b).status().unwrap().success()
+}
+
+/// Writes a fine-tune of the model at `base`: the same tensors, one bf16 weight in four moved
+/// by one or two units in the last place, so that every chunk is stored as a delta against
+/// the base's.
+pub fn write_fine_tune(base: &Path, path: &Path) {
+    let mut bytes = std::fs::read(base).unwrap();
+    let data_start = tensorgate_codec::parse_file(&bytes).unwrap().data_start() as usize;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for element in bytes[data_start..].chunks_exact_mut(2) {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        if state >> 62 == 0 {
+            let value = u16::from_le_bytes([element[0], element[1]]);
+            let moved = if state & (1 << 40) == 0 { value.wrapping_add(1 + (state >> 41 & 1) as u16) } else { value.wrapping_sub(1) };
+            element.copy_from_slice(&moved.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
