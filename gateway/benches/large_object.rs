@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-// The fine-tune writer is model_load's alone.
+// Each bench uses part of the shared helpers.
 #[allow(dead_code)]
 mod support;
 

@@ -1,8 +1,10 @@
 //! Loading a delta-coded fine-tune the way model loaders do, against a raw gateway that stores
 //! the same bytes as they came (`min_model_bytes` above any size), in the same run.
 //!
-//! Builds a bf16 model of `TG_BENCH_MB` MB (default 600) from the corpus and a fine-tune of it
-//! (one weight in four moved by a unit or two in the last place), stores both in each gateway
+//! Builds a bf16 model of `TG_BENCH_MB` MB (default 600) from the corpus, in tensors of
+//! `TG_BENCH_TENSOR_MIB` MiB (default 16, with a small norm every fourth; 0 keeps the corpus
+//! model's own tensors of at most 1.2 MB), and a fine-tune of it (one weight in four moved by a
+//! unit or two in the last place), stores both in each gateway
 //! with a single streaming PUT each, then, each load in a fresh gateway process:
 //! 1. 120 concurrent tensor-aligned ranged GETs of up to 8 MiB, as runai-model-streamer sends
 //!    them (`tests/clients/ranged_loader.py`): seconds, time to first byte p50/p99, peak RSS;
@@ -11,12 +13,14 @@
 //!
 //! Run: `cargo bench -p tensorgate --bench model_load` (needs aws, python3 with boto3).
 
+// Each bench uses part of the shared helpers.
+#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{same_file, timed, write_fine_tune, write_model, Gateway, KEY, SECRET};
+use support::{same_file, timed, write_fine_tune, write_model_shaped, Gateway, KEY, SECRET};
 
 /// A gateway that stores everything as it came.
 const RAW: &str = "min_model_bytes = 9223372036854775807";
@@ -68,11 +72,15 @@ fn main() {
     let mb: f64 = std::env::var("TG_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(600.0);
     let work = tempfile::tempdir().unwrap();
     let base = work.path().join("base.safetensors");
-    let size = write_model(&base, (mb * 1e6) as u64, 1);
+    // Tensors of TG_BENCH_TENSOR_MIB MiB (16 by default, as in a large language model; 0 keeps
+    // the corpus model's own small tensors).
+    let tensor_mib: u64 = std::env::var("TG_BENCH_TENSOR_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let size = write_model_shaped(&base, (mb * 1e6) as u64, 1, (tensor_mib > 0).then_some(tensor_mib << 20));
     let tuned = work.path().join("fine-tune.safetensors");
     write_fine_tune(&base, &tuned);
     let download = work.path().join("download");
-    println!("fine-tune: {:.0} MB, delta-coded against its base\n", size as f64 / 1e6);
+    let shape = if tensor_mib > 0 { format!("tensors of {tensor_mib} MiB") } else { "the corpus model's tensors".to_owned() };
+    println!("fine-tune: {:.0} MB, {shape}, delta-coded against its base\n", size as f64 / 1e6);
     let dirs = [work.path().join("tensorgate"), work.path().join("raw")];
     for (dir, extra) in dirs.iter().zip(["", RAW]) {
         let gateway = Gateway::start(dir, extra);

@@ -14,22 +14,48 @@ mod corpus_location;
 /// Writes a model of about `target` bytes: the corpus base's tensors again and again under new
 /// names, the low mantissa bits of each copy scrambled so every chunk is new.
 pub fn write_model(path: &Path, target: u64, seed: u64) -> u64 {
+    write_model_shaped(path, target, seed, None)
+}
+
+/// [`write_model`], with the same bytes described as bf16 tensors of `tensor_bytes` each (rows
+/// of 384) and a 768-byte norm after every fourth, as the layers of a large language model are,
+/// when `tensor_bytes` is given.
+pub fn write_model_shaped(path: &Path, target: u64, seed: u64, tensor_bytes: Option<u64>) -> u64 {
     let source = std::fs::read(corpus_location::corpus_dir().join("base/minilm-l6.bf16.safetensors")).unwrap();
     let layout = tensorgate_codec::parse_file(&source).unwrap();
     let data = &source[layout.data_start() as usize..];
     let copies = (target / data.len() as u64).max(1) as usize;
     let mut header = String::from("{");
-    let mut offset = 0u64;
-    for copy in 0..copies {
-        for tensor in &layout.tensors {
-            let end = offset + tensor.len();
-            header.push_str(&format!(
-                "\"c{copy}.{}\":{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{offset},{end}]}},",
-                tensor.name,
-                tensor.dtype.name(),
-                tensor.shape
-            ));
-            offset = end;
+    let mut entry = |name: String, dtype: &str, shape: &[u64], start: u64, end: u64| {
+        header.push_str(&format!("\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":{shape:?},\"data_offsets\":[{start},{end}]}},"));
+    };
+    let total = copies as u64 * data.len() as u64;
+    match tensor_bytes {
+        None => {
+            let mut offset = 0u64;
+            for copy in 0..copies {
+                for tensor in &layout.tensors {
+                    entry(format!("c{copy}.{}", tensor.name), tensor.dtype.name(), &tensor.shape, offset, offset + tensor.len());
+                    offset += tensor.len();
+                }
+            }
+        }
+        Some(size) => {
+            let (mut offset, mut layer) = (0u64, 0);
+            while offset < total {
+                let end = (offset + size).min(total);
+                entry(format!("layers.{layer}.weight"), "BF16", &[(end - offset) / 768, 384], offset, end - (end - offset) % 768);
+                offset = end - (end - offset) % 768;
+                if layer % 4 == 3 && offset + 768 <= total {
+                    entry(format!("layers.{layer}.norm"), "BF16", &[384], offset, offset + 768);
+                    offset += 768;
+                }
+                if offset + 768 > total {
+                    entry("tail".to_owned(), "U8", &[total - offset], offset, total);
+                    break;
+                }
+                layer += 1;
+            }
         }
     }
     header.pop();
