@@ -44,6 +44,10 @@ pub struct Store {
     pub base_cache: Mutex<BaseCache>,
     /// How many frames a GET decodes ahead of the bytes it sends.
     pub prefetch: NonZeroUsize,
+    /// Chunks being read and decoded for GETs at once, all responses together (two per core:
+    /// one decoding while the next is read). A chunk waiting for a core would otherwise hold its
+    /// frame and its base in memory, for every range in flight.
+    pub decode_slots: tokio::sync::Semaphore,
     /// The write locks of keys and buckets.
     pub locks: WriteLocks,
     /// Chunks that writes in progress will reference.
@@ -66,8 +70,9 @@ pub struct Store {
 impl Store {
     pub fn new(index: Index, upstream: Arc<dyn Upstream>, config: Config) -> anyhow::Result<Store> {
         let base_cache = Mutex::new(BaseCache::new(config.base_cache_bytes));
-        let prefetch = NonZeroUsize::new(std::thread::available_parallelism().map_or(2, |n| n.get()) + 1)
-            .unwrap_or(NonZeroUsize::MIN);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let prefetch = NonZeroUsize::new(cores + 1).unwrap_or(NonZeroUsize::MIN);
+        let decode_slots = tokio::sync::Semaphore::new(2 * cores);
         let instance = index.instance_id(new_id)?;
         let admission = Admission::new(&config);
         Ok(Store {
@@ -77,6 +82,7 @@ impl Store {
             metrics: Metrics::default(),
             base_cache,
             prefetch,
+            decode_slots,
             locks: WriteLocks::new(),
             held_chunks: HeldChunks::default(),
             in_flight: InFlight::default(),

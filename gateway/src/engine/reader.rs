@@ -105,6 +105,9 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
         Piece::Inline(bytes) => Ok(bytes),
         Piece::Blob { key, range } => store.read_upstream(&key, range).await,
         Piece::Chunk { hash, within } => {
+            // Waits its turn (first come, first served): whoever holds a slot finishes without
+            // waiting on any client, so a slow reader never holds the others up.
+            let _slot = store.decode_slots.acquire().await?;
             let chunk = load_chunk(store, &hash).await?;
             chunk.get(within.clone()).map(|_| chunk.slice(within)).context("chunk shorter than its segment")
         }
