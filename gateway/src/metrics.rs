@@ -115,6 +115,9 @@ impl Metrics {
     /// Sets the gauges from the packer's queue length and the usage the index reported.
     pub fn set_usage(&self, packer_queue: usize, usage: Vec<Usage>) {
         self.packer_queue.set(packer_queue as i64);
+        // A tenant with nothing stored any more has no series left, rather than its last value.
+        self.logical_bytes.clear();
+        self.physical_bytes.clear();
         let mut tenants: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
         for row in usage {
             let totals = tenants.entry(row.tenant).or_default();

@@ -59,6 +59,8 @@ pub enum IndexError {
     MalformedKey(String),
     #[error("upstream record does not decode: {0}")]
     Envelope(&'static str),
+    #[error("the index cannot move to the current record format: {0}")]
+    Migration(String),
 }
 
 /// A change the index refused because of what it found, not a fault: the caller answers it

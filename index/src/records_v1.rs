@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::encoding::encode;
 use crate::manifest::{BucketMarker, ChunkLocation, Manifest, UploadMarker};
 use crate::records::{Attributes, BucketRecord, Checksums, ObjectRecord, Segment, UploadRecord};
-use crate::{decode, Index, Result};
+use crate::{decode, Index, IndexError, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributesV1 {
@@ -169,6 +169,8 @@ pub fn upload_marker_v1(marker: &UploadMarker) -> Option<UploadMarkerV1> {
 
 /// The `meta` key that says the trees below hold version-2 records.
 const MIGRATED: &str = "records-version-2";
+/// The `meta` key that says the version-1 trees were dropped after the copy.
+const DROPPED: &str = "records-version-1-dropped";
 
 /// The trees whose records version 2 changed: the name they had with version-1 records, and
 /// the name of the tree that holds them since.
@@ -179,16 +181,34 @@ impl Index {
     /// trees, converted, then marks the index migrated and drops the old trees. A crash before
     /// the mark leaves the old trees whole, and the copy starts again from an empty tree.
     pub(crate) fn migrate_records(&self) -> Result<()> {
+        let old_trees = |index: &Index| -> Vec<String> {
+            let names = index.db.tree_names();
+            MIGRATED_TREES.iter().filter(|(old, _)| names.iter().any(|name| name.as_ref() == old.as_bytes())).map(|(old, _)| old.to_string()).collect()
+        };
+        if self.meta.contains_key(DROPPED)? {
+            // The old trees are gone for good: one that is back and holds records was written
+            // by a gateway that only knows version 1, and dropping it would lose them.
+            for name in old_trees(self) {
+                if !self.db.open_tree(&name)?.is_empty() {
+                    return Err(IndexError::Migration(format!(
+                        "the tree {name:?} was written by a gateway of format version 1 after this index moved to version 2; \
+                         rebuild the index from the upstream (`tensorgate index rebuild`)"
+                    )));
+                }
+            }
+            return Ok(());
+        }
         if !self.meta.contains_key(MIGRATED)? {
             self.copy_v1_records()?;
             self.meta.insert(MIGRATED, &[])?;
             self.flush()?;
         }
         // Also after a crash that came between the mark and the drops.
-        for (old_name, _) in MIGRATED_TREES {
-            self.db.drop_tree(old_name)?;
+        for name in old_trees(self) {
+            self.db.drop_tree(name.as_bytes())?;
         }
-        Ok(())
+        self.meta.insert(DROPPED, &[])?;
+        self.flush()
     }
 
     fn copy_v1_records(&self) -> Result<()> {
@@ -259,6 +279,7 @@ mod tests {
         // The index as version 1 left it: records in the old trees, not marked migrated.
         let write_v1 = || {
             index.meta.remove(MIGRATED).unwrap();
+            index.meta.remove(DROPPED).unwrap();
             index.db.open_tree("buckets").unwrap().insert(crate::keys::bucket("t", "b"), encode(&BucketRecordV1 { created_ms: 3 }).unwrap()).unwrap();
             index.db.open_tree("objects").unwrap().insert(key.encode(), encode(&old_object).unwrap()).unwrap();
             index.db.open_tree("uploads").unwrap().insert("u", encode(&old_upload).unwrap()).unwrap();
@@ -277,5 +298,13 @@ mod tests {
         check();
         index.migrate_records().unwrap();
         check();
+        // A crash between the mark and the drops: the old trees are dropped at the next open.
+        index.meta.remove(DROPPED).unwrap();
+        index.db.open_tree("objects").unwrap().insert(key.encode(), encode(&old_object).unwrap()).unwrap();
+        index.migrate_records().unwrap();
+        check();
+        // A gateway of version 1 opening the migrated index writes into the old trees again.
+        index.db.open_tree("objects").unwrap().insert(key.encode(), encode(&old_object).unwrap()).unwrap();
+        assert!(matches!(index.migrate_records(), Err(IndexError::Migration(_))), "its writes are not dropped");
     }
 }

@@ -107,6 +107,10 @@ def main():
         names += [bucket["Name"] for bucket in page["Buckets"]]
     check("ListBuckets pages one bucket at a time with MaxBuckets, in name order, to the end",
           names == sorted([BUCKET, "details-page-a", "details-page-b"]), names)
+    page = s3.list_buckets(Prefix="details-page-")
+    check("ListBuckets with a Prefix lists the names that start with it and echoes it",
+          [bucket["Name"] for bucket in page["Buckets"]] == ["details-page-a", "details-page-b"]
+          and page.get("Prefix") == "details-page-", page)
     for name in ["details-page-a", "details-page-b"]:
         s3.delete_bucket(Bucket=name)
 

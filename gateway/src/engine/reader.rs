@@ -62,6 +62,8 @@ pub fn plan(record: &ObjectRecord, range: Range<u64>) -> Vec<Piece> {
 
 /// Streams the pieces' bytes in order. A task fetches and decodes a few pieces ahead; it
 /// stops at the first error (which ends the stream with it) or when the client goes away.
+/// Each piece is fetched by a task of its own, which runs to its end (and gives back its
+/// decode slot) however slowly the client takes the bytes.
 pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync {
     let prefetch = store.prefetch.get();
     let (mut sender, receiver) = futures::channel::mpsc::channel(1);
@@ -70,7 +72,8 @@ pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Resul
         let mut fetched = stream::iter(pieces)
             .map(move |piece| {
                 let store = store.clone();
-                async move { fetch_piece(&store, piece).await }
+                let task = tokio::spawn(async move { fetch_piece(&store, piece).await });
+                async move { task.await.map_err(anyhow::Error::from).and_then(|fetched| fetched) }
             })
             .buffered(prefetch);
         while let Some(result) = fetched.next().await {
@@ -105,8 +108,10 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
         Piece::Inline(bytes) => Ok(bytes),
         Piece::Blob { key, range } => store.read_upstream(&key, range).await,
         Piece::Chunk { hash, within } => {
-            // Waits its turn (first come, first served): whoever holds a slot finishes without
-            // waiting on any client, so a slow reader never holds the others up.
+            // Waits its turn (first come, first served). Whoever holds a slot finishes without
+            // waiting on any client (`stream` fetches each piece in a task of its own, and the
+            // other callers await the piece themselves), so a slow reader never holds the
+            // others up.
             let _slot = store.decode_slots.acquire().await?;
             let chunk = load_chunk(store, &hash).await?;
             chunk.get(within.clone()).map(|_| chunk.slice(within)).context("chunk shorter than its segment")

@@ -79,7 +79,8 @@ impl Gateway {
     pub(super) async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        // Pages in name order, as S3 does when MaxBuckets or a continuation token is given.
+        // Pages in name order, as S3 does when MaxBuckets or a continuation token is given;
+        // a Prefix keeps the names that start with it.
         let after = input.continuation_token.as_deref().map(listing::decode_token).transpose()?;
         let page = match input.max_buckets {
             None => usize::MAX,
@@ -87,7 +88,8 @@ impl Gateway {
             Some(_) => return Err(s3_error!(InvalidArgument, "Argument max-buckets must be an integer between 1 and 10000.")),
         };
         let mut buckets: Vec<_> = self.store.index.list_buckets(&tenant).map_err(internal)?;
-        buckets.retain(|(name, _)| after.as_deref().is_none_or(|after| name.as_str() > after));
+        let prefix = input.prefix.unwrap_or_default();
+        buckets.retain(|(name, _)| name.starts_with(&prefix) && after.as_deref().is_none_or(|after| name.as_str() > after));
         let truncated = buckets.len() > page;
         buckets.truncate(page);
         let continuation_token = truncated.then(|| buckets.last().map(|(name, _)| listing::encode_token(name))).flatten();
@@ -95,7 +97,8 @@ impl Gateway {
             .into_iter()
             .map(|(name, record)| Bucket { name: Some(name), creation_date: Some(timestamp(record.created_ms)), bucket_region: None })
             .collect();
-        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(bucket_config::owner(&tenant)), continuation_token, ..Default::default() }))
+        let prefix = (!prefix.is_empty()).then_some(prefix);
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(bucket_config::owner(&tenant)), continuation_token, prefix, ..Default::default() }))
     }
 
     pub(super) async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {

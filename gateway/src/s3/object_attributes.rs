@@ -60,7 +60,12 @@ pub fn is_attributes_request<B>(request: &hyper::Request<B>) -> bool {
 /// answer; s3s 0.14.1 always quotes it, so the answer's one ETag element is unquoted here (and
 /// its length set again).
 pub fn unquote_etag(response: &mut s3s::HttpResponse) {
-    let Some(xml) = response.body_mut().take_bytes() else { return };
+    // Only the GetObjectAttributes answer itself (a bucket-level GET with a stray `attributes`
+    // parameter is a listing), and only a body held whole.
+    const ROOT: &[u8] = b"<GetObjectAttributesResponse";
+    let Some(xml) = response.body().bytes().filter(|xml| xml.windows(ROOT.len()).any(|window| window == ROOT)) else {
+        return;
+    };
     let text = String::from_utf8_lossy(&xml);
     let unquoted = match (text.find("<ETag>\""), text.find("\"</ETag>")) {
         (Some(open), Some(close)) if open + 7 <= close => {
