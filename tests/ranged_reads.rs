@@ -62,3 +62,21 @@ fn concurrent_tensor_aligned_ranges_read_exactly_in_bounded_memory() {
     eprintln!("{said}peak RSS {peak} MiB");
     assert!(peak <= MAX_RSS_MIB, "the gateway peaked at {peak} MiB under 120 concurrent ranged reads");
 }
+
+/// Readers that stop reading hold no decode slot: 12 GETs of a delta-coded model that read a
+/// few bytes and stop (more than the slots of any machine CI runs on hold), then another client
+/// reads the whole model in full within 30 seconds (tests/clients/stalled_readers.py).
+#[test]
+fn stalled_readers_do_not_hold_up_other_reads() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    let work = tempfile::tempdir().unwrap();
+    let base = corpus("base/minilm-l6.bf16.safetensors");
+    let tuned = work.path().join("tuned.safetensors");
+    std::fs::write(&tuned, replicated_model(&corpus("ft/ft-a-contrastive.bf16.safetensors"), 8)).unwrap();
+    gateway.aws(&["s3", "mb", "s3://stalls"]);
+    gateway.aws(&["s3api", "put-object", "--bucket", "stalls", "--key", "base", "--body", base.to_str().unwrap()]);
+    gateway.aws(&["s3api", "put-object", "--bucket", "stalls", "--key", "tuned", "--body", tuned.to_str().unwrap()]);
+    let size = std::fs::metadata(&tuned).unwrap().len().to_string();
+    let said = gateway.python_client("stalled_readers.py", &["stalls".as_ref(), "tuned".as_ref(), size.as_ref(), "12".as_ref()]);
+    assert!(said.contains("all checks passed"), "{said}");
+}
