@@ -22,6 +22,9 @@ use std::process::Command;
 
 use support::{same_file, timed, write_fine_tune, write_model_shaped, Gateway, KEY, SECRET};
 
+/// One way of loading the fine-tune from a gateway; `None` when its tool is not installed.
+type LoadWith<'a> = dyn Fn(&Gateway) -> Option<Load> + 'a;
+
 /// A gateway that stores everything as it came.
 const RAW: &str = "min_model_bytes = 9223372036854775807";
 
@@ -88,7 +91,7 @@ fn main() {
         gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "base", "--body", base.to_str().unwrap()]);
         gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "fine-tune", "--body", tuned.to_str().unwrap()]);
     }
-    let loads: [(&str, &dyn Fn(&Gateway) -> Option<Load>); 4] = [
+    let loads: [(&str, &LoadWith<'_>); 4] = [
         ("120 concurrent tensor-aligned ranges of up to 8 MiB (runai-like)", &|g| Some(loader(g, &tuned, 120))),
         ("8 threads of 8 MiB ranges (boto3 loader)", &|g| Some(loader(g, &tuned, 8))),
         ("aws cli, one stream", &|g| Some(single_stream(g, &tuned, &download))),

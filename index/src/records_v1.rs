@@ -167,6 +167,9 @@ pub fn upload_marker_v1(marker: &UploadMarker) -> Option<UploadMarkerV1> {
     })
 }
 
+/// Re-encodes one version-1 record of a tree as its version-2 record.
+type Conversion = fn(&[u8]) -> Result<Vec<u8>>;
+
 /// The `meta` key that says the trees below hold version-2 records.
 const MIGRATED: &str = "records-version-2";
 /// The `meta` key that says the version-1 trees were dropped after the copy.
@@ -214,7 +217,7 @@ impl Index {
     fn copy_v1_records(&self) -> Result<()> {
         for (old_name, _) in MIGRATED_TREES {
             let old = self.db.open_tree(old_name)?;
-            let (new, convert): (&sled::Tree, fn(&[u8]) -> Result<Vec<u8>>) = match old_name {
+            let (new, convert): (&sled::Tree, Conversion) = match old_name {
                 "buckets" => (&self.buckets, |bytes| encode(&BucketRecord::from(decode::<BucketRecordV1>(bytes)?))),
                 "objects" => (&self.objects, |bytes| encode(&ObjectRecord::from(decode::<ObjectRecordV1>(bytes)?))),
                 _ => (&self.uploads, |bytes| encode(&UploadRecord::from(decode::<UploadRecordV1>(bytes)?))),

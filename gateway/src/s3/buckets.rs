@@ -98,7 +98,7 @@ impl Gateway {
             .map(|(name, record)| Bucket { name: Some(name), creation_date: Some(timestamp(record.created_ms)), bucket_region: None })
             .collect();
         let prefix = (!prefix.is_empty()).then_some(prefix);
-        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(bucket_config::owner(&tenant)), continuation_token, prefix, ..Default::default() }))
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(bucket_config::owner(&tenant)), continuation_token, prefix }))
     }
 
     pub(super) async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
