@@ -70,13 +70,13 @@ thread_local! {
 fn with_decompressor<T>(work: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>) -> Result<T> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::new().map_err(|error| CodecError::Zstd(error.to_string()))?);
-        }
-        match slot.as_mut() {
-            Some(decompressor) => work(decompressor).map_err(|error| CodecError::Zstd(error.to_string())),
-            None => Err(CodecError::Zstd("no decompression context".into())),
-        }
+        let mut decompressor = match slot.take() {
+            Some(decompressor) => decompressor,
+            None => zstd::bulk::Decompressor::new().map_err(|error| CodecError::Zstd(error.to_string()))?,
+        };
+        let result = work(&mut decompressor).map_err(|error| CodecError::Zstd(error.to_string()));
+        *slot = Some(decompressor);
+        result
     })
 }
 

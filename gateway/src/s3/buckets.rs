@@ -130,8 +130,7 @@ impl Gateway {
 
     pub(super) async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
         let tenant = self.tenant(&req)?;
-        self.ensure_bucket(&tenant, &req.input.bucket).await?;
-        let record = self.store.index.bucket(&tenant, &req.input.bucket).map_err(internal)?.ok_or_else(|| s3_error!(NoSuchBucket))?;
+        let record = self.bucket_record(&tenant, &req.input.bucket).await?;
         // No constraint (the default region) answers an empty LocationConstraint, as S3 does.
         let location_constraint = record.location.map(BucketLocationConstraint::from);
         Ok(S3Response::new(GetBucketLocationOutput { location_constraint }))

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use s3s::dto::*;
 use s3s::crypto::{Checksum as _, Md5};
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
-use tensorgate_index::{Attributes, BucketDeletion, Checksums, Expect, IndexError, ObjectKey, Refusal, ObjectRecord, PartRecord, Segment, UploadRecord};
+use tensorgate_index::{Attributes, BucketDeletion, BucketRecord, Checksums, Expect, IndexError, ObjectKey, Refusal, ObjectRecord, PartRecord, Segment, UploadRecord};
 use tracing::Instrument;
 
 use crate::engine::Store;
@@ -67,11 +67,19 @@ impl Gateway {
     /// Checks that the tenant has the bucket; with a shared upstream, a bucket another gateway
     /// created is brought in from its marker.
     async fn ensure_bucket(&self, tenant: &str, bucket: &str) -> S3Result<()> {
-        if self.store.index.bucket(tenant, bucket).map_err(internal)?.is_some() {
-            return Ok(());
+        self.bucket_record(tenant, bucket).await.map(|_| ())
+    }
+
+    /// The bucket's record; with a shared upstream, a bucket another gateway created is adopted
+    /// from its marker first.
+    async fn bucket_record(&self, tenant: &str, bucket: &str) -> S3Result<BucketRecord> {
+        if let Some(record) = self.store.index.bucket(tenant, bucket).map_err(internal)? {
+            return Ok(record);
         }
         if self.store.config.shared_upstream && catalog::adopt_bucket(&self.store, tenant, bucket).await.map_err(to_s3)? {
-            return Ok(());
+            if let Some(record) = self.store.index.bucket(tenant, bucket).map_err(internal)? {
+                return Ok(record);
+            }
         }
         Err(s3_error!(NoSuchBucket))
     }
