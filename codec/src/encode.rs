@@ -48,6 +48,11 @@ pub fn encode_chunk(raw: &[u8], dtype: Dtype, base: Option<BaseChunk<'_>>) -> Re
         }
         None => standalone_payload(raw, dtype),
     };
+    Ok(frame_of(payload, raw, raw_len))
+}
+
+/// The frame of `payload`, which encodes `raw`.
+fn frame_of(payload: Payload, raw: &[u8], raw_len: u32) -> Vec<u8> {
     let header = FrameHeader {
         codec: payload.codec,
         width: payload.width,
@@ -62,7 +67,20 @@ pub fn encode_chunk(raw: &[u8], dtype: Dtype, base: Option<BaseChunk<'_>>) -> Re
     let mut frame = Vec::with_capacity(header.frame_len());
     header.write(&mut frame);
     frame.extend_from_slice(&payload.bytes);
-    Ok(frame)
+    frame
+}
+
+/// Encodes one chunk of bytes of no known layout as a frame: zstd when it pays, else stored.
+pub fn encode_opaque(raw: &[u8]) -> Result<Vec<u8>> {
+    let raw_len = u32::try_from(raw.len())
+        .ok()
+        .filter(|len| *len <= MAX_RAW_LEN)
+        .ok_or(CodecError::ChunkTooLarge(raw.len()))?;
+    let payload = match entropy::compress_opaque(raw) {
+        Some(compressed) => Payload::plain(Codec::Zstd, 1, compressed),
+        None => Payload::plain(Codec::Stored, 1, raw.to_vec()),
+    };
+    Ok(frame_of(payload, raw, raw_len))
 }
 
 /// Decodes a frame, checking its lengths, its base and the checksum of the result.
@@ -223,6 +241,7 @@ fn decode_planes(payload: &[u8], raw_len: usize, width: usize, rotated: bool, jo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::FIXED_HEADER_LEN;
     use proptest::prelude::*;
 
     fn dtype_strategy() -> impl Strategy<Value = Dtype> {
@@ -253,6 +272,17 @@ mod tests {
         let delta = encode_chunk(&tuned, Dtype::BF16, Some(base_chunk)).unwrap();
         assert!(delta.len() < base.len() / 5, "delta {} of {}", delta.len(), base.len());
         assert_eq!(decode_frame(&delta, Some(base_chunk)).unwrap(), tuned);
+    }
+
+    #[test]
+    fn compresses_text_and_stores_noise() {
+        let text: Vec<u8> = (0..20_000).flat_map(|i: u32| format!("\"token_{}\": {},\n", i % 977, i).into_bytes()).collect();
+        let frame = encode_opaque(&text).unwrap();
+        assert!(frame.len() < text.len() / 3, "{} of {}", frame.len(), text.len());
+        let noise: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let frame = encode_opaque(&noise).unwrap();
+        assert_eq!(FrameHeader::read(&frame).unwrap().codec, Codec::Stored);
+        assert_eq!(decode_frame(&frame, None).unwrap(), noise);
     }
 
     #[test]
@@ -295,6 +325,14 @@ mod tests {
             let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
             let frame = encode_chunk(&raw, dtype, Some(base_chunk)).unwrap();
             prop_assert_eq!(decode_frame(&frame, Some(base_chunk)).unwrap(), raw);
+        }
+
+        #[test]
+        fn opaque_round_trips(raw in proptest::collection::vec(any::<u8>(), 0..2000), repeat in 1usize..4) {
+            let raw = raw.repeat(repeat);
+            let frame = encode_opaque(&raw).unwrap();
+            prop_assert!(frame.len() <= raw.len() + FIXED_HEADER_LEN);
+            prop_assert_eq!(decode_frame(&frame, None).unwrap(), raw);
         }
 
         #[test]

@@ -42,6 +42,32 @@ pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
     }
 }
 
+/// zstd level for bytes of no known layout (text, configs, archives): zstd's default, where
+/// match finding pays on text (44.6% of raw on a real tokenizer.json cut into 256 KiB chunks).
+pub const OPAQUE_ZSTD_LEVEL: i32 = 3;
+
+/// Compresses bytes of no known layout with match finding, or `None` when it would not pay:
+/// bytes whose order-0 entropy says they are random are not even tried.
+pub fn compress_opaque(bytes: &[u8]) -> Option<Vec<u8>> {
+    if Histogram::of(bytes).entropy_bits() > INCOMPRESSIBLE_BITS {
+        return None;
+    }
+    let compressed = OPAQUE_COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some(compressor) => compressor,
+            None => slot.insert(zstd::bulk::Compressor::new(OPAQUE_ZSTD_LEVEL).ok()?),
+        };
+        compressor.compress(bytes).ok()
+    })?;
+    (compressed.len() < bytes.len()).then_some(compressed)
+}
+
+thread_local! {
+    /// Each thread's compression context for opaque bytes, made on first use.
+    static OPAQUE_COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+}
+
 /// Decompresses one zstd frame that must hold exactly `raw_len` bytes.
 pub fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
     let out = with_decompressor(|decompressor| decompressor.decompress(bytes, raw_len))?;

@@ -1,9 +1,12 @@
 //! tensorgate-codec: the pure, synchronous codec of tensorgate.
 //!
-//! It parses safetensors layouts, names chunks by content hash, and encodes chunks of tensor
-//! bytes as self-describing frames: byte planes and entropy coding on their own, or a delta
-//! against a base chunk first (the BitX idea, with an ordered difference for floats). It does no I/O and knows nothing of S3 or the index.
+//! It parses safetensors layouts, cuts bytes of no known layout where their content says
+//! (`cdc`), names chunks by content hash, and encodes chunks as self-describing frames: tensor
+//! bytes as byte planes and entropy coding on their own, or a delta against a base chunk first
+//! (the BitX idea, with an ordered difference for floats); other bytes as zstd where it pays.
+//! It does no I/O and knows nothing of S3 or the index.
 
+pub mod cdc;
 pub mod chunk;
 pub mod container;
 pub mod delta;
@@ -18,9 +21,10 @@ pub mod ordered;
 pub mod planes;
 pub mod sketch;
 
+pub use cdc::{next_cut, MAX_CDC_CHUNK};
 pub use chunk::{chunk_count, chunk_end, chunk_ranges, encode_parallel, ChunkJob, DEFAULT_CHUNK_SIZE};
 pub use dtype::Dtype;
-pub use encode::{decode_frame, encode_chunk, BaseChunk};
+pub use encode::{decode_frame, encode_chunk, encode_opaque, BaseChunk};
 pub use error::{CodecError, Result};
 pub use frame::FrameHeader;
 pub use hash::{ContentHash, StreamingHash};
