@@ -42,11 +42,13 @@ pub struct Store {
     pub config: Config,
     pub metrics: Metrics,
     pub base_cache: Mutex<BaseCache>,
-    /// How many frames a GET decodes ahead of the bytes it sends.
+    /// How many full-sized (4 MiB) frames a GET decodes ahead of the bytes it sends; more of
+    /// smaller ones (see `reader::stream`).
     pub prefetch: NonZeroUsize,
-    /// Chunks being read and decoded for GETs at once, all responses together (two per core:
-    /// one decoding while the next is read). A chunk waiting for a core would otherwise hold its
-    /// frame and its base in memory, for every range in flight.
+    /// Chunks being read and decoded for GETs at once, all responses together, in units of
+    /// [`reader::SLOT_BYTES`] (two full-sized chunks per core: one decoding while the next is
+    /// read). A chunk waiting for a core would otherwise hold its frame and its base in memory,
+    /// for every range in flight.
     pub decode_slots: tokio::sync::Semaphore,
     /// The write locks of keys and buckets.
     pub locks: WriteLocks,
@@ -72,7 +74,7 @@ impl Store {
         let base_cache = Mutex::new(BaseCache::new(config.base_cache_bytes));
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let prefetch = NonZeroUsize::new(cores + 1).unwrap_or(NonZeroUsize::MIN);
-        let decode_slots = tokio::sync::Semaphore::new(2 * cores);
+        let decode_slots = tokio::sync::Semaphore::new(2 * cores * reader::SLOTS_PER_FULL_CHUNK as usize);
         let instance = index.instance_id(new_id)?;
         let admission = Admission::new(&config);
         Ok(Store {

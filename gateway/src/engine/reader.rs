@@ -10,7 +10,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use futures::SinkExt;
-use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader};
+use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
 use crate::engine::{on_cores, Store, READ_ATTEMPTS};
@@ -19,11 +19,22 @@ use crate::metrics::CacheLabels;
 /// Blob ranges are fetched in pieces of at most this size, to bound memory.
 const BLOB_PIECE: u64 = 4 << 20;
 
+/// A decode slot stands for this many bytes of chunk: a full-sized chunk takes
+/// [`SLOTS_PER_FULL_CHUNK`], the small chunks of opaque objects one each, so that many of them
+/// are fetched at once where one full-sized chunk would be.
+pub const SLOT_BYTES: usize = 1 << 20;
+pub const SLOTS_PER_FULL_CHUNK: u32 = (DEFAULT_CHUNK_SIZE / SLOT_BYTES) as u32;
+
+/// At most this many times [`Store::prefetch`] pieces are fetched ahead for a GET of small
+/// chunks.
+const MAX_PREFETCH_FACTOR: usize = 16;
+
 /// A part of the response: bytes of one segment.
 #[derive(Debug, Clone)]
 pub enum Piece {
     Inline(Bytes),
-    Chunk { hash: ChunkHash, within: Range<usize> },
+    /// Bytes `within` of the chunk `hash`, `len` bytes long.
+    Chunk { hash: ChunkHash, len: u32, within: Range<usize> },
     Blob { key: String, range: Range<u64> },
 }
 
@@ -41,8 +52,8 @@ pub fn plan(record: &ObjectRecord, range: Range<u64>) -> Vec<Piece> {
                 Segment::Inline(bytes) => {
                     pieces.push(Piece::Inline(Bytes::copy_from_slice(&bytes[within.start as usize..within.end as usize])))
                 }
-                Segment::Chunk { hash, .. } => {
-                    pieces.push(Piece::Chunk { hash: *hash, within: within.start as usize..within.end as usize })
+                Segment::Chunk { hash, len } => {
+                    pieces.push(Piece::Chunk { hash: *hash, len: *len, within: within.start as usize..within.end as usize })
                 }
                 Segment::Blob { key, offset, .. } => {
                     let mut cursor = offset + within.start;
@@ -65,7 +76,7 @@ pub fn plan(record: &ObjectRecord, range: Range<u64>) -> Vec<Piece> {
 /// Each piece is fetched by a task of its own, which runs to its end (and gives back its
 /// decode slot) however slowly the client takes the bytes.
 pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync {
-    let prefetch = store.prefetch.get();
+    let prefetch = prefetch_for(&pieces, store.prefetch.get());
     let (mut sender, receiver) = futures::channel::mpsc::channel(1);
     let metrics_store = store.clone();
     tokio::spawn(async move {
@@ -92,6 +103,25 @@ pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Resul
     receiver
 }
 
+/// How many pieces to fetch ahead: `prefetch` full-sized chunks' worth of bytes, so more
+/// pieces when they are small (the chunks of opaque objects), up to a bound.
+fn prefetch_for(pieces: &[Piece], prefetch: usize) -> usize {
+    let bytes: u64 = pieces.iter().map(Piece::len).sum();
+    let average = bytes / pieces.len().max(1) as u64;
+    let wanted = (prefetch as u64 * DEFAULT_CHUNK_SIZE as u64).div_ceil(average.max(1));
+    (wanted as usize).clamp(prefetch, prefetch * MAX_PREFETCH_FACTOR)
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Inline(bytes) => bytes.len() as u64,
+            Piece::Chunk { within, .. } => within.len() as u64,
+            Piece::Blob { range, .. } => range.end - range.start,
+        }
+    }
+}
+
 /// Fetches pieces one after the other, all or an error.
 pub async fn fetch_all(store: &Store, pieces: Vec<Piece>) -> anyhow::Result<Vec<Bytes>> {
     let mut fetched = Vec::with_capacity(pieces.len());
@@ -107,12 +137,13 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
     match piece {
         Piece::Inline(bytes) => Ok(bytes),
         Piece::Blob { key, range } => store.read_upstream(&key, range).await,
-        Piece::Chunk { hash, within } => {
+        Piece::Chunk { hash, len, within } => {
             // Waits its turn (first come, first served). Whoever holds a slot finishes without
             // waiting on any client (`stream` fetches each piece in a task of its own, and the
             // other callers await the piece themselves), so a slow reader never holds the
             // others up.
-            let _slot = store.decode_slots.acquire().await?;
+            let slots = (len as usize).div_ceil(SLOT_BYTES).clamp(1, SLOTS_PER_FULL_CHUNK as usize) as u32;
+            let _slots = store.decode_slots.acquire_many(slots).await?;
             let chunk = load_chunk(store, &hash).await?;
             chunk.get(within.clone()).map(|_| chunk.slice(within)).context("chunk shorter than its segment")
         }

@@ -47,12 +47,12 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
         return Ok(());
     };
     let body = reader::stream(store.clone(), reader::plan(&record, 0..record.size));
-    let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ModelsOnly, body_from: BodyFrom::Store, ..Default::default() };
+    let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ChunkedOnly, body_from: BodyFrom::Store, ..Default::default() };
     let Some(ingested) = ingest::ingest(store, &job.tenant, Box::pin(body), options).await? else {
-        tracing::info!("not a model; kept as it came");
+        tracing::info!("too small to chunk; kept as it came");
         return Ok(());
     };
-    if ingested.size != record.size || !ingested.is_model() {
+    if ingested.size != record.size || !ingested.is_chunked() {
         ingested.discard(store).await;
         return Ok(());
     }

@@ -170,7 +170,7 @@ impl Gateway {
         if let Err(error) = self.store.register_tensors(tenant, &ingested.tensors) {
             tracing::warn!(error = format!("{error:#}"), "stored, but its tensors were not registered as base candidates");
         }
-        tracing::info!(size = record.size, segments = record.segments.len(), model = ingested.is_model(), "stored");
+        tracing::info!(size = record.size, segments = record.segments.len(), chunked = ingested.is_chunked(), "stored");
         Ok(record)
     }
 }

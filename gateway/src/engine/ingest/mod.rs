@@ -1,12 +1,15 @@
 //! The PUT path. Bytes stream through once: they are hashed (MD5 for the ETag, plus the
-//! checksums the client announced) and either written upstream as they came, or, for a
-//! safetensors file, cut into chunks per tensor. A chunk already stored is only referenced (and
-//! held from the sweep until the write commits); a new one is encoded on all cores (as a delta
-//! against a chunk of the base tensor, chosen at the tensor's first new chunk, when that is
-//! smaller) and appended as a frame to a new pack object.
+//! checksums the client announced) and cut into chunks: a safetensors file per tensor, any
+//! other object where its content says. A chunk already stored is only referenced (and held
+//! from the sweep until the write commits); a new one is encoded on all cores (a tensor's as a
+//! delta against a chunk of the base tensor, chosen at the tensor's first new chunk, when that
+//! is smaller) and appended as a frame to a new pack object. Multipart parts, and objects under
+//! `min_model_bytes`, are written upstream as they came.
 
 mod bases;
+mod frames;
 mod model;
+mod opaque;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -66,7 +69,9 @@ impl Ingested {
         }
     }
 
-    pub fn is_model(&self) -> bool {
+    /// Whether the object was cut into chunks (a model, or an opaque object), rather than
+    /// stored as it came.
+    pub fn is_chunked(&self) -> bool {
         self.segments.iter().any(|s| matches!(s, Segment::Chunk { .. }))
     }
 }
@@ -109,13 +114,15 @@ pub enum BodyFrom {
 /// What to do with the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IngestMode {
-    /// Store a safetensors file as chunks, anything else as it came (a client's PUT).
+    /// Store a safetensors file as tensor chunks, anything else as content-defined chunks, and
+    /// objects under `min_model_bytes` as they came (a client's PUT).
     #[default]
     Sniff,
     /// Store as it came, even when empty (a multipart part).
     Plain,
-    /// Only models are wanted (the packer): anything else ends the ingest with `None`.
-    ModelsOnly,
+    /// Only chunked objects are wanted (the packer): one that would be stored as it came ends
+    /// the ingest with `None`.
+    ChunkedOnly,
 }
 
 /// Which `x-amz-checksum-*` to compute.
@@ -157,10 +164,12 @@ enum State {
     Sniff(BytesMut),
     /// Stored as it came.
     Plain { key: String, writer: Box<dyn BlobWriter> },
+    /// Cut where its content says; holds the bytes past the last cut.
+    Opaque(BytesMut),
     /// Nothing to store (an empty body so far).
     Empty,
     Model(Box<ModelState>),
-    /// The packer asked for models only and this is not one.
+    /// The packer asked for chunked objects only and this is not one.
     Declined,
 }
 
@@ -185,6 +194,8 @@ struct Ingester {
     new_chunks: Vec<NewChunk>,
     seen: HashSet<ChunkHash>,
     tensors: Vec<StoredTensor>,
+    /// New chunks waiting to be encoded as a batch.
+    pending: Vec<frames::PendingChunk>,
 }
 
 impl Ingester {
@@ -206,6 +217,7 @@ impl Ingester {
             new_chunks: Vec::new(),
             seen: HashSet::new(),
             tensors: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -242,20 +254,28 @@ impl Ingester {
             }
             State::Plain { writer, .. } => writer.write(bytes).await,
             State::Model(_) => self.feed_model(bytes).await,
+            State::Opaque(_) => self.feed_opaque(bytes, false).await,
             State::Empty | State::Declined => Ok(()),
         }
     }
 
-    async fn become_plain(&mut self) -> anyhow::Result<()> {
+    /// The body is not a model: it is cut where its content says unless it is a part or too
+    /// small to be worth it (`too_small`), when it is written as it came.
+    async fn become_plain(&mut self, too_small: bool) -> anyhow::Result<()> {
         let State::Sniff(buffer) = &mut self.state else { return Ok(()) };
         let buffered = buffer.split().freeze();
-        if self.options.mode == IngestMode::ModelsOnly {
-            self.state = State::Declined;
-            return Ok(());
-        }
         if buffered.is_empty() && self.size == 0 && !self.force_plain {
             self.state = State::Empty;
             return Ok(());
+        }
+        let as_it_came = self.force_plain || too_small;
+        match self.options.mode {
+            IngestMode::ChunkedOnly if as_it_came => {
+                self.state = State::Declined;
+                return Ok(());
+            }
+            _ if !as_it_came => return self.become_opaque(buffered).await,
+            _ => {}
         }
         let key = blob_key(&self.upstream_prefix, &new_id());
         self.in_flight.push(self.store.in_flight.begin(&key));
@@ -271,8 +291,11 @@ impl Ingester {
         }
         if let State::Model(_) = &self.state {
             self.seal_chunk().await?;
-            self.encode_pending().await?;
         }
+        if let State::Opaque(_) = &self.state {
+            self.feed_opaque(Bytes::new(), true).await?;
+        }
+        self.encode_pending().await?;
         let mut written = Vec::new();
         let state = std::mem::replace(&mut self.state, State::Empty);
         match state {

@@ -5,15 +5,13 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context;
 use bytes::{Bytes, BytesMut};
-use tensorgate_codec::{chunk_count, chunk_end, encode_parallel, BaseChunk, parse_header, read_header_len, ChunkJob, ContentHash, Dtype, FrameHeader, Layout, Region, RegionKind, Sketch};
-use tensorgate_index::{pack_key, ChunkHash, ChunkRecord, NewChunk, ObjectRecord, Segment};
+use tensorgate_codec::{chunk_count, chunk_end, parse_header, read_header_len, ContentHash, Dtype, Layout, Region, RegionKind, Sketch};
+use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
 
 use super::bases::MIN_BASE_TENSOR_BYTES;
-use super::{batch_chunks, Ingester, State, StoredTensor};
-use crate::engine::on_cores;
-use crate::ids::new_id;
+use super::frames::{Encoding, PendingChunk};
+use super::{Ingester, State, StoredTensor};
 use crate::metrics::ChunkLabels;
 
 /// The chunks of each tensor of a stored model, by name and signature.
@@ -51,7 +49,6 @@ pub(super) struct ModelState {
     /// Data-section offset where the chunk being filled starts.
     pub(super) chunk_start: u64,
     pub(super) current: BytesMut,
-    pub(super) pending: Vec<PendingChunk>,
     /// Chunks of the tensor being filled, and the base tensor's chunks chosen for it.
     pub(super) tensor_chunks: Vec<ChunkHash>,
     pub(super) base_chunks: Option<Vec<ChunkHash>>,
@@ -59,13 +56,6 @@ pub(super) struct ModelState {
     pub(super) sketch: Option<Sketch>,
     /// Whether the base of the tensor being filled has been chosen (at its first new chunk).
     pub(super) base_chosen: bool,
-}
-
-pub(super) struct PendingChunk {
-    raw: Bytes,
-    dtype: Dtype,
-    hash: ChunkHash,
-    base: Option<(ContentHash, Bytes)>,
 }
 
 impl ModelState {
@@ -81,22 +71,23 @@ impl Ingester {
     pub(super) async fn sniff(&mut self, ended: bool) -> anyhow::Result<()> {
         let State::Sniff(buffer) = &mut self.state else { return Ok(()) };
         let size_hint = self.options.size_hint;
-        let too_small = self.force_plain || size_hint.is_some_and(|size| size < self.store.config.min_model_bytes);
+        let too_small = size_hint.is_some_and(|size| size < self.store.config.min_model_bytes);
+        let plain = self.force_plain || too_small;
         let header_len = match read_header_len(buffer) {
-            Ok(len) if !too_small && size_hint.is_none_or(|size| size >= 8 + len) && (2..=self.store.config.max_header_bytes).contains(&len) => len,
-            Err(_) if !ended && buffer.len() < 8 && !too_small => return Ok(()),
-            _ => return self.become_plain().await,
+            Ok(len) if !plain && size_hint.is_none_or(|size| size >= 8 + len) && (2..=self.store.config.max_header_bytes).contains(&len) => len,
+            Err(_) if !ended && buffer.len() < 8 && !plain => return Ok(()),
+            _ => return self.become_plain(too_small).await,
         };
         if buffer.len() > 8 && buffer[8] != b'{' {
-            return self.become_plain().await;
+            return self.become_plain(too_small).await;
         }
         let header_end = 8 + header_len as usize;
         if buffer.len() < header_end {
-            return if ended { self.become_plain().await } else { Ok(()) };
+            return if ended { self.become_plain(too_small).await } else { Ok(()) };
         }
         let data_len = size_hint.map(|size| size - header_end as u64);
         let Ok(layout) = parse_header(&buffer[8..header_end], data_len) else {
-            return self.become_plain().await;
+            return self.become_plain(too_small).await;
         };
         let buffered = buffer.split().freeze();
         self.segments.push(Segment::Inline(buffered[..header_end].to_vec()));
@@ -108,7 +99,6 @@ impl Ingester {
             position: 0,
             chunk_start: 0,
             current: BytesMut::new(),
-            pending: Vec::new(),
             tensor_chunks: Vec::new(),
             base_chunks: None,
             sketch: None,
@@ -176,11 +166,7 @@ impl Ingester {
                 Some(base_hash) => self.base_bytes(base_hash, raw.len()).await?,
                 None => None,
             };
-            let State::Model(model) = &mut self.state else { return Ok(()) };
-            model.pending.push(PendingChunk { raw, dtype, hash, base });
-            if model.pending.len() >= batch_chunks() {
-                self.encode_pending().await?;
-            }
+            self.queue_chunk(PendingChunk { raw, hash, encoding: Encoding::Tensor { dtype, base } }).await?;
         }
         if region_done {
             self.finish_region()?;
@@ -202,57 +188,6 @@ impl Ingester {
         let base_chunks = self.base_for_region(model)?;
         if let State::Model(model) = &mut self.state {
             model.base_chunks = base_chunks;
-        }
-        Ok(())
-    }
-
-    /// Encodes the queued chunks on all cores and appends their frames to the pack.
-    pub(super) async fn encode_pending(&mut self) -> anyhow::Result<()> {
-        let State::Model(model) = &mut self.state else { return Ok(()) };
-        let pending = std::mem::take(&mut model.pending);
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let (pending, frames) = on_cores(move || {
-            let jobs: Vec<ChunkJob<'_>> = pending
-                .iter()
-                .map(|chunk| ChunkJob {
-                    raw: &chunk.raw,
-                    dtype: chunk.dtype,
-                    base: chunk.base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes }),
-                })
-                .collect();
-            let frames = encode_parallel(&jobs);
-            drop(jobs);
-            (pending, frames)
-        })
-        .await?;
-        if self.pack.is_none() {
-            let key = pack_key(&self.upstream_prefix, &new_id());
-            self.in_flight.push(self.store.in_flight.begin(&key));
-            let writer = self.store.upstream.writer(&key).await?;
-            self.pack = Some((key, writer, 0));
-        }
-        let Some((pack_key, writer, offset)) = &mut self.pack else { return Ok(()) };
-        for (chunk, frame) in pending.iter().zip(frames) {
-            let frame = frame.context("encoding a chunk")?;
-            let header = FrameHeader::read(&frame)?;
-            let outcome = if header.base.is_some() { "delta" } else { "standalone" };
-            self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome }).inc();
-            self.new_chunks.push(NewChunk {
-                hash: chunk.hash,
-                record: ChunkRecord {
-                    pack: pack_key.clone(),
-                    offset: *offset,
-                    frame_len: frame.len() as u32,
-                    raw_len: chunk.raw.len() as u32,
-                    base: header.base.map(|b| b.0),
-                    refs: 0,
-                    dead_since_ms: None,
-                },
-            });
-            *offset += frame.len() as u64;
-            writer.write(Bytes::from(frame)).await?;
         }
         Ok(())
     }

@@ -1,0 +1,94 @@
+//! New chunks: queued, encoded a batch at a time on all cores (tensor codec or opaque), and
+//! appended as frames to the write's pack, which is opened at the first one.
+
+use anyhow::Context;
+use bytes::Bytes;
+use rayon::prelude::*;
+use tensorgate_codec::{encode_chunk, encode_opaque, BaseChunk, ContentHash, Dtype, FrameHeader};
+use tensorgate_index::{pack_key, ChunkHash, ChunkRecord, NewChunk};
+
+use super::{batch_chunks, Ingester};
+use crate::engine::on_cores;
+use crate::ids::new_id;
+use crate::metrics::ChunkLabels;
+
+/// A new chunk waiting to be encoded with others on the cores.
+pub(super) struct PendingChunk {
+    pub(super) raw: Bytes,
+    pub(super) hash: ChunkHash,
+    pub(super) encoding: Encoding,
+}
+
+/// How a pending chunk is encoded.
+pub(super) enum Encoding {
+    /// Tensor bytes (or the bytes between tensors, as U8), with the base chunk to try a delta
+    /// against.
+    Tensor { dtype: Dtype, base: Option<(ContentHash, Bytes)> },
+    /// Bytes of no known layout (see `opaque`).
+    Opaque,
+}
+
+impl Ingester {
+    /// Queues a new chunk, encoding the queue once it holds a batch.
+    pub(super) async fn queue_chunk(&mut self, chunk: PendingChunk) -> anyhow::Result<()> {
+        self.pending.push(chunk);
+        if self.pending.len() >= batch_chunks() {
+            self.encode_pending().await?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the queued chunks on all cores and appends their frames to the pack.
+    pub(super) async fn encode_pending(&mut self) -> anyhow::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (pending, frames) = on_cores(move || {
+            let frames: Vec<_> = pending
+                .par_iter()
+                .map(|chunk| match &chunk.encoding {
+                    Encoding::Tensor { dtype, base } => {
+                        let base = base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes });
+                        encode_chunk(&chunk.raw, *dtype, base)
+                    }
+                    Encoding::Opaque => encode_opaque(&chunk.raw),
+                })
+                .collect();
+            (pending, frames)
+        })
+        .await?;
+        if self.pack.is_none() {
+            let key = pack_key(&self.upstream_prefix, &new_id());
+            self.in_flight.push(self.store.in_flight.begin(&key));
+            let writer = self.store.upstream.writer(&key).await?;
+            self.pack = Some((key, writer, 0));
+        }
+        let Some((pack_key, writer, offset)) = &mut self.pack else { return Ok(()) };
+        for (chunk, frame) in pending.iter().zip(frames) {
+            let frame = frame.context("encoding a chunk")?;
+            let header = FrameHeader::read(&frame)?;
+            let outcome = match (&chunk.encoding, header.base) {
+                (Encoding::Opaque, _) => "opaque",
+                (Encoding::Tensor { .. }, Some(_)) => "delta",
+                (Encoding::Tensor { .. }, None) => "standalone",
+            };
+            self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome }).inc();
+            self.new_chunks.push(NewChunk {
+                hash: chunk.hash,
+                record: ChunkRecord {
+                    pack: pack_key.clone(),
+                    offset: *offset,
+                    frame_len: frame.len() as u32,
+                    raw_len: chunk.raw.len() as u32,
+                    base: header.base.map(|b| b.0),
+                    refs: 0,
+                    dead_since_ms: None,
+                },
+            });
+            *offset += frame.len() as u64;
+            writer.write(Bytes::from(frame)).await?;
+        }
+        Ok(())
+    }
+}
