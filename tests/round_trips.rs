@@ -120,7 +120,7 @@ fn ranged_gets_read_only_the_frames_they_need() {
     let layout = tensorgate_codec::parse_file(&model).unwrap();
     gateway.aws(&["s3", "mb", "s3://ranges"]);
     gateway.aws(&["s3", "cp", model_path.to_str().unwrap(), "s3://ranges/model.safetensors"]);
-    let data_start = layout.data_start();
+    let data_start = layout.data_start;
     let small = layout.tensors.iter().find(|t| t.len() > 100 && t.len() < 4096).unwrap();
     let big = layout.tensors.iter().max_by_key(|t| t.len()).unwrap();
     let chunk = tensorgate_codec::DEFAULT_CHUNK_SIZE as u64;

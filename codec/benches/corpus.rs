@@ -39,11 +39,11 @@ struct Measure {
 /// where dtype and shape match), on one core, then decodes and checks the bytes.
 fn measure(file: &[u8], base: Option<&[u8]>) -> Measure {
     let layout = parse_file(file).expect("corpus file parses");
-    let data = &file[layout.data_start() as usize..];
+    let data = &file[layout.data_start as usize..];
     let base_tensors: HashMap<String, &[u8]> = base
         .map(|base| {
             let base_layout = parse_file(base).expect("base parses");
-            let base_data = &base[base_layout.data_start() as usize..];
+            let base_data = &base[base_layout.data_start as usize..];
             base_layout
                 .tensors
                 .iter()

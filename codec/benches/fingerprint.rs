@@ -72,7 +72,7 @@ fn main() {
     for (file_index, file) in FILES.iter().enumerate() {
         let bytes = std::fs::read(dir.join(file)).unwrap();
         let layout = parse_file(&bytes).unwrap();
-        let data = &bytes[layout.data_start() as usize..];
+        let data = &bytes[layout.data_start as usize..];
         for tensor in &layout.tensors {
             let tensor_bytes = data[tensor.start as usize..tensor.end as usize].to_vec();
             let sketch = Sketch::of(&tensor_bytes, tensor.dtype);

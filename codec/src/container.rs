@@ -39,7 +39,7 @@ pub struct PlannedChunk {
 
 /// Cuts a parsed file of `file_len` bytes into chunks.
 pub fn plan_chunks(layout: &Layout, file_len: usize) -> Vec<PlannedChunk> {
-    let data_start = layout.data_start() as usize;
+    let data_start = layout.data_start as usize;
     let mut chunks = Vec::new();
     let mut cut = |start: usize, end: usize, dtype: Dtype, tensor: Option<usize>| {
         for (index, range) in chunk_ranges(end - start, DEFAULT_CHUNK_SIZE).enumerate() {
@@ -90,7 +90,7 @@ pub fn pack(file: &[u8], base: Option<&[u8]>) -> Result<Vec<u8>> {
             encode_chunk(&file[chunk.start..chunk.end], chunk.dtype, base)
         })
         .collect();
-    let header_len = layout.data_start() as usize;
+    let header_len = layout.data_start as usize;
     let mut out = Vec::with_capacity(file.len() / 2);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);

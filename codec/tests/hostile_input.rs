@@ -18,7 +18,7 @@ fn sample_file() -> Vec<u8> {
 /// Checks the promises of a layout the parser accepted: spans in bounds, sorted, disjoint.
 fn assert_layout_sound(file: &[u8]) {
     if let Ok(layout) = parse_file(file) {
-        let data_len = file.len() as u64 - layout.data_start();
+        let data_len = file.len() as u64 - layout.data_start;
         let mut previous_end = 0;
         for tensor in layout.tensors.iter().filter(|t| !t.is_empty()) {
             assert!(tensor.start >= previous_end && tensor.end <= data_len);

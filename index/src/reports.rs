@@ -28,15 +28,16 @@ pub struct Savings {
     pub physical_bytes: u64,
     /// Objects identical to one counted before: nothing stored for them.
     pub file_dedup: u64,
-    /// Chunks already stored for another object or tensor.
+    /// Chunks already stored for another object or tensor (tensor chunks and the content-defined
+    /// chunks of other objects alike).
     pub tensor_dedup: u64,
     /// Raw minus frame bytes of delta chunks, less the frames of bases used by no object.
     pub delta: i64,
     /// Raw minus frame bytes of chunks stored on their own.
     pub compression: i64,
-    /// safetensors headers, kept in the index and the manifests.
+    /// Model headers (safetensors, GGUF), kept in the index and the manifests.
     pub headers: u64,
-    /// Bytes stored as they came (objects that are not models, or not packed yet).
+    /// Bytes stored as they came (objects under `min_model_bytes`, or uploads not packed yet).
     pub stored_as_is: u64,
 }
 

@@ -386,7 +386,7 @@ pub fn combined_model(sources: &[&Path]) -> Vec<u8> {
     for (copy, source) in sources.iter().enumerate() {
         let file = std::fs::read(source).unwrap();
         let layout = tensorgate_codec::parse_file(&file).unwrap();
-        let data = &file[layout.data_start() as usize..];
+        let data = &file[layout.data_start as usize..];
         for tensor in &layout.tensors {
             let start = body.len();
             body.extend_from_slice(&data[tensor.start as usize..tensor.end as usize]);
@@ -416,7 +416,7 @@ pub fn renamed_model(source: &Path, prefix: &str) -> Vec<u8> {
     let header = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(&header);
-    out.extend_from_slice(&file[layout.data_start() as usize..]);
+    out.extend_from_slice(&file[layout.data_start as usize..]);
     out
 }
 
@@ -425,7 +425,7 @@ pub fn renamed_model(source: &Path, prefix: &str) -> Vec<u8> {
 pub fn sharded_model(source: &Path, shards: usize) -> Vec<(String, Vec<u8>)> {
     let file = std::fs::read(source).unwrap();
     let layout = tensorgate_codec::parse_file(&file).unwrap();
-    let data = &file[layout.data_start() as usize..];
+    let data = &file[layout.data_start as usize..];
     let per_shard = layout.tensors.len().div_ceil(shards);
     let mut files = Vec::new();
     let mut weight_map = serde_json::Map::new();
@@ -458,7 +458,7 @@ pub fn sharded_model(source: &Path, shards: usize) -> Vec<(String, Vec<u8>)> {
 /// model of the same layout whose every tensor is new to the store.
 pub fn perturbed_model(source: &Path, seed: u8) -> Vec<u8> {
     let mut file = std::fs::read(source).unwrap();
-    let data_start = tensorgate_codec::parse_file(&file).unwrap().data_start() as usize;
+    let data_start = tensorgate_codec::parse_file(&file).unwrap().data_start as usize;
     for (at, byte) in file[data_start..].iter_mut().enumerate() {
         if at % 97 == usize::from(seed) % 97 {
             *byte ^= 1;
@@ -476,4 +476,49 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
             (state >> 33) as u8
         })
         .collect()
+}
+
+/// Bytes of every file under `dir`: what the upstream holds (packs, blobs, manifests).
+pub fn upstream_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() { upstream_bytes(&entry.path()) } else { entry.metadata().unwrap().len() }
+        })
+        .sum()
+}
+
+/// What the upstream holds once the packer has run and garbage has been collected.
+pub fn settled_upstream(gateway: &TestGateway) -> u64 {
+    gateway.drain_packer();
+    gateway.collect_garbage();
+    upstream_bytes(&gateway.dir.path().join("data/upstream"))
+}
+
+/// An object read back whole with the aws cli.
+pub fn get(gateway: &TestGateway, bucket: &str, key: &str, into: &Path) -> Vec<u8> {
+    gateway.aws(&["s3", "cp", &format!("s3://{bucket}/{key}"), into.to_str().unwrap()]);
+    std::fs::read(into).unwrap()
+}
+
+/// Ranged GETs through boto3 at offsets around chunk boundaries and at random, each compared
+/// with the bytes.
+pub fn check_ranges(gateway: &TestGateway, bucket: &str, key: &str, bytes: &[u8], work: &Path) {
+    let len = bytes.len() as u64;
+    let mut ranges = vec![(0, 0), (0, 99), (len - 1, len - 1), (len / 2 - 70_000, len / 2 + 70_000)];
+    let mut state = len;
+    for _ in 0..6 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let start = (state >> 20) % len;
+        let end = (start + (state >> 40) % (3 << 20)).min(len - 1);
+        ranges.push((start, end));
+    }
+    for (start, end) in ranges {
+        let out = work.join("range");
+        gateway.aws(&["s3api", "get-object", "--bucket", bucket, "--key", key, "--range", &format!("bytes={start}-{end}"), out.to_str().unwrap()]);
+        let got = std::fs::read(&out).unwrap();
+        assert!(got == bytes[start as usize..=end as usize], "range {start}-{end} of {key} differs");
+    }
 }

@@ -66,7 +66,9 @@ impl TensorInfo {
 /// The parsed header of a safetensors file. Tensors are sorted by their start offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
-    pub header_len: u64,
+    /// File offset where the data section begins: the header (safetensors: the 8-byte length
+    /// and the JSON) is every byte before it.
+    pub data_start: u64,
     pub tensors: Vec<TensorInfo>,
     pub metadata: Option<BTreeMap<String, String>>,
 }
@@ -87,11 +89,6 @@ pub struct Region {
 }
 
 impl Layout {
-    /// File offset where the data section begins.
-    pub fn data_start(&self) -> u64 {
-        PREFIX_LEN as u64 + self.header_len
-    }
-
     /// Data-section offset just past the last tensor.
     pub fn data_end(&self) -> u64 {
         self.tensors.iter().map(|t| t.end).max().unwrap_or(0)
@@ -175,11 +172,11 @@ pub fn parse_header(header: &[u8], data_len: Option<u64>) -> Result<Layout> {
             return Err(CodecError::SpanPastEnd { name: tensor.name.clone(), end: tensor.end, data_len });
         }
     }
-    Ok(Layout { header_len: header.len() as u64, tensors, metadata })
+    Ok(Layout { data_start: (PREFIX_LEN + header.len()) as u64, tensors, metadata })
 }
 
 /// Tensors must be sorted by start; empty tensors claim no bytes and never overlap.
-fn check_no_overlap(tensors: &[TensorInfo]) -> Result<()> {
+pub(crate) fn check_no_overlap(tensors: &[TensorInfo]) -> Result<()> {
     let mut previous: Option<&TensorInfo> = None;
     for tensor in tensors.iter().filter(|t| !t.is_empty()) {
         if let Some(previous) = previous.filter(|p| p.end > tensor.start) {

@@ -95,7 +95,7 @@ mod reference {
                 return Err(CodecError::SpanPastEnd { name: tensor.name.clone(), end: tensor.end, data_len });
             }
         }
-        Ok(Layout { header_len: header.len() as u64, tensors, metadata })
+        Ok(Layout { data_start: (super::super::PREFIX_LEN + header.len()) as u64, tensors, metadata })
     }
 
     fn parse_metadata(value: Value) -> Result<BTreeMap<String, String>> {

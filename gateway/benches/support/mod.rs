@@ -23,7 +23,7 @@ pub fn write_model(path: &Path, target: u64, seed: u64) -> u64 {
 pub fn write_model_shaped(path: &Path, target: u64, seed: u64, tensor_bytes: Option<u64>) -> u64 {
     let source = std::fs::read(corpus_location::corpus_dir().join("base/minilm-l6.bf16.safetensors")).unwrap();
     let layout = tensorgate_codec::parse_file(&source).unwrap();
-    let data = &source[layout.data_start() as usize..];
+    let data = &source[layout.data_start as usize..];
     let copies = (target / data.len() as u64).max(1) as usize;
     let mut header = String::from("{");
     let mut entry = |name: String, dtype: &str, shape: &[u64], start: u64, end: u64| {
@@ -153,7 +153,7 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
 /// the base's.
 pub fn write_fine_tune(base: &Path, path: &Path) {
     let mut bytes = std::fs::read(base).unwrap();
-    let data_start = tensorgate_codec::parse_file(&bytes).unwrap().data_start() as usize;
+    let data_start = tensorgate_codec::parse_file(&bytes).unwrap().data_start as usize;
     let mut state = 0x2545_f491_4f6c_dd1du64;
     for element in bytes[data_start..].chunks_exact_mut(2) {
         state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);

@@ -4,7 +4,7 @@
 
 libfuzzer_sys::fuzz_target!(|file: &[u8]| {
     if let Ok(layout) = tensorgate_codec::parse_file(file) {
-        let data_len = file.len() as u64 - layout.data_start();
+        let data_len = file.len() as u64 - layout.data_start;
         let mut previous_end = 0;
         for tensor in layout.tensors.iter().filter(|t| !t.is_empty()) {
             assert!(tensor.start >= previous_end && tensor.end <= data_len);

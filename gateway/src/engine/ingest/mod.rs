@@ -196,6 +196,8 @@ struct Ingester {
     tensors: Vec<StoredTensor>,
     /// New chunks waiting to be encoded as a batch.
     pending: Vec<frames::PendingChunk>,
+    /// Bytes the format sniffer asked for before it looks again.
+    sniff_wanted: usize,
 }
 
 impl Ingester {
@@ -218,6 +220,7 @@ impl Ingester {
             seen: HashSet::new(),
             tensors: Vec::new(),
             pending: Vec::new(),
+            sniff_wanted: 0,
         }
     }
 

@@ -1,12 +1,12 @@
-//! Models on the PUT path: the format extension point. A body whose first bytes parse as a
-//! model header (safetensors today) is cut into regions (tensors, and the bytes between them),
+//! Models on the PUT path. A body whose first bytes parse as a model header (safetensors or
+//! GGUF, recognised in `tensorgate_codec::formats`) is cut into regions (tensors, and the bytes between them),
 //! each region into chunks as the codec plans them (`tensorgate_codec::chunk_end`); a chunk
 //! already stored is referenced, a new one encoded on the cores into the write's pack.
 
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use tensorgate_codec::{chunk_count, chunk_end, parse_header, read_header_len, ContentHash, Dtype, Layout, Region, RegionKind, Sketch};
+use tensorgate_codec::{chunk_count, chunk_end, sniff, stored_layout, ContentHash, Dtype, Layout, Region, RegionKind, Sketch, Sniffed};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
 
 use super::bases::MIN_BASE_TENSOR_BYTES;
@@ -21,8 +21,7 @@ pub type ModelTensors = HashMap<(String, String), Vec<ChunkHash>>;
 /// into chunks as ingest cuts them. `None` for an object that was not stored as a model.
 pub fn model_tensors(record: &ObjectRecord) -> Option<ModelTensors> {
     let Some(Segment::Inline(header)) = record.segments.first() else { return None };
-    let header_len = usize::try_from(read_header_len(header).ok()?).ok()?;
-    let layout = parse_header(header.get(8..8 + header_len)?, None).ok()?;
+    let layout = stored_layout(header)?;
     let mut chunks = record.segments[1..].iter().map(|segment| match segment {
         Segment::Chunk { hash, .. } => Some(*hash),
         _ => None,
@@ -67,28 +66,27 @@ impl ModelState {
 }
 
 impl Ingester {
-    /// Decides between model and plain once enough bytes are in (or the body has ended).
+    /// Decides between model and not once enough bytes are in (or the body has ended): see
+    /// `tensorgate_codec::formats`, where formats are recognised.
     pub(super) async fn sniff(&mut self, ended: bool) -> anyhow::Result<()> {
         let State::Sniff(buffer) = &mut self.state else { return Ok(()) };
         let size_hint = self.options.size_hint;
         let too_small = size_hint.is_some_and(|size| size < self.store.config.min_model_bytes);
-        let plain = self.force_plain || too_small;
-        let header_len = match read_header_len(buffer) {
-            Ok(len) if !plain && size_hint.is_none_or(|size| size >= 8 + len) && (2..=self.store.config.max_header_bytes).contains(&len) => len,
-            Err(_) if !ended && buffer.len() < 8 && !plain => return Ok(()),
-            _ => return self.become_plain(too_small).await,
-        };
-        if buffer.len() > 8 && buffer[8] != b'{' {
+        if self.force_plain || too_small {
             return self.become_plain(too_small).await;
         }
-        let header_end = 8 + header_len as usize;
-        if buffer.len() < header_end {
-            return if ended { self.become_plain(too_small).await } else { Ok(()) };
+        if !ended && buffer.len() < self.sniff_wanted {
+            return Ok(());
         }
-        let data_len = size_hint.map(|size| size - header_end as u64);
-        let Ok(layout) = parse_header(&buffer[8..header_end], data_len) else {
-            return self.become_plain(too_small).await;
+        let layout = match sniff(buffer, ended, size_hint, self.store.config.max_header_bytes) {
+            Sniffed::NeedMore(wanted) => {
+                self.sniff_wanted = wanted;
+                return Ok(());
+            }
+            Sniffed::NotAModel => return self.become_plain(false).await,
+            Sniffed::Model(layout) => layout,
         };
+        let header_end = layout.data_start as usize;
         let buffered = buffer.split().freeze();
         self.segments.push(Segment::Inline(buffered[..header_end].to_vec()));
         let regions = layout.regions();

@@ -1,0 +1,124 @@
+//! The one place where a model format is recognised: the first bytes of an object are looked at
+//! here, and a format that parses becomes a [`Layout`], the header to keep and the tensors of
+//! the data section, which the chunk, delta and codec machinery takes from there. Anything that
+//! does not parse, or lies, is not a model and is stored as opaque bytes, never refused.
+//!
+//! Adding a format is a parser beside `gguf` and a branch in [`sniff`].
+
+pub mod gguf;
+
+use crate::layout::{parse_header, read_header_len, Layout, PREFIX_LEN};
+
+/// What the first bytes of an object say.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    /// Ask again once at least this many bytes are in (or the object has ended).
+    NeedMore(usize),
+    NotAModel,
+    /// A model: its header is the first `layout.data_start` bytes.
+    Model(Layout),
+}
+
+/// Looks at `prefix`, the first bytes of an object of `size` bytes when known (`ended` says
+/// there are no more). Headers over `max_header` bytes are not parsed.
+pub fn sniff(prefix: &[u8], ended: bool, size: Option<u64>, max_header: u64) -> Sniffed {
+    let sniffed = if prefix.starts_with(gguf::MAGIC) { sniff_gguf(prefix, max_header) } else { sniff_safetensors(prefix, size, max_header) };
+    match sniffed {
+        Sniffed::NeedMore(_) if ended => Sniffed::NotAModel,
+        Sniffed::Model(layout) if !fits(&layout, size) => Sniffed::NotAModel,
+        sniffed => sniffed,
+    }
+}
+
+/// The layout of a stored model from its header (the first `data_start` bytes), as ingest
+/// parsed it.
+pub fn stored_layout(header: &[u8]) -> Option<Layout> {
+    match sniff(header, true, None, u64::MAX) {
+        Sniffed::Model(layout) if layout.data_start == header.len() as u64 => Some(layout),
+        _ => None,
+    }
+}
+
+/// Whether the header and every tensor end within an object of `size` bytes.
+fn fits(layout: &Layout, size: Option<u64>) -> bool {
+    size.is_none_or(|size| size >= layout.data_start && layout.data_end() <= size - layout.data_start)
+}
+
+fn sniff_safetensors(prefix: &[u8], size: Option<u64>, max_header: u64) -> Sniffed {
+    let header_len = match read_header_len(prefix) {
+        Ok(len) if (2..=max_header).contains(&len) => len,
+        Err(_) if prefix.len() < PREFIX_LEN => return Sniffed::NeedMore(PREFIX_LEN),
+        _ => return Sniffed::NotAModel,
+    };
+    if prefix.len() > PREFIX_LEN && prefix[PREFIX_LEN] != b'{' {
+        return Sniffed::NotAModel;
+    }
+    let header_end = PREFIX_LEN + header_len as usize;
+    if size.is_some_and(|size| size < header_end as u64) {
+        return Sniffed::NotAModel;
+    }
+    if prefix.len() < header_end {
+        return Sniffed::NeedMore(header_end);
+    }
+    match parse_header(&prefix[PREFIX_LEN..header_end], size.map(|size| size - header_end as u64)) {
+        Ok(layout) => Sniffed::Model(layout),
+        Err(_) => Sniffed::NotAModel,
+    }
+}
+
+fn sniff_gguf(prefix: &[u8], max_header: u64) -> Sniffed {
+    match gguf::parse_prefix(prefix, max_header) {
+        // Twice the bytes: a header is parsed again from its start, so this bounds the work to
+        // about twice the header's length.
+        gguf::Parsed::NeedMore => Sniffed::NeedMore((prefix.len() * 2).max(64 << 10)),
+        gguf::Parsed::Invalid => Sniffed::NotAModel,
+        gguf::Parsed::Header { data_start, tensors } => Sniffed::Model(Layout { data_start, tensors, metadata: None }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn safetensors(header: &str, data_len: usize) -> Vec<u8> {
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        file.resize(file.len() + data_len, 7);
+        file
+    }
+
+    #[test]
+    fn safetensors_is_read_once_its_header_is_in() {
+        let file = safetensors(r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 8);
+        let header_end = file.len() - 8;
+        assert_eq!(sniff(&file[..3], false, None, 1 << 20), Sniffed::NeedMore(8));
+        assert_eq!(sniff(&file[..10], false, None, 1 << 20), Sniffed::NeedMore(header_end));
+        let Sniffed::Model(layout) = sniff(&file, false, Some(file.len() as u64), 1 << 20) else { panic!() };
+        assert_eq!(layout.data_start, header_end as u64);
+        assert_eq!(stored_layout(&file[..header_end]), Some(layout));
+        assert_eq!(sniff(&file, true, Some(file.len() as u64 - 1), 1 << 20), Sniffed::NotAModel, "a tensor past the end");
+        assert_eq!(sniff(&file[..10], true, None, 1 << 20), Sniffed::NotAModel);
+        assert_eq!(sniff(b"hello, world", false, None, 1 << 20), Sniffed::NotAModel);
+    }
+
+    #[test]
+    fn gguf_is_read_once_its_header_is_in() {
+        let mut file = b"GGUF".to_vec();
+        file.extend_from_slice(&3u32.to_le_bytes());
+        file.extend_from_slice(&1u64.to_le_bytes());
+        file.extend_from_slice(&0u64.to_le_bytes());
+        file.extend_from_slice(&1u64.to_le_bytes());
+        file.push(b'w');
+        file.extend_from_slice(&1u32.to_le_bytes());
+        file.extend_from_slice(&4u64.to_le_bytes());
+        file.extend_from_slice(&0u32.to_le_bytes());
+        file.extend_from_slice(&0u64.to_le_bytes());
+        file.resize(64, 0);
+        file.extend_from_slice(&[1; 16]);
+        assert!(matches!(sniff(&file[..40], false, None, 1 << 20), Sniffed::NeedMore(_)));
+        let Sniffed::Model(layout) = sniff(&file, false, Some(80), 1 << 20) else { panic!() };
+        assert_eq!((layout.data_start, layout.tensors[0].len()), (64, 16));
+        assert_eq!(stored_layout(&file[..64]), Some(layout));
+        assert_eq!(sniff(&file, true, Some(79), 1 << 20), Sniffed::NotAModel, "a tensor past the end");
+    }
+}
