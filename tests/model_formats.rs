@@ -94,6 +94,43 @@ fn gguf_tensors_are_stored_like_safetensors_tensors() {
     assert!(check.problems.is_empty(), "{:?}", check.problems);
 }
 
+/// The VAD model as safetensors and as the PyTorch checkpoint it was shipped as: in either
+/// order, the two cost little more than the safetensors file alone, since every storage of the
+/// checkpoint is a tensor of the safetensors file, byte for byte. A copy cut short and one with
+/// a flipped byte in a storage read back byte-identical too.
+#[test]
+fn a_pytorch_checkpoint_beside_its_safetensors_costs_its_container() {
+    let work = tempfile::tempdir().unwrap();
+    let safetensors = corpus("other/akiki-vad.f32.safetensors");
+    let checkpoint = corpus("formats/akiki-vad.pt");
+    let files = [(safetensors, "vad.safetensors"), (checkpoint.clone(), "vad.pt")];
+    let mut safetensors_alone = None;
+    for checkpoint_first in [false, true] {
+        let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+        gateway.aws(&["s3", "mb", "s3://models"]);
+        let order: Vec<_> = if checkpoint_first { files.iter().rev().collect() } else { files.iter().collect() };
+        let costs: Vec<u64> = order.iter().map(|(file, key)| upload_cost(&gateway, file, key)).collect();
+        let alone = *safetensors_alone.get_or_insert(costs[0]);
+        let both = costs[0] + costs[1];
+        println!("checkpoint first {checkpoint_first}: {costs:?} bytes upstream, {:.3} x the safetensors alone", both as f64 / alone as f64);
+        assert!(both as f64 <= 1.05 * alone as f64, "checkpoint first {checkpoint_first}: {costs:?}");
+        for (file, key) in &files {
+            check_read_back(&gateway, file, key, work.path(), checkpoint_first);
+        }
+        if checkpoint_first {
+            let bytes = std::fs::read(&checkpoint).unwrap();
+            let mut flipped = bytes.clone();
+            flipped[500_000] ^= 1;
+            for (name, variant) in [("cut.pt", bytes[..700_000].to_vec()), ("flipped.pt", flipped)] {
+                let file = work.path().join(name);
+                std::fs::write(&file, &variant).unwrap();
+                gateway.aws(&["s3", "cp", file.to_str().unwrap(), &format!("s3://models/{name}")]);
+                check_read_back(&gateway, &file, name, work.path(), true);
+            }
+        }
+    }
+}
+
 /// GGUF files cut short, with a tensor claimed past the end, or with flipped header bytes are
 /// stored as they came and read back byte-identical.
 #[test]

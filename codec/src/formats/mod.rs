@@ -3,9 +3,13 @@
 //! the data section, which the chunk, delta and codec machinery takes from there. Anything that
 //! does not parse, or lies, is not a model and is stored as opaque bytes, never refused.
 //!
-//! Adding a format is a parser beside `gguf` and a branch in [`sniff`].
+//! Formats whose tensors are not listed up front (a PyTorch zip) are walked instead: a
+//! [`zip::Walker`] reports regions as the bytes stream by.
+//!
+//! Adding a format is a parser beside `gguf` and `zip` and a branch in [`sniff`].
 
 pub mod gguf;
+pub mod zip;
 
 use crate::layout::{parse_header, read_header_len, Layout, PREFIX_LEN};
 
@@ -17,12 +21,24 @@ pub enum Sniffed {
     NotAModel,
     /// A model: its header is the first `layout.data_start` bytes.
     Model(Layout),
+    /// A PyTorch checkpoint: regions come from the walker as the bytes stream by.
+    Torch(zip::Walker),
 }
 
 /// Looks at `prefix`, the first bytes of an object of `size` bytes when known (`ended` says
 /// there are no more). Headers over `max_header` bytes are not parsed.
 pub fn sniff(prefix: &[u8], ended: bool, size: Option<u64>, max_header: u64) -> Sniffed {
-    let sniffed = if prefix.starts_with(gguf::MAGIC) { sniff_gguf(prefix, max_header) } else { sniff_safetensors(prefix, size, max_header) };
+    let sniffed = if prefix.starts_with(gguf::MAGIC) {
+        sniff_gguf(prefix, max_header)
+    } else if prefix.starts_with(zip::LOCAL_HEADER) {
+        match zip::looks_like_torch(prefix) {
+            Some(true) => Sniffed::Torch(zip::Walker::new()),
+            Some(false) => Sniffed::NotAModel,
+            None => Sniffed::NeedMore((prefix.len() * 2).max(64)),
+        }
+    } else {
+        sniff_safetensors(prefix, size, max_header)
+    };
     match sniffed {
         Sniffed::NeedMore(_) if ended => Sniffed::NotAModel,
         Sniffed::Model(layout) if !fits(&layout, size) => Sniffed::NotAModel,

@@ -10,6 +10,7 @@ mod bases;
 mod frames;
 mod model;
 mod opaque;
+mod walked;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -293,6 +294,7 @@ impl Ingester {
             self.sniff(true).await?;
         }
         if let State::Model(_) = &self.state {
+            self.finish_walk().await?;
             self.seal_chunk().await?;
         }
         if let State::Opaque(_) = &self.state {

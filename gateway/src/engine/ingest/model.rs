@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
+use tensorgate_codec::formats::zip;
 use tensorgate_codec::{chunk_count, chunk_end, sniff, stored_layout, ContentHash, Dtype, Layout, Region, RegionKind, Sketch, Sniffed};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
 
 use super::bases::MIN_BASE_TENSOR_BYTES;
 use super::frames::{Encoding, PendingChunk};
-use super::{Ingester, State, StoredTensor};
+use super::{walked, Ingester, State, StoredTensor};
 use crate::metrics::ChunkLabels;
 
 /// The chunks of each tensor of a stored model, by name and signature.
@@ -55,6 +56,10 @@ pub(super) struct ModelState {
     pub(super) sketch: Option<Sketch>,
     /// Whether the base of the tensor being filled has been chosen (at its first new chunk).
     pub(super) base_chosen: bool,
+    /// For a format walked as it streams (see `walked`): the walker, and the bytes it has not
+    /// settled yet, which wait before being cut.
+    pub(super) walker: Option<zip::Walker>,
+    pub(super) held: BytesMut,
 }
 
 impl ModelState {
@@ -78,18 +83,25 @@ impl Ingester {
         if !ended && buffer.len() < self.sniff_wanted {
             return Ok(());
         }
-        let layout = match sniff(buffer, ended, size_hint, self.store.config.max_header_bytes) {
+        let (layout, walker) = match sniff(buffer, ended, size_hint, self.store.config.max_header_bytes) {
             Sniffed::NeedMore(wanted) => {
                 self.sniff_wanted = wanted;
                 return Ok(());
             }
             Sniffed::NotAModel => return self.become_plain(false).await,
-            Sniffed::Model(layout) => layout,
+            Sniffed::Model(layout) => (layout, None),
+            Sniffed::Torch(walker) => (Layout { data_start: 0, tensors: Vec::new(), metadata: None }, Some(walker)),
         };
         let header_end = layout.data_start as usize;
         let buffered = buffer.split().freeze();
-        self.segments.push(Segment::Inline(buffered[..header_end].to_vec()));
-        let regions = layout.regions();
+        if header_end > 0 {
+            self.segments.push(Segment::Inline(buffered[..header_end].to_vec()));
+        }
+        let mut regions = layout.regions();
+        if let Some(walker) = &walker {
+            regions.clear();
+            walked::apply(&mut regions, &mut Vec::new(), vec![walker.start()]);
+        }
         let mut model = ModelState {
             layout,
             regions,
@@ -101,13 +113,27 @@ impl Ingester {
             base_chunks: None,
             sketch: None,
             base_chosen: false,
+            walker,
+            held: BytesMut::new(),
         };
         model.base_chunks = self.base_for_region(&model)?;
         self.state = State::Model(Box::new(model));
         self.feed_model(buffered.slice(header_end..)).await
     }
 
-    pub(super) async fn feed_model(&mut self, mut bytes: Bytes) -> anyhow::Result<()> {
+    pub(super) async fn feed_model(&mut self, bytes: Bytes) -> anyhow::Result<()> {
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        let walked = model.walker.is_some();
+        let settled = model.settle(bytes);
+        self.cut_model(settled).await?;
+        if walked {
+            self.end_closed_regions().await?;
+        }
+        Ok(())
+    }
+
+    /// Cuts bytes whose regions are known into chunks.
+    pub(super) async fn cut_model(&mut self, mut bytes: Bytes) -> anyhow::Result<()> {
         while !bytes.is_empty() {
             let State::Model(model) = &mut self.state else { return Ok(()) };
             let chunk_end = model.chunk_end();
@@ -134,7 +160,7 @@ impl Ingester {
         let (dtype, region_end, tensor_signature) = match model.regions.get(model.region) {
             Some(Region { kind: RegionKind::Tensor(index), end, .. }) => {
                 let tensor = &model.layout.tensors[*index];
-                let worth_a_base = tensor.len() >= MIN_BASE_TENSOR_BYTES;
+                let worth_a_base = tensor.end != walked::OPEN && tensor.len() >= MIN_BASE_TENSOR_BYTES;
                 (tensor.dtype, Some(*end), worth_a_base.then(|| (tensor.name.clone(), tensor.signature())))
             }
             Some(Region { end, .. }) => (Dtype::U8, Some(*end), None),

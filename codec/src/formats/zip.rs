@@ -1,0 +1,368 @@
+//! PyTorch checkpoints (`torch.save`'s zip files), walked as their bytes stream by: every stored
+//! entry named `<archive>/data/<key>` holds one tensor storage, exactly the bytes a safetensors
+//! file holds for that tensor, so it becomes a tensor region; local headers, the pickle, small
+//! entries, data descriptors and the central directory are gaps.
+//!
+//! PyTorch writes each entry's size only after its data, in a data descriptor (flag bit 3), so
+//! an entry's end is found by scanning for the descriptor's signature followed by the length
+//! of the data scanned so far (4 or 8 bytes, zip64). A false match costs savings, never bytes:
+//! regions only decide how an object is chunked. The storages' dtype is read from the pickle's
+//! storage type names (`torch\nFloatStorage`...) when there is exactly one; otherwise U8.
+//!
+//! ```text
+//! local header: 0 4 "PK\3\4" | 6 2 flags | 8 2 method | 18 4 compressed size | 22 4 size |
+//!               26 2 name length n | 28 2 extra length e | 30 name | 30+n extra | data
+//! descriptor:   "PK\7\8" | crc32 (4) | compressed size (4, or 8 in zip64) | size (4 or 8)
+//! ```
+//!
+//! Written here rather than taken from a zip crate: those read the central directory at the
+//! end of a file, which a streaming upload has not received yet.
+
+use std::collections::BTreeSet;
+
+use crate::dtype::Dtype;
+use crate::layout::TensorInfo;
+
+pub const LOCAL_HEADER: &[u8; 4] = b"PK\x03\x04";
+const DESCRIPTOR: &[u8; 4] = b"PK\x07\x08";
+const LOCAL_HEADER_LEN: usize = 30;
+/// Bytes kept back while scanning: a signature and the longest storage name may straddle two
+/// pieces.
+const SCAN_OVERLAP: usize = 24;
+const FLAG_ENCRYPTED: u16 = 1;
+const FLAG_DESCRIPTOR: u16 = 8;
+const METHOD_STORED: u16 = 0;
+
+/// A region found while walking, in file offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// A region starts where the previous one ended; `None` is a gap. Its end comes later.
+    Open { start: u64, tensor: Option<TensorInfo> },
+    /// The open region ends here.
+    Close { end: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// Expecting a local header, or the end of the entries.
+    Header,
+    /// Entry data of known length.
+    Data { remaining: u64, tensor: bool },
+    /// Stored entry data ended by a data descriptor, started at `start`.
+    Scan { start: u64, tensor: bool, pickle: bool },
+    /// The descriptor after an entry.
+    Skip { remaining: u64 },
+    /// Nothing more to find: the rest is one gap.
+    Done,
+}
+
+/// Walks a PyTorch zip file piece by piece, reporting its regions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walker {
+    /// File offset of `carry[0]`.
+    position: u64,
+    /// Bytes received and not consumed yet.
+    carry: Vec<u8>,
+    step: Step,
+    /// Storage type names seen in the pickle.
+    storage_types: BTreeSet<Vec<u8>>,
+    dtype: Dtype,
+}
+
+/// Whether `prefix` starts like a file `torch.save` wrote: a zip whose first entry is the pickle.
+/// `None` until the first entry's name is in.
+pub fn looks_like_torch(prefix: &[u8]) -> Option<bool> {
+    if !prefix.starts_with(LOCAL_HEADER) {
+        return Some(false);
+    }
+    let name_len = usize::from(u16::from_le_bytes(prefix.get(26..28)?.try_into().ok()?));
+    let name = prefix.get(LOCAL_HEADER_LEN..LOCAL_HEADER_LEN + name_len)?;
+    Some(name.ends_with(b"/data.pkl") || name == b"data.pkl")
+}
+
+impl Walker {
+    pub fn new() -> Walker {
+        Walker { position: 0, carry: Vec::new(), step: Step::Header, storage_types: BTreeSet::new(), dtype: Dtype::U8 }
+    }
+
+    /// The first region: a gap from the start of the file.
+    pub fn start(&self) -> Discovery {
+        Discovery::Open { start: 0, tensor: None }
+    }
+
+    /// File offset up to which every region boundary is known: bytes before it can be cut.
+    pub fn settled(&self) -> u64 {
+        self.position
+    }
+
+    /// Takes the next bytes of the file; returns the regions they reveal.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Discovery> {
+        let mut carry = std::mem::take(&mut self.carry);
+        carry.extend_from_slice(bytes);
+        let mut found = Vec::new();
+        let mut consumed = 0;
+        while let Some(used) = self.advance(&carry[consumed..], self.position + consumed as u64, &mut found) {
+            consumed += used;
+        }
+        carry.drain(..consumed);
+        self.position += consumed as u64;
+        self.carry = carry;
+        found
+    }
+
+    /// The file ended at `end`: the open region closes there.
+    pub fn finish(&mut self, end: u64) -> Discovery {
+        self.step = Step::Done;
+        self.position = end;
+        self.carry.clear();
+        Discovery::Close { end }
+    }
+
+    /// Consumes what it can of `bytes`, which start at file offset `offset`; `None` when it
+    /// needs more bytes.
+    fn advance(&mut self, bytes: &[u8], offset: u64, found: &mut Vec<Discovery>) -> Option<usize> {
+        match self.step.clone() {
+            Step::Done => (!bytes.is_empty()).then_some(bytes.len()),
+            Step::Header => self.header(bytes, offset, found),
+            Step::Data { remaining, tensor } => {
+                if remaining == 0 {
+                    self.end_entry(offset, tensor, 0, found);
+                    return Some(0);
+                }
+                let take = remaining.min(bytes.len() as u64);
+                if take == 0 {
+                    return None;
+                }
+                self.step = Step::Data { remaining: remaining - take, tensor };
+                Some(take as usize)
+            }
+            Step::Skip { remaining } => {
+                let take = remaining.min(bytes.len() as u64);
+                if remaining > 0 && take == 0 {
+                    return None;
+                }
+                self.step = if remaining == take { Step::Header } else { Step::Skip { remaining: remaining - take } };
+                Some(take as usize)
+            }
+            Step::Scan { start, tensor, pickle } => self.scan(bytes, offset, start, tensor, pickle, found),
+        }
+    }
+
+    fn header(&mut self, bytes: &[u8], offset: u64, found: &mut Vec<Discovery>) -> Option<usize> {
+        if bytes.len() < 4 {
+            return None;
+        }
+        if !bytes.starts_with(LOCAL_HEADER) {
+            self.step = Step::Done;
+            return Some(0);
+        }
+        let fixed = bytes.get(..LOCAL_HEADER_LEN)?;
+        let u16_at = |i: usize| u16::from_le_bytes([fixed[i], fixed[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+        let (flags, method, size) = (u16_at(6), u16_at(8), u32_at(18));
+        let header_len = LOCAL_HEADER_LEN + usize::from(u16_at(26)) + usize::from(u16_at(28));
+        let header = bytes.get(..header_len)?;
+        let name = &header[LOCAL_HEADER_LEN..LOCAL_HEADER_LEN + usize::from(u16_at(26))];
+        let data_start = offset + header_len as u64;
+        let stored = method == METHOD_STORED;
+        let described = flags & FLAG_DESCRIPTOR != 0;
+        if flags & FLAG_ENCRYPTED != 0 || (described && !stored) || (!described && size == u32::MAX) {
+            // Encrypted, compressed with no length up front, or zip64 sizes in the extra field:
+            // the rest is one gap.
+            self.step = Step::Done;
+            return Some(header_len);
+        }
+        let pickle = name.ends_with(b"data.pkl");
+        let tensor = stored && is_storage(name) && (described || size > 0);
+        if tensor {
+            found.push(Discovery::Close { end: data_start });
+            let name = String::from_utf8_lossy(name).into_owned();
+            let info = TensorInfo { name, dtype: self.dtype, shape: Vec::new(), start: data_start, end: u64::MAX };
+            found.push(Discovery::Open { start: data_start, tensor: Some(info) });
+        }
+        self.step = if described { Step::Scan { start: data_start, tensor, pickle } } else { Step::Data { remaining: u64::from(size), tensor } };
+        Some(header_len)
+    }
+
+    fn scan(&mut self, bytes: &[u8], offset: u64, start: u64, tensor: bool, pickle: bool, found: &mut Vec<Discovery>) -> Option<usize> {
+        let mut from = 0;
+        // Where a signature starts whose sizes have not arrived yet.
+        let mut waiting = None;
+        while let Some(index) = memchr::memmem::find(&bytes[from..], DESCRIPTOR).map(|i| i + from) {
+            let length = offset + index as u64 - start;
+            let size_at = |len: usize| bytes.get(index + 8..index + 8 + len);
+            let Some(short) = size_at(4) else {
+                waiting = Some(index);
+                break;
+            };
+            let descriptor_len = if u64::from(u32::from_le_bytes([short[0], short[1], short[2], short[3]])) == length {
+                16
+            } else {
+                match size_at(8) {
+                    Some(long) if long.iter().rev().fold(0u64, |value, byte| value << 8 | u64::from(*byte)) == length => 24,
+                    Some(_) => {
+                        from = index + 1;
+                        continue;
+                    }
+                    None => {
+                        waiting = Some(index);
+                        break;
+                    }
+                }
+            };
+            if pickle {
+                self.note_storage_types(&bytes[..index]);
+            }
+            self.end_entry(offset + index as u64, tensor, descriptor_len, found);
+            return Some(index);
+        }
+        // No descriptor yet: keep back what may start one (or a storage type name; names are
+        // looked for in all the bytes there are, so one cut by the overlap is seen next time).
+        let take = waiting.unwrap_or(bytes.len().saturating_sub(SCAN_OVERLAP));
+        if pickle {
+            self.note_storage_types(bytes);
+        }
+        (take > 0).then_some(take)
+    }
+
+    /// Ends an entry's data at `end`, with a descriptor of `descriptor_len` bytes after it.
+    fn end_entry(&mut self, end: u64, tensor: bool, descriptor_len: u64, found: &mut Vec<Discovery>) {
+        if tensor {
+            found.push(Discovery::Close { end });
+            found.push(Discovery::Open { start: end, tensor: None });
+        }
+        if self.dtype == Dtype::U8 && self.storage_types.len() == 1 {
+            self.dtype = self.storage_types.first().and_then(|name| storage_dtype(name)).unwrap_or(Dtype::U8);
+        }
+        self.step = Step::Skip { remaining: descriptor_len };
+    }
+
+    fn note_storage_types(&mut self, pickle: &[u8]) {
+        let mut rest = pickle;
+        while let Some(index) = memchr::memmem::find(rest, b"torch\n") {
+            let name = &rest[index + 6..];
+            let end = name.iter().position(|b| *b == b'\n').unwrap_or(name.len()).min(SCAN_OVERLAP);
+            if name[..end].ends_with(b"Storage") {
+                self.storage_types.insert(name[..end].to_vec());
+            }
+            rest = &rest[index + 6..];
+        }
+    }
+}
+
+impl Default for Walker {
+    fn default() -> Self {
+        Walker::new()
+    }
+}
+
+/// `<archive>/data/<digits>`: a tensor storage.
+fn is_storage(name: &[u8]) -> bool {
+    let Some(slash) = name.iter().rposition(|b| *b == b'/') else { return false };
+    let (dir, key) = (&name[..slash], &name[slash + 1..]);
+    (dir == b"data" || dir.ends_with(b"/data")) && !key.is_empty() && key.iter().all(u8::is_ascii_digit)
+}
+
+fn storage_dtype(name: &[u8]) -> Option<Dtype> {
+    Some(match name {
+        b"FloatStorage" => Dtype::F32,
+        b"HalfStorage" => Dtype::F16,
+        b"BFloat16Storage" => Dtype::BF16,
+        b"DoubleStorage" => Dtype::F64,
+        b"LongStorage" => Dtype::I64,
+        b"IntStorage" => Dtype::I32,
+        b"ShortStorage" => Dtype::I16,
+        b"CharStorage" => Dtype::I8,
+        b"ByteStorage" | b"BoolStorage" => Dtype::U8,
+        _ => return None,
+    })
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A stored entry with a data descriptor, as `torch.save` writes them.
+    fn entry(out: &mut Vec<u8>, name: &str, data: &[u8]) -> std::ops::Range<u64> {
+        out.extend_from_slice(LOCAL_HEADER);
+        out.extend_from_slice(&[0, 0, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&4u16.to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"FB\0\0");
+        let start = out.len() as u64;
+        out.extend_from_slice(data);
+        out.extend_from_slice(DESCRIPTOR);
+        out.extend_from_slice(&[1, 2, 3, 4]);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        start..start + data.len() as u64
+    }
+
+    /// A checkpoint of two float storages (the second holding a false descriptor signature)
+    /// and small entries, then a central directory.
+    fn checkpoint() -> (Vec<u8>, Vec<std::ops::Range<u64>>) {
+        let mut file = Vec::new();
+        entry(&mut file, "model/data.pkl", b"\x80\x02ctorch\nFloatStorage\nq\x01.");
+        let first = entry(&mut file, "model/data/0", &[7; 1000]);
+        entry(&mut file, "model/version", b"3\n");
+        let mut tricky = vec![9u8; 64];
+        tricky[10..14].copy_from_slice(DESCRIPTOR);
+        let second = entry(&mut file, "model/data/1", &tricky);
+        file.extend_from_slice(b"PK\x01\x02 central directory");
+        (file, vec![first, second])
+    }
+
+    /// The regions found when the file arrives in pieces of `piece` bytes, as (start, end,
+    /// tensor dtype).
+    fn walk(file: &[u8], piece: usize) -> Vec<(u64, u64, Option<Dtype>)> {
+        let mut walker = Walker::new();
+        let mut found = vec![walker.start()];
+        for bytes in file.chunks(piece.max(1)) {
+            found.extend(walker.feed(bytes));
+            assert!(walker.settled() <= file.len() as u64);
+        }
+        found.push(walker.finish(file.len() as u64));
+        let mut regions: Vec<(u64, u64, Option<Dtype>)> = Vec::new();
+        for discovery in found {
+            match discovery {
+                Discovery::Open { start, tensor } => {
+                    assert_eq!(regions.last().map_or(0, |r| r.1), start, "regions are contiguous");
+                    regions.push((start, u64::MAX, tensor.map(|t| t.dtype)));
+                }
+                Discovery::Close { end } => regions.last_mut().unwrap().1 = end,
+            }
+        }
+        regions
+    }
+
+    #[test]
+    fn storages_become_float_tensor_regions() {
+        let (file, tensors) = checkpoint();
+        assert_eq!(looks_like_torch(&file), Some(true));
+        let regions = walk(&file, file.len());
+        let found: Vec<_> = regions.iter().filter(|r| r.2.is_some()).map(|r| (r.0..r.1, r.2)).collect();
+        assert_eq!(found, tensors.into_iter().map(|range| (range, Some(Dtype::F32))).collect::<Vec<_>>());
+        assert_eq!(regions.last().unwrap().1, file.len() as u64);
+    }
+
+    proptest! {
+        #[test]
+        fn pieces_do_not_change_the_regions(piece in 1usize..200) {
+            let (file, _) = checkpoint();
+            prop_assert_eq!(walk(&file, piece), walk(&file, file.len()));
+        }
+
+        #[test]
+        fn any_bytes_walk_into_contiguous_regions(tail in proptest::collection::vec(any::<u8>(), 0..400), cut in 0usize..600, piece in 1usize..100) {
+            let (mut file, _) = checkpoint();
+            file.truncate(cut.min(file.len()));
+            file.extend_from_slice(&tail);
+            let regions = walk(&file, piece);
+            prop_assert_eq!(regions.last().map(|r| r.1), Some(file.len() as u64));
+            prop_assert!(regions.iter().all(|r| r.0 <= r.1));
+        }
+    }
+}
