@@ -94,38 +94,52 @@ fn gguf_tensors_are_stored_like_safetensors_tensors() {
     assert!(check.problems.is_empty(), "{:?}", check.problems);
 }
 
-/// The VAD model as safetensors and as the PyTorch checkpoint it was shipped as: in either
-/// order, the two cost little more than the safetensors file alone, since every storage of the
-/// checkpoint is a tensor of the safetensors file, byte for byte. A copy cut short and one with
-/// a flipped byte in a storage read back byte-identical too.
+/// The VAD model as safetensors, as the PyTorch checkpoint it was shipped as, and as its ONNX
+/// export, in two orders. The checkpoint's storages are the safetensors tensors byte for byte,
+/// so it costs little more than its container; of the ONNX file's initializers, those not
+/// re-laid out by the export (710,144 of its tensor bytes) are stored once.
 #[test]
-fn a_pytorch_checkpoint_beside_its_safetensors_costs_its_container() {
+fn the_same_weights_as_safetensors_pytorch_and_onnx_are_stored_once() {
     let work = tempfile::tempdir().unwrap();
-    let safetensors = corpus("other/akiki-vad.f32.safetensors");
-    let checkpoint = corpus("formats/akiki-vad.pt");
-    let files = [(safetensors, "vad.safetensors"), (checkpoint.clone(), "vad.pt")];
-    let mut safetensors_alone = None;
-    for checkpoint_first in [false, true] {
+    let files = [
+        (corpus("other/akiki-vad.f32.safetensors"), "vad.safetensors"),
+        (corpus("formats/akiki-vad.pt"), "vad.pt"),
+        (corpus("formats/akiki-vad.onnx"), "vad.onnx"),
+    ];
+    let onnx_alone = {
         let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
         gateway.aws(&["s3", "mb", "s3://models"]);
-        let order: Vec<_> = if checkpoint_first { files.iter().rev().collect() } else { files.iter().collect() };
+        upload_cost(&gateway, &files[2].0, "alone.onnx")
+    };
+    let mut safetensors_alone = None;
+    for reversed in [false, true] {
+        let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+        gateway.aws(&["s3", "mb", "s3://models"]);
+        let order: Vec<_> = if reversed { files.iter().rev().collect() } else { files.iter().collect() };
         let costs: Vec<u64> = order.iter().map(|(file, key)| upload_cost(&gateway, file, key)).collect();
         let alone = *safetensors_alone.get_or_insert(costs[0]);
-        let both = costs[0] + costs[1];
-        println!("checkpoint first {checkpoint_first}: {costs:?} bytes upstream, {:.3} x the safetensors alone", both as f64 / alone as f64);
-        assert!(both as f64 <= 1.05 * alone as f64, "checkpoint first {checkpoint_first}: {costs:?}");
-        for (file, key) in &files {
-            check_read_back(&gateway, file, key, work.path(), checkpoint_first);
+        let total: u64 = costs.iter().sum();
+        println!("reversed {reversed}: {costs:?} bytes upstream, {:.3} x the safetensors alone (ONNX alone: {onnx_alone})", total as f64 / alone as f64);
+        let (checkpoint_cost, onnx_cost) = if reversed { (costs[1], costs[0]) } else { (costs[1], costs[2]) };
+        if !reversed {
+            assert!(checkpoint_cost as f64 <= 0.02 * alone as f64, "the checkpoint beside its safetensors cost {checkpoint_cost}");
+            assert!(onnx_cost as f64 <= 0.5 * onnx_alone as f64, "the ONNX export beside the others cost {onnx_cost} of {onnx_alone}");
         }
-        if checkpoint_first {
-            let bytes = std::fs::read(&checkpoint).unwrap();
-            let mut flipped = bytes.clone();
-            flipped[500_000] ^= 1;
-            for (name, variant) in [("cut.pt", bytes[..700_000].to_vec()), ("flipped.pt", flipped)] {
-                let file = work.path().join(name);
-                std::fs::write(&file, &variant).unwrap();
-                gateway.aws(&["s3", "cp", file.to_str().unwrap(), &format!("s3://models/{name}")]);
-                check_read_back(&gateway, &file, name, work.path(), true);
+        assert!(total as f64 <= 1.5 * alone as f64, "reversed {reversed}: {costs:?}");
+        for (file, key) in &files {
+            check_read_back(&gateway, file, key, work.path(), reversed);
+        }
+        if reversed {
+            for source in [&files[1].0, &files[2].0] {
+                let bytes = std::fs::read(source).unwrap();
+                let mut flipped = bytes.clone();
+                flipped[500_000] ^= 1;
+                for (name, variant) in [("cut", bytes[..700_000].to_vec()), ("flipped", flipped)] {
+                    let file = work.path().join(name);
+                    std::fs::write(&file, &variant).unwrap();
+                    gateway.aws(&["s3", "cp", file.to_str().unwrap(), &format!("s3://models/{name}")]);
+                    check_read_back(&gateway, &file, name, work.path(), true);
+                }
             }
         }
     }

@@ -5,8 +5,8 @@
 //! `tensorgate serve` over the local-directory upstream:
 //! 1. a single streaming PUT (`s3api put-object`), then a GET, each in a fresh gateway process,
 //!    reporting the process's peak RSS (VmHWM) and the GET's MB/s;
-//! 2. the same bytes made not-a-model (first byte changed), stored as they came, and read back:
-//!    the direct upstream read to compare the packed GET with;
+//! 2. the same bytes made not-a-model (a header byte changed), and as many random bytes, both
+//!    stored as content-defined chunks, and read back;
 //! 3. a multipart upload (`s3 cp`) and the background packer's re-encode, with its peak RSS.
 //!
 //! Run: `cargo bench -p tensorgate --bench large_object`
@@ -18,6 +18,26 @@ use std::time::{Duration, Instant};
 mod support;
 
 use support::{same_file, timed, write_model, Gateway};
+
+/// `len` pseudo-random bytes (xorshift), written in 1 MiB pieces.
+fn write_noise(path: &std::path::Path, len: u64) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut piece = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < len {
+        for word in piece.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let take = (len - written).min(piece.len() as u64) as usize;
+        file.write_all(&piece[..take]).unwrap();
+        written += take as u64;
+    }
+}
 
 fn main() {
     let gib: f64 = std::env::var("TG_BENCH_GIB").ok().and_then(|v| v.parse().ok()).unwrap_or(2.0);
@@ -34,6 +54,8 @@ fn main() {
         file.seek(std::io::SeekFrom::Start(8)).unwrap();
         file.write_all(b"X").unwrap();
     }
+    let noise = work.path().join("noise.bin");
+    write_noise(&noise, size);
     let download = work.path().join("download");
     let data_dir = work.path().join("data");
     let mb = size as f64 / 1e6;
@@ -46,7 +68,9 @@ fn main() {
     let secs = timed(|| gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "model", "--body", model.to_str().unwrap()]));
     println!("| PUT model (single request, encoded as it streams) | {secs:.1} | {:.0} | {:.0} |", mb / secs, gateway.peak_rss_mib());
     let secs = timed(|| gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "plain", "--body", plain.to_str().unwrap()]));
-    println!("| PUT same bytes, not a model (stored as they came) | {secs:.1} | {:.0} | {:.0} |", mb / secs, gateway.peak_rss_mib());
+    println!("| PUT same bytes, not a model (content-defined chunks, zstd) | {secs:.1} | {:.0} | {:.0} |", mb / secs, gateway.peak_rss_mib());
+    let secs = timed(|| gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "noise", "--body", noise.to_str().unwrap()]));
+    println!("| PUT as many random bytes (content-defined chunks, stored frames) | {secs:.1} | {:.0} | {:.0} |", mb / secs, gateway.peak_rss_mib());
     drop(gateway);
 
     let gateway = Gateway::start(&data_dir, "");
@@ -55,7 +79,10 @@ fn main() {
     println!("| GET packed model | {secs:.1} | {:.0} | {:.0} |", mb / secs, gateway.peak_rss_mib());
     let secs = timed(|| gateway.aws(&["s3api", "get-object", "--bucket", "bench", "--key", "plain", download.to_str().unwrap()]));
     assert!(same_file(&download, &plain), "plain object read back differently");
-    println!("| GET same bytes stored as they came (direct upstream read) | {secs:.1} | {:.0} | {:.0} |", mb / secs, gateway.peak_rss_mib());
+    println!("| GET same bytes, not a model (content-defined chunks) | {secs:.1} | {:.0} | {:.0} |", mb / secs, gateway.peak_rss_mib());
+    let secs = timed(|| gateway.aws(&["s3api", "get-object", "--bucket", "bench", "--key", "noise", download.to_str().unwrap()]));
+    assert!(same_file(&download, &noise), "random bytes read back differently");
+    println!("| GET the random bytes | {secs:.1} | {:.0} | {:.0} |", mb / secs, gateway.peak_rss_mib());
     drop(gateway);
 
     let gateway = Gateway::start(&data_dir, "");

@@ -3,15 +3,83 @@
 //! the data section, which the chunk, delta and codec machinery takes from there. Anything that
 //! does not parse, or lies, is not a model and is stored as opaque bytes, never refused.
 //!
-//! Formats whose tensors are not listed up front (a PyTorch zip) are walked instead: a
-//! [`zip::Walker`] reports regions as the bytes stream by.
+//! Formats whose tensors are not listed up front (a PyTorch zip, an ONNX protobuf) are walked
+//! instead: a [`Walker`] reports regions as the bytes stream by.
 //!
-//! Adding a format is a parser beside `gguf` and `zip` and a branch in [`sniff`].
+//! Adding a format is a parser beside `gguf`, `zip` and `onnx` and a branch in [`sniff`].
 
 pub mod gguf;
+pub mod onnx;
 pub mod zip;
 
-use crate::layout::{parse_header, read_header_len, Layout, PREFIX_LEN};
+use crate::layout::{parse_header, read_header_len, Layout, TensorInfo, PREFIX_LEN};
+
+/// A region found while walking, in file offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// A region starts where the previous one ended; `None` is a gap. Its end comes later.
+    Open { start: u64, tensor: Option<TensorInfo> },
+    /// The open region ends here.
+    Close { end: u64 },
+}
+
+/// A format walked as its bytes stream by. It starts with a gap open at offset 0; every region
+/// it opens starts where the previous one was closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Walker {
+    Torch(zip::Walker),
+    Onnx(onnx::Walker),
+}
+
+impl Walker {
+    /// The first region: a gap from the start of the file.
+    pub fn start(&self) -> Discovery {
+        Discovery::Open { start: 0, tensor: None }
+    }
+
+    /// Takes the next bytes of the file; returns the regions they reveal.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Discovery> {
+        match self {
+            Walker::Torch(walker) => walker.feed(bytes),
+            Walker::Onnx(walker) => walker.feed(bytes),
+        }
+    }
+
+    /// File offset up to which every region boundary is known: bytes before it can be cut.
+    pub fn settled(&self) -> u64 {
+        match self {
+            Walker::Torch(walker) => walker.settled(),
+            Walker::Onnx(walker) => walker.settled(),
+        }
+    }
+
+    /// The file ended at `end`: the open region closes there.
+    pub fn finish(&mut self, end: u64) -> Discovery {
+        match self {
+            Walker::Torch(walker) => walker.finish(end),
+            Walker::Onnx(walker) => walker.finish(end),
+        }
+    }
+}
+
+/// Appends `bytes` to `carry` (which starts at file offset `position`) and lets `advance`
+/// consume it from the front, step by step, until it needs more; drops what was consumed.
+pub(crate) fn feed_pieces(
+    carry: &mut Vec<u8>,
+    position: &mut u64,
+    bytes: &[u8],
+    mut advance: impl FnMut(&[u8], u64, &mut Vec<Discovery>) -> Option<usize>,
+) -> Vec<Discovery> {
+    carry.extend_from_slice(bytes);
+    let mut found = Vec::new();
+    let mut consumed = 0;
+    while let Some(used) = advance(&carry[consumed..], *position + consumed as u64, &mut found) {
+        consumed += used;
+    }
+    carry.drain(..consumed);
+    *position += consumed as u64;
+    found
+}
 
 /// What the first bytes of an object say.
 #[derive(Debug, PartialEq, Eq)]
@@ -21,8 +89,9 @@ pub enum Sniffed {
     NotAModel,
     /// A model: its header is the first `layout.data_start` bytes.
     Model(Layout),
-    /// A PyTorch checkpoint: regions come from the walker as the bytes stream by.
-    Torch(zip::Walker),
+    /// A PyTorch checkpoint or an ONNX model: regions come from the walker as the bytes stream
+    /// by.
+    Walk(Walker),
 }
 
 /// Looks at `prefix`, the first bytes of an object of `size` bytes when known (`ended` says
@@ -32,8 +101,14 @@ pub fn sniff(prefix: &[u8], ended: bool, size: Option<u64>, max_header: u64) -> 
         sniff_gguf(prefix, max_header)
     } else if prefix.starts_with(zip::LOCAL_HEADER) {
         match zip::looks_like_torch(prefix) {
-            Some(true) => Sniffed::Torch(zip::Walker::new()),
+            Some(true) => Sniffed::Walk(Walker::Torch(zip::Walker::new())),
             Some(false) => Sniffed::NotAModel,
+            None => Sniffed::NeedMore((prefix.len() * 2).max(64)),
+        }
+    } else if prefix.first() == Some(&onnx::FIRST_TAG) {
+        match onnx::looks_like_onnx(prefix) {
+            Some(true) => Sniffed::Walk(Walker::Onnx(onnx::Walker::new())),
+            Some(false) => sniff_safetensors(prefix, size, max_header),
             None => Sniffed::NeedMore((prefix.len() * 2).max(64)),
         }
     } else {
@@ -90,6 +165,29 @@ fn sniff_gguf(prefix: &[u8], max_header: u64) -> Sniffed {
         gguf::Parsed::Invalid => Sniffed::NotAModel,
         gguf::Parsed::Header { data_start, tensors } => Sniffed::Model(Layout { data_start, tensors, metadata: None }),
     }
+}
+
+/// The regions `walker` finds when `file` arrives in pieces of `piece` bytes, as (start, end,
+/// tensor dtype), checking that they are contiguous.
+#[cfg(test)]
+pub(crate) fn regions_of(mut walker: Walker, file: &[u8], piece: usize) -> Vec<(u64, u64, Option<crate::Dtype>)> {
+    let mut found = vec![walker.start()];
+    for bytes in file.chunks(piece.max(1)) {
+        found.extend(walker.feed(bytes));
+        assert!(walker.settled() <= file.len() as u64);
+    }
+    found.push(walker.finish(file.len() as u64));
+    let mut regions: Vec<(u64, u64, Option<crate::Dtype>)> = Vec::new();
+    for discovery in found {
+        match discovery {
+            Discovery::Open { start, tensor } => {
+                assert_eq!(regions.last().map_or(0, |r| r.1), start, "regions are contiguous");
+                regions.push((start, u64::MAX, tensor.map(|t| t.dtype)));
+            }
+            Discovery::Close { end } => regions.last_mut().expect("a region is open").1 = end,
+        }
+    }
+    regions
 }
 
 #[cfg(test)]

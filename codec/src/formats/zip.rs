@@ -20,6 +20,7 @@
 
 use std::collections::BTreeSet;
 
+use super::{feed_pieces, Discovery};
 use crate::dtype::Dtype;
 use crate::layout::TensorInfo;
 
@@ -32,15 +33,6 @@ const SCAN_OVERLAP: usize = 24;
 const FLAG_ENCRYPTED: u16 = 1;
 const FLAG_DESCRIPTOR: u16 = 8;
 const METHOD_STORED: u16 = 0;
-
-/// A region found while walking, in file offsets.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Discovery {
-    /// A region starts where the previous one ended; `None` is a gap. Its end comes later.
-    Open { start: u64, tensor: Option<TensorInfo> },
-    /// The open region ends here.
-    Close { end: u64 },
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
@@ -85,11 +77,6 @@ impl Walker {
         Walker { position: 0, carry: Vec::new(), step: Step::Header, storage_types: BTreeSet::new(), dtype: Dtype::U8 }
     }
 
-    /// The first region: a gap from the start of the file.
-    pub fn start(&self) -> Discovery {
-        Discovery::Open { start: 0, tensor: None }
-    }
-
     /// File offset up to which every region boundary is known: bytes before it can be cut.
     pub fn settled(&self) -> u64 {
         self.position
@@ -98,15 +85,9 @@ impl Walker {
     /// Takes the next bytes of the file; returns the regions they reveal.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Discovery> {
         let mut carry = std::mem::take(&mut self.carry);
-        carry.extend_from_slice(bytes);
-        let mut found = Vec::new();
-        let mut consumed = 0;
-        while let Some(used) = self.advance(&carry[consumed..], self.position + consumed as u64, &mut found) {
-            consumed += used;
-        }
-        carry.drain(..consumed);
-        self.position += consumed as u64;
-        self.carry = carry;
+        let mut position = self.position;
+        let found = feed_pieces(&mut carry, &mut position, bytes, |bytes, offset, found| self.advance(bytes, offset, found));
+        (self.carry, self.position) = (carry, position);
         found
     }
 
@@ -315,27 +296,8 @@ mod tests {
         (file, vec![first, second])
     }
 
-    /// The regions found when the file arrives in pieces of `piece` bytes, as (start, end,
-    /// tensor dtype).
     fn walk(file: &[u8], piece: usize) -> Vec<(u64, u64, Option<Dtype>)> {
-        let mut walker = Walker::new();
-        let mut found = vec![walker.start()];
-        for bytes in file.chunks(piece.max(1)) {
-            found.extend(walker.feed(bytes));
-            assert!(walker.settled() <= file.len() as u64);
-        }
-        found.push(walker.finish(file.len() as u64));
-        let mut regions: Vec<(u64, u64, Option<Dtype>)> = Vec::new();
-        for discovery in found {
-            match discovery {
-                Discovery::Open { start, tensor } => {
-                    assert_eq!(regions.last().map_or(0, |r| r.1), start, "regions are contiguous");
-                    regions.push((start, u64::MAX, tensor.map(|t| t.dtype)));
-                }
-                Discovery::Close { end } => regions.last_mut().unwrap().1 = end,
-            }
-        }
-        regions
+        super::super::regions_of(super::super::Walker::Torch(Walker::new()), file, piece)
     }
 
     #[test]

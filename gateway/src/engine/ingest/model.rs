@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use tensorgate_codec::formats::zip;
+use tensorgate_codec::formats::Walker;
 use tensorgate_codec::{chunk_count, chunk_end, sniff, stored_layout, ContentHash, Dtype, Layout, Region, RegionKind, Sketch, Sniffed};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
 
@@ -58,7 +58,7 @@ pub(super) struct ModelState {
     pub(super) base_chosen: bool,
     /// For a format walked as it streams (see `walked`): the walker, and the bytes it has not
     /// settled yet, which wait before being cut.
-    pub(super) walker: Option<zip::Walker>,
+    pub(super) walker: Option<Walker>,
     pub(super) held: BytesMut,
 }
 
@@ -90,7 +90,7 @@ impl Ingester {
             }
             Sniffed::NotAModel => return self.become_plain(false).await,
             Sniffed::Model(layout) => (layout, None),
-            Sniffed::Torch(walker) => (Layout { data_start: 0, tensors: Vec::new(), metadata: None }, Some(walker)),
+            Sniffed::Walk(walker) => (Layout { data_start: 0, tensors: Vec::new(), metadata: None }, Some(walker)),
         };
         let header_end = layout.data_start as usize;
         let buffered = buffer.split().freeze();

@@ -1,11 +1,11 @@
-//! Models whose tensors are found as their bytes stream by (PyTorch zip checkpoints, walked by
-//! `tensorgate_codec::formats::zip::Walker`). A region may be open, its end not known yet
+//! Models whose tensors are found as their bytes stream by (PyTorch zip checkpoints and ONNX
+//! models, walked by a `tensorgate_codec::formats::Walker`). A region may be open, its end not known yet
 //! (`OPEN`): its chunks are cut every 4 MiB from its start, as any region's are, and its last,
 //! shorter chunk only once the walker has closed it. Bytes the walker has not settled wait in
 //! `ModelState::held` (a local header or a descriptor's worth at most).
 
 use bytes::Bytes;
-use tensorgate_codec::formats::zip::Discovery;
+use tensorgate_codec::formats::Discovery;
 use tensorgate_codec::{Dtype, Region, RegionKind, TensorInfo};
 
 use super::model::ModelState;
@@ -30,7 +30,7 @@ pub(super) fn apply(regions: &mut Vec<Region>, tensors: &mut Vec<TensorInfo>, fo
                     let tensor = &mut tensors[index];
                     tensor.end = end;
                     let len = end - tensor.start;
-                    if len % tensor.dtype.size() as u64 != 0 {
+                    if !len.is_multiple_of(tensor.dtype.size() as u64) {
                         tensor.dtype = Dtype::U8;
                     }
                     tensor.shape = vec![len / tensor.dtype.size() as u64];
