@@ -145,6 +145,47 @@ fn the_same_weights_as_safetensors_pytorch_and_onnx_are_stored_once() {
     }
 }
 
+/// A stored zip entry with a data descriptor after its data, as `torch.save` writes them.
+fn torch_entry(out: &mut Vec<u8>, name: &str, data: &[u8]) {
+    out.extend_from_slice(b"PK\x03\x04\x00\x00\x08\x08");
+    out.extend_from_slice(&[0; 18]);
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"PK\x07\x08\x01\x02\x03\x04");
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+}
+
+/// A checkpoint whose storages are empty, exactly 4 MiB (its last chunk sealed before the
+/// walker knows the storage has ended) and a few bytes, written with PUT and with a multipart
+/// upload (re-cut by the packer), reads back byte-identical.
+#[test]
+fn checkpoints_with_empty_and_chunk_sized_storages_are_stored() {
+    let work = tempfile::tempdir().unwrap();
+    let mut file = Vec::new();
+    torch_entry(&mut file, "m/data.pkl", b"\x80\x02ctorch\nFloatStorage\nq\x01.");
+    torch_entry(&mut file, "m/data/0", b"");
+    torch_entry(&mut file, "m/data/1", &noise(4 << 20, 3));
+    torch_entry(&mut file, "m/data/2", &noise(1000, 4));
+    torch_entry(&mut file, "m/data/3", b"");
+    torch_entry(&mut file, "m/data/4", &noise(6 << 20, 5));
+    file.extend_from_slice(b"PK\x01\x02 central directory");
+    let path = work.path().join("edge.pt");
+    std::fs::write(&path, &file).unwrap();
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    gateway.aws(&["s3", "mb", "s3://models"]);
+    gateway.aws(&["s3api", "put-object", "--bucket", "models", "--key", "put.pt", "--body", path.to_str().unwrap()]);
+    gateway.aws(&["s3", "cp", path.to_str().unwrap(), "s3://models/multipart.pt"]);
+    gateway.drain_packer();
+    for key in ["put.pt", "multipart.pt"] {
+        check_read_back(&gateway, &path, key, work.path(), true);
+    }
+    let record = gateway.store().index.object(&tensorgate_index::ObjectKey::new("default", "models", "multipart.pt")).unwrap().unwrap();
+    assert!(record.segments.iter().all(|segment| matches!(segment, tensorgate_index::Segment::Chunk { .. })), "the packer re-cut the upload");
+}
+
 /// GGUF files cut short, with a tensor claimed past the end, or with flipped header bytes are
 /// stored as they came and read back byte-identical.
 #[test]

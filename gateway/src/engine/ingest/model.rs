@@ -135,6 +135,9 @@ impl Ingester {
     /// Cuts bytes whose regions are known into chunks.
     pub(super) async fn cut_model(&mut self, mut bytes: Bytes) -> anyhow::Result<()> {
         while !bytes.is_empty() {
+            // A walked region may be closed where the cut bytes end, with its last chunk sealed
+            // already (it ended on a 4 MiB boundary) or none at all (it is empty).
+            self.end_closed_regions().await?;
             let State::Model(model) = &mut self.state else { return Ok(()) };
             let chunk_end = model.chunk_end();
             let take = ((chunk_end - model.position) as usize).min(bytes.len());

@@ -61,7 +61,9 @@ impl ModelState {
         self.held.split().freeze()
     }
 
-    /// Whether the region being filled has been closed exactly where the bytes cut so far end.
+    /// Whether the region being filled has been closed exactly where the bytes cut so far end
+    /// (never so for a layout known up front: its regions are not empty, and the chunk that
+    /// ends one finishes it).
     fn region_closed_here(&self) -> bool {
         self.regions.get(self.region).is_some_and(|region| region.end == self.position)
     }
