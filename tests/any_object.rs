@@ -4,6 +4,7 @@
 
 mod support;
 
+use support::objects::*;
 use support::*;
 
 /// One 100 MiB file of random bytes under nine keys (one single PUT, eight multipart uploads

@@ -1,13 +1,14 @@
 //! Model files besides safetensors (issue 17). GGUF files written by the `gguf` package from
 //! the corpus weights: their tensors are cut like safetensors tensors, so the same weights in
 //! both formats are stored once, an edited chat template costs its header, and quantized blocks
-//! are compressed; files that are cut short or lie are stored as they came. Every file reads
+//! are compressed; files that are cut short or lie are stored as opaque bytes. Every file reads
 //! back byte-identical, whole and in ranges, with the ETag S3 gives it.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 
+use support::objects::*;
 use support::*;
 
 /// Writes the GGUF files of `tests/clients/gguf_files.py` into `dir`.
@@ -187,7 +188,7 @@ fn checkpoints_with_empty_and_chunk_sized_storages_are_stored() {
 }
 
 /// GGUF files cut short, with a tensor claimed past the end, or with flipped header bytes are
-/// stored as they came and read back byte-identical.
+/// stored as opaque bytes and read back byte-identical.
 #[test]
 fn broken_gguf_files_are_stored_byte_identical() {
     let work = tempfile::tempdir().unwrap();

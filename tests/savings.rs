@@ -165,6 +165,6 @@ fn stats_split_savings_by_technique() {
     // stored as chunks, which do not compress (stored frames cost their header).
     assert_eq!(all.stored_as_is, 50_000);
     assert!(all.physical_bytes < after_base.physical_bytes + 250_000 + 1_000 + after_base.physical_bytes / 2, "the fine-tune cost more than half its base: {all:?}");
-    let accounted = all.physical_bytes as i64 + (all.file_dedup + all.tensor_dedup + all.headers) as i64 + all.delta + all.compression;
+    let accounted = all.physical_bytes as i64 + (all.file_dedup + all.chunk_dedup + all.headers) as i64 + all.delta + all.compression;
     assert_eq!(accounted, all.logical_bytes as i64, "{all:?}");
 }

@@ -29,7 +29,8 @@ pub fn next_cut(buffer: &[u8], ended: bool) -> Option<usize> {
 }
 
 /// The chunk lengths of a whole buffer, as [`next_cut`] cuts it.
-pub fn cut_all(mut buffer: &[u8]) -> Vec<usize> {
+#[cfg(test)]
+fn cut_all(mut buffer: &[u8]) -> Vec<usize> {
     let mut lengths = Vec::new();
     while let Some(cut) = next_cut(buffer, true) {
         lengths.push(cut);

@@ -3,12 +3,6 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use crate::dtype::Dtype;
-use crate::encode::{encode_chunk, BaseChunk};
-use crate::error::Result;
-
 /// Default chunk size: 4 MiB, a multiple of every element size.
 pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
 
@@ -30,22 +24,9 @@ pub fn chunk_end(chunk_start: u64, region_end: u64) -> u64 {
     (chunk_start + DEFAULT_CHUNK_SIZE as u64).min(region_end)
 }
 
-/// One chunk to encode: its raw bytes, dtype and optional base.
-pub struct ChunkJob<'a> {
-    pub raw: &'a [u8],
-    pub dtype: Dtype,
-    pub base: Option<BaseChunk<'a>>,
-}
-
-/// Encodes many chunks on all cores; frames come back in the order of `jobs`.
-pub fn encode_parallel(jobs: &[ChunkJob<'_>]) -> Vec<Result<Vec<u8>>> {
-    jobs.par_iter().map(|job| encode_chunk(job.raw, job.dtype, job.base)).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::decode_frame;
 
     #[test]
     fn the_streaming_cut_and_the_count_agree_with_the_ranges() {
@@ -70,18 +51,5 @@ mod tests {
             assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), len);
             assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
         }
-    }
-
-    #[test]
-    fn parallel_encoding_keeps_order() {
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let jobs: Vec<_> = chunk_ranges(data.len(), 8192)
-            .map(|range| ChunkJob { raw: &data[range], dtype: Dtype::U8, base: None })
-            .collect();
-        let decoded: Vec<u8> = encode_parallel(&jobs)
-            .into_iter()
-            .flat_map(|frame| decode_frame(&frame.unwrap(), None).unwrap())
-            .collect();
-        assert_eq!(decoded, data);
     }
 }

@@ -22,8 +22,8 @@ pub mod ordered;
 pub mod planes;
 pub mod sketch;
 
-pub use cdc::{next_cut, MAX_CDC_CHUNK};
-pub use chunk::{chunk_count, chunk_end, chunk_ranges, encode_parallel, ChunkJob, DEFAULT_CHUNK_SIZE};
+pub use cdc::next_cut;
+pub use chunk::{chunk_count, chunk_end, chunk_ranges, DEFAULT_CHUNK_SIZE};
 pub use dtype::Dtype;
 pub use encode::{decode_frame, encode_chunk, encode_opaque, BaseChunk};
 pub use error::{CodecError, Result};

@@ -43,7 +43,8 @@ pub struct Config {
     pub body_idle_timeout_secs: u64,
     /// Seconds a stopping gateway (SIGTERM or SIGINT) waits for the requests in progress.
     pub drain_secs: u64,
-    /// safetensors headers longer than this are not parsed: the file is stored as it came.
+    /// Model headers (safetensors, GGUF) longer than this are not parsed: the file is stored as
+    /// opaque bytes (content-defined chunks).
     pub max_header_bytes: u64,
     /// Address of the metrics and health endpoints (`/metrics`, `/health`, `/ready`); off
     /// when absent.

@@ -94,7 +94,7 @@ impl Default for Metrics {
         registry.register("request_seconds", "S3 request latency until the response starts", metrics.request_seconds.clone());
         registry.register("bytes_in", "Object bytes received from clients", metrics.bytes_in.clone());
         registry.register("bytes_out", "Object bytes sent to clients", metrics.bytes_out.clone());
-        registry.register("chunks", "Chunks written: deduplicated, delta or standalone", metrics.chunks.clone());
+        registry.register("chunks", "Chunks written: deduplicated, delta, standalone (tensors) or opaque (other bytes)", metrics.chunks.clone());
         registry.register("base_cache", "Base chunk cache lookups: hit or miss", metrics.base_cache.clone());
         registry.register("upstream_reads", "Ranged reads from the upstream", metrics.upstream_reads.clone());
         registry.register("upstream_read_bytes", "Bytes read from the upstream", metrics.upstream_read_bytes.clone());

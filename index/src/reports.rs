@@ -19,7 +19,7 @@ pub struct Usage {
 }
 
 /// Where the bytes of a set of objects went, by technique. The parts add up:
-/// `logical = physical + file_dedup + tensor_dedup + delta + compression + headers`.
+/// `logical = physical + file_dedup + chunk_dedup + delta + compression + headers`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Savings {
     pub objects: u64,
@@ -30,7 +30,7 @@ pub struct Savings {
     pub file_dedup: u64,
     /// Chunks already stored for another object or tensor (tensor chunks and the content-defined
     /// chunks of other objects alike).
-    pub tensor_dedup: u64,
+    pub chunk_dedup: u64,
     /// Raw minus frame bytes of delta chunks, less the frames of bases used by no object.
     pub delta: i64,
     /// Raw minus frame bytes of chunks stored on their own.
@@ -214,7 +214,7 @@ impl Index {
                         savings.stored_as_is += len;
                         savings.physical_bytes += len;
                     }
-                    Segment::Chunk { hash, len } if !stored.insert(*hash) => savings.tensor_dedup += u64::from(*len),
+                    Segment::Chunk { hash, len } if !stored.insert(*hash) => savings.chunk_dedup += u64::from(*len),
                     Segment::Chunk { hash, .. } => {
                         let chunk = self.chunk(hash)?.ok_or_else(|| IndexError::MissingChunk(hex(hash)))?;
                         let saved = i64::from(chunk.raw_len) - i64::from(chunk.frame_len);
@@ -265,7 +265,7 @@ mod tests {
         index.commit_object(&ObjectKey::new("t", "b", "copy"), &first, &[], None, Expect::Any, 0).unwrap();
         index.commit_object(&ObjectKey::new("t", "b", "plain"), &plain, &[], None, Expect::Any, 0).unwrap();
         let savings = index.savings(|_| true).unwrap();
-        let parts = savings.physical_bytes as i64 + savings.file_dedup as i64 + savings.tensor_dedup as i64 + savings.delta + savings.compression + savings.headers as i64;
+        let parts = savings.physical_bytes as i64 + savings.file_dedup as i64 + savings.chunk_dedup as i64 + savings.delta + savings.compression + savings.headers as i64;
         assert_eq!(parts, savings.logical_bytes as i64, "{savings:?}");
         assert_eq!((savings.file_dedup, savings.delta, savings.compression), (108, 80, 40));
         let usage = index.usage().unwrap();

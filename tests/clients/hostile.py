@@ -111,7 +111,7 @@ def main():
                                                            MultipartUpload={"Parts": backwards})) == "InvalidPartOrder"
     s3.abort_multipart_upload(Bucket=BUCKET, Key="parts", UploadId=upload)
 
-    # safetensors files whose headers lie: each is stored as it came and read back exactly.
+    # safetensors files whose headers lie: each is stored as opaque bytes and read back exactly.
     data = os.urandom(200_000)
     tensor = lambda start, end: {"dtype": "F32", "shape": [(end - start) // 4], "data_offsets": [start, end]}
     lying = {

@@ -14,6 +14,11 @@ pub mod zip;
 
 use crate::layout::{parse_header, read_header_len, Layout, TensorInfo, PREFIX_LEN};
 
+/// The most tensors a walker reports in one object; later ones are part of the gaps. Bounds
+/// what a hostile file of tiny entries makes the ingest hold (a region, a tensor and a segment
+/// each), as `max_header_bytes` does for formats with a header.
+pub const MAX_WALKED_TENSORS: u64 = 65_536;
+
 /// A region found while walking, in file offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
@@ -159,9 +164,9 @@ fn sniff_safetensors(prefix: &[u8], size: Option<u64>, max_header: u64) -> Sniff
 
 fn sniff_gguf(prefix: &[u8], max_header: u64) -> Sniffed {
     match gguf::parse_prefix(prefix, max_header) {
-        // Twice the bytes: a header is parsed again from its start, so this bounds the work to
-        // about twice the header's length.
-        gguf::Parsed::NeedMore => Sniffed::NeedMore((prefix.len() * 2).max(64 << 10)),
+        // Twice the bytes (never past the limit): a header is parsed again from its start, so
+        // this bounds the work to about twice the header's length.
+        gguf::Parsed::NeedMore => Sniffed::NeedMore((prefix.len() * 2).max(64 << 10).min(usize::try_from(max_header).unwrap_or(usize::MAX))),
         gguf::Parsed::Invalid => Sniffed::NotAModel,
         gguf::Parsed::Header { data_start, tensors } => Sniffed::Model(Layout { data_start, tensors, metadata: None }),
     }

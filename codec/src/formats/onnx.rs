@@ -17,7 +17,7 @@
 //! Written here rather than taken from a protobuf crate: those decode whole messages in memory,
 //! where this needs to follow a stream of any length with a few bytes of state.
 
-use super::{feed_pieces, Discovery};
+use super::{feed_pieces, Discovery, MAX_WALKED_TENSORS};
 use crate::dtype::Dtype;
 use crate::layout::TensorInfo;
 
@@ -229,7 +229,7 @@ impl Walker {
                     top.0 = Message::Tensor(Some(value));
                 }
             }
-            (Message::Tensor(data_type), 9, WIRE_LEN) if len > 0 => {
+            (Message::Tensor(data_type), 9, WIRE_LEN) if len > 0 && self.initializers < MAX_WALKED_TENSORS => {
                 let dtype = dtype_of(data_type.unwrap_or(0));
                 let dtype = if len % dtype.size() as u64 == 0 { dtype } else { Dtype::U8 };
                 let name = format!("initializer {}", self.initializers);

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{feed_pieces, Discovery};
+use super::{feed_pieces, Discovery, MAX_WALKED_TENSORS};
 use crate::dtype::Dtype;
 use crate::layout::TensorInfo;
 
@@ -56,10 +56,14 @@ pub struct Walker {
     /// Bytes received and not consumed yet.
     carry: Vec<u8>,
     step: Step,
-    /// Storage type names seen in the pickle.
+    /// Storage type names seen in the pickle (a few at most: see `MAX_STORAGE_TYPES`).
     storage_types: BTreeSet<Vec<u8>>,
     dtype: Dtype,
+    tensors: u64,
 }
+
+/// Storage type names kept from a pickle: more than one already means U8.
+const MAX_STORAGE_TYPES: usize = 4;
 
 /// Whether `prefix` starts like a file `torch.save` wrote: a zip whose first entry is the pickle.
 /// `None` until the first entry's name is in.
@@ -74,7 +78,7 @@ pub fn looks_like_torch(prefix: &[u8]) -> Option<bool> {
 
 impl Walker {
     pub fn new() -> Walker {
-        Walker { position: 0, carry: Vec::new(), step: Step::Header, storage_types: BTreeSet::new(), dtype: Dtype::U8 }
+        Walker { position: 0, carry: Vec::new(), step: Step::Header, storage_types: BTreeSet::new(), dtype: Dtype::U8, tensors: 0 }
     }
 
     /// File offset up to which every region boundary is known: bytes before it can be cut.
@@ -154,8 +158,9 @@ impl Walker {
             return Some(header_len);
         }
         let pickle = name.ends_with(b"data.pkl");
-        let tensor = stored && is_storage(name) && (described || size > 0);
+        let tensor = stored && is_storage(name) && (described || size > 0) && self.tensors < MAX_WALKED_TENSORS;
         if tensor {
+            self.tensors += 1;
             found.push(Discovery::Close { end: data_start });
             let name = String::from_utf8_lossy(name).into_owned();
             let info = TensorInfo { name, dtype: self.dtype, shape: Vec::new(), start: data_start, end: u64::MAX };
@@ -223,7 +228,7 @@ impl Walker {
         while let Some(index) = memchr::memmem::find(rest, b"torch\n") {
             let name = &rest[index + 6..];
             let end = name.iter().position(|b| *b == b'\n').unwrap_or(name.len()).min(SCAN_OVERLAP);
-            if name[..end].ends_with(b"Storage") {
+            if name[..end].ends_with(b"Storage") && self.storage_types.len() < MAX_STORAGE_TYPES {
                 self.storage_types.insert(name[..end].to_vec());
             }
             rest = &rest[index + 6..];
@@ -258,7 +263,6 @@ fn storage_dtype(name: &[u8]) -> Option<Dtype> {
         _ => return None,
     })
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -34,7 +34,7 @@ fn print_stats(rows: &[Usage], savings: &Savings) {
     let lines: [(&str, f64); 7] = [
         ("stored upstream (physical)", savings.physical_bytes as f64),
         ("saved by file dedup", savings.file_dedup as f64),
-        ("saved by chunk dedup", savings.tensor_dedup as f64),
+        ("saved by chunk dedup", savings.chunk_dedup as f64),
         ("saved by deltas against a base", savings.delta as f64),
         ("saved by compression on its own", savings.compression as f64),
         ("headers kept in the manifests", savings.headers as f64),

@@ -24,6 +24,7 @@ const BLOB_PIECE: u64 = 4 << 20;
 /// are fetched at once where one full-sized chunk would be.
 pub const SLOT_BYTES: usize = 1 << 20;
 pub const SLOTS_PER_FULL_CHUNK: u32 = (DEFAULT_CHUNK_SIZE / SLOT_BYTES) as u32;
+const _: () = assert!(SLOTS_PER_FULL_CHUNK >= 1, "a full-sized chunk takes at least one slot");
 
 /// At most this many times [`Store::prefetch`] pieces are fetched ahead for a GET of small
 /// chunks.
@@ -103,20 +104,20 @@ pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Resul
     receiver
 }
 
-/// How many pieces to fetch ahead: `prefetch` full-sized chunks' worth of bytes, so more
-/// pieces when they are small (the chunks of opaque objects), up to a bound.
+/// How many pieces to fetch ahead: `prefetch` full-sized chunks' worth of memory, so more
+/// pieces when even the largest is small (the chunks of opaque objects), up to a bound.
 fn prefetch_for(pieces: &[Piece], prefetch: usize) -> usize {
-    let bytes: u64 = pieces.iter().map(Piece::len).sum();
-    let average = bytes / pieces.len().max(1) as u64;
-    let wanted = (prefetch as u64 * DEFAULT_CHUNK_SIZE as u64).div_ceil(average.max(1));
+    let largest = pieces.iter().map(Piece::held_bytes).max().unwrap_or(1);
+    let wanted = (prefetch as u64 * DEFAULT_CHUNK_SIZE as u64).div_ceil(largest.max(1));
     (wanted as usize).clamp(prefetch, prefetch * MAX_PREFETCH_FACTOR)
 }
 
 impl Piece {
-    fn len(&self) -> u64 {
+    /// Bytes a fetched piece holds in memory: a chunk piece is a slice of its whole chunk.
+    fn held_bytes(&self) -> u64 {
         match self {
             Piece::Inline(bytes) => bytes.len() as u64,
-            Piece::Chunk { within, .. } => within.len() as u64,
+            Piece::Chunk { len, .. } => u64::from(*len),
             Piece::Blob { range, .. } => range.end - range.start,
         }
     }

@@ -161,7 +161,8 @@ where
 }
 
 enum State {
-    /// Collecting the 8-byte prefix and the JSON header.
+    /// Collecting the first bytes until `tensorgate_codec::sniff` decides (a model header, a
+    /// walked format, or not a model).
     Sniff(BytesMut),
     /// Stored as it came.
     Plain { key: String, writer: Box<dyn BlobWriter> },

@@ -1,7 +1,8 @@
-//! Models on the PUT path. A body whose first bytes parse as a model header (safetensors or
-//! GGUF, recognised in `tensorgate_codec::formats`) is cut into regions (tensors, and the bytes between them),
-//! each region into chunks as the codec plans them (`tensorgate_codec::chunk_end`); a chunk
-//! already stored is referenced, a new one encoded on the cores into the write's pack.
+//! Models on the PUT path. A body that `tensorgate_codec::formats` recognises (a safetensors or
+//! GGUF header, or a PyTorch checkpoint or ONNX model walked as it streams: see `walked`) is cut
+//! into regions (tensors, and the bytes between them), each region into chunks as the codec
+//! plans them (`tensorgate_codec::chunk_end`); a chunk already stored is referenced, a new one
+//! encoded on the cores into the write's pack.
 
 use std::collections::HashMap;
 
@@ -19,7 +20,8 @@ use crate::metrics::ChunkLabels;
 pub type ModelTensors = HashMap<(String, String), Vec<ChunkHash>>;
 
 /// The tensors of a stored model, from its manifest: the header's regions in order, each cut
-/// into chunks as ingest cuts them. `None` for an object that was not stored as a model.
+/// into chunks as ingest cuts them. `None` for an object stored without a header (not a model,
+/// or a walked checkpoint or ONNX model, which cannot be named as a base).
 pub fn model_tensors(record: &ObjectRecord) -> Option<ModelTensors> {
     let Some(Segment::Inline(header)) = record.segments.first() else { return None };
     let layout = stored_layout(header)?;

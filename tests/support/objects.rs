@@ -1,0 +1,51 @@
+//! Reading back what a test stored: the upstream's bytes once settled, whole objects and
+//! ranges compared with the bytes they must hold.
+
+use std::path::Path;
+
+use super::TestGateway;
+
+/// Bytes of every file under `dir`: what the upstream holds (packs, blobs, manifests).
+pub fn upstream_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() { upstream_bytes(&entry.path()) } else { entry.metadata().unwrap().len() }
+        })
+        .sum()
+}
+
+/// What the upstream holds once the packer has run and garbage has been collected.
+pub fn settled_upstream(gateway: &TestGateway) -> u64 {
+    gateway.drain_packer();
+    gateway.collect_garbage();
+    upstream_bytes(&gateway.dir.path().join("data/upstream"))
+}
+
+/// An object read back whole with the aws cli.
+pub fn get(gateway: &TestGateway, bucket: &str, key: &str, into: &Path) -> Vec<u8> {
+    gateway.aws(&["s3", "cp", &format!("s3://{bucket}/{key}"), into.to_str().unwrap()]);
+    std::fs::read(into).unwrap()
+}
+
+/// Ranged GETs through boto3 at offsets around chunk boundaries and at random, each compared
+/// with the bytes.
+pub fn check_ranges(gateway: &TestGateway, bucket: &str, key: &str, bytes: &[u8], work: &Path) {
+    let len = bytes.len() as u64;
+    let mut ranges = vec![(0, 0), (0, 99), (len - 1, len - 1), (len / 2 - 70_000, len / 2 + 70_000)];
+    let mut state = len;
+    for _ in 0..6 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let start = (state >> 20) % len;
+        let end = (start + (state >> 40) % (3 << 20)).min(len - 1);
+        ranges.push((start, end));
+    }
+    for (start, end) in ranges {
+        let out = work.join("range");
+        gateway.aws(&["s3api", "get-object", "--bucket", bucket, "--key", key, "--range", &format!("bytes={start}-{end}"), out.to_str().unwrap()]);
+        let got = std::fs::read(&out).unwrap();
+        assert!(got == bytes[start as usize..=end as usize], "range {start}-{end} of {key} differs");
+    }
+}
