@@ -99,6 +99,38 @@ fn fingerprints_find_bases_in_any_order_and_under_any_name() {
     }
 }
 
+/// A fine-tune uploaded before its base makes the base a delta of it; the fine-tunes that
+/// come later still take their deltas against the base, their nearest tensor (a delta of a
+/// delta), and cost about what they cost when the base came first.
+#[test]
+fn fine_tunes_after_a_late_base_cost_what_they_cost_after_an_early_one() {
+    // The first fine-tune is the one that drifted furthest (masked-LM training moves every
+    // embedding row): a delta against it costs the others far more than one against the base.
+    let later = ["ft/ft-a-contrastive.bf16.safetensors", "ft/ft-c-cls.bf16.safetensors", "lora/lora-r8-qv-merged.bf16.safetensors", "ckpt/ft-a-contrastive.step0030.bf16.safetensors"];
+    let mut costs = Vec::new();
+    for first in [["base/minilm-l6.bf16.safetensors", "ft/ft-b-mlm.bf16.safetensors"], ["ft/ft-b-mlm.bf16.safetensors", "base/minilm-l6.bf16.safetensors"]] {
+        let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+        gateway.aws(&["s3", "mb", "s3://family"]);
+        let mut later_cost = 0;
+        for (index, file) in first.iter().chain(later.iter()).enumerate() {
+            let before = gateway.store().index.pack_bytes().unwrap();
+            gateway.aws(&["s3api", "put-object", "--bucket", "family", "--key", &format!("m{index}"), "--body", corpus(file).to_str().unwrap()]);
+            if index >= first.len() {
+                later_cost += gateway.store().index.pack_bytes().unwrap() - before;
+            }
+        }
+        let out = gateway.dir.path().join("back");
+        gateway.aws(&["s3", "cp", "s3://family/m3", out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(corpus(later[1])).unwrap());
+        let check = gateway.fsck();
+        assert!(check.problems.is_empty(), "{:?}", check.problems);
+        costs.push(later_cost);
+    }
+    let raw: u64 = later.iter().map(|file| std::fs::metadata(corpus(file)).unwrap().len()).sum();
+    println!("the later fine-tunes ({raw} bytes raw): {} after the base first, {} after a fine-tune first", costs[0], costs[1]);
+    assert!(costs[1] as f64 <= 1.1 * costs[0] as f64, "{costs:?}");
+}
+
 /// `x-amz-meta-tensorgate-base: bucket/key` names the base when a client knows it: used with
 /// base selection off, ignored when it names nothing, never needed for correct bytes.
 #[test]

@@ -188,10 +188,10 @@ async fn decode_at(store: &Store, frame: Bytes, depth: usize) -> anyhow::Result<
     Ok(Bytes::from(decoded))
 }
 
-/// A base chunk, from the cache or decoded. A gateway takes deltas only against chunks its
-/// index holds standalone, but with a shared upstream another gateway may hold the same chunk
-/// as a delta: any copy of a chunk decodes to the same bytes, so a base that is itself a delta
-/// is decoded with its own base, up to [`MAX_BASE_DEPTH`] deltas deep.
+/// A base chunk, from the cache or decoded. A base may itself be a delta (a gateway writes
+/// deltas of deltas, and with a shared upstream another gateway may hold the same chunk as a
+/// delta: any copy of a chunk decodes to the same bytes), so it is decoded with its own base,
+/// up to [`MAX_BASE_DEPTH`] deltas deep.
 pub async fn load_base(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
     load_base_tries(store, hash, READ_ATTEMPTS).await
 }
