@@ -322,9 +322,10 @@ print(" ".join(sorted(codes)))
 
 /// Short and long bodies, dotted and refused keys, part numbers out of range, huge part lists,
 /// tiny parts and lying safetensors headers (tests/clients/hostile.py): each gets the AWS
-/// answer or is stored as it came; afterwards the gateway serves on and fsck is clean.
+/// answer or is stored (lying headers as opaque bytes); afterwards the gateway serves on and
+/// fsck is clean.
 #[test]
-fn hostile_requests_get_aws_answers_or_are_stored_as_they_came() {
+fn hostile_requests_get_aws_answers_or_are_stored_byte_identical() {
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
     let said = gateway.python_client("hostile.py", &[]);
     assert!(said.contains("all checks passed"), "{said}");

@@ -168,7 +168,7 @@ fn a_named_base_is_used_when_given() {
 }
 
 /// `stats` attributes every logical byte to one technique: a copy to file dedup, a fine-tune to
-/// deltas, a base to compression, noise to bytes stored as they came; the parts add up.
+/// deltas, a base to compression, a small object to bytes stored as they came; the parts add up.
 #[test]
 fn stats_split_savings_by_technique() {
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);

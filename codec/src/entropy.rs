@@ -43,8 +43,8 @@ pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
 }
 
 /// zstd level for bytes of no known layout (text, configs, archives). Level 1 keeps a real
-/// tokenizer.json cut into 256 KiB chunks at 46.2% of raw (level 3: 44.6%, at 0.6 times the
-/// speed; `cargo bench -p tensorgate-codec --bench opaque`).
+/// tokenizer.json at 48.7% of raw upstream (level 3: 44.3%, at half the speed on text:
+/// docs/benchmarks.md, issue 17).
 pub const OPAQUE_ZSTD_LEVEL: i32 = 1;
 
 /// Compresses bytes of no known layout with match finding, or `None` when it would not pay:

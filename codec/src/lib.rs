@@ -1,6 +1,7 @@
 //! tensorgate-codec: the pure, synchronous codec of tensorgate.
 //!
-//! It parses safetensors layouts, cuts bytes of no known layout where their content says
+//! It recognises models (`formats`: safetensors and GGUF headers, PyTorch checkpoints and ONNX
+//! models walked as they stream), cuts bytes of no known layout where their content says
 //! (`cdc`), names chunks by content hash, and encodes chunks as self-describing frames: tensor
 //! bytes as byte planes and entropy coding on their own, or a delta against a base chunk first
 //! (the BitX idea, with an ordered difference for floats); other bytes as zstd where it pays.

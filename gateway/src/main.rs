@@ -12,7 +12,7 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// Has mimalloc commit its arenas on demand, so that freed pages are given back: with eager
 /// commit a GET of 600 MB of small chunks (fetched on many threads) peaked at 546 MiB resident,
-/// without it at 131 MiB, at the same speed (docs/benchmarks.md, issue 17). It must run before
+/// without it at 124 MiB, at the same speed (docs/benchmarks.md, issue 17). It must run before
 /// the first allocation makes the first arena, so it runs as an ELF constructor, before the
 /// Rust runtime allocates anything.
 extern "C" fn commit_arenas_on_demand() {

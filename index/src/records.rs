@@ -26,7 +26,7 @@ impl BucketRecord {
 /// Where an object's bytes live: pieces that, concatenated in order, give the object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Segment {
-    /// Bytes kept in the index itself (a safetensors header).
+    /// Bytes kept in the index itself (a model header: safetensors or GGUF).
     Inline(Vec<u8>),
     /// A chunk stored as a frame in a pack; `len` raw bytes.
     Chunk { hash: ChunkHash, len: u32 },

@@ -53,10 +53,10 @@ pub struct IndexReport {
     pub problems: Vec<String>,
 }
 
-/// How many deltas deep a chunk's bases may go. A gateway takes deltas only against the
-/// standalone chunk at the root of a candidate's bases, but with a shared upstream another
-/// gateway may hold that root as a delta, so a chain can be longer than one; a longer chain is
-/// refused by readers and reported by fsck.
+/// How many deltas deep a chunk's bases may go. A gateway writes deltas at most two deep (one
+/// with a shared upstream), but with a shared upstream another gateway may hold a base through
+/// a chain of its own, so a chain can be longer; a chain longer than this is refused by readers
+/// and reported by fsck.
 pub const MAX_BASE_DEPTH: usize = 8;
 
 /// Whether the bases of `record` end in a standalone chunk within [`MAX_BASE_DEPTH`] deltas (a

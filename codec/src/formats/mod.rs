@@ -195,6 +195,20 @@ pub(crate) fn regions_of(mut walker: Walker, file: &[u8], piece: usize) -> Vec<(
     regions
 }
 
+/// What every walker keeps, checked on `sample`, a well-formed file of its format: pieces of
+/// any size find the regions the whole file finds, and any bytes (the sample cut at `cut`, then
+/// `tail`) walk into contiguous regions that end at the file's end.
+#[cfg(test)]
+pub(crate) fn check_walker(new: impl Fn() -> Walker, sample: &[u8], piece: usize, cut: usize, tail: &[u8]) -> Result<(), proptest::test_runner::TestCaseError> {
+    proptest::prop_assert_eq!(regions_of(new(), sample, piece), regions_of(new(), sample, sample.len()));
+    let mut file = sample[..cut.min(sample.len())].to_vec();
+    file.extend_from_slice(tail);
+    let regions = regions_of(new(), &file, piece);
+    proptest::prop_assert_eq!(regions.last().map(|r| r.1), Some(file.len() as u64));
+    proptest::prop_assert!(regions.iter().all(|r| r.0 <= r.1));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

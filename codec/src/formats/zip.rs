@@ -316,19 +316,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn pieces_do_not_change_the_regions(piece in 1usize..200) {
-            let (file, _) = checkpoint();
-            prop_assert_eq!(walk(&file, piece), walk(&file, file.len()));
-        }
-
-        #[test]
-        fn any_bytes_walk_into_contiguous_regions(tail in proptest::collection::vec(any::<u8>(), 0..400), cut in 0usize..600, piece in 1usize..100) {
-            let (mut file, _) = checkpoint();
-            file.truncate(cut.min(file.len()));
-            file.extend_from_slice(&tail);
-            let regions = walk(&file, piece);
-            prop_assert_eq!(regions.last().map(|r| r.1), Some(file.len() as u64));
-            prop_assert!(regions.iter().all(|r| r.0 <= r.1));
+        fn walks_any_bytes_in_any_pieces(piece in 1usize..200, cut in 0usize..600, tail in proptest::collection::vec(any::<u8>(), 0..400)) {
+            super::super::check_walker(|| super::super::Walker::Torch(Walker::new()), &checkpoint().0, piece, cut, &tail)?;
         }
     }
 }

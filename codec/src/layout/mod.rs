@@ -63,7 +63,7 @@ impl TensorInfo {
     }
 }
 
-/// The parsed header of a safetensors file. Tensors are sorted by their start offset.
+/// The parsed header of a model with a header (safetensors, or GGUF: see `formats`). Tensors are sorted by their start offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     /// File offset where the data section begins: the header (safetensors: the 8-byte length

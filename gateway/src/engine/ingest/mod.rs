@@ -1,6 +1,6 @@
 //! The PUT path. Bytes stream through once: they are hashed (MD5 for the ETag, plus the
-//! checksums the client announced) and cut into chunks: a safetensors file per tensor, any
-//! other object where its content says. A chunk already stored is only referenced (and held
+//! checksums the client announced) and cut into chunks: a model (safetensors, GGUF, PyTorch
+//! checkpoint, ONNX) per tensor, any other object where its content says. A chunk already stored is only referenced (and held
 //! from the sweep until the write commits); a new one is encoded on all cores (a tensor's as a
 //! delta against a chunk of the base tensor, chosen at the tensor's first new chunk, when that
 //! is smaller) and appended as a frame to a new pack object. Multipart parts, and objects under
@@ -115,7 +115,7 @@ pub enum BodyFrom {
 /// What to do with the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IngestMode {
-    /// Store a safetensors file as tensor chunks, anything else as content-defined chunks, and
+    /// Store a model as tensor chunks, anything else as content-defined chunks, and
     /// objects under `min_model_bytes` as they came (a client's PUT).
     #[default]
     Sniff,
