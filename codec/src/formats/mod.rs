@@ -31,59 +31,76 @@ pub enum Discovery {
 /// A format walked as its bytes stream by. It starts with a gap open at offset 0; every region
 /// it opens starts where the previous one was closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Walker {
-    Torch(zip::Walker),
-    Onnx(onnx::Walker),
+pub struct Walker {
+    /// File offset of `carry[0]`.
+    position: u64,
+    /// Bytes received and not consumed yet (a header's or a descriptor's worth at most).
+    carry: Vec<u8>,
+    walk: Walk,
+}
+
+/// Where the walk is, per format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Walk {
+    Torch(zip::Walk),
+    Onnx(onnx::Walk),
 }
 
 impl Walker {
+    /// A walk through a PyTorch zip checkpoint.
+    pub fn torch() -> Walker {
+        Walker { position: 0, carry: Vec::new(), walk: Walk::Torch(zip::Walk::new()) }
+    }
+
+    /// A walk through an ONNX model.
+    pub fn onnx() -> Walker {
+        Walker { position: 0, carry: Vec::new(), walk: Walk::Onnx(onnx::Walk::new()) }
+    }
+
     /// The first region: a gap from the start of the file.
     pub fn start(&self) -> Discovery {
         Discovery::Open { start: 0, tensor: None }
     }
 
-    /// Takes the next bytes of the file; returns the regions they reveal.
+    /// Takes the next bytes of the file; returns the regions they reveal. The walk consumes
+    /// them from the front, step by step, until it needs more.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Discovery> {
-        match self {
-            Walker::Torch(walker) => walker.feed(bytes),
-            Walker::Onnx(walker) => walker.feed(bytes),
+        let mut carry = std::mem::take(&mut self.carry);
+        carry.extend_from_slice(bytes);
+        let mut found = Vec::new();
+        let mut consumed = 0;
+        loop {
+            let (rest, offset) = (&carry[consumed..], self.position + consumed as u64);
+            let used = match &mut self.walk {
+                Walk::Torch(walk) => walk.advance(rest, offset, &mut found),
+                Walk::Onnx(walk) => walk.advance(rest, offset, &mut found),
+            };
+            match used {
+                Some(used) => consumed += used,
+                None => break,
+            }
         }
+        carry.drain(..consumed);
+        self.position += consumed as u64;
+        self.carry = carry;
+        found
     }
 
     /// File offset up to which every region boundary is known: bytes before it can be cut.
     pub fn settled(&self) -> u64 {
-        match self {
-            Walker::Torch(walker) => walker.settled(),
-            Walker::Onnx(walker) => walker.settled(),
-        }
+        self.position
     }
 
     /// The file ended at `end`: the open region closes there.
     pub fn finish(&mut self, end: u64) -> Discovery {
-        match self {
-            Walker::Torch(walker) => walker.finish(end),
-            Walker::Onnx(walker) => walker.finish(end),
+        match &mut self.walk {
+            Walk::Torch(walk) => walk.stop(),
+            Walk::Onnx(walk) => walk.stop(),
         }
+        self.position = end;
+        self.carry.clear();
+        Discovery::Close { end }
     }
-}
-
-/// Appends `bytes` to `carry` (which starts at file offset `position`) and lets `advance`
-/// consume it from the front, step by step, until it needs more; drops what was consumed.
-pub(crate) fn feed_pieces(
-    carry: &mut Vec<u8>,
-    position: &mut u64,
-    bytes: &[u8],
-    mut advance: impl FnMut(&[u8], u64, &mut Vec<Discovery>) -> Option<usize>,
-) -> Vec<Discovery> {
-    carry.extend_from_slice(bytes);
-    let mut found = Vec::new();
-    let mut consumed = 0;
-    while let Some(used) = advance(&carry[consumed..], *position + consumed as u64, &mut found) {
-        consumed += used;
-    }
-    carry.drain(..consumed);
-    *position += consumed as u64;
-    found
 }
 
 /// What the first bytes of an object say.
@@ -106,13 +123,13 @@ pub fn sniff(prefix: &[u8], ended: bool, size: Option<u64>, max_header: u64) -> 
         sniff_gguf(prefix, max_header)
     } else if prefix.starts_with(zip::LOCAL_HEADER) {
         match zip::looks_like_torch(prefix) {
-            Some(true) => Sniffed::Walk(Walker::Torch(zip::Walker::new())),
+            Some(true) => Sniffed::Walk(Walker::torch()),
             Some(false) => Sniffed::NotAModel,
             None => Sniffed::NeedMore((prefix.len() * 2).max(64)),
         }
     } else if prefix.first() == Some(&onnx::FIRST_TAG) {
         match onnx::looks_like_onnx(prefix) {
-            Some(true) => Sniffed::Walk(Walker::Onnx(onnx::Walker::new())),
+            Some(true) => Sniffed::Walk(Walker::onnx()),
             Some(false) => sniff_safetensors(prefix, size, max_header),
             None => Sniffed::NeedMore((prefix.len() * 2).max(64)),
         }

@@ -17,7 +17,7 @@
 //! Written here rather than taken from a protobuf crate: those decode whole messages in memory,
 //! where this needs to follow a stream of any length with a few bytes of state.
 
-use super::{feed_pieces, Discovery, MAX_WALKED_TENSORS};
+use super::{Discovery, MAX_WALKED_TENSORS};
 use crate::dtype::Dtype;
 use crate::layout::TensorInfo;
 
@@ -49,12 +49,9 @@ enum Step {
     Done,
 }
 
-/// Walks an ONNX file piece by piece, reporting its regions.
+/// Where a walk through an ONNX file is (`super::Walker` holds the bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Walker {
-    /// File offset of `carry[0]`.
-    position: u64,
-    carry: Vec<u8>,
+pub struct Walk {
     step: Step,
     /// Open messages, innermost last, with the offset where each ends (`None`: the file's end).
     stack: Vec<(Message, Option<u64>)>,
@@ -136,33 +133,19 @@ fn dtype_of(data_type: u64) -> Dtype {
     }
 }
 
-impl Walker {
-    pub fn new() -> Walker {
-        Walker { position: 0, carry: Vec::new(), step: Step::Field, stack: vec![(Message::Model, None)], initializers: 0 }
+impl Walk {
+    pub(super) fn new() -> Walk {
+        Walk { step: Step::Field, stack: vec![(Message::Model, None)], initializers: 0 }
     }
 
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Discovery> {
-        let mut carry = std::mem::take(&mut self.carry);
-        let mut position = self.position;
-        let found = feed_pieces(&mut carry, &mut position, bytes, |bytes, offset, found| self.advance(bytes, offset, found));
-        (self.carry, self.position) = (carry, position);
-        found
-    }
-
-    pub fn settled(&self) -> u64 {
-        self.position
-    }
-
-    pub fn finish(&mut self, end: u64) -> Discovery {
+    /// Nothing more to find: the rest is one gap.
+    pub(super) fn stop(&mut self) {
         self.step = Step::Done;
-        self.position = end;
-        self.carry.clear();
-        Discovery::Close { end }
     }
 
     /// Consumes what it can of `bytes`, which start at file offset `offset`; `None` when it
     /// needs more bytes.
-    fn advance(&mut self, bytes: &[u8], offset: u64, found: &mut Vec<Discovery>) -> Option<usize> {
+    pub(super) fn advance(&mut self, bytes: &[u8], offset: u64, found: &mut Vec<Discovery>) -> Option<usize> {
         match self.step {
             Step::Done => (!bytes.is_empty()).then_some(bytes.len()),
             Step::Bytes { remaining, tensor } => {
@@ -246,12 +229,6 @@ impl Walker {
     }
 }
 
-impl Default for Walker {
-    fn default() -> Self {
-        Walker::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,7 +267,7 @@ mod tests {
     }
 
     fn walk(file: &[u8], piece: usize) -> Vec<(u64, u64, Option<Dtype>)> {
-        super::super::regions_of(super::super::Walker::Onnx(Walker::new()), file, piece)
+        super::super::regions_of(super::super::Walker::onnx(), file, piece)
     }
 
     #[test]
@@ -307,7 +284,7 @@ mod tests {
         #[test]
         fn walks_any_bytes_in_any_pieces(piece in 1usize..50, cut in 0usize..120, tail in proptest::collection::vec(any::<u8>(), 0..300)) {
             let (file, _) = model();
-            super::super::check_walker(|| super::super::Walker::Onnx(Walker::new()), &file, piece, cut, &tail)?;
+            super::super::check_walker(super::super::Walker::onnx, &file, piece, cut, &tail)?;
             let mut recognised = file[..cut.min(file.len())].to_vec();
             recognised.extend_from_slice(&tail);
             let _ = looks_like_onnx(&recognised);

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{feed_pieces, Discovery, MAX_WALKED_TENSORS};
+use super::{Discovery, MAX_WALKED_TENSORS};
 use crate::dtype::Dtype;
 use crate::layout::TensorInfo;
 
@@ -48,13 +48,9 @@ enum Step {
     Done,
 }
 
-/// Walks a PyTorch zip file piece by piece, reporting its regions.
+/// Where a walk through a PyTorch zip file is (`super::Walker` holds the bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Walker {
-    /// File offset of `carry[0]`.
-    position: u64,
-    /// Bytes received and not consumed yet.
-    carry: Vec<u8>,
+pub struct Walk {
     step: Step,
     /// Storage type names seen in the pickle (a few at most: see `MAX_STORAGE_TYPES`).
     storage_types: BTreeSet<Vec<u8>>,
@@ -76,36 +72,19 @@ pub fn looks_like_torch(prefix: &[u8]) -> Option<bool> {
     Some(name.ends_with(b"/data.pkl") || name == b"data.pkl")
 }
 
-impl Walker {
-    pub fn new() -> Walker {
-        Walker { position: 0, carry: Vec::new(), step: Step::Header, storage_types: BTreeSet::new(), dtype: Dtype::U8, tensors: 0 }
+impl Walk {
+    pub(super) fn new() -> Walk {
+        Walk { step: Step::Header, storage_types: BTreeSet::new(), dtype: Dtype::U8, tensors: 0 }
     }
 
-    /// File offset up to which every region boundary is known: bytes before it can be cut.
-    pub fn settled(&self) -> u64 {
-        self.position
-    }
-
-    /// Takes the next bytes of the file; returns the regions they reveal.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Discovery> {
-        let mut carry = std::mem::take(&mut self.carry);
-        let mut position = self.position;
-        let found = feed_pieces(&mut carry, &mut position, bytes, |bytes, offset, found| self.advance(bytes, offset, found));
-        (self.carry, self.position) = (carry, position);
-        found
-    }
-
-    /// The file ended at `end`: the open region closes there.
-    pub fn finish(&mut self, end: u64) -> Discovery {
+    /// Nothing more to find: the rest is one gap.
+    pub(super) fn stop(&mut self) {
         self.step = Step::Done;
-        self.position = end;
-        self.carry.clear();
-        Discovery::Close { end }
     }
 
     /// Consumes what it can of `bytes`, which start at file offset `offset`; `None` when it
     /// needs more bytes.
-    fn advance(&mut self, bytes: &[u8], offset: u64, found: &mut Vec<Discovery>) -> Option<usize> {
+    pub(super) fn advance(&mut self, bytes: &[u8], offset: u64, found: &mut Vec<Discovery>) -> Option<usize> {
         match self.step.clone() {
             Step::Done => (!bytes.is_empty()).then_some(bytes.len()),
             Step::Header => self.header(bytes, offset, found),
@@ -236,12 +215,6 @@ impl Walker {
     }
 }
 
-impl Default for Walker {
-    fn default() -> Self {
-        Walker::new()
-    }
-}
-
 /// `<archive>/data/<digits>`: a tensor storage.
 fn is_storage(name: &[u8]) -> bool {
     let Some(slash) = name.iter().rposition(|b| *b == b'/') else { return false };
@@ -301,7 +274,7 @@ mod tests {
     }
 
     fn walk(file: &[u8], piece: usize) -> Vec<(u64, u64, Option<Dtype>)> {
-        super::super::regions_of(super::super::Walker::Torch(Walker::new()), file, piece)
+        super::super::regions_of(super::super::Walker::torch(), file, piece)
     }
 
     #[test]
@@ -317,7 +290,7 @@ mod tests {
     proptest! {
         #[test]
         fn walks_any_bytes_in_any_pieces(piece in 1usize..200, cut in 0usize..600, tail in proptest::collection::vec(any::<u8>(), 0..400)) {
-            super::super::check_walker(|| super::super::Walker::Torch(Walker::new()), &checkpoint().0, piece, cut, &tail)?;
+            super::super::check_walker(super::super::Walker::torch, &checkpoint().0, piece, cut, &tail)?;
         }
     }
 }
