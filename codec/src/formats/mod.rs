@@ -229,13 +229,7 @@ pub(crate) fn check_walker(new: impl Fn() -> Walker, sample: &[u8], piece: usize
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn safetensors(header: &str, data_len: usize) -> Vec<u8> {
-        let mut file = (header.len() as u64).to_le_bytes().to_vec();
-        file.extend_from_slice(header.as_bytes());
-        file.resize(file.len() + data_len, 7);
-        file
-    }
+    use crate::layout::tests::file as safetensors;
 
     #[test]
     fn safetensors_is_read_once_its_header_is_in() {

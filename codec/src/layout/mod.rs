@@ -25,7 +25,7 @@ use crate::error::{CodecError, Result};
 #[macro_use]
 mod entries;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod visitors;
 
 use entries::{count_entries, first_refusal, keep_only, latest_by_name, read_entries, Entry, METADATA_KEY, MIN_TENSOR_ENTRY_LEN};

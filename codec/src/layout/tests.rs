@@ -1,7 +1,8 @@
 use super::entries::INLINE_DIMS;
 use super::*;
 
-fn file(header: &str, data_len: usize) -> Vec<u8> {
+/// A safetensors file of `header` and `data_len` bytes of data.
+pub(crate) fn file(header: &str, data_len: usize) -> Vec<u8> {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
     bytes.resize(bytes.len() + data_len, 7);

@@ -85,7 +85,7 @@ impl Ingester {
         if !ended && buffer.len() < self.sniff_wanted {
             return Ok(());
         }
-        let (layout, walker) = match sniff(buffer, ended, size_hint, self.store.config.max_header_bytes) {
+        let (mut layout, walker) = match sniff(buffer, ended, size_hint, self.store.config.max_header_bytes) {
             Sniffed::NeedMore(wanted) => {
                 self.sniff_wanted = wanted;
                 return Ok(());
@@ -101,8 +101,7 @@ impl Ingester {
         }
         let mut regions = layout.regions();
         if let Some(walker) = &walker {
-            regions.clear();
-            walked::apply(&mut regions, &mut Vec::new(), vec![walker.start()]);
+            walked::apply(&mut regions, &mut layout.tensors, vec![walker.start()]);
         }
         let mut model = ModelState {
             layout,
@@ -125,21 +124,19 @@ impl Ingester {
 
     pub(super) async fn feed_model(&mut self, bytes: Bytes) -> anyhow::Result<()> {
         let State::Model(model) = &mut self.state else { return Ok(()) };
-        let walked = model.walker.is_some();
         let settled = model.settle(bytes);
-        self.cut_model(settled).await?;
-        if walked {
-            self.end_closed_regions().await?;
-        }
-        Ok(())
+        self.cut_model(settled).await
     }
 
-    /// Cuts bytes whose regions are known into chunks.
+    /// Cuts bytes whose regions are known into chunks. A walked region may be closed where the
+    /// cut bytes end, with its last chunk sealed already (it ended on a 4 MiB boundary) or none
+    /// at all (it is empty): such regions are ended before each cut and after the last.
     pub(super) async fn cut_model(&mut self, mut bytes: Bytes) -> anyhow::Result<()> {
-        while !bytes.is_empty() {
-            // A walked region may be closed where the cut bytes end, with its last chunk sealed
-            // already (it ended on a 4 MiB boundary) or none at all (it is empty).
+        loop {
             self.end_closed_regions().await?;
+            if bytes.is_empty() {
+                return Ok(());
+            }
             let State::Model(model) = &mut self.state else { return Ok(()) };
             let chunk_end = model.chunk_end();
             let take = ((chunk_end - model.position) as usize).min(bytes.len());
@@ -149,7 +146,6 @@ impl Ingester {
                 self.seal_chunk().await?;
             }
         }
-        Ok(())
     }
 
     /// Turns the filled chunk into a segment, queues it for encoding unless already stored,

@@ -94,7 +94,6 @@ impl Ingester {
             return Ok(());
         }
         let held = model.settle_end(size);
-        self.cut_model(held).await?;
-        self.end_closed_regions().await
+        self.cut_model(held).await
     }
 }
