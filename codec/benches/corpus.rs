@@ -60,7 +60,7 @@ fn measure(file: &[u8], base: Option<&[u8]>) -> Measure {
             jobs.push((&bytes[range], tensor.dtype, base));
         }
     }
-    let (encode_secs, frames) = best_of(|| jobs.iter().map(|(raw, dtype, base)| encode_chunk(raw, *dtype, *base).unwrap()).collect::<Vec<_>>());
+    let (encode_secs, frames) = best_of(|| jobs.iter().map(|(raw, dtype, base)| encode_chunk(raw, *dtype, base.map(|base| (base, *dtype))).unwrap()).collect::<Vec<_>>());
     let (decode_secs, decoded) = best_of(|| {
         frames
             .iter()

@@ -61,7 +61,7 @@ fn encoded_size(tensor: &Tensor, base: Option<&Tensor>) -> usize {
         .map(|(index, raw)| {
             let base_bytes = base.map(|b| &b.bytes[index * chunk..(index * chunk + raw.len()).min(b.bytes.len())]);
             let base = base_bytes.map(|bytes| BaseChunk { hash: ContentHash::of(bytes), bytes });
-            encode_chunk(raw, tensor.dtype, base).unwrap().len()
+            encode_chunk(raw, tensor.dtype, base.map(|base| (base, tensor.dtype))).unwrap().len()
         })
         .sum()
 }

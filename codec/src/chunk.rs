@@ -3,8 +3,25 @@
 
 use std::ops::Range;
 
+use crate::dtype::Dtype;
+
 /// Default chunk size: 4 MiB, a multiple of every element size.
 pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
+
+/// Elements per chunk of a float tensor up to 4 bytes wide: chunk i of one tensor holds the
+/// same elements in F32, BF16, F16 or F8, so the chunks of a cast line up with those of the
+/// tensor it was cast from (issue 18, `cast`).
+pub const CHUNK_ELEMENTS: usize = 1 << 20;
+
+/// The size of the chunks a region of `dtype` is cut into: [`CHUNK_ELEMENTS`] elements for
+/// F8, F16, BF16 and F32 tensors, [`DEFAULT_CHUNK_SIZE`] bytes for anything else (the bytes
+/// between tensors are U8).
+pub fn chunk_size(dtype: Dtype) -> usize {
+    match dtype {
+        Dtype::F8E4M3 | Dtype::F8E5M2 | Dtype::F16 | Dtype::BF16 | Dtype::F32 => CHUNK_ELEMENTS * dtype.size(),
+        _ => DEFAULT_CHUNK_SIZE,
+    }
+}
 
 /// The byte ranges of the chunks of a `len`-byte tensor.
 pub fn chunk_ranges(len: usize, chunk_size: usize) -> impl Iterator<Item = Range<usize>> {
@@ -12,16 +29,10 @@ pub fn chunk_ranges(len: usize, chunk_size: usize) -> impl Iterator<Item = Range
     (0..len.div_ceil(chunk_size)).map(move |i| i * chunk_size..((i + 1) * chunk_size).min(len))
 }
 
-/// How many chunks of [`DEFAULT_CHUNK_SIZE`] a region (a tensor, or the bytes between tensors)
-/// of `len` bytes is cut into: what a stored model's manifest holds per region.
-pub fn chunk_count(len: u64) -> usize {
-    len.div_ceil(DEFAULT_CHUNK_SIZE as u64) as usize
-}
-
-/// Where the chunk that starts at `chunk_start` ends, in a region ending at `region_end` (the
-/// streaming form of [`chunk_ranges`] with [`DEFAULT_CHUNK_SIZE`]).
-pub fn chunk_end(chunk_start: u64, region_end: u64) -> u64 {
-    (chunk_start + DEFAULT_CHUNK_SIZE as u64).min(region_end)
+/// Where the chunk that starts at `chunk_start` ends, in a region of `dtype` ending at
+/// `region_end` (the streaming form of [`chunk_ranges`] with [`chunk_size`]).
+pub fn chunk_end(chunk_start: u64, region_end: u64, dtype: Dtype) -> u64 {
+    (chunk_start + chunk_size(dtype) as u64).min(region_end)
 }
 
 #[cfg(test)]
@@ -29,18 +40,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_streaming_cut_and_the_count_agree_with_the_ranges() {
-        for len in [0u64, 1, DEFAULT_CHUNK_SIZE as u64 - 1, DEFAULT_CHUNK_SIZE as u64, 3 * DEFAULT_CHUNK_SIZE as u64 + 5] {
-            let ranges: Vec<_> = chunk_ranges(len as usize, DEFAULT_CHUNK_SIZE).collect();
-            assert_eq!(chunk_count(len), ranges.len());
-            let mut start = 0;
-            let mut cuts = Vec::new();
-            while start < len {
-                let end = chunk_end(start, len);
-                cuts.push(start as usize..end as usize);
-                start = end;
+    fn the_streaming_cut_agrees_with_the_ranges() {
+        for dtype in Dtype::ALL {
+            let size = chunk_size(dtype) as u64;
+            for len in [0u64, 1, size - 1, size, 3 * size + 5] {
+                let ranges: Vec<_> = chunk_ranges(len as usize, size as usize).collect();
+                let mut start = 0;
+                let mut cuts = Vec::new();
+                while start < len {
+                    let end = chunk_end(start, len, dtype);
+                    cuts.push(start as usize..end as usize);
+                    start = end;
+                }
+                assert_eq!(cuts, ranges);
             }
-            assert_eq!(cuts, ranges);
+        }
+    }
+
+    #[test]
+    fn float_chunks_hold_the_same_elements_in_every_precision() {
+        for dtype in [Dtype::F8E4M3, Dtype::F16, Dtype::BF16, Dtype::F32] {
+            assert_eq!(chunk_size(dtype) / dtype.size(), CHUNK_ELEMENTS);
+            assert!(chunk_size(dtype) <= DEFAULT_CHUNK_SIZE);
         }
     }
 

@@ -9,13 +9,13 @@
 //! ..     frames (see `frame`), one per chunk, in file order; each frame gives its own length
 //! ```
 //! Chunks are cut as the gateway cuts them: each tensor and each gap between tensors from its
-//! start in pieces of [`DEFAULT_CHUNK_SIZE`], then the bytes after the last tensor.
+//! start in pieces of [`chunk_size`] (by dtype), then the bytes after the last tensor.
 
 use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use crate::chunk::{chunk_ranges, DEFAULT_CHUNK_SIZE};
+use crate::chunk::{chunk_ranges, chunk_size};
 use crate::dtype::Dtype;
 use crate::encode::{decode_frame, encode_chunk, BaseChunk};
 use crate::error::{CodecError, Result};
@@ -42,7 +42,7 @@ pub fn plan_chunks(layout: &Layout, file_len: usize) -> Vec<PlannedChunk> {
     let data_start = layout.data_start as usize;
     let mut chunks = Vec::new();
     let mut cut = |start: usize, end: usize, dtype: Dtype, tensor: Option<usize>| {
-        for (index, range) in chunk_ranges(end - start, DEFAULT_CHUNK_SIZE).enumerate() {
+        for (index, range) in chunk_ranges(end - start, chunk_size(dtype)).enumerate() {
             let tensor = tensor.map(|t| (t, index));
             chunks.push(PlannedChunk { start: start + range.start, end: start + range.end, dtype, tensor });
         }
@@ -87,7 +87,7 @@ pub fn pack(file: &[u8], base: Option<&[u8]>) -> Result<Vec<u8>> {
                 bases.get(&(info.name.clone(), info.dtype, info.shape.clone(), index))
             });
             let base = candidate.map(|bytes| BaseChunk { hash: ContentHash::of(bytes), bytes });
-            encode_chunk(&file[chunk.start..chunk.end], chunk.dtype, base)
+            encode_chunk(&file[chunk.start..chunk.end], chunk.dtype, base.map(|base| (base, chunk.dtype)))
         })
         .collect();
     let header_len = layout.data_start as usize;

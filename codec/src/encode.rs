@@ -5,6 +5,7 @@
 //! other dtypes against a base take the XOR of BitX. On their own, floats are rotated so the
 //! exponent is a byte of its own, split into planes and entropy-coded plane by plane.
 
+use crate::cast::Cast;
 use crate::delta;
 use crate::dtype::Dtype;
 use crate::entropy::{self, PLANE_STORED, PLANE_ZSTD};
@@ -25,16 +26,16 @@ pub struct BaseChunk<'a> {
     pub bytes: &'a [u8],
 }
 
-/// Encodes one chunk of raw tensor bytes as a frame. With a base, the frame is a delta against
-/// it unless encoding on its own is smaller.
-pub fn encode_chunk(raw: &[u8], dtype: Dtype, base: Option<BaseChunk<'_>>) -> Result<Vec<u8>> {
+/// Encodes one chunk of raw tensor bytes as a frame. With a base (and the base's dtype), the
+/// frame is a delta against it, converted to `dtype` first when it holds another float dtype
+/// (`cast`), unless encoding on its own is smaller or the dtypes have no conversion.
+pub fn encode_chunk(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>) -> Result<Vec<u8>> {
     let raw_len = u32::try_from(raw.len())
         .ok()
         .filter(|len| *len <= MAX_RAW_LEN)
         .ok_or(CodecError::ChunkTooLarge(raw.len()))?;
-    let payload = match base {
-        Some(base) => {
-            let delta = delta_payload(raw, dtype, base);
+    let payload = match base.and_then(|(base, base_dtype)| against_base(raw, dtype, base, base_dtype)) {
+        Some(delta) => {
             if (delta.bytes.len() as f64) <= DELTA_GOOD_ENOUGH * raw.len() as f64 {
                 delta
             } else {
@@ -63,6 +64,7 @@ fn frame_of(payload: Payload, raw: &[u8], raw_len: u32) -> Vec<u8> {
         payload_len: payload.bytes.len() as u32,
         checksum: ContentHash::of(raw),
         base: payload.base,
+        conversion: payload.conversion,
     };
     let mut frame = Vec::with_capacity(header.frame_len());
     header.write(&mut frame);
@@ -105,6 +107,14 @@ pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>
             Some(base) if base.hash == wanted => base.bytes,
             _ => return Err(CodecError::BaseMismatch(wanted.to_hex())),
         };
+        let converted;
+        let base = match header.conversion {
+            Some(cast) => {
+                converted = cast.apply(base);
+                &converted[..]
+            }
+            None => base,
+        };
         if header.subtract && header.grouped && ordered::supports(width) {
             bytes = ordered::decode(&bytes, base, width);
         } else if header.subtract || header.grouped {
@@ -127,13 +137,27 @@ struct Payload {
     subtract: bool,
     grouped: bool,
     base: Option<ContentHash>,
+    conversion: Option<Cast>,
     bytes: Vec<u8>,
 }
 
 impl Payload {
     fn plain(codec: Codec, width: usize, bytes: Vec<u8>) -> Payload {
-        Payload { codec, width: width as u8, rotated: false, subtract: false, grouped: false, base: None, bytes }
+        Payload { codec, width: width as u8, rotated: false, subtract: false, grouped: false, base: None, conversion: None, bytes }
     }
+}
+
+/// The delta against a base of `base_dtype`: taken as it is for the same dtype, through the
+/// conversion that fits for another float dtype, `None` when there is none.
+fn against_base(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, base_dtype: Dtype) -> Option<Payload> {
+    if base_dtype == dtype {
+        return Some(delta_payload(raw, dtype, base));
+    }
+    let cast = Cast::fitting(base_dtype, dtype, base.bytes, raw)?;
+    let converted = cast.apply(base.bytes);
+    let mut payload = delta_payload(raw, dtype, BaseChunk { hash: base.hash, bytes: &converted });
+    payload.conversion = Some(cast);
+    Some(payload)
 }
 
 fn is_float(dtype: Dtype) -> bool {
@@ -152,6 +176,7 @@ fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
             subtract: true,
             grouped: true,
             base: Some(base.hash),
+            conversion: None,
             bytes: compress_planes(&planes, width),
         }
     } else {
@@ -269,9 +294,32 @@ mod tests {
         let own = encode_chunk(&base, Dtype::BF16, None).unwrap();
         assert!(own.len() < base.len() * 9 / 10, "standalone {} of {}", own.len(), base.len());
         let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
-        let delta = encode_chunk(&tuned, Dtype::BF16, Some(base_chunk)).unwrap();
+        let delta = encode_chunk(&tuned, Dtype::BF16, Some((base_chunk, Dtype::BF16))).unwrap();
         assert!(delta.len() < base.len() / 5, "delta {} of {}", delta.len(), base.len());
         assert_eq!(decode_frame(&delta, Some(base_chunk)).unwrap(), tuned);
+    }
+
+    #[test]
+    fn a_cast_costs_next_to_nothing_and_the_wider_tensor_its_residual() {
+        let wide: Vec<u8> = (0..262_144u32)
+            .flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes())
+            .collect();
+        let wide_chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+        for cast in [Cast::F32ToBf16, Cast::F32ToBf16Truncated, Cast::F32ToF16] {
+            let narrow = cast.apply(&wide);
+            let frame = encode_chunk(&narrow, cast.target(), Some((wide_chunk, Dtype::F32))).unwrap();
+            let header = FrameHeader::read(&frame).unwrap();
+            assert_eq!(header.conversion, Some(cast));
+            assert!(frame.len() < narrow.len() / 100, "{cast:?}: {} of {}", frame.len(), narrow.len());
+            assert_eq!(decode_frame(&frame, Some(wide_chunk)).unwrap(), narrow);
+        }
+        let narrow = Cast::F32ToBf16.apply(&wide);
+        let narrow_chunk = BaseChunk { hash: ContentHash::of(&narrow), bytes: &narrow };
+        let residual = encode_chunk(&wide, Dtype::F32, Some((narrow_chunk, Dtype::BF16))).unwrap();
+        assert_eq!(FrameHeader::read(&residual).unwrap().conversion, Some(Cast::Bf16ToF32));
+        assert_eq!(decode_frame(&residual, Some(narrow_chunk)).unwrap(), wide);
+        let unrelated = encode_chunk(&wide, Dtype::F32, Some((narrow_chunk, Dtype::I16))).unwrap();
+        assert_eq!(FrameHeader::read(&unrelated).unwrap().base, None);
     }
 
     #[test]
@@ -290,7 +338,7 @@ mod tests {
         let base = weights(5000, 1);
         let tuned = weights(5000, 2);
         let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
-        let frame = encode_chunk(&tuned, Dtype::BF16, Some(base_chunk)).unwrap();
+        let frame = encode_chunk(&tuned, Dtype::BF16, Some((base_chunk, Dtype::BF16))).unwrap();
         if FrameHeader::read(&frame).unwrap().base.is_some() {
             assert!(matches!(decode_frame(&frame, None), Err(CodecError::BaseMismatch(_))));
         }
@@ -323,7 +371,35 @@ mod tests {
                 }
             }
             let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
-            let frame = encode_chunk(&raw, dtype, Some(base_chunk)).unwrap();
+            let frame = encode_chunk(&raw, dtype, Some((base_chunk, dtype))).unwrap();
+            prop_assert_eq!(decode_frame(&frame, Some(base_chunk)).unwrap(), raw);
+        }
+
+        #[test]
+        fn converted_delta_round_trips(values in proptest::collection::vec(any::<u32>(), 0..500),
+                                       flips in proptest::collection::vec(any::<(usize, u16)>(), 0..20),
+                                       cast in proptest::sample::select(Cast::ALL.to_vec()),
+                                       specials in any::<bool>()) {
+            // The wider or narrower tensor, with NaN payloads, -0, subnormals and infinities.
+            let mut values = values;
+            if specials {
+                for (slot, special) in values.iter_mut().zip([0x7FC0_1234u32, 0x8000_0000, 0x0000_0001, 0x7F80_0000, 0xFF80_0001, 0x0040_0000]) {
+                    *slot = special;
+                }
+            }
+            let source: Vec<u8> = match cast.source() {
+                Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                _ => values.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect(),
+            };
+            let mut raw = cast.apply(&source);
+            for (position, bits) in flips {
+                if !raw.is_empty() {
+                    let len = raw.len();
+                    raw[position % len] ^= bits as u8;
+                }
+            }
+            let base_chunk = BaseChunk { hash: ContentHash::of(&source), bytes: &source };
+            let frame = encode_chunk(&raw, cast.target(), Some((base_chunk, cast.source()))).unwrap();
             prop_assert_eq!(decode_frame(&frame, Some(base_chunk)).unwrap(), raw);
         }
 

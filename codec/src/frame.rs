@@ -2,32 +2,39 @@
 //!
 //! ```text
 //! 0   4  magic "TGFR"
-//! 4   1  version (1)
+//! 4   1  version (1; 2 when flag bit 4 is set)
 //! 5   1  codec: 0 stored, 1 zstd, 2 byte planes
 //! 6   1  element width in bytes (1..=8): the byte planes of codec 2, the ordered difference
 //! 7   1  flags: bit 0 delta against a base, bit 1 elements rotated left one bit,
 //!           bit 2 the delta is an ordered-integer difference (else XOR),
-//!           bit 3 elements grouped by base context
+//!           bit 3 elements grouped by base context,
+//!           bit 4 the base is converted to this frame's dtype first (version 2)
 //! 8   4  raw length, u32 little-endian
 //! 12  4  payload length, u32 little-endian
 //! 16  32 BLAKE3-256 of the raw bytes (checksum and content hash)
 //! 48  32 the base chunk's id (the gateway's scoped chunk id; the plain BLAKE3-256 of its raw
 //!        bytes in `tensorgate pack` files), only when flag bit 0 is set
+//! 80  1  the conversion (`cast::Cast` code), only when flag bit 4 is set
 //! ..     payload
 //! ```
 
+use crate::cast::Cast;
 use crate::error::{CodecError, Result};
 use crate::hash::ContentHash;
 
 pub const MAGIC: [u8; 4] = *b"TGFR";
 pub const VERSION: u8 = 1;
+/// The version of frames whose base is converted (flag bit 4); every other frame is written
+/// as version 1, which readers that predate conversions still read.
+pub const VERSION_CONVERTED: u8 = 2;
 /// Size of the fixed part of the header; a delta frame adds 32 bytes of base hash.
 pub const FIXED_HEADER_LEN: usize = 48;
 pub const FLAG_DELTA: u8 = 1;
 pub const FLAG_ROTATED: u8 = 2;
 pub const FLAG_SUBTRACT: u8 = 4;
 pub const FLAG_GROUPED: u8 = 8;
-const KNOWN_FLAGS: u8 = FLAG_DELTA | FLAG_ROTATED | FLAG_SUBTRACT | FLAG_GROUPED;
+pub const FLAG_CONVERTED: u8 = 16;
+const KNOWN_FLAGS: u8 = FLAG_DELTA | FLAG_ROTATED | FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED;
 /// Largest raw length a frame may declare, so that a hostile header cannot make a decoder
 /// allocate without bound.
 pub const MAX_RAW_LEN: u32 = 64 << 20;
@@ -76,12 +83,14 @@ pub struct FrameHeader {
     pub payload_len: u32,
     pub checksum: ContentHash,
     pub base: Option<ContentHash>,
+    /// How the base's elements are converted before the delta is undone (needs a base).
+    pub conversion: Option<Cast>,
 }
 
 impl FrameHeader {
     /// Bytes the header takes in front of the payload.
     pub fn header_len(&self) -> usize {
-        FIXED_HEADER_LEN + if self.base.is_some() { 32 } else { 0 }
+        FIXED_HEADER_LEN + if self.base.is_some() { 32 } else { 0 } + usize::from(self.conversion.is_some())
     }
 
     /// Bytes of the whole frame.
@@ -95,14 +104,19 @@ impl FrameHeader {
         let flags = flag(self.base.is_some(), FLAG_DELTA)
             | flag(self.rotated, FLAG_ROTATED)
             | flag(self.subtract, FLAG_SUBTRACT)
-            | flag(self.grouped, FLAG_GROUPED);
+            | flag(self.grouped, FLAG_GROUPED)
+            | flag(self.conversion.is_some(), FLAG_CONVERTED);
+        let version = if self.conversion.is_some() { VERSION_CONVERTED } else { VERSION };
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&[VERSION, self.codec.id(), self.width, flags]);
+        out.extend_from_slice(&[version, self.codec.id(), self.width, flags]);
         out.extend_from_slice(&self.raw_len.to_le_bytes());
         out.extend_from_slice(&self.payload_len.to_le_bytes());
         out.extend_from_slice(&self.checksum.0);
         if let Some(base) = self.base {
             out.extend_from_slice(&base.0);
+        }
+        if let Some(conversion) = self.conversion {
+            out.push(conversion.code());
         }
     }
 
@@ -112,8 +126,9 @@ impl FrameHeader {
         if fixed[..4] != MAGIC {
             return Err(CodecError::FrameMagic);
         }
-        if fixed[4] != VERSION {
-            return Err(CodecError::FrameVersion(fixed[4]));
+        let version = fixed[4];
+        if version != VERSION && version != VERSION_CONVERTED {
+            return Err(CodecError::FrameVersion(version));
         }
         let codec = Codec::from_id(fixed[5])?;
         let width = fixed[6];
@@ -124,8 +139,11 @@ impl FrameHeader {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(CodecError::FrameCorrupt("unknown flags"));
         }
-        if flags & FLAG_DELTA == 0 && flags & (FLAG_SUBTRACT | FLAG_GROUPED) != 0 {
+        if flags & FLAG_DELTA == 0 && flags & (FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED) != 0 {
             return Err(CodecError::FrameCorrupt("delta flags without a base"));
+        }
+        if (flags & FLAG_CONVERTED != 0) != (version == VERSION_CONVERTED) {
+            return Err(CodecError::FrameCorrupt("a converted base is version 2, and version 2 has one"));
         }
         let raw_len = read_u32(&fixed[8..12]);
         let payload_len = read_u32(&fixed[12..16]);
@@ -139,6 +157,16 @@ impl FrameHeader {
         } else {
             None
         };
+        let conversion = if flags & FLAG_CONVERTED != 0 {
+            let code = *frame.get(FIXED_HEADER_LEN + 32).ok_or(CodecError::FrameTruncated)?;
+            let cast = Cast::from_code(code).ok_or(CodecError::FrameCorrupt("unknown conversion"))?;
+            if cast.target().size() != usize::from(width) {
+                return Err(CodecError::FrameCorrupt("conversion to another width"));
+            }
+            Some(cast)
+        } else {
+            None
+        };
         Ok(FrameHeader {
             codec,
             width,
@@ -149,6 +177,7 @@ impl FrameHeader {
             payload_len,
             checksum,
             base,
+            conversion,
         })
     }
 }
@@ -177,13 +206,41 @@ mod tests {
             payload_len: 99,
             checksum: ContentHash([3; 32]),
             base: Some(ContentHash([9; 32])),
+            conversion: None,
         };
         let mut bytes = Vec::new();
         header.write(&mut bytes);
         assert_eq!(bytes.len(), header.header_len());
         assert_eq!(FrameHeader::read(&bytes), Ok(header));
         assert_eq!(FrameHeader::read(&bytes[..60]), Err(CodecError::FrameTruncated));
+        bytes[4] = 3;
+        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameVersion(3)));
         bytes[4] = 2;
-        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameVersion(2)));
+        assert!(FrameHeader::read(&bytes).is_err(), "version 2 without a conversion");
+    }
+
+    #[test]
+    fn a_converted_base_makes_a_version_2_header() {
+        let header = FrameHeader {
+            codec: Codec::Planes,
+            width: 2,
+            rotated: false,
+            subtract: true,
+            grouped: true,
+            raw_len: 10,
+            payload_len: 3,
+            checksum: ContentHash([3; 32]),
+            base: Some(ContentHash([9; 32])),
+            conversion: Some(Cast::F32ToBf16),
+        };
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        assert_eq!((bytes.len(), bytes[4], bytes[80]), (81, 2, 1));
+        assert_eq!(FrameHeader::read(&bytes), Ok(header));
+        assert_eq!(FrameHeader::read(&bytes[..80]), Err(CodecError::FrameTruncated));
+        bytes[80] = Cast::Bf16ToF32.code();
+        assert!(FrameHeader::read(&bytes).is_err(), "a conversion to F32 in a 2-byte frame");
+        bytes[80] = 0;
+        assert!(FrameHeader::read(&bytes).is_err(), "an unknown conversion");
     }
 }

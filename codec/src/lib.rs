@@ -7,6 +7,7 @@
 //! (the BitX idea, with an ordered difference for floats); other bytes as zstd where it pays.
 //! It does no I/O and knows nothing of S3 or the index.
 
+pub mod cast;
 pub mod cdc;
 pub mod chunk;
 pub mod container;
@@ -23,8 +24,9 @@ pub mod ordered;
 pub mod planes;
 pub mod sketch;
 
+pub use cast::Cast;
 pub use cdc::next_cut;
-pub use chunk::{chunk_count, chunk_end, chunk_ranges, DEFAULT_CHUNK_SIZE};
+pub use chunk::{chunk_end, chunk_ranges, chunk_size, CHUNK_ELEMENTS, DEFAULT_CHUNK_SIZE};
 pub use dtype::Dtype;
 pub use encode::{decode_frame, encode_chunk, encode_opaque, BaseChunk};
 pub use error::{CodecError, Result};

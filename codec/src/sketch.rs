@@ -5,18 +5,20 @@
 //! in value distribution, differs in most bits. The distance counts the bits each sample's
 //! difference needs, so it predicts the size of the delta, which value statistics do not.
 //!
-//! Samples come from the first [`SAMPLED_BYTES`] of the tensor, so the sketch is ready when the
-//! first chunk has streamed in and a base can be chosen before anything is encoded.
+//! Samples come from the first [`CHUNK_ELEMENTS`] elements of the tensor (its first chunk), so
+//! the sketch is ready when the first chunk has streamed in and a base can be chosen before
+//! anything is encoded; the same elements are sampled in every precision, and
+//! [`Sketch::as_f32`] puts F16 samples in the terms of F32 and BF16 ones, so that a tensor and
+//! its casts are near (issue 18).
 
-use crate::chunk::DEFAULT_CHUNK_SIZE;
+use crate::cast::f16_to_f32;
+use crate::chunk::CHUNK_ELEMENTS;
 use crate::dtype::Dtype;
 
 /// Elements sampled per tensor.
 pub const SAMPLES: usize = 256;
 /// Bytes of a sketch: 16 bits per sample.
 pub const SKETCH_BYTES: usize = SAMPLES * 2;
-/// Samples are spread over this many leading bytes of the tensor (its first chunk).
-pub const SAMPLED_BYTES: usize = DEFAULT_CHUNK_SIZE;
 
 /// The fingerprint of one tensor: the top 16 bits of each sample, mapped to integers in the
 /// order of the values they start (negative floats below positive ones).
@@ -33,8 +35,8 @@ impl Sketch {
     /// Sketches a tensor from its leading bytes (at least its first chunk, or all of it).
     pub fn of(leading_bytes: &[u8], dtype: Dtype) -> Sketch {
         let width = dtype.size();
-        let sampled = &leading_bytes[..leading_bytes.len().min(SAMPLED_BYTES)];
-        let count = sampled.len() / width;
+        let count = (leading_bytes.len() / width).min(CHUNK_ELEMENTS);
+        let sampled = &leading_bytes[..count * width];
         let mut samples = [0u16; SAMPLES];
         if count > 0 {
             for (index, sample) in samples.iter_mut().enumerate() {
@@ -57,6 +59,17 @@ impl Sketch {
         self.0.iter().zip(&other.0).map(|(a, b)| 16 - a.abs_diff(*b).leading_zeros()).sum()
     }
 
+    /// The sketch of a tensor of `dtype` as the sketch of its F32 cast would be: F16 samples
+    /// widened and cut to their top 16 bits; the samples of F32 and BF16 are those bits already.
+    pub fn as_f32(&self, dtype: Dtype) -> Sketch {
+        if dtype != Dtype::F16 {
+            return self.clone();
+        }
+        let to_order = |top: u16| if top & 0x8000 != 0 { !top } else { top ^ 0x8000 };
+        let from_order = |sample: u16| if sample & 0x8000 != 0 { sample ^ 0x8000 } else { !sample };
+        Sketch(self.0.map(|sample| to_order((f16_to_f32(from_order(sample)) >> 16) as u16)))
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         self.0.iter().flat_map(|sample| sample.to_le_bytes()).collect()
     }
@@ -77,6 +90,7 @@ impl Sketch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cast::Cast;
     use proptest::prelude::*;
 
     fn bf16(values: impl Iterator<Item = f32>) -> Vec<u8> {
@@ -94,6 +108,22 @@ mod tests {
         let tuned_distance = Sketch::of(&tuned, Dtype::BF16).distance(&base_sketch);
         let lookalike_distance = Sketch::of(&lookalike, Dtype::BF16).distance(&base_sketch);
         assert!(tuned_distance * 4 < lookalike_distance, "{tuned_distance} vs {lookalike_distance}");
+    }
+
+    #[test]
+    fn a_tensor_is_near_its_casts() {
+        let wide: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1e5) - 0.01).to_le_bytes())
+            .collect();
+        let sketch = Sketch::of(&wide, Dtype::F32);
+        for (cast, dtype) in [(Cast::F32ToBf16, Dtype::BF16), (Cast::F32ToF16, Dtype::F16)] {
+            let distance = Sketch::of(&cast.apply(&wide), dtype).as_f32(dtype).distance(&sketch);
+            assert!(distance <= SAMPLES as u32, "{dtype:?}: {distance}");
+        }
+        let unrelated: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (((i.wrapping_mul(747_796_405) % 2001) as f32 / 1e5) - 0.01).to_le_bytes())
+            .collect();
+        assert!(Sketch::of(&unrelated, Dtype::F32).distance(&sketch) > 4 * SAMPLES as u32);
     }
 
     proptest! {

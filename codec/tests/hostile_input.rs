@@ -55,7 +55,7 @@ proptest! {
                                              cut in any::<usize>()) {
         let base: Vec<u8> = raw.iter().map(|b| b ^ 1).collect();
         let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
-        let mut frame = encode_chunk(&raw, Dtype::BF16, Some(base_chunk)).unwrap();
+        let mut frame = encode_chunk(&raw, Dtype::BF16, Some((base_chunk, Dtype::BF16))).unwrap();
         let len = frame.len();
         for (position, value) in flips {
             frame[position % len] = value;

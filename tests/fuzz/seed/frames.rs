@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let base_chunk = BaseChunk { hash: ContentHash::of(&base_bytes), bytes: &base_bytes };
         let standalone = encode_chunk(&tuned_bytes, tuned.dtype, None)?;
-        let delta = encode_chunk(&tuned_bytes, tuned.dtype, Some(base_chunk))?;
+        let delta = encode_chunk(&tuned_bytes, tuned.dtype, Some((base_chunk, tuned.dtype)))?;
         let mut seeds = vec![padded(&standalone, &vec![0; standalone.len()])];
         if delta.len() <= base_bytes.len() {
             seeds.push(padded(&delta, &base_bytes));
