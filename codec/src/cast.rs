@@ -1,7 +1,8 @@
 //! Casts between float dtypes (issue 18): hubs keep one model in several precisions, and a
 //! BF16 or F16 tensor is usually the rounded cast of an F32 one. A chunk of one precision is
 //! stored as a delta against the chunk of another converted to its dtype: nearly all zeros when
-//! it is that cast, the rounding residual when it is the wider original.
+//! it is that cast, the rounding residual when it is the wider original, a few bits per element
+//! between two casts of one original (F16 and BF16).
 //!
 //! Written here rather than taken from the `half` crate: a frame decodes only if its reader
 //! converts the base to exactly the bits its writer did, NaN payloads included, on any CPU;
@@ -23,6 +24,10 @@ pub enum Cast {
     Bf16ToF32,
     /// F16 to F32, exact.
     F16ToF32,
+    /// F16 to BF16: widened exactly, then rounded to nearest, ties to even.
+    F16ToBf16,
+    /// BF16 to F16: widened exactly, then rounded to nearest, ties to even.
+    Bf16ToF16,
 }
 
 /// Elements of a chunk compared when choosing between the rounding and the truncating cast.
@@ -30,7 +35,8 @@ const CAST_SAMPLE: usize = 4096;
 
 impl Cast {
     /// Every conversion, in code order.
-    pub const ALL: [Cast; 5] = [Cast::F32ToBf16, Cast::F32ToBf16Truncated, Cast::F32ToF16, Cast::Bf16ToF32, Cast::F16ToF32];
+    pub const ALL: [Cast; 7] =
+        [Cast::F32ToBf16, Cast::F32ToBf16Truncated, Cast::F32ToF16, Cast::Bf16ToF32, Cast::F16ToF32, Cast::F16ToBf16, Cast::Bf16ToF16];
 
     /// The byte that names the conversion in a frame header.
     pub fn code(self) -> u8 {
@@ -40,6 +46,8 @@ impl Cast {
             Cast::F32ToF16 => 3,
             Cast::Bf16ToF32 => 4,
             Cast::F16ToF32 => 5,
+            Cast::F16ToBf16 => 6,
+            Cast::Bf16ToF16 => 7,
         }
     }
 
@@ -52,16 +60,16 @@ impl Cast {
     pub fn source(self) -> Dtype {
         match self {
             Cast::F32ToBf16 | Cast::F32ToBf16Truncated | Cast::F32ToF16 => Dtype::F32,
-            Cast::Bf16ToF32 => Dtype::BF16,
-            Cast::F16ToF32 => Dtype::F16,
+            Cast::Bf16ToF32 | Cast::Bf16ToF16 => Dtype::BF16,
+            Cast::F16ToF32 | Cast::F16ToBf16 => Dtype::F16,
         }
     }
 
     /// The dtype they are converted to.
     pub fn target(self) -> Dtype {
         match self {
-            Cast::F32ToBf16 | Cast::F32ToBf16Truncated => Dtype::BF16,
-            Cast::F32ToF16 => Dtype::F16,
+            Cast::F32ToBf16 | Cast::F32ToBf16Truncated | Cast::F16ToBf16 => Dtype::BF16,
+            Cast::F32ToF16 | Cast::Bf16ToF16 => Dtype::F16,
             Cast::Bf16ToF32 | Cast::F16ToF32 => Dtype::F32,
         }
     }
@@ -69,7 +77,8 @@ impl Cast {
     /// The dtypes a tensor of `dtype` can be taken against through a conversion.
     pub fn sources_for(dtype: Dtype) -> &'static [Dtype] {
         match dtype {
-            Dtype::BF16 | Dtype::F16 => &[Dtype::F32],
+            Dtype::BF16 => &[Dtype::F32, Dtype::F16],
+            Dtype::F16 => &[Dtype::F32, Dtype::BF16],
             Dtype::F32 => &[Dtype::BF16, Dtype::F16],
             _ => &[],
         }
@@ -101,6 +110,8 @@ impl Cast {
             Cast::F32ToF16 => narrow(source, f32_to_f16),
             Cast::Bf16ToF32 => widen(source, |half| u32::from(half) << 16),
             Cast::F16ToF32 => widen(source, f16_to_f32),
+            Cast::F16ToBf16 => across(source, |half| f32_to_bf16(f16_to_f32(half))),
+            Cast::Bf16ToF16 => across(source, |half| f32_to_f16(u32::from(half) << 16)),
         }
     }
 }
@@ -116,6 +127,14 @@ fn narrow(source: &[u8], convert: impl Fn(u32) -> u16) -> Vec<u8> {
 
 fn widen(source: &[u8], convert: impl Fn(u16) -> u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(source.len() * 2);
+    for element in source.chunks_exact(2) {
+        out.extend_from_slice(&convert(u16::from_le_bytes([element[0], element[1]])).to_le_bytes());
+    }
+    out
+}
+
+fn across(source: &[u8], convert: impl Fn(u16) -> u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(source.len());
     for element in source.chunks_exact(2) {
         out.extend_from_slice(&convert(u16::from_le_bytes([element[0], element[1]])).to_le_bytes());
     }

@@ -1,10 +1,11 @@
 //! Choosing the base a tensor's chunks are stored as deltas against: by the configured
 //! strategy, the newest stored tensor of the same name, dtype and shape, or the stored tensor
-//! of that dtype and shape whose bit-level fingerprint is nearest, confirmed by trial encodes
-//! of a sample of the first chunk.
+//! of that shape whose bit-level fingerprint is nearest, confirmed by trial encodes of a sample
+//! of the first chunk. A tensor of another float precision counts (issue 18): its chunks are
+//! converted to the new tensor's dtype before the delta (`tensorgate_codec::Cast`).
 
 use bytes::Bytes;
-use tensorgate_codec::{encode_chunk, BaseChunk, ContentHash, Dtype, FrameHeader, Region, RegionKind, Sketch};
+use tensorgate_codec::{encode_chunk, BaseChunk, Cast, ContentHash, Dtype, FrameHeader, Region, RegionKind, Sketch};
 use tensorgate_index::{BaseCandidate, ChunkHash, MAX_BASE_DEPTH};
 
 use super::model::ModelState;
@@ -34,10 +35,20 @@ const TRIAL_BYTES: usize = 256 << 10;
 /// own, and the chains a reader follows must stay short whoever wrote them.
 pub(super) const MAX_WRITE_DEPTH: usize = 2;
 
+/// The stored tensor chosen as the base of the tensor being filled: its dtype and its chunks,
+/// chunk i the base of the new tensor's chunk i.
+pub(super) struct ChosenBase {
+    pub(super) dtype: Dtype,
+    pub(super) chunks: Vec<ChunkHash>,
+}
+
+/// A chunk to take a delta against: its id, its bytes and its dtype.
+pub(super) type BaseBytes = (ContentHash, Bytes, Dtype);
+
 impl Ingester {
     /// The chunks of the newest stored tensor with the same name, dtype and shape as the
     /// region's tensor: the base candidates for its chunks.
-    pub(super) fn base_for_region(&self, model: &ModelState) -> anyhow::Result<Option<Vec<ChunkHash>>> {
+    pub(super) fn base_for_region(&self, model: &ModelState) -> anyhow::Result<Option<ChosenBase>> {
         let Some(Region { kind: RegionKind::Tensor(index), .. }) = model.regions.get(model.region) else {
             return Ok(None);
         };
@@ -45,7 +56,8 @@ impl Ingester {
             return Ok(None);
         }
         let tensor = &model.layout.tensors[*index];
-        Ok(self.store.index.tensor_chunks(&self.scope, &tensor.name, &tensor.signature())?)
+        let chunks = self.store.index.tensor_chunks(&self.scope, &tensor.name, &tensor.signature())?;
+        Ok(chunks.map(|chunks| ChosenBase { dtype: tensor.dtype, chunks }))
     }
 
     /// Chooses the base tensor of the tensor being filled, once: the one the client named, or
@@ -59,21 +71,22 @@ impl Ingester {
         let sketch = model.sketch.clone();
         let hinted = self.options.base_hint.as_ref().and_then(|hint| hint.get(tensor_key).cloned());
         let chosen = match (hinted, self.store.config.base_selection, sketch) {
-            (Some(chunks), _, _) => Some(chunks),
+            (Some(chunks), _, _) => Some(ChosenBase { dtype, chunks }),
             (None, BaseSelection::Fingerprint, Some(sketch)) => {
                 self.choose_by_fingerprint(raw, dtype, &tensor_key.1, &sketch, chunk_index).await?
             }
             _ => None,
         };
         if let (State::Model(model), Some(chosen)) = (&mut self.state, chosen) {
-            model.base_chunks = Some(chosen);
+            model.base = Some(chosen);
         }
         Ok(())
     }
 
-    /// The stored tensor of the same dtype and shape to take deltas against: the candidates with
-    /// the nearest fingerprints are tried on a sample of chunk `chunk_index`, and the one
-    /// giving the smallest delta wins, if any delta beats encoding on its own.
+    /// The stored tensor of the same shape, in the same dtype or one it converts from, to take
+    /// deltas against: the candidates with the nearest fingerprints are tried on a sample of
+    /// chunk `chunk_index`, and the one giving the smallest delta wins, if any delta beats
+    /// encoding on its own.
     pub(super) async fn choose_by_fingerprint(
         &mut self,
         raw: &Bytes,
@@ -81,34 +94,43 @@ impl Ingester {
         tensor_signature: &str,
         sketch: &Sketch,
         chunk_index: usize,
-    ) -> anyhow::Result<Option<Vec<ChunkHash>>> {
-        let mut ranked: Vec<(u32, BaseCandidate)> = self
-            .store
-            .index
-            .candidates(&self.scope, tensor_signature)?
-            .into_iter()
-            .filter_map(|candidate| Some((Sketch::from_bytes(&candidate.sketch)?.distance(sketch), candidate)))
-            .collect();
-        ranked.sort_by_key(|(distance, _)| *distance);
-        let sample = raw.slice(..raw.len().min(TRIAL_BYTES));
-        let mut best: Option<(usize, Vec<ChunkHash>)> = None;
-        for (_, candidate) in ranked.into_iter().take(TRIALS) {
+    ) -> anyhow::Result<Option<ChosenBase>> {
+        let shape = tensor_signature.split_once(':').map_or("", |(_, shape)| shape);
+        let mut ranked: Vec<(u32, Dtype, BaseCandidate)> = Vec::new();
+        for candidate_dtype in std::iter::once(dtype).chain(Cast::sources_for(dtype).iter().copied()) {
+            let signature = format!("{}:{shape}", candidate_dtype.name());
+            for candidate in self.store.index.candidates(&self.scope, &signature)? {
+                let Some(theirs) = Sketch::from_bytes(&candidate.sketch) else { continue };
+                let distance = if candidate_dtype == dtype {
+                    theirs.distance(sketch)
+                } else {
+                    theirs.as_f32(candidate_dtype).distance(&sketch.as_f32(dtype))
+                };
+                ranked.push((distance, candidate_dtype, candidate));
+            }
+        }
+        ranked.sort_by_key(|(distance, _, _)| *distance);
+        let elements = raw.len().min(TRIAL_BYTES) / dtype.size();
+        let sample = raw.slice(..elements * dtype.size());
+        let mut best: Option<(usize, ChosenBase)> = None;
+        for (_, candidate_dtype, candidate) in ranked.into_iter().take(TRIALS) {
             let Some(same_place) = candidate.chunks.get(chunk_index) else { continue };
-            let Some((hash, base)) = self.base_bytes(*same_place, raw.len()).await? else { continue };
+            let base_len = raw.len() / dtype.size() * candidate_dtype.size();
+            let Some((hash, base, base_dtype)) = self.base_bytes(*same_place, base_len, candidate_dtype).await? else { continue };
             let sample = sample.clone();
             let trial = on_cores(move || {
-                let base = BaseChunk { hash, bytes: &base[..sample.len()] };
-                let frame = encode_chunk(&sample, dtype, Some(base))?;
+                let base = BaseChunk { hash, bytes: &base[..elements * base_dtype.size()] };
+                let frame = encode_chunk(&sample, dtype, Some((base, base_dtype)))?;
                 Ok::<_, tensorgate_codec::CodecError>((frame.len(), FrameHeader::read(&frame)?.base.is_some()))
             })
             .await??;
             if let (size, true) = trial {
                 if best.as_ref().is_none_or(|(smallest, _)| size < *smallest) {
-                    best = Some((size, candidate.chunks));
+                    best = Some((size, ChosenBase { dtype: candidate_dtype, chunks: candidate.chunks }));
                 }
             }
         }
-        Ok(best.map(|(_, chunks)| chunks))
+        Ok(best.map(|(_, chosen)| chosen))
     }
 
     /// Whether the index holds the chunk; if it does, it stays held from the sweep until this
@@ -123,10 +145,12 @@ impl Ingester {
     }
 
     /// The chunk to take a delta against, if the candidate (or one of its bases) is stored
-    /// and has the same length; it is held from the sweep. The candidate itself when the new
-    /// delta stays within [`MAX_WRITE_DEPTH`] of a standalone chunk, else the nearest of its
-    /// bases that keeps it there.
-    pub(super) async fn base_bytes(&mut self, candidate: ChunkHash, len: usize) -> anyhow::Result<Option<(ContentHash, Bytes)>> {
+    /// and has the `len` bytes expected of a chunk of `dtype`; it is held from the sweep. The
+    /// candidate itself when the new delta stays within [`MAX_WRITE_DEPTH`] of a standalone
+    /// chunk, else the nearest of its bases that keeps it there. (A base of that base may be of
+    /// another dtype: then its length differs and none is taken, or, for two dtypes of one
+    /// width, the trial encode finds the delta no smaller and the chunk is stored on its own.)
+    pub(super) async fn base_bytes(&mut self, candidate: ChunkHash, len: usize, dtype: Dtype) -> anyhow::Result<Option<BaseBytes>> {
         // The candidate's chain of bases, down to its standalone root (with a shared upstream
         // a chunk adopted from another gateway may be a longer chain than this gateway writes).
         let mut chain = vec![candidate];
@@ -144,7 +168,7 @@ impl Ingester {
             return Ok(None);
         }
         match reader::load_base_tries(&self.store, &base_hash, 1).await {
-            Ok(bytes) if bytes.len() == len => Ok(Some((ContentHash(base_hash), bytes))),
+            Ok(bytes) if bytes.len() == len => Ok(Some((ContentHash(base_hash), bytes, dtype))),
             Ok(_) => Ok(None),
             Err(error) => {
                 tracing::warn!(%error, "base chunk unreadable; encoding standalone");

@@ -4,9 +4,10 @@
 use anyhow::Context;
 use bytes::Bytes;
 use rayon::prelude::*;
-use tensorgate_codec::{encode_chunk, encode_opaque, BaseChunk, ContentHash, Dtype, FrameHeader};
+use tensorgate_codec::{encode_chunk, encode_opaque, BaseChunk, Dtype, FrameHeader};
 use tensorgate_index::{pack_key, ChunkHash, ChunkRecord, NewChunk};
 
+use super::bases::BaseBytes;
 use super::{batch_chunks, Ingester};
 use crate::engine::on_cores;
 use crate::ids::new_id;
@@ -23,7 +24,7 @@ pub(super) struct PendingChunk {
 pub(super) enum Encoding {
     /// Tensor bytes (or the bytes between tensors, as U8), with the base chunk to try a delta
     /// against.
-    Tensor { dtype: Dtype, base: Option<(ContentHash, Bytes)> },
+    Tensor { dtype: Dtype, base: Option<BaseBytes> },
     /// Bytes of no known layout (see `opaque`).
     Opaque,
 }
@@ -49,7 +50,7 @@ impl Ingester {
                 .par_iter()
                 .map(|chunk| match &chunk.encoding {
                     Encoding::Tensor { dtype, base } => {
-                        let base = base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes });
+                        let base = base.as_ref().map(|(hash, bytes, base_dtype)| (BaseChunk { hash: *hash, bytes }, *base_dtype));
                         encode_chunk(&chunk.raw, *dtype, base)
                     }
                     Encoding::Opaque => encode_opaque(&chunk.raw),
@@ -68,10 +69,11 @@ impl Ingester {
         for (chunk, frame) in pending.iter().zip(frames) {
             let frame = frame.context("encoding a chunk")?;
             let header = FrameHeader::read(&frame)?;
-            let outcome = match (&chunk.encoding, header.base) {
-                (Encoding::Opaque, _) => "opaque",
-                (Encoding::Tensor { .. }, Some(_)) => "delta",
-                (Encoding::Tensor { .. }, None) => "standalone",
+            let outcome = match (&chunk.encoding, header.base, header.conversion) {
+                (Encoding::Opaque, _, _) => "opaque",
+                (Encoding::Tensor { .. }, Some(_), Some(_)) => "other_precision",
+                (Encoding::Tensor { .. }, Some(_), None) => "delta",
+                (Encoding::Tensor { .. }, None, _) => "standalone",
             };
             self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome }).inc();
             self.new_chunks.push(NewChunk {

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use tensorgate_codec::formats::Walker;
-use tensorgate_codec::{chunk_count, chunk_end, sniff, stored_layout, ContentHash, Dtype, Layout, Region, RegionKind, Sketch, Sniffed};
+use tensorgate_codec::{chunk_end, sniff, stored_layout, ContentHash, Dtype, Layout, Region, RegionKind, Sketch, Sniffed};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
 
-use super::bases::MIN_BASE_TENSOR_BYTES;
+use super::bases::{ChosenBase, MIN_BASE_TENSOR_BYTES};
 use super::frames::{Encoding, PendingChunk};
 use super::{walked, Ingester, State, StoredTensor};
 use crate::metrics::ChunkLabels;
@@ -19,20 +19,25 @@ use crate::metrics::ChunkLabels;
 /// The chunks of each tensor of a stored model, by name and signature.
 pub type ModelTensors = HashMap<(String, String), Vec<ChunkHash>>;
 
-/// The tensors of a stored model, from its manifest: the header's regions in order, each cut
-/// into chunks as ingest cuts them. `None` for an object stored without a header (not a model,
-/// or a walked checkpoint or ONNX model, which cannot be named as a base).
+/// The tensors of a stored model, from its manifest: the header's regions in order, each the
+/// chunks whose lengths add up to it (however it was cut). `None` for an object stored without
+/// a header (not a model, or a walked checkpoint or ONNX model, which cannot be named as a base).
 pub fn model_tensors(record: &ObjectRecord) -> Option<ModelTensors> {
     let Some(Segment::Inline(header)) = record.segments.first() else { return None };
     let layout = stored_layout(header)?;
-    let mut chunks = record.segments[1..].iter().map(|segment| match segment {
-        Segment::Chunk { hash, .. } => Some(*hash),
-        _ => None,
-    });
+    let mut chunks = record.segments[1..].iter();
     let mut tensors = HashMap::new();
     for region in layout.regions() {
-        let count = chunk_count(region.end - region.start);
-        let hashes: Vec<ChunkHash> = chunks.by_ref().take(count).collect::<Option<_>>()?;
+        let mut hashes = Vec::new();
+        let mut covered = 0u64;
+        while covered < region.end - region.start {
+            let Some(Segment::Chunk { hash, len }) = chunks.next() else { return None };
+            hashes.push(*hash);
+            covered += u64::from(*len);
+        }
+        if covered != region.end - region.start {
+            return None;
+        }
         if let RegionKind::Tensor(index) = region.kind {
             let tensor = &layout.tensors[index];
             tensors.insert((tensor.name.clone(), tensor.signature()), hashes);
@@ -51,9 +56,9 @@ pub(super) struct ModelState {
     /// Data-section offset where the chunk being filled starts.
     pub(super) chunk_start: u64,
     pub(super) current: BytesMut,
-    /// Chunks of the tensor being filled, and the base tensor's chunks chosen for it.
+    /// Chunks of the tensor being filled, and the base tensor chosen for it.
     pub(super) tensor_chunks: Vec<ChunkHash>,
-    pub(super) base_chunks: Option<Vec<ChunkHash>>,
+    pub(super) base: Option<ChosenBase>,
     /// Fingerprint of the tensor being filled, taken from its first chunk.
     pub(super) sketch: Option<Sketch>,
     /// Whether the base of the tensor being filled has been chosen (at its first new chunk).
@@ -67,8 +72,12 @@ pub(super) struct ModelState {
 impl ModelState {
     /// Data-section offset where the chunk being filled ends.
     fn chunk_end(&self) -> u64 {
-        let region_end = self.regions.get(self.region).map_or(u64::MAX, |region| region.end);
-        chunk_end(self.chunk_start, region_end)
+        let (region_end, dtype) = match self.regions.get(self.region) {
+            Some(Region { kind: RegionKind::Tensor(index), end, .. }) => (*end, self.layout.tensors[*index].dtype),
+            Some(region) => (region.end, Dtype::U8),
+            None => (u64::MAX, Dtype::U8),
+        };
+        chunk_end(self.chunk_start, region_end, dtype)
     }
 }
 
@@ -111,13 +120,13 @@ impl Ingester {
             chunk_start: 0,
             current: BytesMut::new(),
             tensor_chunks: Vec::new(),
-            base_chunks: None,
+            base: None,
             sketch: None,
             base_chosen: false,
             walker,
             held: BytesMut::new(),
         };
-        model.base_chunks = self.base_for_region(&model)?;
+        model.base = self.base_for_region(&model)?;
         self.state = State::Model(Box::new(model));
         self.feed_model(buffered.slice(header_end..)).await
     }
@@ -186,9 +195,12 @@ impl Ingester {
                 self.choose_base(&tensor_key, &raw, dtype, chunk_index).await?;
             }
             let State::Model(model) = &mut self.state else { return Ok(()) };
-            let base_hash = model.base_chunks.as_ref().and_then(|chunks| chunks.get(chunk_index)).copied();
-            let base = match base_hash.filter(|b| *b != hash) {
-                Some(base_hash) => self.base_bytes(base_hash, raw.len()).await?,
+            let base_chunk = model.base.as_ref().and_then(|base| Some((*base.chunks.get(chunk_index)?, base.dtype)));
+            let base = match base_chunk.filter(|(base_hash, _)| *base_hash != hash) {
+                Some((base_hash, base_dtype)) => {
+                    let base_len = raw.len() / dtype.size() * base_dtype.size();
+                    self.base_bytes(base_hash, base_len, base_dtype).await?
+                }
                 None => None,
             };
             self.queue_chunk(PendingChunk { raw, hash, encoding: Encoding::Tensor { dtype, base } }).await?;
@@ -210,9 +222,9 @@ impl Ingester {
         }
         model.region += 1;
         let State::Model(model) = &self.state else { return Ok(()) };
-        let base_chunks = self.base_for_region(model)?;
+        let base = self.base_for_region(model)?;
         if let State::Model(model) = &mut self.state {
-            model.base_chunks = base_chunks;
+            model.base = base;
         }
         Ok(())
     }

@@ -1,0 +1,72 @@
+//! One model in several precisions (issue 18): a BF16 or F16 file cast from an F32 one costs
+//! next to nothing beside it, an F32 file uploaded after one of its casts is stored as the
+//! rounding residual, and the order they come in hardly matters; every file reads back
+//! byte-identical, whole and in ranges, with its ETag.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use support::objects::*;
+use support::*;
+
+/// Uploads `files` in order into a fresh gateway and returns what the upstream holds once
+/// settled, after checking every file reads back whole (and the last ones in ranges).
+fn store_in_order(files: &[PathBuf], work: &Path) -> u64 {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    gateway.aws(&["s3", "mb", "s3://models"]);
+    for (i, file) in files.iter().enumerate() {
+        gateway.aws(&["s3", "cp", file.to_str().unwrap(), &format!("s3://models/m{i}.safetensors")]);
+    }
+    let stored = settled_upstream(&gateway);
+    for (i, file) in files.iter().enumerate() {
+        let bytes = std::fs::read(file).unwrap();
+        let key = format!("m{i}.safetensors");
+        assert!(get(&gateway, "models", &key, &work.join("back")) == bytes, "{} differs", file.display());
+        assert_eq!(gateway.etag("models", &key), md5_hex(&bytes));
+        if i > 0 {
+            check_ranges(&gateway, "models", &key, &bytes, work);
+        }
+    }
+    stored
+}
+
+fn base(precision: &str) -> PathBuf {
+    corpus(&format!("base/minilm-l6.{precision}.safetensors"))
+}
+
+/// The base in F32, BF16 and F16, widest first: at most 1.05 x the F32 alone; ft-a in F32 and
+/// BF16 likewise, in either order.
+#[test]
+fn casts_of_a_stored_model_cost_next_to_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let ft_a = |precision: &str| corpus(&format!("ft/ft-a-contrastive.{precision}.safetensors"));
+    for (family, files) in [
+        ("base", vec![base("f32"), base("bf16"), base("f16")]),
+        ("ft-a", vec![ft_a("f32"), ft_a("bf16")]),
+        ("ft-a, BF16 first", vec![ft_a("bf16"), ft_a("f32")]),
+    ] {
+        let f32_file = files.iter().find(|file| file.to_string_lossy().contains("f32")).unwrap();
+        let alone = store_in_order(std::slice::from_ref(f32_file), work.path());
+        let together = store_in_order(&files, work.path());
+        let ratio = together as f64 / alone as f64;
+        println!("{family}: F32 alone {alone} bytes upstream, with its casts {together} ({ratio:.3} x)");
+        assert!(ratio <= 1.05, "{family}: {ratio:.3} x the F32 alone");
+    }
+}
+
+/// The three precisions in every order: a narrower copy is stored against a wider one (its
+/// cast) or against the other narrow one (a few bits an element), a wider one as the residual
+/// over a narrower one; each order costs at most 1.05 x the F32 alone.
+#[test]
+fn the_precisions_cost_the_same_in_any_order() {
+    let work = tempfile::tempdir().unwrap();
+    let alone = store_in_order(&[base("f32")], work.path());
+    for order in [["bf16", "f32", "f16"], ["bf16", "f16", "f32"], ["f16", "bf16", "f32"], ["f16", "f32", "bf16"], ["f32", "f16", "bf16"]] {
+        let files: Vec<PathBuf> = order.iter().map(|precision| base(precision)).collect();
+        let together = store_in_order(&files, work.path());
+        let ratio = together as f64 / alone as f64;
+        println!("{order:?}: {together} bytes upstream, {ratio:.3} x the F32 alone");
+        assert!(ratio <= 1.05, "{order:?}: {ratio:.3} x the F32 alone");
+    }
+}
