@@ -117,26 +117,26 @@ impl Cast {
 }
 
 fn narrow(source: &[u8], convert: impl Fn(u32) -> u16) -> Vec<u8> {
-    let mut out = Vec::with_capacity(source.len() / 2);
-    for element in source.chunks_exact(4) {
+    let mut out = vec![0u8; source.len() / 4 * 2];
+    for (target, element) in out.chunks_exact_mut(2).zip(source.chunks_exact(4)) {
         let bits = u32::from_le_bytes([element[0], element[1], element[2], element[3]]);
-        out.extend_from_slice(&convert(bits).to_le_bytes());
+        target.copy_from_slice(&convert(bits).to_le_bytes());
     }
     out
 }
 
 fn widen(source: &[u8], convert: impl Fn(u16) -> u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(source.len() * 2);
-    for element in source.chunks_exact(2) {
-        out.extend_from_slice(&convert(u16::from_le_bytes([element[0], element[1]])).to_le_bytes());
+    let mut out = vec![0u8; source.len() / 2 * 4];
+    for (target, element) in out.chunks_exact_mut(4).zip(source.chunks_exact(2)) {
+        target.copy_from_slice(&convert(u16::from_le_bytes([element[0], element[1]])).to_le_bytes());
     }
     out
 }
 
 fn across(source: &[u8], convert: impl Fn(u16) -> u16) -> Vec<u8> {
-    let mut out = Vec::with_capacity(source.len());
-    for element in source.chunks_exact(2) {
-        out.extend_from_slice(&convert(u16::from_le_bytes([element[0], element[1]])).to_le_bytes());
+    let mut out = vec![0u8; source.len() / 2 * 2];
+    for (target, element) in out.chunks_exact_mut(2).zip(source.chunks_exact(2)) {
+        target.copy_from_slice(&convert(u16::from_le_bytes([element[0], element[1]])).to_le_bytes());
     }
     out
 }

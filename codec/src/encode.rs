@@ -155,7 +155,11 @@ fn against_base(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, base_dtype: Dtype
     }
     let cast = Cast::fitting(base_dtype, dtype, base.bytes, raw)?;
     let converted = cast.apply(base.bytes);
-    let mut payload = delta_payload(raw, dtype, BaseChunk { hash: base.hash, bytes: &converted });
+    let base = BaseChunk { hash: base.hash, bytes: &converted };
+    // A cast from a wider precision is usually exact, and its XOR (zeros) decodes at memory
+    // speed; a residual over a narrower precision is small only as an ordered difference.
+    let narrows = cast.source().size() > cast.target().size();
+    let mut payload = if narrows { xor_payload(raw, dtype, base) } else { delta_payload(raw, dtype, base) };
     payload.conversion = Some(cast);
     Some(payload)
 }
@@ -180,10 +184,15 @@ fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
             bytes: compress_planes(&planes, width),
         }
     } else {
-        let mut payload = best_of(&delta::xor(raw, base.bytes), dtype, false);
-        payload.base = Some(base.hash);
-        payload
+        xor_payload(raw, dtype, base)
     }
+}
+
+/// The XOR of BitX against `base`, in the layout that suits `dtype`.
+fn xor_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
+    let mut payload = best_of(&delta::xor(raw, base.bytes), dtype, false);
+    payload.base = Some(base.hash);
+    payload
 }
 
 fn standalone_payload(raw: &[u8], dtype: Dtype) -> Payload {

@@ -53,19 +53,21 @@ pub fn join(planes: &[u8], width: usize, rotate: bool) -> Vec<u8> {
     let body = count * width;
     let mut out = vec![0u8; planes.len()];
     match (width, rotate) {
-        (2, true) => {
+        (2, rotated) => {
             let (low, high) = planes[..body].split_at(count);
-            for (i, element) in out[..body].chunks_exact_mut(2).enumerate() {
-                let value = u16::from_le_bytes([low[i], high[i]]).rotate_right(1);
+            for ((element, l), h) in out[..body].chunks_exact_mut(2).zip(low).zip(high) {
+                let value = u16::from_le_bytes([*l, *h]);
+                let value = if rotated { value.rotate_right(1) } else { value };
                 element.copy_from_slice(&value.to_le_bytes());
             }
         }
-        (4, true) => {
+        (4, rotated) => {
             let (p0, rest) = planes[..body].split_at(count);
             let (p1, rest) = rest.split_at(count);
             let (p2, p3) = rest.split_at(count);
             for (i, element) in out[..body].chunks_exact_mut(4).enumerate() {
-                let value = u32::from_le_bytes([p0[i], p1[i], p2[i], p3[i]]).rotate_right(1);
+                let value = u32::from_le_bytes([p0[i], p1[i], p2[i], p3[i]]);
+                let value = if rotated { value.rotate_right(1) } else { value };
                 element.copy_from_slice(&value.to_le_bytes());
             }
         }
