@@ -14,7 +14,8 @@
 //! 16  32 BLAKE3-256 of the raw bytes (checksum and content hash)
 //! 48  32 the base chunk's id (the gateway's scoped chunk id; the plain BLAKE3-256 of its raw
 //!        bytes in `tensorgate pack` files), only when flag bit 0 is set
-//! 80  1  the conversion (`cast::Cast` code), only when flag bit 4 is set
+//! 80  1  the conversion (`cast::Cast` code), then for a scaled one its scale (4 bytes), only
+//!        when flag bit 4 is set
 //! ..     payload
 //! ```
 
@@ -90,7 +91,7 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// Bytes the header takes in front of the payload.
     pub fn header_len(&self) -> usize {
-        FIXED_HEADER_LEN + if self.base.is_some() { 32 } else { 0 } + usize::from(self.conversion.is_some())
+        FIXED_HEADER_LEN + if self.base.is_some() { 32 } else { 0 } + self.conversion.map_or(0, Cast::encoded_len)
     }
 
     /// Bytes of the whole frame.
@@ -116,7 +117,7 @@ impl FrameHeader {
             out.extend_from_slice(&base.0);
         }
         if let Some(conversion) = self.conversion {
-            out.push(conversion.code());
+            conversion.write(out);
         }
     }
 
@@ -158,8 +159,7 @@ impl FrameHeader {
             None
         };
         let conversion = if flags & FLAG_CONVERTED != 0 {
-            let code = *frame.get(FIXED_HEADER_LEN + 32).ok_or(CodecError::FrameTruncated)?;
-            let cast = Cast::from_code(code).ok_or(CodecError::FrameCorrupt("unknown conversion"))?;
+            let cast = Cast::read(frame.get(FIXED_HEADER_LEN + 32..).ok_or(CodecError::FrameTruncated)?)?;
             if cast.target().size() != usize::from(width) {
                 return Err(CodecError::FrameCorrupt("conversion to another width"));
             }
@@ -240,6 +240,8 @@ mod tests {
         assert_eq!(FrameHeader::read(&bytes[..80]), Err(CodecError::FrameTruncated));
         bytes[80] = Cast::Bf16ToF32.code();
         assert!(FrameHeader::read(&bytes).is_err(), "a conversion to F32 in a 2-byte frame");
+        bytes[80] = Cast::F8E4M3ToBf16 { scale: 0 }.code();
+        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameTruncated), "a scale cut off");
         bytes[80] = 0;
         assert!(FrameHeader::read(&bytes).is_err(), "an unknown conversion");
     }

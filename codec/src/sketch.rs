@@ -11,7 +11,7 @@
 //! [`Sketch::as_f32`] puts F16 samples in the terms of F32 and BF16 ones, so that a tensor and
 //! its casts are near (issue 18).
 
-use crate::cast::f16_to_f32;
+use crate::cast::{f16_to_f32, f8e4m3_to_f32};
 use crate::chunk::CHUNK_ELEMENTS;
 use crate::dtype::Dtype;
 
@@ -46,7 +46,7 @@ impl Sketch {
                     1 => u16::from(bytes[0]) << 8,
                     _ => u16::from_le_bytes([bytes[width - 2], bytes[width - 1]]),
                 };
-                *sample = if top & 0x8000 != 0 { !top } else { top ^ 0x8000 };
+                *sample = to_order(top);
             }
         }
         Sketch(samples)
@@ -59,15 +59,41 @@ impl Sketch {
         self.0.iter().zip(&other.0).map(|(a, b)| 16 - a.abs_diff(*b).leading_zeros()).sum()
     }
 
-    /// The sketch of a tensor of `dtype` as the sketch of its F32 cast would be: F16 samples
-    /// widened and cut to their top 16 bits; the samples of F32 and BF16 are those bits already.
+    /// The sketch of a tensor of `dtype` as the sketch of its F32 cast would be: F16 and F8
+    /// E4M3 samples widened and cut to their top 16 bits; the samples of F32 and BF16 are those
+    /// bits already.
     pub fn as_f32(&self, dtype: Dtype) -> Sketch {
-        if dtype != Dtype::F16 {
-            return self.clone();
+        let widen: fn(u16) -> u32 = match dtype {
+            Dtype::F16 => f16_to_f32,
+            Dtype::F8E4M3 => |top| f8e4m3_to_f32((top >> 8) as u8),
+            _ => return self.clone(),
+        };
+        Sketch(self.0.map(|sample| to_order((widen(from_order(sample)) >> 16) as u16)))
+    }
+
+    /// The distance between sketches of tensors of two dtypes, in F32 terms; with an F8 one,
+    /// once the magnitudes are shifted by their median difference: a quantized copy is its
+    /// original divided by a scale, a near-constant offset in this order, which that removes.
+    pub fn distance_across(&self, dtype: Dtype, other: &Sketch, other_dtype: Dtype) -> u32 {
+        if dtype == other_dtype {
+            return self.distance(other);
         }
-        let to_order = |top: u16| if top & 0x8000 != 0 { !top } else { top ^ 0x8000 };
-        let from_order = |sample: u16| if sample & 0x8000 != 0 { sample ^ 0x8000 } else { !sample };
-        Sketch(self.0.map(|sample| to_order((f16_to_f32(from_order(sample)) >> 16) as u16)))
+        let (ours, theirs) = (self.as_f32(dtype), other.as_f32(other_dtype));
+        if dtype != Dtype::F8E4M3 && other_dtype != Dtype::F8E4M3 {
+            return ours.distance(&theirs);
+        }
+        let parts = |sample: u16| {
+            let top = from_order(sample);
+            (top & 0x8000 != 0, i32::from(top & 0x7FFF))
+        };
+        let pairs: Vec<_> = ours.0.iter().zip(&theirs.0).map(|(a, b)| (parts(*a), parts(*b))).collect();
+        let mut offsets: Vec<i32> = pairs.iter().filter(|(a, b)| a.1 != 0 && b.1 != 0).map(|(a, b)| a.1 - b.1).collect();
+        offsets.sort_unstable();
+        let offset = offsets.get(offsets.len() / 2).copied().unwrap_or(0);
+        pairs
+            .iter()
+            .map(|(a, b)| if a.0 != b.0 { 16 } else { 32 - (a.1 - b.1 - offset).unsigned_abs().min(0xFFFF).leading_zeros() })
+            .sum()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -85,6 +111,16 @@ impl Sketch {
         }
         Some(Sketch(samples))
     }
+}
+
+/// The top 16 bits of a float as an integer in the order of the values they start (negative
+/// floats below positive ones), and back.
+fn to_order(top: u16) -> u16 {
+    if top & 0x8000 != 0 { !top } else { top ^ 0x8000 }
+}
+
+fn from_order(sample: u16) -> u16 {
+    if sample & 0x8000 != 0 { sample ^ 0x8000 } else { !sample }
 }
 
 #[cfg(test)]
@@ -124,6 +160,11 @@ mod tests {
             .flat_map(|i| (((i.wrapping_mul(747_796_405) % 2001) as f32 / 1e5) - 0.01).to_le_bytes())
             .collect();
         assert!(Sketch::of(&unrelated, Dtype::F32).distance(&sketch) > 4 * SAMPLES as u32);
+        let scale = (0.01f32 / 448.0).to_bits();
+        let quantized = Sketch::of(&Cast::F32ToF8E4M3 { scale }.apply(&wide), Dtype::F8E4M3);
+        let near = quantized.distance_across(Dtype::F8E4M3, &sketch, Dtype::F32);
+        let far = quantized.distance_across(Dtype::F8E4M3, &Sketch::of(&unrelated, Dtype::F32), Dtype::F32);
+        assert!(near * 2 < far, "{near} vs {far}");
     }
 
     proptest! {

@@ -97,15 +97,11 @@ impl Ingester {
     ) -> anyhow::Result<Option<ChosenBase>> {
         let shape = tensor_signature.split_once(':').map_or("", |(_, shape)| shape);
         let mut ranked: Vec<(u32, Dtype, BaseCandidate)> = Vec::new();
-        for candidate_dtype in std::iter::once(dtype).chain(Cast::sources_for(dtype).iter().copied()) {
+        for candidate_dtype in std::iter::once(dtype).chain(Cast::sources_for(dtype)) {
             let signature = format!("{}:{shape}", candidate_dtype.name());
             for candidate in self.store.index.candidates(&self.scope, &signature)? {
                 let Some(theirs) = Sketch::from_bytes(&candidate.sketch) else { continue };
-                let distance = if candidate_dtype == dtype {
-                    theirs.distance(sketch)
-                } else {
-                    theirs.as_f32(candidate_dtype).distance(&sketch.as_f32(dtype))
-                };
+                let distance = theirs.distance_across(candidate_dtype, sketch, dtype);
                 ranked.push((distance, candidate_dtype, candidate));
             }
         }
