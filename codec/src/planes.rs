@@ -10,6 +10,9 @@ pub fn split(raw: &[u8], width: usize, rotate: bool) -> Vec<u8> {
     let width = width.max(1);
     let count = raw.len() / width;
     let body = count * width;
+    if width == 1 {
+        return raw.to_vec();
+    }
     let mut out = vec![0u8; raw.len()];
     match (width, rotate) {
         (2, true) => {
@@ -51,6 +54,9 @@ pub fn join(planes: &[u8], width: usize, rotate: bool) -> Vec<u8> {
     let width = width.max(1);
     let count = planes.len() / width;
     let body = count * width;
+    if width == 1 {
+        return planes.to_vec();
+    }
     let mut out = vec![0u8; planes.len()];
     match (width, rotate) {
         (2, rotated) => {

@@ -13,26 +13,27 @@ pub fn f32_to_bf16(bits: u32) -> u16 {
 
 /// F32 bits to F16 bits, rounding to nearest, ties to even (to infinity past 65,504, to
 /// subnormals and zero below 2^-14); a NaN keeps its sign and top payload bits and is made quiet.
+/// Every case is computed and one selected, so that loops over it vectorise; subnormals come
+/// from adding 0.5, whose last place is the F16 subnormal step, which rounds as IEEE addition
+/// does (the integer form in docs/format.md gives the same bits: a test compares them).
 pub fn f32_to_f16(bits: u32) -> u16 {
-    let sign = ((bits >> 16) & 0x8000) as u16;
+    const HALF: u32 = 0x3F00_0000;
+    let sign = (bits >> 16) & 0x8000;
     let magnitude = bits & 0x7FFF_FFFF;
-    if magnitude > 0x7F80_0000 {
-        return sign | 0x7E00 | ((magnitude >> 13) & 0x3FF) as u16;
-    }
-    if magnitude >= 0x477F_F000 {
-        return sign | 0x7C00;
-    }
-    if magnitude >= 0x3880_0000 {
-        let rebiased = magnitude - 0x3800_0000;
-        return sign | ((rebiased + 0x0FFF + ((rebiased >> 13) & 1)) >> 13) as u16;
-    }
-    if magnitude <= 0x3300_0000 {
-        return sign;
-    }
-    let exponent = magnitude >> 23;
-    let mantissa = (magnitude & 0x7F_FFFF) | 0x80_0000;
-    let shift = 126 - exponent;
-    sign | ((mantissa + (1 << (shift - 1)) - 1 + ((mantissa >> shift) & 1)) >> shift) as u16
+    let nan = 0x7E00 | ((magnitude >> 13) & 0x3FF);
+    let rebiased = magnitude.wrapping_sub(0x3800_0000);
+    let normal = rebiased.wrapping_add(0x0FFF + ((rebiased >> 13) & 1)) >> 13;
+    let subnormal = (f32::from_bits(magnitude & 0x3FFF_FFFF) + f32::from_bits(HALF)).to_bits().wrapping_sub(HALF);
+    let value = if magnitude > 0x7F80_0000 {
+        nan
+    } else if magnitude >= 0x477F_F000 {
+        0x7C00
+    } else if magnitude >= 0x3880_0000 {
+        normal
+    } else {
+        subnormal
+    };
+    (sign | value) as u16
 }
 
 /// F16 bits to F32 bits, exactly (a NaN keeps its payload).
@@ -54,40 +55,54 @@ pub fn f16_to_f32(half: u16) -> u32 {
 /// F8 E4M3 (the `fn` variant: no infinities, NaN at S.1111.111, largest 448) to F32 bits,
 /// exactly; both NaNs become the quiet F32 NaN of their sign.
 pub fn f8e4m3_to_f32(byte: u8) -> u32 {
-    let sign = u32::from(byte & 0x80) << 24;
-    let exponent = u32::from((byte >> 3) & 0x0F);
-    let mantissa = u32::from(byte & 0x07);
-    match (exponent, mantissa) {
-        (15, 7) => sign | 0x7FC0_0000,
-        (0, 0) => sign,
-        (0, _) => sign | (mantissa as f32 / 512.0).to_bits(),
-        _ => sign | ((exponent + 120) << 23) | (mantissa << 20),
-    }
+    E4M3_TO_F32[usize::from(byte)]
 }
 
+/// [`f8e4m3_to_f32`] of every byte.
+static E4M3_TO_F32: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let sign = ((byte as u32) & 0x80) << 24;
+        let exponent = ((byte as u32) >> 3) & 0x0F;
+        let mantissa = (byte as u32) & 0x07;
+        table[byte] = if exponent == 15 && mantissa == 7 {
+            sign | 0x7FC0_0000
+        } else if exponent == 0 && mantissa == 0 {
+            sign
+        } else if exponent == 0 {
+            let shift = mantissa.leading_zeros() - 28;
+            sign | ((121 - shift) << 23) | (((mantissa << shift) & 0x07) << 20)
+        } else {
+            sign | ((exponent + 120) << 23) | (mantissa << 20)
+        };
+        byte += 1;
+    }
+    table
+};
+
 /// F32 bits to F8 E4M3, rounding to nearest, ties to even, saturating at ±448 (infinities
-/// included); a NaN becomes the NaN of its sign.
+/// included); a NaN becomes the NaN of its sign. Computed like [`f32_to_f16`]: subnormals by
+/// adding 2^14, whose last place is the E4M3 subnormal step.
 pub fn f32_to_f8e4m3(bits: u32) -> u8 {
-    let sign = ((bits >> 24) & 0x80) as u8;
+    const STEP: u32 = 0x4680_0000;
+    let sign = (bits >> 24) & 0x80;
     let magnitude = bits & 0x7FFF_FFFF;
-    if magnitude > 0x7F80_0000 {
-        return sign | 0x7F;
-    }
-    if magnitude >= 0x43E0_0000 {
-        return sign | 0x7E;
-    }
-    if magnitude >= 0x3C80_0000 {
-        let rebiased = magnitude - 0x3C00_0000;
-        return sign | ((rebiased + 0x7_FFFF + ((rebiased >> 20) & 1)) >> 20).min(0x7E) as u8;
-    }
-    if magnitude <= 0x3A80_0000 {
-        return sign;
-    }
-    let exponent = magnitude >> 23;
-    let mantissa = (magnitude & 0x7F_FFFF) | 0x80_0000;
-    let shift = 141 - exponent;
-    sign | ((mantissa + (1 << (shift - 1)) - 1 + ((mantissa >> shift) & 1)) >> shift) as u8
+    let rebiased = magnitude.wrapping_sub(0x3C00_0000);
+    let normal = (rebiased.wrapping_add(0x7_FFFF + ((rebiased >> 20) & 1)) >> 20).min(0x7E);
+    let subnormal = (f32::from_bits(magnitude & 0x3FFF_FFFF) + f32::from_bits(STEP)).to_bits().wrapping_sub(STEP);
+    let value = if magnitude > 0x7F80_0000 {
+        0x7F
+    } else if magnitude >= 0x43E0_0000 {
+        0x7E
+    } else if magnitude >= 0x3C80_0000 {
+        normal
+    } else {
+        subnormal
+    };
+    (sign | value) as u8
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,7 +176,65 @@ mod tests {
         assert_eq!(f32_to_f8e4m3(f32::from_bits(2f32.powi(-10).to_bits() + 1).to_bits()), 1);
     }
 
+    /// The integer forms of docs/format.md, section 4.
+    fn spec_f32_to_f16(bits: u32) -> u16 {
+        let sign = ((bits >> 16) & 0x8000) as u16;
+        let m = bits & 0x7FFF_FFFF;
+        if m > 0x7F80_0000 {
+            return sign | 0x7E00 | ((m >> 13) & 0x3FF) as u16;
+        }
+        if m >= 0x477F_F000 {
+            return sign | 0x7C00;
+        }
+        if m >= 0x3880_0000 {
+            let v = m - 0x3800_0000;
+            return sign | ((v + 0x0FFF + ((v >> 13) & 1)) >> 13) as u16;
+        }
+        if m <= 0x3300_0000 {
+            return sign;
+        }
+        let (mantissa, k) = ((m & 0x7F_FFFF) | 0x80_0000, 126 - (m >> 23));
+        sign | ((mantissa + (1 << (k - 1)) - 1 + ((mantissa >> k) & 1)) >> k) as u16
+    }
+
+    fn spec_f32_to_f8e4m3(bits: u32) -> u8 {
+        let sign = ((bits >> 24) & 0x80) as u8;
+        let m = bits & 0x7FFF_FFFF;
+        if m > 0x7F80_0000 {
+            return sign | 0x7F;
+        }
+        if m >= 0x43E0_0000 {
+            return sign | 0x7E;
+        }
+        if m >= 0x3C80_0000 {
+            let v = m - 0x3C00_0000;
+            return sign | ((v + 0x7_FFFF + ((v >> 20) & 1)) >> 20).min(0x7E) as u8;
+        }
+        if m <= 0x3A80_0000 {
+            return sign;
+        }
+        let (mantissa, k) = ((m & 0x7F_FFFF) | 0x80_0000, 141 - (m >> 23));
+        sign | ((mantissa + (1 << (k - 1)) - 1 + ((mantissa >> k) & 1)) >> k) as u8
+    }
+
+    #[test]
+    fn the_fast_forms_agree_with_the_specified_ones_below_the_normal_range() {
+        // Every F32 from zero up to the smallest normal F16 and E4M3, by steps.
+        for bits in (0..0x3880_0000u32).step_by(997).chain(0x3300_0000 - 8..0x3300_0008).chain(0x3A80_0000 - 8..0x3A80_0008) {
+            for bits in [bits, bits | 0x8000_0000] {
+                assert_eq!(f32_to_f16(bits), spec_f32_to_f16(bits), "{bits:08x}");
+                assert_eq!(f32_to_f8e4m3(bits), spec_f32_to_f8e4m3(bits), "{bits:08x}");
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn the_fast_forms_agree_with_the_specified_ones(bits in any::<u32>()) {
+            prop_assert_eq!(f32_to_f16(bits), spec_f32_to_f16(bits));
+            prop_assert_eq!(f32_to_f8e4m3(bits), spec_f32_to_f8e4m3(bits));
+        }
+
         #[test]
         fn f8e4m3_rounding_is_to_the_nearest(bits in any::<u32>()) {
             let x = f32::from_bits(bits);

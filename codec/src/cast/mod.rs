@@ -49,6 +49,9 @@ pub enum Cast {
 /// or when inferring a scale.
 const CAST_SAMPLE: usize = 4096;
 
+/// From this many BF16 elements on, quantizing goes through a table of all 65,536 values.
+const BF16_TABLE_FROM: usize = 1 << 16;
+
 /// The dtype pairs with a conversion, by (source, target).
 const PAIRS: [(Dtype, Dtype); 10] = [
     (Dtype::F32, Dtype::BF16),
@@ -190,10 +193,22 @@ impl Cast {
             Cast::F16ToF32 => convert::<2, 4>(source, |e| f16_to_f32(u16::from_le_bytes(e)).to_le_bytes()),
             Cast::F16ToBf16 => convert::<2, 2>(source, |e| f32_to_bf16(f16_to_f32(u16::from_le_bytes(e))).to_le_bytes()),
             Cast::Bf16ToF16 => convert::<2, 2>(source, |e| f32_to_f16(bf16_bits(e)).to_le_bytes()),
+            Cast::Bf16ToF8E4M3 { scale } if source.len() / 2 >= BF16_TABLE_FROM => {
+                // A BF16 has 65,536 values: quantizing each once and looking the elements up
+                // spares a division per element.
+                let table: Vec<u8> = (0..=u16::MAX).map(|bits| quantize(u32::from(bits) << 16, scale)).collect();
+                convert::<2, 1>(source, |e| [table[usize::from(u16::from_le_bytes(e))]])
+            }
             Cast::Bf16ToF8E4M3 { scale } => convert::<2, 1>(source, |e| [quantize(bf16_bits(e), scale)]),
             Cast::F32ToF8E4M3 { scale } => convert::<4, 1>(source, |e| [quantize(u32::from_le_bytes(e), scale)]),
-            Cast::F8E4M3ToBf16 { scale } => convert::<1, 2>(source, |e| f32_to_bf16(dequantize(e[0], scale)).to_le_bytes()),
-            Cast::F8E4M3ToF32 { scale } => convert::<1, 4>(source, |e| dequantize(e[0], scale).to_le_bytes()),
+            Cast::F8E4M3ToBf16 { scale } => {
+                let table: Vec<u16> = (0..=u8::MAX).map(|byte| f32_to_bf16(dequantize(byte, scale))).collect();
+                convert::<1, 2>(source, |e| table[usize::from(e[0])].to_le_bytes())
+            }
+            Cast::F8E4M3ToF32 { scale } => {
+                let table: Vec<u32> = (0..=u8::MAX).map(|byte| dequantize(byte, scale)).collect();
+                convert::<1, 4>(source, |e| table[usize::from(e[0])].to_le_bytes())
+            }
         }
     }
 }
@@ -284,6 +299,14 @@ mod tests {
         assert_eq!(Cast::fitting(Dtype::F32, Dtype::BF16, &base, &truncated), Some(Cast::F32ToBf16Truncated));
         assert_eq!(Cast::fitting(Dtype::F32, Dtype::BF16, &base, &rounded), Some(Cast::F32ToBf16));
         assert_eq!(Cast::fitting(Dtype::F32, Dtype::I32, &base, &rounded), None);
+    }
+
+    #[test]
+    fn quantizing_through_the_table_is_quantizing_each_element() {
+        let source: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let cast = Cast::Bf16ToF8E4M3 { scale: 0.0123f32.to_bits() };
+        let direct: Vec<u8> = source.chunks_exact(2).map(|e| quantize(bf16_bits([e[0], e[1]]), 0.0123f32.to_bits())).collect();
+        assert_eq!(cast.apply(&source), direct);
     }
 
     proptest! {

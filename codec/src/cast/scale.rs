@@ -76,7 +76,9 @@ mod tests {
             let quantized: Vec<u8> = values.iter().map(|v| quantize(v.to_bits(), scale)).collect();
             let found = of_quantization(&values, &quantized).expect("a scale");
             let matches = values.iter().zip(&quantized).filter(|(v, q)| quantize(v.to_bits(), found) == **q).count();
-            prop_assert!(matches * 100 >= values.len() * 99, "{} of {}", matches, values.len());
+            // An element whose quotient falls at a rounding boundary may go the other way: the
+            // delta stores it.
+            prop_assert!(matches + 1 + values.len() / 100 >= values.len(), "{} of {}", matches, values.len());
             let back = of_dequantization(&quantized, &values).expect("a scale back");
             prop_assert!((f32::from_bits(back) / f32::from_bits(scale) - 1.0).abs() < 0.05);
         }
