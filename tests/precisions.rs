@@ -2,7 +2,8 @@
 //! next to nothing beside it, an F32 file uploaded after one of its casts is stored as the
 //! rounding residual, and the order they come in hardly matters; every file reads back
 //! byte-identical, whole and in ranges, with its ETag. An F8 quantization is found the same way,
-//! its scale inferred from the two tensors.
+//! its scale inferred from the two tensors; weights dequantized from int4 groups are coded as
+//! their scales and codes.
 
 mod support;
 
@@ -87,5 +88,24 @@ fn an_f8_quantization_costs_little_beside_its_original() {
         let ratio = together as f64 / alone as f64;
         println!("{:?} first: {together} bytes upstream, {ratio:.3} x the BF16 alone ({alone})", files[0].file_name().unwrap());
         assert!(ratio <= 1.2, "{ratio:.3} x the BF16 alone");
+    }
+}
+
+/// The BF16 base fake-quantized to int4 in groups of 16 values (made with numpy, as loaders of
+/// GPTQ- or AWQ-style checkpoints hold it): at most 0.35 x raw, its groups coded as a scale and
+/// 4-bit codes each; groups of 128 cost less still.
+#[test]
+fn weights_dequantized_from_int4_groups_cost_their_codes() {
+    let work = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/int4_dequantize.py");
+    for group in ["16", "128"] {
+        let dequantized = work.path().join(format!("int4-g{group}.safetensors"));
+        let output = std::process::Command::new("python3").arg(&script).arg(base("bf16")).arg(&dequantized).arg(group).output().expect("python3 with numpy");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let raw = std::fs::metadata(&dequantized).unwrap().len();
+        let stored = store_in_order(&[dequantized], work.path());
+        let ratio = stored as f64 / raw as f64;
+        println!("int4 in groups of {group}, dequantized to BF16: {stored} of {raw} bytes upstream ({ratio:.3} x raw)");
+        assert!(ratio <= 0.35, "groups of {group}: {ratio:.3} x raw");
     }
 }

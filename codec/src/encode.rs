@@ -8,10 +8,11 @@
 use crate::cast::Cast;
 use crate::delta;
 use crate::dtype::Dtype;
-use crate::entropy::{self, PLANE_STORED, PLANE_ZSTD};
+use crate::entropy::{self, PLANE_ZSTD};
 use crate::error::{CodecError, Result};
-use crate::frame::{read_u32, Codec, FrameHeader, MAX_RAW_LEN};
+use crate::frame::{Codec, FrameHeader, MAX_RAW_LEN};
 use crate::hash::ContentHash;
+use crate::levels;
 use crate::ordered;
 use crate::planes;
 
@@ -98,6 +99,7 @@ pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>
         Codec::Stored => payload.to_vec(),
         Codec::Zstd => entropy::decompress(payload, raw_len)?,
         Codec::Planes => decode_planes(payload, raw_len, width, header.rotated, !ordered_planes)?,
+        Codec::Levels => levels::decode(payload, raw_len, width)?,
     };
     if bytes.len() != raw_len {
         return Err(CodecError::FrameCorrupt("decoded length differs from raw length"));
@@ -195,8 +197,13 @@ fn xor_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
     payload
 }
 
+/// The chunk on its own: the best layout of its bytes, or its levels when smaller.
 fn standalone_payload(raw: &[u8], dtype: Dtype) -> Payload {
-    best_of(raw, dtype, matches!(dtype, Dtype::BF16 | Dtype::F32))
+    let bytes = best_of(raw, dtype, matches!(dtype, Dtype::BF16 | Dtype::F32));
+    match levels::encode(raw, dtype) {
+        Some(levels) if levels.len() < bytes.bytes.len() => Payload::plain(Codec::Levels, dtype.size(), levels),
+        _ => bytes,
+    }
 }
 
 /// Tries the layouts that suit `dtype` and keeps the smallest, falling back to stored.
@@ -233,10 +240,7 @@ fn compress_planes(split: &[u8], width: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(split.len() / 2 + 64);
     if plane_len > 0 {
         for plane in split[..plane_len * width].chunks_exact(plane_len) {
-            let (mode, body) = entropy::compress_plane(plane);
-            out.push(mode);
-            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            out.extend_from_slice(&body);
+            entropy::write_plane(&mut out, plane);
         }
     }
     out.extend_from_slice(&split[plane_len * width..]);
@@ -251,18 +255,7 @@ fn decode_planes(payload: &[u8], raw_len: usize, width: usize, rotated: bool, jo
     let mut cursor = 0usize;
     let plane_count = if plane_len == 0 { 0 } else { width };
     for plane in 0..plane_count {
-        let head = payload.get(cursor..cursor + 5).ok_or(CodecError::FrameTruncated)?;
-        let body_len = read_u32(&head[1..]) as usize;
-        let body = payload
-            .get(cursor + 5..cursor + 5 + body_len)
-            .ok_or(CodecError::FrameTruncated)?;
-        let target = &mut split[plane * plane_len..(plane + 1) * plane_len];
-        match head[0] {
-            PLANE_STORED if body_len == plane_len => target.copy_from_slice(body),
-            PLANE_ZSTD => entropy::decompress_into(body, target)?,
-            _ => return Err(CodecError::FrameCorrupt("bad plane header")),
-        }
-        cursor += 5 + body_len;
+        entropy::read_plane(payload, &mut cursor, &mut split[plane * plane_len..(plane + 1) * plane_len])?;
     }
     let tail = &payload[cursor.min(payload.len())..];
     if tail.len() != raw_len - plane_len * width {

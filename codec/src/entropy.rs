@@ -42,6 +42,30 @@ pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
     }
 }
 
+/// Appends a plane record: the mode, the u32 little-endian length of the body, and the body
+/// (the plane through [`compress_plane`]).
+pub fn write_plane(out: &mut Vec<u8>, plane: &[u8]) {
+    let (mode, body) = compress_plane(plane);
+    out.push(mode);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+}
+
+/// Reads the plane record at `*cursor` of `payload` into `target`, which it must fill exactly,
+/// and moves the cursor past it.
+pub fn read_plane(payload: &[u8], cursor: &mut usize, target: &mut [u8]) -> Result<()> {
+    let head = payload.get(*cursor..*cursor + 5).ok_or(CodecError::FrameTruncated)?;
+    let body_len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let body = payload.get(*cursor + 5..*cursor + 5 + body_len).ok_or(CodecError::FrameTruncated)?;
+    match head[0] {
+        PLANE_STORED if body_len == target.len() => target.copy_from_slice(body),
+        PLANE_ZSTD => decompress_into(body, target)?,
+        _ => return Err(CodecError::FrameCorrupt("bad plane header")),
+    }
+    *cursor += 5 + body_len;
+    Ok(())
+}
+
 /// zstd level for bytes of no known layout (text, configs, archives). Level 1 keeps a real
 /// tokenizer.json at 48.7% of raw upstream (level 3: 44.3%, at half the speed on text:
 /// docs/benchmarks.md, issue 17).

@@ -3,7 +3,7 @@
 //! ```text
 //! 0   4  magic "TGFR"
 //! 4   1  version (1; 2 when flag bit 4 is set)
-//! 5   1  codec: 0 stored, 1 zstd, 2 byte planes
+//! 5   1  codec: 0 stored, 1 zstd, 2 byte planes, 3 levels
 //! 6   1  element width in bytes (1..=8): the byte planes of codec 2, the ordered difference
 //! 7   1  flags: bit 0 delta against a base, bit 1 elements rotated left one bit,
 //!           bit 2 the delta is an ordered-integer difference (else XOR),
@@ -49,6 +49,9 @@ pub enum Codec {
     Zstd,
     /// Byte planes, each stored or zstd-compressed (see `planes` and `encode`).
     Planes,
+    /// Elements as indices into a palette or as integer multiples of a scale per group (see
+    /// `levels`).
+    Levels,
 }
 
 impl Codec {
@@ -57,6 +60,7 @@ impl Codec {
             Codec::Stored => 0,
             Codec::Zstd => 1,
             Codec::Planes => 2,
+            Codec::Levels => 3,
         }
     }
 
@@ -65,6 +69,7 @@ impl Codec {
             0 => Ok(Codec::Stored),
             1 => Ok(Codec::Zstd),
             2 => Ok(Codec::Planes),
+            3 => Ok(Codec::Levels),
             other => Err(CodecError::FrameCodec(other)),
         }
     }

@@ -20,6 +20,7 @@ pub mod formats;
 pub mod frame;
 pub mod hash;
 pub mod layout;
+pub mod levels;
 pub mod ordered;
 pub mod planes;
 pub mod sketch;
