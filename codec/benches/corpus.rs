@@ -127,6 +127,35 @@ fn fp8_beside_bf16(file: &[u8]) -> Measure {
     run(&jobs)
 }
 
+/// The 2-D BF16 weights of `file` fake-quantized to int4 in groups (scale = largest magnitude
+/// / 7, codes clipped to -8..=7, as `tests/clients/int4_dequantize.py` does), encoded on their own.
+fn int4_dequantized(file: &[u8], group: usize) -> Measure {
+    let layout = parse_file(file).expect("corpus file parses");
+    let data = &file[layout.data_start as usize..];
+    let mut tensors = Vec::new();
+    for tensor in layout.tensors.iter().filter(|t| t.dtype == Dtype::BF16 && t.shape.len() == 2) {
+        let values: Vec<f32> = data[tensor.start as usize..tensor.end as usize]
+            .chunks_exact(2)
+            .map(|e| f32::from_bits(u32::from(u16::from_le_bytes([e[0], e[1]])) << 16))
+            .collect();
+        let dequantized: Vec<u8> = values
+            .chunks(group)
+            .flat_map(|group| {
+                let scale = group.iter().fold(0f32, |m, v| m.max(v.abs())) / 7.0;
+                let scale = if scale > 0.0 { scale } else { 1.0 };
+                group.iter().map(move |v| (v / scale).round_ties_even().clamp(-8.0, 7.0) * scale).collect::<Vec<_>>()
+            })
+            .flat_map(|value| tensorgate_codec::cast::f32_to_bf16(value.to_bits()).to_le_bytes())
+            .collect();
+        tensors.push(dequantized);
+    }
+    let jobs: Vec<Job<'_>> = tensors
+        .iter()
+        .flat_map(|bytes| chunk_ranges(bytes.len(), chunk_size(Dtype::BF16)).map(move |range| (&bytes[range], Dtype::BF16, None)))
+        .collect();
+    run(&jobs)
+}
+
 /// Runs `work` several times and keeps the fastest run: this machine is a shared VM, and the
 /// fastest run is the one least disturbed by neighbours.
 fn best_of<T>(mut work: impl FnMut() -> T) -> (f64, T) {
@@ -241,6 +270,19 @@ fn main() {
         mb_per_sec(ours.raw, ours.encode_secs),
         mb_per_sec(ours.raw, ours.decode_secs),
     );
+    println!("\n## Weights dequantized from int4 groups, on their own (one core)\n");
+    println!("| file | raw MB | tensorgate % of raw | encode MB/s | decode MB/s |");
+    println!("|---|---|---|---|---|");
+    for group in [16, 128] {
+        let ours = int4_dequantized(&file, group);
+        println!(
+            "| base/minilm-l6.bf16.safetensors, 2-D weights in int4 groups of {group} | {:.1} | {:.1} | {:.0} | {:.0} |",
+            ours.raw as f64 / 1e6,
+            100.0 * ours.encoded as f64 / ours.raw as f64,
+            mb_per_sec(ours.raw, ours.encode_secs),
+            mb_per_sec(ours.raw, ours.decode_secs),
+        );
+    }
     println!("\n## Standalone (one core)\n");
     println!("| file | raw MB | tensorgate % of raw | encode MB/s | decode MB/s | zstd-3 % | zstd-3 MB/s | zipnn % | zipnn enc MB/s | zipnn dec MB/s |");
     println!("|---|---|---|---|---|---|---|---|---|---|");

@@ -104,20 +104,11 @@ pub fn decode(payload: &[u8], raw_len: usize, width: usize) -> Result<Vec<u8>> {
             let kept: usize = scales.iter().enumerate().filter(|(_, s)| **s == 0).map(|(g, _)| group.min(count - g * group)).sum();
             let mut kept_bytes = vec![0u8; kept * width];
             read_plane(payload, &mut cursor, &mut kept_bytes)?;
-            let mut kept_elements = kept_bytes.chunks_exact(width);
-            let round = rounding(dtype);
-            for ((elements, codes), scale) in out[..count * width].chunks_mut(group * width).zip(codes.chunks(group)).zip(&scales) {
-                if *scale == 0 {
-                    for element in elements.chunks_exact_mut(width) {
-                        element.copy_from_slice(kept_elements.next().ok_or(corrupt("levels: kept elements short"))?);
-                    }
-                    continue;
-                }
-                let scale = f32::from_bits(*scale);
-                for (element, code) in elements.chunks_exact_mut(width).zip(codes) {
-                    let bits = round(level(*code, scale));
-                    element.copy_from_slice(&bits.to_le_bytes()[..width]);
-                }
+            let body = &mut out[..count * width];
+            match dtype {
+                Dtype::BF16 => expand::<2>(body, &codes, &scales, group, &kept_bytes, |v| f32_to_bf16(v.to_bits()).to_le_bytes())?,
+                Dtype::F16 => expand::<2>(body, &codes, &scales, group, &kept_bytes, |v| f32_to_f16(v.to_bits()).to_le_bytes())?,
+                _ => expand::<4>(body, &codes, &scales, group, &kept_bytes, f32::to_le_bytes)?,
             }
         }
         _ => return Err(corrupt("levels: unknown form")),
@@ -128,6 +119,32 @@ pub fn decode(payload: &[u8], raw_len: usize, width: usize) -> Result<Vec<u8>> {
     }
     out[count * width..].copy_from_slice(tail);
     Ok(out)
+}
+
+/// Writes every group's elements: its codes times its scale, rounded by `round`, or for a group
+/// kept as it is (scale 0) its next elements from `kept`.
+fn expand<const W: usize>(
+    out: &mut [u8],
+    codes: &[u8],
+    scales: &[u32],
+    group: usize,
+    kept: &[u8],
+    round: impl Fn(f32) -> [u8; W],
+) -> Result<()> {
+    let mut kept = kept.chunks_exact(W);
+    for ((elements, codes), scale) in out.chunks_mut(group * W).zip(codes.chunks(group)).zip(scales) {
+        if *scale == 0 {
+            for element in elements.chunks_exact_mut(W) {
+                element.copy_from_slice(kept.next().ok_or(CodecError::FrameCorrupt("levels: kept elements short"))?);
+            }
+            continue;
+        }
+        let scale = f32::from_bits(*scale);
+        for (element, code) in elements.chunks_exact_mut(W).zip(codes) {
+            element.copy_from_slice(&round(level(*code, scale)));
+        }
+    }
+    Ok(())
 }
 
 /// Code -128 stands for -0 (fake-quantized tensors hold it where a negative value rounded to
@@ -192,20 +209,21 @@ fn values_of(raw: &[u8], dtype: Dtype) -> Option<Vec<(f32, u32)>> {
 }
 
 fn encode_affine(raw: &[u8], dtype: Dtype) -> Option<Vec<u8>> {
-    let values = values_of(raw, dtype)?;
-    let (log2, estimate) = best_grouping(&values, dtype)?;
-    let group = 1usize << log2;
     let width = dtype.size();
+    // The grouping is chosen on the first groups alone, so a chunk that is not levels costs
+    // little more than that.
+    let sampled = (SAMPLE_GROUPS << GROUP_LOG2[GROUP_LOG2.len() - 1]).min(raw.len() / width);
+    let (log2, estimate) = best_grouping(&values_of(&raw[..sampled * width], dtype)?, dtype)?;
+    let values = values_of(raw, dtype)?;
+    let group = 1usize << log2;
     let mut scales = Vec::with_capacity(values.len().div_ceil(group));
     let mut codes = vec![0u8; values.len()];
     let mut kept = Vec::new();
-    for (index, elements) in values.chunks(group).enumerate() {
-        match fit_group(elements, dtype, estimate) {
-            Some((scale, group_codes)) => {
-                scales.push(scale);
-                codes[index * group..index * group + elements.len()].copy_from_slice(&group_codes);
-            }
+    for (elements, group_codes) in values.chunks(group).zip(codes.chunks_mut(group)) {
+        match fit_group(elements, dtype, estimate, group_codes) {
+            Some(scale) => scales.push(scale),
             None => {
+                group_codes.fill(0);
                 scales.push(0);
                 for (_, bits) in elements {
                     kept.extend_from_slice(&bits.to_le_bytes()[..width]);
@@ -229,7 +247,8 @@ fn best_grouping(values: &[(f32, u32)], dtype: Dtype) -> Option<(u8, Estimate)> 
     let mut best: Option<(usize, u8, Estimate)> = None;
     for log2 in GROUP_LOG2 {
         for estimate in ESTIMATES {
-            let fits = values.chunks_exact(1 << log2).take(SAMPLE_GROUPS).filter(|g| fit_group(g, dtype, estimate).is_some()).count();
+            let mut codes = [0u8; 1 << 7];
+            let fits = values.chunks_exact(1 << log2).take(SAMPLE_GROUPS).filter(|g| fit_group(g, dtype, estimate, &mut codes).is_some()).count();
             if best.as_ref().is_none_or(|(most, _, _)| fits > *most) {
                 best = Some((fits, log2, estimate));
             }
@@ -243,7 +262,8 @@ fn best_grouping(values: &[(f32, u32)], dtype: Dtype) -> Option<(u8, Estimate)> 
 /// The scale (F32 bits, never 0) and codes that reproduce every element of the group, if any:
 /// the estimate gives each element's code, each code and element bound the scale to an
 /// interval, and the scale with the fewest mantissa bits in all of them is taken.
-fn fit_group(group: &[(f32, u32)], dtype: Dtype, estimate: Estimate) -> Option<(u32, Vec<u8>)> {
+/// The codes go to `codes`, as long as the group.
+fn fit_group(group: &[(f32, u32)], dtype: Dtype, estimate: Estimate, codes: &mut [u8]) -> Option<u32> {
     let (low, high) = group.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), (v, _)| (l.min(*v), h.max(*v)));
     if !(low.is_finite() && high.is_finite()) {
         return None;
@@ -254,28 +274,30 @@ fn fit_group(group: &[(f32, u32)], dtype: Dtype, estimate: Estimate) -> Option<(
     };
     let guess = if guess > 0.0 { guess } else { 1.0 };
     let mut bounds = (0.0f64, f64::INFINITY);
-    let mut codes = Vec::with_capacity(group.len());
-    for (value, bits) in group {
-        let code = (value / guess).round();
+    for ((value, bits), slot) in group.iter().zip(codes.iter_mut()) {
+        // Rounded half away from zero, without a call into libm; ties are settled below.
+        let code = ((value / guess) + 0.5f32.copysign(*value)).trunc();
         if code.abs() > LARGEST_CODE {
             return None;
         }
         if code == 0.0 {
-            codes.push(if value.is_sign_negative() { NEGATIVE_ZERO } else { 0 });
+            *slot = if value.is_sign_negative() { NEGATIVE_ZERO } else { 0 };
             continue;
         }
-        codes.push(code as i8 as u8);
+        *slot = code as i8 as u8;
         let (below, above) = rounding_interval(*bits, dtype);
         let (a, b) = (below / f64::from(code), above / f64::from(code));
         bounds = (bounds.0.max(a.min(b)), bounds.1.min(a.max(b)));
+        if bounds.0 >= bounds.1 {
+            return None;
+        }
     }
     let (low, high) = (bounds.0, bounds.1.min(f64::from(f32::MAX)));
     let round = rounding(dtype);
-    let reproduces = |scale: u32| group.iter().zip(&codes).all(|((_, bits), code)| round(level(*code, f32::from_bits(scale))) == *bits);
+    let reproduces = |scale: u32| group.iter().zip(codes.iter()).all(|((_, bits), code)| round(level(*code, f32::from_bits(scale))) == *bits);
     // The shortest scale compresses best; the middle one is furthest from every tie.
     let middle = (((low + high) / 2.0) as f32).to_bits();
-    let scale = [shortest_within(low, high), Some(middle)].into_iter().flatten().find(|scale| *scale != 0 && reproduces(*scale))?;
-    Some((scale, codes))
+    [shortest_within(low, high), Some(middle)].into_iter().flatten().find(|scale| *scale != 0 && reproduces(*scale))
 }
 
 /// The reals that round to the element with these bits: half-way to each neighbour (in either
