@@ -211,6 +211,17 @@ print(len(c), ct, dt)
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
+/// The table cells of a measure: raw MB, share of raw, encode and decode MB/s.
+fn cells(ours: &Measure) -> String {
+    format!(
+        "{:.1} | {:.1} | {:.0} | {:.0}",
+        ours.raw as f64 / 1e6,
+        100.0 * ours.encoded as f64 / ours.raw as f64,
+        mb_per_sec(ours.raw, ours.encode_secs),
+        mb_per_sec(ours.raw, ours.decode_secs)
+    )
+}
+
 fn mb_per_sec(bytes: usize, secs: f64) -> f64 {
     bytes as f64 / 1e6 / secs.max(1e-9)
 }
@@ -252,36 +263,18 @@ fn main() {
     for (base_name, file_name) in PRECISIONS {
         let base = std::fs::read(dir.join(base_name)).expect("read base");
         let file = std::fs::read(dir.join(file_name)).expect("read file");
-        let ours = measure(&file, Some(&base));
-        println!(
-            "| {file_name} | {base_name} | {:.1} | {:.1} | {:.0} | {:.0} |",
-            ours.raw as f64 / 1e6,
-            100.0 * ours.encoded as f64 / ours.raw as f64,
-            mb_per_sec(ours.raw, ours.encode_secs),
-            mb_per_sec(ours.raw, ours.decode_secs),
-        );
+        println!("| {file_name} | {base_name} | {} |", cells(&measure(&file, Some(&base))));
     }
     let file = std::fs::read(dir.join("base/minilm-l6.bf16.safetensors")).expect("read base");
-    let ours = fp8_beside_bf16(&file);
     println!(
-        "| its 2-D weights quantized to F8_E4M3, one scale per tensor | base/minilm-l6.bf16.safetensors | {:.1} | {:.1} | {:.0} | {:.0} |",
-        ours.raw as f64 / 1e6,
-        100.0 * ours.encoded as f64 / ours.raw as f64,
-        mb_per_sec(ours.raw, ours.encode_secs),
-        mb_per_sec(ours.raw, ours.decode_secs),
+        "| its 2-D weights quantized to F8_E4M3, one scale per tensor | base/minilm-l6.bf16.safetensors | {} |",
+        cells(&fp8_beside_bf16(&file))
     );
     println!("\n## Weights dequantized from int4 groups, on their own (one core)\n");
     println!("| file | raw MB | tensorgate % of raw | encode MB/s | decode MB/s |");
     println!("|---|---|---|---|---|");
     for group in [16, 128] {
-        let ours = int4_dequantized(&file, group);
-        println!(
-            "| base/minilm-l6.bf16.safetensors, 2-D weights in int4 groups of {group} | {:.1} | {:.1} | {:.0} | {:.0} |",
-            ours.raw as f64 / 1e6,
-            100.0 * ours.encoded as f64 / ours.raw as f64,
-            mb_per_sec(ours.raw, ours.encode_secs),
-            mb_per_sec(ours.raw, ours.decode_secs),
-        );
+        println!("| base/minilm-l6.bf16.safetensors, 2-D weights in int4 groups of {group} | {} |", cells(&int4_dequantized(&file, group)));
     }
     println!("\n## Standalone (one core)\n");
     println!("| file | raw MB | tensorgate % of raw | encode MB/s | decode MB/s | zstd-3 % | zstd-3 MB/s | zipnn % | zipnn enc MB/s | zipnn dec MB/s |");

@@ -28,7 +28,7 @@ pub(super) fn of_quantization(wide: &[f32], quantized: &[u8]) -> Option<u32> {
             (code, x / above, x / below)
         })
         .collect();
-    bounds.sort_by(|a, b| b.0.cmp(&a.0));
+    bounds.sort_by_key(|(code, _, _)| std::cmp::Reverse(*code));
     let (mut low, mut high) = (0.0f64, f64::INFINITY);
     for (_, lower, upper) in bounds {
         if lower.max(low) > upper.min(high) {
