@@ -114,7 +114,7 @@ fn fp8_beside_bf16(file: &[u8]) -> Measure {
     for tensor in layout.tensors.iter().filter(|t| t.dtype == Dtype::BF16 && t.shape.len() == 2) {
         let bytes = &data[tensor.start as usize..tensor.end as usize];
         let amax = bytes.chunks_exact(2).map(|e| f32::from_bits(u32::from(u16::from_le_bytes([e[0], e[1]])) << 16).abs()).fold(0f32, f32::max);
-        let codes = Cast::Bf16ToF8E4M3 { scale: (amax / 448.0).to_bits() }.apply(bytes);
+        let codes = Cast::Quantize { wide: Dtype::BF16, narrow: tensorgate_codec::cast::Narrow::F8E4M3, scale: (amax / 448.0).to_bits() }.apply(bytes);
         quantized.push((codes, bytes));
     }
     let mut jobs = Vec::new();

@@ -320,6 +320,20 @@ mod tests {
         let residual = encode_chunk(&wide, Dtype::F32, Some((narrow_chunk, Dtype::BF16))).unwrap();
         assert_eq!(FrameHeader::read(&residual).unwrap().conversion, Some(Cast::Bf16ToF32));
         assert_eq!(decode_frame(&residual, Some(narrow_chunk)).unwrap(), wide);
+        // Quantized copies with one scale, found again from the two chunks.
+        let bf16_chunk = BaseChunk { hash: narrow_chunk.hash, bytes: &narrow };
+        for quantized_to in crate::cast::Narrow::ALL {
+            let largest = f32::from_bits(quantized_to.to_f32(quantized_to.from_f32(f32::MAX.to_bits())));
+            let cast = Cast::Quantize { wide: Dtype::BF16, narrow: quantized_to, scale: (0.02f32 / largest).to_bits() };
+            let quantized = cast.apply(&narrow);
+            let frame = encode_chunk(&quantized, quantized_to.dtype(), Some((bf16_chunk, Dtype::BF16))).unwrap();
+            assert!(frame.len() < quantized.len() / 50, "{quantized_to:?}: {} of {}", frame.len(), quantized.len());
+            assert_eq!(decode_frame(&frame, Some(bf16_chunk)).unwrap(), quantized);
+            let quantized_chunk = BaseChunk { hash: ContentHash::of(&quantized), bytes: &quantized };
+            let residual = encode_chunk(&narrow, Dtype::BF16, Some((quantized_chunk, quantized_to.dtype()))).unwrap();
+            assert!(matches!(FrameHeader::read(&residual).unwrap().conversion, Some(Cast::Dequantize { .. })));
+            assert_eq!(decode_frame(&residual, Some(quantized_chunk)).unwrap(), narrow);
+        }
         let unrelated = encode_chunk(&wide, Dtype::F32, Some((narrow_chunk, Dtype::I16))).unwrap();
         assert_eq!(FrameHeader::read(&unrelated).unwrap().base, None);
     }

@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(FrameHeader::read(&bytes[..80]), Err(CodecError::FrameTruncated));
         bytes[80] = Cast::Bf16ToF32.code();
         assert!(FrameHeader::read(&bytes).is_err(), "a conversion to F32 in a 2-byte frame");
-        bytes[80] = Cast::F8E4M3ToBf16 { scale: 0 }.code();
+        bytes[80] = Cast::Dequantize { narrow: crate::cast::Narrow::F8E4M3, wide: crate::dtype::Dtype::BF16, scale: 0 }.code();
         assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameTruncated), "a scale cut off");
         bytes[80] = 0;
         assert!(FrameHeader::read(&bytes).is_err(), "an unknown conversion");

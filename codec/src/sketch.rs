@@ -11,7 +11,7 @@
 //! [`Sketch::as_f32`] puts F16 samples in the terms of F32 and BF16 ones, so that a tensor and
 //! its casts are near (issue 18).
 
-use crate::cast::{f16_to_f32, f8e4m3_to_f32};
+use crate::cast::{f16_to_f32, Narrow};
 use crate::chunk::CHUNK_ELEMENTS;
 use crate::dtype::Dtype;
 
@@ -59,19 +59,19 @@ impl Sketch {
         self.0.iter().zip(&other.0).map(|(a, b)| 16 - a.abs_diff(*b).leading_zeros()).sum()
     }
 
-    /// The sketch of a tensor of `dtype` as the sketch of its F32 cast would be: F16 and F8
-    /// E4M3 samples widened and cut to their top 16 bits; the samples of F32 and BF16 are those
+    /// The sketch of a tensor of `dtype` as the sketch of its F32 cast would be: F16, F8 and
+    /// I8 samples widened and cut to their top 16 bits; the samples of F32 and BF16 are those
     /// bits already.
     pub fn as_f32(&self, dtype: Dtype) -> Sketch {
-        let widen: fn(u16) -> u32 = match dtype {
-            Dtype::F16 => f16_to_f32,
-            Dtype::F8E4M3 => |top| f8e4m3_to_f32((top >> 8) as u8),
+        let widen: Box<dyn Fn(u16) -> u32> = match (dtype, Narrow::of(dtype)) {
+            (Dtype::F16, _) => Box::new(f16_to_f32),
+            (_, Some(narrow)) => Box::new(move |top| narrow.to_f32((top >> 8) as u8)),
             _ => return self.clone(),
         };
         Sketch(self.0.map(|sample| to_order((widen(from_order(sample)) >> 16) as u16)))
     }
 
-    /// The distance between sketches of tensors of two dtypes, in F32 terms; with an F8 one,
+    /// The distance between sketches of tensors of two dtypes, in F32 terms; with an F8 or I8 one,
     /// once the magnitudes are shifted by their median difference: a quantized copy is its
     /// original divided by a scale, a near-constant offset in this order, which that removes.
     pub fn distance_across(&self, dtype: Dtype, other: &Sketch, other_dtype: Dtype) -> u32 {
@@ -79,7 +79,7 @@ impl Sketch {
             return self.distance(other);
         }
         let (ours, theirs) = (self.as_f32(dtype), other.as_f32(other_dtype));
-        if dtype != Dtype::F8E4M3 && other_dtype != Dtype::F8E4M3 {
+        if Narrow::of(dtype).is_none() && Narrow::of(other_dtype).is_none() {
             return ours.distance(&theirs);
         }
         let parts = |sample: u16| {
@@ -161,7 +161,7 @@ mod tests {
             .collect();
         assert!(Sketch::of(&unrelated, Dtype::F32).distance(&sketch) > 4 * SAMPLES as u32);
         let scale = (0.01f32 / 448.0).to_bits();
-        let quantized = Sketch::of(&Cast::F32ToF8E4M3 { scale }.apply(&wide), Dtype::F8E4M3);
+        let quantized = Sketch::of(&Cast::Quantize { wide: Dtype::F32, narrow: crate::cast::Narrow::F8E4M3, scale }.apply(&wide), Dtype::F8E4M3);
         let near = quantized.distance_across(Dtype::F8E4M3, &sketch, Dtype::F32);
         let far = quantized.distance_across(Dtype::F8E4M3, &Sketch::of(&unrelated, Dtype::F32), Dtype::F32);
         assert!(near * 2 < far, "{near} vs {far}");

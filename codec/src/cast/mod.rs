@@ -1,6 +1,6 @@
 //! Casts between float dtypes (issue 18): hubs keep one model in several precisions, and a
-//! BF16 or F16 tensor is usually the rounded cast of an F32 one, an F8 tensor the scaled cast
-//! of a BF16 one. A chunk of one precision is stored as a delta against the chunk of another
+//! BF16 or F16 tensor is usually the rounded cast of an F32 one, an F8 or I8 tensor the scaled
+//! cast of a BF16 one. A chunk of one precision is stored as a delta against the chunk of another
 //! converted to its dtype: nearly all zeros when it is that cast, the rounding residual when it
 //! is the wider original, a few bits per element between two casts of one original.
 //!
@@ -10,9 +10,11 @@
 //! run time.
 
 mod float;
+mod narrow;
 mod scale;
 
 pub use float::{f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_f8e4m3, f8e4m3_to_f32};
+pub use narrow::{f32_to_f8e5m2, Narrow};
 
 use crate::dtype::Dtype;
 use crate::error::{CodecError, Result};
@@ -35,15 +37,16 @@ pub enum Cast {
     F16ToBf16,
     /// BF16 to F16: widened exactly, then rounded to nearest, ties to even.
     Bf16ToF16,
-    /// BF16 to F8 E4M3: widened, divided by the scale in F32, rounded (saturating).
-    Bf16ToF8E4M3 { scale: u32 },
-    /// F32 to F8 E4M3: divided by the scale in F32, rounded (saturating).
-    F32ToF8E4M3 { scale: u32 },
-    /// F8 E4M3 to BF16: widened, multiplied by the scale in F32, rounded to nearest even.
-    F8E4M3ToBf16 { scale: u32 },
-    /// F8 E4M3 to F32: widened, multiplied by the scale in F32.
-    F8E4M3ToF32 { scale: u32 },
+    /// BF16 or F32 (`wide`) to F8 E4M3, F8 E5M2 or I8: widened, divided by the scale in F32,
+    /// rounded to nearest, ties to even, saturating.
+    Quantize { wide: Dtype, narrow: Narrow, scale: u32 },
+    /// F8 E4M3, F8 E5M2 or I8 to BF16 or F32 (`wide`): widened, multiplied by the scale in F32,
+    /// rounded to the wide type.
+    Dequantize { narrow: Narrow, wide: Dtype, scale: u32 },
 }
+
+/// The first code of the scaled conversions: 8 + 4 × narrow + 2 × (dequantize) + (wide is F32).
+const SCALED_CODES: u8 = 8;
 
 /// Elements of a chunk compared when choosing between the rounding and the truncating cast,
 /// or when inferring a scale.
@@ -52,18 +55,14 @@ const CAST_SAMPLE: usize = 4096;
 /// From this many BF16 elements on, quantizing goes through a table of all 65,536 values.
 const BF16_TABLE_FROM: usize = 1 << 16;
 
-/// The dtype pairs with a conversion, by (source, target).
-const PAIRS: [(Dtype, Dtype); 10] = [
+/// The dtype pairs of the unscaled conversions, by (source, target).
+const FLOAT_PAIRS: [(Dtype, Dtype); 6] = [
     (Dtype::F32, Dtype::BF16),
     (Dtype::F32, Dtype::F16),
     (Dtype::BF16, Dtype::F32),
     (Dtype::F16, Dtype::F32),
     (Dtype::F16, Dtype::BF16),
     (Dtype::BF16, Dtype::F16),
-    (Dtype::BF16, Dtype::F8E4M3),
-    (Dtype::F32, Dtype::F8E4M3),
-    (Dtype::F8E4M3, Dtype::BF16),
-    (Dtype::F8E4M3, Dtype::F32),
 ];
 
 impl Cast {
@@ -77,16 +76,14 @@ impl Cast {
             Cast::F16ToF32 => 5,
             Cast::F16ToBf16 => 6,
             Cast::Bf16ToF16 => 7,
-            Cast::Bf16ToF8E4M3 { .. } => 8,
-            Cast::F32ToF8E4M3 { .. } => 9,
-            Cast::F8E4M3ToBf16 { .. } => 10,
-            Cast::F8E4M3ToF32 { .. } => 11,
+            Cast::Quantize { wide, narrow, .. } => scaled_code(narrow, false, wide),
+            Cast::Dequantize { narrow, wide, .. } => scaled_code(narrow, true, wide),
         }
     }
 
     fn scale(self) -> Option<u32> {
         match self {
-            Cast::Bf16ToF8E4M3 { scale } | Cast::F32ToF8E4M3 { scale } | Cast::F8E4M3ToBf16 { scale } | Cast::F8E4M3ToF32 { scale } => Some(scale),
+            Cast::Quantize { scale, .. } | Cast::Dequantize { scale, .. } => Some(scale),
             _ => None,
         }
     }
@@ -119,10 +116,13 @@ impl Cast {
             5 => Cast::F16ToF32,
             6 => Cast::F16ToBf16,
             7 => Cast::Bf16ToF16,
-            8 => Cast::Bf16ToF8E4M3 { scale: scale()? },
-            9 => Cast::F32ToF8E4M3 { scale: scale()? },
-            10 => Cast::F8E4M3ToBf16 { scale: scale()? },
-            11 => Cast::F8E4M3ToF32 { scale: scale()? },
+            code if (SCALED_CODES..SCALED_CODES + 12).contains(&code) => {
+                let index = code - SCALED_CODES;
+                let narrow = Narrow::ALL[usize::from(index / 4)];
+                let wide = if index & 1 == 1 { Dtype::F32 } else { Dtype::BF16 };
+                let scale = scale()?;
+                if index & 2 == 2 { Cast::Dequantize { narrow, wide, scale } } else { Cast::Quantize { wide, narrow, scale } }
+            }
             _ => return Err(CodecError::FrameCorrupt("unknown conversion")),
         })
     }
@@ -130,32 +130,40 @@ impl Cast {
     /// The dtype of the elements converted.
     pub fn source(self) -> Dtype {
         match self {
-            Cast::F32ToBf16 | Cast::F32ToBf16Truncated | Cast::F32ToF16 | Cast::F32ToF8E4M3 { .. } => Dtype::F32,
-            Cast::Bf16ToF32 | Cast::Bf16ToF16 | Cast::Bf16ToF8E4M3 { .. } => Dtype::BF16,
+            Cast::F32ToBf16 | Cast::F32ToBf16Truncated | Cast::F32ToF16 => Dtype::F32,
+            Cast::Bf16ToF32 | Cast::Bf16ToF16 => Dtype::BF16,
             Cast::F16ToF32 | Cast::F16ToBf16 => Dtype::F16,
-            Cast::F8E4M3ToBf16 { .. } | Cast::F8E4M3ToF32 { .. } => Dtype::F8E4M3,
+            Cast::Quantize { wide, .. } => wide,
+            Cast::Dequantize { narrow, .. } => narrow.dtype(),
         }
     }
 
     /// The dtype they are converted to.
     pub fn target(self) -> Dtype {
         match self {
-            Cast::F32ToBf16 | Cast::F32ToBf16Truncated | Cast::F16ToBf16 | Cast::F8E4M3ToBf16 { .. } => Dtype::BF16,
+            Cast::F32ToBf16 | Cast::F32ToBf16Truncated | Cast::F16ToBf16 => Dtype::BF16,
             Cast::F32ToF16 | Cast::Bf16ToF16 => Dtype::F16,
-            Cast::Bf16ToF32 | Cast::F16ToF32 | Cast::F8E4M3ToF32 { .. } => Dtype::F32,
-            Cast::Bf16ToF8E4M3 { .. } | Cast::F32ToF8E4M3 { .. } => Dtype::F8E4M3,
+            Cast::Bf16ToF32 | Cast::F16ToF32 => Dtype::F32,
+            Cast::Quantize { narrow, .. } => narrow.dtype(),
+            Cast::Dequantize { wide, .. } => wide,
         }
     }
 
     /// The dtypes a tensor of `dtype` can be taken against through a conversion.
     pub fn sources_for(dtype: Dtype) -> Vec<Dtype> {
-        PAIRS.iter().filter(|(_, target)| *target == dtype).map(|(source, _)| *source).collect::<std::collections::BTreeSet<_>>().into_iter().collect()
+        let mut sources: Vec<Dtype> = FLOAT_PAIRS.iter().filter(|(_, target)| *target == dtype).map(|(source, _)| *source).collect();
+        match dtype {
+            Dtype::BF16 | Dtype::F32 => sources.extend(Narrow::ALL.map(Narrow::dtype)),
+            _ if Narrow::of(dtype).is_some() => sources.extend([Dtype::BF16, Dtype::F32]),
+            _ => {}
+        }
+        sources
     }
 
     /// The conversion that best turns `base` (elements of `source`) into `target` elements
     /// like `raw`: for F32 to BF16, the rounding or the truncating cast, whichever matches more
-    /// of the first elements; to or from F8, the scale inferred from the two (`scale`). `None`
-    /// when the two dtypes have no conversion, or no scale fits.
+    /// of the first elements; to or from F8 or I8, the scale inferred from the two (`scale`).
+    /// `None` when the two dtypes have no conversion, or no scale fits.
     pub fn fitting(source: Dtype, target: Dtype, base: &[u8], raw: &[u8]) -> Option<Cast> {
         let elements = (base.len() / source.size()).min(raw.len() / target.size()).min(CAST_SAMPLE);
         let (base, raw) = (&base[..elements * source.size()], &raw[..elements * target.size()]);
@@ -169,14 +177,15 @@ impl Cast {
             (Dtype::F16, Dtype::F32) => Cast::F16ToF32,
             (Dtype::F16, Dtype::BF16) => Cast::F16ToBf16,
             (Dtype::BF16, Dtype::F16) => Cast::Bf16ToF16,
-            (Dtype::BF16 | Dtype::F32, Dtype::F8E4M3) => {
-                let wide = widened(source, base);
-                let scale = scale::of_quantization(&wide, raw)?;
-                if source == Dtype::BF16 { Cast::Bf16ToF8E4M3 { scale } } else { Cast::F32ToF8E4M3 { scale } }
+            (Dtype::BF16 | Dtype::F32, narrow) => {
+                let narrow = Narrow::of(narrow)?;
+                let scale = scale::of_quantization(&widened(source, base), raw, narrow)?;
+                Cast::Quantize { wide: source, narrow, scale }
             }
-            (Dtype::F8E4M3, Dtype::BF16 | Dtype::F32) => {
-                let scale = scale::of_dequantization(base, &widened(target, raw))?;
-                if target == Dtype::BF16 { Cast::F8E4M3ToBf16 { scale } } else { Cast::F8E4M3ToF32 { scale } }
+            (narrow, Dtype::BF16 | Dtype::F32) => {
+                let narrow = Narrow::of(narrow)?;
+                let scale = scale::of_dequantization(base, &widened(target, raw), narrow)?;
+                Cast::Dequantize { narrow, wide: target, scale }
             }
             _ => return None,
         })
@@ -193,20 +202,20 @@ impl Cast {
             Cast::F16ToF32 => convert::<2, 4>(source, |e| f16_to_f32(u16::from_le_bytes(e)).to_le_bytes()),
             Cast::F16ToBf16 => convert::<2, 2>(source, |e| f32_to_bf16(f16_to_f32(u16::from_le_bytes(e))).to_le_bytes()),
             Cast::Bf16ToF16 => convert::<2, 2>(source, |e| f32_to_f16(bf16_bits(e)).to_le_bytes()),
-            Cast::Bf16ToF8E4M3 { scale } if source.len() / 2 >= BF16_TABLE_FROM => {
+            Cast::Quantize { wide: Dtype::BF16, narrow, scale } if source.len() / 2 >= BF16_TABLE_FROM => {
                 // A BF16 has 65,536 values: quantizing each once and looking the elements up
                 // spares a division per element.
-                let table: Vec<u8> = (0..=u16::MAX).map(|bits| quantize(u32::from(bits) << 16, scale)).collect();
+                let table: Vec<u8> = (0..=u16::MAX).map(|bits| quantize(u32::from(bits) << 16, narrow, scale)).collect();
                 convert::<2, 1>(source, |e| [table[usize::from(u16::from_le_bytes(e))]])
             }
-            Cast::Bf16ToF8E4M3 { scale } => convert::<2, 1>(source, |e| [quantize(bf16_bits(e), scale)]),
-            Cast::F32ToF8E4M3 { scale } => convert::<4, 1>(source, |e| [quantize(u32::from_le_bytes(e), scale)]),
-            Cast::F8E4M3ToBf16 { scale } => {
-                let table: Vec<u16> = (0..=u8::MAX).map(|byte| f32_to_bf16(dequantize(byte, scale))).collect();
+            Cast::Quantize { wide: Dtype::BF16, narrow, scale } => convert::<2, 1>(source, |e| [quantize(bf16_bits(e), narrow, scale)]),
+            Cast::Quantize { narrow, scale, .. } => convert::<4, 1>(source, |e| [quantize(u32::from_le_bytes(e), narrow, scale)]),
+            Cast::Dequantize { narrow, wide: Dtype::BF16, scale } => {
+                let table: Vec<u16> = (0..=u8::MAX).map(|byte| f32_to_bf16(dequantize(byte, narrow, scale))).collect();
                 convert::<1, 2>(source, |e| table[usize::from(e[0])].to_le_bytes())
             }
-            Cast::F8E4M3ToF32 { scale } => {
-                let table: Vec<u32> = (0..=u8::MAX).map(|byte| dequantize(byte, scale)).collect();
+            Cast::Dequantize { narrow, scale, .. } => {
+                let table: Vec<u32> = (0..=u8::MAX).map(|byte| dequantize(byte, narrow, scale)).collect();
                 convert::<1, 4>(source, |e| table[usize::from(e[0])].to_le_bytes())
             }
         }
@@ -231,14 +240,19 @@ fn bf16_bits(element: [u8; 2]) -> u32 {
     u32::from(u16::from_le_bytes(element)) << 16
 }
 
-/// An F32 (as bits) divided by the scale in F32 and rounded to F8 E4M3.
-fn quantize(bits: u32, scale: u32) -> u8 {
-    f32_to_f8e4m3((f32::from_bits(bits) / f32::from_bits(scale)).to_bits())
+fn scaled_code(narrow: Narrow, dequantize: bool, wide: Dtype) -> u8 {
+    let narrow = Narrow::ALL.iter().position(|n| *n == narrow).unwrap_or(0) as u8;
+    SCALED_CODES + 4 * narrow + 2 * u8::from(dequantize) + u8::from(wide == Dtype::F32)
 }
 
-/// An F8 E4M3 widened and multiplied by the scale in F32, as F32 bits.
-fn dequantize(byte: u8, scale: u32) -> u32 {
-    (f32::from_bits(f8e4m3_to_f32(byte)) * f32::from_bits(scale)).to_bits()
+/// An F32 (as bits) divided by the scale in F32 and rounded to the narrow type.
+fn quantize(bits: u32, narrow: Narrow, scale: u32) -> u8 {
+    narrow.from_f32((f32::from_bits(bits) / f32::from_bits(scale)).to_bits())
+}
+
+/// A narrow element widened and multiplied by the scale in F32, as F32 bits.
+fn dequantize(byte: u8, narrow: Narrow, scale: u32) -> u32 {
+    (f32::from_bits(narrow.to_f32(byte)) * f32::from_bits(scale)).to_bits()
 }
 
 /// Converts every whole `FROM`-byte element of `source` into a `TO`-byte one.
@@ -264,11 +278,12 @@ pub(crate) fn every_cast() -> Vec<Cast> {
         Cast::F16ToF32,
         Cast::F16ToBf16,
         Cast::Bf16ToF16,
-        Cast::Bf16ToF8E4M3 { scale },
-        Cast::F32ToF8E4M3 { scale },
-        Cast::F8E4M3ToBf16 { scale },
-        Cast::F8E4M3ToF32 { scale },
     ]
+    .into_iter()
+    .chain(Narrow::ALL.into_iter().flat_map(|narrow| {
+        [Dtype::BF16, Dtype::F32].into_iter().flat_map(move |wide| [Cast::Quantize { wide, narrow, scale }, Cast::Dequantize { narrow, wide, scale }])
+    }))
+    .collect()
 }
 
 #[cfg(test)]
@@ -284,8 +299,9 @@ mod tests {
             assert_eq!(bytes.len(), cast.encoded_len());
             assert_eq!(Cast::read(&bytes), Ok(cast));
             assert!(Cast::sources_for(cast.target()).contains(&cast.source()));
-            assert!(PAIRS.contains(&(cast.source(), cast.target())));
         }
+        let codes: std::collections::BTreeSet<u8> = every_cast().into_iter().map(Cast::code).collect();
+        assert_eq!(codes.len(), every_cast().len());
         assert!(Cast::read(&[0]).is_err());
         assert!(Cast::read(&[8, 1, 2]).is_err());
     }
@@ -304,9 +320,11 @@ mod tests {
     #[test]
     fn quantizing_through_the_table_is_quantizing_each_element() {
         let source: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
-        let cast = Cast::Bf16ToF8E4M3 { scale: 0.0123f32.to_bits() };
-        let direct: Vec<u8> = source.chunks_exact(2).map(|e| quantize(bf16_bits([e[0], e[1]]), 0.0123f32.to_bits())).collect();
-        assert_eq!(cast.apply(&source), direct);
+        for narrow in Narrow::ALL {
+            let cast = Cast::Quantize { wide: Dtype::BF16, narrow, scale: 0.0123f32.to_bits() };
+            let direct: Vec<u8> = source.chunks_exact(2).map(|e| quantize(bf16_bits([e[0], e[1]]), narrow, 0.0123f32.to_bits())).collect();
+            assert_eq!(cast.apply(&source), direct);
+        }
     }
 
     proptest! {
