@@ -5,7 +5,7 @@
 //! other dtypes against a base take the XOR of BitX. On their own, floats are rotated so the
 //! exponent is a byte of its own, split into planes and entropy-coded plane by plane.
 
-use crate::cast::Cast;
+use crate::cast::{group_count, read_scales, write_scales, Cast, Conversion, Groups};
 use crate::delta;
 use crate::dtype::Dtype;
 use crate::entropy::{self, PLANE_ZSTD};
@@ -94,6 +94,14 @@ pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>
         .ok_or(CodecError::FrameTruncated)?;
     let raw_len = header.raw_len as usize;
     let width = header.width as usize;
+    // A conversion in groups puts the groups' scales ahead of the codec's payload.
+    let (scales, payload) = match header.conversion {
+        Some(Conversion::Groups(_)) => {
+            let (scales, used) = read_scales(payload, group_count(raw_len, width))?;
+            (scales, &payload[used..])
+        }
+        _ => (Vec::new(), payload),
+    };
     let ordered_planes = header.subtract && header.codec == Codec::Planes;
     let mut bytes = match header.codec {
         Codec::Stored => payload.to_vec(),
@@ -111,8 +119,12 @@ pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>
         };
         let converted;
         let base = match header.conversion {
-            Some(cast) => {
+            Some(Conversion::Whole(cast)) => {
                 converted = cast.apply(base);
+                &converted[..]
+            }
+            Some(Conversion::Groups(groups)) => {
+                converted = groups.apply(base, &scales);
                 &converted[..]
             }
             None => base,
@@ -139,7 +151,7 @@ struct Payload {
     subtract: bool,
     grouped: bool,
     base: Option<ContentHash>,
-    conversion: Option<Cast>,
+    conversion: Option<Conversion>,
     bytes: Vec<u8>,
 }
 
@@ -150,20 +162,35 @@ impl Payload {
 }
 
 /// The delta against a base of `base_dtype`: taken as it is for the same dtype, through the
-/// conversion that fits for another float dtype, `None` when there is none.
+/// conversion that fits for another dtype (for a quantization, the smaller of one scale for the
+/// chunk and one per group), `None` when there is none.
 fn against_base(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, base_dtype: Dtype) -> Option<Payload> {
     if base_dtype == dtype {
         return Some(delta_payload(raw, dtype, base));
     }
-    let cast = Cast::fitting(base_dtype, dtype, base.bytes, raw)?;
-    let converted = cast.apply(base.bytes);
-    let base = BaseChunk { hash: base.hash, bytes: &converted };
+    let whole = Cast::fitting(base_dtype, dtype, base.bytes, raw)
+        .map(|cast| converted_payload(raw, dtype, base.hash, Conversion::Whole(cast), &cast.apply(base.bytes), &[]));
+    let groups = Groups::fitting(base_dtype, dtype, base.bytes, raw).map(|(groups, scales)| {
+        converted_payload(raw, dtype, base.hash, Conversion::Groups(groups), &groups.apply(base.bytes, &scales), &scales)
+    });
+    [whole, groups].into_iter().flatten().min_by_key(|payload| payload.bytes.len())
+}
+
+/// The delta against a base converted to `converted`, with the groups' scales ahead of it.
+fn converted_payload(raw: &[u8], dtype: Dtype, base_hash: ContentHash, conversion: Conversion, converted: &[u8], scales: &[u32]) -> Payload {
+    let base = BaseChunk { hash: base_hash, bytes: converted };
     // A cast from a wider precision is usually exact, and its XOR (zeros) decodes at memory
     // speed; a residual over a narrower precision is small only as an ordered difference.
-    let narrows = cast.source().size() > cast.target().size();
+    let narrows = conversion.source().size() > conversion.target().size();
     let mut payload = if narrows { xor_payload(raw, dtype, base) } else { delta_payload(raw, dtype, base) };
-    payload.conversion = Some(cast);
-    Some(payload)
+    payload.conversion = Some(conversion);
+    if let Conversion::Groups(_) = conversion {
+        let mut bytes = Vec::with_capacity(payload.bytes.len() + scales.len());
+        write_scales(&mut bytes, scales);
+        bytes.extend_from_slice(&payload.bytes);
+        payload.bytes = bytes;
+    }
+    payload
 }
 
 fn is_float(dtype: Dtype) -> bool {
@@ -311,14 +338,14 @@ mod tests {
             let narrow = cast.apply(&wide);
             let frame = encode_chunk(&narrow, cast.target(), Some((wide_chunk, Dtype::F32))).unwrap();
             let header = FrameHeader::read(&frame).unwrap();
-            assert_eq!(header.conversion, Some(cast));
+            assert_eq!(header.conversion, Some(Conversion::Whole(cast)));
             assert!(frame.len() < narrow.len() / 100, "{cast:?}: {} of {}", frame.len(), narrow.len());
             assert_eq!(decode_frame(&frame, Some(wide_chunk)).unwrap(), narrow);
         }
         let narrow = Cast::F32ToBf16.apply(&wide);
         let narrow_chunk = BaseChunk { hash: ContentHash::of(&narrow), bytes: &narrow };
         let residual = encode_chunk(&wide, Dtype::F32, Some((narrow_chunk, Dtype::BF16))).unwrap();
-        assert_eq!(FrameHeader::read(&residual).unwrap().conversion, Some(Cast::Bf16ToF32));
+        assert_eq!(FrameHeader::read(&residual).unwrap().conversion, Some(Conversion::Whole(Cast::Bf16ToF32)));
         assert_eq!(decode_frame(&residual, Some(narrow_chunk)).unwrap(), wide);
         // Quantized copies with one scale, found again from the two chunks.
         let bf16_chunk = BaseChunk { hash: narrow_chunk.hash, bytes: &narrow };
@@ -331,9 +358,17 @@ mod tests {
             assert_eq!(decode_frame(&frame, Some(bf16_chunk)).unwrap(), quantized);
             let quantized_chunk = BaseChunk { hash: ContentHash::of(&quantized), bytes: &quantized };
             let residual = encode_chunk(&narrow, Dtype::BF16, Some((quantized_chunk, quantized_to.dtype()))).unwrap();
-            assert!(matches!(FrameHeader::read(&residual).unwrap().conversion, Some(Cast::Dequantize { .. })));
+            assert!(matches!(FrameHeader::read(&residual).unwrap().conversion, Some(Conversion::Whole(Cast::Dequantize { .. }))));
             assert_eq!(decode_frame(&residual, Some(quantized_chunk)).unwrap(), narrow);
         }
+        // Quantized with one scale per group of 128 (per-block checkpoints).
+        let scales: Vec<u32> = (0..narrow.len() / 2 / crate::cast::GROUP).map(|g| (0.02f32 / (400.0 + g as f32 % 7.0)).to_bits()).collect();
+        let blocks = Groups { narrow: crate::cast::Narrow::F8E4M3, wide: Dtype::BF16, widen: false };
+        let quantized = blocks.apply(&narrow, &scales);
+        let frame = encode_chunk(&quantized, Dtype::F8E4M3, Some((bf16_chunk, Dtype::BF16))).unwrap();
+        assert_eq!(FrameHeader::read(&frame).unwrap().conversion, Some(Conversion::Groups(blocks)));
+        assert!(frame.len() < quantized.len() / 50, "blocks: {} of {}", frame.len(), quantized.len());
+        assert_eq!(decode_frame(&frame, Some(bf16_chunk)).unwrap(), quantized);
         let unrelated = encode_chunk(&wide, Dtype::F32, Some((narrow_chunk, Dtype::I16))).unwrap();
         assert_eq!(FrameHeader::read(&unrelated).unwrap().base, None);
     }
@@ -418,6 +453,26 @@ mod tests {
             let base_chunk = BaseChunk { hash: ContentHash::of(&source), bytes: &source };
             let frame = encode_chunk(&raw, cast.target(), Some((base_chunk, cast.source()))).unwrap();
             prop_assert_eq!(decode_frame(&frame, Some(base_chunk)).unwrap(), raw);
+        }
+
+        #[test]
+        fn block_quantized_chunks_round_trip(values in proptest::collection::vec(-1.0f32..1.0, 128..1200),
+                                             flips in proptest::collection::vec(any::<(usize, u8)>(), 0..10),
+                                             narrow in proptest::sample::select(crate::cast::Narrow::ALL.to_vec())) {
+            // One scale per group of 128, as per-block fp8 and int8 checkpoints have.
+            let wide: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let scales: Vec<u32> = values.chunks(crate::cast::GROUP).enumerate().map(|(g, _)| (0.001f32 * (g + 1) as f32).to_bits()).collect();
+            let mut quantized = Groups { narrow, wide: Dtype::F32, widen: false }.apply(&wide, &scales);
+            for (at, bits) in flips {
+                let len = quantized.len();
+                quantized[at % len] ^= bits;
+            }
+            let wide_chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+            let frame = encode_chunk(&quantized, narrow.dtype(), Some((wide_chunk, Dtype::F32))).unwrap();
+            prop_assert_eq!(decode_frame(&frame, Some(wide_chunk)).unwrap(), quantized.clone());
+            let quantized_chunk = BaseChunk { hash: ContentHash::of(&quantized), bytes: &quantized };
+            let residual = encode_chunk(&wide, Dtype::F32, Some((quantized_chunk, narrow.dtype()))).unwrap();
+            prop_assert_eq!(decode_frame(&residual, Some(quantized_chunk)).unwrap(), wide);
         }
 
         #[test]

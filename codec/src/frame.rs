@@ -19,7 +19,7 @@
 //! ..     payload
 //! ```
 
-use crate::cast::Cast;
+use crate::cast::{Cast, Conversion};
 use crate::error::{CodecError, Result};
 use crate::hash::ContentHash;
 
@@ -90,13 +90,13 @@ pub struct FrameHeader {
     pub checksum: ContentHash,
     pub base: Option<ContentHash>,
     /// How the base's elements are converted before the delta is undone (needs a base).
-    pub conversion: Option<Cast>,
+    pub conversion: Option<Conversion>,
 }
 
 impl FrameHeader {
     /// Bytes the header takes in front of the payload.
     pub fn header_len(&self) -> usize {
-        FIXED_HEADER_LEN + if self.base.is_some() { 32 } else { 0 } + self.conversion.map_or(0, Cast::encoded_len)
+        FIXED_HEADER_LEN + if self.base.is_some() { 32 } else { 0 } + self.conversion.map_or(0, Conversion::encoded_len)
     }
 
     /// Bytes of the whole frame.
@@ -164,7 +164,7 @@ impl FrameHeader {
             None
         };
         let conversion = if flags & FLAG_CONVERTED != 0 {
-            let cast = Cast::read(frame.get(FIXED_HEADER_LEN + 32..).ok_or(CodecError::FrameTruncated)?)?;
+            let cast = Conversion::read(frame.get(FIXED_HEADER_LEN + 32..).ok_or(CodecError::FrameTruncated)?)?;
             if cast.target().size() != usize::from(width) {
                 return Err(CodecError::FrameCorrupt("conversion to another width"));
             }
@@ -236,7 +236,7 @@ mod tests {
             payload_len: 3,
             checksum: ContentHash([3; 32]),
             base: Some(ContentHash([9; 32])),
-            conversion: Some(Cast::F32ToBf16),
+            conversion: Some(Conversion::Whole(Cast::F32ToBf16)),
         };
         let mut bytes = Vec::new();
         header.write(&mut bytes);

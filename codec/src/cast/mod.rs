@@ -10,9 +10,11 @@
 //! run time.
 
 mod float;
+mod groups;
 mod narrow;
 mod scale;
 
+pub use groups::{group_count, read_scales, write_scales, Groups, GROUP};
 pub use float::{f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_f8e4m3, f8e4m3_to_f32};
 pub use narrow::{f32_to_f8e5m2, Narrow};
 
@@ -43,6 +45,55 @@ pub enum Cast {
     /// F8 E4M3, F8 E5M2 or I8 to BF16 or F32 (`wide`): widened, multiplied by the scale in F32,
     /// rounded to the wide type.
     Dequantize { narrow: Narrow, wide: Dtype, scale: u32 },
+}
+
+/// How a frame converts its base: one conversion for the whole chunk, or a quantization with a
+/// scale per group of elements, whose scales lead the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversion {
+    Whole(Cast),
+    Groups(Groups),
+}
+
+impl Conversion {
+    /// Bytes it takes in a frame header.
+    pub fn encoded_len(self) -> usize {
+        match self {
+            Conversion::Whole(cast) => cast.encoded_len(),
+            Conversion::Groups(_) => 1,
+        }
+    }
+
+    /// Appends it as a frame header holds it.
+    pub fn write(self, out: &mut Vec<u8>) {
+        match self {
+            Conversion::Whole(cast) => cast.write(out),
+            Conversion::Groups(groups) => out.push(groups.code()),
+        }
+    }
+
+    /// Reads one written by [`Conversion::write`] from the start of `bytes`.
+    pub fn read(bytes: &[u8]) -> Result<Conversion> {
+        let code = *bytes.first().ok_or(CodecError::FrameTruncated)?;
+        match Groups::from_code(code) {
+            Some(groups) => Ok(Conversion::Groups(groups)),
+            None => Cast::read(bytes).map(Conversion::Whole),
+        }
+    }
+
+    pub fn source(self) -> Dtype {
+        match self {
+            Conversion::Whole(cast) => cast.source(),
+            Conversion::Groups(groups) => groups.source(),
+        }
+    }
+
+    pub fn target(self) -> Dtype {
+        match self {
+            Conversion::Whole(cast) => cast.target(),
+            Conversion::Groups(groups) => groups.target(),
+        }
+    }
 }
 
 /// The first code of the scaled conversions: 8 + 4 × narrow + 2 × (dequantize) + (wide is F32).
@@ -229,7 +280,7 @@ fn matching(cast: Cast, base: &[u8], raw: &[u8]) -> usize {
 }
 
 /// The elements of `bytes` (BF16 or F32) as F32 values.
-fn widened(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn widened(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
     match dtype {
         Dtype::BF16 => bytes.chunks_exact(2).map(|e| f32::from_bits(bf16_bits([e[0], e[1]]))).collect(),
         _ => bytes.chunks_exact(4).map(|e| f32::from_le_bytes([e[0], e[1], e[2], e[3]])).collect(),
