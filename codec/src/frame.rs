@@ -19,7 +19,7 @@
 //! ..     payload
 //! ```
 
-use crate::cast::{Cast, Conversion};
+use crate::cast::Conversion;
 use crate::error::{CodecError, Result};
 use crate::hash::ContentHash;
 
@@ -198,6 +198,7 @@ pub(crate) fn read_u32(bytes: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cast::Cast;
 
     #[test]
     fn header_round_trips() {
