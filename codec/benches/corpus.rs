@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use tensorgate_codec::cast::{Groups, GROUP};
 use tensorgate_codec::{chunk_ranges, chunk_size, decode_frame, Cast, encode_chunk, parse_file, BaseChunk, ContentHash, Dtype, FrameHeader};
 
 /// The gateway's allocator, so that buffers are reused as they are in production.
@@ -105,16 +106,26 @@ fn run(jobs: &[Job<'_>]) -> Measure {
     }
 }
 
-/// The 2-D BF16 weights of `file` quantized to F8 E4M3 with one scale per tensor (the largest
-/// magnitude maps to 448, as `tests/clients/fp8_quantize.py` does), encoded against them.
-fn fp8_beside_bf16(file: &[u8]) -> Measure {
+/// The 2-D BF16 weights of `file` quantized to F8 E4M3 with one scale per tensor, or per group
+/// of 128 elements (the largest magnitude maps to 448, as `tests/clients/fp8_quantize.py`
+/// does), encoded against them.
+fn fp8_beside_bf16(file: &[u8], per_group: bool) -> Measure {
     let layout = parse_file(file).expect("corpus file parses");
     let data = &file[layout.data_start as usize..];
     let mut quantized = Vec::new();
     for tensor in layout.tensors.iter().filter(|t| t.dtype == Dtype::BF16 && t.shape.len() == 2) {
         let bytes = &data[tensor.start as usize..tensor.end as usize];
-        let amax = bytes.chunks_exact(2).map(|e| f32::from_bits(u32::from(u16::from_le_bytes([e[0], e[1]])) << 16).abs()).fold(0f32, f32::max);
-        let codes = Cast::Quantize { wide: Dtype::BF16, narrow: tensorgate_codec::cast::Narrow::F8E4M3, scale: (amax / 448.0).to_bits() }.apply(bytes);
+        let scale = |bytes: &[u8]| {
+            let amax = bytes.chunks_exact(2).map(|e| f32::from_bits(u32::from(u16::from_le_bytes([e[0], e[1]])) << 16).abs()).fold(0f32, f32::max);
+            (amax.max(1e-6) / 448.0).to_bits()
+        };
+        let narrow = tensorgate_codec::cast::Narrow::F8E4M3;
+        let codes = if per_group {
+            let scales: Vec<u32> = bytes.chunks(2 * GROUP).map(scale).collect();
+            Groups { narrow, wide: Dtype::BF16, widen: false }.apply(bytes, &scales)
+        } else {
+            Cast::Quantize { wide: Dtype::BF16, narrow, scale: scale(bytes) }.apply(bytes)
+        };
         quantized.push((codes, bytes));
     }
     let mut jobs = Vec::new();
@@ -266,10 +277,12 @@ fn main() {
         println!("| {file_name} | {base_name} | {} |", cells(&measure(&file, Some(&base))));
     }
     let file = std::fs::read(dir.join("base/minilm-l6.bf16.safetensors")).expect("read base");
-    println!(
-        "| its 2-D weights quantized to F8_E4M3, one scale per tensor | base/minilm-l6.bf16.safetensors | {} |",
-        cells(&fp8_beside_bf16(&file))
-    );
+    for (per_group, scales) in [(false, "one scale per tensor"), (true, "one scale per 128 elements")] {
+        println!(
+            "| its 2-D weights quantized to F8_E4M3, {scales} | base/minilm-l6.bf16.safetensors | {} |",
+            cells(&fp8_beside_bf16(&file, per_group))
+        );
+    }
     println!("\n## Weights dequantized from int4 groups, on their own (one core)\n");
     println!("| file | raw MB | tensorgate % of raw | encode MB/s | decode MB/s |");
     println!("|---|---|---|---|---|");

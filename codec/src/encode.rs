@@ -19,6 +19,10 @@ use crate::planes;
 /// A delta keeps its encoding without trying standalone when it is at most this share of raw.
 const DELTA_GOOD_ENOUGH: f64 = 0.6;
 
+/// A delta against a base converted whole that is at most 1/64 of raw is taken without trying
+/// the conversion in groups.
+const EXACT_ENOUGH: usize = 64;
+
 /// A decoded chunk that a delta frame is taken against, with the id the frame records for it
 /// (its content hash, or a scoped id: see `ContentHash::scoped`).
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +174,10 @@ fn against_base(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, base_dtype: Dtype
     }
     let whole = Cast::fitting(base_dtype, dtype, base.bytes, raw)
         .map(|cast| converted_payload(raw, dtype, base.hash, Conversion::Whole(cast), &cast.apply(base.bytes), &[]));
+    // An exact conversion needs no other try.
+    if whole.as_ref().is_some_and(|payload| payload.bytes.len() <= raw.len() / EXACT_ENOUGH) {
+        return whole;
+    }
     let groups = Groups::fitting(base_dtype, dtype, base.bytes, raw).map(|(groups, scales)| {
         converted_payload(raw, dtype, base.hash, Conversion::Groups(groups), &groups.apply(base.bytes, &scales), &scales)
     });

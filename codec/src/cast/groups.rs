@@ -84,42 +84,48 @@ impl Groups {
     /// Converts the whole elements of `source`, group g with `scales[g]` (groups past the
     /// scales given, none in a valid frame, with 1).
     pub fn apply(self, source: &[u8], scales: &[u32]) -> Vec<u8> {
-        // Each arm fixes the narrow type's rounding or widening, so that the loop over a group
-        // is plain arithmetic the compiler can vectorise.
-        match (self.widen, self.wide, self.narrow) {
-            (false, Dtype::BF16, Narrow::F8E4M3) => narrow_groups::<2>(source, scales, |e| bf16_of(e), f32_to_f8e4m3),
-            (false, Dtype::BF16, Narrow::F8E5M2) => narrow_groups::<2>(source, scales, |e| bf16_of(e), f32_to_f8e5m2),
-            (false, Dtype::BF16, Narrow::I8) => narrow_groups::<2>(source, scales, |e| bf16_of(e), |bits| Narrow::I8.from_f32(bits)),
-            (false, _, Narrow::F8E4M3) => narrow_groups::<4>(source, scales, u32::from_le_bytes, f32_to_f8e4m3),
-            (false, _, Narrow::F8E5M2) => narrow_groups::<4>(source, scales, u32::from_le_bytes, f32_to_f8e5m2),
-            (false, _, Narrow::I8) => narrow_groups::<4>(source, scales, u32::from_le_bytes, |bits| Narrow::I8.from_f32(bits)),
-            (true, Dtype::BF16, narrow) => {
-                let table: Vec<f32> = (0..=u8::MAX).map(|byte| f32::from_bits(narrow.to_f32(byte))).collect();
-                widen_groups::<2>(source, scales, &table, |value| f32_to_bf16(value.to_bits()).to_le_bytes())
-            }
-            (true, _, narrow) => {
-                let table: Vec<f32> = (0..=u8::MAX).map(|byte| f32::from_bits(narrow.to_f32(byte))).collect();
-                widen_groups::<4>(source, scales, &table, f32::to_le_bytes)
-            }
+        let scale_of = |group: usize| f32::from_bits(scales.get(group).copied().unwrap_or(1f32.to_bits()));
+        if self.widen {
+            dequantize_all(self.narrow, self.wide, source, scale_of)
+        } else {
+            quantize_all(self.wide, self.narrow, source, scale_of)
         }
     }
 }
 
-fn bf16_of(element: [u8; 2]) -> u32 {
-    u32::from(u16::from_le_bytes(element)) << 16
+/// Every element of `source` (BF16 or F32) divided by the scale of its group and rounded to
+/// the narrow type. Each arm fixes the rounding, so that the loop over a group is plain
+/// arithmetic the compiler can vectorise.
+pub(super) fn quantize_all(wide: Dtype, narrow: Narrow, source: &[u8], scale_of: impl Fn(usize) -> f32) -> Vec<u8> {
+    let bf16 = |e: [u8; 2]| u32::from(u16::from_le_bytes(e)) << 16;
+    let i8_of = |bits| Narrow::I8.from_f32(bits);
+    match (wide, narrow) {
+        (Dtype::BF16, Narrow::F8E4M3) => narrow_groups::<2>(source, scale_of, bf16, f32_to_f8e4m3),
+        (Dtype::BF16, Narrow::F8E5M2) => narrow_groups::<2>(source, scale_of, bf16, f32_to_f8e5m2),
+        (Dtype::BF16, Narrow::I8) => narrow_groups::<2>(source, scale_of, bf16, i8_of),
+        (_, Narrow::F8E4M3) => narrow_groups::<4>(source, scale_of, u32::from_le_bytes, f32_to_f8e4m3),
+        (_, Narrow::F8E5M2) => narrow_groups::<4>(source, scale_of, u32::from_le_bytes, f32_to_f8e5m2),
+        (_, Narrow::I8) => narrow_groups::<4>(source, scale_of, u32::from_le_bytes, i8_of),
+    }
 }
 
-fn scale_of(scales: &[u32], group: usize) -> f32 {
-    f32::from_bits(scales.get(group).copied().unwrap_or(1f32.to_bits()))
+/// Every element of `source` widened, multiplied by the scale of its group and rounded to
+/// `wide` (BF16 or F32).
+pub(super) fn dequantize_all(narrow: Narrow, wide: Dtype, source: &[u8], scale_of: impl Fn(usize) -> f32) -> Vec<u8> {
+    let table: Vec<f32> = (0..=u8::MAX).map(|byte| f32::from_bits(narrow.to_f32(byte))).collect();
+    match wide {
+        Dtype::BF16 => widen_groups::<2>(source, scale_of, &table, |value| f32_to_bf16(value.to_bits()).to_le_bytes()),
+        _ => widen_groups::<4>(source, scale_of, &table, f32::to_le_bytes),
+    }
 }
 
 /// Wide elements (`W` bytes, read as F32 bits by `read`) divided by their group's scale and
 /// rounded by `round`.
-fn narrow_groups<const W: usize>(source: &[u8], scales: &[u32], read: impl Fn([u8; W]) -> u32, round: impl Fn(u32) -> u8) -> Vec<u8> {
+fn narrow_groups<const W: usize>(source: &[u8], scale_of: impl Fn(usize) -> f32, read: impl Fn([u8; W]) -> u32, round: impl Fn(u32) -> u8) -> Vec<u8> {
     let count = source.len() / W;
     let mut out = vec![0u8; count];
     for (index, (targets, elements)) in out.chunks_mut(GROUP).zip(source[..count * W].chunks(GROUP * W)).enumerate() {
-        let scale = scale_of(scales, index);
+        let scale = scale_of(index);
         for (target, element) in targets.iter_mut().zip(elements.chunks_exact(W)) {
             let mut bytes = [0u8; W];
             bytes.copy_from_slice(element);
@@ -131,10 +137,10 @@ fn narrow_groups<const W: usize>(source: &[u8], scales: &[u32], read: impl Fn([u
 
 /// Narrow elements widened through `table`, multiplied by their group's scale and written as
 /// `W` bytes by `write`.
-fn widen_groups<const W: usize>(source: &[u8], scales: &[u32], table: &[f32], write: impl Fn(f32) -> [u8; W]) -> Vec<u8> {
+fn widen_groups<const W: usize>(source: &[u8], scale_of: impl Fn(usize) -> f32, table: &[f32], write: impl Fn(f32) -> [u8; W]) -> Vec<u8> {
     let mut out = vec![0u8; source.len() * W];
     for (index, (targets, elements)) in out.chunks_mut(GROUP * W).zip(source.chunks(GROUP)).enumerate() {
-        let scale = scale_of(scales, index);
+        let scale = scale_of(index);
         for (target, byte) in targets.chunks_exact_mut(W).zip(elements) {
             target.copy_from_slice(&write(table[usize::from(*byte)] * scale));
         }

@@ -103,9 +103,6 @@ const SCALED_CODES: u8 = 8;
 /// or when inferring a scale.
 const CAST_SAMPLE: usize = 4096;
 
-/// From this many BF16 elements on, quantizing goes through a table of all 65,536 values.
-const BF16_TABLE_FROM: usize = 1 << 16;
-
 /// The dtype pairs of the unscaled conversions, by (source, target).
 const FLOAT_PAIRS: [(Dtype, Dtype); 6] = [
     (Dtype::F32, Dtype::BF16),
@@ -253,22 +250,8 @@ impl Cast {
             Cast::F16ToF32 => convert::<2, 4>(source, |e| f16_to_f32(u16::from_le_bytes(e)).to_le_bytes()),
             Cast::F16ToBf16 => convert::<2, 2>(source, |e| f32_to_bf16(f16_to_f32(u16::from_le_bytes(e))).to_le_bytes()),
             Cast::Bf16ToF16 => convert::<2, 2>(source, |e| f32_to_f16(bf16_bits(e)).to_le_bytes()),
-            Cast::Quantize { wide: Dtype::BF16, narrow, scale } if source.len() / 2 >= BF16_TABLE_FROM => {
-                // A BF16 has 65,536 values: quantizing each once and looking the elements up
-                // spares a division per element.
-                let table: Vec<u8> = (0..=u16::MAX).map(|bits| quantize(u32::from(bits) << 16, narrow, scale)).collect();
-                convert::<2, 1>(source, |e| [table[usize::from(u16::from_le_bytes(e))]])
-            }
-            Cast::Quantize { wide: Dtype::BF16, narrow, scale } => convert::<2, 1>(source, |e| [quantize(bf16_bits(e), narrow, scale)]),
-            Cast::Quantize { narrow, scale, .. } => convert::<4, 1>(source, |e| [quantize(u32::from_le_bytes(e), narrow, scale)]),
-            Cast::Dequantize { narrow, wide: Dtype::BF16, scale } => {
-                let table: Vec<u16> = (0..=u8::MAX).map(|byte| f32_to_bf16(dequantize(byte, narrow, scale))).collect();
-                convert::<1, 2>(source, |e| table[usize::from(e[0])].to_le_bytes())
-            }
-            Cast::Dequantize { narrow, scale, .. } => {
-                let table: Vec<u32> = (0..=u8::MAX).map(|byte| dequantize(byte, narrow, scale)).collect();
-                convert::<1, 4>(source, |e| table[usize::from(e[0])].to_le_bytes())
-            }
+            Cast::Quantize { wide, narrow, scale } => groups::quantize_all(wide, narrow, source, |_| f32::from_bits(scale)),
+            Cast::Dequantize { narrow, wide, scale } => groups::dequantize_all(narrow, wide, source, |_| f32::from_bits(scale)),
         }
     }
 }
@@ -299,11 +282,6 @@ fn scaled_code(narrow: Narrow, dequantize: bool, wide: Dtype) -> u8 {
 /// An F32 (as bits) divided by the scale in F32 and rounded to the narrow type.
 fn quantize(bits: u32, narrow: Narrow, scale: u32) -> u8 {
     narrow.from_f32((f32::from_bits(bits) / f32::from_bits(scale)).to_bits())
-}
-
-/// A narrow element widened and multiplied by the scale in F32, as F32 bits.
-fn dequantize(byte: u8, narrow: Narrow, scale: u32) -> u32 {
-    (f32::from_bits(narrow.to_f32(byte)) * f32::from_bits(scale)).to_bits()
 }
 
 /// Converts every whole `FROM`-byte element of `source` into a `TO`-byte one.
@@ -369,7 +347,7 @@ mod tests {
     }
 
     #[test]
-    fn quantizing_through_the_table_is_quantizing_each_element() {
+    fn quantizing_a_chunk_is_quantizing_each_element() {
         let source: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
         for narrow in Narrow::ALL {
             let cast = Cast::Quantize { wide: Dtype::BF16, narrow, scale: 0.0123f32.to_bits() };

@@ -21,14 +21,24 @@ pub(super) fn of_quantization(wide: &[f32], quantized: &[u8], narrow: Narrow) ->
             Some((value, x / above, x / below))
         })
         .collect();
-    bounds.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let (mut low, mut high) = (0.0f64, f64::INFINITY);
-    for (_, lower, upper) in bounds {
-        if lower.max(low) > upper.min(high) {
-            break;
+    let intersect = |bounds: &[(f64, f64, f64)]| {
+        let (mut low, mut high) = (0.0f64, f64::INFINITY);
+        for (_, lower, upper) in bounds {
+            if lower.max(low) > upper.min(high) {
+                break;
+            }
+            (low, high) = (lower.max(low), upper.min(high));
         }
-        (low, high) = (lower.max(low), upper.min(high));
-    }
+        (low, high)
+    };
+    // Usually every interval overlaps; only when one does not are the tightest kept first.
+    let everything = bounds.iter().fold((0.0f64, f64::INFINITY), |(low, high), (_, lower, upper)| (low.max(*lower), high.min(*upper)));
+    let (low, high) = if everything.0 <= everything.1 {
+        everything
+    } else {
+        bounds.sort_by(|a, b| b.0.total_cmp(&a.0));
+        intersect(&bounds)
+    };
     if !(high.is_finite() && low > 0.0) {
         return None;
     }
