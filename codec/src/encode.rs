@@ -121,14 +121,17 @@ pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>
             Some(base) if base.hash == wanted => base.bytes,
             _ => return Err(CodecError::BaseMismatch(wanted.to_hex())),
         };
+        // Only the base elements the chunk's bytes meet are converted: a crafted frame with a
+        // short R cannot make a long base be widened whole.
         let converted;
+        let meets = |source: Dtype| &base[..base.len().min(raw_len.div_ceil(width) * source.size())];
         let base = match header.conversion {
             Some(Conversion::Whole(cast)) => {
-                converted = cast.apply(base);
+                converted = cast.apply(meets(cast.source()));
                 &converted[..]
             }
             Some(Conversion::Groups(groups)) => {
-                converted = groups.apply(base, &scales);
+                converted = groups.apply(meets(groups.source()), &scales);
                 &converted[..]
             }
             None => base,

@@ -54,15 +54,17 @@ pub fn write_plane(out: &mut Vec<u8>, plane: &[u8]) {
 /// Reads the plane record at `*cursor` of `payload` into `target`, which it must fill exactly,
 /// and moves the cursor past it.
 pub fn read_plane(payload: &[u8], cursor: &mut usize, target: &mut [u8]) -> Result<()> {
-    let head = payload.get(*cursor..*cursor + 5).ok_or(CodecError::FrameTruncated)?;
+    let body_start = cursor.checked_add(5).ok_or(CodecError::FrameTruncated)?;
+    let head = payload.get(*cursor..body_start).ok_or(CodecError::FrameTruncated)?;
     let body_len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    let body = payload.get(*cursor + 5..*cursor + 5 + body_len).ok_or(CodecError::FrameTruncated)?;
+    let body_end = body_start.checked_add(body_len).ok_or(CodecError::FrameTruncated)?;
+    let body = payload.get(body_start..body_end).ok_or(CodecError::FrameTruncated)?;
     match head[0] {
         PLANE_STORED if body_len == target.len() => target.copy_from_slice(body),
         PLANE_ZSTD => decompress_into(body, target)?,
         _ => return Err(CodecError::FrameCorrupt("bad plane header")),
     }
-    *cursor += 5 + body_len;
+    *cursor = body_end;
     Ok(())
 }
 

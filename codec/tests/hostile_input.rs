@@ -71,3 +71,44 @@ proptest! {
         }
     }
 }
+
+/// BF16 weights dequantized from int4 in groups of 16, which the encoder codes as levels.
+fn int4_dequantized(values: &[f32]) -> Vec<u8> {
+    values
+        .chunks(16)
+        .flat_map(|group| {
+            let scale = group.iter().fold(1e-6f32, |m, v| m.max(v.abs())) / 7.0;
+            group.iter().map(move |v| (v / scale).round().clamp(-8.0, 7.0) * scale).collect::<Vec<_>>()
+        })
+        .flat_map(|v| tensorgate_codec::cast::f32_to_bf16(v.to_bits()).to_le_bytes())
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn converted_and_levels_frames_survive_mutation(values in proptest::collection::vec(-1.0f32..1.0, 64..1500),
+                                                    flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+                                                    cut in any::<usize>()) {
+        // A cast of a wider base (frame version 2) and a chunk of levels (codec 3), mutated.
+        let wide: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let wide_chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+        let cast = tensorgate_codec::Cast::F32ToF16.apply(&wide);
+        let levels = int4_dequantized(&values);
+        let frames = [
+            (encode_chunk(&cast, Dtype::F16, Some((wide_chunk, Dtype::F32))).unwrap(), cast, Some(wide_chunk)),
+            (encode_chunk(&levels, Dtype::BF16, None).unwrap(), levels, None),
+        ];
+        for (mut frame, raw, base) in frames {
+            let len = frame.len();
+            for (position, value) in &flips {
+                frame[position % len] = *value;
+            }
+            if let Ok(decoded) = decode_frame(&frame, base) {
+                prop_assert_eq!(&decoded, &raw);
+            }
+            if let Ok(decoded) = decode_frame(&frame[..cut % (len + 1)], base) {
+                prop_assert_eq!(&decoded, &raw);
+            }
+        }
+    }
+}

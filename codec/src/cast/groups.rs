@@ -49,14 +49,19 @@ impl Groups {
         Some(Groups { narrow, wide: if index & 1 == 1 { Dtype::F32 } else { Dtype::BF16 }, widen: index & 2 == 2 })
     }
 
-    /// The conversion in groups between the two dtypes and each group's scale (F32 bits), when
-    /// at least half the groups have one (the others take the scale before them).
+    /// The conversion in groups between the two dtypes and each group's scale (F32 bits, a
+    /// normal number), when at least half the groups have one (the others take the scale before
+    /// them, or 1). `None` for a base with fewer elements than the chunk: the frame holds one
+    /// scale per group of the chunk.
     pub fn fitting(source: Dtype, target: Dtype, base: &[u8], raw: &[u8]) -> Option<(Groups, Vec<u32>)> {
         let groups = match (Narrow::of(source), Narrow::of(target)) {
             (None, Some(narrow)) if matches!(source, Dtype::BF16 | Dtype::F32) => Groups { narrow, wide: source, widen: false },
             (Some(narrow), None) if matches!(target, Dtype::BF16 | Dtype::F32) => Groups { narrow, wide: target, widen: true },
             _ => return None,
         };
+        if base.len() / source.size() < raw.len() / target.size() {
+            return None;
+        }
         let (wide_bytes, narrow_bytes) = if groups.widen { (raw, base) } else { (base, raw) };
         let wide = widened(groups.wide, wide_bytes);
         let count = wide.len().min(narrow_bytes.len());
@@ -82,7 +87,7 @@ impl Groups {
     }
 
     /// Converts the whole elements of `source`, group g with `scales[g]` (groups past the
-    /// scales given, none in a valid frame, with 1).
+    /// scales given, in a base longer than its chunk, with 1).
     pub fn apply(self, source: &[u8], scales: &[u32]) -> Vec<u8> {
         let scale_of = |group: usize| f32::from_bits(scales.get(group).copied().unwrap_or(1f32.to_bits()));
         if self.widen {
@@ -120,7 +125,8 @@ pub(super) fn dequantize_all(narrow: Narrow, wide: Dtype, source: &[u8], scale_o
 }
 
 /// Wide elements (`W` bytes, read as F32 bits by `read`) divided by their group's scale and
-/// rounded by `round`.
+/// rounded by `round`. A NaN is rounded as it is: the sign and payload of a NaN that comes out
+/// of arithmetic differ between CPUs, and the frame must decode the same everywhere.
 fn narrow_groups<const W: usize>(source: &[u8], scale_of: impl Fn(usize) -> f32, read: impl Fn([u8; W]) -> u32, round: impl Fn(u32) -> u8) -> Vec<u8> {
     let count = source.len() / W;
     let mut out = vec![0u8; count];
@@ -129,20 +135,22 @@ fn narrow_groups<const W: usize>(source: &[u8], scale_of: impl Fn(usize) -> f32,
         for (target, element) in targets.iter_mut().zip(elements.chunks_exact(W)) {
             let mut bytes = [0u8; W];
             bytes.copy_from_slice(element);
-            *target = round((f32::from_bits(read(bytes)) / scale).to_bits());
+            let value = f32::from_bits(read(bytes));
+            *target = round(if value.is_nan() { value.to_bits() } else { (value / scale).to_bits() });
         }
     }
     out
 }
 
 /// Narrow elements widened through `table`, multiplied by their group's scale and written as
-/// `W` bytes by `write`.
+/// `W` bytes by `write`; a NaN is written as it is, made quiet (not multiplied: see above).
 fn widen_groups<const W: usize>(source: &[u8], scale_of: impl Fn(usize) -> f32, table: &[f32], write: impl Fn(f32) -> [u8; W]) -> Vec<u8> {
     let mut out = vec![0u8; source.len() * W];
     for (index, (targets, elements)) in out.chunks_mut(GROUP * W).zip(source.chunks(GROUP)).enumerate() {
         let scale = scale_of(index);
         for (target, byte) in targets.chunks_exact_mut(W).zip(elements) {
-            target.copy_from_slice(&write(table[usize::from(*byte)] * scale));
+            let value = table[usize::from(*byte)];
+            target.copy_from_slice(&write(if value.is_nan() { f32::from_bits(value.to_bits() | 0x0040_0000) } else { value * scale }));
         }
     }
     out
@@ -161,8 +169,8 @@ pub fn write_scales(out: &mut Vec<u8>, scales: &[u32]) {
     }
 }
 
-/// Reads `count` scales written by [`write_scales`] from the start of `payload`; returns them
-/// and the bytes they took.
+/// Reads `count` scales written by [`write_scales`] from the start of `payload` (none when
+/// `count` is 0); returns them and the bytes they took. Every scale must be a normal F32.
 pub fn read_scales(payload: &[u8], count: usize) -> Result<(Vec<u32>, usize)> {
     let mut planes = vec![0u8; count * 4];
     let mut cursor = 0;
@@ -171,9 +179,9 @@ pub fn read_scales(payload: &[u8], count: usize) -> Result<(Vec<u32>, usize)> {
             read_plane(payload, &mut cursor, plane)?;
         }
     }
-    let scales = (0..count).map(|g| u32::from_le_bytes([0, 1, 2, 3].map(|p| planes[p * count + g]))).collect();
-    if cursor > payload.len() {
-        return Err(CodecError::FrameTruncated);
+    let scales: Vec<u32> = (0..count).map(|g| u32::from_le_bytes([0, 1, 2, 3].map(|p| planes[p * count + g]))).collect();
+    if !scales.iter().all(|scale| f32::from_bits(*scale).is_normal()) {
+        return Err(CodecError::FrameCorrupt("a group's scale is not a normal number"));
     }
     Ok((scales, cursor))
 }
@@ -227,6 +235,20 @@ mod tests {
                 assert_eq!(widened, one_by_one, "{narrow:?} to {wide:?}");
             }
         }
+    }
+
+    #[test]
+    fn nans_are_converted_by_their_bits() {
+        let nans = [0x7FC0_0000u32, 0xFFC0_0000, 0x7F80_0001, 0xFFA0_1234];
+        let source: Vec<u8> = nans.iter().flat_map(|n| n.to_le_bytes()).collect();
+        for narrow in Narrow::ALL {
+            let quantized = Groups { narrow, wide: Dtype::F32, widen: false }.apply(&source, &[0.5f32.to_bits()]);
+            let expected: Vec<u8> = nans.iter().map(|n| narrow.from_f32(*n)).collect();
+            assert_eq!(quantized, expected, "{narrow:?}");
+        }
+        // E4M3's NaNs widen to quiet NaNs of their sign, whatever the scale.
+        let widened = Groups { narrow: Narrow::F8E4M3, wide: Dtype::F32, widen: true }.apply(&[0x7F, 0xFF], &[3.0f32.to_bits()]);
+        assert_eq!(widened, [0x7FC0_0000u32.to_le_bytes(), 0xFFC0_0000u32.to_le_bytes()].concat());
     }
 
     #[test]

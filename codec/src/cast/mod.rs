@@ -7,7 +7,8 @@
 //! Written here rather than taken from the `half` crate: a frame decodes only if its reader
 //! converts the base to exactly the bits its writer did, NaN payloads included, on any CPU;
 //! docs/format.md (section 4) pins every conversion, and `half` picks hardware conversions at
-//! run time.
+//! run time. Scaled conversions use IEEE arithmetic only on numbers (a NaN is converted by its
+//! bits, never computed on, as CPUs differ in the NaNs arithmetic makes) with normal scales.
 
 mod float;
 mod groups;
@@ -154,7 +155,11 @@ impl Cast {
         let code = *bytes.first().ok_or(CodecError::FrameTruncated)?;
         let scale = || -> Result<u32> {
             let scale = bytes.get(1..5).ok_or(CodecError::FrameTruncated)?;
-            Ok(u32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]))
+            let scale = u32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
+            match f32::from_bits(scale).is_normal() {
+                true => Ok(scale),
+                false => Err(CodecError::FrameCorrupt("a conversion's scale is not a normal number")),
+            }
         };
         Ok(match code {
             1 => Cast::F32ToBf16,
@@ -279,9 +284,11 @@ fn scaled_code(narrow: Narrow, dequantize: bool, wide: Dtype) -> u8 {
     SCALED_CODES + 4 * narrow + 2 * u8::from(dequantize) + u8::from(wide == Dtype::F32)
 }
 
-/// An F32 (as bits) divided by the scale in F32 and rounded to the narrow type.
+/// An F32 (as bits) divided by the scale in F32 and rounded to the narrow type (a NaN rounded
+/// as it is, as `groups::quantize_all` does).
 fn quantize(bits: u32, narrow: Narrow, scale: u32) -> u8 {
-    narrow.from_f32((f32::from_bits(bits) / f32::from_bits(scale)).to_bits())
+    let value = f32::from_bits(bits);
+    narrow.from_f32(if value.is_nan() { bits } else { (value / f32::from_bits(scale)).to_bits() })
 }
 
 /// Converts every whole `FROM`-byte element of `source` into a `TO`-byte one.

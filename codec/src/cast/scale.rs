@@ -5,7 +5,7 @@
 use super::narrow::Narrow;
 use super::quantize;
 
-/// The scale (F32 bits) for which `wide / scale`, rounded, gives `quantized`: each element
+/// The scale (F32 bits, a normal number) for which `wide / scale`, rounded, gives `quantized`: each element
 /// that is neither zero nor saturated bounds the scale to the interval of values that round to
 /// it, divided into the wide value. The intervals are intersected from the largest elements
 /// down (the tightest first) for as long as they overlap; the middle of what is left is the
@@ -42,7 +42,11 @@ pub(super) fn of_quantization(wide: &[f32], quantized: &[u8], narrow: Narrow) ->
     if !(high.is_finite() && low > 0.0) {
         return None;
     }
-    let scale = (((low + high) / 2.0) as f32).to_bits();
+    let scale = ((low + high) / 2.0) as f32;
+    if !scale.is_normal() {
+        return None;
+    }
+    let scale = scale.to_bits();
     let matches = wide.iter().zip(quantized).filter(|(x, byte)| quantize(x.to_bits(), narrow, scale) == **byte).count();
     (matches * 2 >= wide.len().max(1)).then_some(scale)
 }
@@ -60,7 +64,7 @@ pub(super) fn of_dequantization(quantized: &[u8], wide: &[f32], narrow: Narrow) 
         }
     }
     let scale = (cross / square) as f32;
-    (scale.is_finite() && scale != 0.0).then_some(scale.to_bits())
+    scale.is_normal().then_some(scale.to_bits())
 }
 
 #[cfg(test)]
