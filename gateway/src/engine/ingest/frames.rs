@@ -4,7 +4,8 @@
 use anyhow::Context;
 use bytes::Bytes;
 use rayon::prelude::*;
-use tensorgate_codec::{encode_chunk, encode_opaque, BaseChunk, Dtype, FrameHeader};
+use tensorgate_codec::frame::Codec;
+use tensorgate_codec::{decode_frame, encode_chunk, encode_opaque, BaseChunk, Dtype, FrameHeader};
 use tensorgate_index::{pack_key, ChunkHash, ChunkRecord, NewChunk};
 
 use super::bases::BaseBytes;
@@ -29,6 +30,23 @@ pub(super) enum Encoding {
     Opaque,
 }
 
+/// The frame, once decoded back to `raw` when it uses a conversion or levels (issue 18: newer
+/// transforms, whose decoding is checked before anything names them); a frame that does not
+/// decode is replaced by the chunk as plain zstd or stored bytes, which always does.
+fn verified(frame: Vec<u8>, raw: &[u8], base: Option<BaseChunk<'_>>) -> tensorgate_codec::Result<Vec<u8>> {
+    let header = FrameHeader::read(&frame)?;
+    if header.conversion.is_none() && header.codec != Codec::Levels {
+        return Ok(frame);
+    }
+    match decode_frame(&frame, base) {
+        Ok(decoded) if decoded == raw => Ok(frame),
+        outcome => {
+            tracing::error!(error = ?outcome.err(), conversion = ?header.conversion, "a frame did not decode back to its chunk; stored as plain bytes");
+            encode_opaque(raw)
+        }
+    }
+}
+
 impl Ingester {
     /// Queues a new chunk, encoding the queue once it holds a batch.
     pub(super) async fn queue_chunk(&mut self, chunk: PendingChunk) -> anyhow::Result<()> {
@@ -51,7 +69,7 @@ impl Ingester {
                 .map(|chunk| match &chunk.encoding {
                     Encoding::Tensor { dtype, base } => {
                         let base = base.as_ref().map(|(hash, bytes, base_dtype)| (BaseChunk { hash: *hash, bytes }, *base_dtype));
-                        encode_chunk(&chunk.raw, *dtype, base)
+                        encode_chunk(&chunk.raw, *dtype, base).and_then(|frame| verified(frame, &chunk.raw, base.map(|(base, _)| base)))
                     }
                     Encoding::Opaque => encode_opaque(&chunk.raw),
                 })
