@@ -21,7 +21,8 @@ pub enum Dtype {
 }
 
 impl Dtype {
-    /// Every dtype, in a fixed order (used by tests and by the numeric code).
+    /// Every dtype, in a fixed order: the order gives `code`, which frames of codec 3 store
+    /// (docs/format.md, section 4), so it is frozen.
     pub const ALL: [Dtype; 15] = [
         Dtype::Bool,
         Dtype::U8,

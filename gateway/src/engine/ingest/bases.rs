@@ -145,7 +145,9 @@ impl Ingester {
     /// candidate itself when the new delta stays within [`MAX_WRITE_DEPTH`] of a standalone
     /// chunk, else the nearest of its bases that keeps it there. (A base of that base may be of
     /// another dtype: then its length differs and none is taken, or, for two dtypes of one
-    /// width, the trial encode finds the delta no smaller and the chunk is stored on its own.)
+    /// width such as BF16 and F16, it is taken as `dtype` though it is not: the frame still
+    /// decodes, as it names no dtype, but its delta is poor, and the encoder keeps the chunk on
+    /// its own when that is smaller.)
     pub(super) async fn base_bytes(&mut self, candidate: ChunkHash, len: usize, dtype: Dtype) -> anyhow::Result<Option<BaseBytes>> {
         // The candidate's chain of bases, down to its standalone root (with a shared upstream
         // a chunk adopted from another gateway may be a longer chain than this gateway writes).

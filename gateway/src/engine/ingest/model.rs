@@ -138,7 +138,7 @@ impl Ingester {
     }
 
     /// Cuts bytes whose regions are known into chunks. A walked region may be closed where the
-    /// cut bytes end, with its last chunk sealed already (it ended on a 4 MiB boundary) or none
+    /// cut bytes end, with its last chunk sealed already (it ended on a chunk boundary) or none
     /// at all (it is empty): such regions are ended before each cut and after the last.
     pub(super) async fn cut_model(&mut self, mut bytes: Bytes) -> anyhow::Result<()> {
         loop {

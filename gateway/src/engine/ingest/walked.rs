@@ -1,6 +1,7 @@
 //! Models whose tensors are found as their bytes stream by (PyTorch zip checkpoints and ONNX
 //! models, walked by a `tensorgate_codec::formats::Walker`). A region may be open, its end not known yet
-//! (`OPEN`): its chunks are cut every 4 MiB from its start, as any region's are, and its last,
+//! (`OPEN`): its chunks are cut from its start in the size its dtype gets
+//! (`tensorgate_codec::chunk_size`), as any region's are, and its last,
 //! shorter chunk only once the walker has closed it. Bytes the walker has not settled wait in
 //! `ModelState::held` (a local header or a descriptor's worth at most).
 
