@@ -145,3 +145,34 @@ fn casts_outlive_the_tensor_they_were_cast_from() {
     gateway.collect_garbage();
     assert_eq!(gateway.store().index.pack_bytes().unwrap(), 0);
 }
+
+/// With `write_frame_version = 1` (an upstream that gateways from before issue 18 still read),
+/// no frame written is of version 2 or codec 3, and every file still reads back.
+#[test]
+fn version_1_gateways_write_only_version_1_frames() {
+    let work = tempfile::tempdir().unwrap();
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.write_frame_version = 1);
+    gateway.aws(&["s3", "mb", "s3://models"]);
+    let files = [base("f32"), base("bf16")];
+    for (i, file) in files.iter().enumerate() {
+        gateway.aws(&["s3", "cp", file.to_str().unwrap(), &format!("s3://models/m{i}")]);
+    }
+    settled_upstream(&gateway);
+    let packs = gateway.dir.path().join("data/upstream/packs");
+    let mut frames = 0;
+    for pack in std::fs::read_dir(&packs).unwrap() {
+        let bytes = std::fs::read(pack.unwrap().path()).unwrap();
+        let mut offset = 0;
+        while offset < bytes.len() {
+            let header = tensorgate_codec::FrameHeader::read(&bytes[offset..]).unwrap();
+            assert_eq!(bytes[offset + 4], 1, "a frame of version {}", bytes[offset + 4]);
+            assert_ne!(header.codec, tensorgate_codec::frame::Codec::Levels);
+            offset += header.frame_len();
+            frames += 1;
+        }
+    }
+    assert!(frames > 0);
+    for (i, file) in files.iter().enumerate() {
+        assert!(get(&gateway, "models", &format!("m{i}"), &work.path().join("back")) == std::fs::read(file).unwrap());
+    }
+}

@@ -31,20 +31,37 @@ pub struct BaseChunk<'a> {
     pub bytes: &'a [u8],
 }
 
+/// The frames an encoder may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameFormat {
+    /// Every frame this codec reads: version 2 (converted bases) and codec 3 (levels) included.
+    Current,
+    /// Only what readers from before version 2 and codec 3 read, for an upstream that such
+    /// gateways still share.
+    Version1,
+}
+
 /// Encodes one chunk of raw tensor bytes as a frame. With a base (and the base's dtype), the
 /// frame is a delta against it, converted to `dtype` first when it holds another float dtype
 /// (`cast`), unless encoding on its own is smaller or the dtypes have no conversion.
 pub fn encode_chunk(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>) -> Result<Vec<u8>> {
+    encode_chunk_as(raw, dtype, base, FrameFormat::Current)
+}
+
+/// [`encode_chunk`], writing only frames of `format`.
+pub fn encode_chunk_as(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>, format: FrameFormat) -> Result<Vec<u8>> {
     let raw_len = u32::try_from(raw.len())
         .ok()
         .filter(|len| *len <= MAX_RAW_LEN)
         .ok_or(CodecError::ChunkTooLarge(raw.len()))?;
+    let newest = format == FrameFormat::Current;
+    let base = base.filter(|(_, base_dtype)| newest || *base_dtype == dtype);
     let payload = match base.and_then(|(base, base_dtype)| against_base(raw, dtype, base, base_dtype)) {
         Some(delta) => {
             if (delta.bytes.len() as f64) <= DELTA_GOOD_ENOUGH * raw.len() as f64 {
                 delta
             } else {
-                let own = standalone_payload(raw, dtype);
+                let own = standalone_payload(raw, dtype, newest);
                 if own.bytes.len() < delta.bytes.len() {
                     own
                 } else {
@@ -52,7 +69,7 @@ pub fn encode_chunk(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype
                 }
             }
         }
-        None => standalone_payload(raw, dtype),
+        None => standalone_payload(raw, dtype, newest),
     };
     Ok(frame_of(payload, raw, raw_len))
 }
@@ -235,10 +252,10 @@ fn xor_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
     payload
 }
 
-/// The chunk on its own: the best layout of its bytes, or its levels when smaller.
-fn standalone_payload(raw: &[u8], dtype: Dtype) -> Payload {
+/// The chunk on its own: the best layout of its bytes, or its levels when smaller and allowed.
+fn standalone_payload(raw: &[u8], dtype: Dtype, levels_allowed: bool) -> Payload {
     let bytes = best_of(raw, dtype, matches!(dtype, Dtype::BF16 | Dtype::F32));
-    match levels::encode(raw, dtype) {
+    match levels_allowed.then(|| levels::encode(raw, dtype)).flatten() {
         Some(levels) if levels.len() < bytes.bytes.len() => Payload::plain(Codec::Levels, dtype.size(), levels),
         _ => bytes,
     }
@@ -410,6 +427,18 @@ mod tests {
             assert!(decode_frame(&broken, Some(base_chunk)).is_err(), "flip at {position} went unseen");
         }
         assert!(decode_frame(&frame[..frame.len() - 1], Some(base_chunk)).is_err());
+    }
+
+    #[test]
+    fn version_1_frames_only_when_asked() {
+        let wide: Vec<u8> = (0..4096u32).flat_map(|i| (i as f32 * 1e-3).to_le_bytes()).collect();
+        let narrow = Cast::F32ToBf16.apply(&wide);
+        let wide_chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+        let frame = encode_chunk_as(&narrow, Dtype::BF16, Some((wide_chunk, Dtype::F32)), FrameFormat::Version1).unwrap();
+        let header = FrameHeader::read(&frame).unwrap();
+        assert!(header.conversion.is_none() && header.base.is_none() && header.codec != Codec::Levels);
+        assert_eq!(frame[4], 1);
+        assert_eq!(decode_frame(&frame, None).unwrap(), narrow);
     }
 
     proptest! {

@@ -29,7 +29,7 @@ pub use cast::Cast;
 pub use cdc::next_cut;
 pub use chunk::{chunk_end, chunk_ranges, chunk_size, CHUNK_ELEMENTS, DEFAULT_CHUNK_SIZE};
 pub use dtype::Dtype;
-pub use encode::{decode_frame, encode_chunk, encode_opaque, BaseChunk};
+pub use encode::{decode_frame, encode_chunk, encode_chunk_as, encode_opaque, BaseChunk, FrameFormat};
 pub use error::{CodecError, Result};
 pub use frame::FrameHeader;
 pub use hash::{ContentHash, StreamingHash};

@@ -5,7 +5,7 @@
 //! converted to the new tensor's dtype before the delta (`tensorgate_codec::Cast`).
 
 use bytes::Bytes;
-use tensorgate_codec::{encode_chunk, BaseChunk, Cast, ContentHash, Dtype, FrameHeader, Region, RegionKind, Sketch};
+use tensorgate_codec::{encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameFormat, FrameHeader, Region, RegionKind, Sketch};
 use tensorgate_index::{BaseCandidate, ChunkHash, MAX_BASE_DEPTH};
 
 use super::model::ModelState;
@@ -97,7 +97,8 @@ impl Ingester {
     ) -> anyhow::Result<Option<ChosenBase>> {
         let shape = tensor_signature.split_once(':').map_or("", |(_, shape)| shape);
         let mut ranked: Vec<(u32, Dtype, BaseCandidate)> = Vec::new();
-        for candidate_dtype in std::iter::once(dtype).chain(Cast::sources_for(dtype)) {
+        let other_dtypes = if self.store.config.frame_format() == FrameFormat::Current { Cast::sources_for(dtype) } else { Vec::new() };
+        for candidate_dtype in std::iter::once(dtype).chain(other_dtypes) {
             let signature = format!("{}:{shape}", candidate_dtype.name());
             for candidate in self.store.index.candidates(&self.scope, &signature)? {
                 let Some(theirs) = Sketch::from_bytes(&candidate.sketch) else { continue };
@@ -108,6 +109,7 @@ impl Ingester {
         ranked.sort_by_key(|(distance, _, _)| *distance);
         let elements = raw.len().min(TRIAL_BYTES) / dtype.size();
         let sample = raw.slice(..elements * dtype.size());
+        let format = self.store.config.frame_format();
         let mut best: Option<(usize, ChosenBase)> = None;
         for (_, candidate_dtype, candidate) in ranked.into_iter().take(TRIALS) {
             let Some(same_place) = candidate.chunks.get(chunk_index) else { continue };
@@ -116,7 +118,7 @@ impl Ingester {
             let sample = sample.clone();
             let trial = on_cores(move || {
                 let base = BaseChunk { hash, bytes: &base[..elements * base_dtype.size()] };
-                let frame = encode_chunk(&sample, dtype, Some((base, base_dtype)))?;
+                let frame = encode_chunk_as(&sample, dtype, Some((base, base_dtype)), format)?;
                 Ok::<_, tensorgate_codec::CodecError>((frame.len(), FrameHeader::read(&frame)?.base.is_some()))
             })
             .await??;

@@ -5,7 +5,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use rayon::prelude::*;
 use tensorgate_codec::frame::Codec;
-use tensorgate_codec::{decode_frame, encode_chunk, encode_opaque, BaseChunk, Dtype, FrameHeader};
+use tensorgate_codec::{decode_frame, encode_chunk_as, encode_opaque, BaseChunk, Dtype, FrameHeader};
 use tensorgate_index::{pack_key, ChunkHash, ChunkRecord, NewChunk};
 
 use super::bases::BaseBytes;
@@ -63,13 +63,14 @@ impl Ingester {
         if pending.is_empty() {
             return Ok(());
         }
+        let format = self.store.config.frame_format();
         let (pending, frames) = on_cores(move || {
             let frames: Vec<_> = pending
                 .par_iter()
                 .map(|chunk| match &chunk.encoding {
                     Encoding::Tensor { dtype, base } => {
                         let base = base.as_ref().map(|(hash, bytes, base_dtype)| (BaseChunk { hash: *hash, bytes }, *base_dtype));
-                        encode_chunk(&chunk.raw, *dtype, base).and_then(|frame| verified(frame, &chunk.raw, base.map(|(base, _)| base)))
+                        encode_chunk_as(&chunk.raw, *dtype, base, format).and_then(|frame| verified(frame, &chunk.raw, base.map(|(base, _)| base)))
                     }
                     Encoding::Opaque => encode_opaque(&chunk.raw),
                 })
