@@ -81,26 +81,61 @@ static E4M3_TO_F32: [u32; 256] = {
     table
 };
 
-/// F32 bits to F8 E4M3, rounding to nearest, ties to even, saturating at ±448 (infinities
-/// included); a NaN becomes the NaN of its sign. Computed like [`f32_to_f16`]: subnormals by
-/// adding 2^14, whose last place is the E4M3 subnormal step.
-pub fn f32_to_f8e4m3(bits: u32) -> u8 {
-    const STEP: u32 = 0x4680_0000;
+/// A one-byte float, as rounding an F32 into it needs: its exponent bias moved to F32's (as
+/// F32 bits to subtract), the mantissa bits F32 has more, the largest finite code, the F32 bits
+/// from which it saturates, its smallest normal (F32 bits), its NaN, and the F32 power of two
+/// whose last place is its subnormal step.
+struct MiniFloat {
+    rebias: u32,
+    dropped: u32,
+    largest: u32,
+    saturate_from: u32,
+    smallest_normal: u32,
+    nan: u32,
+    step: u32,
+}
+
+/// E4M3 (`fn`): bias 7, three mantissa bits, largest 448, NaN S.1111.111, subnormal step 2^-9.
+const E4M3: MiniFloat =
+    MiniFloat { rebias: 0x3C00_0000, dropped: 20, largest: 0x7E, saturate_from: 0x43E0_0000, smallest_normal: 0x3C80_0000, nan: 0x7F, step: 0x4680_0000 };
+
+/// E5M2: bias 15, two mantissa bits, largest 57,344, quiet NaN S.11111.10, subnormal step 2^-16.
+const E5M2: MiniFloat =
+    MiniFloat { rebias: 0x3800_0000, dropped: 21, largest: 0x7B, saturate_from: 0x4760_0000, smallest_normal: 0x3880_0000, nan: 0x7E, step: 0x4300_0000 };
+
+/// F32 bits rounded to a one-byte float: to nearest, ties to even, saturating (infinities
+/// included); a NaN becomes the format's NaN with its sign. Computed like [`f32_to_f16`]:
+/// subnormals by adding the power of two whose last place is the format's subnormal step.
+#[inline(always)]
+fn round_to(bits: u32, format: &MiniFloat) -> u8 {
     let sign = (bits >> 24) & 0x80;
     let magnitude = bits & 0x7FFF_FFFF;
-    let rebiased = magnitude.wrapping_sub(0x3C00_0000);
-    let normal = (rebiased.wrapping_add(0x7_FFFF + ((rebiased >> 20) & 1)) >> 20).min(0x7E);
-    let subnormal = (f32::from_bits(magnitude & 0x3FFF_FFFF) + f32::from_bits(STEP)).to_bits().wrapping_sub(STEP);
+    let rebiased = magnitude.wrapping_sub(format.rebias);
+    let half = (1 << (format.dropped - 1)) - 1;
+    let normal = (rebiased.wrapping_add(half + ((rebiased >> format.dropped) & 1)) >> format.dropped).min(format.largest);
+    let subnormal = (f32::from_bits(magnitude & 0x3FFF_FFFF) + f32::from_bits(format.step)).to_bits().wrapping_sub(format.step);
     let value = if magnitude > 0x7F80_0000 {
-        0x7F
-    } else if magnitude >= 0x43E0_0000 {
-        0x7E
-    } else if magnitude >= 0x3C80_0000 {
+        format.nan
+    } else if magnitude >= format.saturate_from {
+        format.largest
+    } else if magnitude >= format.smallest_normal {
         normal
     } else {
         subnormal
     };
     (sign | value) as u8
+}
+
+/// F32 bits to F8 E4M3, rounding to nearest, ties to even, saturating at ±448 (infinities
+/// included); a NaN becomes the NaN of its sign.
+pub fn f32_to_f8e4m3(bits: u32) -> u8 {
+    round_to(bits, &E4M3)
+}
+
+/// F32 bits to F8 E5M2 (the high byte of an F16), rounding to nearest, ties to even,
+/// saturating at ±57,344 (infinities included); a NaN becomes the quiet NaN of its sign.
+pub fn f32_to_f8e5m2(bits: u32) -> u8 {
+    round_to(bits, &E5M2)
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@
 
 use super::narrow::Narrow;
 use super::scale;
-use super::float::{f32_to_bf16, f32_to_f8e4m3};
-use super::narrow::f32_to_f8e5m2;
+use super::float::{f32_to_bf16, f32_to_f8e4m3, f32_to_f8e5m2};
 use super::widened;
 use crate::dtype::Dtype;
 use crate::entropy::{read_plane, write_plane};

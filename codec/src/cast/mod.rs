@@ -16,8 +16,8 @@ mod narrow;
 mod scale;
 
 pub use groups::{group_count, read_scales, write_scales, Groups, GROUP};
-pub use float::{f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_f8e4m3, f8e4m3_to_f32};
-pub use narrow::{f32_to_f8e5m2, Narrow};
+pub use float::{f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_f8e4m3, f32_to_f8e5m2, f8e4m3_to_f32};
+pub use narrow::Narrow;
 
 use crate::dtype::Dtype;
 use crate::error::{CodecError, Result};

@@ -2,7 +2,7 @@
 //! element is an F32 value exactly; rounding to it is to nearest, ties to even, saturating at
 //! its largest finite magnitude (docs/format.md, section 4).
 
-use super::float::{f16_to_f32, f32_to_f8e4m3, f8e4m3_to_f32};
+use super::float::{f16_to_f32, f32_to_f8e4m3, f32_to_f8e5m2, f8e4m3_to_f32};
 use crate::dtype::Dtype;
 
 /// A one-byte type quantized to.
@@ -71,28 +71,6 @@ impl Narrow {
         let here = value(byte & 0x7F);
         Some((here, (here + value(below)) / 2.0, (here + value(above)) / 2.0))
     }
-}
-
-/// F32 bits to F8 E5M2 (bias 15, two mantissa bits: the high byte of an F16), rounding to
-/// nearest, ties to even, saturating at ±57,344 (infinities included); a NaN becomes the quiet
-/// NaN of its sign. Subnormals come from adding 2^7, whose last place is the E5M2 subnormal step.
-pub fn f32_to_f8e5m2(bits: u32) -> u8 {
-    const STEP: u32 = 0x4300_0000;
-    let sign = (bits >> 24) & 0x80;
-    let magnitude = bits & 0x7FFF_FFFF;
-    let rebiased = magnitude.wrapping_sub(0x3800_0000);
-    let normal = (rebiased.wrapping_add(0xF_FFFF + ((rebiased >> 21) & 1)) >> 21).min(0x7B);
-    let subnormal = (f32::from_bits(magnitude & 0x3FFF_FFFF) + f32::from_bits(STEP)).to_bits().wrapping_sub(STEP);
-    let value = if magnitude > 0x7F80_0000 {
-        0x7E
-    } else if magnitude >= 0x4760_0000 {
-        0x7B
-    } else if magnitude >= 0x3880_0000 {
-        normal
-    } else {
-        subnormal
-    };
-    (sign | value) as u8
 }
 
 #[cfg(test)]
