@@ -131,11 +131,16 @@ fn narrow_groups<const W: usize>(source: &[u8], scale_of: impl Fn(usize) -> f32,
     let mut out = vec![0u8; count];
     for (index, (targets, elements)) in out.chunks_mut(GROUP).zip(source[..count * W].chunks(GROUP * W)).enumerate() {
         let scale = scale_of(index);
-        for (target, element) in targets.iter_mut().zip(elements.chunks_exact(W)) {
+        // Quotients first, then their rounding: two simple loops vectorise where one does not.
+        let mut quotients = [0u32; GROUP];
+        for (quotient, element) in quotients.iter_mut().zip(elements.chunks_exact(W)) {
             let mut bytes = [0u8; W];
             bytes.copy_from_slice(element);
             let value = f32::from_bits(read(bytes));
-            *target = round(if value.is_nan() { value.to_bits() } else { (value / scale).to_bits() });
+            *quotient = if value.is_nan() { value.to_bits() } else { (value / scale).to_bits() };
+        }
+        for (target, quotient) in targets.iter_mut().zip(quotients) {
+            *target = round(quotient);
         }
     }
     out
