@@ -49,8 +49,8 @@ impl Groups {
     }
 
     /// The conversion in groups between the two dtypes and each group's scale (F32 bits, a
-    /// normal number), when at least half the groups have one (the others take the scale before
-    /// them, or 1). `None` for a base with fewer elements than the chunk: the frame holds one
+    /// positive normal number), when at least half the groups have one (the others take the
+    /// scale before them, or 1). `None` for a base with fewer elements than the chunk: the frame holds one
     /// scale per group of the chunk.
     pub fn fitting(source: Dtype, target: Dtype, base: &[u8], raw: &[u8]) -> Option<(Groups, Vec<u32>)> {
         let groups = match (Narrow::of(source), Narrow::of(target)) {
@@ -124,23 +124,20 @@ pub(super) fn dequantize_all(narrow: Narrow, wide: Dtype, source: &[u8], scale_o
 }
 
 /// Wide elements (`W` bytes, read as F32 bits by `read`) divided by their group's scale and
-/// rounded by `round`. A NaN is rounded as it is: the sign and payload of a NaN that comes out
-/// of arithmetic differ between CPUs, and the frame must decode the same everywhere.
+/// rounded by `round`. The quotient takes the dividend's sign (the scale is positive, so that
+/// is its sign anyway): the sign of a NaN that comes out of arithmetic differs between CPUs,
+/// and a NaN rounds by its sign alone, so every CPU rounds it the same way.
 fn narrow_groups<const W: usize>(source: &[u8], scale_of: impl Fn(usize) -> f32, read: impl Fn([u8; W]) -> u32, round: impl Fn(u32) -> u8) -> Vec<u8> {
     let count = source.len() / W;
     let mut out = vec![0u8; count];
     for (index, (targets, elements)) in out.chunks_mut(GROUP).zip(source[..count * W].chunks(GROUP * W)).enumerate() {
         let scale = scale_of(index);
-        // Quotients first, then their rounding: two simple loops vectorise where one does not.
-        let mut quotients = [0u32; GROUP];
-        for (quotient, element) in quotients.iter_mut().zip(elements.chunks_exact(W)) {
+        for (target, element) in targets.iter_mut().zip(elements.chunks_exact(W)) {
             let mut bytes = [0u8; W];
             bytes.copy_from_slice(element);
-            let value = f32::from_bits(read(bytes));
-            *quotient = if value.is_nan() { value.to_bits() } else { (value / scale).to_bits() };
-        }
-        for (target, quotient) in targets.iter_mut().zip(quotients) {
-            *target = round(quotient);
+            let value = read(bytes);
+            let quotient = (f32::from_bits(value) / scale).to_bits();
+            *target = round((quotient & 0x7FFF_FFFF) | (value & 0x8000_0000));
         }
     }
     out
@@ -158,6 +155,11 @@ fn widen_groups<const W: usize>(source: &[u8], scale_of: impl Fn(usize) -> f32, 
         }
     }
     out
+}
+
+/// Whether F32 bits are a positive normal number, as every scale must be.
+pub fn is_positive_normal(scale: u32) -> bool {
+    f32::from_bits(scale).is_normal() && scale & 0x8000_0000 == 0
 }
 
 /// The number of groups of a chunk of `raw_len` bytes of `width`-byte elements.
@@ -184,8 +186,8 @@ pub fn read_scales(payload: &[u8], count: usize) -> Result<(Vec<u32>, usize)> {
         }
     }
     let scales: Vec<u32> = (0..count).map(|g| u32::from_le_bytes([0, 1, 2, 3].map(|p| planes[p * count + g]))).collect();
-    if !scales.iter().all(|scale| f32::from_bits(*scale).is_normal()) {
-        return Err(CodecError::FrameCorrupt("a group's scale is not a normal number"));
+    if !scales.iter().all(|scale| is_positive_normal(*scale)) {
+        return Err(CodecError::FrameCorrupt("a group's scale is not a positive normal number"));
     }
     Ok((scales, cursor))
 }

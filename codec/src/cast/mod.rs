@@ -7,8 +7,9 @@
 //! Written here rather than taken from the `half` crate: a frame decodes only if its reader
 //! converts the base to exactly the bits its writer did, NaN payloads included, on any CPU;
 //! docs/format.md (section 4) pins every conversion, and `half` picks hardware conversions at
-//! run time. Scaled conversions use IEEE arithmetic only on numbers (a NaN is converted by its
-//! bits, never computed on, as CPUs differ in the NaNs arithmetic makes) with normal scales.
+//! run time. Scaled conversions use positive normal scales and make their results independent of
+//! the NaNs a CPU's arithmetic makes (they differ between CPUs): a quotient takes its dividend's
+//! sign, and a NaN is widened by its bits, never multiplied.
 
 mod float;
 mod groups;
@@ -156,9 +157,9 @@ impl Cast {
         let scale = || -> Result<u32> {
             let scale = bytes.get(1..5).ok_or(CodecError::FrameTruncated)?;
             let scale = u32::from_le_bytes([scale[0], scale[1], scale[2], scale[3]]);
-            match f32::from_bits(scale).is_normal() {
+            match groups::is_positive_normal(scale) {
                 true => Ok(scale),
-                false => Err(CodecError::FrameCorrupt("a conversion's scale is not a normal number")),
+                false => Err(CodecError::FrameCorrupt("a conversion's scale is not a positive normal number")),
             }
         };
         Ok(match code {
@@ -284,11 +285,11 @@ fn scaled_code(narrow: Narrow, dequantize: bool, wide: Dtype) -> u8 {
     SCALED_CODES + 4 * narrow + 2 * u8::from(dequantize) + u8::from(wide == Dtype::F32)
 }
 
-/// An F32 (as bits) divided by the scale in F32 and rounded to the narrow type (a NaN rounded
-/// as it is, as `groups::quantize_all` does).
+/// An F32 (as bits) divided by the scale in F32 and rounded to the narrow type, the quotient
+/// taking the dividend's sign, as `groups::quantize_all` does.
 fn quantize(bits: u32, narrow: Narrow, scale: u32) -> u8 {
-    let value = f32::from_bits(bits);
-    narrow.from_f32(if value.is_nan() { bits } else { (value / f32::from_bits(scale)).to_bits() })
+    let quotient = (f32::from_bits(bits) / f32::from_bits(scale)).to_bits();
+    narrow.from_f32((quotient & 0x7FFF_FFFF) | (bits & 0x8000_0000))
 }
 
 /// Converts every whole `FROM`-byte element of `source` into a `TO`-byte one.

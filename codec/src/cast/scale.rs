@@ -5,11 +5,12 @@
 use super::narrow::Narrow;
 use super::quantize;
 
-/// The scale (F32 bits, a normal number) for which `wide / scale`, rounded, gives `quantized`: each element
-/// that is neither zero nor saturated bounds the scale to the interval of values that round to
-/// it, divided into the wide value. The intervals are intersected from the largest elements
-/// down (the tightest first) for as long as they overlap; the middle of what is left is the
-/// scale. `None` unless it reproduces at least half the elements.
+/// The scale (F32 bits, a positive normal number) for which `wide / scale`, rounded, gives
+/// `quantized`: each element that is neither zero nor saturated bounds the scale to the
+/// interval of values that round to it, divided into the wide value. All the intervals are
+/// intersected, or when they do not all overlap, from the largest elements down (the tightest
+/// first) for as long as they do; the middle of what is left is the scale. `None` unless it
+/// reproduces at least half the elements.
 pub(super) fn of_quantization(wide: &[f32], quantized: &[u8], narrow: Narrow) -> Option<u32> {
     let mut bounds: Vec<(f64, f64, f64)> = wide
         .iter()
@@ -42,11 +43,10 @@ pub(super) fn of_quantization(wide: &[f32], quantized: &[u8], narrow: Narrow) ->
     if !(high.is_finite() && low > 0.0) {
         return None;
     }
-    let scale = ((low + high) / 2.0) as f32;
-    if !scale.is_normal() {
+    let scale = (((low + high) / 2.0) as f32).to_bits();
+    if !super::groups::is_positive_normal(scale) {
         return None;
     }
-    let scale = scale.to_bits();
     let matches = wide.iter().zip(quantized).filter(|(x, byte)| quantize(x.to_bits(), narrow, scale) == **byte).count();
     (matches * 2 >= wide.len().max(1)).then_some(scale)
 }
@@ -63,8 +63,8 @@ pub(super) fn of_dequantization(quantized: &[u8], wide: &[f32], narrow: Narrow) 
             square += value * value;
         }
     }
-    let scale = (cross / square) as f32;
-    scale.is_normal().then_some(scale.to_bits())
+    let scale = ((cross / square) as f32).to_bits();
+    super::groups::is_positive_normal(scale).then_some(scale)
 }
 
 #[cfg(test)]
