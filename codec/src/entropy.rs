@@ -68,6 +68,31 @@ pub fn read_plane(payload: &[u8], cursor: &mut usize, target: &mut [u8]) -> Resu
     Ok(())
 }
 
+/// Appends u32 words as four plane records, byte p of every word in plane p (none when there
+/// are no words): scales and the like, whose high bytes repeat.
+pub fn write_word_planes(out: &mut Vec<u8>, words: &[u32]) {
+    if words.is_empty() {
+        return;
+    }
+    for byte in 0..4 {
+        let plane: Vec<u8> = words.iter().map(|word| word.to_le_bytes()[byte]).collect();
+        write_plane(out, &plane);
+    }
+}
+
+/// Reads `count` words written by [`write_word_planes`] at `*cursor`, moving the cursor past
+/// them.
+pub fn read_word_planes(payload: &[u8], cursor: &mut usize, count: usize) -> Result<Vec<u32>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let mut planes = vec![0u8; count * 4];
+    for plane in planes.chunks_exact_mut(count) {
+        read_plane(payload, cursor, plane)?;
+    }
+    Ok((0..count).map(|i| u32::from_le_bytes([0, 1, 2, 3].map(|p| planes[p * count + i]))).collect())
+}
+
 /// zstd level for bytes of no known layout (text, configs, archives). Level 1 keeps a real
 /// tokenizer.json at 48.7% of raw upstream (level 3: 44.3%, at half the speed on text:
 /// docs/benchmarks.md, issue 17).

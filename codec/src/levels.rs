@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use crate::cast::{f16_to_f32, f32_to_bf16, f32_to_f16};
 use crate::dtype::Dtype;
-use crate::entropy::{read_plane, write_plane};
+use crate::entropy::{read_plane, read_word_planes, write_plane, write_word_planes};
 use crate::error::{CodecError, Result};
 
 const PALETTE: u8 = 0;
@@ -93,14 +93,9 @@ pub fn decode(payload: &[u8], raw_len: usize, width: usize) -> Result<Vec<u8>> {
             cursor += 1;
             let group = 1usize << log2;
             let groups = count.div_ceil(group);
-            let mut scale_planes = vec![0u8; groups * 4];
-            for plane in scale_planes.chunks_exact_mut(groups.max(1)).take(if groups == 0 { 0 } else { 4 }) {
-                read_plane(payload, &mut cursor, plane)?;
-            }
+            let scales = read_word_planes(payload, &mut cursor, groups)?;
             let mut codes = vec![0u8; count];
             read_plane(payload, &mut cursor, &mut codes)?;
-            let scales: Vec<u32> =
-                (0..groups).map(|g| u32::from_le_bytes([0, 1, 2, 3].map(|p| scale_planes[p * groups + g]))).collect();
             let kept: usize = scales.iter().enumerate().filter(|(_, s)| **s == 0).map(|(g, _)| group.min(count - g * group)).sum();
             let mut kept_bytes = vec![0u8; kept * width];
             read_plane(payload, &mut cursor, &mut kept_bytes)?;
@@ -232,10 +227,7 @@ fn encode_affine(raw: &[u8], dtype: Dtype) -> Option<Vec<u8>> {
         }
     }
     let mut out = vec![AFFINE, dtype.code(), log2];
-    for byte in 0..4 {
-        let plane: Vec<u8> = scales.iter().map(|scale| scale.to_le_bytes()[byte]).collect();
-        write_plane(&mut out, &plane);
-    }
+    write_word_planes(&mut out, &scales);
     write_plane(&mut out, &codes);
     write_plane(&mut out, &kept);
     out.extend_from_slice(&raw[values.len() * width..]);

@@ -9,7 +9,7 @@ use super::scale;
 use super::float::{f32_to_bf16, f32_to_f8e4m3, f32_to_f8e5m2};
 use super::widened;
 use crate::dtype::Dtype;
-use crate::entropy::{read_plane, write_plane};
+use crate::entropy::{read_word_planes, write_word_planes};
 use crate::error::{CodecError, Result};
 
 /// Elements per group.
@@ -169,23 +169,14 @@ pub fn group_count(raw_len: usize, width: usize) -> usize {
 
 /// Appends the scales as four plane records (byte p of every scale in plane p).
 pub fn write_scales(out: &mut Vec<u8>, scales: &[u32]) {
-    for byte in 0..4 {
-        let plane: Vec<u8> = scales.iter().map(|scale| scale.to_le_bytes()[byte]).collect();
-        write_plane(out, &plane);
-    }
+    write_word_planes(out, scales);
 }
 
 /// Reads `count` scales written by [`write_scales`] from the start of `payload` (none when
 /// `count` is 0); returns them and the bytes they took. Every scale must be a normal F32.
 pub fn read_scales(payload: &[u8], count: usize) -> Result<(Vec<u32>, usize)> {
-    let mut planes = vec![0u8; count * 4];
     let mut cursor = 0;
-    if count > 0 {
-        for plane in planes.chunks_exact_mut(count) {
-            read_plane(payload, &mut cursor, plane)?;
-        }
-    }
-    let scales: Vec<u32> = (0..count).map(|g| u32::from_le_bytes([0, 1, 2, 3].map(|p| planes[p * count + g]))).collect();
+    let scales = read_word_planes(payload, &mut cursor, count)?;
     if !scales.iter().all(|scale| is_positive_normal(*scale)) {
         return Err(CodecError::FrameCorrupt("a group's scale is not a positive normal number"));
     }
