@@ -33,6 +33,20 @@ fn store_in_order(files: &[PathBuf], work: &Path) -> u64 {
     stored
 }
 
+/// Prints what `stored` is against `against` and checks it is at most `bound` of it.
+fn assert_at_most(what: &str, stored: u64, against: u64, bound: f64) {
+    let ratio = stored as f64 / against as f64;
+    println!("{what}: {stored} bytes upstream, {ratio:.3} x {against}");
+    assert!(ratio <= bound, "{what}: {ratio:.3} x, over {bound}");
+}
+
+/// Runs `tests/clients/<script>` with python3 (numpy installed) and `args`.
+fn python(script: &str, args: &[&std::ffi::OsStr]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients").join(script);
+    let output = std::process::Command::new("python3").arg(path).args(args).output().expect("python3 with numpy");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
 fn base(precision: &str) -> PathBuf {
     corpus(&format!("base/minilm-l6.{precision}.safetensors"))
 }
@@ -50,10 +64,7 @@ fn casts_of_a_stored_model_cost_next_to_nothing() {
     ] {
         let f32_file = files.iter().find(|file| file.to_string_lossy().contains("f32")).unwrap();
         let alone = store_in_order(std::slice::from_ref(f32_file), work.path());
-        let together = store_in_order(&files, work.path());
-        let ratio = together as f64 / alone as f64;
-        println!("{family}: F32 alone {alone} bytes upstream, with its casts {together} ({ratio:.3} x)");
-        assert!(ratio <= 1.05, "{family}: {ratio:.3} x the F32 alone");
+        assert_at_most(&format!("{family}, against the F32 alone"), store_in_order(&files, work.path()), alone, 1.05);
     }
 }
 
@@ -66,10 +77,7 @@ fn the_precisions_cost_the_same_in_any_order() {
     let alone = store_in_order(&[base("f32")], work.path());
     for order in [["bf16", "f32", "f16"], ["bf16", "f16", "f32"], ["f16", "bf16", "f32"], ["f16", "f32", "bf16"], ["f32", "f16", "bf16"]] {
         let files: Vec<PathBuf> = order.iter().map(|precision| base(precision)).collect();
-        let together = store_in_order(&files, work.path());
-        let ratio = together as f64 / alone as f64;
-        println!("{order:?}: {together} bytes upstream, {ratio:.3} x the F32 alone");
-        assert!(ratio <= 1.05, "{order:?}: {ratio:.3} x the F32 alone");
+        assert_at_most(&format!("{order:?}, against the F32 alone"), store_in_order(&files, work.path()), alone, 1.05);
     }
 }
 
@@ -79,17 +87,14 @@ fn the_precisions_cost_the_same_in_any_order() {
 #[test]
 fn an_f8_quantization_costs_little_beside_its_original() {
     let work = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/fp8_quantize.py");
     let alone = store_in_order(&[base("bf16")], work.path());
     for scales in [None, Some("128")] {
         let quantized = work.path().join(format!("fp8-{}.safetensors", scales.unwrap_or("tensor")));
-        let output = std::process::Command::new("python3").arg(&script).arg(base("bf16")).arg(&quantized).args(scales).output().expect("python3 with numpy");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        for files in [[base("bf16"), quantized.clone()], [quantized.clone(), base("bf16")]] {
-            let together = store_in_order(&files, work.path());
-            let ratio = together as f64 / alone as f64;
-            println!("{:?} first: {together} bytes upstream, {ratio:.3} x the BF16 alone ({alone})", files[0].file_name().unwrap());
-            assert!(ratio <= 1.2, "{:?}: {ratio:.3} x the BF16 alone", files[0].file_name().unwrap());
+        let bf16 = base("bf16");
+        python("fp8_quantize.py", &[bf16.as_os_str(), quantized.as_os_str()].into_iter().chain(scales.map(std::ffi::OsStr::new)).collect::<Vec<_>>());
+        for files in [[bf16.clone(), quantized.clone()], [quantized.clone(), bf16.clone()]] {
+            let what = format!("{:?} first, against the BF16 alone", files[0].file_name().unwrap());
+            assert_at_most(&what, store_in_order(&files, work.path()), alone, 1.2);
         }
     }
 }
@@ -100,16 +105,12 @@ fn an_f8_quantization_costs_little_beside_its_original() {
 #[test]
 fn weights_dequantized_from_int4_groups_cost_their_codes() {
     let work = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/int4_dequantize.py");
     for group in ["16", "128"] {
         let dequantized = work.path().join(format!("int4-g{group}.safetensors"));
-        let output = std::process::Command::new("python3").arg(&script).arg(base("bf16")).arg(&dequantized).arg(group).output().expect("python3 with numpy");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        python("int4_dequantize.py", &[base("bf16").as_os_str(), dequantized.as_os_str(), group.as_ref()]);
         let raw = std::fs::metadata(&dequantized).unwrap().len();
-        let stored = store_in_order(&[dequantized], work.path());
-        let ratio = stored as f64 / raw as f64;
-        println!("int4 in groups of {group}, dequantized to BF16: {stored} of {raw} bytes upstream ({ratio:.3} x raw)");
-        assert!(ratio <= 0.35, "groups of {group}: {ratio:.3} x raw");
+        let what = format!("int4 in groups of {group}, dequantized to BF16, against its raw bytes");
+        assert_at_most(&what, store_in_order(&[dequantized], work.path()), raw, 0.35);
     }
 }
 
