@@ -8,17 +8,20 @@ use crate::dtype::Dtype;
 /// Default chunk size: 4 MiB, a multiple of every element size.
 pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
 
-/// Elements per chunk of a float tensor up to 4 bytes wide, or an I8 one: chunk i of one tensor
-/// holds the same elements in F32, BF16, F16, F8 or I8, so the chunks of a cast or a
-/// quantization line up with those of the tensor it was made from (issue 18, `cast`).
+/// Elements per chunk of a float tensor up to 4 bytes wide, an I8 one or GGUF blocks: chunk i
+/// of one tensor holds the same elements in F32, BF16, F16, F8, I8, Q8_0 or Q4_0, so the chunks
+/// of a cast or a quantization line up with those of the tensor it was made from (issues 17 and
+/// 18, `cast`).
 pub const CHUNK_ELEMENTS: usize = 1 << 20;
 
 /// The size of the chunks a region of `dtype` is cut into: [`CHUNK_ELEMENTS`] elements for
-/// I8, F8, F16, BF16 and F32 tensors, [`DEFAULT_CHUNK_SIZE`] bytes for anything else (the bytes
-/// between tensors are U8).
+/// I8, F8, F16, BF16, F32, Q8_0 and Q4_0 tensors, [`DEFAULT_CHUNK_SIZE`] bytes for anything
+/// else (the bytes between tensors are U8).
 pub fn chunk_size(dtype: Dtype) -> usize {
     match dtype {
-        Dtype::I8 | Dtype::F8E4M3 | Dtype::F8E5M2 | Dtype::F16 | Dtype::BF16 | Dtype::F32 => CHUNK_ELEMENTS * dtype.size(),
+        Dtype::I8 | Dtype::F8E4M3 | Dtype::F8E5M2 | Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::Q8_0 | Dtype::Q4_0 => {
+            dtype.bytes_of(CHUNK_ELEMENTS)
+        }
         _ => DEFAULT_CHUNK_SIZE,
     }
 }
@@ -59,8 +62,8 @@ mod tests {
 
     #[test]
     fn float_chunks_hold_the_same_elements_in_every_precision() {
-        for dtype in [Dtype::I8, Dtype::F8E4M3, Dtype::F8E5M2, Dtype::F16, Dtype::BF16, Dtype::F32] {
-            assert_eq!(chunk_size(dtype) / dtype.size(), CHUNK_ELEMENTS);
+        for dtype in [Dtype::I8, Dtype::F8E4M3, Dtype::F8E5M2, Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::Q8_0, Dtype::Q4_0] {
+            assert_eq!(dtype.elements_in(chunk_size(dtype)), CHUNK_ELEMENTS);
             assert!(chunk_size(dtype) <= DEFAULT_CHUNK_SIZE);
         }
     }

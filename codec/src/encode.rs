@@ -34,11 +34,26 @@ pub struct BaseChunk<'a> {
 /// The frames an encoder may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameFormat {
-    /// Every frame this codec reads: version 2 (converted bases) and codec 3 (levels) included.
+    /// Every frame this codec reads: versions 2 (converted bases) and 3 (GGUF blocks predicted
+    /// from a wider base) and codec 3 (levels) included.
     Current,
+    /// Only what readers from before version 3 read, for an upstream that such gateways still
+    /// share.
+    Version2,
     /// Only what readers from before version 2 and codec 3 read, for an upstream that such
     /// gateways still share.
     Version1,
+}
+
+impl FrameFormat {
+    /// Whether a chunk of `dtype` may be taken against a base of another dtype.
+    pub fn converts_to(self, dtype: Dtype) -> bool {
+        match self {
+            FrameFormat::Current => true,
+            FrameFormat::Version2 => !dtype.is_blocks(),
+            FrameFormat::Version1 => false,
+        }
+    }
 }
 
 /// Encodes one chunk of raw tensor bytes as a frame. With a base (and the base's dtype), the
@@ -54,14 +69,14 @@ pub fn encode_chunk_as(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dt
         .ok()
         .filter(|len| *len <= MAX_RAW_LEN)
         .ok_or(CodecError::ChunkTooLarge(raw.len()))?;
-    let newest = format == FrameFormat::Current;
-    let base = base.filter(|(_, base_dtype)| newest || *base_dtype == dtype);
+    let levels_allowed = format != FrameFormat::Version1;
+    let base = base.filter(|(_, base_dtype)| *base_dtype == dtype || format.converts_to(dtype));
     let payload = match base.and_then(|(base, base_dtype)| against_base(raw, dtype, base, base_dtype)) {
         Some(delta) => {
             if (delta.bytes.len() as f64) <= DELTA_GOOD_ENOUGH * raw.len() as f64 {
                 delta
             } else {
-                let own = standalone_payload(raw, dtype, newest);
+                let own = standalone_payload(raw, dtype, levels_allowed);
                 if own.bytes.len() < delta.bytes.len() {
                     own
                 } else {
@@ -69,7 +84,7 @@ pub fn encode_chunk_as(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dt
                 }
             }
         }
-        None => standalone_payload(raw, dtype, newest),
+        None => standalone_payload(raw, dtype, levels_allowed),
     };
     Ok(frame_of(payload, raw, raw_len))
 }
@@ -141,14 +156,14 @@ pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>
         // Only the base elements the chunk's bytes meet are converted: a crafted frame with a
         // short R cannot make a long base be widened whole.
         let converted;
-        let meets = |source: Dtype| &base[..base.len().min(raw_len.div_ceil(width) * source.size())];
+        let meets = |conversion: Conversion| &base[..base.len().min(conversion.source_len(raw_len))];
         let base = match header.conversion {
-            Some(Conversion::Whole(cast)) => {
-                converted = cast.apply(meets(cast.source()));
+            Some(conversion @ Conversion::Whole(cast)) => {
+                converted = cast.apply(meets(conversion));
                 &converted[..]
             }
-            Some(Conversion::Groups(groups)) => {
-                converted = groups.apply(meets(groups.source()), &scales);
+            Some(conversion @ Conversion::Groups(groups)) => {
+                converted = groups.apply(meets(conversion), &scales);
                 &converted[..]
             }
             None => base,
@@ -399,6 +414,29 @@ mod tests {
         assert_eq!(decode_frame(&frame, Some(bf16_chunk)).unwrap(), quantized);
         let unrelated = encode_chunk(&wide, Dtype::F32, Some((narrow_chunk, Dtype::I16))).unwrap();
         assert_eq!(FrameHeader::read(&unrelated).unwrap().base, None);
+    }
+
+    #[test]
+    fn gguf_blocks_cost_next_to_nothing_beside_their_source() {
+        let wide: Vec<u8> = (0..262_144u32)
+            .flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes())
+            .collect();
+        let half = Cast::F32ToF16.apply(&wide);
+        for blocks in [Dtype::Q8_0, Dtype::Q4_0] {
+            let quantized = Cast::QuantizeBlocks { wide: Dtype::F32, blocks }.apply(&wide);
+            // Made from the F32 tensor: predicted exactly; beside its F16 cast: nearly.
+            for (base, base_dtype, share) in [(&wide, Dtype::F32, 1000), (&half, Dtype::F16, 10)] {
+                let chunk = BaseChunk { hash: ContentHash::of(base), bytes: base };
+                let frame = encode_chunk(&quantized, blocks, Some((chunk, base_dtype))).unwrap();
+                assert_eq!(frame[4], 3);
+                assert!(frame.len() < quantized.len() / share, "{blocks:?} beside {base_dtype:?}: {} of {}", frame.len(), quantized.len());
+                assert_eq!(decode_frame(&frame, Some(chunk)).unwrap(), quantized);
+            }
+            // Readers of version 2 do not know the blocks conversion: the chunk is on its own.
+            let chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+            let older = encode_chunk_as(&quantized, blocks, Some((chunk, Dtype::F32)), FrameFormat::Version2).unwrap();
+            assert_eq!((older[4], FrameHeader::read(&older).unwrap().base), (1, None));
+        }
     }
 
     #[test]

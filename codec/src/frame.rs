@@ -2,13 +2,13 @@
 //!
 //! ```text
 //! 0   4  magic "TGFR"
-//! 4   1  version (1; 2 when flag bit 4 is set)
+//! 4   1  version (1; 2 when flag bit 4 is set, 3 when the conversion is a block quantization)
 //! 5   1  codec: 0 stored, 1 zstd, 2 byte planes, 3 levels
 //! 6   1  element width in bytes (1..=8): the byte planes of codec 2, the ordered difference
 //! 7   1  flags: bit 0 delta against a base, bit 1 elements rotated left one bit,
 //!           bit 2 the delta is an ordered-integer difference (else XOR),
 //!           bit 3 elements grouped by base context,
-//!           bit 4 the base is converted to this frame's dtype first (version 2)
+//!           bit 4 the base is converted to this frame's dtype first (version 2 or 3)
 //! 8   4  raw length, u32 little-endian
 //! 12  4  payload length, u32 little-endian
 //! 16  32 BLAKE3-256 of the raw bytes (checksum and content hash)
@@ -28,6 +28,9 @@ pub const VERSION: u8 = 1;
 /// The version of frames whose base is converted (flag bit 4); every other frame is written
 /// as version 1, which readers that predate conversions still read.
 pub const VERSION_CONVERTED: u8 = 2;
+/// The version of frames whose base is converted to GGUF blocks (`Cast::QuantizeBlocks`), which
+/// readers of version 2 do not know.
+pub const VERSION_BLOCKS: u8 = 3;
 /// Size of the fixed part of the header; a delta frame adds 32 bytes of base hash.
 pub const FIXED_HEADER_LEN: usize = 48;
 pub const FLAG_DELTA: u8 = 1;
@@ -112,7 +115,7 @@ impl FrameHeader {
             | flag(self.subtract, FLAG_SUBTRACT)
             | flag(self.grouped, FLAG_GROUPED)
             | flag(self.conversion.is_some(), FLAG_CONVERTED);
-        let version = if self.conversion.is_some() { VERSION_CONVERTED } else { VERSION };
+        let version = self.conversion.map_or(VERSION, Conversion::frame_version);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&[version, self.codec.id(), self.width, flags]);
         out.extend_from_slice(&self.raw_len.to_le_bytes());
@@ -133,7 +136,7 @@ impl FrameHeader {
             return Err(CodecError::FrameMagic);
         }
         let version = fixed[4];
-        if version != VERSION && version != VERSION_CONVERTED {
+        if !(VERSION..=VERSION_BLOCKS).contains(&version) {
             return Err(CodecError::FrameVersion(version));
         }
         let codec = Codec::from_id(fixed[5])?;
@@ -148,8 +151,8 @@ impl FrameHeader {
         if flags & FLAG_DELTA == 0 && flags & (FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED) != 0 {
             return Err(CodecError::FrameCorrupt("delta flags without a base"));
         }
-        if (flags & FLAG_CONVERTED != 0) != (version == VERSION_CONVERTED) {
-            return Err(CodecError::FrameCorrupt("a converted base is version 2, and version 2 has one"));
+        if (flags & FLAG_CONVERTED != 0) != (version >= VERSION_CONVERTED) {
+            return Err(CodecError::FrameCorrupt("a converted base is version 2 or 3, and versions 2 and 3 have one"));
         }
         let raw_len = read_u32(&fixed[8..12]);
         let payload_len = read_u32(&fixed[12..16]);
@@ -167,6 +170,9 @@ impl FrameHeader {
             let cast = Conversion::read(frame.get(FIXED_HEADER_LEN + 32..).ok_or(CodecError::FrameTruncated)?)?;
             if cast.target().size() != usize::from(width) {
                 return Err(CodecError::FrameCorrupt("conversion to another width"));
+            }
+            if cast.frame_version() != version {
+                return Err(CodecError::FrameCorrupt("conversion of another frame version"));
             }
             Some(cast)
         } else {
@@ -219,10 +225,12 @@ mod tests {
         assert_eq!(bytes.len(), header.header_len());
         assert_eq!(FrameHeader::read(&bytes), Ok(header));
         assert_eq!(FrameHeader::read(&bytes[..60]), Err(CodecError::FrameTruncated));
-        bytes[4] = 3;
-        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameVersion(3)));
-        bytes[4] = 2;
-        assert!(FrameHeader::read(&bytes).is_err(), "version 2 without a conversion");
+        bytes[4] = 4;
+        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameVersion(4)));
+        for version in [2, 3] {
+            bytes[4] = version;
+            assert!(FrameHeader::read(&bytes).is_err(), "version {version} without a conversion");
+        }
     }
 
     #[test]
@@ -250,5 +258,31 @@ mod tests {
         assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameTruncated), "a scale cut off");
         bytes[80] = 0;
         assert!(FrameHeader::read(&bytes).is_err(), "an unknown conversion");
+    }
+
+    #[test]
+    fn a_block_quantization_makes_a_version_3_header() {
+        let blocks = Cast::QuantizeBlocks { wide: crate::dtype::Dtype::F16, blocks: crate::dtype::Dtype::Q8_0 };
+        let header = FrameHeader {
+            codec: Codec::Zstd,
+            width: 1,
+            rotated: false,
+            subtract: false,
+            grouped: false,
+            raw_len: 34,
+            payload_len: 3,
+            checksum: ContentHash([3; 32]),
+            base: Some(ContentHash([9; 32])),
+            conversion: Some(Conversion::Whole(blocks)),
+        };
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        assert_eq!((bytes.len(), bytes[4], bytes[80]), (81, 3, 33));
+        assert_eq!(FrameHeader::read(&bytes), Ok(header));
+        bytes[4] = 2;
+        assert!(FrameHeader::read(&bytes).is_err(), "a block quantization in version 2");
+        bytes[4] = 3;
+        bytes[80] = Cast::F32ToF16.code();
+        assert!(FrameHeader::read(&bytes).is_err(), "a cast of version 2 in version 3");
     }
 }

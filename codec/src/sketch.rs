@@ -10,9 +10,9 @@
 //! ready when the first chunk has streamed in and a base can be chosen before anything is
 //! encoded; the same elements are sampled in every precision, and [`Sketch::as_f32`] puts F16,
 //! F8 and I8 samples in the terms of F32 and BF16 ones, so that a tensor and its casts are near
-//! (issue 18).
+//! (issue 18). GGUF blocks are sampled as the F32 values they dequantize to (issue 17).
 
-use crate::cast::{f16_to_f32, Narrow};
+use crate::cast::{dequantized, f16_to_f32, Narrow};
 use crate::chunk::CHUNK_ELEMENTS;
 use crate::dtype::Dtype;
 
@@ -35,6 +35,9 @@ impl std::fmt::Debug for Sketch {
 impl Sketch {
     /// Sketches a tensor from its leading bytes (at least its first chunk, or all of it).
     pub fn of(leading_bytes: &[u8], dtype: Dtype) -> Sketch {
+        if dtype.is_blocks() {
+            return Sketch::of_blocks(leading_bytes, dtype);
+        }
         let width = dtype.size();
         let count = (leading_bytes.len() / width).min(CHUNK_ELEMENTS);
         let sampled = &leading_bytes[..count * width];
@@ -53,6 +56,19 @@ impl Sketch {
         Sketch(samples)
     }
 
+    /// The sketch of GGUF blocks: the top 16 bits of the sampled elements' F32 values.
+    fn of_blocks(leading_bytes: &[u8], dtype: Dtype) -> Sketch {
+        let count = dtype.elements_in(leading_bytes.len()).min(CHUNK_ELEMENTS);
+        let mut samples = [0u16; SAMPLES];
+        if count > 0 {
+            for (index, sample) in samples.iter_mut().enumerate() {
+                let value = dequantized(dtype, leading_bytes, index * count / SAMPLES).unwrap_or(0.0);
+                *sample = to_order((value.to_bits() >> 16) as u16);
+            }
+        }
+        Sketch(samples)
+    }
+
     /// Sum over samples of the bit length of the difference between the two samples' top 16
     /// bits, taken as order-preserving integers: about the bits a delta must spend on each
     /// element. 0 for identical samples, about 3800 for unrelated tensors.
@@ -61,8 +77,8 @@ impl Sketch {
     }
 
     /// The sketch of a tensor of `dtype` as the sketch of its F32 cast would be: F16, F8 and
-    /// I8 samples widened and cut to their top 16 bits; the samples of F32 and BF16 are those
-    /// bits already.
+    /// I8 samples widened and cut to their top 16 bits; the samples of F32, BF16 and GGUF
+    /// blocks are those bits already.
     pub fn as_f32(&self, dtype: Dtype) -> Sketch {
         let widen: Box<dyn Fn(u16) -> u32> = match (dtype, Narrow::of(dtype)) {
             (Dtype::F16, _) => Box::new(f16_to_f32),
@@ -149,7 +165,7 @@ mod tests {
 
     #[test]
     fn a_tensor_is_near_its_casts() {
-        let wide: Vec<u8> = (0..50_000u32)
+        let wide: Vec<u8> = (0..50_048u32)
             .flat_map(|i| (((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1e5) - 0.01).to_le_bytes())
             .collect();
         let sketch = Sketch::of(&wide, Dtype::F32);
@@ -157,7 +173,7 @@ mod tests {
             let distance = Sketch::of(&cast.apply(&wide), dtype).as_f32(dtype).distance(&sketch);
             assert!(distance <= SAMPLES as u32, "{dtype:?}: {distance}");
         }
-        let unrelated: Vec<u8> = (0..50_000u32)
+        let unrelated: Vec<u8> = (0..50_048u32)
             .flat_map(|i| (((i.wrapping_mul(747_796_405) % 2001) as f32 / 1e5) - 0.01).to_le_bytes())
             .collect();
         assert!(Sketch::of(&unrelated, Dtype::F32).distance(&sketch) > 4 * SAMPLES as u32);
@@ -166,6 +182,12 @@ mod tests {
         let near = quantized.distance_across(Dtype::F8E4M3, &sketch, Dtype::F32);
         let far = quantized.distance_across(Dtype::F8E4M3, &Sketch::of(&unrelated, Dtype::F32), Dtype::F32);
         assert!(near * 2 < far, "{near} vs {far}");
+        for blocks in [Dtype::Q8_0, Dtype::Q4_0] {
+            let quantized = Sketch::of(&Cast::QuantizeBlocks { wide: Dtype::F32, blocks }.apply(&wide), blocks);
+            let near = quantized.distance_across(blocks, &sketch, Dtype::F32);
+            let far = quantized.distance_across(blocks, &Sketch::of(&unrelated, Dtype::F32), Dtype::F32);
+            assert!(near * 2 < far, "{blocks:?}: {near} vs {far}");
+        }
     }
 
     proptest! {

@@ -65,8 +65,9 @@ pub struct Config {
     /// Other gateways serve the same upstream: reads check the manifest upstream before
     /// answering from the index, and garbage collection spares what any manifest references.
     pub shared_upstream: bool,
-    /// The newest frame version this gateway writes: 2 (conversions across precisions, levels:
-    /// issue 18), or 1 while gateways from before them still read the same upstream.
+    /// The newest frame version this gateway writes: 3 (GGUF blocks predicted from a wider
+    /// tensor: issue 17), 2 (conversions across precisions, levels: issue 18), or an older one
+    /// while gateways from before it still read the same upstream.
     pub write_frame_version: u8,
     /// Seconds between catching up with other gateways' writes (for listings), when shared.
     pub shared_sync_secs: u64,
@@ -232,7 +233,7 @@ impl Default for Config {
             dedup_scope: DedupScope::Tenant,
             upstream: None,
             shared_upstream: false,
-            write_frame_version: 2,
+            write_frame_version: 3,
             shared_sync_secs: 10,
             shared_full_sync_secs: 3600,
             journal_retention_secs: 3600,
@@ -271,17 +272,18 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what parsing cannot: unique tenant names and access keys, no tenant named
-    /// `default`, tenants with keys, timeouts and budgets that make sense, and an upstream the
-    /// S3 client accepts. `serve` runs it too.
     /// The frames the codec may write (`write_frame_version`).
     pub fn frame_format(&self) -> tensorgate_codec::FrameFormat {
         match self.write_frame_version {
             1 => tensorgate_codec::FrameFormat::Version1,
+            2 => tensorgate_codec::FrameFormat::Version2,
             _ => tensorgate_codec::FrameFormat::Current,
         }
     }
 
+    /// Checks what parsing cannot: unique tenant names and access keys, no tenant named
+    /// `default`, tenants with keys, timeouts and budgets that make sense, and an upstream the
+    /// S3 client accepts. `serve` runs it too.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             !self.tenants.iter().any(|tenant| tenant.name == DEFAULT_TENANT),
@@ -300,7 +302,7 @@ impl Config {
             }
         }
         anyhow::ensure!(self.header_read_timeout_secs > 0, "header_read_timeout_secs must be at least 1");
-        anyhow::ensure!(matches!(self.write_frame_version, 1 | 2), "write_frame_version must be 1 or 2");
+        anyhow::ensure!(matches!(self.write_frame_version, 1..=3), "write_frame_version must be 1, 2 or 3");
         anyhow::ensure!(
             self.journal_retention_secs as i64 * 1000 > 2 * JOURNAL_OVERLAP_MS,
             "journal_retention_secs must be more than {} (twice the overlap a sync reads again)",

@@ -11,11 +11,13 @@
 //! the NaNs a CPU's arithmetic makes (they differ between CPUs): a quotient takes its dividend's
 //! sign, and a NaN is widened by its bits, never multiplied.
 
+mod blocks;
 mod float;
 mod groups;
 mod narrow;
 mod scale;
 
+pub use blocks::dequantized;
 pub use groups::{group_count, read_scales, write_scales, Groups, GROUP};
 pub use float::{f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_f8e4m3, f32_to_f8e5m2, f8e4m3_to_f32};
 pub use narrow::Narrow;
@@ -47,6 +49,9 @@ pub enum Cast {
     /// F8 E4M3, F8 E5M2 or I8 to BF16 or F32 (`wide`): widened, multiplied by the scale in F32,
     /// rounded to the wide type.
     Dequantize { narrow: Narrow, wide: Dtype, scale: u32 },
+    /// F32, F16 or BF16 (`wide`) to GGUF's Q8_0 or Q4_0 (`blocks`), as llama.cpp's quantizers
+    /// compute them (see `blocks`). Frames of version 3.
+    QuantizeBlocks { wide: Dtype, blocks: Dtype },
 }
 
 /// How a frame converts its base: one conversion for the whole chunk, or a quantization with a
@@ -96,10 +101,29 @@ impl Conversion {
             Conversion::Groups(groups) => groups.target(),
         }
     }
+
+    /// The version of the frames that hold it: 3 for block quantizations, else 2.
+    pub fn frame_version(self) -> u8 {
+        match self {
+            Conversion::Whole(Cast::QuantizeBlocks { .. }) => 3,
+            _ => 2,
+        }
+    }
+
+    /// The bytes of base elements that a chunk of `raw_len` bytes of the target dtype meets.
+    pub fn source_len(self, raw_len: usize) -> usize {
+        let (block_elements, block_bytes) = self.target().block();
+        raw_len.div_ceil(block_bytes) * block_elements * self.source().size()
+    }
 }
 
 /// The first code of the scaled conversions: 8 + 4 × narrow + 2 × (dequantize) + (wide is F32).
 const SCALED_CODES: u8 = 8;
+
+/// The first code of the block quantizations: 32 + 3 × (Q8_0, Q4_0) + (F32, F16, BF16).
+const BLOCK_CODES: u8 = 32;
+const BLOCK_TARGETS: [Dtype; 2] = [Dtype::Q8_0, Dtype::Q4_0];
+const BLOCK_SOURCES: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
 
 /// Elements of a chunk compared when choosing between the rounding and the truncating cast,
 /// or when inferring a scale.
@@ -128,6 +152,10 @@ impl Cast {
             Cast::Bf16ToF16 => 7,
             Cast::Quantize { wide, narrow, .. } => scaled_code(narrow, false, wide),
             Cast::Dequantize { narrow, wide, .. } => scaled_code(narrow, true, wide),
+            Cast::QuantizeBlocks { wide, blocks } => {
+                let position = |dtypes: &[Dtype], dtype| dtypes.iter().position(|d| *d == dtype).unwrap_or(0) as u8;
+                BLOCK_CODES + 3 * position(&BLOCK_TARGETS, blocks) + position(&BLOCK_SOURCES, wide)
+            }
         }
     }
 
@@ -177,6 +205,10 @@ impl Cast {
                 let scale = scale()?;
                 if index & 2 == 2 { Cast::Dequantize { narrow, wide, scale } } else { Cast::Quantize { wide, narrow, scale } }
             }
+            code if (BLOCK_CODES..BLOCK_CODES + 6).contains(&code) => {
+                let index = usize::from(code - BLOCK_CODES);
+                Cast::QuantizeBlocks { wide: BLOCK_SOURCES[index % 3], blocks: BLOCK_TARGETS[index / 3] }
+            }
             _ => return Err(CodecError::FrameCorrupt("unknown conversion")),
         })
     }
@@ -187,7 +219,7 @@ impl Cast {
             Cast::F32ToBf16 | Cast::F32ToBf16Truncated | Cast::F32ToF16 => Dtype::F32,
             Cast::Bf16ToF32 | Cast::Bf16ToF16 => Dtype::BF16,
             Cast::F16ToF32 | Cast::F16ToBf16 => Dtype::F16,
-            Cast::Quantize { wide, .. } => wide,
+            Cast::Quantize { wide, .. } | Cast::QuantizeBlocks { wide, .. } => wide,
             Cast::Dequantize { narrow, .. } => narrow.dtype(),
         }
     }
@@ -200,6 +232,7 @@ impl Cast {
             Cast::Bf16ToF32 | Cast::F16ToF32 => Dtype::F32,
             Cast::Quantize { narrow, .. } => narrow.dtype(),
             Cast::Dequantize { wide, .. } => wide,
+            Cast::QuantizeBlocks { blocks, .. } => blocks,
         }
     }
 
@@ -209,6 +242,7 @@ impl Cast {
         match dtype {
             Dtype::BF16 | Dtype::F32 => sources.extend(Narrow::ALL.map(Narrow::dtype)),
             _ if Narrow::of(dtype).is_some() => sources.extend([Dtype::BF16, Dtype::F32]),
+            _ if dtype.is_blocks() => sources.extend(BLOCK_SOURCES),
             _ => {}
         }
         sources
@@ -216,9 +250,13 @@ impl Cast {
 
     /// The conversion that best turns `base` (elements of `source`) into `target` elements
     /// like `raw`: for F32 to BF16, the rounding or the truncating cast, whichever matches more
-    /// of the first elements; to or from F8 or I8, the scale inferred from the two (`scale`).
-    /// `None` when the two dtypes have no conversion, or no scale fits.
+    /// of the first elements; to or from F8 or I8, the scale inferred from the two (`scale`);
+    /// to Q8_0 or Q4_0, the quantizer's recipe. `None` when the two dtypes have no conversion,
+    /// or no scale fits.
     pub fn fitting(source: Dtype, target: Dtype, base: &[u8], raw: &[u8]) -> Option<Cast> {
+        if target.is_blocks() {
+            return BLOCK_SOURCES.contains(&source).then_some(Cast::QuantizeBlocks { wide: source, blocks: target });
+        }
         let elements = (base.len() / source.size()).min(raw.len() / target.size()).min(CAST_SAMPLE);
         let (base, raw) = (&base[..elements * source.size()], &raw[..elements * target.size()]);
         Some(match (source, target) {
@@ -258,6 +296,7 @@ impl Cast {
             Cast::Bf16ToF16 => convert::<2, 2>(source, |e| f32_to_f16(bf16_bits(e)).to_le_bytes()),
             Cast::Quantize { wide, narrow, scale } => groups::quantize_all(wide, narrow, source, |_| f32::from_bits(scale)),
             Cast::Dequantize { narrow, wide, scale } => groups::dequantize_all(narrow, wide, source, |_| f32::from_bits(scale)),
+            Cast::QuantizeBlocks { wide, blocks } => blocks::quantize(wide, blocks, source),
         }
     }
 }
@@ -320,6 +359,7 @@ pub(crate) fn every_cast() -> Vec<Cast> {
     .chain(Narrow::ALL.into_iter().flat_map(|narrow| {
         [Dtype::BF16, Dtype::F32].into_iter().flat_map(move |wide| [Cast::Quantize { wide, narrow, scale }, Cast::Dequantize { narrow, wide, scale }])
     }))
+    .chain(BLOCK_TARGETS.into_iter().flat_map(|blocks| BLOCK_SOURCES.map(|wide| Cast::QuantizeBlocks { wide, blocks })))
     .collect()
 }
 
@@ -369,8 +409,7 @@ mod tests {
         fn casts_keep_the_element_count(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             for cast in every_cast() {
                 let converted = cast.apply(&bytes);
-                let elements = bytes.len() / cast.source().size();
-                prop_assert_eq!(converted.len(), elements * cast.target().size());
+                prop_assert_eq!(converted.len(), cast.target().bytes_of(cast.source().elements_in(bytes.len())));
             }
         }
     }

@@ -138,12 +138,14 @@ fn ggml_type(id: u32) -> Step<(Dtype, u64, u64)> {
         27 => (Dtype::I64, 1, 8),
         28 => (Dtype::F64, 1, 8),
         30 => (Dtype::BF16, 1, 2),
-        // Quantized blocks: bytes to the codec.
-        2 | 20 => (Dtype::U8, 32, 18),
+        // Blocks a wider tensor predicts (`cast::blocks`).
+        2 => (Dtype::Q4_0, 32, 18),
+        8 => (Dtype::Q8_0, 32, 34),
+        // Other quantized blocks: bytes to the codec.
+        20 => (Dtype::U8, 32, 18),
         3 => (Dtype::U8, 32, 20),
         6 => (Dtype::U8, 32, 22),
         7 => (Dtype::U8, 32, 24),
-        8 => (Dtype::U8, 32, 34),
         9 => (Dtype::U8, 32, 36),
         10 => (Dtype::U8, 256, 84),
         11 | 21 => (Dtype::U8, 256, 110),

@@ -1,11 +1,12 @@
 //! Choosing the base a tensor's chunks are stored as deltas against: by the configured
 //! strategy, the newest stored tensor of the same name, dtype and shape, or the stored tensor
 //! of that shape whose bit-level fingerprint is nearest, confirmed by trial encodes of a sample
-//! of the first chunk. A tensor of another float precision counts (issue 18): its chunks are
-//! converted to the new tensor's dtype before the delta (`tensorgate_codec::Cast`).
+//! of the first chunk. A tensor of another float precision counts (issue 18), and a float
+//! tensor counts for GGUF blocks quantized from it (issue 17): its chunks are converted to the
+//! new tensor's dtype before the delta (`tensorgate_codec::Cast`).
 
 use bytes::Bytes;
-use tensorgate_codec::{encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameFormat, FrameHeader, Region, RegionKind, Sketch};
+use tensorgate_codec::{encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameHeader, Region, RegionKind, Sketch};
 use tensorgate_index::{BaseCandidate, ChunkHash, MAX_BASE_DEPTH};
 
 use super::model::ModelState;
@@ -97,7 +98,8 @@ impl Ingester {
     ) -> anyhow::Result<Option<ChosenBase>> {
         let shape = tensor_signature.split_once(':').map_or("", |(_, shape)| shape);
         let mut ranked: Vec<(u32, Dtype, BaseCandidate)> = Vec::new();
-        let other_dtypes = if self.store.config.frame_format() == FrameFormat::Current { Cast::sources_for(dtype) } else { Vec::new() };
+        let format = self.store.config.frame_format();
+        let other_dtypes = if format.converts_to(dtype) { Cast::sources_for(dtype) } else { Vec::new() };
         for candidate_dtype in std::iter::once(dtype).chain(other_dtypes) {
             let signature = format!("{}:{shape}", candidate_dtype.name());
             for candidate in self.store.index.candidates(&self.scope, &signature)? {
@@ -107,17 +109,16 @@ impl Ingester {
             }
         }
         ranked.sort_by_key(|(distance, _, _)| *distance);
-        let elements = raw.len().min(TRIAL_BYTES) / dtype.size();
-        let sample = raw.slice(..elements * dtype.size());
-        let format = self.store.config.frame_format();
+        let elements = dtype.elements_in(raw.len().min(TRIAL_BYTES));
+        let sample = raw.slice(..dtype.bytes_of(elements));
         let mut best: Option<(usize, ChosenBase)> = None;
         for (_, candidate_dtype, candidate) in ranked.into_iter().take(TRIALS) {
             let Some(same_place) = candidate.chunks.get(chunk_index) else { continue };
-            let base_len = raw.len() / dtype.size() * candidate_dtype.size();
+            let base_len = candidate_dtype.bytes_of(dtype.elements_in(raw.len()));
             let Some((hash, base, base_dtype)) = self.base_bytes(*same_place, base_len, candidate_dtype).await? else { continue };
             let sample = sample.clone();
             let trial = on_cores(move || {
-                let base = BaseChunk { hash, bytes: &base[..elements * base_dtype.size()] };
+                let base = BaseChunk { hash, bytes: &base[..base_dtype.bytes_of(elements)] };
                 let frame = encode_chunk_as(&sample, dtype, Some((base, base_dtype)), format)?;
                 Ok::<_, tensorgate_codec::CodecError>((frame.len(), FrameHeader::read(&frame)?.base.is_some()))
             })

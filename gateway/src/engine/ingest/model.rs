@@ -198,7 +198,7 @@ impl Ingester {
             let base_chunk = model.base.as_ref().and_then(|base| Some((*base.chunks.get(chunk_index)?, base.dtype)));
             let base = match base_chunk.filter(|(base_hash, _)| *base_hash != hash) {
                 Some((base_hash, base_dtype)) => {
-                    let base_len = raw.len() / dtype.size() * base_dtype.size();
+                    let base_len = base_dtype.bytes_of(dtype.elements_in(raw.len()));
                     self.base_bytes(base_hash, base_len, base_dtype).await?
                 }
                 None => None,
