@@ -149,3 +149,51 @@ fn fsck_repair_restores_manifests_and_trashes_orphans() {
     gateway.aws(&["s3", "cp", "s3://repaired/base", out.to_str().unwrap()]);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&base).unwrap());
 }
+
+/// A chunk that an object reads through a chain of two deltas moves when its pack is compacted:
+/// the manifest of every object whose chain reaches it is written again, not only of those one
+/// delta away, so the manifests upstream keep naming where each chunk is (fsck compares them
+/// with the index; `index rebuild` reads nothing else).
+#[test]
+fn compaction_rewrites_every_manifest_whose_chain_reaches_a_moved_chunk() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.compact_live_ratio = 0.9);
+    let work = tempfile::tempdir().unwrap();
+    // The far fine-tune first, beside another model's tensors that die with it; then the base,
+    // a delta of the far fine-tune; then a fine-tune named as a delta of the base, so that it
+    // reaches the far fine-tune's chunks only through the base's.
+    let far = work.path().join("far");
+    std::fs::write(&far, combined_model(&[&corpus("ft/ft-b-mlm.bf16.safetensors"), &corpus("other/paraphrase-minilm-l3.f32.safetensors")])).unwrap();
+    gateway.aws(&["s3", "mb", "s3://chain"]);
+    gateway.aws(&["s3", "cp", far.to_str().unwrap(), "s3://chain/far"]);
+    gateway.drain_packer();
+    // Without the tensors it shares byte for byte with the far fine-tune.
+    let tuned = work.path().join("tuned");
+    std::fs::write(&tuned, model_without(&corpus("ft/ft-a-contrastive.bf16.safetensors"), &["position_ids", "pooler"])).unwrap();
+    let later = [("base", corpus("base/minilm-l6.bf16.safetensors")), ("tuned", tuned)];
+    for (key, file) in &later {
+        let hint = if *key == "tuned" { vec!["--metadata", "tensorgate-base=chain/base"] } else { Vec::new() };
+        gateway.aws(&[&["s3", "cp", file.to_str().unwrap(), &format!("s3://chain/{key}")], hint.as_slice()].concat());
+        gateway.drain_packer();
+    }
+    assert!(gateway.fsck().problems.is_empty());
+    let index = &gateway.store().index;
+    let tuned = index.object(&tensorgate_index::ObjectKey::new("default", "chain", "tuned")).unwrap().unwrap();
+    let depth = |hash: &[u8; 32]| std::iter::successors(Some(*hash), |hash| index.chunk(hash).unwrap().unwrap().base).count() - 1;
+    let base = index.object(&tensorgate_index::ObjectKey::new("default", "chain", "base")).unwrap().unwrap();
+    let base_chunks: std::collections::HashSet<_> = base.segments.iter().filter_map(tensorgate_index::Segment::chunk_hash).collect();
+    let tuned_chunks: Vec<_> = tuned.segments.iter().filter_map(tensorgate_index::Segment::chunk_hash).collect();
+    assert!(tuned_chunks.iter().all(|hash| index.chunk(hash).unwrap().unwrap().base.is_none_or(|base| base_chunks.contains(&base))));
+    assert_eq!(tuned_chunks.iter().map(depth).max(), Some(2), "the fine-tune reads the far one's chunks through the base");
+
+    gateway.aws(&["s3", "rm", "s3://chain/far"]);
+    let report = gateway.collect_garbage();
+    assert!(report.packs_compacted >= 1, "{report:?}");
+
+    let problems = gateway.fsck().problems;
+    assert!(problems.is_empty(), "{problems:?}");
+    for (key, file) in &later {
+        let out = work.path().join(key);
+        gateway.aws(&["s3", "cp", &format!("s3://chain/{key}"), out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == std::fs::read(file).unwrap(), "{key} differs");
+    }
+}

@@ -404,6 +404,25 @@ pub fn combined_model(sources: &[&Path]) -> Vec<u8> {
     out
 }
 
+/// The model at `source` without the tensors whose names contain one of `dropped`.
+pub fn model_without(source: &Path, dropped: &[&str]) -> Vec<u8> {
+    let file = std::fs::read(source).unwrap();
+    let layout = tensorgate_codec::parse_file(&file).unwrap();
+    let data = &file[layout.data_start as usize..];
+    let mut header = serde_json::Map::new();
+    let mut body = Vec::new();
+    for tensor in layout.tensors.iter().filter(|tensor| !dropped.iter().any(|name| tensor.name.contains(name))) {
+        let start = body.len();
+        body.extend_from_slice(&data[tensor.start as usize..tensor.end as usize]);
+        header.insert(tensor.name.clone(), serde_json::json!({"dtype": tensor.dtype.name(), "shape": tensor.shape, "data_offsets": [start, body.len()]}));
+    }
+    let header = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&body);
+    out
+}
+
 pub fn renamed_model(source: &Path, prefix: &str) -> Vec<u8> {
     let file = std::fs::read(source).unwrap();
     let layout = tensorgate_codec::parse_file(&file).unwrap();

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tensorgate_index::{moves_key, pack_id, pack_key, ChunkHash, ChunkRecord, Envelope, MANIFESTS, Manifest, Move, ObjectKey, PackMoves, Segment};
+use tensorgate_index::{moves_key, pack_id, pack_key, ChunkHash, ChunkRecord, Envelope, MANIFESTS, MAX_BASE_DEPTH, Manifest, Move, ObjectKey, PackMoves, Segment};
 
 use crate::engine::catalog;
 use crate::engine::reader;
@@ -163,21 +163,46 @@ async fn publish_moves(store: &Store, copies: &[PackCopy]) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Objects whose manifests name one of `moved`: as a chunk of theirs, or as a chunk's base.
+/// Objects whose manifests name one of `moved`: as a chunk of theirs, or anywhere on a chunk's
+/// chain of bases (a manifest's table locates every chunk its chains reach).
 fn objects_using(store: &Store, moved: &HashSet<ChunkHash>) -> anyhow::Result<Vec<ObjectKey>> {
+    // Whether each chunk's chain reaches a moved chunk, remembered across objects.
+    let mut reaches: HashMap<ChunkHash, bool> = HashMap::new();
     let mut concerned = Vec::new();
     for entry in store.index.all_objects() {
         let (key, record) = entry?;
         let mut uses = false;
-        for segment in &record.segments {
-            if let Segment::Chunk { hash, .. } = segment {
-                let base = store.index.chunk(hash)?.and_then(|chunk| chunk.base);
-                uses |= moved.contains(hash) || base.is_some_and(|base| moved.contains(&base));
-            }
+        for hash in record.segments.iter().filter_map(Segment::chunk_hash) {
+            uses |= chain_reaches(store, hash, moved, &mut reaches)?;
         }
         if uses {
             concerned.push(key);
         }
     }
     Ok(concerned)
+}
+
+/// Whether `hash` or one of its bases (at most `MAX_BASE_DEPTH` deep) is in `moved`.
+fn chain_reaches(store: &Store, hash: ChunkHash, moved: &HashSet<ChunkHash>, known: &mut HashMap<ChunkHash, bool>) -> anyhow::Result<bool> {
+    let mut chain = Vec::new();
+    let mut next = Some(hash);
+    let mut found = false;
+    while let Some(hash) = next.take() {
+        if let Some(&reaches) = known.get(&hash) {
+            found = reaches;
+            break;
+        }
+        chain.push(hash);
+        if moved.contains(&hash) {
+            found = true;
+            break;
+        }
+        if chain.len() <= MAX_BASE_DEPTH {
+            next = store.index.chunk(&hash)?.and_then(|chunk| chunk.base);
+        }
+    }
+    for hash in chain {
+        known.insert(hash, found);
+    }
+    Ok(found)
 }
