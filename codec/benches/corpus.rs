@@ -138,6 +138,30 @@ fn fp8_beside_bf16(file: &[u8], per_group: bool) -> Measure {
     run(&jobs)
 }
 
+/// The 2-D F32 weights of `file` quantized to GGUF `blocks` (Q8_0 or Q4_0) as the `gguf`
+/// package does, encoded against the same-named tensors of `base` (F32 or F16).
+fn gguf_blocks_beside(file: &[u8], base: &[u8], blocks: Dtype) -> Measure {
+    let layout = parse_file(file).expect("corpus file parses");
+    let data = &file[layout.data_start as usize..];
+    let base_layout = parse_file(base).expect("base parses");
+    let base_data = &base[base_layout.data_start as usize..];
+    let mut quantized = Vec::new();
+    for tensor in layout.tensors.iter().filter(|t| t.dtype == Dtype::F32 && t.shape.len() == 2 && t.shape[1] % 32 == 0) {
+        let Some(twin) = base_layout.tensors.iter().find(|t| t.name == tensor.name) else { continue };
+        let codes = Cast::QuantizeBlocks { wide: Dtype::F32, blocks }.apply(&data[tensor.start as usize..tensor.end as usize]);
+        quantized.push((codes, &base_data[twin.start as usize..twin.end as usize], twin.dtype));
+    }
+    let mut jobs = Vec::new();
+    for (codes, wide, wide_dtype) in &quantized {
+        for range in chunk_ranges(codes.len(), chunk_size(blocks)) {
+            let elements = blocks.elements_in(range.start)..blocks.elements_in(range.end);
+            let base = &wide[wide_dtype.bytes_of(elements.start)..wide_dtype.bytes_of(elements.end)];
+            jobs.push((&codes[range], blocks, Some((BaseChunk { hash: ContentHash::of(base), bytes: base }, *wide_dtype))));
+        }
+    }
+    run(&jobs)
+}
+
 /// The 2-D BF16 weights of `file` fake-quantized to int4 in groups (scale = largest magnitude
 /// / 7, codes clipped to -8..=7, as `tests/clients/int4_dequantize.py` does), encoded on their own.
 fn int4_dequantized(file: &[u8], group: usize) -> Measure {
@@ -282,6 +306,17 @@ fn main() {
             "| its 2-D weights quantized to F8_E4M3, {scales} | base/minilm-l6.bf16.safetensors | {} |",
             cells(&fp8_beside_bf16(&file, per_group))
         );
+    }
+    let wide = std::fs::read(dir.join("base/minilm-l6.f32.safetensors")).expect("read base");
+    for base_name in ["base/minilm-l6.f32.safetensors", "base/minilm-l6.f16.safetensors"] {
+        let base = std::fs::read(dir.join(base_name)).expect("read base");
+        for blocks in [Dtype::Q8_0, Dtype::Q4_0] {
+            println!(
+                "| base/minilm-l6.f32.safetensors's 2-D weights as GGUF {} | {base_name} | {} |",
+                blocks.name(),
+                cells(&gguf_blocks_beside(&wide, &base, blocks))
+            );
+        }
     }
     println!("\n## Weights dequantized from int4 groups, on their own (one core)\n");
     println!("| file | raw MB | tensorgate % of raw | encode MB/s | decode MB/s |");

@@ -98,6 +98,9 @@ pub struct Config {
     /// Packs whose live bytes fall under this share of their size are compacted by garbage
     /// collection (0 turns compaction off).
     pub compact_live_ratio: f64,
+    /// Raw bytes re-encoded at most by one garbage collection to re-base families of tensors
+    /// (0 turns re-basing off; it does not run with a shared upstream).
+    pub rebase_bytes_per_run: u64,
     /// Bytes of decoded base chunks kept in memory for delta reads.
     pub base_cache_bytes: u64,
     /// How a new tensor's base is chosen.
@@ -246,6 +249,7 @@ impl Default for Config {
             gc_interval_secs: 60,
             usage_refresh_secs: 30,
             compact_live_ratio: 0.5,
+            rebase_bytes_per_run: 256 << 20,
             base_cache_bytes: 32 << 20,
             base_selection: BaseSelection::Fingerprint,
         }

@@ -7,7 +7,7 @@
 //!
 //! One module per concept, each an `impl Index` block over the trees opened here: `buckets`,
 //! `objects` (commits and adoption), `uploads`, `references` (counts, trash, sweep),
-//! `pack_queue`, `compaction`, `reports` (fsck's check, usage, savings), `scrub` and
+//! `pack_queue`, `compaction`, `rebasing`, `reports` (fsck's check, usage, savings), `scrub` and
 //! `candidates` (bases for deltas). `records` and `keys` say how trees store things;
 //! `manifest` is what the upstream holds, and `upstream_layout` where.
 
@@ -19,6 +19,7 @@ mod keys;
 mod manifest;
 mod objects;
 mod pack_queue;
+mod rebasing;
 mod records;
 mod records_v1;
 mod references;
@@ -36,6 +37,7 @@ pub use keys::ObjectKey;
 pub use manifest::{BucketMarker, ChunkLocation, Envelope, Manifest, PackMoves, PartMarker, UploadMarker};
 pub use upstream_layout::*;
 pub use objects::{Expect, NewChunk, NewPack};
+pub use rebasing::Rebased;
 pub use records::*;
 pub use reports::{IndexReport, Savings, Usage, MAX_BASE_DEPTH};
 

@@ -30,11 +30,14 @@ fn widened_bits(wide: Dtype, bytes: &[u8]) -> Vec<u32> {
 pub fn quantize(wide: Dtype, blocks: Dtype, source: &[u8]) -> Vec<u8> {
     let values = widened_bits(wide, source);
     let mut out = Vec::with_capacity(blocks.bytes_of(values.len()));
+    let mut floats = [0f32; BLOCK];
     for block in values.chunks_exact(BLOCK) {
-        let block: Vec<f32> = block.iter().map(|bits| f32::from_bits(*bits)).collect();
+        for (float, bits) in floats.iter_mut().zip(block) {
+            *float = f32::from_bits(*bits);
+        }
         match blocks {
-            Dtype::Q4_0 => q4_0(&block, &mut out),
-            _ => q8_0(&block, &mut out),
+            Dtype::Q4_0 => q4_0(&floats, &mut out),
+            _ => q8_0(&floats, &mut out),
         }
     }
     out

@@ -165,7 +165,7 @@ async fn publish_moves(store: &Store, copies: &[PackCopy]) -> anyhow::Result<()>
 
 /// Objects whose manifests name one of `moved`: as a chunk of theirs, or anywhere on a chunk's
 /// chain of bases (a manifest's table locates every chunk its chains reach).
-fn objects_using(store: &Store, moved: &HashSet<ChunkHash>) -> anyhow::Result<Vec<ObjectKey>> {
+pub(crate) fn objects_using(store: &Store, moved: &HashSet<ChunkHash>) -> anyhow::Result<Vec<ObjectKey>> {
     // Whether each chunk's chain reaches a moved chunk, remembered across objects.
     let mut reaches: HashMap<ChunkHash, bool> = HashMap::new();
     let mut concerned = Vec::new();

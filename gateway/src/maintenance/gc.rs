@@ -1,6 +1,6 @@
 //! Garbage collection: sweeps chunks dead for longer than the grace period, then, under a lease
 //! that one gateway holds at a time, deletes the trashed upstream objects nothing references,
-//! trashes orphans, and compacts sparse packs.
+//! trashes orphans, compacts sparse packs and re-bases families of tensors.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use crate::engine::catalog;
 use crate::engine::journal;
 use crate::engine::{GcMemory, Store};
 use crate::ids::now_ms;
-use crate::maintenance::compact;
+use crate::maintenance::{compact, rebase};
 use crate::maintenance::condemned::{self, Verdict};
 use crate::upstream::Condition;
 
@@ -39,13 +39,15 @@ pub struct GcReport {
     pub leased: bool,
     /// Sparse packs rewritten by compaction.
     pub packs_compacted: usize,
+    /// Chunks stored again against a better base.
+    pub chunks_rebased: usize,
 }
 
 /// Finishes interrupted manifest changes and collects chunks dead for longer than the grace
 /// period; then, holding the lease, deletes upstream objects in the trash for longer than it
 /// that nothing references (no index entry, no write in flight, and with a shared upstream no
-/// manifest of any gateway), sends unreferenced upstream objects to the trash, and compacts
-/// sparse packs.
+/// manifest of any gateway), sends unreferenced upstream objects to the trash, compacts sparse
+/// packs and re-bases families of tensors (`rebase`).
 pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let now = now_ms();
     let cutoff = now - (store.config.gc_grace_secs as i64) * 1000;
@@ -93,6 +95,7 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         memory.last_orphan_scan_ms = Some(now);
     }
     report.packs_compacted = compact::compact(store).await?.packs;
+    report.chunks_rebased = rebase::rebase(store, &mut memory.settled_families).await?.chunks;
     if report.chunks + report.upstream_objects + report.orphans > 0 {
         tracing::info!(chunks = report.chunks, upstream_objects = report.upstream_objects, orphans = report.orphans, "garbage collected");
     }

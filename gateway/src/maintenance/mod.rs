@@ -1,5 +1,6 @@
 //! Background work and the repairs an operator runs: the [`packer`] re-encodes objects stored as
 //! uploaded, [`gc`] collects what nothing references, [`compact`] rewrites sparse packs,
+//! [`rebase`] stores families of tensors against their root whatever the upload order,
 //! [`condemned`] and [`sync`] keep several gateways in step, [`usage`] keeps the usage gauges,
 //! [`fsck`], [`scrub`] and [`rebuild`] check and repair.
 
@@ -8,6 +9,7 @@ pub mod condemned;
 pub mod fsck;
 pub mod gc;
 pub mod packer;
+pub mod rebase;
 pub mod rebuild;
 pub mod scrub;
 pub mod sync;

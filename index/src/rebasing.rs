@@ -1,0 +1,157 @@
+//! Re-basing (issue 16): chunks stored again as new frames (on their own, or as deltas against
+//! another stored chunk) in a new pack, switched in one transaction. A chunk's bytes and id do
+//! not change, only where its frame is and what it is a delta of; the reference counts of its
+//! old and new bases move with it.
+
+use std::collections::HashMap;
+
+use sled::transaction::{ConflictableTransactionError, Transactional};
+
+use crate::encoding::{flatten, tx_decode, tx_encode};
+use crate::{decode, BaseCandidate, ChunkHash, ChunkRecord, Index, IndexError, PackRecord, Refusal, Result};
+
+/// A chunk's new frame, and the record it must still have for the switch to happen.
+#[derive(Debug, Clone)]
+pub struct Rebased {
+    pub hash: ChunkHash,
+    /// The chunk's record when its new frame was planned.
+    pub planned_from: ChunkRecord,
+    /// Offset and length of the new frame in the new pack.
+    pub offset: u64,
+    pub frame_len: u32,
+    /// The new frame's base, if it is a delta.
+    pub base: Option<ChunkHash>,
+}
+
+impl Index {
+    /// Every family of base candidates: the stored tensors of one dtype and shape (the
+    /// signature) within one dedup scope, as (scope, signature, candidates).
+    pub fn candidate_families(&self) -> Result<Vec<(String, String, Vec<BaseCandidate>)>> {
+        let mut families: Vec<(String, String, Vec<BaseCandidate>)> = Vec::new();
+        for entry in self.candidates.iter() {
+            let (key, value) = entry?;
+            // `scope 00 signature 00` then a 32-byte id.
+            let malformed = || IndexError::MalformedKey(String::from_utf8_lossy(&key).into_owned());
+            let scope_end = key.iter().position(|byte| *byte == 0).ok_or_else(malformed)?;
+            let signature_end = key.len().checked_sub(33).filter(|end| *end > scope_end && key[*end] == 0).ok_or_else(malformed)?;
+            let scope = String::from_utf8_lossy(&key[..scope_end]);
+            let signature = String::from_utf8_lossy(&key[scope_end + 1..signature_end]);
+            let candidate: BaseCandidate = decode(&value)?;
+            match families.last_mut() {
+                Some((last_scope, last_signature, members)) if *last_scope == scope && *last_signature == signature => members.push(candidate),
+                _ => families.push((scope.into_owned(), signature.into_owned(), vec![candidate])),
+            }
+        }
+        Ok(families)
+    }
+
+    /// Points the chunks of `steps` at their new frames in pack `to` (of `to_total` bytes), all
+    /// in one transaction or none: if any chunk's record is not the one planned, or a new base
+    /// is not a live chunk, nothing changes and the refusal says so. Old bases lose a
+    /// reference (dying when it was their last), new ones gain one; a pack left with no live
+    /// bytes goes to the trash.
+    pub fn rebase(&self, to: &str, to_total: u64, steps: &[Rebased], now_ms: i64) -> Result<()> {
+        let result = (&self.chunks, &self.packs, &self.trash).transaction(|(chunks, packs, trash)| {
+            let changed = || ConflictableTransactionError::Abort(IndexError::Refused(Refusal::VersionChanged));
+            let mut live: HashMap<String, i64> = HashMap::new();
+            let mut references: HashMap<ChunkHash, i64> = HashMap::new();
+            for step in steps {
+                let value = chunks.get(step.hash)?.ok_or_else(changed)?;
+                let mut record: ChunkRecord = tx_decode(&value)?;
+                if record != step.planned_from || record.refs == 0 {
+                    return Err(changed());
+                }
+                *live.entry(record.pack.clone()).or_default() -= i64::from(record.frame_len);
+                *live.entry(to.to_owned()).or_default() += i64::from(step.frame_len);
+                if let Some(old) = record.base {
+                    *references.entry(old).or_default() -= 1;
+                }
+                if let Some(new) = step.base {
+                    *references.entry(new).or_default() += 1;
+                }
+                record.pack = to.to_owned();
+                record.offset = step.offset;
+                record.frame_len = step.frame_len;
+                record.base = step.base;
+                chunks.insert(&step.hash, tx_encode(&record)?)?;
+            }
+            for (hash, change) in references {
+                if change == 0 {
+                    continue;
+                }
+                let value = chunks.get(hash)?.ok_or_else(changed)?;
+                let mut record: ChunkRecord = tx_decode(&value)?;
+                if change > 0 && record.refs == 0 {
+                    return Err(changed());
+                }
+                record.refs = record.refs.checked_add_signed(change).ok_or_else(changed)?;
+                if record.refs == 0 {
+                    record.dead_since_ms = Some(now_ms);
+                }
+                chunks.insert(&hash, tx_encode(&record)?)?;
+            }
+            for (pack, change) in live {
+                let mut record: PackRecord = match packs.get(pack.as_bytes())? {
+                    Some(value) => tx_decode(&value)?,
+                    None if pack == to => PackRecord { total_bytes: to_total, live_bytes: 0 },
+                    None => return Err(changed()),
+                };
+                record.live_bytes = record.live_bytes.saturating_add_signed(change);
+                if record.live_bytes == 0 {
+                    packs.remove(pack.as_bytes())?;
+                    trash.insert(pack.as_bytes(), &now_ms.to_be_bytes())?;
+                } else {
+                    packs.insert(pack.as_bytes(), tx_encode(&record)?)?;
+                }
+            }
+            Ok(())
+        });
+        flatten(result)?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_records::{chunk, fresh_index, record};
+    use crate::{Expect, NewChunk, NewPack, ObjectKey, Segment};
+
+    #[test]
+    fn families_group_candidates_by_scope_and_signature() {
+        let (_dir, index) = fresh_index();
+        for (scope, signature, id) in [("t", "BF16:4x4", 1u8), ("t", "BF16:4x4", 2), ("t", "F32:4x4", 3), ("u", "BF16:4x4", 4)] {
+            index.add_candidate(scope, signature, &BaseCandidate { sketch: vec![id], chunks: vec![[id; 32]] }).unwrap();
+        }
+        let families = index.candidate_families().unwrap();
+        let shape: Vec<_> = families.iter().map(|(scope, signature, members)| (scope.as_str(), signature.as_str(), members.len())).collect();
+        assert_eq!(shape, [("t", "BF16:4x4", 2), ("t", "F32:4x4", 1), ("u", "BF16:4x4", 1)]);
+    }
+
+    #[test]
+    fn a_switch_moves_references_and_is_all_or_nothing() {
+        let (_dir, index) = fresh_index();
+        index.create_bucket("t", "b", &crate::BucketRecord::new(0)).unwrap();
+        let (root, tuned) = ([1u8; 32], [2u8; 32]);
+        let mut second = chunk("packs/old", 30);
+        second.offset = 10;
+        let new_chunks = vec![NewChunk { hash: root, record: chunk("packs/old", 10) }, NewChunk { hash: tuned, record: second }];
+        let both = record(vec![Segment::Chunk { hash: root, len: 10 }, Segment::Chunk { hash: tuned, len: 30 }]);
+        let pack = NewPack { key: "packs/old".into(), total_bytes: 40 };
+        index.commit_object(&ObjectKey::new("t", "b", "k"), &both, &new_chunks, Some(&pack), Expect::Any, 0).unwrap();
+        let planned_from = index.chunk(&tuned).unwrap().unwrap();
+        let step = Rebased { hash: tuned, planned_from: planned_from.clone(), offset: 0, frame_len: 5, base: Some(root) };
+
+        let stale = Rebased { planned_from: ChunkRecord { offset: 99, ..planned_from.clone() }, ..step.clone() };
+        let refused = index.rebase("packs/new", 5, &[step.clone(), stale], 1);
+        assert!(matches!(refused, Err(IndexError::Refused(Refusal::VersionChanged))), "{refused:?}");
+        assert_eq!(index.chunk(&tuned).unwrap().unwrap(), planned_from, "nothing changed");
+
+        index.rebase("packs/new", 5, &[step], 2).unwrap();
+        let moved = index.chunk(&tuned).unwrap().unwrap();
+        assert_eq!((moved.pack.as_str(), moved.frame_len, moved.base), ("packs/new", 5, Some(root)));
+        assert_eq!(index.chunk(&root).unwrap().unwrap().refs, 2, "the object and the delta");
+        assert!(index.check().unwrap().problems.is_empty(), "{:?}", index.check().unwrap().problems);
+        assert_eq!(index.pack_bytes().unwrap(), 45);
+    }
+}
