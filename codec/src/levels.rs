@@ -69,6 +69,9 @@ pub fn decode(payload: &[u8], raw_len: usize, width: usize) -> Result<Vec<u8>> {
     if dtype.size() != width {
         return Err(corrupt("levels: dtype of another width"));
     }
+    if dtype.is_blocks() {
+        return Err(corrupt("levels: GGUF blocks are not elements"));
+    }
     let count = raw_len / width;
     let mut out = vec![0u8; raw_len];
     let mut cursor = 2;

@@ -62,8 +62,10 @@ impl Sketch {
         let mut samples = [0u16; SAMPLES];
         if count > 0 {
             for (index, sample) in samples.iter_mut().enumerate() {
+                // A NaN's sign and payload depend on the CPU (an infinite scale times 0): one NaN.
                 let value = dequantized(dtype, leading_bytes, index * count / SAMPLES).unwrap_or(0.0);
-                *sample = to_order((value.to_bits() >> 16) as u16);
+                let bits = if value.is_nan() { 0x7FC0_0000 } else { value.to_bits() };
+                *sample = to_order((bits >> 16) as u16);
             }
         }
         Sketch(samples)

@@ -1,9 +1,12 @@
 //! GGUF's block quantizations Q8_0 and Q4_0, computed from the wider tensor they were made from
 //! (issue 17). Their codes are close to random bytes (7.7 bits a byte for Q8_0), so no entropy
-//! coder shrinks them much; but llama.cpp's `gguf` package and its C tools compute them by one
-//! fixed recipe, so an F32, F16 or BF16 tensor that is stored predicts them: the stored XOR with
+//! coder shrinks them much; but llama.cpp's `gguf` package computes them by one fixed recipe
+//! (llama.cpp's C quantizer is the same but for a few edge cases, and `--imatrix` quantizes
+//! otherwise), so an F32, F16 or BF16 tensor that is stored predicts them: the stored XOR with
 //! the prediction is zero wherever the quantizer's input was that tensor, and a few bits a block
-//! where it was a nearby precision of it.
+//! where it was a nearby precision of it. The recipe here is the package's for every block
+//! without a NaN whose scale's reciprocal is finite; the others (a NaN, or a scale under about
+//! 1e-37) are predicted otherwise and cost their bytes.
 //!
 //! Written here rather than taken from a crate: the prediction is part of the frame format, so
 //! it must be the same bits on every CPU (docs/format.md, section 4, pins it): each step is one
@@ -16,31 +19,50 @@ use crate::dtype::Dtype;
 /// Elements per block of Q8_0 and Q4_0.
 pub const BLOCK: usize = 32;
 
-/// The elements of `bytes` (F32, F16 or BF16, little-endian) as F32 bits.
-fn widened_bits(wide: Dtype, bytes: &[u8]) -> Vec<u32> {
+/// Widens one block of `wide` elements (F32, F16 or BF16, little-endian) into `floats`.
+fn widen(wide: Dtype, bytes: &[u8], floats: &mut [f32; BLOCK]) {
     match wide {
-        Dtype::F16 => bytes.chunks_exact(2).map(|e| f16_to_f32(u16::from_le_bytes([e[0], e[1]]))).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|e| u32::from(u16::from_le_bytes([e[0], e[1]])) << 16).collect(),
-        _ => bytes.chunks_exact(4).map(|e| u32::from_le_bytes([e[0], e[1], e[2], e[3]])).collect(),
+        Dtype::F16 => {
+            for (float, e) in floats.iter_mut().zip(bytes.chunks_exact(2)) {
+                *float = f32::from_bits(f16_to_f32(u16::from_le_bytes([e[0], e[1]])));
+            }
+        }
+        Dtype::BF16 => {
+            for (float, e) in floats.iter_mut().zip(bytes.chunks_exact(2)) {
+                *float = f32::from_bits(u32::from(u16::from_le_bytes([e[0], e[1]])) << 16);
+            }
+        }
+        _ => {
+            for (float, e) in floats.iter_mut().zip(bytes.chunks_exact(4)) {
+                *float = f32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+            }
+        }
     }
 }
 
 /// Quantizes the whole blocks of `source` (elements of `wide`) to `blocks` (Q8_0 or Q4_0), as
 /// the `gguf` package does; a partial last block is dropped.
 pub fn quantize(wide: Dtype, blocks: Dtype, source: &[u8]) -> Vec<u8> {
-    let values = widened_bits(wide, source);
-    let mut out = Vec::with_capacity(blocks.bytes_of(values.len()));
+    let mut out = Vec::with_capacity(blocks.bytes_of(wide.elements_in(source.len())));
     let mut floats = [0f32; BLOCK];
-    for block in values.chunks_exact(BLOCK) {
-        for (float, bits) in floats.iter_mut().zip(block) {
-            *float = f32::from_bits(*bits);
-        }
+    for block in source.chunks_exact(BLOCK * wide.size()) {
+        widen(wide, block, &mut floats);
         match blocks {
             Dtype::Q4_0 => q4_0(&floats, &mut out),
             _ => q8_0(&floats, &mut out),
         }
     }
     out
+}
+
+/// `t` rounded half away from zero, as an i8 (clamped; 0 for a NaN): the integer part by a
+/// truncating cast, plus one away from zero when the (exact) fraction is a half or more. This is
+/// `f32::round` without its library call, which has no instruction on baseline x86-64.
+fn round_away_i8(t: f32) -> i8 {
+    let whole = t as i32;
+    let fraction = t - whole as f32;
+    let away = i32::from(fraction.abs() >= 0.5) * if t < 0.0 { -1 } else { 1 };
+    whole.saturating_add(away).clamp(-128, 127) as i8
 }
 
 /// The reciprocal of a block's scale, 0 for a zero scale (as the quantizers write it).
@@ -55,7 +77,7 @@ fn q8_0(block: &[f32], out: &mut Vec<u8>) {
     let scale = largest / 127.0;
     let inverse = reciprocal(scale);
     out.extend_from_slice(&f32_to_f16(scale.to_bits()).to_le_bytes());
-    out.extend(block.iter().map(|x| (x * inverse).round() as i8 as u8));
+    out.extend(block.iter().map(|x| round_away_i8(x * inverse) as u8));
 }
 
 /// Q4_0: scale = the element of largest magnitude (the first, on ties) / -8; code = the element
@@ -69,7 +91,8 @@ fn q4_0(block: &[f32], out: &mut Vec<u8>) {
     }
     let scale = largest.1 / -8.0;
     let inverse = reciprocal(scale);
-    let code = |x: f32| ((x * inverse + 8.5).trunc() as u8).min(15);
+    // The cast truncates (and gives 0 for a NaN), as `trunc` then a cast would.
+    let code = |x: f32| ((x * inverse + 8.5) as u8).min(15);
     out.extend_from_slice(&f32_to_f16(scale.to_bits()).to_le_bytes());
     let (low, high) = block.split_at(BLOCK / 2);
     out.extend(low.iter().zip(high).map(|(low, high)| code(*low) | (code(*high) << 4)));
@@ -133,6 +156,14 @@ mod tests {
         assert_eq!(quantize(Dtype::F32, Dtype::Q4_0, &nans)[2..], [0; 16]);
         // A zero block's Q4_0 scale is -0 (0 / -8), its codes 8.
         assert_eq!(quantize(Dtype::F32, Dtype::Q4_0, &f32_bytes(&[0.0; BLOCK])), [[0x00, 0x80].as_slice(), &[0x88; 16]].concat());
+    }
+
+    #[test]
+    fn rounding_without_the_library_is_rounding() {
+        let specials = [0.5f32, -0.5, 1.5, -2.5, 0.49999997, -0.49999997, 126.5, 127.49, 127.5, -128.5, 1e9, -3e9, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 0.0, -0.0];
+        for t in specials.into_iter().chain((0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761)) )) {
+            assert_eq!(round_away_i8(t), t.round() as i8, "{t}");
+        }
     }
 
     proptest! {

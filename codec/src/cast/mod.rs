@@ -49,8 +49,8 @@ pub enum Cast {
     /// F8 E4M3, F8 E5M2 or I8 to BF16 or F32 (`wide`): widened, multiplied by the scale in F32,
     /// rounded to the wide type.
     Dequantize { narrow: Narrow, wide: Dtype, scale: u32 },
-    /// F32, F16 or BF16 (`wide`) to GGUF's Q8_0 or Q4_0 (`blocks`), as llama.cpp's quantizers
-    /// compute them (see `blocks`). Frames of version 3.
+    /// F32, F16 or BF16 (`wide`) to GGUF's Q8_0 or Q4_0 (`blocks`), by the recipe of
+    /// llama.cpp's `gguf` package (see `blocks`). Frames of version 3.
     QuantizeBlocks { wide: Dtype, blocks: Dtype },
 }
 

@@ -1,0 +1,234 @@
+//! Round trips and sizes of the chunk encoder (`encode`).
+
+use super::*;
+use crate::frame::FIXED_HEADER_LEN;
+use proptest::prelude::*;
+
+fn dtype_strategy() -> impl Strategy<Value = Dtype> {
+    proptest::sample::select(Dtype::ALL.to_vec())
+}
+
+/// Bytes that look like bf16 weights near 0.02, so that planes and zstd are exercised.
+fn weights(count: usize, seed: u32) -> Vec<u8> {
+    (0..count as u32)
+        .flat_map(|i| {
+            let noise = (i.wrapping_mul(2_654_435_761) ^ seed) % 1000;
+            let value = 0.02f32 * (noise as f32 / 500.0 - 1.0);
+            ((value.to_bits() >> 16) as u16).to_le_bytes()
+        })
+        .collect()
+}
+
+#[test]
+fn compresses_weights_and_deltas() {
+    let base = weights(100_000, 1);
+    let mut tuned = base.clone();
+    for i in (0..tuned.len()).step_by(14) {
+        tuned[i] ^= 1;
+    }
+    let own = encode_chunk(&base, Dtype::BF16, None).unwrap();
+    assert!(own.len() < base.len() * 9 / 10, "standalone {} of {}", own.len(), base.len());
+    let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+    let delta = encode_chunk(&tuned, Dtype::BF16, Some((base_chunk, Dtype::BF16))).unwrap();
+    assert!(delta.len() < base.len() / 5, "delta {} of {}", delta.len(), base.len());
+    assert_eq!(decode_frame(&delta, Some(base_chunk)).unwrap(), tuned);
+}
+
+#[test]
+fn a_cast_costs_next_to_nothing_and_the_wider_tensor_its_residual() {
+    let wide: Vec<u8> = (0..262_144u32)
+        .flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes())
+        .collect();
+    let wide_chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+    for cast in [Cast::F32ToBf16, Cast::F32ToBf16Truncated, Cast::F32ToF16] {
+        let narrow = cast.apply(&wide);
+        let frame = encode_chunk(&narrow, cast.target(), Some((wide_chunk, Dtype::F32))).unwrap();
+        let header = FrameHeader::read(&frame).unwrap();
+        assert_eq!(header.conversion, Some(Conversion::Whole(cast)));
+        assert!(frame.len() < narrow.len() / 100, "{cast:?}: {} of {}", frame.len(), narrow.len());
+        assert_eq!(decode_frame(&frame, Some(wide_chunk)).unwrap(), narrow);
+    }
+    let narrow = Cast::F32ToBf16.apply(&wide);
+    let narrow_chunk = BaseChunk { hash: ContentHash::of(&narrow), bytes: &narrow };
+    let residual = encode_chunk(&wide, Dtype::F32, Some((narrow_chunk, Dtype::BF16))).unwrap();
+    assert_eq!(FrameHeader::read(&residual).unwrap().conversion, Some(Conversion::Whole(Cast::Bf16ToF32)));
+    assert_eq!(decode_frame(&residual, Some(narrow_chunk)).unwrap(), wide);
+    // Quantized copies with one scale, found again from the two chunks.
+    let bf16_chunk = BaseChunk { hash: narrow_chunk.hash, bytes: &narrow };
+    for quantized_to in crate::cast::Narrow::ALL {
+        let largest = f32::from_bits(quantized_to.to_f32(quantized_to.from_f32(f32::MAX.to_bits())));
+        let cast = Cast::Quantize { wide: Dtype::BF16, narrow: quantized_to, scale: (0.02f32 / largest).to_bits() };
+        let quantized = cast.apply(&narrow);
+        let frame = encode_chunk(&quantized, quantized_to.dtype(), Some((bf16_chunk, Dtype::BF16))).unwrap();
+        assert!(frame.len() < quantized.len() / 50, "{quantized_to:?}: {} of {}", frame.len(), quantized.len());
+        assert_eq!(decode_frame(&frame, Some(bf16_chunk)).unwrap(), quantized);
+        let quantized_chunk = BaseChunk { hash: ContentHash::of(&quantized), bytes: &quantized };
+        let residual = encode_chunk(&narrow, Dtype::BF16, Some((quantized_chunk, quantized_to.dtype()))).unwrap();
+        assert!(matches!(FrameHeader::read(&residual).unwrap().conversion, Some(Conversion::Whole(Cast::Dequantize { .. }))));
+        assert_eq!(decode_frame(&residual, Some(quantized_chunk)).unwrap(), narrow);
+    }
+    // Quantized with one scale per group of 128 (per-block checkpoints).
+    let scales: Vec<u32> = (0..narrow.len() / 2 / crate::cast::GROUP).map(|g| (0.02f32 / (400.0 + g as f32 % 7.0)).to_bits()).collect();
+    let blocks = Groups { narrow: crate::cast::Narrow::F8E4M3, wide: Dtype::BF16, widen: false };
+    let quantized = blocks.apply(&narrow, &scales);
+    let frame = encode_chunk(&quantized, Dtype::F8E4M3, Some((bf16_chunk, Dtype::BF16))).unwrap();
+    assert_eq!(FrameHeader::read(&frame).unwrap().conversion, Some(Conversion::Groups(blocks)));
+    assert!(frame.len() < quantized.len() / 50, "blocks: {} of {}", frame.len(), quantized.len());
+    assert_eq!(decode_frame(&frame, Some(bf16_chunk)).unwrap(), quantized);
+    let unrelated = encode_chunk(&wide, Dtype::F32, Some((narrow_chunk, Dtype::I16))).unwrap();
+    assert_eq!(FrameHeader::read(&unrelated).unwrap().base, None);
+}
+
+#[test]
+fn gguf_blocks_cost_next_to_nothing_beside_their_source() {
+    let wide: Vec<u8> = (0..262_144u32)
+        .flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes())
+        .collect();
+    let half = Cast::F32ToF16.apply(&wide);
+    for blocks in [Dtype::Q8_0, Dtype::Q4_0] {
+        let quantized = Cast::QuantizeBlocks { wide: Dtype::F32, blocks }.apply(&wide);
+        // Made from the F32 tensor: predicted exactly; beside its F16 cast: nearly.
+        for (base, base_dtype, share) in [(&wide, Dtype::F32, 1000), (&half, Dtype::F16, 10)] {
+            let chunk = BaseChunk { hash: ContentHash::of(base), bytes: base };
+            let frame = encode_chunk(&quantized, blocks, Some((chunk, base_dtype))).unwrap();
+            assert_eq!(frame[4], 3);
+            assert!(frame.len() < quantized.len() / share, "{blocks:?} beside {base_dtype:?}: {} of {}", frame.len(), quantized.len());
+            assert_eq!(decode_frame(&frame, Some(chunk)).unwrap(), quantized);
+        }
+        // Readers of version 2 do not know the blocks conversion: the chunk is on its own.
+        let chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+        let older = encode_chunk_as(&quantized, blocks, Some((chunk, Dtype::F32)), FrameFormat::Version2).unwrap();
+        assert_eq!((older[4], FrameHeader::read(&older).unwrap().base), (1, None));
+    }
+}
+
+#[test]
+fn compresses_text_and_stores_noise() {
+    let text: Vec<u8> = (0..20_000).flat_map(|i: u32| format!("\"token_{}\": {},\n", i % 977, i).into_bytes()).collect();
+    let frame = encode_opaque(&text).unwrap();
+    assert!(frame.len() < text.len() / 3, "{} of {}", frame.len(), text.len());
+    let noise: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let frame = encode_opaque(&noise).unwrap();
+    assert_eq!(FrameHeader::read(&frame).unwrap().codec, Codec::Stored);
+    assert_eq!(decode_frame(&frame, None).unwrap(), noise);
+}
+
+#[test]
+fn detects_corruption_and_wrong_base() {
+    let base = weights(5000, 1);
+    let tuned = weights(5000, 2);
+    let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+    let frame = encode_chunk(&tuned, Dtype::BF16, Some((base_chunk, Dtype::BF16))).unwrap();
+    if FrameHeader::read(&frame).unwrap().base.is_some() {
+        assert!(matches!(decode_frame(&frame, None), Err(CodecError::BaseMismatch(_))));
+    }
+    for position in [0, 5, 9, 20, 60, frame.len() - 1] {
+        let mut broken = frame.clone();
+        broken[position] ^= 0x40;
+        assert!(decode_frame(&broken, Some(base_chunk)).is_err(), "flip at {position} went unseen");
+    }
+    assert!(decode_frame(&frame[..frame.len() - 1], Some(base_chunk)).is_err());
+}
+
+#[test]
+fn version_1_frames_only_when_asked() {
+    let wide: Vec<u8> = (0..4096u32).flat_map(|i| (i as f32 * 1e-3).to_le_bytes()).collect();
+    let narrow = Cast::F32ToBf16.apply(&wide);
+    let wide_chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+    let frame = encode_chunk_as(&narrow, Dtype::BF16, Some((wide_chunk, Dtype::F32)), FrameFormat::Version1).unwrap();
+    let header = FrameHeader::read(&frame).unwrap();
+    assert!(header.conversion.is_none() && header.base.is_none() && header.codec != Codec::Levels);
+    assert_eq!(frame[4], 1);
+    assert_eq!(decode_frame(&frame, None).unwrap(), narrow);
+}
+
+proptest! {
+    #[test]
+    fn standalone_round_trips(raw in proptest::collection::vec(any::<u8>(), 0..2000), dtype in dtype_strategy()) {
+        let frame = encode_chunk(&raw, dtype, None).unwrap();
+        prop_assert_eq!(decode_frame(&frame, None).unwrap(), raw);
+    }
+
+    #[test]
+    fn delta_round_trips(raw in proptest::collection::vec(any::<u8>(), 0..2000),
+                         flips in proptest::collection::vec(any::<(usize, u8)>(), 0..50),
+                         base_extra in -3i32..3,
+                         dtype in dtype_strategy()) {
+        let mut base = raw.clone();
+        base.resize((raw.len() as i32 + base_extra).max(0) as usize, 0x55);
+        for (position, bits) in flips {
+            if !base.is_empty() {
+                let len = base.len();
+                base[position % len] ^= bits;
+            }
+        }
+        let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+        let frame = encode_chunk(&raw, dtype, Some((base_chunk, dtype))).unwrap();
+        prop_assert_eq!(decode_frame(&frame, Some(base_chunk)).unwrap(), raw);
+    }
+
+    #[test]
+    fn converted_delta_round_trips(values in proptest::collection::vec(any::<u32>(), 0..500),
+                                   flips in proptest::collection::vec(any::<(usize, u16)>(), 0..20),
+                                   cast in proptest::sample::select(crate::cast::every_cast()),
+                                   specials in any::<bool>()) {
+        // The wider or narrower tensor, with NaN payloads, -0, subnormals and infinities.
+        let mut values = values;
+        if specials {
+            for (slot, special) in values.iter_mut().zip([0x7FC0_1234u32, 0x8000_0000, 0x0000_0001, 0x7F80_0000, 0xFF80_0001, 0x0040_0000]) {
+                *slot = special;
+            }
+        }
+        let source: Vec<u8> = match cast.source().size() {
+            4 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            2 => values.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect(),
+            _ => values.iter().map(|v| *v as u8).collect(),
+        };
+        let mut raw = cast.apply(&source);
+        for (position, bits) in flips {
+            if !raw.is_empty() {
+                let len = raw.len();
+                raw[position % len] ^= bits as u8;
+            }
+        }
+        let base_chunk = BaseChunk { hash: ContentHash::of(&source), bytes: &source };
+        let frame = encode_chunk(&raw, cast.target(), Some((base_chunk, cast.source()))).unwrap();
+        prop_assert_eq!(decode_frame(&frame, Some(base_chunk)).unwrap(), raw);
+    }
+
+    #[test]
+    fn block_quantized_chunks_round_trip(values in proptest::collection::vec(-1.0f32..1.0, 128..1200),
+                                         flips in proptest::collection::vec(any::<(usize, u8)>(), 0..10),
+                                         narrow in proptest::sample::select(crate::cast::Narrow::ALL.to_vec())) {
+        // One scale per group of 128, as per-block fp8 and int8 checkpoints have.
+        let wide: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let scales: Vec<u32> = values.chunks(crate::cast::GROUP).enumerate().map(|(g, _)| (0.001f32 * (g + 1) as f32).to_bits()).collect();
+        let mut quantized = Groups { narrow, wide: Dtype::F32, widen: false }.apply(&wide, &scales);
+        for (at, bits) in flips {
+            let len = quantized.len();
+            quantized[at % len] ^= bits;
+        }
+        let wide_chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+        let frame = encode_chunk(&quantized, narrow.dtype(), Some((wide_chunk, Dtype::F32))).unwrap();
+        prop_assert_eq!(decode_frame(&frame, Some(wide_chunk)).unwrap(), quantized.clone());
+        let quantized_chunk = BaseChunk { hash: ContentHash::of(&quantized), bytes: &quantized };
+        let residual = encode_chunk(&wide, Dtype::F32, Some((quantized_chunk, narrow.dtype()))).unwrap();
+        prop_assert_eq!(decode_frame(&residual, Some(quantized_chunk)).unwrap(), wide);
+    }
+
+    #[test]
+    fn opaque_round_trips(raw in proptest::collection::vec(any::<u8>(), 0..2000), repeat in 1usize..4) {
+        let raw = raw.repeat(repeat);
+        let frame = encode_opaque(&raw).unwrap();
+        prop_assert!(frame.len() <= raw.len() + FIXED_HEADER_LEN);
+        prop_assert_eq!(decode_frame(&frame, None).unwrap(), raw);
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode_frame(&bytes, None);
+        let mut framed = b"TGFR\x01".to_vec();
+        framed.extend_from_slice(&bytes);
+        let _ = decode_frame(&framed, None);
+    }
+}
