@@ -78,8 +78,10 @@ fn scrub_is_rate_limited_and_resumes() {
 /// deleted a grace period later.
 #[test]
 fn sparse_packs_are_compacted() {
+    // Without bases and without re-basing, so that big's chunks are all in one pack.
     let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
         config.base_selection = tensorgate::config::BaseSelection::None;
+        config.rebase_bytes_per_run = 0;
     });
     let work = tempfile::tempdir().unwrap();
     let (base, tuned_a, tuned_b) =

@@ -57,6 +57,8 @@ pub enum IndexError {
     MissingChunk(String),
     #[error(transparent)]
     Refused(#[from] Refusal),
+    #[error("chunk {0} is named twice in one re-basing")]
+    DuplicateStep(String),
     #[error("index key {0:?} is malformed")]
     MalformedKey(String),
     #[error("upstream record does not decode: {0}")]

@@ -10,11 +10,12 @@ use sled::transaction::{ConflictableTransactionError, Transactional};
 use crate::encoding::{flatten, tx_decode, tx_encode};
 use crate::{decode, BaseCandidate, ChunkHash, ChunkRecord, Index, IndexError, PackRecord, Refusal, Result};
 
-/// A chunk's new frame, and the record it must still have for the switch to happen.
+/// A chunk's new frame, and where its frame must still be for the switch to happen.
 #[derive(Debug, Clone)]
 pub struct Rebased {
     pub hash: ChunkHash,
-    /// The chunk's record when its new frame was planned.
+    /// The chunk's record when its new frame was planned: its pack, offset, frame length and
+    /// base must be unchanged (its reference count may have moved).
     pub planned_from: ChunkRecord,
     /// Offset and length of the new frame in the new pack.
     pub offset: u64,
@@ -46,11 +47,15 @@ impl Index {
     }
 
     /// Points the chunks of `steps` at their new frames in pack `to` (of `to_total` bytes), all
-    /// in one transaction or none: if any chunk's record is not the one planned, or a new base
-    /// is not a live chunk, nothing changes and the refusal says so. Old bases lose a
-    /// reference (dying when it was their last), new ones gain one; a pack left with no live
-    /// bytes goes to the trash.
+    /// in one transaction or none: if any chunk is dead or its frame is not where it was
+    /// planned, or a new base is not a live chunk, nothing changes and the refusal says so.
+    /// Old bases lose a reference (dying when it was their last), new ones gain one; a pack left
+    /// with no live bytes goes to the trash. A chunk named twice is an error.
     pub fn rebase(&self, to: &str, to_total: u64, steps: &[Rebased], now_ms: i64) -> Result<()> {
+        let mut named = std::collections::HashSet::new();
+        if let Some(twice) = steps.iter().find(|step| !named.insert(step.hash)) {
+            return Err(IndexError::DuplicateStep(crate::hex(&twice.hash)));
+        }
         let result = (&self.chunks, &self.packs, &self.trash).transaction(|(chunks, packs, trash)| {
             let changed = || ConflictableTransactionError::Abort(IndexError::Refused(Refusal::VersionChanged));
             let mut live: HashMap<String, i64> = HashMap::new();
@@ -58,7 +63,9 @@ impl Index {
             for step in steps {
                 let value = chunks.get(step.hash)?.ok_or_else(changed)?;
                 let mut record: ChunkRecord = tx_decode(&value)?;
-                if record != step.planned_from || record.refs == 0 {
+                let planned = &step.planned_from;
+                let moved = (&record.pack, record.offset, record.frame_len, record.base) != (&planned.pack, planned.offset, planned.frame_len, planned.base);
+                if moved || record.refs == 0 {
                     return Err(changed());
                 }
                 *live.entry(record.pack.clone()).or_default() -= i64::from(record.frame_len);
@@ -142,16 +149,34 @@ mod tests {
         let planned_from = index.chunk(&tuned).unwrap().unwrap();
         let step = Rebased { hash: tuned, planned_from: planned_from.clone(), offset: 0, frame_len: 5, base: Some(root) };
 
-        let stale = Rebased { planned_from: ChunkRecord { offset: 99, ..planned_from.clone() }, ..step.clone() };
-        let refused = index.rebase("packs/new", 5, &[step.clone(), stale], 1);
+        let root_record = index.chunk(&root).unwrap().unwrap();
+        let root_alone = Rebased { hash: root, planned_from: root_record.clone(), offset: 5, frame_len: 8, base: None };
+        let stale = Rebased { planned_from: ChunkRecord { offset: 99, ..root_record.clone() }, ..root_alone.clone() };
+        let refused = index.rebase("packs/new", 13, &[step.clone(), stale], 1);
         assert!(matches!(refused, Err(IndexError::Refused(Refusal::VersionChanged))), "{refused:?}");
         assert_eq!(index.chunk(&tuned).unwrap().unwrap(), planned_from, "nothing changed");
+        let twice = index.rebase("packs/new", 13, &[step.clone(), step.clone()], 1);
+        assert!(matches!(twice, Err(IndexError::DuplicateStep(_))), "{twice:?}");
 
-        index.rebase("packs/new", 5, &[step], 2).unwrap();
+        // A reference count that moved since the plan does not stop the switch.
+        let mut counted = planned_from.clone();
+        counted.refs += 3;
+        let step = Rebased { planned_from: counted, ..step };
+        index.rebase("packs/new", 13, &[step, root_alone], 2).unwrap();
         let moved = index.chunk(&tuned).unwrap().unwrap();
         assert_eq!((moved.pack.as_str(), moved.frame_len, moved.base), ("packs/new", 5, Some(root)));
         assert_eq!(index.chunk(&root).unwrap().unwrap().refs, 2, "the object and the delta");
         assert!(index.check().unwrap().problems.is_empty(), "{:?}", index.check().unwrap().problems);
-        assert_eq!(index.pack_bytes().unwrap(), 45);
+        assert_eq!(index.pack_bytes().unwrap(), 13, "the old pack, emptied, went to the trash");
+        assert!(index.trash_before(3).unwrap().contains(&"packs/old".to_owned()));
+
+        // A base that died is not taken.
+        index.commit_object(&ObjectKey::new("t", "b", "k"), &record(vec![Segment::Chunk { hash: tuned, len: 30 }]), &[], None, Expect::Any, 3).unwrap();
+        assert_eq!(index.chunk(&root).unwrap().unwrap().refs, 1, "only the delta now");
+        let alone = Rebased { hash: tuned, planned_from: index.chunk(&tuned).unwrap().unwrap(), offset: 0, frame_len: 30, base: None };
+        index.rebase("packs/third", 30, &[alone], 4).unwrap();
+        assert_eq!(index.chunk(&root).unwrap().unwrap().refs, 0, "the root died with its last delta");
+        let back = Rebased { hash: tuned, planned_from: index.chunk(&tuned).unwrap().unwrap(), offset: 0, frame_len: 5, base: Some(root) };
+        assert!(matches!(index.rebase("packs/fourth", 5, &[back], 5), Err(IndexError::Refused(Refusal::VersionChanged))));
     }
 }

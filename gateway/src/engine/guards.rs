@@ -57,6 +57,11 @@ impl HeldChunks {
         Some(sweep())
     }
 
+    /// Whether a write in progress holds `hash` (it may be about to take a delta of it).
+    pub fn is_held(&self, hash: &ChunkHash) -> bool {
+        self.lock().contains_key(hash)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ChunkHash, usize>> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }

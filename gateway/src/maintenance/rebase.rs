@@ -12,30 +12,31 @@
 //! become dead bytes that compaction reclaims.
 //!
 //! Every frame a pass writes is the root's chunk on its own or a delta against a root chunk that
-//! ends the pass on its own, so no pass makes a cycle of bases; a member with deltas of deltas
-//! above it is left alone, so that no chain grows past `MAX_WRITE_DEPTH`. With a shared upstream
-//! it does not run (other gateways hold their own bases; issue 16 leaves it for later).
+//! ends the pass on its own, so no pass makes a cycle of bases. A member with deltas of deltas
+//! above it (or a delta above it that a write in progress holds, and may take a delta of) is
+//! left alone, so that chains stay within `MAX_WRITE_DEPTH`, but for one race: a write that took
+//! a delta of such a chunk before the pass looked can end one delta deeper (still far within the
+//! readers' `MAX_BASE_DEPTH`). With a shared upstream it does not run (other gateways hold their
+//! own bases; issue 16 leaves it for later). What it found nothing to gain in is remembered in
+//! memory, by a digest of the frames, until they change or the process restarts.
 
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, ContentHash, Dtype, FrameHeader, Sketch};
+use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, ContentHash, Dtype, FrameFormat, FrameHeader, Sketch};
 use tensorgate_index::{pack_id, pack_key, BaseCandidate, ChunkHash, ChunkRecord, IndexError, Rebased, Refusal};
 
+use crate::engine::ingest::MAX_WRITE_DEPTH;
 use crate::engine::{catalog, on_cores, reader, Store};
 use crate::ids::{new_id, now_ms};
 use crate::maintenance::compact::objects_using;
 
-/// The longest chain of deltas a pass leaves behind it (the writers' own limit, see
-/// `engine::ingest::bases`).
-const MAX_DEPTH: usize = 2;
-
 /// A group of chunks is rewritten only when its frames shrink by at least this share.
 const MIN_SAVING: f64 = 0.05;
 
-/// Fingerprints nearer than this are of one family: about 15 of the 16 sampled bits differ
-/// between unrelated tensors (a distance near 3,800), a few low bits between a model and its
-/// fine-tunes.
+/// Fingerprints nearer than this are of one family. On the corpus the fine-tunes' tensors are
+/// 150 to 1,350 from the base's (the masked-LM fine-tune's embeddings the furthest), other
+/// tensors of the same shape 2,850 to 3,000.
 const FAMILY_DISTANCE: u32 = (tensorgate_codec::sketch::SAMPLES * 9) as u32;
 
 /// What one pass did.
@@ -43,7 +44,7 @@ const FAMILY_DISTANCE: u32 = (tensorgate_codec::sketch::SAMPLES * 9) as u32;
 pub struct RebaseReport {
     /// Families looked at (not settled since the last pass).
     pub families: usize,
-    /// Chunks stored again.
+    /// Chunks switched to new frames.
     pub chunks: usize,
     /// Frame bytes of those chunks before and after.
     pub bytes_before: u64,
@@ -58,54 +59,74 @@ struct Planned {
     base: Option<ChunkHash>,
 }
 
-/// Re-bases the families that changed since they last settled, re-encoding at most
-/// `rebase_bytes_per_run` raw bytes; `settled` remembers the families that had nothing to gain,
-/// by a digest of their members' chunks and frames.
+/// Re-bases the families of tensors, re-encoding at most `rebase_bytes_per_run` raw bytes (the
+/// group that crosses it is the last). `settled` holds the digests of the families and groups
+/// found with nothing to gain, which are passed over until their frames change.
 pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::Result<RebaseReport> {
     let mut report = RebaseReport::default();
     if store.config.shared_upstream || store.config.rebase_bytes_per_run == 0 {
         return Ok(report);
     }
-    let mut budget = store.config.rebase_bytes_per_run;
-    let mut planned: Vec<Planned> = Vec::new();
-    let mut roots: HashSet<ChunkHash> = HashSet::new();
+    let mut pass = Pass { budget: store.config.rebase_bytes_per_run, planned: Vec::new(), roots: HashSet::new(), taken: HashSet::new() };
     'signatures: for (_, signature, members) in store.index.candidate_families()? {
         let Some(dtype) = signature.split_once(':').and_then(|(name, _)| Dtype::ALL.into_iter().find(|dtype| dtype.name() == name)) else {
             continue;
         };
         for family in families(live_members(store, members)?) {
-            let digest = family_digest(&family);
+            let digest = digest_of(family.iter().flat_map(|member| &member.chunks));
             if settled.contains(&digest) {
                 continue;
             }
             report.families += 1;
-            let before = planned.len();
-            let finished = plan_family(store, dtype, &family, &mut planned, &mut roots, &mut budget).await?;
-            if !finished {
+            let before = pass.planned.len();
+            let outcome = plan_family(store, dtype, &family, &mut pass, settled).await?;
+            if outcome == Outcome::OutOfBudget {
                 break 'signatures;
             }
-            if planned.len() == before {
+            if outcome == Outcome::Whole && pass.planned.len() == before {
                 settled.insert(digest);
             }
         }
     }
-    if planned.is_empty() {
-        return Ok(report);
-    }
-    report.chunks = planned.len();
-    report.bytes_before = planned.iter().map(|step| u64::from(step.record.frame_len)).sum();
-    report.bytes_after = planned.iter().map(|step| step.frame.len() as u64).sum();
     // New frames go where their chunks' packs are (per-tenant upstreams keep packs under a
     // prefix); every group is under one prefix (`plan_family`), so each switch is whole groups.
     let mut by_prefix: HashMap<String, Vec<Planned>> = HashMap::new();
-    for step in planned {
+    for step in pass.planned {
         by_prefix.entry(prefix_of(&step.record).to_owned()).or_default().push(step);
     }
     for (prefix, steps) in by_prefix {
-        switch(store, &prefix, steps).await?;
+        let switched = switch(store, &prefix, steps).await?;
+        report.chunks += switched.0;
+        report.bytes_before += switched.1;
+        report.bytes_after += switched.2;
     }
-    tracing::info!(chunks = report.chunks, bytes_before = report.bytes_before, bytes_after = report.bytes_after, "re-based");
+    if report.chunks > 0 {
+        tracing::info!(chunks = report.chunks, bytes_before = report.bytes_before, bytes_after = report.bytes_after, "re-based");
+    }
     Ok(report)
+}
+
+/// What a pass has planned so far.
+struct Pass {
+    /// Raw bytes it may still re-encode.
+    budget: u64,
+    planned: Vec<Planned>,
+    /// Chunks that are a group's root in this pass, and chunks stored again in it: a chunk is
+    /// one or the other, once.
+    roots: HashSet<ChunkHash>,
+    taken: HashSet<ChunkHash>,
+}
+
+/// How planning a family ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Every group was weighed.
+    Whole,
+    /// A group was passed over (it met another family's chunks, or could not be read): the
+    /// family is not settled.
+    Partly,
+    /// The budget ran out.
+    OutOfBudget,
 }
 
 /// The upstream prefix of a chunk's pack.
@@ -150,89 +171,103 @@ fn families(members: Vec<Member>) -> Vec<Vec<Member>> {
     families
 }
 
-/// What a family's frames are: its members' chunk ids and where each frame is.
-fn family_digest(family: &[Member]) -> [u8; 32] {
+/// A digest of chunks and where their frames are (pack, offset, base): it changes when any of
+/// them is stored again.
+fn digest_of<'a>(chunks: impl Iterator<Item = &'a (ChunkHash, ChunkRecord)>) -> [u8; 32] {
     let mut bytes = Vec::new();
-    for (hash, record) in family.iter().flat_map(|member| &member.chunks) {
+    for (hash, record) in chunks {
         bytes.extend_from_slice(hash);
         bytes.extend_from_slice(record.pack.as_bytes());
         bytes.extend_from_slice(&record.offset.to_le_bytes());
+        bytes.extend_from_slice(record.base.as_ref().map_or(&[0u8; 32], |base| base));
     }
     ContentHash::of(&bytes).0
 }
 
-/// Plans the new frames of one family into `planned`; false when the budget ran out first (the
-/// family's groups planned so far are kept; the next pass goes on from the same families).
-async fn plan_family(
-    store: &Store,
-    dtype: Dtype,
-    family: &[Member],
-    planned: &mut Vec<Planned>,
-    roots: &mut HashSet<ChunkHash>,
-    budget: &mut u64,
-) -> anyhow::Result<bool> {
+/// Plans the new frames of one family into the pass: for each chunk index, the root's chunk and
+/// the other members' chunks (each once) make a group, weighed unless `settled` knows it.
+async fn plan_family(store: &Store, dtype: Dtype, family: &[Member], pass: &mut Pass, settled: &mut HashSet<[u8; 32]>) -> anyhow::Result<Outcome> {
     let root = (0..family.len())
         .min_by_key(|&candidate| family.iter().map(|other| u64::from(family[candidate].sketch.distance(&other.sketch))).sum::<u64>())
         .unwrap_or(0);
-    let format = store.config.frame_format();
-    let mut steps = Vec::new();
-    let mut finished = true;
-    for (index, (root_hash, root_record)) in family[root].chunks.iter().enumerate() {
+    let mut outcome = Outcome::Whole;
+    for (index, root_chunk) in family[root].chunks.iter().enumerate() {
+        let (root_hash, root_record) = root_chunk;
+        let mut seen = HashSet::from([*root_hash]);
         let members: Vec<&(ChunkHash, ChunkRecord)> = family
             .iter()
-            .enumerate()
-            .filter(|(at, _)| *at != root)
-            .filter_map(|(_, member)| member.chunks.get(index))
-            .filter(|(hash, record)| hash != root_hash && record.base != Some(*root_hash) && record.raw_len == root_record.raw_len)
+            .filter_map(|member| member.chunks.get(index))
+            .filter(|(hash, record)| record.base != Some(*root_hash) && record.raw_len == root_record.raw_len && seen.insert(*hash))
             .collect();
-        let root_is_delta = root_record.base.is_some();
-        if members.is_empty() && !root_is_delta {
+        if members.is_empty() && root_record.base.is_none() {
             continue;
         }
-        // The budget is spent whole groups at a time: the group that crosses it is the last.
-        if *budget == 0 {
-            finished = false;
-            break;
+        let group_digest = digest_of(std::iter::once(root_chunk).chain(members.iter().copied()));
+        if settled.contains(&group_digest) {
+            continue;
         }
-        *budget = budget.saturating_sub(u64::from(root_record.raw_len) * (1 + members.len() as u64));
-        let root_bytes = reader::load_chunk(store, root_hash).await?;
-        let mut group = Vec::new();
-        if root_is_delta {
-            let frame = encode_checked(root_bytes.clone(), dtype, None, format).await?;
-            group.push(Planned { hash: *root_hash, record: root_record.clone(), frame, base: None });
+        let clashes = pass.taken.contains(root_hash) || members.iter().any(|(hash, _)| pass.taken.contains(hash) || pass.roots.contains(hash));
+        let one_prefix = members.iter().all(|(_, record)| prefix_of(record) == prefix_of(root_record));
+        if clashes || !one_prefix {
+            outcome = Outcome::Partly;
+            continue;
         }
-        for (hash, record) in members {
-            let bytes = reader::load_chunk(store, hash).await?;
-            let frame = encode_checked(bytes, dtype, Some((*root_hash, root_bytes.clone())), format).await?;
-            if frame.len() < record.frame_len as usize {
-                let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
-                group.push(Planned { hash: *hash, record: record.clone(), frame, base });
+        if pass.budget == 0 {
+            return Ok(Outcome::OutOfBudget);
+        }
+        pass.budget = pass.budget.saturating_sub(u64::from(root_record.raw_len) * (1 + members.len() as u64));
+        let group = match weigh_group(store, dtype, root_chunk, &members).await {
+            Ok(Some(group)) => group,
+            Ok(None) => {
+                settled.insert(group_digest);
+                continue;
             }
-        }
-        let before: u64 = group.iter().map(|step| u64::from(step.record.frame_len)).sum();
-        let after: u64 = group.iter().map(|step| step.frame.len() as u64).sum();
-        let one_prefix = group.iter().all(|step| prefix_of(&step.record) == prefix_of(root_record));
-        if one_prefix && group.iter().any(|step| step.base.is_some()) && (after as f64) < (1.0 - MIN_SAVING) * before as f64 {
-            steps.push((*root_hash, group));
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), chunk = %ContentHash(*root_hash), "a group could not be re-based; passed over");
+                outcome = Outcome::Partly;
+                continue;
+            }
+        };
+        pass.roots.insert(*root_hash);
+        pass.taken.extend(group.iter().map(|step| step.hash));
+        pass.planned.extend(group);
+    }
+    Ok(outcome)
+}
+
+/// The new frames of one group, if they make it at least [`MIN_SAVING`] smaller: the root's
+/// chunk on its own (if it is a delta now), and each member's chunk against the root's where
+/// that is smaller than its frame now.
+async fn weigh_group(
+    store: &Store,
+    dtype: Dtype,
+    (root_hash, root_record): &(ChunkHash, ChunkRecord),
+    members: &[&(ChunkHash, ChunkRecord)],
+) -> anyhow::Result<Option<Vec<Planned>>> {
+    let format = store.config.frame_format();
+    let root_bytes = reader::load_chunk(store, root_hash).await?;
+    let mut group = Vec::new();
+    if root_record.base.is_some() {
+        let frame = encode_checked(root_bytes.clone(), dtype, None, format).await?;
+        group.push(Planned { hash: *root_hash, record: root_record.clone(), frame, base: None });
+    }
+    for (hash, record) in members {
+        let bytes = reader::load_chunk(store, hash).await?;
+        let frame = encode_checked(bytes, dtype, Some((*root_hash, root_bytes.clone())), format).await?;
+        if frame.len() < record.frame_len as usize {
+            let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
+            group.push(Planned { hash: *hash, record: record.clone(), frame, base });
         }
     }
-    // A chunk is a root or a member in one pass, never both, and stored again once.
-    let mut taken: HashSet<ChunkHash> = planned.iter().map(|step| step.hash).collect();
-    for (root_hash, group) in steps {
-        let clashes = taken.contains(&root_hash) || group.iter().any(|step| taken.contains(&step.hash) || roots.contains(&step.hash));
-        if clashes {
-            continue;
-        }
-        roots.insert(root_hash);
-        taken.extend(group.iter().map(|step| step.hash));
-        planned.extend(group);
-    }
-    Ok(finished)
+    let before: u64 = group.iter().map(|step| u64::from(step.record.frame_len)).sum();
+    let after: u64 = group.iter().map(|step| step.frame.len() as u64).sum();
+    let worth_it = group.iter().any(|step| step.base.is_some()) && (after as f64) < (1.0 - MIN_SAVING) * before as f64;
+    Ok(worth_it.then_some(group))
 }
 
 /// Encodes `raw` (against `base`, a chunk id and its bytes, when given) and decodes the frame
 /// back, on the cores: a frame that does not give `raw` back is an error, and nothing is written.
-async fn encode_checked(raw: Bytes, dtype: Dtype, base: Option<(ChunkHash, Bytes)>, format: tensorgate_codec::FrameFormat) -> anyhow::Result<Vec<u8>> {
+async fn encode_checked(raw: Bytes, dtype: Dtype, base: Option<(ChunkHash, Bytes)>, format: FrameFormat) -> anyhow::Result<Vec<u8>> {
     on_cores(move || {
         let base = base.as_ref().map(|(hash, bytes)| (BaseChunk { hash: ContentHash(*hash), bytes }, dtype));
         let frame = encode_chunk_as(&raw, dtype, base, format)?;
@@ -243,53 +278,55 @@ async fn encode_checked(raw: Bytes, dtype: Dtype, base: Option<(ChunkHash, Bytes
     .await?
 }
 
-/// Writes the planned frames into a new pack and switches the index to them, with every key
-/// locked: the members with deltas of deltas above them are dropped first, the objects using a
-/// switched chunk are marked pending, and recovery writes their manifests again.
-async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::Result<()> {
+/// Writes the planned frames into a new pack and switches the index to them: members with
+/// deltas of deltas above them are dropped first; then, with every key locked, the objects
+/// using a switched chunk are marked pending, one transaction switches the chunks, and recovery
+/// writes their manifests again. Returns the chunks switched and their frame bytes before and
+/// after (nothing when a chunk changed since it was planned: the new pack goes to the trash).
+async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::Result<(usize, u64, u64)> {
+    let planned = without_deep_descendants(store, planned)?;
+    if planned.is_empty() {
+        return Ok((0, 0, 0));
+    }
+    let before: u64 = planned.iter().map(|step| u64::from(step.record.frame_len)).sum();
     let target = pack_key(prefix, &new_id());
     let in_flight = store.in_flight.begin(&target);
     let mut writer = store.upstream.writer(&target).await?;
     let mut steps = Vec::with_capacity(planned.len());
     let mut written = 0u64;
-    let mut result: anyhow::Result<()> = Ok(());
     for step in planned {
         let frame_len = step.frame.len() as u32;
         if let Err(error) = writer.write(Bytes::from(step.frame)).await {
-            result = Err(error);
-            break;
+            writer.abort().await;
+            return Err(error);
         }
         steps.push(Rebased { hash: step.hash, planned_from: step.record, offset: written, frame_len, base: step.base });
         written += u64::from(frame_len);
     }
-    if let Err(error) = result {
-        writer.abort().await;
-        return Err(error);
-    }
     writer.finish().await?;
-    {
+    let switched = {
         let _all_writes = store.locks.lock_all_keys().await;
-        let steps = without_deep_descendants(store, steps)?;
         let moved: HashSet<ChunkHash> = steps.iter().map(|step| step.hash).collect();
         store.index.mark_all_pending(&objects_using(store, &moved)?)?;
         match store.index.rebase(&target, written, &steps, now_ms()) {
-            Ok(()) => {}
+            Ok(()) => (steps.len(), before, written),
             Err(IndexError::Refused(Refusal::VersionChanged)) => {
                 tracing::info!("chunks changed while re-basing was planned; it runs again later");
                 store.index.trash_key(&target, now_ms())?;
+                (0, 0, 0)
             }
             Err(error) => return Err(error.into()),
         }
-    }
+    };
     drop(in_flight);
     catalog::recover(store).await?;
-    Ok(())
+    Ok(switched)
 }
 
-/// The steps without those whose chunk has a delta of a delta above it (it becomes a delta
-/// itself, which would make that chain longer than [`MAX_DEPTH`]), from the chunks' bases now.
-fn without_deep_descendants(store: &Store, steps: Vec<Rebased>) -> anyhow::Result<Vec<Rebased>> {
-    let stepping: HashSet<ChunkHash> = steps.iter().filter(|step| step.base.is_some()).map(|step| step.hash).collect();
+/// The planned frames without those that make a member a delta while a delta of a delta is
+/// above it, or a delta that a write in progress holds (and may take a delta of): either would
+/// make a chain longer than [`MAX_WRITE_DEPTH`].
+fn without_deep_descendants(store: &Store, planned: Vec<Planned>) -> anyhow::Result<Vec<Planned>> {
     let mut children: HashMap<ChunkHash, Vec<ChunkHash>> = HashMap::new();
     for entry in store.index.all_chunks() {
         let (hash, record) = entry?;
@@ -297,17 +334,19 @@ fn without_deep_descendants(store: &Store, steps: Vec<Rebased>) -> anyhow::Resul
             children.entry(base).or_default().push(hash);
         }
     }
+    // The longest chain of deltas above `hash`, a held chunk counting one more.
     let height = |hash: &ChunkHash| {
         let mut level = vec![*hash];
         let mut height = 0;
-        while height <= MAX_DEPTH {
+        while height < MAX_WRITE_DEPTH {
+            let held = height > 0 && level.iter().any(|hash| store.held_chunks.is_held(hash));
             level = level.iter().flat_map(|hash| children.get(hash).into_iter().flatten().copied()).collect();
-            if level.is_empty() {
+            if level.is_empty() && !held {
                 break;
             }
             height += 1;
         }
         height
     };
-    Ok(steps.into_iter().filter(|step| !stepping.contains(&step.hash) || height(&step.hash) < MAX_DEPTH).collect())
+    Ok(planned.into_iter().filter(|step| step.base.is_none() || height(&step.hash) < MAX_WRITE_DEPTH).collect())
 }

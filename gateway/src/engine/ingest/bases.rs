@@ -34,7 +34,7 @@ const TRIAL_BYTES: usize = 256 << 10;
 /// standalone chunk made them cost 36% of raw instead of 8-9%). Reads decode one more base.
 /// With a shared upstream it is one: another gateway may hold a base through a chain of its
 /// own, and the chains a reader follows must stay short whoever wrote them.
-pub(super) const MAX_WRITE_DEPTH: usize = 2;
+pub(crate) const MAX_WRITE_DEPTH: usize = 2;
 
 /// The stored tensor chosen as the base of the tensor being filled: its dtype and its chunks,
 /// chunk i the base of the new tensor's chunk i.

@@ -28,6 +28,7 @@ use crate::upstream::BlobWriter;
 use crate::upstream::UpstreamFailure;
 use model::ModelState;
 pub use model::{model_tensors, ModelTensors};
+pub(crate) use bases::MAX_WRITE_DEPTH;
 
 /// Chunks encoded together: one per core keeps every core busy, up to 8 (concurrent writes
 /// keep more cores busy), which bounds what one write holds.
