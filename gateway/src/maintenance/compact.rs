@@ -31,11 +31,22 @@ pub struct CompactReport {
 
 /// Compacts every sparse pack. Run under the garbage-collection lease.
 pub async fn compact(store: &Store) -> anyhow::Result<CompactReport> {
-    let mut report = CompactReport::default();
     if store.config.compact_live_ratio <= 0.0 {
-        return Ok(report);
+        return Ok(CompactReport::default());
     }
-    let sparse = store.index.sparse_packs(store.config.compact_live_ratio)?;
+    compact_packs(store, store.index.sparse_packs(store.config.compact_live_ratio)?).await
+}
+
+/// Compacts those of `packs` whose live bytes are under `ratio` of their size: re-basing leaves
+/// the packs it took frames from so, and its savings reach the upstream only once they are
+/// compacted. Run under the garbage-collection lease.
+pub(crate) async fn compact_these(store: &Store, packs: &HashSet<String>, ratio: f64) -> anyhow::Result<CompactReport> {
+    let sparse = store.index.sparse_packs(ratio)?.into_iter().filter(|(pack, _)| packs.contains(pack)).collect();
+    compact_packs(store, sparse).await
+}
+
+async fn compact_packs(store: &Store, sparse: Vec<(String, tensorgate_index::PackRecord)>) -> anyhow::Result<CompactReport> {
+    let mut report = CompactReport::default();
     if sparse.is_empty() {
         return Ok(report);
     }

@@ -2,37 +2,46 @@
 //! delta against the nearest tensor stored before it, so a fine-tune uploaded before its base
 //! (or beside it, by a parallel sync) is stored on its own or against a far relative, and the
 //! model's family keeps paying for it. Garbage collection, under its lease, looks at the stored
-//! tensors of one dtype and shape in one dedup scope (the base candidates of ingest), splits them
-//! into families by fingerprint (the layers of one model share a shape but not a family), takes
-//! as each family's root the member nearest all others, and, chunk by chunk, stores the root's
-//! chunk on its own and each other member's as a delta against it, where that makes the group at
-//! least 5% smaller (as TStore clusters tensors and re-centres the clusters, arXiv 2604.17104). Each new frame is checked by decoding before anything names
-//! it; all go into one new pack, switched in one index transaction (`Index::rebase`), and the
-//! manifests of the objects concerned are written again, as compaction does. The old frames
-//! become dead bytes that compaction reclaims.
+//! tensors of one shape in one dedup scope, whatever their dtype (the base candidates of
+//! ingest), splits them into families by fingerprint (the layers of one model share a shape but
+//! not a family), takes as each family's root the member of the widest dtype nearest all others
+//! (a narrower copy of it is then nearly free), and, chunk by chunk, stores the root's chunk on
+//! its own and each other member's as a delta against it (converted across dtypes), where that
+//! makes the group at least 5% smaller: as TStore clusters tensors and re-centres the clusters
+//! (arXiv 2604.17104). Each new frame is checked by decoding before anything names it; all go
+//! into one new pack, switched in one index transaction (`Index::rebase`), and the manifests of
+//! the objects concerned are written again, as compaction does. The packs the old frames were
+//! in are compacted at once, so that the savings reach the upstream.
 //!
 //! Every frame a pass writes is the root's chunk on its own or a delta against a root chunk that
 //! ends the pass on its own, so no pass makes a cycle of bases. A member with deltas of deltas
-//! above it (or a delta above it that a write in progress holds, and may take a delta of) is
-//! left alone, so that chains stay within `MAX_WRITE_DEPTH`, but for one race: a write that took
-//! a delta of such a chunk before the pass looked can end one delta deeper (still far within the
-//! readers' `MAX_BASE_DEPTH`). With a shared upstream it does not run (other gateways hold their
-//! own bases; issue 16 leaves it for later). What it found nothing to gain in is remembered in
-//! memory, by a digest of the frames, until they change or the process restarts.
+//! above it once the pass is in (or a delta above it that a write in progress holds, and may
+//! take a delta of) is left alone, so that chains stay within `MAX_WRITE_DEPTH`, but for one
+//! race: a write that took a delta of such a chunk before the pass looked can end one delta
+//! deeper (still far within the readers' `MAX_BASE_DEPTH`). A group that leaving such members
+//! alone makes not worth it is left whole. With a shared upstream it does not run (other
+//! gateways hold their own bases; issue 16 leaves it for later). What it found nothing to gain
+//! in is remembered in memory, by a digest of the frames, until they change or the process
+//! restarts.
 
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, ContentHash, Dtype, FrameFormat, FrameHeader, Sketch};
+use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameFormat, FrameHeader, Sketch};
 use tensorgate_index::{pack_id, pack_key, BaseCandidate, ChunkHash, ChunkRecord, IndexError, Rebased, Refusal};
 
 use crate::engine::ingest::MAX_WRITE_DEPTH;
 use crate::engine::{catalog, on_cores, reader, Store};
 use crate::ids::{new_id, now_ms};
-use crate::maintenance::compact::objects_using;
+use crate::maintenance::compact::{compact_these, objects_using};
 
 /// A group of chunks is rewritten only when its frames shrink by at least this share.
 const MIN_SAVING: f64 = 0.05;
+
+/// A pack that re-basing took frames from is compacted when its live bytes are under this share
+/// of its size: whenever it holds dead bytes (left as they are, the old frames would cost more
+/// than re-basing saves).
+const COMPACT_AFTER: f64 = 1.0;
 
 /// Fingerprints nearer than this are of one family. On the corpus the fine-tunes' tensors are
 /// 150 to 1,350 from the base's (the masked-LM fine-tune's embeddings the furthest), other
@@ -51,8 +60,10 @@ pub struct RebaseReport {
     pub bytes_after: u64,
 }
 
-/// One chunk stored again: its record when planned, its new frame and that frame's base.
+/// One chunk stored again: its group (the root chunk's id), its record when planned, its new
+/// frame and that frame's base.
 struct Planned {
+    group: ChunkHash,
     hash: ChunkHash,
     record: ChunkRecord,
     frame: Vec<u8>,
@@ -68,20 +79,30 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
         return Ok(report);
     }
     let mut pass = Pass { budget: store.config.rebase_bytes_per_run, planned: Vec::new(), roots: HashSet::new(), taken: HashSet::new() };
-    'signatures: for (_, signature, members) in store.index.candidate_families()? {
-        let Some(dtype) = signature.split_once(':').and_then(|(name, _)| Dtype::ALL.into_iter().find(|dtype| dtype.name() == name)) else {
-            continue;
-        };
-        for family in families(live_members(store, members)?) {
+    // The candidates of one shape in one scope, whatever their dtype: a family may hold a model
+    // in several precisions (issue 18's conversions).
+    let mut shapes: Vec<((String, String), Vec<Member>)> = Vec::new();
+    for (scope, signature, candidates) in store.index.candidate_families()? {
+        let Some((name, shape)) = signature.split_once(':') else { continue };
+        let Some(dtype) = Dtype::ALL.into_iter().find(|dtype| dtype.name() == name) else { continue };
+        let members = live_members(store, dtype, candidates)?;
+        let key = (scope, shape.to_owned());
+        match shapes.iter_mut().find(|(known, _)| *known == key) {
+            Some((_, known)) => known.extend(members),
+            None => shapes.push((key, members)),
+        }
+    }
+    'shapes: for (_, members) in shapes {
+        for family in families(members) {
             let digest = digest_of(family.iter().flat_map(|member| &member.chunks));
             if settled.contains(&digest) {
                 continue;
             }
             report.families += 1;
             let before = pass.planned.len();
-            let outcome = plan_family(store, dtype, &family, &mut pass, settled).await?;
+            let outcome = plan_family(store, &family, &mut pass, settled).await?;
             if outcome == Outcome::OutOfBudget {
-                break 'signatures;
+                break 'shapes;
             }
             if outcome == Outcome::Whole && pass.planned.len() == before {
                 settled.insert(digest);
@@ -94,12 +115,18 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
     for step in pass.planned {
         by_prefix.entry(prefix_of(&step.record).to_owned()).or_default().push(step);
     }
+    let mut left: HashSet<String> = HashSet::new();
     for (prefix, steps) in by_prefix {
+        let sources: HashSet<String> = steps.iter().map(|step| step.record.pack.clone()).collect();
         let switched = switch(store, &prefix, steps).await?;
+        if switched.0 > 0 {
+            left.extend(sources);
+        }
         report.chunks += switched.0;
         report.bytes_before += switched.1;
         report.bytes_after += switched.2;
     }
+    compact_these(store, &left, COMPACT_AFTER).await?;
     if report.chunks > 0 {
         tracing::info!(chunks = report.chunks, bytes_before = report.bytes_before, bytes_after = report.bytes_after, "re-based");
     }
@@ -134,14 +161,15 @@ fn prefix_of(record: &ChunkRecord) -> &str {
     pack_id(&record.pack).map_or("", |(prefix, _)| prefix)
 }
 
-/// A family member: its chunks' ids and records, and its fingerprint.
+/// A family member: its dtype, its chunks' ids and records, and its fingerprint.
 struct Member {
+    dtype: Dtype,
     chunks: Vec<(ChunkHash, ChunkRecord)>,
     sketch: Sketch,
 }
 
-/// The members whose chunks are all live in the index.
-fn live_members(store: &Store, candidates: Vec<BaseCandidate>) -> anyhow::Result<Vec<Member>> {
+/// The members (of `dtype`) whose chunks are all live in the index.
+fn live_members(store: &Store, dtype: Dtype, candidates: Vec<BaseCandidate>) -> anyhow::Result<Vec<Member>> {
     let mut members = Vec::new();
     'candidates: for candidate in candidates {
         let Some(sketch) = Sketch::from_bytes(&candidate.sketch) else { continue };
@@ -152,17 +180,19 @@ fn live_members(store: &Store, candidates: Vec<BaseCandidate>) -> anyhow::Result
                 _ => continue 'candidates,
             }
         }
-        members.push(Member { chunks, sketch });
+        members.push(Member { dtype, chunks, sketch });
     }
     Ok(members)
 }
 
-/// The families of two members or more among tensors of one dtype and shape: each member joins
-/// the first family whose first member is within [`FAMILY_DISTANCE`] of it, or starts one.
+/// The families of two members or more among tensors of one shape: each member joins the first
+/// family whose first member is within [`FAMILY_DISTANCE`] of it (in F32 terms across dtypes),
+/// or starts one.
 fn families(members: Vec<Member>) -> Vec<Vec<Member>> {
     let mut families: Vec<Vec<Member>> = Vec::new();
     for member in members {
-        match families.iter_mut().find(|family| family[0].sketch.distance(&member.sketch) < FAMILY_DISTANCE) {
+        let near = |family: &&mut Vec<Member>| family[0].sketch.distance_across(family[0].dtype, &member.sketch, member.dtype) < FAMILY_DISTANCE;
+        match families.iter_mut().find(near) {
             Some(family) => family.push(member),
             None => families.push(vec![member]),
         }
@@ -186,28 +216,37 @@ fn digest_of<'a>(chunks: impl Iterator<Item = &'a (ChunkHash, ChunkRecord)>) -> 
 
 /// Plans the new frames of one family into the pass: for each chunk index, the root's chunk and
 /// the other members' chunks (each once) make a group, weighed unless `settled` knows it.
-async fn plan_family(store: &Store, dtype: Dtype, family: &[Member], pass: &mut Pass, settled: &mut HashSet<[u8; 32]>) -> anyhow::Result<Outcome> {
-    let root = (0..family.len())
-        .min_by_key(|&candidate| family.iter().map(|other| u64::from(family[candidate].sketch.distance(&other.sketch))).sum::<u64>())
-        .unwrap_or(0);
+async fn plan_family(store: &Store, family: &[Member], pass: &mut Pass, settled: &mut HashSet<[u8; 32]>) -> anyhow::Result<Outcome> {
+    // The root is of the widest dtype there (a narrower copy of it is nearly free, the reverse a
+    // rounding residual), and among those the nearest to all the others.
+    let widest = family.iter().map(|member| member.dtype.size()).max().unwrap_or(0);
+    let distances = |candidate: &Member| {
+        family.iter().map(|other| u64::from(candidate.sketch.distance_across(candidate.dtype, &other.sketch, other.dtype))).sum::<u64>()
+    };
+    let root = (0..family.len()).filter(|at| family[*at].dtype.size() == widest).min_by_key(|at| distances(&family[*at])).unwrap_or(0);
+    let root_dtype = family[root].dtype;
+    let elements = |dtype: Dtype, record: &ChunkRecord| dtype.elements_in(record.raw_len as usize);
     let mut outcome = Outcome::Whole;
     for (index, root_chunk) in family[root].chunks.iter().enumerate() {
         let (root_hash, root_record) = root_chunk;
         let mut seen = HashSet::from([*root_hash]);
-        let members: Vec<&(ChunkHash, ChunkRecord)> = family
+        let members: Vec<(Dtype, &(ChunkHash, ChunkRecord))> = family
             .iter()
-            .filter_map(|member| member.chunks.get(index))
-            .filter(|(hash, record)| record.base != Some(*root_hash) && record.raw_len == root_record.raw_len && seen.insert(*hash))
+            .filter(|member| member.dtype == root_dtype || Cast::sources_for(member.dtype).contains(&root_dtype))
+            .filter_map(|member| Some((member.dtype, member.chunks.get(index)?)))
+            .filter(|(dtype, (hash, record))| {
+                record.base != Some(*root_hash) && elements(*dtype, record) == elements(root_dtype, root_record) && seen.insert(*hash)
+            })
             .collect();
         if members.is_empty() && root_record.base.is_none() {
             continue;
         }
-        let group_digest = digest_of(std::iter::once(root_chunk).chain(members.iter().copied()));
+        let group_digest = digest_of(std::iter::once(root_chunk).chain(members.iter().map(|(_, chunk)| *chunk)));
         if settled.contains(&group_digest) {
             continue;
         }
-        let clashes = pass.taken.contains(root_hash) || members.iter().any(|(hash, _)| pass.taken.contains(hash) || pass.roots.contains(hash));
-        let one_prefix = members.iter().all(|(_, record)| prefix_of(record) == prefix_of(root_record));
+        let clashes = pass.taken.contains(root_hash) || members.iter().any(|(_, (hash, _))| pass.taken.contains(hash) || pass.roots.contains(hash));
+        let one_prefix = members.iter().all(|(_, (_, record))| prefix_of(record) == prefix_of(root_record));
         if clashes || !one_prefix {
             outcome = Outcome::Partly;
             continue;
@@ -216,7 +255,7 @@ async fn plan_family(store: &Store, dtype: Dtype, family: &[Member], pass: &mut 
             return Ok(Outcome::OutOfBudget);
         }
         pass.budget = pass.budget.saturating_sub(u64::from(root_record.raw_len) * (1 + members.len() as u64));
-        let group = match weigh_group(store, dtype, root_chunk, &members).await {
+        let group = match weigh_group(store, (root_dtype, root_chunk), &members).await {
             Ok(Some(group)) => group,
             Ok(None) => {
                 settled.insert(group_digest);
@@ -240,36 +279,41 @@ async fn plan_family(store: &Store, dtype: Dtype, family: &[Member], pass: &mut 
 /// that is smaller than its frame now.
 async fn weigh_group(
     store: &Store,
-    dtype: Dtype,
-    (root_hash, root_record): &(ChunkHash, ChunkRecord),
-    members: &[&(ChunkHash, ChunkRecord)],
+    (root_dtype, (root_hash, root_record)): (Dtype, &(ChunkHash, ChunkRecord)),
+    members: &[(Dtype, &(ChunkHash, ChunkRecord))],
 ) -> anyhow::Result<Option<Vec<Planned>>> {
     let format = store.config.frame_format();
     let root_bytes = reader::load_chunk(store, root_hash).await?;
     let mut group = Vec::new();
     if root_record.base.is_some() {
-        let frame = encode_checked(root_bytes.clone(), dtype, None, format).await?;
-        group.push(Planned { hash: *root_hash, record: root_record.clone(), frame, base: None });
+        let frame = encode_checked(root_bytes.clone(), root_dtype, None, format).await?;
+        group.push(Planned { group: *root_hash, hash: *root_hash, record: root_record.clone(), frame, base: None });
     }
-    for (hash, record) in members {
+    for (dtype, (hash, record)) in members {
         let bytes = reader::load_chunk(store, hash).await?;
-        let frame = encode_checked(bytes, dtype, Some((*root_hash, root_bytes.clone())), format).await?;
+        let frame = encode_checked(bytes, *dtype, Some((*root_hash, root_bytes.clone(), root_dtype)), format).await?;
         if frame.len() < record.frame_len as usize {
             let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
-            group.push(Planned { hash: *hash, record: record.clone(), frame, base });
+            group.push(Planned { group: *root_hash, hash: *hash, record: record.clone(), frame, base });
         }
     }
-    let before: u64 = group.iter().map(|step| u64::from(step.record.frame_len)).sum();
-    let after: u64 = group.iter().map(|step| step.frame.len() as u64).sum();
-    let worth_it = group.iter().any(|step| step.base.is_some()) && (after as f64) < (1.0 - MIN_SAVING) * before as f64;
-    Ok(worth_it.then_some(group))
+    Ok(worth_it(&group.iter().collect::<Vec<_>>()).then_some(group))
 }
 
-/// Encodes `raw` (against `base`, a chunk id and its bytes, when given) and decodes the frame
-/// back, on the cores: a frame that does not give `raw` back is an error, and nothing is written.
-async fn encode_checked(raw: Bytes, dtype: Dtype, base: Option<(ChunkHash, Bytes)>, format: FrameFormat) -> anyhow::Result<Vec<u8>> {
+/// Whether a group's new frames take at least one member as a delta and shrink the group by at
+/// least [`MIN_SAVING`].
+fn worth_it(group: &[&Planned]) -> bool {
+    let before: u64 = group.iter().map(|step| u64::from(step.record.frame_len)).sum();
+    let after: u64 = group.iter().map(|step| step.frame.len() as u64).sum();
+    group.iter().any(|step| step.base.is_some()) && (after as f64) < (1.0 - MIN_SAVING) * before as f64
+}
+
+/// Encodes `raw` (against `base`, a chunk id, its bytes and its dtype, when given) and decodes
+/// the frame back, on the cores: a frame that does not give `raw` back is an error, and nothing
+/// is written.
+async fn encode_checked(raw: Bytes, dtype: Dtype, base: Option<(ChunkHash, Bytes, Dtype)>, format: FrameFormat) -> anyhow::Result<Vec<u8>> {
     on_cores(move || {
-        let base = base.as_ref().map(|(hash, bytes)| (BaseChunk { hash: ContentHash(*hash), bytes }, dtype));
+        let base = base.as_ref().map(|(hash, bytes, base_dtype)| (BaseChunk { hash: ContentHash(*hash), bytes }, *base_dtype));
         let frame = encode_chunk_as(&raw, dtype, base, format)?;
         let decoded = decode_frame(&frame, base.map(|(chunk, _)| chunk))?;
         anyhow::ensure!(decoded == raw, "a re-based frame does not decode to its chunk");
@@ -325,12 +369,16 @@ async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::R
 
 /// The planned frames without those that make a member a delta while a delta of a delta is
 /// above it, or a delta that a write in progress holds (and may take a delta of): either would
-/// make a chain longer than [`MAX_WRITE_DEPTH`].
+/// make a chain longer than [`MAX_WRITE_DEPTH`]. A group left not worth it is dropped whole
+/// (its root alone on its own would only cost more).
 fn without_deep_descendants(store: &Store, planned: Vec<Planned>) -> anyhow::Result<Vec<Planned>> {
+    // Deltas above each chunk once the planned frames are in (a root made whole leaves the
+    // chunk it was a delta of).
+    let planned_bases: HashMap<ChunkHash, Option<ChunkHash>> = planned.iter().map(|step| (step.hash, step.base)).collect();
     let mut children: HashMap<ChunkHash, Vec<ChunkHash>> = HashMap::new();
     for entry in store.index.all_chunks() {
         let (hash, record) = entry?;
-        if let Some(base) = record.base {
+        if let Some(base) = planned_bases.get(&hash).copied().unwrap_or(record.base) {
             children.entry(base).or_default().push(hash);
         }
     }
@@ -348,5 +396,11 @@ fn without_deep_descendants(store: &Store, planned: Vec<Planned>) -> anyhow::Res
         }
         height
     };
-    Ok(planned.into_iter().filter(|step| step.base.is_none() || height(&step.hash) < MAX_WRITE_DEPTH).collect())
+    let kept: Vec<Planned> = planned.into_iter().filter(|step| step.base.is_none() || height(&step.hash) < MAX_WRITE_DEPTH).collect();
+    let mut groups: HashMap<ChunkHash, Vec<&Planned>> = HashMap::new();
+    for step in &kept {
+        groups.entry(step.group).or_default().push(step);
+    }
+    let worthy: HashSet<ChunkHash> = groups.into_iter().filter(|(_, group)| worth_it(group)).map(|(root, _)| root).collect();
+    Ok(kept.into_iter().filter(|step| worthy.contains(&step.group)).collect())
 }
