@@ -60,6 +60,12 @@ pub struct Metrics {
     pub body_idle_timeouts: Counter,
     /// Connections closed because their request headers did not arrive in time.
     pub header_timeouts: Counter,
+    /// Re-basing: raw bytes re-encoded, chunks switched to new frames, and the frame bytes those
+    /// chunks took before and after.
+    pub rebase_raw_bytes: Counter,
+    pub rebase_chunks: Counter,
+    pub rebase_bytes_before: Counter,
+    pub rebase_bytes_after: Counter,
     packer_queue: Gauge,
     logical_bytes: Family<TenantLabels, Gauge>,
     physical_bytes: Family<TenantLabels, Gauge>,
@@ -85,6 +91,10 @@ impl Default for Metrics {
             body_waits: Counter::default(),
             body_idle_timeouts: Counter::default(),
             header_timeouts: Counter::default(),
+            rebase_raw_bytes: Counter::default(),
+            rebase_chunks: Counter::default(),
+            rebase_bytes_before: Counter::default(),
+            rebase_bytes_after: Counter::default(),
             packer_queue: Gauge::default(),
             logical_bytes: Family::default(),
             physical_bytes: Family::default(),
@@ -104,6 +114,10 @@ impl Default for Metrics {
         registry.register("body_waits", "Request bodies that waited for the in-flight byte budget", metrics.body_waits.clone());
         registry.register("body_idle_timeouts", "Request bodies refused after sending nothing for the idle timeout", metrics.body_idle_timeouts.clone());
         registry.register("header_timeouts", "Connections closed for not sending request headers in time", metrics.header_timeouts.clone());
+        registry.register("rebase_raw_bytes", "Raw bytes re-encoded by re-basing", metrics.rebase_raw_bytes.clone());
+        registry.register("rebase_chunks", "Chunks re-basing switched to new frames", metrics.rebase_chunks.clone());
+        registry.register("rebase_bytes_before", "Frame bytes of the chunks re-basing switched, before", metrics.rebase_bytes_before.clone());
+        registry.register("rebase_bytes_after", "Frame bytes of the chunks re-basing switched, after", metrics.rebase_bytes_after.clone());
         registry.register("packer_queue", "Objects waiting for the background packer", metrics.packer_queue.clone());
         registry.register("logical_bytes", "Bytes clients stored, per tenant", metrics.logical_bytes.clone());
         registry.register("physical_bytes", "Upstream bytes attributed to each tenant", metrics.physical_bytes.clone());

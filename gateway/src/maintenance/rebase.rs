@@ -111,6 +111,7 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
     }
     // New frames go where their chunks' packs are (per-tenant upstreams keep packs under a
     // prefix); every group is under one prefix (`plan_family`), so each switch is whole groups.
+    let pass_budget_left = pass.budget;
     let mut by_prefix: HashMap<String, Vec<Planned>> = HashMap::new();
     for step in pass.planned {
         by_prefix.entry(prefix_of(&step.record).to_owned()).or_default().push(step);
@@ -127,6 +128,10 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
         report.bytes_after += switched.2;
     }
     compact_these(store, &left, COMPACT_AFTER).await?;
+    store.metrics.rebase_raw_bytes.inc_by(store.config.rebase_bytes_per_run - pass_budget_left);
+    store.metrics.rebase_chunks.inc_by(report.chunks as u64);
+    store.metrics.rebase_bytes_before.inc_by(report.bytes_before);
+    store.metrics.rebase_bytes_after.inc_by(report.bytes_after);
     if report.chunks > 0 {
         tracing::info!(chunks = report.chunks, bytes_before = report.bytes_before, bytes_after = report.bytes_after, "re-based");
     }
