@@ -113,6 +113,14 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
     }
 }
 
+/// The size of every pack upstream, by name.
+fn pack_sizes(upstream: &std::path::Path) -> std::collections::HashMap<String, u64> {
+    match std::fs::read_dir(upstream.join("packs")) {
+        Ok(entries) => entries.map(|entry| entry.unwrap()).map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.metadata().unwrap().len())).collect(),
+        Err(_) => Default::default(),
+    }
+}
+
 /// Every file of the corpus, relative to it, in name order.
 fn corpus_files() -> Vec<String> {
     let root = corpus_dir();
@@ -169,11 +177,27 @@ fn every_upload_order_of_the_corpus_settles_alike() {
             }
         }
         gateway.drain_packer();
-        let stored = upstream_bytes(&gateway.dir.path().join("data/upstream"));
+        let upstream = gateway.dir.path().join("data/upstream");
+        let stored = upstream_bytes(&upstream);
+        let (packs_before, read_before) = (pack_sizes(&upstream), gateway.store().metrics.upstream_read_bytes.get());
+        let started = std::time::Instant::now();
         let passes = settle(&gateway);
+        let seconds = started.elapsed().as_secs_f64();
         let settled = settled_upstream(&gateway);
+        // The cost: raw bytes re-encoded, upstream bytes read, and bytes written (the packs that
+        // re-basing and its compaction made), against the bytes saved.
+        let metrics = &gateway.store().metrics;
+        let written: u64 = pack_sizes(&upstream).into_iter().filter(|(pack, _)| !packs_before.contains_key(pack)).map(|(_, size)| size).sum();
+        let read = metrics.upstream_read_bytes.get() - read_before;
+        let saved = stored.saturating_sub(settled).max(1);
         let share = 100.0 * settled as f64 / raw as f64;
-        println!("{order}: {:.1}% of raw as stored, {share:.1}% settled after {passes} passes", 100.0 * stored as f64 / raw as f64);
+        println!(
+            "{order}: {:.1}% of raw as stored, {share:.1}% settled after {passes} passes in {seconds:.1} s; re-encoded {} raw bytes, read {read} and wrote {written} upstream bytes for {saved} saved ({:.2} read and {:.2} written a byte saved)",
+            100.0 * stored as f64 / raw as f64,
+            metrics.rebase_raw_bytes.get(),
+            read as f64 / saved as f64,
+            written as f64 / saved as f64
+        );
         shares.push((order, share));
         if order != "reversed and renamed" {
             let back = work.path().join("back");
