@@ -43,6 +43,10 @@ const MIN_SAVING: f64 = 0.05;
 /// than re-basing saves).
 const COMPACT_AFTER: f64 = 1.0;
 
+/// Digests of settled families and groups kept at most (32 bytes each); past it they are
+/// forgotten, and weighed again.
+const MAX_SETTLED: usize = 1 << 20;
+
 /// Fingerprints nearer than this are of one family. On the corpus the fine-tunes' tensors are
 /// 150 to 1,350 from the base's (the masked-LM fine-tune's embeddings the furthest), other
 /// tensors of the same shape 2,850 to 3,000.
@@ -77,6 +81,9 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
     let mut report = RebaseReport::default();
     if store.config.shared_upstream || store.config.rebase_bytes_per_run == 0 {
         return Ok(report);
+    }
+    if settled.len() > MAX_SETTLED {
+        settled.clear();
     }
     let mut pass = Pass { budget: store.config.rebase_bytes_per_run, planned: Vec::new(), roots: HashSet::new(), taken: HashSet::new() };
     // The candidates of one shape in one scope, whatever their dtype: a family may hold a model
