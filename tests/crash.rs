@@ -173,15 +173,7 @@ fn killed_while_re_basing_loses_nothing() {
     let rounds: u64 = std::env::var("TG_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let work = tempfile::tempdir().unwrap();
     let config = write_config(work.path(), "gc_grace_secs = 0\ngc_interval_secs = 1\nbase_selection = \"none\"\nrebase_bytes_per_run = 1048576", "");
-    let family = [
-        "base/minilm-l6.bf16.safetensors",
-        "ft/ft-a-contrastive.bf16.safetensors",
-        "ft/ft-b-mlm.bf16.safetensors",
-        "ft/ft-c-cls.bf16.safetensors",
-        "lora/lora-r8-qv-merged.bf16.safetensors",
-        "ckpt/ft-a-contrastive.step0030.bf16.safetensors",
-        "ckpt/ft-a-contrastive.step0060.bf16.safetensors",
-    ];
+    let family = BF16_FAMILY;
     let raw: u64 = family.iter().map(|file| std::fs::metadata(corpus(file)).unwrap().len()).sum();
     let mut server = start(&config);
     aws_command(&server.endpoint, ACCESS_KEY, SECRET_KEY).args(["s3", "mb", "s3://family"]).output().unwrap();

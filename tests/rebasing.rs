@@ -8,16 +8,6 @@ mod support;
 use support::objects::*;
 use support::*;
 
-/// The bf16 family of the corpus: the base, three fine-tunes, a merged LoRA and two checkpoints.
-const FAMILY: [&str; 7] = [
-    "base/minilm-l6.bf16.safetensors",
-    "ft/ft-a-contrastive.bf16.safetensors",
-    "ft/ft-b-mlm.bf16.safetensors",
-    "ft/ft-c-cls.bf16.safetensors",
-    "lora/lora-r8-qv-merged.bf16.safetensors",
-    "ckpt/ft-a-contrastive.step0030.bf16.safetensors",
-    "ckpt/ft-a-contrastive.step0060.bf16.safetensors",
-];
 
 /// Uploads the family in order, one PUT each, and returns the gateway and the upstream bytes
 /// (before any garbage collection, so before any re-basing); with `bases` false the gateway
@@ -33,7 +23,7 @@ fn upload(bases: bool) -> (TestGateway, u64) {
         }
     });
     gateway.aws(&["s3", "mb", "s3://family"]);
-    for file in FAMILY {
+    for file in BF16_FAMILY {
         gateway.aws(&["s3api", "put-object", "--bucket", "family", "--key", file, "--body", corpus(file).to_str().unwrap()]);
     }
     gateway.drain_packer();
@@ -56,7 +46,7 @@ fn settle(gateway: &TestGateway) -> usize {
 
 #[test]
 fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
-    let raw: u64 = FAMILY.iter().map(|file| std::fs::metadata(corpus(file)).unwrap().len()).sum();
+    let raw: u64 = BF16_FAMILY.iter().map(|file| std::fs::metadata(corpus(file)).unwrap().len()).sum();
     let (forward, forward_cost) = upload(true);
     settle(&forward);
     let forward_settled = settled_upstream(&forward);
@@ -70,8 +60,8 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
         let work = tempfile::tempdir().unwrap();
         let handle = std::thread::spawn(move || {
             let mut reads = 0;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) || reads < FAMILY.len() {
-                let file = FAMILY[reads % FAMILY.len()];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) || reads < BF16_FAMILY.len() {
+                let file = BF16_FAMILY[reads % BF16_FAMILY.len()];
                 let out = work.path().join("read");
                 let status = aws_command(&endpoint, ACCESS_KEY, SECRET_KEY)
                     .args(["s3", "cp", &format!("s3://family/{file}"), out.to_str().unwrap(), "--quiet"])
@@ -107,7 +97,7 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
         let report = gateway.fsck();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         let work = tempfile::tempdir().unwrap();
-        for file in FAMILY {
+        for file in BF16_FAMILY {
             assert!(get(gateway, "family", file, &work.path().join("back")) == std::fs::read(corpus(file)).unwrap(), "{file} differs");
         }
     }

@@ -23,6 +23,17 @@ pub use corpus::corpus_dir;
 pub const ACCESS_KEY: &str = "test-access";
 pub const SECRET_KEY: &str = "test-secret-key";
 
+/// The bf16 family of the corpus: the base, three fine-tunes, a merged LoRA and two checkpoints.
+pub const BF16_FAMILY: [&str; 7] = [
+    "base/minilm-l6.bf16.safetensors",
+    "ft/ft-a-contrastive.bf16.safetensors",
+    "ft/ft-b-mlm.bf16.safetensors",
+    "ft/ft-c-cls.bf16.safetensors",
+    "lora/lora-r8-qv-merged.bf16.safetensors",
+    "ckpt/ft-a-contrastive.step0030.bf16.safetensors",
+    "ckpt/ft-a-contrastive.step0060.bf16.safetensors",
+];
+
 /// A file of the model corpus (see [`corpus_dir`]).
 pub fn corpus(relative: &str) -> PathBuf {
     corpus_dir().join(relative)
