@@ -8,7 +8,6 @@ mod support;
 use support::objects::*;
 use support::*;
 
-
 /// Uploads the family in order, one PUT each, and returns the gateway and the upstream bytes
 /// (before any garbage collection, so before any re-basing); with `bases` false the gateway
 /// takes no deltas on the way in, and re-bases 4 MiB of raw bytes a pass.
