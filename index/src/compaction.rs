@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use sled::Transactional;
 
 use crate::encoding::{flatten, tx_decode, tx_encode};
+use crate::references::store_pack;
 use crate::{decode, ChunkHash, ChunkRecord, Index, PackRecord, Result};
 
 /// A frame copied from one pack to another by compaction.
@@ -72,12 +73,7 @@ impl Index {
                 moved += 1;
             }
             for (key, pack) in [(from, &source), (to, &target)] {
-                if pack.live_bytes == 0 {
-                    packs.remove(key.as_bytes())?;
-                    trash.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
-                } else {
-                    packs.insert(key.as_bytes(), tx_encode(pack)?)?;
-                }
+                store_pack(packs, trash, key, pack, now_ms)?;
             }
             Ok(moved)
         });
@@ -100,21 +96,15 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_records::{chunk, fresh_index, record};
-    use crate::{Expect, NewChunk, NewPack, ObjectKey, Segment};
+    use crate::test_records::{fresh_index, object_of_two_chunks, record};
+    use crate::{Expect, ObjectKey, Segment};
 
     #[test]
     fn relocation_moves_only_unchanged_chunks_and_trashes_the_emptied_pack() {
         let (_dir, index) = fresh_index();
-        index.create_bucket("t", "b", &crate::BucketRecord::new(0)).unwrap();
         let (kept, dropped) = ([1u8; 32], [2u8; 32]);
-        let mut second = chunk("packs/old", 30);
-        second.offset = 10;
-        let new_chunks = vec![NewChunk { hash: kept, record: chunk("packs/old", 10) }, NewChunk { hash: dropped, record: second }];
-        let both = record(vec![Segment::Chunk { hash: kept, len: 10 }, Segment::Chunk { hash: dropped, len: 30 }]);
+        object_of_two_chunks(&index, kept, dropped);
         let key = ObjectKey::new("t", "b", "k");
-        let pack = NewPack { key: "packs/old".into(), total_bytes: 40 };
-        index.commit_object(&key, &both, &new_chunks, Some(&pack), Expect::Any, 0).unwrap();
         index.commit_object(&key, &record(vec![Segment::Chunk { hash: kept, len: 10 }]), &[], None, Expect::Any, 1).unwrap();
         assert!(index.sweep_chunk(&dropped, 2).unwrap());
         let sparse = index.sparse_packs(0.5).unwrap();

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use crate::encoding::{flatten, tx_decode, tx_encode};
+use crate::references::{release_chunk, store_pack};
 use crate::{decode, BaseCandidate, ChunkHash, ChunkRecord, Index, IndexError, PackRecord, Refusal, Result};
 
 /// A chunk's new frame, and where its frame must still be for the switch to happen.
@@ -59,7 +60,7 @@ impl Index {
         let result = (&self.chunks, &self.packs, &self.trash).transaction(|(chunks, packs, trash)| {
             let changed = || ConflictableTransactionError::Abort(IndexError::Refused(Refusal::VersionChanged));
             let mut live: HashMap<String, i64> = HashMap::new();
-            let mut references: HashMap<ChunkHash, i64> = HashMap::new();
+            let mut released = Vec::new();
             for step in steps {
                 let value = chunks.get(step.hash)?.ok_or_else(changed)?;
                 let mut record: ChunkRecord = tx_decode(&value)?;
@@ -70,32 +71,28 @@ impl Index {
                 }
                 *live.entry(record.pack.clone()).or_default() -= i64::from(record.frame_len);
                 *live.entry(to.to_owned()).or_default() += i64::from(step.frame_len);
-                if let Some(old) = record.base {
-                    *references.entry(old).or_default() -= 1;
-                }
-                if let Some(new) = step.base {
-                    *references.entry(new).or_default() += 1;
-                }
+                let old_base = record.base;
                 record.pack = to.to_owned();
                 record.offset = step.offset;
                 record.frame_len = step.frame_len;
                 record.base = step.base;
                 chunks.insert(&step.hash, tx_encode(&record)?)?;
+                released.extend(old_base);
             }
-            for (hash, change) in references {
-                if change == 0 {
-                    continue;
-                }
-                let value = chunks.get(hash)?.ok_or_else(changed)?;
-                let mut record: ChunkRecord = tx_decode(&value)?;
-                if change > 0 && record.refs == 0 {
+            // New bases take their references before old ones are released, so that a base
+            // is refused only if it was dead before the switch. The transaction reads its own
+            // writes: a base named by several steps, or stepped itself, is counted right.
+            for new in steps.iter().filter_map(|step| step.base) {
+                let value = chunks.get(new)?.ok_or_else(changed)?;
+                let mut base: ChunkRecord = tx_decode(&value)?;
+                if base.refs == 0 {
                     return Err(changed());
                 }
-                record.refs = record.refs.checked_add_signed(change).ok_or_else(changed)?;
-                if record.refs == 0 {
-                    record.dead_since_ms = Some(now_ms);
-                }
-                chunks.insert(&hash, tx_encode(&record)?)?;
+                base.refs += 1;
+                chunks.insert(&new, tx_encode(&base)?)?;
+            }
+            for old in released {
+                release_chunk(chunks, &old, now_ms)?;
             }
             for (pack, change) in live {
                 let mut record: PackRecord = match packs.get(pack.as_bytes())? {
@@ -104,12 +101,7 @@ impl Index {
                     None => return Err(changed()),
                 };
                 record.live_bytes = record.live_bytes.saturating_add_signed(change);
-                if record.live_bytes == 0 {
-                    packs.remove(pack.as_bytes())?;
-                    trash.insert(pack.as_bytes(), &now_ms.to_be_bytes())?;
-                } else {
-                    packs.insert(pack.as_bytes(), tx_encode(&record)?)?;
-                }
+                store_pack(packs, trash, &pack, &record, now_ms)?;
             }
             Ok(())
         });
@@ -121,8 +113,8 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_records::{chunk, fresh_index, record};
-    use crate::{Expect, NewChunk, NewPack, ObjectKey, Segment};
+    use crate::test_records::{fresh_index, object_of_two_chunks, record};
+    use crate::{Expect, ObjectKey, Segment};
 
     #[test]
     fn families_group_candidates_by_scope_and_signature() {
@@ -138,14 +130,8 @@ mod tests {
     #[test]
     fn a_switch_moves_references_and_is_all_or_nothing() {
         let (_dir, index) = fresh_index();
-        index.create_bucket("t", "b", &crate::BucketRecord::new(0)).unwrap();
         let (root, tuned) = ([1u8; 32], [2u8; 32]);
-        let mut second = chunk("packs/old", 30);
-        second.offset = 10;
-        let new_chunks = vec![NewChunk { hash: root, record: chunk("packs/old", 10) }, NewChunk { hash: tuned, record: second }];
-        let both = record(vec![Segment::Chunk { hash: root, len: 10 }, Segment::Chunk { hash: tuned, len: 30 }]);
-        let pack = NewPack { key: "packs/old".into(), total_bytes: 40 };
-        index.commit_object(&ObjectKey::new("t", "b", "k"), &both, &new_chunks, Some(&pack), Expect::Any, 0).unwrap();
+        object_of_two_chunks(&index, root, tuned);
         let planned_from = index.chunk(&tuned).unwrap().unwrap();
         let step = Rebased { hash: tuned, planned_from: planned_from.clone(), offset: 0, frame_len: 5, base: Some(root) };
 

@@ -126,12 +126,7 @@ impl Index {
             if let Some(pack_value) = packs.get(record.pack.as_bytes())? {
                 let mut pack: PackRecord = tx_decode(&pack_value)?;
                 pack.live_bytes = pack.live_bytes.saturating_sub(u64::from(record.frame_len));
-                if pack.live_bytes == 0 {
-                    packs.remove(record.pack.as_bytes())?;
-                    trash.insert(record.pack.as_bytes(), &now_ms.to_be_bytes())?;
-                } else {
-                    packs.insert(record.pack.as_bytes(), tx_encode(&pack)?)?;
-                }
+                store_pack(packs, trash, &record.pack, &pack, now_ms)?;
             }
             if let Some(base) = record.base {
                 release_chunk(chunks, &base, now_ms)?;
@@ -184,8 +179,19 @@ pub(crate) fn acquire_chunk(
     Ok(())
 }
 
+/// Writes a pack's record back, or sends the pack to the trash when no live byte is left.
+pub(crate) fn store_pack(packs: &TransactionalTree, trash: &TransactionalTree, key: &str, pack: &PackRecord, now_ms: i64) -> TxResult<()> {
+    if pack.live_bytes == 0 {
+        packs.remove(key.as_bytes())?;
+        trash.insert(key.as_bytes(), &now_ms.to_be_bytes())?;
+    } else {
+        packs.insert(key.as_bytes(), tx_encode(pack)?)?;
+    }
+    Ok(())
+}
+
 /// Drops one reference on a chunk, marking it dead when none is left.
-fn release_chunk(chunks: &TransactionalTree, hash: &ChunkHash, now_ms: i64) -> TxResult<()> {
+pub(crate) fn release_chunk(chunks: &TransactionalTree, hash: &ChunkHash, now_ms: i64) -> TxResult<()> {
     let Some(value) = chunks.get(hash)? else { return Ok(()) };
     let mut record: ChunkRecord = tx_decode(&value)?;
     record.refs = record.refs.saturating_sub(1);
