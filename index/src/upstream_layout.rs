@@ -59,6 +59,11 @@ pub fn pack_id(pack: &str) -> Option<(&str, &str)> {
     well_formed.then_some((prefix, id))
 }
 
+/// The upstream prefix a pack key is under (empty for a key that is not a pack's).
+pub fn pack_prefix(pack: &str) -> &str {
+    pack_id(pack).map_or("", |(prefix, _)| prefix)
+}
+
 /// Upstream key of gateway `instance`'s heartbeat: which condemnations it has acknowledged.
 pub fn heartbeat_key(instance: &str) -> String {
     format!("{GATEWAYS}{instance}")

@@ -13,7 +13,7 @@
 //! IEEE f32 operation, NaN inputs are skipped when finding a block's largest magnitude, and the
 //! codes are taken by Rust's saturating casts, which give 0 for a NaN on every target.
 
-use super::{f16_to_f32, f32_to_f16};
+use super::{bf16_bits, f16_to_f32, f32_to_f16};
 use crate::dtype::Dtype;
 
 /// Elements per block of Q8_0 and Q4_0.
@@ -29,7 +29,7 @@ fn widen(wide: Dtype, bytes: &[u8], floats: &mut [f32; BLOCK]) {
         }
         Dtype::BF16 => {
             for (float, e) in floats.iter_mut().zip(bytes.chunks_exact(2)) {
-                *float = f32::from_bits(u32::from(u16::from_le_bytes([e[0], e[1]])) << 16);
+                *float = f32::from_bits(bf16_bits([e[0], e[1]]));
             }
         }
         _ => {

@@ -139,8 +139,8 @@ fn ggml_type(id: u32) -> Step<(Dtype, u64, u64)> {
         28 => (Dtype::F64, 1, 8),
         30 => (Dtype::BF16, 1, 2),
         // Blocks a wider tensor predicts (`cast::blocks`).
-        2 => (Dtype::Q4_0, 32, 18),
-        8 => (Dtype::Q8_0, 32, 34),
+        2 => blocks_of(Dtype::Q4_0),
+        8 => blocks_of(Dtype::Q8_0),
         // Other quantized blocks: bytes to the codec.
         20 => (Dtype::U8, 32, 18),
         3 => (Dtype::U8, 32, 20),
@@ -165,6 +165,12 @@ fn ggml_type(id: u32) -> Step<(Dtype, u64, u64)> {
         39 => (Dtype::U8, 32, 17),
         _ => return Err(Stop::Invalid),
     })
+}
+
+/// A block dtype with its elements and bytes per block.
+fn blocks_of(dtype: Dtype) -> (Dtype, u64, u64) {
+    let (elements, bytes) = dtype.block();
+    (dtype, elements as u64, bytes as u64)
 }
 
 /// Parses the header of a GGUF file from its first bytes; a header (with its padding) over

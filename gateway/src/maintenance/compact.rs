@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tensorgate_index::{moves_key, pack_id, pack_key, ChunkHash, ChunkRecord, Envelope, MANIFESTS, MAX_BASE_DEPTH, Manifest, Move, ObjectKey, PackMoves, Segment};
+use tensorgate_index::{moves_key, pack_key, pack_prefix, ChunkHash, ChunkRecord, Envelope, MANIFESTS, MAX_BASE_DEPTH, Manifest, Move, ObjectKey, PackMoves, Segment};
 
 use crate::engine::catalog;
 use crate::engine::reader;
@@ -89,8 +89,7 @@ struct PackCopy {
 
 /// Copies the live frames of `pack`, each verified by decoding, into a new pack.
 async fn copy_pack(store: &Store, pack: &str, chunks: Vec<(ChunkHash, ChunkRecord)>) -> anyhow::Result<PackCopy> {
-    let prefix = pack_id(pack).map_or("", |(prefix, _)| prefix);
-    let target = pack_key(prefix, &new_id());
+    let target = pack_key(pack_prefix(pack), &new_id());
     let in_flight = store.in_flight.begin(&target);
     let mut writer = store.upstream.writer(&target).await?;
     let mut moves = Vec::new();

@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameFormat, FrameHeader, Sketch};
-use tensorgate_index::{pack_id, pack_key, BaseCandidate, ChunkHash, ChunkRecord, IndexError, Rebased, Refusal};
+use tensorgate_index::{pack_key, pack_prefix, BaseCandidate, ChunkHash, ChunkRecord, IndexError, Rebased, Refusal};
 
 use crate::engine::ingest::MAX_WRITE_DEPTH;
 use crate::engine::{catalog, on_cores, reader, Store};
@@ -121,7 +121,7 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
     let pass_budget_left = pass.budget;
     let mut by_prefix: HashMap<String, Vec<Planned>> = HashMap::new();
     for step in pass.planned {
-        by_prefix.entry(prefix_of(&step.record).to_owned()).or_default().push(step);
+        by_prefix.entry(pack_prefix(&step.record.pack).to_owned()).or_default().push(step);
     }
     let mut left: HashSet<String> = HashSet::new();
     for (prefix, steps) in by_prefix {
@@ -166,11 +166,6 @@ enum Outcome {
     Partly,
     /// The budget ran out.
     OutOfBudget,
-}
-
-/// The upstream prefix of a chunk's pack.
-fn prefix_of(record: &ChunkRecord) -> &str {
-    pack_id(&record.pack).map_or("", |(prefix, _)| prefix)
 }
 
 /// A family member: its dtype, its chunks' ids and records, and its fingerprint.
@@ -258,7 +253,7 @@ async fn plan_family(store: &Store, family: &[Member], pass: &mut Pass, settled:
             continue;
         }
         let clashes = pass.taken.contains(root_hash) || members.iter().any(|(_, (hash, _))| pass.taken.contains(hash) || pass.roots.contains(hash));
-        let one_prefix = members.iter().all(|(_, (_, record))| prefix_of(record) == prefix_of(root_record));
+        let one_prefix = members.iter().all(|(_, (_, record))| pack_prefix(&record.pack) == pack_prefix(&root_record.pack));
         if clashes || !one_prefix {
             outcome = Outcome::Partly;
             continue;
