@@ -122,7 +122,11 @@ def multipart_uploads_keep_composite_sha256_checksums(s3, endpoint, bucket):
         parts.append({"PartNumber": number, "ETag": part["ETag"], "ChecksumSHA256": part["ChecksumSHA256"]})
         digests += hashlib.sha256(body).digest()
     composite = base64.b64encode(hashlib.sha256(digests).digest()).decode() + "-2"
-    done = s3.complete_multipart_upload(Bucket=bucket, Key="summed", UploadId=uid, MultipartUpload={"Parts": parts})
+    wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode() + "-2"
+    assert error_code(lambda: s3.complete_multipart_upload(Bucket=bucket, Key="summed", UploadId=uid, ChecksumSHA256=wrong,
+                                                           MultipartUpload={"Parts": parts})) == "BadDigest"
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="summed", UploadId=uid, ChecksumSHA256=composite,
+                                        MultipartUpload={"Parts": parts})
     assert done.get("ChecksumSHA256") == composite and done.get("ChecksumType") == "COMPOSITE", done
     head = s3.head_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
     assert head.get("ChecksumSHA256") == composite and head.get("ChecksumType") == "COMPOSITE", head
@@ -179,6 +183,8 @@ def refused_keys_and_deletes_answer_as_s3(s3, endpoint, bucket):
     assert error_code(lambda: s3.get_object(Bucket=bucket, Key="absent")) == "NoSuchKey"
     assert error_code(lambda: s3.delete_bucket(Bucket=bucket)) == "BucketNotEmpty"
     s3.delete_object(Bucket=bucket, Key="absent")
+    too_many = {"Objects": [{"Key": f"k{i}"} for i in range(1001)]}
+    assert error_code(lambda: s3.delete_objects(Bucket=bucket, Delete=too_many)) == "MalformedXML"
     deleted = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in ["obj", "copy", "copy2", "mp"]]})
     assert sorted(d["Key"] for d in deleted["Deleted"]) == ["copy", "copy2", "mp", "obj"]
     assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0

@@ -84,6 +84,24 @@ pub(super) fn composite_checksums(parts: &[&PartRecord]) -> Checksums {
     composite
 }
 
+/// Refuses a completion whose whole-object checksums differ from those of the parts chosen
+/// (400 BadDigest, as S3): a SHA checksum must match the composite of the parts', which S3
+/// always keeps; a CRC is checked when the gateway keeps one (docs/compatibility.md).
+pub(super) fn check_completion_checksums(claimed: &Checksums, kept: &Checksums) -> S3Result<()> {
+    for algorithm in ChecksumAlgorithm::ALL {
+        let (Some(claimed), kept) = (claimed.get(algorithm), kept.get(algorithm)) else { continue };
+        let sha = matches!(algorithm, ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256);
+        let differs = match kept {
+            Some(kept) => kept != claimed,
+            None => sha,
+        };
+        if differs {
+            return Err(s3_error!(BadDigest, "The {} you specified did not match the calculated checksum.", algorithm.name().to_ascii_lowercase()));
+        }
+    }
+    Ok(())
+}
+
 /// The checksum type S3 reports with stored checksums: COMPOSITE for the `…-N` values of an
 /// object uploaded by parts, FULL_OBJECT otherwise; none without checksums.
 pub(super) fn checksum_type_of(checksums: &Checksums) -> Option<ChecksumType> {

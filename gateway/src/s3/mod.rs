@@ -40,7 +40,7 @@ use crate::s3::errors::{answered, internal, to_s3};
 
 use conditions::{WriteCondition, check_conditions, check_write_acl};
 use copy::{MAX_COPY_BYTES, copy_source_range};
-use digests::{ClaimedDigests, announced_size, check_checksum_type, checksum_type_of, checksums_of, composite_checksums, trailer_algorithm};
+use digests::{ClaimedDigests, announced_size, check_checksum_type, check_completion_checksums, checksum_type_of, checksums_of, composite_checksums, trailer_algorithm};
 
 /// User metadata naming the base model of an upload (`x-amz-meta-tensorgate-base: bucket/key`).
 const BASE_HINT: &str = "tensorgate-base";

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The most keys one DeleteObjects request may name (S3's limit).
+const MAX_DELETE_KEYS: usize = 1000;
+
 impl Gateway {
     pub(super) async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let tenant = self.tenant(&req)?;
@@ -105,6 +108,9 @@ impl Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         self.ensure_bucket(&tenant, &input.bucket).await?;
+        if input.delete.objects.is_empty() || input.delete.objects.len() > MAX_DELETE_KEYS {
+            return Err(s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema"));
+        }
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
