@@ -5,6 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::scrape::{http_get, metric};
 use support::*;
 
 /// The shipped deployment config passes `tensorgate config check`; a broken one does not.
@@ -71,28 +72,6 @@ fn serve_without_config_round_trips_a_model() {
     assert!(work.path().join("tensorgate-data/upstream/packs").is_dir(), "the embedded upstream is ./tensorgate-data");
 }
 
-/// A plain HTTP GET on the metrics port: (status, body).
-fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-/// The value of one metric line (`name{labels} value`) in a Prometheus scrape.
-fn metric(scrape: &str, series: &str) -> f64 {
-    scrape
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in:\n{scrape}"))
-}
-
 /// The metrics port answers health and readiness, and its counters move with the traffic.
 #[test]
 fn metrics_and_health_follow_the_traffic() {
@@ -134,5 +113,5 @@ fn metrics_and_health_follow_the_traffic() {
     let served = metric(&after, "tensorgate_bytes_out_total") - metric(&before, "tensorgate_bytes_out_total");
     assert_eq!(served as u64, std::fs::metadata(&tuned).unwrap().len());
     assert!(metric(&after, "tensorgate_upstream_reads_total") > metric(&before, "tensorgate_upstream_reads_total"));
-    assert!(metric(&after, r#"tensorgate_base_cache_total{result="miss"}"#) > 0.0);
+    assert!(metric(&after, r#"tensorgate_chunk_cache_total{result="miss"}"#) > 0.0);
 }

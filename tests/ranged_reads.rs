@@ -1,11 +1,13 @@
 //! Model loaders' reads (issue 15): many concurrent tensor-aligned ranged GETs of a
 //! delta-coded fine-tune, as runai-model-streamer sends them, against the real gateway process:
-//! every byte as stored, and the process's memory bounded.
+//! every byte as stored, the process's memory bounded, and each chunk decoded about once
+//! however many ranges share it.
 
 mod support;
 
 use std::process::Stdio;
 
+use support::scrape::{http_get, metric};
 use support::*;
 
 /// The peak resident memory of process `pid` so far, in MiB.
@@ -16,16 +18,20 @@ fn peak_rss_mib(pid: u32) -> u64 {
 }
 
 /// 120 ranged GETs in flight at once, over a fresh gateway process, read a 56 MB fine-tune
-/// exactly, and the gateway's peak memory stays under `MAX_RSS_MIB`.
+/// exactly; the gateway's peak memory stays under `MAX_RSS_MIB`, and the chunks it decodes for
+/// them (bases aside) come to at most `MAX_DECODED_PER_BYTE` times the bytes it returns,
+/// though a 4 MiB chunk holds the tensors of several 0.5 MiB ranges.
 #[test]
 fn concurrent_tensor_aligned_ranges_read_exactly_in_bounded_memory() {
     const MAX_RSS_MIB: u64 = 384;
+    const MAX_DECODED_PER_BYTE: f64 = 1.1;
     let work = tempfile::tempdir().unwrap();
     let base = work.path().join("base.safetensors");
     std::fs::write(&base, replicated_model(&corpus("base/minilm-l6.bf16.safetensors"), 16)).unwrap();
     let tuned = work.path().join("fine-tune.safetensors");
     std::fs::write(&tuned, perturbed_model(&base, 5)).unwrap();
-    let config = write_config(work.path(), "", "");
+    let metrics_port = free_port();
+    let config = write_config(work.path(), &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""), "");
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let mut gateway = serve_process(&config, port, Stdio::null());
@@ -54,13 +60,20 @@ fn concurrent_tensor_aligned_ranges_read_exactly_in_bounded_memory() {
         .output()
         .unwrap();
     let peak = peak_rss_mib(gateway.id());
+    let (_, scrape) = http_get(([127, 0, 0, 1], metrics_port).into(), "/metrics");
     gateway.kill().unwrap();
     gateway.wait().unwrap();
     let said = String::from_utf8_lossy(&output.stdout);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(output.status.success(), "{said}{}\ngateway log:\n{}", String::from_utf8_lossy(&output.stderr), &log[log.len().saturating_sub(3000)..]);
-    eprintln!("{said}peak RSS {peak} MiB");
+    let decoded = metric(&scrape, "tensorgate_read_decoded_bytes_total");
+    let returned = metric(&scrape, "tensorgate_bytes_out_total");
+    eprintln!("{said}peak RSS {peak} MiB; decoded {decoded} bytes of chunks for {returned} bytes returned");
     assert!(peak <= MAX_RSS_MIB, "the gateway peaked at {peak} MiB under 120 concurrent ranged reads");
+    assert!(
+        decoded <= MAX_DECODED_PER_BYTE * returned,
+        "GETs decoded {decoded} bytes of chunks to return {returned} bytes"
+    );
 }
 
 /// Readers that stop reading hold no decode slot: 12 GETs of a delta-coded model that read a

@@ -8,10 +8,15 @@
 //! with a single streaming PUT each, then, each load in a fresh gateway process:
 //! 1. 120 concurrent tensor-aligned ranged GETs of up to 8 MiB, as runai-model-streamer sends
 //!    them (`tests/clients/ranged_loader.py`): seconds, time to first byte p50/p99, peak RSS;
-//! 2. the same with 8 threads (a boto3 loader with 8 MiB ranges);
+//! 2. the same with ranges of up to 1.5 MiB, so that ranges share the 4 MiB chunks at their
+//!    boundaries; and with 8 threads (a boto3 loader with 8 MiB ranges);
 //! 3. one aws cli stream (`s3api get-object`), and `s5cmd cp` when it is installed.
 //!
+//! With each load, the bytes of chunks tensorgate decoded for it (bases not counted) per byte
+//! it returned.
+//!
 //! Run: `cargo bench -p tensorgate --bench model_load` (needs aws, python3 with boto3).
+//! `TG_BENCH_CONFIG` adds configuration lines to the tensorgate gateway (not the raw one).
 
 // Each bench uses part of the shared helpers.
 #[allow(dead_code)]
@@ -33,15 +38,33 @@ struct Load {
     ttfb_p50: Option<f64>,
     ttfb_p99: Option<f64>,
     peak_rss_mib: f64,
+    /// Bytes of chunks decoded per byte returned (`read_decoded_bytes` over `bytes_out`), when
+    /// the gateway counts them.
+    decoded_per_byte: Option<f64>,
 }
 
-fn loader(gateway: &Gateway, model: &Path, threads: usize) -> Load {
+impl Load {
+    fn measured(gateway: &Gateway, seconds: f64, ttfb: Option<(f64, f64)>) -> Load {
+        let decoded = gateway.metric("tensorgate_read_decoded_bytes_total");
+        let returned = gateway.metric("tensorgate_bytes_out_total");
+        let decoded_per_byte = decoded.zip(returned).map(|(decoded, returned)| decoded / returned.max(1.0));
+        Load {
+            seconds,
+            ttfb_p50: ttfb.map(|(p50, _)| p50),
+            ttfb_p99: ttfb.map(|(_, p99)| p99),
+            peak_rss_mib: gateway.peak_rss_mib(),
+            decoded_per_byte,
+        }
+    }
+}
+
+fn loader(gateway: &Gateway, model: &Path, threads: usize, range_mib: &str) -> Load {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/ranged_loader.py");
     let output = Command::new("python3")
         .arg(script)
         .args([&gateway.endpoint, "bench", "fine-tune"])
         .arg(model)
-        .args([threads.to_string(), "8".to_owned()])
+        .args([threads.to_string(), range_mib.to_owned()])
         .env("AWS_ACCESS_KEY_ID", KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
         .output()
@@ -52,13 +75,13 @@ fn loader(gateway: &Gateway, model: &Path, threads: usize) -> Load {
         let at = line.find(&format!("\"{name}\": ")).unwrap() + name.len() + 4;
         line[at..].split([',', '}']).next().unwrap().trim().parse().unwrap()
     };
-    Load { seconds: field("seconds"), ttfb_p50: Some(field("ttfb_p50")), ttfb_p99: Some(field("ttfb_p99")), peak_rss_mib: gateway.peak_rss_mib() }
+    Load::measured(gateway, field("seconds"), Some((field("ttfb_p50"), field("ttfb_p99"))))
 }
 
 fn single_stream(gateway: &Gateway, model: &Path, download: &Path) -> Load {
     let seconds = timed(|| gateway.aws(&["s3api", "get-object", "--bucket", "bench", "--key", "fine-tune", download.to_str().unwrap()]));
     assert!(same_file(download, model), "the fine-tune read back differently");
-    Load { seconds, ttfb_p50: None, ttfb_p99: None, peak_rss_mib: gateway.peak_rss_mib() }
+    Load::measured(gateway, seconds, None)
 }
 
 fn s5cmd(gateway: &Gateway, model: &Path, download: &Path) -> Option<Load> {
@@ -68,7 +91,7 @@ fn s5cmd(gateway: &Gateway, model: &Path, download: &Path) -> Option<Load> {
     command.env("AWS_ACCESS_KEY_ID", KEY).env("AWS_SECRET_ACCESS_KEY", SECRET).env("AWS_REGION", "us-east-1");
     let seconds = timed(|| assert!(command.status().unwrap().success(), "s5cmd cp failed"));
     assert!(same_file(download, model), "the fine-tune read back differently through s5cmd");
-    Some(Load { seconds, ttfb_p50: None, ttfb_p99: None, peak_rss_mib: gateway.peak_rss_mib() })
+    Some(Load::measured(gateway, seconds, None))
 }
 
 fn main() {
@@ -85,39 +108,43 @@ fn main() {
     let shape = if tensor_mib > 0 { format!("tensors of {tensor_mib} MiB") } else { "the corpus model's tensors".to_owned() };
     println!("fine-tune: {:.0} MB, {shape}, delta-coded against its base\n", size as f64 / 1e6);
     let dirs = [work.path().join("tensorgate"), work.path().join("raw")];
-    for (dir, extra) in dirs.iter().zip(["", RAW]) {
+    let configured = std::env::var("TG_BENCH_CONFIG").unwrap_or_default();
+    let extras = [configured.as_str(), RAW];
+    for (dir, extra) in dirs.iter().zip(extras) {
         let gateway = Gateway::start(dir, extra);
         gateway.aws(&["s3", "mb", "s3://bench"]);
         gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "base", "--body", base.to_str().unwrap()]);
         gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "fine-tune", "--body", tuned.to_str().unwrap()]);
     }
-    let loads: [(&str, &LoadWith<'_>); 4] = [
-        ("120 concurrent tensor-aligned ranges of up to 8 MiB (runai-like)", &|g| Some(loader(g, &tuned, 120))),
-        ("8 threads of 8 MiB ranges (boto3 loader)", &|g| Some(loader(g, &tuned, 8))),
+    let loads: [(&str, &LoadWith<'_>); 5] = [
+        ("120 concurrent tensor-aligned ranges of up to 8 MiB (runai-like)", &|g| Some(loader(g, &tuned, 120, "8"))),
+        ("120 concurrent tensor-aligned ranges of up to 1.5 MiB (chunks shared by ranges)", &|g| Some(loader(g, &tuned, 120, "1.5"))),
+        ("8 threads of 8 MiB ranges (boto3 loader)", &|g| Some(loader(g, &tuned, 8, "8"))),
         ("aws cli, one stream", &|g| Some(single_stream(g, &tuned, &download))),
         ("s5cmd cp", &|g| s5cmd(g, &tuned, &download)),
     ];
-    println!("| load | tensorgate s | raw s | time ratio | TTFB p50 / p99 s (tensorgate) | TTFB p50 / p99 s (raw) | peak RSS MiB tensorgate / raw |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| load | tensorgate s | raw s | time ratio | TTFB p50 / p99 s (tensorgate) | TTFB p50 / p99 s (raw) | peak RSS MiB tensorgate / raw | decoded per byte returned |");
+    println!("|---|---|---|---|---|---|---|---|");
     let ttfb = |load: &Load| match (load.ttfb_p50, load.ttfb_p99) {
         (Some(p50), Some(p99)) => format!("{p50:.3} / {p99:.3}"),
         _ => "n/a".to_owned(),
     };
     for (name, load) in loads {
-        let results: Vec<Option<Load>> = dirs.iter().zip(["", RAW]).map(|(dir, extra)| load(&Gateway::start(dir, extra))).collect();
+        let results: Vec<Option<Load>> = dirs.iter().zip(extras).map(|(dir, extra)| load(&Gateway::start(dir, extra))).collect();
         let (Some(packed), Some(raw)) = (&results[0], &results[1]) else {
-            println!("| {name} | not installed | | | | | |");
+            println!("| {name} | not installed | | | | | | |");
             continue;
         };
         println!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} / {:.0} |",
+            "| {name} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} / {:.0} | {} |",
             packed.seconds,
             raw.seconds,
             packed.seconds / raw.seconds,
             ttfb(packed),
             ttfb(raw),
             packed.peak_rss_mib,
-            raw.peak_rss_mib
+            raw.peak_rss_mib,
+            packed.decoded_per_byte.map_or("n/a".to_owned(), |ratio| format!("{ratio:.2}"))
         );
     }
 }

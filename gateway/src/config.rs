@@ -101,8 +101,10 @@ pub struct Config {
     /// Raw bytes re-encoded at most by one garbage collection to re-base families of tensors
     /// (0 turns re-basing off; it does not run with a shared upstream).
     pub rebase_bytes_per_run: u64,
-    /// Bytes of decoded base chunks kept in memory for delta reads.
-    pub base_cache_bytes: u64,
+    /// Bytes of decoded chunks kept in memory: bases of delta reads, and the chunks GETs
+    /// return, which neighbouring ranges share (`base_cache_bytes` before stop 18).
+    #[serde(alias = "base_cache_bytes")]
+    pub chunk_cache_bytes: u64,
     /// How a new tensor's base is chosen.
     pub base_selection: BaseSelection,
 }
@@ -250,7 +252,7 @@ impl Default for Config {
             usage_refresh_secs: 30,
             compact_live_ratio: 0.5,
             rebase_bytes_per_run: 256 << 20,
-            base_cache_bytes: 32 << 20,
+            chunk_cache_bytes: 64 << 20,
             base_selection: BaseSelection::Fingerprint,
         }
     }

@@ -48,7 +48,10 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub chunks: Family<ChunkLabels, Counter>,
-    pub base_cache: Family<CacheLabels, Counter>,
+    pub chunk_cache: Family<CacheLabels, Counter>,
+    /// Raw bytes of the chunks GETs decoded (their bases not counted), to set beside
+    /// `bytes_out`: what ranged reads decode beyond what they return.
+    pub read_decoded_bytes: Counter,
     pub upstream_reads: Counter,
     pub upstream_read_bytes: Counter,
     pub upstream_retries: Counter,
@@ -82,7 +85,8 @@ impl Default for Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             chunks: Family::default(),
-            base_cache: Family::default(),
+            chunk_cache: Family::default(),
+            read_decoded_bytes: Counter::default(),
             upstream_reads: Counter::default(),
             upstream_read_bytes: Counter::default(),
             upstream_retries: Counter::default(),
@@ -105,7 +109,12 @@ impl Default for Metrics {
         registry.register("bytes_in", "Object bytes received from clients", metrics.bytes_in.clone());
         registry.register("bytes_out", "Object bytes sent to clients", metrics.bytes_out.clone());
         registry.register("chunks", "Chunks written: deduplicated, delta, standalone (tensors) or opaque (other bytes)", metrics.chunks.clone());
-        registry.register("base_cache", "Base chunk cache lookups: hit or miss", metrics.base_cache.clone());
+        registry.register(
+            "chunk_cache",
+            "Decoded chunk lookups (GETs and bases): hit (kept), shared (decoded for another read at the time) or miss",
+            metrics.chunk_cache.clone(),
+        );
+        registry.register("read_decoded_bytes", "Raw bytes of the chunks GETs decoded, bases not counted", metrics.read_decoded_bytes.clone());
         registry.register("upstream_reads", "Ranged reads from the upstream", metrics.upstream_reads.clone());
         registry.register("upstream_read_bytes", "Bytes read from the upstream", metrics.upstream_read_bytes.clone());
         registry.register("upstream_retries", "Upstream reads retried", metrics.upstream_retries.clone());

@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod objects;
+pub mod scrape;
 pub mod shared;
 
 use std::net::TcpListener;

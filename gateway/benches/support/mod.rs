@@ -82,17 +82,19 @@ pub fn write_model_shaped(path: &Path, target: u64, seed: u64, tensor_bytes: Opt
 pub struct Gateway {
     child: Child,
     pub endpoint: String,
+    metrics_port: u16,
 }
 
 impl Gateway {
     /// A release gateway over a local-directory upstream in `data_dir`, with `extra` config
     /// lines.
     pub fn start(data_dir: &Path, extra: &str) -> Gateway {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (port, metrics_port) = (free_port(), free_port());
         let config = data_dir.with_extension("toml");
         std::fs::write(
             &config,
-            format!("gc_interval_secs = 3600\n{extra}\n[[access_keys]]\naccess_key = \"{KEY}\"\nsecret_key = \"{SECRET}\"\n"),
+            format!("gc_interval_secs = 3600\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n{extra}\n[[access_keys]]\naccess_key = \"{KEY}\"\nsecret_key = \"{SECRET}\"\n"),
         )
         .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tensorgate"))
@@ -107,7 +109,7 @@ impl Gateway {
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             std::thread::sleep(Duration::from_millis(50));
         }
-        Gateway { child, endpoint: format!("http://127.0.0.1:{port}") }
+        Gateway { child, endpoint: format!("http://127.0.0.1:{port}"), metrics_port }
     }
 
     pub fn aws(&self, args: &[&str]) {
@@ -121,6 +123,17 @@ impl Gateway {
             .output()
             .unwrap();
         assert!(output.status.success(), "aws {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// The value of one series (`name{labels}`) on the gateway's metrics port, if it has it.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+        let mut scrape = String::new();
+        stream.read_to_string(&mut scrape).unwrap();
+        let line = scrape.lines().find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '));
+        line.and_then(|line| line.rsplit(' ').next()?.parse().ok())
     }
 
     /// Peak resident memory of the gateway process so far, in MiB.

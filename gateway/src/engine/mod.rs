@@ -1,12 +1,12 @@
 //! The storage engine: the PUT path ([`ingest`], then [`catalog`] commits), the GET path
 //! ([`reader`]), and the [`Store`] they share: the index, the guarded upstream, locks, the chunks
-//! and keys writes hold ([`guards`]), the base cache and admission; [`reads`] retries upstream
+//! and keys writes hold ([`guards`]), the decoded chunks kept ([`chunk_cache`]) and admission; [`reads`] retries upstream
 //! reads. [`shared`] and [`journal`]
 //! keep several gateways over one upstream in step.
 
 pub mod admission;
-pub mod base_cache;
 pub mod catalog;
+pub mod chunk_cache;
 pub mod cores;
 pub mod guards;
 pub mod ingest;
@@ -16,7 +16,7 @@ pub mod reader;
 mod reads;
 pub mod shared;
 
-pub use base_cache::BaseCache;
+pub use chunk_cache::ChunkCache;
 pub use cores::on_cores;
 pub use guards::{ChunkGuard, HeldChunks, InFlight, WriteGuard};
 pub use locks::WriteLocks;
@@ -24,7 +24,7 @@ pub use reads::READ_ATTEMPTS;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tensorgate_index::{Index, ObjectKey};
 
@@ -41,7 +41,8 @@ pub struct Store {
     pub upstream: Arc<dyn Upstream>,
     pub config: Config,
     pub metrics: Metrics,
-    pub base_cache: Mutex<BaseCache>,
+    /// Decoded chunks: kept, and decoded once for the reads that want them at once.
+    pub chunk_cache: ChunkCache,
     /// How many full-sized (4 MiB) frames a GET decodes ahead of the bytes it sends; more of
     /// smaller ones (see `reader::stream`).
     pub prefetch: NonZeroUsize,
@@ -71,7 +72,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(index: Index, upstream: Arc<dyn Upstream>, config: Config) -> anyhow::Result<Store> {
-        let base_cache = Mutex::new(BaseCache::new(config.base_cache_bytes));
+        let chunk_cache = ChunkCache::new(config.chunk_cache_bytes);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let prefetch = NonZeroUsize::new(cores + 1).unwrap_or(NonZeroUsize::MIN);
         let decode_slots = tokio::sync::Semaphore::new(2 * cores * reader::SLOTS_PER_FULL_CHUNK as usize);
@@ -82,7 +83,7 @@ impl Store {
             upstream: Arc::new(GuardedUpstream::new(upstream, &config.upstream_prefixes())),
             config,
             metrics: Metrics::default(),
-            base_cache,
+            chunk_cache,
             prefetch,
             decode_slots,
             locks: WriteLocks::new(),

@@ -1,7 +1,7 @@
 //! The GET path: which segments a range touches, and a stream that fetches only those frames
 //! and blob ranges, decodes frames on the cores (rayon, see `on_cores`; a delta frame with its
-//! cached base),
-//! and yields the bytes in order with a bounded number of pieces in flight.
+//! base), and yields the bytes in order with a bounded number of pieces in flight. Decoded
+//! chunks and bases go through the chunk cache, so that ranges read at once share a chunk.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use futures::SinkExt;
 use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
 use tensorgate_index::{ChunkHash, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
+use crate::engine::chunk_cache::Lookup;
 use crate::engine::{on_cores, Store, READ_ATTEMPTS};
 use crate::metrics::CacheLabels;
 
@@ -143,15 +144,43 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
             // waiting on any client (`stream` fetches each piece in a task of its own, and the
             // other callers await the piece themselves), so a slow reader never holds the
             // others up.
-            let slots = (len as usize).div_ceil(SLOT_BYTES).clamp(1, SLOTS_PER_FULL_CHUNK as usize) as u32;
-            let _slots = store.decode_slots.acquire_many(slots).await?;
-            let chunk = load_chunk(store, &hash).await?;
+            // A reader waiting for another's decode of the chunk holds its slots too: a decode
+            // that took its slots only once under way could wait on slots held by deltas waiting
+            // for it as their base.
+            let chunk = match store.chunk_cache.kept(&hash) {
+                Some(chunk) => {
+                    store.metrics.chunk_cache.get_or_create(&CacheLabels { result: Lookup::Hit.label() }).inc();
+                    chunk
+                }
+                None => {
+                    let slots = (len as usize).div_ceil(SLOT_BYTES).clamp(1, SLOTS_PER_FULL_CHUNK as usize) as u32;
+                    let _slots = store.decode_slots.acquire_many(slots).await?;
+                    let (chunk, lookup) = cached_chunk(store, &hash, || load_chunk(store, &hash)).await?;
+                    if lookup == Lookup::Miss {
+                        store.metrics.read_decoded_bytes.inc_by(chunk.len() as u64);
+                    }
+                    chunk
+                }
+            };
             chunk.get(within.clone()).map(|_| chunk.slice(within)).context("chunk shorter than its segment")
         }
     }
 }
 
-/// Fetches and decodes one chunk (with its base when it is a delta).
+/// The chunk `hash` from the chunk cache, or decoded by `decode` (once for all the reads
+/// that want it at the time).
+async fn cached_chunk<Decode, Decoded>(store: &Store, hash: &ChunkHash, decode: Decode) -> anyhow::Result<(Bytes, Lookup)>
+where
+    Decode: FnOnce() -> Decoded,
+    Decoded: std::future::Future<Output = anyhow::Result<Bytes>>,
+{
+    let (bytes, lookup) = store.chunk_cache.get_or_decode(hash, decode).await?;
+    store.metrics.chunk_cache.get_or_create(&CacheLabels { result: lookup.label() }).inc();
+    Ok((bytes, lookup))
+}
+
+/// Fetches and decodes one chunk (with its base when it is a delta), read from the upstream
+/// whatever the chunk cache holds (scrubbing relies on it).
 pub async fn load_chunk(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
     load_chunk_tries(store, hash, READ_ATTEMPTS, 0).await
 }
@@ -188,7 +217,7 @@ async fn decode_at(store: &Store, frame: Bytes, depth: usize) -> anyhow::Result<
     Ok(Bytes::from(decoded))
 }
 
-/// A base chunk, from the cache or decoded. A base may itself be a delta (a gateway writes
+/// A base chunk, from the chunk cache or decoded. A base may itself be a delta (a gateway writes
 /// deltas of deltas, and with a shared upstream another gateway may hold the same chunk as a
 /// delta: any copy of a chunk decodes to the same bytes), so it is decoded with its own base,
 /// up to [`MAX_BASE_DEPTH`] deltas deep.
@@ -204,16 +233,6 @@ pub async fn load_base_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> 
 
 async fn load_base_at(store: &Store, hash: &ChunkHash, attempts: u32, depth: usize) -> anyhow::Result<Bytes> {
     anyhow::ensure!(depth <= MAX_BASE_DEPTH, "chunk {} ends a chain of more than {MAX_BASE_DEPTH} deltas", ContentHash(*hash));
-    if let Some(bytes) = store.base_cache.lock().map_err(|_| anyhow::anyhow!("base cache poisoned"))?.get(hash) {
-        store.metrics.base_cache.get_or_create(&CacheLabels { result: "hit" }).inc();
-        return Ok(bytes);
-    }
-    store.metrics.base_cache.get_or_create(&CacheLabels { result: "miss" }).inc();
-    let bytes = Box::pin(load_chunk_tries(store, hash, attempts, depth)).await?;
-    store
-        .base_cache
-        .lock()
-        .map_err(|_| anyhow::anyhow!("base cache poisoned"))?
-        .insert(*hash, bytes.clone());
+    let (bytes, _) = cached_chunk(store, hash, || Box::pin(load_chunk_tries(store, hash, attempts, depth))).await?;
     Ok(bytes)
 }

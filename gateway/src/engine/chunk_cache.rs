@@ -1,0 +1,187 @@
+//! Decoded chunks kept between reads, each decoded once for all the reads that want it at the
+//! same time: the bases of delta frames, and the chunks GETs return (the ranges a model loader
+//! sends side by side share the chunk at their boundary, which each would decode otherwise).
+//! Chunks are named by their content, so a kept chunk is never stale.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tensorgate_index::ChunkHash;
+use tokio::sync::OnceCell;
+
+/// How a chunk was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Kept from an earlier read.
+    Hit,
+    /// Being decoded for another read, which this one waited for.
+    Shared,
+    /// Decoded for this read.
+    Miss,
+}
+
+impl Lookup {
+    pub fn label(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Shared => "shared",
+            Lookup::Miss => "miss",
+        }
+    }
+}
+
+pub struct ChunkCache {
+    recent: Mutex<Recent>,
+    /// Chunks being decoded, each with the cell its readers wait on.
+    decoding: Mutex<HashMap<ChunkHash, Arc<OnceCell<Bytes>>>>,
+}
+
+/// Decoded chunks, least recently used first out, bounded in bytes.
+struct Recent {
+    entries: lru::LruCache<ChunkHash, Bytes>,
+    bytes: u64,
+    limit: u64,
+}
+
+/// A poisoned lock only means a reader panicked while holding it; what it guards is a cache,
+/// whose entries are whole chunks or absent, so it is used as it is.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ChunkCache {
+    /// A cache keeping at most `limit` bytes of decoded chunks.
+    pub fn new(limit: u64) -> ChunkCache {
+        let recent = Recent { entries: lru::LruCache::unbounded(), bytes: 0, limit };
+        ChunkCache { recent: Mutex::new(recent), decoding: Mutex::new(HashMap::new()) }
+    }
+
+    /// The chunk `hash` if it is kept.
+    pub fn kept(&self, hash: &ChunkHash) -> Option<Bytes> {
+        locked(&self.recent).get(hash)
+    }
+
+    /// The chunk `hash`: kept, being decoded by another reader (then waited for), or decoded
+    /// by `decode` and kept. If the decode a reader waits for fails, the reader decodes it
+    /// itself.
+    pub async fn get_or_decode<Decode, Decoded>(&self, hash: &ChunkHash, decode: Decode) -> anyhow::Result<(Bytes, Lookup)>
+    where
+        Decode: FnOnce() -> Decoded,
+        Decoded: Future<Output = anyhow::Result<Bytes>>,
+    {
+        if let Some(bytes) = self.kept(hash) {
+            return Ok((bytes, Lookup::Hit));
+        }
+        let cell = locked(&self.decoding).entry(*hash).or_default().clone();
+        let decoded_here = AtomicBool::new(false);
+        let result = cell
+            .get_or_try_init(|| {
+                decoded_here.store(true, Ordering::Relaxed);
+                async {
+                    let bytes = decode().await?;
+                    locked(&self.recent).insert(*hash, bytes.clone());
+                    Ok(bytes)
+                }
+            })
+            .await
+            .cloned();
+        // Once decoded, later readers find the chunk kept; after a failure, the cell stays for
+        // the readers still waiting on it (one of them decodes next), unless none is left.
+        let mut decoding = locked(&self.decoding);
+        let ours = decoding.get(hash).is_some_and(|current| Arc::ptr_eq(current, &cell));
+        if ours && (cell.initialized() || Arc::strong_count(&cell) <= 2) {
+            decoding.remove(hash);
+        }
+        drop(decoding);
+        let lookup = if decoded_here.load(Ordering::Relaxed) { Lookup::Miss } else { Lookup::Shared };
+        result.map(|bytes| (bytes, lookup))
+    }
+}
+
+impl Recent {
+    fn get(&mut self, hash: &ChunkHash) -> Option<Bytes> {
+        self.entries.get(hash).cloned()
+    }
+
+    fn insert(&mut self, hash: ChunkHash, bytes: Bytes) {
+        if bytes.len() as u64 > self.limit {
+            return;
+        }
+        self.bytes += bytes.len() as u64;
+        if let Some(old) = self.entries.put(hash, bytes) {
+            self.bytes -= old.len() as u64;
+        }
+        while self.bytes > self.limit {
+            match self.entries.pop_lru() {
+                Some((_, evicted)) => self.bytes -= evicted.len() as u64,
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[tokio::test]
+    async fn readers_at_once_share_one_decode_and_later_ones_find_it_kept() {
+        let cache = Arc::new(ChunkCache::new(1 << 20));
+        let decodes = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, decodes, gate) = (cache.clone(), decodes.clone(), gate.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_decode(&[7; 32], || async move {
+                            decodes.fetch_add(1, Ordering::SeqCst);
+                            gate.notified().await;
+                            Ok(Bytes::from_static(b"decoded"))
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        gate.notify_one();
+        let mut lookups = Vec::new();
+        for reader in readers {
+            let (bytes, lookup) = reader.await.unwrap();
+            assert_eq!(&bytes[..], b"decoded");
+            lookups.push(lookup);
+        }
+        assert_eq!(decodes.load(Ordering::SeqCst), 1);
+        assert_eq!(lookups.iter().filter(|l| **l == Lookup::Miss).count(), 1);
+        assert_eq!(lookups.iter().filter(|l| **l == Lookup::Shared).count(), 7);
+        let (_, lookup) = cache.get_or_decode(&[7; 32], || async { anyhow::bail!("not decoded again") }).await.unwrap();
+        assert_eq!(lookup, Lookup::Hit);
+        assert!(locked(&cache.decoding).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_decode_is_not_kept_and_the_next_reader_decodes() {
+        let cache = ChunkCache::new(1 << 20);
+        let failed = cache.get_or_decode(&[1; 32], || async { anyhow::bail!("upstream down") }).await;
+        assert!(failed.is_err());
+        assert!(locked(&cache.decoding).is_empty());
+        let (bytes, lookup) = cache.get_or_decode(&[1; 32], || async { Ok(Bytes::from_static(b"x")) }).await.unwrap();
+        assert_eq!((&bytes[..], lookup), (&b"x"[..], Lookup::Miss));
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_chunks_leave_first_within_the_limit() {
+        let cache = ChunkCache::new(10);
+        for byte in 0..3u8 {
+            cache.get_or_decode(&[byte; 32], || async { Ok(Bytes::from(vec![0; 4])) }).await.unwrap();
+        }
+        let kept: Vec<bool> = (0..3u8).map(|byte| locked(&cache.recent).get(&[byte; 32]).is_some()).collect();
+        assert_eq!(kept, [false, true, true]);
+        assert!(locked(&cache.recent).bytes <= 10);
+    }
+}
