@@ -187,13 +187,16 @@ fn delete_bucket_racing_puts_loses_no_acknowledged_write() {
 
 /// Under 10% upstream faults (errors, short reads, stalls) a concurrent workload of uploads and
 /// downloads sees no corrupt read, and once the faults stop every acknowledged write reads back.
+/// With the upstream down, a GET that needs it answers 503 before any byte (the chunk cache is
+/// off here: a GET of chunks it keeps would be served, rightly, without the upstream).
 #[test]
 fn upstream_faults_never_corrupt_or_lose_acknowledged_writes() {
     let injected = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (injected_handle, enabled_handle, down_handle) = (injected.clone(), enabled.clone(), down.clone());
-    let gateway = TestGateway::start_wrapped(UpstreamKind::LocalDirectory, |_| {}, move |upstream| {
+    let no_chunk_cache = |config: &mut tensorgate::config::Config| config.chunk_cache_bytes = 0;
+    let gateway = TestGateway::start_wrapped(UpstreamKind::LocalDirectory, no_chunk_cache, move |upstream| {
         let mut faulty = support::faults::FaultyUpstream::new(upstream, 100);
         faulty.enabled = enabled_handle;
         faulty.injected = injected_handle;

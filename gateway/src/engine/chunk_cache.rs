@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tensorgate_index::ChunkHash;
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 /// How a chunk was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +35,9 @@ impl Lookup {
 
 pub struct ChunkCache {
     recent: Mutex<Recent>,
-    /// Chunks being decoded, each with the cell its readers wait on.
-    decoding: Mutex<HashMap<ChunkHash, Arc<OnceCell<Bytes>>>>,
+    /// Chunks being decoded: the decode's number and where it will send the chunk.
+    decoding: Mutex<HashMap<ChunkHash, (u64, watch::Receiver<Option<Bytes>>)>>,
+    next_decode: AtomicU64,
 }
 
 /// Decoded chunks, least recently used first out, bounded in bytes.
@@ -52,11 +53,29 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A decode under way, announced in `decoding` until it ends, however it ends (a dropped
+/// decode drops its sender, so its waiters stop waiting).
+struct Announced<'a> {
+    cache: &'a ChunkCache,
+    hash: ChunkHash,
+    number: u64,
+    sender: watch::Sender<Option<Bytes>>,
+}
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        let mut decoding = locked(&self.cache.decoding);
+        if decoding.get(&self.hash).is_some_and(|(number, _)| *number == self.number) {
+            decoding.remove(&self.hash);
+        }
+    }
+}
+
 impl ChunkCache {
     /// A cache keeping at most `limit` bytes of decoded chunks.
     pub fn new(limit: u64) -> ChunkCache {
         let recent = Recent { entries: lru::LruCache::unbounded(), bytes: 0, limit };
-        ChunkCache { recent: Mutex::new(recent), decoding: Mutex::new(HashMap::new()) }
+        ChunkCache { recent: Mutex::new(recent), decoding: Mutex::new(HashMap::new()), next_decode: AtomicU64::new(0) }
     }
 
     /// The chunk `hash` if it is kept.
@@ -64,9 +83,16 @@ impl ChunkCache {
         locked(&self.recent).get(hash)
     }
 
-    /// The chunk `hash`: kept, being decoded by another reader (then waited for), or decoded
-    /// by `decode` and kept. If the decode a reader waits for fails, the reader decodes it
-    /// itself.
+    /// The chunk `hash` once another read's decode of it ends, if one is under way and
+    /// succeeds. The wait holds nothing that decode could need.
+    pub async fn decoded_elsewhere(&self, hash: &ChunkHash) -> Option<Bytes> {
+        let mut receiver = locked(&self.decoding).get(hash).map(|(_, receiver)| receiver.clone())?;
+        let decoded = receiver.wait_for(Option::is_some).await.ok()?.clone();
+        decoded
+    }
+
+    /// The chunk `hash`: kept, decoded by another read under way (then waited for), or decoded
+    /// by `decode` and kept. If the decode it waits for fails, the read decodes it itself.
     pub async fn get_or_decode<Decode, Decoded>(&self, hash: &ChunkHash, decode: Decode) -> anyhow::Result<(Bytes, Lookup)>
     where
         Decode: FnOnce() -> Decoded,
@@ -75,29 +101,37 @@ impl ChunkCache {
         if let Some(bytes) = self.kept(hash) {
             return Ok((bytes, Lookup::Hit));
         }
-        let cell = locked(&self.decoding).entry(*hash).or_default().clone();
-        let decoded_here = AtomicBool::new(false);
-        let result = cell
-            .get_or_try_init(|| {
-                decoded_here.store(true, Ordering::Relaxed);
-                async {
-                    let bytes = decode().await?;
-                    locked(&self.recent).insert(*hash, bytes.clone());
-                    Ok(bytes)
+        let announced = {
+            let mut decoding = locked(&self.decoding);
+            match decoding.get(hash) {
+                Some((_, receiver)) => Err(receiver.clone()),
+                None => {
+                    let number = self.next_decode.fetch_add(1, Ordering::Relaxed);
+                    let (sender, receiver) = watch::channel(None);
+                    decoding.insert(*hash, (number, receiver));
+                    Ok(Announced { cache: self, hash: *hash, number, sender })
                 }
-            })
-            .await
-            .cloned();
-        // Once decoded, later readers find the chunk kept; after a failure, the cell stays for
-        // the readers still waiting on it (one of them decodes next), unless none is left.
-        let mut decoding = locked(&self.decoding);
-        let ours = decoding.get(hash).is_some_and(|current| Arc::ptr_eq(current, &cell));
-        if ours && (cell.initialized() || Arc::strong_count(&cell) <= 2) {
-            decoding.remove(hash);
+            }
+        };
+        match announced {
+            Ok(announced) => {
+                let bytes = decode().await?;
+                locked(&self.recent).insert(*hash, bytes.clone());
+                announced.sender.send_replace(Some(bytes.clone()));
+                Ok((bytes, Lookup::Miss))
+            }
+            Err(mut receiver) => {
+                let shared = receiver.wait_for(Option::is_some).await.ok().and_then(|decoded| decoded.clone());
+                match shared {
+                    Some(bytes) => Ok((bytes, Lookup::Shared)),
+                    None => {
+                        let bytes = decode().await?;
+                        locked(&self.recent).insert(*hash, bytes.clone());
+                        Ok((bytes, Lookup::Miss))
+                    }
+                }
+            }
         }
-        drop(decoding);
-        let lookup = if decoded_here.load(Ordering::Relaxed) { Lookup::Miss } else { Lookup::Shared };
-        result.map(|bytes| (bytes, lookup))
     }
 }
 
@@ -127,6 +161,7 @@ impl Recent {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn readers_at_once_share_one_decode_and_later_ones_find_it_kept() {
@@ -149,6 +184,11 @@ mod tests {
             })
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let waiting = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.decoded_elsewhere(&[7; 32]).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         gate.notify_one();
         let mut lookups = Vec::new();
         for reader in readers {
@@ -156,22 +196,43 @@ mod tests {
             assert_eq!(&bytes[..], b"decoded");
             lookups.push(lookup);
         }
+        assert_eq!(waiting.await.unwrap().as_deref(), Some(&b"decoded"[..]));
         assert_eq!(decodes.load(Ordering::SeqCst), 1);
         assert_eq!(lookups.iter().filter(|l| **l == Lookup::Miss).count(), 1);
         assert_eq!(lookups.iter().filter(|l| **l == Lookup::Shared).count(), 7);
         let (_, lookup) = cache.get_or_decode(&[7; 32], || async { anyhow::bail!("not decoded again") }).await.unwrap();
         assert_eq!(lookup, Lookup::Hit);
         assert!(locked(&cache.decoding).is_empty());
+        assert_eq!(cache.decoded_elsewhere(&[8; 32]).await, None);
     }
 
     #[tokio::test]
-    async fn a_failed_decode_is_not_kept_and_the_next_reader_decodes() {
-        let cache = ChunkCache::new(1 << 20);
+    async fn a_failed_or_dropped_decode_is_not_kept_and_its_waiters_decode_themselves() {
+        let cache = Arc::new(ChunkCache::new(1 << 20));
         let failed = cache.get_or_decode(&[1; 32], || async { anyhow::bail!("upstream down") }).await;
         assert!(failed.is_err());
         assert!(locked(&cache.decoding).is_empty());
         let (bytes, lookup) = cache.get_or_decode(&[1; 32], || async { Ok(Bytes::from_static(b"x")) }).await.unwrap();
         assert_eq!((&bytes[..], lookup), (&b"x"[..], Lookup::Miss));
+
+        let stuck = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_or_decode(&[2; 32], || std::future::pending()).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get_or_decode(&[2; 32], || async { Ok(Bytes::from_static(b"y")) }).await.unwrap() })
+        };
+        let elsewhere = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.decoded_elsewhere(&[2; 32]).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        stuck.abort();
+        assert_eq!(waiter.await.unwrap(), (Bytes::from_static(b"y"), Lookup::Miss));
+        assert_eq!(elsewhere.await.unwrap(), None);
+        assert!(locked(&cache.decoding).is_empty());
     }
 
     #[tokio::test]
@@ -180,7 +241,7 @@ mod tests {
         for byte in 0..3u8 {
             cache.get_or_decode(&[byte; 32], || async { Ok(Bytes::from(vec![0; 4])) }).await.unwrap();
         }
-        let kept: Vec<bool> = (0..3u8).map(|byte| locked(&cache.recent).get(&[byte; 32]).is_some()).collect();
+        let kept: Vec<bool> = (0..3u8).map(|byte| cache.kept(&[byte; 32]).is_some()).collect();
         assert_eq!(kept, [false, true, true]);
         assert!(locked(&cache.recent).bytes <= 10);
     }

@@ -144,12 +144,16 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
             // waiting on any client (`stream` fetches each piece in a task of its own, and the
             // other callers await the piece themselves), so a slow reader never holds the
             // others up.
-            // A reader waiting for another's decode of the chunk holds its slots too: a decode
-            // that took its slots only once under way could wait on slots held by deltas waiting
-            // for it as their base.
-            let chunk = match store.chunk_cache.kept(&hash) {
-                Some(chunk) => {
-                    store.metrics.chunk_cache.get_or_create(&CacheLabels { result: Lookup::Hit.label() }).inc();
+            // A chunk kept, or being decoded for another read, costs no slot. A decode takes its
+            // slots before it is announced: one that took them once under way could wait on
+            // slots held by deltas waiting for it as their base.
+            let found = match store.chunk_cache.kept(&hash) {
+                Some(chunk) => Some((chunk, Lookup::Hit)),
+                None => store.chunk_cache.decoded_elsewhere(&hash).await.map(|chunk| (chunk, Lookup::Shared)),
+            };
+            let chunk = match found {
+                Some((chunk, lookup)) => {
+                    store.metrics.chunk_cache.get_or_create(&CacheLabels { result: lookup.label() }).inc();
                     chunk
                 }
                 None => {
