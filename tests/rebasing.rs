@@ -30,6 +30,22 @@ fn upload(bases: bool) -> (TestGateway, u64) {
     (gateway, stored)
 }
 
+/// Over every family of tensors (`tensorgate stats --families`): chunks, frame bytes, and
+/// chunks stored on their own, against their family's root, and against anything else.
+fn family_totals(gateway: &TestGateway) -> (usize, u64, usize, usize, usize) {
+    let families = tensorgate::maintenance::families::tensor_families(gateway.store()).unwrap();
+    let mut totals = (0, 0, 0, 0, 0);
+    for stats in families.iter().map(|family| family.stats()) {
+        assert!(stats.dtypes.iter().all(|dtype| *dtype == "BF16"), "{stats:?}");
+        totals.0 += stats.chunks;
+        totals.1 += stats.stored_bytes;
+        totals.2 += stats.standalone;
+        totals.3 += stats.against_root;
+        totals.4 += stats.against_other;
+    }
+    totals
+}
+
 /// The grace period of the gateway that re-bases while it is read.
 const GRACE_SECS: u64 = 2;
 
@@ -51,6 +67,9 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
     let forward_settled = settled_upstream(&forward);
 
     let (unbased, unbased_cost) = upload(false);
+    let unsettled_families = family_totals(&unbased);
+    assert!(unsettled_families.0 > 0, "no family found");
+    assert_eq!(unsettled_families.2, unsettled_families.0, "without bases every chunk is stored on its own");
     // Objects read back, again and again, while re-basing runs.
     let (passes, reads) = {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -81,6 +100,10 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
     unbased.collect_garbage();
     std::thread::sleep(std::time::Duration::from_secs(GRACE_SECS + 1));
     let unbased_settled = settled_upstream(&unbased);
+    let settled_families = family_totals(&unbased);
+    println!("families (chunks, stored bytes, standalone, against the root, against another): {unsettled_families:?} before re-basing, {settled_families:?} after");
+    assert!(settled_families.3 * 2 > settled_families.0, "most chunks are stored against their root once settled: {settled_families:?}");
+    assert!(settled_families.1 * 2 < unsettled_families.1, "re-basing did not halve the families' frames: {unsettled_families:?} -> {settled_families:?}");
     let share = |bytes: u64| 100.0 * bytes as f64 / raw as f64;
     println!(
         "{raw} bytes raw: base first {forward_cost} ({:.1}%), settled {forward_settled} ({:.1}%); without bases {unbased_cost} ({:.1}%), settled after {} passes {unbased_settled} ({:.1}%), {} reads meanwhile",

@@ -57,6 +57,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also list the families of tensors (one shape, near fingerprints) and how each is
+        /// stored against its root.
+        #[arg(long)]
+        families: bool,
     },
     /// Work with the configuration.
     Config {
@@ -145,7 +149,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Pack { base, file, output } => convert::run(&file, base.as_deref(), &output, "packed", container::pack),
         Command::Unpack { base, file, output } => convert::run(&file, base.as_deref(), &output, "unpacked", container::unpack),
         Command::Fsck { verify_frames, repair } => runtime.block_on(fsck::run(&config, verify_frames, repair)),
-        Command::Stats { tenant, bucket, json } => stats::run(&config, tenant.as_deref(), bucket.as_deref(), json),
+        Command::Stats { tenant, bucket, json, families } => stats::run(&config, tenant.as_deref(), bucket.as_deref(), json, families),
         Command::Config { action: ConfigAction::Check } => config::check(&config),
         Command::Scrub { rate_mib, restart } => runtime.block_on(scrub::run(&config, rate_mib, restart)),
         Command::Repack => runtime.block_on(repack::run(&config)),

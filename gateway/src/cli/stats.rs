@@ -1,19 +1,27 @@
-//! `tensorgate stats`: logical and physical bytes per tenant and bucket, and where the bytes
-//! went by technique.
+//! `tensorgate stats`: logical and physical bytes per tenant and bucket, where the bytes went
+//! by technique, and with `--families` the families of tensors and how each is stored.
 
 use tensorgate::config::Config;
+use tensorgate::maintenance::families::{tensor_families, FamilyStats};
 use tensorgate::server;
 use tensorgate_index::{Savings, Usage};
 
-pub fn run(config: &Config, tenant: Option<&str>, bucket: Option<&str>, json: bool) -> anyhow::Result<()> {
+pub fn run(config: &Config, tenant: Option<&str>, bucket: Option<&str>, json: bool, families: bool) -> anyhow::Result<()> {
     let store = server::open_store(config)?;
+    let families: Vec<FamilyStats> = match families {
+        true => tensor_families(&store)?.iter().map(|family| family.stats()).collect(),
+        false => Vec::new(),
+    };
     let selected = |row_tenant: &str, row_bucket: &str| tenant.is_none_or(|t| t == row_tenant) && bucket.is_none_or(|b| b == row_bucket);
     let rows: Vec<_> = store.index.usage()?.into_iter().filter(|row| selected(&row.tenant, &row.bucket)).collect();
     let savings = store.index.savings(|key| selected(&key.tenant, &key.bucket))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "buckets": rows, "savings": savings }))?);
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "buckets": rows, "savings": savings, "families": families }))?);
     } else {
         print_stats(&rows, &savings);
+        if !families.is_empty() {
+            print_families(&families);
+        }
     }
     Ok(())
 }
@@ -42,5 +50,30 @@ fn print_stats(rows: &[Usage], savings: &Savings) {
     ];
     for (what, bytes) in lines {
         println!("{what:<36} {bytes:>16.0} {:>8.1}%", percent(bytes));
+    }
+}
+
+/// One line per family: where it is, its members, and how its chunks are stored.
+fn print_families(families: &[FamilyStats]) {
+    println!();
+    println!(
+        "{:<12} {:<14} {:<28} {:>7} {:>14} {:>14} {:>7} {:>10} {:>8} {:>8}",
+        "scope", "shape", "members (root first)", "chunks", "raw bytes", "stored bytes", "stored", "standalone", "vs root", "vs other"
+    );
+    for family in families {
+        let stored = 100.0 * family.stored_bytes as f64 / family.raw_bytes.max(1) as f64;
+        println!(
+            "{:<12} {:<14} {:<28} {:>7} {:>14} {:>14} {:>6.1}% {:>10} {:>8} {:>8}",
+            family.scope,
+            family.shape,
+            family.dtypes.join(" "),
+            family.chunks,
+            family.raw_bytes,
+            family.stored_bytes,
+            stored,
+            family.standalone,
+            family.against_root,
+            family.against_other
+        );
     }
 }

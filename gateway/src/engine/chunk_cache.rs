@@ -92,8 +92,9 @@ impl ChunkCache {
     }
 
     /// The chunk `hash`: kept, decoded by another read under way (then waited for), or decoded
-    /// by `decode` and kept. If the decode it waits for fails, the read decodes it itself.
-    pub async fn get_or_decode<Decode, Decoded>(&self, hash: &ChunkHash, decode: Decode) -> anyhow::Result<(Bytes, Lookup)>
+    /// by `decode` (and kept if `keep`). If the decode it waits for fails, the read decodes it
+    /// itself.
+    pub async fn get_or_decode<Decode, Decoded>(&self, hash: &ChunkHash, keep: bool, decode: Decode) -> anyhow::Result<(Bytes, Lookup)>
     where
         Decode: FnOnce() -> Decoded,
         Decoded: Future<Output = anyhow::Result<Bytes>>,
@@ -116,7 +117,9 @@ impl ChunkCache {
         match announced {
             Ok(announced) => {
                 let bytes = decode().await?;
-                locked(&self.recent).insert(*hash, bytes.clone());
+                if keep {
+                    locked(&self.recent).insert(*hash, bytes.clone());
+                }
                 announced.sender.send_replace(Some(bytes.clone()));
                 Ok((bytes, Lookup::Miss))
             }
@@ -126,7 +129,9 @@ impl ChunkCache {
                     Some(bytes) => Ok((bytes, Lookup::Shared)),
                     None => {
                         let bytes = decode().await?;
-                        locked(&self.recent).insert(*hash, bytes.clone());
+                        if keep {
+                            locked(&self.recent).insert(*hash, bytes.clone());
+                        }
                         Ok((bytes, Lookup::Miss))
                     }
                 }
@@ -173,7 +178,7 @@ mod tests {
                 let (cache, decodes, gate) = (cache.clone(), decodes.clone(), gate.clone());
                 tokio::spawn(async move {
                     cache
-                        .get_or_decode(&[7; 32], || async move {
+                        .get_or_decode(&[7; 32], true, || async move {
                             decodes.fetch_add(1, Ordering::SeqCst);
                             gate.notified().await;
                             Ok(Bytes::from_static(b"decoded"))
@@ -200,7 +205,7 @@ mod tests {
         assert_eq!(decodes.load(Ordering::SeqCst), 1);
         assert_eq!(lookups.iter().filter(|l| **l == Lookup::Miss).count(), 1);
         assert_eq!(lookups.iter().filter(|l| **l == Lookup::Shared).count(), 7);
-        let (_, lookup) = cache.get_or_decode(&[7; 32], || async { anyhow::bail!("not decoded again") }).await.unwrap();
+        let (_, lookup) = cache.get_or_decode(&[7; 32], true, || async { anyhow::bail!("not decoded again") }).await.unwrap();
         assert_eq!(lookup, Lookup::Hit);
         assert!(locked(&cache.decoding).is_empty());
         assert_eq!(cache.decoded_elsewhere(&[8; 32]).await, None);
@@ -209,20 +214,20 @@ mod tests {
     #[tokio::test]
     async fn a_failed_or_dropped_decode_is_not_kept_and_its_waiters_decode_themselves() {
         let cache = Arc::new(ChunkCache::new(1 << 20));
-        let failed = cache.get_or_decode(&[1; 32], || async { anyhow::bail!("upstream down") }).await;
+        let failed = cache.get_or_decode(&[1; 32], true, || async { anyhow::bail!("upstream down") }).await;
         assert!(failed.is_err());
         assert!(locked(&cache.decoding).is_empty());
-        let (bytes, lookup) = cache.get_or_decode(&[1; 32], || async { Ok(Bytes::from_static(b"x")) }).await.unwrap();
+        let (bytes, lookup) = cache.get_or_decode(&[1; 32], true, || async { Ok(Bytes::from_static(b"x")) }).await.unwrap();
         assert_eq!((&bytes[..], lookup), (&b"x"[..], Lookup::Miss));
 
         let stuck = {
             let cache = cache.clone();
-            tokio::spawn(async move { cache.get_or_decode(&[2; 32], || std::future::pending()).await })
+            tokio::spawn(async move { cache.get_or_decode(&[2; 32], true, || std::future::pending()).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let waiter = {
             let cache = cache.clone();
-            tokio::spawn(async move { cache.get_or_decode(&[2; 32], || async { Ok(Bytes::from_static(b"y")) }).await.unwrap() })
+            tokio::spawn(async move { cache.get_or_decode(&[2; 32], true, || async { Ok(Bytes::from_static(b"y")) }).await.unwrap() })
         };
         let elsewhere = {
             let cache = cache.clone();
@@ -236,13 +241,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_least_recently_used_chunks_leave_first_within_the_limit() {
+    async fn the_least_recently_used_chunks_to_keep_leave_first_within_the_limit() {
         let cache = ChunkCache::new(10);
         for byte in 0..3u8 {
-            cache.get_or_decode(&[byte; 32], || async { Ok(Bytes::from(vec![0; 4])) }).await.unwrap();
+            cache.get_or_decode(&[byte; 32], true, || async { Ok(Bytes::from(vec![0; 4])) }).await.unwrap();
         }
         let kept: Vec<bool> = (0..3u8).map(|byte| cache.kept(&[byte; 32]).is_some()).collect();
         assert_eq!(kept, [false, true, true]);
+        cache.get_or_decode(&[9; 32], false, || async { Ok(Bytes::from(vec![0; 4])) }).await.unwrap();
+        assert!(cache.kept(&[9; 32]).is_none() && cache.kept(&[2; 32]).is_some(), "a chunk not to keep evicts nothing");
         assert!(locked(&cache.recent).bytes <= 10);
     }
 }

@@ -140,13 +140,12 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
         Piece::Inline(bytes) => Ok(bytes),
         Piece::Blob { key, range } => store.read_upstream(&key, range).await,
         Piece::Chunk { hash, len, within } => {
-            // Waits its turn (first come, first served). Whoever holds a slot finishes without
-            // waiting on any client (`stream` fetches each piece in a task of its own, and the
-            // other callers await the piece themselves), so a slow reader never holds the
-            // others up.
-            // A chunk kept, or being decoded for another read, costs no slot. A decode takes its
-            // slots before it is announced: one that took them once under way could wait on
-            // slots held by deltas waiting for it as their base.
+            // A chunk kept, or being decoded for another read, costs no slot. A decode waits its
+            // turn for slots (first come, first served) and takes them before it is announced:
+            // one that took them once under way could wait on slots held by deltas waiting for
+            // it as their base. Whoever holds a slot finishes without waiting on any client
+            // (`stream` fetches each piece in a task of its own, and the other callers await
+            // the piece themselves), so a slow reader never holds the others up.
             let found = match store.chunk_cache.kept(&hash) {
                 Some(chunk) => Some((chunk, Lookup::Hit)),
                 None => store.chunk_cache.decoded_elsewhere(&hash).await.map(|chunk| (chunk, Lookup::Shared)),
@@ -159,7 +158,10 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
                 None => {
                     let slots = (len as usize).div_ceil(SLOT_BYTES).clamp(1, SLOTS_PER_FULL_CHUNK as usize) as u32;
                     let _slots = store.decode_slots.acquire_many(slots).await?;
-                    let (chunk, lookup) = cached_chunk(store, &hash, || load_chunk(store, &hash)).await?;
+                    // Kept only when this read takes part of it: a neighbouring range may want
+                    // the rest, where a stream reading whole chunks never comes back for one.
+                    let partly = within.start > 0 || within.end < len as usize;
+                    let (chunk, lookup) = cached_chunk(store, &hash, partly, || load_chunk(store, &hash)).await?;
                     if lookup == Lookup::Miss {
                         store.metrics.read_decoded_bytes.inc_by(chunk.len() as u64);
                     }
@@ -172,13 +174,13 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
 }
 
 /// The chunk `hash` from the chunk cache, or decoded by `decode` (once for all the reads
-/// that want it at the time).
-async fn cached_chunk<Decode, Decoded>(store: &Store, hash: &ChunkHash, decode: Decode) -> anyhow::Result<(Bytes, Lookup)>
+/// that want it at the time, and kept if `keep`).
+async fn cached_chunk<Decode, Decoded>(store: &Store, hash: &ChunkHash, keep: bool, decode: Decode) -> anyhow::Result<(Bytes, Lookup)>
 where
     Decode: FnOnce() -> Decoded,
     Decoded: std::future::Future<Output = anyhow::Result<Bytes>>,
 {
-    let (bytes, lookup) = store.chunk_cache.get_or_decode(hash, decode).await?;
+    let (bytes, lookup) = store.chunk_cache.get_or_decode(hash, keep, decode).await?;
     store.metrics.chunk_cache.get_or_create(&CacheLabels { result: lookup.label() }).inc();
     Ok((bytes, lookup))
 }
@@ -237,6 +239,6 @@ pub async fn load_base_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> 
 
 async fn load_base_at(store: &Store, hash: &ChunkHash, attempts: u32, depth: usize) -> anyhow::Result<Bytes> {
     anyhow::ensure!(depth <= MAX_BASE_DEPTH, "chunk {} ends a chain of more than {MAX_BASE_DEPTH} deltas", ContentHash(*hash));
-    let (bytes, _) = cached_chunk(store, hash, || Box::pin(load_chunk_tries(store, hash, attempts, depth))).await?;
+    let (bytes, _) = cached_chunk(store, hash, true, || Box::pin(load_chunk_tries(store, hash, attempts, depth))).await?;
     Ok(bytes)
 }

@@ -1,11 +1,12 @@
 //! Background work and the repairs an operator runs: the [`packer`] re-encodes objects stored as
 //! uploaded, [`gc`] collects what nothing references, [`compact`] rewrites sparse packs,
-//! [`rebase`] stores families of tensors against their root whatever the upload order,
+//! [`rebase`] stores [`families`] of tensors against their root whatever the upload order,
 //! [`condemned`] and [`sync`] keep several gateways in step, [`usage`] keeps the usage gauges,
 //! [`fsck`], [`scrub`] and [`rebuild`] check and repair.
 
 pub mod compact;
 pub mod condemned;
+pub mod families;
 pub mod fsck;
 pub mod gc;
 pub mod packer;

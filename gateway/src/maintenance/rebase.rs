@@ -27,13 +27,14 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameFormat, FrameHeader, Sketch};
-use tensorgate_index::{pack_key, pack_prefix, BaseCandidate, ChunkHash, ChunkRecord, IndexError, Rebased, Refusal};
+use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameFormat, FrameHeader};
+use tensorgate_index::{pack_key, pack_prefix, ChunkHash, ChunkRecord, IndexError, Rebased, Refusal};
 
 use crate::engine::ingest::MAX_WRITE_DEPTH;
 use crate::engine::{catalog, on_cores, reader, Store};
 use crate::ids::{new_id, now_ms};
 use crate::maintenance::compact::{compact_these, objects_using};
+use crate::maintenance::families::{tensor_families, Family};
 
 /// A group of chunks is rewritten only when its frames shrink by at least this share.
 const MIN_SAVING: f64 = 0.05;
@@ -46,11 +47,6 @@ const COMPACT_AFTER: f64 = 1.0;
 /// Digests of settled families and groups kept at most (32 bytes each); past it they are
 /// forgotten, and weighed again.
 const MAX_SETTLED: usize = 1 << 20;
-
-/// Fingerprints nearer than this are of one family. On the corpus the fine-tunes' tensors are
-/// 150 to 1,350 from the base's (the masked-LM fine-tune's embeddings the furthest), other
-/// tensors of the same shape 2,850 to 3,000.
-const FAMILY_DISTANCE: u32 = (tensorgate_codec::sketch::SAMPLES * 9) as u32;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -86,34 +82,19 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
         settled.clear();
     }
     let mut pass = Pass { budget: store.config.rebase_bytes_per_run, planned: Vec::new(), roots: HashSet::new(), taken: HashSet::new() };
-    // The candidates of one shape in one scope, whatever their dtype: a family may hold a model
-    // in several precisions (issue 18's conversions).
-    let mut shapes: Vec<((String, String), Vec<Member>)> = Vec::new();
-    for (scope, signature, candidates) in store.index.candidate_families()? {
-        let Some((name, shape)) = signature.split_once(':') else { continue };
-        let Some(dtype) = Dtype::ALL.into_iter().find(|dtype| dtype.name() == name) else { continue };
-        let members = live_members(store, dtype, candidates)?;
-        let key = (scope, shape.to_owned());
-        match shapes.iter_mut().find(|(known, _)| *known == key) {
-            Some((_, known)) => known.extend(members),
-            None => shapes.push((key, members)),
+    for family in tensor_families(store)? {
+        let digest = digest_of(family.members.iter().flat_map(|member| &member.chunks));
+        if settled.contains(&digest) {
+            continue;
         }
-    }
-    'shapes: for (_, members) in shapes {
-        for family in families(members) {
-            let digest = digest_of(family.iter().flat_map(|member| &member.chunks));
-            if settled.contains(&digest) {
-                continue;
-            }
-            report.families += 1;
-            let before = pass.planned.len();
-            let outcome = plan_family(store, &family, &mut pass, settled).await?;
-            if outcome == Outcome::OutOfBudget {
-                break 'shapes;
-            }
-            if outcome == Outcome::Whole && pass.planned.len() == before {
-                settled.insert(digest);
-            }
+        report.families += 1;
+        let before = pass.planned.len();
+        let outcome = plan_family(store, &family, &mut pass, settled).await?;
+        if outcome == Outcome::OutOfBudget {
+            break;
+        }
+        if outcome == Outcome::Whole && pass.planned.len() == before {
+            settled.insert(digest);
         }
     }
     // New frames go where their chunks' packs are (per-tenant upstreams keep packs under a
@@ -168,46 +149,6 @@ enum Outcome {
     OutOfBudget,
 }
 
-/// A family member: its dtype, its chunks' ids and records, and its fingerprint.
-struct Member {
-    dtype: Dtype,
-    chunks: Vec<(ChunkHash, ChunkRecord)>,
-    sketch: Sketch,
-}
-
-/// The members (of `dtype`) whose chunks are all live in the index.
-fn live_members(store: &Store, dtype: Dtype, candidates: Vec<BaseCandidate>) -> anyhow::Result<Vec<Member>> {
-    let mut members = Vec::new();
-    'candidates: for candidate in candidates {
-        let Some(sketch) = Sketch::from_bytes(&candidate.sketch) else { continue };
-        let mut chunks = Vec::with_capacity(candidate.chunks.len());
-        for hash in candidate.chunks {
-            match store.index.chunk(&hash)? {
-                Some(record) if record.refs > 0 => chunks.push((hash, record)),
-                _ => continue 'candidates,
-            }
-        }
-        members.push(Member { dtype, chunks, sketch });
-    }
-    Ok(members)
-}
-
-/// The families of two members or more among tensors of one shape: each member joins the first
-/// family whose first member is within [`FAMILY_DISTANCE`] of it (in F32 terms across dtypes),
-/// or starts one.
-fn families(members: Vec<Member>) -> Vec<Vec<Member>> {
-    let mut families: Vec<Vec<Member>> = Vec::new();
-    for member in members {
-        let near = |family: &&mut Vec<Member>| family[0].sketch.distance_across(family[0].dtype, &member.sketch, member.dtype) < FAMILY_DISTANCE;
-        match families.iter_mut().find(near) {
-            Some(family) => family.push(member),
-            None => families.push(vec![member]),
-        }
-    }
-    families.retain(|family| family.len() >= 2);
-    families
-}
-
 /// A digest of chunks and where their frames are (pack, offset, base): it changes when any of
 /// them is stored again.
 fn digest_of<'a>(chunks: impl Iterator<Item = &'a (ChunkHash, ChunkRecord)>) -> [u8; 32] {
@@ -223,14 +164,9 @@ fn digest_of<'a>(chunks: impl Iterator<Item = &'a (ChunkHash, ChunkRecord)>) -> 
 
 /// Plans the new frames of one family into the pass: for each chunk index, the root's chunk and
 /// the other members' chunks (each once) make a group, weighed unless `settled` knows it.
-async fn plan_family(store: &Store, family: &[Member], pass: &mut Pass, settled: &mut HashSet<[u8; 32]>) -> anyhow::Result<Outcome> {
-    // The root is of the widest dtype there (a narrower copy of it is nearly free, the reverse a
-    // rounding residual), and among those the nearest to all the others.
-    let widest = family.iter().map(|member| member.dtype.size()).max().unwrap_or(0);
-    let distances = |candidate: &Member| {
-        family.iter().map(|other| u64::from(candidate.sketch.distance_across(candidate.dtype, &other.sketch, other.dtype))).sum::<u64>()
-    };
-    let root = (0..family.len()).filter(|at| family[*at].dtype.size() == widest).min_by_key(|at| distances(&family[*at])).unwrap_or(0);
+async fn plan_family(store: &Store, family: &Family, pass: &mut Pass, settled: &mut HashSet<[u8; 32]>) -> anyhow::Result<Outcome> {
+    let root = family.root();
+    let family = &family.members;
     let root_dtype = family[root].dtype;
     let elements = |dtype: Dtype, record: &ChunkRecord| dtype.elements_in(record.raw_len as usize);
     let mut outcome = Outcome::Whole;
