@@ -116,6 +116,8 @@ fn main() {
         gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "base", "--body", base.to_str().unwrap()]);
         gateway.aws(&["s3api", "put-object", "--bucket", "bench", "--key", "fine-tune", "--body", tuned.to_str().unwrap()]);
     }
+    // The uploads' writes reach the disk before the loads start, rather than during the first.
+    assert!(Command::new("sync").status().unwrap().success());
     let loads: [(&str, &LoadWith<'_>); 5] = [
         ("120 concurrent tensor-aligned ranges of up to 8 MiB (runai-like)", &|g| Some(loader(g, &tuned, 120, "8"))),
         ("120 concurrent tensor-aligned ranges of up to 1.5 MiB (chunks shared by ranges)", &|g| Some(loader(g, &tuned, 120, "1.5"))),
