@@ -33,10 +33,13 @@ impl Lookup {
     }
 }
 
+/// A decode under way, as `decoding` lists it: its number, and where it will send the chunk.
+type Underway = (u64, watch::Receiver<Option<Bytes>>);
+
 pub struct ChunkCache {
     recent: Mutex<Recent>,
-    /// Chunks being decoded: the decode's number and where it will send the chunk.
-    decoding: Mutex<HashMap<ChunkHash, (u64, watch::Receiver<Option<Bytes>>)>>,
+    /// Chunks being decoded.
+    decoding: Mutex<HashMap<ChunkHash, Underway>>,
     next_decode: AtomicU64,
 }
 
@@ -222,7 +225,7 @@ mod tests {
 
         let stuck = {
             let cache = cache.clone();
-            tokio::spawn(async move { cache.get_or_decode(&[2; 32], true, || std::future::pending()).await })
+            tokio::spawn(async move { cache.get_or_decode(&[2; 32], true, std::future::pending).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let waiter = {
