@@ -101,8 +101,8 @@ pub struct Config {
     /// Raw bytes re-encoded at most by one garbage collection to re-base families of tensors
     /// (0 turns re-basing off; it does not run with a shared upstream).
     pub rebase_bytes_per_run: u64,
-    /// Bytes of decoded chunks kept in memory: bases of delta reads, and the chunks GETs
-    /// return, which neighbouring ranges share (`base_cache_bytes` before stop 18).
+    /// Bytes of decoded chunks kept in memory: bases of delta reads, and the chunks GETs took
+    /// part of, which neighbouring ranges share (`base_cache_bytes` before stop 18).
     #[serde(alias = "base_cache_bytes")]
     pub chunk_cache_bytes: u64,
     /// How a new tensor's base is chosen.

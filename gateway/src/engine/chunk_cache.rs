@@ -129,7 +129,13 @@ impl ChunkCache {
             Err(mut receiver) => {
                 let shared = receiver.wait_for(Option::is_some).await.ok().and_then(|decoded| decoded.clone());
                 match shared {
-                    Some(bytes) => Ok((bytes, Lookup::Shared)),
+                    Some(bytes) => {
+                        // The decode shared may have been one not to keep (a whole chunk read).
+                        if keep {
+                            locked(&self.recent).insert(*hash, bytes.clone());
+                        }
+                        Ok((bytes, Lookup::Shared))
+                    }
                     None => {
                         let bytes = decode().await?;
                         if keep {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use futures::SinkExt;
 use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
-use tensorgate_index::{ChunkHash, ObjectRecord, Segment, MAX_BASE_DEPTH};
+use tensorgate_index::{ChunkHash, ChunkRecord, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
 use crate::engine::chunk_cache::Lookup;
 use crate::engine::{on_cores, Store, READ_ATTEMPTS};
@@ -140,8 +140,9 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
         Piece::Inline(bytes) => Ok(bytes),
         Piece::Blob { key, range } => store.read_upstream(&key, range).await,
         Piece::Chunk { hash, len, within } => {
-            // A chunk kept, or being decoded for another read, costs no slot. A decode waits its
-            // turn for slots (first come, first served) and takes them before it is announced:
+            // A chunk kept, or being decoded for another read when this one looks, costs no
+            // slot. A decode waits its turn for slots (first come, first served) and takes them
+            // before it is announced:
             // one that took them once under way could wait on slots held by deltas waiting for
             // it as their base. Whoever holds a slot finishes without waiting on any client
             // (`stream` fetches each piece in a task of its own, and the other callers await
@@ -197,10 +198,32 @@ async fn load_chunk_tries(store: &Store, hash: &ChunkHash, attempts: u32, depth:
         .index
         .chunk(hash)?
         .with_context(|| format!("chunk {} is not in the index", ContentHash(*hash)))?;
+    check_chain(store, hash, &record)?;
     let frame = store
         .read_upstream_tries(&record.pack, record.offset..record.offset + u64::from(record.frame_len), attempts)
         .await?;
+    let named_base = FrameHeader::read(&frame)?.base.map(|base| base.0);
+    anyhow::ensure!(named_base == record.base, "the frame of chunk {} names another base than the index", ContentHash(*hash));
     decode_at(store, frame, depth).await
+}
+
+/// Refuses a chunk whose chain of bases in the index loops or runs deeper than
+/// [`MAX_BASE_DEPTH`], before anything of it is decoded: decoding a chunk announces it (see
+/// `chunk_cache`), so a decode that met the chunk again as a base would wait for itself. Each
+/// frame must then name the base the index gives it, so the decode follows this chain.
+fn check_chain(store: &Store, hash: &ChunkHash, record: &ChunkRecord) -> anyhow::Result<()> {
+    let mut seen = vec![*hash];
+    let mut next = record.base;
+    while let Some(base) = next {
+        anyhow::ensure!(
+            !seen.contains(&base) && seen.len() <= MAX_BASE_DEPTH,
+            "the bases of chunk {} loop or run more than {MAX_BASE_DEPTH} deep",
+            ContentHash(*hash)
+        );
+        seen.push(base);
+        next = store.index.chunk(&base)?.and_then(|base_record| base_record.base);
+    }
+    Ok(())
 }
 
 /// Decodes a frame read from the upstream (with its base, for a delta), which checks it.
@@ -232,7 +255,8 @@ pub async fn load_base(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes>
 }
 
 /// [`load_base`] with `attempts` upstream attempts at most: a write choosing a base can do
-/// without one (it encodes the chunk on its own), so it tries once.
+/// without one (it encodes the chunk on its own), so it tries once (unless it waits for a
+/// read's decode of the same chunk, which tries as that read does).
 pub async fn load_base_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> anyhow::Result<Bytes> {
     load_base_at(store, hash, attempts, 1).await
 }
