@@ -8,10 +8,7 @@ use tensorgate_index::{Savings, Usage};
 
 pub fn run(config: &Config, tenant: Option<&str>, bucket: Option<&str>, json: bool, families: bool) -> anyhow::Result<()> {
     let store = server::open_store(config)?;
-    let families: Vec<FamilyStats> = match families {
-        true => tensor_families(&store)?.iter().map(|family| family.stats()).collect(),
-        false => Vec::new(),
-    };
+    let families: Vec<FamilyStats> = if families { tensor_families(&store)?.iter().map(|family| family.stats()).collect() } else { Vec::new() };
     let selected = |row_tenant: &str, row_bucket: &str| tenant.is_none_or(|t| t == row_tenant) && bucket.is_none_or(|b| b == row_bucket);
     let rows: Vec<_> = store.index.usage()?.into_iter().filter(|row| selected(&row.tenant, &row.bucket)).collect();
     let savings = store.index.savings(|key| selected(&key.tenant, &key.bucket))?;

@@ -1,11 +1,11 @@
 //! Decoded chunks kept between reads, each decoded once for all the reads that want it at the
-//! same time: the bases of delta frames, and the chunks GETs return (the ranges a model loader
-//! sends side by side share the chunk at their boundary, which each would decode otherwise).
+//! same time: the bases of delta frames, and the chunks GETs took part of (the ranges a model
+//! loader sends side by side share the chunk at their boundary, which each would decode
+//! otherwise).
 //! Chunks are named by their content, so a kept chunk is never stale.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -33,14 +33,10 @@ impl Lookup {
     }
 }
 
-/// A decode under way, as `decoding` lists it: its number, and where it will send the chunk.
-type Underway = (u64, watch::Receiver<Option<Bytes>>);
-
 pub struct ChunkCache {
     recent: Mutex<Recent>,
-    /// Chunks being decoded.
-    decoding: Mutex<HashMap<ChunkHash, Underway>>,
-    next_decode: AtomicU64,
+    /// Chunks being decoded, each with where its decode will send it.
+    decoding: Mutex<HashMap<ChunkHash, watch::Receiver<Option<Bytes>>>>,
 }
 
 /// Decoded chunks, least recently used first out, bounded in bytes.
@@ -61,14 +57,15 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Announced<'a> {
     cache: &'a ChunkCache,
     hash: ChunkHash,
-    number: u64,
     sender: watch::Sender<Option<Bytes>>,
+    /// The receiver `decoding` lists, to know it from a later decode's.
+    listed: watch::Receiver<Option<Bytes>>,
 }
 
 impl Drop for Announced<'_> {
     fn drop(&mut self) {
         let mut decoding = locked(&self.cache.decoding);
-        if decoding.get(&self.hash).is_some_and(|(number, _)| *number == self.number) {
+        if decoding.get(&self.hash).is_some_and(|receiver| receiver.same_channel(&self.listed)) {
             decoding.remove(&self.hash);
         }
     }
@@ -78,7 +75,7 @@ impl ChunkCache {
     /// A cache keeping at most `limit` bytes of decoded chunks.
     pub fn new(limit: u64) -> ChunkCache {
         let recent = Recent { entries: lru::LruCache::unbounded(), bytes: 0, limit };
-        ChunkCache { recent: Mutex::new(recent), decoding: Mutex::new(HashMap::new()), next_decode: AtomicU64::new(0) }
+        ChunkCache { recent: Mutex::new(recent), decoding: Mutex::new(HashMap::new()) }
     }
 
     /// The chunk `hash` if it is kept.
@@ -89,7 +86,7 @@ impl ChunkCache {
     /// The chunk `hash` once another read's decode of it ends, if one is under way and
     /// succeeds. The wait holds nothing that decode could need.
     pub async fn decoded_elsewhere(&self, hash: &ChunkHash) -> Option<Bytes> {
-        let mut receiver = locked(&self.decoding).get(hash).map(|(_, receiver)| receiver.clone())?;
+        let mut receiver = locked(&self.decoding).get(hash).cloned()?;
         let decoded = receiver.wait_for(Option::is_some).await.ok()?.clone();
         decoded
     }
@@ -108,44 +105,36 @@ impl ChunkCache {
         let announced = {
             let mut decoding = locked(&self.decoding);
             match decoding.get(hash) {
-                Some((_, receiver)) => Err(receiver.clone()),
+                Some(receiver) => Err(receiver.clone()),
                 None => {
-                    let number = self.next_decode.fetch_add(1, Ordering::Relaxed);
-                    let (sender, receiver) = watch::channel(None);
-                    decoding.insert(*hash, (number, receiver));
-                    Ok(Announced { cache: self, hash: *hash, number, sender })
+                    let (sender, listed) = watch::channel(None);
+                    decoding.insert(*hash, listed.clone());
+                    Ok(Announced { cache: self, hash: *hash, sender, listed })
                 }
             }
         };
-        match announced {
+        // The announcement is withdrawn (dropped) only once the chunk is kept, so that a read
+        // coming between finds it one way or the other.
+        let mut announcement = None;
+        let (bytes, lookup) = match announced {
             Ok(announced) => {
                 let bytes = decode().await?;
-                if keep {
-                    locked(&self.recent).insert(*hash, bytes.clone());
-                }
-                announced.sender.send_replace(Some(bytes.clone()));
-                Ok((bytes, Lookup::Miss))
+                announcement = Some(announced);
+                (bytes, Lookup::Miss)
             }
-            Err(mut receiver) => {
-                let shared = receiver.wait_for(Option::is_some).await.ok().and_then(|decoded| decoded.clone());
-                match shared {
-                    Some(bytes) => {
-                        // The decode shared may have been one not to keep (a whole chunk read).
-                        if keep {
-                            locked(&self.recent).insert(*hash, bytes.clone());
-                        }
-                        Ok((bytes, Lookup::Shared))
-                    }
-                    None => {
-                        let bytes = decode().await?;
-                        if keep {
-                            locked(&self.recent).insert(*hash, bytes.clone());
-                        }
-                        Ok((bytes, Lookup::Miss))
-                    }
-                }
-            }
+            Err(mut receiver) => match receiver.wait_for(Option::is_some).await.ok().and_then(|decoded| decoded.clone()) {
+                Some(bytes) => (bytes, Lookup::Shared),
+                None => (decode().await?, Lookup::Miss),
+            },
+        };
+        // A decode shared may have been one not to keep (a whole chunk read), and this one to keep.
+        if keep {
+            locked(&self.recent).insert(*hash, bytes.clone());
         }
+        if let Some(announced) = announcement {
+            announced.sender.send_replace(Some(bytes.clone()));
+        }
+        Ok((bytes, lookup))
     }
 }
 
@@ -174,7 +163,7 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
     #[tokio::test]

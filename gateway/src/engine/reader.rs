@@ -142,18 +142,18 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
         Piece::Chunk { hash, len, within } => {
             // A chunk kept, or being decoded for another read when this one looks, costs no
             // slot. A decode waits its turn for slots (first come, first served) and takes them
-            // before it is announced:
-            // one that took them once under way could wait on slots held by deltas waiting for
-            // it as their base. Whoever holds a slot finishes without waiting on any client
-            // (`stream` fetches each piece in a task of its own, and the other callers await
-            // the piece themselves), so a slow reader never holds the others up.
+            // before it is announced: one that took them once under way could wait on slots held
+            // by deltas waiting for it as their base. Whoever holds a slot finishes without
+            // waiting on any client (`stream` fetches each piece in a task of its own, and the
+            // other callers await the piece themselves), so a slow reader never holds the
+            // others up.
             let found = match store.chunk_cache.kept(&hash) {
                 Some(chunk) => Some((chunk, Lookup::Hit)),
                 None => store.chunk_cache.decoded_elsewhere(&hash).await.map(|chunk| (chunk, Lookup::Shared)),
             };
             let chunk = match found {
                 Some((chunk, lookup)) => {
-                    store.metrics.chunk_cache.get_or_create(&CacheLabels { result: lookup.label() }).inc();
+                    count_lookup(store, lookup);
                     chunk
                 }
                 None => {
@@ -182,8 +182,12 @@ where
     Decoded: std::future::Future<Output = anyhow::Result<Bytes>>,
 {
     let (bytes, lookup) = store.chunk_cache.get_or_decode(hash, keep, decode).await?;
-    store.metrics.chunk_cache.get_or_create(&CacheLabels { result: lookup.label() }).inc();
+    count_lookup(store, lookup);
     Ok((bytes, lookup))
+}
+
+fn count_lookup(store: &Store, lookup: Lookup) {
+    store.metrics.chunk_cache.get_or_create(&CacheLabels { result: lookup.label() }).inc();
 }
 
 /// Fetches and decodes one chunk (with its base when it is a delta), read from the upstream

@@ -87,19 +87,26 @@ macro_rules! write_output {
     }};
 }
 
+/// The `x-amz-checksum-*` values a request's input carries (moved out of it).
+macro_rules! checksums_in {
+    ($input:expr) => {
+        Checksums {
+            crc32: $input.checksum_crc32,
+            crc32c: $input.checksum_crc32c,
+            sha1: $input.checksum_sha1,
+            sha256: $input.checksum_sha256,
+            crc64nvme: $input.checksum_crc64nvme,
+        }
+    };
+}
+
 /// The digests a PutObject or UploadPart request announces, in headers or trailers.
 macro_rules! claimed_digests {
     ($input:expr, $request:expr) => {
         ClaimedDigests {
             content_md5: $input.content_md5,
             algorithm: $input.checksum_algorithm.map(|a| a.as_str().to_owned()).or(trailer_algorithm(&$request.headers)),
-            checksums: Checksums {
-                crc32: $input.checksum_crc32,
-                crc32c: $input.checksum_crc32c,
-                sha1: $input.checksum_sha1,
-                sha256: $input.checksum_sha256,
-                crc64nvme: $input.checksum_crc64nvme,
-            },
+            checksums: checksums_in!($input),
             trailers: $request.trailing_headers,
         }
     };

@@ -130,14 +130,7 @@ impl Gateway {
             return Err(s3_error!(EntityTooSmall));
         }
         let record = multipart_record(&upload, &chosen)?;
-        let claimed = Checksums {
-            crc32: input.checksum_crc32.clone(),
-            crc32c: input.checksum_crc32c.clone(),
-            sha1: input.checksum_sha1.clone(),
-            sha256: input.checksum_sha256.clone(),
-            crc64nvme: input.checksum_crc64nvme.clone(),
-        };
-        check_completion_checksums(&claimed, &record.checksums)?;
+        check_completion_checksums(&checksums_in!(input), &record.checksums)?;
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
         let expect = WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         catalog::complete_upload(&self.store, &input.upload_id, &key, &record, expect.as_expect()).await.map_err(to_s3)?;
