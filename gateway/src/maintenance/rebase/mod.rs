@@ -14,15 +14,12 @@
 //! in are compacted at once, so that the savings reach the upstream.
 //!
 //! Every frame a pass writes is the root's chunk on its own or a delta against a root chunk that
-//! ends the pass on its own, so no pass makes a cycle of bases. A member with deltas of deltas
-//! above it once the pass is in (or a delta above it that a write in progress holds, and may
-//! take a delta of) is left alone, so that chains stay within `MAX_WRITE_DEPTH`, but for one
-//! race: a write that took a delta of such a chunk before the pass looked can end one delta
-//! deeper (still far within the readers' `MAX_BASE_DEPTH`). A group that leaving such members
-//! alone makes not worth it is left whole. With a shared upstream it does not run (other
-//! gateways hold their own bases; issue 16 leaves it for later). What it found nothing to gain
-//! in is remembered in memory, by a digest of the frames, until they change or the process
-//! restarts.
+//! ends the pass on its own, so no pass makes a cycle of bases. Chains stay within
+//! `MAX_WRITE_DEPTH` (`chains.rs` says how), but for one race: a write that took a delta of a
+//! chunk before the pass looked can end one delta deeper (still far within the readers'
+//! `MAX_BASE_DEPTH`). With a shared upstream it does not run (other gateways hold their own
+//! bases; issue 16 leaves it for later). What it found nothing to gain in is remembered in
+//! memory, by a digest of the frames, until they change or the process restarts.
 
 use std::collections::{HashMap, HashSet};
 
@@ -30,7 +27,6 @@ use bytes::Bytes;
 use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameFormat, FrameHeader};
 use tensorgate_index::{pack_key, pack_prefix, ChunkHash, ChunkRecord, IndexError, Rebased, Refusal};
 
-use crate::engine::ingest::MAX_WRITE_DEPTH;
 use crate::engine::{catalog, on_cores, reader, Store};
 use crate::ids::{new_id, now_ms};
 use crate::maintenance::compact::{compact_these, objects_using};
@@ -61,14 +57,18 @@ pub struct RebaseReport {
 }
 
 /// One chunk stored again: its group (the root chunk's id), its record when planned, its new
-/// frame and that frame's base.
+/// frame and that frame's base. A spare frame is no smaller than the chunk's frame now: it is
+/// written only when moving the chunk to the root lets a chain stay short (`fit_chains`).
 struct Planned {
     group: ChunkHash,
     hash: ChunkHash,
     record: ChunkRecord,
     frame: Vec<u8>,
     base: Option<ChunkHash>,
+    spare: bool,
 }
+
+mod chains;
 
 /// Re-bases the families of tensors, re-encoding at most `rebase_bytes_per_run` raw bytes (the
 /// group that crosses it is the last). `settled` holds the digests of the families and groups
@@ -211,7 +211,7 @@ async fn plan_family(store: &Store, family: &Family, pass: &mut Pass, settled: &
             }
         };
         pass.roots.insert(*root_hash);
-        pass.taken.extend(group.iter().map(|step| step.hash));
+        pass.taken.extend(group.iter().filter(|step| !step.spare).map(|step| step.hash));
         pass.planned.extend(group);
     }
     Ok(outcome)
@@ -219,7 +219,8 @@ async fn plan_family(store: &Store, family: &Family, pass: &mut Pass, settled: &
 
 /// The new frames of one group, if they make it at least [`MIN_SAVING`] smaller: the root's
 /// chunk on its own (if it is a delta now), and each member's chunk against the root's where
-/// that is smaller than its frame now.
+/// that is smaller than its frame now; the other members' frames against the root come along as
+/// spares.
 async fn weigh_group(
     store: &Store,
     (root_dtype, (root_hash, root_record)): (Dtype, &(ChunkHash, ChunkRecord)),
@@ -230,17 +231,16 @@ async fn weigh_group(
     let mut group = Vec::new();
     if root_record.base.is_some() {
         let frame = encode_checked(root_bytes.clone(), root_dtype, None, format).await?;
-        group.push(Planned { group: *root_hash, hash: *root_hash, record: root_record.clone(), frame, base: None });
+        group.push(Planned { group: *root_hash, hash: *root_hash, record: root_record.clone(), frame, base: None, spare: false });
     }
     for (dtype, (hash, record)) in members {
         let bytes = reader::load_chunk(store, hash).await?;
         let frame = encode_checked(bytes, *dtype, Some((*root_hash, root_bytes.clone(), root_dtype)), format).await?;
-        if frame.len() < record.frame_len as usize {
-            let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
-            group.push(Planned { group: *root_hash, hash: *hash, record: record.clone(), frame, base });
-        }
+        let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
+        let spare = frame.len() >= record.frame_len as usize;
+        group.push(Planned { group: *root_hash, hash: *hash, record: record.clone(), frame, base, spare });
     }
-    Ok(worth_it(&group.iter().collect::<Vec<_>>()).then_some(group))
+    Ok(worth_it(&group.iter().filter(|step| !step.spare).collect::<Vec<_>>()).then_some(group))
 }
 
 /// Whether a group's new frames take at least one member as a delta and shrink the group by at
@@ -265,13 +265,13 @@ async fn encode_checked(raw: Bytes, dtype: Dtype, base: Option<(ChunkHash, Bytes
     .await?
 }
 
-/// Writes the planned frames into a new pack and switches the index to them: members with
-/// deltas of deltas above them are dropped first; then, with every key locked, the objects
+/// Writes the planned frames into a new pack and switches the index to them: first the frames
+/// are fitted so that no chain of deltas grows too long (`chains::fit_chains`); then, with every key locked, the objects
 /// using a switched chunk are marked pending, one transaction switches the chunks, and recovery
 /// writes their manifests again. Returns the chunks switched and their frame bytes before and
 /// after (nothing when a chunk changed since it was planned: the new pack goes to the trash).
 async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::Result<(usize, u64, u64)> {
-    let planned = without_deep_descendants(store, planned)?;
+    let planned = chains::fit_chains(store, planned)?;
     if planned.is_empty() {
         return Ok((0, 0, 0));
     }
@@ -308,42 +308,4 @@ async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::R
     drop(in_flight);
     catalog::recover(store).await?;
     Ok(switched)
-}
-
-/// The planned frames without those that make a member a delta while a delta of a delta is
-/// above it, or a delta that a write in progress holds (and may take a delta of): either would
-/// make a chain longer than [`MAX_WRITE_DEPTH`]. A group left not worth it is dropped whole
-/// (its root alone on its own would only cost more).
-fn without_deep_descendants(store: &Store, planned: Vec<Planned>) -> anyhow::Result<Vec<Planned>> {
-    // Deltas above each chunk once the planned frames are in (a root made whole leaves the
-    // chunk it was a delta of).
-    let planned_bases: HashMap<ChunkHash, Option<ChunkHash>> = planned.iter().map(|step| (step.hash, step.base)).collect();
-    let mut children: HashMap<ChunkHash, Vec<ChunkHash>> = HashMap::new();
-    for entry in store.index.all_chunks() {
-        let (hash, record) = entry?;
-        if let Some(base) = planned_bases.get(&hash).copied().unwrap_or(record.base) {
-            children.entry(base).or_default().push(hash);
-        }
-    }
-    // The longest chain of deltas above `hash`, a held chunk counting one more.
-    let height = |hash: &ChunkHash| {
-        let mut level = vec![*hash];
-        let mut height = 0;
-        while height < MAX_WRITE_DEPTH {
-            let held = height > 0 && level.iter().any(|hash| store.held_chunks.is_held(hash));
-            level = level.iter().flat_map(|hash| children.get(hash).into_iter().flatten().copied()).collect();
-            if level.is_empty() && !held {
-                break;
-            }
-            height += 1;
-        }
-        height
-    };
-    let kept: Vec<Planned> = planned.into_iter().filter(|step| step.base.is_none() || height(&step.hash) < MAX_WRITE_DEPTH).collect();
-    let mut groups: HashMap<ChunkHash, Vec<&Planned>> = HashMap::new();
-    for step in &kept {
-        groups.entry(step.group).or_default().push(step);
-    }
-    let worthy: HashSet<ChunkHash> = groups.into_iter().filter(|(_, group)| worth_it(group)).map(|(root, _)| root).collect();
-    Ok(kept.into_iter().filter(|step| worthy.contains(&step.group)).collect())
 }

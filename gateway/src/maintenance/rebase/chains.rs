@@ -1,0 +1,152 @@
+//! Keeping chains of deltas short while re-basing. A pass moves chunks onto their group's root;
+//! a chunk stored on its own that moves becomes a delta, and the deltas above it one level
+//! deeper. Where that would make a chain longer than `MAX_WRITE_DEPTH` (or put a delta above a
+//! chunk a write in progress holds, and may take a delta of), the chunks in the way are moved to
+//! the root too, from the group's spare frames, when that costs fewer bytes than the move
+//! saves: either the chunks just above it that have deltas of their own, or the chunks two
+//! levels above it, whichever is cheaper. Otherwise the chunk stays where it is. (A base stored
+//! after its fine-tunes, with checkpoints as deltas of deltas above it, is the case this is
+//! for: left alone, it and its precisions would stay on their own for good.) A group that ends
+//! no longer worth re-basing is left whole.
+
+use std::collections::{HashMap, HashSet};
+
+use tensorgate_index::ChunkHash;
+
+use super::{worth_it, Planned};
+use crate::engine::ingest::MAX_WRITE_DEPTH;
+use crate::engine::Store;
+
+/// The deltas above each chunk, as the planned frames would leave them.
+struct Chains<'a> {
+    store: &'a Store,
+    above: HashMap<ChunkHash, HashSet<ChunkHash>>,
+}
+
+impl<'a> Chains<'a> {
+    /// Every stored chunk, each on the base `planned` gives it, or else on its own.
+    fn of(store: &'a Store, planned: &[Planned]) -> anyhow::Result<Self> {
+        let planned: HashMap<ChunkHash, Option<ChunkHash>> = planned.iter().map(|step| (step.hash, step.base)).collect();
+        let mut chains = Chains { store, above: HashMap::new() };
+        for entry in store.index.all_chunks() {
+            let (hash, record) = entry?;
+            chains.rebase(hash, None, planned.get(&hash).copied().unwrap_or(record.base));
+        }
+        Ok(chains)
+    }
+
+    /// Records that `hash`'s base is `to` rather than `from`.
+    fn rebase(&mut self, hash: ChunkHash, from: Option<ChunkHash>, to: Option<ChunkHash>) {
+        if let Some(from) = from {
+            if let Some(above) = self.above.get_mut(&from) {
+                above.remove(&hash);
+            }
+        }
+        if let Some(to) = to {
+            self.above.entry(to).or_default().insert(hash);
+        }
+    }
+
+    /// The deltas taken against `hash`.
+    fn above(&self, hash: &ChunkHash) -> Vec<ChunkHash> {
+        self.above.get(hash).into_iter().flatten().copied().collect()
+    }
+
+    /// The longest chain of deltas above `hash`, a held chunk counting one more.
+    fn height(&self, hash: &ChunkHash) -> usize {
+        let mut level = vec![*hash];
+        let mut height = 0;
+        while height < MAX_WRITE_DEPTH {
+            let held = height > 0 && level.iter().any(|hash| self.store.held_chunks.is_held(hash));
+            level = level.iter().flat_map(|hash| self.above(hash)).collect();
+            if level.is_empty() && !held {
+                break;
+            }
+            height += 1;
+        }
+        height
+    }
+
+    /// Whether the chunk stays within `MAX_WRITE_DEPTH` as `step` plans it: on its own, or as
+    /// a delta of a root chunk on its own with fewer than that many levels of deltas above it.
+    fn fits(&self, step: &Planned) -> bool {
+        step.base.is_none() || self.height(&step.hash) < MAX_WRITE_DEPTH
+    }
+}
+
+/// The planned frames to write: the chosen ones that keep every chain short, with the spares
+/// that make room for them; groups left not worth it are dropped whole.
+pub(super) fn fit_chains(store: &Store, planned: Vec<Planned>) -> anyhow::Result<Vec<Planned>> {
+    let (chosen, spares): (Vec<Planned>, Vec<Planned>) = planned.into_iter().partition(|step| !step.spare);
+    let chosen_hashes: HashSet<ChunkHash> = chosen.iter().map(|step| step.hash).collect();
+    let mut spares: HashMap<ChunkHash, Planned> =
+        spares.into_iter().filter(|step| !chosen_hashes.contains(&step.hash)).map(|step| (step.hash, step)).collect();
+    let mut chains = Chains::of(store, &chosen)?;
+    let mut kept = Vec::with_capacity(chosen.len());
+    for step in chosen {
+        if !chains.fits(&step) {
+            match make_room(&mut chains, &mut spares, &step) {
+                Some(moved) => kept.extend(moved),
+                None => {
+                    chains.rebase(step.hash, step.base, step.record.base);
+                    continue;
+                }
+            }
+        }
+        kept.push(step);
+    }
+    // Dropping a group puts its chunks back under their old bases, which may lengthen a chain
+    // another group's frames were fitted to: check again until nothing more is dropped.
+    loop {
+        let count = kept.len();
+        let chains = Chains::of(store, &kept)?;
+        kept.retain(|step| chains.fits(step));
+        let mut groups: HashMap<ChunkHash, Vec<&Planned>> = HashMap::new();
+        for step in &kept {
+            groups.entry(step.group).or_default().push(step);
+        }
+        let worthy: HashSet<ChunkHash> = groups.into_iter().filter(|(_, group)| worth_it(group)).map(|(root, _)| root).collect();
+        kept.retain(|step| worthy.contains(&step.group));
+        if kept.len() == count {
+            return Ok(kept);
+        }
+    }
+}
+
+/// Moves spares of `step`'s group onto the root so that `step` fits: the cheaper of the chunks
+/// just above it that have deltas above them, and the chunks two levels above it, if every one
+/// is a spare of the group, the move costs fewer bytes than `step` saves, and every chain then
+/// fits. Returns the spares moved.
+fn make_room(chains: &mut Chains, spares: &mut HashMap<ChunkHash, Planned>, step: &Planned) -> Option<Vec<Planned>> {
+    let saved = u64::from(step.record.frame_len).saturating_sub(step.frame.len() as u64);
+    let just_above = chains.above(&step.hash);
+    let with_deltas_above: Vec<ChunkHash> = just_above.iter().filter(|hash| !chains.above(hash).is_empty()).copied().collect();
+    let two_above: Vec<ChunkHash> = just_above.iter().flat_map(|hash| chains.above(hash)).collect();
+    let mut best: Option<(u64, Vec<ChunkHash>)> = None;
+    for option in [with_deltas_above, two_above] {
+        let spare_of_group = |hash: &ChunkHash| spares.get(hash).filter(|spare| spare.group == step.group);
+        let cost: Option<u64> =
+            option.iter().map(|hash| spare_of_group(hash).map(|spare| (spare.frame.len() as u64).saturating_sub(u64::from(spare.record.frame_len)))).sum();
+        let Some(cost) = cost else { continue };
+        if option.is_empty() || cost >= saved || best.as_ref().is_some_and(|(cheapest, _)| *cheapest <= cost) {
+            continue;
+        }
+        let moves: Vec<&Planned> = option.iter().filter_map(|hash| spares.get(hash)).collect();
+        for spare in &moves {
+            chains.rebase(spare.hash, spare.record.base, spare.base);
+        }
+        let fits = chains.fits(step) && moves.iter().all(|spare| chains.fits(spare));
+        for spare in &moves {
+            chains.rebase(spare.hash, spare.base, spare.record.base);
+        }
+        if fits {
+            best = Some((cost, option));
+        }
+    }
+    let (_, option) = best?;
+    let moved: Vec<Planned> = option.iter().filter_map(|hash| spares.remove(hash)).collect();
+    for spare in &moved {
+        chains.rebase(spare.hash, spare.record.base, spare.base);
+    }
+    Some(moved)
+}
