@@ -223,9 +223,21 @@ fn against_base(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, base_dtype: Dtype
 fn converted_payload(raw: &[u8], dtype: Dtype, base_hash: ContentHash, conversion: Conversion, converted: &[u8], scales: &[u32]) -> Payload {
     let base = BaseChunk { hash: base_hash, bytes: converted };
     // A cast from a wider precision is usually exact, and its XOR (zeros) decodes at memory
-    // speed; a residual over a narrower precision is small only as an ordered difference.
+    // speed; a residual over a narrower precision, and a fine-tune over a cast of its wider
+    // base, are small as an ordered difference (a BF16 fine-tune over its F32 base: 15-20%
+    // smaller than the XOR).
     let narrows = conversion.source().size() > conversion.target().size();
-    let mut payload = if narrows { xor_payload(raw, dtype, base) } else { delta_payload(raw, dtype, base) };
+    let mut payload = if narrows {
+        let xor = xor_payload(raw, dtype, base);
+        let exact = xor.bytes.len() <= raw.len() / EXACT_ENOUGH;
+        let ordered = (!exact && is_float(dtype)).then(|| delta_payload(raw, dtype, base));
+        match ordered {
+            Some(ordered) if ordered.bytes.len() < xor.bytes.len() => ordered,
+            _ => xor,
+        }
+    } else {
+        delta_payload(raw, dtype, base)
+    };
     payload.conversion = Some(conversion);
     if let Conversion::Groups(_) = conversion {
         let mut bytes = Vec::with_capacity(payload.bytes.len() + scales.len());

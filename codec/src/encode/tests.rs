@@ -35,6 +35,29 @@ fn compresses_weights_and_deltas() {
 }
 
 #[test]
+fn a_fine_tune_over_a_cast_of_its_wider_base_costs_what_it_costs_over_the_cast() {
+    let wide: Vec<u8> = (0..262_144u32)
+        .flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes())
+        .collect();
+    let narrow = Cast::F32ToBf16.apply(&wide);
+    // A fine-tune: every element nudged by a few units in the last place.
+    let tuned: Vec<u8> = narrow
+        .chunks_exact(2)
+        .enumerate()
+        .flat_map(|(i, pair)| (u16::from_le_bytes([pair[0], pair[1]]).wrapping_add((i.wrapping_mul(40_503) % 7) as u16).wrapping_sub(3)).to_le_bytes())
+        .collect();
+    let wide_chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
+    let narrow_chunk = BaseChunk { hash: ContentHash::of(&narrow), bytes: &narrow };
+    let over_cast = encode_chunk(&tuned, Dtype::BF16, Some((wide_chunk, Dtype::F32))).unwrap();
+    let over_narrow = encode_chunk(&tuned, Dtype::BF16, Some((narrow_chunk, Dtype::BF16))).unwrap();
+    let header = FrameHeader::read(&over_cast).unwrap();
+    assert_eq!(header.conversion, Some(Conversion::Whole(Cast::F32ToBf16)));
+    assert!(header.subtract, "an ordered difference");
+    assert!(over_cast.len() <= over_narrow.len() + 64, "over the cast {}, over the narrow copy {}", over_cast.len(), over_narrow.len());
+    assert_eq!(decode_frame(&over_cast, Some(wide_chunk)).unwrap(), tuned);
+}
+
+#[test]
 fn a_cast_costs_next_to_nothing_and_the_wider_tensor_its_residual() {
     let wide: Vec<u8> = (0..262_144u32)
         .flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes())
