@@ -41,6 +41,8 @@ pub struct GcReport {
     pub packs_compacted: usize,
     /// Chunks stored again against a better base.
     pub chunks_rebased: usize,
+    /// Whether re-basing stopped at its budget with families still to weigh.
+    pub rebase_unfinished: bool,
 }
 
 /// Finishes interrupted manifest changes and collects chunks dead for longer than the grace
@@ -95,7 +97,8 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         memory.last_orphan_scan_ms = Some(now);
     }
     report.packs_compacted = compact::compact(store).await?.packs;
-    report.chunks_rebased = rebase::rebase(store, &mut memory.settled_families).await?.chunks;
+    let rebased = rebase::rebase(store, &mut memory.settled_families).await?;
+    (report.chunks_rebased, report.rebase_unfinished) = (rebased.chunks, rebased.unfinished);
     if report.chunks + report.upstream_objects + report.orphans > 0 {
         tracing::info!(chunks = report.chunks, upstream_objects = report.upstream_objects, orphans = report.orphans, "garbage collected");
     }

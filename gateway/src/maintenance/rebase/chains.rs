@@ -1,33 +1,36 @@
-//! Keeping chains of deltas short while re-basing. A pass moves chunks onto their group's root;
-//! a chunk stored on its own that moves becomes a delta, and the deltas above it one level
-//! deeper. Where that would make a chain longer than `MAX_WRITE_DEPTH` (or put a delta above a
-//! chunk a write in progress holds, and may take a delta of), the chunks in the way are moved to
-//! the root too, from the group's spare frames, when that costs fewer bytes than the move
-//! saves: either the chunks just above it that have deltas of their own, or the chunks two
-//! levels above it, whichever is cheaper. Otherwise the chunk stays where it is. (A base stored
-//! after its fine-tunes, with checkpoints as deltas of deltas above it, is the case this is
-//! for: left alone, it and its precisions would stay on their own for good.) A group that ends
-//! no longer worth re-basing is left whole.
+//! Keeping chains of deltas short while re-basing. A chunk's depth (the deltas below it, down
+//! to a chunk on its own) and its height (the longest chain of deltas above it, a chunk a write
+//! in progress holds counting one more: the write may take a delta of it) may add up to at most
+//! `MAX_WRITE_DEPTH`, with the planned frames in place; a frame that would make a loop of bases
+//! fails that too. A pass moves chunks onto their group's root; a chunk stored on its own that
+//! moves becomes a delta, and the deltas above it one level deeper. Where that breaks the rule,
+//! the chunks in the way are moved to the root too, from the group's spare frames, when that
+//! costs fewer bytes than the move saves: either the chunks just above it that have deltas of
+//! their own, or the chunks two levels above it, whichever is cheaper. Otherwise the chunk stays
+//! where it is. (A base stored after its fine-tunes, with checkpoints as deltas of deltas above
+//! it, is the case this is for: left alone, it and its precisions would stay on their own for
+//! good.) A group that ends no longer worth re-basing is left whole.
 
 use std::collections::{HashMap, HashSet};
 
-use tensorgate_index::ChunkHash;
+use tensorgate_index::{ChunkHash, MAX_BASE_DEPTH};
 
 use super::{worth_it, Planned};
 use crate::engine::ingest::MAX_WRITE_DEPTH;
 use crate::engine::Store;
 
-/// The deltas above each chunk, as the planned frames would leave them.
+/// The deltas above each chunk, and each chunk's base, as the planned frames would leave them.
 struct Chains<'a> {
     store: &'a Store,
     above: HashMap<ChunkHash, HashSet<ChunkHash>>,
+    base_of: HashMap<ChunkHash, ChunkHash>,
 }
 
 impl<'a> Chains<'a> {
     /// Every stored chunk, each on the base `planned` gives it, or else on its own.
     fn of(store: &'a Store, planned: &[Planned]) -> anyhow::Result<Self> {
         let planned: HashMap<ChunkHash, Option<ChunkHash>> = planned.iter().map(|step| (step.hash, step.base)).collect();
-        let mut chains = Chains { store, above: HashMap::new() };
+        let mut chains = Chains { store, above: HashMap::new(), base_of: HashMap::new() };
         for entry in store.index.all_chunks() {
             let (hash, record) = entry?;
             chains.rebase(hash, None, planned.get(&hash).copied().unwrap_or(record.base));
@@ -42,9 +45,28 @@ impl<'a> Chains<'a> {
                 above.remove(&hash);
             }
         }
-        if let Some(to) = to {
-            self.above.entry(to).or_default().insert(hash);
+        match to {
+            Some(to) => {
+                self.above.entry(to).or_default().insert(hash);
+                self.base_of.insert(hash, to);
+            }
+            None => {
+                self.base_of.remove(&hash);
+            }
         }
+    }
+
+    /// How many deltas `hash` sits above a chunk stored on its own; `None` past
+    /// `MAX_BASE_DEPTH` (a loop of bases included).
+    fn depth(&self, hash: &ChunkHash) -> Option<usize> {
+        let mut at = *hash;
+        for depth in 0..=MAX_BASE_DEPTH {
+            match self.base_of.get(&at) {
+                Some(base) => at = *base,
+                None => return Some(depth),
+            }
+        }
+        None
     }
 
     /// The deltas taken against `hash`.
@@ -52,25 +74,28 @@ impl<'a> Chains<'a> {
         self.above.get(hash).into_iter().flatten().copied().collect()
     }
 
-    /// The longest chain of deltas above `hash`, a held chunk counting one more.
+    /// The longest chain of deltas above `hash`, a held chunk counting one more (a write in
+    /// progress may take a delta of it).
     fn height(&self, hash: &ChunkHash) -> usize {
         let mut level = vec![*hash];
         let mut height = 0;
-        while height < MAX_WRITE_DEPTH {
-            let held = height > 0 && level.iter().any(|hash| self.store.held_chunks.is_held(hash));
-            level = level.iter().flat_map(|hash| self.above(hash)).collect();
-            if level.is_empty() && !held {
+        for levels in 0..=MAX_WRITE_DEPTH {
+            if level.is_empty() {
                 break;
             }
-            height += 1;
+            height = height.max(levels);
+            if level.iter().any(|hash| self.store.held_chunks.is_held(hash)) {
+                height = height.max(levels + 1);
+            }
+            level = level.iter().flat_map(|hash| self.above(hash)).collect();
         }
         height
     }
 
-    /// Whether the chunk stays within `MAX_WRITE_DEPTH` as `step` plans it: on its own, or as
-    /// a delta of a root chunk on its own with fewer than that many levels of deltas above it.
+    /// Whether the chunk stays within `MAX_WRITE_DEPTH` as `step` plans it: on its own, or with
+    /// its depth and the deltas above it together no more than that.
     fn fits(&self, step: &Planned) -> bool {
-        step.base.is_none() || self.height(&step.hash) < MAX_WRITE_DEPTH
+        step.base.is_none() || self.depth(&step.hash).is_some_and(|depth| depth + self.height(&step.hash) <= MAX_WRITE_DEPTH)
     }
 }
 

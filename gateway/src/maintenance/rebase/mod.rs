@@ -6,17 +6,20 @@
 //! ingest), splits them into families by fingerprint (the layers of one model share a shape but
 //! not a family), takes as each family's root the member of the widest dtype nearest all others
 //! (a narrower copy of it is then nearly free), and, chunk by chunk, stores the root's chunk on
-//! its own and each other member's as a delta against it (converted across dtypes), where that
-//! makes the group at least 5% smaller: as TStore clusters tensors and re-centres the clusters
-//! (arXiv 2604.17104). Each new frame is checked by decoding before anything names it; all go
-//! into one new pack, switched in one index transaction (`Index::rebase`), and the manifests of
-//! the objects concerned are written again, as compaction does. The packs the old frames were
-//! in are compacted at once, so that the savings reach the upstream.
+//! its own and each other member's as a delta against it (converted across dtypes), or against
+//! a member nearer the root that is a delta of it, where that is smaller still (checkpoints of
+//! one run against each other), where that makes the group at least 5% smaller: as TStore
+//! clusters tensors and re-centres the clusters (arXiv 2604.17104). Each new frame is checked by
+//! decoding before anything names it; all go into one new pack, switched in one index
+//! transaction (`Index::rebase`), and the manifests of the objects concerned are written again,
+//! as compaction does. The packs the old frames were in are compacted at once, so that the
+//! savings reach the upstream.
 //!
-//! Every frame a pass writes is the root's chunk on its own or a delta against a root chunk that
-//! ends the pass on its own, so no pass makes a cycle of bases. Chains stay within
-//! `MAX_WRITE_DEPTH` (`chains.rs` says how), but for one race: a write that took a delta of a
-//! chunk before the pass looked can end one delta deeper (still far within the readers'
+//! Every frame a pass writes is the root's chunk on its own, a delta against the root's chunk,
+//! or a delta against a member that ends the pass as a delta of the root's chunk; `chains.rs`
+//! drops any frame whose chain of bases would loop or grow longer than `MAX_WRITE_DEPTH`, but
+//! for one race: a write that took a delta of a chunk before the pass looked can end up to two
+//! deltas deeper (still far within the readers'
 //! `MAX_BASE_DEPTH`). With a shared upstream it does not run (other gateways hold their own
 //! bases; issue 16 leaves it for later). What it found nothing to gain in is remembered in
 //! memory, by a digest of the frames, until they change or the process restarts.
@@ -24,7 +27,7 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameFormat, FrameHeader};
+use tensorgate_codec::{decode_frame, encode_chunk_as, BaseChunk, Cast, ContentHash, Dtype, FrameFormat, FrameHeader, Sketch};
 use tensorgate_index::{pack_key, pack_prefix, ChunkHash, ChunkRecord, IndexError, Rebased, Refusal};
 
 use crate::engine::{catalog, on_cores, reader, Store};
@@ -54,6 +57,8 @@ pub struct RebaseReport {
     /// Frame bytes of those chunks before and after.
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Whether the budget ran out before every family was weighed.
+    pub unfinished: bool,
 }
 
 /// One chunk stored again: its group (the root chunk's id), its record when planned, its new
@@ -81,7 +86,7 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
     if settled.len() > MAX_SETTLED {
         settled.clear();
     }
-    let mut pass = Pass { budget: store.config.rebase_bytes_per_run, planned: Vec::new(), roots: HashSet::new(), taken: HashSet::new() };
+    let mut pass = Pass { budget: store.config.rebase_bytes_per_run, planned: Vec::new(), roots: HashSet::new(), taken: HashSet::new(), digests: HashMap::new() };
     for family in tensor_families(store)? {
         let digest = digest_of(family.members.iter().flat_map(|member| &member.chunks));
         if settled.contains(&digest) {
@@ -91,6 +96,7 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
         let before = pass.planned.len();
         let outcome = plan_family(store, &family, &mut pass, settled).await?;
         if outcome == Outcome::OutOfBudget {
+            report.unfinished = true;
             break;
         }
         if outcome == Outcome::Whole && pass.planned.len() == before {
@@ -107,6 +113,11 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
     let mut left: HashSet<String> = HashSet::new();
     for (prefix, steps) in by_prefix {
         let sources: HashSet<String> = steps.iter().map(|step| step.record.pack.clone()).collect();
+        // A group that chains of deltas leave not worth it waits until its frames change.
+        let planned_groups: HashSet<ChunkHash> = steps.iter().map(|step| step.group).collect();
+        let steps = chains::fit_chains(store, steps)?;
+        let kept_groups: HashSet<ChunkHash> = steps.iter().map(|step| step.group).collect();
+        settled.extend(planned_groups.difference(&kept_groups).filter_map(|root| pass.digests.get(root)));
         let switched = switch(store, &prefix, steps).await?;
         if switched.0 > 0 {
             left.extend(sources);
@@ -135,6 +146,8 @@ struct Pass {
     /// one or the other, once.
     roots: HashSet<ChunkHash>,
     taken: HashSet<ChunkHash>,
+    /// The digest of each planned group, by its root chunk.
+    digests: HashMap<ChunkHash, [u8; 32]>,
 }
 
 /// How planning a family ended.
@@ -173,23 +186,21 @@ async fn plan_family(store: &Store, family: &Family, pass: &mut Pass, settled: &
     for (index, root_chunk) in family[root].chunks.iter().enumerate() {
         let (root_hash, root_record) = root_chunk;
         let mut seen = HashSet::from([*root_hash]);
-        let members: Vec<(Dtype, &(ChunkHash, ChunkRecord))> = family
+        let members: Vec<GroupMember> = family
             .iter()
             .filter(|member| member.dtype == root_dtype || Cast::sources_for(member.dtype).contains(&root_dtype))
-            .filter_map(|member| Some((member.dtype, member.chunks.get(index)?)))
-            .filter(|(dtype, (hash, record))| {
-                record.base != Some(*root_hash) && elements(*dtype, record) == elements(root_dtype, root_record) && seen.insert(*hash)
-            })
+            .filter_map(|member| Some((member.dtype, &member.sketch, member.chunks.get(index)?)))
+            .filter(|(dtype, _, (hash, record))| elements(*dtype, record) == elements(root_dtype, root_record) && seen.insert(*hash))
             .collect();
-        if members.is_empty() && root_record.base.is_none() {
+        if members.iter().all(|(_, _, (_, record))| record.base == Some(*root_hash)) && members.len() < 2 && root_record.base.is_none() {
             continue;
         }
-        let group_digest = digest_of(std::iter::once(root_chunk).chain(members.iter().map(|(_, chunk)| *chunk)));
+        let group_digest = digest_of(std::iter::once(root_chunk).chain(members.iter().map(|(_, _, chunk)| *chunk)));
         if settled.contains(&group_digest) {
             continue;
         }
-        let clashes = pass.taken.contains(root_hash) || members.iter().any(|(_, (hash, _))| pass.taken.contains(hash) || pass.roots.contains(hash));
-        let one_prefix = members.iter().all(|(_, (_, record))| pack_prefix(&record.pack) == pack_prefix(&root_record.pack));
+        let clashes = pass.taken.contains(root_hash) || members.iter().any(|(_, _, (hash, _))| pass.taken.contains(hash) || pass.roots.contains(hash));
+        let one_prefix = members.iter().all(|(_, _, (_, record))| pack_prefix(&record.pack) == pack_prefix(&root_record.pack));
         if clashes || !one_prefix {
             outcome = Outcome::Partly;
             continue;
@@ -197,8 +208,8 @@ async fn plan_family(store: &Store, family: &Family, pass: &mut Pass, settled: &
         if pass.budget == 0 {
             return Ok(Outcome::OutOfBudget);
         }
-        pass.budget = pass.budget.saturating_sub(u64::from(root_record.raw_len) * (1 + members.len() as u64));
-        let group = match weigh_group(store, (root_dtype, root_chunk), &members).await {
+        let root_member = (root_dtype, &family[root].sketch, root_chunk);
+        let group = match weigh_group(store, root_member, &members, &mut pass.budget).await {
             Ok(Some(group)) => group,
             Ok(None) => {
                 settled.insert(group_digest);
@@ -211,34 +222,78 @@ async fn plan_family(store: &Store, family: &Family, pass: &mut Pass, settled: &
             }
         };
         pass.roots.insert(*root_hash);
+        pass.digests.insert(*root_hash, group_digest);
         pass.taken.extend(group.iter().filter(|step| !step.spare).map(|step| step.hash));
         pass.planned.extend(group);
     }
     Ok(outcome)
 }
 
+/// A member of a group: its dtype, its tensor's fingerprint, and its chunk at the group's place.
+type GroupMember<'a> = (Dtype, &'a Sketch, &'a (ChunkHash, ChunkRecord));
+
 /// The new frames of one group, if they make it at least [`MIN_SAVING`] smaller: the root's
-/// chunk on its own (if it is a delta now), and each member's chunk against the root's where
-/// that is smaller than its frame now; the other members' frames against the root come along as
-/// spares.
+/// chunk on its own (if it is a delta now), and each member's chunk either against the root's
+/// where that is smaller than its frame now, or against a member nearer the root that stays a
+/// delta of it, where that is smaller still (a checkpoint against the one before it: one delta
+/// deeper). The other members' frames against the root come along as spares.
+/// Each chunk encoded is taken from `budget`.
 async fn weigh_group(
     store: &Store,
-    (root_dtype, (root_hash, root_record)): (Dtype, &(ChunkHash, ChunkRecord)),
-    members: &[(Dtype, &(ChunkHash, ChunkRecord))],
+    (root_dtype, root_sketch, (root_hash, root_record)): GroupMember<'_>,
+    members: &[GroupMember<'_>],
+    budget: &mut u64,
 ) -> anyhow::Result<Option<Vec<Planned>>> {
     let format = store.config.frame_format();
     let root_bytes = reader::load_chunk(store, root_hash).await?;
+    let raw_len = u64::from(root_record.raw_len);
     let mut group = Vec::new();
     if root_record.base.is_some() {
+        *budget = budget.saturating_sub(raw_len);
         let frame = encode_checked(root_bytes.clone(), root_dtype, None, format).await?;
         group.push(Planned { group: *root_hash, hash: *root_hash, record: root_record.clone(), frame, base: None, spare: false });
     }
-    for (dtype, (hash, record)) in members {
+    // Each member against the root (unless it is a delta of it already), then nearest first.
+    let mut weighed = Vec::with_capacity(members.len());
+    for (dtype, sketch, (hash, record)) in members {
         let bytes = reader::load_chunk(store, hash).await?;
-        let frame = encode_checked(bytes, *dtype, Some((*root_hash, root_bytes.clone(), root_dtype)), format).await?;
+        if record.base != Some(*root_hash) {
+            *budget = budget.saturating_sub(raw_len);
+        }
+        let at_root = match record.base == Some(*root_hash) {
+            true => None,
+            false => Some(encode_checked(bytes.clone(), *dtype, Some((*root_hash, root_bytes.clone(), root_dtype)), format).await?),
+        };
+        weighed.push((*dtype, *sketch, *hash, record, bytes, at_root));
+    }
+    weighed.sort_by_key(|(_, _, _, record, _, at_root)| at_root.as_ref().map_or(record.frame_len as usize, Vec::len));
+    // Members that end the pass as deltas of the root, which others may take deltas against.
+    let mut hubs: Vec<(Dtype, &Sketch, ChunkHash, Bytes)> = Vec::new();
+    for (dtype, sketch, hash, record, bytes, at_root) in weighed {
+        let best = at_root.as_ref().map_or(record.frame_len as usize, |frame| frame.len().min(record.frame_len as usize));
+        // Only a hub nearer than the root is tried.
+        let distance = |(hub_dtype, hub_sketch): (Dtype, &Sketch)| hub_sketch.distance_across(hub_dtype, sketch, dtype);
+        let nearest = hubs.iter().min_by_key(|(hub_dtype, hub_sketch, _, _)| distance((*hub_dtype, hub_sketch)));
+        let nearer = nearest.filter(|(hub_dtype, hub_sketch, _, _)| distance((*hub_dtype, hub_sketch)) < distance((root_dtype, root_sketch)));
+        if let Some((hub_dtype, _, hub_hash, hub_bytes)) = nearer {
+            *budget = budget.saturating_sub(raw_len);
+            let frame = encode_checked(bytes.clone(), dtype, Some((*hub_hash, hub_bytes.clone(), *hub_dtype)), format).await?;
+            let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
+            if base == Some(*hub_hash) && (frame.len() as f64) < (1.0 - MIN_SAVING) * best as f64 {
+                group.push(Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare: false });
+                continue;
+            }
+        }
+        let Some(frame) = at_root else {
+            hubs.push((dtype, sketch, hash, bytes));
+            continue;
+        };
         let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
         let spare = frame.len() >= record.frame_len as usize;
-        group.push(Planned { group: *root_hash, hash: *hash, record: record.clone(), frame, base, spare });
+        if !spare && base == Some(*root_hash) {
+            hubs.push((dtype, sketch, hash, bytes));
+        }
+        group.push(Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare });
     }
     Ok(worth_it(&group.iter().filter(|step| !step.spare).collect::<Vec<_>>()).then_some(group))
 }
@@ -265,13 +320,12 @@ async fn encode_checked(raw: Bytes, dtype: Dtype, base: Option<(ChunkHash, Bytes
     .await?
 }
 
-/// Writes the planned frames into a new pack and switches the index to them: first the frames
-/// are fitted so that no chain of deltas grows too long (`chains::fit_chains`); then, with every key locked, the objects
+/// Writes the planned frames (fitted by `chains::fit_chains`) into a new pack and switches the
+/// index to them: with every key locked, the objects
 /// using a switched chunk are marked pending, one transaction switches the chunks, and recovery
 /// writes their manifests again. Returns the chunks switched and their frame bytes before and
 /// after (nothing when a chunk changed since it was planned: the new pack goes to the trash).
 async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::Result<(usize, u64, u64)> {
-    let planned = chains::fit_chains(store, planned)?;
     if planned.is_empty() {
         return Ok((0, 0, 0));
     }
