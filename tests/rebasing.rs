@@ -116,6 +116,12 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
         reads
     );
     assert!(share(unbased_settled) <= share(forward_settled) + 2.0, "without bases settled at {unbased_settled}, base first at {forward_settled}");
+    // What re-basing found settled stays settled across a restart: nothing is weighed again.
+    let mut unbased = unbased;
+    unbased.restart();
+    let report = unbased.collect_garbage();
+    assert_eq!((report.chunks_rebased, report.rebase_unfinished), (0, false));
+    assert_eq!(unbased.store().metrics.rebase_raw_bytes.get(), 0, "a restarted gateway weighed settled families again");
     for gateway in [&forward, &unbased] {
         let report = gateway.fsck();
         assert!(report.problems.is_empty(), "{:?}", report.problems);

@@ -103,6 +103,7 @@ pub struct Index {
     candidates: sled::Tree,
     meta: sled::Tree,
     pending: sled::Tree,
+    rebase_settled: sled::Tree,
 }
 
 impl Index {
@@ -122,6 +123,7 @@ impl Index {
             candidates: db.open_tree("candidates")?,
             meta: db.open_tree("meta")?,
             pending: db.open_tree("pending")?,
+            rebase_settled: db.open_tree("rebase-settled")?,
             db,
         };
         index.migrate_signatures()?;

@@ -26,6 +26,28 @@ pub struct Rebased {
 }
 
 impl Index {
+    /// Whether re-basing found nothing to gain in the chunks and frames `digest` names.
+    pub fn rebase_settled(&self, digest: &[u8; 32]) -> Result<bool> {
+        Ok(self.rebase_settled.contains_key(digest)?)
+    }
+
+    /// Records that re-basing found nothing to gain in what `digest` names. Not flushed: a digest
+    /// a crash loses is only weighed again.
+    pub fn settle_rebase(&self, digest: &[u8; 32]) -> Result<()> {
+        self.rebase_settled.insert(digest, &[])?;
+        Ok(())
+    }
+
+    /// Forgets every settled digest (they are weighed again) when there are more than `max`:
+    /// digests of frames since changed never match again, and would otherwise pile up. Counting
+    /// reads the whole tree.
+    pub fn forget_settled_past(&self, max: usize) -> Result<()> {
+        if self.rebase_settled.iter().keys().nth(max).is_some() {
+            self.rebase_settled.clear()?;
+        }
+        Ok(())
+    }
+
     /// Every family of base candidates: the stored tensors of one dtype and shape (the
     /// signature) within one dedup scope, as (scope, signature, candidates).
     pub fn candidate_families(&self) -> Result<Vec<(String, String, Vec<BaseCandidate>)>> {
@@ -115,6 +137,20 @@ mod tests {
     use super::*;
     use crate::test_records::{fresh_index, object_of_two_chunks, record};
     use crate::{Expect, ObjectKey, Segment};
+
+    #[test]
+    fn settled_digests_are_kept_until_there_are_too_many() {
+        let (_dir, index) = fresh_index();
+        for digest in [[1u8; 32], [2u8; 32]] {
+            assert!(!index.rebase_settled(&digest).unwrap());
+            index.settle_rebase(&digest).unwrap();
+            assert!(index.rebase_settled(&digest).unwrap());
+        }
+        index.forget_settled_past(2).unwrap();
+        assert!(index.rebase_settled(&[1u8; 32]).unwrap(), "two are not more than two");
+        index.forget_settled_past(1).unwrap();
+        assert!(!index.rebase_settled(&[1u8; 32]).unwrap() && !index.rebase_settled(&[2u8; 32]).unwrap());
+    }
 
     #[test]
     fn families_group_candidates_by_scope_and_signature() {

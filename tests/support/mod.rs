@@ -171,6 +171,28 @@ impl TestGateway {
         &self.gateway.as_ref().unwrap().store
     }
 
+    /// Shuts the gateway down cleanly and starts it again on the same data and configuration
+    /// (on a new port): what a restart keeps is what the index and the upstream hold.
+    pub fn restart(&mut self) {
+        let config = self.store().config.clone();
+        let gateway = self.gateway.take().unwrap();
+        self.runtime.block_on(gateway.shut_down()).expect("the gateway shuts down");
+        // The index is free once the aborted tasks have let go of the store.
+        let started = std::time::Instant::now();
+        let gateway = loop {
+            let upstream = server::open_upstream(&config).expect("upstream opens");
+            match self.runtime.block_on(server::start_with(config.clone(), upstream)) {
+                Ok(gateway) => break gateway,
+                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(error) => panic!("the gateway does not start again: {error:#}"),
+            }
+        };
+        self.endpoint = format!("http://{}", gateway.address);
+        self.gateway = Some(gateway);
+    }
+
     /// `aws --endpoint-url … ARGS`, asserting success.
     pub fn aws(&self, args: &[&str]) -> Output {
         let output = self.aws_unchecked(args);

@@ -147,8 +147,6 @@ pub struct GcMemory {
     /// The upstream keys each manifest and part marker references, with the record's listing
     /// tag: only records whose tag changed are read again.
     pub(crate) record_references: HashMap<String, (String, Vec<String>)>,
-    /// Families of tensors that re-basing found nothing to gain in, by their frames' digest.
-    pub(crate) settled_families: std::collections::HashSet<[u8; 32]>,
     /// When the upstream was last listed for orphans.
     pub(crate) last_orphan_scan_ms: Option<i64>,
 }

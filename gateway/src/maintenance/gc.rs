@@ -97,7 +97,7 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         memory.last_orphan_scan_ms = Some(now);
     }
     report.packs_compacted = compact::compact(store).await?.packs;
-    let rebased = rebase::rebase(store, &mut memory.settled_families).await?;
+    let rebased = rebase::rebase(store).await?;
     (report.chunks_rebased, report.rebase_unfinished) = (rebased.chunks, rebased.unfinished);
     if report.chunks + report.upstream_objects + report.orphans > 0 {
         tracing::info!(chunks = report.chunks, upstream_objects = report.upstream_objects, orphans = report.orphans, "garbage collected");

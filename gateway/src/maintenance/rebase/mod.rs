@@ -19,10 +19,10 @@
 //! or a delta against a member that ends the pass as a delta of the root's chunk; `chains.rs`
 //! drops any frame whose chain of bases would loop or grow longer than `MAX_WRITE_DEPTH`, but
 //! for one race: a write that took a delta of a chunk before the pass looked can end up to two
-//! deltas deeper (still far within the readers'
-//! `MAX_BASE_DEPTH`). With a shared upstream it does not run (other gateways hold their own
-//! bases; issue 16 leaves it for later). What it found nothing to gain in is remembered in
-//! memory, by a digest of the frames, until they change or the process restarts.
+//! deltas deeper (still far within the readers' `MAX_BASE_DEPTH`). With a shared upstream it
+//! does not run (other gateways hold their own bases; issue 16 leaves it for later). What it
+//! found nothing to gain in is remembered in the index (`rebase-settled`), by a digest of the
+//! chunks and their frames, until they change: a restart does not weigh it all again.
 
 use std::collections::{HashMap, HashSet};
 
@@ -43,8 +43,8 @@ const MIN_SAVING: f64 = 0.05;
 /// than re-basing saves).
 const COMPACT_AFTER: f64 = 1.0;
 
-/// Digests of settled families and groups kept at most (32 bytes each); past it they are
-/// forgotten, and weighed again.
+/// Digests of settled families and groups kept at most (32 bytes each, in the index); past it
+/// they are all forgotten, and weighed again.
 const MAX_SETTLED: usize = 1 << 20;
 
 /// What one pass did.
@@ -76,31 +76,29 @@ struct Planned {
 mod chains;
 
 /// Re-bases the families of tensors, re-encoding at most `rebase_bytes_per_run` raw bytes (the
-/// group that crosses it is the last). `settled` holds the digests of the families and groups
+/// group that crosses it is the last). The index keeps the digests of the families and groups
 /// found with nothing to gain, which are passed over until their frames change.
-pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::Result<RebaseReport> {
+pub async fn rebase(store: &Store) -> anyhow::Result<RebaseReport> {
     let mut report = RebaseReport::default();
     if store.config.shared_upstream || store.config.rebase_bytes_per_run == 0 {
         return Ok(report);
     }
-    if settled.len() > MAX_SETTLED {
-        settled.clear();
-    }
+    store.index.forget_settled_past(MAX_SETTLED)?;
     let mut pass = Pass { budget: store.config.rebase_bytes_per_run, planned: Vec::new(), roots: HashSet::new(), taken: HashSet::new(), digests: HashMap::new() };
     for family in tensor_families(store)? {
         let digest = digest_of(family.members.iter().flat_map(|member| &member.chunks));
-        if settled.contains(&digest) {
+        if store.index.rebase_settled(&digest)? {
             continue;
         }
         report.families += 1;
         let before = pass.planned.len();
-        let outcome = plan_family(store, &family, &mut pass, settled).await?;
+        let outcome = plan_family(store, &family, &mut pass).await?;
         if outcome == Outcome::OutOfBudget {
             report.unfinished = true;
             break;
         }
         if outcome == Outcome::Whole && pass.planned.len() == before {
-            settled.insert(digest);
+            store.index.settle_rebase(&digest)?;
         }
     }
     // New frames go where their chunks' packs are (per-tenant upstreams keep packs under a
@@ -117,7 +115,9 @@ pub async fn rebase(store: &Store, settled: &mut HashSet<[u8; 32]>) -> anyhow::R
         let planned_groups: HashSet<ChunkHash> = steps.iter().map(|step| step.group).collect();
         let steps = chains::fit_chains(store, steps)?;
         let kept_groups: HashSet<ChunkHash> = steps.iter().map(|step| step.group).collect();
-        settled.extend(planned_groups.difference(&kept_groups).filter_map(|root| pass.digests.get(root)));
+        for digest in planned_groups.difference(&kept_groups).filter_map(|root| pass.digests.get(root)) {
+            store.index.settle_rebase(digest)?;
+        }
         let switched = switch(store, &prefix, steps).await?;
         if switched.0 > 0 {
             left.extend(sources);
@@ -176,8 +176,9 @@ fn digest_of<'a>(chunks: impl Iterator<Item = &'a (ChunkHash, ChunkRecord)>) -> 
 }
 
 /// Plans the new frames of one family into the pass: for each chunk index, the root's chunk and
-/// the other members' chunks (each once) make a group, weighed unless `settled` knows it.
-async fn plan_family(store: &Store, family: &Family, pass: &mut Pass, settled: &mut HashSet<[u8; 32]>) -> anyhow::Result<Outcome> {
+/// the other members' chunks (each once) make a group, weighed unless the index holds it
+/// settled.
+async fn plan_family(store: &Store, family: &Family, pass: &mut Pass) -> anyhow::Result<Outcome> {
     let root = family.root();
     let family = &family.members;
     let root_dtype = family[root].dtype;
@@ -196,7 +197,7 @@ async fn plan_family(store: &Store, family: &Family, pass: &mut Pass, settled: &
             continue;
         }
         let group_digest = digest_of(std::iter::once(root_chunk).chain(members.iter().map(|(_, _, chunk)| *chunk)));
-        if settled.contains(&group_digest) {
+        if store.index.rebase_settled(&group_digest)? {
             continue;
         }
         let clashes = pass.taken.contains(root_hash) || members.iter().any(|(_, _, (hash, _))| pass.taken.contains(hash) || pass.roots.contains(hash));
@@ -212,7 +213,7 @@ async fn plan_family(store: &Store, family: &Family, pass: &mut Pass, settled: &
         let group = match weigh_group(store, root_member, &members, &mut pass.budget).await {
             Ok(Some(group)) => group,
             Ok(None) => {
-                settled.insert(group_digest);
+                store.index.settle_rebase(&group_digest)?;
                 continue;
             }
             Err(error) => {
