@@ -53,7 +53,7 @@ const GRACE_SECS: u64 = 2;
 fn settle(gateway: &TestGateway) -> usize {
     for pass in 1..=80 {
         let report = gateway.collect_garbage();
-        if report.chunks_rebased == 0 && !report.rebase_unfinished {
+        if report.rebase.chunks == 0 && !report.rebase.unfinished {
             return pass;
         }
     }
@@ -120,7 +120,8 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
     let mut unbased = unbased;
     unbased.restart();
     let report = unbased.collect_garbage();
-    assert_eq!((report.chunks_rebased, report.rebase_unfinished), (0, false));
+    assert_eq!((report.rebase.chunks, report.rebase.unfinished, report.rebase.families), (0, false, 0));
+    assert!(report.rebase.total_families > 0 && report.rebase.settled_families == report.rebase.total_families, "{:?}", report.rebase);
     assert_eq!(unbased.store().metrics.rebase_raw_bytes.get(), 0, "a restarted gateway weighed settled families again");
     for gateway in [&forward, &unbased] {
         let report = gateway.fsck();

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub rebase_chunks: Counter,
     pub rebase_bytes_before: Counter,
     pub rebase_bytes_after: Counter,
+    /// Families of tensors the last re-basing pass found, and how many of them it found settled
+    /// (nothing left to gain): its progress.
+    pub rebase_families: Gauge,
+    pub rebase_families_settled: Gauge,
     packer_queue: Gauge,
     logical_bytes: Family<TenantLabels, Gauge>,
     physical_bytes: Family<TenantLabels, Gauge>,
@@ -99,6 +103,8 @@ impl Default for Metrics {
             rebase_chunks: Counter::default(),
             rebase_bytes_before: Counter::default(),
             rebase_bytes_after: Counter::default(),
+            rebase_families: Gauge::default(),
+            rebase_families_settled: Gauge::default(),
             packer_queue: Gauge::default(),
             logical_bytes: Family::default(),
             physical_bytes: Family::default(),
@@ -127,6 +133,12 @@ impl Default for Metrics {
         registry.register("rebase_chunks", "Chunks re-basing switched to new frames", metrics.rebase_chunks.clone());
         registry.register("rebase_bytes_before", "Frame bytes of the chunks re-basing switched, before", metrics.rebase_bytes_before.clone());
         registry.register("rebase_bytes_after", "Frame bytes of the chunks re-basing switched, after", metrics.rebase_bytes_after.clone());
+        registry.register("rebase_families", "Families of tensors the last re-basing pass found", metrics.rebase_families.clone());
+        registry.register(
+            "rebase_families_settled",
+            "Families of tensors the last re-basing pass found nothing left to gain in",
+            metrics.rebase_families_settled.clone(),
+        );
         registry.register("packer_queue", "Objects waiting for the background packer", metrics.packer_queue.clone());
         registry.register("logical_bytes", "Bytes clients stored, per tenant", metrics.logical_bytes.clone());
         registry.register("physical_bytes", "Upstream bytes attributed to each tenant", metrics.physical_bytes.clone());

@@ -39,10 +39,9 @@ pub struct GcReport {
     pub leased: bool,
     /// Sparse packs rewritten by compaction.
     pub packs_compacted: usize,
-    /// Chunks stored again against a better base.
-    pub chunks_rebased: usize,
-    /// Whether re-basing stopped at its budget with families still to weigh.
-    pub rebase_unfinished: bool,
+    /// What re-basing did: chunks stored again against a better base, families settled, and
+    /// whether it stopped at its budget with families still to weigh.
+    pub rebase: rebase::RebaseReport,
 }
 
 /// Finishes interrupted manifest changes and collects chunks dead for longer than the grace
@@ -97,8 +96,7 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         memory.last_orphan_scan_ms = Some(now);
     }
     report.packs_compacted = compact::compact(store).await?.packs;
-    let rebased = rebase::rebase(store).await?;
-    (report.chunks_rebased, report.rebase_unfinished) = (rebased.chunks, rebased.unfinished);
+    report.rebase = rebase::rebase(store).await?;
     if report.chunks + report.upstream_objects + report.orphans > 0 {
         tracing::info!(chunks = report.chunks, upstream_objects = report.upstream_objects, orphans = report.orphans, "garbage collected");
     }

@@ -50,7 +50,10 @@ const MAX_SETTLED: usize = 1 << 20;
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RebaseReport {
-    /// Families looked at (not settled since the last pass).
+    /// Families of tensors found, those found settled (before or by this pass: nothing left to
+    /// gain), and those looked at (not settled before this pass).
+    pub total_families: usize,
+    pub settled_families: usize,
     pub families: usize,
     /// Chunks switched to new frames.
     pub chunks: usize,
@@ -85,9 +88,12 @@ pub async fn rebase(store: &Store) -> anyhow::Result<RebaseReport> {
     }
     store.index.forget_settled_past(MAX_SETTLED)?;
     let mut pass = Pass { budget: store.config.rebase_bytes_per_run, planned: Vec::new(), roots: HashSet::new(), taken: HashSet::new(), digests: HashMap::new() };
-    for family in tensor_families(store)? {
+    let families = tensor_families(store)?;
+    report.total_families = families.len();
+    for family in families {
         let digest = digest_of(family.members.iter().flat_map(|member| &member.chunks));
         if store.index.rebase_settled(&digest)? {
+            report.settled_families += 1;
             continue;
         }
         report.families += 1;
@@ -98,6 +104,7 @@ pub async fn rebase(store: &Store) -> anyhow::Result<RebaseReport> {
             break;
         }
         if outcome == Outcome::Whole && pass.planned.len() == before {
+            report.settled_families += 1;
             store.index.settle_rebase(&digest)?;
         }
     }
@@ -131,6 +138,8 @@ pub async fn rebase(store: &Store) -> anyhow::Result<RebaseReport> {
     store.metrics.rebase_chunks.inc_by(report.chunks as u64);
     store.metrics.rebase_bytes_before.inc_by(report.bytes_before);
     store.metrics.rebase_bytes_after.inc_by(report.bytes_after);
+    store.metrics.rebase_families.set(report.total_families as i64);
+    store.metrics.rebase_families_settled.set(report.settled_families as i64);
     if report.chunks > 0 {
         tracing::info!(chunks = report.chunks, bytes_before = report.bytes_before, bytes_after = report.bytes_after, "re-based");
     }
