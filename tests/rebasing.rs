@@ -116,6 +116,11 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
         reads
     );
     assert!(share(unbased_settled) <= share(forward_settled) + 2.0, "without bases settled at {unbased_settled}, base first at {forward_settled}");
+    // The index keeps what re-basing saved, as the metrics counted it.
+    let metrics = &unbased.store().metrics;
+    let counted = (metrics.rebase_chunks.get(), metrics.rebase_bytes_before.get() - metrics.rebase_bytes_after.get());
+    assert!(counted.0 > 0);
+    assert_eq!(unbased.store().index.rebase_totals().unwrap(), counted);
     // What re-basing found settled stays settled across a restart: nothing is weighed again.
     let mut unbased = unbased;
     unbased.restart();
@@ -123,6 +128,7 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
     assert_eq!((report.rebase.chunks, report.rebase.unfinished, report.rebase.families), (0, false, 0));
     assert!(report.rebase.total_families > 0 && report.rebase.settled_families == report.rebase.total_families, "{:?}", report.rebase);
     assert_eq!(unbased.store().metrics.rebase_raw_bytes.get(), 0, "a restarted gateway weighed settled families again");
+    assert_eq!(unbased.store().index.rebase_totals().unwrap(), counted);
     for gateway in [&forward, &unbased] {
         let report = gateway.fsck();
         assert!(report.problems.is_empty(), "{:?}", report.problems);

@@ -11,6 +11,16 @@ use crate::encoding::{flatten, tx_decode, tx_encode};
 use crate::references::{release_chunk, store_pack};
 use crate::{decode, BaseCandidate, ChunkHash, ChunkRecord, Index, IndexError, PackRecord, Refusal, Result};
 
+/// The `meta` key of re-basing's totals: chunks switched and frame bytes saved, two
+/// big-endian u64.
+const REBASE_TOTALS: &str = "rebase-totals";
+
+/// The two totals of a `rebase-totals` value (zeros for a malformed one).
+fn totals_of(value: &[u8]) -> (u64, u64) {
+    let number = |at: usize| value.get(at..at + 8).and_then(|bytes| bytes.try_into().ok()).map_or(0, u64::from_be_bytes);
+    (number(0), number(8))
+}
+
 /// A chunk's new frame, and where its frame must still be for the switch to happen.
 #[derive(Debug, Clone)]
 pub struct Rebased {
@@ -46,6 +56,24 @@ impl Index {
             self.rebase_settled.clear()?;
         }
         Ok(())
+    }
+
+    /// Adds one switch to what re-basing has done in this index: chunks switched and frame bytes
+    /// saved. Not part of the switch's transaction: a crash between the two loses one switch
+    /// from the totals, never a chunk.
+    pub fn count_rebase(&self, chunks: u64, bytes_saved: u64) -> Result<()> {
+        self.meta.update_and_fetch(REBASE_TOTALS, |old| {
+            let (old_chunks, old_saved) = old.map_or((0, 0), totals_of);
+            let mut value = old_chunks.saturating_add(chunks).to_be_bytes().to_vec();
+            value.extend_from_slice(&old_saved.saturating_add(bytes_saved).to_be_bytes());
+            Some(value)
+        })?;
+        Ok(())
+    }
+
+    /// What re-basing has done in this index: chunks switched and frame bytes saved.
+    pub fn rebase_totals(&self) -> Result<(u64, u64)> {
+        Ok(self.meta.get(REBASE_TOTALS)?.map_or((0, 0), |value| totals_of(&value)))
     }
 
     /// Every family of base candidates: the stored tensors of one dtype and shape (the
@@ -137,6 +165,15 @@ mod tests {
     use super::*;
     use crate::test_records::{fresh_index, object_of_two_chunks, record};
     use crate::{Expect, ObjectKey, Segment};
+
+    #[test]
+    fn rebase_totals_add_up() {
+        let (_dir, index) = fresh_index();
+        assert_eq!(index.rebase_totals().unwrap(), (0, 0));
+        index.count_rebase(3, 1000).unwrap();
+        index.count_rebase(2, 24).unwrap();
+        assert_eq!(index.rebase_totals().unwrap(), (5, 1024));
+    }
 
     #[test]
     fn settled_digests_are_kept_until_there_are_too_many() {

@@ -12,10 +12,13 @@ pub fn run(config: &Config, tenant: Option<&str>, bucket: Option<&str>, json: bo
     let selected = |row_tenant: &str, row_bucket: &str| tenant.is_none_or(|t| t == row_tenant) && bucket.is_none_or(|b| b == row_bucket);
     let rows: Vec<_> = store.index.usage()?.into_iter().filter(|row| selected(&row.tenant, &row.bucket)).collect();
     let savings = store.index.savings(|key| selected(&key.tenant, &key.bucket))?;
+    let (rebased_chunks, rebase_saved) = store.index.rebase_totals()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "buckets": rows, "savings": savings, "families": families }))?);
+        let rebasing = serde_json::json!({ "chunks": rebased_chunks, "frame_bytes_saved": rebase_saved });
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "buckets": rows, "savings": savings, "families": families, "rebasing": rebasing }))?);
     } else {
         print_stats(&rows, &savings);
+        println!("re-basing has stored {rebased_chunks} chunks again, saving {rebase_saved} frame bytes (in every tenant)");
         if !families.is_empty() {
             print_families(&families);
         }

@@ -360,7 +360,10 @@ async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::R
         let moved: HashSet<ChunkHash> = steps.iter().map(|step| step.hash).collect();
         store.index.mark_all_pending(&objects_using(store, &moved)?)?;
         match store.index.rebase(&target, written, &steps, now_ms()) {
-            Ok(()) => (steps.len(), before, written),
+            Ok(()) => {
+                store.index.count_rebase(steps.len() as u64, before.saturating_sub(written))?;
+                (steps.len(), before, written)
+            }
             Err(IndexError::Refused(Refusal::VersionChanged)) => {
                 tracing::info!("chunks changed while re-basing was planned; it runs again later");
                 store.index.trash_key(&target, now_ms())?;
