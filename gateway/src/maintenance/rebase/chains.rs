@@ -9,7 +9,10 @@
 //! their own, or the chunks two levels above it, whichever is cheaper. Otherwise the chunk stays
 //! where it is. (A base stored after its fine-tunes, with checkpoints as deltas of deltas above
 //! it, is the case this is for: left alone, it and its precisions would stay on their own for
-//! good.) A group that ends no longer worth re-basing is left whole.
+//! good.) Only then are the deltas against hubs (other members of the group) weighed, each in
+//! place of its chunk's frame against the root: taken where the hub ends the pass as a delta
+//! of the root and both fit, so that a hub that does not fit never costs the group the moves
+//! that do. A group that ends no longer worth re-basing is left whole.
 
 use std::collections::{HashMap, HashSet};
 
@@ -100,8 +103,11 @@ impl<'a> Chains<'a> {
 }
 
 /// The planned frames to write: the chosen ones that keep every chain short, with the spares
-/// that make room for them; groups left not worth it are dropped whole.
+/// that make room for them; then the deltas against hubs that fit, each instead of its chunk's
+/// frame against the root (its hub moved to the root if it was a spare); groups left not worth
+/// it are dropped whole.
 pub(super) fn fit_chains(store: &Store, planned: Vec<Planned>) -> anyhow::Result<Vec<Planned>> {
+    let (upgrades, planned): (Vec<Planned>, Vec<Planned>) = planned.into_iter().partition(|step| step.hub.is_some());
     let (chosen, spares): (Vec<Planned>, Vec<Planned>) = planned.into_iter().partition(|step| !step.spare);
     let chosen_hashes: HashSet<ChunkHash> = chosen.iter().map(|step| step.hash).collect();
     let mut spares: HashMap<ChunkHash, Planned> =
@@ -120,6 +126,9 @@ pub(super) fn fit_chains(store: &Store, planned: Vec<Planned>) -> anyhow::Result
         }
         kept.push(step);
     }
+    for upgrade in upgrades {
+        upgrade_if_it_fits(&mut chains, &mut kept, &mut spares, upgrade);
+    }
     // Dropping a group puts its chunks back under their old bases, which may lengthen a chain
     // another group's frames were fitted to: check again until nothing more is dropped.
     loop {
@@ -134,6 +143,50 @@ pub(super) fn fit_chains(store: &Store, planned: Vec<Planned>) -> anyhow::Result
         kept.retain(|step| worthy.contains(&step.group));
         if kept.len() == count {
             return Ok(kept);
+        }
+    }
+}
+
+/// Takes `upgrade`, a delta against a hub, instead of whatever `kept` plans for its chunk, if
+/// its hub is a delta of the group's root once the pass is in (moved there from the spares if
+/// need be), both fit, and it is smaller than the chunk's planned frame (or its frame now) by
+/// more than moving the hub costs.
+fn upgrade_if_it_fits(chains: &mut Chains, kept: &mut Vec<Planned>, spares: &mut HashMap<ChunkHash, Planned>, upgrade: Planned) {
+    let Some(hub) = upgrade.hub else { return };
+    let on_root = |base: Option<ChunkHash>| base == Some(upgrade.group);
+    let hub_kept = kept.iter().find(|step| step.hash == hub).map(|step| step.base);
+    let hub_spare = spares.get(&hub).filter(|spare| spare.group == upgrade.group && on_root(spare.base));
+    let moving = match (hub_kept, hub_spare) {
+        (Some(base), _) if on_root(base) => None,
+        (Some(_), _) => return,
+        (None, Some(spare)) => Some((spare.record.base, spare.base, (spare.frame.len() as u64).saturating_sub(u64::from(spare.record.frame_len)))),
+        (None, None) if on_root(chains.base_of.get(&hub).copied()) => None,
+        (None, None) => return,
+    };
+    let planned = kept.iter().find(|step| step.hash == upgrade.hash);
+    let (from, size_now) = match planned {
+        Some(step) => (step.base, step.frame.len() as u64),
+        None => (upgrade.record.base, u64::from(upgrade.record.frame_len)),
+    };
+    let cost = moving.map_or(0, |(_, _, cost)| cost);
+    if upgrade.frame.len() as u64 + cost >= size_now {
+        return;
+    }
+    if let Some((hub_from, hub_to, _)) = moving {
+        chains.rebase(hub, hub_from, hub_to);
+    }
+    chains.rebase(upgrade.hash, from, upgrade.base);
+    let hub_fits = moving.is_none() || spares.get(&hub).is_some_and(|spare| chains.fits(spare));
+    if hub_fits && chains.fits(&upgrade) {
+        kept.retain(|step| step.hash != upgrade.hash);
+        if moving.is_some() {
+            kept.extend(spares.remove(&hub));
+        }
+        kept.push(upgrade);
+    } else {
+        chains.rebase(upgrade.hash, upgrade.base, from);
+        if let Some((hub_from, hub_to, _)) = moving {
+            chains.rebase(hub, hub_to, hub_from);
         }
     }
 }

@@ -66,7 +66,10 @@ pub struct RebaseReport {
 
 /// One chunk stored again: its group (the root chunk's id), its record when planned, its new
 /// frame and that frame's base. A spare frame is no smaller than the chunk's frame now: it is
-/// written only when moving the chunk to the root lets a chain stay short (`fit_chains`).
+/// written only when moving the chunk to the root lets a chain stay short (`fit_chains`). A
+/// frame with a hub is a delta against another member of the group, which must end the pass as
+/// a delta of the root: it is taken instead of the chunk's frame against the root where it
+/// fits.
 struct Planned {
     group: ChunkHash,
     hash: ChunkHash,
@@ -74,6 +77,7 @@ struct Planned {
     frame: Vec<u8>,
     base: Option<ChunkHash>,
     spare: bool,
+    hub: Option<ChunkHash>,
 }
 
 mod chains;
@@ -261,7 +265,7 @@ async fn weigh_group(
     if root_record.base.is_some() {
         *budget = budget.saturating_sub(raw_len);
         let frame = encode_checked(root_bytes.clone(), root_dtype, None, format).await?;
-        group.push(Planned { group: *root_hash, hash: *root_hash, record: root_record.clone(), frame, base: None, spare: false });
+        group.push(Planned { group: *root_hash, hash: *root_hash, record: root_record.clone(), frame, base: None, spare: false, hub: None });
     }
     // Each member against the root (unless it is a delta of it already), then nearest first.
     let mut weighed = Vec::with_capacity(members.len());
@@ -277,35 +281,53 @@ async fn weigh_group(
         weighed.push((*dtype, *sketch, *hash, record, bytes, at_root));
     }
     weighed.sort_by_key(|(_, _, _, record, _, at_root)| at_root.as_ref().map_or(record.frame_len as usize, Vec::len));
-    // Members that end the pass as deltas of the root, which others may take deltas against.
-    let mut hubs: Vec<(Dtype, &Sketch, ChunkHash, Bytes)> = Vec::new();
+    // Members that are or may become deltas of the root (their frame against it at most 2%
+    // larger than theirs now), which others may take deltas against: such a delta comes beside
+    // the member's frame against the root, and `chains::fit_chains` takes it if it fits.
+    let mut hubs: Vec<Hub> = Vec::new();
+    let mut upgraded = HashSet::new();
     for (dtype, sketch, hash, record, bytes, at_root) in weighed {
-        let best = at_root.as_ref().map_or(record.frame_len as usize, |frame| frame.len().min(record.frame_len as usize));
+        let now = record.frame_len as usize;
+        let best = at_root.as_ref().map_or(now, |frame| frame.len().min(now));
         // Only a hub nearer than the root is tried.
         let distance = |(hub_dtype, hub_sketch): (Dtype, &Sketch)| hub_sketch.distance_across(hub_dtype, sketch, dtype);
-        let nearest = hubs.iter().min_by_key(|(hub_dtype, hub_sketch, _, _)| distance((*hub_dtype, hub_sketch)));
-        let nearer = nearest.filter(|(hub_dtype, hub_sketch, _, _)| distance((*hub_dtype, hub_sketch)) < distance((root_dtype, root_sketch)));
-        if let Some((hub_dtype, _, hub_hash, hub_bytes)) = nearer {
+        let nearest = hubs.iter().min_by_key(|hub| distance((hub.dtype, hub.sketch)));
+        let nearer = nearest.filter(|hub| distance((hub.dtype, hub.sketch)) < distance((root_dtype, root_sketch)));
+        if let Some(hub) = nearer {
             *budget = budget.saturating_sub(raw_len);
-            let frame = encode_checked(bytes.clone(), dtype, Some((*hub_hash, hub_bytes.clone(), *hub_dtype)), format).await?;
+            let frame = encode_checked(bytes.clone(), dtype, Some((hub.hash, hub.bytes.clone(), hub.dtype)), format).await?;
             let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
-            if base == Some(*hub_hash) && (frame.len() as f64) < (1.0 - MIN_SAVING) * best as f64 {
-                group.push(Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare: false });
-                continue;
+            if base == Some(hub.hash) && ((frame.len() + hub.moving) as f64) < (1.0 - MIN_SAVING) * best as f64 {
+                upgraded.insert(hash);
+                group.push(Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare: false, hub: base });
             }
         }
         let Some(frame) = at_root else {
-            hubs.push((dtype, sketch, hash, bytes));
+            if !upgraded.contains(&hash) {
+                hubs.push(Hub { dtype, sketch, hash, bytes, moving: 0 });
+            }
             continue;
         };
         let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
-        let spare = frame.len() >= record.frame_len as usize;
-        if !spare && base == Some(*root_hash) {
-            hubs.push((dtype, sketch, hash, bytes));
+        let spare = frame.len() >= now;
+        if base == Some(*root_hash) && frame.len() <= now + now / 50 && !upgraded.contains(&hash) {
+            hubs.push(Hub { dtype, sketch, hash, bytes, moving: frame.len().saturating_sub(now) });
         }
-        group.push(Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare });
+        group.push(Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare, hub: None });
     }
-    Ok(worth_it(&group.iter().filter(|step| !step.spare).collect::<Vec<_>>()).then_some(group))
+    // Weighed as if every delta of a member were taken.
+    let counted: Vec<&Planned> = group.iter().filter(|step| !step.spare && (step.hub.is_some() || !upgraded.contains(&step.hash))).collect();
+    Ok(worth_it(&counted).then_some(group))
+}
+
+/// A member of a group that others may take deltas against: its dtype, fingerprint, id and
+/// bytes, and what moving it to the root costs (its frame against the root less its frame now).
+struct Hub<'a> {
+    dtype: Dtype,
+    sketch: &'a Sketch,
+    hash: ChunkHash,
+    bytes: Bytes,
+    moving: usize,
 }
 
 /// Whether a group's new frames take at least one member as a delta and shrink the group by at
