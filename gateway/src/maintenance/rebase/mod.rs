@@ -16,8 +16,9 @@
 //! savings reach the upstream.
 //!
 //! Every frame a pass writes is the root's chunk on its own, a delta against the root's chunk,
-//! or a delta against a member that ends the pass as a delta of the root's chunk; `chains.rs`
-//! drops any frame whose chain of bases would loop or grow longer than `MAX_WRITE_DEPTH`, but
+//! or a delta against another member of the group (meant to end the pass as a delta of the
+//! root's chunk); whatever the pass ends with, `chains.rs` drops any frame whose chain of bases
+//! would loop or grow longer than `MAX_WRITE_DEPTH` against the index as it is, but
 //! for one race: a write that took a delta of a chunk before the pass looked can end up to two
 //! deltas deeper (still far within the readers' `MAX_BASE_DEPTH`). With a shared upstream it
 //! does not run (other gateways hold their own bases; issue 16 leaves it for later). What it
