@@ -41,6 +41,16 @@ impl<'a> Chains<'a> {
         Ok(chains)
     }
 
+    /// Puts `step`'s chunk on the base it plans.
+    fn apply(&mut self, step: &Planned) {
+        self.rebase(step.hash, step.record.base, step.base);
+    }
+
+    /// Puts `step`'s chunk back on its base now.
+    fn undo(&mut self, step: &Planned) {
+        self.rebase(step.hash, step.base, step.record.base);
+    }
+
     /// Records that `hash`'s base is `to` rather than `from`.
     fn rebase(&mut self, hash: ChunkHash, from: Option<ChunkHash>, to: Option<ChunkHash>) {
         if let Some(from) = from {
@@ -107,7 +117,7 @@ impl<'a> Chains<'a> {
 /// frame against the root (its hub moved to the root if it was a spare); groups left not worth
 /// it are dropped whole.
 pub(super) fn fit_chains(store: &Store, planned: Vec<Planned>) -> anyhow::Result<Vec<Planned>> {
-    let (upgrades, planned): (Vec<Planned>, Vec<Planned>) = planned.into_iter().partition(|step| step.hub.is_some());
+    let (upgrades, planned): (Vec<Planned>, Vec<Planned>) = planned.into_iter().partition(|step| step.against_member);
     let (chosen, spares): (Vec<Planned>, Vec<Planned>) = planned.into_iter().partition(|step| !step.spare);
     let chosen_hashes: HashSet<ChunkHash> = chosen.iter().map(|step| step.hash).collect();
     let mut spares: HashMap<ChunkHash, Planned> =
@@ -119,7 +129,7 @@ pub(super) fn fit_chains(store: &Store, planned: Vec<Planned>) -> anyhow::Result
             match make_room(&mut chains, &mut spares, &step) {
                 Some(moved) => kept.extend(moved),
                 None => {
-                    chains.rebase(step.hash, step.base, step.record.base);
+                    chains.undo(&step);
                     continue;
                 }
             }
@@ -152,42 +162,35 @@ pub(super) fn fit_chains(store: &Store, planned: Vec<Planned>) -> anyhow::Result
 /// need be), both fit, and it is smaller than the chunk's planned frame (or its frame now) by
 /// more than moving the hub costs.
 fn upgrade_if_it_fits(chains: &mut Chains, kept: &mut Vec<Planned>, spares: &mut HashMap<ChunkHash, Planned>, upgrade: Planned) {
-    let Some(hub) = upgrade.hub else { return };
+    let Some(hub) = upgrade.base else { return };
     let on_root = |base: Option<ChunkHash>| base == Some(upgrade.group);
-    let hub_kept = kept.iter().find(|step| step.hash == hub).map(|step| step.base);
-    let hub_spare = spares.get(&hub).filter(|spare| spare.group == upgrade.group && on_root(spare.base));
-    let moving = match (hub_kept, hub_spare) {
-        (Some(base), _) if on_root(base) => None,
-        (Some(_), _) => return,
-        (None, Some(spare)) => Some((spare.record.base, spare.base, (spare.frame.len() as u64).saturating_sub(u64::from(spare.record.frame_len)))),
-        (None, None) if on_root(chains.base_of.get(&hub).copied()) => None,
-        (None, None) => return,
+    // The hub's frame against the root, taken from the spares, when it is not there already.
+    let hub_move = match kept.iter().find(|step| step.hash == hub) {
+        Some(step) if on_root(step.base) => None,
+        Some(_) => return,
+        None if spares.get(&hub).is_some_and(|spare| spare.group == upgrade.group && on_root(spare.base)) => spares.remove(&hub),
+        None if on_root(chains.base_of.get(&hub).copied()) => None,
+        None => return,
     };
-    let planned = kept.iter().find(|step| step.hash == upgrade.hash);
-    let (from, size_now) = match planned {
+    let (from, size_now) = match kept.iter().find(|step| step.hash == upgrade.hash) {
         Some(step) => (step.base, step.frame.len() as u64),
         None => (upgrade.record.base, u64::from(upgrade.record.frame_len)),
     };
-    let cost = moving.map_or(0, |(_, _, cost)| cost);
-    if upgrade.frame.len() as u64 + cost >= size_now {
-        return;
-    }
-    if let Some((hub_from, hub_to, _)) = moving {
-        chains.rebase(hub, hub_from, hub_to);
+    let cheaper = upgrade.frame.len() as u64 + hub_move.as_ref().map_or(0, Planned::extra_bytes) < size_now;
+    if let Some(spare) = &hub_move {
+        chains.apply(spare);
     }
     chains.rebase(upgrade.hash, from, upgrade.base);
-    let hub_fits = moving.is_none() || spares.get(&hub).is_some_and(|spare| chains.fits(spare));
-    if hub_fits && chains.fits(&upgrade) {
+    if cheaper && chains.fits(&upgrade) && hub_move.as_ref().is_none_or(|spare| chains.fits(spare)) {
         kept.retain(|step| step.hash != upgrade.hash);
-        if moving.is_some() {
-            kept.extend(spares.remove(&hub));
-        }
+        kept.extend(hub_move);
         kept.push(upgrade);
-    } else {
-        chains.rebase(upgrade.hash, upgrade.base, from);
-        if let Some((hub_from, hub_to, _)) = moving {
-            chains.rebase(hub, hub_to, hub_from);
-        }
+        return;
+    }
+    chains.rebase(upgrade.hash, upgrade.base, from);
+    if let Some(spare) = hub_move {
+        chains.undo(&spare);
+        spares.insert(hub, spare);
     }
 }
 
@@ -203,19 +206,18 @@ fn make_room(chains: &mut Chains, spares: &mut HashMap<ChunkHash, Planned>, step
     let mut best: Option<(u64, Vec<ChunkHash>)> = None;
     for option in [with_deltas_above, two_above] {
         let spare_of_group = |hash: &ChunkHash| spares.get(hash).filter(|spare| spare.group == step.group);
-        let cost: Option<u64> =
-            option.iter().map(|hash| spare_of_group(hash).map(|spare| (spare.frame.len() as u64).saturating_sub(u64::from(spare.record.frame_len)))).sum();
+        let cost: Option<u64> = option.iter().map(|hash| spare_of_group(hash).map(Planned::extra_bytes)).sum();
         let Some(cost) = cost else { continue };
         if option.is_empty() || cost >= saved || best.as_ref().is_some_and(|(cheapest, _)| *cheapest <= cost) {
             continue;
         }
         let moves: Vec<&Planned> = option.iter().filter_map(|hash| spares.get(hash)).collect();
         for spare in &moves {
-            chains.rebase(spare.hash, spare.record.base, spare.base);
+            chains.apply(spare);
         }
         let fits = chains.fits(step) && moves.iter().all(|spare| chains.fits(spare));
         for spare in &moves {
-            chains.rebase(spare.hash, spare.base, spare.record.base);
+            chains.undo(spare);
         }
         if fits {
             best = Some((cost, option));
@@ -224,7 +226,7 @@ fn make_room(chains: &mut Chains, spares: &mut HashMap<ChunkHash, Planned>, step
     let (_, option) = best?;
     let moved: Vec<Planned> = option.iter().filter_map(|hash| spares.remove(hash)).collect();
     for spare in &moved {
-        chains.rebase(spare.hash, spare.record.base, spare.base);
+        chains.apply(spare);
     }
     Some(moved)
 }

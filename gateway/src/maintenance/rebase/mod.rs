@@ -68,9 +68,9 @@ pub struct RebaseReport {
 /// One chunk stored again: its group (the root chunk's id), its record when planned, its new
 /// frame and that frame's base. A spare frame is no smaller than the chunk's frame now: it is
 /// written only when moving the chunk to the root lets a chain stay short (`fit_chains`). A
-/// frame with a hub is a delta against another member of the group, which must end the pass as
-/// a delta of the root: it is taken instead of the chunk's frame against the root where it
-/// fits.
+/// frame against a member is a delta against another member of the group (a hub, its base),
+/// which must end the pass as a delta of the root: it is taken instead of the chunk's frame
+/// against the root where it fits.
 struct Planned {
     group: ChunkHash,
     hash: ChunkHash,
@@ -78,7 +78,14 @@ struct Planned {
     frame: Vec<u8>,
     base: Option<ChunkHash>,
     spare: bool,
-    hub: Option<ChunkHash>,
+    against_member: bool,
+}
+
+impl Planned {
+    /// Bytes the new frame costs beyond the chunk's frame now (none when it is smaller).
+    fn extra_bytes(&self) -> u64 {
+        (self.frame.len() as u64).saturating_sub(u64::from(self.record.frame_len))
+    }
 }
 
 mod chains;
@@ -92,7 +99,7 @@ pub async fn rebase(store: &Store) -> anyhow::Result<RebaseReport> {
         return Ok(report);
     }
     store.index.forget_settled_past(MAX_SETTLED)?;
-    let mut pass = Pass { budget: store.config.rebase_bytes_per_run, planned: Vec::new(), roots: HashSet::new(), taken: HashSet::new(), digests: HashMap::new() };
+    let mut pass = Pass { budget: store.config.rebase_bytes_per_run, ..Pass::default() };
     let families = tensor_families(store)?;
     report.total_families = families.len();
     for family in families {
@@ -152,6 +159,7 @@ pub async fn rebase(store: &Store) -> anyhow::Result<RebaseReport> {
 }
 
 /// What a pass has planned so far.
+#[derive(Default)]
 struct Pass {
     /// Raw bytes it may still re-encode.
     budget: u64,
@@ -207,7 +215,8 @@ async fn plan_family(store: &Store, family: &Family, pass: &mut Pass) -> anyhow:
             .filter_map(|member| Some((member.dtype, &member.sketch, member.chunks.get(index)?)))
             .filter(|(dtype, _, (hash, record))| elements(*dtype, record) == elements(root_dtype, root_record) && seen.insert(*hash))
             .collect();
-        if members.iter().all(|(_, _, (_, record))| record.base == Some(*root_hash)) && members.len() < 2 && root_record.base.is_none() {
+        // Nothing to gain: the root on its own, and at most one member, a delta of it already.
+        if root_record.base.is_none() && members.len() < 2 && members.iter().all(|(_, _, (_, record))| record.base == Some(*root_hash)) {
             continue;
         }
         let group_digest = digest_of(std::iter::once(root_chunk).chain(members.iter().map(|(_, _, chunk)| *chunk)));
@@ -266,18 +275,18 @@ async fn weigh_group(
     if root_record.base.is_some() {
         *budget = budget.saturating_sub(raw_len);
         let frame = encode_checked(root_bytes.clone(), root_dtype, None, format).await?;
-        group.push(Planned { group: *root_hash, hash: *root_hash, record: root_record.clone(), frame, base: None, spare: false, hub: None });
+        group.push(Planned { group: *root_hash, hash: *root_hash, record: root_record.clone(), frame, base: None, spare: false, against_member: false });
     }
     // Each member against the root (unless it is a delta of it already), then nearest first.
     let mut weighed = Vec::with_capacity(members.len());
     for (dtype, sketch, (hash, record)) in members {
         let bytes = reader::load_chunk(store, hash).await?;
-        if record.base != Some(*root_hash) {
-            *budget = budget.saturating_sub(raw_len);
-        }
         let at_root = match record.base == Some(*root_hash) {
             true => None,
-            false => Some(encode_checked(bytes.clone(), *dtype, Some((*root_hash, root_bytes.clone(), root_dtype)), format).await?),
+            false => {
+                *budget = budget.saturating_sub(raw_len);
+                Some(encode_checked(bytes.clone(), *dtype, Some((*root_hash, root_bytes.clone(), root_dtype)), format).await?)
+            }
         };
         weighed.push((*dtype, *sketch, *hash, record, bytes, at_root));
     }
@@ -294,30 +303,33 @@ async fn weigh_group(
         let distance = |(hub_dtype, hub_sketch): (Dtype, &Sketch)| hub_sketch.distance_across(hub_dtype, sketch, dtype);
         let nearest = hubs.iter().min_by_key(|hub| distance((hub.dtype, hub.sketch)));
         let nearer = nearest.filter(|hub| distance((hub.dtype, hub.sketch)) < distance((root_dtype, root_sketch)));
+        let mut against_hub = false;
         if let Some(hub) = nearer {
             *budget = budget.saturating_sub(raw_len);
             let frame = encode_checked(bytes.clone(), dtype, Some((hub.hash, hub.bytes.clone(), hub.dtype)), format).await?;
             let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
-            if base == Some(hub.hash) && ((frame.len() + hub.moving) as f64) < (1.0 - MIN_SAVING) * best as f64 {
+            against_hub = base == Some(hub.hash) && ((frame.len() as u64 + hub.moving) as f64) < (1.0 - MIN_SAVING) * best as f64;
+            if against_hub {
                 upgraded.insert(hash);
-                group.push(Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare: false, hub: base });
+                group.push(Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare: false, against_member: true });
             }
         }
         let Some(frame) = at_root else {
-            if !upgraded.contains(&hash) {
+            if !against_hub {
                 hubs.push(Hub { dtype, sketch, hash, bytes, moving: 0 });
             }
             continue;
         };
         let base = FrameHeader::read(&frame)?.base.map(|base| base.0);
         let spare = frame.len() >= now;
-        if base == Some(*root_hash) && frame.len() <= now + now / 50 && !upgraded.contains(&hash) {
-            hubs.push(Hub { dtype, sketch, hash, bytes, moving: frame.len().saturating_sub(now) });
+        let step = Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare, against_member: false };
+        if base == Some(*root_hash) && step.frame.len() <= now + now / 50 && !against_hub {
+            hubs.push(Hub { dtype, sketch, hash, bytes, moving: step.extra_bytes() });
         }
-        group.push(Planned { group: *root_hash, hash, record: record.clone(), frame, base, spare, hub: None });
+        group.push(step);
     }
     // Weighed as if every delta of a member were taken.
-    let counted: Vec<&Planned> = group.iter().filter(|step| !step.spare && (step.hub.is_some() || !upgraded.contains(&step.hash))).collect();
+    let counted: Vec<&Planned> = group.iter().filter(|step| !step.spare && (step.against_member || !upgraded.contains(&step.hash))).collect();
     Ok(worth_it(&counted).then_some(group))
 }
 
@@ -328,7 +340,7 @@ struct Hub<'a> {
     sketch: &'a Sketch,
     hash: ChunkHash,
     bytes: Bytes,
-    moving: usize,
+    moving: u64,
 }
 
 /// Whether a group's new frames take at least one member as a delta and shrink the group by at
