@@ -7,19 +7,13 @@ use std::collections::HashMap;
 
 use sled::transaction::{ConflictableTransactionError, Transactional};
 
-use crate::encoding::{flatten, tx_decode, tx_encode};
+use crate::encoding::{encode, flatten, tx_decode, tx_encode};
 use crate::references::{release_chunk, store_pack};
 use crate::{decode, BaseCandidate, ChunkHash, ChunkRecord, Index, IndexError, PackRecord, Refusal, Result};
 
-/// The `meta` key of re-basing's totals: chunks switched and frame bytes saved, two
-/// big-endian u64.
+/// The `meta` key of re-basing's totals: chunks switched and frame bytes saved, a postcard
+/// `(u64, u64)`.
 const REBASE_TOTALS: &str = "rebase-totals";
-
-/// The two totals of a `rebase-totals` value (zeros for a malformed one).
-fn totals_of(value: &[u8]) -> (u64, u64) {
-    let number = |at: usize| value.get(at..at + 8).and_then(|bytes| bytes.try_into().ok()).map_or(0, u64::from_be_bytes);
-    (number(0), number(8))
-}
 
 /// A chunk's new frame, and where its frame must still be for the switch to happen.
 #[derive(Debug, Clone)]
@@ -59,21 +53,21 @@ impl Index {
     }
 
     /// Adds one switch to what re-basing has done in this index: chunks switched and frame bytes
-    /// saved. Not part of the switch's transaction: a crash between the two loses one switch
-    /// from the totals, never a chunk.
+    /// saved. One writer at a time (garbage collection, under its lock); not part of the
+    /// switch's transaction: a crash between the two loses one switch from the totals, never a
+    /// chunk.
     pub fn count_rebase(&self, chunks: u64, bytes_saved: u64) -> Result<()> {
-        self.meta.update_and_fetch(REBASE_TOTALS, |old| {
-            let (old_chunks, old_saved) = old.map_or((0, 0), totals_of);
-            let mut value = old_chunks.saturating_add(chunks).to_be_bytes().to_vec();
-            value.extend_from_slice(&old_saved.saturating_add(bytes_saved).to_be_bytes());
-            Some(value)
-        })?;
+        let (old_chunks, old_saved) = self.rebase_totals()?;
+        self.meta.insert(REBASE_TOTALS, encode(&(old_chunks.saturating_add(chunks), old_saved.saturating_add(bytes_saved)))?)?;
         Ok(())
     }
 
     /// What re-basing has done in this index: chunks switched and frame bytes saved.
     pub fn rebase_totals(&self) -> Result<(u64, u64)> {
-        Ok(self.meta.get(REBASE_TOTALS)?.map_or((0, 0), |value| totals_of(&value)))
+        match self.meta.get(REBASE_TOTALS)? {
+            Some(value) => decode(&value),
+            None => Ok((0, 0)),
+        }
     }
 
     /// Every family of base candidates: the stored tensors of one dtype and shape (the
