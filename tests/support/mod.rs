@@ -130,6 +130,11 @@ pub struct TestGateway {
     pub moto: Option<Moto>,
 }
 
+/// The scheme a gateway started with `config` answers on.
+fn scheme_of(config: &Config) -> &'static str {
+    if config.tls.is_some() { "https" } else { "http" }
+}
+
 impl TestGateway {
     pub fn start(kind: UpstreamKind) -> TestGateway {
         TestGateway::start_with(kind, |_| {})
@@ -161,7 +166,7 @@ impl TestGateway {
         adjust(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let upstream = wrap(server::open_upstream(&config).expect("upstream opens"));
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let scheme = scheme_of(&config);
         let gateway = runtime.block_on(server::start_with(config, upstream)).expect("gateway starts");
         let endpoint = format!("{scheme}://{}", gateway.address);
         TestGateway { gateway: Some(gateway), runtime, endpoint, dir, moto }
@@ -189,7 +194,7 @@ impl TestGateway {
                 Err(error) => panic!("the gateway does not start again: {error:#}"),
             }
         };
-        self.endpoint = format!("http://{}", gateway.address);
+        self.endpoint = format!("{}://{}", scheme_of(&config), gateway.address);
         self.gateway = Some(gateway);
     }
 

@@ -34,11 +34,14 @@ fn compresses_weights_and_deltas() {
     assert_eq!(decode_frame(&delta, Some(base_chunk)).unwrap(), tuned);
 }
 
+/// 262,144 F32 weights in [-0.02, 0.02), spread as a hash spreads them.
+fn f32_weights() -> Vec<u8> {
+    (0..262_144u32).flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes()).collect()
+}
+
 #[test]
 fn a_fine_tune_over_a_cast_of_its_wider_base_costs_what_it_costs_over_the_cast() {
-    let wide: Vec<u8> = (0..262_144u32)
-        .flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes())
-        .collect();
+    let wide = f32_weights();
     let narrow = Cast::F32ToBf16.apply(&wide);
     // A fine-tune: every element nudged by a few units in the last place.
     let tuned: Vec<u8> = narrow
@@ -59,9 +62,7 @@ fn a_fine_tune_over_a_cast_of_its_wider_base_costs_what_it_costs_over_the_cast()
 
 #[test]
 fn a_cast_costs_next_to_nothing_and_the_wider_tensor_its_residual() {
-    let wide: Vec<u8> = (0..262_144u32)
-        .flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes())
-        .collect();
+    let wide = f32_weights();
     let wide_chunk = BaseChunk { hash: ContentHash::of(&wide), bytes: &wide };
     for cast in [Cast::F32ToBf16, Cast::F32ToBf16Truncated, Cast::F32ToF16] {
         let narrow = cast.apply(&wide);
@@ -104,9 +105,7 @@ fn a_cast_costs_next_to_nothing_and_the_wider_tensor_its_residual() {
 
 #[test]
 fn gguf_blocks_cost_next_to_nothing_beside_their_source() {
-    let wide: Vec<u8> = (0..262_144u32)
-        .flat_map(|i| (0.02f32 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)).to_le_bytes())
-        .collect();
+    let wide = f32_weights();
     let half = Cast::F32ToF16.apply(&wide);
     for blocks in [Dtype::Q8_0, Dtype::Q4_0] {
         let quantized = Cast::QuantizeBlocks { wide: Dtype::F32, blocks }.apply(&wide);
