@@ -34,7 +34,7 @@ pub use buckets::BucketDeletion;
 pub use compaction::Move;
 pub use encoding::decode;
 pub use keys::ObjectKey;
-pub use manifest::{BucketMarker, ChunkLocation, Envelope, Manifest, PackMoves, PartMarker, UploadMarker};
+pub use manifest::{BucketMarker, ChunkLocation, Envelope, Manifest, PackMoves, PackRebased, PartMarker, RebasedFrame, UploadMarker};
 pub use upstream_layout::*;
 pub use objects::{Expect, NewChunk, NewPack};
 pub use rebasing::Rebased;

@@ -125,6 +125,27 @@ pub struct PackMoves {
     pub moves: Vec<crate::Move>,
 }
 
+/// Where re-basing stored again chunks whose frames were in a pack, for gateways sharing the
+/// upstream: those whose index reads one of them there point it at its new frame before the
+/// pack is deleted (each new frame decodes to the same bytes, against its own base).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRebased {
+    pub from: String,
+    pub frames: Vec<RebasedFrame>,
+}
+
+/// One chunk's new frame, written by re-basing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebasedFrame {
+    pub hash: ChunkHash,
+    pub from_offset: u64,
+    pub to: String,
+    pub to_total: u64,
+    pub to_offset: u64,
+    pub frame_len: u32,
+    pub base: Option<ChunkHash>,
+}
+
 /// What an envelope holds; a reader asking for one kind refuses the others.
 pub trait Envelope: Serialize + serde::de::DeserializeOwned {
     const KIND: u8;
@@ -226,6 +247,15 @@ impl Envelope for PackMoves {
     }
 }
 
+impl Envelope for PackRebased {
+    const KIND: u8 = 6;
+    type V1 = PackRebased;
+
+    fn as_v1(&self) -> Option<Self::V1> {
+        Some(self.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +303,20 @@ mod tests {
             let _ = BucketMarker::open(&bytes);
             let _ = UploadMarker::open(&bytes);
             let _ = PartMarker::open(&bytes);
+            let _ = PackRebased::open(&bytes);
+        }
+
+        #[test]
+        fn sealed_rebased_records_open_to_themselves(offsets in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u32>(), any::<bool>()), 0..8)) {
+            let frames = offsets
+                .into_iter()
+                .map(|(from_offset, to_offset, frame_len, delta)| {
+                    let base = delta.then_some([2u8; 32]);
+                    RebasedFrame { hash: [1; 32], from_offset, to: "packs/n".into(), to_total: 7, to_offset, frame_len, base }
+                })
+                .collect();
+            let record = PackRebased { from: "packs/p".into(), frames };
+            prop_assert_eq!(PackRebased::open(&record.seal().unwrap()).unwrap(), record);
         }
     }
 

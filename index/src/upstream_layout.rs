@@ -81,6 +81,12 @@ pub fn moves_key(pack: &str) -> Option<String> {
     Some(format!("{prefix}{MOVED}{id}"))
 }
 
+/// Upstream key of the record of the chunks of pack `pack` that re-basing stored again.
+pub fn rebased_key(pack: &str) -> Option<String> {
+    let (prefix, id) = pack_id(pack)?;
+    Some(format!("{prefix}{REBASED}{id}"))
+}
+
 /// Upstream folder of the vetoes against deleting pack `pack`: one marker per gateway whose
 /// index still reads chunks there.
 pub fn vetoes_folder(pack: &str) -> Option<String> {
@@ -111,6 +117,7 @@ pub const BLOBS: &str = "blobs/";
 pub const CONDEMNED: &str = "condemned/";
 pub const VETOES: &str = "in-use/";
 pub const MOVED: &str = "moved/";
+pub const REBASED: &str = "rebased/";
 pub const GATEWAYS: &str = "gateways/";
 pub const JOURNAL: &str = "journal/";
 

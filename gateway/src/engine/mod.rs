@@ -156,4 +156,10 @@ impl GcMemory {
     pub(crate) fn take_references(&mut self, listed: &crate::upstream::Listed) -> Option<Vec<String>> {
         self.record_references.remove(&listed.key).filter(|(tag, _)| *tag == listed.tag).map(|(_, keys)| keys)
     }
+
+    /// The manifests and part markers that referenced `key` when last read.
+    pub(crate) fn referrers_of(&self, key: &str) -> Vec<String> {
+        let referrers = self.record_references.iter().filter(|(_, (_, keys))| keys.iter().any(|referenced| referenced == key));
+        referrers.map(|(record, _)| record.clone()).collect()
+    }
 }

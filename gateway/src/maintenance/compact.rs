@@ -12,13 +12,14 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tensorgate_index::{moves_key, pack_key, pack_prefix, ChunkHash, ChunkRecord, Envelope, MANIFESTS, MAX_BASE_DEPTH, Manifest, Move, ObjectKey, PackMoves, Segment};
+use tensorgate_index::{moves_key, pack_key, pack_prefix, ChunkHash, ChunkRecord, Envelope, MAX_BASE_DEPTH, Move, ObjectKey, PackMoves, Segment};
 
 use crate::engine::catalog;
 use crate::engine::reader;
 use crate::engine::{Store, WriteGuard};
 use crate::ids::{new_id, now_ms};
-use crate::upstream::{self, Condition};
+use crate::maintenance::rewrite::rewrite_manifests;
+use crate::upstream;
 
 /// What one compaction pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -153,23 +154,18 @@ async fn publish_moves(store: &Store, copies: &[PackCopy]) -> anyhow::Result<()>
             forwarding.insert((copy.from.as_str(), step.from_offset), (copy.to.as_str(), step.to_offset));
         }
     }
-    for prefix in store.config.upstream_prefixes() {
-        for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
-            let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
-            let mut manifest = Manifest::open(&tagged.bytes)?;
-            let mut moved = false;
-            for location in &mut manifest.chunks {
-                if let Some(&(pack, offset)) = forwarding.get(&(location.pack.as_str(), location.offset)) {
-                    location.pack = pack.to_owned();
-                    location.offset = offset;
-                    moved = true;
-                }
-            }
-            if moved {
-                store.upstream.put_if(&listed.key, Bytes::from(manifest.seal()?), Condition::Matches(tagged.tag)).await?;
+    rewrite_manifests(store, |manifest| {
+        let mut moved = false;
+        for location in &mut manifest.chunks {
+            if let Some(&(pack, offset)) = forwarding.get(&(location.pack.as_str(), location.offset)) {
+                location.pack = pack.to_owned();
+                location.offset = offset;
+                moved = true;
             }
         }
-    }
+        Ok(moved)
+    })
+    .await?;
     Ok(())
 }
 

@@ -2,8 +2,8 @@
 //! gateway reads it: two gateways storing one new chunk at once each keep their own copy in
 //! their index, and the manifests may all name the other. So the collector announces a pack
 //! before deleting it (a marker under `condemned/`, holding the time it was written); each
-//! gateway's sync, first of all it does, points its index at the copies if compaction moved
-//! the frames, vetoes the condemned packs its index still stores chunks in (a marker under
+//! gateway's sync, first of all it does, points its index at the frames compaction or re-basing
+//! put elsewhere (`follow`), then vetoes the condemned packs its index still stores chunks in (a marker under
 //! `in-use/<pack>/<gateway>`, withdrawn when its index no longer uses the pack), and then
 //! acknowledges every condemnation it handled in its heartbeat (`gateways/<gateway>`). The
 //! collector deletes a pack only once its announcement is a grace period old, unvetoed, and
@@ -11,14 +11,14 @@
 //! trash. A gateway that was down waits for nothing: the collector waits for it.
 
 use bytes::Bytes;
-use tensorgate_index::{
-    condemned_key, condemned_pack, heartbeat_key, moves_key, veto_key, vetoed_pack, vetoes_folder, Envelope, PackMoves, CONDEMNED, GATEWAYS,
-    VETOES,
-};
+use std::collections::HashSet;
+
+use tensorgate_index::{condemned_key, condemned_pack, heartbeat_key, moves_key, rebased_key, veto_key, vetoed_pack, vetoes_folder, CONDEMNED, GATEWAYS, VETOES};
 
 use crate::ids::now_ms;
 
 use crate::engine::Store;
+use crate::maintenance::follow::follow_records;
 use crate::upstream;
 
 /// What the collector may do with a pack in its trash.
@@ -47,10 +47,8 @@ pub async fn verdict(store: &Store, pack: &str, now: i64) -> anyhow::Result<Verd
     if now - since < (store.config.gc_grace_secs as i64) * 1000 {
         return Ok(Verdict::Wait);
     }
-    if !store.upstream.list(&vetoes).await?.is_empty() {
-        store.upstream.delete(&marker).await?;
-        return Ok(Verdict::Vetoed);
-    }
+    // Heartbeats before vetoes: a gateway writes its veto before the heartbeat acknowledging
+    // the announcement, so a veto is seen whenever its acknowledgement was.
     let acknowledgement = format!("{marker} {}", announced.tag);
     let expired = now - (store.config.gateway_expiry_secs as i64) * 1000;
     for listed in store.upstream.list(GATEWAYS).await? {
@@ -65,13 +63,27 @@ pub async fn verdict(store: &Store, pack: &str, now: i64) -> anyhow::Result<Verd
             return Ok(Verdict::Wait);
         }
     }
+    if !store.upstream.list(&vetoes).await?.is_empty() {
+        store.upstream.delete(&marker).await?;
+        return Ok(Verdict::Vetoed);
+    }
     Ok(Verdict::Delete)
 }
 
-/// Removes a pack's announcement (and the record of its moves, if compaction made one) once
-/// the pack is deleted.
+/// Removes the announcement of a pack spared (still referenced): a later deletion is announced
+/// and acknowledged afresh. The records of where its frames went stay: they hold while the
+/// pack exists, and let the gateways still reading it follow them later.
+pub async fn withdraw(store: &Store, pack: &str) -> anyhow::Result<()> {
+    if let Some(marker) = condemned_key(pack) {
+        store.upstream.delete(&marker).await?;
+    }
+    Ok(())
+}
+
+/// Removes a pack's announcement (and the records of where its frames went, if compaction or
+/// re-basing made them) once the pack is deleted.
 pub async fn forget(store: &Store, pack: &str) -> anyhow::Result<()> {
-    for marker in [condemned_key(pack), moves_key(pack)].into_iter().flatten() {
+    for marker in [condemned_key(pack), moves_key(pack), rebased_key(pack)].into_iter().flatten() {
         store.upstream.delete(&marker).await?;
     }
     Ok(())
@@ -82,30 +94,11 @@ pub async fn forget(store: &Store, pack: &str) -> anyhow::Result<()> {
 pub struct VetoReport {
     pub vetoed: usize,
     pub withdrawn: usize,
-    /// Chunks pointed at the copies compaction made of a condemned pack.
+    /// Chunks pointed at the frames compaction or re-basing put elsewhere.
     pub followed: usize,
 }
 
-/// Points the index's chunks in `pack` at the copies compaction made of them, if it did.
-/// Returns how many moved.
-async fn follow_moves(store: &Store, pack: &str) -> anyhow::Result<usize> {
-    let Some(key) = moves_key(pack) else { return Ok(0) };
-    let Some(tagged) = store.upstream.read_tagged(&key).await? else { return Ok(0) };
-    let moves = PackMoves::open(&tagged.bytes)?;
-    anyhow::ensure!(moves.from == pack, "the moves record of {pack} names {}", moves.from);
-    // Only chunks this index holds in the pack at the same place; with none, the index is left
-    // alone (relocating nothing would record the copy as an empty pack of its own).
-    let mut here = 0;
-    for step in &moves.moves {
-        here += usize::from(store.index.chunk(&step.hash)?.is_some_and(|chunk| chunk.pack == pack && chunk.offset == step.from_offset));
-    }
-    if here == 0 {
-        return Ok(0);
-    }
-    Ok(store.index.relocate(&moves.from, &moves.to, moves.to_total, &moves.moves, now_ms())?)
-}
-
-/// Handles every condemned pack: follows compaction's moves, vetoes the deletion of those
+/// Handles every condemned pack: follows its frames' moves, vetoes the deletion of those
 /// this gateway's index still stores chunks in, withdraws its vetoes of packs it no longer
 /// uses, then acknowledges the condemnations it handled in its heartbeat.
 pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
@@ -114,24 +107,29 @@ pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
     let mut report = VetoReport::default();
     let mut acknowledged = String::new();
     for prefix in store.config.upstream_prefixes() {
+        let mut condemned = Vec::new();
         for listed in store.upstream.list(&format!("{prefix}{CONDEMNED}")).await? {
-            let Some(pack) = condemned_pack(&listed.key) else { continue };
-            let Some(veto) = veto_key(&pack, &store.instance) else { continue };
-            if store.index.pack_in_use(&pack)? {
-                // A moves record that cannot be followed leaves the chunks where they were: the
-                // veto below still keeps the pack, and the heartbeat still goes out.
-                match follow_moves(store, &pack).await {
-                    Ok(followed) => report.followed += followed,
-                    Err(error) => tracing::warn!(%pack, error = format!("{error:#}"), "compaction's moves not followed; the pack stays vetoed"),
-                }
+            if let Some(pack) = condemned_pack(&listed.key) {
+                condemned.push((listed.key, pack));
             }
-            if store.index.pack_in_use(&pack)? && store.upstream.read_tagged(&veto).await?.is_none() {
+        }
+        let packs: HashSet<String> = condemned.iter().map(|(_, pack)| pack.clone()).collect();
+        // Frames are followed before any pack is vetoed: whatever this moves into a condemned
+        // pack (none, see `follow`) would be vetoed below. A record that cannot be followed
+        // leaves the chunks where they were: their packs stay vetoed, and the heartbeat still goes out.
+        match follow_records(store, &prefix, &packs).await {
+            Ok(followed) => report.followed += followed,
+            Err(error) => tracing::warn!(%prefix, error = format!("{error:#}"), "moved frames not followed; their packs stay vetoed"),
+        }
+        for (marker, pack) in &condemned {
+            let Some(veto) = veto_key(pack, &store.instance) else { continue };
+            if store.index.pack_in_use(pack)? && store.upstream.read_tagged(&veto).await?.is_none() {
                 upstream::put(&*store.upstream, &veto, Bytes::from_static(b"")).await?;
                 report.vetoed += 1;
             }
             // The tag a read gives (a listing's may be written differently), as the collector reads it.
-            if let Some(announced) = store.upstream.read_tagged(&listed.key).await? {
-                acknowledged.push_str(&format!("{} {}\n", listed.key, announced.tag));
+            if let Some(announced) = store.upstream.read_tagged(marker).await? {
+                acknowledged.push_str(&format!("{marker} {}\n", announced.tag));
             }
         }
         for listed in store.upstream.list(&format!("{prefix}{VETOES}")).await? {

@@ -12,7 +12,7 @@ use crate::engine::catalog;
 use crate::engine::journal;
 use crate::engine::{GcMemory, Store};
 use crate::ids::now_ms;
-use crate::maintenance::{compact, rebase};
+use crate::maintenance::{compact, rebase, rewrite};
 use crate::maintenance::condemned::{self, Verdict};
 use crate::upstream::Condition;
 
@@ -67,7 +67,12 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         if referenced.contains(&key) || store.in_flight.contains(&key) {
             // Spared: a later deletion announces it afresh, and waits for fresh acknowledgements.
             if announced {
-                condemned::forget(store, &key).await?;
+                condemned::withdraw(store, &key).await?;
+                // Named only by manifests that name frames since moved: they are forwarded, and
+                // the pack stays in the trash.
+                if !store.in_flight.contains(&key) && rewrite::forward(store, &key, &memory.referrers_of(&key)).await? {
+                    continue;
+                }
             }
         } else {
             if announced {

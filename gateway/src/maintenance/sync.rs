@@ -31,6 +31,8 @@ pub struct SyncReport {
     pub objects_removed: usize,
     /// Condemned packs this gateway still reads, whose deletion it vetoed.
     pub packs_vetoed: usize,
+    /// Chunks of condemned packs pointed at the frames compaction or re-basing put elsewhere.
+    pub frames_followed: usize,
     /// Whether every manifest was listed (else only the journal was read).
     pub listed_everything: bool,
     /// Manifests that could not be read or adopted (logged; tried again at the next full sync).
@@ -47,7 +49,8 @@ pub struct SyncState {
 
 /// Catches the index up with the shared upstream.
 pub async fn sync(store: &Store, state: &mut SyncState) -> anyhow::Result<SyncReport> {
-    let mut report = SyncReport { packs_vetoed: condemned::veto(store).await?.vetoed, ..SyncReport::default() };
+    let condemnations = condemned::veto(store).await?;
+    let mut report = SyncReport { packs_vetoed: condemnations.vetoed, frames_followed: condemnations.followed, ..SyncReport::default() };
     sync_buckets(store, &mut state.tags, &mut report).await?;
     sync_uploads(store, &mut report).await?;
     match journal::changes(store, &state.journal).await? {

@@ -21,9 +21,9 @@
 //! would loop or grow longer than `MAX_WRITE_DEPTH` against the index as it is, but
 //! for one race: a write that took a delta of a chunk before the pass looked can end up to two
 //! deltas deeper (still far within the readers' `MAX_BASE_DEPTH`). With a shared upstream it
-//! does not run (other gateways hold their own bases; issue 16 leaves it for later). What it
-//! found nothing to gain in is remembered in the index (`rebase-settled`), by a digest of the
-//! chunks and their frames, until they change: a restart does not weigh it all again.
+//! runs on the lease holder, and publishes each switch for the other gateways (`publish.rs`).
+//! What it found nothing to gain in is remembered in the index (`rebase-settled`), by a digest
+//! of the chunks and their frames, until they change: a restart does not weigh it all again.
 
 use std::collections::{HashMap, HashSet};
 
@@ -89,13 +89,14 @@ impl Planned {
 }
 
 mod chains;
+mod publish;
 
 /// Re-bases the families of tensors, re-encoding at most `rebase_bytes_per_run` raw bytes (the
 /// group that crosses it is the last). The index keeps the digests of the families and groups
 /// found with nothing to gain, which are passed over until their frames change.
 pub async fn rebase(store: &Store) -> anyhow::Result<RebaseReport> {
     let mut report = RebaseReport::default();
-    if store.config.shared_upstream || store.config.rebase_bytes_per_run == 0 {
+    if store.config.rebase_bytes_per_run == 0 {
         return Ok(report);
     }
     store.index.forget_settled_past(MAX_SETTLED)?;
@@ -407,6 +408,9 @@ async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::R
             Err(error) => return Err(error.into()),
         }
     };
+    if switched.0 > 0 && store.config.shared_upstream {
+        publish::publish_rebased(store, &target, written, &steps).await?;
+    }
     drop(in_flight);
     catalog::recover(store).await?;
     Ok(switched)
