@@ -166,8 +166,9 @@ fn kill_hard(pid: u32) {
 /// SIGKILL while re-basing (issue 16): a model family stored without bases (as fine-tunes
 /// committed before their base are) is re-based by garbage collection, every second and one
 /// group at a time, while the process is killed at random moments and restarted. Every object
-/// reads back byte-identical after each restart; then `tensorgate gc` runs until re-basing is
-/// done, fsck finds everything consistent, and the family costs what re-basing promises.
+/// reads back byte-identical after each restart; then `tensorgate gc --until-settled` runs
+/// until re-basing is done, fsck finds everything consistent, and the family costs what
+/// re-basing promises.
 #[test]
 fn killed_while_re_basing_loses_nothing() {
     let rounds: u64 = std::env::var("TG_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
@@ -203,6 +204,12 @@ fn killed_while_re_basing_loses_nothing() {
     drop(server);
     let upstream = work.path().join("data/upstream");
     let mut sizes = vec![support::objects::upstream_bytes(&upstream)];
+    let settle = Command::new(env!("CARGO_BIN_EXE_tensorgate")).arg("--config").arg(&config).args(["gc", "--until-settled"]).output().unwrap();
+    let said = String::from_utf8_lossy(&settle.stdout).into_owned();
+    assert!(settle.status.success(), "gc --until-settled: {}", String::from_utf8_lossy(&settle.stderr));
+    let summary = said.lines().find(|line| line.starts_with("re-based")).unwrap_or_default();
+    let families: Vec<usize> = summary.split("; ").nth(1).unwrap_or_default().split(' ').filter_map(|word| word.parse().ok()).collect();
+    assert!(matches!(families[..], [settled, total] if total > 0 && settled <= total) && !summary.contains("waits"), "{said}");
     for _ in 0..30 {
         let gc = Command::new(env!("CARGO_BIN_EXE_tensorgate")).arg("--config").arg(&config).arg("gc").output().unwrap();
         assert!(gc.status.success(), "gc: {}", String::from_utf8_lossy(&gc.stderr));

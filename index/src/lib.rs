@@ -81,6 +81,8 @@ pub enum Refusal {
     NoSuchUpload,
     #[error("the bucket does not exist")]
     NoSuchBucket,
+    #[error("a new base's chain of bases would loop or pass the readers' depth")]
+    ChainOfBases,
 }
 
 pub type Result<T> = std::result::Result<T, IndexError>;

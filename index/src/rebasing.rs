@@ -9,11 +9,15 @@ use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use crate::encoding::{encode, flatten, tx_decode, tx_encode};
 use crate::references::{release_chunk, store_pack};
-use crate::{decode, BaseCandidate, ChunkHash, ChunkRecord, Index, IndexError, PackRecord, Refusal, Result};
+use crate::{decode, BaseCandidate, ChunkHash, ChunkRecord, Index, IndexError, PackRebased, PackRecord, Refusal, Result, MAX_BASE_DEPTH};
 
 /// The `meta` key of re-basing's totals: chunks switched and frame bytes saved, a postcard
 /// `(u64, u64)`.
 const REBASE_TOTALS: &str = "rebase-totals";
+
+/// The `meta` key prefix of switches not yet published, followed by the new pack's key; a
+/// postcard `Vec<PackRebased>`.
+const UNPUBLISHED: &str = "rebase-unpublished/";
 
 /// A chunk's new frame, and where its frame must still be for the switch to happen.
 #[derive(Debug, Clone)]
@@ -62,6 +66,31 @@ impl Index {
         Ok(())
     }
 
+    /// Keeps, until [`Index::forget_unpublished`], what a switch to pack `to` is to publish with a
+    /// shared upstream (its records, by old pack), so that a crash between the switch and its
+    /// publication leaves it to be published later. Flushed.
+    pub fn save_unpublished(&self, to: &str, records: &[PackRebased]) -> Result<()> {
+        self.meta.insert(format!("{UNPUBLISHED}{to}"), encode(&records)?)?;
+        self.flush()
+    }
+
+    /// Every switch saved and not yet forgotten: its new pack and its records.
+    pub fn unpublished(&self) -> Result<Vec<(String, Vec<PackRebased>)>> {
+        let mut found = Vec::new();
+        for entry in self.meta.scan_prefix(UNPUBLISHED) {
+            let (key, value) = entry?;
+            let to = String::from_utf8_lossy(&key[UNPUBLISHED.len()..]).into_owned();
+            found.push((to, decode(&value)?));
+        }
+        Ok(found)
+    }
+
+    /// Forgets a switch saved by [`Index::save_unpublished`]: published, or never made.
+    pub fn forget_unpublished(&self, to: &str) -> Result<()> {
+        self.meta.remove(format!("{UNPUBLISHED}{to}"))?;
+        Ok(())
+    }
+
     /// What re-basing has done in this index: chunks switched and frame bytes saved.
     pub fn rebase_totals(&self) -> Result<(u64, u64)> {
         match self.meta.get(REBASE_TOTALS)? {
@@ -93,7 +122,8 @@ impl Index {
 
     /// Points the chunks of `steps` at their new frames in pack `to` (of `to_total` bytes), all
     /// in one transaction or none: if any chunk is dead or its frame is not where it was
-    /// planned, or a new base is not a live chunk, nothing changes and the refusal says so.
+    /// planned, or a new base is not a live chunk, or a chain of bases would loop or be deeper
+    /// than `MAX_BASE_DEPTH`, nothing changes and the refusal says so.
     /// Old bases lose a reference (dying when it was their last), new ones gain one; a pack left
     /// with no live bytes goes to the trash. A chunk named twice is an error.
     pub fn rebase(&self, to: &str, to_total: u64, steps: &[Rebased], now_ms: i64) -> Result<()> {
@@ -135,6 +165,22 @@ impl Index {
                 base.refs += 1;
                 chunks.insert(&new, tx_encode(&base)?)?;
             }
+            // Against the index as it is, the switch included (a transaction reads its own
+            // writes): no chain of bases may loop or pass what readers decode.
+            for step in steps.iter().filter(|step| step.base.is_some()) {
+                let mut next = step.base;
+                for _ in 0..MAX_BASE_DEPTH {
+                    let Some(current) = next else { break };
+                    if current == step.hash {
+                        return Err(ConflictableTransactionError::Abort(IndexError::Refused(Refusal::ChainOfBases)));
+                    }
+                    let value = chunks.get(current)?.ok_or_else(changed)?;
+                    next = tx_decode::<ChunkRecord>(&value)?.base;
+                }
+                if next.is_some() {
+                    return Err(ConflictableTransactionError::Abort(IndexError::Refused(Refusal::ChainOfBases)));
+                }
+            }
             for old in released {
                 release_chunk(chunks, &old, now_ms)?;
             }
@@ -167,6 +213,17 @@ mod tests {
         index.count_rebase(3, 1000).unwrap();
         index.count_rebase(2, 24).unwrap();
         assert_eq!(index.rebase_totals().unwrap(), (5, 1024));
+    }
+
+    #[test]
+    fn unpublished_switches_are_kept_until_forgotten() {
+        let (_dir, index) = fresh_index();
+        let frame = crate::RebasedFrame { hash: [1; 32], from_offset: 3, to: "packs/n".into(), to_total: 9, to_offset: 0, frame_len: 9, base: None };
+        let records = vec![PackRebased { from: "packs/p".into(), frames: vec![frame] }];
+        index.save_unpublished("packs/n", &records).unwrap();
+        assert_eq!(index.unpublished().unwrap(), vec![("packs/n".to_owned(), records)]);
+        index.forget_unpublished("packs/n").unwrap();
+        assert!(index.unpublished().unwrap().is_empty());
     }
 
     #[test]
@@ -231,5 +288,24 @@ mod tests {
         assert_eq!(index.chunk(&root).unwrap().unwrap().refs, 0, "the root died with its last delta");
         let back = Rebased { hash: tuned, planned_from: index.chunk(&tuned).unwrap().unwrap(), offset: 0, frame_len: 5, base: Some(root) };
         assert!(matches!(index.rebase("packs/fourth", 5, &[back], 5), Err(IndexError::Refused(Refusal::VersionChanged))));
+    }
+
+    #[test]
+    fn a_switch_that_would_loop_bases_is_refused_whole() {
+        let (_dir, index) = fresh_index();
+        let (root, tuned) = ([1u8; 32], [2u8; 32]);
+        object_of_two_chunks(&index, root, tuned);
+        let tuned_on_root = Rebased { hash: tuned, planned_from: index.chunk(&tuned).unwrap().unwrap(), offset: 0, frame_len: 5, base: Some(root) };
+        index.rebase("packs/new", 5, &[tuned_on_root], 1).unwrap();
+        // The root as a delta of its own delta: refused.
+        let root_on_tuned = Rebased { hash: root, planned_from: index.chunk(&root).unwrap().unwrap(), offset: 0, frame_len: 7, base: Some(tuned) };
+        let refused = index.rebase("packs/loop", 7, std::slice::from_ref(&root_on_tuned), 2);
+        assert!(matches!(refused, Err(IndexError::Refused(Refusal::ChainOfBases))), "{refused:?}");
+        // Both turned around in one switch is no loop.
+        let tuned_alone = Rebased { hash: tuned, planned_from: index.chunk(&tuned).unwrap().unwrap(), offset: 7, frame_len: 30, base: None };
+        index.rebase("packs/swap", 37, &[root_on_tuned, tuned_alone], 3).unwrap();
+        assert_eq!(index.chunk(&root).unwrap().unwrap().base, Some(tuned));
+        assert_eq!(index.chunk(&tuned).unwrap().unwrap().base, None);
+        assert!(index.check().unwrap().problems.is_empty(), "{:?}", index.check().unwrap().problems);
     }
 }

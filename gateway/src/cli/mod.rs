@@ -47,7 +47,12 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Run one garbage collection now and exit.
-    Gc,
+    Gc {
+        /// Run it again until re-basing has nothing left to switch, with a progress bar of the
+        /// families of tensors settled.
+        #[arg(long)]
+        until_settled: bool,
+    },
     /// Logical and physical bytes per tenant and bucket.
     Stats {
         #[arg(long)]
@@ -154,7 +159,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Scrub { rate_mib, restart } => runtime.block_on(scrub::run(&config, rate_mib, restart)),
         Command::Repack => runtime.block_on(repack::run(&config)),
         Command::Index { action: IndexAction::Rebuild } => runtime.block_on(rebuild::run(&config)),
-        Command::Gc => runtime.block_on(gc::run(&config)),
+        Command::Gc { until_settled } => runtime.block_on(gc::run(&config, until_settled)),
     }
 }
 

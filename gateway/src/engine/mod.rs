@@ -61,6 +61,10 @@ pub struct Store {
     pub instance: String,
     /// What garbage collection remembers between runs; held by the run in progress.
     pub gc_memory: tokio::sync::Mutex<GcMemory>,
+    /// With a shared upstream, the `moved/` and `rebased/` records (key, listing tag) that left
+    /// chunks of this index unfollowed: passed over until they change or their pack is
+    /// condemned (`maintenance::follow`).
+    pub(crate) unfollowed: std::sync::Mutex<HashMap<String, String>>,
     /// Request slots and the in-flight byte budget, with each tenant's share.
     pub admission: Admission,
     /// Set once the gateway is stopping: `/ready` then says no, so load balancers move on.
@@ -91,6 +95,7 @@ impl Store {
             in_flight: InFlight::default(),
             instance,
             gc_memory: tokio::sync::Mutex::new(GcMemory::default()),
+            unfollowed: std::sync::Mutex::new(HashMap::new()),
             admission,
             draining: std::sync::atomic::AtomicBool::new(false),
             caught_up_ms: std::sync::atomic::AtomicI64::new(crate::ids::now_ms()),

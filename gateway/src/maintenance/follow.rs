@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tensorgate_index::{moves_key, pack_id, rebased_key, ChunkHash, ChunkRecord, IndexError, PackMoves, PackRebased, Rebased, Refusal, MOVED, PACKS, REBASED};
+use tensorgate_index::{moves_key, pack_id, rebased_key, ChunkHash, ChunkRecord, IndexError, PackMoves, PackRebased, Rebased, MOVED, PACKS, REBASED};
 
 use crate::engine::ingest::MAX_WRITE_DEPTH;
 use crate::engine::{catalog, Store};
@@ -43,23 +43,30 @@ struct Follower<'a> {
 }
 
 /// Points the index's chunks in packs that have records upstream (under `prefix`) at where
-/// the records lead; `condemned` are the packs condemned there. Returns how many moved.
+/// the records lead; `condemned` are the packs condemned there. Records that left chunks here
+/// unfollowed before are passed over until they change or their pack is condemned. Returns how
+/// many chunks moved.
 pub(crate) async fn follow_records(store: &Store, prefix: &str, condemned: &HashSet<String>) -> anyhow::Result<usize> {
-    let mut recorded = HashSet::new();
+    // Each pack with records that this index uses, with those records' keys and tags.
+    let mut recorded: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for folder in [MOVED, REBASED] {
         for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {
-            if let Some(id) = listed.key.strip_prefix(&format!("{prefix}{folder}")) {
-                let pack = format!("{prefix}{PACKS}{id}");
-                if pack_id(&pack).is_some() && store.index.pack_in_use(&pack)? {
-                    recorded.insert(pack);
-                }
+            let Some(id) = listed.key.strip_prefix(&format!("{prefix}{folder}")) else { continue };
+            let pack = format!("{prefix}{PACKS}{id}");
+            if pack_id(&pack).is_some() && store.index.pack_in_use(&pack)? {
+                recorded.entry(pack).or_default().push((listed.key, listed.tag));
             }
         }
+    }
+    {
+        let unfollowed = store.unfollowed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tried = |records: &Vec<(String, String)>| records.iter().all(|(key, tag)| unfollowed.get(key) == Some(tag));
+        recorded.retain(|pack, records| condemned.contains(pack) || !tried(records));
     }
     if recorded.is_empty() {
         return Ok(0);
     }
-    let packs: HashSet<&str> = recorded.iter().map(String::as_str).collect();
+    let packs: HashSet<&str> = recorded.keys().map(String::as_str).collect();
     let held = store.index.live_chunks_in(&packs)?;
     let mut follower = Follower { store, condemned, records: HashMap::new(), enterable: HashMap::new() };
     let mut steps = Vec::new();
@@ -69,7 +76,23 @@ pub(crate) async fn follow_records(store: &Store, prefix: &str, condemned: &Hash
             steps.push((place.pack, place.pack_total, step));
         }
     }
-    // Each new base checked again with the others' new bases in place, until none is dropped.
+    let followed = switch(store, keep_fitting(store, steps)?)?;
+    let mut unfollowed = store.unfollowed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (pack, records) in recorded {
+        let still_used = store.index.pack_in_use(&pack)?;
+        for (key, tag) in records {
+            match still_used {
+                true => unfollowed.insert(key, tag),
+                false => unfollowed.remove(&key),
+            };
+        }
+    }
+    Ok(followed)
+}
+
+/// The steps whose new bases fit, each checked with the others' new bases in place, until none
+/// is dropped.
+fn keep_fitting(store: &Store, mut steps: Vec<(String, u64, Rebased)>) -> anyhow::Result<Vec<(String, u64, Rebased)>> {
     loop {
         let planned: HashMap<ChunkHash, Option<ChunkHash>> = steps.iter().map(|(_, _, step)| (step.hash, step.base)).collect();
         let before = steps.len();
@@ -85,9 +108,15 @@ pub(crate) async fn follow_records(store: &Store, prefix: &str, condemned: &Hash
         }
         steps = kept;
         if steps.len() == before {
-            break;
+            return Ok(steps);
         }
     }
+}
+
+/// Switches the index to the new places, a transaction per target pack, or a chunk at a time
+/// for a pack whose whole switch is refused (a chunk died or moved meanwhile, or a chain of bases
+/// would loop: the index checks it in each transaction). Returns how many chunks moved.
+fn switch(store: &Store, steps: Vec<(String, u64, Rebased)>) -> anyhow::Result<usize> {
     let mut by_target: HashMap<(String, u64), Vec<Rebased>> = HashMap::new();
     for (pack, total, step) in steps {
         by_target.entry((pack, total)).or_default().push(step);
@@ -96,8 +125,16 @@ pub(crate) async fn follow_records(store: &Store, prefix: &str, condemned: &Hash
     for ((to, to_total), steps) in by_target {
         match store.index.rebase(&to, to_total, &steps, now_ms()) {
             Ok(()) => followed += steps.len(),
-            // A chunk or base changed meanwhile: its pack stays in use, and the next sync tries again.
-            Err(IndexError::Refused(Refusal::VersionChanged)) => tracing::debug!(%to, "moved frames not followed yet"),
+            Err(IndexError::Refused(_)) => {
+                for step in steps {
+                    match store.index.rebase(&to, to_total, std::slice::from_ref(&step), now_ms()) {
+                        Ok(()) => followed += 1,
+                        // Its pack stays in use; the record is tried again when it changes or its pack is condemned.
+                        Err(IndexError::Refused(refusal)) => tracing::debug!(%to, %refusal, "a moved frame not followed"),
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            }
             Err(error) => return Err(error.into()),
         }
     }
@@ -124,10 +161,14 @@ impl Follower<'_> {
         Ok(chosen)
     }
 
-    /// The records of `pack` (read once a sync).
+    /// The records of `pack` (read once a sync). Records that cannot be read lead nowhere: the
+    /// pack's chunks stay, and its veto with them.
     async fn forwarding(&mut self, pack: &str) -> anyhow::Result<&Forwarding> {
         if !self.records.contains_key(pack) {
-            let read = read_forwarding(self.store, pack).await?;
+            let read = read_forwarding(self.store, pack).await.unwrap_or_else(|error| {
+                tracing::warn!(%pack, error = format!("{error:#}"), "the records of a pack's moved frames do not read; not followed");
+                Forwarding::new()
+            });
             self.records.insert(pack.to_owned(), read);
         }
         Ok(&self.records[pack])

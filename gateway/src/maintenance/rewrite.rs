@@ -55,8 +55,19 @@ pub(crate) fn locate_chains(store: &Store, manifest: &mut Manifest, mut hashes: 
 /// With a shared upstream, writes again the manifests `referrers` that keep `pack` (in the
 /// collector's trash) referenced by frames that left it, as compaction's and re-basing's
 /// records say: each such chunk and its chain located as this index holds them. True if every
-/// one of them names the pack no more.
+/// one of them names the pack no more. A record or manifest that does not read is logged and
+/// leaves the pack referenced: it must not stop the collection.
 pub(crate) async fn forward(store: &Store, pack: &str, referrers: &[String]) -> anyhow::Result<bool> {
+    match forward_all(store, pack, referrers).await {
+        Ok(forwarded) => Ok(forwarded),
+        Err(error) => {
+            tracing::warn!(%pack, error = format!("{error:#}"), "the manifests naming a spared pack were not forwarded");
+            Ok(false)
+        }
+    }
+}
+
+async fn forward_all(store: &Store, pack: &str, referrers: &[String]) -> anyhow::Result<bool> {
     let (Some(moved), Some(rebased)) = (moves_key(pack), rebased_key(pack)) else { return Ok(false) };
     let mut left: HashSet<(u64, ChunkHash)> = HashSet::new();
     if let Some(moves) = catalog::read_record::<PackMoves>(store, &moved).await? {

@@ -31,7 +31,7 @@ pub struct SyncReport {
     pub objects_removed: usize,
     /// Condemned packs this gateway still reads, whose deletion it vetoed.
     pub packs_vetoed: usize,
-    /// Chunks of condemned packs pointed at the frames compaction or re-basing put elsewhere.
+    /// Chunks pointed at the frames compaction or re-basing put elsewhere (`follow`).
     pub frames_followed: usize,
     /// Whether every manifest was listed (else only the journal was read).
     pub listed_everything: bool,

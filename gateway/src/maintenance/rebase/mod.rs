@@ -96,7 +96,13 @@ mod publish;
 /// found with nothing to gain, which are passed over until their frames change.
 pub async fn rebase(store: &Store) -> anyhow::Result<RebaseReport> {
     let mut report = RebaseReport::default();
+    // The packs frames left, compacted at the end (those of a switch a crash left unpublished too).
+    let mut left: HashSet<String> = match store.config.shared_upstream {
+        true => publish::publish_unpublished(store).await?,
+        false => HashSet::new(),
+    };
     if store.config.rebase_bytes_per_run == 0 {
+        compact_these(store, &left, COMPACT_AFTER).await?;
         return Ok(report);
     }
     store.index.forget_settled_past(MAX_SETTLED)?;
@@ -128,7 +134,6 @@ pub async fn rebase(store: &Store) -> anyhow::Result<RebaseReport> {
     for step in pass.planned {
         by_prefix.entry(pack_prefix(&step.record.pack).to_owned()).or_default().push(step);
     }
-    let mut left: HashSet<String> = HashSet::new();
     for (prefix, steps) in by_prefix {
         let sources: HashSet<String> = steps.iter().map(|step| step.record.pack.clone()).collect();
         // A group that chains of deltas leave not worth it waits until its frames change.
@@ -391,6 +396,10 @@ async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::R
         written += u64::from(frame_len);
     }
     writer.finish().await?;
+    let records = store.config.shared_upstream.then(|| publish::records_of(&target, written, &steps));
+    if let Some(records) = &records {
+        store.index.save_unpublished(&target, records)?;
+    }
     let switched = {
         let _all_writes = store.locks.lock_all_keys().await;
         let moved: HashSet<ChunkHash> = steps.iter().map(|step| step.hash).collect();
@@ -400,7 +409,7 @@ async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::R
                 store.index.count_rebase(steps.len() as u64, before.saturating_sub(written))?;
                 (steps.len(), before, written)
             }
-            Err(IndexError::Refused(Refusal::VersionChanged)) => {
+            Err(IndexError::Refused(Refusal::VersionChanged | Refusal::ChainOfBases)) => {
                 tracing::info!("chunks changed while re-basing was planned; it runs again later");
                 store.index.trash_key(&target, now_ms())?;
                 (0, 0, 0)
@@ -408,8 +417,11 @@ async fn switch(store: &Store, prefix: &str, planned: Vec<Planned>) -> anyhow::R
             Err(error) => return Err(error.into()),
         }
     };
-    if switched.0 > 0 && store.config.shared_upstream {
-        publish::publish_rebased(store, &target, written, &steps).await?;
+    if let Some(records) = records {
+        if switched.0 > 0 {
+            publish::publish(store, &records).await?;
+        }
+        store.index.forget_unpublished(&target)?;
     }
     drop(in_flight);
     catalog::recover(store).await?;
