@@ -74,24 +74,7 @@ fn a_family_stored_without_bases_settles_to_what_it_costs_base_first() {
     // Objects read back, again and again, while re-basing runs.
     let (passes, reads) = {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let endpoint = unbased.endpoint.clone();
-        let flag = stop.clone();
-        let work = tempfile::tempdir().unwrap();
-        let handle = std::thread::spawn(move || {
-            let mut reads = 0;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) || reads < BF16_FAMILY.len() {
-                let file = BF16_FAMILY[reads % BF16_FAMILY.len()];
-                let out = work.path().join("read");
-                let status = aws_command(&endpoint, ACCESS_KEY, SECRET_KEY)
-                    .args(["s3", "cp", &format!("s3://family/{file}"), out.to_str().unwrap(), "--quiet"])
-                    .status()
-                    .unwrap();
-                assert!(status.success(), "reading {file} during re-basing failed");
-                assert!(std::fs::read(&out).unwrap() == std::fs::read(corpus(file)).unwrap(), "{file} read back wrong during re-basing");
-                reads += 1;
-            }
-            reads
-        });
+        let handle = read_corpus_until(unbased.endpoint.clone(), "family", &BF16_FAMILY, stop.clone());
         let passes = settle(&unbased);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         (passes, handle.join().expect("the reads during re-basing are byte-identical"))

@@ -6,13 +6,10 @@
 
 mod support;
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use tensorgate::upstream::{BlobWriter, Condition, Listed, Tagged, Upstream};
+use support::faults::GatedUpstream;
 
 use support::objects::*;
 use support::shared::*;
@@ -27,63 +24,6 @@ fn packs_upstream(gateway: &TestGateway) -> (u64, usize) {
 /// How many records are under `folder` upstream.
 fn records_under(gateway: &TestGateway, folder: &str) -> usize {
     gateway.runtime.block_on(gateway.store().upstream.list(folder)).unwrap().len()
-}
-
-/// An upstream that refuses to write re-basing's records while `refusing` is set: a switch whose
-/// publication fails, as a crash or an outage right after it would leave it.
-struct RefusingRecords {
-    inner: Arc<dyn Upstream>,
-    refusing: Arc<AtomicBool>,
-}
-
-#[async_trait]
-impl Upstream for RefusingRecords {
-    async fn writer(&self, key: &str) -> anyhow::Result<Box<dyn BlobWriter>> {
-        anyhow::ensure!(!(key.contains(tensorgate_index::REBASED) && self.refusing.load(Ordering::Relaxed)), "refused: {key}");
-        self.inner.writer(key).await
-    }
-    async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
-        self.inner.read(key, range).await
-    }
-    async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>> {
-        self.inner.read_tagged(key).await
-    }
-    async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<Option<String>> {
-        self.inner.put_if(key, bytes, condition).await
-    }
-    async fn delete(&self, key: &str) -> anyhow::Result<()> {
-        self.inner.delete(key).await
-    }
-    async fn delete_if(&self, key: &str, tag: &str) -> anyhow::Result<bool> {
-        self.inner.delete_if(key, tag).await
-    }
-    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<Listed>> {
-        self.inner.list(prefix).await
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
-/// Reads the family through `endpoint` again and again until `stop`, each read byte-identical;
-/// returns how many it made.
-fn read_until(endpoint: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
-    std::thread::spawn(move || {
-        let work = tempfile::tempdir().unwrap();
-        let mut reads = 0;
-        while !stop.load(Ordering::Relaxed) || reads < BF16_FAMILY.len() {
-            let file = BF16_FAMILY[reads % BF16_FAMILY.len()];
-            let out = work.path().join("read");
-            let status = aws_command(&endpoint, ACCESS_KEY, SECRET_KEY)
-                .args(["s3", "cp", &format!("s3://family/{file}"), out.to_str().unwrap(), "--quiet"])
-                .status()
-                .unwrap();
-            assert!(status.success(), "reading {file} during re-basing failed");
-            assert!(std::fs::read(&out).unwrap() == std::fs::read(corpus(file)).unwrap(), "{file} read back wrong during re-basing");
-            reads += 1;
-        }
-        reads
-    })
 }
 
 #[test]
@@ -119,7 +59,7 @@ fn re_basing_on_the_lease_holder_loses_nothing_another_gateway_reads_or_writes()
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = read_until(b.endpoint.clone(), stop.clone());
+    let reader = read_corpus_until(b.endpoint.clone(), "family", &BF16_FAMILY, stop.clone());
     let (mut chunks, mut followed, mut passes) = (0, 0, 0);
     let mut b_state = Default::default();
     loop {
@@ -184,6 +124,7 @@ fn a_switch_left_unpublished_is_published_by_the_next_run() {
     let moto = Moto::start();
     let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let scratch = tempfile::tempdir().unwrap();
+    // Writes of re-basing's records fail until told otherwise.
     let refusing = Arc::new(AtomicBool::new(true));
     let wrapped = refusing.clone();
     let a = shared_gateway_over(
@@ -191,7 +132,11 @@ fn a_switch_left_unpublished_is_published_by_the_next_run() {
         state_a.path(),
         true,
         |config| config.base_selection = tensorgate::config::BaseSelection::None,
-        move |inner| Arc::new(RefusingRecords { inner, refusing: wrapped }),
+        move |inner| {
+            let mut gated = GatedUpstream::new(inner, tensorgate_index::REBASED);
+            gated.failing_writes = wrapped;
+            Arc::new(gated)
+        },
     );
     let b = shared_upstream_gateway(&moto, state_b.path(), true);
     let family = &BF16_FAMILY[..3];

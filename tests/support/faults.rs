@@ -163,19 +163,22 @@ impl BlobWriter for FaultyWriter {
 }
 
 /// An upstream that holds back new writes to keys under a prefix while `held` is set (they
-/// wait, not fail), so that a test can act while a write is half done, and fails deletes of
-/// those keys while `failing_deletes` is set. `waiting` counts the writes held back now.
+/// wait, not fail), so that a test can act while a write is half done, fails those writes
+/// while `failing_writes` is set, and fails deletes of those keys while `failing_deletes` is
+/// set. `waiting` counts the writes held back now.
 pub struct GatedUpstream {
     inner: Arc<dyn Upstream>,
     prefix: String,
     pub held: Arc<AtomicBool>,
+    pub failing_writes: Arc<AtomicBool>,
     pub failing_deletes: Arc<AtomicBool>,
     pub waiting: Arc<AtomicU64>,
 }
 
 impl GatedUpstream {
     pub fn new(inner: Arc<dyn Upstream>, prefix: &str) -> GatedUpstream {
-        GatedUpstream { inner, prefix: prefix.to_owned(), held: Arc::default(), failing_deletes: Arc::default(), waiting: Arc::default() }
+        let prefix = prefix.to_owned();
+        GatedUpstream { inner, prefix, held: Arc::default(), failing_writes: Arc::default(), failing_deletes: Arc::default(), waiting: Arc::default() }
     }
 
     fn check_delete(&self, key: &str) -> anyhow::Result<()> {
@@ -184,22 +187,24 @@ impl GatedUpstream {
         Ok(())
     }
 
-    async fn pass(&self, key: &str) {
+    async fn pass(&self, key: &str) -> anyhow::Result<()> {
         if !key.contains(&self.prefix) {
-            return;
+            return Ok(());
         }
+        anyhow::ensure!(!self.failing_writes.load(Ordering::SeqCst), "injected fault: write of {key} failed");
         self.waiting.fetch_add(1, Ordering::SeqCst);
         while self.held.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 
 #[async_trait]
 impl Upstream for GatedUpstream {
     async fn writer(&self, key: &str) -> anyhow::Result<Box<dyn BlobWriter>> {
-        self.pass(key).await;
+        self.pass(key).await?;
         self.inner.writer(key).await
     }
 
@@ -212,7 +217,7 @@ impl Upstream for GatedUpstream {
     }
 
     async fn put_if(&self, key: &str, bytes: Bytes, condition: Condition) -> anyhow::Result<Option<String>> {
-        self.pass(key).await;
+        self.pass(key).await?;
         self.inner.put_if(key, bytes, condition).await
     }
 

@@ -60,3 +60,25 @@ pub fn check_ranges(gateway: &TestGateway, bucket: &str, key: &str, bytes: &[u8]
         assert!(got == bytes[start as usize..=end as usize], "range {start}-{end} of {key} differs");
     }
 }
+
+/// Reads the corpus `files` from `bucket` through `endpoint` with aws cli, in turn, until `stop`
+/// is set and each was read once, asserting each byte-identical to its corpus file (while
+/// maintenance runs); the thread returns how many reads it made.
+pub fn read_corpus_until(endpoint: String, bucket: &'static str, files: &'static [&'static str], stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let work = tempfile::tempdir().unwrap();
+        let mut reads = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < files.len() {
+            let file = files[reads % files.len()];
+            let out = work.path().join("read");
+            let status = super::aws_command(&endpoint, super::ACCESS_KEY, super::SECRET_KEY)
+                .args(["s3", "cp", &format!("s3://{bucket}/{file}"), out.to_str().unwrap(), "--quiet"])
+                .status()
+                .unwrap();
+            assert!(status.success(), "reading {file} failed");
+            assert!(std::fs::read(&out).unwrap() == std::fs::read(super::corpus(file)).unwrap(), "{file} read back wrong");
+            reads += 1;
+        }
+        reads
+    })
+}

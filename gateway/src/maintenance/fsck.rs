@@ -161,11 +161,11 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
 }
 
 /// Upstream objects past their grace period that nothing references must be in the trash.
-/// With a shared upstream only the lease holder judges: what no manifest names may be in its
-/// trash or its index, which other gateways cannot see.
+/// With a shared upstream only the lease holder, or its last holder, judges: what no manifest
+/// names may be in its trash or its index, which other gateways cannot see.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
     if store.config.shared_upstream && !gc::may_collect(store, now_ms(), repair).await? {
-        report.notes.push("orphans not judged: another gateway holds the garbage-collection lease".to_owned());
+        report.notes.push("orphans not judged: another gateway holds (or last held) the garbage-collection lease".to_owned());
         return Ok(());
     }
     let referenced = gc::referenced_keys(store, &mut *store.gc_memory.lock().await).await?;

@@ -146,15 +146,16 @@ async fn acquire_lease(store: &Store, now: i64) -> anyhow::Result<bool> {
     Ok(store.upstream.put_if(LEASE, lease, condition).await?.is_some())
 }
 
-/// Whether this gateway may judge and collect orphans now: it holds the lease, or nobody does.
-/// With `take`, the lease is taken (or renewed) as garbage collection takes it.
+/// Whether this gateway may judge and collect orphans now. With `take`, the lease is taken (or
+/// renewed) as garbage collection takes it. Without, only the last holder judges (or anyone when
+/// there never was one): what no manifest names may be in the last holder's trash, which no
+/// other gateway sees, expired lease or not.
 pub async fn may_collect(store: &Store, now: i64, take: bool) -> anyhow::Result<bool> {
     if take {
         return acquire_lease(store, now).await;
     }
     let Some(current) = store.upstream.read_tagged(LEASE).await? else { return Ok(true) };
-    let (holder, expiry) = lease_terms(&current.bytes);
-    Ok(holder == store.instance || expiry < now)
+    Ok(lease_terms(&current.bytes).0 == store.instance)
 }
 
 /// The holder and expiry a lease names (an unreadable one is expired).
