@@ -49,9 +49,12 @@ struct Follower<'a> {
 pub(crate) async fn follow_records(store: &Store, prefix: &str, condemned: &HashSet<String>) -> anyhow::Result<usize> {
     // Each pack with records that this index uses, with those records' keys and tags.
     let mut recorded: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    for folder in [MOVED, REBASED] {
-        for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {
-            let Some(id) = listed.key.strip_prefix(&format!("{prefix}{folder}")) else { continue };
+    let mut listed_keys = HashSet::new();
+    let folders = [format!("{prefix}{MOVED}"), format!("{prefix}{REBASED}")];
+    for folder in &folders {
+        for listed in store.upstream.list(folder).await? {
+            listed_keys.insert(listed.key.clone());
+            let Some(id) = listed.key.strip_prefix(folder.as_str()) else { continue };
             let pack = format!("{prefix}{PACKS}{id}");
             if pack_id(&pack).is_some() && store.index.pack_in_use(&pack)? {
                 recorded.entry(pack).or_default().push((listed.key, listed.tag));
@@ -59,7 +62,9 @@ pub(crate) async fn follow_records(store: &Store, prefix: &str, condemned: &Hash
         }
     }
     {
-        let unfollowed = store.unfollowed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut unfollowed = store.unfollowed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Records gone upstream (their pack was deleted) are forgotten.
+        unfollowed.retain(|key, _| listed_keys.contains(key) || !folders.iter().any(|folder| key.starts_with(folder.as_str())));
         let tried = |records: &Vec<(String, String)>| records.iter().all(|(key, tag)| unfollowed.get(key) == Some(tag));
         recorded.retain(|pack, records| condemned.contains(pack) || !tried(records));
     }
