@@ -2,13 +2,14 @@
 //! gateway reads it: two gateways storing one new chunk at once each keep their own copy in
 //! their index, and the manifests may all name the other. So the collector announces a pack
 //! before deleting it (a marker under `condemned/`, holding the time it was written); each
-//! gateway's sync, first of all it does, points its index at the frames compaction or re-basing
-//! put elsewhere (`follow`), then vetoes the condemned packs its index still stores chunks in (a marker under
-//! `in-use/<pack>/<gateway>`, withdrawn when its index no longer uses the pack), and then
-//! acknowledges every condemnation it handled in its heartbeat (`gateways/<gateway>`). The
-//! collector deletes a pack only once its announcement is a grace period old, unvetoed, and
-//! acknowledged by every gateway seen within `gateway_expiry_secs`; a vetoed pack leaves the
-//! trash. A gateway that was down waits for nothing: the collector waits for it.
+//! gateway's sync, first of all it does, points its index at the frames compaction or
+//! re-basing put elsewhere (`follow`), then vetoes the condemned packs its index still stores
+//! chunks in (a marker under `in-use/<pack>/<gateway>`, withdrawn when its index no longer
+//! uses the pack), and then acknowledges every condemnation it handled in its heartbeat
+//! (`gateways/<gateway>`). The collector deletes a pack only once its announcement is a grace
+//! period old, acknowledged by every gateway seen within `gateway_expiry_secs`, and unvetoed;
+//! a vetoed pack leaves the trash. A gateway that was down waits for nothing: the collector
+//! waits for it.
 
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -116,7 +117,8 @@ pub async fn veto(store: &Store) -> anyhow::Result<VetoReport> {
         let packs: HashSet<String> = condemned.iter().map(|(_, pack)| pack.clone()).collect();
         // Frames are followed before any pack is vetoed: whatever this moves into a condemned
         // pack (none, see `follow`) would be vetoed below. A record that cannot be followed
-        // leaves the chunks where they were: their packs stay vetoed, and the heartbeat still goes out.
+        // leaves the chunks where they were: their packs stay vetoed, and the heartbeat still
+        // goes out.
         match follow_records(store, &prefix, &packs).await {
             Ok(followed) => report.followed += followed,
             Err(error) => tracing::warn!(%prefix, error = format!("{error:#}"), "moved frames not followed; their packs stay vetoed"),
