@@ -22,7 +22,7 @@ pub use guards::{ChunkGuard, HeldChunks, InFlight, WriteGuard};
 pub use locks::WriteLocks;
 pub use reads::READ_ATTEMPTS;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
@@ -154,6 +154,11 @@ pub struct GcMemory {
     pub(crate) record_references: HashMap<String, (String, Vec<String>)>,
     /// When the upstream was last listed for orphans.
     pub(crate) last_orphan_scan_ms: Option<i64>,
+    /// With a shared upstream, the keys the last listing found referenced upstream (by a
+    /// manifest, a part marker or a veto) and not by this index: spared, they stay in the trash.
+    pub(crate) upstream_only: HashSet<String>,
+    /// Packs spared whose announcement was withdrawn, so that it is not withdrawn again at each run.
+    pub(crate) withdrawn: HashSet<String>,
 }
 
 impl GcMemory {

@@ -8,8 +8,8 @@
 //! uses the pack), and then acknowledges every condemnation it handled in its heartbeat
 //! (`gateways/<gateway>`). The collector deletes a pack only once its announcement is a grace
 //! period old, acknowledged by every gateway seen within `gateway_expiry_secs`, and unvetoed;
-//! a vetoed pack leaves the trash. A gateway that was down waits for nothing: the collector
-//! waits for it.
+//! a vetoed pack stays in the trash, announced afresh once no veto stands. A gateway that was
+//! down waits for nothing: the collector waits for it.
 
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -27,7 +27,7 @@ use crate::upstream;
 pub enum Verdict {
     /// Announced less than a grace period ago (or just now): keep it in the trash.
     Wait,
-    /// A gateway still reads it: it leaves the trash.
+    /// A gateway still reads it: its announcement is withdrawn; it stays in the trash.
     Vetoed,
     /// Announced long enough ago and unvetoed: delete it, then [`forget`] the announcement.
     Delete,

@@ -66,19 +66,24 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
         let announced = store.config.shared_upstream && pack_id(&key).is_some();
         if referenced.contains(&key) || store.in_flight.contains(&key) {
             // Spared: a later deletion announces it afresh, and waits for fresh acknowledgements.
-            if announced {
-                condemned::withdraw(store, &key).await?;
-                // Named only by manifests that name frames since moved: they are forwarded, and
-                // the pack stays in the trash.
-                if !store.in_flight.contains(&key) && rewrite::forward(store, &key, &memory.referrers_of(&key)).await? {
+            if announced && !store.in_flight.contains(&key) {
+                if memory.withdrawn.insert(key.clone()) {
+                    condemned::withdraw(store, &key).await?;
+                }
+                // Named only by manifests that name frames since moved: they are forwarded. A pack
+                // only the upstream references (another gateway's manifest or veto) stays in the
+                // trash until nothing does, rather than waiting for an orphan scan.
+                let forwarded = rewrite::forward(store, &key, &memory.referrers_of(&key)).await?;
+                if forwarded || memory.upstream_only.contains(&key) {
                     continue;
                 }
             }
         } else {
+            memory.withdrawn.remove(&key);
             if announced {
                 match condemned::verdict(store, &key, now).await? {
-                    Verdict::Wait => continue,
-                    Verdict::Vetoed => {}
+                    // Vetoed since the listing: it stays in the trash, spared while the veto stands.
+                    Verdict::Wait | Verdict::Vetoed => continue,
                     Verdict::Delete => {
                         store.upstream.delete(&key).await?;
                         condemned::forget(store, &key).await?;
@@ -172,6 +177,7 @@ pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> any
     let mut referenced = store.index.referenced_upstream_keys()?;
     if store.config.shared_upstream {
         let mut listed_now = HashMap::new();
+        let mut upstream = HashSet::new();
         for prefix in store.config.upstream_prefixes() {
             // Uploads, then their part markers, then manifests: an upload that ends meanwhile
             // is seen live with its parts, or its object's manifest is listed.
@@ -191,13 +197,15 @@ pub(crate) async fn referenced_keys(store: &Store, memory: &mut GcMemory) -> any
                         None => continue,
                     },
                 };
-                referenced.extend(keys.iter().cloned());
+                upstream.extend(keys.iter().cloned());
                 listed_now.insert(listed.key, (listed.tag, keys));
             }
             let vetoes = store.upstream.list(&format!("{prefix}{VETOES}")).await?;
-            referenced.extend(vetoes.iter().filter_map(|listed| vetoed_pack(&listed.key)).map(|(pack, _)| pack));
+            upstream.extend(vetoes.iter().filter_map(|listed| vetoed_pack(&listed.key)).map(|(pack, _)| pack));
         }
         memory.record_references = listed_now;
+        memory.upstream_only = upstream.difference(&referenced).cloned().collect();
+        referenced.extend(upstream);
     }
     Ok(referenced)
 }
