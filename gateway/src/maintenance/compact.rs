@@ -165,8 +165,7 @@ async fn publish_moves(store: &Store, copies: &[PackCopy]) -> anyhow::Result<()>
         }
         Ok(moved)
     })
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Objects whose manifests name one of `moved`: as a chunk of theirs, or anywhere on a chunk's

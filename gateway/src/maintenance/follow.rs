@@ -32,7 +32,7 @@ struct Place {
 
 /// Where the frames of one pack went, by old offset and chunk id: compaction's copies keep the
 /// frame (`None`), re-basing's new frames say theirs.
-type Forwarding = HashMap<(u64, ChunkHash), (String, u64, u64, Option<(u32, Option<ChunkHash>)>)>;
+pub(crate) type Forwarding = HashMap<(u64, ChunkHash), (String, u64, u64, Option<(u32, Option<ChunkHash>)>)>;
 
 /// The records of the packs looked at in one sync, and which packs may be entered.
 struct Follower<'a> {
@@ -191,7 +191,7 @@ impl Follower<'_> {
 }
 
 /// Reads the records of where the frames of `pack` went (none for a key that is not a pack's).
-async fn read_forwarding(store: &Store, pack: &str) -> anyhow::Result<Forwarding> {
+pub(crate) async fn read_forwarding(store: &Store, pack: &str) -> anyhow::Result<Forwarding> {
     let mut forwarding = Forwarding::new();
     let (Some(moved), Some(rebased)) = (moves_key(pack), rebased_key(pack)) else { return Ok(forwarding) };
     if let Some(moves) = catalog::read_record::<PackMoves>(store, &moved).await? {

@@ -7,26 +7,25 @@
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
-use tensorgate_index::{moves_key, rebased_key, ChunkHash, ChunkLocation, Envelope, Manifest, PackMoves, PackRebased, MANIFESTS};
+use tensorgate_index::{ChunkHash, ChunkLocation, Envelope, Manifest, MANIFESTS};
 
-use crate::engine::{catalog, Store};
+use crate::engine::Store;
+use crate::maintenance::follow::read_forwarding;
 use crate::upstream::Condition;
 
 /// Applies `change` to every manifest upstream; those it changed (it returns true) are written
-/// back if unchanged since read. Returns how many were written.
-pub(crate) async fn rewrite_manifests(store: &Store, mut change: impl FnMut(&mut Manifest) -> anyhow::Result<bool>) -> anyhow::Result<usize> {
-    let mut written = 0;
+/// back if unchanged since read.
+pub(crate) async fn rewrite_manifests(store: &Store, mut change: impl FnMut(&mut Manifest) -> anyhow::Result<bool>) -> anyhow::Result<()> {
     for prefix in store.config.upstream_prefixes() {
         for listed in store.upstream.list(&format!("{prefix}{MANIFESTS}")).await? {
             let Some(tagged) = store.upstream.read_tagged(&listed.key).await? else { continue };
             let mut manifest = Manifest::open(&tagged.bytes)?;
             if change(&mut manifest)? {
-                let landed = store.upstream.put_if(&listed.key, Bytes::from(manifest.seal()?), Condition::Matches(tagged.tag)).await?;
-                written += usize::from(landed.is_some());
+                store.upstream.put_if(&listed.key, Bytes::from(manifest.seal()?), Condition::Matches(tagged.tag)).await?;
             }
         }
     }
-    Ok(written)
+    Ok(())
 }
 
 /// Replaces the table entries of `hashes`, and of every chunk on their chains of bases, with
@@ -68,14 +67,8 @@ pub(crate) async fn forward(store: &Store, pack: &str, referrers: &[String]) -> 
 }
 
 async fn forward_all(store: &Store, pack: &str, referrers: &[String]) -> anyhow::Result<bool> {
-    let (Some(moved), Some(rebased)) = (moves_key(pack), rebased_key(pack)) else { return Ok(false) };
-    let mut left: HashSet<(u64, ChunkHash)> = HashSet::new();
-    if let Some(moves) = catalog::read_record::<PackMoves>(store, &moved).await? {
-        left.extend(moves.moves.iter().map(|step| (step.from_offset, step.hash)));
-    }
-    if let Some(rebased) = catalog::read_record::<PackRebased>(store, &rebased).await? {
-        left.extend(rebased.frames.iter().map(|frame| (frame.from_offset, frame.hash)));
-    }
+    // The frames that left the pack, by old offset and chunk id.
+    let left = read_forwarding(store, pack).await?;
     if left.is_empty() || referrers.is_empty() {
         return Ok(false);
     }
@@ -89,7 +82,7 @@ async fn forward_all(store: &Store, pack: &str, referrers: &[String]) -> anyhow:
         if named.is_empty() {
             continue;
         }
-        if !named.iter().all(|frame| left.contains(frame)) || !locate_chains(store, &mut manifest, named.iter().map(|(_, hash)| *hash).collect())? {
+        if !named.iter().all(|frame| left.contains_key(frame)) || !locate_chains(store, &mut manifest, named.iter().map(|(_, hash)| *hash).collect())? {
             return Ok(false);
         }
         if manifest.chunks.iter().any(|location| location.pack == pack) {

@@ -83,6 +83,5 @@ pub(super) async fn publish(store: &Store, records: &[PackRebased]) -> anyhow::R
         // A chunk since gone from this index leaves the manifest to the collector (`forward`).
         Ok(!named.is_empty() && locate_chains(store, manifest, named)?)
     })
-    .await?;
-    Ok(())
+    .await
 }
