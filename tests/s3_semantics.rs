@@ -3,6 +3,7 @@
 
 mod support;
 
+use support::shared::shared_upstream_gateway;
 use support::*;
 
 /// S3 behaviour in detail (conditions, copy, multipart, presigned and virtual-host requests,
@@ -60,13 +61,27 @@ fn conditional_writes_are_honoured_with_a_shared_upstream() {
     assert!(said.contains("all checks passed"), "{said}");
 }
 
-/// Settings tensorgate does not offer (tests/clients/bucket_settings.py) answer as S3 does for
-/// a private bucket created today: unversioned (enabling refused), owner-only ACLs, public
-/// access blocked, owner-enforced ownership, no CORS configuration and no policy.
+/// Bucket settings (tests/clients/bucket_settings.py) answer as S3 does for a private bucket
+/// created today: unversioned (enabling refused), owner-only ACLs, public access blocked,
+/// owner-enforced ownership, no CORS configuration, no policy, no object lock; the settings a
+/// bucket keeps (CORS rules, public access block, ownership, versioning suspended) are answered
+/// and deleted as S3 does.
 #[test]
 fn bucket_settings_answer_as_for_a_private_bucket() {
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
     let said = gateway.python_client("bucket_settings.py", &[]);
+    assert!(said.contains("all checks passed"), "{said}");
+}
+
+/// With a shared upstream, the settings one gateway changes are what another answers at once,
+/// and a bucket deleted through one and created again through the other starts afresh.
+#[test]
+fn bucket_settings_are_shared_by_the_gateways_of_one_upstream() {
+    let moto = Moto::start();
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = shared_upstream_gateway(&moto, state_a.path(), true);
+    let b = shared_upstream_gateway(&moto, state_b.path(), true);
+    let said = a.python_client("bucket_settings.py", &[std::ffi::OsStr::new(&b.endpoint)]);
     assert!(said.contains("all checks passed"), "{said}");
 }
 

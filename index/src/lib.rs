@@ -11,6 +11,7 @@
 //! `candidates` (bases for deltas). `records` and `keys` say how trees store things;
 //! `manifest` is what the upstream holds, and `upstream_layout` where.
 
+mod bucket_settings;
 mod buckets;
 mod candidates;
 mod compaction;
@@ -30,6 +31,7 @@ mod upstream_layout;
 
 use std::path::Path;
 
+pub use bucket_settings::{BucketSettings, CorsRule, PublicAccessBlock, BUCKET_OWNER_ENFORCED};
 pub use buckets::BucketDeletion;
 pub use compaction::Move;
 pub use encoding::decode;

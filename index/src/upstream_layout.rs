@@ -23,6 +23,11 @@ pub fn bucket_key(prefix: &str, tenant: &str, bucket: &str) -> String {
     format!("{prefix}{BUCKETS}{}", name_hash(&[tenant, bucket]))
 }
 
+/// Upstream key of a bucket's settings.
+pub fn bucket_settings_key(prefix: &str, tenant: &str, bucket: &str) -> String {
+    format!("{prefix}{BUCKET_SETTINGS}{}", name_hash(&[tenant, bucket]))
+}
+
 /// Upstream key of an upload's marker.
 pub fn upload_key(prefix: &str, upload_id: &str) -> String {
     format!("{prefix}{UPLOADS}{upload_id}")
@@ -110,6 +115,7 @@ pub fn vetoed_pack(marker: &str) -> Option<(String, &str)> {
 /// except `GATEWAYS` and `JOURNAL`, which are shared by all.
 pub const MANIFESTS: &str = "manifests/";
 pub const BUCKETS: &str = "buckets/";
+pub const BUCKET_SETTINGS: &str = "bucket-settings/";
 pub const UPLOADS: &str = "uploads/";
 pub const UPLOAD_PARTS: &str = "upload-parts/";
 pub const PACKS: &str = "packs/";

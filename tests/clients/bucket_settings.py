@@ -1,11 +1,13 @@
-"""Bucket and object settings tensorgate does not offer (issue 13), answered as AWS S3 answers
-for a private bucket created today: versioning never enabled (enabling it is refused, clearly);
-the owner alone with full control, ACLs disabled (only `private` accepted); every public access
-blocked; BucketOwnerEnforced ownership; no CORS configuration and no bucket policy (404s);
+"""Bucket and object settings (issue 13) as AWS S3 answers them for a private bucket created
+today: versioning never enabled (enabling it is refused, clearly; suspending it is kept); the
+owner alone with full control, ACLs disabled (only `private` accepted, on creation too); every
+public access blocked, BucketOwnerEnforced ownership and no CORS configuration until changed
+(each kept, answered and deleted as S3 does, and seen through a second gateway when one is
+given); no bucket policy and no object lock (404s, and S3's answers for a bucket without it);
 GetObjectAttributes with the ETag, size, storage class and part count of an object; public
 ACLs on writes refused.
 
-usage: bucket_settings.py ENDPOINT
+usage: bucket_settings.py ENDPOINT [SECOND_ENDPOINT]
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Each check is named; the
 first failure raises with its name; the last line is "all checks passed".
 """
@@ -27,7 +29,8 @@ def main():
     versioning = s3.get_bucket_versioning(Bucket=BUCKET)
     check("a bucket is unversioned", "Status" not in versioning, f"{versioning}")
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Suspended"})
-    check("suspending versioning never enabled is accepted", "Status" not in s3.get_bucket_versioning(Bucket=BUCKET))
+    suspended = s3.get_bucket_versioning(Bucket=BUCKET).get("Status")
+    check("suspending versioning is kept", suspended == "Suspended", suspended)
     refused = error_code(lambda: s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"}))
     check("enabling versioning is refused as not implemented", refused == "NotImplemented", refused)
 
@@ -84,12 +87,79 @@ def main():
     check("the owner's ACL on a write is accepted", True)
     check("ListBuckets names the owner", s3.list_buckets()["Owner"]["ID"] == owner)
 
+    kept_settings(s3, boto3.client("s3", endpoint_url=sys.argv[2], region_name="us-east-1") if len(sys.argv) > 2 else s3)
+    refused_creations(s3)
+
     for name, call in [("versioning", lambda: s3.get_bucket_versioning(Bucket="no-such-bucket")),
                        ("ACL", lambda: s3.get_bucket_acl(Bucket="no-such-bucket")),
                        ("CORS", lambda: s3.get_bucket_cors(Bucket="no-such-bucket")),
                        ("public access block", lambda: s3.get_public_access_block(Bucket="no-such-bucket"))]:
         check(f"the {name} of a bucket that is not there is NoSuchBucket", error_code(call) == "NoSuchBucket")
     print("all checks passed")
+
+
+def kept_settings(s3, other):
+    """Settings changed through `s3` are answered through `other` (the same gateway, or a second
+    one over the same upstream); a bucket created again under the name starts afresh."""
+    rules = [{"AllowedMethods": ["GET", "PUT"], "AllowedOrigins": ["*.example"], "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 300},
+             {"ID": "second", "AllowedMethods": ["HEAD"], "AllowedOrigins": ["https://hub.example"], "AllowedHeaders": ["*"]}]
+    s3.put_bucket_cors(Bucket=BUCKET, CORSConfiguration={"CORSRules": rules})
+    answered = other.get_bucket_cors(Bucket=BUCKET)["CORSRules"]
+    check("CORS rules are kept as given", answered == rules, f"{answered}")
+    bad = {"CORSRules": [{"AllowedMethods": ["PATCH"], "AllowedOrigins": ["*"]}]}
+    refused = error_code(lambda: s3.put_bucket_cors(Bucket=BUCKET, CORSConfiguration=bad))
+    check("a CORS rule with a method S3 does not take is refused", refused == "InvalidRequest", refused)
+    s3.delete_bucket_cors(Bucket=BUCKET)
+    check("deleted CORS rules are gone", error_code(lambda: other.get_bucket_cors(Bucket=BUCKET)) == "NoSuchCORSConfiguration")
+
+    block = {"BlockPublicAcls": True, "IgnorePublicAcls": False, "BlockPublicPolicy": True, "RestrictPublicBuckets": False}
+    s3.put_public_access_block(Bucket=BUCKET, PublicAccessBlockConfiguration=block)
+    answered = other.get_public_access_block(Bucket=BUCKET)["PublicAccessBlockConfiguration"]
+    check("a public access block is kept", answered == block, f"{answered}")
+    status = s3.delete_public_access_block(Bucket=BUCKET)["ResponseMetadata"]["HTTPStatusCode"]
+    gone = error_code(lambda: other.get_public_access_block(Bucket=BUCKET))
+    check("a deleted public access block is 204, then NoSuchPublicAccessBlockConfiguration",
+          status == 204 and gone == "NoSuchPublicAccessBlockConfiguration", f"{status} {gone}")
+
+    s3.delete_bucket_ownership_controls(Bucket=BUCKET)
+    gone = error_code(lambda: other.get_bucket_ownership_controls(Bucket=BUCKET))
+    check("deleted ownership controls are OwnershipControlsNotFoundError", gone == "OwnershipControlsNotFoundError", gone)
+    check("ACLs stay disabled without ownership controls",
+          error_code(lambda: s3.put_bucket_acl(Bucket=BUCKET, ACL="public-read")) == "AccessControlListNotSupported")
+    refused = error_code(lambda: s3.put_bucket_ownership_controls(Bucket=BUCKET, OwnershipControls={"Rules": [{"ObjectOwnership": "ObjectWriter"}]}))
+    check("ownership that would enable ACLs is refused as not implemented", refused == "NotImplemented", refused)
+    s3.put_bucket_ownership_controls(Bucket=BUCKET, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]})
+    rules = other.get_bucket_ownership_controls(Bucket=BUCKET)["OwnershipControls"]["Rules"]
+    check("BucketOwnerEnforced ownership is kept", rules == [{"ObjectOwnership": "BucketOwnerEnforced"}], f"{rules}")
+
+    check("a bucket has no object lock configuration",
+          error_code(lambda: s3.get_object_lock_configuration(Bucket=BUCKET)) == "ObjectLockConfigurationNotFoundError")
+    lock = {"ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}}
+    check("object lock cannot be enabled on an existing bucket",
+          error_code(lambda: s3.put_object_lock_configuration(Bucket=BUCKET, ObjectLockConfiguration=lock)) == "InvalidBucketState")
+    for name, call in [("retention", lambda: s3.get_object_retention(Bucket=BUCKET, Key="object")),
+                       ("legal hold", lambda: s3.put_object_legal_hold(Bucket=BUCKET, Key="object", LegalHold={"Status": "ON"}))]:
+        check(f"an object's {name} in a bucket without object lock is InvalidRequest", error_code(call) == "InvalidRequest")
+
+    s3.create_bucket(Bucket="fresh")
+    s3.put_bucket_cors(Bucket="fresh", CORSConfiguration={"CORSRules": [{"AllowedMethods": ["GET"], "AllowedOrigins": ["*"]}]})
+    s3.delete_bucket(Bucket="fresh")
+    other.create_bucket(Bucket="fresh")
+    check("a bucket created again under the name has no CORS rules",
+          error_code(lambda: s3.get_bucket_cors(Bucket="fresh")) == "NoSuchCORSConfiguration")
+    s3.delete_bucket(Bucket="fresh")
+
+
+def refused_creations(s3):
+    """Buckets the gateway cannot make as asked are refused, none is made."""
+    for name, call, code in [
+        ("with object lock", lambda: s3.create_bucket(Bucket="locked", ObjectLockEnabledForBucket=True), "NotImplemented"),
+        ("with ACLs enabled", lambda: s3.create_bucket(Bucket="locked", ObjectOwnership="ObjectWriter"), "NotImplemented"),
+        ("with a public ACL", lambda: s3.create_bucket(Bucket="locked", ACL="public-read"), "InvalidBucketAclWithObjectOwnership"),
+    ]:
+        refused = error_code(call)
+        check(f"creating a bucket {name} is refused", refused == code, refused)
+    check("no refused bucket was made", error_code(lambda: s3.head_bucket(Bucket="locked")) in ("404", "NoSuchBucket"))
 
 
 if __name__ == "__main__":

@@ -185,6 +185,9 @@ pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
     drop(owned);
     if deletion == BucketDeletion::Deleted {
         store.upstream.delete(&store.bucket_key(tenant, bucket)).await?;
+        // A bucket created again under the name would not take these settings (another
+        // created_ms): deleting them only saves their room.
+        crate::engine::bucket_settings::forget(store, tenant, bucket).await?;
         // The uploads in progress ended with the bucket; other gateways learn it from their markers.
         for (upload_id, _) in uploads {
             forget_upload(store, tenant, &upload_id).await?;

@@ -5,6 +5,7 @@
 //! keep several gateways over one upstream in step.
 
 pub mod admission;
+pub mod bucket_settings;
 pub mod catalog;
 pub mod chunk_cache;
 pub mod cores;
@@ -140,6 +141,11 @@ impl Store {
     /// Upstream key of the marker of a tenant's bucket.
     pub fn bucket_key(&self, tenant: &str, bucket: &str) -> String {
         tensorgate_index::bucket_key(&self.config.upstream_prefix(tenant), tenant, bucket)
+    }
+
+    /// Upstream key of the settings of a tenant's bucket.
+    pub fn bucket_settings_key(&self, tenant: &str, bucket: &str) -> String {
+        tensorgate_index::bucket_settings_key(&self.config.upstream_prefix(tenant), tenant, bucket)
     }
 
 }

@@ -1,16 +1,18 @@
-//! The bucket and object settings tensorgate does not offer, answered as AWS S3 answers for a
-//! private bucket created today that never had them: versioning never enabled, the owner alone
-//! with full control (ACLs disabled by `BucketOwnerEnforced` ownership, so only the `private`
-//! ACL, or one granting the owner alone full control, is accepted), every public access
-//! blocked, and no CORS configuration or bucket policy. Turning versioning on is refused with a
-//! message saying so: objects keep one version (see docs/compatibility.md).
+//! Bucket and object settings as S3 answers them. ACLs: the owner alone with full control (ACLs
+//! disabled by `BucketOwnerEnforced` ownership, so only the `private` ACL, or one granting the
+//! owner alone full control, is accepted). The settings a bucket keeps (`BucketSettings`: Block
+//! Public Access, ownership controls, CORS rules, versioning suspended) converted to and from
+//! S3's; what a bucket cannot have (versioning enabled, object lock, ownership that enables ACLs)
+//! refused with a message saying so (see docs/compatibility.md).
 
 use s3s::dto::{
-    AccessControlPolicy, BucketVersioningStatus, GetBucketAclOutput, GetBucketOwnershipControlsOutput, GetBucketVersioningOutput,
-    GetObjectAclOutput, GetPublicAccessBlockOutput, Grant, Grantee, ObjectOwnership, Owner, OwnershipControls, OwnershipControlsRule,
-    Permission, PublicAccessBlockConfiguration, Type, VersioningConfiguration,
+    AccessControlPolicy, BucketVersioningStatus, CORSConfiguration, CORSRule, GetBucketAclOutput, GetBucketCorsOutput,
+    GetBucketOwnershipControlsOutput, GetBucketVersioningOutput, GetObjectAclOutput, GetPublicAccessBlockOutput, Grant, Grantee,
+    ObjectOwnership, Owner, OwnershipControls, OwnershipControlsRule, Permission, PublicAccessBlockConfiguration, Type,
+    VersioningConfiguration,
 };
-use s3s::{s3_error, S3Result};
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Result};
+use tensorgate_index::{BucketSettings, CorsRule, PublicAccessBlock, BUCKET_OWNER_ENFORCED};
 
 /// The owner of a tenant's buckets and objects: a 64-hex-digit canonical id, as S3's.
 pub fn owner(tenant: &str) -> Owner {
@@ -59,11 +61,26 @@ pub fn check_acl(tenant: &str, canned: Option<&str>, policy: Option<&AccessContr
     Err(s3_error!(AccessControlListNotSupported, "The bucket does not allow ACLs"))
 }
 
-pub fn versioning() -> GetBucketVersioningOutput {
-    GetBucketVersioningOutput::default()
+/// A new bucket takes the `private` ACL alone: with ACLs disabled, S3 refuses any other.
+pub fn check_bucket_creation_acl(canned: Option<&str>, grant_headers: bool) -> S3Result<()> {
+    if canned.is_none_or(|acl| acl == "private") && !grant_headers {
+        return Ok(());
+    }
+    let mut error = S3Error::with_message(
+        S3ErrorCode::Custom("InvalidBucketAclWithObjectOwnership".into()),
+        "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting",
+    );
+    error.set_status_code(hyper::StatusCode::BAD_REQUEST);
+    Err(error)
 }
 
-/// Suspending versioning that was never enabled changes nothing; enabling it is refused.
+pub fn versioning(settings: &BucketSettings) -> GetBucketVersioningOutput {
+    let status = settings.versioning_suspended.then(|| BucketVersioningStatus::from_static(BucketVersioningStatus::SUSPENDED));
+    GetBucketVersioningOutput { status, mfa_delete: None }
+}
+
+/// Suspending versioning is kept (it changes nothing else: versioning was never enabled);
+/// enabling it is refused.
 pub fn check_versioning(configuration: &VersioningConfiguration) -> S3Result<()> {
     match configuration.status.as_ref().map(BucketVersioningStatus::as_str) {
         Some(BucketVersioningStatus::ENABLED) => Err(s3_error!(
@@ -74,20 +91,116 @@ pub fn check_versioning(configuration: &VersioningConfiguration) -> S3Result<()>
     }
 }
 
-pub fn public_access_block() -> GetPublicAccessBlockOutput {
-    GetPublicAccessBlockOutput {
-        public_access_block_configuration: Some(PublicAccessBlockConfiguration {
-            block_public_acls: Some(true),
-            block_public_policy: Some(true),
-            ignore_public_acls: Some(true),
-            restrict_public_buckets: Some(true),
-        }),
+pub fn public_access_block(settings: &BucketSettings) -> S3Result<GetPublicAccessBlockOutput> {
+    let Some(block) = settings.public_access_block else {
+        let mut error = S3Error::with_message(
+            S3ErrorCode::Custom("NoSuchPublicAccessBlockConfiguration".into()),
+            "The public access block configuration was not found",
+        );
+        error.set_status_code(hyper::StatusCode::NOT_FOUND);
+        return Err(error);
+    };
+    let configuration = PublicAccessBlockConfiguration {
+        block_public_acls: Some(block.block_public_acls),
+        ignore_public_acls: Some(block.ignore_public_acls),
+        block_public_policy: Some(block.block_public_policy),
+        restrict_public_buckets: Some(block.restrict_public_buckets),
+    };
+    Ok(GetPublicAccessBlockOutput { public_access_block_configuration: Some(configuration) })
+}
+
+/// The configuration as kept: a setting left out is false, as S3 takes it.
+pub fn public_access_block_of(configuration: &PublicAccessBlockConfiguration) -> PublicAccessBlock {
+    PublicAccessBlock {
+        block_public_acls: configuration.block_public_acls.unwrap_or(false),
+        ignore_public_acls: configuration.ignore_public_acls.unwrap_or(false),
+        block_public_policy: configuration.block_public_policy.unwrap_or(false),
+        restrict_public_buckets: configuration.restrict_public_buckets.unwrap_or(false),
     }
 }
 
-pub fn ownership_controls() -> GetBucketOwnershipControlsOutput {
-    let rule = OwnershipControlsRule { object_ownership: ObjectOwnership::from_static(ObjectOwnership::BUCKET_OWNER_ENFORCED) };
-    GetBucketOwnershipControlsOutput { ownership_controls: Some(OwnershipControls { rules: vec![rule] }) }
+pub fn ownership_controls(settings: &BucketSettings) -> S3Result<GetBucketOwnershipControlsOutput> {
+    let Some(ownership) = &settings.ownership else {
+        return Err(s3_error!(OwnershipControlsNotFoundError, "The bucket ownership controls were not found"));
+    };
+    let rule = OwnershipControlsRule { object_ownership: ObjectOwnership::from(ownership.clone()) };
+    Ok(GetBucketOwnershipControlsOutput { ownership_controls: Some(OwnershipControls { rules: vec![rule] }) })
+}
+
+/// Ownership asked for at creation or by PutBucketOwnershipControls: `BucketOwnerEnforced`
+/// alone, since the others enable ACLs, which the gateway does not keep.
+pub fn check_ownership(ownership: &ObjectOwnership) -> S3Result<()> {
+    match ownership.as_str() {
+        BUCKET_OWNER_ENFORCED => Ok(()),
+        ObjectOwnership::BUCKET_OWNER_PREFERRED | ObjectOwnership::OBJECT_WRITER => Err(s3_error!(
+            NotImplemented,
+            "Object ownership other than BucketOwnerEnforced is not supported by this gateway: ACLs stay disabled"
+        )),
+        _ => Err(s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema")),
+    }
+}
+
+/// The one rule of an ownership configuration.
+pub fn ownership_rule(controls: &OwnershipControls) -> S3Result<&ObjectOwnership> {
+    match controls.rules.as_slice() {
+        [rule] => Ok(&rule.object_ownership),
+        _ => Err(s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema")),
+    }
+}
+
+pub fn cors(settings: &BucketSettings) -> S3Result<GetBucketCorsOutput> {
+    if settings.cors.is_empty() {
+        return Err(s3_error!(NoSuchCORSConfiguration, "The CORS configuration does not exist"));
+    }
+    let rules = settings
+        .cors
+        .iter()
+        .map(|rule| CORSRule {
+            id: rule.id.clone(),
+            allowed_methods: rule.allowed_methods.clone(),
+            allowed_origins: rule.allowed_origins.clone(),
+            allowed_headers: (!rule.allowed_headers.is_empty()).then(|| rule.allowed_headers.clone()),
+            expose_headers: (!rule.expose_headers.is_empty()).then(|| rule.expose_headers.clone()),
+            max_age_seconds: rule.max_age_seconds,
+        })
+        .collect();
+    Ok(GetBucketCorsOutput { cors_rules: Some(rules) })
+}
+
+/// S3's limit on the rules of one CORS configuration.
+const MAX_CORS_RULES: usize = 100;
+
+/// The rules of a CORS configuration as kept, refused as S3 refuses them: none or over 100
+/// rules, a rule without an origin or a method, a method S3 does not take, or an origin or
+/// allowed header with more than one wildcard.
+pub fn cors_rules(configuration: &CORSConfiguration) -> S3Result<Vec<CorsRule>> {
+    const METHODS: [&str; 5] = ["GET", "PUT", "HEAD", "POST", "DELETE"];
+    let rules = &configuration.cors_rules;
+    if rules.is_empty() || rules.len() > MAX_CORS_RULES {
+        return Err(s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema"));
+    }
+    let mut kept = Vec::with_capacity(rules.len());
+    for rule in rules {
+        if rule.allowed_methods.is_empty() || rule.allowed_origins.is_empty() {
+            return Err(s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema"));
+        }
+        if let Some(method) = rule.allowed_methods.iter().find(|method| !METHODS.contains(&method.as_str())) {
+            return Err(s3_error!(InvalidRequest, "Found unsupported HTTP method in CORS config. Unsupported method is {method}"));
+        }
+        let allowed_headers = rule.allowed_headers.clone().unwrap_or_default();
+        if let Some(wild) = rule.allowed_origins.iter().chain(&allowed_headers).find(|name| name.matches('*').count() > 1) {
+            return Err(s3_error!(InvalidRequest, "AllowedOrigin \"{wild}\" can not have more than one wildcard."));
+        }
+        kept.push(CorsRule {
+            id: rule.id.clone(),
+            allowed_methods: rule.allowed_methods.clone(),
+            allowed_origins: rule.allowed_origins.clone(),
+            allowed_headers,
+            expose_headers: rule.expose_headers.clone().unwrap_or_default(),
+            max_age_seconds: rule.max_age_seconds,
+        });
+    }
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -104,5 +217,24 @@ mod tests {
         assert!(check_acl("t", None, Some(&AccessControlPolicy { owner, grants }), false).is_ok());
         let (owner, grants) = owner_alone("someone else");
         assert!(check_acl("t", None, Some(&AccessControlPolicy { owner, grants }), false).is_err());
+    }
+
+    #[test]
+    fn cors_rules_are_kept_as_given_and_refused_as_s3_refuses_them() {
+        let rule = |methods: &[&str], origins: &[&str]| CORSRule {
+            allowed_methods: methods.iter().map(|m| m.to_string()).collect(),
+            allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        };
+        let configuration = CORSConfiguration { cors_rules: vec![rule(&["GET", "PUT"], &["*.get", "*.put"])] };
+        let kept = cors_rules(&configuration).unwrap();
+        let mut settings = BucketSettings::new("t", "b", 1);
+        settings.cors = kept;
+        assert_eq!(cors(&settings).unwrap().cors_rules.unwrap(), configuration.cors_rules);
+        assert!(cors_rules(&CORSConfiguration { cors_rules: vec![rule(&["PATCH"], &["*"])] }).is_err());
+        assert!(cors_rules(&CORSConfiguration { cors_rules: vec![rule(&["GET"], &["*.a*"])] }).is_err());
+        assert!(cors_rules(&CORSConfiguration { cors_rules: vec![] }).is_err());
+        settings.cors.clear();
+        assert!(cors(&settings).is_err(), "no rules is no configuration");
     }
 }

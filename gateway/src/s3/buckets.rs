@@ -1,81 +1,9 @@
-//! Bucket operations: create, list, head, locate, delete, and the bucket settings tensorgate
-//! does not offer, answered as S3 answers for a private bucket that never had them (see
-//! `bucket_config`).
+//! Bucket operations: create, list, head, locate, delete (a bucket's settings are in
+//! `bucket_settings`).
 
 use super::*;
 
 impl Gateway {
-    // The settings tensorgate does not offer, answered as S3 answers for a private bucket
-    // that never had them (see bucket_config).
-    pub(super) async fn get_bucket_versioning(&self, req: S3Request<GetBucketVersioningInput>) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
-        Ok(S3Response::new(bucket_config::versioning()))
-    }
-
-    pub(super) async fn put_bucket_versioning(&self, req: S3Request<PutBucketVersioningInput>) -> S3Result<S3Response<PutBucketVersioningOutput>> {
-        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
-        bucket_config::check_versioning(&req.input.versioning_configuration)?;
-        Ok(S3Response::new(PutBucketVersioningOutput::default()))
-    }
-
-    pub(super) async fn get_bucket_acl(&self, req: S3Request<GetBucketAclInput>) -> S3Result<S3Response<GetBucketAclOutput>> {
-        let tenant = self.tenant(&req)?;
-        self.ensure_bucket(&tenant, &req.input.bucket).await?;
-        Ok(S3Response::new(bucket_config::bucket_acl(&tenant)))
-    }
-
-    pub(super) async fn put_bucket_acl(&self, req: S3Request<PutBucketAclInput>) -> S3Result<S3Response<PutBucketAclOutput>> {
-        let tenant = self.tenant(&req)?;
-        let input = req.input;
-        self.ensure_bucket(&tenant, &input.bucket).await?;
-        let grants = grants_in!(input) || input.grant_write.is_some();
-        bucket_config::check_acl(&tenant, input.acl.as_ref().map(BucketCannedACL::as_str), input.access_control_policy.as_ref(), grants)?;
-        Ok(S3Response::new(PutBucketAclOutput::default()))
-    }
-
-    pub(super) async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
-        let tenant = self.tenant(&req)?;
-        self.find_object(&tenant, &req.input.bucket, &req.input.key).await?;
-        Ok(S3Response::new(bucket_config::object_acl(&tenant)))
-    }
-
-    pub(super) async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
-        let tenant = self.tenant(&req)?;
-        let input = req.input;
-        self.find_object(&tenant, &input.bucket, &input.key).await?;
-        let grants = grants_in!(input);
-        bucket_config::check_acl(&tenant, input.acl.as_ref().map(ObjectCannedACL::as_str), input.access_control_policy.as_ref(), grants)?;
-        Ok(S3Response::new(PutObjectAclOutput::default()))
-    }
-
-    pub(super) async fn get_bucket_cors(&self, req: S3Request<GetBucketCorsInput>) -> S3Result<S3Response<GetBucketCorsOutput>> {
-        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
-        Err(s3_error!(NoSuchCORSConfiguration, "The CORS configuration does not exist"))
-    }
-
-    pub(super) async fn get_bucket_policy(&self, req: S3Request<GetBucketPolicyInput>) -> S3Result<S3Response<GetBucketPolicyOutput>> {
-        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
-        Err(s3_error!(NoSuchBucketPolicy, "The bucket policy does not exist"))
-    }
-
-    pub(super) async fn get_bucket_policy_status(&self, req: S3Request<GetBucketPolicyStatusInput>) -> S3Result<S3Response<GetBucketPolicyStatusOutput>> {
-        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
-        Err(s3_error!(NoSuchBucketPolicy, "The bucket policy does not exist"))
-    }
-
-    pub(super) async fn get_public_access_block(&self, req: S3Request<GetPublicAccessBlockInput>) -> S3Result<S3Response<GetPublicAccessBlockOutput>> {
-        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
-        Ok(S3Response::new(bucket_config::public_access_block()))
-    }
-
-    pub(super) async fn get_bucket_ownership_controls(
-        &self,
-        req: S3Request<GetBucketOwnershipControlsInput>,
-    ) -> S3Result<S3Response<GetBucketOwnershipControlsOutput>> {
-        self.ensure_bucket(&self.tenant(&req)?, &req.input.bucket).await?;
-        Ok(S3Response::new(bucket_config::ownership_controls()))
-    }
-
     pub(super) async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
@@ -109,6 +37,14 @@ impl Gateway {
         if reserved_bucket_name(bucket) {
             return Err(s3_error!(InvalidBucketName, "The specified bucket is not valid."));
         }
+        if req.input.object_lock_enabled_for_bucket == Some(true) {
+            return Err(s3_error!(NotImplemented, "Object Lock is not supported by this gateway"));
+        }
+        if let Some(ownership) = &req.input.object_ownership {
+            bucket_config::check_ownership(ownership)?;
+        }
+        let grants = grants_in!(req.input) || req.input.grant_write.is_some();
+        bucket_config::check_bucket_creation_acl(req.input.acl.as_ref().map(BucketCannedACL::as_str), grants)?;
         let created = Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")) }));
         // Creating a bucket one owns already succeeds, as S3 answers in us-east-1.
         if self.store.index.bucket(&tenant, bucket).map_err(internal)?.is_some() {

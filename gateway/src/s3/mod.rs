@@ -6,6 +6,7 @@ mod macros;
 
 pub mod auth;
 pub mod bucket_config;
+mod bucket_settings;
 mod buckets;
 mod conditions;
 mod copy;
@@ -272,6 +273,54 @@ impl S3 for Gateway {
         req: S3Request<GetBucketOwnershipControlsInput>,
     ) -> S3Result<S3Response<GetBucketOwnershipControlsOutput>> {
         Gateway::get_bucket_ownership_controls(self, req).await.map_err(answered)
+    }
+
+    async fn put_bucket_cors(&self, req: S3Request<PutBucketCorsInput>) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        Gateway::put_bucket_cors(self, req).await.map_err(answered)
+    }
+
+    async fn delete_bucket_cors(&self, req: S3Request<DeleteBucketCorsInput>) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        Gateway::delete_bucket_cors(self, req).await.map_err(answered)
+    }
+
+    async fn put_public_access_block(&self, req: S3Request<PutPublicAccessBlockInput>) -> S3Result<S3Response<PutPublicAccessBlockOutput>> {
+        Gateway::put_public_access_block(self, req).await.map_err(answered)
+    }
+
+    async fn delete_public_access_block(&self, req: S3Request<DeletePublicAccessBlockInput>) -> S3Result<S3Response<DeletePublicAccessBlockOutput>> {
+        Gateway::delete_public_access_block(self, req).await.map_err(answered)
+    }
+
+    async fn put_bucket_ownership_controls(&self, req: S3Request<PutBucketOwnershipControlsInput>) -> S3Result<S3Response<PutBucketOwnershipControlsOutput>> {
+        Gateway::put_bucket_ownership_controls(self, req).await.map_err(answered)
+    }
+
+    async fn delete_bucket_ownership_controls(&self, req: S3Request<DeleteBucketOwnershipControlsInput>) -> S3Result<S3Response<DeleteBucketOwnershipControlsOutput>> {
+        Gateway::delete_bucket_ownership_controls(self, req).await.map_err(answered)
+    }
+
+    async fn get_object_lock_configuration(&self, req: S3Request<GetObjectLockConfigurationInput>) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
+        Gateway::get_object_lock_configuration(self, req).await.map_err(answered)
+    }
+
+    async fn put_object_lock_configuration(&self, req: S3Request<PutObjectLockConfigurationInput>) -> S3Result<S3Response<PutObjectLockConfigurationOutput>> {
+        Gateway::put_object_lock_configuration(self, req).await.map_err(answered)
+    }
+
+    async fn get_object_retention(&self, req: S3Request<GetObjectRetentionInput>) -> S3Result<S3Response<GetObjectRetentionOutput>> {
+        Gateway::get_object_retention(self, req).await.map_err(answered)
+    }
+
+    async fn put_object_retention(&self, req: S3Request<PutObjectRetentionInput>) -> S3Result<S3Response<PutObjectRetentionOutput>> {
+        Gateway::put_object_retention(self, req).await.map_err(answered)
+    }
+
+    async fn get_object_legal_hold(&self, req: S3Request<GetObjectLegalHoldInput>) -> S3Result<S3Response<GetObjectLegalHoldOutput>> {
+        Gateway::get_object_legal_hold(self, req).await.map_err(answered)
+    }
+
+    async fn put_object_legal_hold(&self, req: S3Request<PutObjectLegalHoldInput>) -> S3Result<S3Response<PutObjectLegalHoldOutput>> {
+        Gateway::put_object_legal_hold(self, req).await.map_err(answered)
     }
 
     async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
