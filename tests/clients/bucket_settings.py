@@ -11,6 +11,7 @@ usage: bucket_settings.py ENDPOINT [SECOND_ENDPOINT]
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Each check is named; the
 first failure raises with its name; the last line is "all checks passed".
 """
+import datetime
 import sys
 
 import boto3
@@ -33,6 +34,8 @@ def main():
     check("suspending versioning is kept", suspended == "Suspended", suspended)
     refused = error_code(lambda: s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"}))
     check("enabling versioning is refused as not implemented", refused == "NotImplemented", refused)
+    refused = error_code(lambda: s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Sometimes"}))
+    check("a versioning status S3 does not know is MalformedXML", refused == "MalformedXML", refused)
 
     acl = s3.get_bucket_acl(Bucket=BUCKET)
     owner = acl["Owner"]["ID"]
@@ -109,6 +112,10 @@ def kept_settings(s3, other):
     bad = {"CORSRules": [{"AllowedMethods": ["PATCH"], "AllowedOrigins": ["*"]}]}
     refused = error_code(lambda: s3.put_bucket_cors(Bucket=BUCKET, CORSConfiguration=bad))
     check("a CORS rule with a method S3 does not take is refused", refused == "InvalidRequest", refused)
+    bad = {"CORSRules": [{"AllowedMethods": ["GET"], "AllowedOrigins": ["*"], "ExposeHeaders": ["x-amz-*"]}]}
+    refused = error_code(lambda: s3.put_bucket_cors(Bucket=BUCKET, CORSConfiguration=bad))
+    check("a wildcard in an exposed header is refused", refused == "InvalidRequest", refused)
+    check("the refused rules changed nothing", other.get_bucket_cors(Bucket=BUCKET)["CORSRules"] == rules)
     s3.delete_bucket_cors(Bucket=BUCKET)
     check("deleted CORS rules are gone", error_code(lambda: other.get_bucket_cors(Bucket=BUCKET)) == "NoSuchCORSConfiguration")
 
@@ -137,6 +144,13 @@ def kept_settings(s3, other):
     lock = {"ObjectLockEnabled": "Enabled", "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}}
     check("object lock cannot be enabled on an existing bucket",
           error_code(lambda: s3.put_object_lock_configuration(Bucket=BUCKET, ObjectLockConfiguration=lock)) == "InvalidBucketState")
+    until = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    for name, call in [("a retention", lambda: s3.put_object(Bucket=BUCKET, Key="locked", Body=b"x", ObjectLockMode="GOVERNANCE",
+                                                            ObjectLockRetainUntilDate=until)),
+                       ("a legal hold", lambda: s3.create_multipart_upload(Bucket=BUCKET, Key="locked", ObjectLockLegalHoldStatus="ON"))]:
+        refused = error_code(call)
+        check(f"a write asking for {name} in a bucket without object lock is InvalidRequest", refused == "InvalidRequest", refused)
+    check("the refused writes stored nothing", error_code(lambda: s3.head_object(Bucket=BUCKET, Key="locked")) in ("404", "NoSuchKey"))
     for name, call in [("retention", lambda: s3.get_object_retention(Bucket=BUCKET, Key="object")),
                        ("legal hold", lambda: s3.put_object_legal_hold(Bucket=BUCKET, Key="object", LegalHold={"Status": "ON"}))]:
         check(f"an object's {name} in a bucket without object lock is InvalidRequest", error_code(call) == "InvalidRequest")

@@ -184,13 +184,16 @@ pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
     // while the upstream answers.
     drop(owned);
     if deletion == BucketDeletion::Deleted {
-        store.upstream.delete(&store.bucket_key(tenant, bucket)).await?;
-        // A bucket created again under the name would not take these settings (another
-        // created_ms): deleting them only saves their room.
-        crate::engine::bucket_settings::forget(store, tenant, bucket).await?;
+        let marker_key = store.bucket_key(tenant, bucket);
+        let created_ms = read_record::<BucketMarker>(store, &marker_key).await?.map(|marker| marker.created_ms);
+        store.upstream.delete(&marker_key).await?;
         // The uploads in progress ended with the bucket; other gateways learn it from their markers.
         for (upload_id, _) in uploads {
             forget_upload(store, tenant, &upload_id).await?;
+        }
+        // Last: settings left behind bind no later bucket of the name (docs/format.md, rule 13a).
+        if let Some(created_ms) = created_ms {
+            crate::engine::bucket_settings::forget(store, tenant, bucket, created_ms).await?;
         }
     }
     Ok(deletion)

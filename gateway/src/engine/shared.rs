@@ -77,10 +77,10 @@ fn check_expected(seen: &Seen, expect: Expect<'_>) -> anyhow::Result<()> {
 #[error("the manifest write may have landed")]
 pub struct MaybePublished;
 
-/// Other gateways changed the manifest under a write or delete each time it looked again: a
-/// retryable 503 for the client.
+/// Other gateways changed the record (an object's manifest, a bucket's settings) under a write
+/// or delete each time it looked again: a retryable 503 for the client.
 #[derive(Debug, thiserror::Error)]
-#[error("the manifest of the object kept changing under the request")]
+#[error("the upstream record kept changing under the request")]
 pub struct KeptChanging;
 
 /// Publishes `manifest` over what the upstream holds, conditionally, then runs `index_step`

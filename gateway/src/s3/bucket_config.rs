@@ -66,12 +66,7 @@ pub fn check_bucket_creation_acl(canned: Option<&str>, grant_headers: bool) -> S
     if canned.is_none_or(|acl| acl == "private") && !grant_headers {
         return Ok(());
     }
-    let mut error = S3Error::with_message(
-        S3ErrorCode::Custom("InvalidBucketAclWithObjectOwnership".into()),
-        "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting",
-    );
-    error.set_status_code(hyper::StatusCode::BAD_REQUEST);
-    Err(error)
+    Err(s3_error!(InvalidBucketAclWithObjectOwnership, "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting"))
 }
 
 pub fn versioning(settings: &BucketSettings) -> GetBucketVersioningOutput {
@@ -79,15 +74,17 @@ pub fn versioning(settings: &BucketSettings) -> GetBucketVersioningOutput {
     GetBucketVersioningOutput { status, mfa_delete: None }
 }
 
-/// Suspending versioning is kept (it changes nothing else: versioning was never enabled);
-/// enabling it is refused.
-pub fn check_versioning(configuration: &VersioningConfiguration) -> S3Result<()> {
+/// Whether the configuration suspends versioning (kept; it changes nothing else, since
+/// versioning was never enabled); enabling it is refused, any other status is malformed.
+pub fn suspends_versioning(configuration: &VersioningConfiguration) -> S3Result<bool> {
     match configuration.status.as_ref().map(BucketVersioningStatus::as_str) {
+        None => Ok(false),
+        Some(BucketVersioningStatus::SUSPENDED) => Ok(true),
         Some(BucketVersioningStatus::ENABLED) => Err(s3_error!(
             NotImplemented,
             "Versioning is not supported by this gateway: every object keeps one version"
         )),
-        _ => Ok(()),
+        Some(_) => Err(s3_error!(MalformedXML)),
     }
 }
 
@@ -128,15 +125,16 @@ pub fn ownership_controls(settings: &BucketSettings) -> S3Result<GetBucketOwners
 }
 
 /// Ownership asked for at creation or by PutBucketOwnershipControls: `BucketOwnerEnforced`
-/// alone, since the others enable ACLs, which the gateway does not keep.
-pub fn check_ownership(ownership: &ObjectOwnership) -> S3Result<()> {
+/// alone, since the others enable ACLs, which the gateway does not keep. `unknown` is S3's
+/// answer to a value that is none of the three.
+pub fn check_ownership(ownership: &ObjectOwnership, unknown: impl FnOnce() -> S3Error) -> S3Result<()> {
     match ownership.as_str() {
         BUCKET_OWNER_ENFORCED => Ok(()),
         ObjectOwnership::BUCKET_OWNER_PREFERRED | ObjectOwnership::OBJECT_WRITER => Err(s3_error!(
             NotImplemented,
             "Object ownership other than BucketOwnerEnforced is not supported by this gateway: ACLs stay disabled"
         )),
-        _ => Err(s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema")),
+        _ => Err(unknown()),
     }
 }
 
@@ -144,7 +142,7 @@ pub fn check_ownership(ownership: &ObjectOwnership) -> S3Result<()> {
 pub fn ownership_rule(controls: &OwnershipControls) -> S3Result<&ObjectOwnership> {
     match controls.rules.as_slice() {
         [rule] => Ok(&rule.object_ownership),
-        _ => Err(s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema")),
+        _ => Err(s3_error!(MalformedXML)),
     }
 }
 
@@ -167,36 +165,59 @@ pub fn cors(settings: &BucketSettings) -> S3Result<GetBucketCorsOutput> {
     Ok(GetBucketCorsOutput { cors_rules: Some(rules) })
 }
 
-/// S3's limit on the rules of one CORS configuration.
+/// S3's limits on a CORS configuration: its rules, its size, a rule's id.
 const MAX_CORS_RULES: usize = 100;
+const MAX_CORS_BYTES: usize = 64 << 10;
+const MAX_CORS_ID_LEN: usize = 255;
 
 /// The rules of a CORS configuration as kept, refused as S3 refuses them: none or over 100
-/// rules, a rule without an origin or a method, a method S3 does not take, or an origin or
-/// allowed header with more than one wildcard.
+/// rules or 64 KiB, a rule without an origin or a method, a method S3 does not take, an id over
+/// 255 characters, an origin or allowed header with more than one wildcard, an exposed header
+/// with one.
 pub fn cors_rules(configuration: &CORSConfiguration) -> S3Result<Vec<CorsRule>> {
     const METHODS: [&str; 5] = ["GET", "PUT", "HEAD", "POST", "DELETE"];
     let rules = &configuration.cors_rules;
     if rules.is_empty() || rules.len() > MAX_CORS_RULES {
-        return Err(s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema"));
+        return Err(s3_error!(MalformedXML));
     }
     let mut kept = Vec::with_capacity(rules.len());
+    let mut size = 0;
     for rule in rules {
         if rule.allowed_methods.is_empty() || rule.allowed_origins.is_empty() {
-            return Err(s3_error!(MalformedXML, "The XML you provided was not well-formed or did not validate against our published schema"));
+            return Err(s3_error!(MalformedXML));
         }
         if let Some(method) = rule.allowed_methods.iter().find(|method| !METHODS.contains(&method.as_str())) {
             return Err(s3_error!(InvalidRequest, "Found unsupported HTTP method in CORS config. Unsupported method is {method}"));
         }
+        if rule.id.as_ref().is_some_and(|id| id.chars().count() > MAX_CORS_ID_LEN) {
+            return Err(s3_error!(InvalidArgument, "ID length should not exceed allowed limit of {MAX_CORS_ID_LEN}"));
+        }
         let allowed_headers = rule.allowed_headers.clone().unwrap_or_default();
-        if let Some(wild) = rule.allowed_origins.iter().chain(&allowed_headers).find(|name| name.matches('*').count() > 1) {
-            return Err(s3_error!(InvalidRequest, "AllowedOrigin \"{wild}\" can not have more than one wildcard."));
+        let expose_headers = rule.expose_headers.clone().unwrap_or_default();
+        let wildcards = |name: &String| name.matches('*').count();
+        if let Some(origin) = rule.allowed_origins.iter().find(|origin| wildcards(origin) > 1) {
+            return Err(s3_error!(InvalidRequest, "AllowedOrigin \"{origin}\" can not have more than one wildcard."));
+        }
+        if let Some(header) = allowed_headers.iter().find(|header| wildcards(header) > 1) {
+            return Err(s3_error!(InvalidRequest, "AllowedHeader \"{header}\" can not have more than one wildcard."));
+        }
+        if let Some(header) = expose_headers.iter().find(|header| wildcards(header) > 0) {
+            return Err(s3_error!(
+                InvalidRequest,
+                "ExposeHeader \"{header}\" contains wildcard. We currently do not support wildcard for ExposeHeader."
+            ));
+        }
+        let strings = rule.allowed_methods.iter().chain(&rule.allowed_origins).chain(&allowed_headers).chain(&expose_headers);
+        size += rule.id.as_ref().map_or(0, String::len) + strings.map(String::len).sum::<usize>();
+        if size > MAX_CORS_BYTES {
+            return Err(s3_error!(MaxMessageLengthExceeded, "Your request was too big."));
         }
         kept.push(CorsRule {
             id: rule.id.clone(),
             allowed_methods: rule.allowed_methods.clone(),
             allowed_origins: rule.allowed_origins.clone(),
             allowed_headers,
-            expose_headers: rule.expose_headers.clone().unwrap_or_default(),
+            expose_headers,
             max_age_seconds: rule.max_age_seconds,
         });
     }
@@ -234,6 +255,11 @@ mod tests {
         assert!(cors_rules(&CORSConfiguration { cors_rules: vec![rule(&["PATCH"], &["*"])] }).is_err());
         assert!(cors_rules(&CORSConfiguration { cors_rules: vec![rule(&["GET"], &["*.a*"])] }).is_err());
         assert!(cors_rules(&CORSConfiguration { cors_rules: vec![] }).is_err());
+        let mut exposing = rule(&["GET"], &["*"]);
+        exposing.expose_headers = Some(vec!["x-amz-*".into()]);
+        assert!(cors_rules(&CORSConfiguration { cors_rules: vec![exposing] }).is_err());
+        let huge = rule(&["GET"], &[&"o".repeat(MAX_CORS_BYTES)]);
+        assert!(cors_rules(&CORSConfiguration { cors_rules: vec![huge] }).is_err(), "a configuration over 64 KiB is refused");
         settings.cors.clear();
         assert!(cors(&settings).is_err(), "no rules is no configuration");
     }

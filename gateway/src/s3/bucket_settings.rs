@@ -9,16 +9,21 @@ use crate::engine::bucket_settings;
 use tensorgate_index::BucketSettings;
 
 impl Gateway {
-    /// The settings of the tenant's bucket.
-    async fn settings(&self, tenant: &str, bucket: &str) -> S3Result<BucketSettings> {
+    /// The `created_ms` the settings of the tenant's bucket are bound to; NoSuchBucket first.
+    async fn settings_bound_to(&self, tenant: &str, bucket: &str) -> S3Result<i64> {
         let record = self.bucket_record(tenant, bucket).await?;
-        bucket_settings::read(&self.store, tenant, bucket, record.created_ms).await.map_err(to_s3)
+        bucket_settings::bucket_created_ms(&self.store, tenant, bucket, &record).await.map_err(to_s3)
     }
 
-    /// Changes the settings of the tenant's bucket with `edit`.
-    async fn change_settings(&self, tenant: &str, bucket: &str, edit: impl Fn(&mut BucketSettings)) -> S3Result<()> {
-        let record = self.bucket_record(tenant, bucket).await?;
-        bucket_settings::change(&self.store, tenant, bucket, record.created_ms, edit).await.map_err(to_s3)
+    /// The settings of the tenant's bucket.
+    async fn settings(&self, tenant: &str, bucket: &str) -> S3Result<BucketSettings> {
+        let created_ms = self.settings_bound_to(tenant, bucket).await?;
+        bucket_settings::read(&self.store, tenant, bucket, created_ms).await.map_err(to_s3)
+    }
+
+    /// Changes the settings of the tenant's bucket created at `created_ms` with `edit`.
+    async fn change_settings(&self, tenant: &str, bucket: &str, created_ms: i64, edit: impl Fn(&mut BucketSettings)) -> S3Result<()> {
+        bucket_settings::change(&self.store, tenant, bucket, created_ms, edit).await.map_err(to_s3)
     }
 
     pub(super) async fn get_bucket_versioning(&self, req: S3Request<GetBucketVersioningInput>) -> S3Result<S3Response<GetBucketVersioningOutput>> {
@@ -28,11 +33,9 @@ impl Gateway {
 
     pub(super) async fn put_bucket_versioning(&self, req: S3Request<PutBucketVersioningInput>) -> S3Result<S3Response<PutBucketVersioningOutput>> {
         let tenant = self.tenant(&req)?;
-        self.ensure_bucket(&tenant, &req.input.bucket).await?;
-        let configuration = &req.input.versioning_configuration;
-        bucket_config::check_versioning(configuration)?;
-        if configuration.status.as_ref().is_some_and(|status| status.as_str() == BucketVersioningStatus::SUSPENDED) {
-            self.change_settings(&tenant, &req.input.bucket, |settings| settings.versioning_suspended = true).await?;
+        let created_ms = self.settings_bound_to(&tenant, &req.input.bucket).await?;
+        if bucket_config::suspends_versioning(&req.input.versioning_configuration)? {
+            self.change_settings(&tenant, &req.input.bucket, created_ms, |settings| settings.versioning_suspended = true).await?;
         }
         Ok(S3Response::new(PutBucketVersioningOutput::default()))
     }
@@ -74,14 +77,16 @@ impl Gateway {
 
     pub(super) async fn put_bucket_cors(&self, req: S3Request<PutBucketCorsInput>) -> S3Result<S3Response<PutBucketCorsOutput>> {
         let tenant = self.tenant(&req)?;
+        let created_ms = self.settings_bound_to(&tenant, &req.input.bucket).await?;
         let rules = bucket_config::cors_rules(&req.input.cors_configuration)?;
-        self.change_settings(&tenant, &req.input.bucket, |settings| settings.cors = rules.clone()).await?;
+        self.change_settings(&tenant, &req.input.bucket, created_ms, |settings| settings.cors = rules.clone()).await?;
         Ok(S3Response::new(PutBucketCorsOutput::default()))
     }
 
     pub(super) async fn delete_bucket_cors(&self, req: S3Request<DeleteBucketCorsInput>) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
         let tenant = self.tenant(&req)?;
-        self.change_settings(&tenant, &req.input.bucket, |settings| settings.cors.clear()).await?;
+        let created_ms = self.settings_bound_to(&tenant, &req.input.bucket).await?;
+        self.change_settings(&tenant, &req.input.bucket, created_ms, |settings| settings.cors.clear()).await?;
         Ok(S3Response::new(DeleteBucketCorsOutput::default()))
     }
 
@@ -92,8 +97,9 @@ impl Gateway {
 
     pub(super) async fn put_public_access_block(&self, req: S3Request<PutPublicAccessBlockInput>) -> S3Result<S3Response<PutPublicAccessBlockOutput>> {
         let tenant = self.tenant(&req)?;
+        let created_ms = self.settings_bound_to(&tenant, &req.input.bucket).await?;
         let block = bucket_config::public_access_block_of(&req.input.public_access_block_configuration);
-        self.change_settings(&tenant, &req.input.bucket, |settings| settings.public_access_block = Some(block)).await?;
+        self.change_settings(&tenant, &req.input.bucket, created_ms, |settings| settings.public_access_block = Some(block)).await?;
         Ok(S3Response::new(PutPublicAccessBlockOutput::default()))
     }
 
@@ -102,7 +108,8 @@ impl Gateway {
         req: S3Request<DeletePublicAccessBlockInput>,
     ) -> S3Result<S3Response<DeletePublicAccessBlockOutput>> {
         let tenant = self.tenant(&req)?;
-        self.change_settings(&tenant, &req.input.bucket, |settings| settings.public_access_block = None).await?;
+        let created_ms = self.settings_bound_to(&tenant, &req.input.bucket).await?;
+        self.change_settings(&tenant, &req.input.bucket, created_ms, |settings| settings.public_access_block = None).await?;
         Ok(S3Response::new(DeletePublicAccessBlockOutput::default()))
     }
 
@@ -119,11 +126,11 @@ impl Gateway {
         req: S3Request<PutBucketOwnershipControlsInput>,
     ) -> S3Result<S3Response<PutBucketOwnershipControlsOutput>> {
         let tenant = self.tenant(&req)?;
-        self.ensure_bucket(&tenant, &req.input.bucket).await?;
+        let created_ms = self.settings_bound_to(&tenant, &req.input.bucket).await?;
         let ownership = bucket_config::ownership_rule(&req.input.ownership_controls)?;
-        bucket_config::check_ownership(ownership)?;
+        bucket_config::check_ownership(ownership, || s3_error!(MalformedXML))?;
         let ownership = ownership.as_str().to_owned();
-        self.change_settings(&tenant, &req.input.bucket, |settings| settings.ownership = Some(ownership.clone())).await?;
+        self.change_settings(&tenant, &req.input.bucket, created_ms, |settings| settings.ownership = Some(ownership.clone())).await?;
         Ok(S3Response::new(PutBucketOwnershipControlsOutput::default()))
     }
 
@@ -133,7 +140,8 @@ impl Gateway {
         req: S3Request<DeleteBucketOwnershipControlsInput>,
     ) -> S3Result<S3Response<DeleteBucketOwnershipControlsOutput>> {
         let tenant = self.tenant(&req)?;
-        self.change_settings(&tenant, &req.input.bucket, |settings| settings.ownership = None).await?;
+        let created_ms = self.settings_bound_to(&tenant, &req.input.bucket).await?;
+        self.change_settings(&tenant, &req.input.bucket, created_ms, |settings| settings.ownership = None).await?;
         Ok(S3Response::new(DeleteBucketOwnershipControlsOutput::default()))
     }
 

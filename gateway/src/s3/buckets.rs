@@ -41,7 +41,7 @@ impl Gateway {
             return Err(s3_error!(NotImplemented, "Object Lock is not supported by this gateway"));
         }
         if let Some(ownership) = &req.input.object_ownership {
-            bucket_config::check_ownership(ownership)?;
+            bucket_config::check_ownership(ownership, || s3_error!(InvalidArgument, "Invalid x-amz-object-ownership header: {}", ownership.as_str()))?;
         }
         let grants = grants_in!(req.input) || req.input.grant_write.is_some();
         bucket_config::check_bucket_creation_acl(req.input.acl.as_ref().map(BucketCannedACL::as_str), grants)?;

@@ -92,3 +92,11 @@ fn not_modified(record: &ObjectRecord) -> S3Error {
 pub(super) fn check_write_acl(tenant: &str, acl: Option<&ObjectCannedACL>, grants: bool) -> S3Result<()> {
     bucket_config::check_acl(tenant, acl.map(ObjectCannedACL::as_str), None, grants)
 }
+
+/// Refuses a write asking for object lock, as S3 does in a bucket without it.
+pub(super) fn check_no_object_lock(asked: bool) -> S3Result<()> {
+    if asked {
+        return Err(s3_error!(InvalidRequest, "Bucket is missing Object Lock Configuration"));
+    }
+    Ok(())
+}

@@ -12,6 +12,7 @@ impl Gateway {
         };
         check_key(&input.key)?;
         check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
+        check_no_object_lock(object_lock_in!(input))?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let source = self.find_object(&tenant, source_bucket, source_key).await?;
         check_copy_source!(source, input);

@@ -39,7 +39,7 @@ pub fn to_s3(error: anyhow::Error) -> S3Error {
     } else if let Some(answer) = error.downcast_ref::<IndexError>().and_then(client_fault) {
         answer
     } else if error.downcast_ref::<KeptChanging>().is_some() {
-        tracing::warn!(%request, %cause, "other gateways kept changing the object");
+        tracing::warn!(%request, %cause, "other gateways kept changing the record");
         S3Error::with_message(S3ErrorCode::SlowDown, "Please reduce your request rate.")
     } else if error.downcast_ref::<UpstreamFailure>().is_some() && error.downcast_ref::<Missing>().is_none() {
         tracing::warn!(%request, %cause, "upstream failure");

@@ -23,6 +23,14 @@ macro_rules! grants_in {
     };
 }
 
+/// Whether a write asks for object lock (a mode, a retention date or a legal hold), which no
+/// bucket has (see `bucket_settings`).
+macro_rules! object_lock_in {
+    ($input:expr) => {
+        $input.object_lock_mode.is_some() || $input.object_lock_retain_until_date.is_some() || $input.object_lock_legal_hold_status.is_some()
+    };
+}
+
 /// The attributes a request sets (PutObject, CopyObject with REPLACE, CreateMultipartUpload).
 macro_rules! attributes_of {
     ($input:expr) => {

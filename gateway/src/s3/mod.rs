@@ -39,7 +39,7 @@ use crate::ids::{new_id, now_ms};
 use crate::s3::auth::Keys;
 use crate::s3::errors::{answered, internal, to_s3};
 
-use conditions::{WriteCondition, check_conditions, check_write_acl};
+use conditions::{WriteCondition, check_conditions, check_no_object_lock, check_write_acl};
 use copy::{MAX_COPY_BYTES, copy_source_range};
 use digests::{ClaimedDigests, announced_size, check_checksum_type, check_completion_checksums, checksum_type_of, checksums_of, composite_checksums, trailer_algorithm};
 

@@ -9,6 +9,7 @@ impl Gateway {
         let input = req.input;
         check_key(&input.key)?;
         check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
+        check_no_object_lock(object_lock_in!(input))?;
         check_checksum_type(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let upload_id = new_id();

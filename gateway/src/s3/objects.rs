@@ -16,6 +16,7 @@ impl Gateway {
             let target = async {
                 check_key(&input.key)?;
                 check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
+                check_no_object_lock(object_lock_in!(input))?;
                 // Refused before the body is stored, rather than at its commit.
                 self.store.check_in_step().map_err(to_s3)?;
                 self.ensure_bucket(&tenant, &input.bucket).await
