@@ -85,6 +85,23 @@ fn bucket_settings_are_shared_by_the_gateways_of_one_upstream() {
     assert!(said.contains("all checks passed"), "{said}");
 }
 
+/// A bucket another gateway deleted and created again between two syncs takes its new marker's
+/// record at the next sync: its location (and creation time) are the new bucket's.
+#[test]
+fn a_bucket_created_again_elsewhere_answers_its_new_location() {
+    let moto = Moto::start();
+    let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = shared_upstream_gateway(&moto, state_a.path(), true);
+    let b = shared_upstream_gateway(&moto, state_b.path(), true);
+    a.aws(&["s3api", "create-bucket", "--bucket", "again"]);
+    b.aws(&["s3api", "head-bucket", "--bucket", "again"]);
+    a.aws(&["s3api", "delete-bucket", "--bucket", "again"]);
+    a.aws(&["s3api", "create-bucket", "--bucket", "again", "--create-bucket-configuration", "LocationConstraint=eu-west-1"]);
+    support::shared::sync(&b);
+    let location = b.aws(&["s3api", "get-bucket-location", "--bucket", "again", "--query", "LocationConstraint", "--output", "text"]);
+    assert_eq!(String::from_utf8_lossy(&location.stdout).trim(), "eu-west-1");
+}
+
 /// UploadPartCopy (tests/clients/part_copy.py): boto3's managed copy and `aws s3 cp` between
 /// keys copy a model over 8 MiB by parts, byte-identical; ranged part copies complete into the
 /// source's bytes; bad ranges and missing sources are refused as S3 refuses them. The copies

@@ -21,6 +21,19 @@ impl Index {
         Ok(previous.is_ok())
     }
 
+    /// Gives an existing bucket the record `record` (its marker upstream, when another gateway
+    /// created the bucket again, or the bucket was first known from a manifest); false if the
+    /// bucket is absent or has that record already.
+    pub fn refresh_bucket(&self, tenant: &str, bucket: &str, record: &BucketRecord) -> Result<bool> {
+        let key = keys::bucket(tenant, bucket);
+        let Some(current) = self.buckets.get(&key)? else { return Ok(false) };
+        let record = encode(record)?;
+        if current.as_ref() == record.as_slice() {
+            return Ok(false);
+        }
+        Ok(self.buckets.compare_and_swap(key, Some(current), Some(record))?.is_ok())
+    }
+
     pub fn bucket(&self, tenant: &str, bucket: &str) -> Result<Option<BucketRecord>> {
         self.buckets.get(keys::bucket(tenant, bucket))?.map(|v| decode(&v)).transpose()
     }
@@ -90,5 +103,17 @@ mod tests {
         assert!(matches!(result, Err(IndexError::Refused(Refusal::NoSuchBucket))));
         index.create_bucket("t", "b", &BucketRecord::new(1)).unwrap();
         assert!(index.list_objects("t", "b", "", None).next().is_none(), "nothing comes back with the bucket");
+    }
+
+    #[test]
+    fn a_bucket_takes_the_record_of_its_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        let created_again = BucketRecord { created_ms: 7, location: Some("eu-west-1".into()) };
+        assert!(!index.refresh_bucket("t", "b", &created_again).unwrap(), "an absent bucket is not made");
+        index.create_bucket("t", "b", &BucketRecord::new(1)).unwrap();
+        assert!(index.refresh_bucket("t", "b", &created_again).unwrap());
+        assert_eq!(index.bucket("t", "b").unwrap(), Some(created_again.clone()));
+        assert!(!index.refresh_bucket("t", "b", &created_again).unwrap(), "the same record is no change");
     }
 }

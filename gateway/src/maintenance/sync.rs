@@ -81,7 +81,10 @@ async fn sync_buckets(store: &Store, tags: &mut HashMap<String, String>, report:
                 continue;
             }
             let Some(marker) = skip_unreadable(read_record::<BucketMarker>(store, &listed.key).await, &listed.key)?.flatten() else { continue };
-            if store.index.create_bucket(&marker.tenant, &marker.bucket, &marker.record())? {
+            // A bucket known already takes its marker's record: another gateway may have deleted
+            // and created it again since (another creation time, another location).
+            let record = marker.record();
+            if store.index.create_bucket(&marker.tenant, &marker.bucket, &record)? || store.index.refresh_bucket(&marker.tenant, &marker.bucket, &record)? {
                 report.buckets += 1;
             }
             tags.insert(listed.key, listed.tag);
