@@ -73,6 +73,15 @@ fn bucket_settings_answer_as_for_a_private_bucket() {
     assert!(said.contains("all checks passed"), "{said}");
 }
 
+/// CORS rules are applied as S3 applies them (tests/clients/cors.py): preflights answered from
+/// the bucket's rules, signed requests with an Origin given the allowing rule's headers.
+#[test]
+fn cors_rules_are_applied_to_browser_requests() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    let said = gateway.python_client("cors.py", &[]);
+    assert!(said.contains("all checks passed"), "{said}");
+}
+
 /// With a shared upstream, the settings one gateway changes are what another answers at once,
 /// and a bucket deleted through one and created again through the other starts afresh.
 #[test]

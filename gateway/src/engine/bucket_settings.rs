@@ -3,16 +3,62 @@
 //! so that every gateway sharing the upstream answers alike. A record belongs to the bucket
 //! whose marker has its `created_ms` (docs/format.md, rule 13a). A change rewrites the record
 //! on condition that it is still the one read; a change that lost a race is made again on the
-//! winner's record.
+//! winner's record. Requests that need them often (CORS) read them through [`read_kept`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use tensorgate_index::{BucketMarker, BucketRecord, BucketSettings, Envelope};
 
-use crate::engine::catalog::read_record;
 use crate::engine::shared::KeptChanging;
 use crate::engine::Store;
 use crate::upstream::Condition;
+
+/// How long [`read_kept`] keeps a bucket's settings: a change through another gateway of a
+/// shared upstream is seen within this (S3 too takes a moment to apply a new configuration).
+pub const KEPT_FOR: Duration = Duration::from_secs(5);
+
+/// A tenant and one of its buckets.
+type BucketName = (String, String);
+
+/// Settings read lately, by bucket, with when each was read.
+#[derive(Default)]
+pub struct KeptSettings(Mutex<HashMap<BucketName, (Instant, Arc<BucketSettings>)>>);
+
+impl KeptSettings {
+    fn get(&self, name: &BucketName) -> Option<Arc<BucketSettings>> {
+        let kept = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        kept.get(name).filter(|(read, _)| read.elapsed() < KEPT_FOR).map(|(_, settings)| settings.clone())
+    }
+
+    fn put(&self, name: BucketName, settings: Arc<BucketSettings>) {
+        let mut kept = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Settings no request asked for lately are dropped, so the map stays small.
+        kept.retain(|_, (read, _)| read.elapsed() < KEPT_FOR);
+        kept.insert(name, (Instant::now(), settings));
+    }
+
+    fn drop_bucket(&self, tenant: &str, bucket: &str) {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&(tenant.to_owned(), bucket.to_owned()));
+    }
+}
+
+/// The settings of a bucket the index holds, as read within [`KEPT_FOR`] (changes through this
+/// gateway are seen at once); `None` when the index has no such bucket.
+pub async fn read_kept(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<Option<Arc<BucketSettings>>> {
+    let name = (tenant.to_owned(), bucket.to_owned());
+    if let Some(settings) = store.kept_settings.get(&name) {
+        return Ok(Some(settings));
+    }
+    let Some(record) = store.index.bucket(tenant, bucket)? else { return Ok(None) };
+    let created_ms = bucket_created_ms(store, tenant, bucket, &record).await?;
+    let settings = Arc::new(read(store, tenant, bucket, created_ms).await?);
+    store.kept_settings.put(name, settings.clone());
+    Ok(Some(settings))
+}
 
 /// Changes that lose this many races in a row give up with [`KeptChanging`] (a 503 the client
 /// retries).
@@ -22,8 +68,9 @@ const ATTEMPTS: usize = 8;
 /// have created the bucket again since this index learnt of it), or the index's for a bucket
 /// only implied by its manifests.
 pub async fn bucket_created_ms(store: &Store, tenant: &str, bucket: &str, record: &BucketRecord) -> anyhow::Result<i64> {
-    let marker = read_record::<BucketMarker>(store, &store.bucket_key(tenant, bucket)).await?;
-    Ok(marker.map_or(record.created_ms, |marker| marker.created_ms))
+    let key = store.bucket_key(tenant, bucket);
+    let Some(tagged) = store.upstream.read_tagged(&key).await? else { return Ok(record.created_ms) };
+    Ok(BucketMarker::open(&tagged.bytes).with_context(|| format!("upstream record {key}"))?.created_ms)
 }
 
 /// The settings of bucket `bucket` of `tenant` created at `created_ms`.
@@ -54,6 +101,7 @@ pub async fn change(store: &Store, tenant: &str, bucket: &str, created_ms: i64, 
             return Ok(());
         }
         if store.upstream.put_if(&key, Bytes::from(changed.seal()?), condition).await?.is_some() {
+            store.kept_settings.drop_bucket(tenant, bucket);
             return Ok(());
         }
     }
@@ -69,6 +117,7 @@ pub async fn forget(store: &Store, tenant: &str, bucket: &str, created_ms: i64) 
     if stored.created_ms <= created_ms {
         store.upstream.delete_if(&key, &tagged.tag).await?;
     }
+    store.kept_settings.drop_bucket(tenant, bucket);
     Ok(())
 }
 

@@ -68,6 +68,8 @@ pub struct Store {
     pub(crate) unfollowed: std::sync::Mutex<HashMap<String, String>>,
     /// Request slots and the in-flight byte budget, with each tenant's share.
     pub admission: Admission,
+    /// Bucket settings read lately, for the requests that need them often (CORS).
+    pub kept_settings: bucket_settings::KeptSettings,
     /// Set once the gateway is stopping: `/ready` then says no, so load balancers move on.
     pub draining: std::sync::atomic::AtomicBool,
     /// With a shared upstream, when this gateway last acknowledged the collector's
@@ -98,6 +100,7 @@ impl Store {
             gc_memory: tokio::sync::Mutex::new(GcMemory::default()),
             unfollowed: std::sync::Mutex::new(HashMap::new()),
             admission,
+            kept_settings: bucket_settings::KeptSettings::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             caught_up_ms: std::sync::atomic::AtomicI64::new(crate::ids::now_ms()),
         })

@@ -44,6 +44,12 @@ impl KeyRing {
         self.keys.get(access_key).map(|entry| entry.tenant.as_str())
     }
 
+    /// Every tenant with a key, each once, in name order.
+    pub fn tenants(&self) -> Vec<String> {
+        let names: std::collections::BTreeSet<&str> = self.keys.values().map(|entry| entry.tenant.as_str()).collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
     /// How many buckets the tenant may own, if limited.
     pub fn max_buckets(&self, tenant: &str) -> Option<usize> {
         self.max_buckets.get(tenant).copied()

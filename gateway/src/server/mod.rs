@@ -1,6 +1,7 @@
 //! Starting a gateway: open the index and upstream, wire the S3 service with its keys and
 //! domains, spawn the background tasks and serve HTTP on the listener.
 
+pub mod cors;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -94,7 +95,8 @@ pub fn open_upstream(config: &Config) -> anyhow::Result<Arc<dyn Upstream>> {
 }
 
 /// The S3 service, recording each request's method, status and latency, giving each its
-/// request id, and answering `SlowDown` (503) beyond `max_concurrent_requests` requests in
+/// request id, answering CORS preflights and adding CORS headers (see [`cors`]), and answering
+/// `SlowDown` (503) beyond `max_concurrent_requests` requests in
 /// progress, or beyond its tenant's share of them (see [`admission`]), which clients retry with
 /// backoff. A request holds its slot until its response starts (a PUT's whole body).
 fn measured_service(
@@ -109,10 +111,12 @@ fn measured_service(
 > + Clone
        + Send
        + 'static {
+    let cors = Arc::new(cors::Cors::new(store.clone(), &store.config.domains));
     hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let service = service.clone();
         let store = store.clone();
         let keys = keys.clone();
+        let cors = cors.clone();
         async move {
             let started = std::time::Instant::now();
             let method = request.method().to_string();
@@ -121,17 +125,25 @@ fn measured_service(
             let tenant = admission::signing_key(&request).and_then(|key| keys.current().tenant(&key).map(str::to_owned)).unwrap_or_default();
             let served = async {
                 match store.admission.slot(&tenant) {
+                    Some(_slot) if request.method() == hyper::Method::OPTIONS => match cors.preflight(&request, &keys.current().tenants()).await {
+                        Ok(answer) => Ok(answer),
+                        Err(error) => errors::with_request_id(error).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error))),
+                    },
                     Some(_slot) => {
+                        // What CORS needs of a request with an Origin, kept before s3s takes it.
+                        let origin = request.headers().contains_key(hyper::header::ORIGIN).then(|| (request.method().clone(), request.headers().clone(), cors.bucket(&request)));
                         let idle = Duration::from_secs(store.config.body_idle_timeout_secs);
                         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
                         let request = request.map(|body| s3s::Body::http_body(admission::IdleBody::new(body, idle, stalled.clone())));
-                        let answer = service.call(request).await;
+                        let mut answer = service.call(request).await;
                         if stalled.load(std::sync::atomic::Ordering::Relaxed) {
                             store.metrics.body_idle_timeouts.inc();
-                            errors::to_s3(crate::engine::ingest::BodyError::Idle(idle.as_secs()).into()).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)))
-                        } else {
-                            answer
+                            answer = errors::to_s3(crate::engine::ingest::BodyError::Idle(idle.as_secs()).into()).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)));
                         }
+                        if let (Some((method, headers, bucket)), Ok(response)) = (origin, &mut answer) {
+                            cors.decorate(&tenant, &method, &headers, bucket, response).await;
+                        }
+                        answer
                     }
                     None => errors::with_request_id(s3s::S3Error::with_message(s3s::S3ErrorCode::SlowDown, "Please reduce your request rate."))
                         .to_http_response()

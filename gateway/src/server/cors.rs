@@ -1,0 +1,206 @@
+//! CORS as S3 applies a bucket's rules (kept by PutBucketCors, `engine::bucket_settings`):
+//! preflight `OPTIONS` requests are answered here, before s3s (which has no such operation),
+//! and any other request carrying an `Origin` gets the `Access-Control-*` headers of the first
+//! rule that allows its origin and method. A preflight is unsigned, so it names no tenant: the
+//! bucket is the one tenant's that has a bucket of that name (none when several do).
+//!
+//! Rules are read through `bucket_settings::read_kept`: a change through another gateway of a
+//! shared upstream applies within `bucket_settings::KEPT_FOR`.
+
+use std::sync::Arc;
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
+use s3s::host::S3Host;
+use s3s::{S3Error, S3ErrorCode};
+use tensorgate_index::CorsRule;
+
+use crate::engine::{bucket_settings, Store};
+use crate::s3::domains::Domains;
+
+/// The store whose buckets' rules apply, and the domains naming buckets by host.
+pub struct Cors {
+    store: Arc<Store>,
+    domains: Domains,
+}
+
+/// What a rule allows a request: the headers to answer with.
+struct Allowed<'a> {
+    rule: &'a CorsRule,
+    origin: &'a str,
+    requested_headers: Option<&'a str>,
+}
+
+impl Cors {
+    pub fn new(store: Arc<Store>, domains: &[String]) -> Cors {
+        Cors { store, domains: Domains::new(domains) }
+    }
+
+    /// The answer to a preflight request (S3's `OPTIONS object`).
+    pub async fn preflight<B>(&self, request: &hyper::Request<B>, tenants: &[String]) -> Result<s3s::HttpResponse, S3Error> {
+        let headers = request.headers();
+        let (Some(origin), Some(method)) = (text(headers, "origin"), text(headers, "access-control-request-method")) else {
+            let mut error = S3Error::with_message(S3ErrorCode::Custom("BadRequest".into()), "Insufficient information. Origin request header needed.");
+            error.set_status_code(StatusCode::BAD_REQUEST);
+            return Err(error);
+        };
+        let bucket = self.bucket(request).unwrap_or_default();
+        let owners: Vec<_> = tenants.iter().filter(|tenant| self.store.index.bucket(tenant, &bucket).ok().flatten().is_some()).collect();
+        let [tenant] = owners.as_slice() else {
+            return Err(forbidden("CORSResponse: Bucket not found"));
+        };
+        let rules = self.rules(tenant, &bucket).await.map_err(crate::s3::errors::to_s3)?;
+        if rules.is_empty() {
+            return Err(forbidden("CORSResponse: CORS is not enabled for this bucket."));
+        }
+        let requested_headers = text(headers, "access-control-request-headers");
+        let Some(allowed) = first_allowing(&rules, origin, method, requested_headers) else {
+            return Err(forbidden("CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec."));
+        };
+        let mut response = s3s::HttpResponse::new(s3s::Body::empty());
+        *response.status_mut() = StatusCode::OK;
+        allowed.answer(response.headers_mut());
+        Ok(response)
+    }
+
+    /// Adds the `Access-Control-*` headers to the answer to a tenant's request that carries an
+    /// `Origin`, when a rule of its bucket allows it. A failure to read the rules leaves the
+    /// answer as it is (logged): the browser then refuses it, as without a rule.
+    pub async fn decorate(&self, tenant: &str, method: &Method, request_headers: &HeaderMap, bucket: Option<String>, response: &mut s3s::HttpResponse) {
+        let (Some(origin), Some(bucket)) = (text(request_headers, "origin"), bucket) else { return };
+        if tenant.is_empty() {
+            return;
+        }
+        match self.rules(tenant, &bucket).await {
+            Ok(rules) => {
+                if let Some(allowed) = first_allowing(&rules, origin, method.as_str(), None) {
+                    allowed.answer(response.headers_mut());
+                }
+            }
+            Err(error) => tracing::warn!(tenant, bucket, error = format!("{error:#}"), "reading the bucket's CORS rules failed"),
+        }
+    }
+
+    /// The bucket a request names: the host's (virtual-host style) or the path's first segment.
+    pub fn bucket<B>(&self, request: &hyper::Request<B>) -> Option<String> {
+        let host = request.headers().get(hyper::header::HOST).and_then(|value| value.to_str().ok());
+        if let Some(bucket) = host.and_then(|host| self.domains.parse_host_header(host).ok()).and_then(|host| host.bucket().map(str::to_owned)) {
+            return Some(bucket);
+        }
+        let segment = request.uri().path().trim_start_matches('/').split('/').next()?;
+        (!segment.is_empty()).then(|| segment.to_owned())
+    }
+
+    /// The bucket's rules (none for a bucket the index does not hold).
+    async fn rules(&self, tenant: &str, bucket: &str) -> anyhow::Result<Vec<CorsRule>> {
+        Ok(bucket_settings::read_kept(&self.store, tenant, bucket).await?.map(|settings| settings.cors.clone()).unwrap_or_default())
+    }
+}
+
+/// The first rule allowing `origin`, `method` and every header of `requested_headers` (a
+/// comma-separated list), as S3 picks it.
+fn first_allowing<'a>(rules: &'a [CorsRule], origin: &'a str, method: &str, requested_headers: Option<&'a str>) -> Option<Allowed<'a>> {
+    let requested = || requested_headers.into_iter().flat_map(|list| list.split(',')).map(str::trim).filter(|name| !name.is_empty());
+    rules
+        .iter()
+        .find(|rule| {
+            rule.allowed_origins.iter().any(|allowed| matches_wildcard(allowed, origin, false))
+                && rule.allowed_methods.iter().any(|allowed| allowed == method)
+                && requested().all(|name| rule.allowed_headers.iter().any(|allowed| matches_wildcard(allowed, name, true)))
+        })
+        .map(|rule| Allowed { rule, origin, requested_headers })
+}
+
+/// Whether `value` matches `pattern`, which may hold one `*` standing for any run of characters.
+fn matches_wildcard(pattern: &str, value: &str, ignore_case: bool) -> bool {
+    let (pattern, value) = if ignore_case { (pattern.to_ascii_lowercase(), value.to_ascii_lowercase()) } else { (pattern.to_owned(), value.to_owned()) };
+    match pattern.split_once('*') {
+        None => pattern == value,
+        Some((head, tail)) => value.len() >= head.len() + tail.len() && value.starts_with(head) && value.ends_with(tail),
+    }
+}
+
+impl Allowed<'_> {
+    /// The headers S3 answers a request a rule allows with.
+    fn answer(&self, headers: &mut HeaderMap) {
+        let any_origin = self.rule.allowed_origins.iter().any(|allowed| allowed == "*");
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        };
+        set("access-control-allow-origin", if any_origin { "*" } else { self.origin });
+        set("access-control-allow-methods", &self.rule.allowed_methods.join(", "));
+        if !any_origin {
+            set("access-control-allow-credentials", "true");
+        }
+        if let Some(requested) = self.requested_headers {
+            set("access-control-allow-headers", requested);
+        }
+        if !self.rule.expose_headers.is_empty() {
+            set("access-control-expose-headers", &self.rule.expose_headers.join(", "));
+        }
+        if let Some(seconds) = self.rule.max_age_seconds {
+            set("access-control-max-age", &seconds.to_string());
+        }
+        set("vary", "Origin, Access-Control-Request-Headers, Access-Control-Request-Method");
+    }
+}
+
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+fn forbidden(message: &'static str) -> S3Error {
+    let mut error = S3Error::with_message(S3ErrorCode::Custom("AccessForbidden".into()), message);
+    error.set_status_code(StatusCode::FORBIDDEN);
+    error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(origins: &[&str], methods: &[&str], headers: &[&str]) -> CorsRule {
+        let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+        CorsRule {
+            id: None,
+            allowed_methods: strings(methods),
+            allowed_origins: strings(origins),
+            allowed_headers: strings(headers),
+            expose_headers: vec![],
+            max_age_seconds: None,
+        }
+    }
+
+    #[test]
+    fn the_first_rule_allowing_origin_method_and_headers_is_taken() {
+        let rules = [rule(&["*suffix", "start*end"], &["GET"], &[]), rule(&["prefix*"], &["GET", "PUT"], &["x-amz-*"]), rule(&["*"], &["HEAD"], &[])];
+        let taken = |origin, method, headers| first_allowing(&rules, origin, method, headers).map(|allowed| allowed.rule.allowed_methods.len());
+        assert_eq!(taken("foo.suffix", "GET", None), Some(1));
+        assert_eq!(taken("start12end", "GET", None), Some(1));
+        assert_eq!(taken("0start12end", "GET", None), None, "the pattern covers the whole origin");
+        assert_eq!(taken("foo.suffix", "PUT", None), None);
+        assert_eq!(taken("prefix.x", "PUT", Some("X-Amz-Date, x-amz-content-sha256")), Some(2), "headers match without case");
+        assert_eq!(taken("prefix.x", "PUT", Some("authorization")), None);
+        assert_eq!(taken("anything", "HEAD", None), Some(1));
+    }
+
+    #[test]
+    fn an_allowed_request_is_answered_with_the_rules_headers() {
+        let mut allowing = rule(&["https://hub.example"], &["GET", "PUT"], &["*"]);
+        allowing.expose_headers = vec!["ETag".into()];
+        allowing.max_age_seconds = Some(600);
+        let rules = [allowing];
+        let allowed = first_allowing(&rules, "https://hub.example", "PUT", Some("content-type")).unwrap();
+        let mut headers = HeaderMap::new();
+        allowed.answer(&mut headers);
+        let get = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(get("access-control-allow-origin"), "https://hub.example");
+        assert_eq!(get("access-control-allow-methods"), "GET, PUT");
+        assert_eq!(get("access-control-allow-headers"), "content-type");
+        assert_eq!(get("access-control-expose-headers"), "ETag");
+        assert_eq!(get("access-control-max-age"), "600");
+        assert_eq!(get("access-control-allow-credentials"), "true");
+    }
+}
