@@ -43,12 +43,14 @@ def main():
 
     status, _ = preflight(endpoint, f"{BUCKET}/model.safetensors", {"Access-Control-Request-Method": "GET"})
     check("a preflight without an Origin is 400", status == 400, status)
+    status, _ = preflight(endpoint, f"{BUCKET}/model.safetensors", {"Origin": "https://www.hub.example", "Access-Control-Request-Method": "PATCH"})
+    check("a preflight for a method S3 does not take is 400", status == 400, status)
     status, headers = preflight(endpoint, f"{BUCKET}/model.safetensors", {
         "Origin": "https://www.hub.example", "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "Range, x-amz-date"})
     check("an allowed preflight is 200 with the rule's headers",
           status == 200 and headers.get("Access-Control-Allow-Origin") == "https://www.hub.example"
           and headers.get("Access-Control-Allow-Methods") == "GET, HEAD" and headers.get("Access-Control-Max-Age") == "600"
-          and headers.get("Access-Control-Allow-Headers") == "Range, x-amz-date"
+          and headers.get("Access-Control-Allow-Headers") == "range, x-amz-date"
           and headers.get("Access-Control-Expose-Headers") == "ETag, Content-Range", f"{status} {dict(headers)}")
     for name, asked in [("another origin", {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}),
                         ("a method no rule of the origin allows", {"Origin": "https://www.hub.example", "Access-Control-Request-Method": "DELETE"}),

@@ -24,25 +24,40 @@ pub const KEPT_FOR: Duration = Duration::from_secs(5);
 /// A tenant and one of its buckets.
 type BucketName = (String, String);
 
-/// Settings read lately, by bucket, with when each was read.
+/// Settings read lately, by bucket, with when each was read, and how many times settings were
+/// dropped (a read that began before a drop is not kept).
 #[derive(Default)]
-pub struct KeptSettings(Mutex<HashMap<BucketName, (Instant, Arc<BucketSettings>)>>);
+pub struct KeptSettings(Mutex<(HashMap<BucketName, (Instant, Arc<BucketSettings>)>, u64)>);
 
 impl KeptSettings {
-    fn get(&self, name: &BucketName) -> Option<Arc<BucketSettings>> {
-        let kept = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        kept.get(name).filter(|(read, _)| read.elapsed() < KEPT_FOR).map(|(_, settings)| settings.clone())
+    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<BucketName, (Instant, Arc<BucketSettings>)>, u64)> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn put(&self, name: BucketName, settings: Arc<BucketSettings>) {
-        let mut kept = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Settings no request asked for lately are dropped, so the map stays small.
-        kept.retain(|_, (read, _)| read.elapsed() < KEPT_FOR);
-        kept.insert(name, (Instant::now(), settings));
+    /// The settings kept for `name`, or the drop count to give [`KeptSettings::put`].
+    fn get(&self, name: &BucketName) -> Result<Arc<BucketSettings>, u64> {
+        let kept = self.lock();
+        kept.0.get(name).filter(|(read, _)| read.elapsed() < KEPT_FOR).map(|(_, settings)| settings.clone()).ok_or(kept.1)
     }
 
-    fn drop_bucket(&self, tenant: &str, bucket: &str) {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&(tenant.to_owned(), bucket.to_owned()));
+    /// Keeps settings read after [`KeptSettings::get`] gave `drops`, unless some were dropped since.
+    fn put(&self, name: BucketName, settings: Arc<BucketSettings>, drops: u64) {
+        let mut kept = self.lock();
+        if kept.1 != drops {
+            return;
+        }
+        // Settings read over KEPT_FOR ago go, so the map holds only buckets asked for lately.
+        if kept.0.len() >= 64 {
+            kept.0.retain(|_, (read, _)| read.elapsed() < KEPT_FOR);
+        }
+        kept.0.insert(name, (Instant::now(), settings));
+    }
+
+    /// Forgets a bucket's settings: they changed, or the bucket is gone.
+    pub fn drop_bucket(&self, tenant: &str, bucket: &str) {
+        let mut kept = self.lock();
+        kept.0.remove(&(tenant.to_owned(), bucket.to_owned()));
+        kept.1 += 1;
     }
 }
 
@@ -50,13 +65,14 @@ impl KeptSettings {
 /// gateway are seen at once); `None` when the index has no such bucket.
 pub async fn read_kept(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<Option<Arc<BucketSettings>>> {
     let name = (tenant.to_owned(), bucket.to_owned());
-    if let Some(settings) = store.kept_settings.get(&name) {
-        return Ok(Some(settings));
-    }
+    let drops = match store.kept_settings.get(&name) {
+        Ok(settings) => return Ok(Some(settings)),
+        Err(drops) => drops,
+    };
     let Some(record) = store.index.bucket(tenant, bucket)? else { return Ok(None) };
     let created_ms = bucket_created_ms(store, tenant, bucket, &record).await?;
     let settings = Arc::new(read(store, tenant, bucket, created_ms).await?);
-    store.kept_settings.put(name, settings.clone());
+    store.kept_settings.put(name, settings.clone(), drops);
     Ok(Some(settings))
 }
 
@@ -68,6 +84,7 @@ const ATTEMPTS: usize = 8;
 /// have created the bucket again since this index learnt of it), or the index's for a bucket
 /// only implied by its manifests.
 pub async fn bucket_created_ms(store: &Store, tenant: &str, bucket: &str, record: &BucketRecord) -> anyhow::Result<i64> {
+    // Read here rather than with `catalog::read_record`: the catalog calls this module.
     let key = store.bucket_key(tenant, bucket);
     let Some(tagged) = store.upstream.read_tagged(&key).await? else { return Ok(record.created_ms) };
     Ok(BucketMarker::open(&tagged.bytes).with_context(|| format!("upstream record {key}"))?.created_ms)
@@ -117,7 +134,6 @@ pub async fn forget(store: &Store, tenant: &str, bucket: &str, created_ms: i64) 
     if stored.created_ms <= created_ms {
         store.upstream.delete_if(&key, &tagged.tag).await?;
     }
-    store.kept_settings.drop_bucket(tenant, bucket);
     Ok(())
 }
 

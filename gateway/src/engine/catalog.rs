@@ -180,6 +180,7 @@ pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
     let owned = store.locks.own_bucket(tenant, bucket).await;
     let uploads = list_uploads(store, tenant, bucket).await?;
     let deletion = store.index.delete_bucket(tenant, bucket, now_ms())?;
+    store.kept_settings.drop_bucket(tenant, bucket);
     // Commits that come after find the bucket gone in the index: no need to hold them off
     // while the upstream answers.
     drop(owned);

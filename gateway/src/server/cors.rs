@@ -1,8 +1,11 @@
 //! CORS as S3 applies a bucket's rules (kept by PutBucketCors, `engine::bucket_settings`):
 //! preflight `OPTIONS` requests are answered here, before s3s (which has no such operation),
 //! and any other request carrying an `Origin` gets the `Access-Control-*` headers of the first
-//! rule that allows its origin and method. A preflight is unsigned, so it names no tenant: the
-//! bucket is the one tenant's that has a bucket of that name (none when several do).
+//! rule that allows its origin and method. Bucket names are per tenant: a request whose key
+//! names a tenant (signed, presigned, or a presigned URL's preflight) takes that tenant's
+//! bucket; an anonymous one (most preflights, browser POST forms) takes the rules of every
+//! tenant holding a bucket of that name, the first allowing one answering. A preflight only
+//! lets the browser send the request, which is then authenticated.
 //!
 //! Rules are read through `bucket_settings::read_kept`: a change through another gateway of a
 //! shared upstream applies within `bucket_settings::KEPT_FOR`.
@@ -13,7 +16,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use s3s::host::S3Host;
 use s3s::{S3Error, S3ErrorCode};
-use tensorgate_index::CorsRule;
+use tensorgate_index::{BucketSettings, CorsRule};
 
 use crate::engine::{bucket_settings, Store};
 use crate::s3::domains::Domains;
@@ -28,33 +31,43 @@ pub struct Cors {
 struct Allowed<'a> {
     rule: &'a CorsRule,
     origin: &'a str,
-    requested_headers: Option<&'a str>,
+    requested_headers: Vec<String>,
+}
+
+/// What CORS needs of a request carrying an `Origin`, kept before s3s takes the request.
+pub struct OriginRequest {
+    origin: HeaderValue,
+    method: Method,
+    bucket: Option<String>,
 }
 
 impl Cors {
-    pub fn new(store: Arc<Store>, domains: &[String]) -> Cors {
-        Cors { store, domains: Domains::new(domains) }
+    pub fn new(store: Arc<Store>) -> Cors {
+        let domains = Domains::new(&store.config.domains);
+        Cors { store, domains }
     }
 
-    /// The answer to a preflight request (S3's `OPTIONS object`).
-    pub async fn preflight<B>(&self, request: &hyper::Request<B>, tenants: &[String]) -> Result<s3s::HttpResponse, S3Error> {
+    /// The answer to a preflight request (S3's `OPTIONS object`), for the tenant its key names
+    /// (empty: none).
+    pub async fn preflight<B>(&self, request: &hyper::Request<B>, tenant: &str, tenants: &[String]) -> Result<s3s::HttpResponse, S3Error> {
         let headers = request.headers();
-        let (Some(origin), Some(method)) = (text(headers, "origin"), text(headers, "access-control-request-method")) else {
-            let mut error = S3Error::with_message(S3ErrorCode::Custom("BadRequest".into()), "Insufficient information. Origin request header needed.");
-            error.set_status_code(StatusCode::BAD_REQUEST);
-            return Err(error);
+        let Some(origin) = text(headers, "origin") else {
+            return Err(bad_request("Insufficient information. Origin request header needed.".to_owned()));
         };
         let bucket = self.bucket(request).unwrap_or_default();
-        let owners: Vec<_> = tenants.iter().filter(|tenant| self.store.index.bucket(tenant, &bucket).ok().flatten().is_some()).collect();
-        let [tenant] = owners.as_slice() else {
+        let settings = self.settings_of(tenant, tenants, &bucket).await?;
+        if settings.is_empty() {
             return Err(forbidden("CORSResponse: Bucket not found"));
-        };
-        let rules = self.rules(tenant, &bucket).await.map_err(crate::s3::errors::to_s3)?;
-        if rules.is_empty() {
+        }
+        if settings.iter().all(|settings| settings.cors.is_empty()) {
             return Err(forbidden("CORSResponse: CORS is not enabled for this bucket."));
         }
+        let method = text(headers, "access-control-request-method").unwrap_or_default();
+        if !["GET", "PUT", "HEAD", "POST", "DELETE"].contains(&method) {
+            return Err(bad_request(format!("Invalid Access-Control-Request-Method: {method}")));
+        }
         let requested_headers = text(headers, "access-control-request-headers");
-        let Some(allowed) = first_allowing(&rules, origin, method, requested_headers) else {
+        let Some(allowed) = settings.iter().find_map(|settings| first_allowing(&settings.cors, origin, method, requested_headers)) else {
             return Err(forbidden("CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec."));
         };
         let mut response = s3s::HttpResponse::new(s3s::Body::empty());
@@ -63,26 +76,29 @@ impl Cors {
         Ok(response)
     }
 
-    /// Adds the `Access-Control-*` headers to the answer to a tenant's request that carries an
-    /// `Origin`, when a rule of its bucket allows it. A failure to read the rules leaves the
-    /// answer as it is (logged): the browser then refuses it, as without a rule.
-    pub async fn decorate(&self, tenant: &str, method: &Method, request_headers: &HeaderMap, bucket: Option<String>, response: &mut s3s::HttpResponse) {
-        let (Some(origin), Some(bucket)) = (text(request_headers, "origin"), bucket) else { return };
-        if tenant.is_empty() {
-            return;
-        }
-        match self.rules(tenant, &bucket).await {
-            Ok(rules) => {
-                if let Some(allowed) = first_allowing(&rules, origin, method.as_str(), None) {
+    /// What CORS will need of `request`, if it carries an `Origin`.
+    pub fn origin_of<B>(&self, request: &hyper::Request<B>) -> Option<OriginRequest> {
+        let origin = request.headers().get(hyper::header::ORIGIN)?.clone();
+        Some(OriginRequest { origin, method: request.method().clone(), bucket: self.bucket(request) })
+    }
+
+    /// Adds the `Access-Control-*` headers to the answer to a request that carried an `Origin`,
+    /// when a rule of its bucket allows it. A failure to read the rules leaves the answer as it
+    /// is (logged): the browser then refuses it, as without a rule.
+    pub async fn decorate(&self, asked: OriginRequest, tenant: &str, tenants: &[String], response: &mut s3s::HttpResponse) {
+        let (Ok(origin), Some(bucket)) = (asked.origin.to_str(), asked.bucket) else { return };
+        match self.settings_of(tenant, tenants, &bucket).await {
+            Ok(settings) => {
+                if let Some(allowed) = settings.iter().find_map(|settings| first_allowing(&settings.cors, origin, asked.method.as_str(), None)) {
                     allowed.answer(response.headers_mut());
                 }
             }
-            Err(error) => tracing::warn!(tenant, bucket, error = format!("{error:#}"), "reading the bucket's CORS rules failed"),
+            Err(error) => tracing::warn!(tenant, bucket, error = error.message().unwrap_or_default(), "reading the bucket's CORS rules failed"),
         }
     }
 
     /// The bucket a request names: the host's (virtual-host style) or the path's first segment.
-    pub fn bucket<B>(&self, request: &hyper::Request<B>) -> Option<String> {
+    fn bucket<B>(&self, request: &hyper::Request<B>) -> Option<String> {
         let host = request.headers().get(hyper::header::HOST).and_then(|value| value.to_str().ok());
         if let Some(bucket) = host.and_then(|host| self.domains.parse_host_header(host).ok()).and_then(|host| host.bucket().map(str::to_owned)) {
             return Some(bucket);
@@ -91,32 +107,47 @@ impl Cors {
         (!segment.is_empty()).then(|| segment.to_owned())
     }
 
-    /// The bucket's rules (none for a bucket the index does not hold).
-    async fn rules(&self, tenant: &str, bucket: &str) -> anyhow::Result<Vec<CorsRule>> {
-        Ok(bucket_settings::read_kept(&self.store, tenant, bucket).await?.map(|settings| settings.cors.clone()).unwrap_or_default())
+    /// The settings of bucket `bucket`: `tenant`'s when a key named one, else those of every
+    /// tenant holding a bucket of that name; none for a bucket no such tenant holds.
+    async fn settings_of(&self, tenant: &str, tenants: &[String], bucket: &str) -> Result<Vec<Arc<BucketSettings>>, S3Error> {
+        let owners: Vec<&str> = if tenant.is_empty() { tenants.iter().map(String::as_str).collect() } else { vec![tenant] };
+        let mut settings = Vec::new();
+        for owner in owners {
+            if let Some(kept) = bucket_settings::read_kept(&self.store, owner, bucket).await.map_err(crate::s3::errors::to_s3)? {
+                settings.push(kept);
+            }
+        }
+        Ok(settings)
     }
 }
 
 /// The first rule allowing `origin`, `method` and every header of `requested_headers` (a
 /// comma-separated list), as S3 picks it.
-fn first_allowing<'a>(rules: &'a [CorsRule], origin: &'a str, method: &str, requested_headers: Option<&'a str>) -> Option<Allowed<'a>> {
-    let requested = || requested_headers.into_iter().flat_map(|list| list.split(',')).map(str::trim).filter(|name| !name.is_empty());
-    rules
-        .iter()
-        .find(|rule| {
-            rule.allowed_origins.iter().any(|allowed| matches_wildcard(allowed, origin, false))
-                && rule.allowed_methods.iter().any(|allowed| allowed == method)
-                && requested().all(|name| rule.allowed_headers.iter().any(|allowed| matches_wildcard(allowed, name, true)))
-        })
-        .map(|rule| Allowed { rule, origin, requested_headers })
+fn first_allowing<'a>(rules: &'a [CorsRule], origin: &'a str, method: &str, requested_headers: Option<&str>) -> Option<Allowed<'a>> {
+    let requested: Vec<String> = requested_headers
+        .into_iter()
+        .flat_map(|list| list.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let rule = rules.iter().find(|rule| {
+        rule.allowed_origins.iter().any(|allowed| matches_wildcard(allowed, origin, false))
+            && rule.allowed_methods.iter().any(|allowed| allowed == method)
+            && requested.iter().all(|name| rule.allowed_headers.iter().any(|allowed| matches_wildcard(allowed, name, true)))
+    })?;
+    Some(Allowed { rule, origin, requested_headers: requested })
 }
 
 /// Whether `value` matches `pattern`, which may hold one `*` standing for any run of characters.
 fn matches_wildcard(pattern: &str, value: &str, ignore_case: bool) -> bool {
-    let (pattern, value) = if ignore_case { (pattern.to_ascii_lowercase(), value.to_ascii_lowercase()) } else { (pattern.to_owned(), value.to_owned()) };
+    let same = |a: &str, b: &str| if ignore_case { a.eq_ignore_ascii_case(b) } else { a == b };
     match pattern.split_once('*') {
-        None => pattern == value,
-        Some((head, tail)) => value.len() >= head.len() + tail.len() && value.starts_with(head) && value.ends_with(tail),
+        None => same(pattern, value),
+        Some((head, tail)) => {
+            value.len() >= head.len() + tail.len()
+                && value.get(..head.len()).is_some_and(|start| same(start, head))
+                && value.get(value.len() - tail.len()..).is_some_and(|end| same(end, tail))
+        }
     }
 }
 
@@ -134,8 +165,8 @@ impl Allowed<'_> {
         if !any_origin {
             set("access-control-allow-credentials", "true");
         }
-        if let Some(requested) = self.requested_headers {
-            set("access-control-allow-headers", requested);
+        if !self.requested_headers.is_empty() {
+            set("access-control-allow-headers", &self.requested_headers.join(", "));
         }
         if !self.rule.expose_headers.is_empty() {
             set("access-control-expose-headers", &self.rule.expose_headers.join(", "));
@@ -149,6 +180,12 @@ impl Allowed<'_> {
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+fn bad_request(message: String) -> S3Error {
+    let mut error = S3Error::with_message(S3ErrorCode::Custom("BadRequest".into()), message);
+    error.set_status_code(StatusCode::BAD_REQUEST);
+    error
 }
 
 fn forbidden(message: &'static str) -> S3Error {
@@ -199,6 +236,8 @@ mod tests {
         assert_eq!(get("access-control-allow-origin"), "https://hub.example");
         assert_eq!(get("access-control-allow-methods"), "GET, PUT");
         assert_eq!(get("access-control-allow-headers"), "content-type");
+        let listed = first_allowing(&rules, "https://hub.example", "GET", Some("Range , X-Amz-Date,")).unwrap();
+        assert_eq!(listed.requested_headers, ["range", "x-amz-date"], "requested headers are answered in lower case");
         assert_eq!(get("access-control-expose-headers"), "ETag");
         assert_eq!(get("access-control-max-age"), "600");
         assert_eq!(get("access-control-allow-credentials"), "true");

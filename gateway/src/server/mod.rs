@@ -111,7 +111,7 @@ fn measured_service(
 > + Clone
        + Send
        + 'static {
-    let cors = Arc::new(cors::Cors::new(store.clone(), &store.config.domains));
+    let cors = Arc::new(cors::Cors::new(store.clone()));
     hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let service = service.clone();
         let store = store.clone();
@@ -125,13 +125,12 @@ fn measured_service(
             let tenant = admission::signing_key(&request).and_then(|key| keys.current().tenant(&key).map(str::to_owned)).unwrap_or_default();
             let served = async {
                 match store.admission.slot(&tenant) {
-                    Some(_slot) if request.method() == hyper::Method::OPTIONS => match cors.preflight(&request, &keys.current().tenants()).await {
+                    Some(_slot) if request.method() == hyper::Method::OPTIONS => match cors.preflight(&request, &tenant, &keys.current().tenants()).await {
                         Ok(answer) => Ok(answer),
                         Err(error) => errors::with_request_id(error).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error))),
                     },
                     Some(_slot) => {
-                        // What CORS needs of a request with an Origin, kept before s3s takes it.
-                        let origin = request.headers().contains_key(hyper::header::ORIGIN).then(|| (request.method().clone(), request.headers().clone(), cors.bucket(&request)));
+                        let origin = cors.origin_of(&request);
                         let idle = Duration::from_secs(store.config.body_idle_timeout_secs);
                         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
                         let request = request.map(|body| s3s::Body::http_body(admission::IdleBody::new(body, idle, stalled.clone())));
@@ -140,8 +139,8 @@ fn measured_service(
                             store.metrics.body_idle_timeouts.inc();
                             answer = errors::to_s3(crate::engine::ingest::BodyError::Idle(idle.as_secs()).into()).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)));
                         }
-                        if let (Some((method, headers, bucket)), Ok(response)) = (origin, &mut answer) {
-                            cors.decorate(&tenant, &method, &headers, bucket, response).await;
+                        if let (Some(origin), Ok(response)) = (origin, &mut answer) {
+                            cors.decorate(origin, &tenant, &keys.current().tenants(), response).await;
                         }
                         answer
                     }
