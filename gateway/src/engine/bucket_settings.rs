@@ -24,40 +24,47 @@ pub const KEPT_FOR: Duration = Duration::from_secs(5);
 /// A tenant and one of its buckets.
 type BucketName = (String, String);
 
+/// Settings read lately (see [`Kept`]).
+#[derive(Default)]
+pub struct KeptSettings(Mutex<Kept>);
+
 /// Settings read lately, by bucket, with when each was read, and how many times settings were
 /// dropped (a read that began before a drop is not kept).
 #[derive(Default)]
-pub struct KeptSettings(Mutex<(HashMap<BucketName, (Instant, Arc<BucketSettings>)>, u64)>);
+struct Kept {
+    read: HashMap<BucketName, (Instant, Arc<BucketSettings>)>,
+    drops: u64,
+}
 
 impl KeptSettings {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<BucketName, (Instant, Arc<BucketSettings>)>, u64)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The settings kept for `name`, or the drop count to give [`KeptSettings::put`].
     fn get(&self, name: &BucketName) -> Result<Arc<BucketSettings>, u64> {
         let kept = self.lock();
-        kept.0.get(name).filter(|(read, _)| read.elapsed() < KEPT_FOR).map(|(_, settings)| settings.clone()).ok_or(kept.1)
+        kept.read.get(name).filter(|(read, _)| read.elapsed() < KEPT_FOR).map(|(_, settings)| settings.clone()).ok_or(kept.drops)
     }
 
     /// Keeps settings read after [`KeptSettings::get`] gave `drops`, unless some were dropped since.
     fn put(&self, name: BucketName, settings: Arc<BucketSettings>, drops: u64) {
         let mut kept = self.lock();
-        if kept.1 != drops {
+        if kept.drops != drops {
             return;
         }
         // Settings read over KEPT_FOR ago go, so the map holds only buckets asked for lately.
-        if kept.0.len() >= 64 {
-            kept.0.retain(|_, (read, _)| read.elapsed() < KEPT_FOR);
+        if kept.read.len() >= 64 {
+            kept.read.retain(|_, (read, _)| read.elapsed() < KEPT_FOR);
         }
-        kept.0.insert(name, (Instant::now(), settings));
+        kept.read.insert(name, (Instant::now(), settings));
     }
 
     /// Forgets a bucket's settings: they changed, or the bucket is gone.
     pub fn drop_bucket(&self, tenant: &str, bucket: &str) {
         let mut kept = self.lock();
-        kept.0.remove(&(tenant.to_owned(), bucket.to_owned()));
-        kept.1 += 1;
+        kept.read.remove(&(tenant.to_owned(), bucket.to_owned()));
+        kept.drops += 1;
     }
 }
 
