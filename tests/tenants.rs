@@ -38,6 +38,17 @@ fn tenants_cannot_see_or_touch_each_other() {
     assert!(String::from_utf8_lossy(&over.stderr).contains("TooManyBuckets"), "{}", String::from_utf8_lossy(&over.stderr));
 }
 
+/// Two tenants' buckets of one name, each with its own CORS rules (tests/clients/cors_tenants.py):
+/// a presigned URL's preflight and a signed request take their tenant's rules, an anonymous
+/// preflight any holder's.
+#[test]
+fn cors_rules_are_each_tenants_own() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, two_tenants);
+    let keys = ["tenant-a", "secret-a", "tenant-b", "secret-b"].map(std::ffi::OsStr::new);
+    let said = gateway.python_client("cors_tenants.py", &keys);
+    assert!(said.contains("all checks passed"), "{said}");
+}
+
 /// Within a tenant every key reaches the same buckets; across tenants identical models are
 /// stored once only when dedup is shared, by all or by a named group.
 #[test]
