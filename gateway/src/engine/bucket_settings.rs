@@ -53,7 +53,7 @@ impl KeptSettings {
         if kept.drops != drops {
             return;
         }
-        // Settings read over KEPT_FOR ago go, so the map holds only buckets asked for lately.
+        // Once 64 buckets are kept, those read over KEPT_FOR ago go: the map stays small.
         if kept.read.len() >= 64 {
             kept.read.retain(|_, (read, _)| read.elapsed() < KEPT_FOR);
         }
