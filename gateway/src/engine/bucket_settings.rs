@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tensorgate_index::{BucketMarker, BucketRecord, BucketSettings, Envelope};
 
 use crate::engine::shared::KeptChanging;
-use crate::engine::Store;
+use crate::engine::{read_record, read_tagged_record, Store};
 use crate::upstream::Condition;
 
 /// How long [`read_kept`] keeps a bucket's settings: a change through another gateway of a
@@ -91,10 +91,8 @@ const ATTEMPTS: usize = 8;
 /// have created the bucket again since this index learnt of it), or the index's for a bucket
 /// only implied by its manifests.
 pub async fn bucket_created_ms(store: &Store, tenant: &str, bucket: &str, record: &BucketRecord) -> anyhow::Result<i64> {
-    // Read here rather than with `catalog::read_record`: the catalog calls this module.
-    let key = store.bucket_key(tenant, bucket);
-    let Some(tagged) = store.upstream.read_tagged(&key).await? else { return Ok(record.created_ms) };
-    Ok(BucketMarker::open(&tagged.bytes).with_context(|| format!("upstream record {key}"))?.created_ms)
+    let marker = read_record::<BucketMarker>(store, &store.bucket_key(tenant, bucket)).await?;
+    Ok(marker.map_or(record.created_ms, |marker| marker.created_ms))
 }
 
 /// The settings of bucket `bucket` of `tenant` created at `created_ms`.
@@ -135,19 +133,14 @@ pub async fn change(store: &Store, tenant: &str, bucket: &str, created_ms: i64, 
 /// Removes the settings of the bucket created at `created_ms`, once deleted; a record a newer
 /// bucket of the name wrote meanwhile stays.
 pub async fn forget(store: &Store, tenant: &str, bucket: &str, created_ms: i64) -> anyhow::Result<()> {
-    let key = store.bucket_settings_key(tenant, bucket);
-    let Some(tagged) = store.upstream.read_tagged(&key).await? else { return Ok(()) };
-    let stored = BucketSettings::open(&tagged.bytes).with_context(|| format!("upstream record {key}"))?;
+    let Some((stored, tag)) = read_stored(store, tenant, bucket).await? else { return Ok(()) };
     if stored.created_ms <= created_ms {
-        store.upstream.delete_if(&key, &tagged.tag).await?;
+        store.upstream.delete_if(&store.bucket_settings_key(tenant, bucket), &tag).await?;
     }
     Ok(())
 }
 
 /// The record upstream, whichever bucket of the name it belongs to, with its tag.
 async fn read_stored(store: &Store, tenant: &str, bucket: &str) -> anyhow::Result<Option<(BucketSettings, String)>> {
-    let key = store.bucket_settings_key(tenant, bucket);
-    let Some(tagged) = store.upstream.read_tagged(&key).await? else { return Ok(None) };
-    let settings = BucketSettings::open(&tagged.bytes).with_context(|| format!("upstream record {key}"))?;
-    Ok(Some((settings, tagged.tag)))
+    read_tagged_record(store, &store.bucket_settings_key(tenant, bucket)).await
 }

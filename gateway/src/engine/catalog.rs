@@ -4,7 +4,6 @@
 //! can therefore be rebuilt from the upstream alone, and a gateway sharing the upstream with
 //! others reads the manifests they wrote.
 
-use anyhow::Context;
 use bytes::Bytes;
 use tensorgate_index::{
     part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
@@ -12,7 +11,7 @@ use tensorgate_index::{
     Refusal, UPLOADS,
 };
 
-use crate::engine::Store;
+use crate::engine::{read_record, Store};
 use crate::engine::shared;
 use crate::ids::now_ms;
 use crate::upstream::{self, Condition};
@@ -198,12 +197,6 @@ pub async fn delete_bucket(store: &Store, tenant: &str, bucket: &str) -> anyhow:
         }
     }
     Ok(deletion)
-}
-
-/// Reads a record (manifest or marker) from the upstream; `None` when there is none at `key`.
-pub async fn read_record<T: Envelope>(store: &Store, key: &str) -> anyhow::Result<Option<T>> {
-    let Some(tagged) = store.upstream.read_tagged(key).await? else { return Ok(None) };
-    Ok(Some(T::open(&tagged.bytes).with_context(|| format!("upstream record {key}"))?))
 }
 
 /// Brings in from the upstream a bucket another gateway created; false if there is none.

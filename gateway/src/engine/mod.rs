@@ -182,3 +182,16 @@ impl GcMemory {
         referrers.map(|(record, _)| record.clone()).collect()
     }
 }
+
+/// Reads a record (manifest, marker, settings) from the upstream; `None` when there is none at
+/// `key`.
+pub async fn read_record<T: tensorgate_index::Envelope>(store: &Store, key: &str) -> anyhow::Result<Option<T>> {
+    Ok(read_tagged_record(store, key).await?.map(|(record, _)| record))
+}
+
+/// [`read_record`] with the tag of what was read, for a conditional write over it.
+pub async fn read_tagged_record<T: tensorgate_index::Envelope>(store: &Store, key: &str) -> anyhow::Result<Option<(T, String)>> {
+    let Some(tagged) = store.upstream.read_tagged(key).await? else { return Ok(None) };
+    let record = anyhow::Context::with_context(T::open(&tagged.bytes), || format!("upstream record {key}"))?;
+    Ok(Some((record, tagged.tag)))
+}

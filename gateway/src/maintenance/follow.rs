@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use tensorgate_index::{moves_key, pack_id, rebased_key, ChunkHash, ChunkRecord, IndexError, PackMoves, PackRebased, Rebased, MOVED, PACKS, REBASED};
 
 use crate::engine::ingest::MAX_WRITE_DEPTH;
-use crate::engine::{catalog, Store};
+use crate::engine::{read_record, Store};
 use crate::ids::now_ms;
 
 /// How many records one chunk follows at most in one sync.
@@ -194,13 +194,13 @@ impl Follower<'_> {
 pub(crate) async fn read_forwarding(store: &Store, pack: &str) -> anyhow::Result<Forwarding> {
     let mut forwarding = Forwarding::new();
     let (Some(moved), Some(rebased)) = (moves_key(pack), rebased_key(pack)) else { return Ok(forwarding) };
-    if let Some(moves) = catalog::read_record::<PackMoves>(store, &moved).await? {
+    if let Some(moves) = read_record::<PackMoves>(store, &moved).await? {
         anyhow::ensure!(moves.from == pack, "the moves record of {pack} names {}", moves.from);
         for step in moves.moves {
             forwarding.insert((step.from_offset, step.hash), (moves.to.clone(), moves.to_total, step.to_offset, None));
         }
     }
-    if let Some(record) = catalog::read_record::<PackRebased>(store, &rebased).await? {
+    if let Some(record) = read_record::<PackRebased>(store, &rebased).await? {
         anyhow::ensure!(record.from == pack, "the re-basing record of {pack} names {}", record.from);
         for frame in record.frames {
             forwarding.insert((frame.from_offset, frame.hash), (frame.to, frame.to_total, frame.to_offset, Some((frame.frame_len, frame.base))));

@@ -10,7 +10,7 @@ use tensorgate_index::{pack_id, upload_key, upload_of_part, vetoed_pack, BLOBS, 
 
 use crate::engine::catalog;
 use crate::engine::journal;
-use crate::engine::{GcMemory, Store};
+use crate::engine::{read_record, GcMemory, Store};
 use crate::ids::now_ms;
 use crate::maintenance::{compact, rebase, rewrite};
 use crate::maintenance::condemned::{self, Verdict};
@@ -221,8 +221,8 @@ impl Referrer {
     /// The upstream keys the record at `key` references; `None` if it is gone since listed.
     async fn references(self, store: &Store, key: &str) -> anyhow::Result<Option<Vec<String>>> {
         Ok(match self {
-            Referrer::Manifest => catalog::read_record::<Manifest>(store, key).await?.map(|manifest| manifest_references(&manifest)),
-            Referrer::PartMarker => catalog::read_record::<PartMarker>(store, key).await?.map(|marker| vec![marker.part.blob]),
+            Referrer::Manifest => read_record::<Manifest>(store, key).await?.map(|manifest| manifest_references(&manifest)),
+            Referrer::PartMarker => read_record::<PartMarker>(store, key).await?.map(|marker| vec![marker.part.blob]),
         })
     }
 }

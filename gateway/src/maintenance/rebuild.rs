@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use tensorgate_index::{BucketMarker, ChunkHash, ChunkLocation, IndexError, Manifest, ObjectKey, PackJob, Segment, BUCKETS, MANIFESTS};
 
 use crate::engine::Store;
-use crate::engine::catalog::{read_record, same_locations};
+use crate::engine::catalog::same_locations;
+use crate::engine::read_record;
 use crate::ids::now_ms;
 
 /// What `index rebuild` found upstream.

@@ -12,7 +12,8 @@ use std::time::Duration;
 use tensorgate_index::{upload_key, BucketDeletion, BucketMarker, IndexError, Manifest, ObjectKey, BUCKETS, MANIFESTS, UPLOADS};
 
 use crate::engine::Store;
-use crate::engine::catalog::{read_record, refresh};
+use crate::engine::catalog::refresh;
+use crate::engine::read_record;
 use crate::engine::journal;
 use crate::engine::shared;
 use crate::ids::now_ms;

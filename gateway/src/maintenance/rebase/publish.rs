@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use tensorgate_index::{rebased_key, ChunkHash, Envelope, PackRebased, Rebased, RebasedFrame};
 
-use crate::engine::{catalog, Store};
+use crate::engine::{read_record, Store};
 use crate::maintenance::rewrite::{locate_chains, rewrite_manifests};
 use crate::upstream;
 
@@ -64,7 +64,7 @@ pub(super) async fn publish(store: &Store, records: &[PackRebased]) -> anyhow::R
     for record in records {
         let key = rebased_key(&record.from).ok_or_else(|| anyhow::anyhow!("{} is not a pack key", record.from))?;
         // A pack whose compaction failed may give frames to a second switch: its record keeps both.
-        let mut merged = catalog::read_record::<PackRebased>(store, &key).await?.unwrap_or(PackRebased { from: record.from.clone(), frames: Vec::new() });
+        let mut merged = read_record::<PackRebased>(store, &key).await?.unwrap_or(PackRebased { from: record.from.clone(), frames: Vec::new() });
         merged.frames.extend(record.frames.iter().cloned());
         upstream::put(&*store.upstream, &key, Bytes::from(merged.seal()?)).await?;
     }
