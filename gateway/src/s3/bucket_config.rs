@@ -165,6 +165,9 @@ pub fn cors(settings: &BucketSettings) -> S3Result<GetBucketCorsOutput> {
     Ok(GetBucketCorsOutput { cors_rules: Some(rules) })
 }
 
+/// The methods a CORS rule may allow, and a preflight ask for.
+pub const CORS_METHODS: [&str; 5] = ["GET", "PUT", "HEAD", "POST", "DELETE"];
+
 /// S3's limits on a CORS configuration: its rules, its size, a rule's id.
 const MAX_CORS_RULES: usize = 100;
 const MAX_CORS_BYTES: usize = 64 << 10;
@@ -175,7 +178,6 @@ const MAX_CORS_ID_LEN: usize = 255;
 /// 255 characters, an origin or allowed header with more than one wildcard, an exposed header
 /// with one.
 pub fn cors_rules(configuration: &CORSConfiguration) -> S3Result<Vec<CorsRule>> {
-    const METHODS: [&str; 5] = ["GET", "PUT", "HEAD", "POST", "DELETE"];
     let rules = &configuration.cors_rules;
     if rules.is_empty() || rules.len() > MAX_CORS_RULES {
         return Err(s3_error!(MalformedXML));
@@ -186,7 +188,7 @@ pub fn cors_rules(configuration: &CORSConfiguration) -> S3Result<Vec<CorsRule>> 
         if rule.allowed_methods.is_empty() || rule.allowed_origins.is_empty() {
             return Err(s3_error!(MalformedXML));
         }
-        if let Some(method) = rule.allowed_methods.iter().find(|method| !METHODS.contains(&method.as_str())) {
+        if let Some(method) = rule.allowed_methods.iter().find(|method| !CORS_METHODS.contains(&method.as_str())) {
             return Err(s3_error!(InvalidRequest, "Found unsupported HTTP method in CORS config. Unsupported method is {method}"));
         }
         if rule.id.as_ref().is_some_and(|id| id.chars().count() > MAX_CORS_ID_LEN) {

@@ -19,11 +19,15 @@ use s3s::{S3Error, S3ErrorCode};
 use tensorgate_index::{BucketSettings, CorsRule};
 
 use crate::engine::{bucket_settings, Store};
+use crate::s3::auth::Keys;
+use crate::s3::bucket_config::CORS_METHODS;
 use crate::s3::domains::Domains;
 
-/// The store whose buckets' rules apply, and the domains naming buckets by host.
+/// The store whose buckets' rules apply, the tenants' keys, and the domains naming buckets by
+/// host.
 pub struct Cors {
     store: Arc<Store>,
+    keys: Arc<Keys>,
     domains: Domains,
 }
 
@@ -42,20 +46,20 @@ pub struct OriginRequest {
 }
 
 impl Cors {
-    pub fn new(store: Arc<Store>) -> Cors {
+    pub fn new(store: Arc<Store>, keys: Arc<Keys>) -> Cors {
         let domains = Domains::new(&store.config.domains);
-        Cors { store, domains }
+        Cors { store, keys, domains }
     }
 
     /// The answer to a preflight request (S3's `OPTIONS object`), for the tenant its key names
     /// (empty: none).
-    pub async fn preflight<B>(&self, request: &hyper::Request<B>, tenant: &str, tenants: &[String]) -> Result<s3s::HttpResponse, S3Error> {
+    pub async fn preflight<B>(&self, request: &hyper::Request<B>, tenant: &str) -> Result<s3s::HttpResponse, S3Error> {
         let headers = request.headers();
         let Some(origin) = text(headers, "origin") else {
             return Err(bad_request("Insufficient information. Origin request header needed.".to_owned()));
         };
         let bucket = self.bucket(request).unwrap_or_default();
-        let settings = self.settings_of(tenant, tenants, &bucket).await?;
+        let settings = self.settings_of(tenant, &bucket).await?;
         if settings.is_empty() {
             return Err(forbidden("CORSResponse: Bucket not found"));
         }
@@ -63,7 +67,7 @@ impl Cors {
             return Err(forbidden("CORSResponse: CORS is not enabled for this bucket."));
         }
         let method = text(headers, "access-control-request-method").unwrap_or_default();
-        if !["GET", "PUT", "HEAD", "POST", "DELETE"].contains(&method) {
+        if !CORS_METHODS.contains(&method) {
             return Err(bad_request(format!("Invalid Access-Control-Request-Method: {method}")));
         }
         let requested_headers = text(headers, "access-control-request-headers");
@@ -85,9 +89,9 @@ impl Cors {
     /// Adds the `Access-Control-*` headers to the answer to a request that carried an `Origin`,
     /// when a rule of its bucket allows it. A failure to read the rules leaves the answer as it
     /// is (logged): the browser then refuses it, as without a rule.
-    pub async fn decorate(&self, asked: OriginRequest, tenant: &str, tenants: &[String], response: &mut s3s::HttpResponse) {
+    pub async fn decorate(&self, asked: OriginRequest, tenant: &str, response: &mut s3s::HttpResponse) {
         let (Ok(origin), Some(bucket)) = (asked.origin.to_str(), asked.bucket) else { return };
-        match self.settings_of(tenant, tenants, &bucket).await {
+        match self.settings_of(tenant, &bucket).await {
             Ok(settings) => {
                 if let Some(allowed) = settings.iter().find_map(|settings| first_allowing(&settings.cors, origin, asked.method.as_str(), None)) {
                     allowed.answer(response.headers_mut());
@@ -109,11 +113,12 @@ impl Cors {
 
     /// The settings of bucket `bucket`: `tenant`'s when a key named one, else those of every
     /// tenant holding a bucket of that name; none for a bucket no such tenant holds.
-    async fn settings_of(&self, tenant: &str, tenants: &[String], bucket: &str) -> Result<Vec<Arc<BucketSettings>>, S3Error> {
-        let owners: Vec<&str> = if tenant.is_empty() { tenants.iter().map(String::as_str).collect() } else { vec![tenant] };
+    async fn settings_of(&self, tenant: &str, bucket: &str) -> Result<Vec<Arc<BucketSettings>>, S3Error> {
+        // The key ring's tenants are listed only for an anonymous request.
+        let owners = if tenant.is_empty() { self.keys.current().tenants() } else { vec![tenant.to_owned()] };
         let mut settings = Vec::new();
         for owner in owners {
-            if let Some(kept) = bucket_settings::read_kept(&self.store, owner, bucket).await.map_err(crate::s3::errors::to_s3)? {
+            if let Some(kept) = bucket_settings::read_kept(&self.store, &owner, bucket).await.map_err(crate::s3::errors::to_s3)? {
                 settings.push(kept);
             }
         }

@@ -111,7 +111,7 @@ fn measured_service(
 > + Clone
        + Send
        + 'static {
-    let cors = Arc::new(cors::Cors::new(store.clone()));
+    let cors = Arc::new(cors::Cors::new(store.clone(), keys.clone()));
     hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let service = service.clone();
         let store = store.clone();
@@ -125,7 +125,7 @@ fn measured_service(
             let tenant = admission::signing_key(&request).and_then(|key| keys.current().tenant(&key).map(str::to_owned)).unwrap_or_default();
             let served = async {
                 match store.admission.slot(&tenant) {
-                    Some(_slot) if request.method() == hyper::Method::OPTIONS => match cors.preflight(&request, &tenant, &keys.current().tenants()).await {
+                    Some(_slot) if request.method() == hyper::Method::OPTIONS => match cors.preflight(&request, &tenant).await {
                         Ok(answer) => Ok(answer),
                         Err(error) => errors::with_request_id(error).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error))),
                     },
@@ -140,7 +140,7 @@ fn measured_service(
                             answer = errors::to_s3(crate::engine::ingest::BodyError::Idle(idle.as_secs()).into()).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)));
                         }
                         if let (Some(origin), Ok(response)) = (origin, &mut answer) {
-                            cors.decorate(origin, &tenant, &keys.current().tenants(), response).await;
+                            cors.decorate(origin, &tenant, response).await;
                         }
                         answer
                     }
