@@ -11,8 +11,10 @@ use s3s::dto::{
     ObjectOwnership, Owner, OwnershipControls, OwnershipControlsRule, Permission, PublicAccessBlockConfiguration, Type,
     VersioningConfiguration,
 };
-use s3s::{s3_error, S3Error, S3ErrorCode, S3Result};
+use s3s::{s3_error, S3Error, S3Result};
 use tensorgate_index::{BucketSettings, CorsRule, PublicAccessBlock, BUCKET_OWNER_ENFORCED};
+
+use crate::s3::errors::custom_error;
 
 /// The owner of a tenant's buckets and objects: a 64-hex-digit canonical id, as S3's.
 pub fn owner(tenant: &str) -> Owner {
@@ -90,12 +92,11 @@ pub fn suspends_versioning(configuration: &VersioningConfiguration) -> S3Result<
 
 pub fn public_access_block(settings: &BucketSettings) -> S3Result<GetPublicAccessBlockOutput> {
     let Some(block) = settings.public_access_block else {
-        let mut error = S3Error::with_message(
-            S3ErrorCode::Custom("NoSuchPublicAccessBlockConfiguration".into()),
+        return Err(custom_error(
+            "NoSuchPublicAccessBlockConfiguration",
+            hyper::StatusCode::NOT_FOUND,
             "The public access block configuration was not found",
-        );
-        error.set_status_code(hyper::StatusCode::NOT_FOUND);
-        return Err(error);
+        ));
     };
     let configuration = PublicAccessBlockConfiguration {
         block_public_acls: Some(block.block_public_acls),

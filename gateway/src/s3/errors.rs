@@ -103,6 +103,13 @@ fn aws_message(code: &S3ErrorCode) -> Option<&'static str> {
     })
 }
 
+/// An error whose code s3s 0.14.1 does not know, with the status AWS answers it with.
+pub fn custom_error(code: &'static str, status: hyper::StatusCode, message: impl Into<std::borrow::Cow<'static, str>>) -> S3Error {
+    let mut error = S3Error::with_message(S3ErrorCode::Custom(code.into()), message);
+    error.set_status_code(status);
+    error
+}
+
 /// Sets the request id on an answer.
 pub fn with_request_id(mut error: S3Error) -> S3Error {
     if let Some(id) = request_id() {

@@ -37,7 +37,7 @@ use crate::engine::reader;
 use crate::engine::shared::MaybePublished;
 use crate::ids::{new_id, now_ms};
 use crate::s3::auth::Keys;
-use crate::s3::errors::{answered, internal, to_s3};
+use crate::s3::errors::{answered, custom_error, internal, to_s3};
 
 use conditions::{WriteCondition, check_conditions, check_no_object_lock, check_write_acl};
 use copy::{MAX_COPY_BYTES, copy_source_range};

@@ -137,9 +137,7 @@ impl Gateway {
 
 /// AWS answers a part number past the object's parts with 416 InvalidPartNumber.
 fn invalid_part_number() -> S3Error {
-    let mut error = S3Error::with_message(S3ErrorCode::Custom("InvalidPartNumber".into()), "The requested partnumber is not satisfiable");
-    error.set_status_code(hyper::StatusCode::RANGE_NOT_SATISFIABLE);
-    error
+    custom_error("InvalidPartNumber", hyper::StatusCode::RANGE_NOT_SATISFIABLE, "The requested partnumber is not satisfiable")
 }
 
 /// The byte range a GET asks for: a Range header or a part number.

@@ -15,13 +15,14 @@ use std::sync::Arc;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, StatusCode};
 use s3s::host::S3Host;
-use s3s::{S3Error, S3ErrorCode};
+use s3s::S3Error;
 use tensorgate_index::{BucketSettings, CorsRule};
 
 use crate::engine::{bucket_settings, Store};
 use crate::s3::auth::Keys;
 use crate::s3::bucket_config::CORS_METHODS;
 use crate::s3::domains::Domains;
+use crate::s3::errors::custom_error;
 
 /// The store whose buckets' rules apply, the tenants' keys, and the domains naming buckets by
 /// host.
@@ -188,15 +189,11 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn bad_request(message: String) -> S3Error {
-    let mut error = S3Error::with_message(S3ErrorCode::Custom("BadRequest".into()), message);
-    error.set_status_code(StatusCode::BAD_REQUEST);
-    error
+    custom_error("BadRequest", StatusCode::BAD_REQUEST, message)
 }
 
 fn forbidden(message: &'static str) -> S3Error {
-    let mut error = S3Error::with_message(S3ErrorCode::Custom("AccessForbidden".into()), message);
-    error.set_status_code(StatusCode::FORBIDDEN);
-    error
+    custom_error("AccessForbidden", StatusCode::FORBIDDEN, message)
 }
 
 #[cfg(test)]
