@@ -28,6 +28,27 @@ impl Narrow {
         }
     }
 
+    /// The largest finite magnitude, where rounding saturates.
+    pub fn largest(self) -> f64 {
+        match self {
+            Narrow::F8E4M3 => 448.0,
+            Narrow::F8E5M2 => 57344.0,
+            Narrow::I8 => 127.0,
+        }
+    }
+
+    /// The magnitudes from half-way below the largest element up to the largest: the
+    /// quotients that round to it when the scale maps the largest magnitude there.
+    pub fn saturation_interval(self) -> (f64, f64) {
+        let largest = self.largest();
+        let next = match self {
+            Narrow::I8 => 126.0,
+            Narrow::F8E4M3 => f64::from(f32::from_bits(self.to_f32(0x7D))),
+            Narrow::F8E5M2 => f64::from(f32::from_bits(self.to_f32(0x7A))),
+        };
+        ((largest + next) / 2.0, largest)
+    }
+
     /// The element's value as F32 bits.
     pub fn to_f32(self, byte: u8) -> u32 {
         match self {

@@ -9,13 +9,14 @@ use super::quantize;
 /// `quantized`: each element that is neither zero nor saturated bounds the scale to the
 /// interval of values that round to it, divided into the wide value. All the intervals are
 /// intersected, or when they do not all overlap, from the largest elements down (the tightest
-/// first) for as long as they do; the middle of what is left is the scale. `None` unless it
-/// reproduces at least half the elements.
+/// first) for as long as they do; saturated elements narrow that further when they agree with
+/// it. The middle of what is left is the scale. `None` unless it reproduces at least half the
+/// elements.
 pub(super) fn of_quantization(wide: &[f32], quantized: &[u8], narrow: Narrow) -> Option<u32> {
-    let mut bounds: Vec<(f64, f64, f64)> = wide
-        .iter()
-        .zip(quantized)
-        .filter(|(x, byte)| x.is_finite() && (**x < 0.0) == f32::from_bits(narrow.to_f32(**byte)).is_sign_negative())
+    let same_sign = || {
+        wide.iter().zip(quantized).filter(|(x, byte)| x.is_finite() && (**x < 0.0) == f32::from_bits(narrow.to_f32(**byte)).is_sign_negative())
+    };
+    let mut bounds: Vec<(f64, f64, f64)> = same_sign()
         .filter_map(|(x, byte)| {
             let (value, below, above) = narrow.rounding_interval(*byte)?;
             let x = f64::from(x.abs());
@@ -39,6 +40,17 @@ pub(super) fn of_quantization(wide: &[f32], quantized: &[u8], narrow: Narrow) ->
     } else {
         bounds.sort_by(|a, b| b.0.total_cmp(&a.0));
         intersect(&bounds)
+    };
+    // A saturated element's quotient lies between half-way below the largest element and the
+    // largest itself, as quantizers map the largest magnitude there; one that clipped breaks
+    // this, and then saturated elements are left out.
+    let (below, largest) = narrow.saturation_interval();
+    let saturated = same_sign()
+        .filter(|(_, byte)| f64::from(f32::from_bits(narrow.to_f32(**byte))).abs() == largest)
+        .fold((0.0f64, f64::INFINITY), |(low, high), (x, _)| (low.max(f64::from(x.abs()) / largest), high.min(f64::from(x.abs()) / below)));
+    let (low, high) = match (low.max(saturated.0), high.min(saturated.1)) {
+        (lower, upper) if lower <= upper => (lower, upper),
+        _ => (low, high),
     };
     if !(high.is_finite() && low > 0.0) {
         return None;
@@ -77,7 +89,7 @@ mod tests {
         fn a_quantization_scale_is_found_again(values in proptest::collection::vec(-1.0f32..1.0, 64..600), amax_at in 0usize..64,
                                                narrow in proptest::sample::select(Narrow::ALL.to_vec())) {
             // As quantizers do: the scale maps the largest magnitude to the largest element.
-            let largest = match narrow { Narrow::F8E4M3 => 448.0, Narrow::F8E5M2 => 57344.0, Narrow::I8 => 127.0 };
+            let largest = narrow.largest() as f32;
             let mut values = values;
             values[amax_at] = 0.9;
             let amax = values.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -91,6 +103,16 @@ mod tests {
             let back = of_dequantization(&quantized, &values, narrow).expect("a scale back");
             prop_assert!((f32::from_bits(back) / f32::from_bits(scale) - 1.0).abs() < 0.05);
         }
+    }
+
+    #[test]
+    fn a_scale_is_found_from_saturated_elements_alone() {
+        let mut values = vec![0.0f32; 64];
+        (values[0], values[10], values[20]) = (0.9, 0.95, -0.93);
+        let scale = (0.95f32 / 57344.0).to_bits();
+        let quantized: Vec<u8> = values.iter().map(|v| quantize(v.to_bits(), Narrow::F8E5M2, scale)).collect();
+        let found = of_quantization(&values, &quantized, Narrow::F8E5M2).expect("a scale");
+        assert!(values.iter().zip(&quantized).all(|(v, q)| quantize(v.to_bits(), Narrow::F8E5M2, found) == *q));
     }
 
     #[test]
