@@ -70,8 +70,13 @@ impl BucketSettings {
 impl Envelope for BucketSettings {
     const KIND: u8 = 7;
     type V1 = BucketSettings;
+    type V2 = BucketSettings;
 
     fn as_v1(&self) -> Option<Self::V1> {
+        Some(self.clone())
+    }
+
+    fn as_v2(&self) -> Option<Self::V2> {
         Some(self.clone())
     }
 }

@@ -18,11 +18,13 @@ mod compaction;
 mod encoding;
 mod keys;
 mod manifest;
+mod migration;
 mod objects;
 mod pack_queue;
 mod rebasing;
 mod records;
 mod records_v1;
+mod records_v2;
 mod references;
 mod reports;
 mod scrub;
@@ -89,6 +91,11 @@ pub enum Refusal {
 
 pub type Result<T> = std::result::Result<T, IndexError>;
 
+/// The trees of the records that format versions changed, named by the version of their layout.
+const BUCKETS_TREE: &str = "buckets.2";
+const OBJECTS_TREE: &str = "objects.3";
+const UPLOADS_TREE: &str = "uploads.3";
+
 /// sled's page cache: its default of 1 GiB would dominate the gateway's memory.
 const CACHE_BYTES: u64 = 64 << 20;
 
@@ -115,13 +122,13 @@ impl Index {
     pub fn open(path: &Path) -> Result<Index> {
         let db = sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()?;
         let index = Index {
-            buckets: db.open_tree(records_v1::MIGRATED_TREES[0].1)?,
-            objects: db.open_tree(records_v1::MIGRATED_TREES[1].1)?,
+            buckets: db.open_tree(BUCKETS_TREE)?,
+            objects: db.open_tree(OBJECTS_TREE)?,
             chunks: db.open_tree("chunks")?,
             packs: db.open_tree("packs")?,
             trash: db.open_tree("trash")?,
             queue: db.open_tree("queue")?,
-            uploads: db.open_tree(records_v1::MIGRATED_TREES[2].1)?,
+            uploads: db.open_tree(UPLOADS_TREE)?,
             parts: db.open_tree("parts")?,
             tensors: db.open_tree("tensors")?,
             candidates: db.open_tree("candidates")?,

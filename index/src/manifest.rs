@@ -8,15 +8,17 @@
 use serde::{Deserialize, Serialize};
 
 use crate::records::{BucketRecord, ChunkHash, ChunkRecord, ObjectRecord, PartRecord, UploadRecord};
-use crate::records_v1;
+use crate::{records_v1, records_v2};
 use crate::{IndexError, Result};
 
 const MAGIC: [u8; 4] = *b"TGMF";
-/// The format version of records whose layout version 2 did not change, and of those that
-/// hold nothing version 1 cannot say (see `records_v1`).
+/// The format version of records whose layout later versions did not change, and of those
+/// that hold nothing version 1 cannot say (see `records_v1`).
 const VERSION_1: u8 = 1;
-/// The current format version.
+/// The version of records that hold nothing version 2 cannot say (see `records_v2`).
 const VERSION_2: u8 = 2;
+/// The current format version.
+const VERSION_3: u8 = 3;
 /// Magic, version, kind, two reserved bytes, body length (u64 LE), BLAKE3 of the body.
 const HEADER_LEN: usize = 4 + 1 + 1 + 2 + 8 + 32;
 /// No record the gateway writes comes near this; anything longer is refused unread.
@@ -149,17 +151,23 @@ pub struct RebasedFrame {
 /// What an envelope holds; a reader asking for one kind refuses the others.
 pub trait Envelope: Serialize + serde::de::DeserializeOwned {
     const KIND: u8;
-    /// The record's version-1 layout (the record itself for kinds version 2 left alone).
-    type V1: Serialize + serde::de::DeserializeOwned + Into<Self>;
+    /// The record's version-1 layout (the version-2 one for kinds version 2 left alone).
+    type V1: Serialize + serde::de::DeserializeOwned + Into<Self::V2>;
+    /// The record's version-2 layout (the record itself for kinds version 3 left alone).
+    type V2: Serialize + serde::de::DeserializeOwned + Into<Self>;
 
     /// The record in its version-1 layout, unless it holds what version 1 cannot say.
     fn as_v1(&self) -> Option<Self::V1>;
 
-    /// The envelope bytes: version 1 when the record fits it, else version 2.
+    /// The record in its version-2 layout, unless it holds what version 2 cannot say.
+    fn as_v2(&self) -> Option<Self::V2>;
+
+    /// The envelope bytes, in the oldest version the record fits.
     fn seal(&self) -> Result<Vec<u8>> {
-        let (version, body) = match self.as_v1() {
-            Some(old) => (VERSION_1, crate::encoding::encode(&old)?),
-            None => (VERSION_2, crate::encoding::encode(self)?),
+        let (version, body) = match (self.as_v1(), self.as_v2()) {
+            (Some(old), _) => (VERSION_1, crate::encoding::encode(&old)?),
+            (None, Some(old)) => (VERSION_2, crate::encoding::encode(&old)?),
+            (None, None) => (VERSION_3, crate::encoding::encode(self)?),
         };
         let mut bytes = Vec::with_capacity(HEADER_LEN + body.len());
         bytes.extend_from_slice(&MAGIC);
@@ -176,7 +184,7 @@ pub trait Envelope: Serialize + serde::de::DeserializeOwned {
         if header[..4] != MAGIC {
             return Err(IndexError::Envelope("not a tensorgate record"));
         }
-        if header[4] != VERSION_1 && header[4] != VERSION_2 {
+        if !(VERSION_1..=VERSION_3).contains(&header[4]) {
             return Err(IndexError::Envelope("unknown format version"));
         }
         if header[6..8] != [0, 0] {
@@ -196,7 +204,8 @@ pub trait Envelope: Serialize + serde::de::DeserializeOwned {
             return Err(IndexError::Envelope("checksum does not match"));
         }
         match header[4] {
-            VERSION_1 => Ok(crate::decode::<Self::V1>(body)?.into()),
+            VERSION_1 => Ok(crate::decode::<Self::V1>(body)?.into().into()),
+            VERSION_2 => Ok(crate::decode::<Self::V2>(body)?.into()),
             _ => crate::decode(body),
         }
     }
@@ -205,35 +214,55 @@ pub trait Envelope: Serialize + serde::de::DeserializeOwned {
 impl Envelope for Manifest {
     const KIND: u8 = 1;
     type V1 = records_v1::ManifestV1;
+    type V2 = records_v2::ManifestV2;
 
     fn as_v1(&self) -> Option<Self::V1> {
         records_v1::manifest_v1(self)
+    }
+
+    fn as_v2(&self) -> Option<Self::V2> {
+        records_v2::manifest_v2(self)
     }
 }
 
 impl Envelope for BucketMarker {
     const KIND: u8 = 2;
     type V1 = records_v1::BucketMarkerV1;
+    type V2 = BucketMarker;
 
     fn as_v1(&self) -> Option<Self::V1> {
         records_v1::bucket_marker_v1(self)
+    }
+
+    fn as_v2(&self) -> Option<Self::V2> {
+        Some(self.clone())
     }
 }
 
 impl Envelope for UploadMarker {
     const KIND: u8 = 3;
     type V1 = records_v1::UploadMarkerV1;
+    type V2 = records_v2::UploadMarkerV2;
 
     fn as_v1(&self) -> Option<Self::V1> {
         records_v1::upload_marker_v1(self)
+    }
+
+    fn as_v2(&self) -> Option<Self::V2> {
+        records_v2::upload_marker_v2(self)
     }
 }
 
 impl Envelope for PartMarker {
     const KIND: u8 = 4;
     type V1 = PartMarker;
+    type V2 = PartMarker;
 
     fn as_v1(&self) -> Option<Self::V1> {
+        Some(self.clone())
+    }
+
+    fn as_v2(&self) -> Option<Self::V2> {
         Some(self.clone())
     }
 }
@@ -241,8 +270,13 @@ impl Envelope for PartMarker {
 impl Envelope for PackMoves {
     const KIND: u8 = 5;
     type V1 = PackMoves;
+    type V2 = PackMoves;
 
     fn as_v1(&self) -> Option<Self::V1> {
+        Some(self.clone())
+    }
+
+    fn as_v2(&self) -> Option<Self::V2> {
         Some(self.clone())
     }
 }
@@ -250,8 +284,13 @@ impl Envelope for PackMoves {
 impl Envelope for PackRebased {
     const KIND: u8 = 6;
     type V1 = PackRebased;
+    type V2 = PackRebased;
 
     fn as_v1(&self) -> Option<Self::V1> {
+        Some(self.clone())
+    }
+
+    fn as_v2(&self) -> Option<Self::V2> {
         Some(self.clone())
     }
 }
@@ -275,6 +314,7 @@ mod tests {
             checksums: Checksums::default(),
             part_sizes: vec![],
             segments,
+            part_checksums: vec![],
         };
         let location = ChunkLocation { hash, pack: "packs/p".into(), offset, frame_len: 9, raw_len: 3, base: None };
         Manifest { tenant: "t".into(), bucket: "b".into(), key, record, chunks: vec![location] }

@@ -68,7 +68,7 @@ pub struct Checksums {
 }
 
 /// The checksum algorithms S3 offers: the one list the gateway goes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChecksumAlgorithm {
     Crc32,
     Crc32c,
@@ -160,6 +160,9 @@ pub struct ObjectRecord {
     /// Sizes of the parts of a multipart upload, for `partNumber` reads.
     pub part_sizes: Vec<u64>,
     pub segments: Vec<Segment>,
+    /// The checksums of the parts of a multipart upload, in order, when any part had one
+    /// (format version 3); else empty.
+    pub part_checksums: Vec<Checksums>,
 }
 
 /// A chunk stored as a frame in a pack.
@@ -192,6 +195,17 @@ pub struct UploadRecord {
     pub key: String,
     pub initiated_ms: i64,
     pub attributes: Attributes,
+    /// The checksum asked for at CreateMultipartUpload (format version 3).
+    pub checksum: Option<UploadChecksum>,
+}
+
+/// The checksum a multipart upload keeps: every part's, of this algorithm, and the object's,
+/// either of its whole bytes (S3's FULL_OBJECT type, CRCs only) or of the parts' checksums
+/// (COMPOSITE, `…-N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadChecksum {
+    pub algorithm: ChecksumAlgorithm,
+    pub full_object: bool,
 }
 
 /// One uploaded part, stored as it came in an upstream blob.

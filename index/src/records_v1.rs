@@ -5,7 +5,8 @@
 //! `BucketRecord` and `BucketMarker`.
 //!
 //! Writers keep using version 1 for a record that holds nothing version 1 cannot say, so that
-//! gateways that only know version 1 read every record that does not use the new fields.
+//! gateways that only know version 1 read every record that does not use the new fields. A
+//! version-1 record converts to its version-2 layout (`records_v2`), which converts on.
 
 use std::collections::BTreeMap;
 
@@ -13,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::encode;
 use crate::manifest::{BucketMarker, ChunkLocation, Manifest, UploadMarker};
-use crate::records::{Attributes, BucketRecord, Checksums, ObjectRecord, Segment, UploadRecord};
-use crate::{decode, Index, IndexError, Result};
+use crate::migration::Migration;
+use crate::records::{Attributes, BucketRecord, Checksums, Segment};
+use crate::records_v2::{ManifestV2, ObjectRecordV2, UploadMarkerV2, UploadRecordV2};
+use crate::decode;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttributesV1 {
@@ -81,17 +84,17 @@ impl From<AttributesV1> for Attributes {
     }
 }
 
-impl From<ObjectRecordV1> for ObjectRecord {
-    fn from(old: ObjectRecordV1) -> ObjectRecord {
+impl From<ObjectRecordV1> for ObjectRecordV2 {
+    fn from(old: ObjectRecordV1) -> ObjectRecordV2 {
         let ObjectRecordV1 { version, size, etag, last_modified_ms, attributes, checksums, part_sizes, segments } = old;
-        ObjectRecord { version, size, etag, last_modified_ms, attributes: attributes.into(), checksums, part_sizes, segments }
+        ObjectRecordV2 { version, size, etag, last_modified_ms, attributes: attributes.into(), checksums, part_sizes, segments }
     }
 }
 
-impl From<UploadRecordV1> for UploadRecord {
-    fn from(old: UploadRecordV1) -> UploadRecord {
+impl From<UploadRecordV1> for UploadRecordV2 {
+    fn from(old: UploadRecordV1) -> UploadRecordV2 {
         let UploadRecordV1 { tenant, bucket, key, initiated_ms, attributes } = old;
-        UploadRecord { tenant, bucket, key, initiated_ms, attributes: attributes.into() }
+        UploadRecordV2 { tenant, bucket, key, initiated_ms, attributes: attributes.into() }
     }
 }
 
@@ -101,10 +104,10 @@ impl From<BucketRecordV1> for BucketRecord {
     }
 }
 
-impl From<ManifestV1> for Manifest {
-    fn from(old: ManifestV1) -> Manifest {
+impl From<ManifestV1> for ManifestV2 {
+    fn from(old: ManifestV1) -> ManifestV2 {
         let ManifestV1 { tenant, bucket, key, record, chunks } = old;
-        Manifest { tenant, bucket, key, record: record.into(), chunks }
+        ManifestV2 { tenant, bucket, key, record: record.into(), chunks }
     }
 }
 
@@ -114,9 +117,9 @@ impl From<BucketMarkerV1> for BucketMarker {
     }
 }
 
-impl From<UploadMarkerV1> for UploadMarker {
-    fn from(old: UploadMarkerV1) -> UploadMarker {
-        UploadMarker { upload_id: old.upload_id, upload: old.upload.into() }
+impl From<UploadMarkerV1> for UploadMarkerV2 {
+    fn from(old: UploadMarkerV1) -> UploadMarkerV2 {
+        UploadMarkerV2 { upload_id: old.upload_id, upload: old.upload.into() }
     }
 }
 
@@ -126,9 +129,10 @@ pub fn attributes_v1(attributes: &Attributes) -> Option<AttributesV1> {
     expires.is_none().then_some(AttributesV1 { content_type, content_encoding, content_disposition, content_language, cache_control, metadata })
 }
 
-/// The version-1 form of a manifest, unless its record holds a version-2 field.
+/// The version-1 form of a manifest, unless its record holds a field of version 2 or later.
 pub fn manifest_v1(manifest: &Manifest) -> Option<ManifestV1> {
     let record = &manifest.record;
+    record.part_checksums.is_empty().then_some(())?;
     Some(ManifestV1 {
         tenant: manifest.tenant.clone(),
         bucket: manifest.bucket.clone(),
@@ -152,9 +156,10 @@ pub fn bucket_marker_v1(marker: &BucketMarker) -> Option<BucketMarkerV1> {
     marker.location.is_none().then(|| BucketMarkerV1 { tenant: marker.tenant.clone(), bucket: marker.bucket.clone(), created_ms: marker.created_ms })
 }
 
-/// The version-1 form of an upload marker, unless its attributes hold a version-2 field.
+/// The version-1 form of an upload marker, unless its upload holds a field of version 2 or later.
 pub fn upload_marker_v1(marker: &UploadMarker) -> Option<UploadMarkerV1> {
     let upload = &marker.upload;
+    upload.checksum.is_none().then_some(())?;
     Some(UploadMarkerV1 {
         upload_id: marker.upload_id.clone(),
         upload: UploadRecordV1 {
@@ -167,76 +172,24 @@ pub fn upload_marker_v1(marker: &UploadMarker) -> Option<UploadMarkerV1> {
     })
 }
 
-/// Re-encodes one version-1 record of a tree as its version-2 record.
-type Conversion = fn(&[u8]) -> Result<Vec<u8>>;
-
-/// The `meta` key that says the trees below hold version-2 records.
-const MIGRATED: &str = "records-version-2";
-/// The `meta` key that says the version-1 trees were dropped after the copy.
-const DROPPED: &str = "records-version-1-dropped";
-
-/// The trees whose records version 2 changed: the name they had with version-1 records, and
-/// the name of the tree that holds them since.
-pub const MIGRATED_TREES: [(&str, &str); 3] = [("buckets", "buckets.2"), ("objects", "objects.2"), ("uploads", "uploads.2")];
-
-impl Index {
-    /// Copies the version-1 records of an index written before version 2 into the version-2
-    /// trees, converted, then marks the index migrated and drops the old trees. A crash before
-    /// the mark leaves the old trees whole, and the copy starts again from an empty tree.
-    pub(crate) fn migrate_records(&self) -> Result<()> {
-        let old_trees = |index: &Index| -> Vec<String> {
-            let names = index.db.tree_names();
-            MIGRATED_TREES.iter().filter(|(old, _)| names.iter().any(|name| name.as_ref() == old.as_bytes())).map(|(old, _)| old.to_string()).collect()
-        };
-        if self.meta.contains_key(DROPPED)? {
-            // The old trees are gone for good: one that is back and holds records was written
-            // by a gateway that only knows version 1, and dropping it would lose them.
-            for name in old_trees(self) {
-                if !self.db.open_tree(&name)?.is_empty() {
-                    return Err(IndexError::Migration(format!(
-                        "the tree {name:?} was written by a gateway of format version 1 after this index moved to version 2; \
-                         rebuild the index from the upstream (`tensorgate index rebuild`)"
-                    )));
-                }
-            }
-            return Ok(());
-        }
-        if !self.meta.contains_key(MIGRATED)? {
-            self.copy_v1_records()?;
-            self.meta.insert(MIGRATED, &[])?;
-            self.flush()?;
-        }
-        // Also after a crash that came between the mark and the drops.
-        for name in old_trees(self) {
-            self.db.drop_tree(name.as_bytes())?;
-        }
-        self.meta.insert(DROPPED, &[])?;
-        self.flush()
-    }
-
-    fn copy_v1_records(&self) -> Result<()> {
-        for (old_name, _) in MIGRATED_TREES {
-            let old = self.db.open_tree(old_name)?;
-            let (new, convert): (&sled::Tree, Conversion) = match old_name {
-                "buckets" => (&self.buckets, |bytes| encode(&BucketRecord::from(decode::<BucketRecordV1>(bytes)?))),
-                "objects" => (&self.objects, |bytes| encode(&ObjectRecord::from(decode::<ObjectRecordV1>(bytes)?))),
-                _ => (&self.uploads, |bytes| encode(&UploadRecord::from(decode::<UploadRecordV1>(bytes)?))),
-            };
-            new.clear()?;
-            for entry in old.iter() {
-                let (key, value) = entry?;
-                new.insert(key, convert(&value)?)?;
-            }
-        }
-        Ok(())
-    }
-}
+/// The move of an index written before version 2: its version-1 trees into the version-2
+/// ones, which the move to version 3 then takes on (`records_v2::MIGRATION`).
+pub(crate) const MIGRATION: Migration = Migration {
+    trees: &[
+        ("buckets", crate::BUCKETS_TREE, |bytes| encode(&BucketRecord::from(decode::<BucketRecordV1>(bytes)?))),
+        ("objects", "objects.2", |bytes| encode(&ObjectRecordV2::from(decode::<ObjectRecordV1>(bytes)?))),
+        ("uploads", "uploads.2", |bytes| encode(&UploadRecordV2::from(decode::<UploadRecordV1>(bytes)?))),
+    ],
+    migrated: "records-version-2",
+    dropped: "records-version-1-dropped",
+    old_version: 1,
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_records::{fresh_index, record};
-    use crate::{Envelope, ObjectKey};
+    use crate::{Envelope, IndexError, ObjectKey, ObjectRecord, UploadRecord};
 
     fn manifest(expires: Option<&str>) -> Manifest {
         let mut record = record(vec![Segment::Inline(vec![1, 2, 3])]);
@@ -269,7 +222,7 @@ mod tests {
         sealed.extend_from_slice(blake3::hash(&body).as_bytes());
         sealed.extend_from_slice(&body);
         assert_eq!(Manifest::open(&sealed).unwrap(), manifest(None));
-        sealed[4] = 3;
+        sealed[4] = 4;
         assert!(Manifest::open(&sealed).is_err(), "an unknown version is refused");
     }
 
@@ -281,8 +234,10 @@ mod tests {
         let old_upload = UploadRecordV1 { tenant: "t".into(), bucket: "b".into(), key: "k".into(), initiated_ms: 4, attributes: old_object.attributes.clone() };
         // The index as version 1 left it: records in the old trees, not marked migrated.
         let write_v1 = || {
-            index.meta.remove(MIGRATED).unwrap();
-            index.meta.remove(DROPPED).unwrap();
+            for step in [&MIGRATION, &crate::records_v2::MIGRATION] {
+                index.meta.remove(step.migrated).unwrap();
+                index.meta.remove(step.dropped).unwrap();
+            }
             index.db.open_tree("buckets").unwrap().insert(crate::keys::bucket("t", "b"), encode(&BucketRecordV1 { created_ms: 3 }).unwrap()).unwrap();
             index.db.open_tree("objects").unwrap().insert(key.encode(), encode(&old_object).unwrap()).unwrap();
             index.db.open_tree("uploads").unwrap().insert("u", encode(&old_upload).unwrap()).unwrap();
@@ -293,8 +248,8 @@ mod tests {
         index.migrate_records().unwrap();
         let check = || {
             assert_eq!(index.bucket("t", "b").unwrap(), Some(BucketRecord::new(3)));
-            assert_eq!(decode::<ObjectRecord>(&index.objects.get(key.encode()).unwrap().unwrap()).unwrap(), ObjectRecord::from(old_object.clone()));
-            assert_eq!(decode::<UploadRecord>(&index.uploads.get("u").unwrap().unwrap()).unwrap(), UploadRecord::from(old_upload.clone()));
+            assert_eq!(decode::<ObjectRecord>(&index.objects.get(key.encode()).unwrap().unwrap()).unwrap(), ObjectRecord::from(ObjectRecordV2::from(old_object.clone())));
+            assert_eq!(decode::<UploadRecord>(&index.uploads.get("u").unwrap().unwrap()).unwrap(), UploadRecord::from(UploadRecordV2::from(old_upload.clone())));
             assert_eq!(index.objects.len(), 1);
             assert!(!index.db.tree_names().iter().any(|name| name.as_ref() == b"objects"), "the old trees are dropped");
         };
@@ -302,7 +257,7 @@ mod tests {
         index.migrate_records().unwrap();
         check();
         // A crash between the mark and the drops: the old trees are dropped at the next open.
-        index.meta.remove(DROPPED).unwrap();
+        index.meta.remove(MIGRATION.dropped).unwrap();
         index.db.open_tree("objects").unwrap().insert(key.encode(), encode(&old_object).unwrap()).unwrap();
         index.migrate_records().unwrap();
         check();

@@ -13,6 +13,7 @@ pub(crate) fn record(segments: Vec<Segment>) -> ObjectRecord {
         checksums: Checksums::default(),
         part_sizes: Vec::new(),
         segments,
+        part_checksums: Vec::new(),
     }
 }
 

@@ -144,7 +144,7 @@ mod tests {
     }
 
     fn upload(index: &crate::Index, id: &str) {
-        let record = UploadRecord { tenant: "t".into(), bucket: "b".into(), key: "k".into(), initiated_ms: 0, attributes: Attributes::default() };
+        let record = UploadRecord { tenant: "t".into(), bucket: "b".into(), key: "k".into(), initiated_ms: 0, attributes: Attributes::default(), checksum: None };
         index.create_upload(id, &record).unwrap();
     }
 

@@ -15,9 +15,13 @@ pub(super) struct ClaimedDigests {
 }
 
 impl ClaimedDigests {
-    pub(super) fn selection(&self) -> ChecksumSelection {
+    /// The checksums to compute of the body: those claimed or named, and `kept` (the one a
+    /// multipart upload keeps for every part).
+    pub(super) fn selection(&self, kept: Option<ChecksumAlgorithm>) -> ChecksumSelection {
         let named = self.algorithm.as_deref().and_then(ChecksumAlgorithm::named);
-        let wanted = ChecksumAlgorithm::ALL.into_iter().filter(|algorithm| self.checksums.get(*algorithm).is_some() || named == Some(*algorithm));
+        let wanted = ChecksumAlgorithm::ALL
+            .into_iter()
+            .filter(|algorithm| self.checksums.get(*algorithm).is_some() || named == Some(*algorithm) || kept == Some(*algorithm));
         ChecksumSelection(wanted.collect())
     }
 
@@ -58,50 +62,6 @@ pub(super) fn checksums_of(checksum: &Checksum) -> Checksums {
     }
 }
 
-/// The checksums S3 keeps for an object completed from `parts` (its COMPOSITE type): for SHA-1
-/// and SHA-256, which S3 keeps only as composites for multipart uploads, the digest of the parts'
-/// digests followed by `-<part count>`, when every part carried that checksum. (CRC composites
-/// depend on the checksum type the upload was created with, which is not kept: none is given.)
-pub(super) fn composite_checksums(parts: &[&PartRecord]) -> Checksums {
-    let mut composite = Checksums::default();
-    for algorithm in [ChecksumAlgorithm::Sha1, ChecksumAlgorithm::Sha256] {
-        let decode = |part: &&PartRecord| {
-            let value = part.checksums.get(algorithm).as_deref()?;
-            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value).ok()
-        };
-        let Some(digests) = parts.iter().map(decode).collect::<Option<Vec<Vec<u8>>>>() else { continue };
-        let digests = digests.concat();
-        if digests.is_empty() {
-            continue;
-        }
-        let digest = match algorithm {
-            ChecksumAlgorithm::Sha1 => s3s::crypto::Sha1::checksum(&digests).to_vec(),
-            _ => s3s::crypto::Sha256::checksum(&digests).to_vec(),
-        };
-        let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, digest);
-        *composite.get_mut(algorithm) = Some(format!("{encoded}-{}", parts.len()));
-    }
-    composite
-}
-
-/// Refuses a completion whose whole-object checksums differ from those of the parts chosen
-/// (400 BadDigest, as S3): a SHA checksum must match the composite of the parts', which S3
-/// always keeps; a CRC is checked when the gateway keeps one (docs/compatibility.md).
-pub(super) fn check_completion_checksums(claimed: &Checksums, kept: &Checksums) -> S3Result<()> {
-    for algorithm in ChecksumAlgorithm::ALL {
-        let (Some(claimed), kept) = (claimed.get(algorithm), kept.get(algorithm)) else { continue };
-        let sha = matches!(algorithm, ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256);
-        let differs = match kept {
-            Some(kept) => kept != claimed,
-            None => sha,
-        };
-        if differs {
-            return Err(s3_error!(BadDigest, "The {} you specified did not match the calculated checksum.", algorithm.name().to_ascii_lowercase()));
-        }
-    }
-    Ok(())
-}
-
 /// The checksum type S3 reports with stored checksums: COMPOSITE for the `…-N` values of an
 /// object uploaded by parts, FULL_OBJECT otherwise; none without checksums.
 pub(super) fn checksum_type_of(checksums: &Checksums) -> Option<ChecksumType> {
@@ -109,24 +69,6 @@ pub(super) fn checksum_type_of(checksums: &Checksums) -> Option<ChecksumType> {
     let first = values.next()?;
     let composite = first.contains('-');
     Some(ChecksumType::from_static(if composite { ChecksumType::COMPOSITE } else { ChecksumType::FULL_OBJECT }))
-}
-
-/// Refuses the pairs of checksum algorithm and type S3 refuses on CreateMultipartUpload: SHA
-/// checksums have no full-object form, CRC64NVME no composite one.
-pub(super) fn check_checksum_type(algorithm: Option<&s3s::dto::ChecksumAlgorithm>, kind: Option<&ChecksumType>) -> S3Result<()> {
-    let (Some(algorithm), Some(kind)) = (algorithm, kind) else { return Ok(()) };
-    let named = ChecksumAlgorithm::named(algorithm.as_str());
-    let sha = matches!(named, Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256));
-    let refused = (sha && kind.as_str() == ChecksumType::FULL_OBJECT) || (named == Some(ChecksumAlgorithm::Crc64Nvme) && kind.as_str() == ChecksumType::COMPOSITE);
-    if refused {
-        return Err(s3_error!(
-            InvalidRequest,
-            "The {} checksum type cannot be used with the {} checksum algorithm.",
-            kind.as_str(),
-            algorithm.as_str().to_ascii_lowercase()
-        ));
-    }
-    Ok(())
 }
 
 /// The size a client announced: Content-Length, or the decoded length of an aws-chunked body.

@@ -47,12 +47,11 @@ macro_rules! attributes_of {
 }
 
 /// The headers GET and HEAD answer for an object: its attributes, ETag, dates, length,
-/// checksums and parts count, plus the fields given.
+/// checksums with their type, and parts count, plus the fields given.
 macro_rules! object_output {
     ($output:ident, $record:expr, $length:expr, $checksums:expr, $parts_count:expr, { $($field:ident: $value:expr),* $(,)? }) => {{
         let record: ObjectRecord = $record;
-        let checksums: Checksums = $checksums;
-        let checksum_type = checksum_type_of(&checksums);
+        let (checksums, checksum_type): (Checksums, Option<ChecksumType>) = $checksums;
         $output {
             content_length: Some($length as i64),
             accept_ranges: Some("bytes".to_owned()),

@@ -15,6 +15,7 @@ pub mod domains;
 pub mod errors;
 mod listing;
 mod multipart;
+mod multipart_checksums;
 pub mod object_attributes;
 mod objects;
 pub mod url_encoding;
@@ -41,7 +42,8 @@ use crate::s3::errors::{answered, custom_error, internal, to_s3};
 
 use conditions::{WriteCondition, check_conditions, check_no_object_lock, check_write_acl};
 use copy::{MAX_COPY_BYTES, copy_source_range};
-use digests::{ClaimedDigests, announced_size, check_checksum_type, check_completion_checksums, checksum_type_of, checksums_of, composite_checksums, trailer_algorithm};
+use digests::{ClaimedDigests, announced_size, checksum_type_of, checksums_of, trailer_algorithm};
+use multipart_checksums::{answered_checksums, check_checksum_type, check_completion_checksums, completed_checksums, part_checksums, upload_checksum};
 
 /// User metadata naming the base model of an upload (`x-amz-meta-tensorgate-base: bucket/key`).
 const BASE_HINT: &str = "tensorgate-base";
@@ -109,7 +111,7 @@ impl Gateway {
         body_from: BodyFrom,
     ) -> S3Result<Ingested> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
-        let options = IngestOptions { size_hint, mode: IngestMode::Sniff, checksums: claimed.selection(), base_hint, body_from };
+        let options = IngestOptions { size_hint, mode: IngestMode::Sniff, checksums: claimed.selection(None), base_hint, body_from };
         let ingested = ingest::ingest(&self.store, tenant, body, options)
             .await
             .map_err(to_s3)?
@@ -156,6 +158,7 @@ impl Gateway {
             checksums: checksums_of(&ingested.checksums),
             part_sizes: Vec::new(),
             segments: ingested.segments.clone(),
+            part_checksums: Vec::new(),
         };
         let object_key = ObjectKey::new(tenant, bucket, key);
         let committed =

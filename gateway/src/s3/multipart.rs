@@ -13,12 +13,14 @@ impl Gateway {
         check_checksum_type(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let upload_id = new_id();
+        let checksum = upload_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref());
         let record = UploadRecord {
             tenant: tenant.to_string(),
             bucket: input.bucket.clone(),
             key: input.key.clone(),
             initiated_ms: now_ms(),
             attributes: attributes_of!(input),
+            checksum,
         };
         catalog::create_upload(&self.store, &upload_id, &record).await.map_err(to_s3)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
@@ -26,7 +28,7 @@ impl Gateway {
             key: Some(input.key),
             upload_id: Some(upload_id),
             checksum_algorithm: input.checksum_algorithm,
-            checksum_type: input.checksum_type,
+            checksum_type: checksum.map(|kept| ChecksumType::from_static(if kept.full_object { ChecksumType::FULL_OBJECT } else { ChecksumType::COMPOSITE })),
             ..Default::default()
         }))
     }
@@ -48,7 +50,8 @@ impl Gateway {
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
             let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
-            let part = self.store_part(&tenant, input.body, size_hint, &claimed, BodyFrom::Client).await?;
+            let kept = upload.checksum.map(|kept| kept.algorithm);
+            let part = self.store_part(&tenant, input.body, size_hint, &claimed, kept, BodyFrom::Client).await?;
             self.record_part(&tenant, &input.upload_id, input.part_number, &part).await?;
             tracing::info!(tenant = %upload.tenant, size = part.size, "part stored");
             Ok(S3Response::new(write_output!(UploadPartOutput, part.etag, part.checksums)))
@@ -65,7 +68,7 @@ impl Gateway {
         let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
             return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
         };
-        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
+        let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         if !(1..=10_000).contains(&input.part_number) {
             return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
         }
@@ -78,7 +81,8 @@ impl Gateway {
         }
         let _budget = self.store.admit_body(&tenant, Some(len)).await.map_err(to_s3)?;
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), reader::plan(&source, range)));
-        let part = self.store_part(&tenant, Some(body), Some(len), &ClaimedDigests::default(), BodyFrom::Store).await?;
+        let kept = upload.checksum.map(|kept| kept.algorithm);
+        let part = self.store_part(&tenant, Some(body), Some(len), &ClaimedDigests::default(), kept, BodyFrom::Store).await?;
         self.record_part(&tenant, &input.upload_id, input.part_number, &part).await?;
         tracing::info!(size = part.size, "part copied");
         Ok(S3Response::new(UploadPartCopyOutput {
@@ -131,7 +135,7 @@ impl Gateway {
             return Err(s3_error!(EntityTooSmall));
         }
         let record = multipart_record(&upload, &chosen)?;
-        check_completion_checksums(&checksums_in!(input), &record.checksums)?;
+        check_completion_checksums(&checksums_in!(input), &record.checksums, &requested, &chosen)?;
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
         let expect = WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         catalog::complete_upload(&self.store, &input.upload_id, &key, &record, expect.as_expect()).await.map_err(to_s3)?;
@@ -175,7 +179,11 @@ impl Gateway {
                 e_tag: Some(ETag::Strong(part.etag)),
                 size: Some(part.size as i64),
                 last_modified: Some(timestamp(part.last_modified_ms)),
-                ..Default::default()
+                checksum_crc32: part.checksums.crc32,
+                checksum_crc32c: part.checksums.crc32c,
+                checksum_sha1: part.checksums.sha1,
+                checksum_sha256: part.checksums.sha256,
+                checksum_crc64nvme: part.checksums.crc64nvme,
             })
             .collect();
         let next_marker = parts.last().and_then(|p| p.part_number);
@@ -228,17 +236,19 @@ impl Gateway {
         Ok(upload)
     }
 
-    /// Stores a part body as it came in its own upstream blob.
+    /// Stores a part body as it came in its own upstream blob, with its checksums: those the
+    /// client sent or named, and the one the upload keeps (`kept`).
     async fn store_part(
         &self,
         tenant: &str,
         body: Option<StreamingBlob>,
         size_hint: Option<u64>,
         claimed: &ClaimedDigests,
+        kept: Option<tensorgate_index::ChecksumAlgorithm>,
         body_from: BodyFrom,
     ) -> S3Result<PartRecord> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
-        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(), base_hint: None, body_from };
+        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(kept), base_hint: None, body_from };
         let ingested = ingest::ingest(&self.store, tenant, body, options).await.map_err(to_s3)?.ok_or_else(|| internal("ingest declined a part"))?;
         if let Some(announced) = size_hint.filter(|size| *size != ingested.size) {
             let got = ingested.size;
@@ -316,12 +326,13 @@ fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> S3Result<Ob
         etag,
         last_modified_ms: now_ms(),
         attributes: upload.attributes.clone(),
-        checksums: composite_checksums(parts),
+        checksums: completed_checksums(upload.checksum, parts),
         part_sizes: parts.iter().map(|p| p.size).collect(),
         segments: parts
             .iter()
             .filter(|p| p.size > 0)
             .map(|p| Segment::Blob { key: p.blob.clone(), offset: 0, len: p.size })
             .collect(),
+        part_checksums: part_checksums(parts),
     })
 }

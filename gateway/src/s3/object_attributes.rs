@@ -1,11 +1,12 @@
 //! GetObjectAttributes: what S3 answers about an object without its body, limited to the
-//! attributes asked for: its ETag, size and storage class, the checksum it was stored with (a
-//! full-object one; objects uploaded by parts keep none, see docs/compatibility.md), and for
-//! an object uploaded by parts how many parts it has. S3 lists the parts themselves only when
-//! they were uploaded with checksums, which tensorgate does not keep, so it lists none.
+//! attributes asked for: its ETag, size and storage class, the checksum it was stored with and
+//! its type, and for an object uploaded by parts how many parts it has and, when they were
+//! uploaded with checksums (as S3 lists them only then), each part's size and checksums.
 
-use s3s::dto::{Checksum, ETag, GetObjectAttributesOutput, GetObjectAttributesParts, ObjectAttributes, StorageClass};
+use s3s::dto::{Checksum, ETag, GetObjectAttributesOutput, GetObjectAttributesParts, ObjectAttributes, ObjectPart, StorageClass};
 use tensorgate_index::ObjectRecord;
+
+use super::digests::checksum_type_of;
 
 /// The most parts one answer may cover, and what it covers when the client does not say.
 const DEFAULT_MAX_PARTS: i32 = 1000;
@@ -25,26 +26,44 @@ pub fn answer(record: &ObjectRecord, wanted: &[ObjectAttributes], max_parts: Opt
         output.storage_class = Some(StorageClass::from_static(StorageClass::STANDARD));
     }
     let checksums = &record.checksums;
-    // An object uploaded by parts keeps composite checksums, which S3 gives here with per-part
-    // checksums tensorgate does not keep with the object: none is given (docs/compatibility.md).
-    if asked(ObjectAttributes::CHECKSUM) && !checksums.is_empty() && record.part_sizes.is_empty() {
+    if asked(ObjectAttributes::CHECKSUM) && !checksums.is_empty() {
         output.checksum = Some(Checksum {
             checksum_crc32: checksums.crc32.clone(),
             checksum_crc32c: checksums.crc32c.clone(),
             checksum_crc64nvme: checksums.crc64nvme.clone(),
             checksum_sha1: checksums.sha1.clone(),
             checksum_sha256: checksums.sha256.clone(),
-            checksum_type: None,
+            checksum_type: checksum_type_of(checksums),
         });
     }
     if asked(ObjectAttributes::OBJECT_PARTS) && !record.part_sizes.is_empty() {
         let max_parts = max_parts.filter(|max| *max > 0).unwrap_or(DEFAULT_MAX_PARTS).min(DEFAULT_MAX_PARTS);
+        let marker = part_marker.unwrap_or(0).max(0);
+        let listed: Vec<ObjectPart> = record
+            .part_checksums
+            .iter()
+            .zip(&record.part_sizes)
+            .zip(1..)
+            .skip(marker as usize)
+            .take(max_parts as usize)
+            .map(|((checksums, size), number)| ObjectPart {
+                part_number: Some(number),
+                size: Some(*size as i64),
+                checksum_crc32: checksums.crc32.clone(),
+                checksum_crc32c: checksums.crc32c.clone(),
+                checksum_crc64nvme: checksums.crc64nvme.clone(),
+                checksum_sha1: checksums.sha1.clone(),
+                checksum_sha256: checksums.sha256.clone(),
+            })
+            .collect();
+        let is_truncated = !record.part_checksums.is_empty() && (marker as usize).saturating_add(listed.len()) < record.part_checksums.len();
         output.object_parts = Some(GetObjectAttributesParts {
             total_parts_count: Some(record.part_sizes.len() as i32),
             max_parts: Some(max_parts),
-            part_number_marker: Some(part_marker.unwrap_or(0)),
-            is_truncated: Some(false),
-            ..Default::default()
+            part_number_marker: Some(marker),
+            next_part_number_marker: listed.last().and_then(|part| part.part_number).filter(|_| is_truncated),
+            is_truncated: Some(is_truncated),
+            parts: (!record.part_checksums.is_empty()).then_some(listed),
         });
     }
     output

@@ -60,7 +60,10 @@ impl Gateway {
             let first = futures::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>));
             let body = futures::StreamExt::chain(first, reader::stream(self.store.clone(), rest));
             tracing::info!(bytes = bytes.end - bytes.start, "serving");
-            let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
+            let checksums = match input.checksum_mode {
+                Some(_) => answered_checksums(&record, whole, input.part_number),
+                None => (Checksums::default(), None),
+            };
             let parts_count = parts_count(&record, input.part_number);
             Ok(S3Response::new(object_output!(GetObjectOutput, record, bytes.end - bytes.start, checksums, parts_count, {
                 body: Some(StreamingBlob::wrap(body)),
@@ -85,13 +88,13 @@ impl Gateway {
         let input = req.input;
         let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
         check_read_conditions!(record, input);
-        let length = match requested_range(&record, input.range.as_ref(), input.part_number)? {
-            Some(range) => range.end - range.start,
-            None => record.size,
+        let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
+        let whole = range.is_none();
+        let length = range.map_or(record.size, |range| range.end - range.start);
+        let checksums = match input.checksum_mode {
+            Some(_) => answered_checksums(&record, whole, input.part_number),
+            None => (Checksums::default(), None),
         };
-        // The whole object's checksums, as for GET: a range or a part has none of its own here.
-        let whole = input.range.is_none() && input.part_number.is_none();
-        let checksums = if whole && input.checksum_mode.is_some() { record.checksums.clone() } else { Checksums::default() };
         let parts_count = parts_count(&record, input.part_number);
         Ok(S3Response::new(object_output!(HeadObjectOutput, record, length, checksums, parts_count, {})))
     }
