@@ -13,6 +13,7 @@ import urllib.request
 
 import boto3
 import botocore
+import botocore.config
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
@@ -130,11 +131,67 @@ def multipart_uploads_keep_composite_sha256_checksums(s3, endpoint, bucket):
     assert done.get("ChecksumSHA256") == composite and done.get("ChecksumType") == "COMPOSITE", done
     head = s3.head_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
     assert head.get("ChecksumSHA256") == composite and head.get("ChecksumType") == "COMPOSITE", head
-    assert "ChecksumSHA256" not in s3.head_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED", PartNumber=1)
+    first = s3.head_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED", PartNumber=1)
+    assert first.get("ChecksumSHA256") == parts[0]["ChecksumSHA256"] and first.get("ChecksumType") == "COMPOSITE", first
     assert error_code(lambda: s3.create_multipart_upload(Bucket=bucket, Key="full", ChecksumAlgorithm="SHA256",
                                                          ChecksumType="FULL_OBJECT")) == "InvalidRequest"
     got = s3.get_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
     assert got["Body"].read() == b"".join(bodies)
+
+
+@case
+def multipart_uploads_keep_full_object_crcs_and_each_parts_checksum(s3, endpoint, bucket):
+    import base64
+    import struct
+    import zlib
+    crc32 = lambda data: base64.b64encode(struct.pack(">I", zlib.crc32(data))).decode()
+    bodies = [b"e" * (5 << 20), b"f" * 999]
+    # Parts sent without any checksum: the gateway computes the one the upload keeps.
+    bare = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        config=botocore.config.Config(request_checksum_calculation="when_required"))
+
+    def upload(key, **created_with):
+        created = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="CRC32", **created_with)
+        parts = []
+        for number, body in enumerate(bodies, start=1):
+            part = bare.upload_part(Bucket=bucket, Key=key, UploadId=created["UploadId"], PartNumber=number, Body=body)
+            assert part.get("ChecksumCRC32") == crc32(body), part
+            parts.append({"PartNumber": number, "ETag": part["ETag"], "ChecksumCRC32": part["ChecksumCRC32"]})
+        listed = s3.list_parts(Bucket=bucket, Key=key, UploadId=created["UploadId"])["Parts"]
+        assert [part.get("ChecksumCRC32") for part in listed] == [crc32(body) for body in bodies], listed
+        return created, parts
+
+    created, parts = upload("full", ChecksumType="FULL_OBJECT")
+    assert created.get("ChecksumType") == "FULL_OBJECT", created
+    whole = crc32(b"".join(bodies))
+    wrong_part = [dict(parts[0], ChecksumCRC32=crc32(b"other")), parts[1]]
+    assert error_code(lambda: s3.complete_multipart_upload(Bucket=bucket, Key="full", UploadId=created["UploadId"],
+                                                           MultipartUpload={"Parts": wrong_part})) == "InvalidPart"
+    assert error_code(lambda: s3.complete_multipart_upload(Bucket=bucket, Key="full", UploadId=created["UploadId"], ChecksumCRC32=crc32(b"x"),
+                                                           MultipartUpload={"Parts": parts})) == "BadDigest"
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="full", UploadId=created["UploadId"], ChecksumCRC32=whole,
+                                        MultipartUpload={"Parts": parts})
+    assert done.get("ChecksumCRC32") == whole and done.get("ChecksumType") == "FULL_OBJECT", done
+    head = s3.head_object(Bucket=bucket, Key="full", ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC32") == whole and head.get("ChecksumType") == "FULL_OBJECT", head
+    second = s3.get_object(Bucket=bucket, Key="full", ChecksumMode="ENABLED", PartNumber=2)
+    assert second["Body"].read() == bodies[1] and second.get("ChecksumCRC32") == crc32(bodies[1]), second
+    attributes = s3.get_object_attributes(Bucket=bucket, Key="full", ObjectAttributes=["Checksum", "ObjectParts"], MaxParts=1)
+    assert attributes["Checksum"] == {"ChecksumCRC32": whole, "ChecksumType": "FULL_OBJECT"}, attributes
+    listed = attributes["ObjectParts"]
+    assert listed["TotalPartsCount"] == 2 and listed["IsTruncated"] and listed["NextPartNumberMarker"] == 1, listed
+    assert listed["Parts"] == [{"PartNumber": 1, "Size": 5 << 20, "ChecksumCRC32": crc32(bodies[0])}], listed
+    rest = s3.get_object_attributes(Bucket=bucket, Key="full", ObjectAttributes=["ObjectParts"], PartNumberMarker=1)["ObjectParts"]
+    assert not rest["IsTruncated"] and rest["Parts"] == [{"PartNumber": 2, "Size": 999, "ChecksumCRC32": crc32(bodies[1])}], rest
+
+    # CRC32 without a type is COMPOSITE, as S3's default: the CRC32 of the parts' CRC32s.
+    created, parts = upload("composite")
+    assert created.get("ChecksumType") == "COMPOSITE", created
+    composite = base64.b64encode(struct.pack(">I", zlib.crc32(b"".join(base64.b64decode(crc32(body)) for body in bodies)))).decode() + "-2"
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="composite", UploadId=created["UploadId"], MultipartUpload={"Parts": parts})
+    assert done.get("ChecksumCRC32") == composite and done.get("ChecksumType") == "COMPOSITE", done
+    first = s3.head_object(Bucket=bucket, Key="composite", ChecksumMode="ENABLED", PartNumber=1)
+    assert first.get("ChecksumCRC32") == crc32(bodies[0]) and first.get("ChecksumType") == "COMPOSITE", first
 
 
 @case
