@@ -107,9 +107,10 @@ fn gguf_tensors_are_stored_like_safetensors_tensors() {
 }
 
 /// The VAD model as safetensors, as the PyTorch checkpoint it was shipped as, and as its ONNX
-/// export, in two orders. The checkpoint's storages are the safetensors tensors byte for byte,
-/// so it costs little more than its container; of the ONNX file's initializers, those not
-/// re-laid out by the export (710,144 of its tensor bytes) are stored once.
+/// export, in two orders: together at most 1.15 x the safetensors alone. The checkpoint's
+/// storages are the safetensors tensors byte for byte, and the ONNX initializers too but for the
+/// recurrent layer's, whose gate blocks the export reordered and which small tensors' chunks
+/// keep whole (`tensorgate_codec::PIECE_ELEMENTS`): each costs little more than its container.
 #[test]
 fn the_same_weights_as_safetensors_pytorch_and_onnx_are_stored_once() {
     let work = tempfile::tempdir().unwrap();
@@ -135,9 +136,9 @@ fn the_same_weights_as_safetensors_pytorch_and_onnx_are_stored_once() {
         let (checkpoint_cost, onnx_cost) = if reversed { (costs[1], costs[0]) } else { (costs[1], costs[2]) };
         if !reversed {
             assert!(checkpoint_cost as f64 <= 0.02 * alone as f64, "the checkpoint beside its safetensors cost {checkpoint_cost}");
-            assert!(onnx_cost as f64 <= 0.5 * onnx_alone as f64, "the ONNX export beside the others cost {onnx_cost} of {onnx_alone}");
+            assert!(onnx_cost as f64 <= 0.05 * onnx_alone as f64, "the ONNX export beside the others cost {onnx_cost} of {onnx_alone}");
         }
-        assert!(total as f64 <= 1.5 * alone as f64, "reversed {reversed}: {costs:?}");
+        assert!(total as f64 <= 1.15 * alone as f64, "reversed {reversed}: {costs:?}");
         for (file, key) in &files {
             check_read_back(&gateway, file, key, work.path(), reversed);
         }
@@ -196,6 +197,41 @@ fn checkpoints_with_empty_and_chunk_sized_storages_are_stored() {
     }
     let record = gateway.store().index.object(&tensorgate_index::ObjectKey::new("default", "models", "multipart.pt")).unwrap().unwrap();
     assert!(record.segments.iter().all(|segment| matches!(segment, tensorgate_index::Segment::Chunk { .. })), "the packer re-cut the upload");
+}
+
+/// A checkpoint whose pickle gives its storages element counts that are not theirs (one far
+/// larger, one far smaller, one past any length), which choose how they are cut while they
+/// stream, reads back byte-identical.
+#[test]
+fn checkpoints_whose_pickle_lies_about_sizes_are_stored() {
+    let storage = |key: &str, count: &[u8], first: bool| {
+        let mut ops = b"(".to_vec();
+        ops.extend_from_slice(if first { b"X\x07\x00\x00\x00storageq\x05ctorch\nFloatStorage\nq\x06" } else { b"h\x05h\x06" });
+        ops.extend_from_slice(&[b'X', key.len() as u8, 0, 0, 0]);
+        ops.extend_from_slice(key.as_bytes());
+        ops.extend_from_slice(b"X\x03\x00\x00\x00cpu");
+        ops.extend_from_slice(count);
+        ops.extend_from_slice(b"tQ");
+        ops
+    };
+    let mut pickle = b"\x80\x02".to_vec();
+    pickle.extend(storage("0", b"J\x00\x00\x10\x00", true));
+    pickle.extend(storage("1", b"K\x01", false));
+    pickle.extend(storage("2", b"\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7f", false));
+    pickle.push(b'.');
+    let work = tempfile::tempdir().unwrap();
+    let mut file = Vec::new();
+    torch_entry(&mut file, "m/data.pkl", &pickle);
+    torch_entry(&mut file, "m/data/0", &noise(400_000, 6));
+    torch_entry(&mut file, "m/data/1", &noise(1_200_000, 7));
+    torch_entry(&mut file, "m/data/2", &noise(300_000, 8));
+    file.extend_from_slice(b"PK\x01\x02 central directory");
+    let path = work.path().join("lying.pt");
+    std::fs::write(&path, &file).unwrap();
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    gateway.aws(&["s3", "mb", "s3://models"]);
+    gateway.aws(&["s3api", "put-object", "--bucket", "models", "--key", "lying.pt", "--body", path.to_str().unwrap()]);
+    check_read_back(&gateway, &path, "lying.pt", work.path(), true);
 }
 
 /// GGUF files cut short, with a tensor claimed past the end, or with flipped header bytes are

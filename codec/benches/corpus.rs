@@ -67,7 +67,7 @@ fn measure(file: &[u8], base: Option<&[u8]>) -> Measure {
     for tensor in &layout.tensors {
         let bytes = &data[tensor.start as usize..tensor.end as usize];
         let base_tensor = base_tensors.get(&format!("{}{:?}", tensor.name, tensor.shape));
-        for range in chunk_ranges(bytes.len(), chunk_size(tensor.dtype)) {
+        for range in chunk_ranges(bytes.len(), chunk_size(tensor.dtype, Some(bytes.len() as u64))) {
             let base = base_tensor.map(|(b, base_dtype)| {
                 let width = (tensor.dtype.size(), base_dtype.size());
                 let base_range = range.start / width.0 * width.1..range.end / width.0 * width.1;
@@ -130,7 +130,7 @@ fn fp8_beside_bf16(file: &[u8], per_group: bool) -> Measure {
     }
     let mut jobs = Vec::new();
     for (codes, bytes) in &quantized {
-        for range in chunk_ranges(codes.len(), chunk_size(Dtype::F8E4M3)) {
+        for range in chunk_ranges(codes.len(), chunk_size(Dtype::F8E4M3, Some(codes.len() as u64))) {
             let base = &bytes[range.start * 2..range.end * 2];
             jobs.push((&codes[range], Dtype::F8E4M3, Some((BaseChunk { hash: ContentHash::of(base), bytes: base }, Dtype::BF16))));
         }
@@ -153,7 +153,7 @@ fn gguf_blocks_beside(file: &[u8], base: &[u8], blocks: Dtype) -> Measure {
     }
     let mut jobs = Vec::new();
     for (codes, wide, wide_dtype) in &quantized {
-        for range in chunk_ranges(codes.len(), chunk_size(blocks)) {
+        for range in chunk_ranges(codes.len(), chunk_size(blocks, Some(codes.len() as u64))) {
             let elements = blocks.elements_in(range.start)..blocks.elements_in(range.end);
             let base = &wide[wide_dtype.bytes_of(elements.start)..wide_dtype.bytes_of(elements.end)];
             jobs.push((&codes[range], blocks, Some((BaseChunk { hash: ContentHash::of(base), bytes: base }, *wide_dtype))));
@@ -186,7 +186,7 @@ fn int4_dequantized(file: &[u8], group: usize) -> Measure {
     }
     let jobs: Vec<Job<'_>> = tensors
         .iter()
-        .flat_map(|bytes| chunk_ranges(bytes.len(), chunk_size(Dtype::BF16)).map(move |range| (&bytes[range], Dtype::BF16, None)))
+        .flat_map(|bytes| chunk_ranges(bytes.len(), chunk_size(Dtype::BF16, Some(bytes.len() as u64))).map(move |range| (&bytes[range], Dtype::BF16, None)))
         .collect();
     run(&jobs)
 }

@@ -1,5 +1,6 @@
-//! Chunking: a tensor is cut into independent chunks of a fixed size, so that chunks encode and
-//! decode in parallel and a ranged read decodes only the chunks it touches.
+//! Chunking: a tensor is cut into independent chunks of a fixed size (smaller for small
+//! tensors), so that chunks encode and decode in parallel and a ranged read decodes only the
+//! chunks it touches.
 
 use std::ops::Range;
 
@@ -14,13 +15,25 @@ pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
 /// 18, `cast`).
 pub const CHUNK_ELEMENTS: usize = 1 << 20;
 
-/// The size of the chunks a region of `dtype` is cut into: [`CHUNK_ELEMENTS`] elements for
-/// I8, F8, F16, BF16, F32, Q8_0 and Q4_0 tensors, [`DEFAULT_CHUNK_SIZE`] bytes for anything
-/// else (the bytes between tensors are U8).
-pub fn chunk_size(dtype: Dtype) -> usize {
+/// Tensors of those dtypes with fewer elements than this are cut into chunks of
+/// [`PIECE_ELEMENTS`] elements instead: a block of rows an exporter moves (the gates of a
+/// recurrent layer, which PyTorch orders r, z, n and ONNX z, r, h) is then whole chunks in
+/// every container, and the copies deduplicate (issue 17). Larger tensors, and those whose
+/// length is not known where they start, keep [`CHUNK_ELEMENTS`].
+pub const SMALL_TENSOR_ELEMENTS: usize = 1 << 17;
+
+/// Elements per chunk of a small tensor (64 KiB of F32).
+pub const PIECE_ELEMENTS: usize = 1 << 14;
+
+/// The size of the chunks a region of `dtype` is cut into, `len` bytes long when known:
+/// [`CHUNK_ELEMENTS`] elements for I8, F8, F16, BF16, F32, Q8_0 and Q4_0 tensors
+/// ([`PIECE_ELEMENTS`] below [`SMALL_TENSOR_ELEMENTS`]), [`DEFAULT_CHUNK_SIZE`] bytes for
+/// anything else (the bytes between tensors are U8).
+pub fn chunk_size(dtype: Dtype, len: Option<u64>) -> usize {
     match dtype {
         Dtype::I8 | Dtype::F8E4M3 | Dtype::F8E5M2 | Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::Q8_0 | Dtype::Q4_0 => {
-            dtype.bytes_of(CHUNK_ELEMENTS)
+            let small = len.is_some_and(|len| usize::try_from(len).is_ok_and(|len| dtype.elements_in(len) < SMALL_TENSOR_ELEMENTS));
+            dtype.bytes_of(if small { PIECE_ELEMENTS } else { CHUNK_ELEMENTS })
         }
         _ => DEFAULT_CHUNK_SIZE,
     }
@@ -33,9 +46,10 @@ pub fn chunk_ranges(len: usize, chunk_size: usize) -> impl Iterator<Item = Range
 }
 
 /// Where the chunk that starts at `chunk_start` ends, in a region of `dtype` ending at
-/// `region_end` (the streaming form of [`chunk_ranges`] with [`chunk_size`]).
-pub fn chunk_end(chunk_start: u64, region_end: u64, dtype: Dtype) -> u64 {
-    (chunk_start + chunk_size(dtype) as u64).min(region_end)
+/// `region_end`, `len` bytes long when known (the streaming form of [`chunk_ranges`] with
+/// [`chunk_size`]).
+pub fn chunk_end(chunk_start: u64, region_end: u64, dtype: Dtype, len: Option<u64>) -> u64 {
+    (chunk_start + chunk_size(dtype, len) as u64).min(region_end)
 }
 
 #[cfg(test)]
@@ -45,17 +59,21 @@ mod tests {
     #[test]
     fn the_streaming_cut_agrees_with_the_ranges() {
         for dtype in Dtype::ALL {
-            let size = chunk_size(dtype) as u64;
-            for len in [0u64, 1, size - 1, size, 3 * size + 5] {
-                let ranges: Vec<_> = chunk_ranges(len as usize, size as usize).collect();
-                let mut start = 0;
-                let mut cuts = Vec::new();
-                while start < len {
-                    let end = chunk_end(start, len, dtype);
-                    cuts.push(start as usize..end as usize);
-                    start = end;
+            for known in [false, true] {
+                for len in [0u64, 1, 4095, 4096, 3 << 16, 3 << 20, 12 << 20 | 5] {
+                    let size = chunk_size(dtype, Some(len)) as u64;
+                    let ranges: Vec<_> = chunk_ranges(len as usize, size as usize).collect();
+                    let mut start = 0;
+                    let mut cuts = Vec::new();
+                    while start < len {
+                        let end = chunk_end(start, len, dtype, known.then_some(len));
+                        cuts.push(start as usize..end as usize);
+                        start = end;
+                    }
+                    if known || size == chunk_size(dtype, None) as u64 {
+                        assert_eq!(cuts, ranges, "{dtype:?} {len}");
+                    }
                 }
-                assert_eq!(cuts, ranges);
             }
         }
     }
@@ -63,8 +81,12 @@ mod tests {
     #[test]
     fn float_chunks_hold_the_same_elements_in_every_precision() {
         for dtype in [Dtype::I8, Dtype::F8E4M3, Dtype::F8E5M2, Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::Q8_0, Dtype::Q4_0] {
-            assert_eq!(dtype.elements_in(chunk_size(dtype)), CHUNK_ELEMENTS);
-            assert!(chunk_size(dtype) <= DEFAULT_CHUNK_SIZE);
+            assert_eq!(dtype.elements_in(chunk_size(dtype, None)), CHUNK_ELEMENTS);
+            assert!(chunk_size(dtype, None) <= DEFAULT_CHUNK_SIZE);
+            let small = dtype.bytes_of(SMALL_TENSOR_ELEMENTS - 32) as u64;
+            assert_eq!(dtype.elements_in(chunk_size(dtype, Some(small))), PIECE_ELEMENTS, "{dtype:?}");
+            let large = dtype.bytes_of(SMALL_TENSOR_ELEMENTS) as u64;
+            assert_eq!(dtype.elements_in(chunk_size(dtype, Some(large))), CHUNK_ELEMENTS, "{dtype:?}");
         }
     }
 

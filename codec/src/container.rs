@@ -42,7 +42,7 @@ pub fn plan_chunks(layout: &Layout, file_len: usize) -> Vec<PlannedChunk> {
     let data_start = layout.data_start as usize;
     let mut chunks = Vec::new();
     let mut cut = |start: usize, end: usize, dtype: Dtype, tensor: Option<usize>| {
-        for (index, range) in chunk_ranges(end - start, chunk_size(dtype)).enumerate() {
+        for (index, range) in chunk_ranges(end - start, chunk_size(dtype, Some((end - start) as u64))).enumerate() {
             let tensor = tensor.map(|t| (t, index));
             chunks.push(PlannedChunk { start: start + range.start, end: start + range.end, dtype, tensor });
         }

@@ -27,7 +27,7 @@ pub mod sketch;
 
 pub use cast::Cast;
 pub use cdc::next_cut;
-pub use chunk::{chunk_end, chunk_ranges, chunk_size, CHUNK_ELEMENTS, DEFAULT_CHUNK_SIZE};
+pub use chunk::{chunk_end, chunk_ranges, chunk_size, CHUNK_ELEMENTS, DEFAULT_CHUNK_SIZE, PIECE_ELEMENTS, SMALL_TENSOR_ELEMENTS};
 pub use dtype::Dtype;
 pub use encode::{decode_frame, encode_chunk, encode_chunk_as, encode_opaque, BaseChunk, FrameFormat};
 pub use error::{CodecError, Result};

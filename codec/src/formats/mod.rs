@@ -10,6 +10,7 @@
 
 pub mod gguf;
 pub mod onnx;
+mod torch_pickle;
 pub mod zip;
 
 use crate::layout::{parse_header, read_header_len, Layout, TensorInfo, PREFIX_LEN};

@@ -18,9 +18,9 @@
 //! Written here rather than taken from a zip crate: those read the central directory at the
 //! end of a file, which a streaming upload has not received yet.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Discovery, MAX_WALKED_TENSORS};
+use super::{torch_pickle, Discovery, MAX_WALKED_TENSORS};
 use crate::dtype::Dtype;
 use crate::layout::TensorInfo;
 
@@ -54,6 +54,8 @@ pub struct Walk {
     step: Step,
     /// Storage type names seen in the pickle (a few at most: see `MAX_STORAGE_TYPES`).
     storage_types: BTreeSet<Vec<u8>>,
+    /// The element count of each storage the pickle names, by key (`torch_pickle`).
+    storage_sizes: BTreeMap<Vec<u8>, u64>,
     dtype: Dtype,
     tensors: u64,
 }
@@ -74,7 +76,7 @@ pub fn looks_like_torch(prefix: &[u8]) -> Option<bool> {
 
 impl Walk {
     pub(super) fn new() -> Walk {
-        Walk { step: Step::Header, storage_types: BTreeSet::new(), dtype: Dtype::U8, tensors: 0 }
+        Walk { step: Step::Header, storage_types: BTreeSet::new(), storage_sizes: BTreeMap::new(), dtype: Dtype::U8, tensors: 0 }
     }
 
     /// Nothing more to find: the rest is one gap.
@@ -141,8 +143,18 @@ impl Walk {
         if tensor {
             self.tensors += 1;
             found.push(Discovery::Close { end: data_start });
+            // The end is known up front, or from the element count the pickle gave the storage
+            // when a descriptor follows the data (a wrong count only changes how it is cut).
+            let key = &name[name.iter().rposition(|b| *b == b'/').map_or(0, |slash| slash + 1)..];
+            let counted = self.storage_sizes.get(key).filter(|_| self.dtype != Dtype::U8);
+            let end = match (described, counted) {
+                (false, _) => data_start + u64::from(size),
+                (true, Some(count)) => count.checked_mul(self.dtype.size() as u64).and_then(|len| data_start.checked_add(len)).unwrap_or(u64::MAX),
+                (true, None) => u64::MAX,
+            };
             let name = String::from_utf8_lossy(name).into_owned();
-            let info = TensorInfo { name, dtype: self.dtype, shape: Vec::new(), start: data_start, end: u64::MAX };
+            let shape = if end == u64::MAX { Vec::new() } else { vec![(end - data_start) / self.dtype.size() as u64] };
+            let info = TensorInfo { name, dtype: self.dtype, shape, start: data_start, end };
             found.push(Discovery::Open { start: data_start, tensor: Some(info) });
         }
         self.step = if described { Step::Scan { start: data_start, tensor, pickle } } else { Step::Data { remaining: u64::from(size), tensor } };
@@ -176,16 +188,17 @@ impl Walk {
                 }
             };
             if pickle {
-                self.note_storage_types(&bytes[..index]);
+                self.note_storages(&bytes[..index]);
             }
             self.end_entry(offset + index as u64, tensor, descriptor_len, found);
             return Some(index);
         }
         // No descriptor yet: keep back what may start one (or a storage type name; names are
         // looked for in all the bytes there are, so one cut by the overlap is seen next time).
-        let take = waiting.unwrap_or(bytes.len().saturating_sub(SCAN_OVERLAP));
+        let overlap = if pickle { torch_pickle::LONGEST_TUPLE } else { SCAN_OVERLAP };
+        let take = waiting.unwrap_or(bytes.len().saturating_sub(overlap));
         if pickle {
-            self.note_storage_types(bytes);
+            self.note_storages(bytes);
         }
         (take > 0).then_some(take)
     }
@@ -202,7 +215,13 @@ impl Walk {
         self.step = Step::Skip { remaining: descriptor_len };
     }
 
-    fn note_storage_types(&mut self, pickle: &[u8]) {
+    /// Notes the storage types and sizes named in pickle bytes (seen again when a scan repeats them).
+    fn note_storages(&mut self, pickle: &[u8]) {
+        for (key, count) in torch_pickle::storage_sizes(pickle) {
+            if self.storage_sizes.len() < MAX_WALKED_TENSORS as usize || self.storage_sizes.contains_key(&key) {
+                self.storage_sizes.insert(key, count);
+            }
+        }
         let mut rest = pickle;
         while let Some(index) = memchr::memmem::find(rest, b"torch\n") {
             let name = &rest[index + 6..];

@@ -70,14 +70,21 @@ pub(super) struct ModelState {
 }
 
 impl ModelState {
-    /// Data-section offset where the chunk being filled ends.
+    /// Data-section offset where the chunk being filled ends: never before the bytes it holds
+    /// already, though a walked tensor's size, which chooses its chunks' size, may turn out other
+    /// than its start said (a file that lies).
     fn chunk_end(&self) -> u64 {
-        let (region_end, dtype) = match self.regions.get(self.region) {
-            Some(Region { kind: RegionKind::Tensor(index), end, .. }) => (*end, self.layout.tensors[*index].dtype),
-            Some(region) => (region.end, Dtype::U8),
-            None => (u64::MAX, Dtype::U8),
+        let (region_end, dtype, len) = match self.regions.get(self.region) {
+            Some(Region { kind: RegionKind::Tensor(index), start, end }) => {
+                // A walked tensor's region is open until it ends, but the walker may know its end.
+                let tensor = &self.layout.tensors[*index];
+                let len = if *end != walked::OPEN { Some(end - start) } else { (tensor.end != walked::OPEN).then(|| tensor.end - tensor.start) };
+                (*end, tensor.dtype, len)
+            }
+            Some(region) => (region.end, Dtype::U8, None),
+            None => (u64::MAX, Dtype::U8, None),
         };
-        chunk_end(self.chunk_start, region_end, dtype)
+        chunk_end(self.chunk_start, region_end, dtype, len).max(self.position)
     }
 }
 
