@@ -183,17 +183,9 @@ impl TestGateway {
         let gateway = self.gateway.take().unwrap();
         self.runtime.block_on(gateway.shut_down()).expect("the gateway shuts down");
         // The index is free once the aborted tasks have let go of the store.
-        let started = std::time::Instant::now();
-        let gateway = loop {
-            let upstream = server::open_upstream(&config).expect("upstream opens");
-            match self.runtime.block_on(server::start_with(config.clone(), upstream)) {
-                Ok(gateway) => break gateway,
-                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(error) => panic!("the gateway does not start again: {error:#}"),
-            }
-        };
+        wait_until_index_opens(&config.data_dir.join("index"));
+        let upstream = server::open_upstream(&config).expect("upstream opens");
+        let gateway = self.runtime.block_on(server::start_with(config.clone(), upstream)).expect("the gateway starts again");
         self.endpoint = format!("{}://{}", scheme_of(&config), gateway.address);
         self.gateway = Some(gateway);
     }
@@ -295,17 +287,12 @@ impl TestGateway {
         let upstream = server::open_upstream(&config).unwrap();
         let store = running.store.clone();
         running.stop();
-        // Aborted tasks let go of the index a moment later; it must be closed before it goes.
-        let started = Instant::now();
-        while std::sync::Arc::strong_count(&store) > 1 {
-            assert!(started.elapsed() < Duration::from_secs(10), "something still holds the index");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        drop(store);
+        close_store(store);
         std::fs::remove_dir_all(config.data_dir.join("index")).unwrap();
         let store = server::open_store_with(&config, upstream.clone()).unwrap();
         let report = self.runtime.block_on(tensorgate::maintenance::rebuild::rebuild(&store, &|_, _| {})).unwrap();
-        drop(store);
+        close_store(store);
+        wait_until_index_opens(&config.data_dir.join("index"));
         let running = self.runtime.block_on(server::start_with(config, upstream)).unwrap();
         self.endpoint = format!("http://{}", running.address);
         self.gateway = Some(running);
@@ -527,6 +514,30 @@ pub fn perturbed_model(source: &Path, seed: u8) -> Vec<u8> {
 }
 
 /// Pseudo-random bytes (not a model) of a given length.
+/// Drops a store once nothing else holds it, so that its index is closed (sled releases its
+/// lock) before the next open: tasks it spawned let go of it a moment after they end.
+fn close_store(store: std::sync::Arc<tensorgate::engine::Store>) {
+    let started = Instant::now();
+    while std::sync::Arc::strong_count(&store) > 1 {
+        assert!(started.elapsed() < Duration::from_secs(10), "something still holds the index");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(store);
+}
+
+/// Waits until the index in `dir` opens: sled lets go of its lock only once the last handle of
+/// the database before is gone, which its own threads may hold a moment longer.
+fn wait_until_index_opens(dir: &Path) {
+    let started = Instant::now();
+    loop {
+        match tensorgate_index::Index::open(dir) {
+            Ok(_) => return,
+            Err(error) => assert!(started.elapsed() < Duration::from_secs(10), "the index stays locked: {error}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
