@@ -5,10 +5,11 @@
 //! in value distribution, differs in most bits. The distance counts the bits each sample's
 //! difference needs, so it predicts the size of the delta, which value statistics do not.
 //!
-//! Samples come from the first [`CHUNK_ELEMENTS`] elements of the tensor (the first chunk of
-//! the dtypes cut by elements; at most the first 4 MiB chunk of the others), so the sketch is
-//! ready when the first chunk has streamed in and a base can be chosen before anything is
-//! encoded; the same elements are sampled in every precision, and [`Sketch::as_f32`] puts F16,
+//! Samples come from the first [`CHUNK_ELEMENTS`] elements of the tensor, as far as its first
+//! chunk goes (the first chunk of the dtypes cut by elements, which for a tensor under
+//! `SMALL_TENSOR_ELEMENTS` is its first 16,384-element piece; at most the first 4 MiB chunk of
+//! the others), so the sketch is ready when the first chunk has streamed in and a base can be
+//! chosen before anything is encoded; the same elements are sampled in every precision, and [`Sketch::as_f32`] puts F16,
 //! F8 and I8 samples in the terms of F32 and BF16 ones, so that a tensor and its casts are near
 //! (issue 18). GGUF blocks are sampled as the F32 values they dequantize to (issue 17).
 

@@ -4,6 +4,11 @@
 
 use crate::{Index, IndexError, Result};
 
+/// The one entry left in each old tree once it is dropped, which does not decode: a gateway of
+/// the old version that opens the moved index fails on it, rather than taking the empty tree for
+/// an empty index (whose collector would delete the blobs of objects it no longer sees).
+pub(crate) const MOVED: &[u8] = b"\xffmoved to a later format version";
+
 /// Re-encodes one record of an old tree in the layout of its new tree.
 pub(crate) type Conversion = fn(&[u8]) -> Result<Vec<u8>>;
 
@@ -37,10 +42,10 @@ impl Index {
             step.trees.iter().filter(|(old, _, _)| names.iter().any(|name| name.as_ref() == old.as_bytes())).map(|(old, _, _)| *old).collect()
         };
         if self.meta.contains_key(step.dropped)? {
-            // The old trees are gone for good: one that is back and holds records was written
-            // by a gateway of the old version, and dropping it would lose them.
+            // The old trees are gone for good: one that holds records beside its marker was
+            // written by a gateway of the old version, and dropping it would lose them.
             for name in old_trees(self) {
-                if !self.db.open_tree(name)?.is_empty() {
+                if self.db.open_tree(name)?.iter().keys().any(|key| key.map_or(true, |key| key != MOVED)) {
                     return Err(IndexError::Migration(format!(
                         "the tree {name:?} was written by a gateway of format version {} after this index moved on; \
                          rebuild the index from the upstream (`tensorgate index rebuild`)",
@@ -56,7 +61,9 @@ impl Index {
                 new.clear()?;
                 for entry in old.iter() {
                     let (key, value) = entry?;
-                    new.insert(key, convert(&value)?)?;
+                    if key != MOVED {
+                        new.insert(key, convert(&value)?)?;
+                    }
                 }
             }
             self.meta.insert(step.migrated, &[])?;
@@ -65,6 +72,9 @@ impl Index {
         // Also after a crash that came between the mark and the drops.
         for name in old_trees(self) {
             self.db.drop_tree(name.as_bytes())?;
+        }
+        for (old_name, _, _) in step.trees {
+            self.db.open_tree(old_name)?.insert(MOVED, &[])?;
         }
         self.meta.insert(step.dropped, &[])?;
         self.flush()

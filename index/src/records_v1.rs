@@ -251,7 +251,10 @@ mod tests {
             assert_eq!(decode::<ObjectRecord>(&index.objects.get(key.encode()).unwrap().unwrap()).unwrap(), ObjectRecord::from(ObjectRecordV2::from(old_object.clone())));
             assert_eq!(decode::<UploadRecord>(&index.uploads.get("u").unwrap().unwrap()).unwrap(), UploadRecord::from(UploadRecordV2::from(old_upload.clone())));
             assert_eq!(index.objects.len(), 1);
-            assert!(!index.db.tree_names().iter().any(|name| name.as_ref() == b"objects"), "the old trees are dropped");
+            let left: Vec<_> = index.db.open_tree("objects").unwrap().iter().map(Result::unwrap).collect();
+            assert_eq!(left.len(), 1, "the old trees are dropped, their marker left");
+            assert_eq!(&left[0].0[..], crate::migration::MOVED);
+            assert!(decode::<ObjectRecordV1>(&left[0].1).is_err(), "a gateway of version 1 fails on the marker");
         };
         check();
         index.migrate_records().unwrap();

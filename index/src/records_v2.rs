@@ -176,7 +176,10 @@ mod tests {
         index.migrate_records().unwrap();
         assert_eq!(decode::<ObjectRecord>(&index.objects.get(key.encode()).unwrap().unwrap()).unwrap(), ObjectRecord::from(old_object.clone()));
         assert_eq!(decode::<UploadRecord>(&index.uploads.get("u").unwrap().unwrap()).unwrap(), UploadRecord::from(old_upload));
-        assert!(!index.db.tree_names().iter().any(|name| name.as_ref() == b"objects.2"), "the old trees are dropped");
+        let left: Vec<_> = index.db.open_tree("objects.2").unwrap().iter().map(Result::unwrap).collect();
+        assert_eq!(left.len(), 1, "the old trees are dropped, their marker left");
+        assert_eq!(&left[0].0[..], crate::migration::MOVED);
+        assert!(decode::<ObjectRecordV2>(&left[0].1).is_err(), "a gateway of version 2 fails on the marker");
         index.migrate_records().unwrap();
         // A gateway of version 2 opening the migrated index writes into the old trees again.
         index.db.open_tree("objects.2").unwrap().insert(key.encode(), encode(&old_object).unwrap()).unwrap();

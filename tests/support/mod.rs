@@ -182,10 +182,23 @@ impl TestGateway {
         let config = self.store().config.clone();
         let gateway = self.gateway.take().unwrap();
         self.runtime.block_on(gateway.shut_down()).expect("the gateway shuts down");
-        // The index is free once the aborted tasks have let go of the store.
-        wait_until_index_opens(&config.data_dir.join("index"));
-        let upstream = server::open_upstream(&config).expect("upstream opens");
-        let gateway = self.runtime.block_on(server::start_with(config.clone(), upstream)).expect("the gateway starts again");
+        self.serve_again(config);
+    }
+
+    /// Starts the gateway again on `config` once its index is free: the aborted tasks of the one
+    /// before, and sled's own threads, let go of it a moment after its store is dropped.
+    fn serve_again(&mut self, config: Config) {
+        let started = std::time::Instant::now();
+        let gateway = loop {
+            let upstream = server::open_upstream(&config).expect("upstream opens");
+            match self.runtime.block_on(server::start_with(config.clone(), upstream)) {
+                Ok(gateway) => break gateway,
+                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(error) => panic!("the gateway does not start again: {error:#}"),
+            }
+        };
         self.endpoint = format!("{}://{}", scheme_of(&config), gateway.address);
         self.gateway = Some(gateway);
     }
@@ -292,10 +305,7 @@ impl TestGateway {
         let store = server::open_store_with(&config, upstream.clone()).unwrap();
         let report = self.runtime.block_on(tensorgate::maintenance::rebuild::rebuild(&store, &|_, _| {})).unwrap();
         close_store(store);
-        wait_until_index_opens(&config.data_dir.join("index"));
-        let running = self.runtime.block_on(server::start_with(config, upstream)).unwrap();
-        self.endpoint = format!("http://{}", running.address);
-        self.gateway = Some(running);
+        self.serve_again(config);
         report
     }
 
@@ -523,19 +533,6 @@ fn close_store(store: std::sync::Arc<tensorgate::engine::Store>) {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(store);
-}
-
-/// Waits until the index in `dir` opens: sled lets go of its lock only once the last handle of
-/// the database before is gone, which its own threads may hold a moment longer.
-fn wait_until_index_opens(dir: &Path) {
-    let started = Instant::now();
-    loop {
-        match tensorgate_index::Index::open(dir) {
-            Ok(_) => return,
-            Err(error) => assert!(started.elapsed() < Duration::from_secs(10), "the index stays locked: {error}"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {

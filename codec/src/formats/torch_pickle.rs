@@ -11,6 +11,9 @@
 /// whole if each piece repeats this many bytes of the one before.
 pub const LONGEST_TUPLE: usize = 160;
 
+/// Storage keys are decimal numbers: a longer one is not taken (nor kept in memory).
+const MAX_KEY_DIGITS: usize = 20;
+
 /// Every `(key, element count)` of a storage tuple found in `pickle`.
 pub fn storage_sizes(pickle: &[u8]) -> Vec<(Vec<u8>, u64)> {
     memchr::memchr_iter(b'(', pickle).filter_map(|mark| storage_tuple(&pickle[mark + 1..])).collect()
@@ -26,7 +29,7 @@ fn storage_tuple(ops: &[u8]) -> Option<(Vec<u8>, u64)> {
     }
     reader.storage_type()?;
     reader.skip_put();
-    let key = reader.string().filter(|key| !key.is_empty() && key.iter().all(u8::is_ascii_digit))?.to_vec();
+    let key = reader.string().filter(|key| (1..=MAX_KEY_DIGITS).contains(&key.len()) && key.iter().all(u8::is_ascii_digit))?.to_vec();
     reader.skip_put();
     if !reader.get() {
         reader.string()?;

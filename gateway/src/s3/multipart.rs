@@ -89,6 +89,11 @@ impl Gateway {
             copy_part_result: Some(CopyPartResult {
                 e_tag: Some(ETag::Strong(part.etag)),
                 last_modified: Some(timestamp(part.last_modified_ms)),
+                checksum_crc32: part.checksums.crc32,
+                checksum_crc32c: part.checksums.crc32c,
+                checksum_sha1: part.checksums.sha1,
+                checksum_sha256: part.checksums.sha256,
+                checksum_crc64nvme: part.checksums.crc64nvme,
                 ..Default::default()
             }),
             ..Default::default()
