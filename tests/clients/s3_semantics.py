@@ -77,10 +77,19 @@ def reads_honour_conditions_and_ranges(s3, endpoint, bucket):
 
 @case
 def copies_keep_bytes_etag_and_metadata_unless_replaced(s3, endpoint, bucket):
-    etag = put_body(s3, bucket)["ETag"]
-    s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "obj"})
-    copied = s3.head_object(Bucket=bucket, Key="copy")
+    put = put_body(s3, bucket)
+    etag = put["ETag"]
+    done = s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "obj"})["CopyObjectResult"]
+    assert done.get("ChecksumSHA256") == put["ChecksumSHA256"], "the copy keeps the source's checksum algorithm"
+    copied = s3.head_object(Bucket=bucket, Key="copy", ChecksumMode="ENABLED")
     assert copied["ETag"] == etag and copied["Metadata"] == {"owner": "tests"}
+    assert copied.get("ChecksumSHA256") == put["ChecksumSHA256"] and copied.get("ChecksumType") == "FULL_OBJECT", copied
+    import base64
+    import struct
+    import zlib
+    asked = s3.copy_object(Bucket=bucket, Key="crc", CopySource={"Bucket": bucket, "Key": "obj"}, ChecksumAlgorithm="CRC32")
+    crc32 = base64.b64encode(struct.pack(">I", zlib.crc32(BODY))).decode()
+    assert asked["CopyObjectResult"].get("ChecksumCRC32") == crc32, asked
     s3.copy_object(Bucket=bucket, Key="copy2", CopySource={"Bucket": bucket, "Key": "obj"},
                    MetadataDirective="REPLACE", Metadata={"owner": "other"}, ContentType="application/x-test")
     replaced = s3.head_object(Bucket=bucket, Key="copy2")

@@ -27,16 +27,27 @@ impl Gateway {
         let expect = WriteCondition::from_headers(&req.headers)?;
         let pieces = reader::plan(&source, 0..source.size);
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
-        let claimed = ClaimedDigests::default();
+        // The copy keeps a checksum of the algorithm asked for, else of the source's, computed
+        // anew over the whole copy, as S3 does.
+        let asked = input.checksum_algorithm.as_ref().and_then(|algorithm| tensorgate_index::ChecksumAlgorithm::named(algorithm.as_str()));
+        let kept = asked.or_else(|| tensorgate_index::ChecksumAlgorithm::ALL.into_iter().find(|algorithm| source.checksums.get(*algorithm).is_some()));
+        let claimed = ClaimedDigests { algorithm: kept.map(|algorithm| algorithm.name().to_owned()), ..ClaimedDigests::default() };
         let ingested = self.ingest_body(&tenant, Some(body), Some(source.size), &claimed, None, BodyFrom::Store).await?;
         // A copy in one request is a new single-part object: its ETag is the MD5 of its bytes,
         // whatever the source's, and that is what it answers and serves.
         let record = self.commit(&tenant, &input.bucket, &input.key, ingested, attributes, expect.as_expect()).await?;
+        let checksum_type = checksum_type_of(&record.checksums);
+        let checksums = record.checksums;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(ETag::Strong(record.etag)),
                 last_modified: Some(timestamp(record.last_modified_ms)),
-                ..Default::default()
+                checksum_crc32: checksums.crc32,
+                checksum_crc32c: checksums.crc32c,
+                checksum_sha1: checksums.sha1,
+                checksum_sha256: checksums.sha256,
+                checksum_crc64nvme: checksums.crc64nvme,
+                checksum_type,
             }),
             ..Default::default()
         }))
