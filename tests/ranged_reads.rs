@@ -76,6 +76,29 @@ fn concurrent_tensor_aligned_ranges_read_exactly_in_bounded_memory() {
     );
 }
 
+/// Readers that stop reading are cut off and give back the byte budget their answers held: with
+/// a budget of 8 MiB, six GETs that read a few bytes and stop hold all of it, and another
+/// client's read of the whole model completes within 30 s only because the gateway closes the
+/// stalled connections after `response_idle_timeout_secs` (2 s here), short of the object.
+#[test]
+fn stalled_readers_are_cut_off_and_give_back_the_byte_budget() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
+        config.max_in_flight_bytes = 8 << 20;
+        config.response_idle_timeout_secs = 2;
+    });
+    let work = tempfile::tempdir().unwrap();
+    let model = work.path().join("model.safetensors");
+    std::fs::write(&model, replicated_model(&corpus("ft/ft-a-contrastive.bf16.safetensors"), 8)).unwrap();
+    gateway.aws(&["s3", "mb", "s3://cut"]);
+    gateway.aws(&["s3api", "put-object", "--bucket", "cut", "--key", "model", "--body", model.to_str().unwrap()]);
+    let size = std::fs::metadata(&model).unwrap().len().to_string();
+    let said = gateway.python_client("stalled_readers.py", &["cut".as_ref(), "model".as_ref(), size.as_ref(), "6".as_ref(), "cut".as_ref()]);
+    assert!(said.contains("all checks passed"), "{said}");
+    let metrics = &gateway.store().metrics;
+    assert!(metrics.response_timeouts.get() >= 6, "{} connections cut off", metrics.response_timeouts.get());
+    assert!(metrics.response_waits.get() >= 1, "the full read waited for the budget");
+}
+
 /// Readers that stop reading hold no decode slot: 12 GETs of a delta-coded model that read a
 /// few bytes and stop (more than the slots of any machine CI runs on hold), then another client
 /// reads the whole model in full within 30 seconds (tests/clients/stalled_readers.py).

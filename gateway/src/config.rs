@@ -29,11 +29,13 @@ pub struct Config {
     /// Share of `max_concurrent_requests` one tenant's requests may hold at once (when absent:
     /// all of them with one tenant, half with several).
     pub max_concurrent_requests_per_tenant: Option<usize>,
-    /// Bytes of request bodies being received at once; a body that would pass the budget waits
-    /// (its client is slowed down by TCP) until others finish.
+    /// Bytes of request bodies being received and of answers' pieces not yet taken by their
+    /// clients, held at once; a body or a piece that would pass the budget waits (its client
+    /// is slowed down by TCP) until others are done.
     pub max_in_flight_bytes: u64,
-    /// Share of `max_in_flight_bytes` one tenant's bodies may hold at once (when absent: all
-    /// of it with one tenant, half with several), so that one tenant cannot hold it all.
+    /// Share of `max_in_flight_bytes` one tenant's bodies and answers may hold at once (when
+    /// absent: all of it with one tenant, half with several), so that one tenant cannot hold
+    /// it all.
     pub max_in_flight_bytes_per_tenant: Option<u64>,
     /// Seconds a connection has to send a request's headers (once connected, or between two
     /// requests on a kept-alive connection); slower ones are closed.
@@ -41,6 +43,9 @@ pub struct Config {
     /// Seconds a request body may send nothing before the request fails (400 RequestTimeout,
     /// as S3 answers) and gives back its share of the byte budget.
     pub body_idle_timeout_secs: u64,
+    /// Seconds a client may take no byte of an answer before its connection is closed, giving
+    /// back the share of the byte budget the answer's pieces held.
+    pub response_idle_timeout_secs: u64,
     /// Seconds a stopping gateway (SIGTERM or SIGINT) waits for the requests in progress.
     pub drain_secs: u64,
     /// Model headers (safetensors, GGUF) longer than this are not parsed: the file is stored as
@@ -224,10 +229,11 @@ impl Default for Config {
             data_dir: PathBuf::from("tensorgate-data"),
             max_concurrent_requests: 256,
             max_concurrent_requests_per_tenant: None,
-            max_in_flight_bytes: 1 << 30,
+            max_in_flight_bytes: 192 << 20,
             max_in_flight_bytes_per_tenant: None,
             header_read_timeout_secs: 20,
             body_idle_timeout_secs: 20,
+            response_idle_timeout_secs: 20,
             drain_secs: 25,
             max_header_bytes: 16 << 20,
             metrics_listen: None,
@@ -315,6 +321,7 @@ impl Config {
             2 * JOURNAL_OVERLAP_MS / 1000
         );
         anyhow::ensure!(self.body_idle_timeout_secs > 0, "body_idle_timeout_secs must be at least 1");
+        anyhow::ensure!(self.response_idle_timeout_secs > 0, "response_idle_timeout_secs must be at least 1");
         anyhow::ensure!(
             self.tenant_in_flight_bytes() <= self.max_in_flight_bytes,
             "max_in_flight_bytes_per_tenant is more than max_in_flight_bytes"

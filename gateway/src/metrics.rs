@@ -63,6 +63,10 @@ pub struct Metrics {
     pub body_idle_timeouts: Counter,
     /// Connections closed because their request headers did not arrive in time.
     pub header_timeouts: Counter,
+    /// Connections closed because their client took no byte of an answer in time.
+    pub response_timeouts: Counter,
+    /// Pieces of answers that waited for the in-flight byte budget.
+    pub response_waits: Counter,
     /// Re-basing: raw bytes re-encoded, chunks switched to new frames, and the frame bytes those
     /// chunks took before and after.
     pub rebase_raw_bytes: Counter,
@@ -99,6 +103,8 @@ impl Default for Metrics {
             body_waits: Counter::default(),
             body_idle_timeouts: Counter::default(),
             header_timeouts: Counter::default(),
+            response_timeouts: Counter::default(),
+            response_waits: Counter::default(),
             rebase_raw_bytes: Counter::default(),
             rebase_chunks: Counter::default(),
             rebase_bytes_before: Counter::default(),
@@ -129,6 +135,8 @@ impl Default for Metrics {
         registry.register("body_waits", "Request bodies that waited for the in-flight byte budget", metrics.body_waits.clone());
         registry.register("body_idle_timeouts", "Request bodies refused after sending nothing for the idle timeout", metrics.body_idle_timeouts.clone());
         registry.register("header_timeouts", "Connections closed for not sending request headers in time", metrics.header_timeouts.clone());
+        registry.register("response_timeouts", "Connections closed for taking no byte of an answer in time", metrics.response_timeouts.clone());
+        registry.register("response_waits", "Pieces of answers that waited for the in-flight byte budget", metrics.response_waits.clone());
         registry.register("rebase_raw_bytes", "Raw bytes re-encoded by re-basing", metrics.rebase_raw_bytes.clone());
         registry.register("rebase_chunks", "Chunks re-basing switched to new frames", metrics.rebase_chunks.clone());
         registry.register("rebase_bytes_before", "Frame bytes of the chunks re-basing switched, before", metrics.rebase_bytes_before.clone());

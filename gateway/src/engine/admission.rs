@@ -1,8 +1,9 @@
 //! Admission: what a request may hold while it is served, so that no client, and no tenant,
 //! can stall the others. Two limits, each with a per-tenant share: request slots (a request
 //! beyond them is answered `SlowDown`, which clients retry with backoff) and the in-flight
-//! byte budget of request bodies (a body beyond it waits before its first byte is read, which
-//! slows its client down through TCP).
+//! byte budget of request bodies and of answers' pieces not yet taken by their clients (a body
+//! beyond it waits before its first byte is read, a piece before it is fetched, which slows
+//! the client down through TCP).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,9 +44,9 @@ pub struct Slot {
     _gateway: OwnedSemaphorePermit,
 }
 
-/// A body's share of the in-flight byte budget (its tenant's and the gateway's), given back
-/// when dropped.
-pub struct BodyPermit {
+/// A share of the in-flight byte budget (its tenant's and the gateway's) held by a body or by
+/// a piece of an answer, given back when dropped.
+pub struct BytesPermit {
     _tenant: OwnedSemaphorePermit,
     _gateway: OwnedSemaphorePermit,
 }
@@ -75,16 +76,21 @@ impl Admission {
         Some(Slot { _tenant: tenant, _gateway: gateway })
     }
 
-    /// Takes a body's share of the byte budget, waiting while other bodies hold it: `bytes`
-    /// (what the body can buffer, see [`crate::engine::ingest::body_buffer_bytes`], or its announced
-    /// length when smaller), first from its tenant's share, then from the gateway's. Taken
-    /// whole before any byte is read, so that bodies never wait on each other halfway (no
-    /// deadlock). The second value tells whether it had to wait.
-    pub async fn admit_body(&self, tenant: &str, bytes: u64) -> anyhow::Result<(BodyPermit, bool)> {
+    /// Takes `bytes` of the byte budget, waiting while others hold it: first from its tenant's
+    /// share, then from the gateway's; more than a tenant's share is taken as all of it.
+    /// - A body takes what it can buffer (see [`crate::engine::ingest::body_buffer_bytes`]), or
+    ///   its announced length when smaller, whole before any byte is read, so that bodies
+    ///   never wait on each other halfway (no deadlock).
+    /// - A piece of an answer takes its bytes before it is fetched and gives them back once
+    ///   the client has taken it; a client that takes nothing is cut off after
+    ///   `response_idle_timeout_secs` (`server::stalled_writes`), so no share is held forever.
+    ///
+    /// The second value tells whether it had to wait.
+    pub async fn hold_bytes(&self, tenant: &str, bytes: u64) -> anyhow::Result<(BytesPermit, bool)> {
         let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT).max(1)).unwrap_or(u32::MAX).min(self.bytes.share);
         let (tenant, tenant_waited) = take(self.bytes.tenant(tenant), units).await?;
         let (gateway, gateway_waited) = take(self.bytes.all.clone(), units).await?;
-        Ok((BodyPermit { _tenant: tenant, _gateway: gateway }, tenant_waited || gateway_waited))
+        Ok((BytesPermit { _tenant: tenant, _gateway: gateway }, tenant_waited || gateway_waited))
     }
 }
 

@@ -31,7 +31,7 @@ use tensorgate_index::{Index, ObjectKey};
 
 use crate::ids::new_id;
 
-use crate::engine::admission::{Admission, BodyPermit};
+use crate::engine::admission::{Admission, BytesPermit};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::{GuardedUpstream, Upstream, UpstreamFailure};
@@ -106,17 +106,26 @@ impl Store {
         })
     }
 
-    /// Takes a body's share of the in-flight byte budget (see [`Admission::admit_body`]):
+    /// Takes a body's share of the in-flight byte budget (see [`Admission::hold_bytes`]):
     /// what one write can buffer, or the body's announced length when smaller.
-    pub async fn admit_body(&self, tenant: &str, size: Option<u64>) -> anyhow::Result<BodyPermit> {
+    pub async fn admit_body(&self, tenant: &str, size: Option<u64>) -> anyhow::Result<BytesPermit> {
         let bytes = size.unwrap_or(u64::MAX).min(crate::engine::ingest::body_buffer_bytes());
-        let (permit, waited) = self.admission.admit_body(tenant, bytes).await?;
+        let (permit, waited) = self.admission.hold_bytes(tenant, bytes).await?;
         if waited {
             self.metrics.body_waits.inc();
         }
         Ok(permit)
     }
 
+    /// Takes the share of the in-flight byte budget a piece of an answer to `tenant` holds
+    /// until its client has taken it (see [`Admission::hold_bytes`]).
+    pub async fn hold_answer_bytes(&self, tenant: &str, bytes: u64) -> anyhow::Result<BytesPermit> {
+        let (permit, waited) = self.admission.hold_bytes(tenant, bytes).await?;
+        if waited {
+            self.metrics.response_waits.inc();
+        }
+        Ok(permit)
+    }
 }
 
 impl Store {

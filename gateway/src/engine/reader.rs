@@ -13,6 +13,7 @@ use futures::SinkExt;
 use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
 use tensorgate_index::{ChunkHash, ChunkRecord, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
+use crate::engine::admission::BytesPermit;
 use crate::engine::chunk_cache::Lookup;
 use crate::engine::{on_cores, Store, READ_ATTEMPTS};
 use crate::metrics::CacheLabels;
@@ -73,11 +74,21 @@ pub fn plan(record: &ObjectRecord, range: Range<u64>) -> Vec<Piece> {
     pieces
 }
 
+/// Who takes the bytes a read fetches.
+#[derive(Debug, Clone)]
+pub enum Reader {
+    /// A client's answer: each piece holds its share of the tenant's in-flight byte budget
+    /// from before it is fetched until the client has taken it.
+    Client { tenant: String },
+    /// The gateway itself (the packer, copies), whose reads are bounded where it ingests them.
+    Gateway,
+}
+
 /// Streams the pieces' bytes in order. A task fetches and decodes a few pieces ahead; it
 /// stops at the first error (which ends the stream with it) or when the client goes away.
 /// Each piece is fetched by a task of its own, which runs to its end (and gives back its
 /// decode slot) however slowly the client takes the bytes.
-pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync {
+pub fn stream(store: Arc<Store>, pieces: Vec<Piece>, reader: Reader) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync {
     let prefetch = prefetch_for(&pieces, store.prefetch.get());
     let (mut sender, receiver) = futures::channel::mpsc::channel(1);
     let metrics_store = store.clone();
@@ -85,7 +96,8 @@ pub fn stream(store: Arc<Store>, pieces: Vec<Piece>) -> impl Stream<Item = Resul
         let mut fetched = stream::iter(pieces)
             .map(move |piece| {
                 let store = store.clone();
-                let task = tokio::spawn(async move { fetch_piece(&store, piece).await });
+                let reader = reader.clone();
+                let task = tokio::spawn(async move { fetch_held(&store, piece, &reader).await });
                 async move { task.await.map_err(anyhow::Error::from).and_then(|fetched| fetched) }
             })
             .buffered(prefetch);
@@ -125,14 +137,39 @@ impl Piece {
 }
 
 /// Fetches pieces one after the other, all or an error.
-pub async fn fetch_all(store: &Store, pieces: Vec<Piece>) -> anyhow::Result<Vec<Bytes>> {
+pub async fn fetch_all(store: &Store, pieces: Vec<Piece>, reader: &Reader) -> anyhow::Result<Vec<Bytes>> {
     let mut fetched = Vec::with_capacity(pieces.len());
     for piece in pieces {
-        let bytes = fetch_piece(store, piece).await?;
+        let bytes = fetch_held(store, piece, reader).await?;
         store.metrics.bytes_out.inc_by(bytes.len() as u64);
         fetched.push(bytes);
     }
     Ok(fetched)
+}
+
+/// Fetches a piece; for a client, holding its share of the byte budget until the bytes
+/// returned are dropped (once the client has taken them).
+async fn fetch_held(store: &Store, piece: Piece, reader: &Reader) -> anyhow::Result<Bytes> {
+    match reader {
+        Reader::Client { tenant } => {
+            let permit = store.hold_answer_bytes(tenant, piece.held_bytes()).await?;
+            let bytes = fetch_piece(store, piece).await?;
+            Ok(Bytes::from_owner(HeldBytes { bytes, _permit: permit }))
+        }
+        Reader::Gateway => fetch_piece(store, piece).await,
+    }
+}
+
+/// Bytes of an answer with the share of the byte budget they hold.
+struct HeldBytes {
+    bytes: Bytes,
+    _permit: BytesPermit,
+}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {

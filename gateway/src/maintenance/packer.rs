@@ -46,7 +46,7 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
     let Some(record) = store.index.object(&key)?.filter(|r| r.version == job.version) else {
         return Ok(());
     };
-    let body = reader::stream(store.clone(), reader::plan(&record, 0..record.size));
+    let body = reader::stream(store.clone(), reader::plan(&record, 0..record.size), reader::Reader::Gateway);
     let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ChunkedOnly, body_from: BodyFrom::Store, ..Default::default() };
     let Some(ingested) = ingest::ingest(store, &job.tenant, Box::pin(body), options).await? else {
         tracing::info!("too small to chunk; kept as it came");

@@ -26,7 +26,7 @@ impl Gateway {
         let attributes = if replace { attributes_of!(input) } else { source.attributes.clone() };
         let expect = WriteCondition::from_headers(&req.headers)?;
         let pieces = reader::plan(&source, 0..source.size);
-        let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces));
+        let body = StreamingBlob::wrap(reader::stream(self.store.clone(), pieces, reader::Reader::Gateway));
         // The copy keeps a checksum of the algorithm asked for, else of the source's, computed
         // anew over the whole copy, as S3 does.
         let asked = input.checksum_algorithm.as_ref().and_then(|algorithm| tensorgate_index::ChecksumAlgorithm::named(algorithm.as_str()));

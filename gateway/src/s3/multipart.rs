@@ -80,7 +80,7 @@ impl Gateway {
             return Err(s3_error!(InvalidRequest, "The specified copy source is larger than the maximum allowable size for a copy source: {MAX_COPY_BYTES}"));
         }
         let _budget = self.store.admit_body(&tenant, Some(len)).await.map_err(to_s3)?;
-        let body = StreamingBlob::wrap(reader::stream(self.store.clone(), reader::plan(&source, range)));
+        let body = StreamingBlob::wrap(reader::stream(self.store.clone(), reader::plan(&source, range), reader::Reader::Gateway));
         let kept = upload.checksum.map(|kept| kept.algorithm);
         let part = self.store_part(&tenant, Some(body), Some(len), &ClaimedDigests::default(), kept, BodyFrom::Store).await?;
         self.record_part(&tenant, &input.upload_id, input.part_number, &part).await?;

@@ -2,6 +2,7 @@
 //! domains, spawn the background tasks and serve HTTP on the listener.
 
 pub mod cors;
+pub mod stalled_writes;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::engine::admission;
+use crate::server::stalled_writes::StalledWrites;
 use crate::config::{Config, TlsConfig};
 use crate::engine::Store;
 use crate::engine::catalog;
@@ -276,13 +278,16 @@ where
     let mut http = ConnectionBuilder::new(TokioExecutor::new()).http1_only();
     // A client that closes its sending side after the body still gets its answer.
     http.http1().half_close(true).timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // A client that takes no byte of an answer for this long is cut off (see `stalled_writes`).
+    let response_timeout = Duration::from_secs(store.config.response_idle_timeout_secs);
+    let closed = store.metrics.response_timeouts.clone();
     let served = match tls {
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(socket)).await {
-            Ok(Ok(stream)) => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
+            Ok(Ok(stream)) => watcher.watch(http.serve_connection(TokioIo::new(StalledWrites::new(stream, response_timeout, closed)), service)).await,
             Ok(Err(error)) => Err(error.into()),
             Err(_) => Err(Box::new(HeaderTimeout) as Box<dyn std::error::Error + Send + Sync>),
         },
-        None => watcher.watch(http.serve_connection(TokioIo::new(socket), service)).await,
+        None => watcher.watch(http.serve_connection(TokioIo::new(StalledWrites::new(socket, response_timeout, closed)), service)).await,
     };
     if let Err(error) = served {
         let timed_out = error.is::<HeaderTimeout>() || error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
