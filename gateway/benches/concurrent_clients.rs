@@ -9,7 +9,7 @@
 //! 2. all eight models downloaded at once.
 //!
 //! Every download is compared byte for byte with its source. Each row gives the seconds, the
-//! bytes moved per second, and the gateway's peak RSS (VmHWM) since it started.
+//! bytes moved per second, and the gateway's peak RSS (VmHWM) during that step.
 //!
 //! Run: `cargo bench -p tensorgate --bench concurrent_clients` (needs aws).
 //! `TG_BENCH_CONFIG` adds configuration lines to the gateway.
@@ -94,6 +94,7 @@ fn main() {
     wait_all(children);
     let secs = started.elapsed().as_secs_f64();
     println!("| 4 multipart uploads and 4 downloads at once | {secs:.1} | {:.0} | {:.0} |", total_mb(CLIENTS) / secs, gateway.peak_rss_mib());
+    gateway.reset_peak_rss();
     let started = Instant::now();
     wait_for_packer(&gateway);
     let secs = started.elapsed().as_secs_f64();
@@ -103,6 +104,7 @@ fn main() {
     }
     sync();
 
+    gateway.reset_peak_rss();
     let started = Instant::now();
     let children: Vec<Child> = (0..CLIENTS).map(|index| spawn_copy(&gateway, &url(index), downloads[index].to_str().unwrap())).collect();
     wait_all(children);

@@ -136,7 +136,13 @@ impl Gateway {
         line.and_then(|line| line.rsplit(' ').next()?.parse().ok())
     }
 
-    /// Peak resident memory of the gateway process so far, in MiB.
+    /// Starts counting the gateway's peak resident memory again from what it holds now.
+    pub fn reset_peak_rss(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").unwrap();
+    }
+
+    /// Peak resident memory of the gateway process so far (or since the last
+    /// [`Gateway::reset_peak_rss`]), in MiB.
     pub fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
