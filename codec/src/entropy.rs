@@ -98,8 +98,8 @@ pub fn read_word_planes(payload: &[u8], cursor: &mut usize, count: usize) -> Res
     Ok((0..count).map(|i| u32::from_le_bytes([0, 1, 2, 3].map(|p| planes[p * count + i]))).collect())
 }
 
-/// zstd level for bytes of no known layout (text, configs, archives). Level 1 keeps a real
-/// tokenizer.json at 48.7% of raw upstream (level 3: 44.3%, at half the speed on text:
+/// zstd level for bytes of no known layout (text, configs, archives). Level 1 (with the
+/// settings below) keeps a real tokenizer.json at 48.0% of raw upstream (level 3: 44.3%, at half the speed on text:
 /// docs/benchmarks.md, issue 17).
 pub const OPAQUE_ZSTD_LEVEL: i32 = 1;
 
@@ -206,8 +206,9 @@ impl Histogram {
 
     /// The histogram of one block of [`SAMPLE_BLOCK`] bytes in [`SAMPLE_STRIDE`], spread over
     /// the whole of `bytes`: enough to tell random bytes from the rest at a quarter of the cost.
-    /// A wrong guess costs only speed or a little size, never bytes: what zstd makes is kept
-    /// only when it is smaller.
+    /// A wrong guess costs speed, or size when random-looking blocks fall where the sample
+    /// looks (a chunk under 16 KiB is judged on its first 4 KiB), never bytes: what zstd makes
+    /// is kept only when it is smaller.
     fn of_sample(bytes: &[u8]) -> Histogram {
         let mut counts = [0u32; 256];
         let mut total = 0;

@@ -82,8 +82,9 @@ impl Admission {
     ///   its announced length when smaller, whole before any byte is read, so that bodies
     ///   never wait on each other halfway (no deadlock).
     /// - A piece of an answer takes its bytes before it is fetched and gives them back once
-    ///   the client has taken it; a client that takes nothing is cut off after
-    ///   `response_idle_timeout_secs` (`server::stalled_writes`), so no share is held forever.
+    ///   hyper has handed it to the connection; a client that takes nothing is cut off after
+    ///   `response_idle_timeout_secs` (`server::stalled_writes`). One that takes a few bytes
+    ///   now and then keeps its share as long as it does.
     ///
     /// The second value tells whether it had to wait.
     pub async fn hold_bytes(&self, tenant: &str, bytes: u64) -> anyhow::Result<(BytesPermit, bool)> {

@@ -78,29 +78,43 @@ pub fn plan(record: &ObjectRecord, range: Range<u64>) -> Vec<Piece> {
 #[derive(Debug, Clone)]
 pub enum Reader {
     /// A client's answer: each piece holds its share of the tenant's in-flight byte budget
-    /// from before it is fetched until the client has taken it.
+    /// from before it is fetched until hyper has handed it to the connection.
     Client { tenant: String },
-    /// The gateway itself (the packer, copies), whose reads are bounded where it ingests them.
+    /// The gateway itself (the packer, CopyObject, UploadPartCopy): its reads hold at most
+    /// their read-ahead (UploadPartCopy's ingest takes a body's share of the budget; the
+    /// packer and CopyObject take none).
     Gateway,
 }
 
 /// Streams the pieces' bytes in order. A task fetches and decodes a few pieces ahead; it
 /// stops at the first error (which ends the stream with it) or when the client goes away.
 /// Each piece is fetched by a task of its own, which runs to its end (and gives back its
-/// decode slot) however slowly the client takes the bytes.
+/// decode slot) however slowly the client takes the bytes. A client's pieces take their share
+/// of the byte budget here, one after the other in the order they are sent, before their task
+/// starts: an answer then only ever holds the pieces it sends next, so one of them always
+/// goes out (taken in the tasks, a later piece could hold the budget its predecessor waits for).
 pub fn stream(store: Arc<Store>, pieces: Vec<Piece>, reader: Reader) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync {
     let prefetch = prefetch_for(&pieces, store.prefetch.get());
     let (mut sender, receiver) = futures::channel::mpsc::channel(1);
     let metrics_store = store.clone();
+    let holding_store = store.clone();
     tokio::spawn(async move {
-        let mut fetched = stream::iter(pieces)
-            .map(move |piece| {
-                let store = store.clone();
+        let fetched = stream::iter(pieces)
+            .then(move |piece| {
+                let store = holding_store.clone();
                 let reader = reader.clone();
-                let task = tokio::spawn(async move { fetch_held(&store, piece, &reader).await });
+                async move {
+                    let permit = hold(&store, &piece, &reader).await;
+                    (piece, permit)
+                }
+            })
+            .map(move |(piece, permit)| {
+                let store = store.clone();
+                let task = tokio::spawn(async move { Ok(held(fetch_piece(&store, piece).await?, permit?)) });
                 async move { task.await.map_err(anyhow::Error::from).and_then(|fetched| fetched) }
             })
             .buffered(prefetch);
+        let mut fetched = std::pin::pin!(fetched);
         while let Some(result) = fetched.next().await {
             let failed = result.is_err();
             if let Ok(bytes) = &result {
@@ -148,15 +162,25 @@ pub async fn fetch_all(store: &Store, pieces: Vec<Piece>, reader: &Reader) -> an
 }
 
 /// Fetches a piece; for a client, holding its share of the byte budget until the bytes
-/// returned are dropped (once the client has taken them).
+/// returned are dropped (once hyper has handed them to the connection).
 async fn fetch_held(store: &Store, piece: Piece, reader: &Reader) -> anyhow::Result<Bytes> {
+    let permit = hold(store, &piece, reader).await?;
+    Ok(held(fetch_piece(store, piece).await?, permit))
+}
+
+/// The share of the byte budget a piece read for a client holds; none for the gateway's reads.
+async fn hold(store: &Store, piece: &Piece, reader: &Reader) -> anyhow::Result<Option<BytesPermit>> {
     match reader {
-        Reader::Client { tenant } => {
-            let permit = store.hold_answer_bytes(tenant, piece.held_bytes()).await?;
-            let bytes = fetch_piece(store, piece).await?;
-            Ok(Bytes::from_owner(HeldBytes { bytes, _permit: permit }))
-        }
-        Reader::Gateway => fetch_piece(store, piece).await,
+        Reader::Client { tenant } => Ok(Some(store.hold_answer_bytes(tenant, piece.held_bytes()).await?)),
+        Reader::Gateway => Ok(None),
+    }
+}
+
+/// The bytes, holding `permit` (if any) until they are dropped.
+fn held(bytes: Bytes, permit: Option<BytesPermit>) -> Bytes {
+    match permit {
+        Some(permit) => Bytes::from_owner(HeldBytes { bytes, _permit: permit }),
+        None => bytes,
     }
 }
 

@@ -2,8 +2,10 @@
 //! `response_idle_timeout_secs`. hyper 1 has no write timeout for HTTP/1, and an answer's
 //! pieces hold their share of the byte budget until the client takes them (see
 //! `engine::reader`), so a client that stops reading would hold that share for as long as it
-//! keeps the connection open. A write that makes progress, however slowly, starts the time
-//! again.
+//! keeps the connection open. A write that makes progress starts the time again, so a client
+//! that takes a few bytes now and then is not cut off, and keeps its share meanwhile; and as
+//! the kernel reports a socket writable only once part of its send buffer is free, a client
+//! slower than about that much per timeout is cut off.
 
 use std::future::Future;
 use std::io;
@@ -40,10 +42,15 @@ impl<T> StalledWrites<T> {
         }
         if !self.waiting {
             self.waiting = true;
-            self.deadline.as_mut().reset(Instant::now() + self.timeout);
+            // A timeout too long to add never fires (about 30 years from now).
+            let now = Instant::now();
+            let far = now + Duration::from_secs(1 << 30);
+            self.deadline.as_mut().reset(now.checked_add(self.timeout).unwrap_or(far).min(far));
         }
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => {
+                // Counted once: a later poll of the failed connection starts waiting anew.
+                self.waiting = false;
                 self.closed.inc();
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, StalledClient(self.timeout.as_secs()))))
             }
