@@ -188,20 +188,7 @@ struct Histogram {
 
 impl Histogram {
     fn of(plane: &[u8]) -> Histogram {
-        // Four tables counted in turn: a run of one byte value then does not make each
-        // increment wait for the one before.
-        let mut tables = [[0u32; 256]; 4];
-        let mut quads = plane.chunks_exact(4);
-        for quad in &mut quads {
-            for (table, byte) in tables.iter_mut().zip(quad) {
-                table[*byte as usize] += 1;
-            }
-        }
-        for byte in quads.remainder() {
-            tables[0][*byte as usize] += 1;
-        }
-        let counts = std::array::from_fn(|value| tables.iter().map(|table| table[value]).sum());
-        Histogram { counts, total: plane.len() }
+        Histogram::of_blocks([plane])
     }
 
     /// The histogram of one block of [`SAMPLE_BLOCK`] bytes in [`SAMPLE_STRIDE`], spread over
@@ -210,15 +197,28 @@ impl Histogram {
     /// looks (a chunk under 16 KiB is judged on its first 4 KiB), never bytes: what zstd makes
     /// is kept only when it is smaller.
     fn of_sample(bytes: &[u8]) -> Histogram {
-        let mut counts = [0u32; 256];
+        Histogram::of_blocks(bytes.chunks(SAMPLE_BLOCK * SAMPLE_STRIDE).map(|stride| &stride[..stride.len().min(SAMPLE_BLOCK)]))
+    }
+
+    /// The histogram of the bytes of all `blocks` together.
+    fn of_blocks<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> Histogram {
+        // Four tables counted in turn: a run of one byte value then does not make each
+        // increment wait for the one before.
+        let mut tables = [[0u32; 256]; 4];
         let mut total = 0;
-        for block in bytes.chunks(SAMPLE_BLOCK * SAMPLE_STRIDE) {
-            let sampled = Histogram::of(&block[..block.len().min(SAMPLE_BLOCK)]);
-            for (count, more) in counts.iter_mut().zip(sampled.counts) {
-                *count += more;
+        for block in blocks {
+            let mut quads = block.chunks_exact(4);
+            for quad in &mut quads {
+                for (table, byte) in tables.iter_mut().zip(quad) {
+                    table[*byte as usize] += 1;
+                }
             }
-            total += sampled.total;
+            for byte in quads.remainder() {
+                tables[0][*byte as usize] += 1;
+            }
+            total += block.len();
         }
+        let counts = std::array::from_fn(|value| tables.iter().map(|table| table[value]).sum());
         Histogram { counts, total }
     }
 

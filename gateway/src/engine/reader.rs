@@ -110,7 +110,10 @@ pub fn stream(store: Arc<Store>, pieces: Vec<Piece>, reader: Reader) -> impl Str
             })
             .map(move |(piece, permit)| {
                 let store = store.clone();
-                let task = tokio::spawn(async move { Ok(held(fetch_piece(&store, piece).await?, permit?)) });
+                let task = tokio::spawn(async move {
+                    let permit = permit?;
+                    Ok(held(fetch_piece(&store, piece).await?, permit))
+                });
                 async move { task.await.map_err(anyhow::Error::from).and_then(|fetched| fetched) }
             })
             .buffered(prefetch);

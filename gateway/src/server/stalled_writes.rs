@@ -30,6 +30,9 @@ pub struct StalledWrites<T> {
 
 impl<T> StalledWrites<T> {
     pub fn new(inner: T, timeout: Duration, closed: Counter) -> StalledWrites<T> {
+        // A longer timeout (about 34 years) never fires anyway, and adding it to now could
+        // overflow.
+        let timeout = timeout.min(Duration::from_secs(1 << 30));
         StalledWrites { inner, timeout, deadline: Box::pin(tokio::time::sleep(timeout)), waiting: false, closed }
     }
 
@@ -42,10 +45,7 @@ impl<T> StalledWrites<T> {
         }
         if !self.waiting {
             self.waiting = true;
-            // A timeout too long to add never fires (about 30 years from now).
-            let now = Instant::now();
-            let far = now + Duration::from_secs(1 << 30);
-            self.deadline.as_mut().reset(now.checked_add(self.timeout).unwrap_or(far).min(far));
+            self.deadline.as_mut().reset(Instant::now() + self.timeout);
         }
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => {
