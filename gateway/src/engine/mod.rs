@@ -8,6 +8,7 @@ pub mod admission;
 pub mod bucket_settings;
 pub mod catalog;
 pub mod chunk_cache;
+pub mod decode_slots;
 pub mod cores;
 pub mod guards;
 pub mod ingest;
@@ -50,8 +51,8 @@ pub struct Store {
     /// Chunks being read and decoded for GETs at once, all responses together, in units of
     /// [`reader::SLOT_BYTES`] (two full-sized chunks per core: one decoding while the next is
     /// read). A chunk waiting for a core would otherwise hold its frame and its base in memory,
-    /// for every range in flight.
-    pub decode_slots: tokio::sync::Semaphore,
+    /// for every range in flight. An answer's first piece goes ahead of read-ahead.
+    pub decode_slots: decode_slots::DecodeSlots,
     /// The write locks of keys and buckets.
     pub locks: WriteLocks,
     /// Chunks that writes in progress will reference.
@@ -82,7 +83,7 @@ impl Store {
         let chunk_cache = ChunkCache::new(config.chunk_cache_bytes);
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let prefetch = NonZeroUsize::new(cores + 1).unwrap_or(NonZeroUsize::MIN);
-        let decode_slots = tokio::sync::Semaphore::new(2 * cores * reader::SLOTS_PER_FULL_CHUNK as usize);
+        let decode_slots = decode_slots::DecodeSlots::new(2 * cores as u32 * reader::SLOTS_PER_FULL_CHUNK);
         let instance = index.instance_id(new_id)?;
         let admission = Admission::new(&config);
         Ok(Store {

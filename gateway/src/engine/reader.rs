@@ -15,6 +15,7 @@ use tensorgate_index::{ChunkHash, ChunkRecord, ObjectRecord, Segment, MAX_BASE_D
 
 use crate::engine::admission::BytesPermit;
 use crate::engine::chunk_cache::Lookup;
+use crate::engine::decode_slots::Urgency;
 use crate::engine::{on_cores, Store, READ_ATTEMPTS};
 use crate::metrics::CacheLabels;
 
@@ -112,7 +113,7 @@ pub fn stream(store: Arc<Store>, pieces: Vec<Piece>, reader: Reader) -> impl Str
                 let store = store.clone();
                 let task = tokio::spawn(async move {
                     let permit = permit?;
-                    Ok(held(fetch_piece(&store, piece).await?, permit))
+                    Ok(held(fetch_piece(&store, piece, Urgency::Ahead).await?, permit))
                 });
                 async move { task.await.map_err(anyhow::Error::from).and_then(|fetched| fetched) }
             })
@@ -153,11 +154,12 @@ impl Piece {
     }
 }
 
-/// Fetches pieces one after the other, all or an error.
-pub async fn fetch_all(store: &Store, pieces: Vec<Piece>, reader: &Reader) -> anyhow::Result<Vec<Bytes>> {
+/// Fetches the pieces an answer starts with, one after the other, all or an error: their
+/// decodes go ahead of other answers' read-ahead (see `decode_slots`).
+pub async fn fetch_first(store: &Store, pieces: Vec<Piece>, reader: &Reader) -> anyhow::Result<Vec<Bytes>> {
     let mut fetched = Vec::with_capacity(pieces.len());
     for piece in pieces {
-        let bytes = fetch_held(store, piece, reader).await?;
+        let bytes = fetch_held(store, piece, reader, Urgency::First).await?;
         store.metrics.bytes_out.inc_by(bytes.len() as u64);
         fetched.push(bytes);
     }
@@ -166,9 +168,9 @@ pub async fn fetch_all(store: &Store, pieces: Vec<Piece>, reader: &Reader) -> an
 
 /// Fetches a piece; for a client, holding its share of the byte budget until the bytes
 /// returned are dropped (once hyper has handed them to the connection).
-async fn fetch_held(store: &Store, piece: Piece, reader: &Reader) -> anyhow::Result<Bytes> {
+async fn fetch_held(store: &Store, piece: Piece, reader: &Reader, urgency: Urgency) -> anyhow::Result<Bytes> {
     let permit = hold(store, &piece, reader).await?;
-    Ok(held(fetch_piece(store, piece).await?, permit))
+    Ok(held(fetch_piece(store, piece, urgency).await?, permit))
 }
 
 /// The share of the byte budget a piece read for a client holds; none for the gateway's reads.
@@ -199,13 +201,14 @@ impl AsRef<[u8]> for HeldBytes {
     }
 }
 
-async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
+async fn fetch_piece(store: &Store, piece: Piece, urgency: Urgency) -> anyhow::Result<Bytes> {
     match piece {
         Piece::Inline(bytes) => Ok(bytes),
         Piece::Blob { key, range } => store.read_upstream(&key, range).await,
         Piece::Chunk { hash, len, within } => {
             // A chunk kept, or being decoded for another read when this one looks, costs no
-            // slot. A decode waits its turn for slots (first come, first served) and takes them
+            // slot. A decode waits its turn for slots (an answer's first piece before read-ahead,
+            // else first come, first served) and takes them
             // before it is announced: one that took them once under way could wait on slots held
             // by deltas waiting for it as their base. Whoever holds a slot finishes without
             // waiting on any client (`stream` fetches each piece in a task of its own, and the
@@ -222,7 +225,7 @@ async fn fetch_piece(store: &Store, piece: Piece) -> anyhow::Result<Bytes> {
                 }
                 None => {
                     let slots = (len as usize).div_ceil(SLOT_BYTES).clamp(1, SLOTS_PER_FULL_CHUNK as usize) as u32;
-                    let _slots = store.decode_slots.acquire_many(slots).await?;
+                    let _slots = store.decode_slots.acquire(slots, urgency).await;
                     // Kept only when this read takes part of it: a neighbouring range may want
                     // the rest, where a stream reading whole chunks never comes back for one.
                     let partly = within.start > 0 || within.end < len as usize;

@@ -57,7 +57,7 @@ impl Gateway {
             let held_back = first.iter().take_while(|piece| matches!(piece, reader::Piece::Inline(_))).count() + 1;
             let rest = first.split_off(held_back.min(first.len()));
             let client = reader::Reader::Client { tenant: tenant.clone() };
-            let first = reader::fetch_all(&self.store, first, &client).await.map_err(to_s3)?;
+            let first = reader::fetch_first(&self.store, first, &client).await.map_err(to_s3)?;
             let first = futures::stream::iter(first.into_iter().map(Ok::<_, std::io::Error>));
             let body = futures::StreamExt::chain(first, reader::stream(self.store.clone(), rest, client));
             tracing::info!(bytes = bytes.end - bytes.start, "serving");
