@@ -4,7 +4,9 @@
 //! shape in all the other files (any name). The exhaustive choice encodes the tensor against
 //! each candidate and keeps the smallest; the fingerprint choice takes the candidate with the
 //! nearest sketch. Reports how often they agree (a tie in size counts as agreement), the total
-//! encoded size of each, and candidate ranking speed with thousands of candidates per shape.
+//! encoded size of each, and candidate ranking speed with thousands of candidates per shape;
+//! and the same choice made only among the candidates that share a band with the tensor, as
+//! the index finds them past 64 candidates of a shape (`Index::near_candidates`).
 //!
 //! Run: `cargo bench -p tensorgate-codec --bench fingerprint`
 
@@ -87,6 +89,8 @@ fn main() {
         agree: bool,
         trial_agree: bool,
         trial: usize,
+        banded_agree: bool,
+        banded: usize,
         raw: usize,
         fingerprint: usize,
         exhaustive: usize,
@@ -118,7 +122,24 @@ fn main() {
                 .copied()
                 .unwrap();
             let trial = sizes[tried];
+            // Among those sharing a band, the 32 sharing most, then as above; none: on its own.
+            let bands = tensor.sketch.bands(tensor.dtype).unwrap();
+            let shared = |i: &usize| {
+                let theirs = tensors[candidates[*i]].sketch.bands(tensor.dtype).unwrap();
+                bands.iter().zip(&theirs).filter(|(a, b)| a == b).count()
+            };
+            let mut near: Vec<usize> = (0..candidates.len()).filter(|i| shared(i) > 0).collect();
+            near.sort_by_key(|i| std::cmp::Reverse(shared(i)));
+            near.truncate(32);
+            near.sort_by_key(|i| tensors[candidates[*i]].sketch.distance(&tensor.sketch));
+            let banded = near
+                .iter()
+                .take(TRIALS)
+                .min_by_key(|i| encoded_size(&sample(tensor), Some(&sample(&tensors[candidates[**i]]))))
+                .map_or(own, |i| sizes[*i]);
             Some(Outcome {
+                banded_agree: banded as f64 <= exhaustive as f64 * 1.005,
+                banded,
                 agree: fingerprint as f64 <= exhaustive as f64 * 1.005,
                 trial_agree: trial as f64 <= exhaustive as f64 * 1.005,
                 trial,
@@ -146,6 +167,13 @@ fn main() {
         TRIAL_BYTES >> 10,
         100.0 * trial_agreeing as f64 / outcomes.len() as f64,
         100.0 * (trial as f64 / exhaustive as f64 - 1.0)
+    );
+    let banded_agreeing = outcomes.iter().filter(|o| o.banded_agree).count();
+    let banded: usize = outcomes.iter().map(|o| o.banded).sum();
+    println!(
+        "the same among the candidates sharing a band: agrees {banded_agreeing} ({:.1}%), size {:+.2}% of exhaustive",
+        100.0 * banded_agreeing as f64 / outcomes.len() as f64,
+        100.0 * (banded as f64 / exhaustive as f64 - 1.0)
     );
     println!("nearest candidate has another name: {} tensors", outcomes.iter().filter(|o| o.renamed).count());
 

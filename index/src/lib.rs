@@ -112,6 +112,8 @@ pub struct Index {
     parts: sled::Tree,
     tensors: sled::Tree,
     candidates: sled::Tree,
+    /// The candidates filed under the bands of their fingerprints (see `candidates`).
+    candidate_bands: sled::Tree,
     meta: sled::Tree,
     pending: sled::Tree,
     rebase_settled: sled::Tree,
@@ -132,6 +134,7 @@ impl Index {
             parts: db.open_tree("parts")?,
             tensors: db.open_tree("tensors")?,
             candidates: db.open_tree("candidates")?,
+            candidate_bands: db.open_tree("candidate-bands")?,
             meta: db.open_tree("meta")?,
             pending: db.open_tree("pending")?,
             rebase_settled: db.open_tree("rebase-settled")?,
@@ -139,6 +142,7 @@ impl Index {
         };
         index.migrate_signatures()?;
         index.migrate_records()?;
+        index.file_all_bands()?;
         Ok(index)
     }
 
