@@ -29,7 +29,7 @@ impl ClaimedDigests {
         if let Some(content_md5) = &self.content_md5 {
             let claimed = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, content_md5)
                 .map_err(|_| s3_error!(InvalidDigest))?;
-            if claimed != ingested.md5 {
+            if ingested.md5.as_ref().map(|md5| &md5[..]) != Some(&claimed[..]) {
                 return Err(s3_error!(BadDigest, "Content-MD5 does not match the body"));
             }
         }

@@ -152,7 +152,7 @@ impl Gateway {
         let record = ObjectRecord {
             version: new_id(),
             size: ingested.size,
-            etag: hex::encode(ingested.md5),
+            etag: hex::encode(ingested.md5.ok_or_else(|| internal("a client's write was ingested without its MD5"))?),
             last_modified_ms: now_ms(),
             attributes,
             checksums: checksums_of(&ingested.checksums),

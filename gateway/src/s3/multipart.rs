@@ -271,7 +271,7 @@ impl Gateway {
         Ok(PartRecord {
             blob,
             size: ingested.size,
-            etag: hex::encode(ingested.md5),
+            etag: hex::encode(ingested.md5.ok_or_else(|| internal("a part was ingested without its MD5"))?),
             last_modified_ms: now_ms(),
             checksums: checksums_of(&ingested.checksums),
         })

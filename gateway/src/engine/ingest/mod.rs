@@ -46,7 +46,9 @@ pub fn body_buffer_bytes() -> u64 {
 /// What a finished ingest produced, ready to commit.
 pub struct Ingested {
     pub size: u64,
-    pub md5: [u8; 16],
+    /// MD5 of the body (its ETag); `None` for the packer's ingest (`IngestMode::ChunkedOnly`),
+    /// which keeps the object's ETag (it was 13% of the packer's CPU).
+    pub md5: Option<[u8; 16]>,
     pub checksums: s3s::dto::Checksum,
     pub segments: Vec<Segment>,
     pub new_chunks: Vec<NewChunk>,
@@ -187,7 +189,7 @@ struct Ingester {
     /// Prefix of the upstream keys this write makes (see `Config::upstream_prefix`).
     upstream_prefix: String,
     options: IngestOptions,
-    md5: Md5,
+    md5: Option<Md5>,
     hasher: ChecksumHasher,
     size: u64,
     state: State,
@@ -211,7 +213,7 @@ impl Ingester {
             in_flight: Vec::new(),
             held_chunks: Vec::new(),
             store,
-            md5: Md5::new(),
+            md5: (options.mode != IngestMode::ChunkedOnly).then(Md5::new),
             hasher: options.checksums.hasher(),
             force_plain: options.mode == IngestMode::Plain,
             options,
@@ -241,7 +243,9 @@ impl Ingester {
                     return Err(anyhow::anyhow!("reading a stored object: {error}").context(UpstreamFailure::Failed))
                 }
             };
-            self.md5.update(&bytes);
+            if let Some(md5) = &mut self.md5 {
+                md5.update(&bytes);
+            }
             self.hasher.update(&bytes);
             self.size += bytes.len() as u64;
             self.push(bytes).await?;
@@ -324,7 +328,7 @@ impl Ingester {
             new_pack = Some(NewPack { key, total_bytes: total });
         }
         self.store.metrics.bytes_in.inc_by(self.size);
-        let md5 = std::mem::replace(&mut self.md5, Md5::new()).finalize();
+        let md5 = self.md5.take().map(Md5::finalize);
         let hasher = std::mem::take(&mut self.hasher);
         Ok(Some(Ingested {
             size: self.size,
