@@ -162,9 +162,29 @@ fn a_named_base_is_used_when_given() {
         gateway.aws(&["s3", "cp", &format!("s3://tunes/{key}"), out.to_str().unwrap()]);
         assert!(std::fs::read(&out).unwrap() == std::fs::read(&tuned).unwrap());
     }
+    // A multipart upload names its base at its creation (as `aws s3 cp --metadata` does for any
+    // file past its 8 MiB threshold); the packer takes it from the object's metadata.
+    let json = |output: std::process::Output| -> serde_json::Value { serde_json::from_slice(&output.stdout).unwrap() };
+    let tuned = corpus("ckpt/ft-a-contrastive.step0060.bf16.safetensors");
+    let before = gateway.store().index.pack_bytes().unwrap();
+    let created = json(gateway.aws(&[
+        "s3api", "create-multipart-upload", "--bucket", "tunes", "--key", "by-parts", "--metadata", "tensorgate-base=bases/base.safetensors",
+    ]));
+    let upload_id = created["UploadId"].as_str().unwrap().to_owned();
+    let uploaded = json(gateway.aws(&[
+        "s3api", "upload-part", "--bucket", "tunes", "--key", "by-parts", "--part-number", "1", "--upload-id", &upload_id, "--body", tuned.to_str().unwrap(),
+    ]));
+    let parts = format!(r#"{{"Parts":[{{"ETag":{:?},"PartNumber":1}}]}}"#, uploaded["ETag"].as_str().unwrap());
+    gateway.aws(&["s3api", "complete-multipart-upload", "--bucket", "tunes", "--key", "by-parts", "--upload-id", &upload_id, "--multipart-upload", &parts]);
+    gateway.drain_packer();
+    added.push(gateway.store().index.pack_bytes().unwrap() - before);
+    let out = gateway.dir.path().join("back");
+    gateway.aws(&["s3", "cp", "s3://tunes/by-parts", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&tuned).unwrap());
     let raw = std::fs::metadata(corpus("ft/ft-a-contrastive.bf16.safetensors")).unwrap().len();
     assert!(added[0] * 100 > raw * 50 && added[1] * 100 > raw * 50, "without a usable hint nothing is a delta: {added:?}");
     assert!(added[2] * 100 < raw * 15, "the hinted base was not used: {added:?}");
+    assert!(added[3] * 100 < raw * 15, "the base named at the upload's creation was not used: {added:?}");
 }
 
 /// `stats` attributes every logical byte to one technique: a copy to file dedup, a fine-tune to

@@ -47,7 +47,9 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
         return Ok(());
     };
     let body = reader::stream(store.clone(), reader::plan(&record, 0..record.size), reader::Reader::Gateway);
-    let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ChunkedOnly, body_from: BodyFrom::Store, ..Default::default() };
+    // A multipart upload names its base at its creation; it is kept as the object's metadata.
+    let base_hint = record.attributes.metadata.get(ingest::BASE_HINT).and_then(|hint| ingest::named_base(store, &job.tenant, hint));
+    let options = IngestOptions { size_hint: Some(record.size), mode: IngestMode::ChunkedOnly, body_from: BodyFrom::Store, base_hint, ..Default::default() };
     let Some(ingested) = ingest::ingest(store, &job.tenant, Box::pin(body), options).await? else {
         tracing::info!("too small to chunk; kept as it came");
         return Ok(());

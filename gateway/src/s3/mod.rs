@@ -45,8 +45,6 @@ use copy::{MAX_COPY_BYTES, copy_source_range};
 use digests::{ClaimedDigests, announced_size, checksum_type_of, checksums_of, trailer_algorithm};
 use multipart_checksums::{answered_checksums, check_checksum_type, check_completion_checksums, completed_checksums, part_checksums, upload_checksum};
 
-/// User metadata naming the base model of an upload (`x-amz-meta-tensorgate-base: bucket/key`).
-const BASE_HINT: &str = "tensorgate-base";
 
 /// The S3 face of a [`Store`].
 #[derive(Clone)]
@@ -132,18 +130,9 @@ impl Gateway {
     }
 
     /// The tensors of the model a client names as the base with `x-amz-meta-tensorgate-base:
-    /// bucket/key` (in its own tenant). A hint that names nothing usable is ignored.
+    /// bucket/key` (see `ingest::named_base`).
     fn base_hint(&self, tenant: &str, metadata: Option<&Metadata>) -> Option<Arc<ModelTensors>> {
-        let (bucket, key) = metadata?.get(BASE_HINT)?.split_once('/')?;
-        let record = match self.store.index.object(&ObjectKey::new(tenant, bucket, key)) {
-            Ok(record) => record?,
-            Err(error) => {
-                // A hint only saves bytes: a write goes on without it.
-                tracing::warn!(error = %error, "the named base could not be read; stored without it");
-                return None;
-            }
-        };
-        ingest::model_tensors(&record).map(Arc::new)
+        ingest::named_base(&self.store, tenant, metadata?.get(ingest::BASE_HINT)?)
     }
 
     /// Makes an ingested body the object at `key`, with the given attributes, if the object

@@ -27,7 +27,7 @@ use crate::ids::new_id;
 use crate::upstream::BlobWriter;
 use crate::upstream::UpstreamFailure;
 use model::ModelState;
-pub use model::{model_tensors, ModelTensors};
+pub use model::{model_tensors, named_base, ModelTensors, BASE_HINT};
 pub(crate) use bases::MAX_WRITE_DEPTH;
 
 /// Chunks encoded together: one per core keeps every core busy, up to 8 (concurrent writes

@@ -5,19 +5,40 @@
 //! encoded on the cores into the write's pack.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tensorgate_codec::formats::Walker;
 use tensorgate_codec::{chunk_end, sniff, stored_layout, ContentHash, Dtype, Layout, Region, RegionKind, Sketch, Sniffed};
-use tensorgate_index::{ChunkHash, ObjectRecord, Segment};
+use tensorgate_index::{ChunkHash, ObjectKey, ObjectRecord, Segment};
 
 use super::bases::{ChosenBase, MIN_BASE_TENSOR_BYTES};
 use super::frames::{Encoding, PendingChunk};
 use super::{walked, Ingester, State, StoredTensor};
+use crate::engine::Store;
 use crate::metrics::ChunkLabels;
 
 /// The chunks of each tensor of a stored model, by name and signature.
 pub type ModelTensors = HashMap<(String, String), Vec<ChunkHash>>;
+
+/// User metadata naming the base model of an upload (`x-amz-meta-tensorgate-base: bucket/key`).
+pub const BASE_HINT: &str = "tensorgate-base";
+
+/// The tensors of the model a base hint names (`bucket/key`, in `tenant`'s own buckets): a
+/// client's PUT gives it with the body, a multipart upload at its creation (the packer reads
+/// it from the object's metadata). A hint that names nothing usable is ignored.
+pub fn named_base(store: &Store, tenant: &str, hint: &str) -> Option<Arc<ModelTensors>> {
+    let (bucket, key) = hint.split_once('/')?;
+    let record = match store.index.object(&ObjectKey::new(tenant, bucket, key)) {
+        Ok(record) => record?,
+        Err(error) => {
+            // A hint only saves bytes: a write goes on without it.
+            tracing::warn!(error = %error, "the named base could not be read; stored without it");
+            return None;
+        }
+    };
+    model_tensors(&record).map(Arc::new)
+}
 
 /// The tensors of a stored model, from its manifest: the header's regions in order, each the
 /// chunks whose lengths add up to it (however it was cut). `None` for an object stored without
