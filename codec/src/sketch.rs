@@ -26,10 +26,11 @@ const BAND_SAMPLES: usize = 4;
 /// Bands of a sketch (see [`Sketch::bands`]).
 pub const BANDS: usize = SAMPLES / BAND_SAMPLES;
 /// Low bits of a sample (in F32 terms) a band leaves out: what is left is the sign and the
-/// exponent. On the corpus, fine-tunes' tensors share 15 to 64 of the 64 bands with their
-/// base's (fewer when cut finer: the masked-LM one's embeddings, whose every row moves, shared
-/// none at two mantissa bits; a tensor re-initialised by its fine-tune, none), other tensors
-/// of the same shape none in nine cases out of ten.
+/// exponent. On the corpus (`cargo bench -p tensorgate-codec --bench fingerprint`), a tensor
+/// shares 15 to 64 of the 64 bands with the same tensor in another file of its family (63 in
+/// the median), and none with another tensor of its shape in 960 pairs of 968. Cut finer, to
+/// two mantissa bits, the masked-LM fine-tune's embeddings (every row moves) shared none with
+/// their base's.
 const BAND_COARSENESS: u32 = 7;
 
 /// The fingerprint of one tensor: the top 16 bits of each sample, mapped to integers in the

@@ -4,7 +4,10 @@
 //! bands (`tensorgate_codec::Sketch::bands`) rather than by reading them all: each candidate is
 //! also filed in `candidate_bands` under `scope 00 signature 00 band (1 byte) key (8 bytes,
 //! big-endian) sequence (8 bytes, big-endian) id (32 bytes)`, with an empty value; the sequence
-//! orders a band's members by when they were filed.
+//! orders a band's members by when they were filed (0 for those filed by the migration at
+//! open, which come first, in no meaningful order). Two writes registering the same new tensor
+//! at once may file it twice, and a crash between filing and registering leaves bands naming
+//! no candidate: lookups count an id once per band and pass over ids with no candidate.
 
 use std::collections::HashMap;
 
@@ -22,8 +25,9 @@ const NEAREST_BY_BANDS: usize = 32;
 
 /// Members of one band read at each end (the first filed and the last): a family of many
 /// members (the fine-tunes of one base, or near-constant tensors such as layer norms) fills
-/// the same bands, and reading them all would cost what reading every candidate does. The
-/// first filed are most often the family's base, the last the checkpoints before the new one.
+/// the same bands, and reading them all would cost what reading every candidate does. When a
+/// family's base was stored first, it is among the first filed; the last are the newest, such
+/// as the checkpoints before the new one. A member filed in between is not read.
 const BAND_READ_EACH_END: usize = 8;
 
 /// The `meta` key that says every candidate is filed under its bands.
@@ -47,7 +51,7 @@ impl Index {
         let mut key = prefix.clone();
         key.extend_from_slice(&id);
         if !self.candidates.contains_key(&key)? {
-            self.file_bands(&prefix, signature, &candidate.sketch, &id)?;
+            self.file_bands(&prefix, signature, &candidate.sketch, &id, self.db.generate_id()?)?;
         }
         self.candidates.insert(key, encode(candidate)?)?;
         Ok(())
@@ -107,11 +111,11 @@ impl Index {
 
     /// Files the candidate `id` (under `prefix`: its scope and signature) under the bands of its
     /// fingerprint; nothing for a dtype without bands or a sketch that does not read.
-    fn file_bands(&self, prefix: &[u8], signature: &str, sketch: &[u8], id: &ChunkHash) -> Result<()> {
+    /// `sequence` orders it among the band's members (see the module's doc).
+    fn file_bands(&self, prefix: &[u8], signature: &str, sketch: &[u8], id: &ChunkHash, sequence: u64) -> Result<()> {
         let Some(bands) = signature_dtype(signature).and_then(|dtype| Sketch::from_bytes(sketch)?.bands(dtype)) else {
             return Ok(());
         };
-        let sequence = self.db.generate_id()?;
         let mut batch = sled::Batch::default();
         for (band, key) in bands.iter().enumerate() {
             let mut entry = band_key(prefix, band, *key);
@@ -123,8 +127,12 @@ impl Index {
         Ok(())
     }
 
-    /// Files, once, the candidates stored before bands were (or by a gateway that did not file
-    /// them): until then they would be found only while few share their dtype and shape.
+    /// Files, once, the candidates stored before bands were: until then they would be found
+    /// only while few share their dtype and shape. Each under sequence 0, so that a filing a
+    /// crash cut short is done again to the same keys. (Candidates that a gateway from before
+    /// stop 24 registers in an index this one has opened are not filed: going back is not
+    /// supported, docs/format.md section 11.) A record that does not decode is left to the
+    /// lookups of its signature, which refuse it.
     pub(crate) fn file_all_bands(&self) -> Result<()> {
         if self.meta.contains_key(BANDS_FILED)? {
             return Ok(());
@@ -138,8 +146,8 @@ impl Index {
                 continue;
             };
             let Ok(id) = <ChunkHash>::try_from(&key[id_start..]) else { continue };
-            let candidate: BaseCandidate = decode(&value)?;
-            self.file_bands(&key[..id_start], signature, &candidate.sketch, &id)?;
+            let Ok(candidate) = decode::<BaseCandidate>(&value) else { continue };
+            self.file_bands(&key[..id_start], signature, &candidate.sketch, &id, 0)?;
         }
         self.meta.insert(BANDS_FILED, &[])?;
         self.flush()

@@ -1,8 +1,12 @@
 //! The decode slots of GETs: how many chunks are read and decoded for answers at once, all
 //! answers together. An answer's first piece is decoded before the answer starts (see
-//! `s3::objects`), so while it waits the client sees no byte; it goes ahead of the pieces other
-//! answers read ahead, which their clients do not wait for yet. Within each class, first come,
-//! first served.
+//! `s3::objects`), so while it waits the client sees no byte; it goes ahead of the pieces
+//! answers read ahead, which their clients do not wait for yet, and of the gateway's own reads
+//! (the packer, copies). Ahead of them, not instead of them: a waiter of the other queue that
+//! has waited [`LONGEST_WAIT_BEHIND`] goes first, so that a stream of new answers cannot
+//! starve a copy whose client waits for all of it. Within each queue, first come, first
+//! served. (Giving the other queue every fourth grant instead brought the first pieces' wait
+//! back to what it was with one queue: docs/benchmarks.md, stop 24.)
 //!
 //! Written here rather than taken from tokio: its semaphore serves waiters in one queue, and
 //! two semaphores cannot share one count of slots.
@@ -11,6 +15,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
+use tokio::time::{Duration, Instant};
+
+/// How long a waiter of the other queue lets first pieces go before it.
+const LONGEST_WAIT_BEHIND: Duration = Duration::from_secs(1);
 
 /// Which queue a decode waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +37,15 @@ pub struct DecodeSlots {
 
 struct State {
     free: u32,
+    /// All the slots: no one waits for more.
+    total: u32,
     first: VecDeque<Waiter>,
     ahead: VecDeque<Waiter>,
 }
 
 struct Waiter {
     slots: u32,
+    since: Instant,
     granted: oneshot::Sender<SlotsHeld>,
 }
 
@@ -46,21 +57,22 @@ pub struct SlotsHeld {
 
 impl DecodeSlots {
     pub fn new(slots: u32) -> DecodeSlots {
-        DecodeSlots { state: Arc::new(Mutex::new(State { free: slots, first: VecDeque::new(), ahead: VecDeque::new() })) }
+        let state = State { free: slots, total: slots, first: VecDeque::new(), ahead: VecDeque::new() };
+        DecodeSlots { state: Arc::new(Mutex::new(state)) }
     }
 
-    /// Takes `slots` once they are free and nobody of the same or a more urgent class waits
-    /// before this caller. `slots` must not exceed the total (it would wait forever).
+    /// Takes `slots` (at most all of them) once they are free and it is this caller's turn.
     pub async fn acquire(&self, slots: u32, urgency: Urgency) -> SlotsHeld {
         let receiver = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let slots = slots.min(state.total);
             let queued_before = !state.first.is_empty() || (urgency == Urgency::Ahead && !state.ahead.is_empty());
             if !queued_before && state.free >= slots {
                 state.free -= slots;
                 return SlotsHeld { slots, state: self.state.clone() };
             }
             let (granted, receiver) = oneshot::channel();
-            let waiter = Waiter { slots, granted };
+            let waiter = Waiter { slots, since: Instant::now(), granted };
             match urgency {
                 Urgency::First => state.first.push_back(waiter),
                 Urgency::Ahead => state.ahead.push_back(waiter),
@@ -83,29 +95,33 @@ impl DecodeSlots {
 
 impl Drop for SlotsHeld {
     fn drop(&mut self) {
-        let state = self.state.clone();
-        let mut guard = state.lock().unwrap_or_else(PoisonError::into_inner);
-        guard.free += self.slots;
-        grant_waiting(&mut guard, &self.state);
+        let unwanted = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.free += self.slots;
+            grant_waiting(&mut state, &self.state)
+        };
+        // Grants whose waiter went away give their slots back, outside the lock.
+        drop(unwanted);
     }
 }
 
-/// Hands free slots to the waiters at the heads of the queues, the first queue before the other;
-/// a waiter that went away gives its grant straight back.
-fn grant_waiting(state: &mut State, shared: &Arc<Mutex<State>>) {
+/// Hands free slots to the waiters at the heads of the queues in turn (see the module's doc);
+/// returns the grants whose waiter went away.
+fn grant_waiting(state: &mut State, shared: &Arc<Mutex<State>>) -> Vec<SlotsHeld> {
+    let mut unwanted = Vec::new();
     loop {
-        let queue = if state.first.is_empty() { &mut state.ahead } else { &mut state.first };
-        let Some(head) = queue.front() else { return };
+        let overdue = state.ahead.front().is_some_and(|waiter| waiter.since.elapsed() >= LONGEST_WAIT_BEHIND);
+        let ahead_turn = state.first.is_empty() || overdue;
+        let queue = if ahead_turn { &mut state.ahead } else { &mut state.first };
+        let Some(head) = queue.front() else { return unwanted };
         if head.slots > state.free {
-            return;
+            return unwanted;
         }
-        let Some(waiter) = queue.pop_front() else { return };
+        let Some(waiter) = queue.pop_front() else { return unwanted };
         state.free -= waiter.slots;
         let held = SlotsHeld { slots: waiter.slots, state: shared.clone() };
-        if let Err(unwanted) = waiter.granted.send(held) {
-            // Dropping it here would lock the state again: give its slots back in place.
-            state.free += unwanted.slots;
-            std::mem::forget(unwanted);
+        if let Err(held) = waiter.granted.send(held) {
+            unwanted.push(held);
         }
     }
 }
@@ -137,6 +153,39 @@ mod tests {
         assert_eq!(slots.available(), 0);
         drop(ahead);
         assert_eq!(slots.available(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn read_ahead_that_waited_long_goes_before_first_pieces() {
+        let slots = DecodeSlots::new(1);
+        let order = Arc::new(Mutex::new(String::new()));
+        let held = slots.acquire(1, Urgency::First).await;
+        let waiter = |urgency: Urgency, mark: char| {
+            let (slots, order) = (slots.clone(), order.clone());
+            tokio::spawn(async move {
+                let _held = slots.acquire(1, urgency).await;
+                order.lock().unwrap().push(mark);
+            })
+        };
+        let early = [waiter(Urgency::Ahead, 'a'), waiter(Urgency::First, 'f')];
+        tokio::task::yield_now().await;
+        tokio::time::advance(LONGEST_WAIT_BEHIND / 2).await;
+        drop(held);
+        for waiter in early {
+            waiter.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), "fa", "a first piece goes ahead of a read-ahead that waited briefly");
+        let held = slots.acquire(1, Urgency::First).await;
+        let overdue = waiter(Urgency::Ahead, 'A');
+        tokio::task::yield_now().await;
+        tokio::time::advance(LONGEST_WAIT_BEHIND).await;
+        let late = waiter(Urgency::First, 'F');
+        tokio::task::yield_now().await;
+        drop(held);
+        overdue.await.unwrap();
+        late.await.unwrap();
+        assert_eq!(*order.lock().unwrap(), "faAF", "past the longest wait the read-ahead goes first");
+        assert_eq!(slots.available(), 1);
     }
 
     #[tokio::test]

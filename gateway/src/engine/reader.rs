@@ -207,13 +207,12 @@ async fn fetch_piece(store: &Store, piece: Piece, urgency: Urgency) -> anyhow::R
         Piece::Blob { key, range } => store.read_upstream(&key, range).await,
         Piece::Chunk { hash, len, within } => {
             // A chunk kept, or being decoded for another read when this one looks, costs no
-            // slot. A decode waits its turn for slots (an answer's first piece before read-ahead,
-            // else first come, first served) and takes them
-            // before it is announced: one that took them once under way could wait on slots held
-            // by deltas waiting for it as their base. Whoever holds a slot finishes without
-            // waiting on any client (`stream` fetches each piece in a task of its own, and the
-            // other callers await the piece themselves), so a slow reader never holds the
-            // others up.
+            // slot. A decode waits its turn for slots (an answer's first piece mostly before
+            // read-ahead: see `decode_slots`) and takes them before it is announced: one that
+            // took them once under way could wait on slots held by deltas waiting for it as
+            // their base. Whoever holds a slot finishes without waiting on any client (`stream`
+            // fetches each piece in a task of its own, and the other callers await the piece
+            // themselves), so a slow reader never holds the others up.
             let found = match store.chunk_cache.kept(&hash) {
                 Some(chunk) => Some((chunk, Lookup::Hit)),
                 None => store.chunk_cache.decoded_elsewhere(&hash).await.map(|chunk| (chunk, Lookup::Shared)),
