@@ -4,12 +4,7 @@
 //! shape in all the other files (any name). The exhaustive choice encodes the tensor against
 //! each candidate and keeps the smallest; the fingerprint choice takes the candidate with the
 //! nearest sketch. Reports how often they agree (a tie in size counts as agreement), the total
-//! encoded size of each, and candidate ranking speed with thousands of candidates per shape;
-//! and the same choice made only among the candidates that share a band with the tensor, as
-//! the index finds them past 64 candidates of a shape (`Index::near_candidates`; the corpus
-//! has at most 11 candidates of a dtype and shape, so this checks the bands, not the limit on
-//! how many of a band's members are read), with how many bands relatives (the same tensor in
-//! another file of the family) and other tensors share.
+//! encoded size of each, and candidate ranking speed with thousands of candidates per shape.
 //!
 //! Run: `cargo bench -p tensorgate-codec --bench fingerprint`
 
@@ -92,10 +87,6 @@ fn main() {
         agree: bool,
         trial_agree: bool,
         trial: usize,
-        banded_agree: bool,
-        banded: usize,
-        relatives_share: Vec<usize>,
-        others_share: Vec<usize>,
         raw: usize,
         fingerprint: usize,
         exhaustive: usize,
@@ -127,37 +118,7 @@ fn main() {
                 .copied()
                 .unwrap();
             let trial = sizes[tried];
-            // Among those sharing a band, the 32 sharing most, then as above; none: on its own.
-            let bands = tensor.sketch.bands(tensor.dtype).unwrap();
-            let shared = |i: &usize| {
-                let theirs = tensors[candidates[*i]].sketch.bands(tensor.dtype).unwrap();
-                bands.iter().zip(&theirs).filter(|(a, b)| a == b).count()
-            };
-            let mut near: Vec<usize> = (0..candidates.len()).filter(|i| shared(i) > 0).collect();
-            near.sort_by_key(|i| std::cmp::Reverse(shared(i)));
-            near.truncate(32);
-            near.sort_by_key(|i| tensors[candidates[*i]].sketch.distance(&tensor.sketch));
-            let banded = near
-                .iter()
-                .take(TRIALS)
-                .min_by_key(|i| encoded_size(&sample(tensor), Some(&sample(&tensors[candidates[**i]]))))
-                .map_or(own, |i| sizes[*i]);
-            // Relatives: the same name in another file of the family (not other/, whose
-            // paraphrase model has the same names but none of the values).
-            let family = |file: usize| !FILES[file].starts_with("other/");
-            let (mut relatives_share, mut others_share) = (Vec::new(), Vec::new());
-            for i in 0..candidates.len() {
-                let candidate = &tensors[candidates[i]];
-                match candidate.name == tensor.name && family(candidate.file) && family(tensor.file) {
-                    true => relatives_share.push(shared(&i)),
-                    false => others_share.push(shared(&i)),
-                }
-            }
             Some(Outcome {
-                relatives_share,
-                others_share,
-                banded_agree: banded as f64 <= exhaustive as f64 * 1.005,
-                banded,
                 agree: fingerprint as f64 <= exhaustive as f64 * 1.005,
                 trial_agree: trial as f64 <= exhaustive as f64 * 1.005,
                 trial,
@@ -185,27 +146,6 @@ fn main() {
         TRIAL_BYTES >> 10,
         100.0 * trial_agreeing as f64 / outcomes.len() as f64,
         100.0 * (trial as f64 / exhaustive as f64 - 1.0)
-    );
-    let banded_agreeing = outcomes.iter().filter(|o| o.banded_agree).count();
-    let banded: usize = outcomes.iter().map(|o| o.banded).sum();
-    println!(
-        "the same among the candidates sharing a band: agrees {banded_agreeing} ({:.1}%), size {:+.2}% of exhaustive",
-        100.0 * banded_agreeing as f64 / outcomes.len() as f64,
-        100.0 * (banded as f64 / exhaustive as f64 - 1.0)
-    );
-    let mut relatives: Vec<usize> = outcomes.iter().flat_map(|o| o.relatives_share.clone()).collect();
-    relatives.sort_unstable();
-    let others: Vec<usize> = outcomes.iter().flat_map(|o| o.others_share.clone()).collect();
-    println!(
-        "bands shared with relatives (of {}): min {}, median {}, max {} ({} pairs; a relative sharing none: {}); with other tensors of the shape: none in {} of {} pairs",
-        tensorgate_codec::BANDS,
-        relatives.first().unwrap_or(&0),
-        relatives.get(relatives.len() / 2).unwrap_or(&0),
-        relatives.last().unwrap_or(&0),
-        relatives.len(),
-        relatives.iter().filter(|shared| **shared == 0).count(),
-        others.iter().filter(|shared| **shared == 0).count(),
-        others.len()
     );
     println!("nearest candidate has another name: {} tensors", outcomes.iter().filter(|o| o.renamed).count());
 

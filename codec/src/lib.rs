@@ -33,6 +33,6 @@ pub use encode::{decode_frame, encode_chunk, encode_chunk_as, encode_opaque, Bas
 pub use error::{CodecError, Result};
 pub use frame::FrameHeader;
 pub use hash::{ContentHash, StreamingHash};
-pub use sketch::{Sketch, BANDS};
+pub use sketch::Sketch;
 pub use formats::{sniff, stored_layout, Sniffed};
 pub use layout::{parse_file, parse_header, read_header_len, Layout, Region, RegionKind, TensorInfo};

@@ -21,17 +21,6 @@ use crate::dtype::Dtype;
 pub const SAMPLES: usize = 256;
 /// Bytes of a sketch: 16 bits per sample.
 pub const SKETCH_BYTES: usize = SAMPLES * 2;
-/// Samples per band of [`Sketch::bands`].
-const BAND_SAMPLES: usize = 4;
-/// Bands of a sketch (see [`Sketch::bands`]).
-pub const BANDS: usize = SAMPLES / BAND_SAMPLES;
-/// Low bits of a sample (in F32 terms) a band leaves out: what is left is the sign and the
-/// exponent. On the corpus (`cargo bench -p tensorgate-codec --bench fingerprint`), a tensor
-/// shares 15 to 64 of the 64 bands with the same tensor in another file of its family (63 in
-/// the median), and none with another tensor of its shape in 960 pairs of 968. Cut finer, to
-/// two mantissa bits, the masked-LM fine-tune's embeddings (every row moves) shared none with
-/// their base's.
-const BAND_COARSENESS: u32 = 7;
 
 /// The fingerprint of one tensor: the top 16 bits of each sample, mapped to integers in the
 /// order of the values they start (negative floats below positive ones).
@@ -127,30 +116,6 @@ impl Sketch {
             .sum()
     }
 
-    /// Keys under which near sketches meet without every pair being compared (locality-sensitive
-    /// hashing): the sketch in F32 terms, each sample cut to its sign and exponent, in bands
-    /// of four samples. A fine-tune moves few samples across such a cut,
-    /// so most of its bands are its base's; a tensor of another family shares hardly any, as
-    /// four samples of it would all have to fall where the base's do. `None` for F8 and I8
-    /// tensors, whose samples sit a scale's offset away from their originals'
-    /// ([`Sketch::distance_across`] takes that offset out; bands cannot).
-    pub fn bands(&self, dtype: Dtype) -> Option<[u64; BANDS]> {
-        if !Sketch::has_bands(dtype) {
-            return None;
-        }
-        let wide = self.as_f32(dtype);
-        let mut keys = [0u64; BANDS];
-        for (key, band) in keys.iter_mut().zip(wide.0.chunks_exact(BAND_SAMPLES)) {
-            *key = band.iter().fold(0u64, |key, sample| key << 16 | u64::from(sample >> BAND_COARSENESS));
-        }
-        Some(keys)
-    }
-
-    /// Whether sketches of `dtype` have [`Sketch::bands`].
-    pub fn has_bands(dtype: Dtype) -> bool {
-        Narrow::of(dtype).is_none()
-    }
-
     pub fn to_bytes(&self) -> Vec<u8> {
         self.0.iter().flat_map(|sample| sample.to_le_bytes()).collect()
     }
@@ -228,31 +193,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn relatives_share_most_bands_and_lookalikes_few() {
-        let noise = |seed: u32| (0..20_000u32).map(move |i| ((i ^ seed).wrapping_mul(2_654_435_761) % 2001) as f32 / 1e5 - 0.01);
-        let shared = |a: &[u8], b: &[u8], dtype| {
-            let (a, b) = (Sketch::of(a, dtype).bands(dtype).unwrap(), Sketch::of(b, dtype).bands(dtype).unwrap());
-            a.iter().zip(&b).filter(|(x, y)| x == y).count()
-        };
-        let base = bf16(noise(1));
-        let tuned = bf16(noise(1).enumerate().map(|(i, v)| if i % 3 == 0 { v * 1.01 } else { v }));
-        assert_eq!(shared(&base, &base, Dtype::BF16), BANDS);
-        let relative = shared(&tuned, &base, Dtype::BF16);
-        let lookalike = shared(&bf16(noise(7)), &base, Dtype::BF16);
-        assert!(relative >= BANDS / 2 && lookalike <= BANDS / 8, "{relative} vs {lookalike}");
-        let wide: Vec<u8> = noise(1).flat_map(f32::to_le_bytes).collect();
-        let (narrow, wide_bands) = (Sketch::of(&base, Dtype::BF16).bands(Dtype::BF16).unwrap(), Sketch::of(&wide, Dtype::F32).bands(Dtype::F32).unwrap());
-        assert!(narrow.iter().zip(&wide_bands).filter(|(a, b)| a == b).count() >= BANDS - 4, "a cast keeps its bands");
-        assert_eq!(Sketch::of(&[1, 2, 3], Dtype::I8).bands(Dtype::I8), None);
-    }
-
     proptest! {
         #[test]
         fn sketches_survive_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2000),
                                   dtype in proptest::sample::select(Dtype::ALL.to_vec())) {
             let sketch = Sketch::of(&bytes, dtype);
-            prop_assert_eq!(sketch.bands(dtype).is_some(), Sketch::has_bands(dtype));
             prop_assert_eq!(Sketch::from_bytes(&sketch.to_bytes()), Some(sketch));
         }
     }

@@ -112,8 +112,6 @@ pub struct Index {
     parts: sled::Tree,
     tensors: sled::Tree,
     candidates: sled::Tree,
-    /// The candidates filed under the bands of their fingerprints (see `candidates`).
-    candidate_bands: sled::Tree,
     meta: sled::Tree,
     pending: sled::Tree,
     rebase_settled: sled::Tree,
@@ -134,7 +132,6 @@ impl Index {
             parts: db.open_tree("parts")?,
             tensors: db.open_tree("tensors")?,
             candidates: db.open_tree("candidates")?,
-            candidate_bands: db.open_tree("candidate-bands")?,
             meta: db.open_tree("meta")?,
             pending: db.open_tree("pending")?,
             rebase_settled: db.open_tree("rebase-settled")?,
@@ -142,7 +139,6 @@ impl Index {
         };
         index.migrate_signatures()?;
         index.migrate_records()?;
-        index.file_all_bands()?;
         Ok(index)
     }
 

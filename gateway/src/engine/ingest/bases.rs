@@ -100,10 +100,9 @@ impl Ingester {
         let mut ranked: Vec<(u32, Dtype, BaseCandidate)> = Vec::new();
         let format = self.store.config.frame_format();
         let other_dtypes = if format.converts_to(dtype) { Cast::sources_for(dtype) } else { Vec::new() };
-        let bands = sketch.bands(dtype);
         for candidate_dtype in std::iter::once(dtype).chain(other_dtypes) {
             let signature = format!("{}:{shape}", candidate_dtype.name());
-            for candidate in self.store.index.near_candidates(&self.scope, &signature, bands.as_ref())? {
+            for candidate in self.store.index.candidates(&self.scope, &signature)? {
                 let Some(theirs) = Sketch::from_bytes(&candidate.sketch) else { continue };
                 let distance = theirs.distance_across(candidate_dtype, sketch, dtype);
                 ranked.push((distance, candidate_dtype, candidate));
