@@ -13,7 +13,7 @@ use futures::SinkExt;
 use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
 use tensorgate_index::{ChunkHash, ChunkRecord, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
-use crate::engine::admission::BytesPermit;
+use crate::engine::admission::{BudgetFull, BytesPermit};
 use crate::engine::chunk_cache::Lookup;
 use crate::engine::decode_slots::Urgency;
 use crate::engine::{on_cores, Store, READ_ATTEMPTS};
@@ -154,23 +154,27 @@ impl Piece {
     }
 }
 
+/// How long an answer's first pieces wait for their share of the byte budget before the
+/// client is answered `SlowDown` (`admission::BudgetFull`): until they are in hand the client
+/// gets no byte, not even the status, and model loaders give up on a request within seconds
+/// (runai-model-streamer after one).
+const FIRST_PIECES_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Fetches the pieces an answer starts with, one after the other, all or an error: their
-/// decodes go ahead of other answers' read-ahead (see `decode_slots`).
+/// decodes go ahead of other answers' read-ahead (see `decode_slots`), and their share of the
+/// byte budget is waited for [`FIRST_PIECES_BUDGET_WAIT`] at most.
 pub async fn fetch_first(store: &Store, pieces: Vec<Piece>, reader: &Reader) -> anyhow::Result<Vec<Bytes>> {
     let mut fetched = Vec::with_capacity(pieces.len());
     for piece in pieces {
-        let bytes = fetch_held(store, piece, reader, Urgency::First).await?;
+        let permit = match tokio::time::timeout(FIRST_PIECES_BUDGET_WAIT, hold(store, &piece, reader)).await {
+            Ok(permit) => permit?,
+            Err(_) => return Err(BudgetFull(FIRST_PIECES_BUDGET_WAIT).into()),
+        };
+        let bytes = held(fetch_piece(store, piece, Urgency::First).await?, permit);
         store.metrics.bytes_out.inc_by(bytes.len() as u64);
         fetched.push(bytes);
     }
     Ok(fetched)
-}
-
-/// Fetches a piece; for a client, holding its share of the byte budget until the bytes
-/// returned are dropped (once hyper has handed them to the connection).
-async fn fetch_held(store: &Store, piece: Piece, reader: &Reader, urgency: Urgency) -> anyhow::Result<Bytes> {
-    let permit = hold(store, &piece, reader).await?;
-    Ok(held(fetch_piece(store, piece, urgency).await?, permit))
 }
 
 /// The share of the byte budget a piece read for a client holds; none for the gateway's reads.
