@@ -99,26 +99,6 @@ fn stalled_readers_are_cut_off_and_give_back_the_byte_budget() {
     assert!(metrics.response_waits.get() >= 1, "the full read waited for the budget");
 }
 
-/// A read that cannot get its share of the byte budget is answered `SlowDown` (retryable) after a
-/// few seconds rather than left without a byte, not even the status: six stalled readers hold
-/// the whole budget (8 MiB) and are not cut off (60 s), and another client without retries is
-/// turned away; once they have gone, it reads the whole model.
-#[test]
-fn a_read_that_cannot_get_the_byte_budget_is_told_to_slow_down() {
-    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
-        config.max_in_flight_bytes = 8 << 20;
-        config.response_idle_timeout_secs = 60;
-    });
-    let work = tempfile::tempdir().unwrap();
-    let model = work.path().join("model.safetensors");
-    std::fs::write(&model, replicated_model(&corpus("ft/ft-a-contrastive.bf16.safetensors"), 8)).unwrap();
-    gateway.aws(&["s3", "mb", "s3://full"]);
-    gateway.aws(&["s3api", "put-object", "--bucket", "full", "--key", "model", "--body", model.to_str().unwrap()]);
-    let size = std::fs::metadata(&model).unwrap().len().to_string();
-    let said = gateway.python_client("stalled_readers.py", &["full".as_ref(), "model".as_ref(), size.as_ref(), "6".as_ref(), "slowdown".as_ref()]);
-    assert!(said.contains("answered SlowDown") && said.contains("all checks passed"), "{said}");
-}
-
 /// Readers that stop reading hold no decode slot: 12 GETs of a delta-coded model that read a
 /// few bytes and stop (more than the slots of any machine CI runs on hold), then another client
 /// reads the whole model in full within 30 seconds (tests/clients/stalled_readers.py).

@@ -103,12 +103,6 @@ async fn take(semaphore: Arc<Semaphore>, units: u32) -> anyhow::Result<(OwnedSem
     Ok((semaphore.acquire_many_owned(units).await?, true))
 }
 
-/// The in-flight byte budget stayed full for as long as an answer may wait to start (see
-/// `reader::fetch_first`): the client is answered `SlowDown`, which it retries with backoff.
-#[derive(Debug, thiserror::Error)]
-#[error("the in-flight byte budget stayed full for {0:?}")]
-pub struct BudgetFull(pub std::time::Duration);
-
 /// A request body that fails once it has sent nothing for `idle` while being read: no body
 /// read waits forever, whoever reads it (ingest, or s3s for the XML bodies). The client is
 /// answered `RequestTimeout`, as S3 does, whatever the reader made of the error.

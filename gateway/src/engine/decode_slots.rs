@@ -29,7 +29,7 @@ pub enum Urgency {
     Ahead,
 }
 
-/// A count of slots shared by two queues of waiters, the first always served before the other.
+/// A count of slots shared by two queues of waiters (see the module's doc for whose turn it is).
 #[derive(Clone)]
 pub struct DecodeSlots {
     state: Arc<Mutex<State>>,
@@ -41,6 +41,13 @@ struct State {
     total: u32,
     first: VecDeque<Waiter>,
     ahead: VecDeque<Waiter>,
+}
+
+impl State {
+    /// Whether the head of the other queue has waited long enough to go before first pieces.
+    fn ahead_overdue(&self) -> bool {
+        self.ahead.front().is_some_and(|waiter| waiter.since.elapsed() >= LONGEST_WAIT_BEHIND)
+    }
 }
 
 struct Waiter {
@@ -66,7 +73,9 @@ impl DecodeSlots {
         let receiver = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             let slots = slots.min(state.total);
-            let queued_before = !state.first.is_empty() || (urgency == Urgency::Ahead && !state.ahead.is_empty());
+            // Nobody may be passed who waits before this caller's turn: first pieces, an
+            // overdue waiter of the other queue, and for the other queue anyone in it.
+            let queued_before = !state.first.is_empty() || state.ahead_overdue() || (urgency == Urgency::Ahead && !state.ahead.is_empty());
             if !queued_before && state.free >= slots {
                 state.free -= slots;
                 return SlotsHeld { slots, state: self.state.clone() };
@@ -110,8 +119,13 @@ impl Drop for SlotsHeld {
 fn grant_waiting(state: &mut State, shared: &Arc<Mutex<State>>) -> Vec<SlotsHeld> {
     let mut unwanted = Vec::new();
     loop {
-        let overdue = state.ahead.front().is_some_and(|waiter| waiter.since.elapsed() >= LONGEST_WAIT_BEHIND);
-        let ahead_turn = state.first.is_empty() || overdue;
+        for queue in [&mut state.first, &mut state.ahead] {
+            // Waiters that went away are not waited for.
+            while queue.front().is_some_and(|waiter| waiter.granted.is_closed()) {
+                queue.pop_front();
+            }
+        }
+        let ahead_turn = state.first.is_empty() || state.ahead_overdue();
         let queue = if ahead_turn { &mut state.ahead } else { &mut state.first };
         let Some(head) = queue.front() else { return unwanted };
         if head.slots > state.free {
@@ -130,19 +144,19 @@ fn grant_waiting(state: &mut State, shared: &Arc<Mutex<State>>) -> Vec<SlotsHeld
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    /// A task that takes `count` slots and returns them held.
+    fn spawn_acquire(slots: &DecodeSlots, count: u32, urgency: Urgency) -> tokio::task::JoinHandle<SlotsHeld> {
+        let slots = slots.clone();
+        tokio::spawn(async move { slots.acquire(count, urgency).await })
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn first_pieces_go_ahead_of_read_ahead_and_slots_come_back() {
         let slots = DecodeSlots::new(2);
         let held = slots.acquire(2, Urgency::Ahead).await;
-        let ahead = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.acquire(2, Urgency::Ahead).await }
-        });
+        let ahead = spawn_acquire(&slots, 2, Urgency::Ahead);
         tokio::task::yield_now().await;
-        let first = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.acquire(1, Urgency::First).await }
-        });
+        let first = spawn_acquire(&slots, 1, Urgency::First);
         tokio::task::yield_now().await;
         drop(held);
         let first = first.await.unwrap();
@@ -188,14 +202,27 @@ mod tests {
         assert_eq!(slots.available(), 1);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_overdue_waiter_is_not_passed_by_first_pieces_that_fit() {
+        let slots = DecodeSlots::new(2);
+        let held = slots.acquire(1, Urgency::First).await;
+        let overdue = spawn_acquire(&slots, 2, Urgency::Ahead);
+        tokio::task::yield_now().await;
+        tokio::time::advance(LONGEST_WAIT_BEHIND).await;
+        let first = spawn_acquire(&slots, 1, Urgency::First);
+        tokio::task::yield_now().await;
+        assert!(!first.is_finished(), "a first piece that fits the free slot waits behind the overdue waiter");
+        drop(held);
+        drop(overdue.await.unwrap());
+        drop(first.await.unwrap());
+        assert_eq!(slots.available(), 2);
+    }
+
     #[tokio::test]
     async fn a_waiter_that_goes_away_loses_no_slot() {
         let slots = DecodeSlots::new(1);
         let held = slots.acquire(1, Urgency::First).await;
-        let gone = tokio::spawn({
-            let slots = slots.clone();
-            async move { slots.acquire(1, Urgency::Ahead).await }
-        });
+        let gone = spawn_acquire(&slots, 1, Urgency::Ahead);
         tokio::task::yield_now().await;
         gone.abort();
         let _ = gone.await;

@@ -13,7 +13,7 @@ use futures::SinkExt;
 use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
 use tensorgate_index::{ChunkHash, ChunkRecord, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
-use crate::engine::admission::{BudgetFull, BytesPermit};
+use crate::engine::admission::BytesPermit;
 use crate::engine::chunk_cache::Lookup;
 use crate::engine::decode_slots::Urgency;
 use crate::engine::{on_cores, Store, READ_ATTEMPTS};
@@ -105,7 +105,7 @@ pub fn stream(store: Arc<Store>, pieces: Vec<Piece>, reader: Reader) -> impl Str
                 let store = holding_store.clone();
                 let reader = reader.clone();
                 async move {
-                    let permit = hold(&store, &piece, &reader).await;
+                    let permit = hold(&store, piece.held_bytes(), &reader).await;
                     (piece, permit)
                 }
             })
@@ -154,33 +154,29 @@ impl Piece {
     }
 }
 
-/// How long an answer's first pieces wait for their share of the byte budget before the
-/// client is answered `SlowDown` (`admission::BudgetFull`): until they are in hand the client
-/// gets no byte, not even the status, and model loaders give up on a request within seconds
-/// (runai-model-streamer after one).
-const FIRST_PIECES_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Fetches the pieces an answer starts with, one after the other, all or an error: their
-/// decodes go ahead of other answers' read-ahead (see `decode_slots`), and their share of the
-/// byte budget is waited for [`FIRST_PIECES_BUDGET_WAIT`] at most.
+/// decodes go ahead of other answers' read-ahead (see `decode_slots`). Their share of the byte
+/// budget is taken once for all of them, so that the answer never waits for more than the
+/// tenant's whole share (which `Admission::hold_bytes` caps a share at) on top of a share it
+/// holds already, which it would wait for forever; the share goes with the last of them.
 pub async fn fetch_first(store: &Store, pieces: Vec<Piece>, reader: &Reader) -> anyhow::Result<Vec<Bytes>> {
+    let bytes = pieces.iter().map(Piece::held_bytes).sum();
+    let mut permit = hold(store, bytes, reader).await?;
+    let last = pieces.len().saturating_sub(1);
     let mut fetched = Vec::with_capacity(pieces.len());
-    for piece in pieces {
-        let permit = match tokio::time::timeout(FIRST_PIECES_BUDGET_WAIT, hold(store, &piece, reader)).await {
-            Ok(permit) => permit?,
-            Err(_) => return Err(BudgetFull(FIRST_PIECES_BUDGET_WAIT).into()),
-        };
-        let bytes = held(fetch_piece(store, piece, Urgency::First).await?, permit);
+    for (index, piece) in pieces.into_iter().enumerate() {
+        let piece_bytes = fetch_piece(store, piece, Urgency::First).await?;
+        let bytes = held(piece_bytes, if index == last { permit.take() } else { None });
         store.metrics.bytes_out.inc_by(bytes.len() as u64);
         fetched.push(bytes);
     }
     Ok(fetched)
 }
 
-/// The share of the byte budget a piece read for a client holds; none for the gateway's reads.
-async fn hold(store: &Store, piece: &Piece, reader: &Reader) -> anyhow::Result<Option<BytesPermit>> {
+/// The share of the byte budget `bytes` read for a client hold; none for the gateway's reads.
+async fn hold(store: &Store, bytes: u64, reader: &Reader) -> anyhow::Result<Option<BytesPermit>> {
     match reader {
-        Reader::Client { tenant } => Ok(Some(store.hold_answer_bytes(tenant, piece.held_bytes()).await?)),
+        Reader::Client { tenant } => Ok(Some(store.hold_answer_bytes(tenant, bytes).await?)),
         Reader::Gateway => Ok(None),
     }
 }

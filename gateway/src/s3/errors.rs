@@ -6,7 +6,6 @@
 use s3s::{S3Error, S3ErrorCode};
 use tensorgate_index::{IndexError, Refusal};
 
-use crate::engine::admission::BudgetFull;
 use crate::engine::ingest::BodyError;
 use crate::engine::shared::KeptChanging;
 use crate::upstream::{Missing, UpstreamFailure};
@@ -39,9 +38,6 @@ pub fn to_s3(error: anyhow::Error) -> S3Error {
         }
     } else if let Some(answer) = error.downcast_ref::<IndexError>().and_then(client_fault) {
         answer
-    } else if error.downcast_ref::<BudgetFull>().is_some() {
-        tracing::info!(%request, %cause, "answer turned away");
-        S3Error::with_message(S3ErrorCode::SlowDown, "Please reduce your request rate.")
     } else if error.downcast_ref::<KeptChanging>().is_some() {
         tracing::warn!(%request, %cause, "other gateways kept changing the record");
         S3Error::with_message(S3ErrorCode::SlowDown, "Please reduce your request rate.")
