@@ -45,7 +45,6 @@ use copy::{MAX_COPY_BYTES, copy_source_range};
 use digests::{ClaimedDigests, announced_size, checksum_type_of, checksums_of, trailer_algorithm};
 use multipart_checksums::{answered_checksums, check_checksum_type, check_completion_checksums, completed_checksums, part_checksums, upload_checksum};
 
-
 /// The S3 face of a [`Store`].
 #[derive(Clone)]
 pub struct Gateway {
