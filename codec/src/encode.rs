@@ -10,7 +10,7 @@ use crate::delta;
 use crate::dtype::Dtype;
 use crate::entropy::{self, PLANE_ZSTD};
 use crate::error::{CodecError, Result};
-use crate::frame::{Codec, FrameHeader, MAX_RAW_LEN};
+use crate::frame::{BaseWindow, Codec, FrameHeader, MAX_RAW_LEN};
 use crate::hash::ContentHash;
 use crate::levels;
 use crate::ordered;
@@ -34,9 +34,12 @@ pub struct BaseChunk<'a> {
 /// The frames an encoder may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameFormat {
-    /// Every frame this codec reads: versions 2 (converted bases) and 3 (GGUF blocks predicted
-    /// from a wider base) and codec 3 (levels) included.
+    /// Every frame this codec reads: versions 2 (converted bases), 3 (GGUF blocks predicted
+    /// from a wider base) and 4 (windows of a base chunk) and codec 3 (levels) included.
     Current,
+    /// Only what readers from before version 4 read, for an upstream that such gateways still
+    /// share.
+    Version3,
     /// Only what readers from before version 3 read, for an upstream that such gateways still
     /// share.
     Version2,
@@ -49,10 +52,15 @@ impl FrameFormat {
     /// Whether a chunk of `dtype` may be taken against a base of another dtype.
     pub fn converts_to(self, dtype: Dtype) -> bool {
         match self {
-            FrameFormat::Current => true,
+            FrameFormat::Current | FrameFormat::Version3 => true,
             FrameFormat::Version2 => !dtype.is_blocks(),
             FrameFormat::Version1 => false,
         }
+    }
+
+    /// Whether a delta may be taken against a window of a base chunk (version 4).
+    pub fn windows(self) -> bool {
+        self == FrameFormat::Current
     }
 }
 
@@ -65,13 +73,51 @@ pub fn encode_chunk(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype
 
 /// [`encode_chunk`], writing only frames of `format`.
 pub fn encode_chunk_as(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>, format: FrameFormat) -> Result<Vec<u8>> {
-    let raw_len = u32::try_from(raw.len())
+    let raw_len = checked_raw_len(raw)?;
+    Ok(frame_of(best_payload(raw, dtype, base, format), raw, raw_len))
+}
+
+/// [`encode_chunk_as`] against the bytes `window` of the base chunk rather than all of it: the
+/// frame names the window (version 4), and its decoder is handed the whole base chunk. A
+/// window that is the whole chunk is not named; one that runs past the chunk's end, or a format
+/// without windows, leaves the chunk on its own.
+pub fn encode_chunk_in_window(
+    raw: &[u8],
+    dtype: Dtype,
+    (base, base_dtype): (BaseChunk<'_>, Dtype),
+    window: BaseWindow,
+    format: FrameFormat,
+) -> Result<Vec<u8>> {
+    let raw_len = checked_raw_len(raw)?;
+    let whole = window.start == 0 && window.len as usize == base.bytes.len();
+    let windowed = window.of(base.bytes).filter(|_| whole || format.windows());
+    let payload = match windowed {
+        Some(bytes) => {
+            let mut payload = best_payload(raw, dtype, Some((BaseChunk { hash: base.hash, bytes }, base_dtype)), format);
+            if payload.base.is_some() && !whole {
+                payload.window = Some(window);
+            }
+            payload
+        }
+        None => best_payload(raw, dtype, None, format),
+    };
+    Ok(frame_of(payload, raw, raw_len))
+}
+
+/// The raw length a frame declares, if `raw` fits in a frame.
+fn checked_raw_len(raw: &[u8]) -> Result<u32> {
+    u32::try_from(raw.len())
         .ok()
         .filter(|len| *len <= MAX_RAW_LEN)
-        .ok_or(CodecError::ChunkTooLarge(raw.len()))?;
+        .ok_or(CodecError::ChunkTooLarge(raw.len()))
+}
+
+/// The smallest payload of `raw`: its delta against `base` when that is good enough or smaller
+/// than the chunk on its own.
+fn best_payload(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>, format: FrameFormat) -> Payload {
     let levels_allowed = format != FrameFormat::Version1;
     let base = base.filter(|(_, base_dtype)| *base_dtype == dtype || format.converts_to(dtype));
-    let payload = match base.and_then(|(base, base_dtype)| against_base(raw, dtype, base, base_dtype)) {
+    match base.and_then(|(base, base_dtype)| against_base(raw, dtype, base, base_dtype)) {
         Some(delta) => {
             if (delta.bytes.len() as f64) <= DELTA_GOOD_ENOUGH * raw.len() as f64 {
                 delta
@@ -85,8 +131,7 @@ pub fn encode_chunk_as(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dt
             }
         }
         None => standalone_payload(raw, dtype, levels_allowed),
-    };
-    Ok(frame_of(payload, raw, raw_len))
+    }
 }
 
 /// The frame of `payload`, which encodes `raw`.
@@ -101,6 +146,7 @@ fn frame_of(payload: Payload, raw: &[u8], raw_len: u32) -> Vec<u8> {
         payload_len: payload.bytes.len() as u32,
         checksum: ContentHash::of(raw),
         base: payload.base,
+        window: payload.window,
         conversion: payload.conversion,
     };
     let mut frame = Vec::with_capacity(header.frame_len());
@@ -111,10 +157,7 @@ fn frame_of(payload: Payload, raw: &[u8], raw_len: u32) -> Vec<u8> {
 
 /// Encodes one chunk of bytes of no known layout as a frame: zstd when it pays, else stored.
 pub fn encode_opaque(raw: &[u8]) -> Result<Vec<u8>> {
-    let raw_len = u32::try_from(raw.len())
-        .ok()
-        .filter(|len| *len <= MAX_RAW_LEN)
-        .ok_or(CodecError::ChunkTooLarge(raw.len()))?;
+    let raw_len = checked_raw_len(raw)?;
     let payload = match entropy::compress_opaque(raw) {
         Some(compressed) => Payload::plain(Codec::Zstd, 1, compressed),
         None => Payload::plain(Codec::Stored, 1, raw.to_vec()),
@@ -153,6 +196,10 @@ pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>
             Some(base) if base.hash == wanted => base.bytes,
             _ => return Err(CodecError::BaseMismatch(wanted.to_hex())),
         };
+        let base = match header.window {
+            Some(window) => window.of(base).ok_or(CodecError::FrameCorrupt("base window past the end of the base"))?,
+            None => base,
+        };
         // Only the base elements the chunk's bytes meet are converted: a crafted frame with a
         // short R cannot make a long base be widened whole.
         let converted;
@@ -190,13 +237,14 @@ struct Payload {
     subtract: bool,
     grouped: bool,
     base: Option<ContentHash>,
+    window: Option<BaseWindow>,
     conversion: Option<Conversion>,
     bytes: Vec<u8>,
 }
 
 impl Payload {
     fn plain(codec: Codec, width: usize, bytes: Vec<u8>) -> Payload {
-        Payload { codec, width: width as u8, rotated: false, subtract: false, grouped: false, base: None, conversion: None, bytes }
+        Payload { codec, width: width as u8, rotated: false, subtract: false, grouped: false, base: None, window: None, conversion: None, bytes }
     }
 }
 
@@ -264,6 +312,7 @@ fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
             subtract: true,
             grouped: true,
             base: Some(base.hash),
+            window: None,
             conversion: None,
             bytes: compress_planes(&planes, width),
         }

@@ -2,19 +2,23 @@
 //!
 //! ```text
 //! 0   4  magic "TGFR"
-//! 4   1  version (1; 2 when flag bit 4 is set, 3 when the conversion is a block quantization)
+//! 4   1  version (1; 2 when flag bit 4 is set, 3 when the conversion is a block quantization;
+//!           4 when flag bit 5 is set)
 //! 5   1  codec: 0 stored, 1 zstd, 2 byte planes, 3 levels
 //! 6   1  element width in bytes (1..=8): the byte planes of codec 2, the ordered difference
 //! 7   1  flags: bit 0 delta against a base, bit 1 elements rotated left one bit,
 //!           bit 2 the delta is an ordered-integer difference (else XOR),
 //!           bit 3 elements grouped by base context,
-//!           bit 4 the base is converted to this frame's dtype first (version 2 or 3)
+//!           bit 4 the base is converted to this frame's dtype first (version 2, 3 or 4),
+//!           bit 5 the delta is against a window of the base chunk (version 4)
 //! 8   4  raw length, u32 little-endian
 //! 12  4  payload length, u32 little-endian
 //! 16  32 BLAKE3-256 of the raw bytes (checksum and content hash)
 //! 48  32 the base chunk's id (the gateway's scoped chunk id; the plain BLAKE3-256 of its raw
 //!        bytes in `tensorgate pack` files), only when flag bit 0 is set
-//! 80  1  the conversion (`cast::Cast` code), then for a scaled one its scale (4 bytes), only
+//! 80  8  the window: its first byte and its length in the decoded base chunk, u32
+//!        little-endian each, only when flag bit 5 is set
+//! 80/88  the conversion (`cast::Cast` code), then for a scaled one its scale (4 bytes), only
 //!        when flag bit 4 is set
 //! ..     payload
 //! ```
@@ -31,6 +35,10 @@ pub const VERSION_CONVERTED: u8 = 2;
 /// The version of frames whose base is converted to GGUF blocks (`Cast::QuantizeBlocks`), which
 /// readers of version 2 do not know.
 pub const VERSION_BLOCKS: u8 = 3;
+/// The version of frames taken against a window of their base chunk (flag bit 5), which
+/// readers of version 3 do not know: the piece of a chunk that a multipart part holds is
+/// stored against the same elements of the base tensor, which lie inside one of its chunks.
+pub const VERSION_WINDOW: u8 = 4;
 /// Size of the fixed part of the header; a delta frame adds 32 bytes of base hash.
 pub const FIXED_HEADER_LEN: usize = 48;
 pub const FLAG_DELTA: u8 = 1;
@@ -38,7 +46,10 @@ pub const FLAG_ROTATED: u8 = 2;
 pub const FLAG_SUBTRACT: u8 = 4;
 pub const FLAG_GROUPED: u8 = 8;
 pub const FLAG_CONVERTED: u8 = 16;
-const KNOWN_FLAGS: u8 = FLAG_DELTA | FLAG_ROTATED | FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED;
+pub const FLAG_WINDOW: u8 = 32;
+const KNOWN_FLAGS: u8 = FLAG_DELTA | FLAG_ROTATED | FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED | FLAG_WINDOW;
+/// Bytes of the window field.
+const WINDOW_LEN: usize = 8;
 /// Largest raw length a frame may declare, so that a hostile header cannot make a decoder
 /// allocate without bound.
 pub const MAX_RAW_LEN: u32 = 64 << 20;
@@ -92,14 +103,34 @@ pub struct FrameHeader {
     pub payload_len: u32,
     pub checksum: ContentHash,
     pub base: Option<ContentHash>,
+    /// The bytes of the base chunk the delta is against, when not all of them (needs a base).
+    pub window: Option<BaseWindow>,
     /// How the base's elements are converted before the delta is undone (needs a base).
     pub conversion: Option<Conversion>,
+}
+
+/// A byte range of a decoded base chunk: where a frame's base starts in it, and how long it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseWindow {
+    pub start: u32,
+    pub len: u32,
+}
+
+impl BaseWindow {
+    /// The window's bytes of `base`; `None` when it runs past its end.
+    pub fn of<'a>(&self, base: &'a [u8]) -> Option<&'a [u8]> {
+        let start = self.start as usize;
+        base.get(start..start.checked_add(self.len as usize)?)
+    }
 }
 
 impl FrameHeader {
     /// Bytes the header takes in front of the payload.
     pub fn header_len(&self) -> usize {
-        FIXED_HEADER_LEN + if self.base.is_some() { 32 } else { 0 } + self.conversion.map_or(0, Conversion::encoded_len)
+        FIXED_HEADER_LEN
+            + if self.base.is_some() { 32 } else { 0 }
+            + if self.window.is_some() { WINDOW_LEN } else { 0 }
+            + self.conversion.map_or(0, Conversion::encoded_len)
     }
 
     /// Bytes of the whole frame.
@@ -114,8 +145,12 @@ impl FrameHeader {
             | flag(self.rotated, FLAG_ROTATED)
             | flag(self.subtract, FLAG_SUBTRACT)
             | flag(self.grouped, FLAG_GROUPED)
-            | flag(self.conversion.is_some(), FLAG_CONVERTED);
-        let version = self.conversion.map_or(VERSION, Conversion::frame_version);
+            | flag(self.conversion.is_some(), FLAG_CONVERTED)
+            | flag(self.window.is_some(), FLAG_WINDOW);
+        let version = match self.window {
+            Some(_) => VERSION_WINDOW,
+            None => self.conversion.map_or(VERSION, Conversion::frame_version),
+        };
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&[version, self.codec.id(), self.width, flags]);
         out.extend_from_slice(&self.raw_len.to_le_bytes());
@@ -123,6 +158,10 @@ impl FrameHeader {
         out.extend_from_slice(&self.checksum.0);
         if let Some(base) = self.base {
             out.extend_from_slice(&base.0);
+        }
+        if let Some(window) = self.window {
+            out.extend_from_slice(&window.start.to_le_bytes());
+            out.extend_from_slice(&window.len.to_le_bytes());
         }
         if let Some(conversion) = self.conversion {
             conversion.write(out);
@@ -136,7 +175,7 @@ impl FrameHeader {
             return Err(CodecError::FrameMagic);
         }
         let version = fixed[4];
-        if !(VERSION..=VERSION_BLOCKS).contains(&version) {
+        if !(VERSION..=VERSION_WINDOW).contains(&version) {
             return Err(CodecError::FrameVersion(version));
         }
         let codec = Codec::from_id(fixed[5])?;
@@ -148,10 +187,13 @@ impl FrameHeader {
         if flags & !KNOWN_FLAGS != 0 {
             return Err(CodecError::FrameCorrupt("unknown flags"));
         }
-        if flags & FLAG_DELTA == 0 && flags & (FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED) != 0 {
+        if flags & FLAG_DELTA == 0 && flags & (FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED | FLAG_WINDOW) != 0 {
             return Err(CodecError::FrameCorrupt("delta flags without a base"));
         }
-        if (flags & FLAG_CONVERTED != 0) != (version >= VERSION_CONVERTED) {
+        if (flags & FLAG_WINDOW != 0) != (version == VERSION_WINDOW) {
+            return Err(CodecError::FrameCorrupt("a base window is version 4, and version 4 has one"));
+        }
+        if version != VERSION_WINDOW && (flags & FLAG_CONVERTED != 0) != (version >= VERSION_CONVERTED) {
             return Err(CodecError::FrameCorrupt("a converted base is version 2 or 3, and versions 2 and 3 have one"));
         }
         let raw_len = read_u32(&fixed[8..12]);
@@ -166,12 +208,19 @@ impl FrameHeader {
         } else {
             None
         };
+        let window = if flags & FLAG_WINDOW != 0 {
+            let field = frame.get(FIXED_HEADER_LEN + 32..FIXED_HEADER_LEN + 32 + WINDOW_LEN).ok_or(CodecError::FrameTruncated)?;
+            Some(BaseWindow { start: read_u32(&field[..4]), len: read_u32(&field[4..]) })
+        } else {
+            None
+        };
+        let conversion_at = FIXED_HEADER_LEN + 32 + if window.is_some() { WINDOW_LEN } else { 0 };
         let conversion = if flags & FLAG_CONVERTED != 0 {
-            let cast = Conversion::read(frame.get(FIXED_HEADER_LEN + 32..).ok_or(CodecError::FrameTruncated)?)?;
+            let cast = Conversion::read(frame.get(conversion_at..).ok_or(CodecError::FrameTruncated)?)?;
             if cast.target().size() != usize::from(width) {
                 return Err(CodecError::FrameCorrupt("conversion to another width"));
             }
-            if cast.frame_version() != version {
+            if window.is_none() && cast.frame_version() != version {
                 return Err(CodecError::FrameCorrupt("conversion of another frame version"));
             }
             Some(cast)
@@ -188,6 +237,7 @@ impl FrameHeader {
             payload_len,
             checksum,
             base,
+            window,
             conversion,
         })
     }
@@ -218,6 +268,7 @@ mod tests {
             payload_len: 99,
             checksum: ContentHash([3; 32]),
             base: Some(ContentHash([9; 32])),
+            window: None,
             conversion: None,
         };
         let mut bytes = Vec::new();
@@ -225,9 +276,9 @@ mod tests {
         assert_eq!(bytes.len(), header.header_len());
         assert_eq!(FrameHeader::read(&bytes), Ok(header));
         assert_eq!(FrameHeader::read(&bytes[..60]), Err(CodecError::FrameTruncated));
-        bytes[4] = 4;
-        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameVersion(4)));
-        for version in [2, 3] {
+        bytes[4] = 5;
+        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameVersion(5)));
+        for version in [2, 3, 4] {
             bytes[4] = version;
             assert!(FrameHeader::read(&bytes).is_err(), "version {version} without a conversion");
         }
@@ -245,6 +296,7 @@ mod tests {
             payload_len: 3,
             checksum: ContentHash([3; 32]),
             base: Some(ContentHash([9; 32])),
+            window: None,
             conversion: Some(Conversion::Whole(Cast::F32ToBf16)),
         };
         let mut bytes = Vec::new();
@@ -273,6 +325,7 @@ mod tests {
             payload_len: 3,
             checksum: ContentHash([3; 32]),
             base: Some(ContentHash([9; 32])),
+            window: None,
             conversion: Some(Conversion::Whole(blocks)),
         };
         let mut bytes = Vec::new();
@@ -284,5 +337,39 @@ mod tests {
         bytes[4] = 3;
         bytes[80] = Cast::F32ToF16.code();
         assert!(FrameHeader::read(&bytes).is_err(), "a cast of version 2 in version 3");
+    }
+
+    #[test]
+    fn a_base_window_makes_a_version_4_header() {
+        let mut header = FrameHeader {
+            codec: Codec::Planes,
+            width: 2,
+            rotated: false,
+            subtract: true,
+            grouped: true,
+            raw_len: 10,
+            payload_len: 3,
+            checksum: ContentHash([3; 32]),
+            base: Some(ContentHash([9; 32])),
+            window: Some(BaseWindow { start: 6, len: 10 }),
+            conversion: None,
+        };
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        assert_eq!((bytes.len(), bytes[4], bytes[7] & FLAG_WINDOW), (88, 4, FLAG_WINDOW));
+        assert_eq!(FrameHeader::read(&bytes), Ok(header));
+        assert_eq!(FrameHeader::read(&bytes[..87]), Err(CodecError::FrameTruncated));
+        bytes[4] = 1;
+        assert!(FrameHeader::read(&bytes).is_err(), "a window in version 1");
+        header.conversion = Some(Conversion::Whole(crate::cast::Cast::F32ToBf16));
+        let mut converted = Vec::new();
+        header.write(&mut converted);
+        assert_eq!((converted.len(), converted[4], converted[88]), (89, 4, 1));
+        assert_eq!(FrameHeader::read(&converted), Ok(header));
+        header.window = None;
+        let mut plain = Vec::new();
+        header.write(&mut plain);
+        plain[4] = 4;
+        assert!(FrameHeader::read(&plain).is_err(), "version 4 without a window");
     }
 }

@@ -239,6 +239,44 @@ proptest! {
     }
 
     #[test]
+    fn window_deltas_round_trip(base in proptest::collection::vec(any::<u8>(), 0..3000),
+                                start in 0usize..3000, len in 0usize..3000,
+                                flips in proptest::collection::vec(any::<(usize, u8)>(), 0..40),
+                                cast in proptest::option::of(proptest::sample::select(crate::cast::every_cast())),
+                                dtype in dtype_strategy(),
+                                format in proptest::sample::select(vec![FrameFormat::Current, FrameFormat::Version3])) {
+        // A piece of a chunk against the same elements of its base, which sit inside a longer
+        // base chunk; windows past the base's end are kept on their own.
+        let (dtype, base_dtype) = cast.map_or((dtype, dtype), |cast| (cast.target(), cast.source()));
+        let window = BaseWindow { start: start as u32, len: len as u32 };
+        let mut raw = match window.of(&base) {
+            Some(bytes) => cast.map_or_else(|| bytes.to_vec(), |cast| cast.apply(bytes)),
+            None => base.iter().rev().copied().collect(),
+        };
+        for (position, bits) in flips {
+            if !raw.is_empty() {
+                let len = raw.len();
+                raw[position % len] ^= bits;
+            }
+        }
+        let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+        let frame = encode_chunk_in_window(&raw, dtype, (base_chunk, base_dtype), window, format).unwrap();
+        let header = FrameHeader::read(&frame).unwrap();
+        prop_assert!(header.window.is_none() || (format == FrameFormat::Current && header.base.is_some()));
+        prop_assert_eq!(decode_frame(&frame, Some(base_chunk)).unwrap(), raw);
+    }
+
+    #[test]
+    fn a_window_outside_its_base_is_refused(base in proptest::collection::vec(any::<u8>(), 64..200)) {
+        let raw = base[8..40].to_vec();
+        let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+        let frame = encode_chunk_in_window(&raw, Dtype::U8, (base_chunk, Dtype::U8), BaseWindow { start: 8, len: 32 }, FrameFormat::Current).unwrap();
+        prop_assume!(FrameHeader::read(&frame).unwrap().window.is_some());
+        let short = BaseChunk { hash: base_chunk.hash, bytes: &base[..39] };
+        prop_assert!(decode_frame(&frame, Some(short)).is_err());
+    }
+
+    #[test]
     fn opaque_round_trips(raw in proptest::collection::vec(any::<u8>(), 0..2000), repeat in 1usize..4) {
         let raw = raw.repeat(repeat);
         let frame = encode_opaque(&raw).unwrap();
