@@ -70,8 +70,9 @@ pub struct Config {
     /// Other gateways serve the same upstream: reads check the manifest upstream before
     /// answering from the index, and garbage collection spares what any manifest references.
     pub shared_upstream: bool,
-    /// The newest frame version this gateway writes: 3 (GGUF blocks predicted from a wider
-    /// tensor: issue 17), 2 (conversions across precisions, levels: issue 18), or an older one
+    /// The newest frame version this gateway writes: 4 (deltas against a window of a base
+    /// chunk: issue 15), 3 (GGUF blocks predicted from a wider tensor: issue 17), 2
+    /// (conversions across precisions, levels: issue 18), or an older one
     /// while gateways from before it still read the same upstream.
     pub write_frame_version: u8,
     /// Seconds between catching up with other gateways' writes (for listings), when shared.
@@ -94,6 +95,9 @@ pub struct Config {
     pub orphan_scan_secs: u64,
     /// Objects under this many bytes are stored as they came.
     pub min_model_bytes: u64,
+    /// Encode the parts of a multipart model upload as they arrive; false stores every part as
+    /// it came, for the packer to encode after completion.
+    pub encode_parts: bool,
     /// Seconds before freed chunks and upstream objects are deleted.
     pub gc_grace_secs: u64,
     /// Seconds between garbage-collection runs.
@@ -244,7 +248,7 @@ impl Default for Config {
             dedup_scope: DedupScope::Tenant,
             upstream: None,
             shared_upstream: false,
-            write_frame_version: 3,
+            write_frame_version: 4,
             shared_sync_secs: 10,
             shared_full_sync_secs: 3600,
             journal_retention_secs: 3600,
@@ -253,6 +257,7 @@ impl Default for Config {
             orphan_blob_secs: 7 * 24 * 3600,
             orphan_scan_secs: 3600,
             min_model_bytes: 64 * 1024,
+            encode_parts: true,
             gc_grace_secs: 600,
             gc_interval_secs: 60,
             usage_refresh_secs: 30,
@@ -289,6 +294,7 @@ impl Config {
         match self.write_frame_version {
             1 => tensorgate_codec::FrameFormat::Version1,
             2 => tensorgate_codec::FrameFormat::Version2,
+            3 => tensorgate_codec::FrameFormat::Version3,
             _ => tensorgate_codec::FrameFormat::Current,
         }
     }
@@ -314,7 +320,7 @@ impl Config {
             }
         }
         anyhow::ensure!(self.header_read_timeout_secs > 0, "header_read_timeout_secs must be at least 1");
-        anyhow::ensure!(matches!(self.write_frame_version, 1..=3), "write_frame_version must be 1, 2 or 3");
+        anyhow::ensure!(matches!(self.write_frame_version, 1..=4), "write_frame_version must be 1, 2, 3 or 4");
         anyhow::ensure!(
             self.journal_retention_secs as i64 * 1000 > 2 * JOURNAL_OVERLAP_MS,
             "journal_retention_secs must be more than {} (twice the overlap a sync reads again)",

@@ -30,6 +30,13 @@ pub struct ChunkLabels {
     pub outcome: &'static str,
 }
 
+/// How a completed multipart upload is stored: `encoded` as its parts arrived, or left
+/// `for_packer`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompletionLabels {
+    pub stored: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub result: &'static str,
@@ -48,6 +55,9 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub bytes_out: Counter,
     pub chunks: Family<ChunkLabels, Counter>,
+    pub multipart_completions: Family<CompletionLabels, Counter>,
+    /// Objects the packer stored again as chunks.
+    pub packed_objects: Counter,
     pub chunk_cache: Family<CacheLabels, Counter>,
     /// Raw bytes of the chunks GETs decoded (their bases not counted), to set beside
     /// `bytes_out`: what ranged reads decode beyond what they return.
@@ -93,6 +103,8 @@ impl Default for Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             chunks: Family::default(),
+            multipart_completions: Family::default(),
+            packed_objects: Counter::default(),
             chunk_cache: Family::default(),
             read_decoded_bytes: Counter::default(),
             upstream_reads: Counter::default(),
@@ -121,6 +133,12 @@ impl Default for Metrics {
         registry.register("bytes_in", "Object bytes received from clients", metrics.bytes_in.clone());
         registry.register("bytes_out", "Object bytes sent to clients", metrics.bytes_out.clone());
         registry.register("chunks", "Chunks written: deduplicated, delta, standalone (tensors) or opaque (other bytes)", metrics.chunks.clone());
+        registry.register(
+            "multipart_completions",
+            "Multipart uploads completed: encoded as their parts arrived, or left for the packer",
+            metrics.multipart_completions.clone(),
+        );
+        registry.register("packed_objects", "Objects the packer stored again as chunks", metrics.packed_objects.clone());
         registry.register(
             "chunk_cache",
             "Decoded chunk lookups (GETs and bases): hit (kept), shared (decoded for another read at the time) or miss",

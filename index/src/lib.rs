@@ -25,6 +25,7 @@ mod rebasing;
 mod records;
 mod records_v1;
 mod records_v2;
+mod records_v3;
 mod references;
 mod reports;
 mod scrub;
@@ -43,6 +44,7 @@ pub use upstream_layout::*;
 pub use objects::{Expect, NewChunk, NewPack};
 pub use rebasing::Rebased;
 pub use records::*;
+pub use records_v3::PartRecordV3;
 pub use reports::{IndexReport, Savings, Usage, MAX_BASE_DEPTH};
 
 /// Errors of the index: faults (storage, records that do not decode, a chunk missing) and the
@@ -95,6 +97,7 @@ pub type Result<T> = std::result::Result<T, IndexError>;
 const BUCKETS_TREE: &str = "buckets.2";
 const OBJECTS_TREE: &str = "objects.3";
 const UPLOADS_TREE: &str = "uploads.3";
+const PARTS_TREE: &str = "parts.4";
 
 /// sled's page cache: its default of 1 GiB would dominate the gateway's memory.
 const CACHE_BYTES: u64 = 64 << 20;
@@ -129,7 +132,7 @@ impl Index {
             trash: db.open_tree("trash")?,
             queue: db.open_tree("queue")?,
             uploads: db.open_tree(UPLOADS_TREE)?,
-            parts: db.open_tree("parts")?,
+            parts: db.open_tree(PARTS_TREE)?,
             tensors: db.open_tree("tensors")?,
             candidates: db.open_tree("candidates")?,
             meta: db.open_tree("meta")?,

@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::records::{BucketRecord, ChunkHash, ChunkRecord, ObjectRecord, PartRecord, UploadRecord};
+use crate::records::{BucketRecord, ChunkHash, ChunkRecord, ObjectRecord, UploadRecord};
+use crate::records_v3::PartRecordV3;
 use crate::{records_v1, records_v2};
 use crate::{IndexError, Result};
 
@@ -109,12 +110,13 @@ pub struct UploadMarker {
     pub upload: UploadRecord,
 }
 
-/// One stored part of a multipart upload, for gateways sharing the upstream.
+/// One stored part of a multipart upload, for gateways sharing the upstream: always stored as
+/// it came, so in the version-3 layout of a part (`records_v3`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartMarker {
     pub upload_id: String,
     pub number: u32,
-    pub part: PartRecord,
+    pub part: PartRecordV3,
 }
 
 /// Where compaction copied the live frames of a pack, for gateways sharing the upstream: those

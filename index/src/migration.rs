@@ -1,6 +1,6 @@
 //! Moving an index to the current record layouts (docs/format.md, section 11): each format
 //! version that changed a record kept in the index copies the trees holding it into new trees
-//! of the new layout, once. `records_v1` and `records_v2` name their steps; they run in order.
+//! of the new layout, once. `records_v1`, `records_v2` and `records_v3` name their steps; they run in order.
 
 use crate::{Index, IndexError, Result};
 
@@ -30,7 +30,8 @@ impl Index {
     /// version at a time.
     pub(crate) fn migrate_records(&self) -> Result<()> {
         self.migrate(&crate::records_v1::MIGRATION)?;
-        self.migrate(&crate::records_v2::MIGRATION)
+        self.migrate(&crate::records_v2::MIGRATION)?;
+        self.migrate(&crate::records_v3::MIGRATION)
     }
 
     /// Copies the records of the old trees into the new ones, converted, then marks the index

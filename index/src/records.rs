@@ -208,15 +208,52 @@ pub struct UploadChecksum {
     pub full_object: bool,
 }
 
-/// One uploaded part, stored as it came in an upstream blob.
+/// One uploaded part: stored as it came in an upstream blob, or encoded on arrival as the
+/// bytes of the object it was guessed to start at (`encoded`, format version 4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartRecord {
+    /// The part's blob; empty when it is encoded.
     pub blob: String,
     pub size: u64,
     /// MD5 hex of the part.
     pub etag: String,
     pub last_modified_ms: i64,
     pub checksums: Checksums,
+    pub encoded: Option<EncodedPart>,
+}
+
+impl PartRecord {
+    /// The segments that, concatenated, give the part's bytes.
+    pub fn segments(&self) -> Vec<Segment> {
+        match &self.encoded {
+            Some(encoded) => encoded.segments.clone(),
+            None if self.blob.is_empty() => Vec::new(),
+            None => vec![Segment::Blob { key: self.blob.clone(), offset: 0, len: self.size }],
+        }
+    }
+}
+
+/// A part encoded as it arrived: cut and encoded as the bytes at `offset` of the object (its
+/// number less one times part 1's size), by the layout of part 1's header. Its chunks hold a
+/// reference each until the upload ends. Whatever the guess, the segments give the part's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodedPart {
+    pub offset: u64,
+    /// The id of the layout the part was cut by: the BLAKE3 of part 1's size (u64
+    /// little-endian) and header, in hex.
+    pub layout_id: String,
+    pub segments: Vec<Segment>,
+    /// Fingerprints of the tensors whose first chunk the part holds whole, to register the
+    /// tensors as base candidates once the upload completes.
+    pub sketches: Vec<TensorSketch>,
+}
+
+/// The fingerprint of one tensor of a model, by name and signature (`dtype:shape`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSketch {
+    pub name: String,
+    pub signature: String,
+    pub sketch: Vec<u8>,
 }
 
 /// A job of the background packer: re-encode this object version.

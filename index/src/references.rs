@@ -89,7 +89,10 @@ impl Index {
             }));
         }
         for entry in self.parts.iter() {
-            keys.insert(decode::<PartRecord>(&entry?.1)?.blob);
+            let part = decode::<PartRecord>(&entry?.1)?;
+            if !part.blob.is_empty() {
+                keys.insert(part.blob);
+            }
         }
         Ok(keys)
     }

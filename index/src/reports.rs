@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::encoding::encode;
-use crate::{decode, hex, keys, ChunkHash, ChunkRecord, Index, IndexError, ObjectKey, ObjectRecord, PackRecord, Result, Segment};
+use crate::{decode, hex, keys, ChunkHash, ChunkRecord, Index, IndexError, ObjectKey, ObjectRecord, PackRecord, PartRecord, Result, Segment};
 
 /// Storage used by one bucket of one tenant.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -73,8 +73,8 @@ fn base_chain_ends(chunks: &HashMap<ChunkHash, ChunkRecord>, record: &ChunkRecor
 }
 
 impl Index {
-    /// Checks the invariants between trees: every chunk an object or a delta uses is stored,
-    /// reference counts equal the references, every chunk's pack is known, and every pack's
+    /// Checks the invariants between trees: every chunk an object, an encoded part or a delta
+    /// uses is stored, reference counts equal the references, every chunk's pack is known, and every pack's
     /// live bytes equal the frames that reference it. Returns what is wrong, if anything.
     pub fn check(&self) -> Result<IndexReport> {
         let mut report = IndexReport::default();
@@ -97,6 +97,12 @@ impl Index {
             let total: u64 = record.segments.iter().map(Segment::len).sum();
             if total != record.size {
                 report.problems.push(format!("object {:?}: segments hold {total} bytes, size says {}", keys::display(&key), record.size));
+            }
+        }
+        for entry in self.parts.iter() {
+            let part: PartRecord = decode(&entry?.1)?;
+            for hash in part.segments().iter().filter_map(Segment::chunk_hash) {
+                *references.entry(hash).or_default() += 1;
             }
         }
         let mut chunks: HashMap<ChunkHash, ChunkRecord> = HashMap::new();

@@ -433,7 +433,9 @@ pub fn combined_model(sources: &[&Path]) -> Vec<u8> {
             );
         }
     }
-    let header = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(header)).unwrap();
+    // Padded with spaces to 8 bytes, as the safetensors library writes headers.
+    header.resize(header.len().next_multiple_of(8), b' ');
     let mut out = (header.len() as u64).to_le_bytes().to_vec();
     out.extend_from_slice(&header);
     out.extend_from_slice(&body);

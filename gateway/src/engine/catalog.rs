@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use tensorgate_index::{
     part_key, parts_folder, upload_key, BucketDeletion, BucketMarker, Envelope, Expect, IndexError,
-    ChunkLocation, Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PartMarker, PartRecord, UploadMarker, UploadRecord,
+    ChunkLocation, Manifest, NewChunk, NewPack, ObjectKey, ObjectRecord, PartMarker, PartRecord, PartRecordV3, UploadMarker, UploadRecord,
     Refusal, UPLOADS,
 };
 
@@ -58,20 +58,21 @@ pub async fn commit(
     }
 }
 
-/// Ends a multipart upload with `record` as the object at `key`: manifest, then index. Nothing
-/// happens unless the object there meets `expect` (the client's conditions).
-pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord, expect: Expect<'_>) -> anyhow::Result<()> {
+/// Ends a multipart upload with `record` as the object at `key`: manifest, then index; queued
+/// for the packer if `pack`. Nothing happens unless the object there meets `expect` (the
+/// client's conditions).
+pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord, pack: bool, expect: Expect<'_>) -> anyhow::Result<()> {
     let _bucket = store.locks.share_bucket(&key.tenant, &key.bucket).await;
     let _guard = store.locks.lock_key(key).await;
     if store.config.shared_upstream {
         let manifest = manifest_of(key, record, store.index.locate(record, &[])?);
-        let index_step = || store.index.complete_upload(upload_id, key, record, now_ms());
+        let index_step = || store.index.complete_upload(upload_id, key, record, pack, now_ms());
         return shared::publish_then(store, key, &manifest, expect, index_step).await;
     }
     check_in_index(store, key, expect)?;
     store.index.mark_pending(key)?;
     let outcome = match publish(store, key, record, &[]).await {
-        Ok(_) => store.index.complete_upload(upload_id, key, record, now_ms()).map_err(Into::into),
+        Ok(_) => store.index.complete_upload(upload_id, key, record, pack, now_ms()).map_err(Into::into),
         Err(error) => Err(error),
     };
     settle(store, key, outcome).await
@@ -266,12 +267,24 @@ pub async fn list_uploads(store: &Store, tenant: &str, bucket: &str) -> anyhow::
     Ok(uploads)
 }
 
-/// Records a stored part; with a shared upstream also as a part marker, so that the gateway
-/// completing the upload finds it.
-pub async fn record_part(store: &Store, tenant: &str, upload_id: &str, number: u32, part: &PartRecord) -> anyhow::Result<()> {
-    store.index.put_part(upload_id, number, part, now_ms())?;
+/// Records a stored part, with the chunks an encoded one wrote (`new_chunks`, in `new_pack`);
+/// with a shared upstream also as a part marker, so that the gateway completing the upload
+/// finds it. Later parts waiting for this upload's part 1 look again.
+pub async fn record_part(
+    store: &Store,
+    tenant: &str,
+    upload_id: &str,
+    number: u32,
+    part: &PartRecord,
+    new_chunks: &[NewChunk],
+    new_pack: Option<&NewPack>,
+) -> anyhow::Result<()> {
+    store.index.put_part(upload_id, number, part, new_chunks, new_pack, now_ms())?;
+    store.first_parts.part_recorded();
     if store.config.shared_upstream {
-        let marker = PartMarker { upload_id: upload_id.to_owned(), number, part: part.clone() };
+        // Parts are stored as they came there (`ingest::part_mode`).
+        let stored = PartRecordV3::of(part).ok_or_else(|| anyhow::anyhow!("an encoded part cannot be marked on a shared upstream"))?;
+        let marker = PartMarker { upload_id: upload_id.to_owned(), number, part: stored };
         let key = part_key(&store.config.upstream_prefix(tenant), upload_id, number);
         upstream::put(&*store.upstream, &key, Bytes::from(marker.seal()?)).await?;
     }
@@ -288,7 +301,7 @@ pub async fn parts(store: &Store, tenant: &str, upload_id: &str) -> anyhow::Resu
     for listed in store.upstream.list(&parts_folder(&store.config.upstream_prefix(tenant), upload_id)).await? {
         let Some(marker) = read_record::<PartMarker>(store, &listed.key).await? else { continue };
         anyhow::ensure!(marker.upload_id == upload_id, "part marker names another upload");
-        parts.push((marker.number, marker.part));
+        parts.push((marker.number, marker.part.into()));
     }
     Ok(parts)
 }

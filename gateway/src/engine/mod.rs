@@ -71,6 +71,8 @@ pub struct Store {
     pub admission: Admission,
     /// Bucket settings read lately, for the requests that need them often (CORS).
     pub kept_settings: bucket_settings::KeptSettings,
+    /// Later multipart parts waiting for their upload's first part (`ingest::part_mode`).
+    pub first_parts: ingest::FirstParts,
     /// Set once the gateway is stopping: `/ready` then says no, so load balancers move on.
     pub draining: std::sync::atomic::AtomicBool,
     /// With a shared upstream, when this gateway last acknowledged the collector's
@@ -102,6 +104,7 @@ impl Store {
             unfollowed: std::sync::Mutex::new(HashMap::new()),
             admission,
             kept_settings: bucket_settings::KeptSettings::default(),
+            first_parts: ingest::FirstParts::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             caught_up_ms: std::sync::atomic::AtomicI64::new(crate::ids::now_ms()),
         })

@@ -65,6 +65,7 @@ async fn pack_object(store: &Arc<Store>, job: &PackJob) -> anyhow::Result<()> {
     let committed = catalog::commit(store, &key, &packed, &ingested.new_chunks, ingested.new_pack.as_ref(), Expect::Version(&job.version)).await;
     match committed {
         Ok(()) => {
+            store.metrics.packed_objects.inc();
             store.register_tensors(&job.tenant, &ingested.tensors)?;
             tracing::info!(size = record.size, "packed");
             Ok(())

@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use s3s::dto::*;
 use s3s::crypto::{Checksum as _, Md5};
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
-use tensorgate_index::{Attributes, BucketDeletion, BucketRecord, Checksums, Expect, IndexError, ObjectKey, Refusal, ObjectRecord, PartRecord, Segment, UploadRecord};
+use tensorgate_index::{Attributes, BucketDeletion, BucketRecord, Checksums, EncodedPart, Expect, IndexError, ObjectKey, Refusal, ObjectRecord, PartRecord, Segment, UploadRecord};
 use tracing::Instrument;
 
 use crate::engine::Store;

@@ -1,7 +1,10 @@
-//! Multipart uploads: parts stored as they come, each in its own blob (copied parts through the
-//! same path), completed into an object the packer re-encodes later.
+//! Multipart uploads: the parts of a model encoded as they come (`engine::ingest::parts`),
+//! other parts (and copied ones) stored as they came, each in its own blob; completed into an
+//! object that the packer re-encodes later unless every part was encoded where it belongs.
 
 use super::*;
+use crate::engine::ingest::FirstPart;
+use crate::metrics::CompletionLabels;
 
 impl Gateway {
     pub(super) async fn create_multipart_upload(&self, req: S3Request<CreateMultipartUploadInput>) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
@@ -49,10 +52,14 @@ impl Gateway {
             let upload = before_body!(target.await, input.body);
             let claimed = claimed_digests!(input, req);
             let size_hint = announced_size(&req.headers, input.content_length);
+            // Before the budget: a part waiting for part 1 holds none of it.
+            let mode = ingest::part_mode(&self.store, &input.upload_id, input.part_number as u32).await.map_err(to_s3)?;
             let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
             let kept = upload.checksum.map(|kept| kept.algorithm);
-            let part = self.store_part(&tenant, input.body, size_hint, &claimed, kept, BodyFrom::Client).await?;
-            self.record_part(&tenant, &input.upload_id, input.part_number, &part).await?;
+            let base_hint = upload.attributes.metadata.get(ingest::BASE_HINT).and_then(|hint| ingest::named_base(&self.store, &tenant, hint));
+            let options = IngestOptions { size_hint, mode, checksums: claimed.selection(kept), base_hint, body_from: BodyFrom::Client };
+            let (part, ingested) = self.store_part(&tenant, input.body, &claimed, options).await?;
+            self.record_part(&tenant, &input.upload_id, input.part_number, &part, ingested).await?;
             tracing::info!(tenant = %upload.tenant, size = part.size, "part stored");
             Ok(S3Response::new(write_output!(UploadPartOutput, part.etag, part.checksums)))
         }
@@ -82,8 +89,10 @@ impl Gateway {
         let _budget = self.store.admit_body(&tenant, Some(len)).await.map_err(to_s3)?;
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), reader::plan(&source, range), reader::Reader::Gateway));
         let kept = upload.checksum.map(|kept| kept.algorithm);
-        let part = self.store_part(&tenant, Some(body), Some(len), &ClaimedDigests::default(), kept, BodyFrom::Store).await?;
-        self.record_part(&tenant, &input.upload_id, input.part_number, &part).await?;
+        let claimed = ClaimedDigests::default();
+        let options = IngestOptions { size_hint: Some(len), mode: IngestMode::Plain, checksums: claimed.selection(kept), base_hint: None, body_from: BodyFrom::Store };
+        let (part, ingested) = self.store_part(&tenant, Some(body), &claimed, options).await?;
+        self.record_part(&tenant, &input.upload_id, input.part_number, &part, ingested).await?;
         tracing::info!(size = part.size, "part copied");
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
@@ -143,11 +152,21 @@ impl Gateway {
         check_completion_checksums(&checksums_in!(input), &record.checksums, &requested, &chosen)?;
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
         let expect = WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
-        catalog::complete_upload(&self.store, &input.upload_id, &key, &record, expect.as_expect()).await.map_err(to_s3)?;
+        let encoded = ingest::placed_as_guessed(&chosen);
+        catalog::complete_upload(&self.store, &input.upload_id, &key, &record, !encoded, expect.as_expect()).await.map_err(to_s3)?;
+        self.store.first_parts.forget(&input.upload_id);
+        let stored = if encoded { "encoded" } else { "for_packer" };
+        self.store.metrics.multipart_completions.get_or_create(&CompletionLabels { stored }).inc();
+        if encoded {
+            // Only savings depend on it: the object is stored.
+            if let Err(error) = ingest::register_completed(&self.store, &tenant, &record, &chosen) {
+                tracing::warn!(error = format!("{error:#}"), "the tensors of the completed upload are not base candidates");
+            }
+        }
         if let Err(error) = catalog::forget_upload(&self.store, &tenant, &input.upload_id).await {
             tracing::warn!(error = format!("{error:#}"), "the ended upload's markers stay upstream");
         }
-        tracing::info!(bucket = %input.bucket, key = %input.key, size = record.size, parts = chosen.len(), "multipart upload completed");
+        tracing::info!(bucket = %input.bucket, key = %input.key, size = record.size, parts = chosen.len(), encoded, "multipart upload completed");
         Ok(S3Response::new(completed_output(record, input.bucket, input.key)))
     }
 
@@ -156,6 +175,7 @@ impl Gateway {
         let input = req.input;
         self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         catalog::forget_upload(&self.store, &tenant, &input.upload_id).await.map_err(to_s3)?;
+        self.store.first_parts.forget(&input.upload_id);
         self.store.index.abort_upload(&input.upload_id, now_ms()).map_err(|error| match error {
             IndexError::Refused(Refusal::NoSuchUpload) => s3_error!(NoSuchUpload),
             other => internal(other),
@@ -241,20 +261,17 @@ impl Gateway {
         Ok(upload)
     }
 
-    /// Stores a part body as it came in its own upstream blob, with its checksums: those the
-    /// client sent or named, and the one the upload keeps (`kept`).
-    async fn store_part(
-        &self,
-        tenant: &str,
-        body: Option<StreamingBlob>,
-        size_hint: Option<u64>,
-        claimed: &ClaimedDigests,
-        kept: Option<tensorgate_index::ChecksumAlgorithm>,
-        body_from: BodyFrom,
-    ) -> S3Result<PartRecord> {
+    /// Stores a part body as `options` say (encoded, or as it came in its own upstream blob),
+    /// with its checksums: those the client sent or named, and the one the upload keeps.
+    async fn store_part(&self, tenant: &str, body: Option<StreamingBlob>, claimed: &ClaimedDigests, options: IngestOptions) -> S3Result<(PartRecord, Ingested)> {
         let body = body.unwrap_or_else(|| StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>()));
-        let options = IngestOptions { size_hint, mode: IngestMode::Plain, checksums: claimed.selection(kept), base_hint: None, body_from };
-        let ingested = ingest::ingest(&self.store, tenant, body, options).await.map_err(to_s3)?.ok_or_else(|| internal("ingest declined a part"))?;
+        let size_hint = options.size_hint;
+        let placement = match &options.mode {
+            IngestMode::LaterPart(placement) => Some(placement.clone()),
+            _ => None,
+        };
+        let is_part = options.mode.is_part();
+        let mut ingested = ingest::ingest(&self.store, tenant, body, options).await.map_err(to_s3)?.ok_or_else(|| internal("ingest declined a part"))?;
         if let Some(announced) = size_hint.filter(|size| *size != ingested.size) {
             let got = ingested.size;
             ingested.discard(&self.store).await;
@@ -264,26 +281,43 @@ impl Gateway {
             ingested.discard(&self.store).await;
             return Err(error);
         }
-        let blob = match ingested.segments.first() {
-            Some(Segment::Blob { key, .. }) => key.clone(),
-            _ => String::new(),
+        let blob = ingested.segments.iter().find_map(|segment| match segment {
+            Segment::Blob { key, .. } => Some(key.clone()),
+            _ => None,
+        });
+        // Part 1 is cut by its own header's layout, a later part by its placement's.
+        let layout_id = |segments: &[Segment], size: u64| match (&placement, segments.first()) {
+            (Some(placement), _) => placement.layout_id.clone(),
+            (None, Some(Segment::Inline(header))) => FirstPart::Model { header: Arc::new(header.clone()), size }.layout_id().unwrap_or_default(),
+            (None, _) => String::new(),
         };
-        Ok(PartRecord {
-            blob,
+        let encoded = (is_part && blob.is_none()).then(|| EncodedPart {
+            offset: placement.as_ref().map_or(0, |placement| placement.offset),
+            layout_id: layout_id(&ingested.segments, ingested.size),
+            segments: ingested.segments.clone(),
+            sketches: std::mem::take(&mut ingested.sketches),
+        });
+        let Some(md5) = ingested.md5 else {
+            ingested.discard(&self.store).await;
+            return Err(internal("a part was ingested without its MD5"));
+        };
+        let part = PartRecord {
+            blob: blob.unwrap_or_default(),
             size: ingested.size,
-            etag: hex::encode(ingested.md5.ok_or_else(|| internal("a part was ingested without its MD5"))?),
+            etag: hex::encode(md5),
             last_modified_ms: now_ms(),
             checksums: checksums_of(&ingested.checksums),
-        })
+            encoded,
+        };
+        Ok((part, ingested))
     }
 
-    /// Records a stored part of an upload; if the upload ended meanwhile, its blob is deleted.
-    async fn record_part(&self, tenant: &str, upload_id: &str, number: i32, part: &PartRecord) -> S3Result<()> {
-        let Err(error) = catalog::record_part(&self.store, tenant, upload_id, number as u32, part).await else { return Ok(()) };
+    /// Records a stored part of an upload; if the upload ended meanwhile, what it wrote is deleted.
+    async fn record_part(&self, tenant: &str, upload_id: &str, number: i32, part: &PartRecord, ingested: Ingested) -> S3Result<()> {
+        let recorded = catalog::record_part(&self.store, tenant, upload_id, number as u32, part, &ingested.new_chunks, ingested.new_pack.as_ref()).await;
+        let Err(error) = recorded else { return Ok(()) };
         if matches!(error.downcast_ref::<IndexError>(), Some(IndexError::Refused(Refusal::NoSuchUpload))) {
-            if let Err(error) = self.store.upstream.delete(&part.blob).await {
-                tracing::warn!(blob = %part.blob, error = format!("{error:#}"), "the part of an ended upload stays upstream until collected");
-            }
+            ingested.discard(&self.store).await;
         }
         Err(to_s3(error))
     }
@@ -315,7 +349,7 @@ fn completed_output(record: ObjectRecord, bucket: String, key: String) -> Comple
     output
 }
 
-/// The object a completed multipart upload makes: its parts in order, as they came.
+/// The object a completed multipart upload makes: its parts' segments, in order.
 fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> S3Result<ObjectRecord> {
     let mut digests = Vec::with_capacity(parts.len() * 16);
     for part in parts {
@@ -333,11 +367,7 @@ fn multipart_record(upload: &UploadRecord, parts: &[&PartRecord]) -> S3Result<Ob
         attributes: upload.attributes.clone(),
         checksums: completed_checksums(upload.checksum, parts),
         part_sizes: parts.iter().map(|p| p.size).collect(),
-        segments: parts
-            .iter()
-            .filter(|p| p.size > 0)
-            .map(|p| Segment::Blob { key: p.blob.clone(), offset: 0, len: p.size })
-            .collect(),
+        segments: parts.iter().flat_map(|part| part.segments()).filter(|segment| !segment.is_empty()).collect(),
         part_checksums: part_checksums(parts),
     })
 }

@@ -161,7 +161,7 @@ mod tests {
         let mut checksums = Checksums::default();
         let crc = crc_fast::checksum(crc_algorithm(algorithm).unwrap(), bytes);
         *checksums.get_mut(algorithm) = Some(BASE64.encode(crc_bytes(algorithm, crc)));
-        PartRecord { blob: String::new(), size, etag: String::new(), last_modified_ms: 0, checksums }
+        PartRecord { blob: String::new(), size, etag: String::new(), last_modified_ms: 0, checksums, encoded: None }
     }
 
     #[test]

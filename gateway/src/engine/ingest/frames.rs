@@ -5,7 +5,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use rayon::prelude::*;
 use tensorgate_codec::frame::Codec;
-use tensorgate_codec::{decode_frame, encode_chunk_as, encode_opaque, BaseChunk, Dtype, FrameHeader};
+use tensorgate_codec::{decode_frame, encode_chunk_as, encode_chunk_in_window, encode_opaque, BaseChunk, Dtype, FrameHeader};
 use tensorgate_index::{pack_key, ChunkHash, ChunkRecord, NewChunk};
 
 use super::bases::BaseBytes;
@@ -30,12 +30,13 @@ pub(super) enum Encoding {
     Opaque,
 }
 
-/// The frame, once decoded back to `raw` when it uses a conversion or levels (issue 18: newer
-/// transforms, whose decoding is checked before anything names them); a frame that does not
+/// The frame, once decoded back to `raw` when it uses a conversion, levels or a window of its
+/// base (issues 18 and 15: newer transforms, whose decoding is checked before anything names
+/// them); `base` is the whole base chunk, as a reader hands it to the decoder. A frame that does not
 /// decode is replaced by the chunk as plain zstd or stored bytes, which always does.
 fn verified(frame: Vec<u8>, raw: &[u8], base: Option<BaseChunk<'_>>) -> tensorgate_codec::Result<Vec<u8>> {
     let header = FrameHeader::read(&frame)?;
-    if header.conversion.is_none() && header.codec != Codec::Levels {
+    if header.conversion.is_none() && header.window.is_none() && header.codec != Codec::Levels {
         return Ok(frame);
     }
     match decode_frame(&frame, base) {
@@ -68,10 +69,9 @@ impl Ingester {
             let frames: Vec<_> = pending
                 .par_iter()
                 .map(|chunk| match &chunk.encoding {
-                    Encoding::Tensor { dtype, base } => {
-                        let base = base.as_ref().map(|(hash, bytes, base_dtype)| (BaseChunk { hash: *hash, bytes }, *base_dtype));
-                        encode_chunk_as(&chunk.raw, *dtype, base, format).and_then(|frame| verified(frame, &chunk.raw, base.map(|(base, _)| base)))
-                    }
+                    Encoding::Tensor { dtype, base: Some(base) } => encode_chunk_in_window(&chunk.raw, *dtype, base.chunk(), base.window, format)
+                        .and_then(|frame| verified(frame, &chunk.raw, Some(base.chunk().0))),
+                    Encoding::Tensor { dtype, base: None } => encode_chunk_as(&chunk.raw, *dtype, None, format),
                     Encoding::Opaque => encode_opaque(&chunk.raw),
                 })
                 .collect();

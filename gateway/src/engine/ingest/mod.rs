@@ -3,13 +3,16 @@
 //! checkpoint, ONNX) per tensor, any other object where its content says. A chunk already stored is only referenced (and held
 //! from the sweep until the write commits); a new one is encoded on all cores (a tensor's as a
 //! delta against a chunk of the base tensor, chosen at the tensor's first new chunk, when that
-//! is smaller) and appended as a frame to a new pack object. Multipart parts, and objects under
+//! is smaller) and appended as a frame to a new pack object. Multipart parts of a model are
+//! encoded the same way as they arrive (`parts`); other parts, and objects under
 //! `min_model_bytes`, are written upstream as they came.
 
 mod bases;
+mod first_parts;
 mod frames;
 mod model;
 mod opaque;
+mod parts;
 mod walked;
 
 use std::collections::HashSet;
@@ -20,7 +23,7 @@ use futures::{Stream, StreamExt};
 use s3s::checksum::ChecksumHasher;
 use s3s::crypto::{Checksum as _, Md5};
 use tensorgate_codec::{Sketch, DEFAULT_CHUNK_SIZE};
-use tensorgate_index::{blob_key, ChecksumAlgorithm, ChunkHash, NewChunk, NewPack, Segment};
+use tensorgate_index::{blob_key, ChecksumAlgorithm, ChunkHash, NewChunk, NewPack, Segment, TensorSketch};
 
 use crate::engine::{ChunkGuard, Store, WriteGuard};
 use crate::ids::new_id;
@@ -28,6 +31,8 @@ use crate::upstream::BlobWriter;
 use crate::upstream::UpstreamFailure;
 use model::ModelState;
 pub use model::{model_tensors, named_base, ModelTensors, BASE_HINT};
+pub use first_parts::{FirstPart, FirstParts};
+pub use parts::{part_mode, placed_as_guessed, register_completed, PartPlacement};
 pub(crate) use bases::MAX_WRITE_DEPTH;
 
 /// Chunks encoded together: one per core keeps every core busy, up to 8 (concurrent writes
@@ -55,6 +60,9 @@ pub struct Ingested {
     pub new_pack: Option<NewPack>,
     /// Tensors stored whole, to register as base candidates once committed.
     pub tensors: Vec<StoredTensor>,
+    /// Of a part: the fingerprints of the tensors whose first chunk it holds whole, to register
+    /// the tensors once the upload completes.
+    pub sketches: Vec<TensorSketch>,
     /// Upstream keys written (a blob or a pack), to delete if the write is not committed.
     pub written: Vec<String>,
     /// Keeps garbage collection off the written keys until this write is committed or dropped.
@@ -116,17 +124,29 @@ pub enum BodyFrom {
 }
 
 /// What to do with the bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum IngestMode {
     /// Store a model as tensor chunks, anything else as content-defined chunks, and
     /// objects under `min_model_bytes` as they came (a client's PUT).
     #[default]
     Sniff,
-    /// Store as it came, even when empty (a multipart part).
+    /// Store as it came, even when empty (a multipart part that is not encoded).
     Plain,
     /// Only chunked objects are wanted (the packer): one that would be stored as it came ends
     /// the ingest with `None`.
     ChunkedOnly,
+    /// Part 1 of the multipart upload `upload_id`: a model whose header it holds whole is
+    /// encoded as far as the part goes, anything else stored as it came (see `parts`).
+    FirstPart { upload_id: String },
+    /// A later part, encoded as the bytes of the model where it was placed (see `parts`).
+    LaterPart(Arc<PartPlacement>),
+}
+
+impl IngestMode {
+    /// Whether the bytes are a part of a multipart upload, encoded as it arrives.
+    pub fn is_part(&self) -> bool {
+        matches!(self, IngestMode::FirstPart { .. } | IngestMode::LaterPart(_))
+    }
 }
 
 /// Which `x-amz-checksum-*` to compute.
@@ -153,6 +173,7 @@ where
     E: std::fmt::Display,
 {
     let mut ingester = Ingester::new(store.clone(), tenant, options);
+    ingester.enter_placement()?;
     let result = ingester.consume(body).await;
     match result {
         Ok(()) => ingester.finish().await,
@@ -199,6 +220,7 @@ struct Ingester {
     new_chunks: Vec<NewChunk>,
     seen: HashSet<ChunkHash>,
     tensors: Vec<StoredTensor>,
+    sketches: Vec<TensorSketch>,
     /// New chunks waiting to be encoded as a batch.
     pending: Vec<frames::PendingChunk>,
     /// Bytes the format sniffer asked for before it looks again.
@@ -224,6 +246,7 @@ impl Ingester {
             new_chunks: Vec::new(),
             seen: HashSet::new(),
             tensors: Vec::new(),
+            sketches: Vec::new(),
             pending: Vec::new(),
             sniff_wanted: 0,
         }
@@ -278,7 +301,7 @@ impl Ingester {
             self.state = State::Empty;
             return Ok(());
         }
-        let as_it_came = self.force_plain || too_small;
+        let as_it_came = self.force_plain || too_small || matches!(self.options.mode, IngestMode::FirstPart { .. });
         match self.options.mode {
             IngestMode::ChunkedOnly if as_it_came => {
                 self.state = State::Declined;
@@ -338,6 +361,7 @@ impl Ingester {
             new_chunks: self.new_chunks,
             new_pack,
             tensors: self.tensors,
+            sketches: self.sketches,
             written,
             in_flight: std::mem::take(&mut self.in_flight),
             held_chunks: std::mem::take(&mut self.held_chunks),

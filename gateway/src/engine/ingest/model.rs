@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tensorgate_codec::formats::Walker;
-use tensorgate_codec::{chunk_end, sniff, stored_layout, ContentHash, Dtype, Layout, Region, RegionKind, Sketch, Sniffed};
-use tensorgate_index::{ChunkHash, ObjectKey, ObjectRecord, Segment};
+use tensorgate_codec::{chunk_end, chunk_size, sniff, stored_layout, ContentHash, Dtype, Layout, Region, RegionKind, Sketch, Sniffed};
+use tensorgate_index::{ChunkHash, ObjectKey, ObjectRecord, Segment, TensorSketch};
 
 use super::bases::{ChosenBase, MIN_BASE_TENSOR_BYTES};
 use super::frames::{Encoding, PendingChunk};
-use super::{walked, Ingester, State, StoredTensor};
+use super::first_parts::FirstPart;
+use super::{walked, IngestMode, Ingester, State, StoredTensor};
 use crate::engine::Store;
 use crate::metrics::ChunkLabels;
 
@@ -93,19 +94,22 @@ pub(super) struct ModelState {
 impl ModelState {
     /// Data-section offset where the chunk being filled ends: never before the bytes it holds
     /// already, though a walked tensor's size, which chooses its chunks' size, may turn out other
-    /// than its start said (a file that lies).
-    fn chunk_end(&self) -> u64 {
-        let (region_end, dtype, len) = match self.regions.get(self.region) {
+    /// than its start said (a file that lies). Chunks are cut on a grid from the region's start,
+    /// so a part that starts inside a chunk holds the rest of it as a piece of its own.
+    pub(super) fn chunk_end(&self) -> u64 {
+        let (region_start, region_end, dtype, len) = match self.regions.get(self.region) {
             Some(Region { kind: RegionKind::Tensor(index), start, end }) => {
                 // A walked tensor's region is open until it ends, but the walker may know its end.
                 let tensor = &self.layout.tensors[*index];
                 let len = if *end != walked::OPEN { Some(end - start) } else { (tensor.end != walked::OPEN).then(|| tensor.end - tensor.start) };
-                (*end, tensor.dtype, len)
+                (*start, *end, tensor.dtype, len)
             }
-            Some(region) => (region.end, Dtype::U8, None),
-            None => (u64::MAX, Dtype::U8, None),
+            Some(region) => (region.start, region.end, Dtype::U8, None),
+            None => (self.regions.last().map_or(0, |region| region.end), u64::MAX, Dtype::U8, None),
         };
-        chunk_end(self.chunk_start, region_end, dtype, len).max(self.position)
+        let size = chunk_size(dtype, len) as u64;
+        let grid_start = region_start + self.chunk_start.saturating_sub(region_start) / size * size;
+        chunk_end(grid_start, region_end, dtype, len).max(self.position)
     }
 }
 
@@ -114,7 +118,9 @@ impl Ingester {
     /// `tensorgate_codec::formats`, where formats are recognised.
     pub(super) async fn sniff(&mut self, ended: bool) -> anyhow::Result<()> {
         let State::Sniff(buffer) = &mut self.state else { return Ok(()) };
-        let size_hint = self.options.size_hint;
+        // A part's size says nothing of the model's, nor whether it is worth encoding.
+        let first_part = matches!(self.options.mode, IngestMode::FirstPart { .. });
+        let size_hint = self.options.size_hint.filter(|_| !first_part);
         let too_small = size_hint.is_some_and(|size| size < self.store.config.min_model_bytes);
         if self.force_plain || too_small {
             return self.become_plain(too_small).await;
@@ -127,7 +133,15 @@ impl Ingester {
                 self.sniff_wanted = wanted;
                 return Ok(());
             }
-            Sniffed::NotAModel => return self.become_plain(false).await,
+            Sniffed::NotAModel => {
+                self.tell_later_parts(FirstPart::Other);
+                return self.become_plain(false).await;
+            }
+            // Later parts know a layout from a header only, not from a walk.
+            Sniffed::Walk(_) if first_part => {
+                self.tell_later_parts(FirstPart::Other);
+                return self.become_plain(false).await;
+            }
             Sniffed::Model(layout) => (layout, None),
             Sniffed::Walk(walker) => (Layout { data_start: 0, tensors: Vec::new(), metadata: None }, Some(walker)),
         };
@@ -135,6 +149,9 @@ impl Ingester {
         let buffered = buffer.split().freeze();
         if header_end > 0 {
             self.segments.push(Segment::Inline(buffered[..header_end].to_vec()));
+        }
+        if let Some(size) = self.options.size_hint.filter(|_| first_part) {
+            self.tell_later_parts(FirstPart::Model { header: Arc::new(buffered[..header_end].to_vec()), size });
         }
         let mut regions = layout.regions();
         if let Some(walker) = &walker {
@@ -157,6 +174,13 @@ impl Ingester {
         model.base = self.base_for_region(&model)?;
         self.state = State::Model(Box::new(model));
         self.feed_model(buffered.slice(header_end..)).await
+    }
+
+    /// Part 1 of an upload tells its later parts what it holds as soon as it knows.
+    fn tell_later_parts(&self, first: FirstPart) {
+        if let IngestMode::FirstPart { upload_id } = &self.options.mode {
+            self.store.first_parts.sniffed(upload_id, first);
+        }
     }
 
     pub(super) async fn feed_model(&mut self, bytes: Bytes) -> anyhow::Result<()> {
@@ -195,43 +219,67 @@ impl Ingester {
         let raw = model.current.split().freeze();
         let hash = ContentHash::scoped(&self.scope, &raw).0;
         let chunk_index = model.tensor_chunks.len();
-        let (dtype, region_end, tensor_signature) = match model.regions.get(model.region) {
-            Some(Region { kind: RegionKind::Tensor(index), end, .. }) => {
+        let (dtype, region_start, region_end, tensor_signature) = match model.regions.get(model.region) {
+            Some(Region { kind: RegionKind::Tensor(index), start, end }) => {
                 let tensor = &model.layout.tensors[*index];
                 let worth_a_base = tensor.end != walked::OPEN && tensor.len() >= MIN_BASE_TENSOR_BYTES;
-                (tensor.dtype, Some(*end), worth_a_base.then(|| (tensor.name.clone(), tensor.signature())))
+                (tensor.dtype, *start, Some(*end), worth_a_base.then(|| (tensor.name.clone(), tensor.signature())))
             }
-            Some(Region { end, .. }) => (Dtype::U8, Some(*end), None),
-            None => (Dtype::U8, None, None),
+            Some(Region { start, end, .. }) => (Dtype::U8, *start, Some(*end), None),
+            None => (Dtype::U8, model.chunk_start, None, None),
         };
-        if chunk_index == 0 && tensor_signature.is_some() {
-            model.sketch = Some(Sketch::of(&raw, dtype));
+        // The tensor's elements this chunk holds: its base holds the same ones.
+        let first = dtype.elements_in((model.chunk_start - region_start) as usize) as u64;
+        let end = first + dtype.elements_in(raw.len()) as u64;
+        if chunk_index == 0 {
+            // A fingerprint is taken of a whole first chunk only (a part may end inside it,
+            // or start after it).
+            let whole_first = model.chunk_start == region_start && model.position == model.chunk_end();
+            model.sketch = tensor_signature.as_ref().filter(|_| whole_first).map(|_| Sketch::of(&raw, dtype));
             model.base_chosen = false;
+            if let (Some(sketch), Some((name, signature))) = (&model.sketch, &tensor_signature) {
+                if self.options.mode.is_part() {
+                    self.sketches.push(TensorSketch { name: name.clone(), signature: signature.clone(), sketch: sketch.to_bytes() });
+                }
+            }
         }
-        model.tensor_chunks.push(hash);
         model.chunk_start = model.position;
         let region_done = region_end == Some(model.position);
-        self.segments.push(Segment::Chunk { hash, len: raw.len() as u32 });
         let known = self.seen.contains(&hash) || self.hold_if_stored(hash)?;
         if known {
+            self.cut(hash, raw.len());
             self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome: "deduplicated" }).inc();
         } else {
-            self.seen.insert(hash);
             // The base is chosen at the tensor's first new chunk: a tensor stored already
             // reads no base.
             if let Some(tensor_key) = tensor_signature {
-                self.choose_base(&tensor_key, &raw, dtype, chunk_index).await?;
+                self.choose_base(&tensor_key, &raw, dtype, first).await?;
             }
-            let State::Model(model) = &mut self.state else { return Ok(()) };
-            let base_chunk = model.base.as_ref().and_then(|base| Some((*base.chunks.get(chunk_index)?, base.dtype)));
-            let base = match base_chunk.filter(|(base_hash, _)| *base_hash != hash) {
-                Some((base_hash, base_dtype)) => {
-                    let base_len = base_dtype.bytes_of(dtype.elements_in(raw.len()));
-                    self.base_bytes(base_hash, base_len, base_dtype).await?
-                }
-                None => None,
+            // Where the base's chunks are cut inside this one (a base uploaded in parts of
+            // another size), the chunk is cut too, so that each piece has one base chunk.
+            let State::Model(model) = &self.state else { return Ok(()) };
+            let cuts = match &model.base {
+                Some(base) if !dtype.is_blocks() => base.cuts_within(first, end),
+                _ => Vec::new(),
             };
-            self.queue_chunk(PendingChunk { raw, hash, encoding: Encoding::Tensor { dtype, base } }).await?;
+            if cuts.is_empty() {
+                self.cut(hash, raw.len());
+                self.store_new_chunk(raw, hash, dtype, first, end).await?;
+            } else {
+                let mut piece_first = first;
+                for piece_end in cuts.into_iter().chain([end]) {
+                    let bytes_end = if piece_end == end { raw.len() } else { dtype.bytes_of((piece_end - first) as usize) };
+                    let piece = raw.slice(dtype.bytes_of((piece_first - first) as usize)..bytes_end);
+                    let piece_hash = ContentHash::scoped(&self.scope, &piece).0;
+                    self.cut(piece_hash, piece.len());
+                    if self.seen.contains(&piece_hash) || self.hold_if_stored(piece_hash)? {
+                        self.store.metrics.chunks.get_or_create(&ChunkLabels { outcome: "deduplicated" }).inc();
+                    } else {
+                        self.store_new_chunk(piece, piece_hash, dtype, piece_first, piece_end).await?;
+                    }
+                    piece_first = piece_end;
+                }
+            }
         }
         if region_done {
             self.finish_region()?;
@@ -239,12 +287,40 @@ impl Ingester {
         Ok(())
     }
 
+    /// Appends a chunk of the region being filled to the object's segments.
+    fn cut(&mut self, hash: ChunkHash, len: usize) {
+        if let State::Model(model) = &mut self.state {
+            model.tensor_chunks.push(hash);
+        }
+        self.segments.push(Segment::Chunk { hash, len: len as u32 });
+    }
+
+    /// Queues a chunk the index does not hold (elements `first..end` of its tensor) for
+    /// encoding, against the same elements of the tensor's base, if any.
+    async fn store_new_chunk(&mut self, raw: Bytes, hash: ChunkHash, dtype: Dtype, first: u64, end: u64) -> anyhow::Result<()> {
+        self.seen.insert(hash);
+        let State::Model(model) = &mut self.state else { return Ok(()) };
+        let base = match model.base.take() {
+            Some(chosen) => {
+                let found = self.base_in(&chosen, first, end).await;
+                if let State::Model(model) = &mut self.state {
+                    model.base = Some(chosen);
+                }
+                found?.filter(|base| base.hash.0 != hash)
+            }
+            None => None,
+        };
+        self.queue_chunk(PendingChunk { raw, hash, encoding: Encoding::Tensor { dtype, base } }).await
+    }
+
     /// Records a finished tensor and picks the base candidates of the next region.
     pub(super) fn finish_region(&mut self) -> anyhow::Result<()> {
         let State::Model(model) = &mut self.state else { return Ok(()) };
         let chunks = std::mem::take(&mut model.tensor_chunks);
         let sketch = model.sketch.take();
-        if let (Some(Region { kind: RegionKind::Tensor(index), .. }), Some(sketch)) = (model.regions.get(model.region), sketch) {
+        // A part holds some of a tensor's chunks only: its sketch waits for the upload's end.
+        let whole_tensor = !self.options.mode.is_part();
+        if let (Some(Region { kind: RegionKind::Tensor(index), .. }), Some(sketch), true) = (model.regions.get(model.region), sketch, whole_tensor) {
             let tensor = &model.layout.tensors[*index];
             self.tensors.push(StoredTensor { name: tensor.name.clone(), signature: tensor.signature(), chunks, sketch });
         }
