@@ -89,6 +89,8 @@ pub enum Refusal {
     NoSuchBucket,
     #[error("a new base's chain of bases would loop or pass the readers' depth")]
     ChainOfBases,
+    #[error("a part was uploaded again while its upload was being completed")]
+    PartChanged,
 }
 
 pub type Result<T> = std::result::Result<T, IndexError>;

@@ -89,14 +89,28 @@ impl Index {
             .collect()
     }
 
-    /// Ends an upload: commits `record` (the chosen parts' segments), drops the upload, releases
-    /// what its parts held (blobs the record does not use go to the trash), and queues the
-    /// object for the packer if `pack`, in one transaction.
-    pub fn complete_upload(&self, upload_id: &str, key: &ObjectKey, record: &ObjectRecord, pack: bool, now_ms: i64) -> Result<()> {
+    /// Ends an upload: commits `record` (the segments of `chosen`, the parts by number as the
+    /// caller read them), drops the upload, releases what its parts held (blobs the record does
+    /// not use go to the trash), and queues the object for the packer if `pack`, in one
+    /// transaction. Refused if an encoded part of `chosen` was uploaded again meanwhile.
+    pub fn complete_upload(
+        &self,
+        upload_id: &str,
+        key: &ObjectKey,
+        record: &ObjectRecord,
+        chosen: &[(u32, &PartRecord)],
+        pack: bool,
+        now_ms: i64,
+    ) -> Result<()> {
         let object_key = key.encode();
-        let parts_prefix = keys::parts_prefix(upload_id);
-        let part_entries: Vec<(sled::IVec, sled::IVec)> =
-            self.parts.scan_prefix(&parts_prefix).collect::<std::result::Result<_, _>>()?;
+        let part_keys = self.part_keys(upload_id)?;
+        // An encoded part's chunks are the record's: it must still be the part recorded. (With
+        // a shared upstream, parts come from their markers and are stored as they came.)
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = chosen
+            .iter()
+            .filter(|(_, part)| part.encoded.is_some())
+            .map(|(number, part)| Ok((keys::part(upload_id, *number), encode(*part)?)))
+            .collect::<Result<_>>()?;
         let job = PackJob {
             tenant: key.tenant.clone(),
             bucket: key.bucket.clone(),
@@ -113,13 +127,19 @@ impl Index {
             if buckets.get(bucket_key.as_slice())?.is_none() {
                 return abort(IndexError::Refused(Refusal::NoSuchBucket));
             }
+            for (part_key, value) in &encoded {
+                if parts.get(part_key.as_slice())?.as_deref() != Some(value.as_slice()) {
+                    return abort(IndexError::Refused(Refusal::PartChanged));
+                }
+            }
             // The object's references first, so that no chunk the parts hand on dies meanwhile.
             for hash in record.segments.iter().filter_map(Segment::chunk_hash) {
                 acquire_chunk(chunks, packs, &no_new_chunks, &hash)?;
             }
-            for (part_key, value) in &part_entries {
-                parts.remove(part_key)?;
-                release_part(chunks, trash, &tx_decode(value)?, &record.segments, now_ms)?;
+            for part_key in &part_keys {
+                if let Some(part) = parts.remove(part_key.as_ref())? {
+                    release_part(chunks, trash, &tx_decode(&part)?, &record.segments, now_ms)?;
+                }
             }
             if let Some(previous) = objects.get(object_key.as_slice())? {
                 let previous: ObjectRecord = tx_decode(&previous)?;
@@ -132,26 +152,47 @@ impl Index {
             Ok(())
         });
         flatten(result)?;
+        self.release_parts_left(upload_id, now_ms)?;
         self.flush()
     }
 
     /// Drops an upload and releases its parts.
     pub fn abort_upload(&self, upload_id: &str, now_ms: i64) -> Result<()> {
-        let parts_prefix = keys::parts_prefix(upload_id);
-        let part_entries: Vec<(sled::IVec, sled::IVec)> =
-            self.parts.scan_prefix(&parts_prefix).collect::<std::result::Result<_, _>>()?;
+        let part_keys = self.part_keys(upload_id)?;
         let result = (&self.uploads, &self.parts, &self.chunks, &self.trash).transaction(|(uploads, parts, chunks, trash)| {
             if uploads.remove(upload_id)?.is_none() {
                 return abort(IndexError::Refused(Refusal::NoSuchUpload));
             }
-            for (part_key, value) in &part_entries {
-                parts.remove(part_key)?;
-                release_part(chunks, trash, &tx_decode(value)?, &[], now_ms)?;
+            for part_key in &part_keys {
+                if let Some(part) = parts.remove(part_key.as_ref())? {
+                    release_part(chunks, trash, &tx_decode(&part)?, &[], now_ms)?;
+                }
             }
             Ok(())
         });
         flatten(result)?;
+        self.release_parts_left(upload_id, now_ms)?;
         self.flush()
+    }
+
+    /// The keys of an upload's parts.
+    fn part_keys(&self, upload_id: &str) -> Result<Vec<sled::IVec>> {
+        Ok(self.parts.scan_prefix(keys::parts_prefix(upload_id)).keys().collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Releases the parts of an ended upload that were recorded after its end read them (a
+    /// part is refused once its upload is gone, so these are the last).
+    fn release_parts_left(&self, upload_id: &str, now_ms: i64) -> Result<()> {
+        for part_key in self.part_keys(upload_id)? {
+            let result = (&self.parts, &self.chunks, &self.trash).transaction(|(parts, chunks, trash)| {
+                if let Some(part) = parts.remove(part_key.as_ref())? {
+                    release_part(chunks, trash, &tx_decode(&part)?, &[], now_ms)?;
+                }
+                Ok(())
+            });
+            flatten(result)?;
+        }
+        Ok(())
     }
 }
 
@@ -189,14 +230,14 @@ mod tests {
         assert_eq!(parts, vec![1, 2, 3]);
         let object = record(vec![Segment::Blob { key: "blobs/p1".into(), offset: 0, len: 3 }, Segment::Blob { key: "blobs/p2".into(), offset: 0, len: 3 }]);
         let key = ObjectKey::new("t", "b", "k");
-        index.complete_upload("u1", &key, &object, true, 2).unwrap();
+        index.complete_upload("u1", &key, &object, &[], true, 2).unwrap();
         let mut trash = index.trash_before(2).unwrap();
         trash.sort();
         assert_eq!(trash, vec!["blobs/p2-old".to_owned(), "blobs/p3".to_owned()]);
         assert_eq!(index.object(&key).unwrap(), Some(object));
         assert_eq!(index.next_pack_job().unwrap().map(|job| job.version), Some("v1".to_owned()));
         assert!(index.upload("u1").unwrap().is_none() && index.parts("u1").unwrap().is_empty());
-        assert!(matches!(index.complete_upload("u1", &key, &record(vec![]), true, 3), Err(IndexError::Refused(Refusal::NoSuchUpload))));
+        assert!(matches!(index.complete_upload("u1", &key, &record(vec![]), &[], true, 3), Err(IndexError::Refused(Refusal::NoSuchUpload))));
         assert!(index.check().unwrap().problems.is_empty());
     }
 
@@ -233,7 +274,14 @@ mod tests {
         assert_eq!(index.chunk(&replaced).unwrap().unwrap().refs, 0, "released when part 2 was sent again");
         let object = record(vec![Segment::Chunk { hash: kept, len: 10 }, Segment::Chunk { hash: kept, len: 10 }]);
         let key = ObjectKey::new("t", "b", "k");
-        index.complete_upload("u3", &key, &object, false, 2).unwrap();
+        let (first, second) = (encoded(&[kept]), encoded(&[kept]));
+        let mut stale = encoded(&[kept]);
+        stale.etag = "sent before".into();
+        assert!(
+            matches!(index.complete_upload("u3", &key, &object, &[(1, &first), (2, &stale)], false, 2), Err(IndexError::Refused(Refusal::PartChanged))),
+            "part 2 was sent again after the completion read it"
+        );
+        index.complete_upload("u3", &key, &object, &[(1, &first), (2, &second)], false, 2).unwrap();
         assert_eq!(index.chunk(&kept).unwrap().unwrap().refs, 2, "now the object's");
         assert_eq!(index.chunk(&unused).unwrap().unwrap().refs, 0, "part 3 was not chosen");
         assert!(index.next_pack_job().unwrap().is_none(), "nothing for the packer");

@@ -58,21 +58,29 @@ pub async fn commit(
     }
 }
 
-/// Ends a multipart upload with `record` as the object at `key`: manifest, then index; queued
-/// for the packer if `pack`. Nothing happens unless the object there meets `expect` (the
-/// client's conditions).
-pub async fn complete_upload(store: &Store, upload_id: &str, key: &ObjectKey, record: &ObjectRecord, pack: bool, expect: Expect<'_>) -> anyhow::Result<()> {
+/// Ends a multipart upload with `record` (made of the parts `chosen`, by number) as the object
+/// at `key`: manifest, then index; queued for the packer if `pack`. Nothing happens unless the
+/// object there meets `expect` (the client's conditions).
+pub async fn complete_upload(
+    store: &Store,
+    upload_id: &str,
+    key: &ObjectKey,
+    record: &ObjectRecord,
+    chosen: &[(u32, &PartRecord)],
+    pack: bool,
+    expect: Expect<'_>,
+) -> anyhow::Result<()> {
     let _bucket = store.locks.share_bucket(&key.tenant, &key.bucket).await;
     let _guard = store.locks.lock_key(key).await;
     if store.config.shared_upstream {
         let manifest = manifest_of(key, record, store.index.locate(record, &[])?);
-        let index_step = || store.index.complete_upload(upload_id, key, record, pack, now_ms());
+        let index_step = || store.index.complete_upload(upload_id, key, record, chosen, pack, now_ms());
         return shared::publish_then(store, key, &manifest, expect, index_step).await;
     }
     check_in_index(store, key, expect)?;
     store.index.mark_pending(key)?;
     let outcome = match publish(store, key, record, &[]).await {
-        Ok(_) => store.index.complete_upload(upload_id, key, record, pack, now_ms()).map_err(Into::into),
+        Ok(_) => store.index.complete_upload(upload_id, key, record, chosen, pack, now_ms()).map_err(Into::into),
         Err(error) => Err(error),
     };
     settle(store, key, outcome).await
@@ -280,7 +288,7 @@ pub async fn record_part(
     new_pack: Option<&NewPack>,
 ) -> anyhow::Result<()> {
     store.index.put_part(upload_id, number, part, new_chunks, new_pack, now_ms())?;
-    store.first_parts.part_recorded();
+    store.first_parts.part_recorded(upload_id, number);
     if store.config.shared_upstream {
         // Parts are stored as they came there (`ingest::part_mode`).
         let stored = PartRecordV3::of(part).ok_or_else(|| anyhow::anyhow!("an encoded part cannot be marked on a shared upstream"))?;

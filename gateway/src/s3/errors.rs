@@ -126,6 +126,10 @@ fn client_fault(error: &IndexError) -> Option<S3Error> {
         IndexError::Refused(Refusal::PreconditionFailed) => {
             S3Error::with_message(S3ErrorCode::PreconditionFailed, "At least one of the pre-conditions you specified did not hold")
         }
+        IndexError::Refused(Refusal::PartChanged) => S3Error::with_message(
+            S3ErrorCode::InvalidPart,
+            "One or more of the specified parts could not be found. The part may not have been uploaded, or the specified entity tag may not match the part's entity tag.",
+        ),
         IndexError::Refused(Refusal::NoSuchUpload) => S3Error::with_message(
             S3ErrorCode::NoSuchUpload,
             "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",

@@ -132,6 +132,7 @@ impl Gateway {
         let stored: BTreeMap<u32, PartRecord> =
             catalog::parts(&self.store, &tenant, &input.upload_id).await.map_err(to_s3)?.into_iter().collect();
         let mut chosen = Vec::with_capacity(requested.len());
+        let mut numbers = Vec::with_capacity(requested.len());
         let mut previous = 0;
         for part in &requested {
             let number = part.part_number.unwrap_or(0);
@@ -144,6 +145,7 @@ impl Gateway {
                 return Err(s3_error!(InvalidPart, "ETag of part {number} does not match"));
             }
             chosen.push(record);
+            numbers.push(number as u32);
         }
         if chosen[..chosen.len() - 1].iter().any(|part| part.size < MIN_PART_SIZE) {
             return Err(s3_error!(EntityTooSmall));
@@ -153,7 +155,8 @@ impl Gateway {
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
         let expect = WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let encoded = ingest::placed_as_guessed(&chosen);
-        catalog::complete_upload(&self.store, &input.upload_id, &key, &record, !encoded, expect.as_expect()).await.map_err(to_s3)?;
+        let numbered: Vec<(u32, &PartRecord)> = numbers.into_iter().zip(chosen.iter().copied()).collect();
+        catalog::complete_upload(&self.store, &input.upload_id, &key, &record, &numbered, !encoded, expect.as_expect()).await.map_err(to_s3)?;
         self.store.first_parts.forget(&input.upload_id);
         let stored = if encoded { "encoded" } else { "for_packer" };
         self.store.metrics.multipart_completions.get_or_create(&CompletionLabels { stored }).inc();

@@ -51,14 +51,17 @@ impl ChosenBase {
     /// The base tensor of `dtype` stored as `chunks`; `None` when the index lacks one of them
     /// (it was collected since the tensor was remembered).
     pub(super) fn of(index: &Index, dtype: Dtype, chunks: &[ChunkHash]) -> anyhow::Result<Option<ChosenBase>> {
-        let mut first = 0u64;
-        let mut located = Vec::with_capacity(chunks.len());
+        // Elements are counted from the bytes before each chunk: a piece may end inside an
+        // element or a block, and the next one then starts inside it too.
+        let elements_before = |bytes: u64| dtype.elements_in(bytes as usize) as u64;
+        let mut bytes = 0u64;
+        let mut located = Vec::with_capacity(chunks.len() + 1);
         for hash in chunks {
             let Some(record) = index.chunk(hash)? else { return Ok(None) };
-            located.push((*hash, first));
-            first += dtype.elements_in(record.raw_len as usize) as u64;
+            located.push((*hash, elements_before(bytes)));
+            bytes += u64::from(record.raw_len);
         }
-        located.push(([0; 32], first));
+        located.push(([0; 32], elements_before(bytes)));
         Ok(Some(ChosenBase { dtype, chunks: located }))
     }
 

@@ -17,9 +17,14 @@ use crate::engine::Store;
 /// are the upload's later parts that find part 1 still unknown.
 const FIRST_PART_WAIT: Duration = Duration::from_secs(10);
 
-/// Uploads remembered at most, in each of the two memories; past it, a memory starts again
-/// (a later part then reads part 1's record, or waits once more).
-const REMEMBERED: usize = 1024;
+/// Uploads whose later parts gave up waiting that are remembered at most; past it, the memory
+/// starts again (a later part then waits once more).
+const MISSED_KEPT: usize = 1024;
+
+/// Bytes of sniffed part-1 headers kept at most (a header may be `max_header_bytes`, and a
+/// client may start uploads it never ends); past it, the memory starts again, and later parts
+/// wait for part 1's record instead. An entry goes once part 1 is recorded.
+const SNIFFED_BYTES: usize = 64 << 20;
 
 /// What part 1 of an upload holds, as its later parts need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +58,23 @@ impl FirstPart {
 #[derive(Default)]
 pub struct FirstParts {
     changed: Notify,
-    sniffed: Mutex<HashMap<String, FirstPart>>,
+    sniffed: Mutex<Sniffed>,
     missed: Mutex<HashSet<String>>,
+}
+
+/// Part 1 of uploads whose part 1 is not recorded yet, and the bytes of their headers.
+#[derive(Default)]
+struct Sniffed {
+    by_upload: HashMap<String, FirstPart>,
+    header_bytes: usize,
+}
+
+impl Sniffed {
+    fn remove(&mut self, upload_id: &str) {
+        if let Some(FirstPart::Model { header, .. }) = self.by_upload.remove(upload_id) {
+            self.header_bytes -= header.len();
+        }
+    }
 }
 
 /// Locks a memory; one poisoned by a panic elsewhere still holds whole entries.
@@ -66,16 +86,28 @@ impl FirstParts {
     /// Part 1 of `upload_id` was sniffed: the later parts waiting for it go on.
     pub fn sniffed(&self, upload_id: &str, first: FirstPart) {
         let mut sniffed = locked(&self.sniffed);
-        if sniffed.len() >= REMEMBERED {
-            sniffed.clear();
+        sniffed.remove(upload_id);
+        let bytes = match &first {
+            FirstPart::Model { header, .. } => header.len(),
+            FirstPart::Other => 0,
+        };
+        if sniffed.header_bytes + bytes > SNIFFED_BYTES {
+            *sniffed = Sniffed::default();
         }
-        sniffed.insert(upload_id.to_owned(), first);
+        if bytes <= SNIFFED_BYTES {
+            sniffed.header_bytes += bytes;
+            sniffed.by_upload.insert(upload_id.to_owned(), first);
+        }
         drop(sniffed);
         self.changed.notify_waiters();
     }
 
-    /// A part was recorded: the later parts waiting for a part 1 look again.
-    pub fn part_recorded(&self) {
+    /// Part `number` of `upload_id` was recorded: the later parts waiting for a part 1 look
+    /// again (at the index, for part 1, which the sniffed memory then no longer keeps).
+    pub fn part_recorded(&self, upload_id: &str, number: u32) {
+        if number == 1 {
+            locked(&self.sniffed).remove(upload_id);
+        }
         self.changed.notify_waiters();
     }
 
@@ -96,18 +128,46 @@ impl FirstParts {
             if let Some(first) = store.index.part(upload_id, 1)? {
                 return Ok(Some(FirstPart::of_record(&first)));
             }
-            if let Some(first) = locked(&self.sniffed).get(upload_id) {
+            if let Some(first) = locked(&self.sniffed).by_upload.get(upload_id) {
                 return Ok(Some(first.clone()));
             }
             let missed = locked(&self.missed).contains(upload_id);
             if missed || tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let mut missed = locked(&self.missed);
-                if missed.len() >= REMEMBERED {
+                if missed.len() >= MISSED_KEPT {
                     missed.clear();
                 }
                 missed.insert(upload_id.to_owned());
                 return Ok(None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(header_len: usize) -> FirstPart {
+        FirstPart::Model { header: Arc::new(vec![0; header_len]), size: 8 << 20 }
+    }
+
+    #[test]
+    fn sniffed_headers_are_kept_within_their_bound_and_until_part_1_is_recorded() {
+        let parts = FirstParts::default();
+        parts.sniffed("a", model(40 << 20));
+        parts.sniffed("b", FirstPart::Other);
+        assert_eq!(locked(&parts.sniffed).header_bytes, 40 << 20);
+        parts.sniffed("c", model(30 << 20));
+        let sniffed = locked(&parts.sniffed);
+        assert_eq!((sniffed.by_upload.len(), sniffed.header_bytes), (1, 30 << 20), "past the bound the memory starts again");
+        drop(sniffed);
+        parts.sniffed("c", model(10 << 20));
+        assert_eq!(locked(&parts.sniffed).header_bytes, 10 << 20, "part 1 sniffed again replaces the first");
+        parts.part_recorded("c", 2);
+        assert!(locked(&parts.sniffed).by_upload.contains_key("c"));
+        parts.part_recorded("c", 1);
+        let sniffed = locked(&parts.sniffed);
+        assert_eq!((sniffed.by_upload.len(), sniffed.header_bytes), (0, 0), "part 1 is read from the index once recorded");
     }
 }
