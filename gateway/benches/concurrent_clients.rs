@@ -3,9 +3,10 @@
 //! Writes eight models of `TG_BENCH_MB` MB (default 600) from the corpus, every tensor copy
 //! perturbed so that no chunk deduplicates, and stores four of them with single PUTs. Then,
 //! from a fresh release `tensorgate serve` over the local-directory upstream:
-//! 1. four `aws s3 cp` uploads (multipart, ten parts in flight each) and four `aws s3 cp`
-//!    downloads (ranged GETs, ten in flight each), all at once; then the background packer
-//!    re-encoding the four multipart uploads;
+//! 1. four `aws s3 cp` uploads (multipart, ten parts in flight each, encoded as they arrive
+//!    since stop 25) and four `aws s3 cp` downloads (ranged GETs, ten in flight each), all at
+//!    once; then the background packer re-encoding the multipart uploads left to it (none
+//!    unless `encode_parts = false`, or a part fell back to being stored as it came);
 //! 2. all eight models downloaded at once.
 //!
 //! Every download is compared byte for byte with its source. Each row gives the seconds, the

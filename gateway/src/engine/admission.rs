@@ -1,9 +1,10 @@
 //! Admission: what a request may hold while it is served, so that no client, and no tenant,
-//! can stall the others. Two limits, each with a per-tenant share: request slots (a request
-//! beyond them is answered `SlowDown`, which clients retry with backoff) and the in-flight
-//! byte budget of request bodies and of answers' pieces not yet taken by their clients (a body
+//! can stall the others. Three limits, each with a per-tenant share: request slots (a request
+//! beyond them is answered `SlowDown`, which clients retry with backoff), the in-flight byte
+//! budget of request bodies and of answers' pieces not yet taken by their clients (a body
 //! beyond it waits before its first byte is read, a piece before it is fetched, which slows
-//! the client down through TCP).
+//! the client down through TCP), and the encoders of multipart parts (a part beyond them waits
+//! before its first byte is read).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,10 +52,17 @@ pub struct BytesPermit {
     _gateway: OwnedSemaphorePermit,
 }
 
-/// The gateway's request slots and byte budget.
+/// One of the gateway's part encoders, held while a multipart part is encoded as it arrives.
+pub struct EncoderPermit {
+    _tenant: OwnedSemaphorePermit,
+    _gateway: OwnedSemaphorePermit,
+}
+
+/// The gateway's request slots, byte budget and part encoders.
 pub struct Admission {
     slots: Shared,
     bytes: Shared,
+    encoders: Shared,
 }
 
 impl Admission {
@@ -64,7 +72,19 @@ impl Admission {
         Admission {
             slots: Shared::new(slots(config.max_concurrent_requests), slots(config.tenant_concurrent_requests())),
             bytes: Shared::new(units(config.max_in_flight_bytes), units(config.tenant_in_flight_bytes())),
+            // Any tenant may use them all; its parts queue at its own share first, so that one
+            // tenant's backlog waits behind its own parts, not in front of another's.
+            encoders: Shared::new(slots(rayon::current_num_threads()), slots(rayon::current_num_threads())),
         }
+    }
+
+    /// An encoder for a multipart part of `tenant`, one per core in all: the work is the
+    /// cores', and a part being encoded holds a batch, its frames and the chunks of its bases,
+    /// more than its share of the byte budget says (clients send ten parts at once).
+    pub async fn encoder(&self, tenant: &str) -> anyhow::Result<EncoderPermit> {
+        let (tenant, _) = take(self.encoders.tenant(tenant), 1).await?;
+        let (gateway, _) = take(self.encoders.all.clone(), 1).await?;
+        Ok(EncoderPermit { _tenant: tenant, _gateway: gateway })
     }
 
     /// A request slot for `tenant` (the tenant of the key the request names, or "" when none

@@ -73,6 +73,8 @@ pub struct Store {
     pub kept_settings: bucket_settings::KeptSettings,
     /// Later multipart parts waiting for their upload's first part (`ingest::part_mode`).
     pub first_parts: ingest::FirstParts,
+    /// Held while a write searches the base candidates of a tensor's shape.
+    pub candidate_search: tokio::sync::Mutex<()>,
     /// Set once the gateway is stopping: `/ready` then says no, so load balancers move on.
     pub draining: std::sync::atomic::AtomicBool,
     /// With a shared upstream, when this gateway last acknowledged the collector's
@@ -105,6 +107,7 @@ impl Store {
             admission,
             kept_settings: bucket_settings::KeptSettings::default(),
             first_parts: ingest::FirstParts::default(),
+            candidate_search: tokio::sync::Mutex::new(()),
             draining: std::sync::atomic::AtomicBool::new(false),
             caught_up_ms: std::sync::atomic::AtomicI64::new(crate::ids::now_ms()),
         })

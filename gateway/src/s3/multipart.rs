@@ -54,6 +54,13 @@ impl Gateway {
             let size_hint = announced_size(&req.headers, input.content_length);
             // Before the budget: a part waiting for part 1 holds none of it.
             let mode = ingest::part_mode(&self.store, &input.upload_id, input.part_number as u32).await.map_err(to_s3)?;
+            // Later parts wait for an encoder, before the budget too (holding none of it while
+            // they wait). Part 1 does not: the later parts of its upload wait for its header,
+            // and it is encoded as a PUT is.
+            let _encoder = match mode {
+                IngestMode::LaterPart(_) => Some(self.store.admission.encoder(&tenant).await.map_err(internal)?),
+                _ => None,
+            };
             let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
             let kept = upload.checksum.map(|kept| kept.algorithm);
             let base_hint = upload.attributes.metadata.get(ingest::BASE_HINT).and_then(|hint| ingest::named_base(&self.store, &tenant, hint));

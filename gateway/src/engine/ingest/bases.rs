@@ -167,6 +167,9 @@ impl Ingester {
         let shape = tensor_signature.split_once(':').map_or("", |(_, shape)| shape);
         let mut ranked: Vec<(u32, Dtype, BaseCandidate)> = Vec::new();
         let format = self.store.config.frame_format();
+        // One search at a time: each reads every stored tensor of the shape from the index,
+        // and parts encoded side by side would multiply what that holds.
+        let searching = self.store.candidate_search.lock().await;
         let other_dtypes = if format.converts_to(dtype) { Cast::sources_for(dtype) } else { Vec::new() };
         for candidate_dtype in std::iter::once(dtype).chain(other_dtypes) {
             let signature = format!("{}:{shape}", candidate_dtype.name());
@@ -177,6 +180,8 @@ impl Ingester {
             }
         }
         ranked.sort_by_key(|(distance, _, _)| *distance);
+        ranked.truncate(TRIALS);
+        drop(searching);
         let elements = dtype.elements_in(raw.len().min(TRIAL_BYTES));
         let sample = raw.slice(..dtype.bytes_of(elements));
         let mut best: Option<(usize, ChosenBase)> = None;
