@@ -20,10 +20,15 @@ mod avx512;
 /// first on, and says how many; the scalar loops below take the rest from there.
 mod fast {
     #[cfg(target_arch = "x86_64")]
-    pub(super) use super::avx512::{decode_blocks, encode_blocks};
+    pub(super) use super::avx512::{count_blocks, decode_blocks, encode_blocks};
 
     #[cfg(not(target_arch = "x86_64"))]
     pub(super) fn decode_blocks<const W: usize>(_: &[u8], _: &[u8], _: usize, _: &mut [usize; 256], _: &mut Vec<u8>) -> usize {
+        0
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) fn count_blocks<const W: usize>(_: &[u8], _: usize, _: &[usize; 256], _: &mut [usize; 256]) -> usize {
         0
     }
 
@@ -114,25 +119,43 @@ fn context<const W: usize>(base_element: u64) -> usize {
 
 /// Where each context's run starts in the grouped order of the first `count` base elements.
 fn run_starts<const W: usize>(base: &[u8], count: usize) -> [usize; 256] {
+    // The first elements are counted one by one; they tell the vector path, if any, which
+    // contexts to try first in the elements after them.
+    let mut counts = [0usize; 256];
+    let sampled = count.min(SAMPLE_ELEMENTS);
+    count_contexts::<W>(&base[..sampled * W], &mut counts);
+    let sample = counts;
+    let counted = sampled + fast::count_blocks::<W>(&base[sampled * W..], count - sampled, &sample, &mut counts);
+    count_contexts::<W>(&base[counted * W..count * W], &mut counts);
+    let mut starts = [0usize; 256];
+    let mut total = 0;
+    for (start, count) in starts.iter_mut().zip(counts) {
+        *start = total;
+        total += count;
+    }
+    starts
+}
+
+/// Elements counted one by one before [`fast::count_blocks`] takes over.
+const SAMPLE_ELEMENTS: usize = 1024;
+
+/// Adds the contexts of the whole elements of `base` to `counts`.
+fn count_contexts<const W: usize>(base: &[u8], counts: &mut [usize; 256]) {
     // Four tables counted in turn: consecutive equal contexts then do not wait on each
     // other's increment (the single-table histogram ran at a quarter of the speed).
-    let mut counts = [[0usize; 256]; 4];
-    let mut quads = base[..count * W].chunks_exact(4 * W);
+    let mut tables = [[0usize; 256]; 4];
+    let mut quads = base.chunks_exact(4 * W);
     for quad in &mut quads {
         for (lane, element) in quad.chunks_exact(W).enumerate() {
-            counts[lane][context::<W>(load::<W>(element))] += 1;
+            tables[lane][context::<W>(load::<W>(element))] += 1;
         }
     }
     for element in quads.remainder().chunks_exact(W) {
-        counts[0][context::<W>(load::<W>(element))] += 1;
+        tables[0][context::<W>(load::<W>(element))] += 1;
     }
-    let mut starts = [0usize; 256];
-    let mut total = 0;
-    for (context, start) in starts.iter_mut().enumerate() {
-        *start = total;
-        total += counts.iter().map(|table| table[context]).sum::<usize>();
+    for (context, count) in counts.iter_mut().enumerate() {
+        *count += tables.iter().map(|table| table[context]).sum::<usize>();
     }
-    starts
 }
 
 /// Calls `visit(element index, base element, slot)` for every whole element from `first` to
