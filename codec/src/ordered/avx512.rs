@@ -16,6 +16,8 @@ const BLOCK: usize = 64;
 pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("popcnt")
+        && is_x86_feature_detected!("bmi1")
         && is_x86_feature_detected!("avx512vbmi")
         && is_x86_feature_detected!("avx512vbmi2")
 }
@@ -98,7 +100,10 @@ unsafe fn decode_blocks_avx512<const W: usize>(planes: &[u8], base: &[u8], count
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vbmi2,popcnt,bmi1")]
 unsafe fn encode_blocks_avx512<const W: usize>(target: &[u8], base: &[u8], count: usize, blocks: usize, next: &mut [usize; 256], out: &mut [u8]) {
-    let plane: [*mut u8; W] = std::array::from_fn(|p| out[p * count..].as_mut_ptr());
+    // All from one pointer: a pointer taken from a later reborrow of `out` would invalidate
+    // those taken before it.
+    let start = out.as_mut_ptr();
+    let plane: [*mut u8; W] = std::array::from_fn(|p| start.add(p * count));
     let common = Common::of_runs(next, count);
     for block in 0..blocks {
         let base_words: [__m512i; W] = std::array::from_fn(|i| _mm512_loadu_si512(base.as_ptr().add((block * W + i) * 64).cast()));
@@ -254,7 +259,8 @@ static SPLIT_WORDS: [[u16; 32]; 2] = [split_words(0), split_words(1)];
 
 #[target_feature(enable = "avx512f")]
 fn table<T>(entries: &T) -> __m512i {
-    // SAFETY: every table is 64 bytes.
+    const { assert!(size_of::<T>() == 64, "a table fills a vector") };
+    // SAFETY: `T` is 64 bytes (asserted at compile time).
     unsafe { _mm512_loadu_si512((entries as *const T).cast()) }
 }
 

@@ -118,14 +118,19 @@ fn context<const W: usize>(base_element: u64) -> usize {
 }
 
 /// Where each context's run starts in the grouped order of the first `count` base elements.
-fn run_starts<const W: usize>(base: &[u8], count: usize) -> [usize; 256] {
+fn run_starts<const W: usize>(base: &[u8], count: usize, path: Path) -> [usize; 256] {
     // The first elements are counted one by one; they tell the vector path, if any, which
     // contexts to try first in the elements after them.
     let mut counts = [0usize; 256];
     let sampled = count.min(SAMPLE_ELEMENTS);
     count_contexts::<W>(&base[..sampled * W], &mut counts);
     let sample = counts;
-    let counted = sampled + fast::count_blocks::<W>(&base[sampled * W..], count - sampled, &sample, &mut counts);
+    let counted = sampled
+        + match path {
+            Path::Fastest => fast::count_blocks::<W>(&base[sampled * W..], count - sampled, &sample, &mut counts),
+            #[cfg(test)]
+            Path::Scalar => 0,
+        };
     count_contexts::<W>(&base[counted * W..count * W], &mut counts);
     let mut starts = [0usize; 256];
     let mut total = 0;
@@ -199,7 +204,7 @@ fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path) -> Vec<u
     let count = target.len().min(base.len()) / W;
     let whole = count * W;
     let mut out = vec![0u8; target.len()];
-    let mut next = run_starts::<W>(base, count);
+    let mut next = run_starts::<W>(base, count, path);
     let first = match path {
         Path::Fastest => fast::encode_blocks::<W>(target, base, count, &mut next, &mut out),
         #[cfg(test)]
@@ -221,7 +226,7 @@ fn decode_width<const W: usize>(planes: &[u8], base: &[u8], path: Path) -> Vec<u
     let count = planes.len().min(base.len()) / W;
     let whole = count * W;
     let mut out = Vec::with_capacity(planes.len());
-    let mut next = run_starts::<W>(base, count);
+    let mut next = run_starts::<W>(base, count, path);
     let first = match path {
         Path::Fastest => fast::decode_blocks::<W>(planes, base, count, &mut next, &mut out),
         #[cfg(test)]
@@ -271,8 +276,10 @@ mod tests {
         assert_eq!(&planes[..3], &[6, 6, 6], "every difference is +3");
     }
 
-    /// Bytes of `count` floats of `width` bytes near `scale` (a few exponents, as weights
-    /// have), each moved by a few units in the last place in `moved`.
+    /// `count` floats of `width` bytes as weights are (a few exponents), their magnitude
+    /// ten times larger in the second half (so that the first elements are a poor sample of
+    /// the contexts), one in 40 of them random bits (rare contexts); and the same moved by a
+    /// few units in the last place.
     fn weights(seed: u64, count: usize, width: usize) -> (Vec<u8>, Vec<u8>) {
         let mut state = seed | 1;
         let mut next = move || {
@@ -282,21 +289,15 @@ mod tests {
             state
         };
         let (mut base, mut moved) = (Vec::new(), Vec::new());
-        for _ in 0..count {
-            let value = ((next() % 2001) as f32 - 1000.0) * 1e-5;
+        for element in 0..count {
+            let scale = if element < count / 2 { 1e-5 } else { 1e-4 };
+            let value = ((next() % 2001) as f32 - 1000.0) * scale;
+            let bits = if next() % 40 == 0 { next() as u32 } else { value.to_bits() };
+            let bits = if width == 2 { u64::from(bits >> 16) } else { u64::from(bits) };
             let step = (next() % 7) as i64 - 3;
-            match width {
-                2 => {
-                    let bits = (value.to_bits() >> 16) as u16;
-                    base.extend(bits.to_le_bytes());
-                    moved.extend((bits as i64 + step).clamp(0, 0xffff).to_le_bytes()[..2].iter());
-                }
-                _ => {
-                    let bits = value.to_bits();
-                    base.extend(bits.to_le_bytes());
-                    moved.extend((bits as i64 + step).clamp(0, 0xffff_ffff).to_le_bytes()[..4].iter());
-                }
-            }
+            let limit = if width == 2 { 0xffff } else { 0xffff_ffff };
+            base.extend(&bits.to_le_bytes()[..width]);
+            moved.extend(&(bits as i64 + step).clamp(0, limit).to_le_bytes()[..width]);
         }
         (base, moved)
     }
@@ -304,14 +305,20 @@ mod tests {
     #[test]
     fn vector_and_scalar_paths_agree_on_weights() {
         for width in [2, 4] {
-            for count in [0, 63, 64, 65, 1000, 4096 + 17] {
+            for count in [0, 63, 64, 65, 1000, 1024 + 64, 4096 + 17, 100_003] {
                 let (base, target) = weights(count as u64 + width as u64, count, width);
+                let (fastest, scalar) = match width {
+                    2 => (run_starts::<2>(&base, count, Path::Fastest), run_starts::<2>(&base, count, Path::Scalar)),
+                    _ => (run_starts::<4>(&base, count, Path::Fastest), run_starts::<4>(&base, count, Path::Scalar)),
+                };
+                assert_eq!(fastest, scalar, "run starts, width {width}, {count} elements");
                 let planes = encode(&target, &base, width);
-                let scalar = match width {
-                    2 => encode_width::<2>(&target, &base, Path::Scalar),
-                    _ => encode_width::<4>(&target, &base, Path::Scalar),
+                let (scalar, decoded) = match width {
+                    2 => (encode_width::<2>(&target, &base, Path::Scalar), decode_width::<2>(&planes, &base, Path::Scalar)),
+                    _ => (encode_width::<4>(&target, &base, Path::Scalar), decode_width::<4>(&planes, &base, Path::Scalar)),
                 };
                 assert_eq!(planes, scalar, "encode, width {width}, {count} elements");
+                assert_eq!(decoded, target, "scalar decode, width {width}, {count} elements");
                 assert_eq!(decode(&planes, &base, width), target, "decode, width {width}, {count} elements");
             }
         }
@@ -319,15 +326,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn decode_inverts_encode(target in proptest::collection::vec(any::<u8>(), 0..2000),
-                                 base in proptest::collection::vec(any::<u8>(), 0..2000),
+        fn decode_inverts_encode(target in proptest::collection::vec(any::<u8>(), 0..12_000),
+                                 base in proptest::collection::vec(any::<u8>(), 0..12_000),
                                  width in proptest::sample::select(vec![2usize, 4, 8])) {
             prop_assert_eq!(decode(&encode(&target, &base, width), &base, width), target);
         }
 
         #[test]
-        fn vector_path_gives_the_scalar_bytes(target in proptest::collection::vec(any::<u8>(), 0..2000),
-                                              base in proptest::collection::vec(any::<u8>(), 0..2000),
+        fn vector_path_gives_the_scalar_bytes(target in proptest::collection::vec(any::<u8>(), 0..12_000),
+                                              base in proptest::collection::vec(any::<u8>(), 0..12_000),
                                               width in proptest::sample::select(vec![2usize, 4])) {
             let (planes, scalar) = match width {
                 2 => (encode(&target, &base, 2), encode_width::<2>(&target, &base, Path::Scalar)),
