@@ -17,7 +17,8 @@ use rayon::prelude::*;
 
 use crate::chunk::{chunk_ranges, chunk_size};
 use crate::dtype::Dtype;
-use crate::encode::{decode_frame, encode_chunk, BaseChunk};
+use crate::decode::decode_frame;
+use crate::encode::{encode_chunk, BaseChunk};
 use crate::error::{CodecError, Result};
 use crate::frame::FrameHeader;
 use crate::hash::ContentHash;

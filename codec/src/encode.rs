@@ -5,7 +5,7 @@
 //! other dtypes against a base take the XOR of BitX. On their own, floats are rotated so the
 //! exponent is a byte of its own, split into planes and entropy-coded plane by plane.
 
-use crate::cast::{group_count, read_scales, write_scales, Cast, Conversion, Groups};
+use crate::cast::{write_scales, Cast, Conversion, Groups};
 use crate::delta;
 use crate::dtype::Dtype;
 use crate::entropy::{self, PLANE_ZSTD};
@@ -165,70 +165,6 @@ pub fn encode_opaque(raw: &[u8]) -> Result<Vec<u8>> {
     Ok(frame_of(payload, raw, raw_len))
 }
 
-/// Decodes a frame, checking its lengths, its base and the checksum of the result.
-pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>> {
-    let header = FrameHeader::read(frame)?;
-    let payload = frame
-        .get(header.header_len()..header.frame_len())
-        .ok_or(CodecError::FrameTruncated)?;
-    let raw_len = header.raw_len as usize;
-    let width = header.width as usize;
-    // A conversion in groups puts the groups' scales ahead of the codec's payload.
-    let (scales, payload) = match header.conversion {
-        Some(Conversion::Groups(_)) => {
-            let (scales, used) = read_scales(payload, group_count(raw_len, width))?;
-            (scales, &payload[used..])
-        }
-        _ => (Vec::new(), payload),
-    };
-    let ordered_planes = header.subtract && header.codec == Codec::Planes;
-    let mut bytes = match header.codec {
-        Codec::Stored => payload.to_vec(),
-        Codec::Zstd => entropy::decompress(payload, raw_len)?,
-        Codec::Planes => decode_planes(payload, raw_len, width, header.rotated, !ordered_planes)?,
-        Codec::Levels => levels::decode(payload, raw_len, width)?,
-    };
-    if bytes.len() != raw_len {
-        return Err(CodecError::FrameCorrupt("decoded length differs from raw length"));
-    }
-    if let Some(wanted) = header.base {
-        let base = match base {
-            Some(base) if base.hash == wanted => base.bytes,
-            _ => return Err(CodecError::BaseMismatch(wanted.to_hex())),
-        };
-        let base = match header.window {
-            Some(window) => window.of(base).ok_or(CodecError::FrameCorrupt("base window past the end of the base"))?,
-            None => base,
-        };
-        // Only the base elements the chunk's bytes meet are converted: a crafted frame with a
-        // short R cannot make a long base be widened whole.
-        let converted;
-        let meets = |conversion: Conversion| &base[..base.len().min(conversion.source_len(raw_len))];
-        let base = match header.conversion {
-            Some(conversion @ Conversion::Whole(cast)) => {
-                converted = cast.apply(meets(conversion));
-                &converted[..]
-            }
-            Some(conversion @ Conversion::Groups(groups)) => {
-                converted = groups.apply(meets(conversion), &scales);
-                &converted[..]
-            }
-            None => base,
-        };
-        if header.subtract && header.grouped && ordered::supports(width) {
-            bytes = ordered::decode(&bytes, base, width);
-        } else if header.subtract || header.grouped {
-            return Err(CodecError::FrameCorrupt("unsupported delta flags"));
-        } else {
-            delta::xor_in_place(&mut bytes, base);
-        }
-    }
-    if ContentHash::of(&bytes) != header.checksum {
-        return Err(CodecError::ChecksumMismatch);
-    }
-    Ok(bytes)
-}
-
 /// One candidate encoding of a chunk.
 struct Payload {
     codec: Codec,
@@ -376,24 +312,6 @@ fn compress_planes(split: &[u8], width: usize) -> Vec<u8> {
     }
     out.extend_from_slice(&split[plane_len * width..]);
     out
-}
-
-/// Decompresses a planes payload; `join` puts elements back together, else the planes are
-/// returned as they are (for the ordered delta, which reads planes directly).
-fn decode_planes(payload: &[u8], raw_len: usize, width: usize, rotated: bool, join: bool) -> Result<Vec<u8>> {
-    let plane_len = raw_len / width;
-    let mut split = vec![0u8; raw_len];
-    let mut cursor = 0usize;
-    let plane_count = if plane_len == 0 { 0 } else { width };
-    for plane in 0..plane_count {
-        entropy::read_plane(payload, &mut cursor, &mut split[plane * plane_len..(plane + 1) * plane_len])?;
-    }
-    let tail = &payload[cursor.min(payload.len())..];
-    if tail.len() != raw_len - plane_len * width {
-        return Err(CodecError::FrameCorrupt("tail length differs from raw length"));
-    }
-    split[plane_len * width..].copy_from_slice(tail);
-    Ok(if join { planes::join(&split, width, rotated) } else { split })
 }
 
 #[cfg(test)]

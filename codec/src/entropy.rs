@@ -151,6 +151,19 @@ pub fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Decompresses one zstd frame that must hold exactly `raw_len` bytes into `out`, whose bytes
+/// it replaces (its capacity is reused).
+pub fn decompress_into_vec(bytes: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    out.reserve(raw_len);
+    // Into the room reserved (zstd writes no more than it has), so nothing is zeroed first.
+    let written = with_decompressor(|decompressor| decompressor.decompress_to_buffer(bytes, out))?;
+    if written != raw_len {
+        return Err(CodecError::FrameCorrupt("zstd output length differs from raw length"));
+    }
+    Ok(())
+}
+
 /// Decompresses one zstd frame into `out`, which it must fill exactly.
 pub fn decompress_into(bytes: &[u8], out: &mut [u8]) -> Result<()> {
     let written = with_decompressor(|decompressor| decompressor.decompress_to_buffer(bytes, out))?;

@@ -51,13 +51,22 @@ pub fn split(raw: &[u8], width: usize, rotate: bool) -> Vec<u8> {
 
 /// The inverse of [`split`] with the same `width` and `rotate`.
 pub fn join(planes: &[u8], width: usize, rotate: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    join_into(planes, width, rotate, &mut out);
+    out
+}
+
+/// [`join`] into `out`, whose bytes it replaces (its capacity is reused; of a reused buffer
+/// only the bytes past its length are zeroed before they are written).
+pub fn join_into(planes: &[u8], width: usize, rotate: bool, out: &mut Vec<u8>) {
     let width = width.max(1);
     let count = planes.len() / width;
     let body = count * width;
+    out.resize(planes.len(), 0);
     if width == 1 {
-        return planes.to_vec();
+        out.copy_from_slice(planes);
+        return;
     }
-    let mut out = vec![0u8; planes.len()];
     match (width, rotate) {
         (2, rotated) => {
             let (low, high) = planes[..body].split_at(count);
@@ -86,7 +95,6 @@ pub fn join(planes: &[u8], width: usize, rotate: bool) -> Vec<u8> {
         }
     }
     out[body..].copy_from_slice(&planes[body..]);
-    out
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Round trips and sizes of the chunk encoder (`encode`).
 
 use super::*;
+use crate::decode::{decode_frame, decode_frame_into};
 use crate::frame::FIXED_HEADER_LEN;
 use proptest::prelude::*;
 
@@ -169,6 +170,25 @@ proptest! {
     fn standalone_round_trips(raw in proptest::collection::vec(any::<u8>(), 0..2000), dtype in dtype_strategy()) {
         let frame = encode_chunk(&raw, dtype, None).unwrap();
         prop_assert_eq!(decode_frame(&frame, None).unwrap(), raw);
+    }
+
+    #[test]
+    fn decoding_into_a_used_buffer_gives_the_same_bytes(moves in proptest::collection::vec(any::<u8>(), 0..2000),
+                                                        used in proptest::collection::vec(any::<u8>(), 0..3000),
+                                                        with_base: bool,
+                                                        dtype in dtype_strategy()) {
+        // Weights, and the same with low bits moved: a delta against them is the ordered one.
+        let base = weights(moves.len().div_ceil(2), 7)[..moves.len()].to_vec();
+        let raw: Vec<u8> = base.iter().zip(&moves).map(|(byte, moved)| byte ^ (moved & 1)).collect();
+        let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+        let frame = encode_chunk(&raw, dtype, with_base.then_some((base_chunk, dtype))).unwrap();
+        let mut buffer = used;
+        decode_frame_into(&frame, with_base.then_some(base_chunk), &mut buffer).unwrap();
+        prop_assert_eq!(&buffer, &raw);
+        // Again into the same buffer, now the frame's own length.
+        buffer.iter_mut().for_each(|byte| *byte = !*byte);
+        decode_frame_into(&frame, with_base.then_some(base_chunk), &mut buffer).unwrap();
+        prop_assert_eq!(buffer, raw);
     }
 
     #[test]

@@ -50,10 +50,18 @@ pub fn encode(target: &[u8], base: &[u8], width: usize) -> Vec<u8> {
 
 /// The inverse of [`encode`] with the same base and width.
 pub fn decode(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    decode_into(planes, base, width, &mut out);
+    out
+}
+
+/// [`decode`] into `out`, whose bytes it replaces (its capacity is reused).
+pub fn decode_into(planes: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) {
+    out.clear();
     match width {
-        2 => decode_width::<2>(planes, base, Path::Fastest),
-        4 => decode_width::<4>(planes, base, Path::Fastest),
-        _ => decode_width::<8>(planes, base, Path::Fastest),
+        2 => decode_width::<2>(planes, base, Path::Fastest, out),
+        4 => decode_width::<4>(planes, base, Path::Fastest, out),
+        _ => decode_width::<8>(planes, base, Path::Fastest, out),
     }
 }
 
@@ -222,13 +230,14 @@ fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path) -> Vec<u
     out
 }
 
-fn decode_width<const W: usize>(planes: &[u8], base: &[u8], path: Path) -> Vec<u8> {
+/// Appends the decoded bytes to `out`, which is empty.
+fn decode_width<const W: usize>(planes: &[u8], base: &[u8], path: Path, out: &mut Vec<u8>) {
     let count = planes.len().min(base.len()) / W;
     let whole = count * W;
-    let mut out = Vec::with_capacity(planes.len());
+    out.reserve(planes.len());
     let mut next = run_starts::<W>(base, count, path);
     let first = match path {
-        Path::Fastest => fast::decode_blocks::<W>(planes, base, count, &mut next, &mut out),
+        Path::Fastest => fast::decode_blocks::<W>(planes, base, count, &mut next, out),
         #[cfg(test)]
         Path::Scalar => 0,
     };
@@ -251,7 +260,6 @@ fn decode_width<const W: usize>(planes: &[u8], base: &[u8], path: Path) -> Vec<u
         element.copy_from_slice(&value.to_le_bytes()[..W]);
     }
     xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
-    out
 }
 
 #[cfg(test)]
@@ -302,6 +310,16 @@ mod tests {
         (base, moved)
     }
 
+    /// The scalar path's decode alone.
+    fn decode_scalar(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        match width {
+            2 => decode_width::<2>(planes, base, Path::Scalar, &mut out),
+            _ => decode_width::<4>(planes, base, Path::Scalar, &mut out),
+        }
+        out
+    }
+
     #[test]
     fn vector_and_scalar_paths_agree_on_weights() {
         for width in [2, 4] {
@@ -314,8 +332,8 @@ mod tests {
                 assert_eq!(fastest, scalar, "run starts, width {width}, {count} elements");
                 let planes = encode(&target, &base, width);
                 let (scalar, decoded) = match width {
-                    2 => (encode_width::<2>(&target, &base, Path::Scalar), decode_width::<2>(&planes, &base, Path::Scalar)),
-                    _ => (encode_width::<4>(&target, &base, Path::Scalar), decode_width::<4>(&planes, &base, Path::Scalar)),
+                    2 => (encode_width::<2>(&target, &base, Path::Scalar), decode_scalar(&planes, &base, 2)),
+                    _ => (encode_width::<4>(&target, &base, Path::Scalar), decode_scalar(&planes, &base, 4)),
                 };
                 assert_eq!(planes, scalar, "encode, width {width}, {count} elements");
                 assert_eq!(decoded, target, "scalar decode, width {width}, {count} elements");
@@ -341,11 +359,7 @@ mod tests {
                 _ => (encode(&target, &base, 4), encode_width::<4>(&target, &base, Path::Scalar)),
             };
             prop_assert_eq!(&planes, &scalar);
-            let decoded = match width {
-                2 => decode_width::<2>(&planes, &base, Path::Scalar),
-                _ => decode_width::<4>(&planes, &base, Path::Scalar),
-            };
-            prop_assert_eq!(decode(&planes, &base, width), decoded);
+            prop_assert_eq!(decode(&planes, &base, width), decode_scalar(&planes, &base, width));
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod bucket_settings;
+pub mod buffers;
 pub mod catalog;
 pub mod chunk_cache;
 pub mod cores;
@@ -45,6 +46,8 @@ pub struct Store {
     pub metrics: Metrics,
     /// Decoded chunks: kept, and decoded once for the reads that want them at once.
     pub chunk_cache: ChunkCache,
+    /// Buffers that decodes write into, handed round rather than taken fresh each time.
+    pub buffers: Arc<buffers::Buffers>,
     /// How many full-sized (4 MiB) frames a GET decodes ahead of the bytes it sends; more of
     /// smaller ones (see `reader::stream`).
     pub prefetch: NonZeroUsize,
@@ -96,6 +99,8 @@ impl Store {
             config,
             metrics: Metrics::default(),
             chunk_cache,
+            // As many as the decodes a GET runs at once (two per core), no more.
+            buffers: buffers::Buffers::new(2 * cores),
             prefetch,
             decode_slots,
             locks: WriteLocks::new(),

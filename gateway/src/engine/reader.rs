@@ -10,7 +10,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use futures::SinkExt;
-use tensorgate_codec::{decode_frame, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
+use tensorgate_codec::{decode_frame_into, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
 use tensorgate_index::{ChunkHash, ChunkRecord, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
 use crate::engine::admission::BytesPermit;
@@ -308,12 +308,14 @@ async fn decode_at(store: &Store, frame: Bytes, depth: usize) -> anyhow::Result<
         None => None,
     };
     store.metrics.frames_decoded.inc();
+    let buffers = store.buffers.clone();
     let decoded = on_cores(move || {
         let base = base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes });
-        decode_frame(&frame, base)
+        let mut out = buffers.take();
+        decode_frame_into(&frame, base, &mut out).map(|()| out)
     })
     .await??;
-    Ok(Bytes::from(decoded))
+    Ok(store.buffers.hold(decoded))
 }
 
 /// A base chunk, from the chunk cache or decoded. A base may itself be a delta (a gateway writes

@@ -1,14 +1,14 @@
 //! A local directory as upstream: each key is a file; writes go to a temporary file that is
 //! renamed into place when finished, so a reader never sees half an object.
 
-use std::io::SeekFrom;
+use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::{BlobWriter, Condition, Listed, Missing, Tagged, Upstream};
 
@@ -43,20 +43,28 @@ impl Upstream for LocalUpstream {
         Ok(Box::new(LocalWriter { file, temporary, target, written: 0 }))
     }
 
+    /// One positioned read on a blocking thread, straight into a buffer that is not zeroed
+    /// first (tokio's file reads go through a buffer of their own, a copy and a thread hop per
+    /// 2 MiB).
     async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
         let path = self.path(key)?;
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(Missing(key.to_owned()).into()),
-            Err(error) => return Err(anyhow::Error::new(error).context(format!("opening {}", path.display()))),
-        };
-        file.seek(SeekFrom::Start(range.start)).await?;
-        let wanted = usize::try_from(range.end.saturating_sub(range.start))?;
-        let mut buffer = vec![0u8; wanted];
-        file.read_exact(&mut buffer)
-            .await
-            .with_context(|| format!("reading {wanted} bytes at {} of {}", range.start, path.display()))?;
-        Ok(Bytes::from(buffer))
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Bytes> {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Err(Missing(key).into()),
+                Err(error) => return Err(anyhow::Error::new(error).context(format!("opening {}", path.display()))),
+            };
+            let wanted = usize::try_from(range.end.saturating_sub(range.start))?;
+            file.seek(SeekFrom::Start(range.start))?;
+            let mut buffer = Vec::with_capacity(wanted);
+            file.take(wanted as u64)
+                .read_to_end(&mut buffer)
+                .with_context(|| format!("reading {wanted} bytes at {} of {}", range.start, path.display()))?;
+            anyhow::ensure!(buffer.len() == wanted, "{} holds {} bytes at {}, not {wanted}", path.display(), buffer.len(), range.start);
+            Ok(Bytes::from(buffer))
+        })
+        .await?
     }
 
     async fn read_tagged(&self, key: &str) -> anyhow::Result<Option<Tagged>> {

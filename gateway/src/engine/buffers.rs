@@ -1,0 +1,98 @@
+//! Decoded chunks' buffers, handed from the answers that are done with them to the next
+//! decodes. The allocator gives freed pages back to the kernel after 1 ms (to keep the
+//! gateway's memory at what it uses, see `main.rs`), so a fresh 4 MiB buffer per decode was
+//! fresh pages, each faulted in and zeroed: half of the gateway's CPU under a loader's ranged
+//! GETs. A few idle buffers are kept; more are freed as before.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+/// Buffers of fewer bytes are not worth keeping (their pages are few); larger ones are not
+/// the chunks this is for.
+const KEPT_CAPACITY: std::ops::RangeInclusive<usize> = (256 << 10)..=(8 << 20);
+
+pub struct Buffers {
+    idle: Mutex<Vec<Vec<u8>>>,
+    /// How many idle buffers are kept at most.
+    keep: usize,
+}
+
+impl Buffers {
+    pub fn new(keep: usize) -> Arc<Buffers> {
+        Arc::new(Buffers { idle: Mutex::new(Vec::with_capacity(keep)), keep })
+    }
+
+    /// An idle buffer (its bytes left from earlier use), or a new empty one.
+    pub fn take(&self) -> Vec<u8> {
+        self.lock().pop().unwrap_or_default()
+    }
+
+    /// `buffer` as bytes that give it back here once the last of them is dropped.
+    pub fn hold(self: &Arc<Self>, buffer: Vec<u8>) -> Bytes {
+        Bytes::from_owner(Returning { buffer, home: self.clone() })
+    }
+
+    fn give_back(&self, buffer: Vec<u8>) {
+        if !KEPT_CAPACITY.contains(&buffer.capacity()) {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.keep {
+            idle.push(buffer);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // The list stays whole whatever a panicking holder did: push and pop only.
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A buffer lent out as [`Bytes`].
+struct Returning {
+    buffer: Vec<u8>,
+    home: Arc<Buffers>,
+}
+
+impl AsRef<[u8]> for Returning {
+    fn as_ref(&self) -> &[u8] {
+        &self.buffer
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        self.home.give_back(std::mem::take(&mut self.buffer));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_comes_back_when_its_last_bytes_are_dropped() {
+        let buffers = Buffers::new(1);
+        let buffer = vec![7u8; 1 << 20];
+        let address = buffer.as_ptr();
+        let bytes = buffers.hold(buffer);
+        let slice = bytes.slice(10..20);
+        drop(bytes);
+        assert!(buffers.take().is_empty(), "a slice still holds it");
+        drop(slice);
+        let again = buffers.take();
+        assert_eq!(again.as_ptr(), address);
+    }
+
+    #[test]
+    fn at_most_keep_buffers_of_chunk_sizes_are_kept() {
+        let buffers = Buffers::new(1);
+        drop(buffers.hold(vec![0u8; 16]));
+        assert!(buffers.take().is_empty(), "a small buffer is not kept");
+        drop(buffers.hold(vec![0u8; 1 << 20]));
+        drop(buffers.hold(vec![0u8; 1 << 20]));
+        assert_eq!(buffers.take().len(), 1 << 20);
+        assert!(buffers.take().is_empty(), "only one was kept");
+    }
+}
