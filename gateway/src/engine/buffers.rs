@@ -23,9 +23,16 @@ impl Buffers {
         Arc::new(Buffers { idle: Mutex::new(Vec::with_capacity(keep)), keep })
     }
 
-    /// An idle buffer (its bytes left from earlier use), or a new empty one.
-    pub fn take(&self) -> Vec<u8> {
-        self.lock().pop().unwrap_or_default()
+    /// A buffer for `len` bytes: an idle one (its bytes left from earlier use) that holds them
+    /// and at most a quarter more (what it holds beyond its length is memory the chunk cache,
+    /// which counts lengths, does not see), or a new empty one with room for them.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        let fits = |buffer: &Vec<u8>| (len..=len + len / 4).contains(&buffer.capacity());
+        let mut idle = self.lock();
+        match idle.iter().position(fits) {
+            Some(at) => idle.swap_remove(at),
+            None => Vec::with_capacity(len),
+        }
     }
 
     /// `buffer` as bytes that give it back here once the last of them is dropped.
@@ -79,9 +86,10 @@ mod tests {
         let bytes = buffers.hold(buffer);
         let slice = bytes.slice(10..20);
         drop(bytes);
-        assert!(buffers.take().is_empty(), "a slice still holds it");
+        assert_ne!(buffers.take(1 << 20).as_ptr(), address, "a slice still holds it");
         drop(slice);
-        let again = buffers.take();
+        assert_ne!(buffers.take(1 << 19).as_ptr(), address, "twice the bytes asked for is not taken");
+        let again = buffers.take((1 << 20) - 1000);
         assert_eq!(again.as_ptr(), address);
     }
 
@@ -89,10 +97,10 @@ mod tests {
     fn at_most_keep_buffers_of_chunk_sizes_are_kept() {
         let buffers = Buffers::new(1);
         drop(buffers.hold(vec![0u8; 16]));
-        assert!(buffers.take().is_empty(), "a small buffer is not kept");
+        assert!(buffers.take(16).is_empty(), "a small buffer is not kept");
         drop(buffers.hold(vec![0u8; 1 << 20]));
         drop(buffers.hold(vec![0u8; 1 << 20]));
-        assert_eq!(buffers.take().len(), 1 << 20);
-        assert!(buffers.take().is_empty(), "only one was kept");
+        assert_eq!(buffers.take(1 << 20).len(), 1 << 20);
+        assert!(buffers.take(1 << 20).is_empty(), "only one was kept");
     }
 }

@@ -311,7 +311,7 @@ async fn decode_at(store: &Store, frame: Bytes, depth: usize) -> anyhow::Result<
     let buffers = store.buffers.clone();
     let decoded = on_cores(move || {
         let base = base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes });
-        let mut out = buffers.take();
+        let mut out = buffers.take(header.raw_len as usize);
         decode_frame_into(&frame, base, &mut out).map(|()| out)
     })
     .await??;
