@@ -43,7 +43,7 @@ pub fn decode_frame_into(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Ve
     // An ordered delta's payload is planes the transform reads into `out`; anything else
     // decodes into `out`'s buffer and, for a delta, has its base XORed in there.
     let ordered_delta = header.base.is_some() && header.subtract && header.grouped && ordered::supports(width);
-    let mut decoded = if ordered_delta { scratch::take(0) } else { std::mem::take(out) };
+    let mut decoded = if ordered_delta { scratch::take(raw_len) } else { std::mem::take(out) };
     let join = !(header.subtract && header.codec == Codec::Planes);
     decode_payload(&header, payload, raw_len, join, &mut decoded)?;
     if decoded.len() != raw_len {
@@ -103,7 +103,7 @@ fn decode_payload(header: &FrameHeader, payload: &[u8], raw_len: usize, join: bo
         }
         Codec::Zstd => entropy::decompress_into_vec(payload, raw_len, into)?,
         Codec::Planes if join => {
-            let mut split = scratch::take(0);
+            let mut split = scratch::take(raw_len);
             let read = read_planes(payload, raw_len, width, &mut split);
             if read.is_ok() {
                 planes::join_into(&split, width, header.rotated, into);
@@ -122,7 +122,7 @@ fn decode_payload(header: &FrameHeader, payload: &[u8], raw_len: usize, join: bo
 fn read_planes(payload: &[u8], raw_len: usize, width: usize, into: &mut Vec<u8>) -> Result<()> {
     let plane_len = raw_len / width;
     // Every byte is written below: of a reused buffer only the bytes past its length are
-    // zeroed first.
+    // zeroed first (none, for this thread's scratch buffer after a chunk of the same size).
     into.resize(raw_len, 0);
     let mut cursor = 0usize;
     let plane_count = if plane_len == 0 { 0 } else { width };

@@ -142,15 +142,6 @@ thread_local! {
     static OPAQUE_COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Decompresses one zstd frame that must hold exactly `raw_len` bytes.
-pub fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
-    let out = with_decompressor(|decompressor| decompressor.decompress(bytes, raw_len))?;
-    if out.len() != raw_len {
-        return Err(CodecError::FrameCorrupt("zstd output length differs from raw length"));
-    }
-    Ok(out)
-}
-
 /// Decompresses one zstd frame that must hold exactly `raw_len` bytes into `out`, whose bytes
 /// it replaces (its capacity is reused).
 pub fn decompress_into_vec(bytes: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
@@ -313,6 +304,11 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        decompress_into_vec(bytes, raw_len, &mut out).map(|()| out)
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -13,27 +13,20 @@ thread_local! {
     static KEPT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A buffer of `len` bytes whose values are left from earlier use: the caller writes them all
-/// before it reads any.
+/// A buffer of `len` bytes whose values are left from earlier use (the bytes past the length
+/// it was given back with are zeroed): the caller writes them all before it reads any.
 pub fn take(len: usize) -> Vec<u8> {
     let mut buffer = KEPT.with_borrow_mut(std::mem::take);
+    buffer.reserve_exact(len.saturating_sub(buffer.len()));
     buffer.resize(len, 0);
     buffer
 }
 
-/// Keeps `buffer` for this thread's next [`take`], if it is larger than the one kept and not
-/// over [`MAX_KEPT`].
-pub fn give_back(mut buffer: Vec<u8>) {
-    if buffer.capacity() > MAX_KEPT {
-        return;
+/// Keeps `buffer` for this thread's next [`take`] unless it is over [`MAX_KEPT`].
+pub fn give_back(buffer: Vec<u8>) {
+    if buffer.capacity() <= MAX_KEPT {
+        KEPT.set(buffer);
     }
-    KEPT.with_borrow_mut(|kept| {
-        if buffer.capacity() > kept.capacity() {
-            // Whole, so that the next take of up to its capacity writes no zeros.
-            buffer.resize(buffer.capacity(), 0);
-            *kept = buffer;
-        }
-    });
 }
 
 #[cfg(test)]
@@ -51,5 +44,6 @@ mod tests {
         give_back(again);
         let longer = take(1000);
         assert_eq!(longer.as_ptr(), address, "a shorter length given back keeps the capacity");
+        assert_eq!(&longer[..10], &[7; 10], "what was written is left, not zeroed again");
     }
 }

@@ -48,14 +48,8 @@ pub fn encode(target: &[u8], base: &[u8], width: usize) -> Vec<u8> {
     }
 }
 
-/// The inverse of [`encode`] with the same base and width.
-pub fn decode(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    decode_into(planes, base, width, &mut out);
-    out
-}
-
-/// [`decode`] into `out`, whose bytes it replaces (its capacity is reused).
+/// The inverse of [`encode`] with the same base and width, into `out`, whose bytes it replaces
+/// (its capacity is reused).
 pub fn decode_into(planes: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) {
     out.clear();
     match width {
@@ -308,6 +302,12 @@ mod tests {
             moved.extend(&(bits as i64 + step).clamp(0, limit).to_le_bytes()[..width]);
         }
         (base, moved)
+    }
+
+    fn decode(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+        let mut out = vec![0x55; 3];
+        decode_into(planes, base, width, &mut out);
+        out
     }
 
     /// The scalar path's decode alone.

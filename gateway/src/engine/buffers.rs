@@ -4,23 +4,26 @@
 //! fresh pages, each faulted in and zeroed: half of the gateway's CPU under a loader's ranged
 //! GETs. A few idle buffers are kept; more are freed as before.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 /// Buffers of fewer bytes are not worth keeping (their pages are few); larger ones are not
-/// the chunks this is for.
-const KEPT_CAPACITY: std::ops::RangeInclusive<usize> = (256 << 10)..=(8 << 20);
+/// the chunks this is for (at most 4 MiB, and what [`Buffers::take`] allows over that).
+const KEPT_CAPACITY: std::ops::RangeInclusive<usize> = (256 << 10)..=(5 << 20);
 
 pub struct Buffers {
-    idle: Mutex<Vec<Vec<u8>>>,
+    /// Oldest first: a buffer given back to a full list takes the place of the oldest, so
+    /// that sizes no decode asks for any more leave in turn.
+    idle: Mutex<VecDeque<Vec<u8>>>,
     /// How many idle buffers are kept at most.
     keep: usize,
 }
 
 impl Buffers {
     pub fn new(keep: usize) -> Arc<Buffers> {
-        Arc::new(Buffers { idle: Mutex::new(Vec::with_capacity(keep)), keep })
+        Arc::new(Buffers { idle: Mutex::new(VecDeque::with_capacity(keep)), keep })
     }
 
     /// A buffer for `len` bytes: an idle one (its bytes left from earlier use) that holds them
@@ -29,8 +32,8 @@ impl Buffers {
     pub fn take(&self, len: usize) -> Vec<u8> {
         let fits = |buffer: &Vec<u8>| (len..=len + len / 4).contains(&buffer.capacity());
         let mut idle = self.lock();
-        match idle.iter().position(fits) {
-            Some(at) => idle.swap_remove(at),
+        match idle.iter().rposition(fits).and_then(|at| idle.remove(at)) {
+            Some(buffer) => buffer,
             None => Vec::with_capacity(len),
         }
     }
@@ -45,12 +48,15 @@ impl Buffers {
             return;
         }
         let mut idle = self.lock();
-        if idle.len() < self.keep {
-            idle.push(buffer);
+        if idle.len() == self.keep {
+            idle.pop_front();
+        }
+        if self.keep > 0 {
+            idle.push_back(buffer);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Vec<u8>>> {
         // The list stays whole whatever a panicking holder did: push and pop only.
         self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -99,8 +105,8 @@ mod tests {
         drop(buffers.hold(vec![0u8; 16]));
         assert!(buffers.take(16).is_empty(), "a small buffer is not kept");
         drop(buffers.hold(vec![0u8; 1 << 20]));
-        drop(buffers.hold(vec![0u8; 1 << 20]));
-        assert_eq!(buffers.take(1 << 20).len(), 1 << 20);
-        assert!(buffers.take(1 << 20).is_empty(), "only one was kept");
+        drop(buffers.hold(vec![0u8; 2 << 20]));
+        assert!(buffers.take(1 << 20).is_empty(), "only the newest was kept");
+        assert_eq!(buffers.take(2 << 20).len(), 2 << 20);
     }
 }

@@ -43,9 +43,8 @@ impl Upstream for LocalUpstream {
         Ok(Box::new(LocalWriter { file, temporary, target, written: 0 }))
     }
 
-    /// One positioned read on a blocking thread, straight into a buffer that is not zeroed
-    /// first (tokio's file reads go through a buffer of their own, a copy and a thread hop per
-    /// 2 MiB).
+    /// Read on one blocking thread straight into a buffer that is not zeroed first (tokio's
+    /// file reads go through a buffer of their own, a copy and a thread hop per 2 MiB).
     async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
         let path = self.path(key)?;
         let key = key.to_owned();
