@@ -15,6 +15,7 @@ use crate::hash::ContentHash;
 use crate::levels;
 use crate::ordered;
 use crate::planes;
+use crate::scratch;
 
 /// A delta keeps its encoding without trying standalone when it is at most this share of raw.
 const DELTA_GOOD_ENOUGH: f64 = 0.6;
@@ -240,7 +241,10 @@ fn is_float(dtype: Dtype) -> bool {
 fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
     let width = dtype.size();
     if is_float(dtype) && ordered::supports(width) {
-        let planes = ordered::encode(raw, base.bytes, width);
+        let mut planes = scratch::take(raw.len());
+        ordered::encode_into(raw, base.bytes, width, &mut planes);
+        let bytes = compress_planes(&planes, width);
+        scratch::give_back(planes);
         Payload {
             codec: Codec::Planes,
             width: width as u8,
@@ -250,7 +254,7 @@ fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
             base: Some(base.hash),
             window: None,
             conversion: None,
-            bytes: compress_planes(&planes, width),
+            bytes,
         }
     } else {
         xor_payload(raw, dtype, base)
@@ -297,14 +301,19 @@ fn best_of(bytes: &[u8], dtype: Dtype, rotate: bool) -> Payload {
 
 /// Planes payload of `bytes` split into planes (see [`compress_planes`]).
 fn encode_planes(bytes: &[u8], width: usize, rotated: bool) -> Vec<u8> {
-    compress_planes(&planes::split(bytes, width, rotated), width)
+    let mut split = scratch::take(bytes.len());
+    planes::split_into(bytes, width, rotated, &mut split);
+    let payload = compress_planes(&split, width);
+    scratch::give_back(split);
+    payload
 }
 
 /// Planes payload of bytes already split: per plane a mode byte, a u32 length and the
 /// compressed plane; then the tail as is.
 fn compress_planes(split: &[u8], width: usize) -> Vec<u8> {
     let plane_len = split.len() / width;
-    let mut out = Vec::with_capacity(split.len() / 2 + 64);
+    // Room for every plane stored as it is, so that the payload is never moved as it grows.
+    let mut out = Vec::with_capacity(split.len() + width * 5);
     if plane_len > 0 {
         for plane in split[..plane_len * width].chunks_exact(plane_len) {
             entropy::write_plane(&mut out, plane);

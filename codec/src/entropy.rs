@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 
 use crate::error::{CodecError, Result};
+use crate::scratch;
 
 /// How a plane is stored in a frame.
 pub const PLANE_STORED: u8 = 0;
@@ -54,6 +55,7 @@ pub fn write_plane(out: &mut Vec<u8>, plane: &[u8]) {
     out.push(mode);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
+    scratch::give_back(body);
 }
 
 /// Reads the plane record at `*cursor` of `payload` into `target`, which it must fill exactly,
@@ -282,7 +284,7 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
             zstd_sys::ZSTD_CCtx_reset(context, zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_and_parameters);
             zstd_sys::ZSTD_CCtx_setParameter(context, zstd_sys::ZSTD_cParameter::ZSTD_c_compressionLevel, ZSTD_LEVEL);
             let bound = zstd_sys::ZSTD_compressBound(plane.len());
-            let mut out = vec![0u8; bound];
+            let mut out = scratch::take(bound);
             let written = zstd_sys::ZSTD_compressSequences(
                 context,
                 out.as_mut_ptr().cast(),

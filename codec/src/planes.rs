@@ -5,15 +5,17 @@
 //! the bottom and makes the top byte exactly the exponent.
 
 /// Splits `raw` into `width` planes, concatenated, followed by the `raw.len() % width` tail
-/// bytes unchanged. `rotate` applies only to widths 2 and 4.
-pub fn split(raw: &[u8], width: usize, rotate: bool) -> Vec<u8> {
+/// bytes unchanged, into `out`, whose bytes it replaces (its capacity is reused). `rotate`
+/// applies only to widths 2 and 4.
+pub fn split_into(raw: &[u8], width: usize, rotate: bool, out: &mut Vec<u8>) {
     let width = width.max(1);
     let count = raw.len() / width;
     let body = count * width;
+    out.resize(raw.len(), 0);
     if width == 1 {
-        return raw.to_vec();
+        out.copy_from_slice(raw);
+        return;
     }
-    let mut out = vec![0u8; raw.len()];
     match (width, rotate) {
         (2, true) => {
             let (low, high) = out[..body].split_at_mut(count);
@@ -46,7 +48,6 @@ pub fn split(raw: &[u8], width: usize, rotate: bool) -> Vec<u8> {
         }
     }
     out[body..].copy_from_slice(&raw[body..]);
-    out
 }
 
 /// The inverse of [`split`] with the same `width` and `rotate`, into `out`, whose bytes it
@@ -100,15 +101,17 @@ mod tests {
     fn bf16_exponent_lands_in_the_high_plane() {
         let one = 1.0f32.to_bits() >> 16;
         let raw = (one as u16).to_le_bytes();
-        let planes = split(&raw, 2, true);
+        let mut planes = Vec::new();
+        split_into(&raw, 2, true, &mut planes);
         assert_eq!(planes[1], 127, "the exponent of 1.0 is 127");
     }
 
     proptest! {
         #[test]
         fn split_then_join_is_identity(raw in proptest::collection::vec(any::<u8>(), 0..600), width in 1usize..9, rotate: bool) {
-            let mut joined = vec![0xaa; 7];
-            join_into(&split(&raw, width, rotate), width, rotate, &mut joined);
+            let (mut planes, mut joined) = (vec![0x55; 3], vec![0xaa; 7]);
+            split_into(&raw, width, rotate, &mut planes);
+            join_into(&planes, width, rotate, &mut joined);
             prop_assert_eq!(joined, raw);
         }
     }
