@@ -10,7 +10,8 @@
 //! 2. all eight models downloaded at once.
 //!
 //! Every download is compared byte for byte with its source. Each row gives the seconds, the
-//! bytes moved per second, and the gateway's peak RSS (VmHWM) during that step.
+//! bytes moved per second, the gateway's peak RSS (VmHWM) during that step and its RSS at the
+//! step's end (what it kept).
 //!
 //! Run: `cargo bench -p tensorgate --bench concurrent_clients` (needs aws).
 //! `TG_BENCH_CONFIG` adds configuration lines to the gateway.
@@ -74,8 +75,8 @@ fn main() {
     let data_dir = work.path().join("data");
     let total_mb = |count: usize| count as f64 * size as f64 / 1e6;
     println!("{CLIENTS} models of {:.0} MB\n", size as f64 / 1e6);
-    println!("| step | seconds | MB/s moved | gateway peak RSS MiB |");
-    println!("|---|---|---|---|");
+    println!("| step | seconds | MB/s moved | gateway peak RSS MiB | RSS at the end MiB |");
+    println!("|---|---|---|---|---|");
 
     let (uploads, stored) = (0..CLIENTS / 2, CLIENTS / 2..CLIENTS);
     {
@@ -94,12 +95,12 @@ fn main() {
     children.extend(stored.clone().map(|index| spawn_copy(&gateway, &url(index), downloads[index].to_str().unwrap())));
     wait_all(children);
     let secs = started.elapsed().as_secs_f64();
-    println!("| 4 multipart uploads and 4 downloads at once | {secs:.1} | {:.0} | {:.0} |", total_mb(CLIENTS) / secs, gateway.peak_rss_mib());
+    println!("| 4 multipart uploads and 4 downloads at once | {secs:.1} | {:.0} | {:.0} | {:.0} |", total_mb(CLIENTS) / secs, gateway.peak_rss_mib(), gateway.rss_mib());
     gateway.reset_peak_rss();
     let started = Instant::now();
     wait_for_packer(&gateway);
     let secs = started.elapsed().as_secs_f64();
-    println!("| the packer re-encoding the 4 uploads | {secs:.1} | {:.0} | {:.0} |", total_mb(CLIENTS / 2) / secs, gateway.peak_rss_mib());
+    println!("| the packer re-encoding the 4 uploads | {secs:.1} | {:.0} | {:.0} | {:.0} |", total_mb(CLIENTS / 2) / secs, gateway.peak_rss_mib(), gateway.rss_mib());
     for index in stored.clone() {
         assert!(same_file(&models[index], &downloads[index]), "download {index} differs");
     }
@@ -110,7 +111,7 @@ fn main() {
     let children: Vec<Child> = (0..CLIENTS).map(|index| spawn_copy(&gateway, &url(index), downloads[index].to_str().unwrap())).collect();
     wait_all(children);
     let secs = started.elapsed().as_secs_f64();
-    println!("| 8 downloads at once | {secs:.1} | {:.0} | {:.0} |", total_mb(CLIENTS) / secs, gateway.peak_rss_mib());
+    println!("| 8 downloads at once | {secs:.1} | {:.0} | {:.0} | {:.0} |", total_mb(CLIENTS) / secs, gateway.peak_rss_mib(), gateway.rss_mib());
     for (model, download) in models.iter().zip(&downloads) {
         assert!(same_file(model, download), "{} differs", download.display());
     }

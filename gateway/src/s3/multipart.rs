@@ -110,7 +110,6 @@ impl Gateway {
                 checksum_sha1: part.checksums.sha1,
                 checksum_sha256: part.checksums.sha256,
                 checksum_crc64nvme: part.checksums.crc64nvme,
-                ..Default::default()
             }),
             ..Default::default()
         }))

@@ -113,9 +113,6 @@ impl ModelState {
     }
 }
 
-/// The most a chunk's buffer reserves before its bytes come (a chunk is at most 4 MiB).
-const MAX_RESERVED_CHUNK: usize = 8 << 20;
-
 impl Ingester {
     /// Decides between model and not once enough bytes are in (or the body has ended): see
     /// `tensorgate_codec::formats`, where formats are recognised.
@@ -203,13 +200,7 @@ impl Ingester {
             }
             let State::Model(model) = &mut self.state else { return Ok(()) };
             let chunk_end = model.chunk_end();
-            let left = (chunk_end - model.position) as usize;
-            if model.current.is_empty() {
-                // The whole chunk at once: grown as bytes came, it was copied a dozen times
-                // over, each time into fresh pages.
-                model.current.reserve(left.min(MAX_RESERVED_CHUNK));
-            }
-            let take = left.min(bytes.len());
+            let take = ((chunk_end - model.position) as usize).min(bytes.len());
             model.current.extend_from_slice(&bytes.split_to(take));
             model.position += take as u64;
             if model.position == chunk_end {
