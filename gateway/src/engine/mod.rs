@@ -99,8 +99,8 @@ impl Store {
             config,
             metrics: Metrics::default(),
             chunk_cache,
-            // One per core: eight clients at once peaked 50 MiB higher with two per core (and
-            // the thread's scratch buffers), over the 384 MiB bound.
+            // One idle per core: a GET decodes up to two chunks per core at once, and an idle
+            // buffer is memory held for nobody (two per core ran no faster).
             buffers: buffers::Buffers::new(cores),
             prefetch,
             decode_slots,
