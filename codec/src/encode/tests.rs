@@ -305,6 +305,25 @@ proptest! {
     }
 
     #[test]
+    fn a_damaged_frame_into_a_used_buffer_fails_or_gives_its_bytes(count in 1usize..3000,
+                                                                    at in any::<usize>(),
+                                                                    flip in 1u8..=255,
+                                                                    with_base: bool,
+                                                                    used in proptest::collection::vec(any::<u8>(), 0..9000)) {
+        // Weights and a fine-tune of them: the frame is planes, or an ordered delta.
+        let base = weights(count, 3);
+        let raw: Vec<u8> = base.iter().enumerate().map(|(i, byte)| if i % 7 == 0 { byte ^ 1 } else { *byte }).collect();
+        let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+        let mut frame = encode_chunk(&raw, Dtype::BF16, with_base.then_some((base_chunk, Dtype::BF16))).unwrap();
+        let len = frame.len();
+        frame[at % len] ^= flip;
+        let mut buffer = used;
+        if decode_frame_into(&frame, with_base.then_some(base_chunk), &mut buffer).is_ok() {
+            prop_assert_eq!(buffer, raw);
+        }
+    }
+
+    #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let _ = decode_frame(&bytes, None);
         let mut framed = b"TGFR\x01".to_vec();
