@@ -306,12 +306,12 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         decompress_into_vec(bytes, raw_len, &mut out).map(|()| out)
     }
-    use proptest::prelude::*;
 
     #[test]
     fn memoryless_planes_use_literals_and_runs_use_matches() {

@@ -48,11 +48,9 @@ impl Buffers {
             return;
         }
         let mut idle = self.lock();
-        if idle.len() == self.keep {
+        idle.push_back(buffer);
+        if idle.len() > self.keep {
             idle.pop_front();
-        }
-        if self.keep > 0 {
-            idle.push_back(buffer);
         }
     }
 
