@@ -124,11 +124,9 @@ fn best_payload(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>, 
                 delta
             } else {
                 let own = standalone_payload(raw, dtype, levels_allowed);
-                if own.bytes.len() < delta.bytes.len() {
-                    own
-                } else {
-                    delta
-                }
+                let (kept, dropped) = if own.bytes.len() < delta.bytes.len() { (own, delta) } else { (delta, own) };
+                scratch::give_back_room(dropped.bytes);
+                kept
             }
         }
         None => standalone_payload(raw, dtype, levels_allowed),
@@ -153,6 +151,7 @@ fn frame_of(payload: Payload, raw: &[u8], raw_len: u32) -> Vec<u8> {
     let mut frame = Vec::with_capacity(header.frame_len());
     header.write(&mut frame);
     frame.extend_from_slice(&payload.bytes);
+    scratch::give_back_room(payload.bytes);
     frame
 }
 
@@ -313,7 +312,7 @@ fn encode_planes(bytes: &[u8], width: usize, rotated: bool) -> Vec<u8> {
 fn compress_planes(split: &[u8], width: usize) -> Vec<u8> {
     let plane_len = split.len() / width;
     // Room for every plane stored as it is, so that the payload is never moved as it grows.
-    let mut out = Vec::with_capacity(split.len() + width * 5);
+    let mut out = scratch::take_room(split.len() + width * 5);
     if plane_len > 0 {
         for plane in split[..plane_len * width].chunks_exact(plane_len) {
             entropy::write_plane(&mut out, plane);

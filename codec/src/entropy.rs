@@ -32,20 +32,45 @@ const INCOMPRESSIBLE_BITS: f64 = 7.9;
 pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
     let histogram = Histogram::of(plane);
     if histogram.entropy_bits() > INCOMPRESSIBLE_BITS {
-        return (PLANE_STORED, plane.to_vec());
+        return (PLANE_STORED, stored_copy(plane));
     }
-    let mut best = literals_only(plane);
+    let mut best = None;
     if histogram.most_common_share() > RUNS_LIKELY {
-        if let Ok(matched) = zstd::bulk::compress(plane, ZSTD_LEVEL) {
-            if best.as_ref().is_none_or(|b| matched.len() < b.len()) {
-                best = Some(matched);
+        if let Some(matched) = with_matching_compressor(plane) {
+            // Huffman literals cannot beat the order-0 entropy of each zstd block: when the
+            // matches are already smaller, the literals are not tried (same choice, half the work).
+            if (matched.len() as f64) < histogram.literal_floor_bytes {
+                return (PLANE_ZSTD, matched);
             }
+            best = Some(matched);
         }
     }
+    // On a tie the literals are kept, as they decode faster.
+    best = match (literals_only(plane), best) {
+        (Some(literals), Some(matched)) if matched.len() < literals.len() => {
+            scratch::give_back_room(literals);
+            Some(matched)
+        }
+        (Some(literals), matched) => {
+            matched.map(scratch::give_back_room);
+            Some(literals)
+        }
+        (None, matched) => matched,
+    };
     match best {
         Some(bytes) if bytes.len() < plane.len() => (PLANE_ZSTD, bytes),
-        _ => (PLANE_STORED, plane.to_vec()),
+        other => {
+            other.map(scratch::give_back_room);
+            (PLANE_STORED, stored_copy(plane))
+        }
     }
+}
+
+/// `plane` copied into a scratch room.
+fn stored_copy(plane: &[u8]) -> Vec<u8> {
+    let mut room = scratch::take_room(plane.len());
+    room.extend_from_slice(plane);
+    room
 }
 
 /// Appends a plane record: the mode, the u32 little-endian length of the body, and the body
@@ -55,7 +80,7 @@ pub fn write_plane(out: &mut Vec<u8>, plane: &[u8]) {
     out.push(mode);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
-    scratch::give_back(body);
+    scratch::give_back_room(body);
 }
 
 /// Reads the plane record at `*cursor` of `payload` into `target`, which it must fill exactly,
@@ -190,11 +215,28 @@ fn with_decompressor<T>(work: impl FnOnce(&mut zstd::bulk::Decompressor<'static>
 struct Histogram {
     counts: [u32; 256],
     total: usize,
+    /// The least any Huffman coding of the plane's literals can take, in bytes: the order-0
+    /// entropy of each block zstd codes on its own, summed (0 when not counted).
+    literal_floor_bytes: f64,
 }
 
 impl Histogram {
+    /// The counts of `plane`, with the entropy floor of its zstd blocks. zstd cuts a frame into
+    /// blocks of `ZSTD_BLOCKSIZE_MAX` from its start (the window of a shorter plane covers it
+    /// whole, one block), each with its own Huffman table.
     fn of(plane: &[u8]) -> Histogram {
-        Histogram::of_blocks([plane])
+        let mut whole = Histogram { counts: [0; 256], total: 0, literal_floor_bytes: 0.0 };
+        for block in plane.chunks(zstd_sys::ZSTD_BLOCKSIZE_MAX as usize) {
+            let block = Histogram::of_blocks([block]);
+            whole.literal_floor_bytes += block.entropy_bits() * block.total as f64 / 8.0;
+            for (count, more) in whole.counts.iter_mut().zip(block.counts) {
+                *count += more;
+            }
+            whole.total += block.total;
+        }
+        // Rounding in the sums above must not lift the floor over a length it could equal.
+        whole.literal_floor_bytes = (whole.literal_floor_bytes - 1.0).max(0.0);
+        whole
     }
 
     /// The histogram of one block of [`SAMPLE_BLOCK`] bytes in [`SAMPLE_STRIDE`], spread over
@@ -208,24 +250,34 @@ impl Histogram {
 
     /// The histogram of the bytes of all `blocks` together.
     fn of_blocks<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> Histogram {
-        // Four tables counted in turn: a run of one byte value then does not make each
-        // increment wait for the one before.
-        let mut tables = [[0u32; 256]; 4];
+        // Eight tables counted in turn: a run of one byte value then does not make each
+        // increment wait for the one before. Lines of 64 zeros (most of a delta plane) are
+        // counted whole.
+        let mut tables = [[0u32; 256]; 8];
+        let mut zero_lines = 0u32;
         let mut total = 0;
         for block in blocks {
-            let mut quads = block.chunks_exact(4);
-            for quad in &mut quads {
-                for (table, byte) in tables.iter_mut().zip(quad) {
-                    table[*byte as usize] += 1;
+            let mut lines = block.chunks_exact(64);
+            for line in &mut lines {
+                let words: [u64; 8] = std::array::from_fn(|i| u64::from_le_bytes(line[i * 8..i * 8 + 8].try_into().expect("eight bytes")));
+                if words.iter().fold(0, |any, word| any | word) == 0 {
+                    zero_lines += 1;
+                    continue;
+                }
+                for word in words {
+                    for (lane, table) in tables.iter_mut().enumerate() {
+                        table[(word >> (lane * 8)) as u8 as usize] += 1;
+                    }
                 }
             }
-            for byte in quads.remainder() {
+            for byte in lines.remainder() {
                 tables[0][*byte as usize] += 1;
             }
             total += block.len();
         }
+        tables[0][0] += zero_lines * 64;
         let counts = std::array::from_fn(|value| tables.iter().map(|table| table[value]).sum());
-        Histogram { counts, total }
+        Histogram { counts, total, literal_floor_bytes: 0.0 }
     }
 
     fn most_common_share(&self) -> f64 {
@@ -244,6 +296,32 @@ impl Histogram {
             })
             .sum()
     }
+}
+
+/// `plane` through zstd level 1 (match finding), with this thread's compressor, made on first
+/// use; `None` if zstd refused.
+fn with_matching_compressor(plane: &[u8]) -> Option<Vec<u8>> {
+    MATCHING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some(compressor) => compressor,
+            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?),
+        };
+        let mut out = scratch::take_room(zstd::zstd_safe::compress_bound(plane.len()));
+        match compressor.compress_to_buffer(plane, &mut out) {
+            Ok(_) => Some(out),
+            Err(_) => {
+                scratch::give_back_room(out);
+                None
+            }
+        }
+    })
+}
+
+thread_local! {
+    /// Each thread's level-1 compression context: making one per plane cost a twentieth of an
+    /// encode.
+    static MATCHING: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
 }
 
 /// A zstd compression context, made once per thread.
@@ -284,7 +362,7 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
             zstd_sys::ZSTD_CCtx_reset(context, zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_and_parameters);
             zstd_sys::ZSTD_CCtx_setParameter(context, zstd_sys::ZSTD_cParameter::ZSTD_c_compressionLevel, ZSTD_LEVEL);
             let bound = zstd_sys::ZSTD_compressBound(plane.len());
-            let mut out = scratch::take(bound);
+            let mut out = scratch::take_room(bound);
             let written = zstd_sys::ZSTD_compressSequences(
                 context,
                 out.as_mut_ptr().cast(),
@@ -295,9 +373,11 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
                 plane.len(),
             );
             if zstd_sys::ZSTD_isError(written) != 0 {
+                scratch::give_back_room(out);
                 return None;
             }
-            out.truncate(written);
+            // zstd wrote `written` bytes from the start of the room.
+            out.set_len(written);
             Some(out)
         }
     })
@@ -311,6 +391,26 @@ mod tests {
     fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         decompress_into_vec(bytes, raw_len, &mut out).map(|()| out)
+    }
+
+    /// A plane of segments (kind, length, seed): zeros, bytes of a 4-value alphabet, or any
+    /// bytes.
+    fn segmented_plane(segments: &[(u8, usize, u64)]) -> Vec<u8> {
+        let mut plane = Vec::new();
+        for &(kind, len, seed) in segments {
+            let mut state = seed | 1;
+            plane.extend((0..len).map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                match kind {
+                    0 => 0,
+                    1 => (state % 4) as u8,
+                    _ => state as u8,
+                }
+            }));
+        }
+        plane
     }
 
     #[test]
@@ -343,7 +443,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn histograms_count_every_byte(bytes in proptest::collection::vec(any::<u8>(), 0..5000)) {
+        fn histograms_count_every_byte(bytes in proptest::collection::vec(any::<u8>(), 0..5000), zeros in 0usize..300, at in 0usize..5000) {
+            // A run of zeros somewhere, for the lines counted whole.
+            let mut bytes = bytes;
+            let at = at.min(bytes.len());
+            bytes.splice(at..at, std::iter::repeat_n(0u8, zeros));
             let histogram = Histogram::of(&bytes);
             for value in 0..=255u8 {
                 prop_assert_eq!(histogram.counts[value as usize] as usize, bytes.iter().filter(|byte| **byte == value).count());
@@ -357,6 +461,26 @@ mod tests {
             if let Some(compressed) = compress_opaque(&bytes) {
                 prop_assert!(compressed.len() < bytes.len());
                 prop_assert_eq!(decompress(&compressed, bytes.len()).unwrap(), bytes);
+            }
+        }
+
+        /// Planes of runs and of bytes from small and large alphabets, some over several zstd
+        /// blocks: no Huffman coding of them goes under the floor, so skipping the literals when
+        /// the matches are under it keeps the smallest body.
+        #[test]
+        fn the_literal_floor_holds_and_the_smallest_body_is_kept(segments in proptest::collection::vec((0u8..3, 1usize..60_000, any::<u64>()), 1..12)) {
+            let plane = segmented_plane(&segments);
+            let floor = Histogram::of(&plane).literal_floor_bytes;
+            let literals = literals_only(&plane).expect("zstd takes any plane");
+            prop_assert!(literals.len() as f64 >= floor, "{} under the floor {}", literals.len(), floor);
+            let matched = with_matching_compressor(&plane).expect("zstd takes any plane");
+            let histogram = Histogram::of(&plane);
+            let mut smallest = literals.len().min(plane.len());
+            if histogram.most_common_share() > RUNS_LIKELY {
+                smallest = smallest.min(matched.len());
+            }
+            if histogram.entropy_bits() <= INCOMPRESSIBLE_BITS {
+                prop_assert_eq!(compress_plane(&plane).1.len(), smallest);
             }
         }
 
