@@ -231,8 +231,9 @@ const RLE_BLOCK_BELOW: usize = 10;
 impl Histogram {
     /// The counts of `plane`, with the floor of its literals in a zstd frame: the frame's magic
     /// number and smallest header; per block its header and then its bytes as they are, or
-    /// the smallest literals and sequences headers (1 byte each) and its literals
-    /// Huffman-coded down to their order-0 entropy (at least 1 byte). zstd cuts a frame into
+    /// the smallest literals and sequences headers (1 byte each) and its literals, 1 byte when
+    /// they are one value repeated, else Huffman-coded down to their order-0 entropy and at
+    /// least a bit each. zstd cuts a frame into
     /// blocks of `ZSTD_BLOCKSIZE_MAX` from its start (the window of a shorter plane covers it
     /// whole, one block), each with its own Huffman table. The bound rests on zstd's block
     /// format and on how zstd 1.5 cuts blocks (pinned by zstd-sys); the proptest below holds
@@ -241,8 +242,15 @@ impl Histogram {
         let mut whole = Histogram { counts: [0; 256], total: 0, literal_floor_bytes: FRAME_HEADER_FLOOR };
         for block in plane.chunks(zstd_sys::ZSTD_BLOCKSIZE_MAX as usize) {
             let block = Histogram::of_blocks([block]);
-            let coded = 2.0 + (block.entropy_bits() * block.total as f64 / 8.0).max(1.0);
-            let content = if block.total < RLE_BLOCK_BELOW { 1.0 } else { coded.min(block.total as f64) };
+            let content = if block.total < RLE_BLOCK_BELOW {
+                1.0
+            } else if block.counts.iter().filter(|count| **count > 0).count() < 2 {
+                3.0
+            } else {
+                // A Huffman code spends at least a bit on every literal.
+                let coded = 2.0 + block.entropy_bits().max(1.0) * block.total as f64 / 8.0;
+                coded.min(block.total as f64)
+            };
             whole.literal_floor_bytes += BLOCK_HEADER + content;
             for (count, more) in whole.counts.iter_mut().zip(block.counts) {
                 *count += more;
