@@ -44,11 +44,11 @@ pub fn take_room(capacity: usize) -> Vec<u8> {
     room
 }
 
-/// The first buffer of `pool` with room for `capacity` bytes, taken out of it. One too small
-/// is not grown: growing copies its old bytes.
+/// The smallest buffer of `pool` with room for `capacity` bytes, taken out of it (a larger one
+/// stays for a larger need). One too small is not grown: growing copies its old bytes.
 fn fitting(pool: &'static LocalKey<RefCell<Vec<Vec<u8>>>>, capacity: usize) -> Option<Vec<u8>> {
     pool.with_borrow_mut(|kept| {
-        let index = kept.iter().position(|buffer| buffer.capacity() >= capacity)?;
+        let index = (0..kept.len()).filter(|index| kept[*index].capacity() >= capacity).min_by_key(|index| kept[*index].capacity())?;
         Some(kept.swap_remove(index))
     })
 }
