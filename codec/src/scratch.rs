@@ -12,8 +12,8 @@ use std::thread::LocalKey;
 /// The largest buffer a thread keeps (a chunk is at most 4 MiB in the gateway's default).
 const MAX_KEPT: usize = 16 << 20;
 
-/// Filled buffers a thread keeps: a chunk's planes, and on decode the planes joined.
-const KEPT_BUFFERS: usize = 2;
+/// Filled buffers a thread keeps: a chunk's planes (no encode or decode takes two at once).
+const KEPT_BUFFERS: usize = 1;
 
 /// Empty buffers a thread keeps: on encode a payload being written, and a plane's two
 /// compressed candidates.
