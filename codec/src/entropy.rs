@@ -34,18 +34,12 @@ pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
     if histogram.entropy_bits() > INCOMPRESSIBLE_BITS {
         return (PLANE_STORED, stored_copy(plane));
     }
-    if let Some(value) = histogram.only_value() {
-        let frame = run_frame(value, plane.len());
-        if frame.len() < plane.len() {
-            return (PLANE_ZSTD, frame);
-        }
-    }
     let mut best = None;
     if histogram.most_common_share() > RUNS_LIKELY {
         if let Some(matched) = with_matching_compressor(plane) {
             // Huffman literals cannot go under their floor: when the matches already do, the
             // literals are not tried (the same choice, half the work).
-            if (matched.len() as f64) < histogram.literal_floor_bytes {
+            if (matched.len() as f64) < histogram.literal_floor_bytes && matched.len() < plane.len() {
                 return (PLANE_ZSTD, matched);
             }
             best = Some(matched);
@@ -68,50 +62,6 @@ pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
         other => {
             other.map(scratch::give_back_room);
             (PLANE_STORED, stored_copy(plane))
-        }
-    }
-}
-
-/// The zstd frame (RFC 8878) of `len` bytes of `value`: the frame header (one segment, the
-/// content size) and a run block of each 128 KiB. zstd's own coders count every byte of such a
-/// plane (a delta's high bytes where every weight moved a little, an unchanged tensor) to find
-/// a run, at about a cycle and a half a byte; this says it in 4 bytes a block. Any zstd
-/// decoder reads it.
-fn run_frame(value: u8, len: usize) -> Vec<u8> {
-    const MAGIC: u32 = 0xFD2F_B528;
-    const SINGLE_SEGMENT: u8 = 1 << 5;
-    const RUN_BLOCK: u32 = 1 << 1;
-    const LAST_BLOCK: u32 = 1;
-    let block_max = zstd_sys::ZSTD_BLOCKSIZE_MAX as usize;
-    let mut frame = scratch::take_room(14 + len.div_ceil(block_max) * 4);
-    frame.extend_from_slice(&MAGIC.to_le_bytes());
-    // The content size in the fewest bytes the format allows: 1, 2 (less 256), 4 or 8.
-    match len {
-        0..=255 => frame.extend_from_slice(&[SINGLE_SEGMENT, len as u8]),
-        256..=65_791 => {
-            frame.push(SINGLE_SEGMENT | 1 << 6);
-            frame.extend_from_slice(&((len - 256) as u16).to_le_bytes());
-        }
-        _ => match u32::try_from(len) {
-            Ok(len) => {
-                frame.push(SINGLE_SEGMENT | 2 << 6);
-                frame.extend_from_slice(&len.to_le_bytes());
-            }
-            Err(_) => {
-                frame.push(SINGLE_SEGMENT | 3 << 6);
-                frame.extend_from_slice(&(len as u64).to_le_bytes());
-            }
-        },
-    }
-    let mut left = len;
-    loop {
-        let size = left.min(block_max);
-        left -= size;
-        let last = if left == 0 { LAST_BLOCK } else { 0 };
-        frame.extend_from_slice(&(last | RUN_BLOCK | (size as u32) << 3).to_le_bytes()[..3]);
-        frame.push(value);
-        if left == 0 {
-            return frame;
         }
     }
 }
@@ -353,11 +303,6 @@ impl Histogram {
         Histogram { counts, total, literal_floor_bytes: 0.0 }
     }
 
-    /// The plane's one value, when it holds no other (and is not empty).
-    fn only_value(&self) -> Option<u8> {
-        (0..=255u8).find(|value| self.counts[*value as usize] as usize == self.total && self.total > 0)
-    }
-
     fn most_common_share(&self) -> f64 {
         f64::from(self.counts.iter().max().copied().unwrap_or(0)) / self.total.max(1) as f64
     }
@@ -491,20 +436,18 @@ mod tests {
         plane
     }
 
+    /// Where the floor is tight: a last block of 7 to 9 equal bytes, which zstd writes as a run
+    /// block of 4 bytes, after a block of few values.
     #[test]
-    fn planes_of_one_value_are_run_frames_any_zstd_decoder_reads() {
+    fn the_literal_floor_holds_where_zstd_writes_a_run_block() {
         let block = zstd_sys::ZSTD_BLOCKSIZE_MAX as usize;
-        for len in [1, 10, 11, 255, 256, 65_791, 65_792, block - 1, block, block + 1, 3 * block, 4 << 20] {
-            for value in [0u8, 0x7f, 0xff] {
-                let plane = vec![value; len];
-                let (mode, body) = compress_plane(&plane);
-                if run_frame(value, len).len() >= len {
-                    assert_eq!(mode, PLANE_STORED, "{len} bytes are stored: a run frame is not smaller");
-                    continue;
-                }
-                assert_eq!((mode, body.len()), (PLANE_ZSTD, run_frame(value, len).len()), "{len} bytes of {value}");
-                assert_eq!(zstd::bulk::decompress(&body, len).unwrap(), plane, "{len} bytes of {value}");
-                assert_eq!(decompress(&body, len).unwrap(), plane);
+        for tail in 1..=12 {
+            for head in [block, 2 * block] {
+                let mut plane = segmented_plane(&[(1, head, 7)]);
+                plane.extend(std::iter::repeat_n(3u8, tail));
+                let floor = Histogram::of(&plane).literal_floor_bytes;
+                let literals = literals_only(&plane).unwrap();
+                assert!(literals.len() as f64 >= floor, "{} under the floor {floor} ({head} + {tail} bytes)", literals.len());
             }
         }
     }
@@ -575,12 +518,8 @@ mod tests {
             if histogram.most_common_share() > RUNS_LIKELY {
                 smallest = smallest.min(matched.len());
             }
-            let kept = compress_plane(&plane).1.len();
-            match histogram.only_value() {
-                // A run frame, no larger than either.
-                Some(_) => prop_assert!(kept <= smallest, "{kept} against {smallest}"),
-                None if histogram.entropy_bits() <= INCOMPRESSIBLE_BITS => prop_assert_eq!(kept, smallest),
-                None => {}
+            if histogram.entropy_bits() <= INCOMPRESSIBLE_BITS {
+                prop_assert_eq!(compress_plane(&plane).1.len(), smallest);
             }
         }
 

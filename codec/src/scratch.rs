@@ -15,9 +15,10 @@ const MAX_KEPT: usize = 16 << 20;
 /// Filled buffers a thread keeps: a chunk's planes (no encode or decode takes two at once).
 const KEPT_BUFFERS: usize = 1;
 
-/// Empty buffers a thread keeps: on encode a payload being written, and a plane's two
-/// compressed candidates.
-const KEPT_ROOMS: usize = 3;
+/// Empty buffers a thread keeps: on encode a payload being written and a plane's compressed
+/// bytes (a plane tried both ways needs a third, made afresh: keeping it cost more memory
+/// under many clients than it saved time).
+const KEPT_ROOMS: usize = 2;
 
 thread_local! {
     static KEPT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
