@@ -124,9 +124,11 @@ fn best_payload(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>, 
                 delta
             } else {
                 let own = standalone_payload(raw, dtype, levels_allowed);
-                let (kept, dropped) = if own.bytes.len() < delta.bytes.len() { (own, delta) } else { (delta, own) };
-                scratch::give_back_room(dropped.bytes);
-                kept
+                if own.bytes.len() < delta.bytes.len() {
+                    own
+                } else {
+                    delta
+                }
             }
         }
         None => standalone_payload(raw, dtype, levels_allowed),
@@ -151,7 +153,6 @@ fn frame_of(payload: Payload, raw: &[u8], raw_len: u32) -> Vec<u8> {
     let mut frame = Vec::with_capacity(header.frame_len());
     header.write(&mut frame);
     frame.extend_from_slice(&payload.bytes);
-    scratch::give_back_room(payload.bytes);
     frame
 }
 
@@ -312,7 +313,7 @@ fn encode_planes(bytes: &[u8], width: usize, rotated: bool) -> Vec<u8> {
 fn compress_planes(split: &[u8], width: usize) -> Vec<u8> {
     let plane_len = split.len() / width;
     // Room for every plane stored as it is, so that the payload is never moved as it grows.
-    let mut out = scratch::take_room(split.len() + width * 5);
+    let mut out = Vec::with_capacity(split.len() + width * 5);
     if plane_len > 0 {
         for plane in split[..plane_len * width].chunks_exact(plane_len) {
             entropy::write_plane(&mut out, plane);

@@ -32,7 +32,7 @@ const INCOMPRESSIBLE_BITS: f64 = 7.9;
 pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
     let histogram = Histogram::of(plane);
     if histogram.entropy_bits() > INCOMPRESSIBLE_BITS {
-        return (PLANE_STORED, stored_copy(plane));
+        return (PLANE_STORED, plane.to_vec());
     }
     let mut best = None;
     if histogram.most_common_share() > RUNS_LIKELY {
@@ -47,30 +47,14 @@ pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
     }
     // On a tie the literals are kept, as they decode faster.
     best = match (literals_only(plane), best) {
-        (Some(literals), Some(matched)) if matched.len() < literals.len() => {
-            scratch::give_back_room(literals);
-            Some(matched)
-        }
-        (Some(literals), matched) => {
-            matched.map(scratch::give_back_room);
-            Some(literals)
-        }
+        (Some(literals), Some(matched)) if matched.len() < literals.len() => Some(matched),
+        (Some(literals), _) => Some(literals),
         (None, matched) => matched,
     };
     match best {
         Some(bytes) if bytes.len() < plane.len() => (PLANE_ZSTD, bytes),
-        other => {
-            other.map(scratch::give_back_room);
-            (PLANE_STORED, stored_copy(plane))
-        }
+        _ => (PLANE_STORED, plane.to_vec()),
     }
-}
-
-/// `plane` copied into a scratch room.
-fn stored_copy(plane: &[u8]) -> Vec<u8> {
-    let mut room = scratch::take_room(plane.len());
-    room.extend_from_slice(plane);
-    room
 }
 
 /// Appends a plane record: the mode, the u32 little-endian length of the body, and the body
@@ -80,7 +64,7 @@ pub fn write_plane(out: &mut Vec<u8>, plane: &[u8]) {
     out.push(mode);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
-    scratch::give_back_room(body);
+    scratch::give_back(body);
 }
 
 /// Reads the plane record at `*cursor` of `payload` into `target`, which it must fill exactly,
@@ -330,14 +314,8 @@ fn with_matching_compressor(plane: &[u8]) -> Option<Vec<u8>> {
             Some(compressor) => compressor,
             None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?),
         };
-        let mut out = scratch::take_room(zstd::zstd_safe::compress_bound(plane.len()));
-        match compressor.compress_to_buffer(plane, &mut out) {
-            Ok(_) => Some(out),
-            Err(_) => {
-                scratch::give_back_room(out);
-                None
-            }
-        }
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(plane.len()));
+        compressor.compress_to_buffer(plane, &mut out).ok().map(|_| out)
     })
 }
 
@@ -385,7 +363,7 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
             zstd_sys::ZSTD_CCtx_reset(context, zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_and_parameters);
             zstd_sys::ZSTD_CCtx_setParameter(context, zstd_sys::ZSTD_cParameter::ZSTD_c_compressionLevel, ZSTD_LEVEL);
             let bound = zstd_sys::ZSTD_compressBound(plane.len());
-            let mut out = scratch::take_room(bound);
+            let mut out = scratch::take(bound);
             let written = zstd_sys::ZSTD_compressSequences(
                 context,
                 out.as_mut_ptr().cast(),
@@ -396,11 +374,9 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
                 plane.len(),
             );
             if zstd_sys::ZSTD_isError(written) != 0 {
-                scratch::give_back_room(out);
                 return None;
             }
-            // zstd wrote `written` bytes from the start of the room.
-            out.set_len(written);
+            out.truncate(written);
             Some(out)
         }
     })
