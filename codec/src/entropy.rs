@@ -5,6 +5,7 @@
 //! (about 2 points of raw size better than zstd level 1 on BF16) at several times the speed.
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use crate::error::{CodecError, Result};
 use crate::scratch;
@@ -137,20 +138,29 @@ pub fn compress_opaque(bytes: &[u8]) -> Option<Vec<u8>> {
     if Histogram::of_sample(bytes).entropy_bits() > INCOMPRESSIBLE_BITS {
         return None;
     }
-    let compressed = OPAQUE_COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let compressor = match slot.as_mut() {
-            Some(compressor) => compressor,
-            None => slot.insert(opaque_compressor()?),
-        };
-        compressor.compress(bytes).ok()
-    })?;
+    let compressed = compress_in(&OPAQUE_COMPRESSOR, opaque_compressor, bytes)?;
     (compressed.len() < bytes.len()).then_some(compressed)
 }
 
+/// A thread's zstd compression context, made on first use.
+type KeptCompressor = RefCell<Option<zstd::bulk::Compressor<'static>>>;
+
 thread_local! {
-    /// Each thread's compression context for opaque bytes, made on first use.
-    static OPAQUE_COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    /// Each thread's compression context for opaque bytes.
+    static OPAQUE_COMPRESSOR: KeptCompressor = const { RefCell::new(None) };
+}
+
+/// `bytes` through this thread's compressor in `kept`, made by `make` on first use; `None` if
+/// zstd refused.
+fn compress_in(kept: &'static LocalKey<KeptCompressor>, make: impl FnOnce() -> Option<zstd::bulk::Compressor<'static>>, bytes: &[u8]) -> Option<Vec<u8>> {
+    kept.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some(compressor) => compressor,
+            None => slot.insert(make()?),
+        };
+        compressor.compress(bytes).ok()
+    })
 }
 
 /// Decompresses one zstd frame that must hold exactly `raw_len` bytes into `out`, whose bytes
@@ -305,23 +315,16 @@ impl Histogram {
     }
 }
 
-/// `plane` through zstd level 1 (match finding), with this thread's compressor, made on first
-/// use; `None` if zstd refused.
+/// `plane` through zstd level 1 (match finding), with this thread's compressor; `None` if zstd
+/// refused.
 fn with_matching_compressor(plane: &[u8]) -> Option<Vec<u8>> {
-    MATCHING.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let compressor = match slot.as_mut() {
-            Some(compressor) => compressor,
-            None => slot.insert(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok()?),
-        };
-        compressor.compress(plane).ok()
-    })
+    compress_in(&MATCHING, || zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(), plane)
 }
 
 thread_local! {
     /// Each thread's level-1 compression context: making one per plane cost a twentieth of an
     /// encode.
-    static MATCHING: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static MATCHING: KeptCompressor = const { RefCell::new(None) };
 }
 
 /// A zstd compression context, made once per thread.
