@@ -40,6 +40,13 @@ pub fn decode_frame_into(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Ve
         }
         _ => (Vec::new(), payload),
     };
+    // Stored runs come next, ahead of the planes.
+    let (runs, payload) = if header.runs {
+        let (runs, used) = ordered::runs::read(payload)?;
+        (Some(runs), &payload[used..])
+    } else {
+        (None, payload)
+    };
     // An ordered delta's payload is planes the transform reads into `out`; anything else
     // decodes into `out`'s buffer and, for a delta, has its base XORed in there.
     let ordered_delta = header.base.is_some() && header.subtract && header.grouped && ordered::supports(width);
@@ -76,8 +83,9 @@ pub fn decode_frame_into(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Ve
                 None => base,
             };
             if ordered_delta {
-                ordered::decode_into(&decoded, base, width, out);
+                let transformed = ordered::decode_into(&decoded, base, width, runs.as_ref(), out);
                 scratch::give_back(decoded);
+                transformed?;
             } else if header.subtract || header.grouped {
                 return Err(CodecError::FrameCorrupt("unsupported delta flags"));
             } else {

@@ -24,6 +24,11 @@ const DELTA_GOOD_ENOUGH: f64 = 0.6;
 /// the conversion in groups.
 const EXACT_ENOUGH: usize = 64;
 
+/// An ordered delta of at least this many elements stores its runs (frame version 5), which
+/// spares its decoder counting them: a record of a few dozen bytes for weights (up to a few
+/// hundred when the base spans many exponents), next to which a smaller chunk's count is cheap.
+const RUNS_STORED_FROM: usize = 1 << 14;
+
 /// A decoded chunk that a delta frame is taken against, with the id the frame records for it
 /// (its content hash, or a scoped id: see `ContentHash::scoped`).
 #[derive(Debug, Clone, Copy)]
@@ -36,8 +41,12 @@ pub struct BaseChunk<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameFormat {
     /// Every frame this codec reads: versions 2 (converted bases), 3 (GGUF blocks predicted
-    /// from a wider base) and 4 (windows of a base chunk) and codec 3 (levels) included.
+    /// from a wider base), 4 (windows of a base chunk) and 5 (stored runs) and codec 3 (levels)
+    /// included.
     Current,
+    /// Only what readers from before version 5 read, for an upstream that such gateways still
+    /// share.
+    Version4,
     /// Only what readers from before version 4 read, for an upstream that such gateways still
     /// share.
     Version3,
@@ -53,7 +62,7 @@ impl FrameFormat {
     /// Whether a chunk of `dtype` may be taken against a base of another dtype.
     pub fn converts_to(self, dtype: Dtype) -> bool {
         match self {
-            FrameFormat::Current | FrameFormat::Version3 => true,
+            FrameFormat::Current | FrameFormat::Version4 | FrameFormat::Version3 => true,
             FrameFormat::Version2 => !dtype.is_blocks(),
             FrameFormat::Version1 => false,
         }
@@ -61,6 +70,11 @@ impl FrameFormat {
 
     /// Whether a delta may be taken against a window of a base chunk (version 4).
     pub fn windows(self) -> bool {
+        matches!(self, FrameFormat::Current | FrameFormat::Version4)
+    }
+
+    /// Whether an ordered delta may store its runs (version 5).
+    fn stores_runs(self) -> bool {
         self == FrameFormat::Current
     }
 }
@@ -118,7 +132,7 @@ fn checked_raw_len(raw: &[u8]) -> Result<u32> {
 fn best_payload(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>, format: FrameFormat) -> Payload {
     let levels_allowed = format != FrameFormat::Version1;
     let base = base.filter(|(_, base_dtype)| *base_dtype == dtype || format.converts_to(dtype));
-    match base.and_then(|(base, base_dtype)| against_base(raw, dtype, base, base_dtype)) {
+    match base.and_then(|(base, base_dtype)| against_base(raw, dtype, base, base_dtype, format)) {
         Some(delta) => {
             if (delta.bytes.len() as f64) <= DELTA_GOOD_ENOUGH * raw.len() as f64 {
                 delta
@@ -143,6 +157,7 @@ fn frame_of(payload: Payload, raw: &[u8], raw_len: u32) -> Vec<u8> {
         rotated: payload.rotated,
         subtract: payload.subtract,
         grouped: payload.grouped,
+        runs: payload.runs,
         raw_len,
         payload_len: payload.bytes.len() as u32,
         checksum: ContentHash::of(raw),
@@ -173,6 +188,7 @@ struct Payload {
     rotated: bool,
     subtract: bool,
     grouped: bool,
+    runs: bool,
     base: Option<ContentHash>,
     window: Option<BaseWindow>,
     conversion: Option<Conversion>,
@@ -181,31 +197,31 @@ struct Payload {
 
 impl Payload {
     fn plain(codec: Codec, width: usize, bytes: Vec<u8>) -> Payload {
-        Payload { codec, width: width as u8, rotated: false, subtract: false, grouped: false, base: None, window: None, conversion: None, bytes }
+        Payload { codec, width: width as u8, rotated: false, subtract: false, grouped: false, runs: false, base: None, window: None, conversion: None, bytes }
     }
 }
 
 /// The delta against a base of `base_dtype`: taken as it is for the same dtype, through the
 /// conversion that fits for another dtype (for a quantization, the smaller of one scale for the
 /// chunk and one per group), `None` when there is none.
-fn against_base(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, base_dtype: Dtype) -> Option<Payload> {
+fn against_base(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, base_dtype: Dtype, format: FrameFormat) -> Option<Payload> {
     if base_dtype == dtype {
-        return Some(delta_payload(raw, dtype, base));
+        return Some(delta_payload(raw, dtype, base, format));
     }
     let whole = Cast::fitting(base_dtype, dtype, base.bytes, raw)
-        .map(|cast| converted_payload(raw, dtype, base.hash, Conversion::Whole(cast), &cast.apply(base.bytes), &[]));
+        .map(|cast| converted_payload(raw, dtype, base.hash, Conversion::Whole(cast), &cast.apply(base.bytes), &[], format));
     // An exact conversion needs no other try.
     if whole.as_ref().is_some_and(|payload| payload.bytes.len() <= raw.len() / EXACT_ENOUGH) {
         return whole;
     }
     let groups = Groups::fitting(base_dtype, dtype, base.bytes, raw).map(|(groups, scales)| {
-        converted_payload(raw, dtype, base.hash, Conversion::Groups(groups), &groups.apply(base.bytes, &scales), &scales)
+        converted_payload(raw, dtype, base.hash, Conversion::Groups(groups), &groups.apply(base.bytes, &scales), &scales, format)
     });
     [whole, groups].into_iter().flatten().min_by_key(|payload| payload.bytes.len())
 }
 
 /// The delta against a base converted to `converted`, with the groups' scales ahead of it.
-fn converted_payload(raw: &[u8], dtype: Dtype, base_hash: ContentHash, conversion: Conversion, converted: &[u8], scales: &[u32]) -> Payload {
+fn converted_payload(raw: &[u8], dtype: Dtype, base_hash: ContentHash, conversion: Conversion, converted: &[u8], scales: &[u32], format: FrameFormat) -> Payload {
     let base = BaseChunk { hash: base_hash, bytes: converted };
     // A cast from a wider precision is usually exact, and its XOR (zeros) decodes at memory
     // speed; a residual over a narrower precision, and a fine-tune over a cast of its wider
@@ -215,13 +231,13 @@ fn converted_payload(raw: &[u8], dtype: Dtype, base_hash: ContentHash, conversio
     let mut payload = if narrows {
         let xor = xor_payload(raw, dtype, base);
         let exact = xor.bytes.len() <= raw.len() / EXACT_ENOUGH;
-        let ordered = (!exact && is_float(dtype)).then(|| delta_payload(raw, dtype, base));
+        let ordered = (!exact && is_float(dtype)).then(|| delta_payload(raw, dtype, base, format));
         match ordered {
             Some(ordered) if ordered.bytes.len() < xor.bytes.len() => ordered,
             _ => xor,
         }
     } else {
-        delta_payload(raw, dtype, base)
+        delta_payload(raw, dtype, base, format)
     };
     payload.conversion = Some(conversion);
     if let Conversion::Groups(_) = conversion {
@@ -237,13 +253,25 @@ fn is_float(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
 }
 
-/// The delta against `base`: ordered difference grouped by exponent for floats, XOR otherwise.
-fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
+/// The delta against `base`: ordered difference grouped by exponent for floats (its runs
+/// first when `format` has them and the chunk is large enough), XOR otherwise.
+fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, format: FrameFormat) -> Payload {
     let width = dtype.size();
     if is_float(dtype) && ordered::supports(width) {
         let mut planes = scratch::take(raw.len());
-        ordered::encode_into(raw, base.bytes, width, &mut planes);
-        let bytes = compress_planes(&planes, width);
+        let runs = ordered::encode_into(raw, base.bytes, width, &mut planes);
+        let large = raw.len().min(base.bytes.len()) / width >= RUNS_STORED_FROM;
+        let mut bytes = Vec::with_capacity(if large { ordered::runs::MAX_RECORD_LEN + planes.len() + width * 5 } else { 0 });
+        if format.stores_runs() && large {
+            ordered::runs::write(&runs, &mut bytes);
+            // The record is the one new thing a version-5 frame holds beside the transform:
+            // kept only when it reads back as the runs the planes were laid out by.
+            if ordered::runs::read(&bytes) != Ok((runs, bytes.len())) {
+                bytes.clear();
+            }
+        }
+        let stores_runs = !bytes.is_empty();
+        compress_planes_into(&planes, width, &mut bytes);
         scratch::give_back(planes);
         Payload {
             codec: Codec::Planes,
@@ -251,6 +279,7 @@ fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
             rotated: false,
             subtract: true,
             grouped: true,
+            runs: stores_runs,
             base: Some(base.hash),
             window: None,
             conversion: None,
@@ -311,16 +340,22 @@ fn encode_planes(bytes: &[u8], width: usize, rotated: bool) -> Vec<u8> {
 /// Planes payload of bytes already split: per plane a mode byte, a u32 length and the
 /// compressed plane; then the tail as is.
 fn compress_planes(split: &[u8], width: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    compress_planes_into(split, width, &mut out);
+    out
+}
+
+/// [`compress_planes`] appended to `out`.
+fn compress_planes_into(split: &[u8], width: usize, out: &mut Vec<u8>) {
     let plane_len = split.len() / width;
     // Room for every plane stored as it is, so that the payload is never moved as it grows.
-    let mut out = Vec::with_capacity(split.len() + width * 5);
+    out.reserve_exact(split.len() + width * 5);
     if plane_len > 0 {
         for plane in split[..plane_len * width].chunks_exact(plane_len) {
-            entropy::write_plane(&mut out, plane);
+            entropy::write_plane(out, plane);
         }
     }
     out.extend_from_slice(&split[plane_len * width..]);
-    out
 }
 
 #[cfg(test)]

@@ -3,14 +3,16 @@
 //! ```text
 //! 0   4  magic "TGFR"
 //! 4   1  version (1; 2 when flag bit 4 is set, 3 when the conversion is a block quantization;
-//!           4 when flag bit 5 is set)
+//!           4 when flag bit 5 is set; 5 when flag bit 6 is set)
 //! 5   1  codec: 0 stored, 1 zstd, 2 byte planes, 3 levels
 //! 6   1  element width in bytes (1..=8): the byte planes of codec 2, the ordered difference
 //! 7   1  flags: bit 0 delta against a base, bit 1 elements rotated left one bit,
 //!           bit 2 the delta is an ordered-integer difference (else XOR),
 //!           bit 3 elements grouped by base context,
-//!           bit 4 the base is converted to this frame's dtype first (version 2, 3 or 4),
-//!           bit 5 the delta is against a window of the base chunk (version 4)
+//!           bit 4 the base is converted to this frame's dtype first (version 2, 3, 4 or 5),
+//!           bit 5 the delta is against a window of the base chunk (version 4 or 5),
+//!           bit 6 the ordered delta's runs precede its planes, after any group scales
+//!           (version 5)
 //! 8   4  raw length, u32 little-endian
 //! 12  4  payload length, u32 little-endian
 //! 16  32 BLAKE3-256 of the raw bytes (checksum and content hash)
@@ -39,6 +41,10 @@ pub const VERSION_BLOCKS: u8 = 3;
 /// readers of version 3 do not know: the piece of a chunk that a multipart part holds is
 /// stored against the same elements of the base tensor, which lie inside one of its chunks.
 pub const VERSION_WINDOW: u8 = 4;
+/// The version of frames that store their ordered delta's run lengths (flag bit 6, see
+/// `ordered::runs`), which readers of version 4 do not know; such a frame may also have a
+/// window and a conversion.
+pub const VERSION_RUNS: u8 = 5;
 /// Size of the fixed part of the header; a delta frame adds 32 bytes of base hash.
 pub const FIXED_HEADER_LEN: usize = 48;
 pub const FLAG_DELTA: u8 = 1;
@@ -47,7 +53,8 @@ pub const FLAG_SUBTRACT: u8 = 4;
 pub const FLAG_GROUPED: u8 = 8;
 pub const FLAG_CONVERTED: u8 = 16;
 pub const FLAG_WINDOW: u8 = 32;
-const KNOWN_FLAGS: u8 = FLAG_DELTA | FLAG_ROTATED | FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED | FLAG_WINDOW;
+pub const FLAG_RUNS: u8 = 64;
+const KNOWN_FLAGS: u8 = FLAG_DELTA | FLAG_ROTATED | FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED | FLAG_WINDOW | FLAG_RUNS;
 /// Bytes of the window field.
 const WINDOW_LEN: usize = 8;
 /// Largest raw length a frame may declare, so that a hostile header cannot make a decoder
@@ -99,6 +106,9 @@ pub struct FrameHeader {
     pub subtract: bool,
     /// Elements are grouped by base context (see `ordered`).
     pub grouped: bool,
+    /// The run of each context precedes the planes, after any group scales (see
+    /// `ordered::runs`).
+    pub runs: bool,
     pub raw_len: u32,
     pub payload_len: u32,
     pub checksum: ContentHash,
@@ -146,10 +156,12 @@ impl FrameHeader {
             | flag(self.subtract, FLAG_SUBTRACT)
             | flag(self.grouped, FLAG_GROUPED)
             | flag(self.conversion.is_some(), FLAG_CONVERTED)
-            | flag(self.window.is_some(), FLAG_WINDOW);
-        let version = match self.window {
-            Some(_) => VERSION_WINDOW,
-            None => self.conversion.map_or(VERSION, Conversion::frame_version),
+            | flag(self.window.is_some(), FLAG_WINDOW)
+            | flag(self.runs, FLAG_RUNS);
+        let version = match (self.runs, self.window) {
+            (true, _) => VERSION_RUNS,
+            (false, Some(_)) => VERSION_WINDOW,
+            (false, None) => self.conversion.map_or(VERSION, Conversion::frame_version),
         };
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&[version, self.codec.id(), self.width, flags]);
@@ -175,7 +187,7 @@ impl FrameHeader {
             return Err(CodecError::FrameMagic);
         }
         let version = fixed[4];
-        if !(VERSION..=VERSION_WINDOW).contains(&version) {
+        if !(VERSION..=VERSION_RUNS).contains(&version) {
             return Err(CodecError::FrameVersion(version));
         }
         let codec = Codec::from_id(fixed[5])?;
@@ -190,10 +202,17 @@ impl FrameHeader {
         if flags & FLAG_DELTA == 0 && flags & (FLAG_SUBTRACT | FLAG_GROUPED | FLAG_CONVERTED | FLAG_WINDOW) != 0 {
             return Err(CodecError::FrameCorrupt("delta flags without a base"));
         }
-        if (flags & FLAG_WINDOW != 0) != (version == VERSION_WINDOW) {
+        let runs = flags & FLAG_RUNS != 0;
+        if runs != (version == VERSION_RUNS) {
+            return Err(CodecError::FrameCorrupt("stored runs are version 5, and version 5 has them"));
+        }
+        if runs && (flags & (FLAG_SUBTRACT | FLAG_GROUPED) != FLAG_SUBTRACT | FLAG_GROUPED || codec != Codec::Planes || !matches!(width, 2 | 4 | 8)) {
+            return Err(CodecError::FrameCorrupt("stored runs without a grouped ordered delta in planes"));
+        }
+        if !runs && (flags & FLAG_WINDOW != 0) != (version == VERSION_WINDOW) {
             return Err(CodecError::FrameCorrupt("a base window is version 4, and version 4 has one"));
         }
-        if version != VERSION_WINDOW && (flags & FLAG_CONVERTED != 0) != (version >= VERSION_CONVERTED) {
+        if version < VERSION_WINDOW && (flags & FLAG_CONVERTED != 0) != (version >= VERSION_CONVERTED) {
             return Err(CodecError::FrameCorrupt("a converted base is version 2 or 3, and versions 2 and 3 have one"));
         }
         let raw_len = read_u32(&fixed[8..12]);
@@ -220,7 +239,7 @@ impl FrameHeader {
             if cast.target().size() != usize::from(width) {
                 return Err(CodecError::FrameCorrupt("conversion to another width"));
             }
-            if window.is_none() && cast.frame_version() != version {
+            if version < VERSION_WINDOW && cast.frame_version() != version {
                 return Err(CodecError::FrameCorrupt("conversion of another frame version"));
             }
             Some(cast)
@@ -233,6 +252,7 @@ impl FrameHeader {
             rotated: flags & FLAG_ROTATED != 0,
             subtract: flags & FLAG_SUBTRACT != 0,
             grouped: flags & FLAG_GROUPED != 0,
+            runs,
             raw_len,
             payload_len,
             checksum,
@@ -264,6 +284,7 @@ mod tests {
             rotated: true,
             subtract: true,
             grouped: false,
+            runs: false,
             raw_len: 1234,
             payload_len: 99,
             checksum: ContentHash([3; 32]),
@@ -276,9 +297,9 @@ mod tests {
         assert_eq!(bytes.len(), header.header_len());
         assert_eq!(FrameHeader::read(&bytes), Ok(header));
         assert_eq!(FrameHeader::read(&bytes[..60]), Err(CodecError::FrameTruncated));
-        bytes[4] = 5;
-        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameVersion(5)));
-        for version in [2, 3, 4] {
+        bytes[4] = 6;
+        assert_eq!(FrameHeader::read(&bytes), Err(CodecError::FrameVersion(6)));
+        for version in [2, 3, 4, 5] {
             bytes[4] = version;
             assert!(FrameHeader::read(&bytes).is_err(), "version {version} without a conversion");
         }
@@ -286,19 +307,7 @@ mod tests {
 
     #[test]
     fn a_converted_base_makes_a_version_2_header() {
-        let header = FrameHeader {
-            codec: Codec::Planes,
-            width: 2,
-            rotated: false,
-            subtract: true,
-            grouped: true,
-            raw_len: 10,
-            payload_len: 3,
-            checksum: ContentHash([3; 32]),
-            base: Some(ContentHash([9; 32])),
-            window: None,
-            conversion: Some(Conversion::Whole(Cast::F32ToBf16)),
-        };
+        let header = FrameHeader { conversion: Some(Conversion::Whole(Cast::F32ToBf16)), ..ordered_delta() };
         let mut bytes = Vec::new();
         header.write(&mut bytes);
         assert_eq!((bytes.len(), bytes[4], bytes[80]), (81, 2, 1));
@@ -321,6 +330,7 @@ mod tests {
             rotated: false,
             subtract: false,
             grouped: false,
+            runs: false,
             raw_len: 34,
             payload_len: 3,
             checksum: ContentHash([3; 32]),
@@ -339,21 +349,27 @@ mod tests {
         assert!(FrameHeader::read(&bytes).is_err(), "a cast of version 2 in version 3");
     }
 
-    #[test]
-    fn a_base_window_makes_a_version_4_header() {
-        let mut header = FrameHeader {
+    /// The header of a 10-byte ordered delta of BF16 against base `[9; 32]`, 3 bytes of payload.
+    fn ordered_delta() -> FrameHeader {
+        FrameHeader {
             codec: Codec::Planes,
             width: 2,
             rotated: false,
             subtract: true,
             grouped: true,
+            runs: false,
             raw_len: 10,
             payload_len: 3,
             checksum: ContentHash([3; 32]),
             base: Some(ContentHash([9; 32])),
-            window: Some(BaseWindow { start: 6, len: 10 }),
+            window: None,
             conversion: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_base_window_makes_a_version_4_header() {
+        let mut header = FrameHeader { window: Some(BaseWindow { start: 6, len: 10 }), ..ordered_delta() };
         let mut bytes = Vec::new();
         header.write(&mut bytes);
         assert_eq!((bytes.len(), bytes[4], bytes[7] & FLAG_WINDOW), (88, 4, FLAG_WINDOW));
@@ -371,5 +387,42 @@ mod tests {
         header.write(&mut plain);
         plain[4] = 4;
         assert!(FrameHeader::read(&plain).is_err(), "version 4 without a window");
+    }
+
+    #[test]
+    fn stored_runs_make_a_version_5_header() {
+        let mut header = FrameHeader { runs: true, ..ordered_delta() };
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        assert_eq!((bytes.len(), bytes[4], bytes[7]), (80, 5, FLAG_DELTA | FLAG_SUBTRACT | FLAG_GROUPED | FLAG_RUNS));
+        assert_eq!(FrameHeader::read(&bytes), Ok(header));
+        bytes[4] = 4;
+        assert!(FrameHeader::read(&bytes).is_err(), "stored runs in version 4");
+        bytes[4] = 5;
+        bytes[7] &= !FLAG_GROUPED;
+        assert!(FrameHeader::read(&bytes).is_err(), "stored runs without grouping");
+        bytes[7] |= FLAG_GROUPED;
+        bytes[6] = 1;
+        assert!(FrameHeader::read(&bytes).is_err(), "stored runs of 1-byte elements");
+        bytes[6] = 2;
+        bytes[5] = 1;
+        assert!(FrameHeader::read(&bytes).is_err(), "stored runs in codec 1");
+        bytes[5] = 2;
+        bytes[7] &= !FLAG_DELTA;
+        assert!(FrameHeader::read(&bytes).is_err(), "stored runs without a base");
+        bytes[7] |= FLAG_DELTA;
+        assert_eq!(FrameHeader::read(&bytes), Ok(header));
+        // With a window and a conversion, still version 5.
+        header.window = Some(BaseWindow { start: 6, len: 10 });
+        header.conversion = Some(Conversion::Whole(crate::cast::Cast::F32ToBf16));
+        let mut both = Vec::new();
+        header.write(&mut both);
+        assert_eq!((both.len(), both[4], both[88]), (89, 5, 1));
+        assert_eq!(FrameHeader::read(&both), Ok(header));
+        header.runs = false;
+        let mut plain = Vec::new();
+        header.write(&mut plain);
+        plain[4] = 5;
+        assert!(FrameHeader::read(&plain).is_err(), "version 5 without stored runs");
     }
 }

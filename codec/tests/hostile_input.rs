@@ -112,3 +112,39 @@ proptest! {
         }
     }
 }
+
+/// BF16 weights of `count` elements, a few exponents, from `seed`.
+fn bf16_weights(count: usize, seed: u32) -> Vec<u8> {
+    (0..count as u32)
+        .flat_map(|i| {
+            let noise = (i.wrapping_mul(2_654_435_761) ^ seed) % 2001;
+            let value = 0.02f32 * (noise as f32 / 1000.0 - 1.0);
+            ((value.to_bits() >> 16) as u16).to_le_bytes()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A delta large enough to store its runs (frame version 5), mutated anywhere or in its runs
+    /// record (which follows the 80-byte header), decodes to its bytes or is refused.
+    #[test]
+    fn frames_with_stored_runs_survive_mutation(count in 16_384usize..20_000,
+                                                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+                                                in_record: bool) {
+        let base = bf16_weights(count, 7);
+        let raw: Vec<u8> = base.iter().enumerate().map(|(i, byte)| if i % 6 == 0 { byte ^ 1 } else { *byte }).collect();
+        let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+        let mut frame = encode_chunk(&raw, Dtype::BF16, Some((base_chunk, Dtype::BF16))).unwrap();
+        prop_assert_eq!(frame[4], 5, "a version-5 frame");
+        let len = frame.len();
+        for (position, value) in flips {
+            let at = if in_record { 80 + position % 40 } else { position % len };
+            frame[at] = value;
+        }
+        if let Ok(decoded) = decode_frame(&frame, Some(base_chunk)) {
+            prop_assert_eq!(decoded, raw);
+        }
+    }
+}

@@ -70,10 +70,10 @@ pub struct Config {
     /// Other gateways serve the same upstream: reads check the manifest upstream before
     /// answering from the index, and garbage collection spares what any manifest references.
     pub shared_upstream: bool,
-    /// The newest frame version this gateway writes: 4 (deltas against a window of a base
-    /// chunk: issue 15), 3 (GGUF blocks predicted from a wider tensor: issue 17), 2
-    /// (conversions across precisions, levels: issue 18), or an older one
-    /// while gateways from before it still read the same upstream.
+    /// The newest frame version this gateway writes: 5 (ordered deltas that store their runs:
+    /// issue 15), 4 (deltas against a window of a base chunk: issue 15), 3 (GGUF blocks
+    /// predicted from a wider tensor: issue 17), 2 (conversions across precisions, levels:
+    /// issue 18), or an older one while gateways from before it still read the same upstream.
     pub write_frame_version: u8,
     /// Seconds between catching up with other gateways' writes (for listings), when shared.
     pub shared_sync_secs: u64,
@@ -248,7 +248,7 @@ impl Default for Config {
             dedup_scope: DedupScope::Tenant,
             upstream: None,
             shared_upstream: false,
-            write_frame_version: 4,
+            write_frame_version: 5,
             shared_sync_secs: 10,
             shared_full_sync_secs: 3600,
             journal_retention_secs: 3600,
@@ -295,6 +295,7 @@ impl Config {
             1 => tensorgate_codec::FrameFormat::Version1,
             2 => tensorgate_codec::FrameFormat::Version2,
             3 => tensorgate_codec::FrameFormat::Version3,
+            4 => tensorgate_codec::FrameFormat::Version4,
             _ => tensorgate_codec::FrameFormat::Current,
         }
     }
@@ -320,7 +321,7 @@ impl Config {
             }
         }
         anyhow::ensure!(self.header_read_timeout_secs > 0, "header_read_timeout_secs must be at least 1");
-        anyhow::ensure!(matches!(self.write_frame_version, 1..=4), "write_frame_version must be 1, 2, 3 or 4");
+        anyhow::ensure!(matches!(self.write_frame_version, 1..=5), "write_frame_version must be 1, 2, 3, 4 or 5");
         anyhow::ensure!(
             self.journal_retention_secs as i64 * 1000 > 2 * JOURNAL_OVERLAP_MS,
             "journal_retention_secs must be more than {} (twice the overlap a sync reads again)",

@@ -165,6 +165,124 @@ fn version_1_frames_only_when_asked() {
     assert_eq!(decode_frame(&frame, None).unwrap(), narrow);
 }
 
+/// 20,000 BF16 weights from `seed`, a fine-tune of them (every `every`th byte flipped by
+/// `flip`) and its frame against them.
+fn large_delta(seed: u32, every: usize, flip: u8) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let base = weights(20_000, seed);
+    let raw: Vec<u8> = base.iter().enumerate().map(|(i, byte)| if i % every == 0 { byte ^ flip } else { *byte }).collect();
+    let frame = encode_chunk(&raw, Dtype::BF16, Some((BaseChunk { hash: ContentHash::of(&base), bytes: &base }, Dtype::BF16))).unwrap();
+    (base, raw, frame)
+}
+
+/// A large ordered delta stores its runs (version 5) unless the format is older; every
+/// damaged byte of its record is refused; a small one counts them from the base.
+#[test]
+fn large_ordered_deltas_store_their_runs() {
+    let (base, raw, frame) = large_delta(4, 8, 1);
+    let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+    let header = FrameHeader::read(&frame).unwrap();
+    assert!(header.runs && header.subtract && header.grouped && frame[4] == 5, "{header:?}");
+    assert_eq!(decode_frame(&frame, Some(base_chunk)).unwrap(), raw);
+    let older = encode_chunk_as(&raw, Dtype::BF16, Some((base_chunk, Dtype::BF16)), FrameFormat::Version4).unwrap();
+    assert!(!FrameHeader::read(&older).unwrap().runs && older[4] == 1);
+    assert_eq!(decode_frame(&older, Some(base_chunk)).unwrap(), raw);
+    assert!(older.len() < frame.len(), "the record is the only difference");
+    // The record: two bytes, then a varint per context of the range it names.
+    let record_at = header.header_len();
+    let record_len = frame.len() - older.len();
+    for position in record_at..record_at + record_len {
+        for flip in [0x01, 0x10, 0x80] {
+            let mut broken = frame.clone();
+            broken[position] ^= flip;
+            assert!(decode_frame(&broken, Some(base_chunk)).is_err(), "flip {flip:#x} at record byte {}", position - record_at);
+        }
+    }
+    let small = &raw[..2 * 1000];
+    let small_base = BaseChunk { hash: ContentHash::of(&base[..2 * 1000]), bytes: &base[..2 * 1000] };
+    let frame = encode_chunk(small, Dtype::BF16, Some((small_base, Dtype::BF16))).unwrap();
+    assert!(!FrameHeader::read(&frame).unwrap().runs);
+}
+
+/// A BF16 fine-tune of weights dequantized from F8_E4M3 with a scale per group of 128, over
+/// the F8 tensor: a delta against its conversion in groups, whose scales, runs and planes come
+/// in that order.
+#[test]
+fn runs_follow_the_scales_of_a_conversion_in_groups() {
+    let elements = 20_000usize;
+    let narrow: Vec<u8> = (0..elements as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 & 0x7e).collect();
+    let raw: Vec<u8> = narrow
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &code)| {
+            let scale = 0.01 * (1 + (i / 128) % 7) as f32;
+            let value = f32::from_bits(crate::cast::f8e4m3_to_f32(code)) * scale;
+            let moved = crate::cast::f32_to_bf16(value.to_bits()) ^ u16::from(i % 4 == 0);
+            moved.to_le_bytes()
+        })
+        .collect();
+    let base = BaseChunk { hash: ContentHash::of(&narrow), bytes: &narrow };
+    let frame = encode_chunk(&raw, Dtype::BF16, Some((base, Dtype::F8E4M3))).unwrap();
+    let header = FrameHeader::read(&frame).unwrap();
+    assert!(header.runs && matches!(header.conversion, Some(Conversion::Groups(_))), "{header:?}");
+    assert_eq!(decode_frame(&frame, Some(base)).unwrap(), raw);
+}
+
+/// Frames of version 5 whose runs record is replaced by any runs that add up to the elements
+/// (so that the decoder places elements by them) are refused, never decoded wrongly or with a
+/// panic, and so are the same frames with bytes flipped.
+#[test]
+fn frames_with_forged_runs_are_refused() {
+    let (base, _, frame) = large_delta(5, 6, 3);
+    let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+    let header = FrameHeader::read(&frame).unwrap();
+    assert!(header.runs);
+    let payload = &frame[header.header_len()..];
+    let (runs, record_len) = crate::ordered::runs::read(payload).unwrap();
+    let elements: usize = runs.iter().sum();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut refused = 0;
+    for round in 0..300 {
+        // Runs over a few random contexts, or the true runs with a few elements moved.
+        let mut forged = [0usize; 256];
+        if round % 2 == 0 {
+            let mut left = elements;
+            while left > 0 {
+                let take = if next() % 4 == 0 { left } else { (next() as usize % left) + 1 };
+                forged[next() as usize % 256] += take;
+                left -= take;
+            }
+        } else {
+            forged = runs;
+            let held: Vec<usize> = (0..256).filter(|&context| runs[context] > 0).collect();
+            let from = held[next() as usize % held.len()];
+            let moved = (next() as usize % forged[from]) + 1;
+            forged[from] -= moved;
+            forged[next() as usize % 256] += moved;
+        }
+        if forged == runs {
+            continue;
+        }
+        let mut record = Vec::new();
+        crate::ordered::runs::write(&forged, &mut record);
+        let mut forged_frame = frame[..header.header_len()].to_vec();
+        forged_frame[12..16].copy_from_slice(&((payload.len() - record_len + record.len()) as u32).to_le_bytes());
+        forged_frame.extend_from_slice(&record);
+        forged_frame.extend_from_slice(&payload[record_len..]);
+        assert!(matches!(decode_frame(&forged_frame, Some(base_chunk)), Err(CodecError::FrameCorrupt(_))), "round {round}");
+        let at = header.header_len() + record.len() + next() as usize % (payload.len() - record_len);
+        forged_frame[at] ^= 1 << (next() % 8);
+        assert!(decode_frame(&forged_frame, Some(base_chunk)).is_err(), "round {round}, flip at {at}");
+        refused += 1;
+    }
+    assert!(refused > 250, "{refused} forged frames tried");
+}
+
 proptest! {
     #[test]
     fn standalone_round_trips(raw in proptest::collection::vec(any::<u8>(), 0..2000), dtype in dtype_strategy()) {

@@ -33,7 +33,8 @@ pub(super) fn decode_blocks<const W: usize>(planes: &[u8], base: &[u8], count: u
     assert!(planes.len() >= W * count && base.len() >= W * count);
     out.reserve(blocks * BLOCK * W);
     // SAFETY: the CPU has the features (checked above); every read is within `planes` and
-    // `base` (asserted above and per run inside), every write within `out`'s reserved room.
+    // `base` (asserted above; a run only within the planes, `take`), every write within
+    // `out`'s reserved room.
     unsafe { decode_blocks_avx512::<W>(planes, base, count, blocks, next, out) };
     blocks * BLOCK
 }
@@ -69,7 +70,7 @@ pub(super) fn encode_blocks<const W: usize>(target: &[u8], base: &[u8], count: u
     }
     let blocks = count / BLOCK;
     assert!(target.len() >= W * count && base.len() >= W * count && out.len() >= W * count);
-    // SAFETY: as for `decode_blocks`; writes stay within `out`'s planes (asserted per run).
+    // SAFETY: as for `decode_blocks`; writes stay within `out`'s planes (`take`).
     unsafe { encode_blocks_avx512::<W>(target, base, count, blocks, next, out) };
     blocks * BLOCK
 }
@@ -174,11 +175,15 @@ impl Common {
 }
 
 /// Takes the next `lanes.count_ones()` slots of context `this`: returns the first and the mask
-/// of that many lanes.
+/// of that many lanes. Slots that would run past the planes (only where a decoder was handed
+/// wrong runs) are not taken: the mask is then empty, the cursor stays, and the check at the
+/// end of `decode_width` finds a run left short.
 fn take(next: &mut [usize; 256], this: u8, lanes: u64, count: usize) -> (usize, u64) {
     let taken = lanes.count_ones() as usize;
     let cursor = next[usize::from(this)];
-    assert!(cursor + taken <= count, "run of context {this} overflows its plane");
+    if cursor + taken > count {
+        return (0, 0);
+    }
     next[usize::from(this)] = cursor + taken;
     (cursor, low_lanes(taken))
 }

@@ -10,11 +10,17 @@
 //!   units in the last place depends on its magnitude, so like contexts compress together.
 //! - Byte `p` of every grouped element goes to plane `p`. Bytes past the whole elements that
 //!   target and base share are XORed with the base (where it has bytes) and kept as a tail.
+//! - How many elements each context holds (its run) is counted from the base on both sides, or
+//!   handed to the decoder as the frame stores it (`runs`).
 
 use crate::delta::xor_in_place;
+use crate::error::{CodecError, Result};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod runs;
+
+use runs::Counts;
 
 /// The vector path where the machine has one: it handles whole blocks of elements from the
 /// first on, and says how many; the scalar loops below take the rest from there.
@@ -39,8 +45,8 @@ mod fast {
 }
 
 /// Planes (concatenated, then the tail) of the grouped difference of `target` against `base`.
-/// `width` is the element size: 2, 4 or 8.
-pub fn encode_into(target: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) {
+/// `width` is the element size: 2, 4 or 8. Returns the runs: the elements of each context.
+pub fn encode_into(target: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) -> Counts {
     match width {
         2 => encode_width::<2>(target, base, Path::Fastest, out),
         4 => encode_width::<4>(target, base, Path::Fastest, out),
@@ -48,14 +54,16 @@ pub fn encode_into(target: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) 
     }
 }
 
-/// The inverse of [`encode`] with the same base and width, into `out`, whose bytes it replaces
-/// (its capacity is reused).
-pub fn decode_into(planes: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) {
+/// The inverse of [`encode_into`] with the same base and width, into `out`, whose bytes it
+/// replaces (its capacity is reused). `runs` are the runs the encoder returned, as the frame
+/// stores them, or `None` to count them from the base; runs that are not the base's are refused
+/// (before any byte is read where they add up to another number of elements, after otherwise).
+pub fn decode_into(planes: &[u8], base: &[u8], width: usize, runs: Option<&Counts>, out: &mut Vec<u8>) -> Result<()> {
     out.clear();
     match width {
-        2 => decode_width::<2>(planes, base, Path::Fastest, out),
-        4 => decode_width::<4>(planes, base, Path::Fastest, out),
-        _ => decode_width::<8>(planes, base, Path::Fastest, out),
+        2 => decode_width::<2>(planes, base, runs, Path::Fastest, out),
+        4 => decode_width::<4>(planes, base, runs, Path::Fastest, out),
+        _ => decode_width::<8>(planes, base, runs, Path::Fastest, out),
     }
 }
 
@@ -119,8 +127,8 @@ fn context<const W: usize>(base_element: u64) -> usize {
     ((base_element >> (8 * W - 9)) & 0xff) as usize
 }
 
-/// Where each context's run starts in the grouped order of the first `count` base elements.
-fn run_starts<const W: usize>(base: &[u8], count: usize, path: Path) -> [usize; 256] {
+/// The runs of the first `count` base elements: how many each context holds.
+fn run_lengths<const W: usize>(base: &[u8], count: usize, path: Path) -> Counts {
     // The first elements are counted one by one; they tell the vector path, if any, which
     // contexts to try first in the elements after them.
     let mut counts = [0usize; 256];
@@ -134,6 +142,17 @@ fn run_starts<const W: usize>(base: &[u8], count: usize, path: Path) -> [usize; 
             Path::Scalar => 0,
         };
     count_contexts::<W>(&base[counted * W..count * W], &mut counts);
+    counts
+}
+
+/// Whether every context's cursor, `next`, has reached the end of its run: each element went to
+/// its own context's run, and each run was filled.
+fn runs_filled(next: &[usize; 256], starts: &[usize; 256], counts: &Counts) -> bool {
+    (0..256).all(|context| next[context] == starts[context] + counts[context])
+}
+
+/// Where each run starts in the grouped order.
+fn run_starts(counts: &Counts) -> [usize; 256] {
     let mut starts = [0usize; 256];
     let mut total = 0;
     for (start, count) in starts.iter_mut().zip(counts) {
@@ -202,12 +221,14 @@ fn for_each_slot<const W: usize>(base: &[u8], first: usize, count: usize, next: 
     }
 }
 
-/// Writes every byte of `out`, resized to the target's length.
-fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path, out: &mut Vec<u8>) {
+/// Writes every byte of `out`, resized to the target's length; returns the runs.
+fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path, out: &mut Vec<u8>) -> Counts {
     let count = target.len().min(base.len()) / W;
     let whole = count * W;
     out.resize(target.len(), 0);
-    let mut next = run_starts::<W>(base, count, path);
+    let counts = run_lengths::<W>(base, count, path);
+    let starts = run_starts(&counts);
+    let mut next = starts;
     let first = match path {
         Path::Fastest => fast::encode_blocks::<W>(target, base, count, &mut next, out),
         #[cfg(test)]
@@ -222,14 +243,28 @@ fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path, out: &mu
     });
     out[whole..].copy_from_slice(&target[whole..]);
     xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
+    assert!(runs_filled(&next, &starts, &counts), "a run left unfilled");
+    counts
 }
 
 /// Appends the decoded bytes to `out`, which is empty.
-fn decode_width<const W: usize>(planes: &[u8], base: &[u8], path: Path, out: &mut Vec<u8>) {
+///
+/// Runs handed in may be wrong; no read then leaves the planes (a run is taken only while it
+/// stays within them, and an element past them reads as zero), and any wrong run ends another
+/// run than it began, which the check at the end finds.
+fn decode_width<const W: usize>(planes: &[u8], base: &[u8], runs: Option<&Counts>, path: Path, out: &mut Vec<u8>) -> Result<()> {
     let count = planes.len().min(base.len()) / W;
     let whole = count * W;
+    let counts = match runs {
+        Some(runs) if runs.iter().map(|&run| run as u64).sum::<u64>() != count as u64 => {
+            return Err(CodecError::FrameCorrupt("run lengths do not add up to the elements"))
+        }
+        Some(runs) => *runs,
+        None => run_lengths::<W>(base, count, path),
+    };
     out.reserve(planes.len());
-    let mut next = run_starts::<W>(base, count, path);
+    let starts = run_starts(&counts);
+    let mut next = starts;
     let first = match path {
         Path::Fastest => fast::decode_blocks::<W>(planes, base, count, &mut next, out),
         #[cfg(test)]
@@ -240,10 +275,10 @@ fn decode_width<const W: usize>(planes: &[u8], base: &[u8], path: Path, out: &mu
     // element by element in a loop of its own, which the compiler vectorises.
     let plane: [&[u8]; W] = std::array::from_fn(|p| &planes[p * count..(p + 1) * count]);
     for_each_slot::<W>(base, first, count, &mut next, |_, _, slot| {
-        // Every slot is below `count`: `run_starts` counted exactly these elements.
+        // A slot is past the planes only where the runs handed in are wrong.
         let mut stored = [0u8; 8];
         for (byte, bytes) in stored.iter_mut().zip(&plane) {
-            *byte = bytes[slot];
+            *byte = bytes.get(slot).copied().unwrap_or(0);
         }
         out.extend_from_slice(&stored[..W]);
     });
@@ -254,6 +289,11 @@ fn decode_width<const W: usize>(planes: &[u8], base: &[u8], path: Path, out: &mu
         element.copy_from_slice(&value.to_le_bytes()[..W]);
     }
     xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
+    // Every run ends where the next one starts exactly when the runs are the base's.
+    if !runs_filled(&next, &starts, &counts) {
+        return Err(CodecError::FrameCorrupt("run lengths differ from the base's"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -305,9 +345,13 @@ mod tests {
     }
 
     fn encode(target: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+        encode_with_runs(target, base, width).0
+    }
+
+    fn encode_with_runs(target: &[u8], base: &[u8], width: usize) -> (Vec<u8>, Counts) {
         let mut out = vec![0x55; 5];
-        encode_into(target, base, width, &mut out);
-        out
+        let runs = encode_into(target, base, width, &mut out);
+        (out, runs)
     }
 
     /// The scalar path's encode alone.
@@ -316,24 +360,27 @@ mod tests {
         match width {
             2 => encode_width::<2>(target, base, Path::Scalar, &mut out),
             _ => encode_width::<4>(target, base, Path::Scalar, &mut out),
-        }
+        };
         out
     }
 
     fn decode(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+        decode_with(planes, base, width, None).unwrap()
+    }
+
+    fn decode_with(planes: &[u8], base: &[u8], width: usize, runs: Option<&Counts>) -> Result<Vec<u8>> {
         let mut out = vec![0x55; 3];
-        decode_into(planes, base, width, &mut out);
-        out
+        decode_into(planes, base, width, runs, &mut out).map(|()| out)
     }
 
     /// The scalar path's decode alone.
-    fn decode_scalar(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+    fn decode_scalar(planes: &[u8], base: &[u8], width: usize, runs: Option<&Counts>) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         match width {
-            2 => decode_width::<2>(planes, base, Path::Scalar, &mut out),
-            _ => decode_width::<4>(planes, base, Path::Scalar, &mut out),
+            2 => decode_width::<2>(planes, base, runs, Path::Scalar, &mut out),
+            _ => decode_width::<4>(planes, base, runs, Path::Scalar, &mut out),
         }
-        out
+        .map(|()| out)
     }
 
     #[test]
@@ -342,18 +389,18 @@ mod tests {
             for count in [0, 63, 64, 65, 1000, 1024 + 64, 4096 + 17, 100_003] {
                 let (base, target) = weights(count as u64 + width as u64, count, width);
                 let (fastest, scalar) = match width {
-                    2 => (run_starts::<2>(&base, count, Path::Fastest), run_starts::<2>(&base, count, Path::Scalar)),
-                    _ => (run_starts::<4>(&base, count, Path::Fastest), run_starts::<4>(&base, count, Path::Scalar)),
+                    2 => (run_lengths::<2>(&base, count, Path::Fastest), run_lengths::<2>(&base, count, Path::Scalar)),
+                    _ => (run_lengths::<4>(&base, count, Path::Fastest), run_lengths::<4>(&base, count, Path::Scalar)),
                 };
-                assert_eq!(fastest, scalar, "run starts, width {width}, {count} elements");
-                let planes = encode(&target, &base, width);
-                let (scalar, decoded) = match width {
-                    2 => (encode_scalar(&target, &base, 2), decode_scalar(&planes, &base, 2)),
-                    _ => (encode_scalar(&target, &base, 4), decode_scalar(&planes, &base, 4)),
-                };
+                assert_eq!(fastest, scalar, "runs, width {width}, {count} elements");
+                let (planes, runs) = encode_with_runs(&target, &base, width);
+                assert_eq!(runs, fastest, "the runs the encoder returns, width {width}, {count} elements");
+                let scalar = encode_scalar(&target, &base, width);
                 assert_eq!(planes, scalar, "encode, width {width}, {count} elements");
-                assert_eq!(decoded, target, "scalar decode, width {width}, {count} elements");
-                assert_eq!(decode(&planes, &base, width), target, "decode, width {width}, {count} elements");
+                for stored in [None, Some(&runs)] {
+                    assert_eq!(decode_scalar(&planes, &base, width, stored).unwrap(), target, "scalar decode, width {width}, {count} elements");
+                    assert_eq!(decode_with(&planes, &base, width, stored).unwrap(), target, "decode, width {width}, {count} elements");
+                }
             }
         }
     }
@@ -375,7 +422,33 @@ mod tests {
                 _ => (encode(&target, &base, 4), encode_scalar(&target, &base, 4)),
             };
             prop_assert_eq!(&planes, &scalar);
-            prop_assert_eq!(decode(&planes, &base, width), decode_scalar(&planes, &base, width));
+            prop_assert_eq!(decode(&planes, &base, width), decode_scalar(&planes, &base, width, None).unwrap());
+        }
+
+        /// Runs handed to the decoder that are not the base's are refused by both paths, never
+        /// read past the planes, and the right ones give the target.
+        #[test]
+        fn wrong_runs_are_refused(seed in any::<u64>(), count in 0usize..5000, width in proptest::sample::select(vec![2usize, 4, 8]),
+                                  moves in proptest::collection::vec((any::<u8>(), any::<u8>(), 1usize..200), 1..4)) {
+            let (base, target) = weights(seed, count, width);
+            let (planes, runs) = encode_with_runs(&target, &base, width);
+            prop_assert_eq!(decode_with(&planes, &base, width, Some(&runs)).unwrap(), target);
+            let held: Vec<usize> = (0..256).filter(|&context| runs[context] > 0).collect();
+            prop_assume!(!held.is_empty());
+            let mut wrong = runs;
+            for (from, to, elements) in moves {
+                let from = held[usize::from(from) % held.len()];
+                let moved = elements.min(wrong[from]);
+                wrong[from] -= moved;
+                wrong[usize::from(to)] += moved;
+            }
+            prop_assume!(wrong != runs);
+            prop_assert!(decode_with(&planes, &base, width, Some(&wrong)).is_err());
+            if width != 8 {
+                prop_assert!(decode_scalar(&planes, &base, width, Some(&wrong)).is_err());
+            }
+            wrong[0] += 1;
+            prop_assert!(decode_with(&planes, &base, width, Some(&wrong)).is_err(), "runs adding up to another number");
         }
     }
 }

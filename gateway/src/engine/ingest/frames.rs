@@ -33,7 +33,9 @@ pub(super) enum Encoding {
 /// The frame, once decoded back to `raw` when it uses a conversion, levels or a window of its
 /// base (issues 18 and 15: newer transforms, whose decoding is checked before anything names
 /// them); `base` is the whole base chunk, as a reader hands it to the decoder. A frame that does not
-/// decode is replaced by the chunk as plain zstd or stored bytes, which always does.
+/// decode is replaced by the chunk as plain zstd or stored bytes, which always does. Stored runs
+/// (version 5) are no new transform: the encoder keeps their record only when it reads back as
+/// the runs its planes were laid out by.
 fn verified(frame: Vec<u8>, raw: &[u8], base: Option<BaseChunk<'_>>) -> tensorgate_codec::Result<Vec<u8>> {
     let header = FrameHeader::read(&frame)?;
     if header.conversion.is_none() && header.window.is_none() && header.codec != Codec::Levels {
