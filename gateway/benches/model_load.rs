@@ -13,8 +13,9 @@
 //! 3. one aws cli stream (`s3api get-object`), and `s5cmd cp` when it is installed.
 //!
 //! With each load, the bytes of chunks tensorgate decoded for it (bases not counted) per byte
-//! it returned. Each load runs `TG_BENCH_ROUNDS` times (default 3) on each gateway in turn;
-//! each gateway's fastest run is reported.
+//! it returned, and the CPU seconds the gateway and the client spent (both on the same cores).
+//! Each load runs `TG_BENCH_ROUNDS` times (default 3) on each gateway in turn; each gateway's
+//! fastest run is reported.
 //!
 //! Run: `cargo bench -p tensorgate --bench model_load` (needs aws, python3 with boto3).
 //! `TG_BENCH_CONFIG` adds configuration lines to the tensorgate gateway (not the raw one).
@@ -26,7 +27,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{same_file, timed, write_fine_tune, write_model_shaped, Gateway, KEY, SECRET};
+use support::{children_cpu_seconds, same_file, timed, write_fine_tune, write_model_shaped, Gateway, KEY, SECRET};
 
 /// One way of loading the fine-tune from a gateway; `None` when its tool is not installed.
 type LoadWith<'a> = dyn Fn(&Gateway) -> Option<Load> + 'a;
@@ -42,10 +43,14 @@ struct Load {
     /// Bytes of chunks decoded per byte returned (`read_decoded_bytes` over `bytes_out`), when
     /// the gateway counts them.
     decoded_per_byte: Option<f64>,
+    /// CPU seconds of the gateway and of the client while the client ran (the client's own
+    /// start included: for the loader, Python's imports and reading the model it checks against).
+    gateway_cpu: f64,
+    client_cpu: f64,
 }
 
 impl Load {
-    fn measured(gateway: &Gateway, seconds: f64, ttfb: Option<(f64, f64)>) -> Load {
+    fn measured(gateway: &Gateway, seconds: f64, ttfb: Option<(f64, f64)>, (gateway_cpu, client_cpu): (f64, f64)) -> Load {
         let decoded = gateway.metric("tensorgate_read_decoded_bytes_total");
         let returned = gateway.metric("tensorgate_bytes_out_total");
         let decoded_per_byte = decoded.zip(returned).map(|(decoded, returned)| decoded / returned.max(1.0));
@@ -55,12 +60,15 @@ impl Load {
             ttfb_p99: ttfb.map(|(_, p99)| p99),
             peak_rss_mib: gateway.peak_rss_mib(),
             decoded_per_byte,
+            gateway_cpu: gateway.cpu_seconds() - gateway_cpu,
+            client_cpu: children_cpu_seconds() - client_cpu,
         }
     }
 }
 
 fn loader(gateway: &Gateway, model: &Path, threads: usize, range_mib: &str) -> Load {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/ranged_loader.py");
+    let cpu = (gateway.cpu_seconds(), children_cpu_seconds());
     let output = Command::new("python3")
         .arg(script)
         .args([&gateway.endpoint, "bench", "fine-tune"])
@@ -76,13 +84,15 @@ fn loader(gateway: &Gateway, model: &Path, threads: usize, range_mib: &str) -> L
         let at = line.find(&format!("\"{name}\": ")).unwrap() + name.len() + 4;
         line[at..].split([',', '}']).next().unwrap().trim().parse().unwrap()
     };
-    Load::measured(gateway, field("seconds"), Some((field("ttfb_p50"), field("ttfb_p99"))))
+    Load::measured(gateway, field("seconds"), Some((field("ttfb_p50"), field("ttfb_p99"))), cpu)
 }
 
 fn single_stream(gateway: &Gateway, model: &Path, download: &Path) -> Load {
+    let cpu = (gateway.cpu_seconds(), children_cpu_seconds());
     let seconds = timed(|| gateway.aws(&["s3api", "get-object", "--bucket", "bench", "--key", "fine-tune", download.to_str().unwrap()]));
+    let load = Load::measured(gateway, seconds, None, cpu);
     assert!(same_file(download, model), "the fine-tune read back differently");
-    Load::measured(gateway, seconds, None)
+    load
 }
 
 fn s5cmd(gateway: &Gateway, model: &Path, download: &Path) -> Option<Load> {
@@ -90,9 +100,11 @@ fn s5cmd(gateway: &Gateway, model: &Path, download: &Path) -> Option<Load> {
     let mut command = Command::new("s5cmd");
     command.args(["--endpoint-url", &gateway.endpoint, "cp", "s3://bench/fine-tune"]).arg(download);
     command.env("AWS_ACCESS_KEY_ID", KEY).env("AWS_SECRET_ACCESS_KEY", SECRET).env("AWS_REGION", "us-east-1");
+    let cpu = (gateway.cpu_seconds(), children_cpu_seconds());
     let seconds = timed(|| assert!(command.status().unwrap().success(), "s5cmd cp failed"));
+    let load = Load::measured(gateway, seconds, None, cpu);
     assert!(same_file(download, model), "the fine-tune read back differently through s5cmd");
-    Some(Load::measured(gateway, seconds, None))
+    Some(load)
 }
 
 fn main() {
@@ -127,8 +139,8 @@ fn main() {
         ("aws cli, one stream", &|g| Some(single_stream(g, &tuned, &download))),
         ("s5cmd cp", &|g| s5cmd(g, &tuned, &download)),
     ];
-    println!("| load | tensorgate s | raw s | time ratio | TTFB p50 / p99 s (tensorgate) | TTFB p50 / p99 s (raw) | peak RSS MiB tensorgate / raw | decoded per byte returned |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| load | tensorgate s | raw s | time ratio | TTFB p50 / p99 s (tensorgate) | TTFB p50 / p99 s (raw) | peak RSS MiB tensorgate / raw | decoded per byte returned | CPU s gateway / client, tensorgate | CPU s gateway / client, raw |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let ttfb = |load: &Load| match (load.ttfb_p50, load.ttfb_p99) {
         (Some(p50), Some(p99)) => format!("{p50:.3} / {p99:.3}"),
         _ => "n/a".to_owned(),
@@ -147,11 +159,11 @@ fn main() {
             }
         }
         let (Some(packed), Some(raw)) = (&results[0], &results[1]) else {
-            println!("| {name} | not installed | | | | | | |");
+            println!("| {name} | not installed | | | | | | | | |");
             continue;
         };
         println!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} / {:.0} | {} |",
+            "| {name} | {:.2} | {:.2} | {:.2} | {} | {} | {:.0} / {:.0} | {} | {:.2} / {:.2} | {:.2} / {:.2} |",
             packed.seconds,
             raw.seconds,
             packed.seconds / raw.seconds,
@@ -159,7 +171,11 @@ fn main() {
             ttfb(raw),
             packed.peak_rss_mib,
             raw.peak_rss_mib,
-            packed.decoded_per_byte.map_or("n/a".to_owned(), |ratio| format!("{ratio:.2}"))
+            packed.decoded_per_byte.map_or("n/a".to_owned(), |ratio| format!("{ratio:.2}")),
+            packed.gateway_cpu,
+            packed.client_cpu,
+            raw.gateway_cpu,
+            raw.client_cpu
         );
     }
 }

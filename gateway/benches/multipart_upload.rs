@@ -13,7 +13,8 @@
 //! For each upload: the seconds `aws s3 cp` took, and for `packed after` the seconds until the
 //! packer is done; the bytes written upstream (files under the upstream directory after the
 //! upload, and after packing, before garbage collection), the bytes read back from the upstream
-//! (`upstream_read_bytes`), the gateway's peak RSS. Every object is read back and compared.
+//! (`upstream_read_bytes`), the gateway's peak RSS, the CPU seconds of the gateway and of the
+//! client (on the same cores). Every object is read back and compared.
 //!
 //! Run: `cargo bench -p tensorgate --bench multipart_upload` (needs aws).
 
@@ -24,7 +25,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{same_file, timed, write_fine_tune, write_model_shaped, Gateway};
+use support::{children_cpu_seconds, same_file, timed, write_fine_tune, write_model_shaped, Gateway};
 
 /// Bytes of every file under `dir`.
 fn bytes_under(dir: &Path) -> u64 {
@@ -54,6 +55,9 @@ struct Upload {
     written: u64,
     read_back: f64,
     peak_rss_mib: f64,
+    /// CPU seconds of the gateway (upload and packing) and of `aws s3 cp`.
+    gateway_cpu: f64,
+    client_cpu: f64,
 }
 
 fn main() {
@@ -70,8 +74,8 @@ fn main() {
         ("packed after", "encode_parts = false", 1.0),
         ("raw", "encode_parts = false\nmin_model_bytes = 9223372036854775807", 0.0),
     ];
-    println!("| gateway | object | upload s | packing s | written upstream MB | x raw | read back MB | peak RSS MiB |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| gateway | object | upload s | packing s | written upstream MB | x raw | read back MB | peak RSS MiB | CPU s gateway / client |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (name, config, packed_per_upload) in variants {
         let data_dir = work.path().join(name.replace(' ', "-"));
         let upstream = data_dir.join("upstream");
@@ -81,9 +85,12 @@ fn main() {
         for (uploads, (object, file)) in [("base", &base), ("fine-tune", &tuned)].into_iter().enumerate() {
             gateway.reset_peak_rss();
             let read_before = gateway.metric("tensorgate_upstream_read_bytes_total").unwrap_or(0.0);
+            let (gateway_cpu, client_cpu) = (gateway.cpu_seconds(), children_cpu_seconds());
             let seconds = timed(|| gateway.aws(&["s3", "cp", file.to_str().unwrap(), &format!("s3://bench/{object}")]));
             let after_upload = bytes_under(&upstream);
+            let client_cpu = children_cpu_seconds() - client_cpu;
             let packing_seconds = wait_for_packer(&gateway, packed_per_upload * (uploads + 1) as f64);
+            let gateway_cpu = gateway.cpu_seconds() - gateway_cpu;
             let after_packing = bytes_under(&upstream);
             // Before garbage collection (an hour away), the parts the packer replaced are still
             // there: what was written is what the upstream holds beyond what it held before.
@@ -95,15 +102,19 @@ fn main() {
                 written,
                 read_back: gateway.metric("tensorgate_upstream_read_bytes_total").unwrap_or(0.0) - read_before,
                 peak_rss_mib: gateway.peak_rss_mib(),
+                gateway_cpu,
+                client_cpu,
             };
             println!(
-                "| {name} | {object} | {:.2} | {:.2} | {:.1} | {:.3} | {:.1} | {:.0} |",
+                "| {name} | {object} | {:.2} | {:.2} | {:.1} | {:.3} | {:.1} | {:.0} | {:.2} / {:.2} |",
                 upload.seconds,
                 upload.packing_seconds,
                 upload.written as f64 / 1e6,
                 upload.written as f64 / size as f64,
                 upload.read_back / 1e6,
-                upload.peak_rss_mib
+                upload.peak_rss_mib,
+                upload.gateway_cpu,
+                upload.client_cpu
             );
             let back = work.path().join("back");
             gateway.aws(&["s3", "cp", &format!("s3://bench/{object}"), back.to_str().unwrap()]);

@@ -193,3 +193,25 @@ pub fn write_fine_tune(base: &Path, path: &Path) {
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+/// CPU seconds (user and system) of `stat`'s fields `user` and `user + 1`, from a
+/// `/proc/*/stat` line, at the kernel's 100 ticks a second.
+fn cpu_seconds(stat: &str, user: usize) -> f64 {
+    // Fields after the command name, which may hold spaces, start at field 3.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks = |field: usize| fields[field - 3].parse::<f64>().unwrap();
+    (ticks(user) + ticks(user + 1)) / 100.0
+}
+
+/// CPU seconds the children this process has waited for have spent so far (the clients a
+/// bench runs to their end), from `/proc/self/stat`.
+pub fn children_cpu_seconds() -> f64 {
+    cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap(), 16)
+}
+
+impl Gateway {
+    /// CPU seconds the gateway process has spent since it started.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(&std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap(), 14)
+    }
+}
