@@ -78,6 +78,9 @@ pub struct Store {
     pub first_parts: ingest::FirstParts,
     /// Held while a write searches the base candidates of a tensor's shape.
     pub candidate_search: tokio::sync::Mutex<()>,
+    /// Held while the packer packs a job, so that the callers in this process (the background
+    /// packer, a drain) take jobs one at a time and no job is packed twice at once.
+    pub packing: tokio::sync::Mutex<()>,
     /// Set once the gateway is stopping: `/ready` then says no, so load balancers move on.
     pub draining: std::sync::atomic::AtomicBool,
     /// With a shared upstream, when this gateway last acknowledged the collector's
@@ -114,6 +117,7 @@ impl Store {
             kept_settings: bucket_settings::KeptSettings::default(),
             first_parts: ingest::FirstParts::default(),
             candidate_search: tokio::sync::Mutex::new(()),
+            packing: tokio::sync::Mutex::new(()),
             draining: std::sync::atomic::AtomicBool::new(false),
             caught_up_ms: std::sync::atomic::AtomicI64::new(crate::ids::now_ms()),
         })

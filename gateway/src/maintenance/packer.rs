@@ -31,6 +31,8 @@ pub async fn run_packer(store: Arc<Store>) {
 
 /// Packs the oldest queued object; false when the queue is empty.
 pub async fn pack_next(store: &Arc<Store>) -> anyhow::Result<bool> {
+    // A job stays queued until packed: whoever calls next waits for the job under way to end.
+    let _packing = store.packing.lock().await;
     let Some(job) = store.index.next_pack_job()? else { return Ok(false) };
     // Its commit would be refused: no re-encoding until the gateway is in step again.
     store.check_in_step()?;
