@@ -22,6 +22,9 @@ use tensorgate_codec::container;
 /// Threads for blocking file I/O (the local upstream, sled flushes); codec work runs on rayon.
 const BLOCKING_THREADS: usize = 16;
 
+/// How long an idle blocking thread waits for more work before it ends (tokio's default: 10 s).
+const BLOCKING_THREADS_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Parser)]
 #[command(version, about = "S3-compatible gateway that stores AI models deduplicated and delta-compressed")]
 pub struct Cli {
@@ -144,6 +147,10 @@ pub fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(BLOCKING_THREADS)
+        // A blocking thread gives its pages back when it ends; runtime threads collect as they
+        // go idle (`allocator`).
+        .thread_keep_alive(BLOCKING_THREADS_KEEP_ALIVE)
+        .on_thread_park(crate::allocator::collect_if_due)
         .build()?;
     match cli.command {
         Command::Serve { listen, data_dir } => {

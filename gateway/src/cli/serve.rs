@@ -12,6 +12,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut terminations = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let gateway = server::start(config.clone()).await?;
+    tokio::spawn(crate::allocator::collect_on_coding_threads());
     println!("tensorgate is serving S3 at http://{}", gateway.address);
     println!("  data directory: {}", config.data_dir.display());
     println!("  upstream:       {}", gateway.store.upstream.describe());

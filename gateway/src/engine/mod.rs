@@ -6,7 +6,6 @@
 
 pub mod admission;
 pub mod bucket_settings;
-pub mod buffers;
 pub mod catalog;
 pub mod chunk_cache;
 pub mod cores;
@@ -47,7 +46,7 @@ pub struct Store {
     /// Decoded chunks: kept, and decoded once for the reads that want them at once.
     pub chunk_cache: ChunkCache,
     /// Buffers that decodes write into, handed round rather than taken fresh each time.
-    pub buffers: Arc<buffers::Buffers>,
+    pub buffers: Arc<crate::buffers::Buffers>,
     /// How many full-sized (4 MiB) frames a GET decodes ahead of the bytes it sends; more of
     /// smaller ones (see `reader::stream`).
     pub prefetch: NonZeroUsize,
@@ -102,9 +101,8 @@ impl Store {
             config,
             metrics: Metrics::default(),
             chunk_cache,
-            // One idle per core: a GET decodes up to two chunks per core at once, and an idle
-            // buffer is memory held for nobody (two per core ran no faster).
-            buffers: buffers::Buffers::new(cores),
+            // A GET decodes up to two chunks per core at once, but one idle per core is enough.
+            buffers: crate::buffers::Buffers::one_idle_per_core(),
             prefetch,
             decode_slots,
             locks: WriteLocks::new(),

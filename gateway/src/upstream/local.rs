@@ -4,6 +4,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -11,15 +12,19 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use super::{BlobWriter, Condition, Listed, Missing, Tagged, Upstream};
+use crate::buffers::Buffers;
 
 pub struct LocalUpstream {
     root: PathBuf,
+    /// What reads are read into, handed back once their bytes are dropped.
+    buffers: Arc<Buffers>,
 }
 
 impl LocalUpstream {
     pub fn new(root: &Path) -> anyhow::Result<LocalUpstream> {
         std::fs::create_dir_all(root.join("tmp")).with_context(|| format!("creating {}", root.display()))?;
-        Ok(LocalUpstream { root: root.to_owned() })
+        // A read is mostly a frame, which one decode per core at a time takes.
+        Ok(LocalUpstream { root: root.to_owned(), buffers: Buffers::one_idle_per_core() })
     }
 
     /// Keys are gateway-made (`packs/<id>`): refuse anything that could leave the root.
@@ -44,15 +49,17 @@ impl Upstream for LocalUpstream {
     }
 
     /// Read on a blocking thread straight into a buffer that is not zeroed first (tokio's file
-    /// reads go through a buffer of their own, a copy and a thread hop per 2 MiB). The buffer is
-    /// made here, on the calling thread: made on the blocking thread, it would belong to that
-    /// thread's allocator heap, which keeps what other threads free until it runs again (with
-    /// eight clients at once the gateway grew to 736 MiB so).
+    /// reads go through a buffer of their own, a copy and a thread hop per 2 MiB), an idle one
+    /// when one fits. The buffer is taken here, on the calling thread: made on the blocking
+    /// thread, it would belong to that thread's allocator heap, which keeps what other threads
+    /// free until it runs again (with eight clients at once the gateway grew to 736 MiB so).
     async fn read(&self, key: &str, range: Range<u64>) -> anyhow::Result<Bytes> {
         let path = self.path(key)?;
         let key = key.to_owned();
         let wanted = usize::try_from(range.end.saturating_sub(range.start))?;
-        let mut buffer = Vec::with_capacity(wanted);
+        let mut buffer = self.buffers.take(wanted);
+        buffer.clear();
+        let buffers = self.buffers.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<Bytes> {
             let mut file = match std::fs::File::open(&path) {
                 Ok(file) => file,
@@ -64,7 +71,7 @@ impl Upstream for LocalUpstream {
                 .read_to_end(&mut buffer)
                 .with_context(|| format!("reading {wanted} bytes at {} of {}", range.start, path.display()))?;
             anyhow::ensure!(buffer.len() == wanted, "{} holds {} bytes at {}, not {wanted}", path.display(), buffer.len(), range.start);
-            Ok(Bytes::from(buffer))
+            Ok(buffers.hold(buffer))
         })
         .await?
     }
@@ -215,5 +222,33 @@ fn current_tag(path: &Path) -> anyhow::Result<Option<String>> {
         Ok(bytes) => Ok(Some(tensorgate_codec::ContentHash::of(&bytes).to_hex())),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame's buffer comes back for the next read once its bytes are dropped, and the next
+    /// read's bytes are the file's, not what the buffer held.
+    #[tokio::test]
+    async fn reads_reuse_the_buffers_of_dropped_reads() {
+        let root = tempfile::tempdir().unwrap();
+        let upstream = LocalUpstream::new(root.path()).unwrap();
+        let first: Vec<u8> = (0..1u32 << 20).map(|i| i as u8).collect();
+        let second = vec![9u8; (1 << 20) - 100];
+        std::fs::create_dir_all(root.path().join("packs")).unwrap();
+        std::fs::write(root.path().join("packs/first"), &first).unwrap();
+        std::fs::write(root.path().join("packs/second"), &second).unwrap();
+
+        let read = upstream.read("packs/first", 0..first.len() as u64).await.unwrap();
+        assert_eq!(read, first);
+        let at = read.as_ptr();
+        drop(read);
+        let again = upstream.read("packs/second", 0..second.len() as u64).await.unwrap();
+        assert_eq!(again, second);
+        assert_eq!(again.as_ptr(), at, "the first read's buffer was taken again");
+        let part = upstream.read("packs/first", 10..20).await.unwrap();
+        assert_eq!(part, first[10..20]);
     }
 }

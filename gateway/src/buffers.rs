@@ -1,8 +1,10 @@
-//! Decoded chunks' buffers, handed from the answers that are done with them to the next
-//! decodes. The allocator gives freed pages back to the kernel after 1 ms (to keep the
-//! gateway's memory at what it uses, see `main.rs`), so a fresh 4 MiB buffer per decode was
+//! Chunk-sized buffers handed round: a decoded chunk's buffer from the answer done with it to
+//! the next decode, and a frame's from the decode done with it to the local upstream's next
+//! read. The allocator gives freed pages back to the kernel after 1 ms (to keep the gateway's
+//! memory at what it uses, see `allocator.rs`), so a fresh 4 MiB buffer per decode or read was
 //! fresh pages, each faulted in and zeroed: half of the gateway's CPU under a loader's ranged
-//! GETs. A few idle buffers are kept; more are freed as before.
+//! GETs for the decodes, up to a fifth for the reads. A few idle buffers are kept; more are
+//! freed as before.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,12 @@ pub struct Buffers {
 impl Buffers {
     pub fn new(keep: usize) -> Arc<Buffers> {
         Arc::new(Buffers { idle: Mutex::new(VecDeque::with_capacity(keep)), keep })
+    }
+
+    /// Buffers keeping one idle per core: a core takes one at a time (a decode, a frame read),
+    /// and an idle buffer is memory held for nobody (two per core ran no faster).
+    pub fn one_idle_per_core() -> Arc<Buffers> {
+        Buffers::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 
     /// A buffer for `len` bytes: an idle one (its bytes left from earlier use) that holds them
