@@ -9,6 +9,8 @@
 
 use std::arch::x86_64::*;
 
+use super::{common_contexts, run_counts, take_slots};
+
 /// Elements per block: one byte lane each in a 512-bit vector.
 const BLOCK: usize = 64;
 
@@ -55,7 +57,7 @@ pub(super) fn count_blocks<const W: usize>(base: &[u8], count: usize, sample: &[
 
 #[target_feature(enable = "avx512f,avx512bw,popcnt,bmi1")]
 unsafe fn count_blocks_avx512<const W: usize>(base: &[u8], blocks: usize, sample: &[usize; 256], counts: &mut [usize; 256]) {
-    let common = Common::of_counts(sample, sample.iter().sum());
+    let common = Common::of(&common_contexts(sample, sample.iter().sum()));
     for block in 0..blocks {
         let base_words: [__m512i; W] = std::array::from_fn(|i| _mm512_loadu_si512(base.as_ptr().add((block * W + i) * 64).cast()));
         common.split(contexts_of::<W>(&base_words), |this, lanes| counts[usize::from(this)] += lanes.count_ones() as usize);
@@ -79,7 +81,7 @@ pub(super) fn encode_blocks<const W: usize>(target: &[u8], base: &[u8], count: u
 unsafe fn decode_blocks_avx512<const W: usize>(planes: &[u8], base: &[u8], count: usize, blocks: usize, next: &mut [usize; 256], out: &mut Vec<u8>) {
     let plane: [*const u8; W] = std::array::from_fn(|p| planes[p * count..].as_ptr());
     let destination = out.as_mut_ptr().add(out.len());
-    let common = Common::of_runs(next, count);
+    let common = Common::of(&common_contexts(&run_counts(next, count), count));
     for block in 0..blocks {
         let base_words: [__m512i; W] = std::array::from_fn(|i| _mm512_loadu_si512(base.as_ptr().add((block * W + i) * 64).cast()));
         let context = contexts_of::<W>(&base_words);
@@ -105,7 +107,7 @@ unsafe fn encode_blocks_avx512<const W: usize>(target: &[u8], base: &[u8], count
     // those taken before it.
     let start = out.as_mut_ptr();
     let plane: [*mut u8; W] = std::array::from_fn(|p| start.add(p * count));
-    let common = Common::of_runs(next, count);
+    let common = Common::of(&common_contexts(&run_counts(next, count), count));
     for block in 0..blocks {
         let base_words: [__m512i; W] = std::array::from_fn(|i| _mm512_loadu_si512(base.as_ptr().add((block * W + i) * 64).cast()));
         let target_words: [__m512i; W] = std::array::from_fn(|i| _mm512_loadu_si512(target.as_ptr().add((block * W + i) * 64).cast()));
@@ -121,33 +123,18 @@ unsafe fn encode_blocks_avx512<const W: usize>(target: &[u8], base: &[u8], count
     }
 }
 
-/// The contexts of a chunk common enough (one element in 1,024 or more) to be tried in every
-/// block, most common first, at most 16 (weights of one tensor span a few exponents). They
-/// are tried in turn, each independent of the others; the contexts left in a block are found
-/// one after another (the next one's lane from the lanes left), a chain of dependent steps
-/// that made the loop latency-bound when it found every context so. (One in 64 left a rare
-/// context in most blocks of weights: 10% slower on the corpus.)
+/// The chunk's common contexts (`super::common_contexts`) as vectors to compare a block's
+/// contexts with.
 struct Common {
     contexts: Vec<u8>,
     broadcasts: Vec<__m512i>,
 }
 
 impl Common {
-    /// The common contexts of a chunk of `count` elements whose runs start at `starts`.
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn of_runs(starts: &[usize; 256], count: usize) -> Common {
-        let ends: Vec<usize> = starts.iter().skip(1).copied().chain([count]).collect();
-        Common::of_counts(&std::array::from_fn(|context| ends[context] - starts[context]), count)
-    }
-
-    /// The common contexts of `total` elements, `counts` of each context.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    fn of_counts(counts: &[usize; 256], total: usize) -> Common {
-        let mut counted: Vec<(usize, u8)> = counts.iter().copied().zip(0u8..=255).filter(|&(elements, _)| elements * 1024 >= total && elements > 0).collect();
-        counted.sort_unstable_by(|a, b| b.cmp(a));
-        let contexts: Vec<u8> = counted.iter().take(16).map(|&(_, context)| context).collect();
+    fn of(contexts: &[u8]) -> Common {
         let broadcasts = contexts.iter().map(|&context| _mm512_set1_epi8(context as i8)).collect();
-        Common { contexts, broadcasts }
+        Common { contexts: contexts.to_vec(), broadcasts }
     }
 
     /// Splits a block's lanes by context, the common ones first: calls `visit(context, lanes)`
@@ -174,18 +161,11 @@ impl Common {
     }
 }
 
-/// Takes the next `lanes.count_ones()` slots of context `this`: returns the first and the mask
-/// of that many lanes. Slots that would run past the planes (only where a decoder was handed
-/// wrong runs) are not taken: the mask is then empty, the cursor stays, and the check at the
-/// end of `decode_width` finds a run left short.
+/// Takes the next `lanes.count_ones()` slots of context `this` (`super::take_slots`): returns
+/// the first and the mask of that many lanes, or an empty mask where none are taken.
 fn take(next: &mut [usize; 256], this: u8, lanes: u64, count: usize) -> (usize, u64) {
     let taken = lanes.count_ones() as usize;
-    let cursor = next[usize::from(this)];
-    if cursor + taken > count {
-        return (0, 0);
-    }
-    next[usize::from(this)] = cursor + taken;
-    (cursor, low_lanes(taken))
+    take_slots(next, this, taken, count).map_or((0, 0), |cursor| (cursor, low_lanes(taken)))
 }
 
 /// The mask of the first `taken` lanes.
