@@ -66,12 +66,17 @@ pub(super) fn encode_blocks<const W: usize>(target: &[u8], base: &[u8], count: u
         return 0;
     }
     let blocks = count / BLOCK;
+    if blocks == 0 {
+        return 0;
+    }
     assert!(target.len() >= W * count && base.len() >= W * count && out.len() >= W * count);
     let starts = *next;
     let stride = staged_stride(count);
     let mut staged = scratch::take(W * stride);
-    // SAFETY: as for `decode_blocks`; each store stays within its staged run and the spare
-    // bytes after it (`take_slots` keeps a context within its run).
+    // SAFETY: as for `decode_blocks`; a context's stores start at most at its slots taken
+    // (`take_slots` keeps them within the `count` slots) plus 16 spare bytes per context
+    // before it, so each ends within its staged plane. With the encoder's own runs, each ends
+    // where the next run's staged bytes begin.
     unsafe { encode_blocks_avx2::<W>(target, base, count, blocks, next, &mut staged) };
     for plane in 0..W {
         for context in 0..256 {

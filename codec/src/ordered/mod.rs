@@ -142,7 +142,7 @@ fn run_counts(starts: &[usize; 256], count: usize) -> Counts {
 /// cursor stays, and the check at the end of `decode_width` finds a run left short.
 fn take_slots(next: &mut [usize; 256], this: u8, taken: usize, count: usize) -> Option<usize> {
     let cursor = next[usize::from(this)];
-    if cursor + taken > count {
+    if cursor.checked_add(taken).is_none_or(|end| end > count) {
         return None;
     }
     next[usize::from(this)] = cursor + taken;
@@ -332,7 +332,8 @@ fn decode_width<const W: usize>(planes: &[u8], base: &[u8], runs: Option<&Counts
     let count = planes.len().min(base.len()) / W;
     let whole = count * W;
     let counts = match runs {
-        Some(runs) if runs.iter().map(|&run| run as u64).sum::<u64>() != count as u64 => {
+        // No run over the elements (so that no sum below wraps), and together all of them.
+        Some(runs) if runs.iter().any(|&run| run > count) || runs.iter().map(|&run| run as u64).sum::<u64>() != count as u64 => {
             return Err(CodecError::FrameCorrupt("run lengths do not add up to the elements"))
         }
         Some(runs) => *runs,
@@ -489,6 +490,20 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Runs whose sum wraps round to the elements are refused by every path, before any
+    /// plane byte is read from a cursor they would set.
+    #[test]
+    fn runs_that_wrap_round_are_refused() {
+        let (base, target) = weights(3, 64, 2);
+        let (planes, _) = encode_on(Path::Scalar, &target, &base, 2);
+        let mut runs = [0usize; 256];
+        runs[0] = usize::MAX;
+        runs[1] = 65;
+        for &path in VECTOR_PATHS.iter().chain([&Path::Scalar]) {
+            assert!(decode_on(path, &planes, &base, 2, Some(&runs)).is_err(), "{path:?}");
         }
     }
 
