@@ -26,6 +26,24 @@ pub fn decode_frame(frame: &[u8], base: Option<BaseChunk<'_>>) -> Result<Vec<u8>
 /// [`decode_frame`] into `out`, whose bytes it replaces (its capacity is reused). On an error
 /// `out` holds no meaningful bytes, and may have lost its capacity.
 pub fn decode_frame_into(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Vec<u8>) -> Result<()> {
+    let header = decode_unchecked(frame, base, out)?;
+    if ContentHash::of(out) != header.checksum {
+        return Err(CodecError::ChecksumMismatch);
+    }
+    Ok(())
+}
+
+/// [`decode_frame_into`] without checking the result against the frame's checksum: only for a
+/// chunk used as the base of deltas that each check their own result. A wrong base gives a
+/// wrong result, which that check refuses, so the bytes served stay checked; the base's own
+/// check is a BLAKE3 pass over it that those reads then spare.
+pub fn decode_frame_unchecked_into(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Vec<u8>) -> Result<()> {
+    decode_unchecked(frame, base, out).map(|_| ())
+}
+
+/// Decodes a frame into `out`, checking its lengths and its base; returns its header, whose
+/// checksum the result is still to be checked against.
+fn decode_unchecked(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Vec<u8>) -> Result<FrameHeader> {
     let header = FrameHeader::read(frame)?;
     let payload = frame
         .get(header.header_len()..header.frame_len())
@@ -94,10 +112,7 @@ pub fn decode_frame_into(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Ve
             }
         }
     }
-    if ContentHash::of(out) != header.checksum {
-        return Err(CodecError::ChecksumMismatch);
-    }
-    Ok(())
+    Ok(header)
 }
 
 /// Decodes the codec's payload into `into` (replacing its bytes); planes are joined into

@@ -31,7 +31,7 @@ pub use cast::Cast;
 pub use cdc::next_cut;
 pub use chunk::{chunk_end, chunk_ranges, chunk_size, CHUNK_ELEMENTS, DEFAULT_CHUNK_SIZE, PIECE_ELEMENTS, SMALL_TENSOR_ELEMENTS};
 pub use dtype::Dtype;
-pub use decode::{decode_frame, decode_frame_into};
+pub use decode::{decode_frame, decode_frame_into, decode_frame_unchecked_into};
 pub use encode::{encode_chunk, encode_chunk_as, encode_chunk_in_window, encode_opaque, BaseChunk, FrameFormat};
 pub use error::{CodecError, Result};
 pub use frame::{BaseWindow, FrameHeader};

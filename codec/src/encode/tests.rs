@@ -1,7 +1,7 @@
 //! Round trips and sizes of the chunk encoder (`encode`).
 
 use super::*;
-use crate::decode::{decode_frame, decode_frame_into};
+use crate::decode::{decode_frame, decode_frame_into, decode_frame_unchecked_into};
 use crate::frame::FIXED_HEADER_LEN;
 use proptest::prelude::*;
 
@@ -172,6 +172,24 @@ fn large_delta(seed: u32, every: usize, flip: u8) -> (Vec<u8>, Vec<u8>, Vec<u8>)
     let raw: Vec<u8> = base.iter().enumerate().map(|(i, byte)| if i % every == 0 { byte ^ flip } else { *byte }).collect();
     let frame = encode_chunk(&raw, Dtype::BF16, Some((BaseChunk { hash: ContentHash::of(&base), bytes: &base }, Dtype::BF16))).unwrap();
     (base, raw, frame)
+}
+
+/// An unchecked decode skips the check of the result against the frame's checksum, and
+/// nothing else: a wrong base is still refused.
+#[test]
+fn an_unchecked_decode_skips_only_the_checksum() {
+    let (base, raw, frame) = large_delta(6, 5, 2);
+    let base_chunk = BaseChunk { hash: ContentHash::of(&base), bytes: &base };
+    let mut out = Vec::new();
+    decode_frame_unchecked_into(&frame, Some(base_chunk), &mut out).unwrap();
+    assert_eq!(out, raw);
+    let mut misnamed = frame.clone();
+    misnamed[16] ^= 1;
+    assert!(matches!(decode_frame(&misnamed, Some(base_chunk)), Err(CodecError::ChecksumMismatch)));
+    decode_frame_unchecked_into(&misnamed, Some(base_chunk), &mut out).unwrap();
+    assert_eq!(out, raw, "the checksum field is all the unchecked decode ignores");
+    let other = BaseChunk { hash: ContentHash::of(&raw), bytes: &raw };
+    assert!(matches!(decode_frame_unchecked_into(&frame, Some(other), &mut out), Err(CodecError::BaseMismatch(_))));
 }
 
 /// A large ordered delta stores its runs (version 5) unless the format is older; every

@@ -2,7 +2,8 @@
 //! same time: the bases of delta frames, and the chunks GETs took part of (the ranges a model
 //! loader sends side by side share the chunk at their boundary, which each would decode
 //! otherwise).
-//! Chunks are named by their content, so a kept chunk is never stale.
+//! Chunks are named by their content, so a kept chunk is never stale. A base may be kept
+//! unchecked (see [`Checked`]), apart from the checked chunks reads serve.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,15 +34,29 @@ impl Lookup {
     }
 }
 
+/// What a chunk's decoded bytes are known to be. Reads serve only checked bytes; unchecked
+/// ones are kept under keys of their own, so no read of the chunk itself finds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Checked {
+    /// Checked against the chunk's hash.
+    Yes,
+    /// Decoded without that check, as the base of deltas that each check their own result
+    /// (`reader::load_base_at`): a wrong base makes their check fail, and is then forgotten.
+    AsBase,
+}
+
+/// A chunk in the cache: its hash and what its bytes are known to be.
+type Key = (ChunkHash, Checked);
+
 pub struct ChunkCache {
     recent: Mutex<Recent>,
     /// Chunks being decoded, each with where its decode will send it.
-    decoding: Mutex<HashMap<ChunkHash, watch::Receiver<Option<Bytes>>>>,
+    decoding: Mutex<HashMap<Key, watch::Receiver<Option<Bytes>>>>,
 }
 
 /// Decoded chunks, least recently used first out, bounded in bytes.
 struct Recent {
-    entries: lru::LruCache<ChunkHash, Bytes>,
+    entries: lru::LruCache<Key, Bytes>,
     bytes: u64,
     limit: u64,
 }
@@ -56,7 +71,7 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// decode drops its sender, so its waiters stop waiting).
 struct Announced<'a> {
     cache: &'a ChunkCache,
-    hash: ChunkHash,
+    key: Key,
     sender: watch::Sender<Option<Bytes>>,
     /// The receiver `decoding` lists, to know it from a later decode's.
     listed: watch::Receiver<Option<Bytes>>,
@@ -65,8 +80,8 @@ struct Announced<'a> {
 impl Drop for Announced<'_> {
     fn drop(&mut self) {
         let mut decoding = locked(&self.cache.decoding);
-        if decoding.get(&self.hash).is_some_and(|receiver| receiver.same_channel(&self.listed)) {
-            decoding.remove(&self.hash);
+        if decoding.get(&self.key).is_some_and(|receiver| receiver.same_channel(&self.listed)) {
+            decoding.remove(&self.key);
         }
     }
 }
@@ -78,38 +93,47 @@ impl ChunkCache {
         ChunkCache { recent: Mutex::new(recent), decoding: Mutex::new(HashMap::new()) }
     }
 
-    /// The chunk `hash` if it is kept.
+    /// The chunk `hash` if it is kept checked.
     pub fn kept(&self, hash: &ChunkHash) -> Option<Bytes> {
-        locked(&self.recent).get(hash)
+        locked(&self.recent).get(&(*hash, Checked::Yes))
     }
 
-    /// The chunk `hash` once another read's decode of it ends, if one is under way and
-    /// succeeds. The wait holds nothing that decode could need.
+    /// The chunk `hash`, checked, once another read's decode of it ends, if one is under way
+    /// and succeeds. The wait holds nothing that decode could need.
     pub async fn decoded_elsewhere(&self, hash: &ChunkHash) -> Option<Bytes> {
-        let mut receiver = locked(&self.decoding).get(hash).cloned()?;
+        let mut receiver = locked(&self.decoding).get(&(*hash, Checked::Yes)).cloned()?;
         let decoded = receiver.wait_for(Option::is_some).await.ok()?.clone();
         decoded
     }
 
-    /// The chunk `hash`: kept, decoded by another read under way (then waited for), or decoded
-    /// by `decode` (and kept if `keep`). If the decode it waits for fails, the read decodes it
-    /// itself.
+    /// The chunk `hash`, checked: kept, decoded by another read under way (then waited for),
+    /// or decoded by `decode` (and kept if `keep`). If the decode it waits for fails, the read
+    /// decodes it itself.
     pub async fn get_or_decode<Decode, Decoded>(&self, hash: &ChunkHash, keep: bool, decode: Decode) -> anyhow::Result<(Bytes, Lookup)>
     where
         Decode: FnOnce() -> Decoded,
         Decoded: Future<Output = anyhow::Result<Bytes>>,
     {
-        if let Some(bytes) = self.kept(hash) {
+        self.get_or_decode_as((*hash, Checked::Yes), keep, decode).await
+    }
+
+    /// [`Self::get_or_decode`] for `key`: `decode` gives bytes known to be what the key says.
+    pub async fn get_or_decode_as<Decode, Decoded>(&self, key: Key, keep: bool, decode: Decode) -> anyhow::Result<(Bytes, Lookup)>
+    where
+        Decode: FnOnce() -> Decoded,
+        Decoded: Future<Output = anyhow::Result<Bytes>>,
+    {
+        if let Some(bytes) = locked(&self.recent).get(&key) {
             return Ok((bytes, Lookup::Hit));
         }
         let announced = {
             let mut decoding = locked(&self.decoding);
-            match decoding.get(hash) {
+            match decoding.get(&key) {
                 Some(receiver) => Err(receiver.clone()),
                 None => {
                     let (sender, listed) = watch::channel(None);
-                    decoding.insert(*hash, listed.clone());
-                    Ok(Announced { cache: self, hash: *hash, sender, listed })
+                    decoding.insert(key, listed.clone());
+                    Ok(Announced { cache: self, key, sender, listed })
                 }
             }
         };
@@ -129,26 +153,35 @@ impl ChunkCache {
         };
         // A decode shared may have been one not to keep (a whole chunk read), and this one to keep.
         if keep {
-            locked(&self.recent).insert(*hash, bytes.clone());
+            locked(&self.recent).insert(key, bytes.clone());
         }
         if let Some(announced) = announcement {
             announced.sender.send_replace(Some(bytes.clone()));
         }
         Ok((bytes, lookup))
     }
+
+    /// Drops the unchecked bytes kept of `hash`: a delta taken against them did not decode to
+    /// its own bytes, so they may be wrong (a frame read wrong from the upstream once).
+    pub fn forget_unchecked(&self, hash: &ChunkHash) {
+        let mut recent = locked(&self.recent);
+        if let Some(bytes) = recent.entries.pop(&(*hash, Checked::AsBase)) {
+            recent.bytes -= bytes.len() as u64;
+        }
+    }
 }
 
 impl Recent {
-    fn get(&mut self, hash: &ChunkHash) -> Option<Bytes> {
-        self.entries.get(hash).cloned()
+    fn get(&mut self, key: &Key) -> Option<Bytes> {
+        self.entries.get(key).cloned()
     }
 
-    fn insert(&mut self, hash: ChunkHash, bytes: Bytes) {
+    fn insert(&mut self, key: Key, bytes: Bytes) {
         if bytes.len() as u64 > self.limit {
             return;
         }
         self.bytes += bytes.len() as u64;
-        if let Some(old) = self.entries.put(hash, bytes) {
+        if let Some(old) = self.entries.put(key, bytes) {
             self.bytes -= old.len() as u64;
         }
         while self.bytes > self.limit {
@@ -236,6 +269,23 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), (Bytes::from_static(b"y"), Lookup::Miss));
         assert_eq!(elsewhere.await.unwrap(), None);
         assert!(locked(&cache.decoding).is_empty());
+    }
+
+    #[tokio::test]
+    async fn unchecked_bases_are_kept_apart_until_forgotten() {
+        let cache = ChunkCache::new(100);
+        let key = ([3; 32], Checked::AsBase);
+        cache.get_or_decode_as(key, true, || async { Ok(Bytes::from_static(b"base")) }).await.unwrap();
+        assert!(cache.kept(&[3; 32]).is_none(), "a read of the chunk itself finds no unchecked bytes");
+        let (_, lookup) = cache.get_or_decode_as(key, true, || async { anyhow::bail!("not decoded again") }).await.unwrap();
+        assert_eq!(lookup, Lookup::Hit);
+        let (bytes, lookup) = cache.get_or_decode(&[3; 32], true, || async { Ok(Bytes::from_static(b"checked")) }).await.unwrap();
+        assert_eq!((&bytes[..], lookup), (&b"checked"[..], Lookup::Miss));
+        cache.forget_unchecked(&[3; 32]);
+        let (bytes, _) = cache.get_or_decode_as(key, true, || async { Ok(Bytes::from_static(b"again")) }).await.unwrap();
+        assert_eq!(&bytes[..], b"again");
+        assert_eq!(cache.kept(&[3; 32]).as_deref(), Some(&b"checked"[..]), "forgetting the unchecked bytes leaves the checked ones");
+        assert_eq!(locked(&cache.recent).bytes, 12, "the forgotten bytes are not counted");
     }
 
     #[tokio::test]

@@ -10,11 +10,11 @@ use anyhow::Context;
 use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt};
 use futures::SinkExt;
-use tensorgate_codec::{decode_frame_into, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
+use tensorgate_codec::{decode_frame_into, decode_frame_unchecked_into, BaseChunk, ContentHash, FrameHeader, DEFAULT_CHUNK_SIZE};
 use tensorgate_index::{ChunkHash, ChunkRecord, ObjectRecord, Segment, MAX_BASE_DEPTH};
 
 use crate::engine::admission::BytesPermit;
-use crate::engine::chunk_cache::Lookup;
+use crate::engine::chunk_cache::{Checked, Lookup};
 use crate::engine::decode_slots::Urgency;
 use crate::engine::{on_cores, Store, READ_ATTEMPTS};
 use crate::metrics::CacheLabels;
@@ -259,11 +259,12 @@ fn count_lookup(store: &Store, lookup: Lookup) {
 /// Fetches and decodes one chunk (with its base when it is a delta), read from the upstream
 /// whatever the chunk cache holds (scrubbing relies on it).
 pub async fn load_chunk(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes> {
-    load_chunk_tries(store, hash, READ_ATTEMPTS, 0).await
+    load_chunk_tries(store, hash, READ_ATTEMPTS, 0, Checked::Yes).await
 }
 
-/// `depth` counts the deltas above this chunk that wait for it as their base.
-async fn load_chunk_tries(store: &Store, hash: &ChunkHash, attempts: u32, depth: usize) -> anyhow::Result<Bytes> {
+/// `depth` counts the deltas above this chunk that wait for it as their base; `checked` says
+/// whether the result is checked against the chunk's hash.
+async fn load_chunk_tries(store: &Store, hash: &ChunkHash, attempts: u32, depth: usize, checked: Checked) -> anyhow::Result<Bytes> {
     let record = store
         .index
         .chunk(hash)?
@@ -274,7 +275,7 @@ async fn load_chunk_tries(store: &Store, hash: &ChunkHash, attempts: u32, depth:
         .await?;
     let named_base = FrameHeader::read(&frame)?.base.map(|base| base.0);
     anyhow::ensure!(named_base == record.base, "the frame of chunk {} names another base than the index", ContentHash(*hash));
-    decode_at(store, frame, depth).await
+    decode_at(store, frame, depth, checked).await
 }
 
 /// Refuses a chunk whose chain of bases in the index loops or runs deeper than
@@ -298,24 +299,45 @@ fn check_chain(store: &Store, hash: &ChunkHash, record: &ChunkRecord) -> anyhow:
 
 /// Decodes a frame read from the upstream (with its base, for a delta), which checks it.
 pub async fn decode(store: &Store, frame: Bytes) -> anyhow::Result<Bytes> {
-    decode_at(store, frame, 0).await
+    decode_at(store, frame, 0, Checked::Yes).await
 }
 
-async fn decode_at(store: &Store, frame: Bytes, depth: usize) -> anyhow::Result<Bytes> {
+/// A checked decode takes its base unchecked, which its own check covers (a wrong base gives
+/// a wrong result); an unchecked one, a base, takes its own base checked, so that bytes kept
+/// unchecked are never more than one delta away from the check that would find them wrong.
+async fn decode_at(store: &Store, frame: Bytes, depth: usize, checked: Checked) -> anyhow::Result<Bytes> {
     let header = FrameHeader::read(&frame)?;
+    let base_checked = match checked {
+        Checked::Yes => Checked::AsBase,
+        Checked::AsBase => Checked::Yes,
+    };
     let base = match header.base {
-        Some(base_hash) => Some((base_hash, load_base_at(store, &base_hash.0, READ_ATTEMPTS, depth + 1).await?)),
+        Some(base_hash) => Some((base_hash, load_base_at(store, &base_hash.0, READ_ATTEMPTS, depth + 1, base_checked).await?)),
         None => None,
     };
+    let base_hash = header.base;
     store.metrics.frames_decoded.inc();
     let buffers = store.buffers.clone();
     let decoded = on_cores(move || {
         let base = base.as_ref().map(|(hash, bytes)| BaseChunk { hash: *hash, bytes });
         let mut out = buffers.take(header.raw_len as usize);
-        decode_frame_into(&frame, base, &mut out).map(|()| out)
+        match checked {
+            Checked::Yes => decode_frame_into(&frame, base, &mut out),
+            Checked::AsBase => decode_frame_unchecked_into(&frame, base, &mut out),
+        }
+        .map(|()| out)
     })
-    .await??;
-    Ok(store.buffers.hold(decoded))
+    .await?;
+    match decoded {
+        Ok(decoded) => Ok(store.buffers.hold(decoded)),
+        Err(error) => {
+            // The base may be what was wrong: the next decode that wants it reads it again.
+            if let (Some(base_hash), Checked::AsBase) = (base_hash, base_checked) {
+                store.chunk_cache.forget_unchecked(&base_hash.0);
+            }
+            Err(error.into())
+        }
+    }
 }
 
 /// A base chunk, from the chunk cache or decoded. A base may itself be a delta (a gateway writes
@@ -330,11 +352,19 @@ pub async fn load_base(store: &Store, hash: &ChunkHash) -> anyhow::Result<Bytes>
 /// without one (it encodes the chunk on its own), so it tries once (unless it waits for a
 /// read's decode of the same chunk, which tries as that read does).
 pub async fn load_base_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> anyhow::Result<Bytes> {
-    load_base_at(store, hash, attempts, 1).await
+    load_base_at(store, hash, attempts, 1, Checked::Yes).await
 }
 
-async fn load_base_at(store: &Store, hash: &ChunkHash, attempts: u32, depth: usize) -> anyhow::Result<Bytes> {
+/// A base chunk, `checked` or not; a checked copy kept serves either way.
+async fn load_base_at(store: &Store, hash: &ChunkHash, attempts: u32, depth: usize, checked: Checked) -> anyhow::Result<Bytes> {
     anyhow::ensure!(depth <= MAX_BASE_DEPTH, "chunk {} ends a chain of more than {MAX_BASE_DEPTH} deltas", ContentHash(*hash));
-    let (bytes, _) = cached_chunk(store, hash, true, || Box::pin(load_chunk_tries(store, hash, attempts, depth))).await?;
+    let (bytes, lookup) = match (checked, store.chunk_cache.kept(hash)) {
+        (Checked::AsBase, Some(bytes)) => (bytes, Lookup::Hit),
+        _ => {
+            let decode = || Box::pin(load_chunk_tries(store, hash, attempts, depth, checked));
+            store.chunk_cache.get_or_decode_as((*hash, checked), true, decode).await?
+        }
+    };
+    count_lookup(store, lookup);
     Ok(bytes)
 }
