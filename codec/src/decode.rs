@@ -34,9 +34,9 @@ pub fn decode_frame_into(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Ve
 }
 
 /// [`decode_frame_into`] without checking the result against the frame's checksum: only for a
-/// chunk used as the base of deltas that each check their own result. A wrong base gives a
-/// wrong result, which that check refuses, so the bytes served stay checked; the base's own
-/// check is a BLAKE3 pass over it that those reads then spare.
+/// chunk used as the base of deltas that each check their own result. A delta reading wrong
+/// base bytes gives a wrong result, which that check refuses, so the bytes served stay
+/// checked; the base's own check is a BLAKE3 pass over it that those reads then spare.
 pub fn decode_frame_unchecked_into(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Vec<u8>) -> Result<()> {
     decode_unchecked(frame, base, out).map(|_| ())
 }

@@ -41,7 +41,10 @@ pub enum Checked {
     /// Checked against the chunk's hash.
     Yes,
     /// Decoded without that check, as the base of deltas that each check their own result
-    /// (`reader::load_base_at`): a wrong base makes their check fail, and is then forgotten.
+    /// (`reader::load_base_at`), so nothing unchecked is served. A delta that reads the wrong
+    /// bytes of a wrong base fails its check and forgets the base; one that reads only part of
+    /// its base (a window, a prefix, a lossy conversion) may pass, and the base stays kept
+    /// until such a failure or its eviction.
     AsBase,
 }
 

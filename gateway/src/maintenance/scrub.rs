@@ -1,5 +1,5 @@
 //! `tensorgate scrub`: reads every live frame upstream and decodes it, which verifies its
-//! checksum (and its base's), at a bounded rate so that serving goes on, and resumes where an
+//! checksum (a base's is verified when the base's own frame comes), at a bounded rate so that serving goes on, and resumes where an
 //! interrupted run stopped.
 
 use std::time::{Duration, Instant};
