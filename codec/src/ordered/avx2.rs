@@ -14,7 +14,8 @@
 //!   runs are copied into place at the end.
 //!
 //! The bytes are those of the scalar path; `tests` compare the two. Written here for the
-//! reason `avx512` gives.
+//! reason `avx512` gives. The lane arithmetic at the end is `avx512`'s on 256-bit vectors: the
+//! intrinsics are named by vector width, so each file spells its own.
 
 use std::arch::x86_64::*;
 
