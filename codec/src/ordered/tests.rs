@@ -1,0 +1,208 @@
+//! The ordered delta's tests: the transform's bytes, and every vector path held to the scalar
+//! loops.
+
+use super::*;
+use proptest::prelude::*;
+
+#[test]
+fn neighbouring_floats_differ_by_one() {
+    let base = 1.0f32.to_le_bytes();
+    let above = f32::from_bits(1.0f32.to_bits() + 1).to_le_bytes();
+    assert_eq!(encode(&above, &base, 4), [2, 0, 0, 0], "+1 zigzags to 2, all in plane 0");
+    let below = (-0.0f32).to_le_bytes();
+    assert_eq!(encode(&below, &0.0f32.to_le_bytes(), 4), [1, 0, 0, 0], "-0 is one step below +0");
+}
+
+#[test]
+fn elements_are_grouped_by_base_exponent() {
+    let base: Vec<u8> = [1.0f32, 1000.0, 1.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let target: Vec<u8> = [1.0f32, 1000.0, 1.5].iter().flat_map(|v| f32::from_bits(v.to_bits() + 3).to_le_bytes()).collect();
+    let planes = encode(&target, &base, 4);
+    assert_eq!(&planes[..3], &[6, 6, 6], "every difference is +3");
+}
+
+/// `count` floats of `width` bytes as weights are (a few exponents), their magnitude
+/// ten times larger in the second half (so that the first elements are a poor sample of
+/// the contexts), one in 40 of them random bits (rare contexts); and the same moved by a
+/// few units in the last place.
+fn weights(seed: u64, count: usize, width: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut base, mut moved) = (Vec::new(), Vec::new());
+    for element in 0..count {
+        let scale = if element < count / 2 { 1e-5 } else { 1e-4 };
+        let value = ((next() % 2001) as f32 - 1000.0) * scale;
+        let bits = if next() % 40 == 0 { next() as u32 } else { value.to_bits() };
+        let bits = if width == 2 { u64::from(bits >> 16) } else { u64::from(bits) };
+        let step = (next() % 7) as i64 - 3;
+        let limit = if width == 2 { 0xffff } else { 0xffff_ffff };
+        base.extend(&bits.to_le_bytes()[..width]);
+        moved.extend(&(bits as i64 + step).clamp(0, limit).to_le_bytes()[..width]);
+    }
+    (base, moved)
+}
+
+fn encode(target: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+    encode_with_runs(target, base, width).0
+}
+
+fn encode_with_runs(target: &[u8], base: &[u8], width: usize) -> (Vec<u8>, Counts) {
+    let mut out = vec![0x55; 5];
+    let runs = encode_into(target, base, width, &mut out);
+    (out, runs)
+}
+
+/// The encode of `path` alone: the planes and the runs.
+fn encode_on(path: Path, target: &[u8], base: &[u8], width: usize) -> (Vec<u8>, Counts) {
+    let mut out = Vec::new();
+    let runs = match width {
+        2 => encode_width::<2>(target, base, path, &mut out),
+        4 => encode_width::<4>(target, base, path, &mut out),
+        _ => encode_width::<8>(target, base, path, &mut out),
+    };
+    (out, runs)
+}
+
+fn decode(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
+    decode_with(planes, base, width, None).unwrap()
+}
+
+fn decode_with(planes: &[u8], base: &[u8], width: usize, runs: Option<&Counts>) -> Result<Vec<u8>> {
+    let mut out = vec![0x55; 3];
+    decode_into(planes, base, width, runs, &mut out).map(|()| out)
+}
+
+/// The decode of `path` alone.
+fn decode_on(path: Path, planes: &[u8], base: &[u8], width: usize, runs: Option<&Counts>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match width {
+        2 => decode_width::<2>(planes, base, runs, path, &mut out),
+        4 => decode_width::<4>(planes, base, runs, path, &mut out),
+        _ => decode_width::<8>(planes, base, runs, path, &mut out),
+    }
+    .map(|()| out)
+}
+
+/// The runs `path` counts in the first `count` elements of `base`.
+fn runs_on(path: Path, base: &[u8], count: usize, width: usize) -> Counts {
+    match width {
+        2 => run_lengths::<2>(base, count, path),
+        4 => run_lengths::<4>(base, count, path),
+        _ => run_lengths::<8>(base, count, path),
+    }
+}
+
+#[test]
+fn vector_and_scalar_paths_agree_on_weights() {
+    for &path in VECTOR_PATHS {
+        for width in [2, 4] {
+            for count in [0, 31, 32, 33, 63, 64, 65, 1000, 1024 + 64, 4096 + 17, 100_003] {
+                let (base, target) = weights(count as u64 + width as u64, count, width);
+                let runs = runs_on(path, &base, count, width);
+                assert_eq!(runs, runs_on(Path::Scalar, &base, count, width), "runs, {path:?}, width {width}, {count} elements");
+                let (planes, encoded_runs) = encode_on(path, &target, &base, width);
+                assert_eq!(encoded_runs, runs, "the runs the encoder returns, {path:?}, width {width}, {count} elements");
+                assert_eq!(planes, encode_on(Path::Scalar, &target, &base, width).0, "encode, {path:?}, width {width}, {count} elements");
+                for stored in [None, Some(&runs)] {
+                    assert_eq!(decode_on(Path::Scalar, &planes, &base, width, stored).unwrap(), target, "scalar decode, width {width}, {count} elements");
+                    assert_eq!(decode_on(path, &planes, &base, width, stored).unwrap(), target, "decode, {path:?}, width {width}, {count} elements");
+                }
+            }
+        }
+    }
+}
+
+/// Runs whose sum wraps round to the elements are refused by every path, before any
+/// plane byte is read from a cursor they would set.
+#[test]
+fn runs_that_wrap_round_are_refused() {
+    let (base, target) = weights(3, 64, 2);
+    let (planes, _) = encode_on(Path::Scalar, &target, &base, 2);
+    let mut runs = [0usize; 256];
+    runs[0] = usize::MAX;
+    runs[1] = 65;
+    for &path in VECTOR_PATHS.iter().chain([&Path::Scalar]) {
+        assert!(decode_on(path, &planes, &base, 2, Some(&runs)).is_err(), "{path:?}");
+    }
+}
+
+/// Bases whose contexts come in stretches (of one element to whole blocks and more, as in
+/// tensors of zeros or of one magnitude): every lane of a block, or of half of one, may
+/// hold one context.
+#[test]
+fn vector_and_scalar_paths_agree_where_contexts_come_in_stretches() {
+    for &path in VECTOR_PATHS {
+        for width in [2, 4] {
+            for longest in [1usize, 16, 17, 40, 200] {
+                let (mut base, target) = weights(longest as u64 * 7 + width as u64, 20_000, width);
+                let mut at = 0;
+                let mut stretch = 0usize;
+                while at < base.len() / width {
+                    stretch = (stretch * 31 + 7) % longest + 1;
+                    let value = base[at * width..(at + 1) * width].to_vec();
+                    for element in at..(at + stretch).min(base.len() / width) {
+                        base[element * width..(element + 1) * width].copy_from_slice(&value);
+                    }
+                    at += stretch;
+                }
+                let (planes, runs) = encode_on(path, &target, &base, width);
+                assert_eq!(planes, encode_on(Path::Scalar, &target, &base, width).0, "encode, {path:?}, width {width}, stretches up to {longest}");
+                for stored in [None, Some(&runs)] {
+                    assert_eq!(decode_on(path, &planes, &base, width, stored).unwrap(), target, "decode, {path:?}, width {width}, stretches up to {longest}");
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn decode_inverts_encode(target in proptest::collection::vec(any::<u8>(), 0..12_000),
+                             base in proptest::collection::vec(any::<u8>(), 0..12_000),
+                             width in proptest::sample::select(vec![2usize, 4, 8])) {
+        prop_assert_eq!(decode(&encode(&target, &base, width), &base, width), target);
+    }
+
+    #[test]
+    fn vector_paths_give_the_scalar_bytes(target in proptest::collection::vec(any::<u8>(), 0..12_000),
+                                          base in proptest::collection::vec(any::<u8>(), 0..12_000),
+                                          width in proptest::sample::select(vec![2usize, 4])) {
+        let (scalar, _) = encode_on(Path::Scalar, &target, &base, width);
+        for &path in VECTOR_PATHS {
+            let (planes, _) = encode_on(path, &target, &base, width);
+            prop_assert_eq!(&planes, &scalar, "{:?}", path);
+            prop_assert_eq!(decode_on(path, &planes, &base, width, None).unwrap(), decode_on(Path::Scalar, &planes, &base, width, None).unwrap());
+        }
+    }
+
+    /// Runs handed to the decoder that are not the base's are refused by both paths, never
+    /// read past the planes, and the right ones give the target.
+    #[test]
+    fn wrong_runs_are_refused(seed in any::<u64>(), count in 0usize..5000, width in proptest::sample::select(vec![2usize, 4, 8]),
+                              moves in proptest::collection::vec((any::<u8>(), any::<u8>(), 1usize..200), 1..4)) {
+        let (base, target) = weights(seed, count, width);
+        let (planes, runs) = encode_with_runs(&target, &base, width);
+        prop_assert_eq!(decode_with(&planes, &base, width, Some(&runs)).unwrap(), target);
+        let held: Vec<usize> = (0..256).filter(|&context| runs[context] > 0).collect();
+        prop_assume!(!held.is_empty());
+        let mut wrong = runs;
+        for (from, to, elements) in moves {
+            let from = held[usize::from(from) % held.len()];
+            let moved = elements.min(wrong[from]);
+            wrong[from] -= moved;
+            wrong[usize::from(to)] += moved;
+        }
+        prop_assume!(wrong != runs);
+        prop_assert!(decode_with(&planes, &base, width, Some(&wrong)).is_err());
+        for &path in VECTOR_PATHS.iter().chain([&Path::Scalar]) {
+            prop_assert!(decode_on(path, &planes, &base, width, Some(&wrong)).is_err(), "{:?}", path);
+        }
+        wrong[0] += 1;
+        prop_assert!(decode_with(&planes, &base, width, Some(&wrong)).is_err(), "runs adding up to another number");
+    }
+}
