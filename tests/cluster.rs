@@ -153,9 +153,14 @@ fn three_gateways_killed_at_random_lose_no_acknowledged_write() {
     }
     // A pack freed within the last `orphan_scan_secs` waits for the lease holder's next orphan
     // scan to reach its trash: one collection on each gateway first (the holder's scans), then
-    // fsck, which judges orphans on the lease's last holder only.
+    // fsck, which judges orphans on the lease's last holder only. Both judge orphans by their
+    // age: the collections wait out the grace period (and the lease) of the last orphans the
+    // gateways left, so that no orphan comes of age between a collection and an fsck.
+    std::thread::sleep(Duration::from_secs(6));
     for gateway in gateways.iter().chain([&rebuilt]) {
         gateway.admin(&["gc"]);
+    }
+    for gateway in gateways.iter().chain([&rebuilt]) {
         gateway.admin(&["fsck", "--verify-frames"]);
     }
 }
