@@ -315,7 +315,6 @@ async fn decode_at(store: &Store, frame: Bytes, depth: usize, checked: Checked) 
         Some(base_hash) => Some((base_hash, load_base_at(store, &base_hash.0, READ_ATTEMPTS, depth + 1, base_checked).await?)),
         None => None,
     };
-    let base_hash = header.base;
     store.metrics.frames_decoded.inc();
     let buffers = store.buffers.clone();
     let decoded = on_cores(move || {
@@ -332,7 +331,7 @@ async fn decode_at(store: &Store, frame: Bytes, depth: usize, checked: Checked) 
         Ok(decoded) => Ok(store.buffers.hold(decoded)),
         Err(error) => {
             // The base may be what was wrong: the next decode that wants it reads it again.
-            if let (Some(base_hash), Checked::AsBase) = (base_hash, base_checked) {
+            if let (Some(base_hash), Checked::AsBase) = (header.base, base_checked) {
                 store.chunk_cache.forget_unchecked(&base_hash.0);
             }
             Err(error.into())
@@ -358,9 +357,13 @@ pub async fn load_base_tries(store: &Store, hash: &ChunkHash, attempts: u32) -> 
 /// A base chunk, `checked` or not; a checked copy kept serves either way.
 async fn load_base_at(store: &Store, hash: &ChunkHash, attempts: u32, depth: usize, checked: Checked) -> anyhow::Result<Bytes> {
     anyhow::ensure!(depth <= MAX_BASE_DEPTH, "chunk {} ends a chain of more than {MAX_BASE_DEPTH} deltas", ContentHash(*hash));
-    let (bytes, lookup) = match (checked, store.chunk_cache.kept(hash)) {
-        (Checked::AsBase, Some(bytes)) => (bytes, Lookup::Hit),
-        _ => {
+    let kept_checked = match checked {
+        Checked::AsBase => store.chunk_cache.kept(hash),
+        Checked::Yes => None,
+    };
+    let (bytes, lookup) = match kept_checked {
+        Some(bytes) => (bytes, Lookup::Hit),
+        None => {
             let decode = || Box::pin(load_chunk_tries(store, hash, attempts, depth, checked));
             store.chunk_cache.get_or_decode_as((*hash, checked), true, decode).await?
         }
