@@ -8,7 +8,7 @@
 use crate::cast::{write_scales, Cast, Conversion, Groups};
 use crate::delta;
 use crate::dtype::Dtype;
-use crate::entropy::{self, PLANE_ZSTD};
+use crate::entropy;
 use crate::error::{CodecError, Result};
 use crate::frame::{BaseWindow, Codec, FrameHeader, MAX_RAW_LEN};
 use crate::hash::ContentHash;
@@ -138,11 +138,7 @@ fn best_payload(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>, 
                 delta
             } else {
                 let own = standalone_payload(raw, dtype, levels_allowed);
-                if own.bytes.len() < delta.bytes.len() {
-                    own
-                } else {
-                    delta
-                }
+                smallest([delta, own]).unwrap_or_else(|| Payload::stored(dtype.size(), raw))
             }
         }
         None => standalone_payload(raw, dtype, levels_allowed),
@@ -168,6 +164,7 @@ fn frame_of(payload: Payload, raw: &[u8], raw_len: u32) -> Vec<u8> {
     let mut frame = Vec::with_capacity(header.frame_len());
     header.write(&mut frame);
     frame.extend_from_slice(&payload.bytes);
+    scratch::give_back(payload.bytes);
     frame
 }
 
@@ -176,7 +173,7 @@ pub fn encode_opaque(raw: &[u8]) -> Result<Vec<u8>> {
     let raw_len = checked_raw_len(raw)?;
     let payload = match entropy::compress_opaque(raw) {
         Some(compressed) => Payload::plain(Codec::Zstd, 1, compressed),
-        None => Payload::plain(Codec::Stored, 1, raw.to_vec()),
+        None => Payload::stored(1, raw),
     };
     Ok(frame_of(payload, raw, raw_len))
 }
@@ -199,6 +196,30 @@ impl Payload {
     fn plain(codec: Codec, width: usize, bytes: Vec<u8>) -> Payload {
         Payload { codec, width: width as u8, rotated: false, subtract: false, grouped: false, runs: false, base: None, window: None, conversion: None, bytes }
     }
+
+    /// The bytes as they are, in a buffer of this thread's scratch.
+    fn stored(width: usize, bytes: &[u8]) -> Payload {
+        let mut copy = scratch::take_empty(bytes.len());
+        copy.extend_from_slice(bytes);
+        Payload::plain(Codec::Stored, width, copy)
+    }
+}
+
+/// The smallest of `candidates` (the first of equals); the others' buffers go back to this
+/// thread's scratch, as every payload's does once its frame is written.
+fn smallest(candidates: impl IntoIterator<Item = Payload>) -> Option<Payload> {
+    let mut best: Option<Payload> = None;
+    for candidate in candidates {
+        match best {
+            Some(ref kept) if kept.bytes.len() <= candidate.bytes.len() => scratch::give_back(candidate.bytes),
+            _ => {
+                if let Some(beaten) = best.replace(candidate) {
+                    scratch::give_back(beaten.bytes);
+                }
+            }
+        }
+    }
+    best
 }
 
 /// The delta against a base of `base_dtype`: taken as it is for the same dtype, through the
@@ -217,7 +238,7 @@ fn against_base(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, base_dtype: Dtype
     let groups = Groups::fitting(base_dtype, dtype, base.bytes, raw).map(|(groups, scales)| {
         converted_payload(raw, dtype, base.hash, Conversion::Groups(groups), &groups.apply(base.bytes, &scales), &scales, format)
     });
-    [whole, groups].into_iter().flatten().min_by_key(|payload| payload.bytes.len())
+    smallest([whole, groups].into_iter().flatten())
 }
 
 /// The delta against a base converted to `converted`, with the groups' scales ahead of it.
@@ -233,18 +254,25 @@ fn converted_payload(raw: &[u8], dtype: Dtype, base_hash: ContentHash, conversio
         let exact = xor.bytes.len() <= raw.len() / EXACT_ENOUGH;
         let ordered = (!exact && is_float(dtype)).then(|| delta_payload(raw, dtype, base, format));
         match ordered {
-            Some(ordered) if ordered.bytes.len() < xor.bytes.len() => ordered,
-            _ => xor,
+            Some(ordered) if ordered.bytes.len() < xor.bytes.len() => {
+                scratch::give_back(xor.bytes);
+                ordered
+            }
+            Some(ordered) => {
+                scratch::give_back(ordered.bytes);
+                xor
+            }
+            None => xor,
         }
     } else {
         delta_payload(raw, dtype, base, format)
     };
     payload.conversion = Some(conversion);
     if let Conversion::Groups(_) = conversion {
-        let mut bytes = Vec::with_capacity(payload.bytes.len() + scales.len());
+        let mut bytes = scratch::take_empty(payload.bytes.len() + scales.len() * 4);
         write_scales(&mut bytes, scales);
         bytes.extend_from_slice(&payload.bytes);
-        payload.bytes = bytes;
+        scratch::give_back(std::mem::replace(&mut payload.bytes, bytes));
     }
     payload
 }
@@ -261,7 +289,7 @@ fn delta_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>, format: FrameFor
         let mut planes = scratch::take(raw.len());
         let runs = ordered::encode_into(raw, base.bytes, width, &mut planes);
         let large = raw.len().min(base.bytes.len()) / width >= RUNS_STORED_FROM;
-        let mut bytes = Vec::with_capacity(if large { ordered::runs::MAX_RECORD_LEN + planes.len() + width * 5 } else { 0 });
+        let mut bytes = scratch::take_empty(ordered::runs::MAX_RECORD_LEN + planes.len() + width * 5);
         if format.stores_runs() && large {
             ordered::runs::write(&runs, &mut bytes);
             // The record is the one new thing a version-5 frame holds beside the transform:
@@ -301,7 +329,10 @@ fn xor_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
 fn standalone_payload(raw: &[u8], dtype: Dtype, levels_allowed: bool) -> Payload {
     let bytes = best_of(raw, dtype, matches!(dtype, Dtype::BF16 | Dtype::F32));
     match levels_allowed.then(|| levels::encode(raw, dtype)).flatten() {
-        Some(levels) if levels.len() < bytes.bytes.len() => Payload::plain(Codec::Levels, dtype.size(), levels),
+        Some(levels) if levels.len() < bytes.bytes.len() => {
+            scratch::give_back(bytes.bytes);
+            Payload::plain(Codec::Levels, dtype.size(), levels)
+        }
         _ => bytes,
     }
 }
@@ -316,16 +347,17 @@ fn best_of(bytes: &[u8], dtype: Dtype, rotate: bool) -> Payload {
         candidates.push(planes);
     }
     if width == 1 || !is_float(dtype) {
-        let (mode, compressed) = entropy::compress_plane(bytes);
-        if mode == PLANE_ZSTD {
+        if let Some(compressed) = entropy::compressed_plane(bytes) {
             candidates.push(Payload::plain(Codec::Zstd, width, compressed));
         }
     }
-    candidates
-        .into_iter()
-        .filter(|candidate| candidate.bytes.len() < bytes.len())
-        .min_by_key(|candidate| candidate.bytes.len())
-        .unwrap_or_else(|| Payload::plain(Codec::Stored, width, bytes.to_vec()))
+    match smallest(candidates) {
+        Some(best) if best.bytes.len() < bytes.len() => best,
+        other => {
+            other.map(|payload| scratch::give_back(payload.bytes));
+            Payload::stored(width, bytes)
+        }
+    }
 }
 
 /// Planes payload of `bytes` split into planes (see [`compress_planes`]).
@@ -340,7 +372,7 @@ fn encode_planes(bytes: &[u8], width: usize, rotated: bool) -> Vec<u8> {
 /// Planes payload of bytes already split: per plane a mode byte, a u32 length and the
 /// compressed plane; then the tail as is.
 fn compress_planes(split: &[u8], width: usize) -> Vec<u8> {
-    let mut out = Vec::new();
+    let mut out = scratch::take_empty(split.len() + width * 5);
     compress_planes_into(split, width, &mut out);
     out
 }

@@ -29,11 +29,12 @@ const SAMPLE_STRIDE: usize = 4;
 /// it (the low mantissa bytes of weights sit at about 7.95).
 const INCOMPRESSIBLE_BITS: f64 = 7.9;
 
-/// Compresses a plane with whichever candidate is smallest: (mode, bytes).
-pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
+/// The plane compressed by the smallest candidate, in a buffer of this thread's [`scratch`],
+/// or `None` when it is best stored as it is.
+pub(crate) fn compressed_plane(plane: &[u8]) -> Option<Vec<u8>> {
     let histogram = Histogram::of(plane);
     if histogram.entropy_bits() > INCOMPRESSIBLE_BITS {
-        return (PLANE_STORED, plane.to_vec());
+        return None;
     }
     let mut best = None;
     if histogram.most_common_share() > RUNS_LIKELY {
@@ -41,31 +42,44 @@ pub fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
             // Huffman literals cannot go under their floor: when the matches already do, the
             // literals are not tried (the same choice, without the second try).
             if (matched.len() as f64) < histogram.literal_floor_bytes && matched.len() < plane.len() {
-                return (PLANE_ZSTD, matched);
+                return Some(matched);
             }
             best = Some(matched);
         }
     }
     // On a tie the literals are kept, as they decode faster.
     best = match (literals_only(plane), best) {
-        (Some(literals), Some(matched)) if matched.len() < literals.len() => Some(matched),
-        (Some(literals), _) => Some(literals),
+        (Some(literals), Some(matched)) if matched.len() < literals.len() => {
+            scratch::give_back(literals);
+            Some(matched)
+        }
+        (Some(literals), matched) => {
+            matched.map(scratch::give_back);
+            Some(literals)
+        }
         (None, matched) => matched,
     };
     match best {
-        Some(bytes) if bytes.len() < plane.len() => (PLANE_ZSTD, bytes),
-        _ => (PLANE_STORED, plane.to_vec()),
+        Some(bytes) if bytes.len() < plane.len() => Some(bytes),
+        other => {
+            other.map(scratch::give_back);
+            None
+        }
     }
 }
 
 /// Appends a plane record: the mode, the u32 little-endian length of the body, and the body
-/// (the plane through [`compress_plane`]).
+/// (the plane through [`compressed_plane`], or as it is).
 pub fn write_plane(out: &mut Vec<u8>, plane: &[u8]) {
-    let (mode, body) = compress_plane(plane);
+    let compressed = compressed_plane(plane);
+    let (mode, body) = match &compressed {
+        Some(bytes) => (PLANE_ZSTD, &bytes[..]),
+        None => (PLANE_STORED, plane),
+    };
     out.push(mode);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
-    scratch::give_back(body);
+    out.extend_from_slice(body);
+    compressed.map(scratch::give_back);
 }
 
 /// Reads the plane record at `*cursor` of `payload` into `target`, which it must fill exactly,
@@ -159,7 +173,14 @@ fn compress_in(kept: &'static LocalKey<KeptCompressor>, make: impl FnOnce() -> O
             Some(compressor) => compressor,
             None => slot.insert(make()?),
         };
-        compressor.compress(bytes).ok()
+        let mut out = scratch::take_empty(zstd::zstd_safe::compress_bound(bytes.len()));
+        match compressor.compress_to_buffer(bytes, &mut out) {
+            Ok(_) => Some(out),
+            Err(_) => {
+                scratch::give_back(out);
+                None
+            }
+        }
     })
 }
 
@@ -388,6 +409,14 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The plane's record as (mode, body).
+    fn compress_plane(plane: &[u8]) -> (u8, Vec<u8>) {
+        match compressed_plane(plane) {
+            Some(bytes) => (PLANE_ZSTD, bytes),
+            None => (PLANE_STORED, plane.to_vec()),
+        }
+    }
 
     fn decompress(bytes: &[u8], raw_len: usize) -> Result<Vec<u8>> {
         let mut out = Vec::new();

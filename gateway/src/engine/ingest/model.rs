@@ -77,7 +77,8 @@ pub(super) struct ModelState {
     pub(super) position: u64,
     /// Data-section offset where the chunk being filled starts.
     pub(super) chunk_start: u64,
-    pub(super) current: BytesMut,
+    /// The chunk being filled, in a buffer of the store's (see `buffers`).
+    pub(super) current: Vec<u8>,
     /// Chunks of the tensor being filled, and the base tensor chosen for it.
     pub(super) tensor_chunks: Vec<ChunkHash>,
     pub(super) base: Option<ChosenBase>,
@@ -90,6 +91,10 @@ pub(super) struct ModelState {
     pub(super) walker: Option<Walker>,
     pub(super) held: BytesMut,
 }
+
+/// The most a chunk's buffer is made to hold at first: chunks are at most 4 MiB by default,
+/// and a larger one grows its buffer as it fills.
+const MAX_CHUNK_BUFFER: usize = tensorgate_codec::DEFAULT_CHUNK_SIZE;
 
 impl ModelState {
     /// Data-section offset where the chunk being filled ends: never before the bytes it holds
@@ -163,7 +168,7 @@ impl Ingester {
             region: 0,
             position: 0,
             chunk_start: 0,
-            current: BytesMut::new(),
+            current: Vec::new(),
             tensor_chunks: Vec::new(),
             base: None,
             sketch: None,
@@ -200,7 +205,14 @@ impl Ingester {
             }
             let State::Model(model) = &mut self.state else { return Ok(()) };
             let chunk_end = model.chunk_end();
-            let take = ((chunk_end - model.position) as usize).min(bytes.len());
+            let wanted = (chunk_end - model.position) as usize;
+            if model.current.capacity() == 0 {
+                // Room for the whole chunk at once: no buffer grows, and one handed round has
+                // its pages in already.
+                model.current = self.store.buffers.take(wanted.min(MAX_CHUNK_BUFFER));
+                model.current.clear();
+            }
+            let take = wanted.min(bytes.len());
             model.current.extend_from_slice(&bytes.split_to(take));
             model.position += take as u64;
             if model.position == chunk_end {
@@ -216,7 +228,7 @@ impl Ingester {
         if model.current.is_empty() {
             return Ok(());
         }
-        let raw = model.current.split().freeze();
+        let raw = self.store.buffers.hold(std::mem::take(&mut model.current));
         let hash = ContentHash::scoped(&self.scope, &raw).0;
         let chunk_index = model.tensor_chunks.len();
         let (dtype, region_start, region_end, tensor_signature) = match model.regions.get(model.region) {

@@ -109,7 +109,7 @@ impl Ingester {
             region,
             position,
             chunk_start: position,
-            current: BytesMut::new(),
+            current: Vec::new(),
             tensor_chunks: Vec::new(),
             base: None,
             sketch: None,
