@@ -354,7 +354,9 @@ fn best_of(bytes: &[u8], dtype: Dtype, rotate: bool) -> Payload {
     match smallest(candidates) {
         Some(best) if best.bytes.len() < bytes.len() => best,
         other => {
-            other.map(|payload| scratch::give_back(payload.bytes));
+            if let Some(payload) = other {
+                scratch::give_back(payload.bytes);
+            }
             Payload::stored(width, bytes)
         }
     }

@@ -54,7 +54,9 @@ pub(crate) fn compressed_plane(plane: &[u8]) -> Option<Vec<u8>> {
             Some(matched)
         }
         (Some(literals), matched) => {
-            matched.map(scratch::give_back);
+            if let Some(matched) = matched {
+                scratch::give_back(matched);
+            }
             Some(literals)
         }
         (None, matched) => matched,
@@ -62,7 +64,9 @@ pub(crate) fn compressed_plane(plane: &[u8]) -> Option<Vec<u8>> {
     match best {
         Some(bytes) if bytes.len() < plane.len() => Some(bytes),
         other => {
-            other.map(scratch::give_back);
+            if let Some(bytes) = other {
+                scratch::give_back(bytes);
+            }
             None
         }
     }
@@ -79,7 +83,9 @@ pub fn write_plane(out: &mut Vec<u8>, plane: &[u8]) {
     out.push(mode);
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(body);
-    compressed.map(scratch::give_back);
+    if let Some(bytes) = compressed {
+        scratch::give_back(bytes);
+    }
 }
 
 /// Reads the plane record at `*cursor` of `payload` into `target`, which it must fill exactly,
