@@ -138,7 +138,7 @@ fn best_payload(raw: &[u8], dtype: Dtype, base: Option<(BaseChunk<'_>, Dtype)>, 
                 delta
             } else {
                 let own = standalone_payload(raw, dtype, levels_allowed);
-                smallest([delta, own]).unwrap_or_else(|| Payload::stored(dtype.size(), raw))
+                smaller(delta, own)
             }
         }
         None => standalone_payload(raw, dtype, levels_allowed),
@@ -205,8 +205,19 @@ impl Payload {
     }
 }
 
-/// The smallest of `candidates` (the first of equals); the others' buffers go back to this
+/// The smaller of two payloads (`first` of equals); the other's buffer goes back to this
 /// thread's scratch, as every payload's does once its frame is written.
+fn smaller(first: Payload, second: Payload) -> Payload {
+    if second.bytes.len() < first.bytes.len() {
+        scratch::give_back(first.bytes);
+        second
+    } else {
+        scratch::give_back(second.bytes);
+        first
+    }
+}
+
+/// The smallest of `candidates` (the first of equals), as [`smaller`].
 fn smallest(candidates: impl IntoIterator<Item = Payload>) -> Option<Payload> {
     let mut best: Option<Payload> = None;
     for candidate in candidates {
@@ -254,14 +265,7 @@ fn converted_payload(raw: &[u8], dtype: Dtype, base_hash: ContentHash, conversio
         let exact = xor.bytes.len() <= raw.len() / EXACT_ENOUGH;
         let ordered = (!exact && is_float(dtype)).then(|| delta_payload(raw, dtype, base, format));
         match ordered {
-            Some(ordered) if ordered.bytes.len() < xor.bytes.len() => {
-                scratch::give_back(xor.bytes);
-                ordered
-            }
-            Some(ordered) => {
-                scratch::give_back(ordered.bytes);
-                xor
-            }
+            Some(ordered) => smaller(xor, ordered),
             None => xor,
         }
     } else {
@@ -329,11 +333,8 @@ fn xor_payload(raw: &[u8], dtype: Dtype, base: BaseChunk<'_>) -> Payload {
 fn standalone_payload(raw: &[u8], dtype: Dtype, levels_allowed: bool) -> Payload {
     let bytes = best_of(raw, dtype, matches!(dtype, Dtype::BF16 | Dtype::F32));
     match levels_allowed.then(|| levels::encode(raw, dtype)).flatten() {
-        Some(levels) if levels.len() < bytes.bytes.len() => {
-            scratch::give_back(bytes.bytes);
-            Payload::plain(Codec::Levels, dtype.size(), levels)
-        }
-        _ => bytes,
+        Some(levels) => smaller(bytes, Payload::plain(Codec::Levels, dtype.size(), levels)),
+        None => bytes,
     }
 }
 

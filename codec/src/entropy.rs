@@ -385,14 +385,14 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
             *slot = Some(Context(pointer));
         }
         let context = slot.as_ref()?.0;
-        // SAFETY: `context` is a live context owned by this thread. The destination has
-        // ZSTD_compressBound(len) bytes, the bound zstd documents for any input; the source
+        // SAFETY: `context` is a live context owned by this thread. The destination has room
+        // for ZSTD_compressBound(len) bytes, the bound zstd documents for any input; the source
         // pointer and length come from one slice; a null sequence array with count 0 is allowed.
         unsafe {
             zstd_sys::ZSTD_CCtx_reset(context, zstd_sys::ZSTD_ResetDirective::ZSTD_reset_session_and_parameters);
             zstd_sys::ZSTD_CCtx_setParameter(context, zstd_sys::ZSTD_cParameter::ZSTD_c_compressionLevel, ZSTD_LEVEL);
             let bound = zstd_sys::ZSTD_compressBound(plane.len());
-            let mut out = scratch::take(bound);
+            let mut out = scratch::take_empty(bound);
             let written = zstd_sys::ZSTD_compressSequences(
                 context,
                 out.as_mut_ptr().cast(),
@@ -403,9 +403,11 @@ fn literals_only(plane: &[u8]) -> Option<Vec<u8>> {
                 plane.len(),
             );
             if zstd_sys::ZSTD_isError(written) != 0 {
+                scratch::give_back(out);
                 return None;
             }
-            out.truncate(written);
+            // zstd wrote the first `written` bytes, at most `bound`, the room `out` has.
+            out.set_len(written);
             Some(out)
         }
     })

@@ -37,5 +37,6 @@ pub use error::{CodecError, Result};
 pub use frame::{BaseWindow, FrameHeader};
 pub use hash::{ContentHash, StreamingHash};
 pub use sketch::Sketch;
+pub use scratch::release_if_idle as release_idle_scratch;
 pub use formats::{sniff, stored_layout, Sniffed};
 pub use layout::{parse_file, parse_header, read_header_len, Layout, Region, RegionKind, TensorInfo};

@@ -4,24 +4,37 @@
 //! pages back after 1 ms), each faulted in and zeroed on first touch: a sixth of the gateway's
 //! CPU under a loader's ranged GETs, a fifth while it encodes an upload. Threads that code are
 //! few (the gateway codes on its cores); each keeps [`KEPT_BUFFERS`], none over [`MAX_KEPT`],
-//! and hands out the one that fits best.
+//! hands out the one that fits best, and frees them once it has gone idle
+//! ([`release_if_idle`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// The largest buffer a thread keeps (a chunk is at most 4 MiB in the gateway's default).
 const MAX_KEPT: usize = 16 << 20;
 
 /// Buffers a thread keeps: an encode holds a chunk's planes, the payload they go into and a
-/// plane's two compressed candidates at once.
+/// plane's two compressed candidates at once (a chunk that also tries a second payload, such
+/// as the chunk on its own after a poor delta, holds one or two more, made fresh).
 const KEPT_BUFFERS: usize = 4;
 
 thread_local! {
     static KEPT: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread took a buffer since the last [`release_if_idle`].
+    static TAKEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Frees the buffers this thread keeps unless it took one since the last call: called now and
+/// then on each coding thread, a thread that has gone idle holds nothing for nobody.
+pub fn release_if_idle() {
+    if !TAKEN.replace(false) {
+        KEPT.with_borrow_mut(Vec::clear);
+    }
 }
 
 /// The kept buffer that best holds `capacity` bytes: the smallest that holds them, else the
 /// largest (which grows the least); an empty new one when none is kept.
 fn best_fit(capacity: usize) -> Vec<u8> {
+    TAKEN.set(true);
     KEPT.with_borrow_mut(|kept| {
         let holds = kept.iter().enumerate().filter(|(_, buffer)| buffer.capacity() >= capacity).min_by_key(|(_, buffer)| buffer.capacity());
         let chosen = holds.or_else(|| kept.iter().enumerate().max_by_key(|(_, buffer)| buffer.capacity())).map(|(at, _)| at);
@@ -97,5 +110,19 @@ mod tests {
         give_back(Vec::with_capacity(100));
         let kept: Vec<usize> = (0..KEPT_BUFFERS).map(|_| take_empty(0).capacity()).collect();
         assert!(kept.iter().all(|capacity| *capacity >= 3000), "the largest are kept: {kept:?}");
+    }
+
+    #[test]
+    fn a_thread_idle_since_the_last_call_frees_its_buffers() {
+        give_back(Vec::with_capacity(1000));
+        let taken = take_empty(0);
+        give_back(taken);
+        release_if_idle();
+        let kept = take_empty(0);
+        assert!(kept.capacity() >= 1000, "a thread that took a buffer since the last call keeps them");
+        give_back(kept);
+        release_if_idle();
+        release_if_idle();
+        assert_eq!(take_empty(0).capacity(), 0, "an idle thread kept a buffer");
     }
 }

@@ -79,12 +79,16 @@ pub fn collect_if_due() {
 const CODING_THREADS_EVERY: Duration = Duration::from_millis(100);
 
 /// Has each coding thread (rayon's) collect, every [`CODING_THREADS_EVERY`], for as long as
-/// the runtime runs; a thread busy with codec work collects when it next waits or is done.
+/// the runtime runs, after freeing the codec's buffers if it coded nothing since the last time;
+/// a thread busy with codec work collects when it next waits or is done.
 pub async fn collect_on_coding_threads() {
     let mut ticks = tokio::time::interval(CODING_THREADS_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        rayon::spawn_broadcast(|_| collect_if_due());
+        rayon::spawn_broadcast(|_| {
+            tensorgate_codec::release_idle_scratch();
+            collect_if_due();
+        });
     }
 }

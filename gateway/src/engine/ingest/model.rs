@@ -92,10 +92,6 @@ pub(super) struct ModelState {
     pub(super) held: BytesMut,
 }
 
-/// The most a chunk's buffer is made to hold at first: chunks are at most 4 MiB by default,
-/// and a larger one grows its buffer as it fills.
-const MAX_CHUNK_BUFFER: usize = tensorgate_codec::DEFAULT_CHUNK_SIZE;
-
 impl ModelState {
     /// Data-section offset where the chunk being filled ends: never before the bytes it holds
     /// already, though a walked tensor's size, which chooses its chunks' size, may turn out other
@@ -209,7 +205,7 @@ impl Ingester {
             if model.current.capacity() == 0 {
                 // Room for the whole chunk at once: no buffer grows, and one handed round has
                 // its pages in already.
-                model.current = self.store.buffers.take(wanted.min(MAX_CHUNK_BUFFER));
+                model.current = self.store.buffers.take(wanted);
                 model.current.clear();
             }
             let take = wanted.min(bytes.len());
