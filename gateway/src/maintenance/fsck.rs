@@ -161,9 +161,6 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
 }
 
 /// Upstream objects past their grace period that nothing references must be in the trash.
-/// A running gateway trashes them at its next orphan scan, which comes at most
-/// `orphan_scan_secs` and one collection interval later: younger ones are noted, not problems
-/// (`--repair` trashes them all).
 /// With a shared upstream only the lease holder, or its last holder, judges: what no manifest
 /// names may be in its trash or its index, which other gateways cannot see.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
@@ -172,22 +169,13 @@ async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> 
         return Ok(());
     }
     let referenced = gc::referenced_keys(store, &mut *store.gc_memory.lock().await).await?;
-    let now = now_ms();
-    let orphans = trash_orphans(store, &referenced, now, !repair).await?;
-    let scan_wait_secs = store.config.orphan_scan_secs.saturating_add(store.config.gc_interval_secs);
-    let scan_wait_ms = i64::try_from(scan_wait_secs).unwrap_or(i64::MAX).saturating_mul(1000);
-    let mut awaiting_scan = 0;
-    for orphan in orphans {
+    let orphans = trash_orphans(store, &referenced, now_ms(), !repair).await?;
+    for key in orphans {
         if repair {
-            report.repaired.push(format!("orphan {} sent to the trash", orphan.key));
-        } else if now.saturating_sub(orphan.of_age_ms) < scan_wait_ms {
-            awaiting_scan += 1;
+            report.repaired.push(format!("orphan {key} sent to the trash"));
         } else {
-            report.problems.push(format!("upstream object {} is referenced by nothing and not in the trash", orphan.key));
+            report.problems.push(format!("upstream object {key} is referenced by nothing and not in the trash"));
         }
-    }
-    if awaiting_scan > 0 {
-        report.notes.push(format!("{awaiting_scan} unreferenced upstream objects past their grace period wait for the next orphan scan"));
     }
     Ok(())
 }

@@ -235,17 +235,10 @@ fn manifest_references(manifest: &Manifest) -> Vec<String> {
     keys
 }
 
-/// An upstream object nothing references, past its grace period.
-pub(crate) struct Orphan {
-    pub key: String,
-    /// When its grace period ended, milliseconds since the Unix epoch.
-    pub of_age_ms: i64,
-}
-
 /// Finds the packs older than the grace period, and the blobs older than `orphan_blob_secs`,
 /// that nothing references and that are not in the trash yet; sends them there unless
-/// `dry_run`. Returns them.
-pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<Vec<Orphan>> {
+/// `dry_run`. Returns their keys.
+pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<Vec<String>> {
     let mut orphans = Vec::new();
     for prefix in store.config.upstream_prefixes() {
         let folders = [(PACKS, store.config.gc_grace_secs), (BLOBS, store.config.orphan_blob_secs)];
@@ -257,8 +250,7 @@ pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, n
                     if !dry_run {
                         store.index.trash_key(&listed.key, now)?;
                     }
-                    let of_age_ms = listed.modified_ms.saturating_add(i64::try_from(age_secs).unwrap_or(i64::MAX).saturating_mul(1000));
-                    orphans.push(Orphan { key: listed.key, of_age_ms });
+                    orphans.push(listed.key);
                 }
             }
         }
