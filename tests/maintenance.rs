@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::*;
 
 /// fsck finds nothing wrong after real traffic, and finds a corrupted pack; a GET of the
@@ -198,4 +200,27 @@ fn compaction_rewrites_every_manifest_whose_chain_reaches_a_moved_chunk() {
         gateway.aws(&["s3", "cp", &format!("s3://chain/{key}"), out.to_str().unwrap()]);
         assert!(std::fs::read(&out).unwrap() == std::fs::read(file).unwrap(), "{key} differs");
     }
+}
+
+/// An orphan that came of age after the last orphan listing waits for the next: fsck notes it
+/// and finds no problem. One dated before that listing, which the listing should have sent to
+/// the trash, is a problem.
+#[test]
+fn fsck_leaves_orphans_younger_than_the_last_listing_to_the_next() {
+    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    gateway.collect_garbage();
+    std::thread::sleep(Duration::from_millis(20));
+    let packs = gateway.dir.path().join("data/upstream/packs");
+    std::fs::create_dir_all(&packs).unwrap();
+    let orphan = packs.join("written-after-the-listing");
+    std::fs::write(&orphan, b"frames nobody committed").unwrap();
+
+    let report = gateway.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.notes.iter().any(|note| note.starts_with("1 unreferenced upstream objects came of age after")), "{:?}", report.notes);
+
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&orphan).unwrap().set_modified(an_hour_ago).unwrap();
+    let report = gateway.fsck();
+    assert!(report.problems.iter().any(|problem| problem.contains("written-after-the-listing")), "{:?}", report.problems);
 }

@@ -10,6 +10,9 @@ use sled::Transactional;
 use crate::encoding::{abort, encode, flatten, tx_decode, tx_encode, TxResult};
 use crate::{decode, hex, ChunkHash, ChunkRecord, Index, IndexError, ObjectRecord, PackRecord, PartRecord, Result, Segment};
 
+/// The `meta` key of the last orphan listing's time.
+const ORPHAN_SCAN: &str = "orphan-scan";
+
 impl Index {
     /// Sends every recorded pack that no chunk uses to the trash (after `index rebuild`, the
     /// packs no adopted manifest needed). Returns how many.
@@ -72,6 +75,17 @@ impl Index {
 
     pub fn in_trash(&self, key: &str) -> Result<bool> {
         Ok(self.trash.contains_key(key.as_bytes())?)
+    }
+
+    /// When the upstream was last listed for orphans and every one of age sent to the trash
+    /// (milliseconds since the Unix epoch); `None` before the first such listing.
+    pub fn last_orphan_scan_ms(&self) -> Result<Option<i64>> {
+        Ok(self.meta.get(ORPHAN_SCAN)?.and_then(|value| value.as_ref().try_into().ok()).map(i64::from_be_bytes))
+    }
+
+    pub fn set_last_orphan_scan_ms(&self, at_ms: i64) -> Result<()> {
+        self.meta.insert(ORPHAN_SCAN, &at_ms.to_be_bytes()[..])?;
+        Ok(())
     }
 
     /// Every upstream key the index uses: live packs, the blobs of objects, and the part blobs

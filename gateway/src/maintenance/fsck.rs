@@ -1,7 +1,7 @@
 //! `tensorgate fsck`: the index's own invariants (see `Index::check`); every pack and blob the
 //! index uses is upstream and long enough; every object's manifest upstream is the one the
 //! index holds; no upstream object older than its grace period is unreferenced and out of the
-//! trash; every manifest upstream (of every gateway, with a shared upstream) names packs and
+//! trash (unless it came of age after the last orphan listing); every manifest upstream (of every gateway, with a shared upstream) names packs and
 //! blobs that exist. With `verify_frames`, every live frame is also scrubbed (read, decoded, checked).
 //! With `repair`, missing or stale manifests are written again and orphans are sent to the
 //! trash; nothing is deleted.
@@ -160,8 +160,9 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
     Ok(())
 }
 
-/// Upstream objects past their grace period that nothing references must be in the trash.
-/// With a shared upstream only the lease holder, or its last holder, judges: what no manifest
+/// Upstream objects past their grace period that nothing references must be in the trash; one
+/// that came of age after the last orphan listing (whose time the index keeps) waits for the
+/// next and is noted, not a problem. With a shared upstream only the lease holder, or its last holder, judges: what no manifest
 /// names may be in its trash or its index, which other gateways cannot see.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
     if store.config.shared_upstream && !gc::may_collect(store, now_ms(), repair).await? {
@@ -169,13 +170,24 @@ async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> 
         return Ok(());
     }
     let referenced = gc::referenced_keys(store, &mut *store.gc_memory.lock().await).await?;
-    let orphans = trash_orphans(store, &referenced, now_ms(), !repair).await?;
-    for key in orphans {
+    let now = now_ms();
+    let last_scan_ms = store.index.last_orphan_scan_ms()?;
+    let orphans = trash_orphans(store, &referenced, now, !repair).await?;
+    let mut awaiting_scan = 0;
+    for orphan in orphans {
         if repair {
-            report.repaired.push(format!("orphan {key} sent to the trash"));
+            report.repaired.push(format!("orphan {} sent to the trash", orphan.key));
+        } else if last_scan_ms.is_some_and(|scanned| orphan.of_age_ms > scanned) {
+            awaiting_scan += 1;
         } else {
-            report.problems.push(format!("upstream object {key} is referenced by nothing and not in the trash"));
+            report.problems.push(format!("upstream object {} is referenced by nothing and not in the trash", orphan.key));
         }
+    }
+    if repair {
+        store.index.set_last_orphan_scan_ms(now)?;
+    }
+    if awaiting_scan > 0 {
+        report.notes.push(format!("{awaiting_scan} unreferenced upstream objects came of age after the last orphan listing; the next collection sends them to the trash"));
     }
     Ok(())
 }

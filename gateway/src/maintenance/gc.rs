@@ -103,6 +103,7 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let scan_due = memory.last_orphan_scan_ms.is_none_or(|last| now - last >= (store.config.orphan_scan_secs as i64) * 1000);
     if scan_due {
         report.orphans = trash_orphans(store, &referenced, now, false).await?.len();
+        store.index.set_last_orphan_scan_ms(now)?;
         memory.last_orphan_scan_ms = Some(now);
     }
     report.packs_compacted = compact::compact(store).await?.packs;
@@ -235,22 +236,30 @@ fn manifest_references(manifest: &Manifest) -> Vec<String> {
     keys
 }
 
+/// An upstream object nothing references, past its grace period.
+pub(crate) struct Orphan {
+    pub key: String,
+    /// When its grace period ended, milliseconds since the Unix epoch.
+    pub of_age_ms: i64,
+}
+
 /// Finds the packs older than the grace period, and the blobs older than `orphan_blob_secs`,
 /// that nothing references and that are not in the trash yet; sends them there unless
-/// `dry_run`. Returns their keys.
-pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<Vec<String>> {
+/// `dry_run`. Returns them.
+pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<Vec<Orphan>> {
     let mut orphans = Vec::new();
     for prefix in store.config.upstream_prefixes() {
         let folders = [(PACKS, store.config.gc_grace_secs), (BLOBS, store.config.orphan_blob_secs)];
         for (folder, age_secs) in folders {
-            let old_enough = now - (age_secs as i64) * 1000;
+            let age_ms = i64::try_from(age_secs).unwrap_or(i64::MAX).saturating_mul(1000);
+            let old_enough = now.saturating_sub(age_ms);
             for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {
                 let unreferenced = !referenced.contains(&listed.key) && !store.in_flight.contains(&listed.key);
                 if unreferenced && listed.modified_ms <= old_enough && !store.index.in_trash(&listed.key)? {
                     if !dry_run {
                         store.index.trash_key(&listed.key, now)?;
                     }
-                    orphans.push(listed.key);
+                    orphans.push(Orphan { key: listed.key, of_age_ms: listed.modified_ms.saturating_add(age_ms) });
                 }
             }
         }
