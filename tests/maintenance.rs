@@ -203,24 +203,35 @@ fn compaction_rewrites_every_manifest_whose_chain_reaches_a_moved_chunk() {
 }
 
 /// An orphan that came of age after the last orphan listing waits for the next: fsck notes it
-/// and finds no problem. One dated before that listing, which the listing should have sent to
-/// the trash, is a problem.
+/// and finds no problem, also after a restart (the listing's time is in the index). One of age
+/// at that listing, which should have sent it to the trash, is a problem.
 #[test]
 fn fsck_leaves_orphans_younger_than_the_last_listing_to_the_next() {
-    let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    let mut gateway = TestGateway::start(UpstreamKind::LocalDirectory);
     gateway.collect_garbage();
-    std::thread::sleep(Duration::from_millis(20));
+    gateway.restart();
+    let scanned = gateway.store().index.last_orphan_scan_ms().unwrap().expect("the collection listed the upstream");
     let packs = gateway.dir.path().join("data/upstream/packs");
     std::fs::create_dir_all(&packs).unwrap();
     let orphan = packs.join("written-after-the-listing");
     std::fs::write(&orphan, b"frames nobody committed").unwrap();
+    // The grace period is zero: an orphan comes of age when it is written.
+    let dated = |ms: i64| {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+        std::fs::File::options().write(true).open(&orphan).unwrap().set_modified(at).unwrap();
+    };
 
+    // Dated two seconds after the listing, once that is in the past.
+    let since_epoch = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    while since_epoch() < scanned + 2500 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dated(scanned + 2000);
     let report = gateway.fsck();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert!(report.notes.iter().any(|note| note.starts_with("1 unreferenced upstream objects came of age after")), "{:?}", report.notes);
+    assert!(report.notes.iter().any(|note| note.starts_with("orphans of age after the last orphan listing") && note.ends_with(": 1 unreferenced upstream objects")), "{:?}", report.notes);
 
-    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-    std::fs::File::options().write(true).open(&orphan).unwrap().set_modified(an_hour_ago).unwrap();
+    dated(scanned);
     let report = gateway.fsck();
     assert!(report.problems.iter().any(|problem| problem.contains("written-after-the-listing")), "{:?}", report.problems);
 }

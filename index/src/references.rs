@@ -83,6 +83,7 @@ impl Index {
         Ok(self.meta.get(ORPHAN_SCAN)?.and_then(|value| value.as_ref().try_into().ok()).map(i64::from_be_bytes))
     }
 
+    /// Records a listing for orphans at `at_ms`, once every one of age then is in the trash.
     pub fn set_last_orphan_scan_ms(&self, at_ms: i64) -> Result<()> {
         self.meta.insert(ORPHAN_SCAN, &at_ms.to_be_bytes()[..])?;
         Ok(())

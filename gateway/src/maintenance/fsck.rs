@@ -186,8 +186,11 @@ async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> 
     if repair {
         store.index.set_last_orphan_scan_ms(now)?;
     }
-    if awaiting_scan > 0 {
-        report.notes.push(format!("{awaiting_scan} unreferenced upstream objects came of age after the last orphan listing; the next collection sends them to the trash"));
+    if let (Some(scanned), true) = (last_scan_ms, awaiting_scan > 0) {
+        let minutes_ago = now.saturating_sub(scanned) / 60_000;
+        report.notes.push(format!(
+            "orphans of age after the last orphan listing ({minutes_ago} minutes ago), left to the next: {awaiting_scan} unreferenced upstream objects"
+        ));
     }
     Ok(())
 }
