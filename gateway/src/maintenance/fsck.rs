@@ -1,8 +1,8 @@
 //! `tensorgate fsck`: the index's own invariants (see `Index::check`); every pack and blob the
 //! index uses is upstream and long enough; every object's manifest upstream is the one the
 //! index holds; no upstream object older than its grace period is unreferenced and out of the
-//! trash (unless it came of age after the last orphan listing); every manifest upstream (of every gateway, with a shared upstream) names packs and
-//! blobs that exist. With `verify_frames`, every live frame is also scrubbed (read, decoded, checked).
+//! trash (unless it came of age after the last orphan listing); every manifest upstream (of
+//! every gateway, with a shared upstream) names packs and blobs that exist. With `verify_frames`, every live frame is also scrubbed (read, decoded, checked).
 //! With `repair`, missing or stale manifests are written again and orphans are sent to the
 //! trash; nothing is deleted.
 
@@ -162,8 +162,9 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
 
 /// Upstream objects past their grace period that nothing references must be in the trash; one
 /// that came of age after the last orphan listing (whose time the index keeps) waits for the
-/// next and is noted, not a problem. With a shared upstream only the lease holder, or its last holder, judges: what no manifest
-/// names may be in its trash or its index, which other gateways cannot see.
+/// next and is noted, not a problem. With a shared upstream only the lease holder, or its last
+/// holder, judges: what no manifest names may be in its trash or its index, which other
+/// gateways cannot see.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
     if store.config.shared_upstream && !gc::may_collect(store, now_ms(), repair).await? {
         report.notes.push("orphans not judged: another gateway holds (or last held) the garbage-collection lease".to_owned());
