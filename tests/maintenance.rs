@@ -222,8 +222,7 @@ fn fsck_leaves_orphans_younger_than_the_last_listing_to_the_next() {
     };
 
     // Dated two seconds after the listing, once that is in the past.
-    let since_epoch = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    while since_epoch() < scanned + 2500 {
+    while tensorgate::ids::now_ms() < scanned + 2500 {
         std::thread::sleep(Duration::from_millis(100));
     }
     dated(scanned + 2000);
