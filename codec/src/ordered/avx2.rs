@@ -1,17 +1,15 @@
-//! The grouped difference 32 elements at a time with AVX2, chosen at run time where the machine
-//! has AVX2 but not the AVX-512 of `avx512` (AMD EPYC before Zen 4, Intel before Ice Lake: the
-//! scalar loops ran there at a third of the vector path's speed).
+//! The grouped difference's encoder and the context count 32 elements at a time with AVX2,
+//! chosen at run time where the machine has AVX2 but not the AVX-512 of `avx512` (AMD EPYC
+//! before Zen 4, Intel before Ice Lake). Decoding has no AVX2 path: expanding each context's
+//! bytes with shuffles was slower there than the scalar gather (docs/benchmarks.md, stop 32).
 //!
 //! As in `avx512`, a block's base contexts are split with one compare per context it holds,
-//! the chunk's common contexts tried in every block. AVX2 has no byte expand or compress, so a
-//! context's bytes are moved with `vpshufb`, whose control comes from tables of the 256 ways
-//! to choose among 8 lanes:
-//! - decode: each 16-lane half loads the context's next 16 plane bytes and expands them into
-//!   its lanes;
-//! - encode: each half compresses the context's lanes to its front and stores 16 bytes, of
-//!   which those past the context's bytes are overwritten by its next store. The store
-//!   therefore goes to a staging copy of the planes with 16 spare bytes after every run, whose
-//!   runs are copied into place at the end.
+//! the chunk's common contexts tried in every block. AVX2 has no byte compress, so each 16-lane
+//! half compresses the context's lanes to its front with `vpshufb` (whose control comes from a
+//! table of the 256 ways to choose among 8 lanes) and stores 16 bytes, of which those past the
+//! context's bytes are overwritten by its next store. The store therefore goes to a staging
+//! copy of the planes with 16 spare bytes after every run, whose runs are copied into place at
+//! the end.
 //!
 //! The bytes are those of the scalar path; `tests` compare the two. Written here for the
 //! reason `avx512` gives. The lane arithmetic at the end is `avx512`'s on 256-bit vectors: the
@@ -32,21 +30,6 @@ const SPARE: usize = 16;
 /// Whether this machine runs the AVX2 path.
 pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("popcnt")
-}
-
-/// As `avx512::decode_blocks`, 32 elements at a time.
-pub(super) fn decode_blocks<const W: usize>(planes: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], out: &mut Vec<u8>) -> usize {
-    if !(W == 2 || W == 4) || !available() {
-        return 0;
-    }
-    let blocks = count / BLOCK;
-    assert!(planes.len() >= W * count && base.len() >= W * count);
-    out.reserve(blocks * BLOCK * W);
-    // SAFETY: the CPU has the features (checked above); every read is within `planes` and
-    // `base` (asserted above; plane bytes through `load_halves`), every write within `out`'s
-    // reserved room.
-    unsafe { decode_blocks_avx2::<W>(planes, base, count, blocks, next, out) };
-    blocks * BLOCK
 }
 
 /// As `avx512::count_blocks`, 32 elements at a time.
@@ -105,31 +88,6 @@ unsafe fn count_blocks_avx2<const W: usize>(base: &[u8], blocks: usize, sample: 
 }
 
 #[target_feature(enable = "avx2,popcnt")]
-unsafe fn decode_blocks_avx2<const W: usize>(planes: &[u8], base: &[u8], count: usize, blocks: usize, next: &mut [usize; 256], out: &mut Vec<u8>) {
-    let destination = out.as_mut_ptr().add(out.len());
-    let common = Common::of(&common_contexts(&run_counts(next, count), count));
-    for block in 0..blocks {
-        let base_words: [__m256i; W] = std::array::from_fn(|i| _mm256_loadu_si256(base.as_ptr().add((block * W + i) * 32).cast()));
-        let context = contexts_of::<W>(&base_words);
-        let mut stored = [_mm256_setzero_si256(); W];
-        common.split(context, |this, lanes| {
-            let Some(cursor) = take_slots(next, this, lanes.count_ones() as usize, count) else { return };
-            let control = expand_control(lanes);
-            let second_half = (lanes & 0xffff).count_ones() as usize;
-            for (plane, bytes) in stored.iter_mut().enumerate() {
-                let at = plane * count + cursor;
-                *bytes = _mm256_or_si256(*bytes, _mm256_shuffle_epi8(load_halves(planes, at, at + second_half), control));
-            }
-        });
-        let differences = interleave::<W>(stored);
-        for (i, difference) in differences.into_iter().enumerate() {
-            _mm256_storeu_si256(destination.add((block * W + i) * 32).cast(), add_difference::<W>(base_words[i], difference));
-        }
-    }
-    out.set_len(out.len() + blocks * BLOCK * W);
-}
-
-#[target_feature(enable = "avx2,popcnt")]
 unsafe fn encode_blocks_avx2<const W: usize>(target: &[u8], base: &[u8], count: usize, blocks: usize, next: &mut [usize; 256], staged: &mut [u8]) {
     let stride = staged_stride(count);
     let start = staged.as_mut_ptr();
@@ -152,48 +110,6 @@ unsafe fn encode_blocks_avx2<const W: usize>(target: &[u8], base: &[u8], count: 
             }
         });
     }
-}
-
-/// 16 plane bytes from `first` in the low half and 16 from `second` (no lower) in the high half,
-/// those past the end of `planes` read as zero.
-#[target_feature(enable = "avx2")]
-fn load_halves(planes: &[u8], first: usize, second: usize) -> __m256i {
-    if second + 16 <= planes.len() {
-        // SAFETY: both 16-byte reads end within `planes` (`first` is not past `second`).
-        unsafe { _mm256_loadu2_m128i(planes.as_ptr().add(second).cast(), planes.as_ptr().add(first).cast()) }
-    } else {
-        let mut halves = [0u8; 32];
-        for (half, from) in [(0, first), (16, second)] {
-            let bytes = planes.get(from..).unwrap_or_default();
-            let len = bytes.len().min(16);
-            halves[half..half + len].copy_from_slice(&bytes[..len]);
-        }
-        // SAFETY: 32 bytes from an array of 32.
-        unsafe { _mm256_loadu_si256(halves.as_ptr().cast()) }
-    }
-}
-
-/// For each of the 256 ways to choose among 8 lanes, byte j: how many chosen lanes precede
-/// lane j when it is chosen (the source byte it takes), 0x80 when not (`vpshufb` then writes 0).
-const fn expand_table() -> [u64; 256] {
-    let mut table = [0u64; 256];
-    let mut lanes = 0;
-    while lanes < 256 {
-        let mut taken = 0u64;
-        let mut j = 0;
-        while j < 8 {
-            let byte = if lanes & (1 << j) != 0 {
-                taken += 1;
-                taken - 1
-            } else {
-                0x80
-            };
-            table[lanes] |= byte << (8 * j);
-            j += 1;
-        }
-        lanes += 1;
-    }
-    table
 }
 
 /// For each of the 256 ways to choose among 8 lanes, byte i: the lane of the i-th chosen one,
@@ -220,22 +136,10 @@ const fn compress_table() -> [u64; 256] {
     table
 }
 
-static EXPAND: [u64; 256] = expand_table();
 static COMPRESS: [u64; 256] = compress_table();
 
 /// One in every byte of a word.
 const EVERY_BYTE: u64 = 0x0101_0101_0101_0101;
-
-/// The `vpshufb` control that expands a half's next bytes into the chosen lanes of each half
-/// (`lanes`, one bit per lane): the second 8 lanes of a half take the bytes after those the
-/// first 8 took (an added index leaves 0x80 entries at or above 0x80).
-#[target_feature(enable = "avx2,popcnt")]
-fn expand_control(lanes: u32) -> __m256i {
-    let [a, b, c, d] = lanes.to_le_bytes();
-    let after = |first: u8| u64::from(first.count_ones()) * EVERY_BYTE;
-    let words = [EXPAND[usize::from(a)], EXPAND[usize::from(b)] + after(a), EXPAND[usize::from(c)], EXPAND[usize::from(d)] + after(c)];
-    _mm256_set_epi64x(words[3] as i64, words[2] as i64, words[1] as i64, words[0] as i64)
-}
 
 /// The `vpshufb` control that moves the chosen lanes of each half to its front, in order (the
 /// bytes after them are left over).
@@ -312,29 +216,6 @@ fn contexts_of<const W: usize>(words: &[__m256i; W]) -> __m256i {
     }
 }
 
-/// The plane bytes of 32 elements (plane p in vector p, elements 0-15 in the low half) as W
-/// vectors of whole elements.
-#[target_feature(enable = "avx2")]
-fn interleave<const W: usize>(planes: [__m256i; W]) -> [__m256i; W] {
-    // Unpacking works per 128-bit half: the low unpack holds elements 0-7 and 16-23.
-    let low = _mm256_unpacklo_epi8(planes[0], planes[1]);
-    let high = _mm256_unpackhi_epi8(planes[0], planes[1]);
-    if W == 2 {
-        std::array::from_fn(|i| if i == 0 { _mm256_permute2x128_si256::<0x20>(low, high) } else { _mm256_permute2x128_si256::<0x31>(low, high) })
-    } else {
-        let upper_low = _mm256_unpacklo_epi8(planes[2], planes[3]);
-        let upper_high = _mm256_unpackhi_epi8(planes[2], planes[3]);
-        // Elements 0-3 and 16-19, 4-7 and 20-23, 8-11 and 24-27, 12-15 and 28-31.
-        let quads = [
-            _mm256_unpacklo_epi16(low, upper_low),
-            _mm256_unpackhi_epi16(low, upper_low),
-            _mm256_unpacklo_epi16(high, upper_high),
-            _mm256_unpackhi_epi16(high, upper_high),
-        ];
-        halves_of(&quads)
-    }
-}
-
 /// From vectors a, b, c, d: the low halves of a and b, of c and d, then the high halves of a
 /// and b, of c and d (W is 4).
 #[target_feature(enable = "avx2")]
@@ -349,7 +230,8 @@ fn halves_of<const W: usize>(vectors: &[__m256i; 4]) -> [__m256i; W] {
     })
 }
 
-/// The inverse of [`interleave`]: W vectors of elements as their plane bytes.
+/// W vectors of 32 elements as their plane bytes: plane p in vector p, elements 0-15 in its
+/// low half.
 #[target_feature(enable = "avx2")]
 fn deinterleave<const W: usize>(elements: [__m256i; W]) -> [__m256i; W] {
     if W == 2 {
@@ -386,17 +268,6 @@ fn sortable<const W: usize>(bits: __m256i) -> __m256i {
     }
 }
 
-/// The inverse of [`sortable`].
-#[target_feature(enable = "avx2")]
-fn unsortable<const W: usize>(value: __m256i) -> __m256i {
-    let all = _mm256_set1_epi32(-1);
-    if W == 2 {
-        _mm256_xor_si256(value, _mm256_or_si256(_mm256_xor_si256(_mm256_srai_epi16::<15>(value), all), _mm256_set1_epi16(i16::MIN)))
-    } else {
-        _mm256_xor_si256(value, _mm256_or_si256(_mm256_xor_si256(_mm256_srai_epi32::<31>(value), all), _mm256_set1_epi32(i32::MIN)))
-    }
-}
-
 /// The zigzagged ordered difference of target against base lanes (as the scalar encoder).
 #[target_feature(enable = "avx2")]
 fn difference<const W: usize>(target: __m256i, base: __m256i) -> __m256i {
@@ -409,33 +280,17 @@ fn difference<const W: usize>(target: __m256i, base: __m256i) -> __m256i {
     }
 }
 
-/// The target lanes back from base lanes and their zigzagged differences.
-#[target_feature(enable = "avx2")]
-fn add_difference<const W: usize>(base: __m256i, zigzagged: __m256i) -> __m256i {
-    if W == 2 {
-        let one = _mm256_set1_epi16(1);
-        let d = _mm256_xor_si256(_mm256_srli_epi16::<1>(zigzagged), _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_and_si256(zigzagged, one)));
-        unsortable::<W>(_mm256_add_epi16(sortable::<W>(base), d))
-    } else {
-        let one = _mm256_set1_epi32(1);
-        let d = _mm256_xor_si256(_mm256_srli_epi32::<1>(zigzagged), _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_and_si256(zigzagged, one)));
-        unsortable::<W>(_mm256_add_epi32(sortable::<W>(base), d))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_tables_expand_and_compress_every_choice_of_lanes() {
+    fn the_table_compresses_every_choice_of_lanes() {
         for lanes in 0..256usize {
             let chosen: Vec<u64> = (0..8).filter(|j| lanes & (1 << j) != 0).collect();
-            let byte = |word: u64, i: usize| (word >> (8 * i)) & 0xff;
-            for j in 0..8 {
-                let expected = chosen.iter().position(|&lane| lane == j as u64).map_or(0x80, |at| at as u64);
-                assert_eq!(byte(EXPAND[lanes], j), expected, "expand {lanes:#010b}, lane {j}");
-                assert_eq!(byte(COMPRESS[lanes], j), chosen.get(j).copied().unwrap_or(0x80), "compress {lanes:#010b}, byte {j}");
+            for i in 0..8 {
+                let byte = (COMPRESS[lanes] >> (8 * i)) & 0xff;
+                assert_eq!(byte, chosen.get(i).copied().unwrap_or(0x80), "compress {lanes:#010b}, byte {i}");
             }
         }
     }
