@@ -1,6 +1,6 @@
 //! The grouped difference 64 elements at a time with AVX-512 (VBMI2), chosen at run time.
 //!
-//! The scalar path visits elements one by one and reads each one's bytes from the run of its
+//! The scalar path visits elements two at a time and reads each one's bytes from the run of its
 //! context. Here a block of 64 base elements is split by context with one compare per context
 //! it holds (a block of weights holds a handful), and each context's next bytes of every plane
 //! are moved into or out of its elements' lanes at once (`vpexpandb` / `vpcompressb`). The
@@ -275,7 +275,7 @@ fn deinterleave<const W: usize>(elements: [__m512i; W]) -> [__m512i; W] {
     }
 }
 
-/// Lanes of W bytes: the float order's image of `bits` (as `super::sortable`).
+/// Lanes of W bytes: the float order's image of `bits` (as `super::lanes::Lane::sortable`).
 #[target_feature(enable = "avx512f,avx512bw")]
 fn sortable<const W: usize>(bits: __m512i) -> __m512i {
     if W == 2 {

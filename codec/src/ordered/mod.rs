@@ -15,46 +15,22 @@
 
 use crate::delta::xor_in_place;
 use crate::error::{CodecError, Result};
+use crate::scratch;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
-#[cfg(target_arch = "x86_64")]
 mod avx512;
+mod lanes;
 pub mod runs;
 
 use runs::Counts;
 
-/// The vector path where the machine has one (AVX-512, else AVX2): it handles whole blocks of
+/// The vector path where the machine has one (AVX-512 with VBMI2): it handles whole blocks of
 /// elements from the first on, and says how many; the scalar loops below take the rest from
-/// there.
+/// there. Elsewhere the scalar loops do it all: on AVX2 they were faster than the shuffles that
+/// stood in for AVX-512's byte expand and compress (docs/benchmarks.md, stop 32).
 mod fast {
     #[cfg(target_arch = "x86_64")]
-    use super::{avx2, avx512};
-
-    /// AVX-512 only: on AVX2 the scalar gather (`gather_differences`) is faster than moving
-    /// each context's bytes with shuffles (12-24% on the corpus pairs, docs/benchmarks.md).
-    #[cfg(target_arch = "x86_64")]
-    pub(super) fn decode_blocks<const W: usize>(planes: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], out: &mut Vec<u8>) -> usize {
-        avx512::decode_blocks::<W>(planes, base, count, next, out)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    pub(super) fn count_blocks<const W: usize>(base: &[u8], count: usize, sample: &[usize; 256], counts: &mut [usize; 256]) -> usize {
-        if avx512::available() {
-            avx512::count_blocks::<W>(base, count, sample, counts)
-        } else {
-            avx2::count_blocks::<W>(base, count, sample, counts)
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    pub(super) fn encode_blocks<const W: usize>(target: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], out: &mut [u8]) -> usize {
-        if avx512::available() {
-            avx512::encode_blocks::<W>(target, base, count, next, out)
-        } else {
-            avx2::encode_blocks::<W>(target, base, count, next, out)
-        }
-    }
+    pub(super) use super::avx512::{count_blocks, decode_blocks, encode_blocks};
 
     #[cfg(not(target_arch = "x86_64"))]
     pub(super) fn decode_blocks<const W: usize>(_: &[u8], _: &[u8], _: usize, _: &mut [usize; 256], _: &mut Vec<u8>) -> usize {
@@ -100,22 +76,14 @@ pub fn decode_into(planes: &[u8], base: &[u8], width: usize, runs: Option<&Count
 enum Path {
     /// The vector path where the machine has one, the scalar loops for the rest.
     Fastest,
-    /// The scalar loops alone (the reference the tests hold the vector paths to).
+    /// The scalar loops alone (what the tests hold the vector path to).
     #[cfg(test)]
     Scalar,
-    /// The AVX2 path where the machine has it (else the scalar loops), on a machine with
-    /// AVX-512 too. Decoding has no AVX2 path: it is the scalar loops here.
-    #[cfg(all(test, target_arch = "x86_64"))]
-    Avx2,
 }
 
 /// The paths the tests compare with the scalar one.
 #[cfg(test)]
-const VECTOR_PATHS: &[Path] = &[
-    Path::Fastest,
-    #[cfg(target_arch = "x86_64")]
-    Path::Avx2,
-];
+const VECTOR_PATHS: &[Path] = &[Path::Fastest];
 
 /// The contexts of a chunk common enough (one element in 1,024 or more) for a vector path to
 /// try in every block, most common first, at most 16 (weights of one tensor span a few
@@ -152,35 +120,10 @@ pub fn supports(width: usize) -> bool {
     matches!(width, 2 | 4 | 8)
 }
 
-const fn mask<const W: usize>() -> u64 {
-    if W == 8 {
-        u64::MAX
-    } else {
-        (1u64 << (8 * W)) - 1
-    }
-}
-
-const fn sign<const W: usize>() -> u64 {
-    1u64 << (8 * W - 1)
-}
-
 fn load<const W: usize>(bytes: &[u8]) -> u64 {
     let mut word = [0u8; 8];
     word[..W].copy_from_slice(&bytes[..W]);
     u64::from_le_bytes(word)
-}
-
-/// Maps a float's bits to an integer with the same order (negative floats below positive):
-/// negative values have every bit flipped, positive ones only the sign. Branch-free.
-fn sortable<const W: usize>(bits: u64) -> u64 {
-    let negative = (bits >> (8 * W - 1)) & 1;
-    bits ^ ((negative.wrapping_neg() | sign::<W>()) & mask::<W>())
-}
-
-fn zigzag<const W: usize>(difference: u64) -> u64 {
-    let shift = 64 - 8 * W as u32;
-    let signed = ((difference << shift) as i64) >> shift;
-    ((signed << 1) ^ (signed >> 63)) as u64 & mask::<W>()
 }
 
 /// The grouping context of a base element: its top byte after rotating left one bit.
@@ -201,8 +144,6 @@ fn run_lengths<const W: usize>(base: &[u8], count: usize, path: Path) -> Counts 
             Path::Fastest => fast::count_blocks::<W>(&base[sampled * W..], count - sampled, &sample, &mut counts),
             #[cfg(test)]
             Path::Scalar => 0,
-            #[cfg(all(test, target_arch = "x86_64"))]
-            Path::Avx2 => avx2::count_blocks::<W>(&base[sampled * W..], count - sampled, &sample, &mut counts),
         };
     count_contexts::<W>(&base[counted * W..count * W], &mut counts);
     counts
@@ -247,40 +188,43 @@ fn count_contexts<const W: usize>(base: &[u8], counts: &mut [usize; 256]) {
     }
 }
 
-/// Calls `visit(element index, base element, slot)` for every whole element from `first` to
-/// `count`, in order, where the slot is the element's place in the grouped order and `next`
-/// holds each context's next slot (from [`run_starts`] when `first` is 0).
-///
-/// Elements go four at a time: the slots of equal contexts among the four are counted from the
-/// cursors as loaded, so no element waits for the cursor its predecessor stored, which made
-/// the one-at-a-time loop latency-bound.
-fn for_each_slot<const W: usize>(base: &[u8], first: usize, count: usize, next: &mut [usize; 256], mut visit: impl FnMut(usize, u64, usize)) {
-    let mut quads = base[first * W..count * W].chunks_exact(4 * W);
-    let mut element = first;
-    for quad in &mut quads {
-        let bits: [u64; 4] = std::array::from_fn(|lane| load::<W>(&quad[lane * W..]));
-        let contexts = bits.map(context::<W>);
-        let cursors = contexts.map(|context| next[context]);
-        let same = |a: usize, b: usize| usize::from(contexts[a] == contexts[b]);
-        let slots = [
-            cursors[0],
-            cursors[1] + same(1, 0),
-            cursors[2] + same(2, 0) + same(2, 1),
-            cursors[3] + same(3, 0) + same(3, 1) + same(3, 2),
-        ];
-        for lane in 0..4 {
-            // In order, so that of equal contexts the last (and largest) cursor stays.
-            next[contexts[lane]] = slots[lane] + 1;
-            visit(element + lane, bits[lane], slots[lane]);
-        }
-        element += 4;
+/// The slots of two elements in the grouped order, given their base elements (`base_pair`),
+/// taken from `next`, each context's next slot. Where both have one context, the second's
+/// slot is counted from the cursor as loaded rather than from the first's store, which it
+/// would wait for (two at a time were 5-10% faster than one at a time on the corpus pairs).
+/// `None`, the cursors left, for a slot past the `count` slots: only wrong runs handed to a
+/// decoder give one.
+fn take_pair<const W: usize>(next: &mut [usize; 256], base_pair: &[u8], count: usize) -> Option<[usize; 2]> {
+    let contexts = [context::<W>(load::<W>(base_pair)), context::<W>(load::<W>(&base_pair[W..]))];
+    let slots = [next[contexts[0]], next[contexts[1]] + usize::from(contexts[0] == contexts[1])];
+    if slots[0] >= count || slots[1] >= count {
+        return None;
     }
-    for base_value in quads.remainder().chunks_exact(W) {
-        let bits = load::<W>(base_value);
-        let cursor = &mut next[context::<W>(bits)];
-        visit(element, bits, *cursor);
-        *cursor += 1;
-        element += 1;
+    next[contexts[0]] = slots[0] + 1;
+    next[contexts[1]] = slots[1] + 1;
+    Some(slots)
+}
+
+/// The slot of the element whose base element is `base_element` (as [`take_pair`]).
+fn take_one<const W: usize>(next: &mut [usize; 256], base_element: &[u8], count: usize) -> Option<usize> {
+    take_slots(next, context::<W>(load::<W>(base_element)) as u8, 1, count)
+}
+
+/// [`lanes::differences`] on elements of W bytes.
+fn differences<const W: usize>(target: &[u8], base: &[u8], out: &mut [u8]) {
+    match W {
+        2 => lanes::differences::<u16>(target, base, out),
+        4 => lanes::differences::<u32>(target, base, out),
+        _ => lanes::differences::<u64>(target, base, out),
+    }
+}
+
+/// [`lanes::add_differences`] on elements of W bytes.
+fn add_differences<const W: usize>(elements: &mut [u8], base: &[u8]) {
+    match W {
+        2 => lanes::add_differences::<u16>(elements, base),
+        4 => lanes::add_differences::<u32>(elements, base),
+        _ => lanes::add_differences::<u64>(elements, base),
     }
 }
 
@@ -296,91 +240,69 @@ fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path, out: &mu
         Path::Fastest => fast::encode_blocks::<W>(target, base, count, &mut next, out),
         #[cfg(test)]
         Path::Scalar => 0,
-        #[cfg(all(test, target_arch = "x86_64"))]
-        Path::Avx2 => avx2::encode_blocks::<W>(target, base, count, &mut next, out),
     };
-    for_each_slot::<W>(base, first, count, &mut next, |element, base_bits, slot| {
-        let value = load::<W>(&target[element * W..]);
-        let bytes = zigzag::<W>(sortable::<W>(value).wrapping_sub(sortable::<W>(base_bits))).to_le_bytes();
-        for plane in 0..W {
-            out[plane * count + slot] = bytes[plane];
-        }
-    });
+    // For the elements left, first the differences in element order, in a loop the compiler
+    // vectorises; then each one's bytes to its slot in the planes.
+    let mut ordered = scratch::take(whole - first * W);
+    differences::<W>(&target[first * W..whole], &base[first * W..whole], &mut ordered);
+    let placed = scatter_differences::<W>(&ordered, &base[first * W..whole], count, &mut next, out);
+    scratch::give_back(ordered);
     out[whole..].copy_from_slice(&target[whole..]);
     xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
-    assert!(runs_filled(&next, &starts, &counts), "a run left unfilled");
+    assert!(placed.is_some() && runs_filled(&next, &starts, &counts), "the runs counted from the base hold its elements");
     counts
 }
 
-/// Appends the stored differences of elements `first` to `count` to `out`, in element order:
-/// each element takes the next slot of its context's run from `next`.
-///
-/// Elements go two at a time: where both have one context, the second's slot is counted from
-/// the cursor as loaded rather than from the first's store (5-10% faster than one at a time
-/// on the corpus pairs). A slot past the planes, which only wrong runs handed in can give, is
-/// refused.
-fn gather_differences<const W: usize>(planes: &[u8], base: &[u8], first: usize, count: usize, next: &mut [usize; 256], out: &mut Vec<u8>) -> Result<()> {
+/// Writes the bytes of each difference in `ordered` (elements in order, over the base elements
+/// `base`) to its element's slot in each of the W planes of `count` slots at the start of
+/// `planes`. `None` at a slot past them.
+fn scatter_differences<const W: usize>(ordered: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], planes: &mut [u8]) -> Option<()> {
+    let planes: &mut [u8] = &mut planes[..W * count];
+    let mut pairs = ordered.chunks_exact(2 * W);
+    for (pair, base_pair) in (&mut pairs).zip(base.chunks_exact(2 * W)) {
+        let slots = take_pair::<W>(next, base_pair, count)?;
+        for plane in 0..W {
+            planes[plane * count + slots[0]] = pair[plane];
+            planes[plane * count + slots[1]] = pair[W + plane];
+        }
+    }
+    if let Some(last) = pairs.remainder().get(..W) {
+        let slot = take_one::<W>(next, &base[base.len() - W..], count)?;
+        for plane in 0..W {
+            planes[plane * count + slot] = last[plane];
+        }
+    }
+    Some(())
+}
+
+/// Writes the stored difference of each element over `base` (whole base elements, in order)
+/// to `out`, from its slot in each of the W planes of `count` slots at the start of `planes`.
+/// `None` at a slot past them.
+fn gather_differences<const W: usize>(planes: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], out: &mut [u8]) -> Option<()> {
     let plane: [&[u8]; W] = std::array::from_fn(|p| &planes[p * count..(p + 1) * count]);
     // The stored bytes of one slot, in the low bytes of a word.
     let stored = |slot: usize| (0..W).fold(0u64, |word, p| word | u64::from(plane[p][slot]) << (8 * p));
-    let runs_differ = || CodecError::FrameCorrupt("run lengths differ from the base's");
-    let start = out.len();
-    out.resize(start + (count - first) * W, 0);
-    let bases = &base[first * W..count * W];
-    let mut pairs = out[start..].chunks_exact_mut(2 * W);
-    for (pair, base_pair) in (&mut pairs).zip(bases.chunks_exact(2 * W)) {
-        let contexts = [context::<W>(load::<W>(base_pair)), context::<W>(load::<W>(&base_pair[W..]))];
-        let slots = [next[contexts[0]], next[contexts[1]] + usize::from(contexts[0] == contexts[1])];
-        if slots[0] >= count || slots[1] >= count {
-            return Err(runs_differ());
-        }
-        next[contexts[0]] = slots[0] + 1;
-        next[contexts[1]] = slots[1] + 1;
+    let mut pairs = out.chunks_exact_mut(2 * W);
+    for (pair, base_pair) in (&mut pairs).zip(base.chunks_exact(2 * W)) {
+        let slots = take_pair::<W>(next, base_pair, count)?;
         pair[..W].copy_from_slice(&stored(slots[0]).to_le_bytes()[..W]);
         pair[W..].copy_from_slice(&stored(slots[1]).to_le_bytes()[..W]);
     }
     if let Some(last) = pairs.into_remainder().get_mut(..W) {
-        let cursor = &mut next[context::<W>(load::<W>(&bases[bases.len() - W..]))];
-        if *cursor >= count {
-            return Err(runs_differ());
-        }
-        last.copy_from_slice(&stored(*cursor).to_le_bytes()[..W]);
-        *cursor += 1;
+        let slot = take_one::<W>(next, &base[base.len() - W..], count)?;
+        last.copy_from_slice(&stored(slot).to_le_bytes()[..W]);
     }
-    Ok(())
+    Some(())
 }
 
-/// Turns the stored differences in `elements` into the target's elements, given the base's: the
-/// inverses of [`zigzag`] and of the difference of [`sortable`] images, spelt in the width's
-/// own integer type. On u64 words, as those functions take them, the compiler vectorised this
-/// loop in 64-bit lanes, which cost a quarter of a delta's decode time.
-fn add_differences<const W: usize>(elements: &mut [u8], base: &[u8]) {
-    macro_rules! in_lanes_of {
-        ($lane:ty) => {{
-            const SIGN: $lane = 1 << (<$lane>::BITS - 1);
-            let read = |bytes: &[u8]| <$lane>::from_le_bytes(bytes.try_into().expect("chunks of the lane's width"));
-            for (element, base_element) in elements.chunks_exact_mut(W).zip(base.chunks_exact(W)) {
-                let stored = read(element);
-                let difference = (stored >> 1) ^ (stored & 1).wrapping_neg();
-                let base_bits = read(base_element);
-                let value = (base_bits ^ ((base_bits >> (<$lane>::BITS - 1)).wrapping_neg() | SIGN)).wrapping_add(difference);
-                let target = value ^ ((!value >> (<$lane>::BITS - 1)).wrapping_neg() | SIGN);
-                element.copy_from_slice(&target.to_le_bytes());
-            }
-        }};
-    }
-    match W {
-        2 => in_lanes_of!(u16),
-        4 => in_lanes_of!(u32),
-        _ => in_lanes_of!(u64),
-    }
-}
+/// Why runs handed to the decoder are refused when they add up right but are not the base's.
+const RUNS_DIFFER: &str = "run lengths differ from the base's";
 
 /// Appends the decoded bytes to `out`, which is empty.
 ///
 /// Runs handed in may be wrong; no read then leaves the planes (the vector path takes a run
-/// only while it stays within them, the gather refuses a slot past them), and any wrong run
-/// ends another run than it began, which the check at the end finds.
+/// only while it stays within them, the scalar loop stops at a slot past them), and any wrong
+/// run ends another run than it began, which the check at the end finds.
 fn decode_width<const W: usize>(planes: &[u8], base: &[u8], runs: Option<&Counts>, path: Path, out: &mut Vec<u8>) -> Result<()> {
     let count = planes.len().min(base.len()) / W;
     let whole = count * W;
@@ -399,18 +321,17 @@ fn decode_width<const W: usize>(planes: &[u8], base: &[u8], runs: Option<&Counts
         Path::Fastest => fast::decode_blocks::<W>(planes, base, count, &mut next, out),
         #[cfg(test)]
         Path::Scalar => 0,
-        #[cfg(all(test, target_arch = "x86_64"))]
-        Path::Avx2 => 0,
     };
     // For the elements left, first the stored differences, back in element order; then the
-    // arithmetic, element by element in a loop of its own, which the compiler vectorises.
-    gather_differences::<W>(planes, base, first, count, &mut next, out)?;
+    // arithmetic, in a loop of its own, which the compiler vectorises.
+    out.resize(whole, 0);
+    gather_differences::<W>(planes, &base[first * W..whole], count, &mut next, &mut out[first * W..]).ok_or(CodecError::FrameCorrupt(RUNS_DIFFER))?;
     out.extend_from_slice(&planes[whole..]);
     add_differences::<W>(&mut out[first * W..whole], &base[first * W..whole]);
     xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
     // Every run ends where the next one starts exactly when the runs are the base's.
     if !runs_filled(&next, &starts, &counts) {
-        return Err(CodecError::FrameCorrupt("run lengths differ from the base's"));
+        return Err(CodecError::FrameCorrupt(RUNS_DIFFER));
     }
     Ok(())
 }

@@ -57,6 +57,37 @@ fn encode_with_runs(target: &[u8], base: &[u8], width: usize) -> (Vec<u8>, Count
     (out, runs)
 }
 
+/// The transform as the module's documentation defines it, element by element and with a
+/// stable sort: what the loops, scalar and vector, are held to. Returns the planes (then the
+/// tail) and the runs.
+fn reference_encode(target: &[u8], base: &[u8], width: usize) -> (Vec<u8>, Counts) {
+    let count = target.len().min(base.len()) / width;
+    let bits = 8 * width as u32;
+    let mask = u64::MAX >> (64 - bits);
+    let element = |bytes: &[u8], i: usize| bytes[i * width..(i + 1) * width].iter().rev().fold(0u64, |word, &byte| word << 8 | u64::from(byte));
+    // Negative floats have every bit flipped, positive ones only the sign.
+    let sortable = |bits_of: u64| if bits_of >> (bits - 1) == 1 { !bits_of & mask } else { bits_of | 1 << (bits - 1) };
+    let context = |i: usize| ((element(base, i) >> (bits - 9)) & 0xff) as usize;
+    let mut order: Vec<usize> = (0..count).collect();
+    order.sort_by_key(|&i| context(i));
+    let mut runs = [0usize; 256];
+    for i in 0..count {
+        runs[context(i)] += 1;
+    }
+    let zigzagged: Vec<u64> = (0..count)
+        .map(|i| {
+            let difference = sortable(element(target, i)).wrapping_sub(sortable(element(base, i))) & mask;
+            let negative = difference >> (bits - 1) == 1;
+            if negative { ((!difference & mask) << 1 | 1) & mask } else { difference << 1 & mask }
+        })
+        .collect();
+    let mut out: Vec<u8> = (0..width).flat_map(|plane| order.iter().map(|&i| (zigzagged[i] >> (8 * plane)) as u8).collect::<Vec<_>>()).collect();
+    for (at, &byte) in target.iter().enumerate().skip(count * width) {
+        out.push(byte ^ base.get(at).copied().unwrap_or(0));
+    }
+    (out, runs)
+}
+
 /// The encode of `path` alone: the planes and the runs.
 fn encode_on(path: Path, target: &[u8], base: &[u8], width: usize) -> (Vec<u8>, Counts) {
     let mut out = Vec::new();
@@ -177,6 +208,29 @@ proptest! {
             let (planes, _) = encode_on(path, &target, &base, width);
             prop_assert_eq!(&planes, &scalar, "{:?}", path);
             prop_assert_eq!(decode_on(path, &planes, &base, width, None).unwrap(), decode_on(Path::Scalar, &planes, &base, width, None).unwrap());
+        }
+    }
+
+    #[test]
+    fn every_path_writes_the_bytes_of_the_definition(seed in any::<u64>(), count in 0usize..3000,
+                                                     width in proptest::sample::select(vec![2usize, 4, 8]),
+                                                     random in any::<bool>(), tail in 0usize..8) {
+        let (mut base, mut target) = weights(seed, count, width);
+        if random {
+            // The same lengths, every byte random: any context, any difference.
+            let mut state = seed | 1;
+            for byte in base.iter_mut().chain(target.iter_mut()) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *byte = state as u8;
+            }
+        }
+        target.extend((0..tail).map(|i| i as u8));
+        let (expected, runs) = reference_encode(&target, &base, width);
+        for &path in VECTOR_PATHS.iter().chain([&Path::Scalar]) {
+            prop_assert_eq!(&encode_on(path, &target, &base, width), &(expected.clone(), runs), "{:?}", path);
+            prop_assert_eq!(&decode_on(path, &expected, &base, width, Some(&runs)).unwrap(), &target, "{:?}", path);
         }
     }
 
