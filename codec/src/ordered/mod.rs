@@ -257,19 +257,21 @@ fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path, out: &mu
 /// `base`) to its element's slot in each of the W planes of `count` slots at the start of
 /// `planes`. `None` at a slot past them.
 fn scatter_differences<const W: usize>(ordered: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], planes: &mut [u8]) -> Option<()> {
-    let planes: &mut [u8] = &mut planes[..W * count];
+    // One slice a plane, each `count` long, so that a slot below `count` needs no other check.
+    let mut split = planes[..W * count].chunks_exact_mut(count.max(1));
+    let mut plane: [&mut [u8]; W] = std::array::from_fn(|_| split.next().unwrap_or_default());
     let mut pairs = ordered.chunks_exact(2 * W);
     for (pair, base_pair) in (&mut pairs).zip(base.chunks_exact(2 * W)) {
         let slots = take_pair::<W>(next, base_pair, count)?;
-        for plane in 0..W {
-            planes[plane * count + slots[0]] = pair[plane];
-            planes[plane * count + slots[1]] = pair[W + plane];
+        for (p, bytes) in plane.iter_mut().enumerate() {
+            bytes[slots[0]] = pair[p];
+            bytes[slots[1]] = pair[W + p];
         }
     }
     if let Some(last) = pairs.remainder().get(..W) {
         let slot = take_one::<W>(next, &base[base.len() - W..], count)?;
-        for plane in 0..W {
-            planes[plane * count + slot] = last[plane];
+        for (p, bytes) in plane.iter_mut().enumerate() {
+            bytes[slot] = last[p];
         }
     }
     Some(())
