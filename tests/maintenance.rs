@@ -1,5 +1,6 @@
 //! Maintenance on real traffic: fsck is clean and finds corruption (never served), scrub is rate
-//! limited and resumes, sparse packs are compacted.
+//! limited and resumes, sparse packs are compacted, a grace too long for the clock keeps what
+//! was freed.
 
 mod support;
 
@@ -233,4 +234,24 @@ fn fsck_leaves_orphans_younger_than_the_last_listing_to_the_next() {
     dated(scanned);
     let report = gateway.fsck();
     assert!(report.problems.iter().any(|problem| problem.contains("written-after-the-listing")), "{:?}", report.problems);
+}
+
+/// A grace period too long for a clock in milliseconds (`u64::MAX` seconds, meant as "never")
+/// keeps every freed chunk and the packs that hold them: it once wrapped round to a negative
+/// grace, under which a collection deleted them at once.
+#[test]
+fn a_grace_longer_than_the_clock_keeps_what_was_freed() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.gc_grace_secs = u64::MAX);
+    let work = tempfile::tempdir().unwrap();
+    gateway.aws(&["s3", "mb", "s3://kept"]);
+    let noise = work.path().join("noise");
+    std::fs::write(&noise, support::noise(300_000, 5)).unwrap();
+    gateway.aws(&["s3", "cp", noise.to_str().unwrap(), "s3://kept/noise"]);
+    gateway.aws(&["s3", "rm", "s3://kept/noise"]);
+    let packs = || std::fs::read_dir(gateway.dir.path().join("data/upstream/packs")).unwrap().count();
+    let stored = packs();
+    assert!(stored > 0 && !gateway.store().index.dead_chunks(i64::MAX).unwrap().is_empty(), "the deleted object freed no chunk");
+    let collected = gateway.collect_garbage();
+    assert_eq!((collected.chunks, collected.upstream_objects), (0, 0), "{collected:?}");
+    assert_eq!(packs(), stored, "a pack was deleted");
 }

@@ -323,7 +323,7 @@ impl Config {
         anyhow::ensure!(self.header_read_timeout_secs > 0, "header_read_timeout_secs must be at least 1");
         anyhow::ensure!(matches!(self.write_frame_version, 1..=5), "write_frame_version must be 1, 2, 3, 4 or 5");
         anyhow::ensure!(
-            self.journal_retention_secs as i64 * 1000 > 2 * JOURNAL_OVERLAP_MS,
+            crate::ids::ms_of_secs(self.journal_retention_secs) > 2 * JOURNAL_OVERLAP_MS,
             "journal_retention_secs must be more than {} (twice the overlap a sync reads again)",
             2 * JOURNAL_OVERLAP_MS / 1000
         );

@@ -7,6 +7,13 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A configured duration of `secs` seconds in milliseconds, saturating: a duration too long
+/// for an i64 of milliseconds (such as `u64::MAX`, meant as "never") stays the longest one,
+/// rather than wrapping round to a negative, or overflowing.
+pub fn ms_of_secs(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
+}
+
 /// A fresh unique id for versions, blobs and packs.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use tensorgate_index::{ObjectKey, JOURNAL};
 
-use crate::ids::{new_id, now_ms};
+use crate::ids::{ms_of_secs, new_id, now_ms};
 
 use crate::engine::Store;
 use crate::config::JOURNAL_OVERLAP_MS;
@@ -57,8 +57,8 @@ pub async fn append(store: &Store, key: &ObjectKey) -> anyhow::Result<()> {
 /// brought in line, [`caught_up`] records it.
 pub async fn changes(store: &Store, cursor: &Cursor) -> anyhow::Result<Option<Changes>> {
     let now = now_ms();
-    let full_due = cursor.last_full_ms.is_none_or(|last| now - last >= (store.config.shared_full_sync_secs as i64) * 1000);
-    let retained_ms = (store.config.journal_retention_secs as i64) * 1000 - JOURNAL_OVERLAP_MS;
+    let full_due = cursor.last_full_ms.is_none_or(|last| now.saturating_sub(last) >= ms_of_secs(store.config.shared_full_sync_secs));
+    let retained_ms = ms_of_secs(store.config.journal_retention_secs) - JOURNAL_OVERLAP_MS;
     let Some(caught_up) = cursor.caught_up_ms.filter(|caught_up| now - caught_up < retained_ms) else {
         return Ok(None);
     };
@@ -107,7 +107,7 @@ pub async fn entries(store: &Store) -> anyhow::Result<Vec<String>> {
 
 /// Deletes the entries older than the retention (the lease holder does). Returns how many.
 pub async fn prune(store: &Store, now: i64) -> anyhow::Result<usize> {
-    let retained_since = now - (store.config.journal_retention_secs as i64) * 1000;
+    let retained_since = now.saturating_sub(ms_of_secs(store.config.journal_retention_secs));
     let mut pruned = 0;
     for listed in store.upstream.list_after(JOURNAL, JOURNAL).await? {
         if entry_ms(&listed.key).is_none_or(|ms| ms >= retained_since) {

@@ -153,7 +153,7 @@ impl Store {
             return Ok(());
         }
         let silent_ms = crate::ids::now_ms() - self.caught_up_ms.load(std::sync::atomic::Ordering::Relaxed);
-        if silent_ms > (self.config.gateway_expiry_secs as i64) * 500 {
+        if silent_ms > crate::ids::ms_of_secs(self.config.gateway_expiry_secs) / 2 {
             let error = anyhow::anyhow!("this gateway last caught up with the shared upstream {} s ago; writes wait for the next sync", silent_ms / 1000);
             return Err(error.context(UpstreamFailure::Failed));
         }

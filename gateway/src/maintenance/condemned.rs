@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use tensorgate_index::{condemned_key, condemned_pack, heartbeat_key, moves_key, rebased_key, veto_key, vetoed_pack, vetoes_folder, CONDEMNED, GATEWAYS, VETOES};
 
-use crate::ids::now_ms;
+use crate::ids::{ms_of_secs, now_ms};
 
 use crate::engine::Store;
 use crate::maintenance::follow::follow_records;
@@ -45,13 +45,13 @@ pub async fn verdict(store: &Store, pack: &str, now: i64) -> anyhow::Result<Verd
         upstream::put(&*store.upstream, &marker, Bytes::from(now_ms().to_string())).await?;
         return Ok(Verdict::Wait);
     };
-    if now - since < (store.config.gc_grace_secs as i64) * 1000 {
+    if now.saturating_sub(since) < ms_of_secs(store.config.gc_grace_secs) {
         return Ok(Verdict::Wait);
     }
     // Heartbeats before vetoes: a gateway writes its veto before the heartbeat acknowledging
     // the announcement, so a veto is seen whenever its acknowledgement was.
     let acknowledgement = format!("{marker} {}", announced.tag);
-    let expired = now - (store.config.gateway_expiry_secs as i64) * 1000;
+    let expired = now.saturating_sub(ms_of_secs(store.config.gateway_expiry_secs));
     for listed in store.upstream.list(GATEWAYS).await? {
         if listed.key == heartbeat_key(&store.instance) || listed.modified_ms < expired {
             continue;
@@ -156,9 +156,10 @@ pub async fn check_not_expired(store: &Store, now: i64) -> anyhow::Result<()> {
     let Some(listed) = store.upstream.list(&heartbeat).await?.into_iter().find(|listed| listed.key == heartbeat) else {
         return Ok(());
     };
-    let silent_secs = (now - listed.modified_ms) / 1000;
+    let silent_ms = now.saturating_sub(listed.modified_ms);
+    let silent_secs = silent_ms / 1000;
     anyhow::ensure!(
-        silent_secs <= store.config.gateway_expiry_secs as i64,
+        silent_ms <= ms_of_secs(store.config.gateway_expiry_secs),
         "this gateway last caught up with the shared upstream {silent_secs} s ago, more than gateway_expiry_secs ({}): packs its index reads may be gone; run `tensorgate index rebuild` first",
         store.config.gateway_expiry_secs
     );

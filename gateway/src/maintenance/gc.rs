@@ -11,7 +11,7 @@ use tensorgate_index::{pack_id, upload_key, upload_of_part, vetoed_pack, BLOBS, 
 use crate::engine::catalog;
 use crate::engine::journal;
 use crate::engine::{read_record, GcMemory, Store};
-use crate::ids::now_ms;
+use crate::ids::{ms_of_secs, now_ms};
 use crate::maintenance::{compact, rebase, rewrite};
 use crate::maintenance::condemned::{self, Verdict};
 use crate::upstream::Condition;
@@ -51,7 +51,7 @@ pub struct GcReport {
 /// packs and re-bases families of tensors (`rebase`).
 pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let now = now_ms();
-    let cutoff = now - (store.config.gc_grace_secs as i64) * 1000;
+    let cutoff = now.saturating_sub(ms_of_secs(store.config.gc_grace_secs));
     catalog::recover(store).await?;
     // Sled work over every dead chunk: off the async workers' hands.
     let mut report = GcReport { chunks: tokio::task::block_in_place(|| sweep(store, cutoff, now))?, ..GcReport::default() };
@@ -100,7 +100,7 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     if store.config.shared_upstream {
         journal::prune(store, now).await?;
     }
-    let scan_due = memory.last_orphan_scan_ms.is_none_or(|last| now - last >= (store.config.orphan_scan_secs as i64) * 1000);
+    let scan_due = memory.last_orphan_scan_ms.is_none_or(|last| now.saturating_sub(last) >= ms_of_secs(store.config.orphan_scan_secs));
     if scan_due {
         report.orphans = trash_orphans(store, &referenced, now, false).await?.len();
         store.index.set_last_orphan_scan_ms(now)?;
@@ -137,7 +137,7 @@ fn sweep(store: &Store, cutoff: i64, now: i64) -> anyhow::Result<usize> {
 /// Takes (or renews) the lease that lets one gateway at a time delete upstream objects: a
 /// small upstream object naming its holder and expiry, replaced only by conditional writes.
 async fn acquire_lease(store: &Store, now: i64) -> anyhow::Result<bool> {
-    let expires = now + (store.config.gc_lease_secs as i64) * 1000;
+    let expires = now.saturating_add(ms_of_secs(store.config.gc_lease_secs));
     let lease = bytes::Bytes::from(format!("{} {expires}", store.instance));
     let condition = match store.upstream.read_tagged(LEASE).await? {
         None => Condition::Absent,
@@ -251,7 +251,7 @@ pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, n
     for prefix in store.config.upstream_prefixes() {
         let folders = [(PACKS, store.config.gc_grace_secs), (BLOBS, store.config.orphan_blob_secs)];
         for (folder, age_secs) in folders {
-            let age_ms = i64::try_from(age_secs).unwrap_or(i64::MAX).saturating_mul(1000);
+            let age_ms = ms_of_secs(age_secs);
             let old_enough = now.saturating_sub(age_ms);
             for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {
                 let unreferenced = !referenced.contains(&listed.key) && !store.in_flight.contains(&listed.key);
