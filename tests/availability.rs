@@ -343,3 +343,25 @@ fn uploads_wait_for_the_in_flight_byte_budget() {
     assert!(said.contains("waited"), "{said}");
     assert!(gateway.store().metrics.body_waits.get() >= 1);
 }
+
+/// Timeouts too long for the clock (`u64::MAX` seconds, meant as "never") wait rather than
+/// panic: a body that pauses midway once overflowed the idle timer's deadline, and every such
+/// upload was cut off.
+#[test]
+fn timeouts_longer_than_the_clock_never_fire() {
+    let gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| {
+        config.body_idle_timeout_secs = u64::MAX;
+        config.header_read_timeout_secs = u64::MAX;
+        config.response_idle_timeout_secs = u64::MAX;
+    });
+    let work = tempfile::tempdir().unwrap();
+    gateway.aws(&["s3", "mb", "s3://patient"]);
+    let file = work.path().join("paused");
+    std::fs::write(&file, support::noise(1 << 20, 9)).unwrap();
+    let writer = slow_put(&gateway.endpoint, "patient", "paused", &file, 300_000, 1.0);
+    let output = writer.wait_with_output().unwrap();
+    assert!(output.status.success(), "the paused PUT failed: {}", String::from_utf8_lossy(&output.stdout));
+    let back = work.path().join("back");
+    gateway.aws(&["s3", "cp", "s3://patient/paused", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
+}

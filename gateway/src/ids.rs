@@ -14,6 +14,10 @@ pub fn ms_of_secs(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000)
 }
 
+/// The longest a configured timeout waits: a longer one (about 34 years) never fires anyway,
+/// and adding it to the clock's now could overflow, which panics.
+pub const LONGEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1 << 30);
+
 /// A fresh unique id for versions, blobs and packs.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()

@@ -139,6 +139,7 @@ pub struct IdleBody {
 
 impl IdleBody {
     pub fn new(inner: hyper::body::Incoming, idle: std::time::Duration, stalled: Arc<std::sync::atomic::AtomicBool>) -> IdleBody {
+        let idle = idle.min(crate::ids::LONGEST_TIMEOUT);
         IdleBody { inner, idle, deadline: Box::pin(tokio::time::sleep(idle)), waiting: false, stalled }
     }
 }

@@ -273,7 +273,8 @@ where
     S: hyper::service::Service<hyper::Request<hyper::body::Incoming>, Response = s3s::HttpResponse, Error = s3s::HttpError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    let header_timeout = Duration::from_secs(store.config.header_read_timeout_secs);
+    // hyper adds the header timeout to the clock's now, which overflows past the longest.
+    let header_timeout = Duration::from_secs(store.config.header_read_timeout_secs).min(crate::ids::LONGEST_TIMEOUT);
     // HTTP/1.1 only (S3 clients speak it; hyper times HTTP/1 headers from the first byte on).
     let mut http = ConnectionBuilder::new(TokioExecutor::new()).http1_only();
     // A client that closes its sending side after the body still gets its answer.

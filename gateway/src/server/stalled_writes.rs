@@ -30,9 +30,7 @@ pub struct StalledWrites<T> {
 
 impl<T> StalledWrites<T> {
     pub fn new(inner: T, timeout: Duration, closed: Counter) -> StalledWrites<T> {
-        // A longer timeout (about 34 years) never fires anyway, and adding it to now could
-        // overflow.
-        let timeout = timeout.min(Duration::from_secs(1 << 30));
+        let timeout = timeout.min(crate::ids::LONGEST_TIMEOUT);
         StalledWrites { inner, timeout, deadline: Box::pin(tokio::time::sleep(timeout)), waiting: false, closed }
     }
 
