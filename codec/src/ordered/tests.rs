@@ -214,7 +214,7 @@ proptest! {
     #[test]
     fn every_path_writes_the_bytes_of_the_definition(seed in any::<u64>(), count in 0usize..3000,
                                                      width in proptest::sample::select(vec![2usize, 4, 8]),
-                                                     random in any::<bool>(), tail in 0usize..8) {
+                                                     random in any::<bool>(), tail in 0usize..8, beyond in 0usize..8) {
         let (mut base, mut target) = weights(seed, count, width);
         if random {
             // The same lengths, every byte random: any context, any difference.
@@ -226,11 +226,15 @@ proptest! {
                 *byte = state as u8;
             }
         }
+        // Bytes past the whole elements: in the target alone, or in both (XORed in the tail).
         target.extend((0..tail).map(|i| i as u8));
+        base.extend((0..beyond).map(|i| 0xa0 | i as u8));
         let (expected, runs) = reference_encode(&target, &base, width);
         for &path in VECTOR_PATHS.iter().chain([&Path::Scalar]) {
             prop_assert_eq!(&encode_on(path, &target, &base, width), &(expected.clone(), runs), "{:?}", path);
-            prop_assert_eq!(&decode_on(path, &expected, &base, width, Some(&runs)).unwrap(), &target, "{:?}", path);
+            for stored in [None, Some(&runs)] {
+                prop_assert_eq!(&decode_on(path, &expected, &base, width, stored).unwrap(), &target, "{:?}, runs {:?}", path, stored.is_some());
+            }
         }
     }
 

@@ -157,10 +157,10 @@ pub async fn check_not_expired(store: &Store, now: i64) -> anyhow::Result<()> {
         return Ok(());
     };
     let silent_ms = now.saturating_sub(listed.modified_ms);
-    let silent_secs = silent_ms / 1000;
+    let silent_secs = silent_ms as f64 / 1000.0;
     anyhow::ensure!(
         silent_ms <= ms_of_secs(store.config.gateway_expiry_secs),
-        "this gateway last caught up with the shared upstream {silent_secs} s ago, more than gateway_expiry_secs ({}): packs its index reads may be gone; run `tensorgate index rebuild` first",
+        "this gateway last caught up with the shared upstream {silent_secs:.1} s ago, more than gateway_expiry_secs ({}): packs its index reads may be gone; run `tensorgate index rebuild` first",
         store.config.gateway_expiry_secs
     );
     // Commits wait for a sync when this heartbeat is already half expired (`Store::check_in_step`).
