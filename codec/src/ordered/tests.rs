@@ -21,18 +21,21 @@ fn elements_are_grouped_by_base_exponent() {
     assert_eq!(&planes[..3], &[6, 6, 6], "every difference is +3");
 }
 
+/// The next number of a xorshift generator (whose state is never 0).
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// `count` floats of `width` bytes as weights are (a few exponents), their magnitude
 /// ten times larger in the second half (so that the first elements are a poor sample of
 /// the contexts), one in 40 of them random bits (rare contexts); and the same moved by a
 /// few units in the last place.
 fn weights(seed: u64, count: usize, width: usize) -> (Vec<u8>, Vec<u8>) {
     let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = move || xorshift(&mut state);
     let (mut base, mut moved) = (Vec::new(), Vec::new());
     for element in 0..count {
         let scale = if element < count / 2 { 1e-5 } else { 1e-4 };
@@ -220,10 +223,7 @@ proptest! {
             // The same lengths, every byte random: any context, any difference.
             let mut state = seed | 1;
             for byte in base.iter_mut().chain(target.iter_mut()) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                *byte = state as u8;
+                *byte = xorshift(&mut state) as u8;
             }
         }
         // Bytes past the whole elements: in the target alone, or in both (XORed in the tail).

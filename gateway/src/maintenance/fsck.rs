@@ -2,9 +2,10 @@
 //! index uses is upstream and long enough; every object's manifest upstream is the one the
 //! index holds; no upstream object older than its grace period is unreferenced and out of the
 //! trash (unless it came of age after the last orphan listing); every manifest upstream (of
-//! every gateway, with a shared upstream) names packs and blobs that exist. With `verify_frames`, every live frame is also scrubbed (read, decoded, checked).
-//! With `repair`, missing or stale manifests are written again and orphans are sent to the
-//! trash; nothing is deleted.
+//! every gateway, with a shared upstream) names packs and blobs that exist. With
+//! `verify_frames`, every live frame is also scrubbed (read, decoded, checked). With `repair`,
+//! missing or stale manifests are written again and orphans are sent to the trash; nothing is
+//! deleted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
