@@ -15,7 +15,6 @@
 
 use crate::delta::xor_in_place;
 use crate::error::{CodecError, Result};
-use crate::scratch;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -166,6 +165,11 @@ fn run_starts(counts: &Counts) -> [usize; 256] {
     starts
 }
 
+/// Bytes of elements an encode takes at a time (a multiple of 2 x 8 bytes, so that only the
+/// last block can end in an odd element): their differences stay in the first-level cache
+/// between the loop that computes them and the one that places them.
+const BLOCK_BYTES: usize = 16 * 1024;
+
 /// Elements counted one by one before [`fast::count_blocks`] takes over.
 const SAMPLE_ELEMENTS: usize = 1024;
 
@@ -241,12 +245,15 @@ fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path, out: &mu
         #[cfg(test)]
         Path::Scalar => 0,
     };
-    // For the elements left, first the differences in element order, in a loop the compiler
-    // vectorises; then each one's bytes to its slot in the planes.
-    let mut ordered = scratch::take(whole - first * W);
-    differences::<W>(&target[first * W..whole], &base[first * W..whole], &mut ordered);
-    let placed = scatter_differences::<W>(&ordered, &base[first * W..whole], count, &mut next, out);
-    scratch::give_back(ordered);
+    // For the elements left, block by block: first the differences in element order, in a
+    // loop the compiler vectorises; then each one's bytes to its slot in the planes.
+    let mut ordered = [0u8; BLOCK_BYTES];
+    let placed = (first * W..whole).step_by(BLOCK_BYTES).try_for_each(|start| {
+        let end = whole.min(start + BLOCK_BYTES);
+        let ordered = &mut ordered[..end - start];
+        differences::<W>(&target[start..end], &base[start..end], ordered);
+        scatter_differences::<W>(ordered, &base[start..end], count, &mut next, out)
+    });
     out[whole..].copy_from_slice(&target[whole..]);
     xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
     assert!(placed.is_some() && runs_filled(&next, &starts, &counts), "the runs counted from the base hold its elements");

@@ -215,7 +215,7 @@ proptest! {
     }
 
     #[test]
-    fn every_path_writes_the_bytes_of_the_definition(seed in any::<u64>(), count in 0usize..3000,
+    fn every_path_writes_the_bytes_of_the_definition(seed in any::<u64>(), count in 0usize..20_000,
                                                      width in proptest::sample::select(vec![2usize, 4, 8]),
                                                      random in any::<bool>(), tail in 0usize..8, beyond in 0usize..8) {
         let (mut base, mut target) = weights(seed, count, width);
