@@ -118,10 +118,7 @@ fn fsck_finds_and_repairs_a_manifest_naming_a_missing_pack() {
     let report = gateway.fsck();
     let named = report.problems.iter().filter(|p| p.contains("race/second") && p.contains("packs/deleted-by-gc")).count();
     assert!(named > 0, "fsck did not name the manifest and the missing pack: {:?}", report.problems);
-    let store = gateway.gateway.as_ref().unwrap().store.clone();
-    let options = tensorgate::maintenance::fsck::FsckOptions { verify_frames: false, repair: true };
-    let repaired = gateway.runtime.block_on(tensorgate::maintenance::fsck::fsck(&store, options, &|_, _| {})).unwrap();
-    drop(store);
+    let repaired = gateway.fsck_repairing();
     assert!(repaired.repaired.iter().any(|r| r.contains("race/second")), "{:?}", repaired.repaired);
     let report = gateway.fsck();
     assert!(report.problems.is_empty(), "after --repair: {:?}", report.problems);

@@ -236,6 +236,25 @@ fn fsck_leaves_orphans_younger_than_the_last_listing_to_the_next() {
     assert!(report.problems.iter().any(|problem| problem.contains("written-after-the-listing")), "{:?}", report.problems);
 }
 
+/// A time of the last orphan listing that the index cannot read is a problem fsck reports,
+/// not a listing it takes never to have happened in silence; a repair records a new one.
+#[test]
+fn fsck_reports_a_last_listing_that_is_no_time() {
+    let mut gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    gateway.collect_garbage();
+    gateway.restart_changing_index(|index| {
+        index.open_tree("meta").unwrap().insert("orphan-scan", &b"no time"[..]).unwrap();
+    });
+    let report = gateway.fsck();
+    assert!(report.problems.iter().any(|problem| problem.contains("\"orphan-scan\" value is malformed")), "{:?}", report.problems);
+
+    let repaired = gateway.fsck_repairing();
+    assert!(repaired.repaired.iter().any(|repair| repair.contains("\"orphan-scan\" value is malformed")), "{:?}", repaired.repaired);
+    assert!(gateway.store().index.last_orphan_scan_ms().unwrap().is_some());
+    let report = gateway.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
 /// A grace period too long for a clock in milliseconds (`u64::MAX` seconds, meant as "never")
 /// keeps every freed chunk and the packs that hold them: it once wrapped round to a negative
 /// grace, under which a collection deleted them at once.

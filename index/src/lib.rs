@@ -67,6 +67,8 @@ pub enum IndexError {
     DuplicateStep(String),
     #[error("index key {0:?} is malformed")]
     MalformedKey(String),
+    #[error("the index's {0:?} value is malformed")]
+    MalformedValue(&'static str),
     #[error("upstream record does not decode: {0}")]
     Envelope(&'static str),
     #[error("the index cannot move to the current record format: {0}")]

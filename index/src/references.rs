@@ -78,9 +78,12 @@ impl Index {
     }
 
     /// When the upstream was last listed for orphans and every one of age sent to the trash
-    /// (milliseconds since the Unix epoch); `None` before the first such listing.
+    /// (milliseconds since the Unix epoch); `None` before the first such listing, and
+    /// [`IndexError::MalformedValue`] for a value that is no time.
     pub fn last_orphan_scan_ms(&self) -> Result<Option<i64>> {
-        Ok(self.meta.get(ORPHAN_SCAN)?.and_then(|value| value.as_ref().try_into().ok()).map(i64::from_be_bytes))
+        let Some(value) = self.meta.get(ORPHAN_SCAN)? else { return Ok(None) };
+        let time = value.as_ref().try_into().map_err(|_| IndexError::MalformedValue(ORPHAN_SCAN))?;
+        Ok(Some(i64::from_be_bytes(time)))
     }
 
     /// Records a listing for orphans at `at_ms`, once every one of age then is in the trash.
@@ -280,5 +283,18 @@ mod tests {
         let trash = index.trash_before(10).unwrap();
         assert!(trash.contains(&"packs/1".to_owned()) && trash.contains(&"blobs/x".to_owned()), "{trash:?}");
         assert!(index.check().unwrap().problems.is_empty());
+    }
+
+    #[test]
+    fn the_last_orphan_listing_is_a_time_or_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        assert_eq!(index.last_orphan_scan_ms().unwrap(), None);
+        index.set_last_orphan_scan_ms(1_700_000_000_123).unwrap();
+        assert_eq!(index.last_orphan_scan_ms().unwrap(), Some(1_700_000_000_123));
+        index.meta.insert(ORPHAN_SCAN, &b"seven bytes"[..7]).unwrap();
+        assert!(matches!(index.last_orphan_scan_ms(), Err(IndexError::MalformedValue(ORPHAN_SCAN))));
+        index.set_last_orphan_scan_ms(5).unwrap();
+        assert_eq!(index.last_orphan_scan_ms().unwrap(), Some(5));
     }
 }

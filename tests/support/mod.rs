@@ -185,6 +185,26 @@ impl TestGateway {
         self.serve_again(config);
     }
 
+    /// Shuts the gateway down, hands its index's sled database to `change` (to leave in it what
+    /// a fault could), and serves again on the same data and configuration.
+    pub fn restart_changing_index(&mut self, change: impl FnOnce(&sled::Db)) {
+        let config = self.store().config.clone();
+        let gateway = self.gateway.take().unwrap();
+        self.runtime.block_on(gateway.shut_down()).expect("the gateway shuts down");
+        let started = Instant::now();
+        let index = loop {
+            match sled::open(config.data_dir.join("index")) {
+                Ok(index) => break index,
+                Err(_) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(100)),
+                Err(error) => panic!("the index is not let go of: {error}"),
+            }
+        };
+        change(&index);
+        index.flush().unwrap();
+        drop(index);
+        self.serve_again(config);
+    }
+
     /// Starts the gateway again on `config` once its index is free: the aborted tasks of the one
     /// before, and sled's own threads, let go of it a moment after its store is dropped.
     fn serve_again(&mut self, config: Config) {
@@ -289,6 +309,13 @@ impl TestGateway {
     pub fn fsck(&self) -> tensorgate::maintenance::fsck::FsckReport {
         let store = self.gateway.as_ref().unwrap().store.clone();
         let options = tensorgate::maintenance::fsck::FsckOptions { verify_frames: true, repair: false };
+        self.runtime.block_on(tensorgate::maintenance::fsck::fsck(&store, options, &|_, _| {})).expect("fsck runs")
+    }
+
+    /// `fsck --repair`, frames not verified.
+    pub fn fsck_repairing(&self) -> tensorgate::maintenance::fsck::FsckReport {
+        let store = self.gateway.as_ref().unwrap().store.clone();
+        let options = tensorgate::maintenance::fsck::FsckOptions { verify_frames: false, repair: true };
         self.runtime.block_on(tensorgate::maintenance::fsck::fsck(&store, options, &|_, _| {})).expect("fsck runs")
     }
 

@@ -173,7 +173,20 @@ async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> 
     }
     let referenced = gc::referenced_keys(store, &mut *store.gc_memory.lock().await).await?;
     let now = now_ms();
-    let last_scan_ms = store.index.last_orphan_scan_ms()?;
+    // A recorded time that is no time is itself a problem; every orphan is then judged, as
+    // with no listing recorded, and a repair records this one.
+    let last_scan_ms = match store.index.last_orphan_scan_ms() {
+        Ok(scanned) => scanned,
+        Err(error @ IndexError::MalformedValue(_)) if repair => {
+            report.repaired.push(format!("{error}: recorded again"));
+            None
+        }
+        Err(error @ IndexError::MalformedValue(_)) => {
+            report.problems.push(format!("{error}: every orphan judged as if the upstream had never been listed"));
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
     let orphans = trash_orphans(store, &referenced, now, !repair).await?;
     let mut awaiting_scan = 0;
     for orphan in orphans {
