@@ -189,6 +189,47 @@ fn fsck_away_from_the_lease_raises_no_false_orphans() {
     assert!(holder.problems.is_empty(), "the pack is in the holder's trash: {:?}", holder.problems);
 }
 
+/// A pack that only a peer's object named at the holder's last orphan listing, freed since, is
+/// no problem for the holder's fsck, before a restart or after: the next listing sends it to
+/// the trash. An object nothing named at that listing, and that is not in the trash, still is.
+#[test]
+fn fsck_leaves_what_a_peer_freed_after_the_listing_to_the_next() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = shared_gateway_over(&moto, state_a.path(), true, |_| {}, |upstream| upstream);
+    let b = shared_gateway_over(&moto, state_b.path(), true, |_| {}, |upstream| upstream);
+    a.aws(&["s3", "mb", "s3://models"]);
+    // Written through b and never read or synced through a: only b's manifest names its pack.
+    put(&b, &noise(300_000, 9), "s3://models/peer", &[], scratch.path());
+    let stray = "packs/named-by-nothing";
+    let frames = bytes::Bytes::from_static(b"frames nobody committed");
+    a.runtime.block_on(tensorgate::upstream::put(&*a.store().upstream, stray, frames)).unwrap();
+    let collected = a.collect_garbage();
+    assert!(collected.leased && collected.orphans == 1, "only the stray is an orphan: {collected:?}");
+    b.aws(&["s3", "rm", "s3://models/peer"]);
+
+    let freed_since = |report: &tensorgate::maintenance::fsck::FsckReport| {
+        report.notes.iter().any(|note| note.starts_with("orphans that other gateways referenced at the last orphan listing") && note.ends_with(": 1 unreferenced upstream objects"))
+    };
+    let report = a.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(freed_since(&report), "{:?}", report.notes);
+
+    // The stray taken out of the trash, as if the listing had missed it.
+    a.restart_changing_index(|index| {
+        index.open_tree("trash").unwrap().remove(stray).unwrap().expect("the listing sent the stray to the trash");
+    });
+    let report = a.fsck();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert!(report.problems[0].contains(stray), "{:?}", report.problems);
+    assert!(freed_since(&report), "{:?}", report.notes);
+
+    let collected = a.collect_garbage();
+    assert_eq!(collected.orphans, 2, "{collected:?}");
+    let report = a.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
 /// Two gateways store one new model at once, each in its own pack; the only manifest left
 /// names b's copy, while a's index reads its own. b's collector condemns a's pack, a's sync
 /// vetoes it, and the pack stays: a keeps reading, and what a writes against its copy stays

@@ -13,6 +13,10 @@ use crate::{decode, hex, ChunkHash, ChunkRecord, Index, IndexError, ObjectRecord
 /// The `meta` key of the last orphan listing's time.
 const ORPHAN_SCAN: &str = "orphan-scan";
 
+/// The prefix of the `meta` keys of the upstream keys that listing spared only because another
+/// gateway's record named them: `orphan-spared/<upstream key>`, valued at the listing's time.
+const ORPHAN_SPARED: &str = "orphan-spared/";
+
 impl Index {
     /// Sends every recorded pack that no chunk uses to the trash (after `index rebuild`, the
     /// packs no adopted manifest needed). Returns how many.
@@ -86,10 +90,27 @@ impl Index {
         Ok(Some(i64::from_be_bytes(time)))
     }
 
-    /// Records a listing for orphans at `at_ms`, once every one of age then is in the trash.
-    pub fn set_last_orphan_scan_ms(&self, at_ms: i64) -> Result<()> {
-        self.meta.insert(ORPHAN_SCAN, &at_ms.to_be_bytes()[..])?;
+    /// Records a listing for orphans at `at_ms`, once every one of age then is in the trash,
+    /// with the keys of age it spared only because another gateway's record named them
+    /// (`spared`), in place of the last listing's: all at once.
+    pub fn set_last_orphan_scan(&self, at_ms: i64, spared: &[String]) -> Result<()> {
+        let at = at_ms.to_be_bytes();
+        let mut batch = sled::Batch::default();
+        for entry in self.meta.scan_prefix(ORPHAN_SPARED) {
+            batch.remove(entry?.0);
+        }
+        for key in spared {
+            batch.insert(format!("{ORPHAN_SPARED}{key}").as_bytes(), &at[..]);
+        }
+        batch.insert(ORPHAN_SCAN, &at[..]);
+        self.meta.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// Whether the orphan listing at `scanned_ms` spared `key` only because another gateway's
+    /// record named it: freed since, it is the next listing's to send to the trash.
+    pub fn spared_by_orphan_scan(&self, key: &str, scanned_ms: i64) -> Result<bool> {
+        Ok(self.meta.get(format!("{ORPHAN_SPARED}{key}"))?.is_some_and(|at| at.as_ref() == scanned_ms.to_be_bytes()))
     }
 
     /// Every upstream key the index uses: live packs, the blobs of objects, and the part blobs
@@ -290,11 +311,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
         assert_eq!(index.last_orphan_scan_ms().unwrap(), None);
-        index.set_last_orphan_scan_ms(1_700_000_000_123).unwrap();
+        index.set_last_orphan_scan(1_700_000_000_123, &[]).unwrap();
         assert_eq!(index.last_orphan_scan_ms().unwrap(), Some(1_700_000_000_123));
         index.meta.insert(ORPHAN_SCAN, &b"seven bytes"[..7]).unwrap();
         assert!(matches!(index.last_orphan_scan_ms(), Err(IndexError::MalformedValue(ORPHAN_SCAN))));
-        index.set_last_orphan_scan_ms(5).unwrap();
+        index.set_last_orphan_scan(5, &[]).unwrap();
         assert_eq!(index.last_orphan_scan_ms().unwrap(), Some(5));
+    }
+
+    #[test]
+    fn a_listing_keeps_only_its_own_spared_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path()).unwrap();
+        index.set_last_orphan_scan(10, &["packs/a".to_owned(), "blobs/b".to_owned()]).unwrap();
+        assert!(index.spared_by_orphan_scan("packs/a", 10).unwrap() && index.spared_by_orphan_scan("blobs/b", 10).unwrap());
+        assert!(!index.spared_by_orphan_scan("packs/a", 9).unwrap(), "spared at another listing");
+        assert!(!index.spared_by_orphan_scan("packs/c", 10).unwrap());
+        index.set_last_orphan_scan(20, &["packs/c".to_owned(), "packs/a".to_owned()]).unwrap();
+        assert!(index.spared_by_orphan_scan("packs/c", 20).unwrap() && index.spared_by_orphan_scan("packs/a", 20).unwrap());
+        assert!(!index.spared_by_orphan_scan("blobs/b", 20).unwrap() && !index.spared_by_orphan_scan("blobs/b", 10).unwrap(), "the last listing's keys are replaced");
+        assert_eq!(index.meta.scan_prefix(ORPHAN_SPARED).count(), 2);
     }
 }

@@ -161,17 +161,19 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
     Ok(())
 }
 
-/// Upstream objects past their grace period that nothing references must be in the trash; one
-/// that came of age after the last orphan listing (whose time the index keeps) waits for the
-/// next and is noted, not a problem. With a shared upstream only the lease holder, or its last
-/// holder, judges: what no manifest names may be in its trash or its index, which other
-/// gateways cannot see.
+/// Upstream objects past their grace period that nothing references must be in the trash. The
+/// next orphan listing's, noted rather than problems: one that came of age after the last
+/// listing (whose time the index keeps), and with a shared upstream one that listing spared
+/// because another gateway's record named it then. With a shared upstream only the lease
+/// holder, or its last holder, judges: what no manifest names may be in its trash or its index,
+/// which other gateways cannot see.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
     if store.config.shared_upstream && !gc::may_collect(store, now_ms(), repair).await? {
         report.notes.push("orphans not judged: another gateway holds (or last held) the garbage-collection lease".to_owned());
         return Ok(());
     }
-    let referenced = gc::referenced_keys(store, &mut *store.gc_memory.lock().await).await?;
+    let mut memory = store.gc_memory.lock().await;
+    let referenced = gc::referenced_keys(store, &mut memory).await?;
     let now = now_ms();
     // A recorded time that is no time is itself a problem; every orphan is then judged, as
     // with no listing recorded, and a repair records this one.
@@ -187,25 +189,34 @@ async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> 
         }
         Err(error) => return Err(error.into()),
     };
-    let orphans = trash_orphans(store, &referenced, now, !repair).await?;
-    let mut awaiting_scan = 0;
-    for orphan in orphans {
+    let listing = trash_orphans(store, &referenced, &memory.upstream_only, now, !repair).await?;
+    let (mut of_age_since, mut freed_since) = (0, 0);
+    for orphan in listing.orphans {
+        let spared = match last_scan_ms {
+            Some(scanned) if !repair => store.index.spared_by_orphan_scan(&orphan.key, scanned)?,
+            _ => false,
+        };
         if repair {
             report.repaired.push(format!("orphan {} sent to the trash", orphan.key));
         } else if last_scan_ms.is_some_and(|scanned| orphan.of_age_ms > scanned) {
-            awaiting_scan += 1;
+            of_age_since += 1;
+        } else if spared {
+            freed_since += 1;
         } else {
             report.problems.push(format!("upstream object {} is referenced by nothing and not in the trash", orphan.key));
         }
     }
     if repair {
-        store.index.set_last_orphan_scan_ms(now)?;
+        store.index.set_last_orphan_scan(now, &listing.spared)?;
     }
-    if let (Some(scanned), true) = (last_scan_ms, awaiting_scan > 0) {
+    if let Some(scanned) = last_scan_ms {
         let minutes_ago = now.saturating_sub(scanned) / 60_000;
-        report.notes.push(format!(
-            "orphans of age after the last orphan listing ({minutes_ago} minutes ago), left to the next: {awaiting_scan} unreferenced upstream objects"
-        ));
+        let left = [(of_age_since, "of age after"), (freed_since, "that other gateways referenced at")];
+        for (count, which) in left.into_iter().filter(|&(count, _)| count > 0) {
+            report.notes.push(format!(
+                "orphans {which} the last orphan listing ({minutes_ago} minutes ago), left to the next: {count} unreferenced upstream objects"
+            ));
+        }
     }
     Ok(())
 }

@@ -102,8 +102,9 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     }
     let scan_due = memory.last_orphan_scan_ms.is_none_or(|last| now.saturating_sub(last) >= ms_of_secs(store.config.orphan_scan_secs));
     if scan_due {
-        report.orphans = trash_orphans(store, &referenced, now, false).await?.len();
-        store.index.set_last_orphan_scan_ms(now)?;
+        let listing = trash_orphans(store, &referenced, &memory.upstream_only, now, false).await?;
+        report.orphans = listing.orphans.len();
+        store.index.set_last_orphan_scan(now, &listing.spared)?;
         memory.last_orphan_scan_ms = Some(now);
     }
     report.packs_compacted = compact::compact(store).await?.packs;
@@ -243,26 +244,41 @@ pub(crate) struct Orphan {
     pub of_age_ms: i64,
 }
 
+/// What one listing for orphans found.
+pub(crate) struct OrphanListing {
+    /// The objects nothing referenced.
+    pub orphans: Vec<Orphan>,
+    /// The keys of age, outside the trash, that only another gateway's record (`upstream_only`)
+    /// referenced: one freed after the listing is the next one's orphan, not a missed one.
+    pub spared: Vec<String>,
+}
+
 /// Finds the packs older than the grace period, and the blobs older than `orphan_blob_secs`,
 /// that nothing references and that are not in the trash yet; sends them there unless
-/// `dry_run`. Returns them.
-pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<Vec<Orphan>> {
-    let mut orphans = Vec::new();
+/// `dry_run`.
+pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, upstream_only: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<OrphanListing> {
+    let mut listing = OrphanListing { orphans: Vec::new(), spared: Vec::new() };
     for prefix in store.config.upstream_prefixes() {
         let folders = [(PACKS, store.config.gc_grace_secs), (BLOBS, store.config.orphan_blob_secs)];
         for (folder, age_secs) in folders {
             let age_ms = ms_of_secs(age_secs);
             let old_enough = now.saturating_sub(age_ms);
             for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {
-                let unreferenced = !referenced.contains(&listed.key) && !store.in_flight.contains(&listed.key);
-                if unreferenced && listed.modified_ms <= old_enough && !store.index.in_trash(&listed.key)? {
-                    if !dry_run {
-                        store.index.trash_key(&listed.key, now)?;
-                    }
-                    orphans.push(Orphan { key: listed.key, of_age_ms: listed.modified_ms.saturating_add(age_ms) });
+                let judged = listed.modified_ms <= old_enough && !store.in_flight.contains(&listed.key);
+                let unreferenced = !referenced.contains(&listed.key);
+                if !judged || !(unreferenced || upstream_only.contains(&listed.key)) || store.index.in_trash(&listed.key)? {
+                    continue;
                 }
+                if !unreferenced {
+                    listing.spared.push(listed.key);
+                    continue;
+                }
+                if !dry_run {
+                    store.index.trash_key(&listed.key, now)?;
+                }
+                listing.orphans.push(Orphan { key: listed.key, of_age_ms: listed.modified_ms.saturating_add(age_ms) });
             }
         }
     }
-    Ok(orphans)
+    Ok(listing)
 }
