@@ -13,8 +13,9 @@ use crate::{decode, hex, ChunkHash, ChunkRecord, Index, IndexError, ObjectRecord
 /// The `meta` key of the last orphan listing's time.
 const ORPHAN_SCAN: &str = "orphan-scan";
 
-/// The prefix of the `meta` keys of the upstream keys that listing spared only because another
-/// gateway's record named them: `orphan-spared/<upstream key>`, valued at the listing's time.
+/// The prefix of the `meta` keys (`orphan-spared/<upstream key>`, empty values) of the upstream
+/// keys that an upstream record alone, not this index, kept from being orphans since that
+/// listing.
 const ORPHAN_SPARED: &str = "orphan-spared/";
 
 impl Index {
@@ -91,26 +92,38 @@ impl Index {
     }
 
     /// Records a listing for orphans at `at_ms`, once every one of age then is in the trash,
-    /// with the keys of age it spared only because another gateway's record named them
-    /// (`spared`), in place of the last listing's: all at once.
+    /// with the keys of age it spared only because an upstream record named them (`spared`), in
+    /// place of those recorded before: in one batch, of the keys that changed.
     pub fn set_last_orphan_scan(&self, at_ms: i64, spared: &[String]) -> Result<()> {
-        let at = at_ms.to_be_bytes();
+        let spared: HashSet<Vec<u8>> = spared.iter().map(|key| format!("{ORPHAN_SPARED}{key}").into_bytes()).collect();
         let mut batch = sled::Batch::default();
+        let mut recorded = HashSet::new();
         for entry in self.meta.scan_prefix(ORPHAN_SPARED) {
-            batch.remove(entry?.0);
+            let key = entry?.0.to_vec();
+            if !spared.contains(&key) {
+                batch.remove(&key[..]);
+            }
+            recorded.insert(key);
         }
-        for key in spared {
-            batch.insert(format!("{ORPHAN_SPARED}{key}").as_bytes(), &at[..]);
+        for key in spared.difference(&recorded) {
+            batch.insert(&key[..], &[][..]);
         }
-        batch.insert(ORPHAN_SCAN, &at[..]);
+        batch.insert(ORPHAN_SCAN, &at_ms.to_be_bytes()[..]);
         self.meta.apply_batch(batch)?;
         Ok(())
     }
 
-    /// Whether the orphan listing at `scanned_ms` spared `key` only because another gateway's
-    /// record named it: freed since, it is the next listing's to send to the trash.
-    pub fn spared_by_orphan_scan(&self, key: &str, scanned_ms: i64) -> Result<bool> {
-        Ok(self.meta.get(format!("{ORPHAN_SPARED}{key}"))?.is_some_and(|at| at.as_ref() == scanned_ms.to_be_bytes()))
+    /// Records that an upstream record alone keeps `key` from being an orphan, after the last
+    /// listing (the garbage collector takes such a blob out of the trash).
+    pub fn spare_from_orphan_scan(&self, key: &str) -> Result<()> {
+        self.meta.insert(format!("{ORPHAN_SPARED}{key}"), &[][..])?;
+        Ok(())
+    }
+
+    /// Whether an upstream record alone kept `key` from being an orphan at the last listing, or
+    /// since: freed after, it is the next listing's to send to the trash.
+    pub fn spared_from_orphan_scan(&self, key: &str) -> Result<bool> {
+        Ok(self.meta.contains_key(format!("{ORPHAN_SPARED}{key}"))?)
     }
 
     /// Every upstream key the index uses: live packs, the blobs of objects, and the part blobs
@@ -324,12 +337,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = Index::open(dir.path()).unwrap();
         index.set_last_orphan_scan(10, &["packs/a".to_owned(), "blobs/b".to_owned()]).unwrap();
-        assert!(index.spared_by_orphan_scan("packs/a", 10).unwrap() && index.spared_by_orphan_scan("blobs/b", 10).unwrap());
-        assert!(!index.spared_by_orphan_scan("packs/a", 9).unwrap(), "spared at another listing");
-        assert!(!index.spared_by_orphan_scan("packs/c", 10).unwrap());
+        assert!(index.spared_from_orphan_scan("packs/a").unwrap() && index.spared_from_orphan_scan("blobs/b").unwrap());
+        assert!(!index.spared_from_orphan_scan("packs/c").unwrap());
+        index.spare_from_orphan_scan("blobs/d").unwrap();
+        assert!(index.spared_from_orphan_scan("blobs/d").unwrap());
         index.set_last_orphan_scan(20, &["packs/c".to_owned(), "packs/a".to_owned()]).unwrap();
-        assert!(index.spared_by_orphan_scan("packs/c", 20).unwrap() && index.spared_by_orphan_scan("packs/a", 20).unwrap());
-        assert!(!index.spared_by_orphan_scan("blobs/b", 20).unwrap() && !index.spared_by_orphan_scan("blobs/b", 10).unwrap(), "the last listing's keys are replaced");
+        assert_eq!(index.last_orphan_scan_ms().unwrap(), Some(20));
+        assert!(index.spared_from_orphan_scan("packs/c").unwrap() && index.spared_from_orphan_scan("packs/a").unwrap());
+        assert!(!index.spared_from_orphan_scan("blobs/b").unwrap() && !index.spared_from_orphan_scan("blobs/d").unwrap(), "the keys before are replaced");
         assert_eq!(index.meta.scan_prefix(ORPHAN_SPARED).count(), 2);
     }
 }

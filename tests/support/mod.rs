@@ -19,6 +19,7 @@ use tensorgate::server::{self, RunningGateway};
 use tensorgate::upstream::S3UpstreamConfig;
 
 mod corpus;
+mod restart;
 pub use corpus::corpus_dir;
 
 pub const ACCESS_KEY: &str = "test-access";
@@ -174,53 +175,6 @@ impl TestGateway {
 
     pub fn store(&self) -> &tensorgate::engine::Store {
         &self.gateway.as_ref().unwrap().store
-    }
-
-    /// Shuts the gateway down cleanly and starts it again on the same data and configuration
-    /// (on a new port): what a restart keeps is what the index and the upstream hold.
-    pub fn restart(&mut self) {
-        let config = self.store().config.clone();
-        let gateway = self.gateway.take().unwrap();
-        self.runtime.block_on(gateway.shut_down()).expect("the gateway shuts down");
-        self.serve_again(config);
-    }
-
-    /// Shuts the gateway down, hands its index's sled database to `change` (to leave in it what
-    /// a fault could), and serves again on the same data and configuration.
-    pub fn restart_changing_index(&mut self, change: impl FnOnce(&sled::Db)) {
-        let config = self.store().config.clone();
-        let gateway = self.gateway.take().unwrap();
-        self.runtime.block_on(gateway.shut_down()).expect("the gateway shuts down");
-        let started = Instant::now();
-        let index = loop {
-            match sled::open(config.data_dir.join("index")) {
-                Ok(index) => break index,
-                Err(_) if started.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(100)),
-                Err(error) => panic!("the index is not let go of: {error}"),
-            }
-        };
-        change(&index);
-        index.flush().unwrap();
-        drop(index);
-        self.serve_again(config);
-    }
-
-    /// Starts the gateway again on `config` once its index is free: the aborted tasks of the one
-    /// before, and sled's own threads, let go of it a moment after its store is dropped.
-    fn serve_again(&mut self, config: Config) {
-        let started = std::time::Instant::now();
-        let gateway = loop {
-            let upstream = server::open_upstream(&config).expect("upstream opens");
-            match self.runtime.block_on(server::start_with(config.clone(), upstream)) {
-                Ok(gateway) => break gateway,
-                Err(_) if started.elapsed() < std::time::Duration::from_secs(10) => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(error) => panic!("the gateway does not start again: {error:#}"),
-            }
-        };
-        self.endpoint = format!("{}://{}", scheme_of(&config), gateway.address);
-        self.gateway = Some(gateway);
     }
 
     /// `aws --endpoint-url … ARGS`, asserting success.

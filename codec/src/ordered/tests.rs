@@ -131,6 +131,23 @@ fn runs_on(path: Path, base: &[u8], count: usize, width: usize) -> Counts {
     }
 }
 
+/// Chunks that end just before, at and just after the encoder's blocks of `BLOCK_BYTES`, in
+/// each width, give the bytes of the definition on every path, the scalar loops included.
+#[test]
+fn chunks_around_a_block_give_the_bytes_of_the_definition() {
+    for width in [2, 4, 8] {
+        let block = BLOCK_BYTES / width;
+        for count in [block - 1, block, block + 1, 2 * block, 2 * block + 1] {
+            let (base, target) = weights(count as u64 + width as u64, count, width);
+            let (expected, runs) = reference_encode(&target, &base, width);
+            for &path in VECTOR_PATHS.iter().chain([&Path::Scalar]) {
+                assert_eq!(encode_on(path, &target, &base, width), (expected.clone(), runs), "{path:?}, width {width}, {count} elements");
+                assert_eq!(decode_on(path, &expected, &base, width, Some(&runs)).unwrap(), target, "{path:?}, width {width}, {count} elements");
+            }
+        }
+    }
+}
+
 #[test]
 fn vector_and_scalar_paths_agree_on_weights() {
     for &path in VECTOR_PATHS {

@@ -1,8 +1,8 @@
 //! `tensorgate fsck`: the index's own invariants (see `Index::check`); every pack and blob the
 //! index uses is upstream and long enough; every object's manifest upstream is the one the
 //! index holds; no upstream object older than its grace period is unreferenced and out of the
-//! trash (unless it came of age after the last orphan listing); every manifest upstream (of
-//! every gateway, with a shared upstream) names packs and blobs that exist. With
+//! trash (unless the next orphan listing is to judge it: see `check_orphans`); every manifest
+//! upstream (of every gateway, with a shared upstream) names packs and blobs that exist. With
 //! `verify_frames`, every live frame is also scrubbed (read, decoded, checked). With `repair`,
 //! missing or stale manifests are written again and orphans are sent to the trash; nothing is
 //! deleted.
@@ -163,10 +163,10 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
 
 /// Upstream objects past their grace period that nothing references must be in the trash. The
 /// next orphan listing's, noted rather than problems: one that came of age after the last
-/// listing (whose time the index keeps), and with a shared upstream one that listing spared
-/// because another gateway's record named it then. With a shared upstream only the lease
-/// holder, or its last holder, judges: what no manifest names may be in its trash or its index,
-/// which other gateways cannot see.
+/// listing (whose time the index keeps), and with a shared upstream one that an upstream record
+/// alone (a manifest, part marker or veto, not this index) named at that listing or since. With
+/// a shared upstream only the lease holder, or its last holder, judges: what no manifest names
+/// may be in its trash or its index, which other gateways cannot see.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {
     if store.config.shared_upstream && !gc::may_collect(store, now_ms(), repair).await? {
         report.notes.push("orphans not judged: another gateway holds (or last held) the garbage-collection lease".to_owned());
@@ -192,15 +192,11 @@ async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> 
     let listing = trash_orphans(store, &referenced, &memory.upstream_only, now, !repair).await?;
     let (mut of_age_since, mut freed_since) = (0, 0);
     for orphan in listing.orphans {
-        let spared = match last_scan_ms {
-            Some(scanned) if !repair => store.index.spared_by_orphan_scan(&orphan.key, scanned)?,
-            _ => false,
-        };
         if repair {
             report.repaired.push(format!("orphan {} sent to the trash", orphan.key));
         } else if last_scan_ms.is_some_and(|scanned| orphan.of_age_ms > scanned) {
             of_age_since += 1;
-        } else if spared {
+        } else if last_scan_ms.is_some() && store.index.spared_from_orphan_scan(&orphan.key)? {
             freed_since += 1;
         } else {
             report.problems.push(format!("upstream object {} is referenced by nothing and not in the trash", orphan.key));
@@ -211,7 +207,7 @@ async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> 
     }
     if let Some(scanned) = last_scan_ms {
         let minutes_ago = now.saturating_sub(scanned) / 60_000;
-        let left = [(of_age_since, "of age after"), (freed_since, "that other gateways referenced at")];
+        let left = [(of_age_since, "of age after"), (freed_since, "that only upstream records referenced at")];
         for (count, which) in left.into_iter().filter(|&(count, _)| count > 0) {
             report.notes.push(format!(
                 "orphans {which} the last orphan listing ({minutes_ago} minutes ago), left to the next: {count} unreferenced upstream objects"

@@ -95,6 +95,11 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
                 report.upstream_objects += 1;
             }
         }
+        // A blob out of the trash that only an upstream record names: freed later, it is the next
+        // orphan listing's, as if that listing had spared it.
+        if memory.upstream_only.contains(&key) {
+            store.index.spare_from_orphan_scan(&key)?;
+        }
         store.index.forget_trash(&key)?;
     }
     if store.config.shared_upstream {
@@ -248,8 +253,9 @@ pub(crate) struct Orphan {
 pub(crate) struct OrphanListing {
     /// The objects nothing referenced.
     pub orphans: Vec<Orphan>,
-    /// The keys of age, outside the trash, that only another gateway's record (`upstream_only`)
-    /// referenced: one freed after the listing is the next one's orphan, not a missed one.
+    /// The keys of age, outside the trash, that only an upstream record (a manifest, part marker
+    /// or veto: `upstream_only`) referenced, not this index: one freed after the listing is the
+    /// next one's orphan, not a missed one.
     pub spared: Vec<String>,
 }
 
@@ -264,12 +270,14 @@ pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, u
             let age_ms = ms_of_secs(age_secs);
             let old_enough = now.saturating_sub(age_ms);
             for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {
-                let judged = listed.modified_ms <= old_enough && !store.in_flight.contains(&listed.key);
-                let unreferenced = !referenced.contains(&listed.key);
-                if !judged || !(unreferenced || upstream_only.contains(&listed.key)) || store.index.in_trash(&listed.key)? {
+                if listed.modified_ms > old_enough || store.in_flight.contains(&listed.key) {
                     continue;
                 }
-                if !unreferenced {
+                let named_here = referenced.contains(&listed.key) && !upstream_only.contains(&listed.key);
+                if named_here || store.index.in_trash(&listed.key)? {
+                    continue;
+                }
+                if referenced.contains(&listed.key) {
                     listing.spared.push(listed.key);
                     continue;
                 }
