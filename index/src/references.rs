@@ -14,8 +14,8 @@ use crate::{decode, hex, ChunkHash, ChunkRecord, Index, IndexError, ObjectRecord
 const ORPHAN_SCAN: &str = "orphan-scan";
 
 /// The prefix of the `meta` keys (`orphan-spared/<upstream key>`, empty values) of the upstream
-/// keys that an upstream record alone, not this index, kept from being orphans since that
-/// listing.
+/// keys that an upstream record alone, not this index, kept from being orphans at the last
+/// orphan listing or since.
 const ORPHAN_SPARED: &str = "orphan-spared/";
 
 impl Index {
@@ -106,7 +106,7 @@ impl Index {
             recorded.insert(key);
         }
         for key in spared.difference(&recorded) {
-            batch.insert(&key[..], &[][..]);
+            batch.insert(&key[..], &[]);
         }
         batch.insert(ORPHAN_SCAN, &at_ms.to_be_bytes()[..]);
         self.meta.apply_batch(batch)?;
@@ -116,7 +116,7 @@ impl Index {
     /// Records that an upstream record alone keeps `key` from being an orphan, after the last
     /// listing (the garbage collector takes such a blob out of the trash).
     pub fn spare_from_orphan_scan(&self, key: &str) -> Result<()> {
-        self.meta.insert(format!("{ORPHAN_SPARED}{key}"), &[][..])?;
+        self.meta.insert(format!("{ORPHAN_SPARED}{key}"), &[])?;
         Ok(())
     }
 

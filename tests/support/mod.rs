@@ -506,7 +506,6 @@ pub fn perturbed_model(source: &Path, seed: u8) -> Vec<u8> {
     file
 }
 
-/// Pseudo-random bytes (not a model) of a given length.
 /// Drops a store once nothing else holds it, so that its index is closed (sled releases its
 /// lock) before the next open: tasks it spawned let go of it a moment after they end.
 fn close_store(store: std::sync::Arc<tensorgate::engine::Store>) {
@@ -518,6 +517,7 @@ fn close_store(store: std::sync::Arc<tensorgate::engine::Store>) {
     drop(store);
 }
 
+/// Pseudo-random bytes (not a model) of a given length.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)

@@ -188,7 +188,8 @@ pub struct GcMemory {
     /// When the upstream was last listed for orphans.
     pub(crate) last_orphan_scan_ms: Option<i64>,
     /// With a shared upstream, the keys the last listing found referenced upstream (by a
-    /// manifest, a part marker or a veto) and not by this index: spared, they stay in the trash.
+    /// manifest, a part marker or a veto) and not by this index: spared, packs stay in the
+    /// trash; blobs leave it, recorded for fsck (`Index::spare_from_orphan_scan`).
     pub(crate) upstream_only: HashSet<String>,
     /// Packs spared whose announcement was withdrawn, so that it is not withdrawn again at each run.
     pub(crate) withdrawn: HashSet<String>,

@@ -71,8 +71,8 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
                     condemned::withdraw(store, &key).await?;
                 }
                 // Named only by manifests that name frames since moved: they are forwarded. A pack
-                // only the upstream references (another gateway's manifest or veto) stays in the
-                // trash until nothing does, rather than waiting for an orphan scan.
+                // only an upstream record references (a manifest, part marker or veto) stays in
+                // the trash until nothing does, rather than waiting for an orphan scan.
                 let forwarded = rewrite::forward(store, &key, &memory.referrers_of(&key)).await?;
                 if forwarded || memory.upstream_only.contains(&key) {
                     continue;
@@ -95,8 +95,8 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
                 report.upstream_objects += 1;
             }
         }
-        // A blob out of the trash that only an upstream record names: freed later, it is the next
-        // orphan listing's, as if that listing had spared it.
+        // A key out of the trash that only an upstream record names (a blob, or a pack a write
+        // in flight holds): freed later, it is the next orphan listing's, as if spared by it.
         if memory.upstream_only.contains(&key) {
             store.index.spare_from_orphan_scan(&key)?;
         }
@@ -261,7 +261,7 @@ pub(crate) struct OrphanListing {
 
 /// Finds the packs older than the grace period, and the blobs older than `orphan_blob_secs`,
 /// that nothing references and that are not in the trash yet; sends them there unless
-/// `dry_run`.
+/// `dry_run`. Returns them, and the keys it spared only for an upstream record.
 pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, upstream_only: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<OrphanListing> {
     let mut listing = OrphanListing { orphans: Vec::new(), spared: Vec::new() };
     for prefix in store.config.upstream_prefixes() {
