@@ -135,11 +135,7 @@ fn fsck_repair_restores_manifests_and_trashes_orphans() {
     let orphan = upstream.join("packs/left-by-a-crash");
     std::fs::write(&orphan, b"frames nobody committed").unwrap();
 
-    let store = gateway.gateway.as_ref().unwrap().store.clone();
-    let check = |repair| {
-        let options = tensorgate::maintenance::fsck::FsckOptions { verify_frames: true, repair };
-        gateway.runtime.block_on(tensorgate::maintenance::fsck::fsck(&store, options, &|_, _| {})).unwrap()
-    };
+    let check = |repair| gateway.fsck_with(tensorgate::maintenance::fsck::FsckOptions { verify_frames: true, repair });
     let found = check(false);
     assert_eq!(found.problems.len(), 2, "{:?}", found.problems);
     assert!(found.problems.iter().any(|p| p.contains("manifest") && p.contains("missing")), "{:?}", found.problems);

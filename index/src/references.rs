@@ -18,6 +18,11 @@ const ORPHAN_SCAN: &str = "orphan-scan";
 /// orphan listing or since.
 const ORPHAN_SPARED: &str = "orphan-spared/";
 
+/// The `meta` key that records upstream key `key` as spared (see [`ORPHAN_SPARED`]).
+fn spared_key(key: &str) -> Vec<u8> {
+    format!("{ORPHAN_SPARED}{key}").into_bytes()
+}
+
 impl Index {
     /// Sends every recorded pack that no chunk uses to the trash (after `index rebuild`, the
     /// packs no adopted manifest needed). Returns how many.
@@ -95,7 +100,7 @@ impl Index {
     /// with the keys of age it spared only because an upstream record named them (`spared`), in
     /// place of those recorded before: in one batch, of the keys that changed.
     pub fn set_last_orphan_scan(&self, at_ms: i64, spared: &[String]) -> Result<()> {
-        let spared: HashSet<Vec<u8>> = spared.iter().map(|key| format!("{ORPHAN_SPARED}{key}").into_bytes()).collect();
+        let spared: HashSet<Vec<u8>> = spared.iter().map(|key| spared_key(key)).collect();
         let mut batch = sled::Batch::default();
         let mut recorded = HashSet::new();
         for entry in self.meta.scan_prefix(ORPHAN_SPARED) {
@@ -116,14 +121,14 @@ impl Index {
     /// Records that an upstream record alone keeps `key` from being an orphan, after the last
     /// listing (the garbage collector takes such a blob out of the trash).
     pub fn spare_from_orphan_scan(&self, key: &str) -> Result<()> {
-        self.meta.insert(format!("{ORPHAN_SPARED}{key}"), &[])?;
+        self.meta.insert(spared_key(key), &[])?;
         Ok(())
     }
 
     /// Whether an upstream record alone kept `key` from being an orphan at the last listing, or
     /// since: freed after, it is the next listing's to send to the trash.
     pub fn spared_from_orphan_scan(&self, key: &str) -> Result<bool> {
-        Ok(self.meta.contains_key(format!("{ORPHAN_SPARED}{key}"))?)
+        Ok(self.meta.contains_key(spared_key(key))?)
     }
 
     /// Every upstream key the index uses: live packs, the blobs of objects, and the part blobs

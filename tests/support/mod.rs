@@ -261,15 +261,17 @@ impl TestGateway {
 
     /// fsck with every frame verified, repairing nothing.
     pub fn fsck(&self) -> tensorgate::maintenance::fsck::FsckReport {
-        let store = self.gateway.as_ref().unwrap().store.clone();
-        let options = tensorgate::maintenance::fsck::FsckOptions { verify_frames: true, repair: false };
-        self.runtime.block_on(tensorgate::maintenance::fsck::fsck(&store, options, &|_, _| {})).expect("fsck runs")
+        self.fsck_with(tensorgate::maintenance::fsck::FsckOptions { verify_frames: true, repair: false })
     }
 
     /// `fsck --repair`, frames not verified.
     pub fn fsck_repairing(&self) -> tensorgate::maintenance::fsck::FsckReport {
+        self.fsck_with(tensorgate::maintenance::fsck::FsckOptions { verify_frames: false, repair: true })
+    }
+
+    /// fsck with `options`.
+    pub fn fsck_with(&self, options: tensorgate::maintenance::fsck::FsckOptions) -> tensorgate::maintenance::fsck::FsckReport {
         let store = self.gateway.as_ref().unwrap().store.clone();
-        let options = tensorgate::maintenance::fsck::FsckOptions { verify_frames: false, repair: true };
         self.runtime.block_on(tensorgate::maintenance::fsck::fsck(&store, options, &|_, _| {})).expect("fsck runs")
     }
 
