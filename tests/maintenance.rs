@@ -77,6 +77,25 @@ fn scrub_is_rate_limited_and_resumes() {
     assert!(store.index.scrub_cursor().unwrap().is_none());
 }
 
+/// A scrub cursor that is no chunk id is reported, and the scrub verifies every frame from the
+/// first rather than taking the value for "no cursor" silently.
+#[test]
+fn scrub_reports_a_cursor_that_is_no_chunk_id() {
+    use tensorgate::maintenance::scrub::{scrub, ScrubOptions};
+    let mut gateway = TestGateway::start(UpstreamKind::LocalDirectory);
+    gateway.aws(&["s3", "mb", "s3://scrubbed"]);
+    gateway.aws(&["s3", "cp", corpus("base/minilm-l6.bf16.safetensors").to_str().unwrap(), "s3://scrubbed/base"]);
+    let everything = gateway.runtime.block_on(scrub(gateway.store(), ScrubOptions::default(), &|_, _| {})).unwrap();
+    gateway.restart_changing_index(|index| {
+        index.open_tree("meta").unwrap().insert("scrub-cursor", &[7u8; 31][..]).unwrap();
+    });
+    let resumable = ScrubOptions { resumable: true, ..ScrubOptions::default() };
+    let report = gateway.runtime.block_on(scrub(gateway.store(), resumable, &|_, _| {})).unwrap();
+    assert!(report.problems.iter().any(|problem| problem.contains("\"scrub-cursor\" value is malformed")), "{report:?}");
+    assert!(!report.resumed && report.frames == everything.frames, "{report:?} against {everything:?}");
+    assert!(gateway.store().index.scrub_cursor().unwrap().is_none());
+}
+
 /// A pack left mostly dead by a delete is compacted: its live frames move to a new pack, the
 /// surviving object reads back byte-identical with its manifest updated, and the old pack is
 /// deleted a grace period later.
@@ -197,6 +216,35 @@ fn compaction_rewrites_every_manifest_whose_chain_reaches_a_moved_chunk() {
         gateway.aws(&["s3", "cp", &format!("s3://chain/{key}"), out.to_str().unwrap()]);
         assert!(std::fs::read(&out).unwrap() == std::fs::read(file).unwrap(), "{key} differs");
     }
+}
+
+/// A pack of age that a write held at the orphan listing, and that the write abandoned after,
+/// is the next listing's: fsck notes it rather than reporting it, also after a restart, and the
+/// next listing sends it to the trash.
+#[test]
+fn fsck_leaves_a_pack_a_write_abandoned_after_the_listing_to_the_next() {
+    let mut gateway = TestGateway::start_with(UpstreamKind::LocalDirectory, |config| config.orphan_scan_secs = 0);
+    let held = "packs/held-by-a-write";
+    let write = gateway.store().in_flight.begin(held);
+    let frames = bytes::Bytes::from_static(b"frames of an upload still arriving");
+    gateway.runtime.block_on(tensorgate::upstream::put(&*gateway.store().upstream, held, frames)).unwrap();
+    let collected = gateway.collect_garbage();
+    assert_eq!(collected.orphans, 0, "a pack a write holds was taken for an orphan: {collected:?}");
+    drop(write);
+
+    let abandoned_since = |report: &tensorgate::maintenance::fsck::FsckReport| {
+        report.notes.iter().any(|note| note.starts_with("orphans that only upstream records or writes in flight held at or since") && note.ends_with(": 1 unreferenced upstream objects"))
+    };
+    let report = gateway.fsck();
+    assert!(report.problems.is_empty() && abandoned_since(&report), "{report:?}");
+    gateway.restart();
+    let report = gateway.fsck();
+    assert!(report.problems.is_empty() && abandoned_since(&report), "{report:?}");
+
+    let collected = gateway.collect_garbage();
+    assert_eq!(collected.orphans, 1, "{collected:?}");
+    let report = gateway.fsck();
+    assert!(report.problems.is_empty() && !abandoned_since(&report), "{report:?}");
 }
 
 /// An orphan that came of age after the last orphan listing waits for the next: fsck notes it

@@ -97,7 +97,8 @@ impl Index {
     }
 
     /// Records a listing for orphans at `at_ms`, once every one of age then is in the trash,
-    /// with the keys of age it spared only because an upstream record named them (`spared`), in
+    /// with the keys of age it spared only because an upstream record named them or a write in
+    /// flight held them (`spared`), in
     /// place of those recorded before: in one batch, of the keys that changed.
     pub fn set_last_orphan_scan(&self, at_ms: i64, spared: &[String]) -> Result<()> {
         let spared: HashSet<Vec<u8>> = spared.iter().map(|key| spared_key(key)).collect();
@@ -118,15 +119,15 @@ impl Index {
         Ok(())
     }
 
-    /// Records that an upstream record alone keeps `key` from being an orphan, after the last
-    /// listing (the garbage collector takes such a blob out of the trash).
+    /// Records that an upstream record or a write in flight alone keeps `key` from being an
+    /// orphan, after the last listing (the garbage collector takes such a key out of the trash).
     pub fn spare_from_orphan_scan(&self, key: &str) -> Result<()> {
         self.meta.insert(spared_key(key), &[])?;
         Ok(())
     }
 
-    /// Whether an upstream record alone kept `key` from being an orphan at the last listing, or
-    /// since: freed after, it is the next listing's to send to the trash.
+    /// Whether an upstream record or a write in flight alone kept `key` from being an orphan at
+    /// the last listing, or since: freed after, it is the next listing's to send to the trash.
     pub fn spared_from_orphan_scan(&self, key: &str) -> Result<bool> {
         Ok(self.meta.contains_key(spared_key(key))?)
     }

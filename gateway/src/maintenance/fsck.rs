@@ -207,7 +207,7 @@ async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> 
     }
     if let Some(scanned) = last_scan_ms {
         let minutes_ago = now.saturating_sub(scanned) / 60_000;
-        let left = [(of_age_since, "of age after"), (freed_since, "that only upstream records referenced at or since")];
+        let left = [(of_age_since, "of age after"), (freed_since, "that only upstream records or writes in flight held at or since")];
         for (count, which) in left.into_iter().filter(|&(count, _)| count > 0) {
             report.notes.push(format!(
                 "orphans {which} the last orphan listing ({minutes_ago} minutes ago), left to the next: {count} unreferenced upstream objects"

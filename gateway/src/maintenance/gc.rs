@@ -95,9 +95,10 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
                 report.upstream_objects += 1;
             }
         }
-        // A key out of the trash that only an upstream record names (a blob, or a pack a write
-        // in flight holds): freed later, it is the next orphan listing's, as if spared by it.
-        if memory.upstream_only.contains(&key) {
+        // A key out of the trash that only an upstream record names (a blob, or a pack) or only
+        // a write in flight holds: freed later, it is the next orphan listing's, as if spared by it.
+        let held_elsewhere = memory.upstream_only.contains(&key) || (store.in_flight.contains(&key) && !referenced.contains(&key));
+        if held_elsewhere {
             store.index.spare_from_orphan_scan(&key)?;
         }
         store.index.forget_trash(&key)?;
@@ -254,14 +255,14 @@ pub(crate) struct OrphanListing {
     /// The objects nothing referenced.
     pub orphans: Vec<Orphan>,
     /// The keys of age, outside the trash, that only an upstream record (a manifest, part marker
-    /// or veto: `upstream_only`) referenced, not this index: one freed after the listing is the
-    /// next one's orphan, not a missed one.
+    /// or veto: `upstream_only`) or a write in flight held, not this index: one freed after the
+    /// listing is the next one's orphan, not a missed one.
     pub spared: Vec<String>,
 }
 
 /// Finds the packs older than the grace period, and the blobs older than `orphan_blob_secs`,
 /// that nothing references and that are not in the trash yet; sends them there unless
-/// `dry_run`. Returns them, and the keys it spared only for an upstream record.
+/// `dry_run`. Returns them, and the keys it spared only for an upstream record or a write.
 pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, upstream_only: &HashSet<String>, now: i64, dry_run: bool) -> anyhow::Result<OrphanListing> {
     let mut listing = OrphanListing { orphans: Vec::new(), spared: Vec::new() };
     for prefix in store.config.upstream_prefixes() {
@@ -270,14 +271,14 @@ pub(crate) async fn trash_orphans(store: &Store, referenced: &HashSet<String>, u
             let age_ms = ms_of_secs(age_secs);
             let old_enough = now.saturating_sub(age_ms);
             for listed in store.upstream.list(&format!("{prefix}{folder}")).await? {
-                if listed.modified_ms > old_enough || store.in_flight.contains(&listed.key) {
+                if listed.modified_ms > old_enough {
                     continue;
                 }
                 let named_here = referenced.contains(&listed.key) && !upstream_only.contains(&listed.key);
                 if named_here || store.index.in_trash(&listed.key)? {
                     continue;
                 }
-                if referenced.contains(&listed.key) {
+                if referenced.contains(&listed.key) || store.in_flight.contains(&listed.key) {
                     listing.spared.push(listed.key);
                     continue;
                 }

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use tensorgate_index::IndexError;
+
 use crate::engine::Store;
 use crate::engine::reader;
 
@@ -33,8 +35,21 @@ const CURSOR_EVERY: usize = 32;
 
 /// Verifies the frames of every live chunk. `progress` hears (chunks done, chunks in all).
 pub async fn scrub(store: &Store, options: ScrubOptions, progress: &dyn Fn(u64, u64)) -> anyhow::Result<ScrubReport> {
-    let cursor = if options.restart || !options.resumable { None } else { store.index.scrub_cursor()? };
-    let mut report = ScrubReport { resumed: cursor.is_some(), ..ScrubReport::default() };
+    let mut report = ScrubReport::default();
+    let cursor = if options.restart || !options.resumable {
+        None
+    } else {
+        // A cursor that is no chunk id is the index's fault, reported; the scrub then starts
+        // from the first chunk, and its own cursor replaces that value.
+        match store.index.scrub_cursor() {
+            Err(error @ IndexError::MalformedValue(_)) => {
+                report.problems.push(format!("{error}; scrubbed from the first chunk"));
+                None
+            }
+            other => other?,
+        }
+    };
+    report.resumed = cursor.is_some();
     let total = store.index.chunk_count() as u64;
     let started = Instant::now();
     for (done, entry) in store.index.chunks_after(cursor).enumerate() {
