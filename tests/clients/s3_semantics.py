@@ -116,8 +116,72 @@ def multipart_uploads_list_complete_in_order_and_read_by_part(s3, endpoint, buck
     assert done["ETag"].strip('"') == f"{digests}-2", done["ETag"]
     got = s3.get_object(Bucket=bucket, Key="mp", PartNumber=2)
     assert got["Body"].read() == part2 and got["PartsCount"] == 2
+    second = f"bytes {len(part1)}-{len(part1) + len(part2) - 1}/{len(part1) + len(part2)}"
+    assert got["ContentRange"] == second, got["ContentRange"]
+    head = s3.head_object(Bucket=bucket, Key="mp", PartNumber=2)
+    assert status(head) == 206 and head["ContentRange"] == second and head["PartsCount"] == 2, head
     assert s3.head_object(Bucket=bucket, Key="mp")["Metadata"] == {"kind": "multipart"}
     assert error_code(lambda: s3.list_parts(Bucket=bucket, Key="mp", UploadId=uid)) == "NoSuchUpload"
+
+
+def status(answer):
+    return answer["ResponseMetadata"]["HTTPStatusCode"]
+
+
+@case
+def parts_and_ranges_of_a_single_part_object_answer_as_s3(s3, endpoint, bucket):
+    put_body(s3, bucket)
+    whole = f"bytes 0-{len(BODY) - 1}/{len(BODY)}"
+    part = s3.get_object(Bucket=bucket, Key="obj", PartNumber=1)
+    assert status(part) == 206 and part["ContentRange"] == whole and "PartsCount" not in part, part
+    assert part["Body"].read() == BODY
+    head = s3.head_object(Bucket=bucket, Key="obj", PartNumber=1)
+    assert status(head) == 206 and head["ContentRange"] == whole and head["ContentLength"] == len(BODY), head
+    head = s3.head_object(Bucket=bucket, Key="obj", Range="bytes=1-4")
+    assert status(head) == 206 and head["ContentRange"] == f"bytes 1-4/{len(BODY)}" and head["ContentLength"] == 4, head
+    plain = s3.head_object(Bucket=bucket, Key="obj")
+    assert status(plain) == 200 and "ContentRange" not in plain, plain
+    both = lambda call: error_code(lambda: call(Bucket=bucket, Key="obj", PartNumber=1, Range="bytes=0-9"))
+    assert both(s3.get_object) == "InvalidRequest" and both(s3.head_object) == "400"
+    # Out of S3's part numbers: refused before the key is looked up.
+    for number in (0, -3, 10001):
+        assert error_code(lambda: s3.get_object(Bucket=bucket, Key="missing", PartNumber=number)) == "InvalidArgument", number
+    assert error_code(lambda: s3.get_object(Bucket=bucket, Key="obj", PartNumber=2)) == "InvalidPartNumber"
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    empty = s3.get_object(Bucket=bucket, Key="empty", Range="bytes=-1")
+    assert status(empty) == 200 and "ContentRange" not in empty and empty["Body"].read() == b"", empty
+    assert error_code(lambda: s3.get_object(Bucket=bucket, Key="empty", Range="bytes=0-")) == "InvalidRange"
+    empty_part = s3.get_object(Bucket=bucket, Key="empty", PartNumber=1)
+    assert status(empty_part) == 200 and "ContentRange" not in empty_part, empty_part
+
+
+@case
+def upload_listings_page_and_roll_up_at_the_delimiter(s3, endpoint, bucket):
+    keys = ["abc/x", "foo/bar/baz", "foo/q", "top", "top", "xyz/h"]
+    uploads = sorted((key, s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]) for key in keys)
+    rolled = s3.list_multipart_uploads(Bucket=bucket, Delimiter="/", MaxUploads=2)
+    assert "Uploads" not in rolled and [p["Prefix"] for p in rolled["CommonPrefixes"]] == ["abc/", "foo/"], rolled
+    assert rolled["IsTruncated"] and rolled["NextKeyMarker"] == "foo/" and rolled["MaxUploads"] == 2, rolled
+    assert rolled["KeyMarker"] == "" and rolled["UploadIdMarker"] == "", rolled
+    rest = s3.list_multipart_uploads(Bucket=bucket, Delimiter="/", KeyMarker="foo/")
+    assert [u["Key"] for u in rest["Uploads"]] == ["top", "top"] and not rest["IsTruncated"], rest
+    assert [p["Prefix"] for p in rest["CommonPrefixes"]] == ["xyz/"] and rest["KeyMarker"] == "foo/", rest
+    # One at a time with both markers: every upload once, in key order, then by id.
+    seen, markers = [], {}
+    while True:
+        page = s3.list_multipart_uploads(Bucket=bucket, MaxUploads=1, **markers)
+        seen += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", [])]
+        if not page["IsTruncated"]:
+            break
+        markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+    assert seen == uploads, (seen, uploads)
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket, KeyMarker="foo/q")["Uploads"]] == ["top", "top", "xyz/h"]
+    paginated = [u["UploadId"] for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, PaginationConfig={"PageSize": 4})
+                 for u in page.get("Uploads", [])]
+    assert paginated == [upload_id for _, upload_id in uploads], paginated
+    for limit in (lambda: s3.list_multipart_uploads(Bucket=bucket, MaxUploads=-1), lambda: s3.list_objects_v2(Bucket=bucket, MaxKeys=-1),
+                  lambda: s3.list_parts(Bucket=bucket, Key="top", UploadId=uploads[3][1], MaxParts=-1)):
+        assert error_code(limit) == "InvalidArgument"
 
 
 @case

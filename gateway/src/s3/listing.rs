@@ -1,5 +1,6 @@
 //! The listings (ListObjects, ListObjectsV2, ListObjectVersions): one walk of the index in key
-//! order, rolled up at the delimiter, paged and URL-encoded as S3 does.
+//! order, rolled up at the delimiter, paged and URL-encoded as S3 does; the paging itself
+//! ([`page`]) serves ListMultipartUploads too.
 
 use super::*;
 
@@ -104,52 +105,101 @@ impl Gateway {
     async fn list(&self, tenant: &str, bucket: &str, prefix: Option<&str>, delimiter: Option<&str>, start_after: Option<&str>, max_keys: Option<i32>) -> S3Result<Listing> {
         self.ensure_bucket(tenant, bucket).await?;
         let prefix = prefix.unwrap_or_default();
-        let delimiter = delimiter.filter(|d| !d.is_empty());
-        let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
-        let mut listing = Listing { contents: Vec::new(), common_prefixes: Vec::new(), is_truncated: false, last: None, max_keys };
-        // S3 answers an empty page, not truncated, when no key at all is asked for.
-        if max_keys == 0 {
-            return Ok(listing);
-        }
-        let mut last_prefix: Option<String> = None;
-        for entry in self.store.index.list_objects(tenant, bucket, prefix, start_after) {
-            let (key, record) = entry.map_err(internal)?;
-            let rolled = delimiter.and_then(|d| key[prefix.len()..].find(d).map(|at| key[..prefix.len() + at + d.len()].to_owned()));
-            if let (Some(rolled), Some(previous)) = (&rolled, &last_prefix) {
-                if rolled == previous {
-                    continue;
-                }
-            }
-            if let (Some(rolled), Some(after)) = (&rolled, start_after) {
-                if after.starts_with(rolled.as_str()) {
-                    continue;
-                }
-            }
-            if listing.contents.len() + listing.common_prefixes.len() >= max_keys as usize {
-                listing.is_truncated = true;
-                break;
-            }
-            match rolled {
-                Some(rolled) => {
-                    listing.common_prefixes.push(CommonPrefix { prefix: Some(rolled.clone()) });
-                    listing.last = Some(rolled.clone());
-                    last_prefix = Some(rolled);
-                }
-                None => {
-                    listing.last = Some(key.clone());
-                    listing.contents.push(Object {
-                        key: Some(key),
-                        size: Some(record.size as i64),
-                        e_tag: Some(etag_of(&record)),
-                        last_modified: Some(timestamp(record.last_modified_ms)),
-                        storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
-                        ..Default::default()
-                    });
-                }
+        let max_keys = page_size(max_keys, "maxKeys")?;
+        let objects = self.store.index.list_objects(tenant, bucket, prefix, start_after).map(|entry| entry.map_err(internal));
+        let page = page(objects, prefix, delimiter, start_after, max_keys)?;
+        let mut listing = Listing {
+            contents: Vec::new(),
+            common_prefixes: Vec::new(),
+            is_truncated: page.is_truncated,
+            last: page.last().map(str::to_owned),
+            max_keys: max_keys as i32,
+        };
+        for entry in page.entries {
+            match entry {
+                Entry::Prefix(prefix) => listing.common_prefixes.push(CommonPrefix { prefix: Some(prefix) }),
+                Entry::Item(key, record) => listing.contents.push(Object {
+                    key: Some(key),
+                    size: Some(record.size as i64),
+                    e_tag: Some(etag_of(&record)),
+                    last_modified: Some(timestamp(record.last_modified_ms)),
+                    storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+                    ..Default::default()
+                }),
             }
         }
         Ok(listing)
     }
+}
+
+/// The most entries one page of any listing holds (S3's limit).
+const MAX_PAGE: usize = 1000;
+
+/// The entries a listing asks for (`max-keys`, `max-parts`, `max-uploads`, named `argument` as
+/// S3 names it in its error): S3's limit when none or more is asked; a negative number is
+/// refused (400 InvalidArgument).
+pub(super) fn page_size(asked: Option<i32>, argument: &str) -> S3Result<usize> {
+    match asked {
+        None => Ok(MAX_PAGE),
+        Some(asked) => usize::try_from(asked)
+            .map(|asked| asked.min(MAX_PAGE))
+            .map_err(|_| s3_error!(InvalidArgument, "Argument {argument} must be an integer between 0 and 2147483647")),
+    }
+}
+
+/// An entry of a page: a key with what it lists, or a common prefix that rolls keys up.
+pub(super) enum Entry<T> {
+    Item(String, T),
+    Prefix(String),
+}
+
+/// One page of entries in key order.
+pub(super) struct Page<T> {
+    pub entries: Vec<Entry<T>>,
+    pub is_truncated: bool,
+}
+
+impl<T> Page<T> {
+    /// The last key or common prefix of the page: where the next page starts after.
+    pub fn last(&self) -> Option<&str> {
+        self.entries.last().map(|entry| match entry {
+            Entry::Item(key, _) | Entry::Prefix(key) => key.as_str(),
+        })
+    }
+}
+
+/// Pages `items`, keys under `prefix` in key order (those a marker `start_after` passes
+/// already left out), as S3 does: keys with the delimiter after the prefix roll up to one
+/// common prefix each, which counts as one entry and is left out when the marker is within it;
+/// at most `max` entries, truncated when more follow (an empty page, not truncated, for none).
+pub(super) fn page<T>(items: impl IntoIterator<Item = S3Result<(String, T)>>, prefix: &str, delimiter: Option<&str>, start_after: Option<&str>, max: usize) -> S3Result<Page<T>> {
+    let mut page = Page { entries: Vec::new(), is_truncated: false };
+    if max == 0 {
+        return Ok(page);
+    }
+    let delimiter = delimiter.filter(|delimiter| !delimiter.is_empty());
+    let mut last_prefix: Option<String> = None;
+    for item in items {
+        let (key, value) = item?;
+        let rolled = delimiter.and_then(|d| key.get(prefix.len()..)?.find(d).map(|at| key[..prefix.len() + at + d.len()].to_owned()));
+        if let Some(rolled) = &rolled {
+            if last_prefix.as_ref() == Some(rolled) || start_after.is_some_and(|after| after.starts_with(rolled.as_str())) {
+                continue;
+            }
+        }
+        if page.entries.len() >= max {
+            page.is_truncated = true;
+            break;
+        }
+        match rolled {
+            Some(rolled) => {
+                last_prefix = Some(rolled.clone());
+                page.entries.push(Entry::Prefix(rolled));
+            }
+            None => page.entries.push(Entry::Item(key, value)),
+        }
+    }
+    Ok(page)
 }
 
 /// One page of a listing.

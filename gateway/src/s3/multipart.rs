@@ -3,6 +3,7 @@
 //! object that the packer re-encodes later unless every part was encoded where it belongs.
 
 use super::*;
+use super::listing::Entry;
 use crate::engine::ingest::FirstPart;
 use crate::metrics::CompletionLabels;
 
@@ -197,7 +198,7 @@ impl Gateway {
         let input = req.input;
         self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         let marker = input.part_number_marker.unwrap_or(0).max(0) as u32;
-        let max_parts = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+        let max_parts = listing::page_size(input.max_parts, "max-parts")?;
         let all: Vec<(u32, PartRecord)> = catalog::parts(&self.store, &tenant, &input.upload_id)
             .await
             .map_err(to_s3)?
@@ -227,6 +228,7 @@ impl Gateway {
             upload_id: Some(input.upload_id),
             max_parts: Some(max_parts as i32),
             is_truncated: Some(is_truncated),
+            part_number_marker: input.part_number_marker,
             next_part_number_marker: if is_truncated { next_marker } else { None },
             parts: Some(parts),
             ..Default::default()
@@ -238,24 +240,53 @@ impl Gateway {
         let input = req.input;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let encoded = url_encoding::wanted(input.encoding_type.as_ref())?;
-        let prefix = input.prefix.clone().unwrap_or_default();
+        let max_uploads = listing::page_size(input.max_uploads, "max-uploads")?;
+        let prefix = input.prefix.as_deref().unwrap_or_default();
+        let key_marker = input.key_marker.as_deref().filter(|marker| !marker.is_empty());
+        // In key order, then by id: a page resumes after the key marker, or, with an upload id
+        // marker too, after that id among the uploads of the marker's key.
+        let after_markers = |id: &str, key: &str| match (key_marker, input.upload_id_marker.as_deref()) {
+            (Some(marker), Some(id_marker)) => key > marker || (key == marker && id > id_marker),
+            (Some(marker), None) => key > marker,
+            (None, _) => true,
+        };
         let uploads = catalog::list_uploads(&self.store, &tenant, &input.bucket)
             .await
             .map_err(to_s3)?
             .into_iter()
-            .filter(|(_, upload)| upload.key.starts_with(&prefix))
-            .map(|(id, upload)| MultipartUpload {
-                key: url_encoding::encode_if(encoded, Some(upload.key)),
-                upload_id: Some(id),
-                initiated: Some(timestamp(upload.initiated_ms)),
-                ..Default::default()
-            })
-            .collect();
+            .filter(|(id, upload)| upload.key.starts_with(prefix) && after_markers(id, &upload.key))
+            .map(|(id, upload)| Ok((upload.key.clone(), (id, upload))));
+        let page = listing::page(uploads, prefix, input.delimiter.as_deref(), key_marker, max_uploads)?;
+        let next_key_marker = page.is_truncated.then(|| page.last().map(str::to_owned)).flatten();
+        let next_upload_id_marker = match page.entries.last() {
+            Some(Entry::Item(_, (id, _))) if page.is_truncated => Some(id.clone()),
+            _ => None,
+        };
+        let (mut uploads, mut common_prefixes) = (Vec::new(), Vec::new());
+        for entry in page.entries {
+            match entry {
+                Entry::Prefix(rolled) => common_prefixes.push(CommonPrefix { prefix: url_encoding::encode_if(encoded, Some(rolled)) }),
+                Entry::Item(key, (id, upload)) => uploads.push(MultipartUpload {
+                    key: url_encoding::encode_if(encoded, Some(key)),
+                    upload_id: Some(id),
+                    initiated: Some(timestamp(upload.initiated_ms)),
+                    ..Default::default()
+                }),
+            }
+        }
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
             prefix: url_encoding::encode_if(encoded, input.prefix),
+            delimiter: url_encoding::encode_if(encoded, input.delimiter.filter(|d| !d.is_empty())),
+            // The markers are always answered, empty when none was given.
+            key_marker: url_encoding::encode_if(encoded, Some(input.key_marker.unwrap_or_default())),
+            upload_id_marker: Some(input.upload_id_marker.unwrap_or_default()),
+            max_uploads: Some(max_uploads as i32),
+            is_truncated: Some(page.is_truncated),
+            next_key_marker: url_encoding::encode_if(encoded, next_key_marker),
+            next_upload_id_marker,
             uploads: Some(uploads),
-            is_truncated: Some(false),
+            common_prefixes: Some(common_prefixes),
             encoding_type: input.encoding_type,
             ..Default::default()
         }))

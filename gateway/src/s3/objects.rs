@@ -44,12 +44,13 @@ impl Gateway {
         let input = req.input;
         let span = tracing::info_span!("get_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
         async move {
+            check_part_request(input.range.as_ref(), input.part_number)?;
             let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
             check_read_conditions!(record, input);
             let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
-            let whole = range.is_none();
+            let whole = range.is_none() || is_single_part(&record, input.part_number);
             let bytes = range.clone().unwrap_or(0..record.size);
-            let content_range = range.as_ref().map(|r| format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), record.size));
+            let content_range = content_range(range.as_ref(), record.size);
             // The pieces kept in the index and the first read from the upstream are in hand before
             // the answer starts: an upstream that cannot serve them gets the client a 5xx, not a
             // 200 cut short. Later failures end the body early.
@@ -87,17 +88,20 @@ impl Gateway {
     pub(super) async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
+        check_part_request(input.range.as_ref(), input.part_number)?;
         let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
         check_read_conditions!(record, input);
         let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
-        let whole = range.is_none();
-        let length = range.map_or(record.size, |range| range.end - range.start);
+        let whole = range.is_none() || is_single_part(&record, input.part_number);
+        let length = range.as_ref().map_or(record.size, |range| range.end - range.start);
+        // s3s answers every HEAD with 200; the server makes one with a Content-Range a 206.
+        let content_range = content_range(range.as_ref(), record.size);
         let checksums = match input.checksum_mode {
             Some(_) => answered_checksums(&record, whole, input.part_number),
             None => (Checksums::default(), None),
         };
         let parts_count = parts_count(&record, input.part_number);
-        Ok(S3Response::new(object_output!(HeadObjectOutput, record, length, checksums, parts_count, {})))
+        Ok(S3Response::new(object_output!(HeadObjectOutput, record, length, checksums, parts_count, { content_range: content_range })))
     }
 
     pub(super) async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
@@ -144,11 +148,31 @@ fn invalid_part_number() -> S3Error {
     custom_error("InvalidPartNumber", hyper::StatusCode::RANGE_NOT_SATISFIABLE, "The requested partnumber is not satisfiable")
 }
 
-/// The byte range a GET asks for: a Range header or a part number.
+/// The part numbers S3 knows.
+const PART_NUMBERS: std::ops::RangeInclusive<i32> = 1..=10_000;
+
+/// Refuses what S3 refuses before it looks the object up: a part number with a Range header,
+/// and a part number out of S3's bounds (400 both, where a part past the object's is a 416).
+fn check_part_request(range: Option<&Range>, part_number: Option<i32>) -> S3Result<()> {
+    match part_number {
+        Some(_) if range.is_some() => Err(s3_error!(InvalidRequest, "Cannot specify both Range header and partNumber query parameter")),
+        Some(number) if !PART_NUMBERS.contains(&number) => Err(s3_error!(InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive")),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a GET or HEAD asks for part 1 of an object not uploaded in parts: its whole.
+fn is_single_part(record: &ObjectRecord, part_number: Option<i32>) -> bool {
+    record.part_sizes.is_empty() && part_number == Some(1)
+}
+
+/// The byte range a GET or HEAD asks for, by a Range header or a part number (S3 answers part
+/// 1 of an object not uploaded in parts as a range over it all); `None` for the whole object,
+/// which is also what a range of an empty object that S3 does not refuse serves (`bytes=-1`).
 fn requested_range(record: &ObjectRecord, range: Option<&Range>, part_number: Option<i32>) -> S3Result<Option<std::ops::Range<u64>>> {
     if let Some(number) = part_number {
         if record.part_sizes.is_empty() {
-            return if number == 1 { Ok(None) } else { Err(invalid_part_number()) };
+            return if number == 1 { Ok((record.size > 0).then_some(0..record.size)) } else { Err(invalid_part_number()) };
         }
         let index = usize::try_from(number - 1).map_err(|_| invalid_part_number())?;
         let size = *record.part_sizes.get(index).ok_or_else(invalid_part_number)?;
@@ -156,9 +180,17 @@ fn requested_range(record: &ObjectRecord, range: Option<&Range>, part_number: Op
         return Ok(Some(start..start + size));
     }
     match range {
-        Some(range) => Ok(Some(range.check(record.size).map_err(|_| s3_error!(InvalidRange))?)),
+        Some(range) => {
+            let bytes = range.check(record.size).map_err(|_| s3_error!(InvalidRange))?;
+            Ok((record.size > 0).then_some(bytes))
+        }
         None => Ok(None),
     }
+}
+
+/// The Content-Range of an answer of `range` of an object of `size` bytes.
+fn content_range(range: Option<&std::ops::Range<u64>>, size: u64) -> Option<String> {
+    range.map(|range| format!("bytes {}-{}/{size}", range.start, range.end.saturating_sub(1)))
 }
 
 /// The parts count GET and HEAD report when a part was asked for (multipart objects only).
