@@ -176,12 +176,51 @@ def upload_listings_page_and_roll_up_at_the_delimiter(s3, endpoint, bucket):
         markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
     assert seen == uploads, (seen, uploads)
     assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket, KeyMarker="foo/q")["Uploads"]] == ["top", "top", "xyz/h"]
+    # An empty upload id marker (older minio-go sends one always) is none.
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket, KeyMarker="top", UploadIdMarker="")["Uploads"]] == ["xyz/h"]
     paginated = [u["UploadId"] for page in s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, PaginationConfig={"PageSize": 4})
                  for u in page.get("Uploads", [])]
     assert paginated == [upload_id for _, upload_id in uploads], paginated
     for limit in (lambda: s3.list_multipart_uploads(Bucket=bucket, MaxUploads=-1), lambda: s3.list_objects_v2(Bucket=bucket, MaxKeys=-1),
                   lambda: s3.list_parts(Bucket=bucket, Key="top", UploadId=uploads[3][1], MaxParts=-1)):
         assert error_code(limit) == "InvalidArgument"
+
+
+def error_of(call):
+    """The error code and message of a call that must fail."""
+    try:
+        call()
+    except botocore.exceptions.ClientError as error:
+        return error.response["Error"]["Code"], error.response["Error"].get("Message")
+    raise AssertionError("expected an error, the call succeeded")
+
+
+@case
+def writes_are_refused_as_s3_refuses_them(s3, endpoint, bucket):
+    put = lambda **extra: s3.put_object(Bucket=bucket, Key="w", Body=b"body", **extra)
+    assert error_code(lambda: put(ContentMD5="YWJyYWNhZGFicmE=")) == "InvalidDigest", "an MD5 of 11 bytes"
+    assert error_code(lambda: put(ContentMD5="eV8yArF8trw9S3cdjGyerw==")) == "BadDigest", "the MD5 of another body"
+    assert error_of(lambda: put(ChecksumCRC32="AAAAAA==")) == ("BadDigest", "The CRC32 you specified did not match the calculated checksum.")
+    # User metadata: keys and values up to 2 KB in all.
+    put(Metadata={"a": "x" * 2047})
+    too_large = {"a": "x" * 2048}
+    assert error_code(lambda: put(Metadata=too_large)) == "MetadataTooLarge"
+    assert error_code(lambda: s3.create_multipart_upload(Bucket=bucket, Key="w", Metadata=too_large)) == "MetadataTooLarge"
+    source = {"Bucket": bucket, "Key": "w"}
+    assert error_code(lambda: s3.copy_object(Bucket=bucket, Key="c", CopySource=source, MetadataDirective="REPLACE", Metadata=too_large)) == "MetadataTooLarge"
+    assert error_of(lambda: s3.copy_object(Bucket=bucket, Key="c", CopySource=source, MetadataDirective="FOO")) == ("InvalidArgument", "Unknown metadata directive.")
+    # Storage classes: S3's are taken (and stored alike), others refused; a copy onto itself
+    # that names one is a change S3 makes.
+    assert error_code(lambda: put(StorageClass="FOO")) == "InvalidStorageClass"
+    put(StorageClass="STANDARD_IA")
+    copied = s3.copy_object(Bucket=bucket, Key="w", CopySource=source, StorageClass="STANDARD")
+    assert copied["CopyObjectResult"]["ETag"] == s3.head_object(Bucket=bucket, Key="w")["ETag"], copied
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="parted")["UploadId"]
+    assert error_of(lambda: s3.upload_part(Bucket=bucket, Key="parted", UploadId=uid, PartNumber=10001, Body=b"x")) == \
+        ("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive")
+    etag = s3.upload_part(Bucket=bucket, Key="parted", UploadId=uid, PartNumber=1, Body=b"x")["ETag"]
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="parted", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert done["Location"] == f"{endpoint}/{bucket}/parted", done
 
 
 @case

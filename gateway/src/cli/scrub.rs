@@ -1,5 +1,6 @@
 //! `tensorgate scrub`: reads and verifies every frame upstream at a bounded rate, resuming an
-//! interrupted run; exits with status 1 when a frame is bad.
+//! interrupted run; exits with status 1 when a frame is bad or the recorded position is no
+//! chunk id.
 
 use tensorgate::config::Config;
 use tensorgate::maintenance::scrub;

@@ -163,8 +163,9 @@ async fn check_manifest_needs(store: &Store, repair: bool, report: &mut FsckRepo
 
 /// Upstream objects past their grace period that nothing references must be in the trash. The
 /// next orphan listing's, noted rather than problems: one that came of age after the last
-/// listing (whose time the index keeps), and with a shared upstream one that an upstream record
-/// alone (a manifest, part marker or veto, not this index) named at that listing or since. With
+/// listing (whose time the index keeps), and one that a write in flight or, with a shared
+/// upstream, an upstream record alone (a manifest, part marker or veto, not this index) held at
+/// that listing or since. With
 /// a shared upstream only the lease holder, or its last holder, judges: what no manifest names
 /// may be in its trash or its index, which other gateways cannot see.
 async fn check_orphans(store: &Store, repair: bool, report: &mut FsckReport) -> anyhow::Result<()> {

@@ -64,9 +64,11 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
     let referenced = referenced_keys(store, &mut memory).await?;
     for key in store.index.trash_before(cutoff)? {
         let announced = store.config.shared_upstream && pack_id(&key).is_some();
-        if referenced.contains(&key) || store.in_flight.contains(&key) {
+        // Read once: a write on another thread may let go of the key meanwhile.
+        let held_by_write = store.in_flight.contains(&key);
+        if referenced.contains(&key) || held_by_write {
             // Spared: a later deletion announces it afresh, and waits for fresh acknowledgements.
-            if announced && !store.in_flight.contains(&key) {
+            if announced && !held_by_write {
                 if memory.withdrawn.insert(key.clone()) {
                     condemned::withdraw(store, &key).await?;
                 }
@@ -95,9 +97,10 @@ pub async fn collect_garbage(store: &Store) -> anyhow::Result<GcReport> {
                 report.upstream_objects += 1;
             }
         }
-        // A key out of the trash that only an upstream record names (a blob, or a pack) or only
-        // a write in flight holds: freed later, it is the next orphan listing's, as if spared by it.
-        let held_elsewhere = memory.upstream_only.contains(&key) || (store.in_flight.contains(&key) && !referenced.contains(&key));
+        // A key out of the trash that only an upstream record names (a blob; such a pack stays
+        // in the trash, above) or only a write in flight holds: freed later, it is the next
+        // orphan listing's, as if spared by it.
+        let held_elsewhere = memory.upstream_only.contains(&key) || (held_by_write && !referenced.contains(&key));
         if held_elsewhere {
             store.index.spare_from_orphan_scan(&key)?;
         }

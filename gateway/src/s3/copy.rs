@@ -14,10 +14,22 @@ impl Gateway {
         check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
         check_no_object_lock(object_lock_in!(input))?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
+        let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
+            None | Some(MetadataDirective::COPY) => false,
+            Some(MetadataDirective::REPLACE) => true,
+            Some(_) => return Err(s3_error!(InvalidArgument, "Unknown metadata directive.")),
+        };
+        if replace {
+            limits::check_metadata(input.metadata.as_ref())?;
+        }
+        limits::check_storage_class(input.storage_class.as_ref())?;
         let source = self.find_object(&tenant, source_bucket, source_key).await?;
         check_copy_source!(source, input);
-        let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        if !replace && source_bucket.as_ref() == input.bucket.as_str() && source_key.as_ref() == input.key.as_str() {
+        limits::check_copy_size(source.size)?;
+        // S3 copies an object onto itself only to change its metadata or storage class (the
+        // gateway keeps no class: such a copy writes the object again, as S3 does).
+        let changes = replace || input.storage_class.is_some();
+        if !changes && source_bucket.as_ref() == input.bucket.as_str() && source_key.as_ref() == input.key.as_str() {
             return Err(s3_error!(
                 InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes."
@@ -53,9 +65,6 @@ impl Gateway {
         }))
     }
 }
-
-/// The most a part copy may copy, as in S3: 5 GiB.
-pub(super) const MAX_COPY_BYTES: u64 = 5 << 30;
 
 /// The bytes `x-amz-copy-source-range: bytes=first-last` names of an object of `size` bytes.
 pub(super) fn copy_source_range(range: Option<&str>, size: u64) -> S3Result<std::ops::Range<u64>> {

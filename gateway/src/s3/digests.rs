@@ -27,10 +27,13 @@ impl ClaimedDigests {
 
     pub(super) fn verify(&self, ingested: &Ingested) -> S3Result<()> {
         if let Some(content_md5) = &self.content_md5 {
+            // Not base64 of 16 bytes (empty, say) is no MD5 at all: InvalidDigest, not BadDigest.
             let claimed = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, content_md5)
-                .map_err(|_| s3_error!(InvalidDigest))?;
+                .ok()
+                .filter(|digest| digest.len() == 16)
+                .ok_or_else(|| s3_error!(InvalidDigest))?;
             if ingested.md5.as_ref().map(|md5| &md5[..]) != Some(&claimed[..]) {
-                return Err(s3_error!(BadDigest, "Content-MD5 does not match the body"));
+                return Err(s3_error!(BadDigest));
             }
         }
         let mut claimed = self.checksums.clone();
@@ -45,7 +48,7 @@ impl ClaimedDigests {
         for algorithm in ChecksumAlgorithm::ALL {
             let claimed = claimed.get(algorithm);
             if claimed.is_some() && claimed != computed.get(algorithm) {
-                return Err(s3_error!(BadDigest, "x-amz-checksum does not match the body"));
+                return Err(s3_error!(BadDigest, "The {} you specified did not match the calculated checksum.", algorithm.name()));
             }
         }
         Ok(())

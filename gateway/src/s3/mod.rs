@@ -17,6 +17,7 @@ mod listing;
 mod multipart;
 mod multipart_checksums;
 pub mod object_attributes;
+mod limits;
 mod objects;
 pub mod url_encoding;
 
@@ -41,7 +42,7 @@ use crate::s3::auth::Keys;
 use crate::s3::errors::{answered, custom_error, internal, to_s3};
 
 use conditions::{WriteCondition, check_conditions, check_no_object_lock, check_write_acl};
-use copy::{MAX_COPY_BYTES, copy_source_range};
+use copy::copy_source_range;
 use digests::{ClaimedDigests, announced_size, checksum_type_of, checksums_of, trailer_algorithm};
 use multipart_checksums::{answered_checksums, check_checksum_type, check_completion_checksums, completed_checksums, part_checksums, upload_checksum};
 

@@ -15,6 +15,8 @@ impl Gateway {
         check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
         check_no_object_lock(object_lock_in!(input))?;
         check_checksum_type(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
+        limits::check_metadata(input.metadata.as_ref())?;
+        limits::check_storage_class(input.storage_class.as_ref())?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let upload_id = new_id();
         let checksum = upload_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref());
@@ -45,9 +47,8 @@ impl Gateway {
             let mut input = input;
             let target = async {
                 let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
-                if !(1..=10_000).contains(&input.part_number) {
-                    return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
-                }
+                limits::check_part_number(input.part_number)?;
+                limits::check_body_size(announced_size(&req.headers, input.content_length))?;
                 Ok(upload)
             };
             let upload = before_body!(target.await, input.body);
@@ -84,16 +85,12 @@ impl Gateway {
             return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
         };
         let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
-        if !(1..=10_000).contains(&input.part_number) {
-            return Err(s3_error!(InvalidArgument, "part numbers run from 1 to 10000"));
-        }
+        limits::check_part_number(input.part_number)?;
         let source = self.find_object(&tenant, source_bucket, source_key).await?;
         check_copy_source!(source, input);
         let range = copy_source_range(input.copy_source_range.as_deref(), source.size)?;
         let len = range.end - range.start;
-        if len > MAX_COPY_BYTES {
-            return Err(s3_error!(InvalidRequest, "The specified copy source is larger than the maximum allowable size for a copy source: {MAX_COPY_BYTES}"));
-        }
+        limits::check_copy_size(len)?;
         let _budget = self.store.admit_body(&tenant, Some(len)).await.map_err(to_s3)?;
         let body = StreamingBlob::wrap(reader::stream(self.store.clone(), reader::plan(&source, range), reader::Reader::Gateway));
         let kept = upload.checksum.map(|kept| kept.algorithm);
@@ -119,9 +116,10 @@ impl Gateway {
     pub(super) async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
+        let location = object_location(&req.headers, self.store.config.tls.is_some(), &input.bucket, &input.key);
         let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
         if requested.is_empty() {
-            return Err(s3_error!(MalformedXML, "no parts given"));
+            return Err(s3_error!(MalformedXML));
         }
         let upload = match self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await {
             Ok(upload) => upload,
@@ -130,7 +128,7 @@ impl Gateway {
                 let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
                 let current = self.store.index.object(&key).map_err(internal)?;
                 return match current.filter(|record| Some(&record.etag) == completed_etag(&requested).as_ref()) {
-                    Some(record) => Ok(S3Response::new(completed_output(record, input.bucket, input.key))),
+                    Some(record) => Ok(S3Response::new(completed_output(record, input.bucket, input.key, location))),
                     None => Err(error),
                 };
             }
@@ -149,7 +147,7 @@ impl Gateway {
             previous = number;
             let record = stored.get(&(number as u32)).ok_or_else(|| s3_error!(InvalidPart))?;
             if part.e_tag.as_ref().is_some_and(|etag| etag.value() != record.etag) {
-                return Err(s3_error!(InvalidPart, "ETag of part {number} does not match"));
+                return Err(s3_error!(InvalidPart));
             }
             chosen.push(record);
             numbers.push(number as u32);
@@ -177,7 +175,7 @@ impl Gateway {
             tracing::warn!(error = format!("{error:#}"), "the ended upload's markers stay upstream");
         }
         tracing::info!(bucket = %input.bucket, key = %input.key, size = record.size, parts = chosen.len(), encoded, "multipart upload completed");
-        Ok(S3Response::new(completed_output(record, input.bucket, input.key)))
+        Ok(S3Response::new(completed_output(record, input.bucket, input.key, location)))
     }
 
     pub(super) async fn abort_multipart_upload(&self, req: S3Request<AbortMultipartUploadInput>) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
@@ -245,7 +243,8 @@ impl Gateway {
         let key_marker = input.key_marker.as_deref().filter(|marker| !marker.is_empty());
         // In key order, then by id: a page resumes after the key marker, or, with an upload id
         // marker too, after that id among the uploads of the marker's key.
-        let after_markers = |id: &str, key: &str| match (key_marker, input.upload_id_marker.as_deref()) {
+        let id_marker = input.upload_id_marker.as_deref().filter(|marker| !marker.is_empty());
+        let after_markers = |id: &str, key: &str| match (key_marker, id_marker) {
             (Some(marker), Some(id_marker)) => key > marker || (key == marker && id > id_marker),
             (Some(marker), None) => key > marker,
             (None, _) => true,
@@ -380,13 +379,26 @@ fn completed_etag(requested: &[CompletedPart]) -> Option<String> {
 }
 
 /// The answer to a CompleteMultipartUpload that made (or had made) `record`.
-fn completed_output(record: ObjectRecord, bucket: String, key: String) -> CompleteMultipartUploadOutput {
+fn completed_output(record: ObjectRecord, bucket: String, key: String, location: Option<String>) -> CompleteMultipartUploadOutput {
     let checksum_type = checksum_type_of(&record.checksums);
     let mut output = write_output!(CompleteMultipartUploadOutput, record.etag, record.checksums);
     output.checksum_type = checksum_type;
     output.bucket = Some(bucket);
     output.key = Some(key);
+    output.location = location;
     output
+}
+
+/// The URL of an object, as S3 answers it in `Location`: on the host the client addressed, in
+/// the bucket's own subdomain when it asked there, else with the bucket in the path.
+fn object_location(headers: &hyper::HeaderMap, tls: bool, bucket: &str, key: &str) -> Option<String> {
+    let host = headers.get(hyper::header::HOST)?.to_str().ok()?;
+    let scheme = if tls { "https" } else { "http" };
+    let key = url_encoding::encode(key);
+    Some(match host.strip_prefix(bucket).filter(|rest| rest.starts_with('.')) {
+        Some(_) => format!("{scheme}://{host}/{key}"),
+        None => format!("{scheme}://{host}/{bucket}/{key}"),
+    })
 }
 
 /// The object a completed multipart upload makes: its parts' segments, in order.

@@ -17,6 +17,9 @@ impl Gateway {
                 check_key(&input.key)?;
                 check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
                 check_no_object_lock(object_lock_in!(input))?;
+                limits::check_metadata(input.metadata.as_ref())?;
+                limits::check_storage_class(input.storage_class.as_ref())?;
+                limits::check_body_size(announced_size(&req.headers, input.content_length))?;
                 // Refused before the body is stored, rather than at its commit.
                 self.store.check_in_step().map_err(to_s3)?;
                 self.ensure_bucket(&tenant, &input.bucket).await
@@ -188,9 +191,10 @@ fn requested_range(record: &ObjectRecord, range: Option<&Range>, part_number: Op
     }
 }
 
-/// The Content-Range of an answer of `range` of an object of `size` bytes.
+/// The Content-Range of an answer of `range` of an object of `size` bytes; none for an empty
+/// range (an empty part), which no Content-Range can state.
 fn content_range(range: Option<&std::ops::Range<u64>>, size: u64) -> Option<String> {
-    range.map(|range| format!("bytes {}-{}/{size}", range.start, range.end.saturating_sub(1)))
+    range.filter(|range| !range.is_empty()).map(|range| format!("bytes {}-{}/{size}", range.start, range.end - 1))
 }
 
 /// The parts count GET and HEAD report when a part was asked for (multipart objects only).
