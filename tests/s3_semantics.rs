@@ -7,8 +7,9 @@ use support::shared::shared_upstream_gateway;
 use support::*;
 
 /// S3 behaviour in detail (conditions, copy, multipart, parts and ranges on GET and HEAD, the
-/// paging of upload listings, presigned and virtual-host requests, key limits, deletes),
-/// checked by boto3 in tests/clients/s3_semantics.py.
+/// paging of upload listings, writes refused for their digests, metadata, storage class or part
+/// number, presigned and virtual-host requests, key limits, deletes), checked by boto3 in
+/// tests/clients/s3_semantics.py.
 #[test]
 fn s3_semantics_match_aws() {
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);
