@@ -25,7 +25,10 @@ fn s3_semantics_match_aws() {
 /// ListObjects (v1) always answers Prefix and Marker; ListObjectVersions pages with version
 /// markers; GetObjectAttributes answers an unquoted ETag; `aws-chunked` is not stored as a
 /// Content-Encoding; ListBuckets pages with MaxBuckets; Expires is stored (also through a
-/// multipart upload); GetBucketLocation answers the LocationConstraint given at creation.
+/// multipart upload); GetBucketLocation answers the LocationConstraint given at creation, and
+/// HeadBucket and ListBuckets the region; an object's tag set is empty and a write setting tags
+/// is refused; HEAD takes the `response-*` overrides; a presigned URL valid for over a week is
+/// refused; every answer carries an x-amz-id-2.
 #[test]
 fn answers_carry_the_details_s3_gives() {
     let gateway = TestGateway::start(UpstreamKind::LocalDirectory);

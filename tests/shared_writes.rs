@@ -230,6 +230,54 @@ fn fsck_leaves_what_a_peer_freed_after_the_listing_to_the_next() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
+/// A blob the holder's collection takes out of its trash because only a peer's part marker
+/// names it, and that the peer frees after (its upload aborted), is the next orphan listing's:
+/// the holder's fsck notes it rather than reporting it.
+#[test]
+fn fsck_leaves_a_blob_taken_out_of_the_trash_for_a_peer_and_freed_since_to_the_next() {
+    let moto = Moto::start();
+    let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let blobs_at_once = |config: &mut tensorgate::config::Config| config.orphan_blob_secs = 0;
+    let a = shared_gateway_over(&moto, state_a.path(), true, blobs_at_once, |upstream| upstream);
+    let b = shared_gateway_over(&moto, state_b.path(), true, blobs_at_once, |upstream| upstream);
+    a.aws(&["s3", "mb", "s3://models"]);
+    // b's upload in progress: its part's blob is named by b's part marker alone.
+    let json = |output: std::process::Output| -> serde_json::Value { serde_json::from_slice(&output.stdout).unwrap() };
+    let created = json(b.aws(&["s3api", "create-multipart-upload", "--bucket", "models", "--key", "dropped"]));
+    let upload_id = created["UploadId"].as_str().unwrap().to_owned();
+    let part_file = scratch.path().join("part");
+    std::fs::write(&part_file, noise(1 << 20, 3)).unwrap();
+    b.aws(&["s3api", "upload-part", "--bucket", "models", "--key", "dropped", "--part-number", "1", "--upload-id", &upload_id, "--body", part_file.to_str().unwrap()]);
+    let store = a.store();
+    let blobs: Vec<String> = store
+        .config
+        .upstream_prefixes()
+        .into_iter()
+        .flat_map(|prefix| a.runtime.block_on(store.upstream.list(&format!("{prefix}blobs/"))).unwrap())
+        .map(|listed| listed.key)
+        .collect();
+    let [blob] = &blobs[..] else { panic!("the part is not one blob: {blobs:?}") };
+
+    // In a's trash, as if a listing had sent it there before b's marker was written; dated
+    // ahead, so that a's first collection lists the upstream (which skips what is in the
+    // trash) and leaves the entry.
+    store.index.trash_key(blob, i64::MAX).unwrap();
+    let collected = a.collect_garbage();
+    assert!(collected.leased && collected.orphans == 0, "{collected:?}");
+    assert!(store.index.in_trash(blob).unwrap() && !store.index.spared_from_orphan_scan(blob).unwrap());
+    // Of age now: the next collection, with no listing due, takes it out for b's marker.
+    store.index.forget_trash(blob).unwrap();
+    store.index.trash_key(blob, 0).unwrap();
+    a.collect_garbage();
+    assert!(!store.index.in_trash(blob).unwrap() && store.index.spared_from_orphan_scan(blob).unwrap());
+
+    b.aws(&["s3api", "abort-multipart-upload", "--bucket", "models", "--key", "dropped", "--upload-id", &upload_id]);
+    let report = a.fsck();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let freed_since = "orphans that only upstream records or writes in flight held at or since the last orphan listing";
+    assert!(report.notes.iter().any(|note| note.starts_with(freed_since) && note.ends_with(": 1 unreferenced upstream objects")), "{:?}", report.notes);
+}
+
 /// Two gateways store one new model at once, each in its own pack; the only manifest left
 /// names b's copy, while a's index reads its own. b's collector condemns a's pack, a's sync
 /// vetoes it, and the pack stays: a keeps reading, and what a writes against its copy stays

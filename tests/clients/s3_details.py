@@ -13,6 +13,7 @@ from xml.etree import ElementTree
 
 import boto3
 import botocore
+import botocore.config
 
 from s3_semantics import check, error_code
 
@@ -96,7 +97,14 @@ def main():
           s3.get_bucket_location(Bucket="details-located").get("LocationConstraint") == "eu-west-1")
     check("GetBucketLocation of a bucket created without one answers the default region (empty)",
           s3.get_bucket_location(Bucket=BUCKET).get("LocationConstraint") is None)
+    region = lambda bucket: s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"].get("x-amz-bucket-region")
+    check("HeadBucket answers the bucket's region", region("details-located") == "eu-west-1" and region(BUCKET) == "us-east-1")
+    regions = {bucket["Name"]: bucket.get("BucketRegion") for bucket in s3.list_buckets()["Buckets"]}
+    check("ListBuckets answers each bucket's region", regions.get("details-located") == "eu-west-1" and regions.get(BUCKET) == "us-east-1", regions)
     s3.delete_bucket(Bucket="details-located")
+    check("the default region named as a LocationConstraint is refused",
+          error_code(lambda: s3.create_bucket(Bucket="details-named-default", CreateBucketConfiguration={"LocationConstraint": "us-east-1"}))
+          == "InvalidLocationConstraint")
 
     for name in ["details-page-a", "details-page-b"]:
         s3.create_bucket(Bucket=name)
@@ -127,6 +135,30 @@ def main():
               body.findtext("RequestId") == error.response["ResponseMetadata"]["RequestId"], answer["body"])
 
     same = {"Bucket": BUCKET, "Key": "untyped"}
+    tags = s3.get_object_tagging(**same)
+    check("an object's tag set is empty", tags["TagSet"] == [], tags)
+    check("every answer carries an x-amz-id-2", bool(tags["ResponseMetadata"]["HTTPHeaders"].get("x-amz-id-2")), tags)
+    check("deleting an object's tags answers 204", s3.delete_object_tagging(**same)["ResponseMetadata"]["HTTPStatusCode"] == 204)
+    check("the tags of an absent key are NoSuchKey", error_code(lambda: s3.get_object_tagging(Bucket=BUCKET, Key="absent")) == "NoSuchKey")
+    check("setting no tags is accepted", s3.put_object_tagging(Tagging={"TagSet": []}, **same)["ResponseMetadata"]["HTTPStatusCode"] == 200)
+    check("a write setting tags is refused rather than its tags dropped",
+          error_code(lambda: s3.put_object(Bucket=BUCKET, Key="tagged", Body=b"t", Tagging="team=ml")) == "NotImplemented"
+          and error_code(lambda: s3.put_object_tagging(Tagging={"TagSet": [{"Key": "team", "Value": "ml"}]}, **same)) == "NotImplemented")
+    head = s3.head_object(ResponseContentType="text/x-override", ResponseCacheControl="no-store", **same)
+    check("HEAD takes the response-* overrides of its query", head["ContentType"] == "text/x-override" and head["CacheControl"] == "no-store", head)
+    week = 7 * 24 * 3600
+    signer = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=botocore.config.Config(signature_version="s3v4"))
+    for expires, status in [(week, 200), (week + 1, 400)]:
+        url = signer.generate_presigned_url("get_object", Params=same, ExpiresIn=expires)
+        assert f"X-Amz-Expires={expires}&" in url, url
+        try:
+            answered, said = urllib.request.urlopen(url).status, b""
+        except urllib.error.HTTPError as error:
+            answered, said = error.code, error.read()
+        check(f"a presigned URL valid for {expires} s answers {status}", answered == status, said)
+        if status == 400:
+            check("a presigned URL valid for over a week is AuthorizationQueryParametersError",
+                  ElementTree.fromstring(said).findtext("Code") == "AuthorizationQueryParametersError", said)
     check("copying an object onto itself unchanged is refused",
           error_code(lambda: s3.copy_object(CopySource=same, **same)) == "InvalidRequest")
     s3.copy_object(CopySource=same, MetadataDirective="REPLACE", Metadata={"v": "2"}, **same)

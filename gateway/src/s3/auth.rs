@@ -89,6 +89,24 @@ impl S3Auth for Authenticator {
             .keys
             .get(access_key)
             .map(|entry| entry.secret.clone())
-            .ok_or_else(|| s3_error!(InvalidAccessKeyId, "The AWS access key Id you provided does not exist in our records."))
+            .ok_or_else(|| s3_error!(InvalidAccessKeyId, "The AWS Access Key Id you provided does not exist in our records."))
     }
+}
+
+/// The longest a presigned URL may be valid, in seconds: a week, as in S3.
+const MAX_PRESIGNED_EXPIRY_SECS: u64 = 7 * 24 * 3600;
+
+/// S3's refusal of a presigned URL valid for longer than a week (s3s 0.14.1 takes any
+/// `X-Amz-Expires`), or none for any other request.
+pub fn overlong_presigned_expiry(uri: &hyper::Uri) -> Option<s3s::S3Error> {
+    let expires = uri.query()?.split('&').find_map(|pair| pair.strip_prefix("X-Amz-Expires="))?;
+    // A value that is no number is s3s's to refuse.
+    let secs: u64 = expires.parse().ok()?;
+    (secs > MAX_PRESIGNED_EXPIRY_SECS).then(|| {
+        crate::s3::errors::custom_error(
+            "AuthorizationQueryParametersError",
+            hyper::StatusCode::BAD_REQUEST,
+            format!("X-Amz-Expires must be less than a week (in seconds) that is {MAX_PRESIGNED_EXPIRY_SECS}"),
+        )
+    })
 }

@@ -23,7 +23,7 @@ impl Gateway {
         let continuation_token = truncated.then(|| buckets.last().map(|(name, _)| listing::encode_token(name))).flatten();
         let buckets = buckets
             .into_iter()
-            .map(|(name, record)| Bucket { name: Some(name), creation_date: Some(timestamp(record.created_ms)), bucket_region: None })
+            .map(|(name, record)| Bucket { name: Some(name), creation_date: Some(timestamp(record.created_ms)), bucket_region: Some(region_of(&record)) })
             .collect();
         let prefix = (!prefix.is_empty()).then_some(prefix);
         Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), owner: Some(bucket_config::owner(&tenant)), continuation_token, prefix }))
@@ -34,6 +34,10 @@ impl Gateway {
         let bucket = &req.input.bucket;
         let location = req.input.create_bucket_configuration.as_ref().and_then(|configuration| configuration.location_constraint.as_ref());
         let location = location.map(|constraint| constraint.as_str().to_owned()).filter(|constraint| !constraint.is_empty());
+        // The default region is named by giving none: S3 refuses it named.
+        if location.as_deref() == Some(DEFAULT_REGION) {
+            return Err(s3_error!(InvalidLocationConstraint, "The specified location-constraint is not valid"));
+        }
         if reserved_bucket_name(bucket) {
             return Err(s3_error!(InvalidBucketName, "The specified bucket is not valid."));
         }
@@ -60,8 +64,8 @@ impl Gateway {
 
     pub(super) async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
         let tenant = self.tenant(&req)?;
-        self.ensure_bucket(&tenant, &req.input.bucket).await?;
-        Ok(S3Response::new(HeadBucketOutput::default()))
+        let record = self.bucket_record(&tenant, &req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput { bucket_region: Some(region_of(&record)), ..HeadBucketOutput::default() }))
     }
 
     pub(super) async fn get_bucket_location(&self, req: S3Request<GetBucketLocationInput>) -> S3Result<S3Response<GetBucketLocationOutput>> {
@@ -80,6 +84,15 @@ impl Gateway {
             BucketDeletion::Missing => Err(s3_error!(NoSuchBucket)),
         }
     }
+}
+
+/// The region of a bucket created without a location constraint, as S3's us-east-1.
+const DEFAULT_REGION: &str = "us-east-1";
+
+/// The region a bucket answers in HeadBucket and ListBuckets: its location constraint, or the
+/// default region.
+fn region_of(record: &BucketRecord) -> String {
+    record.location.clone().unwrap_or_else(|| DEFAULT_REGION.to_owned())
 }
 
 /// Bucket names S3 refuses beyond the general rules s3s checks: reserved prefixes and

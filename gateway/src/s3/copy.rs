@@ -23,6 +23,10 @@ impl Gateway {
             limits::check_metadata(input.metadata.as_ref())?;
         }
         limits::check_storage_class(input.storage_class.as_ref())?;
+        // The source has no tags to copy; a new set is only taken with REPLACE.
+        if input.tagging_directive.as_ref().is_some_and(|directive| directive.as_str() == TaggingDirective::REPLACE) {
+            tagging::check_no_tags(input.tagging.as_deref())?;
+        }
         let source = self.find_object(&tenant, source_bucket, source_key).await?;
         check_copy_source!(source, input);
         limits::check_copy_size(source.size)?;

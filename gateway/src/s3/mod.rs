@@ -19,6 +19,7 @@ mod multipart_checksums;
 pub mod object_attributes;
 mod limits;
 mod objects;
+mod tagging;
 pub mod url_encoding;
 
 use std::collections::BTreeMap;
@@ -345,6 +346,18 @@ impl S3 for Gateway {
 
     async fn get_object_attributes(&self, req: S3Request<GetObjectAttributesInput>) -> S3Result<S3Response<GetObjectAttributesOutput>> {
         Gateway::get_object_attributes(self, req).await.map_err(answered)
+    }
+
+    async fn get_object_tagging(&self, req: S3Request<GetObjectTaggingInput>) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        Gateway::get_object_tagging(self, req).await.map_err(answered)
+    }
+
+    async fn put_object_tagging(&self, req: S3Request<PutObjectTaggingInput>) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        Gateway::put_object_tagging(self, req).await.map_err(answered)
+    }
+
+    async fn delete_object_tagging(&self, req: S3Request<DeleteObjectTaggingInput>) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        Gateway::delete_object_tagging(self, req).await.map_err(answered)
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {

@@ -17,6 +17,7 @@ impl Gateway {
         check_checksum_type(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         limits::check_metadata(input.metadata.as_ref())?;
         limits::check_storage_class(input.storage_class.as_ref())?;
+        tagging::check_no_tags(input.tagging.as_deref())?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let upload_id = new_id();
         let checksum = upload_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref());

@@ -19,6 +19,7 @@ impl Gateway {
                 check_no_object_lock(object_lock_in!(input))?;
                 limits::check_metadata(input.metadata.as_ref())?;
                 limits::check_storage_class(input.storage_class.as_ref())?;
+                tagging::check_no_tags(input.tagging.as_deref())?;
                 limits::check_body_size(announced_size(&req.headers, input.content_length))?;
                 // Refused before the body is stored, rather than at its commit.
                 self.store.check_in_step().map_err(to_s3)?;
@@ -104,7 +105,15 @@ impl Gateway {
             None => (Checksums::default(), None),
         };
         let parts_count = parts_count(&record, input.part_number);
-        Ok(S3Response::new(object_output!(HeadObjectOutput, record, length, checksums, parts_count, { content_range: content_range })))
+        let mut output = object_output!(HeadObjectOutput, record, length, checksums, parts_count, { content_range: content_range });
+        // The `response-*` overrides of the query, which s3s applies to a GET's answer only.
+        output.cache_control = input.response_cache_control.or(output.cache_control);
+        output.content_disposition = input.response_content_disposition.or(output.content_disposition);
+        output.content_encoding = input.response_content_encoding.or(output.content_encoding);
+        output.content_language = input.response_content_language.or(output.content_language);
+        output.content_type = input.response_content_type.or(output.content_type);
+        output.expires = input.response_expires.or(output.expires);
+        Ok(S3Response::new(output))
     }
 
     pub(super) async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {

@@ -32,7 +32,7 @@ use crate::maintenance::{gc, packer, sync, usage};
 use crate::s3::Gateway;
 use crate::s3::auth::{Authenticator, KeyRing, Keys};
 use crate::s3::domains::Domains;
-use crate::s3::{errors, object_attributes};
+use crate::s3::{auth, errors, object_attributes};
 use crate::upstream::{LocalUpstream, RoutingUpstream, S3Upstream, Upstream};
 
 /// A gateway that is serving.
@@ -125,7 +125,11 @@ fn measured_service(
             let request_id = new_id()[..16].to_ascii_uppercase();
             let attributes_request = object_attributes::is_attributes_request(&request);
             let tenant = admission::signing_key(&request).and_then(|key| keys.current().tenant(&key).map(str::to_owned)).unwrap_or_default();
+            let overlong_expiry = auth::overlong_presigned_expiry(request.uri());
             let served = async {
+                if let Some(refusal) = overlong_expiry {
+                    return errors::with_request_id(refusal).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)));
+                }
                 match store.admission.slot(&tenant) {
                     Some(_slot) if request.method() == hyper::Method::OPTIONS => match cors.preflight(&request, &tenant).await {
                         Ok(answer) => Ok(answer),
@@ -160,6 +164,10 @@ fn measured_service(
                 store.metrics.observe_request(&method, response.status().as_u16(), started);
                 if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert("x-amz-request-id", value);
+                }
+                // S3's extended request id, which clients log beside the request id.
+                if let Ok(value) = hyper::header::HeaderValue::from_str(&new_id()) {
+                    response.headers_mut().insert("x-amz-id-2", value);
                 }
                 if attributes_request && response.status() == hyper::StatusCode::OK {
                     object_attributes::unquote_etag(response);
