@@ -237,7 +237,12 @@ fn fsck_leaves_what_a_peer_freed_after_the_listing_to_the_next() {
 fn fsck_leaves_a_blob_taken_out_of_the_trash_for_a_peer_and_freed_since_to_the_next() {
     let moto = Moto::start();
     let (state_a, state_b, scratch) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let blobs_at_once = |config: &mut tensorgate::config::Config| config.orphan_blob_secs = 0;
+    // Blobs of age at once; a listing at the first collection only, so that the second one
+    // takes the blob out of the trash with no listing to record it instead.
+    let blobs_at_once = |config: &mut tensorgate::config::Config| {
+        config.orphan_blob_secs = 0;
+        config.orphan_scan_secs = 3600;
+    };
     let a = shared_gateway_over(&moto, state_a.path(), true, blobs_at_once, |upstream| upstream);
     let b = shared_gateway_over(&moto, state_b.path(), true, blobs_at_once, |upstream| upstream);
     a.aws(&["s3", "mb", "s3://models"]);

@@ -13,7 +13,6 @@ impl Gateway {
         check_key(&input.key)?;
         check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
         check_no_object_lock(object_lock_in!(input))?;
-        self.ensure_bucket(&tenant, &input.bucket).await?;
         let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {
             None | Some(MetadataDirective::COPY) => false,
             Some(MetadataDirective::REPLACE) => true,
@@ -27,6 +26,7 @@ impl Gateway {
         if input.tagging_directive.as_ref().is_some_and(|directive| directive.as_str() == TaggingDirective::REPLACE) {
             tagging::check_no_tags(input.tagging.as_deref())?;
         }
+        self.ensure_bucket(&tenant, &input.bucket).await?;
         let source = self.find_object(&tenant, source_bucket, source_key).await?;
         check_copy_source!(source, input);
         limits::check_copy_size(source.size)?;

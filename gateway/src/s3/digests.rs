@@ -25,13 +25,14 @@ impl ClaimedDigests {
         ChecksumSelection(wanted.collect())
     }
 
+    /// Refuses, before the body is read, a Content-MD5 that is no MD5 (400 InvalidDigest).
+    pub(super) fn check_form(&self) -> S3Result<()> {
+        self.content_md5.as_deref().map(claimed_md5).transpose().map(|_| ())
+    }
+
     pub(super) fn verify(&self, ingested: &Ingested) -> S3Result<()> {
         if let Some(content_md5) = &self.content_md5 {
-            // Not base64 of 16 bytes (empty, say) is no MD5 at all: InvalidDigest, not BadDigest.
-            let claimed = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, content_md5)
-                .ok()
-                .filter(|digest| digest.len() == 16)
-                .ok_or_else(|| s3_error!(InvalidDigest))?;
+            let claimed = claimed_md5(content_md5)?;
             if ingested.md5.as_ref().map(|md5| &md5[..]) != Some(&claimed[..]) {
                 return Err(s3_error!(BadDigest));
             }
@@ -53,6 +54,15 @@ impl ClaimedDigests {
         }
         Ok(())
     }
+}
+
+/// The digest a Content-MD5 header names: not the base64 of 16 bytes is no MD5 at all
+/// (InvalidDigest, where a digest of other bytes is BadDigest).
+fn claimed_md5(content_md5: &str) -> S3Result<Vec<u8>> {
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, content_md5)
+        .ok()
+        .filter(|digest| digest.len() == 16)
+        .ok_or_else(|| s3_error!(InvalidDigest))
 }
 
 pub(super) fn checksums_of(checksum: &Checksum) -> Checksums {

@@ -1,5 +1,6 @@
-//! What S3 refuses in a write's headers before it reads the body: user metadata over 2 KB, a
-//! storage class it does not know, an object over 5 GiB in one request.
+//! S3's limits on a request, checked before its body is read or its source copied: user
+//! metadata over 2 KB, a storage class S3 does not know, an object or copy source over 5 GiB in
+//! one request, a part number outside 1-10000.
 
 use super::*;
 

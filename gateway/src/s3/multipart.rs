@@ -3,6 +3,7 @@
 //! object that the packer re-encodes later unless every part was encoded where it belongs.
 
 use super::*;
+use super::domains::Domains;
 use super::listing::Entry;
 use crate::engine::ingest::FirstPart;
 use crate::metrics::CompletionLabels;
@@ -54,6 +55,7 @@ impl Gateway {
             };
             let upload = before_body!(target.await, input.body);
             let claimed = claimed_digests!(input, req);
+            before_body!(claimed.check_form(), input.body);
             let size_hint = announced_size(&req.headers, input.content_length);
             // Before the budget: a part waiting for part 1 holds none of it.
             let mode = ingest::part_mode(&self.store, &input.upload_id, input.part_number as u32).await.map_err(to_s3)?;
@@ -117,7 +119,7 @@ impl Gateway {
     pub(super) async fn complete_multipart_upload(&self, req: S3Request<CompleteMultipartUploadInput>) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let location = object_location(&req.headers, self.store.config.tls.is_some(), &input.bucket, &input.key);
+        let location = object_location(&req.headers, &self.store.config, &input.bucket, &input.key);
         let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
         if requested.is_empty() {
             return Err(s3_error!(MalformedXML));
@@ -390,16 +392,17 @@ fn completed_output(record: ObjectRecord, bucket: String, key: String, location:
     output
 }
 
-/// The URL of an object, as S3 answers it in `Location`: on the host the client addressed, in
-/// the bucket's own subdomain when it asked there, else with the bucket in the path.
-fn object_location(headers: &hyper::HeaderMap, tls: bool, bucket: &str, key: &str) -> Option<String> {
+/// The URL of an object, as S3 answers it in `Location`: on the host the client addressed, the
+/// bucket in the host where the request was virtual-host style (by the configured domains, as
+/// requests are routed), else in the path; `https` behind a proxy that says so.
+fn object_location(headers: &hyper::HeaderMap, config: &crate::config::Config, bucket: &str, key: &str) -> Option<String> {
+    use s3s::host::S3Host;
     let host = headers.get(hyper::header::HOST)?.to_str().ok()?;
-    let scheme = if tls { "https" } else { "http" };
+    let forwarded_tls = headers.get("x-forwarded-proto").is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
+    let scheme = if config.tls.is_some() || forwarded_tls { "https" } else { "http" };
     let key = url_encoding::encode(key);
-    Some(match host.strip_prefix(bucket).filter(|rest| rest.starts_with('.')) {
-        Some(_) => format!("{scheme}://{host}/{key}"),
-        None => format!("{scheme}://{host}/{bucket}/{key}"),
-    })
+    let virtual_host = Domains::new(&config.domains).parse_host_header(host).ok().is_some_and(|parsed| parsed.bucket() == Some(bucket));
+    Some(if virtual_host { format!("{scheme}://{host}/{key}") } else { format!("{scheme}://{host}/{bucket}/{key}") })
 }
 
 /// The object a completed multipart upload makes: its parts' segments, in order.

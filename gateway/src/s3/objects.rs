@@ -28,6 +28,7 @@ impl Gateway {
             before_body!(target.await, input.body);
             let expect = before_body!(WriteCondition::of(input.if_match.as_ref(), input.if_none_match.as_ref()), input.body);
             let claimed = claimed_digests!(input, req);
+            before_body!(claimed.check_form(), input.body);
             let size_hint = announced_size(&req.headers, input.content_length);
             let _budget = self.store.admit_body(&tenant, size_hint).await.map_err(to_s3)?;
             let base_hint = self.base_hint(&tenant, input.metadata.as_ref());
@@ -160,16 +161,13 @@ fn invalid_part_number() -> S3Error {
     custom_error("InvalidPartNumber", hyper::StatusCode::RANGE_NOT_SATISFIABLE, "The requested partnumber is not satisfiable")
 }
 
-/// The part numbers S3 knows.
-const PART_NUMBERS: std::ops::RangeInclusive<i32> = 1..=10_000;
-
 /// Refuses what S3 refuses before it looks the object up: a part number with a Range header,
 /// and a part number out of S3's bounds (400 both, where a part past the object's is a 416).
 fn check_part_request(range: Option<&Range>, part_number: Option<i32>) -> S3Result<()> {
     match part_number {
         Some(_) if range.is_some() => Err(s3_error!(InvalidRequest, "Cannot specify both Range header and partNumber query parameter")),
-        Some(number) if !PART_NUMBERS.contains(&number) => Err(s3_error!(InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive")),
-        _ => Ok(()),
+        Some(number) => limits::check_part_number(number),
+        None => Ok(()),
     }
 }
 

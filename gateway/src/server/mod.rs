@@ -125,11 +125,7 @@ fn measured_service(
             let request_id = new_id()[..16].to_ascii_uppercase();
             let attributes_request = object_attributes::is_attributes_request(&request);
             let tenant = admission::signing_key(&request).and_then(|key| keys.current().tenant(&key).map(str::to_owned)).unwrap_or_default();
-            let overlong_expiry = auth::overlong_presigned_expiry(request.uri());
             let served = async {
-                if let Some(refusal) = overlong_expiry {
-                    return errors::with_request_id(refusal).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)));
-                }
                 match store.admission.slot(&tenant) {
                     Some(_slot) if request.method() == hyper::Method::OPTIONS => match cors.preflight(&request, &tenant).await {
                         Ok(answer) => Ok(answer),
@@ -139,8 +135,12 @@ fn measured_service(
                         let origin = cors.origin_of(&request);
                         let idle = Duration::from_secs(store.config.body_idle_timeout_secs);
                         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                        let request = request.map(|body| s3s::Body::http_body(admission::IdleBody::new(body, idle, stalled.clone())));
-                        let mut answer = service.call(request).await;
+                        // A presigned URL valid for too long, which s3s takes, is refused here
+                        // (a preflight of it, above, is not: S3 authenticates no preflight).
+                        let mut answer = match auth::overlong_presigned_expiry(request.uri()) {
+                            Some(refusal) => errors::with_request_id(refusal).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error))),
+                            None => service.call(request.map(|body| s3s::Body::http_body(admission::IdleBody::new(body, idle, stalled.clone())))).await,
+                        };
                         if stalled.load(std::sync::atomic::Ordering::Relaxed) {
                             store.metrics.body_idle_timeouts.inc();
                             answer = errors::to_s3(crate::engine::ingest::BodyError::Idle(idle.as_secs()).into()).to_http_response().map_err(|error| s3s::HttpError::new(Box::new(error)));
