@@ -24,19 +24,18 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("avx512vbmi2")
 }
 
-/// Decodes the whole blocks of the first `count` elements and appends them to `out` (base
-/// added back, in element order), advancing `next`, each context's cursor into the planes.
-/// Returns how many elements it decoded: 0 where the machine or the width has no fast path.
-pub(super) fn decode_blocks<const W: usize>(planes: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], out: &mut Vec<u8>) -> usize {
+/// Decodes the whole blocks of the first `count` elements into the start of `out` (base added
+/// back, in element order), advancing `next`, each context's cursor into the planes. Returns
+/// how many elements it decoded: 0 where the machine or the width has no fast path.
+pub(super) fn decode_blocks<const W: usize>(planes: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], out: &mut [u8]) -> usize {
     if !(W == 2 || W == 4) || !available() {
         return 0;
     }
     let blocks = count / BLOCK;
-    assert!(planes.len() >= W * count && base.len() >= W * count);
-    out.reserve(blocks * BLOCK * W);
+    assert!(planes.len() >= W * count && base.len() >= W * count && out.len() >= W * count);
     // SAFETY: the CPU has the features (checked above); every read is within `planes` and
-    // `base` (asserted above; a run only within the planes, `take`), every write within
-    // `out`'s reserved room.
+    // `base` (asserted above; a run only within the planes, `take`), every write within the
+    // first `W * count` bytes of `out` (asserted above).
     unsafe { decode_blocks_avx512::<W>(planes, base, count, blocks, next, out) };
     blocks * BLOCK
 }
@@ -78,9 +77,9 @@ pub(super) fn encode_blocks<const W: usize>(target: &[u8], base: &[u8], count: u
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vbmi2,popcnt,bmi1")]
-unsafe fn decode_blocks_avx512<const W: usize>(planes: &[u8], base: &[u8], count: usize, blocks: usize, next: &mut [usize; 256], out: &mut Vec<u8>) {
+unsafe fn decode_blocks_avx512<const W: usize>(planes: &[u8], base: &[u8], count: usize, blocks: usize, next: &mut [usize; 256], out: &mut [u8]) {
     let plane: [*const u8; W] = std::array::from_fn(|p| planes[p * count..].as_ptr());
-    let destination = out.as_mut_ptr().add(out.len());
+    let destination = out.as_mut_ptr();
     let common = Common::of(&common_contexts(&run_counts(next, count), count));
     for block in 0..blocks {
         let base_words: [__m512i; W] = std::array::from_fn(|i| _mm512_loadu_si512(base.as_ptr().add((block * W + i) * 64).cast()));
@@ -98,7 +97,6 @@ unsafe fn decode_blocks_avx512<const W: usize>(planes: &[u8], base: &[u8], count
             _mm512_storeu_si512(destination.add((block * W + i) * 64).cast(), value);
         }
     }
-    out.set_len(out.len() + blocks * BLOCK * W);
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vbmi2,popcnt,bmi1")]

@@ -32,7 +32,7 @@ mod fast {
     pub(super) use super::avx512::{count_blocks, decode_blocks, encode_blocks};
 
     #[cfg(not(target_arch = "x86_64"))]
-    pub(super) fn decode_blocks<const W: usize>(_: &[u8], _: &[u8], _: usize, _: &mut [usize; 256], _: &mut Vec<u8>) -> usize {
+    pub(super) fn decode_blocks<const W: usize>(_: &[u8], _: &[u8], _: usize, _: &mut [usize; 256], _: &mut [u8]) -> usize {
         0
     }
 
@@ -58,11 +58,13 @@ pub fn encode_into(target: &[u8], base: &[u8], width: usize, out: &mut Vec<u8>) 
 }
 
 /// The inverse of [`encode_into`] with the same base and width, into `out`, whose bytes it
-/// replaces (its capacity is reused). `runs` are the runs the encoder returned, as the frame
-/// stores them, or `None` to count them from the base; runs that are not the base's are refused
-/// (before any byte is read where they add up to another number of elements, after otherwise).
+/// replaces (its capacity is reused). `planes` is what the encoder wrote followed by
+/// [`PLANES_ROOM`] bytes of any value, which spare the decoder a check per element. `runs` are
+/// the runs the encoder returned, as the frame stores them, or `None` to count them from the
+/// base; runs that are not the base's are refused (before any byte is read where they add up
+/// to another number of elements, after otherwise).
 pub fn decode_into(planes: &[u8], base: &[u8], width: usize, runs: Option<&Counts>, out: &mut Vec<u8>) -> Result<()> {
-    out.clear();
+    assert!(planes.len() >= PLANES_ROOM, "the planes are handed with their room");
     match width {
         2 => decode_width::<2>(planes, base, runs, Path::Fastest, out),
         4 => decode_width::<4>(planes, base, runs, Path::Fastest, out),
@@ -199,7 +201,7 @@ fn count_contexts<const W: usize>(base: &[u8], counts: &mut [usize; 256]) {
 /// `None`, the cursors left, for a slot past the `count` slots: only wrong runs handed to a
 /// decoder give one.
 fn take_pair<const W: usize>(next: &mut [usize; 256], base_pair: &[u8], count: usize) -> Option<[usize; 2]> {
-    let contexts = [context::<W>(load::<W>(base_pair)), context::<W>(load::<W>(&base_pair[W..]))];
+    let contexts = pair_contexts::<W>(base_pair);
     let slots = [next[contexts[0]], next[contexts[1]] + usize::from(contexts[0] == contexts[1])];
     if slots[0] >= count || slots[1] >= count {
         return None;
@@ -264,56 +266,111 @@ fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path, out: &mu
 /// `base`) to its element's slot in each of the W planes of `count` slots at the start of
 /// `planes`. `None` at a slot past them.
 fn scatter_differences<const W: usize>(ordered: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], planes: &mut [u8]) -> Option<()> {
-    // One slice a plane, each `count` long, so that a slot below `count` needs no other check.
-    let mut split = planes[..W * count].chunks_exact_mut(count.max(1));
-    let mut plane: [&mut [u8]; W] = std::array::from_fn(|_| split.next().unwrap_or_default());
+    assert!(planes.len() >= W * count);
+    // One pointer a plane, all from one borrow of `planes`.
+    let start = planes.as_mut_ptr();
+    // SAFETY: plane p starts at p x `count`, within the first W x `count` bytes (asserted).
+    let plane: [*mut u8; W] = std::array::from_fn(|p| unsafe { start.add(p * count) });
     let mut pairs = ordered.chunks_exact(2 * W);
     for (pair, base_pair) in (&mut pairs).zip(base.chunks_exact(2 * W)) {
         let slots = take_pair::<W>(next, base_pair, count)?;
-        for (p, bytes) in plane.iter_mut().enumerate() {
-            bytes[slots[0]] = pair[p];
-            bytes[slots[1]] = pair[W + p];
+        for (p, bytes) in plane.iter().enumerate() {
+            // SAFETY: both slots are below `count` (`take_pair`), so within plane p.
+            unsafe {
+                *bytes.add(slots[0]) = pair[p];
+                *bytes.add(slots[1]) = pair[W + p];
+            }
         }
     }
     if let Some(last) = pairs.remainder().get(..W) {
         let slot = take_one::<W>(next, &base[base.len() - W..], count)?;
-        for (p, bytes) in plane.iter_mut().enumerate() {
-            bytes[slot] = last[p];
+        for (p, &byte) in last.iter().enumerate() {
+            planes[p * count + slot] = byte;
         }
     }
     Some(())
 }
 
 /// Writes the stored difference of each element over `base` (whole base elements, in order)
-/// to `out`, from its slot in each of the W planes of `count` slots at the start of `planes`.
-/// `None` at a slot past them.
-fn gather_differences<const W: usize>(planes: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], out: &mut [u8]) -> Option<()> {
-    let plane: [&[u8]; W] = std::array::from_fn(|p| &planes[p * count..(p + 1) * count]);
+/// to `out`, from its slot in each of the W planes of `count` slots at the start of `planes`,
+/// which hold [`PLANES_ROOM`] bytes more. `ends` is where each context's run ends. `None` where
+/// a cursor is past its run's end before a block (only wrong runs handed to a decoder do
+/// that; the caller checks the cursors after the last block).
+///
+/// The planes are read without a check per element: before every [`CHECKED_EVERY`] elements
+/// the cursors are checked against the ends of their runs, which are at most `count`, and a
+/// block moves a cursor by fewer slots than the room past the last plane.
+fn gather_differences<const W: usize>(planes: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], ends: &[usize; 256], out: &mut [u8]) -> Option<()> {
+    assert!(planes.len() >= W * count + PLANES_ROOM && base.len() == out.len() && ends.iter().all(|&end| end <= count));
     // The stored bytes of one slot, in the low bytes of a word.
-    let stored = |slot: usize| (0..W).fold(0u64, |word, p| word | u64::from(plane[p][slot]) << (8 * p));
-    let mut pairs = out.chunks_exact_mut(2 * W);
-    for (pair, base_pair) in (&mut pairs).zip(base.chunks_exact(2 * W)) {
-        let slots = take_pair::<W>(next, base_pair, count)?;
-        pair[..W].copy_from_slice(&stored(slots[0]).to_le_bytes()[..W]);
-        pair[W..].copy_from_slice(&stored(slots[1]).to_le_bytes()[..W]);
-    }
-    if let Some(last) = pairs.into_remainder().get_mut(..W) {
-        let slot = take_one::<W>(next, &base[base.len() - W..], count)?;
-        last.copy_from_slice(&stored(slot).to_le_bytes()[..W]);
+    let plane: [*const u8; W] = std::array::from_fn(|p| planes[p * count..].as_ptr());
+    let stored = |slot: usize| {
+        // SAFETY: `slot` is below `count + PLANES_ROOM` (above), so the byte of the last plane
+        // is within `planes`, and those of the others are before it.
+        (0..W).fold(0u64, |word, p| word | u64::from(unsafe { *plane[p].add(slot) }) << (8 * p))
+    };
+    for (block, base_block) in out.chunks_mut(CHECKED_EVERY * W).zip(base.chunks(CHECKED_EVERY * W)) {
+        // (Every cursor compared, without a branch each, which the compiler vectorises.)
+        if next.iter().zip(ends).fold(false, |past, (cursor, end)| past | (cursor > end)) {
+            return None;
+        }
+        let mut pairs = block.chunks_exact_mut(2 * W);
+        for (pair, base_pair) in (&mut pairs).zip(base_block.chunks_exact(2 * W)) {
+            let contexts = pair_contexts::<W>(base_pair);
+            // Where both have one context, the second's slot is counted from the cursor as
+            // loaded rather than from the first's store, which it would wait for.
+            let slots = [next[contexts[0]], next[contexts[1]] + usize::from(contexts[0] == contexts[1])];
+            next[contexts[0]] = slots[0] + 1;
+            next[contexts[1]] = slots[1] + 1;
+            if W <= 4 {
+                // One store for the pair.
+                let both = stored(slots[0]) | stored(slots[1]) << (8 * W % 64);
+                pair.copy_from_slice(&both.to_le_bytes()[..2 * W]);
+            } else {
+                pair[..W].copy_from_slice(&stored(slots[0]).to_le_bytes()[..W]);
+                pair[W..].copy_from_slice(&stored(slots[1]).to_le_bytes()[..W]);
+            }
+        }
+        if let Some(last) = pairs.into_remainder().get_mut(..W) {
+            let this = context::<W>(load::<W>(&base_block[base_block.len() - W..]));
+            last.copy_from_slice(&stored(next[this]).to_le_bytes()[..W]);
+            next[this] += 1;
+        }
     }
     Some(())
 }
 
+/// The contexts of the two base elements of `base_pair`, from one load where they fit in a
+/// word (as [`context`]: loaded one at a time, the compiler worked out both in a vector
+/// register, whose move back to the cursors' addresses lengthened every element's wait).
+fn pair_contexts<const W: usize>(base_pair: &[u8]) -> [usize; 2] {
+    if W <= 4 {
+        let mut word = [0u8; 8];
+        word[..2 * W].copy_from_slice(&base_pair[..2 * W]);
+        let word = u64::from_le_bytes(word);
+        [((word >> (8 * W - 9)) & 0xff) as usize, ((word >> (16 * W - 9)) & 0xff) as usize]
+    } else {
+        [context::<W>(load::<W>(base_pair)), context::<W>(load::<W>(&base_pair[W..]))]
+    }
+}
+
+/// Elements a decode places between two checks of its cursors (see [`gather_differences`]).
+const CHECKED_EVERY: usize = 2048;
+
+/// Bytes the planes handed to [`decode_into`] must hold past the planes and their tail.
+pub const PLANES_ROOM: usize = CHECKED_EVERY;
+
 /// Why runs handed to the decoder are refused when they add up right but are not the base's.
 const RUNS_DIFFER: &str = "run lengths differ from the base's";
 
-/// Appends the decoded bytes to `out`, which is empty.
+/// Writes the decoded bytes over `out`, resized to the planes' length.
 ///
 /// Runs handed in may be wrong; no read then leaves the planes (the vector path takes a run
-/// only while it stays within them, the scalar loop stops at a slot past them), and any wrong
-/// run ends another run than it began, which the check at the end finds.
+/// only while it stays within them, the scalar loop checks the cursors as it goes), and any
+/// wrong run ends another run than it began, which the check at the end finds.
 fn decode_width<const W: usize>(planes: &[u8], base: &[u8], runs: Option<&Counts>, path: Path, out: &mut Vec<u8>) -> Result<()> {
-    let count = planes.len().min(base.len()) / W;
+    let planes_len = planes.len() - PLANES_ROOM;
+    let count = planes_len.min(base.len()) / W;
     let whole = count * W;
     let counts = match runs {
         // No run over the elements (so that no sum below wraps), and together all of them.
@@ -323,8 +380,10 @@ fn decode_width<const W: usize>(planes: &[u8], base: &[u8], runs: Option<&Counts
         Some(runs) => *runs,
         None => run_lengths::<W>(base, count, path),
     };
-    out.reserve(planes.len());
+    // Every byte is written below: of a reused buffer only the bytes past its length are zeroed.
+    out.resize(planes_len, 0);
     let starts = run_starts(&counts);
+    let ends: [usize; 256] = std::array::from_fn(|context| starts[context] + counts[context]);
     let mut next = starts;
     let first = match path {
         Path::Fastest => fast::decode_blocks::<W>(planes, base, count, &mut next, out),
@@ -333,13 +392,12 @@ fn decode_width<const W: usize>(planes: &[u8], base: &[u8], runs: Option<&Counts
     };
     // For the elements left, first the stored differences, back in element order; then the
     // arithmetic, in a loop of its own, which the compiler vectorises.
-    out.resize(whole, 0);
-    gather_differences::<W>(planes, &base[first * W..whole], count, &mut next, &mut out[first * W..]).ok_or(CodecError::FrameCorrupt(RUNS_DIFFER))?;
-    out.extend_from_slice(&planes[whole..]);
+    gather_differences::<W>(planes, &base[first * W..whole], count, &mut next, &ends, &mut out[first * W..whole]).ok_or(CodecError::FrameCorrupt(RUNS_DIFFER))?;
+    out[whole..].copy_from_slice(&planes[whole..planes_len]);
     add_differences::<W>(&mut out[first * W..whole], &base[first * W..whole]);
     xor_in_place(&mut out[whole..], base.get(whole..).unwrap_or_default());
     // Every run ends where the next one starts exactly when the runs are the base's.
-    if !runs_filled(&next, &starts, &counts) {
+    if next != ends {
         return Err(CodecError::FrameCorrupt(RUNS_DIFFER));
     }
     Ok(())

@@ -108,12 +108,18 @@ fn decode(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
 
 fn decode_with(planes: &[u8], base: &[u8], width: usize, runs: Option<&Counts>) -> Result<Vec<u8>> {
     let mut out = vec![0x55; 3];
-    decode_into(planes, base, width, runs, &mut out).map(|()| out)
+    decode_into(&with_room(planes), base, width, runs, &mut out).map(|()| out)
+}
+
+/// The planes followed by the room a decode is handed them with, of bytes no decode may use.
+fn with_room(planes: &[u8]) -> Vec<u8> {
+    [planes, &[0xa5; PLANES_ROOM]].concat()
 }
 
 /// The decode of `path` alone.
 fn decode_on(path: Path, planes: &[u8], base: &[u8], width: usize, runs: Option<&Counts>) -> Result<Vec<u8>> {
     let mut out = Vec::new();
+    let planes = &with_room(planes);
     match width {
         2 => decode_width::<2>(planes, base, runs, path, &mut out),
         4 => decode_width::<4>(planes, base, runs, path, &mut out),
@@ -180,6 +186,28 @@ fn runs_that_wrap_round_are_refused() {
     runs[1] = 65;
     for &path in VECTOR_PATHS.iter().chain([&Path::Scalar]) {
         assert!(decode_on(path, &planes, &base, 2, Some(&runs)).is_err(), "{path:?}");
+    }
+}
+
+/// Runs that start the one context the base holds at its last slot: every element then reads
+/// past the planes' end, into the room after them, until the cursors are next checked; the
+/// decode is refused, by every path, for each width. (Run under valgrind, a room shorter than
+/// a check's span shows as a read past the buffer.)
+#[test]
+fn runs_that_send_a_cursor_past_the_planes_are_refused() {
+    for width in [2usize, 4, 8] {
+        let count = 5000;
+        let base: Vec<u8> = (0..count).flat_map(|_| 1.5f64.to_bits().to_le_bytes()[8 - width..].to_vec()).collect();
+        let target: Vec<u8> = (0..count * width).map(|i| i as u8).collect();
+        let (planes, runs) = encode_on(Path::Scalar, &target, &base, width);
+        let held = runs.iter().position(|&run| run > 0).unwrap();
+        assert_eq!(runs[held], count);
+        let mut wrong = [0usize; 256];
+        wrong[held - 1] = count - 1;
+        wrong[held] = 1;
+        for &path in VECTOR_PATHS.iter().chain([&Path::Scalar]) {
+            assert_eq!(decode_on(path, &planes, &base, width, Some(&wrong)), Err(CodecError::FrameCorrupt(RUNS_DIFFER)), "{path:?}, width {width}");
+        }
     }
 }
 
