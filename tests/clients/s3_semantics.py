@@ -224,6 +224,44 @@ def writes_are_refused_as_s3_refuses_them(s3, endpoint, bucket):
 
 
 @case
+def checksum_headers_that_disagree_are_refused_before_the_body(s3, endpoint, bucket):
+    import base64
+    import zlib
+    body = b"body"
+    crc32 = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    sha1 = base64.b64encode(hashlib.sha1(body).digest()).decode()
+    # A client that adds no checksum of its own, and one header of choice on its next calls.
+    bare = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        config=botocore.config.Config(request_checksum_calculation="when_required"))
+    named = {}
+
+    def name_algorithm(request, **_):
+        for header, value in named.items():
+            request.headers[header] = value
+    bare.meta.events.register("before-sign.s3", name_algorithm)
+    put = lambda key, **extra: bare.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+    invalid = ("InvalidRequest", "Value for x-amz-sdk-checksum-algorithm header is invalid.")
+    assert error_of(lambda: put("two", ChecksumCRC32=crc32, ChecksumSHA1=sha1)) == \
+        ("InvalidRequest", "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.")
+    named["x-amz-sdk-checksum-algorithm"] = "SHA1"
+    assert error_of(lambda: put("other", ChecksumCRC32=crc32)) == invalid
+    assert error_of(lambda: put("none")) == \
+        ("InvalidRequest", "x-amz-sdk-checksum-algorithm specified, but no corresponding x-amz-checksum-* or x-amz-trailer headers were found.")
+    named["x-amz-sdk-checksum-algorithm"] = "MD5"
+    assert error_of(lambda: put("unknown", ChecksumCRC32=crc32)) == invalid
+    for refused in ("two", "other", "none", "unknown"):
+        assert error_code(lambda: s3.head_object(Bucket=bucket, Key=refused)) == "404", refused
+    named["x-amz-sdk-checksum-algorithm"] = "CRC32"
+    assert put("agreed", ChecksumCRC32=crc32)["ChecksumCRC32"] == crc32
+    assert s3.get_object(Bucket=bucket, Key="agreed")["Body"].read() == body
+    named.clear()
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="parted")["UploadId"]
+    assert error_of(lambda: bare.upload_part(Bucket=bucket, Key="parted", UploadId=uid, PartNumber=1, Body=body,
+                                             ChecksumCRC32=crc32, ChecksumSHA1=sha1))[0] == "InvalidRequest"
+    assert s3.list_parts(Bucket=bucket, Key="parted", UploadId=uid).get("Parts", []) == []
+
+
+@case
 def multipart_uploads_keep_composite_sha256_checksums(s3, endpoint, bucket):
     import base64
     created = s3.create_multipart_upload(Bucket=bucket, Key="summed", ChecksumAlgorithm="SHA256")

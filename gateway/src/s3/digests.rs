@@ -9,7 +9,12 @@ use super::*;
 #[derive(Default)]
 pub(super) struct ClaimedDigests {
     pub(super) content_md5: Option<String>,
+    /// The algorithm named: by `x-amz-sdk-checksum-algorithm`, else by the trailer announced.
     pub(super) algorithm: Option<String>,
+    /// `x-amz-sdk-checksum-algorithm` alone, which S3 holds to the checksum sent.
+    pub(super) sdk_algorithm: Option<String>,
+    /// Whether a checksum trailer is announced (`x-amz-trailer`).
+    pub(super) trailer_announced: bool,
     pub(super) checksums: Checksums,
     pub(super) trailers: Option<s3s::TrailingHeaders>,
 }
@@ -25,9 +30,30 @@ impl ClaimedDigests {
         ChecksumSelection(wanted.collect())
     }
 
-    /// Refuses, before the body is read, a Content-MD5 that is no MD5 (400 InvalidDigest).
+    /// Refuses, before the body is read, what S3 refuses of the digests' form: a Content-MD5
+    /// that is no MD5 (400 InvalidDigest); more than one `x-amz-checksum-*` header, an
+    /// `x-amz-sdk-checksum-algorithm` naming another algorithm than the header sent or none
+    /// S3 knows, or naming one with neither a checksum header nor a trailer (400
+    /// InvalidRequest, with S3's messages).
     pub(super) fn check_form(&self) -> S3Result<()> {
-        self.content_md5.as_deref().map(claimed_md5).transpose().map(|_| ())
+        self.content_md5.as_deref().map(claimed_md5).transpose()?;
+        let mut sent = ChecksumAlgorithm::ALL.into_iter().filter(|algorithm| self.checksums.get(*algorithm).is_some());
+        let (header, another) = (sent.next(), sent.next());
+        if another.is_some() {
+            return Err(s3_error!(InvalidRequest, "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed."));
+        }
+        let Some(named) = self.sdk_algorithm.as_deref() else { return Ok(()) };
+        let known = ChecksumAlgorithm::named(named);
+        if known.is_none() || header.is_some_and(|header| known != Some(header)) {
+            return Err(s3_error!(InvalidRequest, "Value for x-amz-sdk-checksum-algorithm header is invalid."));
+        }
+        if header.is_none() && !self.trailer_announced {
+            return Err(s3_error!(
+                InvalidRequest,
+                "x-amz-sdk-checksum-algorithm specified, but no corresponding x-amz-checksum-* or x-amz-trailer headers were found."
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn verify(&self, ingested: &Ingested) -> S3Result<()> {

@@ -112,6 +112,9 @@ macro_rules! claimed_digests {
     ($input:expr, $request:expr) => {
         ClaimedDigests {
             content_md5: $input.content_md5,
+            // (s3s reads `x-amz-checksum-algorithm` into the input, which SDKs do not send.)
+            sdk_algorithm: $request.headers.get("x-amz-sdk-checksum-algorithm").map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned()),
+            trailer_announced: $request.headers.contains_key("x-amz-trailer"),
             algorithm: $input.checksum_algorithm.map(|a| a.as_str().to_owned()).or(trailer_algorithm(&$request.headers)),
             checksums: checksums_in!($input),
             trailers: $request.trailing_headers,
