@@ -198,8 +198,8 @@ fn count_contexts<const W: usize>(base: &[u8], counts: &mut [usize; 256]) {
 /// taken from `next`, each context's next slot. Where both have one context, the second's
 /// slot is counted from the cursor as loaded rather than from the first's store, which it
 /// would wait for (two at a time were 5-10% faster than one at a time on the corpus pairs).
-/// `None`, the cursors left, for a slot past the `count` slots: only wrong runs handed to a
-/// decoder give one.
+/// `None`, the cursors left, for a slot past the `count` slots (the encoder's runs are counted
+/// from the base it places by, so none is).
 fn take_pair<const W: usize>(next: &mut [usize; 256], base_pair: &[u8], count: usize) -> Option<[usize; 2]> {
     let contexts = pair_contexts::<W>(base_pair);
     let slots = [next[contexts[0]], next[contexts[1]] + usize::from(contexts[0] == contexts[1])];
@@ -266,26 +266,21 @@ fn encode_width<const W: usize>(target: &[u8], base: &[u8], path: Path, out: &mu
 /// `base`) to its element's slot in each of the W planes of `count` slots at the start of
 /// `planes`. `None` at a slot past them.
 fn scatter_differences<const W: usize>(ordered: &[u8], base: &[u8], count: usize, next: &mut [usize; 256], planes: &mut [u8]) -> Option<()> {
-    assert!(planes.len() >= W * count);
-    // One pointer a plane, all from one borrow of `planes`.
-    let start = planes.as_mut_ptr();
-    // SAFETY: plane p starts at p x `count`, within the first W x `count` bytes (asserted).
-    let plane: [*mut u8; W] = std::array::from_fn(|p| unsafe { start.add(p * count) });
+    // One slice a plane, each `count` long.
+    let mut split = planes[..W * count].chunks_exact_mut(count.max(1));
+    let mut plane: [&mut [u8]; W] = std::array::from_fn(|_| split.next().unwrap_or_default());
     let mut pairs = ordered.chunks_exact(2 * W);
     for (pair, base_pair) in (&mut pairs).zip(base.chunks_exact(2 * W)) {
         let slots = take_pair::<W>(next, base_pair, count)?;
-        for (p, bytes) in plane.iter().enumerate() {
-            // SAFETY: both slots are below `count` (`take_pair`), so within plane p.
-            unsafe {
-                *bytes.add(slots[0]) = pair[p];
-                *bytes.add(slots[1]) = pair[W + p];
-            }
+        for (p, bytes) in plane.iter_mut().enumerate() {
+            bytes[slots[0]] = pair[p];
+            bytes[slots[1]] = pair[W + p];
         }
     }
     if let Some(last) = pairs.remainder().get(..W) {
         let slot = take_one::<W>(next, &base[base.len() - W..], count)?;
-        for (p, &byte) in last.iter().enumerate() {
-            planes[p * count + slot] = byte;
+        for (p, bytes) in plane.iter_mut().enumerate() {
+            bytes[slot] = last[p];
         }
     }
     Some(())
