@@ -68,7 +68,8 @@ fn decode_unchecked(frame: &[u8], base: Option<BaseChunk<'_>>, out: &mut Vec<u8>
     // An ordered delta's payload is planes the transform reads into `out`; anything else
     // decodes into `out`'s buffer and, for a delta, has its base XORed in there.
     let ordered_delta = header.base.is_some() && header.subtract && header.grouped && ordered::supports(width);
-    // (With room past the planes for the ordered delta's reads: taken now, it is not a copy.)
+    // (With room past the planes for the ordered delta's reads: taken now, the planes payload
+    // decoded into it is not copied to make room.)
     let mut decoded = if ordered_delta { scratch::take(raw_len + ordered::PLANES_ROOM) } else { std::mem::take(out) };
     let join = !(header.subtract && header.codec == Codec::Planes);
     decode_payload(&header, payload, raw_len, join, &mut decoded)?;

@@ -360,9 +360,9 @@ const RUNS_DIFFER: &str = "run lengths differ from the base's";
 
 /// Writes the decoded bytes over `out`, resized to the planes' length.
 ///
-/// Runs handed in may be wrong; no read then leaves the planes (the vector path takes a run
-/// only while it stays within them, the scalar loop checks the cursors as it goes), and any
-/// wrong run ends another run than it began, which the check at the end finds.
+/// Runs handed in may be wrong; no read then leaves the planes and their room (the vector path
+/// takes a run only while it stays within the planes, the scalar loop checks the cursors as it
+/// goes), and any wrong run ends another run than it began, which the check at the end finds.
 fn decode_width<const W: usize>(planes: &[u8], base: &[u8], runs: Option<&Counts>, path: Path, out: &mut Vec<u8>) -> Result<()> {
     let planes_len = planes.len() - PLANES_ROOM;
     let count = planes_len.min(base.len()) / W;

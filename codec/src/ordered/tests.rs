@@ -107,7 +107,8 @@ fn decode(planes: &[u8], base: &[u8], width: usize) -> Vec<u8> {
 }
 
 fn decode_with(planes: &[u8], base: &[u8], width: usize, runs: Option<&Counts>) -> Result<Vec<u8>> {
-    let mut out = vec![0x55; 3];
+    // Longer than the result: a byte the decode did not write would show as 0x55.
+    let mut out = vec![0x55; planes.len() + 3];
     decode_into(&with_room(planes), base, width, runs, &mut out).map(|()| out)
 }
 

@@ -9,7 +9,8 @@ use super::*;
 #[derive(Default)]
 pub(super) struct ClaimedDigests {
     pub(super) content_md5: Option<String>,
-    /// The algorithm named: by `x-amz-sdk-checksum-algorithm`, else by the trailer announced.
+    /// The algorithm named: by `x-amz-checksum-algorithm` or the trailer (as s3s reads them),
+    /// else by the trailer announced.
     pub(super) algorithm: Option<String>,
     /// `x-amz-sdk-checksum-algorithm` alone, which S3 holds to the checksum sent.
     pub(super) sdk_algorithm: Option<String>,
