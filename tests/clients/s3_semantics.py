@@ -262,6 +262,30 @@ def checksum_headers_that_disagree_are_refused_before_the_body(s3, endpoint, buc
 
 
 @case
+def versions_other_than_null_are_refused_and_delete_nothing(s3, endpoint, bucket):
+    s3.put_object(Bucket=bucket, Key="v", Body=b"kept")
+    other = "3HL4kqtJlcpXroDTDmJ.rmSpXd3dIbrHY"  # the form of a version id S3 issues
+    invalid = ("InvalidArgument", "Invalid version id specified")
+    assert error_of(lambda: s3.delete_object(Bucket=bucket, Key="v", VersionId=other)) == invalid
+    answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "v", "VersionId": other}]})
+    assert [(e["Key"], e.get("VersionId"), e["Code"], e["Message"]) for e in answer["Errors"]] == [("v", other, *invalid)], answer
+    assert not answer.get("Deleted"), answer
+    assert error_of(lambda: s3.get_object(Bucket=bucket, Key="v", VersionId=other)) == invalid
+    assert error_code(lambda: s3.head_object(Bucket=bucket, Key="v", VersionId=other)) == "400"
+    assert error_of(lambda: s3.get_object_tagging(Bucket=bucket, Key="v", VersionId=other)) == invalid
+    source = {"Bucket": bucket, "Key": "v", "VersionId": other}
+    assert error_of(lambda: s3.copy_object(Bucket=bucket, Key="c", CopySource=source)) == invalid
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="p")["UploadId"]
+    assert error_of(lambda: s3.upload_part_copy(Bucket=bucket, Key="p", UploadId=uid, PartNumber=1, CopySource=source)) == invalid
+    assert s3.get_object(Bucket=bucket, Key="v")["Body"].read() == b"kept"
+    # The null version, as ListObjectVersions names it, is the object.
+    assert s3.get_object(Bucket=bucket, Key="v", VersionId="null")["Body"].read() == b"kept"
+    answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "v", "VersionId": "null"}]})
+    assert answer["Deleted"] == [{"Key": "v", "VersionId": "null"}], answer
+    assert error_code(lambda: s3.head_object(Bucket=bucket, Key="v")) == "404"
+
+
+@case
 def multipart_uploads_keep_composite_sha256_checksums(s3, endpoint, bucket):
     import base64
     created = s3.create_multipart_upload(Bucket=bucket, Key="summed", ChecksumAlgorithm="SHA256")

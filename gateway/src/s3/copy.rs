@@ -7,10 +7,11 @@ impl Gateway {
     pub(super) async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
+        let CopySource::Bucket { bucket: source_bucket, key: source_key, version_id: source_version } = &input.copy_source else {
             return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
         };
         check_key(&input.key)?;
+        versions::check_version_id(source_version.as_deref())?;
         check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
         check_no_object_lock(object_lock_in!(input))?;
         let replace = match input.metadata_directive.as_ref().map(MetadataDirective::as_str) {

@@ -20,6 +20,7 @@ pub mod object_attributes;
 mod limits;
 mod objects;
 mod tagging;
+mod versions;
 pub mod url_encoding;
 
 use std::collections::BTreeMap;

@@ -84,9 +84,10 @@ impl Gateway {
     pub(super) async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        let CopySource::Bucket { bucket: source_bucket, key: source_key, .. } = &input.copy_source else {
+        let CopySource::Bucket { bucket: source_bucket, key: source_key, version_id: source_version } = &input.copy_source else {
             return Err(s3_error!(NotImplemented, "access point copy sources are not supported"));
         };
+        versions::check_version_id(source_version.as_deref())?;
         let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         limits::check_part_number(input.part_number)?;
         let source = self.find_object(&tenant, source_bucket, source_key).await?;

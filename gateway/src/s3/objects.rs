@@ -50,6 +50,7 @@ impl Gateway {
         let span = tracing::info_span!("get_object", tenant = %tenant, bucket = %input.bucket, key = %input.key);
         async move {
             check_part_request(input.range.as_ref(), input.part_number)?;
+            versions::check_version_id(input.version_id.as_deref())?;
             let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
             check_read_conditions!(record, input);
             let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
@@ -84,6 +85,7 @@ impl Gateway {
     pub(super) async fn get_object_attributes(&self, req: S3Request<GetObjectAttributesInput>) -> S3Result<S3Response<GetObjectAttributesOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
+        versions::check_version_id(input.version_id.as_deref())?;
         let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
         let mut output = object_attributes::answer(&record, &input.object_attributes, input.max_parts, input.part_number_marker);
         output.last_modified = Some(timestamp(record.last_modified_ms));
@@ -94,6 +96,7 @@ impl Gateway {
         let tenant = self.tenant(&req)?;
         let input = req.input;
         check_part_request(input.range.as_ref(), input.part_number)?;
+        versions::check_version_id(input.version_id.as_deref())?;
         let record = self.find_object(&tenant, &input.bucket, &input.key).await?;
         check_read_conditions!(record, input);
         let range = requested_range(&record, input.range.as_ref(), input.part_number)?;
@@ -120,6 +123,7 @@ impl Gateway {
     pub(super) async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
+        versions::check_version_id(input.version_id.as_deref())?;
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let key = ObjectKey::new(&tenant, &input.bucket, &input.key);
         catalog::delete(&self.store, &key).await.map_err(to_s3)?;
@@ -138,18 +142,19 @@ impl Gateway {
         let mut errors = Vec::new();
         for object in input.delete.objects {
             let key = ObjectKey::new(&tenant, &input.bucket, &object.key);
-            match catalog::delete(&self.store, &key).await {
-                Ok(_) if !quiet => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
+            let outcome = match versions::check_version_id(object.version_id.as_deref()) {
+                Ok(()) => catalog::delete(&self.store, &key).await.map_err(|error| to_s3(error.context(format!("deleting {}", object.key)))),
+                Err(refused) => Err(refused),
+            };
+            match outcome {
+                Ok(_) if !quiet => deleted.push(DeletedObject { key: Some(object.key), version_id: object.version_id, ..Default::default() }),
                 Ok(_) => {}
-                Err(error) => {
-                    let answer = to_s3(error.context(format!("deleting {}", object.key)));
-                    errors.push(Error {
-                        key: Some(object.key),
-                        code: Some(answer.code().as_str().to_owned()),
-                        message: answer.message().map(str::to_owned),
-                        ..Default::default()
-                    });
-                }
+                Err(answer) => errors.push(Error {
+                    key: Some(object.key),
+                    version_id: object.version_id,
+                    code: Some(answer.code().as_str().to_owned()),
+                    message: answer.message().map(str::to_owned),
+                }),
             }
         }
         Ok(S3Response::new(DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() }))

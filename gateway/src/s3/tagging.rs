@@ -8,12 +8,14 @@ use super::*;
 impl Gateway {
     pub(super) async fn get_object_tagging(&self, req: S3Request<GetObjectTaggingInput>) -> S3Result<S3Response<GetObjectTaggingOutput>> {
         let tenant = self.tenant(&req)?;
+        versions::check_version_id(req.input.version_id.as_deref())?;
         self.find_object(&tenant, &req.input.bucket, &req.input.key).await?;
         Ok(S3Response::new(GetObjectTaggingOutput { tag_set: Vec::new(), version_id: None }))
     }
 
     pub(super) async fn put_object_tagging(&self, req: S3Request<PutObjectTaggingInput>) -> S3Result<S3Response<PutObjectTaggingOutput>> {
         let tenant = self.tenant(&req)?;
+        versions::check_version_id(req.input.version_id.as_deref())?;
         self.find_object(&tenant, &req.input.bucket, &req.input.key).await?;
         if !req.input.tagging.tag_set.is_empty() {
             return Err(tags_not_kept());
@@ -23,6 +25,7 @@ impl Gateway {
 
     pub(super) async fn delete_object_tagging(&self, req: S3Request<DeleteObjectTaggingInput>) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
         let tenant = self.tenant(&req)?;
+        versions::check_version_id(req.input.version_id.as_deref())?;
         self.find_object(&tenant, &req.input.bucket, &req.input.key).await?;
         Ok(S3Response::new(DeleteObjectTaggingOutput::default()))
     }
