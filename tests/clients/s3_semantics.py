@@ -209,6 +209,8 @@ def writes_are_refused_as_s3_refuses_them(s3, endpoint, bucket):
     source = {"Bucket": bucket, "Key": "w"}
     assert error_code(lambda: s3.copy_object(Bucket=bucket, Key="c", CopySource=source, MetadataDirective="REPLACE", Metadata=too_large)) == "MetadataTooLarge"
     assert error_of(lambda: s3.copy_object(Bucket=bucket, Key="c", CopySource=source, MetadataDirective="FOO")) == ("InvalidArgument", "Unknown metadata directive.")
+    assert error_of(lambda: s3.copy_object(Bucket=bucket, Key="c", CopySource=source, TaggingDirective="FOO")) == ("InvalidArgument", "Unknown tagging directive.")
+    assert error_of(lambda: s3.copy_object(Bucket=bucket, Key="c", CopySource=source, ChecksumAlgorithm="MD5"))[0] == "InvalidRequest"
     # Storage classes: S3's are taken (and stored alike), others refused; a copy onto itself
     # that names one is a change S3 makes.
     assert error_code(lambda: put(StorageClass="FOO")) == "InvalidStorageClass"
@@ -296,6 +298,12 @@ def multipart_uploads_keep_composite_sha256_checksums(s3, endpoint, bucket):
         assert part["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
         parts.append({"PartNumber": number, "ETag": part["ETag"], "ChecksumSHA256": part["ChecksumSHA256"]})
         digests += hashlib.sha256(body).digest()
+    # The upload's owner, initiator, storage class and checksum, in both listings.
+    listed = s3.list_parts(Bucket=bucket, Key="summed", UploadId=uid)
+    upload = s3.list_multipart_uploads(Bucket=bucket)["Uploads"][0]
+    for answer in (listed, upload):
+        assert answer["ChecksumAlgorithm"] == "SHA256" and answer["ChecksumType"] == "COMPOSITE", answer
+        assert answer["StorageClass"] == "STANDARD" and answer["Owner"]["ID"] == answer["Initiator"]["ID"] and len(answer["Owner"]["ID"]) == 64, answer
     composite = base64.b64encode(hashlib.sha256(digests).digest()).decode() + "-2"
     wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode() + "-2"
     assert error_code(lambda: s3.complete_multipart_upload(Bucket=bucket, Key="summed", UploadId=uid, ChecksumSHA256=wrong,
@@ -309,6 +317,15 @@ def multipart_uploads_keep_composite_sha256_checksums(s3, endpoint, bucket):
     assert first.get("ChecksumSHA256") == parts[0]["ChecksumSHA256"] and first.get("ChecksumType") == "COMPOSITE", first
     assert error_code(lambda: s3.create_multipart_upload(Bucket=bucket, Key="full", ChecksumAlgorithm="SHA256",
                                                          ChecksumType="FULL_OBJECT")) == "InvalidRequest"
+    # Checksum requests S3 does not take, each with its message.
+    create = lambda **checksum: s3.create_multipart_upload(Bucket=bucket, Key="other", **checksum)
+    assert error_of(lambda: create(ChecksumType="COMPOSITE")) == \
+        ("InvalidRequest", "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header.")
+    assert error_of(lambda: create(ChecksumAlgorithm="MD5")) == ("InvalidRequest",
+        "Checksum algorithm provided is unsupported. Please try again with any of the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]")
+    assert error_of(lambda: create(ChecksumAlgorithm="CRC32", ChecksumType="PARTIAL")) == \
+        ("InvalidRequest", "Value for x-amz-checksum-type header is invalid.")
+    assert [upload["Key"] for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])] == [], "nothing was started"
     got = s3.get_object(Bucket=bucket, Key="summed", ChecksumMode="ENABLED")
     assert got["Body"].read() == b"".join(bodies)
 

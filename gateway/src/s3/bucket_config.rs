@@ -7,7 +7,7 @@
 
 use s3s::dto::{
     AccessControlPolicy, BucketVersioningStatus, CORSConfiguration, CORSRule, GetBucketAclOutput, GetBucketCorsOutput,
-    GetBucketOwnershipControlsOutput, GetBucketVersioningOutput, GetObjectAclOutput, GetPublicAccessBlockOutput, Grant, Grantee,
+    GetBucketOwnershipControlsOutput, GetBucketVersioningOutput, GetObjectAclOutput, GetPublicAccessBlockOutput, Grant, Grantee, Initiator,
     ObjectOwnership, Owner, OwnershipControls, OwnershipControlsRule, Permission, PublicAccessBlockConfiguration, Type,
     VersioningConfiguration,
 };
@@ -19,6 +19,13 @@ use crate::s3::errors::custom_error;
 /// The owner of a tenant's buckets and objects: a 64-hex-digit canonical id, as S3's.
 pub fn owner(tenant: &str) -> Owner {
     Owner { id: Some(tensorgate_codec::ContentHash::of(tenant.as_bytes()).to_hex()), display_name: Some(tenant.to_owned()) }
+}
+
+/// Who started a tenant's multipart uploads, as ListParts and ListMultipartUploads name them:
+/// the owner.
+pub fn initiator(tenant: &str) -> Initiator {
+    let Owner { id, display_name } = owner(tenant);
+    Initiator { id, display_name }
 }
 
 fn owner_alone(tenant: &str) -> (Option<Owner>, Option<Vec<Grant>>) {

@@ -23,9 +23,12 @@ impl Gateway {
             limits::check_metadata(input.metadata.as_ref())?;
         }
         limits::check_storage_class(input.storage_class.as_ref())?;
+        check_checksum_algorithm(input.checksum_algorithm.as_ref())?;
         // The source has no tags to copy; a new set is only taken with REPLACE.
-        if input.tagging_directive.as_ref().is_some_and(|directive| directive.as_str() == TaggingDirective::REPLACE) {
-            tagging::check_no_tags(input.tagging.as_deref())?;
+        match input.tagging_directive.as_ref().map(TaggingDirective::as_str) {
+            None | Some(TaggingDirective::COPY) => {}
+            Some(TaggingDirective::REPLACE) => tagging::check_no_tags(input.tagging.as_deref())?,
+            Some(_) => return Err(s3_error!(InvalidArgument, "Unknown tagging directive.")),
         }
         self.ensure_bucket(&tenant, &input.bucket).await?;
         let source = self.find_object(&tenant, source_bucket, source_key).await?;

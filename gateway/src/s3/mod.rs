@@ -46,7 +46,7 @@ use crate::s3::errors::{answered, custom_error, internal, to_s3};
 use conditions::{WriteCondition, check_conditions, check_no_object_lock, check_write_acl};
 use copy::copy_source_range;
 use digests::{ClaimedDigests, announced_size, checksum_type_of, checksums_of, trailer_algorithm};
-use multipart_checksums::{answered_checksums, check_checksum_type, check_completion_checksums, completed_checksums, part_checksums, upload_checksum};
+use multipart_checksums::{answered_checksums, check_checksum_algorithm, check_completion_checksums, check_upload_checksum, completed_checksums, kept_checksum_answer, part_checksums, upload_checksum};
 
 /// The S3 face of a [`Store`].
 #[derive(Clone)]

@@ -15,7 +15,7 @@ impl Gateway {
         check_key(&input.key)?;
         check_write_acl(&tenant, input.acl.as_ref(), grants_in!(input))?;
         check_no_object_lock(object_lock_in!(input))?;
-        check_checksum_type(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
+        check_upload_checksum(input.checksum_algorithm.as_ref(), input.checksum_type.as_ref())?;
         limits::check_metadata(input.metadata.as_ref())?;
         limits::check_storage_class(input.storage_class.as_ref())?;
         tagging::check_no_tags(input.tagging.as_deref())?;
@@ -36,7 +36,7 @@ impl Gateway {
             key: Some(input.key),
             upload_id: Some(upload_id),
             checksum_algorithm: input.checksum_algorithm,
-            checksum_type: checksum.map(|kept| ChecksumType::from_static(if kept.full_object { ChecksumType::FULL_OBJECT } else { ChecksumType::COMPOSITE })),
+            checksum_type: kept_checksum_answer(checksum).1,
             ..Default::default()
         }))
     }
@@ -198,7 +198,7 @@ impl Gateway {
     pub(super) async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
-        self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
+        let upload = self.find_upload(&tenant, &input.upload_id, &input.bucket, &input.key).await?;
         let marker = input.part_number_marker.unwrap_or(0).max(0) as u32;
         let max_parts = listing::page_size(input.max_parts, "max-parts")?;
         let all: Vec<(u32, PartRecord)> = catalog::parts(&self.store, &tenant, &input.upload_id)
@@ -224,7 +224,13 @@ impl Gateway {
             })
             .collect();
         let next_marker = parts.last().and_then(|p| p.part_number);
+        let (checksum_algorithm, checksum_type) = kept_checksum_answer(upload.checksum);
         Ok(S3Response::new(ListPartsOutput {
+            initiator: Some(bucket_config::initiator(&tenant)),
+            owner: Some(bucket_config::owner(&tenant)),
+            storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+            checksum_algorithm,
+            checksum_type,
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(input.upload_id),
@@ -269,12 +275,19 @@ impl Gateway {
         for entry in page.entries {
             match entry {
                 Entry::Prefix(rolled) => common_prefixes.push(CommonPrefix { prefix: url_encoding::encode_if(encoded, Some(rolled)) }),
-                Entry::Item(key, (id, upload)) => uploads.push(MultipartUpload {
-                    key: url_encoding::encode_if(encoded, Some(key)),
-                    upload_id: Some(id),
-                    initiated: Some(timestamp(upload.initiated_ms)),
-                    ..Default::default()
-                }),
+                Entry::Item(key, (id, upload)) => {
+                    let (checksum_algorithm, checksum_type) = kept_checksum_answer(upload.checksum);
+                    uploads.push(MultipartUpload {
+                        key: url_encoding::encode_if(encoded, Some(key)),
+                        upload_id: Some(id),
+                        initiated: Some(timestamp(upload.initiated_ms)),
+                        initiator: Some(bucket_config::initiator(&tenant)),
+                        owner: Some(bucket_config::owner(&tenant)),
+                        storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                        checksum_algorithm,
+                        checksum_type,
+                    })
+                }
             }
         }
         Ok(S3Response::new(ListMultipartUploadsOutput {

@@ -21,10 +21,37 @@ pub(super) fn upload_checksum(algorithm: Option<&s3s::dto::ChecksumAlgorithm>, k
     Some(UploadChecksum { algorithm, full_object })
 }
 
-/// Refuses the pairs of checksum algorithm and type S3 refuses on CreateMultipartUpload: SHA
-/// checksums have no full-object form, CRC64NVME no composite one.
-pub(super) fn check_checksum_type(algorithm: Option<&s3s::dto::ChecksumAlgorithm>, kind: Option<&ChecksumType>) -> S3Result<()> {
-    let (Some(algorithm), Some(kind)) = (algorithm, kind) else { return Ok(()) };
+/// The algorithm and type of the checksum an upload keeps, as S3 answers them.
+pub(super) fn kept_checksum_answer(kept: Option<UploadChecksum>) -> (Option<s3s::dto::ChecksumAlgorithm>, Option<ChecksumType>) {
+    let Some(kept) = kept else { return (None, None) };
+    let kind = if kept.full_object { ChecksumType::FULL_OBJECT } else { ChecksumType::COMPOSITE };
+    (Some(s3s::dto::ChecksumAlgorithm::from(kept.algorithm.name().to_owned())), Some(ChecksumType::from_static(kind)))
+}
+
+/// Refuses a checksum algorithm S3 does not know (`x-amz-checksum-algorithm` of
+/// CreateMultipartUpload and CopyObject), with S3's message.
+pub(super) fn check_checksum_algorithm(algorithm: Option<&s3s::dto::ChecksumAlgorithm>) -> S3Result<()> {
+    match algorithm {
+        Some(algorithm) if ChecksumAlgorithm::named(algorithm.as_str()).is_none() => Err(s3_error!(
+            InvalidRequest,
+            "Checksum algorithm provided is unsupported. Please try again with any of the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses the checksum requests S3 refuses on CreateMultipartUpload: an algorithm it does
+/// not know, a type it does not know or without an algorithm, and the pairs that do not go
+/// together (SHA checksums have no full-object form, CRC64NVME no composite one).
+pub(super) fn check_upload_checksum(algorithm: Option<&s3s::dto::ChecksumAlgorithm>, kind: Option<&ChecksumType>) -> S3Result<()> {
+    check_checksum_algorithm(algorithm)?;
+    let Some(kind) = kind else { return Ok(()) };
+    if ![ChecksumType::COMPOSITE, ChecksumType::FULL_OBJECT].contains(&kind.as_str()) {
+        return Err(s3_error!(InvalidRequest, "Value for x-amz-checksum-type header is invalid."));
+    }
+    let Some(algorithm) = algorithm else {
+        return Err(s3_error!(InvalidRequest, "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header."));
+    };
     let named = ChecksumAlgorithm::named(algorithm.as_str());
     let sha = matches!(named, Some(ChecksumAlgorithm::Sha1 | ChecksumAlgorithm::Sha256));
     let refused = (sha && kind.as_str() == ChecksumType::FULL_OBJECT) || (named == Some(ChecksumAlgorithm::Crc64Nvme) && kind.as_str() == ChecksumType::COMPOSITE);
