@@ -16,17 +16,8 @@ use tensorgate_codec::{chunk_ranges, chunk_size, decode_frame, Cast, encode_chun
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const PAIRS: &[(&str, &str)] = &[
-    ("base/minilm-l6.bf16.safetensors", "ft/ft-a-contrastive.bf16.safetensors"),
-    ("base/minilm-l6.bf16.safetensors", "ft/ft-b-mlm.bf16.safetensors"),
-    ("base/minilm-l6.bf16.safetensors", "ft/ft-c-cls.bf16.safetensors"),
-    ("base/minilm-l6.bf16.safetensors", "lora/lora-r8-qv-merged.bf16.safetensors"),
-    ("base/minilm-l6.f32.safetensors", "ft/ft-a-contrastive.f32.safetensors"),
-];
-
-#[path = "../../tests/support/corpus.rs"]
-mod corpus_location;
-use corpus_location::corpus_dir;
+mod support;
+use support::{corpus_dir, DELTA_PAIRS};
 
 /// Sizes and timings of encoding one file (optionally against a base file).
 struct Measure {
@@ -267,7 +258,7 @@ fn main() {
     println!("\n## Delta of a fine-tune against its base (one core)\n");
     println!("| pair | raw MB | tensorgate % of raw | encode MB/s | decode MB/s | bitx % of raw | bitx MB/s | tensorgate / bitx size | zstd-3 % of raw |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for (base_name, file_name) in PAIRS {
+    for (base_name, file_name) in DELTA_PAIRS {
         let base_path = dir.join(base_name);
         let file_path = dir.join(file_name);
         let base = std::fs::read(&base_path).expect("read base");

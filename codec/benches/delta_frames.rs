@@ -16,17 +16,8 @@ use tensorgate_codec::{chunk_ranges, chunk_size, decode_frame_into, decode_frame
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const PAIRS: &[(&str, &str)] = &[
-    ("base/minilm-l6.bf16.safetensors", "ft/ft-a-contrastive.bf16.safetensors"),
-    ("base/minilm-l6.bf16.safetensors", "ft/ft-b-mlm.bf16.safetensors"),
-    ("base/minilm-l6.bf16.safetensors", "ft/ft-c-cls.bf16.safetensors"),
-    ("base/minilm-l6.bf16.safetensors", "lora/lora-r8-qv-merged.bf16.safetensors"),
-    ("base/minilm-l6.f32.safetensors", "ft/ft-a-contrastive.f32.safetensors"),
-];
-
-#[path = "../../tests/support/corpus.rs"]
-mod corpus_location;
-use corpus_location::corpus_dir;
+mod support;
+use support::{corpus_dir, DELTA_PAIRS};
 
 /// One chunk of a fine-tune's tensor with the chunk of the same-named base tensor under it.
 struct Job<'a> {
@@ -70,7 +61,7 @@ fn main() {
     let dir = corpus_dir();
     println!("| pair | raw MB | frames % of raw | encode MB/s | decode checked MB/s | decode unchecked MB/s |");
     println!("|---|---|---|---|---|---|");
-    for (base_name, name) in PAIRS {
+    for (base_name, name) in DELTA_PAIRS {
         let (Ok(file), Ok(base)) = (std::fs::read(dir.join(name)), std::fs::read(dir.join(base_name))) else {
             println!("| {name} | missing | | | | |");
             continue;

@@ -57,6 +57,7 @@ impl Gateway {
 
     pub(super) async fn get_object_acl(&self, req: S3Request<GetObjectAclInput>) -> S3Result<S3Response<GetObjectAclOutput>> {
         let tenant = self.tenant(&req)?;
+        versions::check_version_id(req.input.version_id.as_deref())?;
         self.find_object(&tenant, &req.input.bucket, &req.input.key).await?;
         Ok(S3Response::new(bucket_config::object_acl(&tenant)))
     }
@@ -64,6 +65,7 @@ impl Gateway {
     pub(super) async fn put_object_acl(&self, req: S3Request<PutObjectAclInput>) -> S3Result<S3Response<PutObjectAclOutput>> {
         let tenant = self.tenant(&req)?;
         let input = req.input;
+        versions::check_version_id(input.version_id.as_deref())?;
         self.find_object(&tenant, &input.bucket, &input.key).await?;
         let grants = grants_in!(input);
         bucket_config::check_acl(&tenant, input.acl.as_ref().map(ObjectCannedACL::as_str), input.access_control_policy.as_ref(), grants)?;

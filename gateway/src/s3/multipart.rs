@@ -31,12 +31,14 @@ impl Gateway {
             checksum,
         };
         catalog::create_upload(&self.store, &upload_id, &record).await.map_err(to_s3)?;
+        let (checksum_algorithm, checksum_type) = kept_checksum_answer(checksum);
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(upload_id),
-            checksum_algorithm: input.checksum_algorithm,
-            checksum_type: kept_checksum_answer(checksum).1,
+            // As S3 names them (the algorithm's name is taken in any case).
+            checksum_algorithm,
+            checksum_type,
             ..Default::default()
         }))
     }

@@ -9,9 +9,11 @@ use super::*;
 /// The one version id the gateway holds.
 pub(super) const NULL_VERSION: &str = "null";
 
-/// Refuses a version id other than `null` (none is the current version).
+/// Refuses a version id other than `null` (none is the current version), an empty one with
+/// S3's own message.
 pub(super) fn check_version_id(version_id: Option<&str>) -> S3Result<()> {
     match version_id {
+        Some("") => Err(s3_error!(InvalidArgument, "Version id cannot be the empty string")),
         Some(version) if version != NULL_VERSION => Err(s3_error!(InvalidArgument, "Invalid version id specified")),
         _ => Ok(()),
     }
