@@ -20,8 +20,9 @@ fn s3_semantics_match_aws() {
 /// again succeeds; reserved bucket names are refused; an object stored without a type is
 /// served as binary/octet-stream; a 304 carries ETag and Last-Modified; MaxKeys=0 is not
 /// truncated; an empty Delimiter is not echoed; ListObjects (v1) echoes its prefix unencoded;
-/// error bodies carry AWS's message and the request id of their header; copying an object onto
-/// itself unchanged is refused; a repeated CompleteMultipartUpload answers the object it made;
+/// error bodies, those s3s raises too, carry AWS's message and the request and host ids of
+/// their headers; copying an object onto itself unchanged is refused; a repeated
+/// CompleteMultipartUpload answers the object it made;
 /// ListObjects (v1) always answers Prefix and Marker; ListObjectVersions pages with version
 /// markers; GetObjectAttributes answers an unquoted ETag; `aws-chunked` is not stored as a
 /// Content-Encoding; ListBuckets pages with MaxBuckets; Expires is stored (also through a

@@ -6,6 +6,7 @@ Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY. Each check is n
 first failure raises with its name; the last line is "all checks passed".
 """
 import datetime
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -133,6 +134,22 @@ def main():
               answer["body"])
         check("an error body carries the request id of its x-amz-request-id header",
               body.findtext("RequestId") == error.response["ResponseMetadata"]["RequestId"], answer["body"])
+        check("an error body carries the host id of its x-amz-id-2 header",
+              body.findtext("HostId") == error.response["ResponseMetadata"]["HTTPHeaders"]["x-amz-id-2"], answer["body"])
+    # An error s3s raises itself (a signature that does not match) is answered the same way.
+    forger = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key="not-the-secret")
+    forged = {}
+    forger.meta.events.register("after-call.s3.GetObject", lambda http_response, **_: forged.update(body=http_response.content))
+    try:
+        forger.get_object(Bucket=BUCKET, Key="absent")
+        raise AssertionError("a GET with a wrong secret succeeded")
+    except botocore.exceptions.ClientError as error:
+        body = ElementTree.fromstring(forged["body"])
+        headers = error.response["ResponseMetadata"]["HTTPHeaders"]
+        check("a refused signature's error body carries the request and host ids of its headers",
+              body.findtext("Code") == "SignatureDoesNotMatch" and body.findtext("RequestId") == headers["x-amz-request-id"]
+              and body.findtext("HostId") == headers["x-amz-id-2"], forged["body"])
 
     same = {"Bucket": BUCKET, "Key": "untyped"}
     tags = s3.get_object_tagging(**same)

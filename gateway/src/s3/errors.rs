@@ -20,6 +20,29 @@ pub fn request_id() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
+/// Completes the XML body of an error answer as S3 writes one: its `RequestId` (s3s writes none
+/// in the errors it raises itself, such as a signature that does not match) and its `HostId`,
+/// the ids of the answer's `x-amz-request-id` and `x-amz-id-2` headers. Other answers, and
+/// error answers without an XML body (those of HEAD), are left as they are.
+pub fn identify_error_body(response: &mut s3s::HttpResponse, request_id: &str, host_id: &str) {
+    if response.status().as_u16() < 400 {
+        return;
+    }
+    let Some(body) = response.body().bytes() else { return };
+    let Some(end) = body.windows(b"</Error>".len()).rposition(|window| window == b"</Error>") else { return };
+    let mut completed = Vec::with_capacity(body.len() + 128);
+    completed.extend_from_slice(&body[..end]);
+    if !body.windows(b"<RequestId>".len()).any(|window| window == b"<RequestId>") {
+        completed.extend_from_slice(format!("<RequestId>{request_id}</RequestId>").as_bytes());
+    }
+    completed.extend_from_slice(format!("<HostId>{host_id}</HostId>").as_bytes());
+    completed.extend_from_slice(&body[end..]);
+    if response.headers().contains_key(hyper::header::CONTENT_LENGTH) {
+        response.headers_mut().insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(completed.len()));
+    }
+    *response.body_mut() = s3s::Body::from(bytes::Bytes::from(completed));
+}
+
 /// The S3 error for `error`, logged with the request id: its kind decides the class.
 pub fn to_s3(error: anyhow::Error) -> S3Error {
     let request = request_id().unwrap_or_default();

@@ -166,9 +166,11 @@ fn measured_service(
                     response.headers_mut().insert("x-amz-request-id", value);
                 }
                 // S3's extended request id, which clients log beside the request id.
-                if let Ok(value) = hyper::header::HeaderValue::from_str(&new_id()) {
+                let host_id = new_id();
+                if let Ok(value) = hyper::header::HeaderValue::from_str(&host_id) {
                     response.headers_mut().insert("x-amz-id-2", value);
                 }
+                errors::identify_error_body(response, &request_id, &host_id);
                 if attributes_request && response.status() == hyper::StatusCode::OK {
                     object_attributes::unquote_etag(response);
                 }
