@@ -276,6 +276,7 @@ def versions_other_than_null_are_refused_and_delete_nothing(s3, endpoint, bucket
     assert error_code(lambda: s3.head_object(Bucket=bucket, Key="v", VersionId=other)) == "400"
     assert error_of(lambda: s3.get_object_tagging(Bucket=bucket, Key="v", VersionId=other)) == invalid
     assert error_of(lambda: s3.get_object_acl(Bucket=bucket, Key="v", VersionId=other)) == invalid
+    assert error_of(lambda: s3.put_object_acl(Bucket=bucket, Key="v", VersionId=other, ACL="private")) == invalid
     assert error_of(lambda: s3.get_object(Bucket=bucket, Key="v", VersionId="")) == ("InvalidArgument", "Version id cannot be the empty string")
     source = {"Bucket": bucket, "Key": "v", "VersionId": other}
     assert error_of(lambda: s3.copy_object(Bucket=bucket, Key="c", CopySource=source)) == invalid

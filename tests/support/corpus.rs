@@ -1,5 +1,5 @@
 //! Where the model corpus is, for tests and benches alike (included with `#[path]` by the
-//! benches, which cannot share a module otherwise).
+//! benches, which cannot share the tests' modules otherwise).
 
 use std::path::{Path, PathBuf};
 

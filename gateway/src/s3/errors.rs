@@ -23,7 +23,8 @@ pub fn request_id() -> Option<String> {
 /// Completes the XML body of an error answer as S3 writes one: its `RequestId` (s3s writes none
 /// in the errors it raises itself, such as a signature that does not match) and its `HostId`,
 /// the ids of the answer's `x-amz-request-id` and `x-amz-id-2` headers. Other answers, and
-/// error answers without an XML body (those of HEAD), are left as they are.
+/// error answers whose body is not an error's XML held whole, are left as they are (a HEAD's
+/// is completed too, and not sent).
 pub fn identify_error_body(response: &mut s3s::HttpResponse, request_id: &str, host_id: &str) {
     if response.status().as_u16() < 400 {
         return;
@@ -159,4 +160,37 @@ fn client_fault(error: &IndexError) -> Option<S3Error> {
         ),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str) -> s3s::HttpResponse {
+        let mut response = hyper::Response::new(s3s::Body::from(bytes::Bytes::from(body.to_owned())));
+        *response.status_mut() = hyper::StatusCode::from_u16(status).expect("a status");
+        response
+    }
+
+    fn body_of(response: &s3s::HttpResponse) -> String {
+        String::from_utf8(response.body().bytes().expect("a body held whole").to_vec()).expect("UTF-8")
+    }
+
+    #[test]
+    fn error_bodies_get_the_ids_of_their_answer() {
+        let mut bare = answer(403, r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>SignatureDoesNotMatch</Code></Error>"#);
+        bare.headers_mut().insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(85));
+        identify_error_body(&mut bare, "REQ", "HOST");
+        let completed = r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>SignatureDoesNotMatch</Code><RequestId>REQ</RequestId><HostId>HOST</HostId></Error>"#;
+        assert_eq!(body_of(&bare), completed);
+        assert_eq!(bare.headers()[hyper::header::CONTENT_LENGTH], completed.len().to_string());
+        let mut identified = answer(404, "<Error><Code>NoSuchKey</Code><RequestId>REQ</RequestId></Error>");
+        identify_error_body(&mut identified, "REQ", "HOST");
+        assert_eq!(body_of(&identified), "<Error><Code>NoSuchKey</Code><RequestId>REQ</RequestId><HostId>HOST</HostId></Error>");
+        for (status, body) in [(200, "<Error></Error>"), (404, ""), (500, "not an error's XML")] {
+            let mut untouched = answer(status, body);
+            identify_error_body(&mut untouched, "REQ", "HOST");
+            assert_eq!(body_of(&untouched), body, "{status}");
+        }
+    }
 }
