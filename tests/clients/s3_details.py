@@ -21,6 +21,20 @@ from s3_semantics import check, error_code
 BUCKET = "details"
 
 
+def refused_get(client, what):
+    """The XML error body and the headers of the answer to a GET of an absent key that must fail."""
+    answer = {}
+    hook = lambda http_response, **_: answer.update(body=http_response.content)
+    client.meta.events.register("after-call.s3.GetObject", hook)
+    try:
+        client.get_object(Bucket=BUCKET, Key="absent")
+        raise AssertionError(f"{what} succeeded")
+    except botocore.exceptions.ClientError as error:
+        return ElementTree.fromstring(answer["body"]), error.response["ResponseMetadata"]["HTTPHeaders"]
+    finally:
+        client.meta.events.unregister("after-call.s3.GetObject", hook)
+
+
 def main():
     endpoint = sys.argv[1]
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
@@ -123,33 +137,17 @@ def main():
     for name in ["details-page-a", "details-page-b"]:
         s3.delete_bucket(Bucket=name)
 
-    answer = {}
-    s3.meta.events.register("after-call.s3.GetObject", lambda http_response, **_: answer.update(body=http_response.content))
-    try:
-        s3.get_object(Bucket=BUCKET, Key="absent")
-        raise AssertionError("a GET of an absent key succeeded")
-    except botocore.exceptions.ClientError as error:
-        body = ElementTree.fromstring(answer["body"])
-        check("an error body carries AWS's message", body.findtext("Message") == "The specified key does not exist.",
-              answer["body"])
-        check("an error body carries the request id of its x-amz-request-id header",
-              body.findtext("RequestId") == error.response["ResponseMetadata"]["RequestId"], answer["body"])
-        check("an error body carries the host id of its x-amz-id-2 header",
-              body.findtext("HostId") == error.response["ResponseMetadata"]["HTTPHeaders"]["x-amz-id-2"], answer["body"])
+    body, headers = refused_get(s3, "a GET of an absent key")
+    check("an error body carries AWS's message", body.findtext("Message") == "The specified key does not exist.", ElementTree.tostring(body))
+    check("an error body carries the request and host ids of its x-amz-request-id and x-amz-id-2 headers",
+          body.findtext("RequestId") == headers["x-amz-request-id"] and body.findtext("HostId") == headers["x-amz-id-2"], ElementTree.tostring(body))
     # An error s3s raises itself (a signature that does not match) is answered the same way.
     forger = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key="not-the-secret")
-    forged = {}
-    forger.meta.events.register("after-call.s3.GetObject", lambda http_response, **_: forged.update(body=http_response.content))
-    try:
-        forger.get_object(Bucket=BUCKET, Key="absent")
-        raise AssertionError("a GET with a wrong secret succeeded")
-    except botocore.exceptions.ClientError as error:
-        body = ElementTree.fromstring(forged["body"])
-        headers = error.response["ResponseMetadata"]["HTTPHeaders"]
-        check("a refused signature's error body carries the request and host ids of its headers",
-              body.findtext("Code") == "SignatureDoesNotMatch" and body.findtext("RequestId") == headers["x-amz-request-id"]
-              and body.findtext("HostId") == headers["x-amz-id-2"], forged["body"])
+    body, headers = refused_get(forger, "a GET with a wrong secret")
+    check("a refused signature's error body carries the request and host ids of its headers",
+          body.findtext("Code") == "SignatureDoesNotMatch" and body.findtext("RequestId") == headers["x-amz-request-id"]
+          and body.findtext("HostId") == headers["x-amz-id-2"], ElementTree.tostring(body))
 
     same = {"Bucket": BUCKET, "Key": "untyped"}
     tags = s3.get_object_tagging(**same)
