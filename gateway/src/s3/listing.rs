@@ -78,7 +78,7 @@ impl Gateway {
                 size: object.size,
                 last_modified: object.last_modified,
                 is_latest: Some(true),
-                version_id: Some("null".to_owned()),
+                version_id: Some(versions::NULL_VERSION.to_owned()),
                 owner: Some(bucket_config::owner(&tenant)),
                 ..Default::default()
             })
@@ -92,7 +92,7 @@ impl Gateway {
             max_keys: Some(listing.max_keys),
             is_truncated: Some(listing.is_truncated),
             // Every version is `null`: a truncated page resumes after that version of the key.
-            next_version_id_marker: next_key_marker.is_some().then(|| "null".to_owned()),
+            next_version_id_marker: next_key_marker.is_some().then(|| versions::NULL_VERSION.to_owned()),
             next_key_marker: url_encoding::encode_if(encoded, next_key_marker),
             versions: Some(versions),
             common_prefixes: Some(listing.common_prefixes),
